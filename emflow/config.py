@@ -1,0 +1,121 @@
+"""Where emflow keeps things, and the knobs an operator turns.
+
+Every path hangs off one home folder (``EMFLOW_HOME``, default ``./.emflow``), so the embedded
+default (SQLite for MLflow, local files) needs no set-up. Each value can be overridden by an
+environment variable; a real MLflow server is used through the standard ``MLFLOW_TRACKING_URI``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+def _env_path(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value).expanduser().resolve() if value else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings for one process.
+
+    Attributes
+    ----------
+    home : Path
+        Root of everything emflow writes by default (``EMFLOW_HOME``).
+    data_root : Path
+        Telemetry root (``EMFLOW_DATA_ROOT``): ``incoming/<YYYY-MM-DD>/`` windows,
+        ``quarantine/<run id>/``, ``validated/<run id>/``, ``models/<run id>/``.
+    tracking_uri : str
+        MLflow tracking and registry URI (``MLFLOW_TRACKING_URI``); SQLite under ``home`` by
+        default.
+    artifact_root : Path
+        Artifact location for experiments created on the embedded store.
+    model_name : str
+        Registered model name of this model family (``EMFLOW_MODEL_NAME``).
+    experiment_name : str
+        MLflow experiment of the retrain runs (``EMFLOW_EXPERIMENT``).
+    pushgateway_url : str or None
+        Prometheus Pushgateway address (``EMFLOW_PUSHGATEWAY``); metrics go to ``metrics_textfile``
+        when unset.
+    metrics_textfile : Path
+        Textfile-collector file written when no Pushgateway is configured.
+    promotion_margin : float
+        Largest drop in mean holdout log-likelihood (nats per sample) a challenger may show against
+        the champion and still be promoted (``EMFLOW_PROMOTION_MARGIN``).
+    alignment_threshold : float
+        Largest mean per-component alignment cost (Bhattacharyya distance) accepted for promotion
+        (``EMFLOW_ALIGNMENT_THRESHOLD``).
+    mlflow_retries : int
+        Attempts made at each MLflow step while the tracking server is unreachable
+        (``EMFLOW_MLFLOW_RETRIES``); the trained model stays on local disk meanwhile.
+    mlflow_backoff_s : float
+        First wait between those attempts in seconds, doubled after each failure up to 60 s
+        (``EMFLOW_MLFLOW_BACKOFF_S``).
+    dask_scheduler : str or None
+        Dask scheduler address (``EMFLOW_DASK_SCHEDULER``, e.g. ``tcp://scheduler:8786``); when
+        set, the retrain DAG's train step fits with ``backend="dask"`` on that cluster (gmm_core
+        reads the same variable).
+    """
+
+    home: Path = field(default_factory=lambda: _env_path("EMFLOW_HOME", Path.cwd() / ".emflow"))
+    data_root: Path = None  # type: ignore[assignment]
+    tracking_uri: str = None  # type: ignore[assignment]
+    artifact_root: Path = None  # type: ignore[assignment]
+    model_name: str = field(
+        default_factory=lambda: os.environ.get("EMFLOW_MODEL_NAME", "telemetry-gmm")
+    )
+    experiment_name: str = field(
+        default_factory=lambda: os.environ.get("EMFLOW_EXPERIMENT", "emflow-retrain")
+    )
+    pushgateway_url: str | None = field(
+        default_factory=lambda: os.environ.get("EMFLOW_PUSHGATEWAY") or None
+    )
+    metrics_textfile: Path = None  # type: ignore[assignment]
+    promotion_margin: float = field(
+        default_factory=lambda: float(os.environ.get("EMFLOW_PROMOTION_MARGIN", "0.05"))
+    )
+    alignment_threshold: float = field(
+        default_factory=lambda: float(os.environ.get("EMFLOW_ALIGNMENT_THRESHOLD", "0.5"))
+    )
+
+    mlflow_retries: int = field(
+        default_factory=lambda: int(os.environ.get("EMFLOW_MLFLOW_RETRIES", "6"))
+    )
+    mlflow_backoff_s: float = field(
+        default_factory=lambda: float(os.environ.get("EMFLOW_MLFLOW_BACKOFF_S", "2.0"))
+    )
+    dask_scheduler: str | None = field(
+        default_factory=lambda: os.environ.get("EMFLOW_DASK_SCHEDULER", "").strip() or None
+    )
+
+    def __post_init__(self) -> None:
+        home = Path(self.home).resolve()
+        object.__setattr__(self, "home", home)
+        if self.data_root is None:
+            object.__setattr__(self, "data_root", _env_path("EMFLOW_DATA_ROOT", home / "data"))
+        if self.tracking_uri is None:
+            uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+            object.__setattr__(self, "tracking_uri", uri)
+        if self.artifact_root is None:
+            object.__setattr__(self, "artifact_root", home / "mlartifacts")
+        if self.metrics_textfile is None:
+            object.__setattr__(
+                self, "metrics_textfile",
+                _env_path("EMFLOW_METRICS_TEXTFILE", home / "metrics" / "emflow.prom"),
+            )
+
+    def with_(self, **changes: object) -> Settings:
+        """Return a copy with ``changes`` applied; a new ``home`` re-derives the paths under it."""
+        if "home" in changes:
+            for derived in ("data_root", "tracking_uri", "artifact_root", "metrics_textfile"):
+                changes.setdefault(derived, None)
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def ensure_dirs(self) -> Settings:
+        """Create the folders this process writes to; return ``self``."""
+        for path in (self.home, self.data_root, self.artifact_root, self.metrics_textfile.parent):
+            path.mkdir(parents=True, exist_ok=True)
+        return self

@@ -1,0 +1,92 @@
+"""Load the CUDA sources shipped in ``gmm_core/cuda`` and compile them through CuPy.
+
+Sources are read once, prefixed with ``#line 1 "<path>"`` so NVRTC errors point at the ``.cu``
+file, and compiled by :class:`cupy.RawModule` with the template instantiations a launch needs.
+Compiled modules are memoised per device (``cupy.memoize(for_each_device=True)``) and CuPy keeps
+the binaries in its on-disk kernel cache (``CUPY_CACHE_DIR``, default ``~/.cupy/kernel_cache``),
+so a second process pays no compile time.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+
+CUDA_DIR = Path(__file__).resolve().parent / "cuda"
+#: threads per block of the fused kernels (``GMM_NT`` in the sources)
+THREADS_PER_BLOCK = 256
+COMPILE_OPTIONS = ("-std=c++17", f"-DGMM_NT={THREADS_PER_BLOCK}")
+
+#: seconds spent compiling modules in this process (benchmarks report it separately)
+compile_seconds = 0.0
+
+
+@functools.cache
+def source(name: str) -> str:
+    """Text of ``gmm_core/cuda/<name>`` with a ``#line`` directive naming the file."""
+    path = CUDA_DIR / name
+    return f'#line 1 "{path}"\n' + path.read_text()
+
+
+def ctype(dtype: object) -> str:
+    """CUDA scalar type of a NumPy float dtype."""
+    import numpy as np
+
+    dt = np.dtype(dtype)
+    if dt == np.float32:
+        return "float"
+    if dt == np.float64:
+        return "double"
+    raise TypeError(f"CUDA kernels take float32 or float64 data, got {dt}")
+
+
+def _compile(name: str, name_expressions: tuple[str, ...]) -> object:
+    import cupy
+
+    global compile_seconds
+    started = time.perf_counter()
+    module = cupy.RawModule(
+        code=source(name), options=COMPILE_OPTIONS, name_expressions=list(name_expressions)
+    )
+    module.compile()
+    compile_seconds += time.perf_counter() - started
+    return module
+
+
+def module(name: str, name_expressions: tuple[str, ...]) -> object:
+    """Compiled :class:`cupy.RawModule` of ``cuda/<name>`` (memoised per device)."""
+    return _memoized_compile()(name, name_expressions)
+
+
+@functools.cache
+def _memoized_compile() -> object:
+    import cupy
+
+    return cupy.memoize(for_each_device=True)(_compile)
+
+
+#: template instantiations compiled by the CPU-only test (``tests/test_cuda_compile.py``): the
+#: engine's extremes (1 and 32 features, float and double, diag and spherical, 1-4 items/thread)
+SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
+    "em_diag.cu": (
+        "diag_pass<float, 16, 1, false, false, false>",
+        "diag_pass<float, 16, 1, true, false, false>",
+        "diag_pass<float, 2, 4, false, false, false>",
+        "diag_pass<double, 2, 4, true, false, false>",
+        "diag_pass<float, 1, 2, false, false, false>",
+        "diag_pass<double, 7, 4, false, false, false>",
+        "diag_pass<float, 32, 1, false, false, false>",
+        "diag_pass<double, 32, 1, true, false, false>",
+        "diag_pass<float, 16, 1, false, true, false>",
+        "diag_pass<double, 2, 4, true, true, false>",
+        "diag_pass<float, 2, 4, false, false, true>",
+        "diag_pass<double, 5, 4, true, false, true>",
+        "diag_mstep<float, 16, false>",
+        "diag_mstep<double, 2, true>",
+        "diag_mstep<float, 32, false>",
+        "prepare_params<float, 16, false>",
+        "prepare_params<double, 3, true>",
+        "reduce_partials",
+    ),
+}

@@ -1,0 +1,279 @@
+"""Gaussian mixture mathematics shared by every backend.
+
+Everything here takes the array module ``xp`` (NumPy or CuPy) explicitly and works on a *batch*
+of ``R`` restarts at once: parameters carry a leading restart axis. The EM loop only ever sees
+:class:`Params` (what the M-step produces) and :class:`Stats` (what one pass over the data
+produces); the statistics add up across chunks, shards and devices, which is what makes chunked,
+multi-GPU and distributed EM the same algorithm.
+
+Shapes by covariance type (``R`` restarts, ``K`` components, ``D`` features):
+
+============  ==================  ==================  =====================
+type          covariances         precisions_chol     ``Stats.sxx``
+============  ==================  ==================  =====================
+full          (R, K, D, D)        (R, K, D, D)        (R, K, D, D) sum r x x^T
+tied          (R, D, D)           (R, D, D)           (D, D)       X^T X
+diag          (R, K, D)           (R, K, D)           (R, K, D)    sum r x^2
+spherical     (R, K)              (R, K)              (R, K)       sum r |x|^2
+============  ==================  ==================  =====================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+ILL_DEFINED_COVARIANCE = (
+    "Fitting the mixture model failed because some components have ill-defined empirical "
+    "covariance (for instance caused by singleton or collapsed samples). Try to decrease the "
+    "number of components, increase reg_covar, or scale the input data."
+)
+
+
+@dataclass
+class Params:
+    """Mixture parameters of ``R`` restarts (arrays of one array module, float64)."""
+
+    weights: Any  # (R, K)
+    means: Any  # (R, K, D)
+    covariances: Any  # see module docstring
+    precisions_cholesky: Any  # same shape as covariances
+
+    def map(self, fn: Any) -> Params:
+        """Return ``Params`` with ``fn`` applied to every array."""
+        return Params(*(fn(getattr(self, f.name)) for f in fields(self)))
+
+    def take(self, r: int) -> Params:
+        """Parameters of restart ``r`` alone, keeping a restart axis of length 1."""
+        return self.map(lambda a: a[r : r + 1])
+
+
+@dataclass
+class Stats:
+    """Sufficient statistics of one pass over the data, summed over samples (float64).
+
+    ``loglik`` is the sum over samples of log p(x) under the parameters used in the pass, so the
+    lower bound of that pass is ``loglik / n_samples`` (as in scikit-learn, whose lower bound is
+    computed in the E-step, before the M-step).
+    """
+
+    loglik: Any  # (R,)
+    nk: Any  # (R, K)
+    sx: Any  # (R, K, D)
+    sxx: Any  # see module docstring
+    n_samples: int
+
+    def __add__(self, other: Stats) -> Stats:
+        return Stats(
+            self.loglik + other.loglik,
+            self.nk + other.nk,
+            self.sx + other.sx,
+            self.sxx + other.sxx,
+            self.n_samples + other.n_samples,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision Cholesky factors
+
+
+def cholesky_precisions(covariances: Any, covariance_type: str, xp: Any) -> Any:
+    """Upper-triangular factors ``U`` with ``precision = U @ U.T`` (scikit-learn's convention).
+
+    Parameters
+    ----------
+    covariances : array
+        Covariances of any leading batch shape (see module docstring).
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}
+    xp : module
+        NumPy or CuPy.
+
+    Raises
+    ------
+    ValueError
+        When a covariance is not positive definite, naming what to change.
+    """
+    if covariance_type in ("full", "tied"):
+        try:
+            cov_chol = xp.linalg.cholesky(covariances)
+        except np.linalg.LinAlgError as exc:
+            raise ValueError(ILL_DEFINED_COVARIANCE) from exc
+        n_features = covariances.shape[-1]
+        eye = xp.broadcast_to(xp.eye(n_features, dtype=covariances.dtype), covariances.shape)
+        precisions_chol = xp.swapaxes(xp.linalg.solve(cov_chol, eye), -1, -2)
+        if not bool(xp.isfinite(precisions_chol).all()):  # CuPy does not raise on failure
+            raise ValueError(ILL_DEFINED_COVARIANCE)
+        return precisions_chol
+    if bool((covariances <= 0.0).any()):
+        raise ValueError(ILL_DEFINED_COVARIANCE)
+    return 1.0 / xp.sqrt(covariances)
+
+
+def cholesky_from_precisions(precisions: Any, covariance_type: str, xp: Any) -> Any:
+    """Upper-triangular factors of given precisions (the reversed-Cholesky trick of sklearn)."""
+    if covariance_type in ("full", "tied"):
+        flipped = xp.flip(precisions, axis=(-2, -1))
+        return xp.flip(xp.linalg.cholesky(flipped), axis=(-2, -1))
+    return xp.sqrt(precisions)
+
+
+def precisions_from_cholesky(precisions_chol: Any, covariance_type: str, xp: Any) -> Any:
+    """``U @ U.T`` for full/tied, ``U**2`` otherwise."""
+    if covariance_type in ("full", "tied"):
+        return precisions_chol @ xp.swapaxes(precisions_chol, -1, -2)
+    return precisions_chol**2
+
+
+def covariances_from_precisions(precisions: Any, covariance_type: str, xp: Any) -> Any:
+    """Inverse of :func:`precisions_from_cholesky`'s output."""
+    if covariance_type in ("full", "tied"):
+        return xp.linalg.inv(precisions)
+    return 1.0 / precisions
+
+
+def log_det_cholesky(precisions_chol: Any, covariance_type: str, n_features: int, xp: Any) -> Any:
+    """Log-determinant of the precision Cholesky factors, shape ``(..., K)``.
+
+    For ``tied`` the result has shape ``(...,)`` (one matrix shared by every component).
+    """
+    if covariance_type in ("full", "tied"):
+        return xp.sum(xp.log(xp.diagonal(precisions_chol, axis1=-2, axis2=-1)), axis=-1)
+    if covariance_type == "diag":
+        return xp.sum(xp.log(precisions_chol), axis=-1)
+    return n_features * xp.log(precisions_chol)
+
+
+# ---------------------------------------------------------------------------------------------
+# M-step from sufficient statistics
+
+
+def _covariances_full(stats: Stats, nk: Any, means: Any, reg_covar: float, xp: Any) -> Any:
+    cov = stats.sxx / nk[..., None, None] - means[..., :, None] * means[..., None, :]
+    return cov + reg_covar * xp.eye(means.shape[-1])
+
+
+def _covariances_tied(stats: Stats, nk: Any, means: Any, reg_covar: float, xp: Any) -> Any:
+    weighted_means2 = xp.einsum("rk,rki,rkj->rij", nk, means, means)
+    cov = (stats.sxx[None] - weighted_means2) / xp.sum(nk, axis=-1)[:, None, None]
+    return cov + reg_covar * xp.eye(means.shape[-1])
+
+
+def _covariances_diag(stats: Stats, nk: Any, means: Any, reg_covar: float, xp: Any) -> Any:
+    return stats.sxx / nk[..., None] - means**2 + reg_covar
+
+
+def _covariances_spherical(stats: Stats, nk: Any, means: Any, reg_covar: float, xp: Any) -> Any:
+    n_features = means.shape[-1]
+    return (stats.sxx / nk - xp.sum(means**2, axis=-1)) / n_features + reg_covar
+
+
+_COVARIANCE_ESTIMATORS = {
+    "full": _covariances_full,
+    "tied": _covariances_tied,
+    "diag": _covariances_diag,
+    "spherical": _covariances_spherical,
+}
+
+
+def estimate_parameters(
+    stats: Stats, covariance_type: str, reg_covar: float, eps: float, xp: Any
+) -> tuple[Any, Any, Any]:
+    """Return ``(nk, means, covariances)`` from sufficient statistics (scikit-learn's formulas).
+
+    ``eps`` is added to every ``nk`` (scikit-learn adds ``10 * finfo(dtype).eps``) so an empty
+    component does not divide by zero.
+    """
+    nk = stats.nk + eps
+    means = stats.sx / nk[..., None]
+    covariances = _COVARIANCE_ESTIMATORS[covariance_type](stats, nk, means, reg_covar, xp)
+    return nk, means, covariances
+
+
+def m_step(stats: Stats, covariance_type: str, reg_covar: float, eps: float, xp: Any) -> Params:
+    """The M-step: new parameters of every restart from one pass's statistics."""
+    nk, means, covariances = estimate_parameters(stats, covariance_type, reg_covar, eps, xp)
+    weights = nk / xp.sum(nk, axis=-1, keepdims=True)
+    precisions_chol = cholesky_precisions(covariances, covariance_type, xp)
+    return Params(weights, means, covariances, precisions_chol)
+
+
+def select(mask: Any, new: Params, old: Params, xp: Any) -> Params:
+    """Per restart, take ``new`` where ``mask`` (shape (R,)) is true, else keep ``old``."""
+
+    def pick(a: Any, b: Any) -> Any:
+        return xp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+
+    return Params(*(pick(getattr(new, f.name), getattr(old, f.name)) for f in fields(Params)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-probabilities (used by the predict paths of the NumPy backend and by tests)
+
+
+def estimate_log_gaussian_prob(
+    X: Any, means: Any, precisions_chol: Any, covariance_type: str, xp: Any
+) -> Any:
+    """Log density of every sample under every component of ONE mixture, shape (N, K).
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_features)
+    means : array of shape (n_components, n_features)
+    precisions_chol : array
+        One mixture's factors (no restart axis).
+    """
+    n_samples, n_features = X.shape
+    n_components = means.shape[0]
+    log_det = log_det_cholesky(precisions_chol, covariance_type, n_features, xp)
+    if covariance_type == "full":
+        log_prob = xp.empty((n_samples, n_components), dtype=X.dtype)
+        for k in range(n_components):
+            y = X @ precisions_chol[k] - means[k] @ precisions_chol[k]
+            log_prob[:, k] = xp.sum(y * y, axis=1)
+    elif covariance_type == "tied":
+        log_prob = xp.empty((n_samples, n_components), dtype=X.dtype)
+        xl = X @ precisions_chol
+        for k in range(n_components):
+            y = xl - means[k] @ precisions_chol
+            log_prob[:, k] = xp.sum(y * y, axis=1)
+    elif covariance_type == "diag":
+        precisions = precisions_chol**2
+        log_prob = (
+            xp.sum(means**2 * precisions, axis=1)
+            - 2.0 * (X @ (means * precisions).T)
+            + (X * X) @ precisions.T
+        )
+    else:
+        precisions = precisions_chol**2
+        log_prob = (
+            xp.sum(means**2, axis=1) * precisions
+            - 2.0 * (X @ means.T) * precisions
+            + xp.sum(X * X, axis=1)[:, None] * precisions[None, :]
+        )
+    return -0.5 * (n_features * math.log(2 * math.pi) + log_prob) + log_det
+
+
+def logsumexp_rows(a: Any, xp: Any) -> Any:
+    """``log(sum(exp(a), axis=1))`` computed stably, shape (N,)."""
+    amax = xp.max(a, axis=1, keepdims=True)
+    amax = xp.where(xp.isfinite(amax), amax, 0.0)
+    return xp.log(xp.sum(xp.exp(a - amax), axis=1)) + amax[:, 0]
+
+
+def n_parameters(covariance_type: str, n_components: int, n_features: int) -> int:
+    """Number of free parameters of a mixture (for AIC/BIC), as scikit-learn counts them."""
+    if covariance_type == "full":
+        cov_params = n_components * n_features * (n_features + 1) / 2.0
+    elif covariance_type == "diag":
+        cov_params = n_components * n_features
+    elif covariance_type == "tied":
+        cov_params = n_features * (n_features + 1) / 2.0
+    else:
+        cov_params = n_components
+    mean_params = n_features * n_components
+    return int(cov_params + mean_params + n_components - 1)

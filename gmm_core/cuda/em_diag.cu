@@ -1,0 +1,576 @@
+// Fused EM for diagonal and spherical covariances, every restart in one pass over the data.
+//
+// Per iteration:
+//   diag_pass    : one read of X. For a tile of samples a block computes, for every restart r and
+//                  component k, log w_k + log N(x | k), the log-sum-exp over k, the
+//                  responsibilities (kept in shared memory, never written to global memory) and
+//                  the sufficient statistics [nk, sum r x, sum r x^2 (diag) | sum r |x|^2
+//                  (spherical)] accumulated per thread: float (the data dtype) inside a tile,
+//                  float64 across tiles. A block writes one float64 partial; no atomics.
+//   reduce_partials : sums the block partials (float64) into the statistics (for small problems
+//                  the last block of diag_pass does it instead, saving a launch).
+//   diag_mstep   : the M-step of scikit-learn (one block per restart) and the convergence test
+//                  of the estimator's loop, on the device, so whole iterations can be captured
+//                  in a CUDA graph. For small problems the pass's last block runs both the
+//                  reduction and the M-step: one launch per EM iteration.
+//
+// Parameters are stored per (restart, component) row as interleaved pairs (s_d, -mu_d * s_d)
+// with s_d = precision_cholesky_d / sqrt(2), so that
+//   log w + log N(x) = c - sum_d (x_d * s_d - mu_d * s_d)^2,  c = log w + sum_d log pc_d - D/2 log 2pi
+// which costs two FMAs per feature and keeps float32 accurate (no expanded quadratic form).
+
+#ifndef GMM_NT
+#define GMM_NT 256
+#endif
+
+namespace gmm {
+
+template <typename T> struct Num;
+template <> struct Num<float> {
+    static __device__ __forceinline__ float exp_(float x) { return __expf(x); }
+    static __device__ __forceinline__ float log_(float x) { return __logf(x); }
+    static __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+    static __device__ __forceinline__ void load4(const float* p, float& a, float& b, float& c,
+                                                 float& d) {
+        const float4 v = *reinterpret_cast<const float4*>(p);
+        a = v.x; b = v.y; c = v.z; d = v.w;
+    }
+    static __device__ __forceinline__ void store4(float* p, float a, float b, float c, float d) {
+        *reinterpret_cast<float4*>(p) = make_float4(a, b, c, d);
+    }
+};
+template <> struct Num<double> {
+    static __device__ __forceinline__ double exp_(double x) { return exp(x); }
+    static __device__ __forceinline__ double log_(double x) { return log(x); }
+    static __device__ __forceinline__ double neg_inf() {
+        return __longlong_as_double(0xfff0000000000000ULL);
+    }
+    static __device__ __forceinline__ void load4(const double* p, double& a, double& b, double& c,
+                                                 double& d) {
+        const double2 v0 = *reinterpret_cast<const double2*>(p);
+        const double2 v1 = *reinterpret_cast<const double2*>(p + 2);
+        a = v0.x; b = v0.y; c = v1.x; d = v1.y;
+    }
+    static __device__ __forceinline__ void store4(double* p, double a, double b, double c,
+                                                  double d) {
+        *reinterpret_cast<double2*>(p) = make_double2(a, b);
+        *reinterpret_cast<double2*>(p + 2) = make_double2(c, d);
+    }
+};
+
+__host__ __device__ constexpr int round4(int n) { return (n + 3) / 4 * 4; }
+
+// Row layouts shared with the Python launcher (gmm_core/_cupy_engine.py mirrors them).
+template <int D, bool SPHERICAL> struct Layout {
+    static constexpr int Q = SPHERICAL ? 1 : D;   // quadratic statistic columns
+    static constexpr int C = 1 + D + Q;           // statistic columns: nk | sum r x | quadratic
+    static constexpr int XS = round4(D + Q);      // x-tile row: x_0..x_{D-1}, quadratic, padding
+    static constexpr int PS = round4(2 * D);      // parameter row: (s_d, -mu_d s_d) pairs
+};
+
+__device__ __forceinline__ double warp_sum(double v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+}  // namespace gmm
+
+// sum_{b = b0, b0 + step, ... < n_blocks} partial[b * stride + j], U loads in flight
+// (L2 reads: other blocks wrote these values during this launch)
+template <int U>
+__device__ __forceinline__ double sum_strided(const double* partial, int j, int stride, int b0,
+                                              int step, int n_blocks) {
+    double v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) v[u] = 0.0;
+    int b = b0;
+    for (; b + (U - 1) * step < n_blocks; b += U * step) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) v[u] += __ldcg(partial + (size_t)(b + u * step) * stride + j);
+    }
+    for (; b < n_blocks; b += step) v[0] += __ldcg(partial + (size_t)b * stride + j);
+#pragma unroll
+    for (int u = 1; u < U; ++u) v[0] += v[u];
+    return v[0];
+}
+
+// sum_d (x_d s_d - mu_d s_d)^2 for one parameter row, in two independent FMA chains
+template <typename T, int D>
+__device__ __forceinline__ T sq_dist(const T (&x)[D], const T* __restrict__ p) {
+    using N = gmm::Num<T>;
+    T a = T(0), b = T(0);
+#pragma unroll
+    for (int d = 0; d + 1 < D; d += 2) {
+        T s0, m0, s1, m1;
+        N::load4(p + 2 * d, s0, m0, s1, m1);
+        const T y0 = fma(x[d], s0, m0);
+        const T y1 = fma(x[d + 1], s1, m1);
+        a = fma(y0, y0, a);
+        b = fma(y1, y1, b);
+    }
+    if (D & 1) {
+        const T y = fma(x[D - 1], p[2 * (D - 1)], p[2 * (D - 1) + 1]);
+        a = fma(y, y, a);
+    }
+    return a + b;
+}
+
+// running log-sum-exp: (mx, sum) with sum = sum_k exp(lp_k - mx)
+template <typename T>
+__device__ __forceinline__ void online_lse(T lp, T& mx, T& sum) {
+    using N = gmm::Num<T>;
+    if (lp > mx) {
+        sum = fma(sum, N::exp_(mx - lp), T(1));
+        mx = lp;
+    } else {
+        sum += N::exp_(lp - mx);
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Kernel parameters of one component from (weight, mean, precision Cholesky factor).
+template <typename T, int D, bool SPHERICAL>
+__device__ __forceinline__ void write_kernel_params(double weight, const double* mean,
+                                                    const double* pc, T* prm_row, T* lc) {
+    constexpr int PS = gmm::Layout<D, SPHERICAL>::PS;
+    const double inv_sqrt2 = 0.70710678118654752440;
+    double log_det = 0.0;
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+        const double p = SPHERICAL ? pc[0] : pc[d];
+        const double s = p * inv_sqrt2;
+        prm_row[2 * d] = (T)s;
+        prm_row[2 * d + 1] = (T)(-mean[d] * s);
+        log_det += log(p);
+    }
+    for (int i = 2 * D; i < PS; ++i) prm_row[i] = T(0);
+    *lc = (T)(log(weight) + log_det - 0.5 * D * 1.83787706640934548356);  // log(2 pi)
+}
+
+// ------------------------------------------------------------------------------------------------
+// M-step + convergence bookkeeping of the estimator's loop for one restart, by one block.
+// stats: (R, K, C) then ll (R), as reduce_partials leaves them.
+// state (int32, per restart): active, converged, n_iter, failed; history is (R, max_iter).
+template <typename T> struct MStepArgs {
+    double *weights, *means, *covariances, *pchol;
+    T *kparams, *log_const;
+    double *bound, *history;
+    int *active, *converged, *n_iter, *failed;
+    double reg_covar, eps, tol;
+    int max_iter;
+    long long n_samples;
+};
+
+// the same arguments as a table of 17 words (pointers, then doubles and ints bit for bit), so a
+// kernel can take them as one pointer; the launcher (gmm_core/_cupy_engine.py) writes it
+template <typename T> __device__ MStepArgs<T> load_mstep_args(const unsigned long long* w) {
+    MStepArgs<T> a;
+    a.weights = reinterpret_cast<double*>(w[0]);
+    a.means = reinterpret_cast<double*>(w[1]);
+    a.covariances = reinterpret_cast<double*>(w[2]);
+    a.pchol = reinterpret_cast<double*>(w[3]);
+    a.kparams = reinterpret_cast<T*>(w[4]);
+    a.log_const = reinterpret_cast<T*>(w[5]);
+    a.bound = reinterpret_cast<double*>(w[6]);
+    a.history = reinterpret_cast<double*>(w[7]);
+    a.active = reinterpret_cast<int*>(w[8]);
+    a.converged = reinterpret_cast<int*>(w[9]);
+    a.n_iter = reinterpret_cast<int*>(w[10]);
+    a.failed = reinterpret_cast<int*>(w[11]);
+    a.reg_covar = __longlong_as_double((long long)w[12]);
+    a.eps = __longlong_as_double((long long)w[13]);
+    a.tol = __longlong_as_double((long long)w[14]);
+    a.max_iter = (int)w[15];
+    a.n_samples = (long long)w[16];
+    return a;
+}
+
+template <typename T, int D, bool SPHERICAL>
+__device__ void mstep_restart(int r, int R, int K, const double* stats, const MStepArgs<T>& a) {
+    using L = gmm::Layout<D, SPHERICAL>;
+    constexpr int C = L::C, PS = L::PS;
+    constexpr int V = SPHERICAL ? 1 : D;  // variances per component
+    const int t = threadIdx.x;
+    __shared__ int s_go;
+    __shared__ double s_total;
+    __syncthreads();
+    if (t == 0) s_go = a.active[r] && a.n_iter[r] < a.max_iter;
+    __syncthreads();
+    if (!s_go) return;
+
+    const double* st = stats + (size_t)r * K * C;
+    const double new_bound = stats[(size_t)R * K * C + r] / (double)a.n_samples;
+    if (t == 0) {
+        double total = 0.0;
+        for (int k = 0; k < K; ++k) total += st[k * C] + a.eps;
+        s_total = total;
+    }
+    __syncthreads();
+    for (int k = t; k < K; k += blockDim.x) {
+        const double* sk = st + k * C;
+        const double nk = sk[0] + a.eps;
+        const size_t rk = (size_t)r * K + k;
+        double mu[D];
+        double var[V];
+#pragma unroll
+        for (int d = 0; d < D; ++d) mu[d] = sk[1 + d] / nk;
+        if (SPHERICAL) {
+            double m2 = 0.0;
+#pragma unroll
+            for (int d = 0; d < D; ++d) m2 += mu[d] * mu[d];
+            var[0] = (sk[1 + D] / nk - m2) / D + a.reg_covar;
+        } else {
+#pragma unroll
+            for (int d = 0; d < V; ++d) var[d] = sk[1 + D + d] / nk - mu[d] * mu[d] + a.reg_covar;
+        }
+        double pc[V];
+        bool bad = false;
+#pragma unroll
+        for (int d = 0; d < V; ++d) {
+            bad |= !(var[d] > 0.0);
+            pc[d] = 1.0 / sqrt(var[d]);
+        }
+        if (bad) {
+            a.failed[r] = 1;  // the host raises scikit-learn's ill-defined-covariance error
+            continue;
+        }
+        const double w = nk / s_total;
+        a.weights[rk] = w;
+#pragma unroll
+        for (int d = 0; d < D; ++d) a.means[rk * D + d] = mu[d];
+#pragma unroll
+        for (int d = 0; d < V; ++d) {
+            a.covariances[rk * V + d] = var[d];
+            a.pchol[rk * V + d] = pc[d];
+        }
+        write_kernel_params<T, D, SPHERICAL>(w, mu, pc, a.kparams + rk * PS, a.log_const + rk);
+    }
+    if (t == 0) {
+        const int it = a.n_iter[r];
+        const double change = new_bound - a.bound[r];
+        a.bound[r] = new_bound;
+        a.history[(size_t)r * a.max_iter + it] = new_bound;
+        a.n_iter[r] = it + 1;
+        if (fabs(change) < a.tol) {
+            a.converged[r] = 1;
+            a.active[r] = 0;
+        } else if (it + 1 >= a.max_iter) {
+            a.active[r] = 0;  // out of iterations, not converged
+        }
+    }
+    __syncthreads();
+}
+
+// ------------------------------------------------------------------------------------------------
+// The fused pass.
+//
+// Grid: persistent, blocks stride over tiles of `tile_n` samples (a multiple of 32).
+// Phase A: work item (n, r) for n < tile_n, r < R; each thread owns up to IPT items.
+// Phase B: thread t owns statistic row rk = t % RK for the samples n = g, g + G, ... of the tile,
+//          g = t / RK, G = NT / RK (host guarantees RK <= NT and tile_n * R <= NT * IPT).
+// Partial layout per block: [RK * C statistics][R log-likelihoods], stride `pstride`.
+template <typename T, int D, int IPT, bool SPHERICAL, bool SACC, bool MSTEP>
+__global__ void __launch_bounds__(GMM_NT)
+diag_pass(const T* __restrict__ X, long long n_samples, int n_restarts, int n_components,
+          const T* __restrict__ kparams, const T* __restrict__ log_const,
+          const int* __restrict__ active, int tile_n, int pstride, double* __restrict__ partial,
+          unsigned int* __restrict__ counter, double* __restrict__ stats_out,
+          const unsigned long long* __restrict__ mstep_args) {
+    using L = gmm::Layout<D, SPHERICAL>;
+    using N = gmm::Num<T>;
+    constexpr int NT = GMM_NT;
+    constexpr int NW = NT / 32;
+    constexpr int C = L::C, XS = L::XS, PS = L::PS;
+
+    const int R = n_restarts, K = n_components, RK = R * K;
+    const int RS = (RK & 1) ? RK : RK + 1;  // odd row stride: conflict-free column writes
+    const int t = threadIdx.x;
+
+    // a restart that stopped iterating needs no pass; skip the whole launch when none is left
+    // (tested after the parameter loads below are issued, so the two latencies overlap)
+    int any = 1;
+    if (active != nullptr) {
+        any = 0;
+        for (int r = 0; r < R; ++r) any |= active[r];
+    }
+
+    extern __shared__ __align__(16) unsigned char smem[];
+    T* s_prm = reinterpret_cast<T*>(smem);                 // RK * PS
+    T* s_lc = s_prm + RK * PS;                             // round4(RK)
+    T* s_x = s_lc + gmm::round4(RK);                       // tile_n * XS
+    T* s_resp = s_x + tile_n * XS;                         // tile_n * RS (+ pad)
+    size_t off = (size_t)(RK * PS + gmm::round4(RK) + tile_n * XS + tile_n * RS) * sizeof(T);
+    off = (off + 15) / 16 * 16;
+    double* s_red = reinterpret_cast<double*>(smem + off); // NT
+    double* s_wsum = s_red + NT;                           // IPT * NW (then RK * C if SACC)
+
+    for (int i = t; i < RK * PS; i += NT) s_prm[i] = kparams[i];
+    for (int i = t; i < RK; i += NT) s_lc[i] = log_const[i];
+    if (!any) return;  // uniform across the block
+
+    const int G = NT / RK;
+    const int rk_b = t % RK, g_b = t / RK;
+    const bool b_owner = g_b < G;
+
+    // float64 accumulators across tiles: per thread in registers, or (SACC) one per statistic
+    // in shared memory, added to once per tile with shared-memory atomics (fewer registers,
+    // more blocks per SM; never global atomics)
+    double dacc[SACC ? 1 : C];
+#pragma unroll
+    for (int c = 0; c < (SACC ? 1 : C); ++c) dacc[c] = 0.0;
+    double* s_acc = s_wsum + IPT * NW;  // RK * C when SACC
+    if (SACC)
+        for (int i = t; i < RK * C; i += NT) s_acc[i] = 0.0;
+    double ll[IPT];
+#pragma unroll
+    for (int i = 0; i < IPT; ++i) ll[i] = 0.0;
+
+    const long long n_tiles = (n_samples + tile_n - 1) / tile_n;
+    for (long long tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+        const long long base = tile * tile_n;
+        const int n_valid = (int)min((long long)tile_n, n_samples - base);
+        const T* Xt = X + base * D;
+
+        __syncthreads();  // previous tile's phase B is done with s_x / s_resp
+        // -- copy the tile (coalesced) into s_x with the quadratic columns ------------------------
+        if constexpr (D % 4 == 0) {  // 16-byte loads and stores
+            for (int e = 4 * t; e < tile_n * D; e += 4 * NT) {
+                const int n = e / D, d = e - n * D;
+                T v0 = T(0), v1 = T(0), v2 = T(0), v3 = T(0);
+                if (n < n_valid) N::load4(Xt + e, v0, v1, v2, v3);
+                N::store4(s_x + n * XS + d, v0, v1, v2, v3);
+                if (!SPHERICAL) N::store4(s_x + n * XS + D + d, v0 * v0, v1 * v1, v2 * v2, v3 * v3);
+            }
+        } else {
+            for (int e = t; e < tile_n * D; e += NT) {
+                const int n = e / D, d = e - n * D;
+                const T v = (n < n_valid) ? Xt[e] : T(0);
+                s_x[n * XS + d] = v;
+                if (!SPHERICAL) s_x[n * XS + D + d] = v * v;
+            }
+        }
+        __syncthreads();
+
+        // -- phase A: log-densities, log-sum-exp, responsibilities ----------------------------------
+#pragma unroll
+        for (int i = 0; i < IPT; ++i) {
+            const int item = t + i * NT;
+            if (item >= tile_n * R) continue;
+            const int n = item % tile_n, r = item / tile_n;
+            T* resp_row = s_resp + n * RS + r * K;
+            if (n >= n_valid) {
+                for (int k = 0; k < K; ++k) resp_row[k] = T(0);
+                continue;
+            }
+            // the row comes from L1 (the tile copy just read it): a shared-memory row read by
+            // one thread per row would hit one bank 32 times
+            T x[D];
+            const T* xg = Xt + (size_t)n * D;
+            if constexpr (D % 4 == 0) {
+#pragma unroll
+                for (int d = 0; d < D; d += 4) N::load4(xg + d, x[d], x[d + 1], x[d + 2], x[d + 3]);
+            } else {
+#pragma unroll
+                for (int d = 0; d < D; ++d) x[d] = xg[d];
+            }
+            if (SPHERICAL && r == 0) {
+                T q = T(0);
+#pragma unroll
+                for (int d = 0; d < D; ++d) q = fma(x[d], x[d], q);
+                s_x[n * XS + D] = q;
+            }
+            const T* prm = s_prm + r * K * PS;
+            const T* lc = s_lc + r * K;
+            T mx = N::neg_inf(), sum = T(0);
+            // two components per step: four independent FMA chains instead of one
+            int k = 0;
+            for (; k + 1 < K; k += 2) {
+                const T lp0 = lc[k] - sq_dist<T, D>(x, prm + k * PS);
+                const T lp1 = lc[k + 1] - sq_dist<T, D>(x, prm + (k + 1) * PS);
+                resp_row[k] = lp0;
+                resp_row[k + 1] = lp1;
+                online_lse<T>(lp0, mx, sum);
+                online_lse<T>(lp1, mx, sum);
+            }
+            if (k < K) {
+                const T lp = lc[k] - sq_dist<T, D>(x, prm + k * PS);
+                resp_row[k] = lp;
+                online_lse<T>(lp, mx, sum);
+            }
+            const T lse = mx + N::log_(sum);
+            ll[i] += (double)lse;
+            for (int k = 0; k < K; ++k) resp_row[k] = N::exp_(resp_row[k] - lse);
+        }
+        __syncthreads();
+
+        // -- phase B: sufficient statistics of the tile --------------------------------------------
+        if (b_owner) {
+            T acc[C];
+#pragma unroll
+            for (int c = 0; c < C; ++c) acc[c] = T(0);
+            for (int n = g_b; n < n_valid; n += G) {
+                const T rv = s_resp[n * RS + rk_b];
+                const T* xr = s_x + n * XS;
+                acc[0] += rv;
+#pragma unroll
+                for (int c = 0; c < XS; c += 4) {
+                    T v0, v1, v2, v3;
+                    N::load4(xr + c, v0, v1, v2, v3);
+                    if (c + 0 < C - 1) acc[1 + c + 0] = fma(rv, v0, acc[1 + c + 0]);
+                    if (c + 1 < C - 1) acc[1 + c + 1] = fma(rv, v1, acc[1 + c + 1]);
+                    if (c + 2 < C - 1) acc[1 + c + 2] = fma(rv, v2, acc[1 + c + 2]);
+                    if (c + 3 < C - 1) acc[1 + c + 3] = fma(rv, v3, acc[1 + c + 3]);
+                }
+            }
+#pragma unroll
+            for (int c = 0; c < C; ++c) {
+                if (SACC)
+                    atomicAdd(s_acc + rk_b * C + c, (double)acc[c]);
+                else
+                    dacc[c] += (double)acc[c];
+            }
+        }
+    }
+
+    // -- block partials: log-likelihood per restart (warps never straddle two restarts) ----------
+    __syncthreads();
+    const int lane = t & 31, warp = t >> 5;
+#pragma unroll
+    for (int i = 0; i < IPT; ++i) {
+        const double v = gmm::warp_sum(ll[i]);
+        if (lane == 0) s_wsum[i * NW + warp] = v;
+    }
+    __syncthreads();
+    double* out = partial + (size_t)blockIdx.x * pstride;
+    if (t < R) {
+        double v = 0.0;
+        for (int i = 0; i < IPT; ++i)
+            for (int w = 0; w < NW; ++w)
+                if ((w * 32 + i * NT) / tile_n == t && w * 32 + i * NT < tile_n * R)
+                    v += s_wsum[i * NW + w];
+        out[RK * C + t] = v;
+    }
+    // statistics: sum the G groups of every row
+    const bool one_pass = (size_t)NT * C * sizeof(double) <=
+                          (size_t)tile_n * (XS + RS) * sizeof(T);  // the idle tile buffers
+    if (SACC) {
+        for (int i = t; i < RK * C; i += NT) out[i] = s_acc[i];
+        __syncthreads();
+    } else if (one_pass) {  // every column at once: two barriers instead of 2 C
+        double* s_all = reinterpret_cast<double*>(s_x);  // 16-byte aligned, free after the loop
+#pragma unroll
+        for (int c = 0; c < C; ++c) s_all[c * NT + t] = b_owner ? dacc[c] : 0.0;
+        __syncthreads();
+        for (int i = t; i < RK * C; i += NT) {
+            const int row = i / C, c = i - row * C;
+            const double* col = s_all + c * NT;
+            double v0 = 0.0, v1 = 0.0, v2 = 0.0, v3 = 0.0;
+            int g = 0;
+            for (; g + 3 < G; g += 4) {
+                v0 += col[g * RK + row];
+                v1 += col[(g + 1) * RK + row];
+                v2 += col[(g + 2) * RK + row];
+                v3 += col[(g + 3) * RK + row];
+            }
+            for (; g < G; ++g) v0 += col[g * RK + row];
+            out[i] = (v0 + v1) + (v2 + v3);
+        }
+        __syncthreads();
+    }
+    if (!SACC && !one_pass) {  // one column at a time through s_red
+#pragma unroll
+    for (int c = 0; c < (SACC ? 0 : C); ++c) {
+        s_red[t] = b_owner ? dacc[c] : 0.0;
+        __syncthreads();
+        if (t < RK) {
+            double v0 = 0.0, v1 = 0.0, v2 = 0.0, v3 = 0.0;
+            int g = 0;
+            for (; g + 3 < G; g += 4) {
+                v0 += s_red[g * RK + t];
+                v1 += s_red[(g + 1) * RK + t];
+                v2 += s_red[(g + 2) * RK + t];
+                v3 += s_red[(g + 3) * RK + t];
+            }
+            for (; g < G; ++g) v0 += s_red[g * RK + t];
+            out[t * C + c] = (v0 + v1) + (v2 + v3);
+        }
+        __syncthreads();
+    }
+    }
+
+    // optional tail: the last block to finish sums every block's partial (small problems, where
+    // a separate reduction launch would cost more than the work)
+    if (counter != nullptr) {
+        __shared__ int s_last;
+        __threadfence();
+        __syncthreads();
+        if (t == 0) s_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+        __syncthreads();
+        if (s_last) {
+            __threadfence();
+            // 32 outputs x 8 block strides per pass, 4 independent loads in flight per thread
+            const int jx = t & 31, by = t >> 5;
+            for (int j0 = 0; j0 < pstride; j0 += 32) {
+                const int j = j0 + jx;
+                double v = 0.0;
+                if (j < pstride) v = sum_strided<16>(partial, j, pstride, by, NT / 32, (int)gridDim.x);
+                s_red[t] = v;
+                __syncthreads();
+                if (by == 0 && j < pstride) {
+                    double total = 0.0;
+#pragma unroll
+                    for (int y = 0; y < NT / 32; ++y) total += s_red[y * 32 + jx];
+                    stats_out[j] = total;
+                }
+                __syncthreads();
+            }
+            if (t == 0) *counter = 0u;  // ready for the next launch
+            // and, inside the device EM loop, the M-step too: one launch per iteration
+            if (MSTEP && mstep_args != nullptr) {  // compiled in only where it is used
+                const MStepArgs<T> a = load_mstep_args<T>(mstep_args);
+                for (int r = 0; r < R; ++r) mstep_restart<T, D, SPHERICAL>(r, R, K, stats_out, a);
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Sum block partials: out[j] = sum_b partial[b * stride + j]. Block (32, 8), grid ceil(stride/32).
+extern "C" __global__ void reduce_partials(const double* __restrict__ partial, int n_blocks,
+                                           int stride, double* __restrict__ out) {
+    __shared__ double s[8][33];
+    const int j = blockIdx.x * 32 + threadIdx.x;
+    double v = 0.0;
+    if (j < stride) v = sum_strided<8>(partial, j, stride, threadIdx.y, 8, n_blocks);
+    s[threadIdx.y][threadIdx.x] = v;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < stride) {
+        double total = 0.0;
+#pragma unroll
+        for (int y = 0; y < 8; ++y) total += s[y][threadIdx.x];
+        out[j] = total;
+    }
+}
+
+// Params (float64, restart-major) -> kernel parameters, one thread per (restart, component).
+template <typename T, int D, bool SPHERICAL>
+__global__ void prepare_params(const double* __restrict__ weights, const double* __restrict__ means,
+                               const double* __restrict__ pchol, int rk_total,
+                               T* __restrict__ kparams, T* __restrict__ log_const) {
+    constexpr int PS = gmm::Layout<D, SPHERICAL>::PS;
+    const int rk = blockIdx.x * blockDim.x + threadIdx.x;
+    if (rk >= rk_total) return;
+    write_kernel_params<T, D, SPHERICAL>(weights[rk], means + (size_t)rk * D,
+                                         pchol + (size_t)rk * (SPHERICAL ? 1 : D),
+                                         kparams + (size_t)rk * PS, log_const + rk);
+}
+
+// ------------------------------------------------------------------------------------------------
+// The M-step as its own launch (large problems), one block per restart of the group.
+template <typename T, int D, bool SPHERICAL>
+__global__ void diag_mstep(const double* __restrict__ stats, int n_components,
+                           const unsigned long long* __restrict__ args) {
+    const MStepArgs<T> a = load_mstep_args<T>(args);
+    mstep_restart<T, D, SPHERICAL>(blockIdx.x, gridDim.x, n_components, stats, a);
+}

@@ -1,0 +1,200 @@
+"""Model files: arrays in ``model.npz``, everything else in ``model.json``. Never pickle.
+
+The JSON holds a format version, the estimator's parameters, dtype, covariance type, feature
+names, fitted scalars, free-form metadata, and SHA-256 checksums of the ``.npz`` file and of
+every array in it; :func:`load_model` refuses a file whose bytes or arrays do not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .mixture import GaussianMixture
+
+FORMAT = "gmm_core.gaussian_mixture"
+FORMAT_VERSION = 1
+NPZ_NAME = "model.npz"
+JSON_NAME = "model.json"
+_ARRAYS = ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_")
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, truncated, tampered with, or of an unknown format."""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _array_digest(array: np.ndarray) -> str:
+    return _sha256(np.ascontiguousarray(array).tobytes())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def save_model(
+    model: GaussianMixture,
+    directory: str | os.PathLike[str],
+    *,
+    feature_names: list[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write a fitted model to ``directory/model.npz`` and ``directory/model.json``.
+
+    Parameters
+    ----------
+    model : GaussianMixture
+        A fitted model.
+    directory : path
+        Created if missing; existing model files in it are replaced atomically.
+    feature_names : list of str, optional
+        Column names of the features, in order (defaults to ``model.feature_names_in_``).
+    metadata : dict, optional
+        JSON-serialisable extras (data window, run id, ...).
+
+    Returns
+    -------
+    Path
+        The directory.
+    """
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(model)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = {name.rstrip("_"): np.asarray(getattr(model, name)) for name in _ARRAYS}
+    if feature_names is None and hasattr(model, "feature_names_in_"):
+        feature_names = [str(n) for n in model.feature_names_in_]
+    if feature_names is not None and len(feature_names) != model.n_features_in_:
+        raise ValueError(
+            f"feature_names has {len(feature_names)} names but the model has "
+            f"{model.n_features_in_} features; pass one name per feature column."
+        )
+    import io as _io
+
+    buffer = _io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    npz_bytes = buffer.getvalue()
+    params = model.get_params()
+    for key in ("weights_init", "means_init", "precisions_init", "random_state"):
+        value = params[key]
+        if value is not None and not isinstance(value, (int, str)):
+            params[key] = np.asarray(value).tolist() if key != "random_state" else None
+    document = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dtype": str(arrays["weights"].dtype),
+        "covariance_type": model.covariance_type,
+        "n_components": int(model.n_components),
+        "n_features": int(model.n_features_in_),
+        "feature_names": feature_names,
+        "fitted_with_feature_names": hasattr(model, "feature_names_in_"),
+        "params": params,
+        "fitted": {
+            "converged": bool(model.converged_),
+            "n_iter": int(model.n_iter_),
+            "lower_bound": float(model.lower_bound_),
+            "lower_bounds": [float(v) for v in getattr(model, "lower_bounds_", [])],
+            "backend": getattr(model, "backend_", None),
+        },
+        "metadata": metadata or {},
+        "checksums": {
+            "algorithm": "sha256",
+            NPZ_NAME: _sha256(npz_bytes),
+            "arrays": {name: _array_digest(a) for name, a in arrays.items()},
+        },
+    }
+    _write_atomic(directory / NPZ_NAME, npz_bytes)
+    _write_atomic(directory / JSON_NAME, json.dumps(document, indent=2, allow_nan=True).encode())
+    return directory
+
+
+def load_model(directory: str | os.PathLike[str]) -> GaussianMixture:
+    """Read a model written by :func:`save_model`, verifying every checksum.
+
+    The model carries ``feature_names_`` (the saved names, or None) and ``metadata_``;
+    ``feature_names_in_`` is set as well when the model was fitted on a DataFrame.
+
+    Raises
+    ------
+    ModelFileError
+        When a file is missing, unreadable, truncated or altered, naming which and what to do.
+    """
+    directory = Path(directory)
+    json_path, npz_path = directory / JSON_NAME, directory / NPZ_NAME
+    for path in (json_path, npz_path):
+        if not path.is_file():
+            raise ModelFileError(
+                f"{path} is missing; a model directory needs {JSON_NAME} and {NPZ_NAME} "
+                "(written by gmm_core.save_model)."
+            )
+    try:
+        document = json.loads(json_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(
+            f"{json_path} is not valid JSON ({exc}); the file is truncated or corrupted. "
+            "Restore it from the registry or re-save the model."
+        ) from exc
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ModelFileError(f"{json_path} is not a gmm_core model file (format field missing).")
+    if document.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{json_path} has format_version {document.get('format_version')!r}; this gmm_core "
+            f"reads version {FORMAT_VERSION}. Upgrade emflow or re-save the model."
+        )
+    npz_bytes = npz_path.read_bytes()
+    checksums = document.get("checksums", {})
+    if _sha256(npz_bytes) != checksums.get(NPZ_NAME):
+        raise ModelFileError(
+            f"{npz_path} does not match the checksum recorded in {json_path}: the file was "
+            "truncated or modified. Restore both files from the same save."
+        )
+    import io as _io
+
+    try:
+        with np.load(_io.BytesIO(npz_bytes), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except Exception as exc:  # zipfile.BadZipFile, ValueError, ...
+        raise ModelFileError(f"{npz_path} cannot be read as .npz ({exc}).") from exc
+    expected = checksums.get("arrays", {})
+    if set(arrays) != set(expected) or any(
+        _array_digest(arrays[name]) != digest for name, digest in expected.items()
+    ):
+        raise ModelFileError(f"The arrays in {npz_path} do not match their recorded checksums.")
+    dtype = np.dtype(document["dtype"])
+    model = GaussianMixture(**document["params"])
+    k, d = document["n_components"], document["n_features"]
+    if arrays["weights"].shape != (k,) or arrays["means"].shape != (k, d):
+        raise ModelFileError(
+            f"{npz_path} holds arrays of the wrong shape for {k} components and {d} features."
+        )
+    for name in _ARRAYS:
+        setattr(model, name, arrays[name.rstrip("_")].astype(dtype, copy=False))
+    fitted = document["fitted"]
+    model.converged_ = fitted["converged"]
+    model.n_iter_ = fitted["n_iter"]
+    model.lower_bound_ = fitted["lower_bound"]
+    model.lower_bounds_ = fitted["lower_bounds"]
+    model.backend_ = fitted.get("backend")
+    model.n_features_in_ = d
+    model.feature_names_ = document.get("feature_names")
+    if document.get("feature_names") and document.get("fitted_with_feature_names"):
+        model.feature_names_in_ = np.asarray(document["feature_names"], dtype=object)
+    model.metadata_ = document.get("metadata", {})
+    return model

@@ -1,0 +1,701 @@
+"""``GaussianMixture``: scikit-learn's estimator, one EM loop, pluggable engines.
+
+The loop runs every restart (``n_init``) as one batch: each iteration is one pass of the engine
+over the data (log-likelihood and sufficient statistics of all restarts) followed by the M-step
+on the engine's device. Convergence is tracked per restart with an ``active`` mask on the
+device: a restart that has converged keeps its parameters exactly as scikit-learn's loop would
+have left them, and the host only asks whether any restart is still active every
+``engine.sync_every`` iterations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+from sklearn.base import BaseEstimator, DensityMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._engine import BACKENDS, Engine, get_engine
+from ._gaussian import (
+    COVARIANCE_TYPES,
+    Params,
+    Stats,
+    cholesky_from_precisions,
+    cholesky_precisions,
+    covariances_from_precisions,
+    estimate_log_gaussian_prob,
+    estimate_parameters,
+    logsumexp_rows,
+    m_step,
+    n_parameters,
+    precisions_from_cholesky,
+    select,
+)
+
+__all__ = ["GaussianMixture", "em_progress"]
+
+# called as callback(iteration, max_iter, n_active_restarts) after every EM iteration
+_PROGRESS: contextvars.ContextVar[Callable[[int, int, int], None] | None] = contextvars.ContextVar(
+    "gmm_core_em_progress", default=None
+)
+
+
+@contextlib.contextmanager
+def em_progress(callback: Callable[[int, int, int], None]) -> Iterator[None]:
+    """Report EM progress of every fit inside the ``with`` block.
+
+    ``callback(iteration, max_iter, n_active_restarts)`` runs after each iteration (a progress
+    bar in a CLI, a log line in a task). Asking for the number of active restarts
+    synchronises a GPU engine once per iteration.
+    """
+    token = _PROGRESS.set(callback)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def _is_cupy_array(X: Any) -> bool:
+    return type(X).__module__.split(".")[0] == "cupy"
+
+
+class GaussianMixture(DensityMixin, BaseEstimator):
+    """Gaussian mixture model fitted by EM: a drop-in for :class:`sklearn.mixture.GaussianMixture`.
+
+    Same parameters, defaults, methods and fitted attributes as scikit-learn's estimator, and the
+    same result at the same initialisation; the EM passes run on the chosen ``backend``.
+
+    Parameters
+    ----------
+    n_components : int, default=1
+        Number of mixture components.
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}, default='full'
+        Form of the component covariances.
+    tol : float, default=1e-3
+        Convergence threshold on the change of the lower bound (mean log-likelihood).
+    reg_covar : float, default=1e-6
+        Non-negative regularisation added to the covariance diagonals.
+    max_iter : int, default=100
+        EM iterations per restart (0: initialise only).
+    n_init : int, default=1
+        Number of restarts, drawn from one seeded generator; the best lower bound is kept.
+    init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}, default='kmeans'
+        How initial responsibilities are drawn.
+    weights_init : array-like of shape (n_components,), default=None
+    means_init : array-like of shape (n_components, n_features), default=None
+    precisions_init : array-like, default=None
+        User initial parameters (shapes as scikit-learn's).
+    random_state : int, RandomState instance or None, default=None
+    warm_start : bool, default=False
+        Start from the last fitted parameters (one restart).
+    verbose : int, default=0
+    verbose_interval : int, default=10
+    backend : {'auto', 'numpy', 'cupy'}, default='auto'
+        Where EM runs. ``'auto'`` uses the CuPy engine when a GPU is usable, else NumPy.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (n_components,)
+    means_ : ndarray of shape (n_components, n_features)
+    covariances_, precisions_, precisions_cholesky_ : ndarray
+        Shapes as scikit-learn's for each ``covariance_type``.
+    converged_ : bool
+    n_iter_ : int
+    lower_bound_ : float
+    lower_bounds_ : list of float
+        Lower bound of every iteration of the best restart.
+    restart_lower_bounds_ : list of ndarray
+        Lower-bound history of every restart, in restart order.
+    n_features_in_ : int
+    backend_ : str
+        The engine that ran the fit (``'numpy'`` or ``'cupy'``).
+    fit_seconds_ : float
+        Wall time of the last fit (initialisation included).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gmm_core import GaussianMixture
+    >>> X = np.array([[1, 2], [1, 4], [1, 0], [10, 2], [10, 4], [10, 0]], dtype=float)
+    >>> gm = GaussianMixture(n_components=2, random_state=0, backend="numpy").fit(X)
+    >>> np.sort(gm.means_[:, 0])
+    array([ 1., 10.])
+    """
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "covariance_type": [StrOptions(set(COVARIANCE_TYPES))],
+        "tol": [Interval(Real, 0.0, None, closed="left")],
+        "reg_covar": [Interval(Real, 0.0, None, closed="left")],
+        "max_iter": [Interval(Integral, 0, None, closed="left")],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "init_params": [StrOptions({"kmeans", "random", "random_from_data", "k-means++"})],
+        "weights_init": ["array-like", None],
+        "means_init": ["array-like", None],
+        "precisions_init": ["array-like", None],
+        "random_state": ["random_state"],
+        "warm_start": ["boolean"],
+        "verbose": ["verbose"],
+        "verbose_interval": [Interval(Integral, 1, None, closed="left")],
+        "backend": [StrOptions(set(BACKENDS))],
+    }
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        *,
+        covariance_type: str = "full",
+        tol: float = 1e-3,
+        reg_covar: float = 1e-6,
+        max_iter: int = 100,
+        n_init: int = 1,
+        init_params: str = "kmeans",
+        weights_init: Any = None,
+        means_init: Any = None,
+        precisions_init: Any = None,
+        random_state: Any = None,
+        warm_start: bool = False,
+        verbose: int = 0,
+        verbose_interval: int = 10,
+        backend: str = "auto",
+    ) -> None:
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
+        self.backend = backend
+
+    # ------------------------------------------------------------------------------------------
+    # Input checks
+
+    def _check_X(self, X: Any, *, reset: bool) -> Any:
+        """Validated 2-D float32/float64 data; CuPy arrays stay on their device."""
+        if not _is_cupy_array(X):
+            try:
+                return validate_data(
+                    self,
+                    X,
+                    reset=reset,
+                    dtype=[np.float64, np.float32],
+                    ensure_min_samples=2 if reset else 1,
+                )
+            except ValueError as exc:
+                if "could not convert" not in str(exc):
+                    raise
+                raise ValueError(
+                    f"X must be numeric ({exc}). Pass only the numeric feature columns, or "
+                    "encode categorical columns as numbers first."
+                ) from exc
+        import cupy
+
+        if X.ndim != 2:
+            raise ValueError(
+                f"Expected a 2D array, got a {X.ndim}D CuPy array; reshape your data with "
+                "X.reshape(-1, 1) for a single feature or X.reshape(1, -1) for a single sample."
+            )
+        if X.dtype not in (cupy.float32, cupy.float64):
+            X = X.astype(cupy.float64)
+        if reset:
+            if X.shape[0] < 2:
+                raise ValueError(
+                    f"Found array with {X.shape[0]} sample(s) while a minimum of 2 is required."
+                )
+            self.n_features_in_ = X.shape[1]
+        elif X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input."
+            )
+        if not bool(cupy.isfinite(X).all()):
+            raise ValueError("Input X contains NaN or infinity; remove or impute those rows first.")
+        return X
+
+    def _checked_initial_parameters(self, n_features: int, dtype: Any) -> dict[str, np.ndarray]:
+        """User ``*_init`` arrays, validated (the estimator's parameters are left untouched)."""
+        k = self.n_components
+        out: dict[str, np.ndarray] = {}
+        if self.weights_init is not None:
+            w = _as_float_array(self.weights_init, "weights_init", (k,))
+            if (w < 0).any() or (w > 1).any():
+                raise ValueError(
+                    "The parameter 'weights' should be in the range [0, 1], but got max value "
+                    f"{w.max():.5f}, min value {w.min():.5f}; pass proportions that sum to 1."
+                )
+            if not np.allclose(
+                np.abs(1.0 - w.sum()), 0.0, atol=1e-6 if w.dtype == np.float32 else 1e-8
+            ):
+                raise ValueError(
+                    f"The parameter 'weights' should be normalized, but got sum(weights) = "
+                    f"{w.sum():.5f}; divide weights_init by its sum."
+                )
+            out["weights"] = w
+        if self.means_init is not None:
+            out["means"] = _as_float_array(self.means_init, "means", (k, n_features))
+        if self.precisions_init is not None:
+            shape = {
+                "full": (k, n_features, n_features),
+                "tied": (n_features, n_features),
+                "diag": (k, n_features),
+                "spherical": (k,),
+            }[self.covariance_type]
+            prec = _as_float_array(self.precisions_init, f"{self.covariance_type} precision", shape)
+            if self.covariance_type in ("full", "tied"):
+                mats = prec.reshape(-1, n_features, n_features)
+                symmetric = np.allclose(mats, np.swapaxes(mats, -1, -2))
+                if not (symmetric and (np.linalg.eigvalsh(mats) > 0).all()):
+                    raise ValueError(
+                        f"'{self.covariance_type} precision' should be symmetric, "
+                        "positive-definite; pass inverse covariance matrices."
+                    )
+            elif (prec <= 0).any():
+                raise ValueError(
+                    f"'{self.covariance_type} precision' should be positive; pass 1/variance."
+                )
+            out["precisions"] = prec
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # Initialisation (on the host, exactly as scikit-learn draws it)
+
+    def _initial_resp(self, X: np.ndarray, random_state: np.random.RandomState) -> Any:
+        """Initial responsibilities: a dense (N, K) array, or labels (N,) for one-hot inits."""
+        n_samples = X.shape[0]
+        k = self.n_components
+        if self.init_params == "kmeans":
+            from sklearn.cluster import KMeans
+
+            return KMeans(n_clusters=k, n_init=1, random_state=random_state).fit(X).labels_
+        if self.init_params == "random":
+            resp = random_state.uniform(size=(n_samples, k)).astype(X.dtype)
+            resp /= resp.sum(axis=1)[:, np.newaxis]
+            return resp
+        if self.init_params == "random_from_data":
+            indices = random_state.choice(n_samples, size=k, replace=False)
+        else:  # k-means++
+            from sklearn.cluster import kmeans_plusplus
+
+            _, indices = kmeans_plusplus(X, k, random_state=random_state)
+        labels = np.full(n_samples, -1)
+        labels[indices] = np.arange(k)
+        return labels
+
+    def _initial_params(
+        self,
+        X: np.ndarray,
+        Xc: np.ndarray,
+        shift: np.ndarray,
+        random_state: np.random.RandomState,
+        user: dict[str, np.ndarray],
+        eps: float,
+    ) -> Params:
+        """One restart's initial parameters in centred coordinates, float64, restart axis 1."""
+        n_samples, n_features = X.shape
+        cov_type = self.covariance_type
+        weights = means = covariances = None
+        if len(user) < 3:
+            resp = self._initial_resp(X, random_state)
+            stats = _stats_from_resp(Xc, resp, self.n_components, cov_type, shift, eps)
+            nk, means, covariances = estimate_parameters(stats, cov_type, self.reg_covar, eps, np)
+            weights = nk / n_samples
+        if "weights" in user:
+            weights = user["weights"].astype(np.float64)[None]
+        if "means" in user:
+            means = (user["means"].astype(np.float64) - shift)[None]
+        if "precisions" in user:
+            precisions = user["precisions"].astype(np.float64)[None]
+            prec_chol = cholesky_from_precisions(precisions, cov_type, np)
+            covariances = covariances_from_precisions(precisions, cov_type, np)
+        else:
+            prec_chol = cholesky_precisions(covariances, cov_type, np)
+        return Params(weights, means, covariances, prec_chol)
+
+    def _fitted_params(self, shift: np.ndarray) -> Params:
+        """The current fitted parameters as a one-restart batch (warm start)."""
+        return Params(
+            np.asarray(self.weights_, np.float64)[None],
+            (np.asarray(self.means_, np.float64) - shift)[None],
+            np.asarray(self.covariances_, np.float64)[None],
+            np.asarray(self.precisions_cholesky_, np.float64)[None],
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # Fitting
+
+    def fit(self, X: Any, y: Any = None) -> GaussianMixture:
+        """Estimate model parameters with the EM algorithm.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            NumPy (or CuPy) data; float32 stays float32.
+        y : Ignored
+
+        Returns
+        -------
+        self : GaussianMixture
+        """
+        self.fit_predict(X, y)
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
+        """Fit the model ``n_init`` times, keep the best, and return the labels of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : Ignored
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+        """
+        started = time.perf_counter()
+        X = self._check_X(X, reset=True)
+        n_samples, n_features = X.shape
+        if n_samples < self.n_components:
+            raise ValueError(
+                f"Expected n_samples >= n_components but got n_components = {self.n_components}, "
+                f"n_samples = {n_samples}; lower n_components or provide more samples."
+            )
+        user = self._checked_initial_parameters(n_features, X.dtype)
+        engine = get_engine(self.backend)
+        xp = engine.xp
+        eps = 10 * float(np.finfo(X.dtype).eps)
+
+        # centre once: uncentred sufficient statistics are then numerically safe
+        shift_dev = X.astype(xp.float64).mean(axis=0) if _is_cupy_array(X) else None
+        X_host = engine.to_host(X) if _is_cupy_array(X) else X
+        shift = (
+            engine.to_host(shift_dev) if shift_dev is not None else X.mean(axis=0, dtype=np.float64)
+        )
+        data = engine.prepare(X, shift, self.covariance_type)
+        Xc = data.X if engine.name == "numpy" else X_host - shift.astype(X.dtype)
+
+        do_init = not (self.warm_start and hasattr(self, "converged_"))
+        random_state = check_random_state(self.random_state)
+        if do_init:
+            inits = [
+                self._initial_params(X_host, Xc, shift, random_state, user, eps)
+                for _ in range(self.n_init)
+            ]
+            first_bound: float = -np.inf
+        else:
+            inits = [self._fitted_params(shift)]
+            first_bound = float(getattr(self, "lower_bound_"))  # noqa: B009 (set by a previous fit)
+        del Xc
+        params = Params(
+            *(
+                np.concatenate(arrays)
+                for arrays in zip(*(vars(p).values() for p in inits), strict=True)
+            )
+        )
+        params = params.map(engine.asarray)
+
+        history, n_iter, converged = self._run_em(engine, data, params, first_bound, eps)
+        params = self._em_params
+        lower_bounds = [history[: n_iter[r], r] for r in range(history.shape[1])]
+
+        if self.max_iter == 0:
+            best = len(lower_bounds) - 1  # as scikit-learn: the last initialisation
+            best_bound = -np.inf
+        else:
+            best, best_bound = 0, -np.inf
+            for r, bounds in enumerate(lower_bounds):
+                if bounds[-1] > best_bound or best_bound == -np.inf:
+                    best, best_bound = r, float(bounds[-1])
+        self.converged_ = bool(converged[best]) if self.max_iter > 0 else False
+        if not self.converged_ and self.max_iter > 0:
+            warnings.warn(
+                "Best performing initialization did not converge. Try different init parameters, "
+                "or increase max_iter, tol, or check for degenerate data.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        best_params = params.take(best)
+        self._set_fitted(best_params.map(engine.to_host), shift, X.dtype)
+        self.n_iter_ = int(n_iter[best])
+        self.lower_bound_ = best_bound
+        self.lower_bounds_ = [float(v) for v in lower_bounds[best]]
+        self.restart_lower_bounds_ = [np.asarray(b, dtype=np.float64) for b in lower_bounds]
+        self.backend_ = engine.name
+
+        # a final E-step so that fit_predict(X) agrees with fit(X).predict(X)
+        labels = engine.to_host(xp.argmax(engine.weighted_log_prob(data, best_params), axis=1))
+        self.fit_seconds_ = time.perf_counter() - started
+        return labels
+
+    def _run_em(
+        self, engine: Engine, data: Any, params: Params, first_bound: float, eps: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The EM loop over a batch of restarts.
+
+        Returns the lower-bound history (max_iter, R) (NaN once a restart stopped), the number of
+        iterations and the convergence flag of every restart; leaves the final parameters in
+        ``self._em_params`` (engine arrays).
+        """
+        xp = engine.xp
+        n_restarts = params.weights.shape[0]
+        active = xp.ones(n_restarts, dtype=bool)
+        converged = xp.zeros(n_restarts, dtype=bool)
+        bound = xp.full(n_restarts, first_bound, dtype=xp.float64)
+        n_iter = xp.zeros(n_restarts, dtype=xp.int64)
+        history: list[Any] = []
+        if self.verbose:
+            for r in range(n_restarts):
+                print(f"Initialization {r}")
+        t_start = t_prev = time.perf_counter()
+        progress = _PROGRESS.get()
+        for it in range(1, self.max_iter + 1):
+            stats: Stats = engine.accumulate(data, params, active)
+            new_bound = stats.loglik / stats.n_samples
+            new_params = m_step(stats, self.covariance_type, self.reg_covar, eps, xp)
+            params = select(active, new_params, params, xp)
+            change = new_bound - bound
+            bound = xp.where(active, new_bound, bound)
+            history.append(xp.where(active, new_bound, xp.nan))
+            n_iter = xp.where(active, it, n_iter)
+            just_converged = active & (xp.abs(change) < self.tol)
+            converged |= just_converged
+            active &= ~just_converged
+            if self.verbose and it % self.verbose_interval == 0:
+                now = time.perf_counter()
+                changes = engine.to_host(xp.where(xp.isfinite(change), change, xp.nan))
+                msg = f"  Iteration {it}"
+                if self.verbose >= 2:
+                    msg += f"\t time lapse {now - t_prev:.5f}s\t ll change " + ", ".join(
+                        f"{c:.5f}" for c in changes
+                    )
+                print(msg, flush=True)
+                t_prev = now
+            if progress is not None:
+                n_active = int(active.sum())
+                progress(it, self.max_iter, n_active)
+                if n_active == 0:
+                    break
+            if it % engine.sync_every == 0 and not bool(active.any()):
+                break
+        self._em_params = params
+        hist = engine.to_host(xp.stack(history)) if history else np.empty((0, n_restarts))
+        n_iter_h = engine.to_host(n_iter)
+        converged_h = engine.to_host(converged)
+        if self.verbose and self.max_iter > 0:
+            for r in range(n_restarts):
+                state = "converged" if converged_h[r] else "did not converge"
+                line = f"Initialization {state}."
+                if self.verbose >= 2:
+                    line += (
+                        f" time lapse {time.perf_counter() - t_start:.5f}s\t lower bound "
+                        f"{hist[n_iter_h[r] - 1, r]:.5f}."
+                    )
+                print(line, flush=True)
+        return hist, n_iter_h, converged_h
+
+    def _set_fitted(self, params: Params, shift: np.ndarray, dtype: Any) -> None:
+        """Fitted attributes (C-ordered NumPy, in the data's dtype) from one restart's params."""
+
+        def host(a: Any) -> np.ndarray:
+            return np.ascontiguousarray(a, dtype=dtype)
+
+        self.weights_ = host(params.weights[0])
+        self.means_ = host(params.means[0] + shift)
+        self.covariances_ = host(params.covariances[0])
+        self.precisions_cholesky_ = host(params.precisions_cholesky[0])
+        self.precisions_ = host(
+            precisions_from_cholesky(params.precisions_cholesky[0], self.covariance_type, np)
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # Scoring
+
+    def _estimate_weighted_log_prob(self, X: Any) -> Any:
+        """``log w_k + log N(x | k)`` of every sample, shape (n_samples, n_components)."""
+        check_is_fitted(self)
+        X = self._check_X(X, reset=False)
+        if _is_cupy_array(X):
+            engine = get_engine("cupy")
+            data = engine.prepare(X, None, self.covariance_type)
+            params = Params(
+                self.weights_[None],
+                self.means_[None],
+                self.covariances_[None],
+                self.precisions_cholesky_[None],
+            ).map(lambda a: engine.asarray(np.asarray(a, np.float64)))
+            return engine.weighted_log_prob(data, params)
+        log_prob = estimate_log_gaussian_prob(
+            X,
+            self.means_.astype(X.dtype),
+            self.precisions_cholesky_.astype(X.dtype),
+            self.covariance_type,
+            np,
+        )
+        return log_prob + np.log(self.weights_).astype(X.dtype)
+
+    @staticmethod
+    def _xp(a: Any) -> Any:
+        if _is_cupy_array(a):
+            import cupy
+
+            return cupy
+        return np
+
+    def score_samples(self, X: Any) -> Any:
+        """Log-likelihood of each sample, shape (n_samples,).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        """
+        wlp = self._estimate_weighted_log_prob(X)
+        return logsumexp_rows(wlp, self._xp(wlp))
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean per-sample log-likelihood of ``X``."""
+        return float(self.score_samples(X).mean())
+
+    def predict_proba(self, X: Any) -> Any:
+        """Posterior probability of each component, shape (n_samples, n_components)."""
+        wlp = self._estimate_weighted_log_prob(X)
+        xp = self._xp(wlp)
+        return xp.exp(wlp - logsumexp_rows(wlp, xp)[:, None])
+
+    def predict(self, X: Any) -> Any:
+        """Most probable component of each sample, shape (n_samples,)."""
+        wlp = self._estimate_weighted_log_prob(X)
+        return self._xp(wlp).argmax(wlp, axis=1)
+
+    def _n_parameters(self) -> int:
+        return n_parameters(self.covariance_type, self.n_components, self.means_.shape[1])
+
+    def bic(self, X: Any) -> float:
+        """Bayesian information criterion of the model on ``X`` (lower is better)."""
+        n = X.shape[0]
+        return -2 * self.score(X) * n + self._n_parameters() * np.log(n)
+
+    def aic(self, X: Any) -> float:
+        """Akaike information criterion of the model on ``X`` (lower is better)."""
+        return -2 * self.score(X) * X.shape[0] + 2 * self._n_parameters()
+
+    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Draw samples from the fitted mixture (scikit-learn's generator and order).
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        y : ndarray of shape (n_samples,)
+            Component of each sample.
+        """
+        check_is_fitted(self)
+        if n_samples < 1:
+            raise ValueError(
+                f"Invalid value for 'n_samples': {n_samples}. The sampling requires at least one "
+                "sample."
+            )
+        _, n_features = self.means_.shape
+        rng = check_random_state(self.random_state)
+        n_samples_comp = rng.multinomial(n_samples, self.weights_)
+        if self.covariance_type == "full":
+            X = np.vstack(
+                [
+                    rng.multivariate_normal(mean, covariance, int(n))
+                    for mean, covariance, n in zip(
+                        self.means_, self.covariances_, n_samples_comp, strict=True
+                    )
+                ]
+            )
+        elif self.covariance_type == "tied":
+            X = np.vstack(
+                [
+                    rng.multivariate_normal(mean, self.covariances_, int(n))
+                    for mean, n in zip(self.means_, n_samples_comp, strict=True)
+                ]
+            )
+        else:
+            X = np.vstack(
+                [
+                    mean + rng.standard_normal(size=(n, n_features)) * np.sqrt(covariance)
+                    for mean, covariance, n in zip(
+                        self.means_, self.covariances_, n_samples_comp, strict=True
+                    )
+                ]
+            )
+        y = np.concatenate([np.full(n, j, dtype=int) for j, n in enumerate(n_samples_comp)])
+        return X, y
+
+
+def _as_float_array(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype not in (np.float32, np.float64):
+        array = array.astype(np.float64)
+    if array.shape != shape:
+        raise ValueError(
+            f"The parameter '{name}' should have the shape of {shape}, but got {array.shape}."
+        )
+    return array
+
+
+def _stats_from_resp(
+    X: np.ndarray, resp: np.ndarray, n_components: int, cov_type: str, shift: Any, eps: float
+) -> Stats:
+    """Sufficient statistics (float64, one restart) of given responsibilities.
+
+    ``resp`` is dense (N, K), or labels (N,) of a one-hot assignment with -1 for "no component".
+    ``X`` is centred by ``shift``; ``eps`` is the M-step's regulariser of ``nk``.
+    """
+    n_samples, n_features = X.shape
+    if resp.ndim == 1:
+        rows = np.flatnonzero(resp >= 0)
+        R = sparse.csr_matrix(
+            (np.ones(len(rows), X.dtype), (resp[rows], rows)), shape=(n_components, n_samples)
+        )
+    else:
+        R = resp.T
+    nk = np.asarray(R.sum(axis=1), dtype=np.float64).reshape(n_components)
+    # scikit-learn computes these products in the data's dtype, then adds eps in that dtype
+    nk = nk.astype(X.dtype).astype(np.float64)
+    sx = np.asarray(R @ X, dtype=np.float64)
+    if cov_type == "full":
+        dense = R.toarray() if sparse.issparse(R) else R
+        sxx = np.stack([(X * dense[k][:, None]).T @ X for k in range(n_components)]).astype(
+            np.float64
+        )
+    elif cov_type == "tied":
+        # scikit-learn's tied estimate uses X^T X over *all* samples, also when the initial
+        # responsibilities leave rows empty (k-means++, random_from_data). That estimate is not
+        # translation invariant; this is it, written in the centred coordinates used here.
+        shift = np.asarray(shift, dtype=np.float64)
+        outside = n_samples - (nk.sum() + eps * n_components)
+        total = sx.sum(axis=0)
+        sxx = (
+            (X.T @ X).astype(np.float64)
+            + outside * np.outer(shift, shift)
+            - np.outer(total, shift)
+            - np.outer(shift, total)
+        )
+    elif cov_type == "diag":
+        sxx = np.asarray(R @ (X * X), dtype=np.float64)
+    else:
+        sxx = np.asarray(R @ np.einsum("ij,ij->i", X, X), dtype=np.float64).reshape(n_components)
+    expand = (lambda a: a) if cov_type == "tied" else (lambda a: a[None])
+    return Stats(np.zeros(1), nk[None], sx[None], expand(sxx), n_samples)

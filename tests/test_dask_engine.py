@@ -1,0 +1,243 @@
+"""The Dask engine on a real 2-worker ``distributed.LocalCluster``: the same model as NumPy.
+
+EM's statistics add up across partitions, so ``backend="dask"`` must reproduce the
+single-process NumPy backend's fit (same restarts, same iteration counts, same convergence, same
+parameters) up to floating-point summation order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+from gmm_core import GaussianMixture  # noqa: E402
+from gmm_core._dask_engine import (  # noqa: E402
+    SCHEDULER_ENV,
+    WORKER_BACKEND_ENV,
+    DaskEngine,
+    _close_cached_clients,
+    resolve_client,
+)
+from gmm_core._gaussian import Params, cholesky_precisions  # noqa: E402
+from gmm_core._numpy_engine import NumpyEngine  # noqa: E402
+
+N_SAMPLES, N_FEATURES, N_COMPONENTS = 20_000, 4, 4
+
+
+def _telemetry_like(n: int = N_SAMPLES, seed: int = 0) -> np.ndarray:
+    """Overlapping anisotropic clusters: EM needs tens of iterations, restarts end apart."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0.0, 1.5, size=(N_COMPONENTS, N_FEATURES))
+    scales = rng.uniform(0.5, 1.5, size=(N_COMPONENTS, N_FEATURES))
+    labels = rng.integers(0, N_COMPONENTS, n)
+    return centers[labels] + rng.standard_normal((n, N_FEATURES)) * scales[labels] + 10.0
+
+
+@pytest.fixture(autouse=True)
+def numpy_workers(monkeypatch):
+    """CPU tests compare with the NumPy backend: the workers run the NumPy engine even where
+    they could see a GPU (``backend="dask"`` defaults to ``"auto"`` on the workers)."""
+    monkeypatch.setenv(WORKER_BACKEND_ENV, "numpy")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as local_cluster:
+        yield local_cluster
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    # not the default client: each test says how the estimator finds the cluster
+    with distributed.Client(cluster, set_as_default=False) as dask_client:
+        yield dask_client
+    _close_cached_clients()
+
+
+@pytest.fixture(scope="module")
+def X() -> np.ndarray:
+    return _telemetry_like()
+
+
+FIT_KW = dict(
+    n_components=N_COMPONENTS,
+    n_init=2,
+    random_state=0,
+    init_params="k-means++",
+    tol=1e-5,
+    max_iter=200,
+)
+
+
+def _assert_same_fit(got: GaussianMixture, ref: GaussianMixture, rtol: float, atol: float) -> None:
+    assert got.backend_ == "dask" and ref.backend_ == "numpy"
+    assert got.n_iter_ == ref.n_iter_
+    assert got.converged_ == ref.converged_
+    assert [len(b) for b in got.restart_lower_bounds_] == [
+        len(b) for b in ref.restart_lower_bounds_
+    ]
+    for mine, theirs in zip(got.restart_lower_bounds_, ref.restart_lower_bounds_, strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(got.lower_bound_, ref.lower_bound_, rtol=rtol)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        np.testing.assert_allclose(
+            getattr(got, name), getattr(ref, name), rtol=rtol, atol=atol, err_msg=name
+        )
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "full", "tied", "spherical"])
+def test_same_model_as_numpy_backend(client, X, covariance_type):
+    ref = GaussianMixture(covariance_type=covariance_type, backend="numpy", **FIT_KW).fit(X)
+    with client.as_current():
+        got = GaussianMixture(covariance_type=covariance_type, backend="dask", **FIT_KW)
+        labels = got.fit_predict(X)
+    # several restarts that really iterate and end at different bounds: the comparison covers
+    # the per-restart convergence bookkeeping, not one trivial run
+    finals = [b[-1] for b in ref.restart_lower_bounds_]
+    assert len(finals) == 2 and max(len(b) for b in ref.restart_lower_bounds_) >= 3
+    _assert_same_fit(got, ref, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(labels, ref.predict(X))
+    np.testing.assert_array_equal(got.predict(X), labels)
+
+
+def test_float32_data_stay_float32_and_agree(client, X):
+    X32 = X.astype(np.float32)
+    kw = {**FIT_KW, "tol": 1e-4}
+    ref = GaussianMixture(covariance_type="diag", backend="numpy", **kw).fit(X32)
+    with client.as_current():
+        got = GaussianMixture(covariance_type="diag", backend="dask", **kw).fit(X32)
+    assert got.means_.dtype == np.float32
+    # float32 chunk sums differ in order between one process and two partitions
+    np.testing.assert_allclose(got.means_, ref.means_, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got.lower_bound_, ref.lower_bound_, rtol=1e-5)
+
+
+def test_max_iter_without_convergence_warns_like_numpy(client, X):
+    kw = {**FIT_KW, "max_iter": 3, "tol": 0.0}
+    with pytest.warns(Warning, match="did not converge"):
+        ref = GaussianMixture(covariance_type="diag", backend="numpy", **kw).fit(X)
+    with client.as_current(), pytest.warns(Warning, match="did not converge"):
+        got = GaussianMixture(covariance_type="diag", backend="dask", **kw).fit(X)
+    assert got.n_iter_ == ref.n_iter_ == 3 and not got.converged_
+    _assert_same_fit(got, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_partitions_stay_on_both_workers_and_stats_add_up(client, X):
+    """prepare() persists one partition per worker thread; a pass equals the NumPy pass."""
+    shift = X.mean(axis=0)
+    engine = DaskEngine(client, worker_backend="numpy")
+    data = engine.prepare(X, shift, "full")
+    assert len(data.parts) == 2 and data.worker_backends == ["numpy", "numpy"]
+    holders = client.who_has(data.parts)
+    assert len({w for workers in holders.values() for w in workers}) == 2
+
+    rng = np.random.default_rng(1)
+    n_restarts = 2
+    means = rng.normal(size=(n_restarts, N_COMPONENTS, N_FEATURES))
+    covs = np.broadcast_to(np.eye(N_FEATURES), (n_restarts, N_COMPONENTS, N_FEATURES, N_FEATURES))
+    params = Params(
+        np.full((n_restarts, N_COMPONENTS), 1.0 / N_COMPONENTS),
+        means,
+        covs.copy(),
+        cholesky_precisions(covs.copy(), "full", np),
+    )
+    ref_engine = NumpyEngine()
+    ref_data = ref_engine.prepare(X, shift, "full")
+    active = np.ones(n_restarts, dtype=bool)
+    got, ref = (
+        engine.accumulate(data, params, active),
+        ref_engine.accumulate(ref_data, params, active),
+    )
+    assert got.n_samples == ref.n_samples == N_SAMPLES
+    for name in ("loglik", "nk", "sx", "sxx"):
+        np.testing.assert_allclose(getattr(got, name), getattr(ref, name), rtol=1e-10, err_msg=name)
+
+    # an inactive restart keeps its last statistics, the active one is recomputed
+    moved = Params(
+        params.weights, params.means + 0.5, params.covariances, params.precisions_cholesky
+    )
+    partly = engine.accumulate(data, moved, np.array([False, True]))
+    np.testing.assert_array_equal(partly.nk[0], got.nk[0])
+    assert not np.allclose(partly.nk[1], got.nk[1])
+
+    np.testing.assert_allclose(
+        engine.weighted_log_prob(data, params.take(0)),
+        ref_engine.weighted_log_prob(ref_data, params.take(0)),
+        rtol=1e-12,
+    )
+
+
+def test_dask_array_input_is_computed_on_the_workers(client, X):
+    da = pytest.importorskip("dask.array")
+    shift = X.mean(axis=0)
+    X_dask = da.from_array(X, chunks=(6_000, N_FEATURES))  # 4 row blocks, uneven last one
+    engine = DaskEngine(client, worker_backend="numpy")
+    data = engine.prepare(X_dask, shift, "diag")
+    assert len(data.parts) == 4 and data.n_samples == N_SAMPLES
+    ref_engine = NumpyEngine()
+    ref_data = ref_engine.prepare(X, shift, "diag")
+    covs = np.ones((1, N_COMPONENTS, N_FEATURES))
+    params = Params(
+        np.full((1, N_COMPONENTS), 0.25), X[:N_COMPONENTS][None] - shift, covs, 1.0 / np.sqrt(covs)
+    )
+    got = engine.accumulate(data, params, np.ones(1, bool))
+    ref = ref_engine.accumulate(ref_data, params, np.ones(1, bool))
+    for name in ("loglik", "nk", "sx", "sxx"):
+        np.testing.assert_allclose(getattr(got, name), getattr(ref, name), rtol=1e-10, err_msg=name)
+
+
+def test_scheduler_address_from_environment(cluster, client, X, monkeypatch):
+    """No active client: EMFLOW_DASK_SCHEDULER names the cluster (the retrain DAG's knob)."""
+    if distributed.client._get_global_client() is not None:
+        pytest.skip("another test module left a default Dask client active")
+    monkeypatch.setenv(SCHEDULER_ENV, cluster.scheduler_address)
+    kw = {**FIT_KW, "n_init": 1}
+    got = GaussianMixture(covariance_type="diag", backend="dask", **kw).fit(X)
+    ref = GaussianMixture(covariance_type="diag", backend="numpy", **kw).fit(X)
+    assert resolve_client().scheduler.address == cluster.scheduler_address
+    _assert_same_fit(got, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_no_cluster_is_a_clear_error(monkeypatch, X):
+    if distributed.client._get_global_client() is not None:
+        pytest.skip("another test module left a default Dask client active")
+    monkeypatch.delenv(SCHEDULER_ENV, raising=False)
+    with pytest.raises(RuntimeError, match=SCHEDULER_ENV):
+        GaussianMixture(2, backend="dask").fit(X[:100])
+
+
+def test_unreachable_scheduler_is_a_clear_error(monkeypatch, X):
+    if distributed.client._get_global_client() is not None:
+        pytest.skip("another test module left a default Dask client active")
+    monkeypatch.setenv(SCHEDULER_ENV, "tcp://127.0.0.1:9")  # discard port: nothing listens
+    monkeypatch.setattr("gmm_core._dask_engine._CONNECT_TIMEOUT", "2s")
+    with pytest.raises(RuntimeError, match="cannot reach the Dask scheduler"):
+        GaussianMixture(2, backend="dask").fit(X[:100])
+
+
+def test_bad_worker_backend_names_the_fix():
+    with pytest.raises(ValueError, match="worker_backend must be one of"):
+        DaskEngine(worker_backend="tpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("covariance_type", ["diag", "full"])
+def test_gpu_workers_run_the_cupy_engine(client, X, covariance_type, monkeypatch):
+    """Workers that see a GPU run the CuPy engine (fused kernel for diag) on their partitions."""
+    from gmm_core._engine import cupy_unavailable_reason
+
+    reason = cupy_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"needs a usable CUDA GPU: {reason}")
+    monkeypatch.setenv(WORKER_BACKEND_ENV, "cupy")
+    engine = DaskEngine(client)
+    data = engine.prepare(X, X.mean(axis=0), covariance_type)
+    assert data.worker_backends == ["cupy", "cupy"]
+    ref = GaussianMixture(covariance_type=covariance_type, backend="numpy", **FIT_KW).fit(X)
+    with client.as_current():
+        got = GaussianMixture(covariance_type=covariance_type, backend="dask", **FIT_KW).fit(X)
+    _assert_same_fit(got, ref, rtol=1e-7, atol=1e-7)

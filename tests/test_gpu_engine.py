@@ -1,0 +1,279 @@
+"""CuPy engine vs NumPy engine, from the same test bodies (needs a usable CUDA GPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gmm_core import GaussianMixture
+from gmm_core._engine import cupy_unavailable_reason
+from gmm_core._gaussian import Params, cholesky_precisions
+
+_REASON = cupy_unavailable_reason()
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(_REASON is not None, reason=f"needs a usable CUDA GPU: {_REASON}"),
+]
+
+COV_TYPES = ("full", "tied", "diag", "spherical")
+# relative tolerance of float64 statistics per data dtype (float32 work accumulated in float64)
+RTOL = {np.float32: 2e-5, np.float64: 1e-10}
+
+
+def _data(n: int, d: int, k: int, dtype, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=6.0, size=(k, d))
+    labels = rng.integers(0, k, n)
+    X = centers[labels] + rng.normal(scale=rng.uniform(0.5, 2.0, size=d), size=(n, d))
+    return (X + 20.0).astype(dtype)
+
+
+def _random_params(X: np.ndarray, cov: str, k: int, n_restarts: int, seed: int = 1) -> Params:
+    """Plausible parameters of R restarts in centred coordinates (float64)."""
+    rng = np.random.default_rng(seed)
+    n, d = X.shape
+    Xc = X.astype(np.float64) - X.mean(0)
+    weights = rng.dirichlet(np.ones(k) * 5, size=n_restarts)
+    means = Xc[rng.integers(0, n, size=(n_restarts, k))]
+    var = Xc.var(0)
+    if cov == "full":
+        a = rng.normal(size=(n_restarts, k, d, d)) * 0.3
+        covs = a @ np.swapaxes(a, -1, -2) + np.diag(var)
+    elif cov == "tied":
+        a = rng.normal(size=(n_restarts, d, d)) * 0.3
+        covs = a @ np.swapaxes(a, -1, -2) + np.diag(var)
+    elif cov == "diag":
+        covs = var * rng.uniform(0.3, 2.0, size=(n_restarts, k, d))
+    else:
+        covs = var.mean() * rng.uniform(0.3, 2.0, size=(n_restarts, k))
+    return Params(weights, means, covs, cholesky_precisions(covs, cov, np))
+
+
+def _engines():
+    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._numpy_engine import NumpyEngine
+
+    return NumpyEngine(), CupyEngine()
+
+
+def _assert_stats_close(got, want, rtol):
+    import cupy
+
+    for name in ("loglik", "nk", "sx", "sxx"):
+        g = cupy.asnumpy(getattr(got, name))
+        w = cupy.asnumpy(getattr(want, name))
+        assert g.shape == w.shape, name
+        scale = np.abs(w).max() + 1e-300
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * scale, err_msg=name)
+    assert got.n_samples == want.n_samples
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cov", COV_TYPES)
+@pytest.mark.parametrize("n_restarts", [1, 3])
+def test_accumulate_matches_numpy(cov, dtype, n_restarts):
+    import cupy
+
+    X = _data(5000, 5, 4, dtype)
+    params = _random_params(X, cov, 4, n_restarts)
+    np_engine, cp_engine = _engines()
+    if cov in ("diag", "spherical") and n_restarts == 3:  # the shared-accumulator variant
+        from gmm_core._cupy_engine import CupyEngine
+
+        cp_engine = CupyEngine(shared_accumulators=True)
+    shift = X.mean(0)
+    want = np_engine.accumulate(np_engine.prepare(X, shift, cov), params, np.ones(n_restarts, bool))
+    data = cp_engine.prepare(X, shift, cov)
+    got = cp_engine.accumulate(data, params.map(cupy.asarray), cupy.ones(n_restarts, bool))
+    _assert_stats_close(got, want, RTOL[dtype])
+
+
+@pytest.mark.parametrize("cov", ["diag", "spherical", "full"])
+def test_streamed_chunks_match_resident(cov):
+    import cupy
+
+    from gmm_core._cupy_engine import CupyEngine
+
+    X = _data(20_003, 6, 5, np.float32, seed=3)
+    params = _random_params(X, cov, 5, 2).map(cupy.asarray)
+    shift = X.mean(0)
+    resident = CupyEngine()
+    streamed = CupyEngine(memory_budget_bytes=100_000, chunk_rows=3_000)
+    d_res = resident.prepare(X, shift, cov)
+    d_str = streamed.prepare(X, shift, cov)
+    assert d_res.resident and not d_str.resident and len(d_str.chunks) == 7
+    active = cupy.ones(2, bool)
+    _assert_stats_close(
+        streamed.accumulate(d_str, params, active), resident.accumulate(d_res, params, active), 1e-6
+    )
+    np.testing.assert_allclose(
+        cupy.asnumpy(streamed.weighted_log_prob(d_str, params.take(0))),
+        cupy.asnumpy(resident.weighted_log_prob(d_res, params.take(0))),
+        rtol=1e-5,
+    )
+
+
+def test_out_of_memory_on_upload_streams_instead():
+    import cupy
+
+    from gmm_core._cupy_engine import CupyEngine
+
+    X = _data(200_000, 8, 3, np.float64)  # 12.8 MB
+    params = _random_params(X, "diag", 3, 1).map(cupy.asarray)
+    pool = cupy.get_default_memory_pool()
+    reference = CupyEngine().accumulate(
+        CupyEngine().prepare(X, X.mean(0), "diag"), params, cupy.ones(1, bool)
+    )
+    cupy.cuda.Device().synchronize()
+    engine = CupyEngine(memory_budget_bytes=1 << 30, chunk_rows=50_000)
+    pool.free_all_blocks()
+    pool.set_limit(size=pool.total_bytes() + 8_000_000)  # the upload (12.8 MB) cannot fit
+    try:
+        data = engine.prepare(X, X.mean(0), "diag")
+    finally:
+        pool.set_limit(size=0)
+    assert not data.resident
+    _assert_stats_close(engine.accumulate(data, params, cupy.ones(1, bool)), reference, 1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cov", COV_TYPES)
+def test_fit_matches_numpy_backend(cov, dtype):
+    X = _data(4000, 4, 3, dtype, seed=5)
+    kwargs = dict(n_components=3, covariance_type=cov, n_init=3, random_state=0, max_iter=60)
+    ref = GaussianMixture(backend="numpy", **kwargs).fit(X)
+    gpu = GaussianMixture(backend="cupy", **kwargs).fit(X)
+    assert gpu.backend_ == "cupy"
+    rtol = 1e-4 if dtype == np.float32 else 1e-8
+    assert gpu.lower_bound_ == pytest.approx(ref.lower_bound_, rel=rtol)
+    np.testing.assert_allclose(gpu.means_, ref.means_, rtol=rtol * 10, atol=rtol * 10)
+    np.testing.assert_allclose(gpu.weights_, ref.weights_, rtol=rtol * 10, atol=rtol * 10)
+    assert isinstance(gpu.means_, np.ndarray) and gpu.means_.dtype == dtype
+    assert (gpu.predict(X) == ref.predict(X)).mean() >= 0.999
+    for a, b in zip(gpu.restart_lower_bounds_, ref.restart_lower_bounds_, strict=True):
+        n = min(len(a), len(b))
+        np.testing.assert_allclose(a[:n], b[:n], rtol=rtol)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("cov", ["diag", "spherical"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_device_loop_matches_estimator_loop(cov, dtype):
+    """run_em (kernels + CUDA graph) == the estimator's loop at the same initialisation."""
+    import cupy
+
+    from gmm_core._cupy_engine import CupyEngine
+
+    X = _data(30_000, 7, 6, dtype, seed=7)
+    n_restarts, k = 4, 6
+    params = _random_params(X, cov, k, n_restarts, seed=11)
+    shift = X.mean(0, dtype=np.float64)
+    eps = 10 * float(np.finfo(dtype).eps)
+    # float32 lower bounds differ in the last digits, so a tol test could flip an iteration:
+    # compare a fixed number of iterations there, convergence itself in float64
+    tol = 1e-4 if dtype == np.float64 else 0.0
+    engine = CupyEngine(graph_steps=8)
+    data = engine.prepare(X, shift, cov)
+    out = engine.run_em(
+        data, params.map(cupy.asarray), reg_covar=1e-6, eps=eps, tol=tol, max_iter=40
+    )
+    assert out is not None
+    got_params, history, n_iter, converged = out
+    # a second fit replays the cached CUDA graph from reset state: the same result
+    again = engine.run_em(
+        data, params.map(cupy.asarray), reg_covar=1e-6, eps=eps, tol=tol, max_iter=40
+    )
+    np.testing.assert_array_equal(again[1], history)
+    np.testing.assert_array_equal(cupy.asnumpy(again[0].means), cupy.asnumpy(got_params.means))
+    rtol = 2e-4 if dtype == np.float32 else 1e-9
+    for r in range(n_restarts):
+        one = params.take(r)
+        precisions = one.precisions_cholesky[0] ** 2
+        ref = GaussianMixture(
+            k,
+            covariance_type=cov,
+            tol=tol,
+            max_iter=40,
+            weights_init=one.weights[0],
+            means_init=one.means[0] + shift,
+            precisions_init=precisions,
+            backend="numpy",
+        ).fit(X)
+        assert n_iter[r] == ref.n_iter_
+        assert bool(converged[r]) == ref.converged_
+        np.testing.assert_allclose(history[: n_iter[r], r], ref.lower_bounds_, rtol=rtol)
+        assert np.isnan(history[n_iter[r] :, r]).all()
+        np.testing.assert_allclose(
+            cupy.asnumpy(got_params.means[r]) + shift, ref.means_, rtol=rtol * 10, atol=rtol * 10
+        )
+
+
+def test_many_restarts_and_components_split_into_groups():
+    """R*K above one block's rows (here 4 x 100) runs as restart groups with the same result."""
+    import cupy
+
+    X = _data(3000, 3, 100, np.float64, seed=2)
+    params = _random_params(X, "diag", 100, 4)
+    np_engine, cp_engine = _engines()
+    shift = X.mean(0)
+    want = np_engine.accumulate(np_engine.prepare(X, shift, "diag"), params, np.ones(4, bool))
+    got = cp_engine.accumulate(
+        cp_engine.prepare(X, shift, "diag"), params.map(cupy.asarray), cupy.ones(4, bool)
+    )
+    assert len(cp_engine._plans(cp_engine.prepare(X, shift, "diag"), 4, 100)) > 1
+    _assert_stats_close(got, want, 1e-10)
+
+
+def test_wide_diag_uses_gemm_path():
+    import cupy
+
+    X = _data(2000, 40, 3, np.float32, seed=4)  # 40 features: beyond the fused kernel
+    params = _random_params(X, "diag", 3, 2)
+    np_engine, cp_engine = _engines()
+    shift = X.mean(0)
+    want = np_engine.accumulate(np_engine.prepare(X, shift, "diag"), params, np.ones(2, bool))
+    data = cp_engine.prepare(X, shift, "diag")
+    assert not cp_engine._fused_ok(data, 2, 3)
+    got = cp_engine.accumulate(data, params.map(cupy.asarray), cupy.ones(2, bool))
+    _assert_stats_close(got, want, 1e-4)
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+def test_predict_paths_on_cupy_input(cov):
+    import cupy
+
+    X = _data(3000, 3, 3, np.float64, seed=9)
+    gm = GaussianMixture(3, covariance_type=cov, random_state=0, backend="cupy").fit(X)
+    ref = GaussianMixture(3, covariance_type=cov, random_state=0, backend="numpy").fit(X)
+    Xd = cupy.asarray(X)
+    labels = gm.predict(Xd)
+    assert isinstance(labels, cupy.ndarray)
+    np.testing.assert_array_equal(cupy.asnumpy(labels), ref.predict(X))
+    np.testing.assert_allclose(cupy.asnumpy(gm.predict_proba(Xd)), ref.predict_proba(X), atol=1e-7)
+    np.testing.assert_allclose(cupy.asnumpy(gm.score_samples(Xd)), ref.score_samples(X), rtol=1e-9)
+    assert gm.score(X) == pytest.approx(ref.score(X), rel=1e-9)
+    # fitting on a CuPy array gives the same model as on the host copy
+    on_device = GaussianMixture(3, covariance_type=cov, random_state=0, backend="cupy").fit(Xd)
+    np.testing.assert_allclose(on_device.means_, gm.means_, rtol=1e-9)
+
+
+def test_bad_input_gets_clear_errors():
+    import cupy
+
+    from gmm_core._cupy_engine import CupyEngine
+
+    X = _data(500, 3, 2, np.float64)
+    Xd = cupy.asarray(X)
+    Xd[3, 1] = cupy.nan
+    with pytest.raises(ValueError, match="NaN"):
+        GaussianMixture(2, backend="cupy").fit(Xd)
+    gm = GaussianMixture(2, backend="cupy", random_state=0).fit(X)
+    with pytest.raises(ValueError, match="features"):
+        gm.predict(cupy.asarray(X[:, :2]))
+    with pytest.raises(ValueError, match="n_components"):
+        GaussianMixture(600, backend="cupy").fit(X)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        CupyEngine().prepare(X.astype(np.float16), None, "diag")
+    # collapsed data still fit thanks to reg_covar
+    const = np.ones((200, 2))
+    GaussianMixture(2, covariance_type="diag", backend="cupy").fit(const)

@@ -1,0 +1,520 @@
+"""Validate one telemetry batch (a file, a folder of files or a DataFrame) against the contract.
+
+Files are read with pyarrow (Parquet: ``.parquet``/``.pq``; CSV: ``.csv``), never row by row.
+A file that cannot be read does not raise: it fails the named expectation
+``expect_batch_files_to_be_readable`` (and ``expect_batch_files_to_be_non_empty`` for 0 bytes), so
+an operator sees the same kind of report for every way a batch can be bad.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from validation.contract import Contract, load_contract
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv",)
+BATCH_SUFFIXES = PARQUET_SUFFIXES + CSV_SUFFIXES
+N_EXAMPLES = 5
+
+Window = tuple[pd.Timestamp, pd.Timestamp]
+
+
+class BatchRejected(Exception):
+    """One or more batches failed validation.
+
+    ``result`` is the (first) :class:`ValidationResult`, ``results`` all of them; the message is
+    their summaries, so a failed task log names the failed expectations and the fixes.
+    """
+
+    def __init__(self, result: ValidationResult, *more: ValidationResult):
+        self.results = [result, *more]
+        self.result = result
+        super().__init__("\n".join(r.summary for r in self.results))
+
+    @classmethod
+    def from_results(cls, results: Sequence[ValidationResult]) -> BatchRejected:
+        """One exception for several rejected batches (e.g. every bad file of a window)."""
+        if not results:
+            raise ValueError("from_results needs at least one rejected result")
+        return cls(*results)
+
+
+@dataclass
+class FailedExpectation:
+    """One failed expectation, flattened from the GX result.
+
+    Attributes
+    ----------
+    expectation : str
+        GX expectation type, e.g. ``"expect_column_values_to_not_be_null"``.
+    column : str or None
+        Column it applies to (None for table- and file-level expectations).
+    unexpected_count : int or None
+        Rows (or files) that broke it; None for aggregate expectations.
+    unexpected_percent : float or None
+        Same, in percent of the non-null values.
+    examples : list
+        Up to five offending values (JSON-able; non-finite floats as ``"nan"``/``"inf"``).
+    observed_value : Any
+        What GX measured for aggregate expectations (row count, column list, dtype).
+    fix : str
+        What to do about it.
+    error : str or None
+        Why GX could not evaluate it (e.g. the column is missing).
+    suite : str
+        ``"files"`` or ``"content"``.
+    """
+
+    expectation: str
+    column: str | None
+    unexpected_count: int | None
+    unexpected_percent: float | None
+    examples: list[Any]
+    observed_value: Any
+    fix: str
+    error: str | None = None
+    suite: str = "content"
+
+    def describe(self) -> str:
+        """One line for the summary."""
+        where = f" [{self.column}]" if self.column else ""
+        if self.expectation == "expect_column_to_exist":
+            what = "column is missing"
+        elif self.error:
+            what = f"not evaluated: {self.error}"
+        elif self.unexpected_count is not None:
+            pct = (
+                f" ({self.unexpected_percent:.3g}%)" if self.unexpected_percent is not None else ""
+            )
+            what = f"{self.unexpected_count} unexpected{pct}, e.g. {self.examples}"
+        else:
+            what = f"observed {_short(self.observed_value)}"
+        return f"{self.expectation}{where}: {what} -> fix: {self.fix}"
+
+
+@dataclass
+class ValidationResult:
+    """Outcome of validating one batch.
+
+    Attributes
+    ----------
+    success : bool
+        True when every expectation held.
+    failed : list of FailedExpectation
+        Failed expectations, file-level first, then table, column existence, types, values.
+    n_rows : int
+        Rows read (0 when nothing was readable).
+    summary : str
+        Short human-readable text naming the failed expectations and the fix.
+    source : str
+        The file or folder validated (``"<DataFrame>"`` for in-memory batches).
+    files : list of dict
+        Per input file: ``file``, ``size_bytes``, ``readable``, ``error``, ``n_rows``.
+    window : tuple of str or None
+        ``[start, end)`` the timestamps were checked against (ISO 8601), if any.
+    contract : dict
+        ``name``, ``version``, ``fingerprint`` and ``path`` of the contract used.
+    statistics : dict
+        Evaluated / successful / unsuccessful expectation counts over both suites.
+    gx_results : dict
+        GX's own result JSON per suite (``"files"``, ``"content"``; None when not run).
+    report_path : str or None
+        Set by :func:`validation.check_batch`: the JSON report written beside the batch.
+    quarantined_to : str or None
+        Set by :func:`validation.check_batch` on failure: where the batch's bytes now are.
+    data : pandas.DataFrame or None
+        The rows read (not serialised), so a caller need not read the batch twice.
+    """
+
+    success: bool
+    failed: list[FailedExpectation]
+    n_rows: int
+    summary: str
+    source: str
+    files: list[dict[str, Any]] = field(default_factory=list)
+    window: tuple[str, str] | None = None
+    contract: dict[str, Any] = field(default_factory=dict)
+    statistics: dict[str, int] = field(default_factory=dict)
+    gx_results: dict[str, Any] = field(default_factory=dict)
+    report_path: str | None = None
+    quarantined_to: str | None = None
+    data: pd.DataFrame | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def failed_expectations(self) -> list[str]:
+        """Names of the failed expectations, in report order (with repeats per column)."""
+        return [f.expectation for f in self.failed]
+
+    @property
+    def quarantine_dir(self) -> str | None:
+        """Folder holding the quarantined batch and its reports (None unless quarantined)."""
+        return None if self.quarantined_to is None else str(Path(self.quarantined_to).parent)
+
+    @property
+    def record_dir(self) -> str | None:
+        """Folder holding this batch's reports (``quarantine/`` or ``validated/<run id>/...``)."""
+        return None if self.report_path is None else str(Path(self.report_path).parent)
+
+    @property
+    def validated_path(self) -> str | None:
+        """The batch's path when it passed (it stays where it was delivered), else None."""
+        return self.source if self.success and self.source != "<DataFrame>" else None
+
+    def failures_of(self, expectation: str) -> list[FailedExpectation]:
+        """The failures of one expectation type."""
+        return [f for f in self.failed if f.expectation == expectation]
+
+    def raise_for_failure(self) -> ValidationResult:
+        """Raise :class:`BatchRejected` if the batch failed; return ``self`` otherwise."""
+        if not self.success:
+            raise BatchRejected(self)
+        return self
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """JSON-able report (strict JSON: no NaN/Infinity), including GX's result JSON."""
+        data = asdict(self)
+        data.pop("data")
+        return jsonable(data)
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping[str, Any]) -> ValidationResult:
+        """Rebuild a result written by :meth:`to_json_dict` (``data`` stays None)."""
+        fields = dict(data)
+        fields["failed"] = [FailedExpectation(**f) for f in fields.get("failed", [])]
+        if fields.get("window") is not None:
+            fields["window"] = tuple(fields["window"])
+        return cls(**fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON helpers
+# ---------------------------------------------------------------------------------------------
+def jsonable(obj: Any) -> Any:
+    """Convert ``obj`` to strict-JSON types: non-finite floats become ``"nan"``/``"inf"``."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, np.generic):
+        return jsonable(obj.item())
+    if isinstance(obj, float):
+        return (
+            obj
+            if math.isfinite(obj)
+            else ("nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf"))
+        )
+    if isinstance(obj, pd.Timestamp | dt.datetime | dt.date):
+        return obj.isoformat()
+    if obj is pd.NaT or obj is pd.NA:
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is None or isinstance(obj, str | int | bool):
+        return obj
+    return str(obj)
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    text = repr(jsonable(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# Windows and reading
+# ---------------------------------------------------------------------------------------------
+def _utc(value: Any) -> pd.Timestamp:
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def as_window(window: Sequence[Any] | None) -> Window | None:
+    """Normalise ``(start, end)`` (str, datetime or Timestamp; naive = UTC) to UTC Timestamps."""
+    if window is None:
+        return None
+    start, end = (_utc(w) for w in window)
+    if not start < end:
+        raise ValueError(f"window start {start} must be before its end {end}")
+    return start, end
+
+
+def window_for_day(day: str | dt.date) -> Window:
+    """The window ``[day 00:00 UTC, next day 00:00 UTC)`` of ``incoming/<YYYY-MM-DD>/``."""
+    start = _utc(pd.Timestamp(day).normalize())
+    return start, start + pd.Timedelta(days=1)
+
+
+def window_from_path(path: str | os.PathLike[str]) -> Window | None:
+    """The day window named by the nearest ``YYYY-MM-DD`` folder (or the path itself), if any."""
+    candidate = Path(path)
+    for part in (candidate, *candidate.parents):
+        try:
+            return window_for_day(dt.date.fromisoformat(part.name))
+        except ValueError:
+            continue
+    return None
+
+
+def list_batch_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files a batch consists of: ``path`` itself, or the data files under a folder (sorted).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"batch {root} does not exist: check the path / data window")
+    if root.is_file():
+        return [root]
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in BATCH_SUFFIXES and not p.name.startswith((".", "_"))
+    )
+
+
+def read_file(path: Path) -> pd.DataFrame:
+    """Read one Parquet or CSV file with pyarrow into pandas."""
+    suffix = path.suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pandas()
+    if suffix in CSV_SUFFIXES:
+        import pyarrow.csv as pacsv
+
+        return pacsv.read_csv(path).to_pandas()
+    raise ValueError(f"unsupported file type {suffix!r}: deliver {', '.join(BATCH_SUFFIXES)}")
+
+
+def read_batch(
+    files: Iterable[Path], *, progress: bool = False
+) -> tuple[pd.DataFrame | None, list[dict[str, Any]]]:
+    """Read every file; return the rows (None if nothing was readable) and per-file facts."""
+    files = list(files)
+    if progress:
+        from tqdm.auto import tqdm
+
+        files_iter: Iterable[Path] = tqdm(files, desc="reading", unit="file")
+    else:
+        files_iter = files
+    frames, facts = [], []
+    for path in files_iter:
+        fact: dict[str, Any] = {"file": str(path), "size_bytes": path.stat().st_size}
+        try:
+            frame = read_file(path)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            fact.update(readable=False, error=f"{type(exc).__name__}: {exc}", n_rows=0)
+        else:
+            frames.append(frame)
+            fact.update(readable=True, error=None, n_rows=len(frame))
+        facts.append(fact)
+    if not frames:
+        return None, facts
+    data = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    return data, facts
+
+
+# ---------------------------------------------------------------------------------------------
+# Turning GX results into FailedExpectation records
+# ---------------------------------------------------------------------------------------------
+def _exception_message(info: Any) -> str | None:
+    if not isinstance(info, Mapping):
+        return None
+    if info.get("raised_exception"):
+        return str(info.get("exception_message") or "exception")
+    for value in info.values():
+        message = _exception_message(value)
+        if message:
+            return message
+    return None
+
+
+def _failures(gx_result: Any, suite: str) -> list[FailedExpectation]:
+    from validation.expectations import FIXES
+
+    out = []
+    for r in gx_result.results:
+        if r.success:
+            continue
+        config = r.expectation_config
+        result = r.result or {}
+        error = _exception_message(r.exception_info)
+        examples = result.get("partial_unexpected_list") or []
+        out.append(
+            FailedExpectation(
+                expectation=config.type,
+                column=config.kwargs.get("column"),
+                unexpected_count=result.get("unexpected_count"),
+                unexpected_percent=result.get("unexpected_percent"),
+                examples=jsonable(examples[:N_EXAMPLES]),
+                observed_value=jsonable(result.get("observed_value")),
+                fix=(config.meta or {}).get("fix") or FIXES.get(config.type, "see the contract"),
+                error=error,
+                suite=suite,
+            )
+        )
+    return out
+
+
+def _order(failure: FailedExpectation, contract: Contract | None) -> tuple[int, int, str]:
+    from validation.expectations import FIXES
+
+    kinds = list(FIXES)
+    rank = kinds.index(failure.expectation) if failure.expectation in kinds else len(kinds)
+    columns = list(contract.required_columns) if contract else []
+    col = columns.index(failure.column) if failure.column in columns else -1
+    return (0 if failure.suite == "files" else 1, rank, f"{col:04d}")
+
+
+def _summary(result: ValidationResult, n_evaluated: int) -> str:
+    contract = result.contract
+    head = (
+        f"batch {result.source} ({result.n_rows} rows"
+        + (f", {len(result.files)} file(s)" if result.files else "")
+        + (f", window [{result.window[0]}, {result.window[1]})" if result.window else "")
+        + f"), contract {contract.get('name')} v{contract.get('version')}"
+    )
+    if result.success:
+        return f"PASSED: {head}: all {n_evaluated} expectations met."
+    missing = {f.column for f in result.failed if f.expectation == "expect_column_to_exist"}
+    shown = [
+        f
+        for f in result.failed
+        if not (f.column in missing and f.expectation != "expect_column_to_exist")
+    ]
+    lines = [f"REJECTED: {head}: {len(result.failed)} of {n_evaluated} expectations failed:"]
+    lines += [f"  - {f.describe()}" for f in shown]
+    if len(shown) < len(result.failed):
+        lines.append(
+            f"  (+{len(result.failed) - len(shown)} expectations on missing column(s) "
+            f"{sorted(missing)} could not be evaluated)"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry point
+# ---------------------------------------------------------------------------------------------
+def validate_batch(
+    source: str | os.PathLike[str] | pd.DataFrame,
+    contract: Contract | None = None,
+    *,
+    window: Sequence[Any] | None = None,
+    progress: bool = False,
+) -> ValidationResult:
+    """Validate a telemetry batch against the contract with Great Expectations.
+
+    Parameters
+    ----------
+    source : path-like or pandas.DataFrame
+        A Parquet/CSV file, a folder of them (read recursively, concatenated) or a DataFrame of
+        shape (n_rows, n_columns).
+    contract : Contract, optional
+        Default :func:`validation.contract.load_contract`.
+    window : (start, end), optional
+        Timestamps must lie in ``[start, end)`` (naive bounds mean UTC); not checked when None.
+        :func:`window_for_day` / :func:`window_from_path` build one for a daily folder.
+    progress : bool
+        Show a tqdm bar while reading the files of a folder.
+
+    Returns
+    -------
+    ValidationResult
+        Never raises for bad data: unreadable, empty or corrupt files fail named expectations.
+        Call ``.raise_for_failure()`` to turn a failure into :class:`BatchRejected`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``source`` is a path that does not exist.
+    """
+    from validation import expectations as ex
+
+    contract = contract or load_contract()
+    checked_window = as_window(window)
+    failed: list[FailedExpectation] = []
+    gx_results: dict[str, Any] = {"files": None, "content": None}
+    stats = {
+        "evaluated_expectations": 0,
+        "successful_expectations": 0,
+        "unsuccessful_expectations": 0,
+    }
+
+    def record(name: str, gx_result: Any) -> None:
+        gx_results[name] = jsonable(gx_result.to_json_dict())
+        failed.extend(_failures(gx_result, name))
+        for key in stats:
+            stats[key] += int(gx_result.statistics.get(key, 0))
+
+    facts: list[dict[str, Any]] = []
+    if isinstance(source, pd.DataFrame):
+        data: pd.DataFrame | None = source
+        source_name = "<DataFrame>"
+    else:
+        files = list_batch_files(source)
+        source_name = str(Path(source))
+        data, facts = read_batch(files, progress=progress)
+        files_table = pd.DataFrame(
+            facts, columns=["file", "size_bytes", "readable", "error", "n_rows"]
+        ).astype({"size_bytes": "int64", "readable": "bool"})
+        record(
+            "files",
+            ex.files_validation_definition().run(batch_parameters={"dataframe": files_table}),
+        )
+        for failure in failed:  # name the files, not just the flag values GX saw
+            if failure.expectation == "expect_batch_files_to_be_readable":
+                failure.examples = [
+                    f"{f['file']}: {f['error']}" for f in facts if not f["readable"]
+                ]
+            elif failure.expectation == "expect_batch_files_to_be_non_empty":
+                failure.examples = [f["file"] for f in facts if f["size_bytes"] == 0]
+            failure.examples = failure.examples[:N_EXAMPLES]
+
+    n_rows = 0 if data is None else len(data)
+    if data is not None:
+        definition = ex.content_validation_definition(contract, windowed=checked_window is not None)
+        parameters = (
+            {ex.WINDOW_START_PARAM: checked_window[0], ex.WINDOW_END_PARAM: checked_window[1]}
+            if checked_window
+            else {}
+        )
+        record(
+            "content",
+            definition.run(batch_parameters={"dataframe": data}, expectation_parameters=parameters),
+        )
+
+    failed.sort(key=lambda f: _order(f, contract))
+    result = ValidationResult(
+        success=not failed,
+        failed=failed,
+        n_rows=n_rows,
+        summary="",
+        source=source_name,
+        files=jsonable(facts),
+        window=None if checked_window is None else tuple(w.isoformat() for w in checked_window),
+        contract={
+            "name": contract.name,
+            "version": contract.version,
+            "fingerprint": contract.fingerprint,
+            "path": contract.path,
+        },
+        statistics=stats,
+        gx_results=gx_results,
+        data=data,
+    )
+    result.summary = _summary(result, stats["evaluated_expectations"])
+    return result

@@ -1,0 +1,289 @@
+"""Gate a batch: validate it, then quarantine it (moved byte-for-byte) or mark it validated.
+
+Layout under the data root. ``<key>`` names the batch: its path under ``incoming/`` (e.g.
+``2026-11-23/telemetry.parquet``) or, for a batch elsewhere, its file or folder name; ``<run id>``
+is made path-safe. One run may check several batches (one per file of a multi-day window)::
+
+    quarantine/<run id>/<key>                   the batch file or folder, moved unchanged
+    quarantine/<run id>/<key>.validation.json   ValidationResult.to_json_dict() (GX JSON inside)
+    quarantine/<run id>/<key>.summary.txt       the human-readable summary
+    quarantine/<run id>/<key>.manifest.json     source, destination, sha256 before and after
+    validated/<run id>/<key>.manifest.json      source, sha256 of every file, rows, contract
+    validated/<run id>/<key>.validation.json
+
+Nothing is ever deleted: a batch is renamed into quarantine (on another filesystem: copied,
+verified by sha256, and only then unlinked at the source). Running :func:`check_batch` again for the
+same run id gives the same outcome and leaves one quarantined copy, and resumes a move that a killed
+task left half-done.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from validation.batch import ValidationResult, validate_batch
+from validation.contract import Contract
+
+log = logging.getLogger(__name__)
+
+MANIFEST = ".manifest.json"
+RESULT = ".validation.json"
+SUMMARY = ".summary.txt"
+
+
+class QuarantineConflict(RuntimeError):
+    """The run id already holds other bytes under this batch key; the message names the fix.
+
+    Nothing was moved or overwritten.
+    """
+
+
+class QuarantineIntegrityError(RuntimeError):
+    """Checksums after the move differ from before; both copies are kept for inspection."""
+
+
+def run_folder_name(run_id: str) -> str:
+    """A path-safe folder name for ``run_id`` (Airflow ids hold ``:`` and ``+``)."""
+    name = re.sub(r"[^A-Za-z0-9._=@+-]", "_", str(run_id))
+    if name in {"", ".", ".."}:
+        raise ValueError(f"run id {run_id!r} cannot name a folder: pass a non-empty run id")
+    return name
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of the file at ``path`` (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checksums(path: Path) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"sha256", "size_bytes"}}`` of a file, or of every file under a folder."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    base = path.parent if path.is_file() else path
+    return {
+        str(p.relative_to(base)): {"sha256": sha256_file(p), "size_bytes": p.stat().st_size}
+        for p in files
+    }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text if text.endswith("\n") else text + "\n")
+    os.replace(tmp, path)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+def _move(source: Path, destination: Path) -> None:
+    """Rename ``source`` to ``destination``; across filesystems copy, verify, then unlink."""
+    if destination.exists():
+        raise QuarantineConflict(f"{destination} exists already; refusing to overwrite it")
+    try:
+        os.rename(source, destination)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    partial = destination.with_name(f".{destination.name}.partial")
+    if source.is_dir():
+        shutil.copytree(source, partial)
+    else:
+        shutil.copy2(source, partial)
+    same = (
+        checksums(partial) == checksums(source)
+        if source.is_dir()
+        else sha256_file(partial) == sha256_file(source)
+    )
+    if not same:
+        raise QuarantineIntegrityError(f"copy of {source} to {partial} differs; source kept")
+    os.rename(partial, destination)
+    # the verified copy now lives in quarantine: only then is the source unlinked
+    shutil.rmtree(source) if source.is_dir() else source.unlink()
+
+
+def _source_key(path: Path) -> str:
+    return str(path.resolve())
+
+
+def batch_key(source: Path, data_root: Path) -> Path:
+    """Relative name of a batch: its path under ``data_root/incoming/``, else its own name."""
+    try:
+        return source.resolve().relative_to((data_root / "incoming").resolve())
+    except ValueError:
+        return Path(source.name)
+
+
+def _sidecar(target: Path, suffix: str) -> Path:
+    return target.with_name(target.name + suffix)
+
+
+def _finish_quarantine(target: Path, manifest: dict[str, Any]) -> None:
+    """Check the moved bytes against the recorded checksums and mark the manifest done."""
+    after = checksums(target)
+    manifest["files"] = {
+        rel: {**facts, "sha256_after": after.get(rel, {}).get("sha256")}
+        for rel, facts in manifest["files"].items()
+    }
+    intact = all(f["sha256"] == f["sha256_after"] for f in manifest["files"].values())
+    manifest.update(status="quarantined" if intact else "checksum_mismatch", moved_at=_now())
+    _write_json(_sidecar(target, MANIFEST), manifest)
+    if not intact:
+        raise QuarantineIntegrityError(
+            f"bytes in {target} differ from the source's recorded sha256 "
+            f"(see {_sidecar(target, MANIFEST)}); nothing was deleted"
+        )
+
+
+def _stored_result(target: Path) -> ValidationResult:
+    return ValidationResult.from_json_dict(json.loads(_sidecar(target, RESULT).read_text()))
+
+
+def _sha_map(files: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return {rel: facts["sha256"] for rel, facts in files.items()}
+
+
+def check_batch(
+    source_path: str | os.PathLike[str],
+    *,
+    run_id: str,
+    data_root: str | os.PathLike[str],
+    contract: Contract | None = None,
+    window: Any = None,
+    progress: bool = False,
+) -> ValidationResult:
+    """Validate the batch at ``source_path`` and quarantine it or mark it validated.
+
+    Parameters
+    ----------
+    source_path : path-like
+        A Parquet/CSV file or a folder of them (e.g. ``incoming/2026-11-23/telemetry.parquet``).
+    run_id : str
+        The pipeline run this check belongs to (the Airflow ``run_id`` or a run key).
+    data_root : path-like
+        Root holding ``incoming/``, ``quarantine/`` and ``validated/`` (``Settings().data_root``).
+    contract, window, progress
+        As for :func:`validation.validate_batch`.
+
+    Returns
+    -------
+    ValidationResult
+        ``report_path`` names the JSON report; on failure ``quarantined_to`` is where the batch's
+        bytes now are. Raise with ``result.raise_for_failure()``.
+
+    Raises
+    ------
+    QuarantineConflict
+        If this run id already recorded different bytes under the same batch key.
+    FileNotFoundError
+        If the source does not exist and this run id never saw it.
+    """
+    source = Path(source_path)
+    root = Path(data_root)
+    key = batch_key(source, root)
+    run_dir = run_folder_name(run_id)
+    quarantined = root / "quarantine" / run_dir / key
+    validated = root / "validated" / run_dir / key
+
+    if _sidecar(quarantined, MANIFEST).exists():  # this run already quarantined the batch
+        manifest = json.loads(_sidecar(quarantined, MANIFEST).read_text())
+        if manifest["status"] == "moving":  # a killed task left the move half-done: resume it
+            if source.exists() and not quarantined.exists():
+                _move(source, quarantined)
+            _finish_quarantine(quarantined, manifest)
+        elif source.exists():
+            if _sha_map(checksums(source)) != _sha_map(manifest["files"]):
+                raise QuarantineConflict(
+                    f"{source} differs from the batch run {run_id!r} quarantined as "
+                    f"{quarantined}; check the new delivery under a new run id"
+                )
+            log.warning(
+                "%s was re-delivered unchanged; its copy is already in %s, source left as is",
+                source,
+                quarantined,
+            )
+        log.info("run %s: batch %s already quarantined in %s", run_id, key, quarantined)
+        return _stored_result(quarantined)
+
+    if not source.exists():
+        raise FileNotFoundError(
+            f"batch {source} does not exist and run {run_id!r} has no record of it "
+            f"under {root}: check the path / data window"
+        )
+    before = checksums(source)
+    result = validate_batch(source, contract, window=window, progress=progress)
+
+    if result.success:
+        marker = _sidecar(validated, MANIFEST)
+        result.report_path = str(_sidecar(validated, RESULT))
+        if marker.exists():
+            recorded = json.loads(marker.read_text())
+            if _sha_map(recorded["files"]) != _sha_map(before):
+                raise QuarantineConflict(
+                    f"{source} changed since run {run_id!r} validated it ({marker}); "
+                    "validate the new delivery under a new run id"
+                )
+            log.info("run %s: batch %s already marked validated (%s)", run_id, key, marker)
+            return result
+        validated.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(_sidecar(validated, RESULT), result.to_json_dict())
+        _write_json(
+            marker,
+            {
+                "run_id": run_id,
+                "status": "validated",
+                "source": str(source.resolve()),
+                "files": before,
+                "n_rows": result.n_rows,
+                "window": result.window,
+                "contract": result.contract,
+                "validated_at": _now(),
+                "summary": result.summary,
+            },
+        )
+        log.info("run %s: %s", run_id, result.summary)
+        return result
+
+    quarantined.parent.mkdir(parents=True, exist_ok=True)
+    if quarantined.exists():  # bytes without a manifest: never overwrite them
+        raise QuarantineConflict(
+            f"{quarantined} exists without a manifest; move it aside by hand, then re-run"
+        )
+    result.report_path = str(_sidecar(quarantined, RESULT))
+    result.quarantined_to = str(quarantined)
+    _write_json(_sidecar(quarantined, RESULT), result.to_json_dict())
+    _write_text(_sidecar(quarantined, SUMMARY), result.summary)
+    manifest = {
+        "run_id": run_id,
+        "status": "moving",
+        "source": str(source.resolve()),
+        "destination": str(quarantined.resolve()),
+        "files": before,
+        "contract": result.contract,
+        "failed_expectations": sorted(set(result.failed_expectations)),
+        "started_at": _now(),
+    }
+    _write_json(_sidecar(quarantined, MANIFEST), manifest)  # before the move: a retry resumes
+    _move(source, quarantined)
+    _finish_quarantine(quarantined, manifest)
+    log.warning("run %s: batch quarantined to %s\n%s", run_id, quarantined, result.summary)
+    return result
