@@ -614,30 +614,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     env = environment()
     log(json.dumps(env))
+    out = args.out or REPO / "benchmarks" / "results" / f"gpu_{dt.date.today():%Y%m%d}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runners = {"paper": run_paper, "telemetry": run_telemetry, "full": run_full}
     cases = args.cases.split(",")
-    if "paper" in cases:
-        run_paper(args.quick)
-    if "telemetry" in cases:
-        run_telemetry(args.quick)
-    if "full" in cases:
-        run_full(args.quick)
-    tgts = targets()
+    unknown = sorted(set(cases) - set(runners))
+    if unknown:
+        raise SystemExit(f"unknown --cases {unknown}; choose from {sorted(runners)}")
+    md = ""
+    for i, case in enumerate(cases):
+        runners[case](args.quick)
+        # written after every case group: a run cut short still leaves its figures
+        md = write_results(out, args.md, env, quick=args.quick, complete=i == len(cases) - 1)
+    log(md)
+    return 0
+
+
+def write_results(
+    out: Path, md_path: Path | None, env: dict[str, Any], *, quick: bool, complete: bool
+) -> str:
+    """Write the JSON (and markdown) of everything measured so far; return the markdown."""
     from gmm_core import _cuda_loader
 
+    tgts = targets()
     result = {
         "environment": env,
-        "quick": args.quick,
+        "quick": quick,
+        "complete": complete,
         "compile_seconds_total": _cuda_loader.compile_seconds,
         "results": RESULTS,
         "targets": tgts,
     }
-    out = args.out or REPO / "benchmarks" / "results" / f"gpu_{dt.date.today():%Y%m%d}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=float))
     md = markdown(env, tgts)
-    (args.md or out.with_suffix(".md")).write_text(md)
-    log(md)
-    return 0
+    (md_path or out.with_suffix(".md")).write_text(md)
+    return md
 
 
 def main(argv: list[str] | None = None) -> int:

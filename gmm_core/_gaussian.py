@@ -82,8 +82,13 @@ class Stats:
 # Precision Cholesky factors
 
 
-def cholesky_precisions(covariances: Any, covariance_type: str, xp: Any) -> Any:
+def cholesky_precisions(
+    covariances: Any, covariance_type: str, xp: Any, *, check: bool = True
+) -> Any:
     """Upper-triangular factors ``U`` with ``precision = U @ U.T`` (scikit-learn's convention).
+
+    With ``check=False`` a covariance that is not positive definite gives non-finite factors
+    instead of an error (no device-to-host sync: the CuPy EM loop checks at its sync points).
 
     Parameters
     ----------
@@ -92,6 +97,8 @@ def cholesky_precisions(covariances: Any, covariance_type: str, xp: Any) -> Any:
     covariance_type : {'full', 'tied', 'diag', 'spherical'}
     xp : module
         NumPy or CuPy.
+    check : bool, default=True
+        Raise on a covariance that is not positive definite.
 
     Raises
     ------
@@ -106,12 +113,13 @@ def cholesky_precisions(covariances: Any, covariance_type: str, xp: Any) -> Any:
         n_features = covariances.shape[-1]
         eye = xp.broadcast_to(xp.eye(n_features, dtype=covariances.dtype), covariances.shape)
         precisions_chol = xp.swapaxes(xp.linalg.solve(cov_chol, eye), -1, -2)
-        if not bool(xp.isfinite(precisions_chol).all()):  # CuPy does not raise on failure
+        if check and not bool(xp.isfinite(precisions_chol).all()):  # CuPy does not raise
             raise ValueError(ILL_DEFINED_COVARIANCE)
         return precisions_chol
-    if bool((covariances <= 0.0).any()):
+    if check and bool((covariances <= 0.0).any()):
         raise ValueError(ILL_DEFINED_COVARIANCE)
-    return 1.0 / xp.sqrt(covariances)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 1.0 / xp.sqrt(covariances)
 
 
 def cholesky_from_precisions(precisions: Any, covariance_type: str, xp: Any) -> Any:
@@ -194,11 +202,22 @@ def estimate_parameters(
     return nk, means, covariances
 
 
-def m_step(stats: Stats, covariance_type: str, reg_covar: float, eps: float, xp: Any) -> Params:
-    """The M-step: new parameters of every restart from one pass's statistics."""
+def m_step(
+    stats: Stats,
+    covariance_type: str,
+    reg_covar: float,
+    eps: float,
+    xp: Any,
+    *,
+    check: bool = True,
+) -> Params:
+    """The M-step: new parameters of every restart from one pass's statistics.
+
+    ``check`` as in :func:`cholesky_precisions`.
+    """
     nk, means, covariances = estimate_parameters(stats, covariance_type, reg_covar, eps, xp)
     weights = nk / xp.sum(nk, axis=-1, keepdims=True)
-    precisions_chol = cholesky_precisions(covariances, covariance_type, xp)
+    precisions_chol = cholesky_precisions(covariances, covariance_type, xp, check=check)
     return Params(weights, means, covariances, precisions_chol)
 
 

@@ -26,9 +26,10 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._engine import BACKENDS, Engine, get_engine
+from ._engine import BACKENDS, Engine, cupy_unavailable_reason, get_engine
 from ._gaussian import (
     COVARIANCE_TYPES,
+    ILL_DEFINED_COVARIANCE,
     Params,
     Stats,
     cholesky_from_precisions,
@@ -66,6 +67,10 @@ def em_progress(callback: Callable[[int, int, int], None]) -> Iterator[None]:
         _PROGRESS.reset(token)
 
 
+#: NumPy input with at least this many sample-component cells is scored on a usable GPU.
+GPU_SCORING_MIN_CELLS = 1 << 22
+
+
 def _is_cupy_array(X: Any) -> bool:
     return type(X).__module__.split(".")[0] == "cupy"
 
@@ -101,8 +106,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Start from the last fitted parameters (one restart).
     verbose : int, default=0
     verbose_interval : int, default=10
-    backend : {'auto', 'numpy', 'cupy'}, default='auto'
-        Where EM runs. ``'auto'`` uses the CuPy engine when a GPU is usable, else NumPy.
+    backend : {'auto', 'numpy', 'cupy', 'dask', 'multigpu'}, default='auto'
+        Where EM runs. ``'auto'`` uses the CuPy engine when a GPU is usable, else NumPy (and logs
+        why); ``'cupy'`` the fused CUDA kernels on one GPU; ``'multigpu'`` shards the data over
+        every visible GPU; ``'dask'`` runs the passes on a ``distributed`` cluster (the active
+        client, else ``EMFLOW_DASK_SCHEDULER``).
 
     Attributes
     ----------
@@ -119,7 +127,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Lower-bound history of every restart, in restart order.
     n_features_in_ : int
     backend_ : str
-        The engine that ran the fit (``'numpy'`` or ``'cupy'``).
+        The engine that ran the fit (``'numpy'``, ``'cupy'``, ``'dask'`` or ``'multigpu'``).
     fit_seconds_ : float
         Wall time of the last fit (initialisation included).
 
@@ -455,6 +463,21 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         iterations and the convergence flag of every restart; leaves the final parameters in
         ``self._em_params`` (engine arrays).
         """
+        run_em = getattr(engine, "run_em", None)
+        if run_em is not None and not self.verbose and _PROGRESS.get() is None:
+            # the GPU engines run the whole loop on the device (None: layout needs this loop)
+            out = run_em(
+                data,
+                params,
+                reg_covar=self.reg_covar,
+                eps=eps,
+                tol=self.tol,
+                max_iter=self.max_iter,
+                first_bound=first_bound,
+            )
+            if out is not None:
+                self._em_params, hist, n_iter_dev, converged_dev = out
+                return hist, n_iter_dev, converged_dev
         xp = engine.xp
         n_restarts = params.weights.shape[0]
         active = xp.ones(n_restarts, dtype=bool)
@@ -467,10 +490,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 print(f"Initialization {r}")
         t_start = t_prev = time.perf_counter()
         progress = _PROGRESS.get()
+        # on a device, positive-definiteness is checked at sync points, not by a sync per iteration
+        deferred = xp is not np
+        failed = xp.zeros((), dtype=bool)
         for it in range(1, self.max_iter + 1):
             stats: Stats = engine.accumulate(data, params, active)
             new_bound = stats.loglik / stats.n_samples
-            new_params = m_step(stats, self.covariance_type, self.reg_covar, eps, xp)
+            new_params = m_step(
+                stats, self.covariance_type, self.reg_covar, eps, xp, check=not deferred
+            )
+            if deferred:
+                failed |= ~xp.isfinite(new_params.precisions_cholesky).all()
             params = select(active, new_params, params, xp)
             change = new_bound - bound
             bound = xp.where(active, new_bound, bound)
@@ -494,8 +524,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 progress(it, self.max_iter, n_active)
                 if n_active == 0:
                     break
-            if it % engine.sync_every == 0 and not bool(active.any()):
-                break
+            if it % engine.sync_every == 0:
+                if deferred and bool(failed):
+                    raise ValueError(ILL_DEFINED_COVARIANCE)
+                if not bool(active.any()):
+                    break
+        if deferred and bool(failed):
+            raise ValueError(ILL_DEFINED_COVARIANCE)
         self._em_params = params
         hist = engine.to_host(xp.stack(history)) if history else np.empty((0, n_restarts))
         n_iter_h = engine.to_host(n_iter)
@@ -530,10 +565,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # Scoring
 
     def _estimate_weighted_log_prob(self, X: Any) -> Any:
-        """``log w_k + log N(x | k)`` of every sample, shape (n_samples, n_components)."""
+        """``log w_k + log N(x | k)`` of every sample, shape (n_samples, n_components).
+
+        Runs on the GPU for CuPy input, and for large NumPy input when the estimator's backend
+        may use a GPU and one is usable (the caller brings the result back with :meth:`_out`).
+        """
         check_is_fitted(self)
         X = self._check_X(X, reset=False)
-        if _is_cupy_array(X):
+        if _is_cupy_array(X) or self._score_on_gpu(X):
             engine = get_engine("cupy")
             data = engine.prepare(X, None, self.covariance_type)
             params = Params(
@@ -552,6 +591,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         )
         return log_prob + np.log(self.weights_).astype(X.dtype)
 
+    def _score_on_gpu(self, X: np.ndarray) -> bool:
+        """Whether NumPy input is large enough to be scored on a usable GPU."""
+        if self.backend not in ("auto", "cupy", "multigpu"):
+            return False
+        if X.shape[0] * self.n_components < GPU_SCORING_MIN_CELLS:
+            return False
+        return cupy_unavailable_reason() is None
+
     @staticmethod
     def _xp(a: Any) -> Any:
         if _is_cupy_array(a):
@@ -559,6 +606,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
             return cupy
         return np
+
+    @staticmethod
+    def _out(result: Any, X: Any) -> Any:
+        """The result in the input's array library: NumPy in, NumPy out."""
+        if _is_cupy_array(result) and not _is_cupy_array(X):
+            return result.get()
+        return result
 
     def score_samples(self, X: Any) -> Any:
         """Log-likelihood of each sample, shape (n_samples,).
@@ -568,7 +622,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         X : array-like of shape (n_samples, n_features)
         """
         wlp = self._estimate_weighted_log_prob(X)
-        return logsumexp_rows(wlp, self._xp(wlp))
+        return self._out(logsumexp_rows(wlp, self._xp(wlp)), X)
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean per-sample log-likelihood of ``X``."""
@@ -578,12 +632,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """Posterior probability of each component, shape (n_samples, n_components)."""
         wlp = self._estimate_weighted_log_prob(X)
         xp = self._xp(wlp)
-        return xp.exp(wlp - logsumexp_rows(wlp, xp)[:, None])
+        return self._out(xp.exp(wlp - logsumexp_rows(wlp, xp)[:, None]), X)
 
     def predict(self, X: Any) -> Any:
         """Most probable component of each sample, shape (n_samples,)."""
         wlp = self._estimate_weighted_log_prob(X)
-        return self._xp(wlp).argmax(wlp, axis=1)
+        return self._out(self._xp(wlp).argmax(wlp, axis=1), X)
 
     def _n_parameters(self) -> int:
         return n_parameters(self.covariance_type, self.n_components, self.means_.shape[1])

@@ -277,3 +277,48 @@ def test_bad_input_gets_clear_errors():
     # collapsed data still fit thanks to reg_covar
     const = np.ones((200, 2))
     GaussianMixture(2, covariance_type="diag", backend="cupy").fit(const)
+
+
+@pytest.mark.parametrize("cov", ["full", "diag"])
+def test_large_numpy_input_is_scored_on_the_gpu(cov, monkeypatch):
+    """NumPy input above the cell threshold runs on the GPU and comes back as NumPy."""
+    import cupy
+
+    from gmm_core import mixture
+
+    X = _data(20_000, 4, 3, np.float64, seed=5)
+    gm = GaussianMixture(3, covariance_type=cov, random_state=0, backend="cupy").fit(X)
+    ref = GaussianMixture(3, covariance_type=cov, random_state=0, backend="numpy").fit(X)
+    assert not gm._score_on_gpu(X)  # 60k cells: below the default threshold
+    monkeypatch.setattr(mixture, "GPU_SCORING_MIN_CELLS", 1000)
+    assert gm._score_on_gpu(X) and not ref._score_on_gpu(X)  # backend="numpy" stays on the host
+    calls = []
+    real = mixture.get_engine
+    monkeypatch.setattr(mixture, "get_engine", lambda name: calls.append(name) or real(name))
+    labels = gm.predict(X)
+    assert calls == ["cupy"] and isinstance(labels, np.ndarray)
+    np.testing.assert_array_equal(labels, ref.predict(X))
+    proba = gm.predict_proba(X)
+    assert isinstance(proba, np.ndarray) and not isinstance(proba, cupy.ndarray)
+    np.testing.assert_allclose(proba, ref.predict_proba(X), atol=1e-7)
+    np.testing.assert_allclose(gm.score_samples(X), ref.score_samples(X), rtol=1e-9)
+    assert isinstance(gm.means_, np.ndarray)
+
+
+def test_full_covariance_loop_checks_positive_definiteness_at_sync_points():
+    """The CuPy loop of full covariance defers the PD check but still refuses to go on."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3)) + 8.0
+    X[:200] = 1.0  # one collapsed cluster: singular without reg_covar, found by the first M-step
+    kw = dict(
+        covariance_type="full",
+        max_iter=20,
+        means_init=[[1.0, 1.0, 1.0], [8.0, 8.0, 8.0]],
+        precisions_init=np.stack([np.eye(3)] * 2),
+    )
+    for backend in ("numpy", "cupy"):
+        with pytest.raises(ValueError, match="increase reg_covar"):
+            GaussianMixture(2, reg_covar=0.0, backend=backend, **kw).fit(X)
+    gm = GaussianMixture(2, backend="cupy", **kw).fit(X)
+    ref = GaussianMixture(2, backend="numpy", **kw).fit(X)
+    np.testing.assert_allclose(gm.means_, ref.means_, rtol=1e-7, atol=1e-9)
