@@ -60,8 +60,11 @@ PARAMS = {
     "max_iter": Param(100, type="integer", minimum=1, maximum=10_000, title="EM iterations cap"),
     "seed": Param(0, type="integer", minimum=0, maximum=2**32 - 1,
                   title="Random seed (split and restarts)"),
-    "backend": Param("auto", type="string", enum=["auto", "numpy", "cupy"],
-                     title="Compute backend", description="auto: CuPy when a GPU is usable."),
+    "backend": Param("auto", type="string", enum=["auto", "numpy", "cupy", "dask", "multigpu"],
+                     title="Compute backend",
+                     description="auto: the Dask cluster when EMFLOW_DASK_SCHEDULER is set, else "
+                                 "CuPy when a GPU is usable, else NumPy. multigpu: every GPU of "
+                                 "the worker."),
     "holdout_fraction": Param(0.2, type="number", minimum=0.05, maximum=0.5,
                               title="Holdout fraction"),
     "promotion_margin": Param(

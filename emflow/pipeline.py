@@ -27,10 +27,11 @@ key, so an Airflow retry of a killed task redoes the step without duplicating an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -57,7 +58,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "promotion_margin": None,
 }
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
-BACKENDS = ("auto", "numpy", "cupy")
+BACKENDS = ("auto", "numpy", "cupy", "dask", "multigpu")
 TELEMETRY_SUFFIXES = (".parquet", ".csv")
 
 
@@ -423,6 +424,27 @@ def _gpu_unavailable_reason() -> str | None:
     return cupy_unavailable_reason()
 
 
+def _backend_for(requested: str, settings: Settings) -> str:
+    """The gmm_core backend of a run: ``auto`` means the Dask cluster when one is configured."""
+    if requested == "auto" and settings.dask_scheduler:
+        log.info("backend=auto with EMFLOW_DASK_SCHEDULER=%s: training on the Dask cluster",
+                 settings.dask_scheduler)
+        return "dask"
+    return requested
+
+
+@contextlib.contextmanager
+def _compute_context(backend: str, settings: Settings) -> Iterator[None]:
+    """Make the configured Dask scheduler the active client while a ``dask`` fit runs."""
+    if backend != "dask" or not settings.dask_scheduler:
+        yield  # other backends; or gmm_core finds the active client / EMFLOW_DASK_SCHEDULER
+        return
+    from distributed import Client
+
+    with Client(settings.dask_scheduler, set_as_default=False) as client, client.as_current():
+        yield
+
+
 def train_challenger(state: Mapping[str, Any], settings: Settings | None = None) -> dict[str, Any]:
     """Fit the challenger: ``n_init`` seeded restarts, the best lower bound wins.
 
@@ -454,16 +476,17 @@ def train_challenger(state: Mapping[str, Any], settings: Settings | None = None)
         n_init=int(request["n_init"]),
         max_iter=int(request["max_iter"]),
         random_state=int(request["seed"]),
-        backend=request["backend"],
+        backend=_backend_for(request["backend"], settings),
         verbose=2,
         verbose_interval=1,
     )
-    if request["backend"] == "auto" and (reason := _gpu_unavailable_reason()):
+    if model.backend == "auto" and (reason := _gpu_unavailable_reason()):
         log.warning("backend=auto: %s; training on the CPU with the NumPy backend", reason)
     log.info("training K=%d %s n_init=%d max_iter=%d seed=%d on %d x %d rows (backend=%s)",
              model.n_components, model.covariance_type, model.n_init, model.max_iter,
              request["seed"], X.shape[0], X.shape[1], request["backend"])
-    model.fit(X)
+    with _compute_context(model.backend, settings):
+        model.fit(X)
     gpu_peak = _gpu_memory_peak_bytes(model.backend_)
     finals = [float(bounds[-1]) for bounds in model.restart_lower_bounds_ if len(bounds)]
     for r, bounds in enumerate(model.restart_lower_bounds_):

@@ -142,7 +142,8 @@ def test_retrain_params_are_typed_with_bounds(dagbag):
             assert schema.get("enum"), name
     assert params.get_param("covariance_type").schema["enum"] == ["full", "tied", "diag",
                                                                   "spherical"]
-    assert params.get_param("backend").schema["enum"] == ["auto", "numpy", "cupy"]
+    assert params.get_param("backend").schema["enum"] == ["auto", "numpy", "cupy", "dask",
+                                                          "multigpu"]
 
 
 def _with_conf(params, conf):

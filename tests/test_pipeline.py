@@ -212,3 +212,28 @@ def test_request_from_an_airflow_context_uses_params_dates_and_asset_events():
     scheduled = {**context, "triggering_asset_events": {},
                  "logical_date": datetime(2026, 11, 18, tzinfo=UTC)}
     assert pipeline.request_from_context(scheduled)["request"]["window_start"] == "2026-11-18"
+
+
+def test_auto_backend_trains_on_the_configured_dask_cluster(settings, caplog):
+    """EMFLOW_DASK_SCHEDULER (Settings.dask_scheduler) turns backend=auto into the Dask engine,
+    with the same model as the single-process NumPy backend."""
+    import dataclasses
+
+    distributed = pytest.importorskip("distributed")
+    import gmm_core
+
+    state, _ = _validated_state(settings, n_components=3, n_init=2, max_iter=30, backend="auto")
+    state = pipeline.split_window(state, settings)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        on_dask = dataclasses.replace(settings, dask_scheduler=cluster.scheduler_address)
+        with caplog.at_level(logging.INFO, logger="emflow.pipeline"):
+            trained = pipeline.train_challenger(state, on_dask)["train"]
+    assert trained["backend"] == "dask"
+    assert "training on the Dask cluster" in caplog.text
+    numpy_state = {**state, "request": {**state["request"], "backend": "numpy",
+                                        "run_key": "numpy-twin"}}
+    reference = pipeline.train_challenger(numpy_state, settings)["train"]
+    assert trained["lower_bound"] == pytest.approx(reference["lower_bound"], rel=1e-9)
+    a, b = gmm_core.load_model(trained["model_dir"]), gmm_core.load_model(reference["model_dir"])
+    np.testing.assert_allclose(a.means_, b.means_, rtol=1e-8, atol=1e-10)
