@@ -18,7 +18,7 @@ export EMFLOW_HOME
 help:
 	@echo "make demo   set up and run the retraining demo on the embedded default (SQLite, local files, CPU if no GPU)"
 	@echo "make test   set up and run the test suite"
-	@echo "make lint | typecheck | cuda-check | bench | clean"
+	@echo "make lint | typecheck | cuda-check | bench | bench-gpu | clean"
 
 $(CURDIR)/.tools/bin/uv:
 	$(PYTHON) -m venv $(CURDIR)/.tools
@@ -48,6 +48,10 @@ test: setup lint
 
 bench: setup
 	$(RUN) python benchmarks/bench_cpu.py --out benchmarks/results/cpu_2core.json
+
+# on a CUDA machine: emflow's CuPy engine against its peers (JSON + markdown table)
+bench-gpu: setup
+	$(RUN) python benchmarks/bench_gpu.py --out benchmarks/results/gpu_$$(date +%Y%m%d).json
 
 clean:
 	rm -rf .venv .tools .pytest_cache .ruff_cache .mypy_cache .emflow
