@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gpu_fixtures import make_data, random_params
 
 from gmm_core import GaussianMixture
 from gmm_core._engine import cupy_unavailable_reason
-from gmm_core._gaussian import Params, cholesky_precisions
 
 _REASON = cupy_unavailable_reason()
 pytestmark = [
@@ -20,33 +20,6 @@ COV_TYPES = ("full", "tied", "diag", "spherical")
 RTOL = {np.float32: 2e-5, np.float64: 1e-10}
 
 
-def _data(n: int, d: int, k: int, dtype, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(scale=6.0, size=(k, d))
-    labels = rng.integers(0, k, n)
-    X = centers[labels] + rng.normal(scale=rng.uniform(0.5, 2.0, size=d), size=(n, d))
-    return (X + 20.0).astype(dtype)
-
-
-def _random_params(X: np.ndarray, cov: str, k: int, n_restarts: int, seed: int = 1) -> Params:
-    """Plausible parameters of R restarts in centred coordinates (float64)."""
-    rng = np.random.default_rng(seed)
-    n, d = X.shape
-    Xc = X.astype(np.float64) - X.mean(0)
-    weights = rng.dirichlet(np.ones(k) * 5, size=n_restarts)
-    means = Xc[rng.integers(0, n, size=(n_restarts, k))]
-    var = Xc.var(0)
-    if cov == "full":
-        a = rng.normal(size=(n_restarts, k, d, d)) * 0.3
-        covs = a @ np.swapaxes(a, -1, -2) + np.diag(var)
-    elif cov == "tied":
-        a = rng.normal(size=(n_restarts, d, d)) * 0.3
-        covs = a @ np.swapaxes(a, -1, -2) + np.diag(var)
-    elif cov == "diag":
-        covs = var * rng.uniform(0.3, 2.0, size=(n_restarts, k, d))
-    else:
-        covs = var.mean() * rng.uniform(0.3, 2.0, size=(n_restarts, k))
-    return Params(weights, means, covs, cholesky_precisions(covs, cov, np))
 
 
 def _engines():
@@ -74,8 +47,8 @@ def _assert_stats_close(got, want, rtol):
 def test_accumulate_matches_numpy(cov, dtype, n_restarts):
     import cupy
 
-    X = _data(5000, 5, 4, dtype)
-    params = _random_params(X, cov, 4, n_restarts)
+    X = make_data(5000, 5, 4, dtype)
+    params = random_params(X, cov, 4, n_restarts)
     np_engine, cp_engine = _engines()
     if cov in ("diag", "spherical") and n_restarts == 3:  # the shared-accumulator variant
         from gmm_core._cupy_engine import CupyEngine
@@ -94,8 +67,8 @@ def test_streamed_chunks_match_resident(cov):
 
     from gmm_core._cupy_engine import CupyEngine
 
-    X = _data(20_003, 6, 5, np.float32, seed=3)
-    params = _random_params(X, cov, 5, 2).map(cupy.asarray)
+    X = make_data(20_003, 6, 5, np.float32, seed=3)
+    params = random_params(X, cov, 5, 2).map(cupy.asarray)
     shift = X.mean(0)
     resident = CupyEngine()
     streamed = CupyEngine(memory_budget_bytes=100_000, chunk_rows=3_000)
@@ -118,8 +91,8 @@ def test_out_of_memory_on_upload_streams_instead():
 
     from gmm_core._cupy_engine import CupyEngine
 
-    X = _data(200_000, 8, 3, np.float64)  # 12.8 MB
-    params = _random_params(X, "diag", 3, 1).map(cupy.asarray)
+    X = make_data(200_000, 8, 3, np.float64)  # 12.8 MB
+    params = random_params(X, "diag", 3, 1).map(cupy.asarray)
     pool = cupy.get_default_memory_pool()
     reference = CupyEngine().accumulate(
         CupyEngine().prepare(X, X.mean(0), "diag"), params, cupy.ones(1, bool)
@@ -139,7 +112,7 @@ def test_out_of_memory_on_upload_streams_instead():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cov", COV_TYPES)
 def test_fit_matches_numpy_backend(cov, dtype):
-    X = _data(4000, 4, 3, dtype, seed=5)
+    X = make_data(4000, 4, 3, dtype, seed=5)
     kwargs = dict(n_components=3, covariance_type=cov, n_init=3, random_state=0, max_iter=60)
     ref = GaussianMixture(backend="numpy", **kwargs).fit(X)
     gpu = GaussianMixture(backend="cupy", **kwargs).fit(X)
@@ -164,9 +137,9 @@ def test_device_loop_matches_estimator_loop(cov, dtype):
 
     from gmm_core._cupy_engine import CupyEngine
 
-    X = _data(30_000, 7, 6, dtype, seed=7)
+    X = make_data(30_000, 7, 6, dtype, seed=7)
     n_restarts, k = 4, 6
-    params = _random_params(X, cov, k, n_restarts, seed=11)
+    params = random_params(X, cov, k, n_restarts, seed=11)
     shift = X.mean(0, dtype=np.float64)
     eps = 10 * float(np.finfo(dtype).eps)
     # float32 lower bounds differ in the last digits, so a tol test could flip an iteration:
@@ -212,8 +185,8 @@ def test_many_restarts_and_components_split_into_groups():
     """R*K above one block's rows (here 4 x 100) runs as restart groups with the same result."""
     import cupy
 
-    X = _data(3000, 3, 100, np.float64, seed=2)
-    params = _random_params(X, "diag", 100, 4)
+    X = make_data(3000, 3, 100, np.float64, seed=2)
+    params = random_params(X, "diag", 100, 4)
     np_engine, cp_engine = _engines()
     shift = X.mean(0)
     want = np_engine.accumulate(np_engine.prepare(X, shift, "diag"), params, np.ones(4, bool))
@@ -227,8 +200,8 @@ def test_many_restarts_and_components_split_into_groups():
 def test_wide_diag_uses_gemm_path():
     import cupy
 
-    X = _data(2000, 40, 3, np.float32, seed=4)  # 40 features: beyond the fused kernel
-    params = _random_params(X, "diag", 3, 2)
+    X = make_data(2000, 40, 3, np.float32, seed=4)  # 40 features: beyond the fused kernel
+    params = random_params(X, "diag", 3, 2)
     np_engine, cp_engine = _engines()
     shift = X.mean(0)
     want = np_engine.accumulate(np_engine.prepare(X, shift, "diag"), params, np.ones(2, bool))
@@ -242,7 +215,7 @@ def test_wide_diag_uses_gemm_path():
 def test_predict_paths_on_cupy_input(cov):
     import cupy
 
-    X = _data(3000, 3, 3, np.float64, seed=9)
+    X = make_data(3000, 3, 3, np.float64, seed=9)
     gm = GaussianMixture(3, covariance_type=cov, random_state=0, backend="cupy").fit(X)
     ref = GaussianMixture(3, covariance_type=cov, random_state=0, backend="numpy").fit(X)
     Xd = cupy.asarray(X)
@@ -262,7 +235,7 @@ def test_bad_input_gets_clear_errors():
 
     from gmm_core._cupy_engine import CupyEngine
 
-    X = _data(500, 3, 2, np.float64)
+    X = make_data(500, 3, 2, np.float64)
     Xd = cupy.asarray(X)
     Xd[3, 1] = cupy.nan
     with pytest.raises(ValueError, match="NaN"):
@@ -286,7 +259,7 @@ def test_large_numpy_input_is_scored_on_the_gpu(cov, monkeypatch):
 
     from gmm_core import mixture
 
-    X = _data(20_000, 4, 3, np.float64, seed=5)
+    X = make_data(20_000, 4, 3, np.float64, seed=5)
     gm = GaussianMixture(3, covariance_type=cov, random_state=0, backend="cupy").fit(X)
     ref = GaussianMixture(3, covariance_type=cov, random_state=0, backend="numpy").fit(X)
     assert not gm._score_on_gpu(X)  # 60k cells: below the default threshold

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gpu_fixtures import make_data, random_params
 
 from gmm_core import GaussianMixture
 from gmm_core._engine import BACKENDS, cupy_unavailable_reason, get_engine
-from gmm_core._gaussian import Params, cholesky_precisions
 
 _REASON = cupy_unavailable_reason()
 
@@ -35,31 +35,7 @@ RTOL = {np.float32: 2e-5, np.float64: 1e-10}
 
 
 def _data(n: int, d: int, k: int, dtype, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(scale=4.0, size=(k, d))
-    labels = rng.integers(0, k, n)
-    X = centers[labels] + rng.normal(scale=rng.uniform(0.5, 2.0, size=d), size=(n, d))
-    return (X + 20.0).astype(dtype)
-
-
-def _random_params(X: np.ndarray, cov: str, k: int, n_restarts: int, seed: int = 1) -> Params:
-    rng = np.random.default_rng(seed)
-    n, d = X.shape
-    Xc = X.astype(np.float64) - X.mean(0)
-    weights = rng.dirichlet(np.ones(k) * 5, size=n_restarts)
-    means = Xc[rng.integers(0, n, size=(n_restarts, k))]
-    var = Xc.var(0)
-    if cov == "full":
-        a = rng.normal(size=(n_restarts, k, d, d)) * 0.3
-        covs = a @ np.swapaxes(a, -1, -2) + np.diag(var)
-    elif cov == "tied":
-        a = rng.normal(size=(n_restarts, d, d)) * 0.3
-        covs = a @ np.swapaxes(a, -1, -2) + np.diag(var)
-    elif cov == "diag":
-        covs = var * rng.uniform(0.3, 2.0, size=(n_restarts, k, d))
-    else:
-        covs = var.mean() * rng.uniform(0.3, 2.0, size=(n_restarts, k))
-    return Params(weights, means, covs, cholesky_precisions(covs, cov, np))
+    return make_data(n, d, k, dtype, seed, spread=4.0)
 
 
 def _assert_close(got, want, rtol, name=""):
@@ -94,7 +70,7 @@ def test_accumulate_matches_one_gpu(cov, dtype):
 
     X = _data(30_001, 6, 4, dtype)  # odd: uneven shards
     shift = X.mean(0)
-    params = _random_params(X, cov, 4, n_restarts=2)
+    params = random_params(X, cov, 4, n_restarts=2)
     one, many = CupyEngine(), MultiGpuEngine()
     assert len(many.devices) == N_GPUS
     d1, dn = one.prepare(X, shift, cov), many.prepare(X, shift, cov)
@@ -147,7 +123,7 @@ def test_device_loop_matches_one_gpu_run_em(cov, dtype):
 
     X = _data(50_001, 8, 5, dtype)
     shift = X.mean(0)
-    params = _random_params(X, cov, 5, n_restarts=3)
+    params = random_params(X, cov, 5, n_restarts=3)
     eps = 10 * float(np.finfo(dtype).eps)
     # float32: fixed iterations (tile sums differ at shard edges; no tol comparison to flip)
     kw = dict(reg_covar=1e-6, eps=eps, tol=1e-5 if dtype == np.float64 else 0.0, max_iter=60)
@@ -175,7 +151,7 @@ def test_device_arrays_and_presharded_input():
 
     X = _data(20_000, 4, 3, np.float32)
     shift = X.mean(0)
-    params = _random_params(X, "diag", 3, n_restarts=1)
+    params = random_params(X, "diag", 3, n_restarts=1)
     many = MultiGpuEngine()
     one_active = many.asarray(np.ones(1, bool))
     from_host = many.accumulate(

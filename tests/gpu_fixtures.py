@@ -1,0 +1,37 @@
+"""Data and parameters shared by the GPU engine tests (one GPU and several)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gmm_core._gaussian import Params, cholesky_precisions
+
+
+def make_data(n: int, d: int, k: int, dtype, seed: int = 0, spread: float = 6.0) -> np.ndarray:
+    """``k`` Gaussian blobs (centres ~ N(0, spread^2)) in ``d`` dimensions, offset by +20."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=spread, size=(k, d))
+    labels = rng.integers(0, k, n)
+    X = centers[labels] + rng.normal(scale=rng.uniform(0.5, 2.0, size=d), size=(n, d))
+    return (X + 20.0).astype(dtype)
+
+
+def random_params(X: np.ndarray, cov: str, k: int, n_restarts: int, seed: int = 1) -> Params:
+    """Plausible parameters of ``n_restarts`` restarts in centred coordinates (float64)."""
+    rng = np.random.default_rng(seed)
+    n, d = X.shape
+    Xc = X.astype(np.float64) - X.mean(0)
+    weights = rng.dirichlet(np.ones(k) * 5, size=n_restarts)
+    means = Xc[rng.integers(0, n, size=(n_restarts, k))]
+    var = Xc.var(0)
+    if cov == "full":
+        a = rng.normal(size=(n_restarts, k, d, d)) * 0.3
+        covs = a @ np.swapaxes(a, -1, -2) + np.diag(var)
+    elif cov == "tied":
+        a = rng.normal(size=(n_restarts, d, d)) * 0.3
+        covs = a @ np.swapaxes(a, -1, -2) + np.diag(var)
+    elif cov == "diag":
+        covs = var * rng.uniform(0.3, 2.0, size=(n_restarts, k, d))
+    else:
+        covs = var.mean() * rng.uniform(0.3, 2.0, size=(n_restarts, k))
+    return Params(weights, means, covs, cholesky_precisions(covs, cov, np))
