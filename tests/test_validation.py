@@ -390,3 +390,17 @@ def test_synthetic_telemetry_meets_the_contract_and_has_mixture_structure(contra
     assert pd.Series(make_telemetry(10, *WINDOW, seed=2)["cpu_util"]).equals(
         make_telemetry(10, *WINDOW, seed=2)["cpu_util"]
     )
+
+
+def test_building_a_suite_again_leaves_the_saved_one_untouched(contract, good_frame):
+    """Rebuilding the suite of a contract already validated in this process (the CLI's
+    --print-suite, the snapshot test) neither changes the saved suite nor breaks validation."""
+    from validation.expectations import build_content_suite, gx_context, suite_name
+
+    assert validate_batch(good_frame, contract, window=WINDOW).success
+    name = suite_name(contract, windowed=True)
+    saved = gx_context().suites.get(name).to_json_dict()
+    rebuilt = build_content_suite(contract, windowed=True).to_json_dict()
+    assert all("id" not in e for e in rebuilt["expectations"])
+    assert gx_context().suites.get(name).to_json_dict() == saved
+    assert validate_batch(good_frame, contract, window=WINDOW).success

@@ -227,15 +227,20 @@ def suite_name(contract: Contract, *, windowed: bool) -> str:
 def build_content_suite(contract: Contract, *, windowed: bool) -> gx.ExpectationSuite:
     """A fresh (unsaved) content suite for ``contract``; review it with ``suite.to_json_dict()``."""
     gx_context()  # GX suites need an active context even before they are saved
+    # expectations go in through the constructor: ``add_expectation`` on a suite whose name is
+    # already saved in the context would write into that saved suite (and make the validation
+    # definition built on it stale)
+    expectations = content_expectations(contract, windowed=windowed)
     suite = gx.ExpectationSuite(
         name=suite_name(contract, windowed=windowed),
+        expectations=expectations,
         meta={
             "contract": Path(contract.path).name if contract.path else None,
             "contract_fingerprint": contract.fingerprint,
         },
     )
-    for expectation in content_expectations(contract, windowed=windowed):
-        suite.add_expectation(expectation)
+    if len(suite.expectations) != len(expectations):  # GX logs and drops invalid ones
+        raise RuntimeError(f"GX refused an expectation of suite {suite.name!r}: see the log")
     return suite
 
 
@@ -267,10 +272,9 @@ def _batch_definition(asset_name: str) -> Any:
 def files_validation_definition() -> Any:
     """Validation definition of the files suite."""
     context = gx_context()
-    suite = gx.ExpectationSuite(name="batch-files")
-    for expectation in files_expectations():
-        suite.add_expectation(expectation)
-    suite = context.suites.add_or_update(suite)
+    suite = context.suites.add_or_update(
+        gx.ExpectationSuite(name="batch-files", expectations=files_expectations())
+    )
     return context.validation_definitions.add_or_update(
         gx.ValidationDefinition(
             name="batch-files", data=_batch_definition(FILES_ASSET_NAME), suite=suite
