@@ -116,8 +116,10 @@ def cholesky_precisions(
         if check and not bool(xp.isfinite(precisions_chol).all()):  # CuPy does not raise
             raise ValueError(ILL_DEFINED_COVARIANCE)
         return precisions_chol
-    if check and bool((covariances <= 0.0).any()):
-        raise ValueError(ILL_DEFINED_COVARIANCE)
+    if check:
+        if bool((covariances <= 0.0).any()):
+            raise ValueError(ILL_DEFINED_COVARIANCE)
+        return 1.0 / xp.sqrt(covariances)
     with np.errstate(divide="ignore", invalid="ignore"):
         return 1.0 / xp.sqrt(covariances)
 
@@ -152,7 +154,7 @@ def log_det_cholesky(precisions_chol: Any, covariance_type: str, n_features: int
     if covariance_type in ("full", "tied"):
         return xp.sum(xp.log(xp.diagonal(precisions_chol, axis1=-2, axis2=-1)), axis=-1)
     if covariance_type == "diag":
-        return xp.sum(xp.log(precisions_chol), axis=-1)
+        return xp.log(precisions_chol).sum(axis=-1)
     return n_features * xp.log(precisions_chol)
 
 
@@ -177,7 +179,7 @@ def _covariances_diag(stats: Stats, nk: Any, means: Any, reg_covar: float, xp: A
 
 def _covariances_spherical(stats: Stats, nk: Any, means: Any, reg_covar: float, xp: Any) -> Any:
     n_features = means.shape[-1]
-    return (stats.sxx / nk - xp.sum(means**2, axis=-1)) / n_features + reg_covar
+    return (stats.sxx / nk - (means**2).sum(axis=-1)) / n_features + reg_covar
 
 
 _COVARIANCE_ESTIMATORS = {
@@ -216,7 +218,7 @@ def m_step(
     ``check`` as in :func:`cholesky_precisions`.
     """
     nk, means, covariances = estimate_parameters(stats, covariance_type, reg_covar, eps, xp)
-    weights = nk / xp.sum(nk, axis=-1, keepdims=True)
+    weights = nk / nk.sum(axis=-1, keepdims=True)
     precisions_chol = cholesky_precisions(covariances, covariance_type, xp, check=check)
     return Params(weights, means, covariances, precisions_chol)
 

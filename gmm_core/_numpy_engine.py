@@ -69,6 +69,8 @@ class NumpyEngine:
     # -- passes ---------------------------------------------------------------------------------
     def accumulate(self, data: NumpyData, params: Params, active: Any) -> Stats:
         n_restarts, n_components, n_features = params.means.shape
+        if n_restarts == 1 and bool(active[0]):
+            return _accumulate_one(data, params)  # fresh arrays, nothing to keep
         if self._last is None or self._last.nk.shape != (n_restarts, n_components):
             self._last = _empty_stats(data, n_restarts, n_components, n_features)
         stats = self._last
@@ -116,21 +118,30 @@ def _empty_stats(data: NumpyData, n_restarts: int, n_components: int, n_features
 def _linear_terms(
     params: Params, covariance_type: str, dtype: Any
 ) -> tuple[np.ndarray, np.ndarray]:
-    """diag/spherical: ``log w + log N = features @ W + c``; return ``(W, c)``."""
+    """diag/spherical: ``log w + log N = features @ W.T + c``; return ``(W, c)``, W (K, width).
+
+    Called once per restart and iteration: written for few NumPy calls (small data sets are
+    dominated by this per-iteration overhead).
+    """
     means = params.means[0]
-    n_features = means.shape[1]
+    n_components, n_features = means.shape
     pc = params.precisions_cholesky[0]
-    log_det = log_det_cholesky(pc, covariance_type, n_features, np)
+    prec = pc * pc
     if covariance_type == "diag":
-        prec = pc**2
-        W = np.concatenate([(means * prec).T, -0.5 * prec.T], axis=0)
-        quad = np.sum(means**2 * prec, axis=1)
+        W = np.empty((n_components, 2 * n_features), dtype=dtype)
+        mp = means * prec
+        W[:, :n_features] = mp
+        W[:, n_features:] = -0.5 * prec
+        quad = (mp * means).sum(axis=1)
+        log_det = np.log(pc).sum(axis=1)
     else:
-        prec = pc**2
-        W = np.concatenate([(means * prec[:, None]).T, -0.5 * prec[None, :]], axis=0)
-        quad = np.sum(means**2, axis=1) * prec
+        W = np.empty((n_components, n_features + 1), dtype=dtype)
+        W[:, :n_features] = means * prec[:, None]
+        W[:, n_features] = -0.5 * prec
+        quad = (means * means).sum(axis=1) * prec
+        log_det = n_features * np.log(pc)
     const = -0.5 * (n_features * _LOG_2PI + quad) + log_det + np.log(params.weights[0])
-    return W.astype(dtype), const.astype(dtype)
+    return W, const.astype(dtype)
 
 
 def _resp_inplace(log_prob_t: np.ndarray) -> np.ndarray:
@@ -159,8 +170,7 @@ def _accumulate_one(data: NumpyData, params: Params) -> Stats:
     sxx_full = np.zeros((n_components, n_features, n_features)) if cov_type == "full" else None
 
     if cov_type in ("diag", "spherical"):
-        W, const = _linear_terms(params, cov_type, dtype)
-        Wt = np.ascontiguousarray(W.T)
+        Wt, const = _linear_terms(params, cov_type, dtype)
         width = max(n_components, data.features.shape[1])
     else:
         pc = params.precisions_cholesky[0].astype(dtype)

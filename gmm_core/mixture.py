@@ -501,11 +501,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
             if deferred:
                 failed |= ~xp.isfinite(new_params.precisions_cholesky).all()
-            params = select(active, new_params, params, xp)
             change = new_bound - bound
-            bound = xp.where(active, new_bound, bound)
-            history.append(xp.where(active, new_bound, xp.nan))
-            n_iter = xp.where(active, it, n_iter)
+            if not deferred and active.all():  # on the host, skip the per-restart selects
+                params, bound = new_params, new_bound
+                history.append(new_bound)
+                n_iter.fill(it)
+            else:
+                params = select(active, new_params, params, xp)
+                bound = xp.where(active, new_bound, bound)
+                history.append(xp.where(active, new_bound, xp.nan))
+                n_iter = xp.where(active, it, n_iter)
             just_converged = active & (xp.abs(change) < self.tol)
             converged |= just_converged
             active &= ~just_converged
