@@ -475,10 +475,6 @@ def main(argv: list[str] | None = None) -> int:
     log(json.dumps(env))
     if len(env["devices"]) < 2:
         log("WARNING: fewer than two GPUs visible; the multi-GPU figures are one-GPU figures")
-    run_telemetry(args.rows, args.iters)
-    if args.large_rows:
-        run_large(args.large_rows, args.iters, not args.no_large_one_gpu)
-
     from gmm_core import _cuda_loader
 
     slug = env["devices"][0]["name"].lower().replace("nvidia", "").strip().replace(" ", "_")
@@ -486,14 +482,23 @@ def main(argv: list[str] | None = None) -> int:
         args.out or REPO / "benchmarks" / "results" / f"multigpu_{slug}x{len(env['devices'])}.json"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {
-        "benchmark": "multigpu",
-        "environment": env,
-        "compile_seconds_total": _cuda_loader.compile_seconds,
-        "results": RESULTS,
-    }
-    out.write_text(json.dumps(result, indent=1, default=float))
-    log(f"wrote {out}")
+
+    def write(complete: bool) -> None:  # after every case: a run cut short keeps its figures
+        result = {
+            "benchmark": "multigpu",
+            "environment": env,
+            "complete": complete,
+            "compile_seconds_total": _cuda_loader.compile_seconds,
+            "results": RESULTS,
+        }
+        out.write_text(json.dumps(result, indent=1, default=float))
+        log(f"wrote {out}")
+
+    run_telemetry(args.rows, args.iters)
+    write(complete=not args.large_rows)
+    if args.large_rows:
+        run_large(args.large_rows, args.iters, not args.no_large_one_gpu)
+        write(complete=True)
     return 0
 
 
