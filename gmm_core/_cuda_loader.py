@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import time
 from pathlib import Path
+from typing import Any
 
 CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 #: threads per block of the fused kernels (``GMM_NT`` in the sources)
@@ -29,7 +30,7 @@ def source(name: str) -> str:
     return f'#line 1 "{path}"\n' + path.read_text()
 
 
-def ctype(dtype: object) -> str:
+def ctype(dtype: Any) -> str:
     """CUDA scalar type of a NumPy float dtype."""
     import numpy as np
 
@@ -41,7 +42,7 @@ def ctype(dtype: object) -> str:
     raise TypeError(f"CUDA kernels take float32 or float64 data, got {dt}")
 
 
-def _compile(name: str, name_expressions: tuple[str, ...]) -> object:
+def _compile(name: str, name_expressions: tuple[str, ...]) -> Any:
     import cupy
 
     global compile_seconds
@@ -54,13 +55,13 @@ def _compile(name: str, name_expressions: tuple[str, ...]) -> object:
     return module
 
 
-def module(name: str, name_expressions: tuple[str, ...]) -> object:
+def module(name: str, name_expressions: tuple[str, ...]) -> Any:
     """Compiled :class:`cupy.RawModule` of ``cuda/<name>`` (memoised per device)."""
     return _memoized_compile()(name, name_expressions)
 
 
 @functools.cache
-def _memoized_compile() -> object:
+def _memoized_compile() -> Any:
     import cupy
 
     return cupy.memoize(for_each_device=True)(_compile)

@@ -199,6 +199,7 @@ class CupyEngine:
                     len(chunks),
                 )
         cupy.cuda.get_current_stream().synchronize()
+        assert data is not None  # every branch above sets it
         data.upload_seconds = time.perf_counter() - started
         return data
 
@@ -464,7 +465,7 @@ class CupyEngine:
         for plan in plans:
             rg = plan.r1 - plan.r0
             partial = self._buffer("partial", (plan.n_blocks, plan.pstride), cupy.float64)
-            total = None
+            total: Any = None
             for chunk in self.device_chunks(data):
                 out = cupy.empty(plan.pstride, dtype=cupy.float64)
                 self._launch_pass(
