@@ -45,7 +45,7 @@ typecheck: setup
 cuda-check: setup
 	$(RUN) pytest -q tests/test_cuda_compile.py
 
-test: setup lint
+test: setup lint typecheck
 	$(RUN) pytest
 
 bench: setup

@@ -140,7 +140,7 @@ def _feature_names(model: Any) -> list[str]:
     return names if names is not None else [f"x{i}" for i in range(int(model.n_features_in_))]
 
 
-def _version_model_dir(client: Any, settings: Settings, version: str) -> Path:
+def version_model_dir(client: Any, settings: Settings, version: str) -> Path:
     """Local copy of registry version ``version``'s gmm_core files (downloaded once, cached)."""
     import mlflow
 
@@ -209,7 +209,7 @@ def evaluate(challenger_dir: str | Path, holdout: Any, settings: Settings) -> Ev
     )
     champion_ll = champion_aic = champion_bic = None
     if champion_version is not None:
-        champion = _load_model_dir(_version_model_dir(client, settings, champion_version))
+        champion = _load_model_dir(version_model_dir(client, settings, champion_version))
         try:
             X_champion = _feature_matrix(champion, frame)
         except ValueError as error:
@@ -285,7 +285,7 @@ def gate(
     alignment = None
     if champion_version is not None:
         client = connect(settings)
-        champion = _load_model_dir(_version_model_dir(client, settings, champion_version))
+        champion = _load_model_dir(version_model_dir(client, settings, champion_version))
         try:
             alignment = gmm_core.align_components(champion, challenger)
         except ValueError as error:  # e.g. a different number of features

@@ -419,7 +419,7 @@ def split_window(state: Mapping[str, Any], settings: Settings | None = None) -> 
 
 def _gpu_unavailable_reason() -> str | None:
     """Why ``backend="auto"`` will not use the GPU here (None when it will)."""
-    from gmm_core._engine import cupy_unavailable_reason
+    from gmm_core import cupy_unavailable_reason
 
     return cupy_unavailable_reason()
 
@@ -588,7 +588,7 @@ def window_drift(
     from emflow import lifecycle, tracking
     from validation.drift import drift_report, read_reference
 
-    champion_dir = lifecycle._version_model_dir(  # cached local copy of the registry version
+    champion_dir = lifecycle.version_model_dir(  # cached local copy of the registry version
         tracking.connect(settings), settings, str(champion_version))
     reference = read_reference(champion_dir)
     if reference is None:

@@ -6,15 +6,18 @@ files without pickle, component alignment between two fits, and a sequential ref
 Imports neither Airflow, MLflow nor Great Expectations, and works with or without CuPy.
 """
 
+from ._engine import BACKENDS, cupy_unavailable_reason
 from .alignment import Alignment, align_components, gaussian_divergence, reorder_components
 from .io import ModelFileError, load_model, save_model
 from .mixture import GaussianMixture, em_progress
 
 __all__ = [
+    "BACKENDS",
     "Alignment",
     "GaussianMixture",
     "ModelFileError",
     "align_components",
+    "cupy_unavailable_reason",
     "em_progress",
     "gaussian_divergence",
     "load_model",
