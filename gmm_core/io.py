@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import tempfile
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 from .mixture import GaussianMixture
 
 FORMAT = "gmm_core.gaussian_mixture"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the JSON document carries its own checksum
 NPZ_NAME = "model.npz"
 JSON_NAME = "model.json"
 _ARRAYS = ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_")
@@ -91,11 +92,7 @@ def save_model(
     buffer = _io.BytesIO()
     np.savez(buffer, **arrays)  # type: ignore[arg-type]
     npz_bytes = buffer.getvalue()
-    params = model.get_params()
-    for key in ("weights_init", "means_init", "precisions_init", "random_state"):
-        value = params[key]
-        if value is not None and not isinstance(value, (int, str)):
-            params[key] = np.asarray(value).tolist() if key != "random_state" else None
+    params = {key: _json_param(key, value) for key, value in model.get_params().items()}
     document = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -120,9 +117,33 @@ def save_model(
             "arrays": {name: _array_digest(a) for name, a in arrays.items()},
         },
     }
+    document["checksums"][JSON_NAME] = _document_digest(document)
     _write_atomic(directory / NPZ_NAME, npz_bytes)
     _write_atomic(directory / JSON_NAME, json.dumps(document, indent=2, allow_nan=True).encode())
     return directory
+
+
+def _json_param(key: str, value: Any) -> Any:
+    """A constructor parameter as JSON: NumPy scalars as numbers, arrays as lists.
+
+    A ``RandomState``/``Generator`` ``random_state`` cannot be stored and becomes None.
+    """
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if key == "random_state":
+        return None
+    return np.asarray(value).tolist()
+
+
+def _document_digest(document: dict[str, Any]) -> str:
+    """sha256 of the JSON document without its own checksum entry (canonical key order)."""
+    body = dict(document)
+    body["checksums"] = {k: v for k, v in document.get("checksums", {}).items() if k != JSON_NAME}
+    return _sha256(json.dumps(body, sort_keys=True, allow_nan=True).encode())
 
 
 def load_model(directory: str | os.PathLike[str]) -> GaussianMixture:
@@ -158,8 +179,13 @@ def load_model(directory: str | os.PathLike[str]) -> GaussianMixture:
             f"{json_path} has format_version {document.get('format_version')!r}; this gmm_core "
             f"reads version {FORMAT_VERSION}. Upgrade emflow or re-save the model."
         )
+    checksums = document.get("checksums")
+    if not isinstance(checksums, dict) or checksums.get(JSON_NAME) != _document_digest(document):
+        raise ModelFileError(
+            f"{json_path} does not match its recorded checksum: the file was edited or "
+            "corrupted. Restore both files from the same save (or from the registry)."
+        )
     npz_bytes = npz_path.read_bytes()
-    checksums = document.get("checksums", {})
     if _sha256(npz_bytes) != checksums.get(NPZ_NAME):
         raise ModelFileError(
             f"{npz_path} does not match the checksum recorded in {json_path}: the file was "
@@ -177,13 +203,39 @@ def load_model(directory: str | os.PathLike[str]) -> GaussianMixture:
         _array_digest(arrays[name]) != digest for name, digest in expected.items()
     ):
         raise ModelFileError(f"The arrays in {npz_path} do not match their recorded checksums.")
-    dtype = np.dtype(document["dtype"])
-    model = GaussianMixture(**document["params"])
-    k, d = document["n_components"], document["n_features"]
-    if arrays["weights"].shape != (k,) or arrays["means"].shape != (k, d):
+    try:
+        return _model_from(document, arrays)
+    except ModelFileError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ModelFileError(
-            f"{npz_path} holds arrays of the wrong shape for {k} components and {d} features."
+            f"{json_path} does not describe a valid model ({type(exc).__name__}: {exc}). "
+            "Restore both files from the same save (or from the registry)."
+        ) from exc
+
+
+def _model_from(document: dict[str, Any], arrays: dict[str, np.ndarray]) -> GaussianMixture:
+    """Build the estimator from a checksum-verified document and its arrays, checking shapes."""
+    dtype = np.dtype(document["dtype"])
+    if dtype not in (np.float32, np.float64):
+        raise ModelFileError(f"model dtype must be float32 or float64, got {dtype}")
+    model = GaussianMixture(**document["params"])
+    model._validate_params()  # same messages as fit() for an invalid parameter
+    k, d = document["n_components"], document["n_features"]
+    cov = document["covariance_type"]
+    if (k, cov) != (model.n_components, model.covariance_type):
+        raise ModelFileError("n_components/covariance_type disagree with the parameters")
+    cov_shape = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[cov]
+    shapes = {"weights": (k,), "means": (k, d), "covariances": cov_shape,
+              "precisions": cov_shape, "precisions_cholesky": cov_shape}  # fmt: skip
+    wrong = [name for name, shape in shapes.items() if arrays[name].shape != shape]
+    if wrong:
+        raise ModelFileError(
+            f"arrays {wrong} have the wrong shape for {k} {cov} components and {d} features."
         )
+    names = document.get("feature_names")
+    if names is not None and len(names) != d:
+        raise ModelFileError(f"{len(names)} feature names for {d} features")
     for name in _ARRAYS:
         setattr(model, name, arrays[name.rstrip("_")].astype(dtype, copy=False))
     fitted = document["fitted"]

@@ -16,6 +16,7 @@ from gmm_core import (
     reorder_components,
     save_model,
 )
+from gmm_core.io import _document_digest
 
 COV_TYPES = ["full", "tied", "diag", "spherical"]
 
@@ -72,8 +73,48 @@ def test_tampered_array_is_refused_even_with_a_fixed_file_checksum(tmp_path, fit
         (tmp_path / "model.npz").read_bytes()
     ).hexdigest()
     (tmp_path / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelFileError, match="edited or corrupted"):
+        load_model(tmp_path)
+    doc["checksums"]["model.json"] = _document_digest(doc)  # a careful forger
+    (tmp_path / "model.json").write_text(json.dumps(doc))
     with pytest.raises(ModelFileError, match="do not match their recorded checksums"):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d.update(covariance_type="diag" if d["covariance_type"] != "diag" else "full"),
+        lambda d: d["params"].update(tol=-1.0),
+        lambda d: d["params"].update(n_components=5),
+        lambda d: d.update(dtype="int64"),
+        lambda d: d.update(feature_names=["only-one"]),
+        lambda d: d["params"].update(no_such_parameter=1),
+        lambda d: d.pop("fitted"),
+    ],
+    ids=["covariance_type", "bad_tol", "n_components", "int_dtype", "names", "unknown", "fitted"],
+)
+def test_edited_json_is_refused_with_or_without_a_recomputed_checksum(tmp_path, fitted, edit):
+    save_model(fitted, tmp_path, feature_names=["a", "b", "c"])
+    doc = json.loads((tmp_path / "model.json").read_text())
+    edit(doc)
+    (tmp_path / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelFileError, match="edited or corrupted"):
+        load_model(tmp_path)
+    doc["checksums"]["model.json"] = _document_digest(doc)
+    (tmp_path / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelFileError):  # consistent checksum, inconsistent model
+        load_model(tmp_path)
+
+
+def test_numpy_scalar_parameters_round_trip(tmp_path, blobs):
+    gm = GaussianMixture(
+        np.int64(2), tol=np.float32(1e-3), random_state=np.int64(7), backend="numpy"
+    ).fit(blobs)
+    save_model(gm, tmp_path)
+    loaded = load_model(tmp_path)
+    assert loaded.n_components == 2 and loaded.random_state == 7
+    np.testing.assert_array_equal(loaded.sample(5)[0], gm.sample(5)[0])
 
 
 def test_truncated_json_and_missing_files_are_refused(tmp_path, fitted):
