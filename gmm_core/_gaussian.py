@@ -162,8 +162,18 @@ def log_det_cholesky(precisions_chol: Any, covariance_type: str, n_features: int
 # M-step from sufficient statistics
 
 
+# The second moments are about the data mean, so the mean term carries the factor
+# ``2 - nk_raw / nk`` (``nk`` includes the M-step's eps): the covariance is then exactly
+# sum r (x - mean)^2 / nk, as scikit-learn computes it, and stays translation invariant. Without
+# it a tight component far from the data mean is off by mean^2 * eps / nk (1e-8 relative of
+# mean^2 in float32).
+def _mean_factor(stats: Stats, nk: Any) -> Any:
+    return 2.0 - stats.nk / nk
+
+
 def _covariances_full(stats: Stats, nk: Any, means: Any, reg_covar: float, xp: Any) -> Any:
-    cov = stats.sxx / nk[..., None, None] - means[..., :, None] * means[..., None, :]
+    outer = means[..., :, None] * means[..., None, :]
+    cov = stats.sxx / nk[..., None, None] - outer * _mean_factor(stats, nk)[..., None, None]
     return cov + reg_covar * xp.eye(means.shape[-1])
 
 
@@ -174,12 +184,13 @@ def _covariances_tied(stats: Stats, nk: Any, means: Any, reg_covar: float, xp: A
 
 
 def _covariances_diag(stats: Stats, nk: Any, means: Any, reg_covar: float, xp: Any) -> Any:
-    return stats.sxx / nk[..., None] - means**2 + reg_covar
+    return stats.sxx / nk[..., None] - means**2 * _mean_factor(stats, nk)[..., None] + reg_covar
 
 
 def _covariances_spherical(stats: Stats, nk: Any, means: Any, reg_covar: float, xp: Any) -> Any:
     n_features = means.shape[-1]
-    return (stats.sxx / nk - (means**2).sum(axis=-1)) / n_features + reg_covar
+    mean_sq = (means**2).sum(axis=-1) * _mean_factor(stats, nk)
+    return (stats.sxx / nk - mean_sq) / n_features + reg_covar
 
 
 _COVARIANCE_ESTIMATORS = {

@@ -27,7 +27,7 @@ class NumpyData:
     """Centred data and what every pass reuses."""
 
     X: np.ndarray  # (N, D) centred, in the fit dtype
-    features: np.ndarray  # diag: [X, X**2]; spherical: [X, |x|^2]; full/tied: X
+    features: np.ndarray  # diag: [X, X**2]; spherical: [X, |x|^2] (float64); full/tied: X
     xtx: np.ndarray | None  # tied only: X^T X in float64
     covariance_type: str
 
@@ -51,10 +51,13 @@ class NumpyEngine:
         X = np.asarray(X)
         if shift is not None:
             X = X - np.asarray(shift, dtype=X.dtype)
+        # second moments in float64 whatever the data dtype: the M-step's sxx/nk - mean^2
+        # cancels, and float32 squares would lose a tight cluster far from the data mean
+        X64 = X.astype(np.float64, copy=False)
         if covariance_type == "diag":
-            features = np.concatenate([X, X * X], axis=1)
+            features = np.concatenate([X64, X64 * X64], axis=1)
         elif covariance_type == "spherical":
-            features = np.concatenate([X, np.einsum("ij,ij->i", X, X)[:, None]], axis=1)
+            features = np.concatenate([X64, np.einsum("ij,ij->i", X64, X64)[:, None]], axis=1)
         else:
             features = X
         xtx = X.T.astype(np.float64) @ X.astype(np.float64) if covariance_type == "tied" else None
@@ -170,7 +173,7 @@ def _accumulate_one(data: NumpyData, params: Params) -> Stats:
     sxx_full = np.zeros((n_components, n_features, n_features)) if cov_type == "full" else None
 
     if cov_type in ("diag", "spherical"):
-        Wt, const = _linear_terms(params, cov_type, dtype)
+        Wt, const = _linear_terms(params, cov_type, data.features.dtype)
         width = max(n_components, data.features.shape[1])
     else:
         pc = params.precisions_cholesky[0].astype(dtype)
@@ -204,10 +207,14 @@ def _accumulate_one(data: NumpyData, params: Params) -> Stats:
         loglik += float(_resp_inplace(log_prob_t).sum())
         resp_t = log_prob_t
         nk += resp_t.sum(axis=1, dtype=np.float64)
-        s_feat += resp_t @ feats
+        # moments in float64 (diag/spherical features already are): the M-step's
+        # sxx / nk - mean^2 cancels, and float32 sums lose a tight cluster far from the data mean
+        feats64 = feats.astype(np.float64, copy=False)
+        resp64 = resp_t.astype(np.float64, copy=False)
+        s_feat += resp64 @ feats64
         if sxx_full is not None:
             for k in range(n_components):
-                sxx_full[k] += (feats.T * resp_t[k]) @ feats
+                sxx_full[k] += (feats64.T * resp64[k]) @ feats64
 
     sx = s_feat[:, :n_features]
     sxx: Any

@@ -75,8 +75,8 @@ def reorder_components(model: GaussianMixture, order: Any) -> GaussianMixture:
     """A copy of ``model`` whose component ``i`` is ``model``'s component ``order[i]``."""
     order = np.asarray(order)
     k = model.means_.shape[0]
-    if sorted(order.tolist()) != list(range(k)):
-        raise ValueError(f"order must be a permutation of range({k}), got {order.tolist()}")
+    if order.dtype.kind not in "iu" or sorted(order.tolist()) != list(range(k)):
+        raise ValueError(f"order must be an integer permutation of range({k}), got {order.tolist()}")
     out = copy.deepcopy(model)
     out.weights_ = model.weights_[order]
     out.means_ = model.means_[order]

@@ -577,24 +577,29 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = self._check_X(X, reset=False)
+        # score in coordinates centred on the mixture's mean, as fit works: the expanded
+        # quadratic forms then lose no precision on data far from the origin
+        shift = np.asarray(self.weights_, np.float64) @ np.asarray(self.means_, np.float64)
         if _is_cupy_array(X) or self._score_on_gpu(X):
             engine = get_engine("cupy")
-            data = engine.prepare(X, None, self.covariance_type)
+            data = engine.prepare(X, shift, self.covariance_type)
             params = Params(
                 self.weights_[None],
-                self.means_[None],
+                self.means_[None] - shift,
                 self.covariances_[None],
                 self.precisions_cholesky_[None],
             ).map(lambda a: engine.asarray(np.asarray(a, np.float64)))
             return engine.weighted_log_prob(data, params)
+        # as scikit-learn: float32 data under a float64 model give float64 results
+        dtype = np.result_type(X.dtype, self.means_.dtype)
         log_prob = estimate_log_gaussian_prob(
-            X,
-            self.means_.astype(X.dtype),
-            self.precisions_cholesky_.astype(X.dtype),
+            X.astype(dtype, copy=False) - shift.astype(dtype),
+            (self.means_ - shift).astype(dtype),
+            self.precisions_cholesky_.astype(dtype),
             self.covariance_type,
             np,
         )
-        return log_prob + np.log(self.weights_).astype(X.dtype)
+        return log_prob + np.log(self.weights_).astype(dtype)
 
     def _score_on_gpu(self, X: np.ndarray) -> bool:
         """Whether NumPy input is large enough to be scored on a usable GPU."""
@@ -706,7 +711,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 def _as_float_array(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
     array = np.asarray(value)
     if array.dtype not in (np.float32, np.float64):
-        array = array.astype(np.float64)
+        try:
+            array = array.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"The parameter '{name}' must be numeric, got {array.dtype}; pass a float array."
+            ) from exc
+    if not np.isfinite(array).all():
+        raise ValueError(
+            f"The parameter '{name}' contains NaN or infinity; pass finite initial values."
+        )
     if array.shape != shape:
         raise ValueError(
             f"The parameter '{name}' should have the shape of {shape}, but got {array.shape}."
@@ -733,6 +747,11 @@ def _stats_from_resp(
     nk = np.asarray(R.sum(axis=1), dtype=np.float64).reshape(n_components)
     # scikit-learn computes these products in the data's dtype, then adds eps in that dtype
     nk = nk.astype(X.dtype).astype(np.float64)
+    # moments in float64: sxx / nk - mean^2 cancels (scikit-learn subtracts each component's
+    # mean first, so its float32 products do not lose a tight cluster far from the data mean)
+    X = X.astype(np.float64, copy=False)
+    if sparse.issparse(R):
+        R = R.astype(np.float64)
     sx = np.asarray(R @ X, dtype=np.float64)
     if cov_type == "full":
         dense = R.toarray() if sparse.issparse(R) else R
