@@ -899,8 +899,11 @@ def rollback(
                 f"{name} has no previous champion recorded; pass an explicit version "
                 "(--version N; `emflow status` lists them)"
             )
-    target = str(version)
-    if retry("read the version", lambda: registry.get_version(client, name, target)) is None:
+    target = str(version).strip()
+    found = retry("read the version", lambda: registry.get_version(client, name, target))
+    if found is not None:
+        target = str(found.version)  # the registry's spelling: "02" is version 2
+    if found is None:
         known = [str(v.version) for v in retry("list versions",
                                                lambda: registry.list_versions(client, name))]
         raise UnknownVersionError(

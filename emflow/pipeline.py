@@ -59,7 +59,6 @@ DEFAULT_PARAMS: dict[str, Any] = {
 }
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 BACKENDS = ("auto", "numpy", "cupy", "dask", "multigpu")
-TELEMETRY_SUFFIXES = (".parquet", ".csv")
 
 
 class WindowError(ValueError):
@@ -224,20 +223,35 @@ def window_days(request: Mapping[str, Any]) -> list[str]:
 
 
 def window_files(request: Mapping[str, Any], settings: Settings) -> list[Path]:
-    """Telemetry files of the window: ``<data_root>/incoming/<day>/*.parquet|*.csv``.
+    """Telemetry batches of the window, day by day.
+
+    A day's batches are the data files under ``<data_root>/incoming/<day>/`` as the validator
+    lists them (:func:`validation.batch.list_batch_files`: ``.parquet``/``.pq``/``.csv`` in any
+    letter case, sub-folders included, names starting with ``.`` or ``_``, files still being
+    written, skipped), plus the batches this run already moved to quarantine: a retried run
+    must meet its rejected batch again, not train on the rest of the window.
 
     Raises
     ------
     WindowError
         The window holds no telemetry file (the message lists where it looked).
     """
-    incoming = Path(settings.data_root) / "incoming"
-    files = [
-        path
-        for day in window_days(request)
-        for path in sorted((incoming / day).glob("*"))
-        if path.is_file() and path.suffix in TELEMETRY_SUFFIXES
-    ]
+    from validation.batch import list_batch_files
+    from validation.quarantine import MANIFEST, run_folder_name
+
+    root = Path(settings.data_root)
+    incoming = root / "incoming"
+    run_key = request.get("run_key")
+    files: list[Path] = []
+    for day in window_days(request):
+        folder = incoming / day
+        found = {p.resolve(): p for p in list_batch_files(folder)} if folder.is_dir() else {}
+        quarantined = root / "quarantine" / run_folder_name(run_key) / day if run_key else None
+        if quarantined is not None and quarantined.is_dir():
+            for manifest in quarantined.rglob(f"*{MANIFEST}"):
+                source = Path(json.loads(manifest.read_text())["source"])
+                found.setdefault(source.resolve(), source)
+        files += [found[key] for key in sorted(found)]
     if not files:
         raise WindowError(
             f"no telemetry for the window {request['window_start']}..{request['window_end']} "
@@ -246,6 +260,15 @@ def window_files(request: Mapping[str, Any], settings: Settings) -> list[Path]:
             "or pick another window with the window_start/window_end parameters"
         )
     return files
+
+
+def _day_of(path: Path, settings: Settings) -> str:
+    """The ``<day>`` folder under ``incoming/`` that holds ``path``."""
+    incoming = (Path(settings.data_root) / "incoming").resolve()
+    try:
+        return path.resolve().relative_to(incoming).parts[0]
+    except ValueError:
+        return path.parent.name
 
 
 def _run_dir(settings: Settings, area: str, run_key: str) -> Path:
@@ -291,10 +314,13 @@ def rejection_summary(rejected: Exception) -> dict[str, Any]:
     """JSON-able facts of the batches :func:`validate_window` rejected (for the metrics step)."""
     results = getattr(rejected, "results", None) or [getattr(rejected, "result", None)]
     results = [r for r in results if r is not None]
+    rows_quarantined = sum(int(r.n_rows) for r in results)
     return {
         "message": str(rejected),
         "failed": sorted({name for r in results for name in r.failed_expectations}),
-        "rows_quarantined": sum(int(r.n_rows) for r in results),
+        # every row the contract checked, the passing batches' included (the quarantine rate)
+        "rows_validated": int(getattr(rejected, "rows_checked", rows_quarantined)),
+        "rows_quarantined": rows_quarantined,
         "quarantine_dirs": [str(r.quarantine_dir) for r in results if r.quarantine_dir],
     }
 
@@ -332,13 +358,15 @@ def validate_window(state: Mapping[str, Any], settings: Settings | None = None) 
         log.info("validating %s against contract %s v%s", path, contract.name, contract.version)
         result = validation.check_batch(
             path, run_id=request["run_key"], data_root=settings.data_root, contract=contract,
-            window=validation.window_for_day(path.parent.name),
+            window=validation.window_for_day(_day_of(path, settings)),
         )
         log.info("%s: %s", path, result.summary)
         results.append((path, result))
     rejected = [result for _, result in results if not result.success]
     if rejected:
-        raise validation.BatchRejected.from_results(rejected)
+        error = validation.BatchRejected.from_results(rejected)
+        error.rows_checked = sum(int(result.n_rows) for _, result in results)  # type: ignore[attr-defined]
+        raise error
     validated = {
         "files": [str(path) for path, _ in results],
         "reports": [str(result.report_path) for _, result in results if result.report_path],
@@ -740,7 +768,7 @@ def run_summary(
             {"score_divergence": drift["score_divergence"]}
             if drift["score_divergence"] is not None else {})}
     elif rejected:
-        summary["rows_validated"] = rejected["rows_quarantined"]
+        summary["rows_validated"] = rejected.get("rows_validated", rejected["rows_quarantined"])
         summary["rows_quarantined"] = rejected["rows_quarantined"]
         summary["decision"] = "quarantined"
     trained = last.get("train")
@@ -764,6 +792,11 @@ def run_summary(
     decision = last.get("decision")
     if decision:
         summary["alignment_cost"] = decision.get("alignment_mean_cost")
+        order = decision.get("permutation")
+        weights = summary.get("component_weights")
+        if order and weights and sorted(order) == list(range(len(weights))):
+            # evaluation reports the trained order; component ids are the champion's
+            summary["component_weights"] = [weights[i] for i in order]
         if states.get("publish"):
             summary["decision"] = "promoted" if _promoted(last) else "rejected"
     return {k: v for k, v in summary.items() if v is not None}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from emflow.config import Settings
@@ -21,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-init", type=int, default=3)
     parser.add_argument("--max-iter", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
+    parser.add_argument(
+        "--backend", default="auto", choices=["auto", "numpy", "cupy", "dask", "multigpu"]
+    )
 
 
 def train_frame(
@@ -86,28 +89,44 @@ def run(args: argparse.Namespace) -> int:
     from validation.batch import list_batch_files, read_batch
     from validation.contract import load_contract
 
-    frame, _ = read_batch(list_batch_files(args.path))
-    if frame is None or frame.empty:
-        print(f"emflow train: no readable rows under {args.path}; run `emflow validate` on it.")
+    def fail(message: str) -> int:
+        print(f"emflow train: {message}", file=sys.stderr)
         return 2
+
+    try:
+        frame, _ = read_batch(list_batch_files(args.path))
+    except (FileNotFoundError, ValueError) as exc:
+        return fail(str(exc))
+    if frame is None or frame.empty:
+        return fail(f"no readable rows under {args.path}; run `emflow validate` on it.")
     features = args.features.split(",") if args.features else list(load_contract().feature_columns)
+    missing = [name for name in features if name not in frame.columns]
+    if missing:
+        return fail(
+            f"{args.path} has no column(s) {missing} (columns: {list(frame.columns)}); pass "
+            "--features, or run `emflow validate` to check it against the contract."
+        )
     bar = tqdm(total=args.max_iter, desc="EM", unit="it")
 
     def progress(it: int, max_iter: int, n_active: int) -> None:
         bar.update(1)
         bar.set_postfix(active_restarts=n_active)
 
-    model = train_frame(
-        frame,
-        features,
-        n_components=args.n_components,
-        covariance_type=args.covariance_type,
-        n_init=args.n_init,
-        max_iter=args.max_iter,
-        seed=args.seed,
-        backend=args.backend,
-        progress=progress,
-    )
+    try:
+        model = train_frame(
+            frame,
+            features,
+            n_components=args.n_components,
+            covariance_type=args.covariance_type,
+            n_init=args.n_init,
+            max_iter=args.max_iter,
+            seed=args.seed,
+            backend=args.backend,
+            progress=progress,
+        )
+    except (ValueError, RuntimeError) as exc:  # bad values, too few rows, no GPU for 'cupy'
+        bar.close()
+        return fail(f"{exc}\n(check the data with `emflow validate {args.path}`)")
     bar.close()
     out = args.out or Settings().home / "models" / "manual"
     save_model(model, out, feature_names=features, metadata={"source": str(args.path)})

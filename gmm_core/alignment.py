@@ -76,7 +76,9 @@ def reorder_components(model: GaussianMixture, order: Any) -> GaussianMixture:
     order = np.asarray(order)
     k = model.means_.shape[0]
     if order.dtype.kind not in "iu" or sorted(order.tolist()) != list(range(k)):
-        raise ValueError(f"order must be an integer permutation of range({k}), got {order.tolist()}")
+        raise ValueError(
+            f"order must be an integer permutation of range({k}), got {order.tolist()}"
+        )
     out = copy.deepcopy(model)
     out.weights_ = model.weights_[order]
     out.means_ = model.means_[order]

@@ -101,6 +101,38 @@ def test_window_files_lists_each_day_in_order(settings):
     files = pipeline.window_files(request, settings)
     assert [f.parent.name for f in files] == ["2026-11-01", "2026-11-02"]
     assert all(f.suffix == ".parquet" for f in files)
+    # as the validator lists a batch: any letter case, sub-folders; not files being written
+    day = settings.data_root / "incoming" / "2026-11-01"
+    (day / "UPPER.PARQUET").write_bytes(b"x")
+    (day / "hour=00").mkdir()
+    (day / "hour=00" / "nested.csv").write_text("x")
+    (day / ".inflight.parquet").write_bytes(b"x")
+    names = [f.name for f in pipeline.window_files(request, settings)]
+    assert names == ["UPPER.PARQUET", "nested.csv", "telemetry.parquet", "telemetry.parquet"]
+
+
+def test_retried_validation_meets_the_quarantined_batch_again(settings):
+    """A retry of the same run must not train on the rest of a window whose bad day it moved
+    to quarantine on the first try."""
+    import validation
+    from validation.synthetic import make_telemetry, write_window
+
+    for day, bad in (("2026-11-01", False), ("2026-11-02", True)):
+        frame = make_telemetry(400, day, f"2026-11-0{int(day[-1]) + 1}", seed=int(day[-1]))
+        if bad:
+            frame.loc[3, "latency_ms"] = np.inf
+        write_window(frame, settings.data_root, day)
+    state = pipeline.build_request({"window_start": "2026-11-01", "window_end": "2026-11-03"},
+                                   run_id="manual__retry")
+    for _attempt in range(2):  # the second try finds day 2 only in quarantine
+        with pytest.raises(validation.BatchRejected, match="expect_column_values_to_be_finite") \
+                as caught:
+            pipeline.validate_window(state, settings)
+        assert not list((settings.data_root / "incoming" / "2026-11-02").glob("*.parquet"))
+        facts = pipeline.rejection_summary(caught.value)
+        assert (facts["rows_validated"], facts["rows_quarantined"]) == (800, 400)
+    quarantined = list((settings.data_root / "quarantine").rglob("*.parquet"))
+    assert len(quarantined) == 1 and quarantined[0].parent.name == "2026-11-02"
 
 
 # ---------------------------------------------------------------------------- split + train

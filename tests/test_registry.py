@@ -198,6 +198,9 @@ def test_rollback_to_previous_champion_and_refusals(settings, trained, holdout, 
     with pytest.raises(ValueError, match="needs a reason"):
         lifecycle.rollback(2, reason="  ", settings=settings)
     assert _champion(settings) == "1"
+    # "01" is version 1, the champion already: nothing moves, previous-champion stays v2
+    again = lifecycle.rollback("01", reason="typed with a zero", settings=settings)
+    assert (again["version"], again["changed"]) == ("1", False)
 
     status = lifecycle.status(settings)
     assert status["aliases"] == {"champion": "1", "challenger": "2", "previous-champion": "2"}

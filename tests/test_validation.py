@@ -404,3 +404,44 @@ def test_building_a_suite_again_leaves_the_saved_one_untouched(contract, good_fr
     assert all("id" not in e for e in rebuilt["expectations"])
     assert gx_context().suites.get(name).to_json_dict() == saved
     assert validate_batch(good_frame, contract, window=WINDOW).success
+
+
+def test_cross_filesystem_folder_move_killed_mid_copy_resumes(tmp_path, contract, monkeypatch):
+    """Quarantine across filesystems copies, verifies, then unlinks; a task killed after the
+    copy leaves a stale .partial copy that the retry replaces instead of failing on it."""
+    import errno
+    import shutil
+
+    from validation import quarantine
+
+    data_root = tmp_path / "data"
+    folder = data_root / "incoming" / DAY
+    folder.mkdir(parents=True)
+    frame = make_telemetry(200, *WINDOW, seed=1)
+    frame.loc[0, "cpu_util"] = np.inf
+    frame.iloc[:100].to_parquet(folder / "a.parquet", index=False)
+    frame.iloc[100:].to_parquet(folder / "b.parquet", index=False)
+    delivered = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real_rename, real_copytree = quarantine.os.rename, shutil.copytree
+
+    def cross_device(src, dst):
+        if "incoming" in str(src):
+            raise OSError(errno.EXDEV, "cross-device link")
+        return real_rename(src, dst)
+
+    def killed_after_copy(src, dst, **kwargs):
+        real_copytree(src, dst, **kwargs)
+        raise KeyboardInterrupt("task killed mid-move")
+
+    monkeypatch.setattr(quarantine.os, "rename", cross_device)
+    monkeypatch.setattr(quarantine.shutil, "copytree", killed_after_copy)
+    with pytest.raises(KeyboardInterrupt):
+        check_batch(folder, run_id="r", data_root=data_root, contract=contract, window=WINDOW)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == delivered  # source intact
+    monkeypatch.setattr(quarantine.shutil, "copytree", real_copytree)
+    retried = check_batch(folder, run_id="r", data_root=data_root, contract=contract,
+                          window=WINDOW)
+    assert not retried.success and not folder.exists()
+    moved = Path(retried.quarantined_to)
+    assert {p.name: p.read_bytes() for p in moved.iterdir()} == delivered
+    assert not list(moved.parent.glob(".*.partial"))

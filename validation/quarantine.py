@@ -105,6 +105,12 @@ def _move(source: Path, destination: Path) -> None:
         if exc.errno != errno.EXDEV:
             raise
     partial = destination.with_name(f".{destination.name}.partial")
+    # a copy a killed task left behind: only a copy (the source is unlinked after the rename
+    # below), so start it again
+    if partial.is_dir():
+        shutil.rmtree(partial)
+    elif partial.exists():
+        partial.unlink()
     if source.is_dir():
         shutil.copytree(source, partial)
     else:

@@ -1,0 +1,59 @@
+"""``emflow train``: a model from a telemetry file, and clear errors (exit 2) for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from emflow.cli import main
+from gmm_core import load_model
+from validation.synthetic import make_telemetry
+
+
+@pytest.fixture()
+def telemetry_file(tmp_path):
+    path = tmp_path / "telemetry.parquet"
+    make_telemetry(600, "2026-11-01", "2026-11-02", seed=4).to_parquet(path, index=False)
+    return path
+
+
+def test_train_saves_a_model_and_prints_its_summary(telemetry_file, tmp_path, capsys):
+    out = tmp_path / "model"
+    rc = main(["train", str(telemetry_file), "--n-components", "3", "--n-init", "2",
+               "--max-iter", "50", "--backend", "numpy", "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed.strip().splitlines()[-1]) == {"model_dir": str(out)}
+    assert "log-likelihood" in printed and "backend" in printed
+    model = load_model(out)
+    assert model.n_components == 3 and np.isclose(model.weights_.sum(), 1.0)
+
+
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [
+        ("missing", "does not exist"),
+        ("renamed_column", "has no column"),
+        ("too_few_rows", "n_components"),
+        ("nan", "NaN"),
+    ],
+)
+def test_bad_input_exits_2_with_the_fix_on_stderr(case, match, tmp_path, capsys):
+    frame = make_telemetry(600, "2026-11-01", "2026-11-02", seed=4)
+    path = tmp_path / "t.parquet"
+    if case == "renamed_column":
+        frame = frame.rename(columns={"cpu_util": "cpu"})
+    elif case == "too_few_rows":
+        frame = frame.head(3)
+    elif case == "nan":
+        frame.loc[5, "temp_c"] = np.nan
+    if case != "missing":
+        frame.to_parquet(path, index=False)
+    rc = main(["train", str(path), "--n-components", "4", "--backend", "numpy",
+               "--out", str(tmp_path / "m")])
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert match in captured.err and "Traceback" not in captured.err
+    assert not (tmp_path / "m").exists()
