@@ -697,19 +697,20 @@ class CupyEngine:
                     lp /= norm
                     resp = lp.reshape(x.shape[0], R * K)
                     lse = cupy.log(norm[..., 0].astype(cupy.float64)) + amax[..., 0]  # (n, R)
-                    # column sums as GEMMs: CuPy's axis-0 reductions are slow for few columns
-                    loglik += cupy.ones(x.shape[0]) @ lse
+                    # column sums as GEMMs: CuPy's axis-0 reductions are slow for few columns;
+                    # every product first, the sums after: an out-of-memory error part-way
+                    # must not leave this chunk half added before it is retried smaller
+                    chunk_ll = cupy.ones(x.shape[0]) @ lse
                     ones = cupy.ones((x.shape[0], 1), dtype=resp.dtype)
-                    nk += _resp_t_dot(resp, ones).reshape(R, K)
+                    chunk_nk = _resp_t_dot(resp, ones).reshape(R, K)
                     if cov == "full":
-                        s_feat += _resp_t_dot(resp, feats)
-                        start += x.shape[0]
-                        continue
-                    sx += _resp_t_dot(resp, x)
-                    if cov == "diag":
-                        sxx += _resp_t_dot(resp, x * x)
-                    elif cov == "spherical":
-                        sxx += _resp_t_dot(resp, (x * x).sum(axis=1)[:, None])[:, 0]
+                        chunk_feat = _resp_t_dot(resp, feats)
+                    else:
+                        chunk_sx = _resp_t_dot(resp, x)
+                        if cov == "diag":
+                            chunk_sxx = _resp_t_dot(resp, x * x)
+                        elif cov == "spherical":
+                            chunk_sxx = _resp_t_dot(resp, (x * x).sum(axis=1)[:, None])[:, 0]
                 except cupy.cuda.memory.OutOfMemoryError:
                     if rows <= 256:
                         raise
@@ -717,6 +718,14 @@ class CupyEngine:
                     rows //= 2
                     logger.warning("GPU out of memory in a pass; retrying with %d-row chunks", rows)
                     continue
+                loglik += chunk_ll
+                nk += chunk_nk
+                if cov == "full":
+                    s_feat += chunk_feat
+                else:
+                    sx += chunk_sx
+                    if cov in ("diag", "spherical"):
+                        sxx += chunk_sxx
                 start += x.shape[0]
         if cov == "full":
             sx = s_feat[:, n_tri:]

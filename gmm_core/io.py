@@ -93,7 +93,7 @@ def save_model(
     np.savez(buffer, **arrays)  # type: ignore[arg-type]
     npz_bytes = buffer.getvalue()
     params = {key: _json_param(key, value) for key, value in model.get_params().items()}
-    document = {
+    document: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "dtype": str(arrays["weights"].dtype),
