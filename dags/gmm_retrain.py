@@ -156,7 +156,7 @@ def gmm_retrain():
         states = {step: ti.xcom_pull(task_ids=step) for step in pipeline.STEPS}
         rejected = ti.xcom_pull(task_ids="validate", key="rejected")
         summary = pipeline.publish_run_metrics(
-            pipeline.request_from_context(context), states, rejected=rejected
+            pipeline.metrics_request_from_context(context), states, rejected=rejected
         )
         if summary["status"] != "success":
             raise AirflowFailException(

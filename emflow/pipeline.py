@@ -207,6 +207,21 @@ def request_from_context(context: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
+def metrics_request_from_context(context: Mapping[str, Any]) -> dict[str, Any]:
+    """The request for the metrics step, also for a run whose request is invalid.
+
+    :func:`request_from_context`; when the run's parameters or window are invalid (the
+    validate step failed on them), a minimal request with just the run key, so that the failed
+    run is still published.
+    """
+    try:
+        return request_from_context(context)
+    except ValueError as exc:  # WindowError and parameter errors
+        run_id = context["dag_run"].run_id
+        log.warning("run %s has an invalid request (%s); publishing its failure only", run_id, exc)
+        return {"request": {"run_key": run_key_for(run_id), "promotion_margin": None}}
+
+
 def settings_for(request: Mapping[str, Any], settings: Settings | None = None) -> Settings:
     """Settings of this process with the run's ``promotion_margin`` applied when it sets one."""
     settings = settings or Settings()

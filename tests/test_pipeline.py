@@ -269,3 +269,23 @@ def test_auto_backend_trains_on_the_configured_dask_cluster(settings, caplog):
     assert trained["lower_bound"] == pytest.approx(reference["lower_bound"], rel=1e-9)
     a, b = gmm_core.load_model(trained["model_dir"]), gmm_core.load_model(reference["model_dir"])
     np.testing.assert_allclose(a.means_, b.means_, rtol=1e-8, atol=1e-10)
+
+
+def test_a_run_with_an_invalid_window_still_publishes_its_failure(settings):
+    from types import SimpleNamespace
+
+    context = {
+        "dag_run": SimpleNamespace(run_id="manual__2026-11-20T00:00:00+00:00",
+                                   dag_id="gmm_retrain"),
+        "params": {"window_start": "2026-11-05", "window_end": "2026-11-01"},
+        "logical_date": datetime(2026, 11, 20, tzinfo=UTC),
+    }
+    with pytest.raises(ValueError):
+        pipeline.request_from_context(context)
+    request = pipeline.metrics_request_from_context(context)
+    summary = pipeline.publish_run_metrics(request, dict.fromkeys(pipeline.STEPS),
+                                           settings=settings)
+    assert (summary["status"], summary["failed_step"]) == ("failed", "validate")
+    assert summary["run_key"] == "manual__2026-11-20T00-00-00-00-00"
+    text = settings.metrics_textfile.read_text()
+    assert 'emflow_retrain_last_run_success{model="telemetry-gmm"} 0.0' in text
