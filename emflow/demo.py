@@ -183,6 +183,7 @@ def run_demo(home: Path, *, rows_per_day: int = 20_000, n_init: int = 3, seed: i
 def _where_to_look(report: dict[str, Any], out: TextIO) -> None:
     settings: Settings = report["settings"]
     status = report["status"]
+    bin_dir = Path(sys.executable).parent  # the project environment's commands, runnable as shown
     lines = [
         "",
         f"Registry {status['model_name']}: aliases {status['aliases']}",
@@ -190,7 +191,7 @@ def _where_to_look(report: dict[str, Any], out: TextIO) -> None:
           f"{v['data_window']}" for v in status["versions"]),
         "",
         "Where to look:",
-        f"  MLflow UI:   mlflow ui --backend-store-uri {settings.tracking_uri} "
+        f"  MLflow UI:   {bin_dir / 'mlflow'} ui --backend-store-uri {settings.tracking_uri} "
         "--host 127.0.0.1 --port 5000",
         f"  telemetry:   {settings.data_root / 'incoming'}",
         f"  quarantine:  {settings.data_root / 'quarantine'}  (bad batch + validation report)",
@@ -198,7 +199,7 @@ def _where_to_look(report: dict[str, Any], out: TextIO) -> None:
         f"  metrics:     {settings.metrics_textfile}",
         f"  task logs:   {report['log_dir']}  (per-iteration EM progress in gmm_retrain_*.log)",
         f"  Airflow:     AIRFLOW_HOME={settings.home / 'airflow'} (SQLite metadata database)",
-        f"  status:      EMFLOW_HOME={settings.home} emflow status",
+        f"  status:      EMFLOW_HOME={settings.home} {bin_dir / 'emflow'} status",
     ]
     print("\n".join(lines), file=out)
 

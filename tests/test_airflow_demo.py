@@ -32,6 +32,8 @@ def test_demo_shows_quarantine_promotion_rejection_and_rollback():
     assert re.search(r"drift vs champion: DRIFTED", out)  # the regime-shift day
     assert re.search(r"rollback \(success\): champion v\d+ -> v\d+", out)
     assert f"mlflow ui --backend-store-uri sqlite:///{home / 'demo'}/mlflow.db" in out
+    mlflow_cli = re.search(r"MLflow UI:\s+(\S+) ui ", out).group(1)
+    assert os.access(mlflow_cli, os.X_OK)  # the printed command runs as shown, no venv needed
     assert (home / "demo" / "metrics" / "emflow.prom").is_file()
     assert any((home / "demo" / "data" / "quarantine").rglob("telemetry.parquet"))
     shutil.rmtree(home, ignore_errors=True)
