@@ -390,6 +390,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         user = self._checked_initial_parameters(n_features, X.dtype)
         engine = get_engine(self.backend)
         xp = engine.xp
+        if _is_cupy_array(X) and xp is np:  # a host engine (numpy, dask) takes host arrays
+            X = X.get()
         eps = 10 * float(np.finfo(X.dtype).eps)
 
         # centre once: uncentred sufficient statistics are then numerically safe

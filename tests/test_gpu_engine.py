@@ -295,3 +295,14 @@ def test_full_covariance_loop_checks_positive_definiteness_at_sync_points():
     gm = GaussianMixture(2, backend="cupy", **kw).fit(X)
     ref = GaussianMixture(2, backend="numpy", **kw).fit(X)
     np.testing.assert_allclose(gm.means_, ref.means_, rtol=1e-7, atol=1e-9)
+
+
+def test_host_backend_fits_a_cupy_array():
+    """backend='numpy' given a CuPy array copies it to the host (same model as NumPy input)."""
+    import cupy
+
+    X = make_data(2000, 3, 3, np.float64, seed=3)
+    on_host = GaussianMixture(3, random_state=0, backend="numpy").fit(X)
+    from_device = GaussianMixture(3, random_state=0, backend="numpy").fit(cupy.asarray(X))
+    assert from_device.backend_ == "numpy"
+    np.testing.assert_array_equal(from_device.means_, on_host.means_)
