@@ -12,7 +12,9 @@ challenger and of the champion) -> `gate` (likelihood margin and component align
 (Prometheus; runs even when an earlier step failed, then fails the run with that step's name).
 
 **Triggers**: the schedule (`EMFLOW_RETRAIN_SCHEDULE`, default `@daily`), an update of the
-`emflow-telemetry` asset (an event may carry `{"day": "YYYY-MM-DD"}` in its extra), a manual run
+`emflow-telemetry` asset (its event must carry `{"day": "YYYY-MM-DD"}` in its extra: an
+asset-triggered run has no logical date, and a run that cannot tell its window fails without
+retries, naming the fix), a manual run
 with the parameters below, or a backfill (`airflow backfill create --dag-id gmm_retrain
 --from-date ... --to-date ...`: one window per logical date).
 
@@ -110,7 +112,11 @@ def gmm_retrain():
 
         context = get_current_context()
         try:
-            return pipeline.validate_window(pipeline.request_from_context(context))
+            request = pipeline.request_from_context(context)
+        except ValueError as invalid:  # the run's window or parameters: a retry cannot help
+            raise AirflowFailException(str(invalid)) from invalid
+        try:
+            return pipeline.validate_window(request)
         except BatchRejected as rejected:
             context["ti"].xcom_push(key="rejected", value=pipeline.rejection_summary(rejected))
             raise AirflowFailException(str(rejected)) from rejected  # bad data: no retry
@@ -145,7 +151,9 @@ def gmm_retrain():
 
         return pipeline.publish_challenger(state)
 
-    @task(trigger_rule="all_done", retries=0)
+    # retried when the Pushgateway is unreachable (MetricsPushError); a failed run's
+    # AirflowFailException below is final
+    @task(trigger_rule="all_done", retries=2)
     def publish_metrics() -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 

@@ -5,6 +5,8 @@
 #   docker/gen-env.sh --force         replace it (the Postgres volume keeps the OLD passwords:
 #                                     remove the volumes too, or change them in the database)
 #   docker/gen-env.sh --output FILE   write FILE instead
+#   docker/gen-env.sh --gpu           the GPU worker will run (--profile gpu): only it takes the
+#                                     gpu queue; without --gpu the CPU worker takes it too
 #
 # No default password is committed anywhere: compose refuses to start without this file.
 set -euo pipefail
@@ -12,11 +14,13 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 output="$here/.env"
 force=0
+gpu=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --force) force=1 ;;
+        --gpu) gpu=1 ;;
         --output|-o) output="${2:?--output needs a file name}"; shift ;;
-        -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "gen-env.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -32,8 +36,12 @@ password() { LC_ALL=C tr -dc 'A-Za-z0-9' </dev/urandom | head -c "${1:-32}" || t
 # a Fernet key is 32 random bytes in URL-safe base64
 fernet_key() { head -c 32 /dev/urandom | base64 | tr '+/' '-_'; }
 
-# without a usable NVIDIA GPU the CPU worker also takes the gpu queue (gmm_core falls back to NumPy)
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+# the gpu queue must always have a consumer: the GPU worker when it will run (--gpu, for
+# `--profile gpu`), else the CPU worker (gmm_core falls back to NumPy and says so)
+if [[ $gpu -eq 1 ]]; then
+    if ! { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }; then
+        echo "gen-env.sh: --gpu, but nvidia-smi finds no GPU here; the GPU worker needs one" >&2
+    fi
     cpu_queues="default"
 else
     cpu_queues="default,gpu"
