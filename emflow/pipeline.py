@@ -334,7 +334,7 @@ def rejection_summary(rejected: Exception) -> dict[str, Any]:
         "message": str(rejected),
         "failed": sorted({name for r in results for name in r.failed_expectations}),
         # every row the contract checked, the passing batches' included (the quarantine rate)
-        "rows_validated": int(getattr(rejected, "rows_checked", rows_quarantined)),
+        "rows_validated": getattr(rejected, "rows_checked", None) or rows_quarantined,
         "rows_quarantined": rows_quarantined,
         "quarantine_dirs": [str(r.quarantine_dir) for r in results if r.quarantine_dir],
     }
@@ -379,9 +379,8 @@ def validate_window(state: Mapping[str, Any], settings: Settings | None = None) 
         results.append((path, result))
     rejected = [result for _, result in results if not result.success]
     if rejected:
-        error = validation.BatchRejected.from_results(rejected)
-        error.rows_checked = sum(int(result.n_rows) for _, result in results)  # type: ignore[attr-defined]
-        raise error
+        raise validation.BatchRejected.from_results(
+            rejected, rows_checked=sum(int(result.n_rows) for _, result in results))
     validated = {
         "files": [str(path) for path, _ in results],
         "reports": [str(result.report_path) for _, result in results if result.report_path],

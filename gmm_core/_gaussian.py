@@ -119,7 +119,7 @@ def cholesky_precisions(
     if check:
         if bool((covariances <= 0.0).any()):
             raise ValueError(ILL_DEFINED_COVARIANCE)
-        return 1.0 / xp.sqrt(covariances)
+        return 1.0 / xp.sqrt(covariances)  # (no errstate context on this per-iteration path)
     with np.errstate(divide="ignore", invalid="ignore"):
         return 1.0 / xp.sqrt(covariances)
 

@@ -34,7 +34,11 @@ class BatchRejected(Exception):
 
     ``result`` is the (first) :class:`ValidationResult`, ``results`` all of them; the message is
     their summaries, so a failed task log names the failed expectations and the fixes.
+    ``rows_checked`` counts every row validated with them, passing batches included (None when
+    unknown).
     """
+
+    rows_checked: int | None = None
 
     def __init__(self, result: ValidationResult, *more: ValidationResult):
         self.results = [result, *more]
@@ -42,11 +46,15 @@ class BatchRejected(Exception):
         super().__init__("\n".join(r.summary for r in self.results))
 
     @classmethod
-    def from_results(cls, results: Sequence[ValidationResult]) -> BatchRejected:
+    def from_results(
+        cls, results: Sequence[ValidationResult], *, rows_checked: int | None = None
+    ) -> BatchRejected:
         """One exception for several rejected batches (e.g. every bad file of a window)."""
         if not results:
             raise ValueError("from_results needs at least one rejected result")
-        return cls(*results)
+        error = cls(*results)
+        error.rows_checked = rows_checked
+        return error
 
 
 @dataclass
