@@ -100,12 +100,6 @@ def run(args: argparse.Namespace) -> int:
     if frame is None or frame.empty:
         return fail(f"no readable rows under {args.path}; run `emflow validate` on it.")
     features = args.features.split(",") if args.features else list(load_contract().feature_columns)
-    missing = [name for name in features if name not in frame.columns]
-    if missing:
-        return fail(
-            f"{args.path} has no column(s) {missing} (columns: {list(frame.columns)}); pass "
-            "--features, or run `emflow validate` to check it against the contract."
-        )
     bar = tqdm(total=args.max_iter, desc="EM", unit="it")
 
     def progress(it: int, max_iter: int, n_active: int) -> None:

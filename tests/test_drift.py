@@ -132,3 +132,23 @@ def test_reference_is_stored_beside_the_model(reference, tmp_path):
     path.write_text(json.dumps({**reference, "version": 99}))
     with pytest.raises(ValueError, match="re-create it"):
         read_reference(tmp_path)
+
+
+def test_wasserstein_matches_scipy_and_flags_a_shift_on_its_own(reference, reference_rows):
+    """W1 against the stored reference quantiles approximates scipy's W1 against the reference
+    rows, and a shifted batch is flagged by W1 alone when PSI cannot fire."""
+    from scipy.stats import wasserstein_distance
+
+    batch = make_telemetry(2000, *BATCH_WINDOW, seed=5, shift=1.5)
+    report = drift_report(reference, batch, thresholds={"psi": 1e9})
+    for name in FEATURES:
+        exact = wasserstein_distance(batch[name], reference_rows[name])
+        got = report.features[name].wasserstein
+        assert got == pytest.approx(exact, rel=0.05, abs=1e-3 * reference_rows[name].std())
+        assert report.features[name].wasserstein_std == pytest.approx(
+            got / reference_rows[name].std(ddof=0), rel=0.02
+        )
+    assert report.drifted and report.max_psi > 0.2  # PSI is high, but only W1 may flag here
+    assert all("W1" in reason or "JS" in reason or "scores" in reason
+               for reason in report.reasons), report.reasons
+    assert any("W1" in reason for reason in report.reasons)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import zipfile
 
 import numpy as np
 import pytest
@@ -127,10 +126,20 @@ def test_truncated_json_and_missing_files_are_refused(tmp_path, fitted):
 
 
 def test_npz_with_pickled_object_is_refused(tmp_path, fitted):
+    """Even with every checksum forged to match, an object (pickled) array is never loaded."""
+    import hashlib
+
     save_model(fitted, tmp_path)
-    with zipfile.ZipFile(tmp_path / "model.npz", "a") as zf:
-        zf.writestr("evil.npy", b"\x93NUMPY")
-    with pytest.raises(ModelFileError):
+    with np.load(tmp_path / "model.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["means"] = np.array([{"payload": "not data"}] * len(arrays["means"]), dtype=object)
+    np.savez(tmp_path / "model.npz", **arrays)  # pickles the object array
+    doc = json.loads((tmp_path / "model.json").read_text())
+    npz_bytes = (tmp_path / "model.npz").read_bytes()
+    doc["checksums"]["model.npz"] = hashlib.sha256(npz_bytes).hexdigest()
+    doc["checksums"]["model.json"] = _document_digest(doc)
+    (tmp_path / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelFileError, match="cannot be read as .npz"):
         load_model(tmp_path)
 
 

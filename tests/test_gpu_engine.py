@@ -249,7 +249,10 @@ def test_bad_input_gets_clear_errors():
         CupyEngine().prepare(X.astype(np.float16), None, "diag")
     # collapsed data still fit thanks to reg_covar
     const = np.ones((200, 2))
-    GaussianMixture(2, covariance_type="diag", backend="cupy").fit(const)
+    on_gpu = GaussianMixture(2, covariance_type="diag", backend="cupy", random_state=0).fit(const)
+    on_cpu = GaussianMixture(2, covariance_type="diag", backend="numpy", random_state=0).fit(const)
+    np.testing.assert_allclose(on_gpu.covariances_, on_cpu.covariances_, rtol=1e-9)
+    assert on_gpu.lower_bound_ == pytest.approx(on_cpu.lower_bound_, rel=1e-9)
 
 
 @pytest.mark.parametrize("cov", ["full", "diag"])

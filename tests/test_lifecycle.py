@@ -108,9 +108,14 @@ def test_run_records_params_curves_plots_card_and_report(settings, models, data,
     winner = client.get_metric_history(result.run_id, "lower_bound")
     best = max(curves, key=lambda c: c[-1])
     assert [m.value for m in sorted(winner, key=lambda m: m.step)] == pytest.approx(best)
+    metrics = run.data.metrics
     for key in ("holdout_mean_loglik", "training_seconds", "final_lower_bound", "n_train",
                 "holdout_aic", "holdout_bic"):
-        assert key in run.data.metrics, key
+        assert key in metrics, key
+    # the values, not just the names: each from its source
+    assert metrics["holdout_mean_loglik"] == pytest.approx(evaluation.challenger_mean_loglik)
+    assert metrics["final_lower_bound"] == pytest.approx(max(c[-1] for c in curves))
+    assert metrics["n_train"] == info["n_train"]
     assert run.data.metrics["holdout_bic"] == pytest.approx(evaluation.challenger_bic)
     assert run.data.metrics["holdout_aic"] < run.data.metrics["holdout_bic"]
     weights = client.get_metric_history(result.run_id, "component_weight")
@@ -243,7 +248,7 @@ def test_artifact_serves_alone_without_cupy_or_emflow(settings, models, data, tm
     import sys
 
     model_dir, info = _copy(models, "good", tmp_path)
-    cycle(settings, model_dir, data["holdout"], "run-1", info)
+    _, decision, _ = cycle(settings, model_dir, data["holdout"], "run-1", info)
     data["holdout"].head(20).to_csv(tmp_path / "rows.csv", index=False)
     script = f"""
 import sys
@@ -255,13 +260,21 @@ scored = model.predict(pd.read_csv({str(tmp_path / "rows.csv")!r}))
 import gmm_core
 print(gmm_core.__file__)
 print("emflow" in sys.modules, len(scored), scored["log_likelihood"].notna().all())
+print(" ".join(repr(float(v)) for v in scored["log_likelihood"]))
 """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["CUDA_VISIBLE_DEVICES"] = ""
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    module_file, flags = done.stdout.strip().splitlines()[-2:]
+    module_file, flags, scores = done.stdout.strip().splitlines()[-3:]
     assert "/code/gmm_core/" in module_file
     assert not module_file.startswith(str(Path(__file__).parents[1]))
     assert flags == "False 20 True"
+    # the artifact scores exactly as the model the gate registered
+    import gmm_core
+
+    model = gmm_core.load_model(decision.model_dir)
+    rows = data["holdout"].head(20)[list(model.feature_names_)].to_numpy()
+    expected = model.score_samples(rows)
+    np.testing.assert_allclose([float(v) for v in scores.split()], expected, rtol=1e-9)

@@ -280,7 +280,7 @@ def test_a_run_with_an_invalid_window_still_publishes_its_failure(settings):
         "params": {"window_start": "2026-11-05", "window_end": "2026-11-01"},
         "logical_date": datetime(2026, 11, 20, tzinfo=UTC),
     }
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be after"):
         pipeline.request_from_context(context)
     request = pipeline.metrics_request_from_context(context)
     summary = pipeline.publish_run_metrics(request, dict.fromkeys(pipeline.STEPS),

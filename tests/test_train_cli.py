@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from emflow.cli import main
@@ -28,14 +29,23 @@ def test_train_saves_a_model_and_prints_its_summary(telemetry_file, tmp_path, ca
     assert json.loads(printed.strip().splitlines()[-1]) == {"model_dir": str(out)}
     assert "log-likelihood" in printed and "backend" in printed
     model = load_model(out)
-    assert model.n_components == 3 and np.isclose(model.weights_.sum(), 1.0)
+    # the same fit as GaussianMixture on the contract's features, with the flags passed through
+    from gmm_core import GaussianMixture
+    from validation.contract import load_contract
+
+    frame = pd.read_parquet(telemetry_file)
+    X = frame[list(load_contract().feature_columns)].to_numpy(dtype=np.float32)
+    ref = GaussianMixture(3, n_init=2, max_iter=50, random_state=0, backend="numpy").fit(X)
+    np.testing.assert_allclose(model.means_, ref.means_, rtol=1e-6)
+    assert model.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-9)
+    assert (model.n_init, model.max_iter, model.n_iter_) == (2, 50, ref.n_iter_)
 
 
 @pytest.mark.parametrize(
     ("case", "match"),
     [
         ("missing", "does not exist"),
-        ("renamed_column", "has no column"),
+        ("renamed_column", "are not in the data"),
         ("too_few_rows", "n_components"),
         ("nan", "NaN"),
     ],
