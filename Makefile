@@ -5,8 +5,6 @@ SHELL := /bin/bash
 
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
-# the uv in use (and its uvx) on PATH for the recipes and the tests that call them
-export PATH := $(dir $(UV)):$(PATH)
 export UV_PYTHON_DOWNLOADS := never
 # trust the system certificate store (machines behind a TLS-inspecting proxy)
 export UV_SYSTEM_CERTS := 1

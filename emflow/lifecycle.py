@@ -901,8 +901,6 @@ def rollback(
             )
     target = str(version).strip()
     found = retry("read the version", lambda: registry.get_version(client, name, target))
-    if found is not None:
-        target = str(found.version)  # the registry's spelling: "02" is version 2
     if found is None:
         known = [str(v.version) for v in retry("list versions",
                                                lambda: registry.list_versions(client, name))]
@@ -911,6 +909,7 @@ def rollback(
             f"{', '.join(reversed(known)) or 'none'}); champion stays "
             f"{'v' + current if current else 'unset'}"
         )
+    target = str(found.version)  # the registry's spelling: "02" is version 2
     at = registry.now_iso()
     if target == current:
         return {"version": target, "previous": current, "actor": actor, "at": at,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from emflow.config import Settings
+from emflow.pipeline import BACKENDS, COVARIANCE_TYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,13 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", help="comma-separated feature columns (default: contract)")
     parser.add_argument("--n-components", type=int, default=8)
     parser.add_argument(
-        "--covariance-type", default="full", choices=["full", "tied", "diag", "spherical"]
+        "--covariance-type", default="full", choices=COVARIANCE_TYPES
     )
     parser.add_argument("--n-init", type=int, default=3)
     parser.add_argument("--max-iter", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--backend", default="auto", choices=["auto", "numpy", "cupy", "dask", "multigpu"]
+        "--backend", default="auto", choices=BACKENDS
     )
 
 

@@ -143,6 +143,14 @@ def test_retrain_params_are_typed_with_bounds(dagbag):
                                                                   "spherical"]
     assert params.get_param("backend").schema["enum"] == ["auto", "numpy", "cupy", "dask",
                                                           "multigpu"]
+    # the DAG spells the lists out (no heavy imports at parse time): they must stay the
+    # pipeline's and gmm_core's
+    import gmm_core
+    from emflow import pipeline
+
+    assert tuple(params.get_param("backend").schema["enum"]) == pipeline.BACKENDS
+    assert pipeline.BACKENDS == gmm_core.BACKENDS
+    assert tuple(params.get_param("covariance_type").schema["enum"]) == pipeline.COVARIANCE_TYPES
 
 
 def _with_conf(params, conf):
