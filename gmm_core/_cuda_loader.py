@@ -89,5 +89,10 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
         "prepare_params<float, 16, false>",
         "prepare_params<double, 3, true>",
         "reduce_partials",
+        "diag_pass_tc<16, 2, false>",
+        "diag_pass_tc<16, 2, true>",
+        "diag_pass_tc<4, 1, false>",
+        "diag_pass_tc<8, 1, true>",
+        "diag_pass_tc<12, 2, false>",
     ),
 }

@@ -46,6 +46,15 @@ _BUDGET_ENV = "GMM_CORE_GPU_MEMORY_BUDGET"
 _STATS_ROWS = 1 << 16
 #: block partials (float64 values) up to which the pass's last block reduces them itself
 _TAIL_REDUCE_MAX = 1 << 16
+_TC_ENV = "GMM_CORE_TENSOR_CORES"
+#: geometry of ``diag_pass_tc`` (``tc::Geo`` in ``em_diag.cu``): samples per warp step
+_TC_SLAB = 16
+
+
+def _items_per_thread(tile_n: int, n_restarts: int) -> int:
+    """Phase-A work items per thread compiled into ``diag_pass`` for a tile: 1, 2 or 4."""
+    needed = -(-tile_n * n_restarts // NT)
+    return 1 if needed <= 1 else 2 if needed <= 2 else 4
 
 
 def _round4(n: int) -> int:
@@ -89,6 +98,8 @@ class _DiagPlan:
     smem_bytes: int
     n_blocks: int
     pstride: int
+    #: m-tiles of 16 components of the tensor-core pass (``diag_pass_tc``); 0: ``diag_pass``
+    tc_mt: int = 0
 
 
 class CupyEngine:
@@ -107,6 +118,11 @@ class CupyEngine:
         EM iterations per CUDA graph (the host checks convergence once per graph launch).
     shared_accumulators : bool, default=False
         Fused kernel variant keeping its float64 accumulators in shared memory (fewer registers).
+    tensor_cores : bool, optional
+        Run the fused diag pass on tensor cores (3xTF32, ``diag_pass_tc``) where it applies:
+        float32 diag data with ``n_features`` in {4, 8, 12, 16}, ``n_components <= 32``, compute
+        capability 8.0 or newer. Default: the ``GMM_CORE_TENSOR_CORES`` environment variable
+        (``0`` turns it off), else on.
     """
 
     name = "cupy"
@@ -120,6 +136,7 @@ class CupyEngine:
         use_graphs: bool = True,
         graph_steps: int = 64,
         shared_accumulators: bool = False,
+        tensor_cores: bool | None = None,
     ) -> None:
         if memory_budget_bytes is None and os.environ.get(_BUDGET_ENV):
             memory_budget_bytes = int(float(os.environ[_BUDGET_ENV]))
@@ -129,10 +146,16 @@ class CupyEngine:
         self.graph_steps = graph_steps
         self.shared_accumulators = shared_accumulators
         self._buffers: dict[tuple, Any] = {}
+        # launch-geometry overrides for tuning scripts (benchmarks/tune_fused.py)
+        self._tile_per_thread: int | None = None
+        self._max_blocks_per_sm: int | None = None
         #: how the last :meth:`run_em` ran (CUDA graph or direct launches)
         self.last_run_info: dict[str, Any] = {}
         device = cupy.cuda.Device()
         self._n_sm = device.attributes["MultiProcessorCount"]
+        if tensor_cores is None:
+            tensor_cores = os.environ.get(_TC_ENV, "1").strip() not in ("0", "false", "no")
+        self.tensor_cores = bool(tensor_cores) and int(device.compute_capability) >= 80
         self._smem_optin = device.attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024)
 
     # -- data -----------------------------------------------------------------------------------
@@ -305,6 +328,7 @@ class CupyEngine:
         key = (
             "plans",
             self.shared_accumulators,
+            self.tensor_cores,
             data.covariance_type,
             data.dtype.str,
             data.n_features,
@@ -314,6 +338,10 @@ class CupyEngine:
         )
         if key in self._buffers:
             return self._buffers[key]
+        if self._tc_ok(data, n_components):
+            plans = self._tc_plans(data, n_restarts, n_components)
+            self._buffers[key] = plans
+            return plans
         _, n_stats, xs, ps = self._layout(data)
         itemsize = data.dtype.itemsize
         group = max(1, min(n_restarts, NT // n_components, NT * _MAX_ITEMS_PER_THREAD // 32))
@@ -325,7 +353,7 @@ class CupyEngine:
             groups = NT // rk
             # samples per statistics thread per tile: long enough to amortise the float64 flush,
             # short enough to keep the tile (and with it shared memory per block) small
-            per_thread = 16 if self.shared_accumulators else 32
+            per_thread = self._tile_per_thread or (16 if self.shared_accumulators else 32)
             tile_n = min(
                 max(32, -(-per_thread * groups // 32) * 32),
                 (NT * _MAX_ITEMS_PER_THREAD // rg) // 32 * 32,
@@ -334,7 +362,7 @@ class CupyEngine:
 
             def smem(tile: int, rk: int = rk, rg: int = rg) -> int:
                 rs = rk if rk % 2 else rk + 1
-                ipt = -(-tile * rg // NT)
+                ipt = _items_per_thread(tile, rg)  # the kernel's IPT (1, 2 or 4), not 3
                 body = (rk * ps + _round4(rk) + tile * xs + tile * rs) * itemsize
                 acc = rk * n_stats if self.shared_accumulators else 0
                 return (body + 15) // 16 * 16 + (NT + ipt * (NT // 32) + acc) * 8
@@ -343,8 +371,7 @@ class CupyEngine:
                 tile_n -= 32
             if smem(tile_n) > self._smem_optin:
                 raise MemoryError("fused kernel does not fit shared memory")  # caller falls back
-            ipt_needed = -(-tile_n * rg // NT)
-            ipt = 1 if ipt_needed <= 1 else 2 if ipt_needed <= 2 else 4
+            ipt = _items_per_thread(tile_n, rg)
             n_tiles = -(-data.n_samples // tile_n)
             plans.append(_DiagPlan(r0, r1, tile_n, ipt, smem(tile_n), n_tiles, rk * n_stats + rg))
         for plan in plans:
@@ -355,9 +382,62 @@ class CupyEngine:
                 )
             except Exception:  # pragma: no cover - older CuPy
                 per_sm = 2
+            per_sm = min(per_sm, self._max_blocks_per_sm or per_sm)
             plan.n_blocks = max(1, min(plan.n_blocks, self._n_sm * max(1, per_sm)))
         self._buffers[key] = plans
         return plans
+
+    def _tc_ok(self, data: CupyData, n_components: int) -> bool:
+        """Whether ``diag_pass_tc`` serves this data (see ``tensor_cores``)."""
+        d = data.n_features
+        return (
+            self.tensor_cores
+            and data.covariance_type == "diag"
+            and data.dtype == np.float32
+            and d % 4 == 0
+            and d <= 16
+            and n_components <= 32
+        )
+
+    def _tc_plans(self, data: CupyData, n_restarts: int, n_components: int) -> list[_DiagPlan]:
+        """Restart groups of 1, 2, 4 or 8 (one restart per warp; groups must divide 8 warps)."""
+        d = data.n_features
+        mt = -(-n_components // 16)
+        cp_ = (2 * d + 1 + 7) // 8 * 8
+        xs = cp_ + 4
+        nw = NT // 32
+        n_slabs = -(-data.n_samples // _TC_SLAB)
+        plans = []
+        r0 = 0
+        while r0 < n_restarts:
+            rg = 1 << min(3, (n_restarts - r0).bit_length() - 1)
+            smem = 2 * nw * _TC_SLAB * xs * 4 + (rg * 16 * mt * cp_ + nw + NT) * 8
+            n_blocks = -(-n_slabs // (nw // rg))
+            pstride = rg * n_components * (1 + 2 * d) + rg
+            plans.append(_DiagPlan(r0, r0 + rg, _TC_SLAB, 1, smem, n_blocks, pstride, mt))
+            r0 += rg
+        for plan in plans:
+            kern = self._pass_kernel(data, plan, False)
+            try:
+                per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
+                    kern.kernel.ptr, NT, plan.smem_bytes
+                )
+            except Exception:  # pragma: no cover - older CuPy
+                per_sm = 1
+            plan.n_blocks = max(1, min(plan.n_blocks, self._n_sm * max(1, per_sm)))
+        return plans
+
+    def _tc_kernel(self, data: CupyData, mt: int, mstep_in_pass: bool) -> Any:
+        name = f"diag_pass_tc<{data.n_features}, {mt}, {'true' if mstep_in_pass else 'false'}>"
+        key = ("tc-kernel", name, cupy.cuda.Device().id)
+        if key not in self._buffers:
+            kern = _cuda_loader.module("em_diag.cu", (name,)).get_function(name)
+            try:
+                kern.preferred_shared_memory_carveout = 100
+            except Exception:  # pragma: no cover - attribute missing in old CuPy
+                pass
+            self._buffers[key] = kern
+        return self._buffers[key]
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: Any, zero: bool = False) -> Any:
         key = (name, shape, np.dtype(dtype).str)
@@ -443,7 +523,10 @@ class CupyEngine:
 
     def _pass_kernel(self, data: CupyData, plan: _DiagPlan, mstep_in_pass: bool) -> Any:
         """The plan's pass kernel, allowed the plan's dynamic shared memory."""
-        kern = self._diag_kernels(data, plan.items_per_thread, mstep_in_pass)[0]
+        if plan.tc_mt:
+            kern = self._tc_kernel(data, plan.tc_mt, mstep_in_pass)
+        else:
+            kern = self._diag_kernels(data, plan.items_per_thread, mstep_in_pass)[0]
         key = ("smem", id(kern))
         if plan.smem_bytes > 48 * 1024 and self._buffers.get(key, 0) < plan.smem_bytes:
             kern.max_dynamic_shared_size_bytes = plan.smem_bytes

@@ -263,6 +263,46 @@ __device__ void mstep_restart(int r, int R, int K, const double* stats, const MS
 }
 
 // ------------------------------------------------------------------------------------------------
+// Tail of a pass launched with a counter: the last block to finish sums every block's partial
+// into stats_out and, inside the device EM loop (MSTEP), runs the M-step too: one launch per EM
+// iteration. s_red: GMM_NT doubles of shared memory. Called by every thread of the block.
+template <typename T, int D, bool SPHERICAL, bool MSTEP>
+__device__ void pass_tail(const double* partial, int pstride, unsigned int* counter,
+                          double* stats_out, const unsigned long long* mstep_args, int R, int K,
+                          double* s_red) {
+    constexpr int NT = GMM_NT;
+    const int t = threadIdx.x;
+    __shared__ int s_last;
+    __threadfence();
+    __syncthreads();
+    if (t == 0) s_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    // 32 outputs x 8 block strides per pass, 16 independent loads in flight per thread
+    const int jx = t & 31, by = t >> 5;
+    for (int j0 = 0; j0 < pstride; j0 += 32) {
+        const int j = j0 + jx;
+        double v = 0.0;
+        if (j < pstride) v = sum_strided<16>(partial, j, pstride, by, NT / 32, (int)gridDim.x);
+        s_red[t] = v;
+        __syncthreads();
+        if (by == 0 && j < pstride) {
+            double total = 0.0;
+#pragma unroll
+            for (int y = 0; y < NT / 32; ++y) total += s_red[y * 32 + jx];
+            stats_out[j] = total;
+        }
+        __syncthreads();
+    }
+    if (t == 0) *counter = 0u;  // ready for the next launch
+    if (MSTEP && mstep_args != nullptr) {  // compiled in only where it is used
+        const MStepArgs<T> a = load_mstep_args<T>(mstep_args);
+        for (int r = 0; r < R; ++r) mstep_restart<T, D, SPHERICAL>(r, R, K, stats_out, a);
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
 // The fused pass.
 //
 // Grid: persistent, blocks stride over tiles of `tile_n` samples (a multiple of 32).
@@ -501,38 +541,342 @@ diag_pass(const T* __restrict__ X, long long n_samples, int n_restarts, int n_co
 
     // optional tail: the last block to finish sums every block's partial (small problems, where
     // a separate reduction launch would cost more than the work)
-    if (counter != nullptr) {
-        __shared__ int s_last;
-        __threadfence();
-        __syncthreads();
-        if (t == 0) s_last = atomicAdd(counter, 1u) == gridDim.x - 1;
-        __syncthreads();
-        if (s_last) {
-            __threadfence();
-            // 32 outputs x 8 block strides per pass, 4 independent loads in flight per thread
-            const int jx = t & 31, by = t >> 5;
-            for (int j0 = 0; j0 < pstride; j0 += 32) {
-                const int j = j0 + jx;
-                double v = 0.0;
-                if (j < pstride) v = sum_strided<16>(partial, j, pstride, by, NT / 32, (int)gridDim.x);
-                s_red[t] = v;
-                __syncthreads();
-                if (by == 0 && j < pstride) {
-                    double total = 0.0;
+    if (counter != nullptr)
+        pass_tail<T, D, SPHERICAL, MSTEP>(partial, pstride, counter, stats_out, mstep_args, R, K,
+                                          s_red);
+}
+
+// ------------------------------------------------------------------------------------------------
+// The fused pass on tensor cores (float32, diag; sm_80+). Same arguments, partial layout and
+// tail as diag_pass; the launcher picks it for float32 diag data with D % 4 == 0, D <= 16,
+// K <= 16 * MT and restart groups of 1, 2, 4 or 8.
+//
+// Both matrix products of an EM pass run as mma.sync m16n8k8 TF32 in the 3xTF32 split
+// (a b ~ a_hi b_hi + a_hi b_lo + a_lo b_hi, float32-level accuracy):
+//   E-step    logits^T (rows (restart, component), cols samples) = W^T [x, x^2]^T + c'
+//             with W = [-2 s p, -s^2] and c' = log w + log det - D/2 log 2pi - |p|^2 from the
+//             (s, p = -mu s) kernel parameters: the expanded quadratic form. It loses float32
+//             digits for a component far from the (centred) origin in its own units (error ~
+//             2^-22 |p_k|^2 nats), so the rows of components with |p_k|^2 > GMM_TC_GUARD are
+//             recomputed exactly (the SIMT form of diag_pass) in the same registers.
+//   statistics  S (rows (restart, component), cols [x, x^2, 1]) += R^T [x, x^2, 1]: the
+//             E-step's accumulator fragments, turned into responsibilities in registers, are
+//             the A operand as they stand (columns 2q, 2q + 1 of a C fragment are columns
+//             q, q + 4 of an A fragment; the sample order inside a k-step is free, so the B
+//             operand reads its rows in the same order).
+// Each warp works on its own 16-sample slabs (grid-stride) and one restart: no block barrier in
+// the main loop. The slab is prefetched into registers while the previous one is computed and
+// kept split (hi, lo) in the warp's shared rows [x | x^2 | 1 | 0 pad], row stride = 4 mod 8
+// words, so every fragment load is free of bank conflicts. Statistics are summed in float32
+// over FLUSH slabs, then added to the block's float64 accumulators.
+#ifndef GMM_TC_GUARD
+#define GMM_TC_GUARD 1024.0f
+#endif
+
+namespace tc {
+__device__ __forceinline__ unsigned tf32(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+#else
+    return __float_as_uint(x) & 0xffffe000u;
+#endif
+}
+// hi = x rounded to TF32, lo = the exact float32 rest (the mma reads its top 10 mantissa bits)
+__device__ __forceinline__ void split(float x, unsigned& hi, unsigned& lo) {
+    hi = tf32(x);
+    lo = __float_as_uint(x - __uint_as_float(hi));
+}
+__device__ __forceinline__ void mma(float (&c)[4], const unsigned (&a)[4], unsigned b0,
+                                    unsigned b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    __trap();  // the launcher never picks this kernel below sm_80
+#endif
+}
+// c += a b in 3xTF32, small products first
+__device__ __forceinline__ void mma3(float (&c)[4], const unsigned (&ah)[4],
+                                     const unsigned (&al)[4], unsigned bh0, unsigned bh1,
+                                     unsigned bl0, unsigned bl1) {
+    mma(c, al, bh0, bh1);
+    mma(c, ah, bl0, bl1);
+    mma(c, ah, bh0, bh1);
+}
+template <int D> struct Geo {
+    static constexpr int KT = D / 4;                     // k-steps over the 2D features
+    static constexpr int CP = (2 * D + 1 + 7) / 8 * 8;   // statistic columns, padded
+    static constexpr int CT = CP / 8;
+    static constexpr int XS = CP + 4;                    // slab row stride (words)
+    static constexpr int SLAB = 16;                      // samples per warp step
+    static constexpr int NTL = SLAB / 8;                 // n-tiles per slab
+    static constexpr int F4 = SLAB * D / 4;              // float4 loads per slab
+    static constexpr int F4L = (F4 + 31) / 32;           // ... per lane
+#ifdef GMM_TC_FLUSH
+    static constexpr int FLUSH = GMM_TC_FLUSH;
+#else
+    static constexpr int FLUSH = 4;                      // slabs summed in float32
+#endif
+};
+}  // namespace tc
+
+template <int D, int MT, bool MSTEP>
+__global__ void __launch_bounds__(GMM_NT, 1)
+diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, int n_components,
+             const float* __restrict__ kparams, const float* __restrict__ log_const,
+             const int* __restrict__ active, int tile_n, int pstride, double* __restrict__ partial,
+             unsigned int* __restrict__ counter, double* __restrict__ stats_out,
+             const unsigned long long* __restrict__ mstep_args) {
+    static_assert(D % 4 == 0 && D <= 16, "tensor-core pass: D in {4, 8, 12, 16}");
+    using G = tc::Geo<D>;
+    constexpr int NT = GMM_NT, NW = NT / 32;
+    constexpr int KT = G::KT, CP = G::CP, CT = G::CT, XS = G::XS, SLAB = G::SLAB, NTL = G::NTL;
+    constexpr int KP = 16 * MT;  // components per restart, padded
+    constexpr int PS = gmm::Layout<D, false>::PS, C = 1 + 2 * D;
+    const int R = n_restarts, K = n_components;
+    const int t = threadIdx.x, lane = t & 31, w = t >> 5;
+    const int g = lane >> 2, q = lane & 3;  // fragment row group, thread in group
+    (void)tile_n;
+
+    int any = 1;
+    if (active != nullptr) {
+        any = 0;
+        for (int r = 0; r < R; ++r) any |= active[r];
+    }
+    if (!any) return;  // uniform across the grid
+
+    extern __shared__ __align__(16) unsigned char smem[];
+    unsigned* s_hi = reinterpret_cast<unsigned*>(smem);  // NW * SLAB * XS
+    unsigned* s_lo = s_hi + NW * SLAB * XS;              // NW * SLAB * XS
+    double* s_acc = reinterpret_cast<double*>(s_lo + NW * SLAB * XS);  // R * KP * CP
+    double* s_ll = s_acc + R * KP * CP;                  // NW
+    double* s_red = s_ll + NW;                           // NT (tail)
+    for (int i = t; i < R * KP * CP + NW; i += NT) s_acc[i] = 0.0;
+    unsigned* xh = s_hi + w * SLAB * XS;
+    unsigned* xl = s_lo + w * SLAB * XS;
+    for (int i = lane; i < SLAB * (XS - 2 * D); i += 32) {  // constant columns: 1, then zeros
+        const int n = i / (XS - 2 * D), c = 2 * D + i % (XS - 2 * D);
+        xh[n * XS + c] = c == 2 * D ? __float_as_uint(1.0f) : 0u;
+        xl[n * XS + c] = 0u;
+    }
+
+    // this warp's restart; its E-step operand W^T (rows = components) split in registers
+    const int r = w % R;
+    const float* prm = kparams + (size_t)r * K * PS;
+    const float* lcr = log_const + (size_t)r * K;
+    unsigned wh[MT][KT][4], wl[MT][KT][4];
+    float cst[MT][2];
+    unsigned exact = 0u;  // bit 2 mt + h: row mt * 16 + g + 8 h needs the exact E-step
 #pragma unroll
-                    for (int y = 0; y < NT / 32; ++y) total += s_red[y * 32 + jx];
-                    stats_out[j] = total;
-                }
-                __syncthreads();
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = mt * 16 + g + 8 * h;
+            float p2 = 0.0f;
+            if (row < K) {
+                for (int d = 0; d < D; ++d) p2 = fmaf(prm[row * PS + 2 * d + 1], prm[row * PS + 2 * d + 1], p2);
+                cst[mt][h] = lcr[row] - p2;
+            } else {
+                cst[mt][h] = gmm::Num<float>::neg_inf();
             }
-            if (t == 0) *counter = 0u;  // ready for the next launch
-            // and, inside the device EM loop, the M-step too: one launch per iteration
-            if (MSTEP && mstep_args != nullptr) {  // compiled in only where it is used
-                const MStepArgs<T> a = load_mstep_args<T>(mstep_args);
-                for (int r = 0; r < R; ++r) mstep_restart<T, D, SPHERICAL>(r, R, K, stats_out, a);
+            if (!(p2 <= GMM_TC_GUARD)) exact |= 1u << (2 * mt + h);  // NaN too
+        }
+#pragma unroll
+        for (int ks = 0; ks < KT; ++ks) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int row = mt * 16 + g + 8 * (i & 1);
+                const int f = ks * 8 + q + 4 * (i >> 1);
+                float v = 0.0f;
+                if (row < K) {
+                    const float sd = prm[row * PS + 2 * (f % D)], pd = prm[row * PS + 2 * (f % D) + 1];
+                    v = f < D ? -2.0f * sd * pd : -sd * sd;
+                }
+                tc::split(v, wh[mt][ks][i], wl[mt][ks][i]);
             }
         }
     }
+    const bool any_exact = __any_sync(0xffffffffu, exact != 0u);
+
+    float acc[MT][CT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int ct = 0; ct < CT; ++ct)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[mt][ct][i] = 0.0f;
+    double ll = 0.0;
+    int since_flush = 0;
+    auto flush = [&]() {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int ct = 0; ct < CT; ++ct)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const int row = mt * 16 + g + 8 * (i >> 1), col = ct * 8 + 2 * q + (i & 1);
+                    if (row < K && col < C) atomicAdd(s_acc + (r * KP + row) * CP + col, (double)acc[mt][ct][i]);
+                    acc[mt][ct][i] = 0.0f;
+                }
+    };
+    __syncthreads();  // s_acc zeroed before any flush
+
+    const int slots = NW / R;  // warps of one restart in a block
+    const long long n_slabs = (n_samples + SLAB - 1) / SLAB;
+    const long long step = (long long)gridDim.x * slots;
+    long long slab = (long long)blockIdx.x * slots + w / R;
+
+    float4 pre[G::F4L];
+    auto fetch = [&](long long sl) {
+#pragma unroll
+        for (int i = 0; i < G::F4L; ++i) {
+            const int e = lane + 32 * i;
+            pre[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (e < G::F4 && sl < n_slabs && sl * SLAB + (4 * e) / D < n_samples)
+                pre[i] = __ldg(reinterpret_cast<const float4*>(X + sl * SLAB * D) + e);
+        }
+    };
+    fetch(slab);
+    for (; slab < n_slabs; slab += step) {
+        __syncwarp();
+#pragma unroll
+        for (int i = 0; i < G::F4L; ++i) {  // store the prefetched slab, split
+            const int e = lane + 32 * i;
+            if (e < G::F4) {
+                const int n = (4 * e) / D, d = (4 * e) % D;
+                const float v[4] = {pre[i].x, pre[i].y, pre[i].z, pre[i].w};
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    tc::split(v[j], xh[n * XS + d + j], xl[n * XS + d + j]);
+                    tc::split(v[j] * v[j], xh[n * XS + D + d + j], xl[n * XS + D + d + j]);
+                }
+            }
+        }
+        __syncwarp();
+        fetch(slab + step);  // in flight while this slab is computed
+        const long long base = slab * SLAB;
+
+        // -- E-step: logits^T tiles (MT x NTL), rows g / g + 8, cols 2q / 2q + 1 ----------------
+        float lg[MT][NTL][4];
+        {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < NTL; ++nt)
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) lg[mt][nt][i] = cst[mt][i >> 1];
+#pragma unroll
+            for (int ks = 0; ks < KT; ++ks) {
+#pragma unroll
+                for (int nt = 0; nt < NTL; ++nt) {
+                    const int o = (nt * 8 + g) * XS + ks * 8 + q;
+                    const unsigned bh0 = xh[o], bh1 = xh[o + 4], bl0 = xl[o], bl1 = xl[o + 4];
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt)
+                        tc::mma3(lg[mt][nt], wh[mt][ks], wl[mt][ks], bh0, bh1, bl0, bl1);
+                }
+            }
+        }
+        if (any_exact) {  // rows of far components: exact logits over the tensor-core ones
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < NTL; ++nt)
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        if (!(exact >> (2 * mt + (i >> 1)) & 1u)) continue;
+                        const int row = mt * 16 + g + 8 * (i >> 1);
+                        const int n = nt * 8 + 2 * q + (i & 1);
+                        float v = gmm::Num<float>::neg_inf();
+                        if (row < K) {
+                            float a = 0.0f;
+                            for (int d = 0; d < D; ++d) {
+                                const float x = __uint_as_float(xh[n * XS + d]) +
+                                                __uint_as_float(xl[n * XS + d]);
+                                const float y = fmaf(x, prm[row * PS + 2 * d], prm[row * PS + 2 * d + 1]);
+                                a = fmaf(y, y, a);
+                            }
+                            v = lcr[row] - a;
+                        }
+                        lg[mt][nt][i] = v;
+                    }
+        }
+
+        // -- log-sum-exp per sample (8 lanes of equal q hold its rows), responsibilities --------
+#pragma unroll
+        for (int nt = 0; nt < NTL; ++nt) {
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                float mx = gmm::Num<float>::neg_inf();
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) mx = fmaxf(mx, fmaxf(lg[mt][nt][j], lg[mt][nt][2 + j]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+                float sm = 0.0f;
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+                    sm += __expf(lg[mt][nt][j] - mx) + __expf(lg[mt][nt][2 + j] - mx);
+                sm += __shfl_xor_sync(0xffffffffu, sm, 4);
+                sm += __shfl_xor_sync(0xffffffffu, sm, 8);
+                sm += __shfl_xor_sync(0xffffffffu, sm, 16);
+                const float lse = mx + __logf(sm);
+                const bool valid = base + nt * 8 + 2 * q + j < n_samples;
+                if (valid && g == 0) ll += (double)lse;
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    lg[mt][nt][j] = valid ? __expf(lg[mt][nt][j] - lse) : 0.0f;
+                    lg[mt][nt][2 + j] = valid ? __expf(lg[mt][nt][2 + j] - lse) : 0.0f;
+                }
+            }
+        }
+
+        // -- statistics: acc += R^T [x, x^2, 1]; k-step nt = the slab's n-tile nt ---------------
+#pragma unroll
+        for (int nt = 0; nt < NTL; ++nt) {
+            unsigned ah[MT][4], al[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                tc::split(lg[mt][nt][0], ah[mt][0], al[mt][0]);  // (g, q)     <- (g, 2q)
+                tc::split(lg[mt][nt][2], ah[mt][1], al[mt][1]);  // (g + 8, q) <- (g + 8, 2q)
+                tc::split(lg[mt][nt][1], ah[mt][2], al[mt][2]);  // (g, q + 4) <- (g, 2q + 1)
+                tc::split(lg[mt][nt][3], ah[mt][3], al[mt][3]);
+            }
+            const int o = (nt * 8 + 2 * q) * XS + g;
+#pragma unroll
+            for (int ct = 0; ct < CT; ++ct) {
+                const int oc = o + ct * 8;
+                const unsigned bh0 = xh[oc], bh1 = xh[oc + XS], bl0 = xl[oc], bl1 = xl[oc + XS];
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+                    tc::mma3(acc[mt][ct], ah[mt], al[mt], bh0, bh1, bl0, bl1);
+            }
+        }
+        if (++since_flush == G::FLUSH) {
+            flush();
+            since_flush = 0;
+        }
+    }
+    flush();
+    const double wll = gmm::warp_sum(ll);
+    if (lane == 0) atomicAdd(s_ll + r, wll);
+    __syncthreads();
+
+    // block partial: [R K C statistics (nk | sum r x | sum r x^2)][R log-likelihoods]
+    double* out = partial + (size_t)blockIdx.x * pstride;
+    for (int i = t; i < R * K * C; i += NT) {
+        const int rk = i / C, c = i - rk * C;
+        const int rr = rk / K, k = rk - rr * K;
+        out[i] = s_acc[(rr * KP + k) * CP + (c == 0 ? 2 * D : c - 1)];
+    }
+    if (t < R) out[R * K * C + t] = s_ll[t];
+    if (counter != nullptr)
+        pass_tail<float, D, false, MSTEP>(partial, pstride, counter, stats_out, mstep_args, R, K,
+                                          s_red);
 }
 
 // ------------------------------------------------------------------------------------------------
