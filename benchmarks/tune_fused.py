@@ -184,7 +184,7 @@ def telemetry(quick: bool) -> list[dict]:
         if len(res) == 2:
             lb_diff = rel(res[True][1][iters - 1], res[False][1][iters - 1])
             row["lower_bound_rel_diff"] = lb_diff
-            print(f"    lower bound SIMT vs TC after {iters} it: rel diff {lb_diff:.2e}", flush=True)
+            print(f"    lower bound SIMT vs TC, {iters} it: rel diff {lb_diff:.2e}", flush=True)
         rows.append(row)
     return rows
 
