@@ -96,6 +96,7 @@ def correctness(quick: bool, only: list[int] | None = None) -> list[dict]:
         )
         for tc in TC_MODES:
             eng = CupyEngine(tensor_cores=tc)
+            eng._tc_threads = TC_THREADS
             data = eng.prepare(X, shift, "diag")
             plans = eng._plans(data, r, k)
             st = eng._accumulate_fused(data, params)
@@ -126,6 +127,7 @@ def correctness(quick: bool, only: list[int] | None = None) -> list[dict]:
 
 
 TC_MODES = (False, True)
+TC_THREADS = 128
 N_INITS = (1, 8)
 
 
@@ -169,6 +171,7 @@ def telemetry(quick: bool) -> list[dict]:
         res = {}
         for tc in TC_MODES:
             eng = CupyEngine(tensor_cores=tc)
+            eng._tc_threads = TC_THREADS
             sec, hist = time_run_em(eng, X, shift, (w, mu, var), iters)
             res[tc] = (sec, hist)
             plans = eng.last_run_info["plans"]
@@ -241,6 +244,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json")
     ap.add_argument("--only", choices=["correctness", "telemetry", "blobs"])
+    ap.add_argument("--tc-threads", type=int, default=128, choices=[128, 256])
     ap.add_argument("--n-init", type=int, help="telemetry: this n_init only")
     ap.add_argument("--cases", help="comma-separated indices of the correctness cases")
     ap.add_argument("--tc", choices=["0", "1"], help="correctness for one pass kind only")
@@ -253,7 +257,8 @@ def main() -> int:
     _cuda_loader.COMPILE_OPTIONS = (*_cuda_loader.COMPILE_OPTIONS, *(f"-D{d}" for d in args.D))
     if args.D:
         print("defines:", args.D, flush=True)
-    global TC_MODES, N_INITS
+    global TC_MODES, N_INITS, TC_THREADS
+    TC_THREADS = args.tc_threads
     if args.tc:
         TC_MODES = (args.tc == "1",)
     if args.n_init:

@@ -49,6 +49,8 @@ _TAIL_REDUCE_MAX = 1 << 16
 _TC_ENV = "GMM_CORE_TENSOR_CORES"
 #: geometry of ``diag_pass_tc`` (``tc::Geo`` in ``em_diag.cu``): samples per warp step
 _TC_SLAB = 16
+#: threads per block of ``diag_pass_tc``: 128 (W^T in shared memory, 3 blocks per SM) or 256
+_TC_THREADS = 128
 
 
 def _items_per_thread(tile_n: int, n_restarts: int) -> int:
@@ -100,6 +102,8 @@ class _DiagPlan:
     pstride: int
     #: m-tiles of 16 components of the tensor-core pass (``diag_pass_tc``); 0: ``diag_pass``
     tc_mt: int = 0
+    #: threads per block
+    threads: int = NT
 
 
 class CupyEngine:
@@ -149,6 +153,7 @@ class CupyEngine:
         # launch-geometry overrides for tuning scripts (benchmarks/tune_fused.py)
         self._tile_per_thread: int | None = None
         self._max_blocks_per_sm: int | None = None
+        self._tc_threads = _TC_THREADS
         #: how the last :meth:`run_em` ran (CUDA graph or direct launches)
         self.last_run_info: dict[str, Any] = {}
         device = cupy.cuda.Device()
@@ -329,6 +334,7 @@ class CupyEngine:
             "plans",
             self.shared_accumulators,
             self.tensor_cores,
+            self._tc_threads,
             data.covariance_type,
             data.dtype.str,
             data.n_features,
@@ -400,35 +406,43 @@ class CupyEngine:
         )
 
     def _tc_plans(self, data: CupyData, n_restarts: int, n_components: int) -> list[_DiagPlan]:
-        """Restart groups of 1, 2, 4 or 8 (one restart per warp; groups must divide 8 warps)."""
+        """Plans of ``diag_pass_tc``: restart groups of 1, 2, 4 (8 with 256 threads).
+
+        One restart per warp: the group size divides the warps of a block.
+        """
         d = data.n_features
         mt = -(-n_components // 16)
-        cp_ = (2 * d + 1 + 7) // 8 * 8
+        cp_ = 2 * d  # statistic columns [x, x^2] (tc::Geo)
         xs = cp_ + 4
-        nw = NT // 32
+        threads = self._tc_threads
+        nw = threads // 32
         n_slabs = -(-data.n_samples // _TC_SLAB)
         plans = []
         r0 = 0
         while r0 < n_restarts:
-            rg = 1 << min(3, (n_restarts - r0).bit_length() - 1)
-            smem = 2 * nw * _TC_SLAB * xs * 4 + (rg * 16 * mt * cp_ + nw + NT) * 8
+            rg = 1 << min(nw.bit_length() - 1, (n_restarts - r0).bit_length() - 1)
+            # slabs (hi, lo) + per-warp float64 accumulators + log-likelihoods + tail buffer
+            smem = 2 * nw * _TC_SLAB * xs * 4 + (nw * mt * (cp_ * 16 + 64) + nw + threads) * 8
+            if threads == 128:  # + W^T fragments (hi, lo) of every restart of the group
+                smem += 2 * rg * mt * (d // 4) * 32 * 16
             n_blocks = -(-n_slabs // (nw // rg))
             pstride = rg * n_components * (1 + 2 * d) + rg
-            plans.append(_DiagPlan(r0, r0 + rg, _TC_SLAB, 1, smem, n_blocks, pstride, mt))
+            plans.append(_DiagPlan(r0, r0 + rg, _TC_SLAB, 1, smem, n_blocks, pstride, mt, threads))
             r0 += rg
         for plan in plans:
             kern = self._pass_kernel(data, plan, False)
             try:
                 per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
-                    kern.kernel.ptr, NT, plan.smem_bytes
+                    kern.kernel.ptr, plan.threads, plan.smem_bytes
                 )
             except Exception:  # pragma: no cover - older CuPy
                 per_sm = 1
             plan.n_blocks = max(1, min(plan.n_blocks, self._n_sm * max(1, per_sm)))
         return plans
 
-    def _tc_kernel(self, data: CupyData, mt: int, mstep_in_pass: bool) -> Any:
-        name = f"diag_pass_tc<{data.n_features}, {mt}, {'true' if mstep_in_pass else 'false'}>"
+    def _tc_kernel(self, data: CupyData, plan: _DiagPlan, mstep_in_pass: bool) -> Any:
+        mstep = "true" if mstep_in_pass else "false"
+        name = f"diag_pass_tc<{data.n_features}, {plan.tc_mt}, {mstep}, {plan.threads}>"
         key = ("tc-kernel", name, cupy.cuda.Device().id)
         if key not in self._buffers:
             kern = _cuda_loader.module("em_diag.cu", (name,)).get_function(name)
@@ -495,7 +509,7 @@ class CupyEngine:
         counter = cupy.zeros(1, dtype=cupy.uint32) if tail and counter is None else counter
         kern_pass(
             (plan.n_blocks,),
-            (NT,),
+            (plan.threads,),
             (
                 chunk,
                 np.int64(chunk.shape[0]),
@@ -524,7 +538,7 @@ class CupyEngine:
     def _pass_kernel(self, data: CupyData, plan: _DiagPlan, mstep_in_pass: bool) -> Any:
         """The plan's pass kernel, allowed the plan's dynamic shared memory."""
         if plan.tc_mt:
-            kern = self._tc_kernel(data, plan.tc_mt, mstep_in_pass)
+            kern = self._tc_kernel(data, plan, mstep_in_pass)
         else:
             kern = self._diag_kernels(data, plan.items_per_thread, mstep_in_pass)[0]
         key = ("smem", id(kern))

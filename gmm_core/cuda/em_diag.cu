@@ -265,12 +265,11 @@ __device__ void mstep_restart(int r, int R, int K, const double* stats, const MS
 // ------------------------------------------------------------------------------------------------
 // Tail of a pass launched with a counter: the last block to finish sums every block's partial
 // into stats_out and, inside the device EM loop (MSTEP), runs the M-step too: one launch per EM
-// iteration. s_red: GMM_NT doubles of shared memory. Called by every thread of the block.
-template <typename T, int D, bool SPHERICAL, bool MSTEP>
+// iteration. s_red: NT doubles of shared memory. Called by every thread of the block (NT).
+template <typename T, int D, bool SPHERICAL, bool MSTEP, int NT = GMM_NT>
 __device__ void pass_tail(const double* partial, int pstride, unsigned int* counter,
                           double* stats_out, const unsigned long long* mstep_args, int R, int K,
                           double* s_red) {
-    constexpr int NT = GMM_NT;
     const int t = threadIdx.x;
     __shared__ int s_last;
     __threadfence();
@@ -559,34 +558,40 @@ diag_pass(const T* __restrict__ X, long long n_samples, int n_restarts, int n_co
 //             digits for a component far from the (centred) origin in its own units (error ~
 //             2^-22 |p_k|^2 nats), so the rows of components with |p_k|^2 > GMM_TC_GUARD are
 //             recomputed exactly (the SIMT form of diag_pass) in the same registers.
-//   statistics  S (rows (restart, component), cols [x, x^2, 1]) += R^T [x, x^2, 1]: the
+//   statistics  S (rows (restart, component), cols [x, x^2]) += R^T [x, x^2]: the
 //             E-step's accumulator fragments, turned into responsibilities in registers, are
 //             the A operand as they stand (columns 2q, 2q + 1 of a C fragment are columns
 //             q, q + 4 of an A fragment; the sample order inside a k-step is free, so the B
-//             operand reads its rows in the same order).
+//             operand reads its rows in the same order). N_k is summed from the same
+//             registers in float32 (exact products: no split needed).
 // Each warp works on its own 16-sample slabs (grid-stride) and one restart: no block barrier in
 // the main loop. The slab is prefetched into registers while the previous one is computed and
-// kept split (hi, lo) in the warp's shared rows [x | x^2 | 1 | 0 pad], row stride = 4 mod 8
+// kept split (hi, lo) in the warp's shared rows [x | x^2 | 0 pad], row stride = 4 mod 8
 // words, so every fragment load is free of bank conflicts. Statistics are summed in float32
-// over FLUSH slabs, then added to the block's float64 accumulators.
+// over FLUSH slabs, then added to the warp's own float64 accumulators in shared memory (in
+// fragment order: no atomics, no bank conflicts); the warps of a restart are summed at the end.
 #ifndef GMM_TC_GUARD
 #define GMM_TC_GUARD 1024.0f
 #endif
 
 namespace tc {
-__device__ __forceinline__ unsigned tf32(float x) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    unsigned r;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-    return r;
-#else
-    return __float_as_uint(x) & 0xffffe000u;
-#endif
-}
-// hi = x rounded to TF32, lo = the exact float32 rest (the mma reads its top 10 mantissa bits)
+// hi = x truncated to TF32 (one LOP3; cvt.rna is emulated in several instructions), lo = the
+// exact float32 rest, of which the mma reads the top 10 mantissa bits: hi + lo carries x to
+// ~2^-21 relative
 __device__ __forceinline__ void split(float x, unsigned& hi, unsigned& lo) {
-    hi = tf32(x);
+    hi = __float_as_uint(x) & 0xffffe000u;
     lo = __float_as_uint(x - __uint_as_float(hi));
+}
+// 2^x and log2 without the denormal fix-ups of __expf / __logf (results below 2^-126 flush to 0)
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float lg2(float x) {
+    float y;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
 }
 __device__ __forceinline__ void mma(float (&c)[4], const unsigned (&a)[4], unsigned b0,
                                     unsigned b1) {
@@ -609,9 +614,9 @@ __device__ __forceinline__ void mma3(float (&c)[4], const unsigned (&ah)[4],
 }
 template <int D> struct Geo {
     static constexpr int KT = D / 4;                     // k-steps over the 2D features
-    static constexpr int CP = (2 * D + 1 + 7) / 8 * 8;   // statistic columns, padded
+    static constexpr int CP = 2 * D;                     // statistic columns [x, x^2]
     static constexpr int CT = CP / 8;
-    static constexpr int XS = CP + 4;                    // slab row stride (words)
+    static constexpr int XS = CP + 4;                    // slab row stride (words, 4 mod 8)
     static constexpr int SLAB = 16;                      // samples per warp step
     static constexpr int NTL = SLAB / 8;                 // n-tiles per slab
     static constexpr int F4 = SLAB * D / 4;              // float4 loads per slab
@@ -619,13 +624,15 @@ template <int D> struct Geo {
 #ifdef GMM_TC_FLUSH
     static constexpr int FLUSH = GMM_TC_FLUSH;
 #else
-    static constexpr int FLUSH = 4;                      // slabs summed in float32
+    static constexpr int FLUSH = 8;                      // slabs summed in float32
 #endif
 };
 }  // namespace tc
 
-template <int D, int MT, bool MSTEP>
-__global__ void __launch_bounds__(GMM_NT, 1)
+// TNT threads per block: 256 (W^T in registers, one block per SM: ~250 registers) or 128
+// (W^T in shared memory, three blocks per SM within 170 registers: more warps hide latency).
+template <int D, int MT, bool MSTEP, int TNT>
+__global__ void __launch_bounds__(TNT, TNT == 128 ? 3 : 1)
 diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, int n_components,
              const float* __restrict__ kparams, const float* __restrict__ log_const,
              const int* __restrict__ active, int tile_n, int pstride, double* __restrict__ partial,
@@ -633,9 +640,9 @@ diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, i
              const unsigned long long* __restrict__ mstep_args) {
     static_assert(D % 4 == 0 && D <= 16, "tensor-core pass: D in {4, 8, 12, 16}");
     using G = tc::Geo<D>;
-    constexpr int NT = GMM_NT, NW = NT / 32;
-    constexpr int KT = G::KT, CP = G::CP, CT = G::CT, XS = G::XS, SLAB = G::SLAB, NTL = G::NTL;
-    constexpr int KP = 16 * MT;  // components per restart, padded
+    constexpr int NT = TNT, NW = NT / 32;
+    constexpr bool WSM = TNT == 128;  // W^T fragments in shared memory
+    constexpr int KT = G::KT, CT = G::CT, XS = G::XS, SLAB = G::SLAB, NTL = G::NTL;
     constexpr int PS = gmm::Layout<D, false>::PS, C = 1 + 2 * D;
     const int R = n_restarts, K = n_components;
     const int t = threadIdx.x, lane = t & 31, w = t >> 5;
@@ -652,15 +659,19 @@ diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, i
     extern __shared__ __align__(16) unsigned char smem[];
     unsigned* s_hi = reinterpret_cast<unsigned*>(smem);  // NW * SLAB * XS
     unsigned* s_lo = s_hi + NW * SLAB * XS;              // NW * SLAB * XS
-    double* s_acc = reinterpret_cast<double*>(s_lo + NW * SLAB * XS);  // R * KP * CP
-    double* s_ll = s_acc + R * KP * CP;                  // NW
+    // one warp's float64 accumulators: statistics in fragment order, then N_k per (mt, h, lane)
+    constexpr int AW = MT * CT * 4 * 32 + MT * 2 * 32;
+    double* s_acc = reinterpret_cast<double*>(s_lo + NW * SLAB * XS);  // NW * AW
+    double* s_ll = s_acc + NW * AW;                      // NW
     double* s_red = s_ll + NW;                           // NT (tail)
-    for (int i = t; i < R * KP * CP + NW; i += NT) s_acc[i] = 0.0;
+    uint4* s_wh = reinterpret_cast<uint4*>(s_red + NT);  // WSM: R * MT * KT * 32 (hi)
+    uint4* s_wl = s_wh + R * MT * KT * 32;               // ... (lo)
+    for (int i = t; i < NW * AW + NW; i += NT) s_acc[i] = 0.0;
     unsigned* xh = s_hi + w * SLAB * XS;
     unsigned* xl = s_lo + w * SLAB * XS;
-    for (int i = lane; i < SLAB * (XS - 2 * D); i += 32) {  // constant columns: 1, then zeros
+    for (int i = lane; i < SLAB * (XS - 2 * D); i += 32) {  // padding columns (never read)
         const int n = i / (XS - 2 * D), c = 2 * D + i % (XS - 2 * D);
-        xh[n * XS + c] = c == 2 * D ? __float_as_uint(1.0f) : 0u;
+        xh[n * XS + c] = 0u;
         xl[n * XS + c] = 0u;
     }
 
@@ -668,9 +679,11 @@ diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, i
     const int r = w % R;
     const float* prm = kparams + (size_t)r * K * PS;
     const float* lcr = log_const + (size_t)r * K;
-    unsigned wh[MT][KT][4], wl[MT][KT][4];
+    constexpr int WM = WSM ? 1 : MT, WK = WSM ? 1 : KT;  // register copies (W^T in registers)
+    unsigned wh[WM][WK][4], wl[WM][WK][4];
     float cst[MT][2];
     unsigned exact = 0u;  // bit 2 mt + h: row mt * 16 + g + 8 h needs the exact E-step
+    constexpr float L2E = 1.4426950408889634f;  // logits are kept in log2 units (ex2, lg2)
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -679,14 +692,16 @@ diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, i
             float p2 = 0.0f;
             if (row < K) {
                 for (int d = 0; d < D; ++d) p2 = fmaf(prm[row * PS + 2 * d + 1], prm[row * PS + 2 * d + 1], p2);
-                cst[mt][h] = lcr[row] - p2;
+                cst[mt][h] = (lcr[row] - p2) * L2E;
             } else {
                 cst[mt][h] = gmm::Num<float>::neg_inf();
             }
             if (!(p2 <= GMM_TC_GUARD)) exact |= 1u << (2 * mt + h);  // NaN too
         }
+        if (WSM && w >= R) continue;  // one warp per restart writes its W^T to shared memory
 #pragma unroll
         for (int ks = 0; ks < KT; ++ks) {
+            unsigned hi[4], lo[4];
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 const int row = mt * 16 + g + 8 * (i & 1);
@@ -694,15 +709,28 @@ diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, i
                 float v = 0.0f;
                 if (row < K) {
                     const float sd = prm[row * PS + 2 * (f % D)], pd = prm[row * PS + 2 * (f % D) + 1];
-                    v = f < D ? -2.0f * sd * pd : -sd * sd;
+                    v = (f < D ? -2.0f * sd * pd : -sd * sd) * L2E;
                 }
-                tc::split(v, wh[mt][ks][i], wl[mt][ks][i]);
+                tc::split(v, hi[i], lo[i]);
+            }
+            if constexpr (WSM) {
+                s_wh[((r * MT + mt) * KT + ks) * 32 + lane] = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+                s_wl[((r * MT + mt) * KT + ks) * 32 + lane] = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+            } else {
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    wh[WSM ? 0 : mt][WSM ? 0 : ks][i] = hi[i];
+                    wl[WSM ? 0 : mt][WSM ? 0 : ks][i] = lo[i];
+                }
             }
         }
     }
     const bool any_exact = __any_sync(0xffffffffu, exact != 0u);
 
     float acc[MT][CT][4];
+    float nk[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) nk[mt][0] = nk[mt][1] = 0.0f;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -711,6 +739,7 @@ diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, i
             for (int i = 0; i < 4; ++i) acc[mt][ct][i] = 0.0f;
     double ll = 0.0;
     int since_flush = 0;
+    double* wacc = s_acc + w * AW + lane;
     auto flush = [&]() {
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
@@ -718,10 +747,16 @@ diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, i
             for (int ct = 0; ct < CT; ++ct)
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
-                    const int row = mt * 16 + g + 8 * (i >> 1), col = ct * 8 + 2 * q + (i & 1);
-                    if (row < K && col < C) atomicAdd(s_acc + (r * KP + row) * CP + col, (double)acc[mt][ct][i]);
+                    wacc[((mt * CT + ct) * 4 + i) * 32] += (double)acc[mt][ct][i];
                     acc[mt][ct][i] = 0.0f;
                 }
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                wacc[(MT * CT * 4 + 2 * mt + h) * 32] += (double)nk[mt][h];
+                nk[mt][h] = 0.0f;
+            }
     };
     __syncthreads();  // s_acc zeroed before any flush
 
@@ -760,7 +795,7 @@ diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, i
         fetch(slab + step);  // in flight while this slab is computed
         const long long base = slab * SLAB;
 
-        // -- E-step: logits^T tiles (MT x NTL), rows g / g + 8, cols 2q / 2q + 1 ----------------
+        // -- E-step: logits^T tiles (MT x NTL, log2 units), rows g / g + 8, cols 2q / 2q + 1 ----
         float lg[MT][NTL][4];
         {
 #pragma unroll
@@ -771,13 +806,29 @@ diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, i
                     for (int i = 0; i < 4; ++i) lg[mt][nt][i] = cst[mt][i >> 1];
 #pragma unroll
             for (int ks = 0; ks < KT; ++ks) {
+                unsigned ah[MT][4], al[MT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    if constexpr (WSM) {
+                        const uint4 h4 = s_wh[((r * MT + mt) * KT + ks) * 32 + lane];
+                        const uint4 l4 = s_wl[((r * MT + mt) * KT + ks) * 32 + lane];
+                        ah[mt][0] = h4.x; ah[mt][1] = h4.y; ah[mt][2] = h4.z; ah[mt][3] = h4.w;
+                        al[mt][0] = l4.x; al[mt][1] = l4.y; al[mt][2] = l4.z; al[mt][3] = l4.w;
+                    } else {
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) {
+                            ah[mt][i] = wh[WSM ? 0 : mt][WSM ? 0 : ks][i];
+                            al[mt][i] = wl[WSM ? 0 : mt][WSM ? 0 : ks][i];
+                        }
+                    }
+                }
 #pragma unroll
                 for (int nt = 0; nt < NTL; ++nt) {
                     const int o = (nt * 8 + g) * XS + ks * 8 + q;
                     const unsigned bh0 = xh[o], bh1 = xh[o + 4], bl0 = xl[o], bl1 = xl[o + 4];
 #pragma unroll
                     for (int mt = 0; mt < MT; ++mt)
-                        tc::mma3(lg[mt][nt], wh[mt][ks], wl[mt][ks], bh0, bh1, bl0, bl1);
+                        tc::mma3(lg[mt][nt], ah[mt], al[mt], bh0, bh1, bl0, bl1);
                 }
             }
         }
@@ -800,7 +851,7 @@ diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, i
                                 const float y = fmaf(x, prm[row * PS + 2 * d], prm[row * PS + 2 * d + 1]);
                                 a = fmaf(y, y, a);
                             }
-                            v = lcr[row] - a;
+                            v = (lcr[row] - a) * L2E;
                         }
                         lg[mt][nt][i] = v;
                     }
@@ -819,23 +870,28 @@ diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, i
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
                 float sm = 0.0f;
 #pragma unroll
-                for (int mt = 0; mt < MT; ++mt)
-                    sm += __expf(lg[mt][nt][j] - mx) + __expf(lg[mt][nt][2 + j] - mx);
+                for (int mt = 0; mt < MT; ++mt) {  // one exp per value: resp = e / sum
+                    lg[mt][nt][j] = tc::ex2(lg[mt][nt][j] - mx);
+                    lg[mt][nt][2 + j] = tc::ex2(lg[mt][nt][2 + j] - mx);
+                    sm += lg[mt][nt][j] + lg[mt][nt][2 + j];
+                }
                 sm += __shfl_xor_sync(0xffffffffu, sm, 4);
                 sm += __shfl_xor_sync(0xffffffffu, sm, 8);
                 sm += __shfl_xor_sync(0xffffffffu, sm, 16);
-                const float lse = mx + __logf(sm);
                 const bool valid = base + nt * 8 + 2 * q + j < n_samples;
-                if (valid && g == 0) ll += (double)lse;
+                if (valid && g == 0) ll += (double)(mx + tc::lg2(sm)) * 0.6931471805599453;
+                const float inv = valid ? __fdividef(1.0f, sm) : 0.0f;
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
-                    lg[mt][nt][j] = valid ? __expf(lg[mt][nt][j] - lse) : 0.0f;
-                    lg[mt][nt][2 + j] = valid ? __expf(lg[mt][nt][2 + j] - lse) : 0.0f;
+                    lg[mt][nt][j] *= inv;
+                    lg[mt][nt][2 + j] *= inv;
+                    nk[mt][0] += lg[mt][nt][j];
+                    nk[mt][1] += lg[mt][nt][2 + j];
                 }
             }
         }
 
-        // -- statistics: acc += R^T [x, x^2, 1]; k-step nt = the slab's n-tile nt ---------------
+        // -- statistics: acc += R^T [x, x^2]; k-step nt = the slab's n-tile nt ------------------
 #pragma unroll
         for (int nt = 0; nt < NTL; ++nt) {
             unsigned ah[MT][4], al[MT][4];
@@ -871,12 +927,24 @@ diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, i
     for (int i = t; i < R * K * C; i += NT) {
         const int rk = i / C, c = i - rk * C;
         const int rr = rk / K, k = rk - rr * K;
-        out[i] = s_acc[(rr * KP + k) * CP + (c == 0 ? 2 * D : c - 1)];
+        const int kk = k % 16;
+        double v = 0.0;
+        if (c == 0) {  // N_k: lanes 4 g .. 4 g + 3 of (m-tile, half)
+            const int idx = (MT * CT * 4 + 2 * (k / 16) + kk / 8) * 32 + 4 * (kk % 8);
+            for (int ww = rr; ww < NW; ww += R)
+                for (int qq = 0; qq < 4; ++qq) v += s_acc[ww * AW + idx + qq];
+        } else {  // (row k, col c - 1 of [x, x^2]) in fragment order
+            const int col = c - 1, cc = col % 8;
+            const int idx = (((k / 16) * CT + col / 8) * 4 + 2 * (kk / 8) + (cc & 1)) * 32 +
+                            4 * (kk % 8) + cc / 2;
+            for (int ww = rr; ww < NW; ww += R) v += s_acc[ww * AW + idx];
+        }
+        out[i] = v;
     }
     if (t < R) out[R * K * C + t] = s_ll[t];
     if (counter != nullptr)
-        pass_tail<float, D, false, MSTEP>(partial, pstride, counter, stats_out, mstep_args, R, K,
-                                          s_red);
+        pass_tail<float, D, false, MSTEP, NT>(partial, pstride, counter, stats_out, mstep_args, R,
+                                              K, s_red);
 }
 
 // ------------------------------------------------------------------------------------------------
