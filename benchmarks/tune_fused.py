@@ -127,7 +127,7 @@ def correctness(quick: bool, only: list[int] | None = None) -> list[dict]:
 
 
 TC_MODES = (False, True)
-TC_THREADS = 128
+TC_THREADS = 256
 N_INITS = (1, 8)
 
 
@@ -244,7 +244,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json")
     ap.add_argument("--only", choices=["correctness", "telemetry", "blobs"])
-    ap.add_argument("--tc-threads", type=int, default=128, choices=[128, 256])
+    ap.add_argument("--tc-threads", type=int, default=256, choices=[128, 256])
     ap.add_argument("--n-init", type=int, help="telemetry: this n_init only")
     ap.add_argument("--cases", help="comma-separated indices of the correctness cases")
     ap.add_argument("--tc", choices=["0", "1"], help="correctness for one pass kind only")

@@ -49,8 +49,8 @@ _TAIL_REDUCE_MAX = 1 << 16
 _TC_ENV = "GMM_CORE_TENSOR_CORES"
 #: geometry of ``diag_pass_tc`` (``tc::Geo`` in ``em_diag.cu``): samples per warp step
 _TC_SLAB = 16
-#: threads per block of ``diag_pass_tc``: 128 (W^T in shared memory, 3 blocks per SM) or 256
-_TC_THREADS = 128
+#: threads per block of ``diag_pass_tc``: 256 (W^T in registers, measured faster) or 128
+_TC_THREADS = 256
 
 
 def _items_per_thread(tile_n: int, n_restarts: int) -> int:

@@ -784,16 +784,26 @@ diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, i
             if (e < G::F4) {
                 const int n = (4 * e) / D, d = (4 * e) % D;
                 const float v[4] = {pre[i].x, pre[i].y, pre[i].z, pre[i].w};
+                unsigned h[4], l[4], h2[4], l2[4];
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
-                    tc::split(v[j], xh[n * XS + d + j], xl[n * XS + d + j]);
-                    tc::split(v[j] * v[j], xh[n * XS + D + d + j], xl[n * XS + D + d + j]);
+                    tc::split(v[j], h[j], l[j]);
+                    tc::split(v[j] * v[j], h2[j], l2[j]);
                 }
+                // 16-byte stores: XS and d are multiples of 4 words
+                *reinterpret_cast<uint4*>(xh + n * XS + d) = make_uint4(h[0], h[1], h[2], h[3]);
+                *reinterpret_cast<uint4*>(xl + n * XS + d) = make_uint4(l[0], l[1], l[2], l[3]);
+                *reinterpret_cast<uint4*>(xh + n * XS + D + d) =
+                    make_uint4(h2[0], h2[1], h2[2], h2[3]);
+                *reinterpret_cast<uint4*>(xl + n * XS + D + d) =
+                    make_uint4(l2[0], l2[1], l2[2], l2[3]);
             }
         }
         __syncwarp();
         fetch(slab + step);  // in flight while this slab is computed
-        const long long base = slab * SLAB;
+        // samples of this slab that exist (the last slab may be partial)
+        const int n_here = (int)min((long long)SLAB, n_samples - slab * SLAB);
+        float ll_slab = 0.0f;  // lse of this lane's samples (lanes g == 0), float64 per slab
 
         // -- E-step: logits^T tiles (MT x NTL, log2 units), rows g / g + 8, cols 2q / 2q + 1 ----
         float lg[MT][NTL][4];
@@ -878,8 +888,8 @@ diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, i
                 sm += __shfl_xor_sync(0xffffffffu, sm, 4);
                 sm += __shfl_xor_sync(0xffffffffu, sm, 8);
                 sm += __shfl_xor_sync(0xffffffffu, sm, 16);
-                const bool valid = base + nt * 8 + 2 * q + j < n_samples;
-                if (valid && g == 0) ll += (double)(mx + tc::lg2(sm)) * 0.6931471805599453;
+                const bool valid = nt * 8 + 2 * q + j < n_here;
+                if (valid) ll_slab += mx + tc::lg2(sm);  // log2 units
                 const float inv = valid ? __fdividef(1.0f, sm) : 0.0f;
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
@@ -891,6 +901,7 @@ diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, i
             }
         }
 
+        if (g == 0) ll += (double)ll_slab * 0.6931471805599453;  // natural log
         // -- statistics: acc += R^T [x, x^2]; k-step nt = the slab's n-tile nt ------------------
 #pragma unroll
         for (int nt = 0; nt < NTL; ++nt) {
