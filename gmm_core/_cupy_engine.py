@@ -632,7 +632,9 @@ class CupyEngine:
         }
         stream = loop.stream
         with stream:
-            done = 0
+            # The flags of graph launch i are read while launch i + 1 runs, so the device never
+            # waits for the host; iterations launched after every restart stopped are no-ops.
+            done, launch, previous = 0, 0, None
             while done < max_iter:
                 if loop.graph is not None:
                     loop.graph.launch(stream)
@@ -640,12 +642,20 @@ class CupyEngine:
                     for _ in range(loop.steps):
                         loop.one_iteration()
                 done += loop.steps
-                flags = cupy.asnumpy(cupy.stack([state.failed.max(), state.active.max()]))
-                if flags[0]:
-                    raise ValueError(ILL_DEFINED_COVARIANCE)
-                if not flags[1]:
-                    break
+                host = loop.flag_buffers[launch % 2]
+                launch += 1
+                state.flags.get(stream=stream, out=host, blocking=False)
+                event = stream.record()
+                if previous is not None:
+                    previous[0].synchronize()
+                    if previous[1][3].any():
+                        break  # raised below, after the stream is idle
+                    if not previous[1][0].any():
+                        break
+                previous = (event, host)
             stream.synchronize()
+            if cupy.asnumpy(state.failed).any():
+                raise ValueError(ILL_DEFINED_COVARIANCE)
         history = cupy.asnumpy(state.history).T.copy()
         return (
             state.params.map(cupy.copy),
@@ -874,6 +884,7 @@ class _DeviceLoop:
         d = data.n_features
         rk_shape = (n_restarts, n_components)
         var_shape = rk_shape if data.covariance_type == "spherical" else (*rk_shape, d)
+        flags = cupy.zeros((4, n_restarts), dtype=cupy.int32)
         self.state = _DeviceLoopState(
             Params(
                 cupy.zeros(rk_shape),
@@ -883,8 +894,19 @@ class _DeviceLoop:
             ),
             cupy.zeros(n_restarts),
             cupy.zeros((n_restarts, max_iter)),
-            *(cupy.zeros(n_restarts, dtype=cupy.int32) for _ in range(4)),
+            flags[0],  # active, converged, n_iter, failed: rows of one array
+            flags[1],
+            flags[2],
+            flags[3],
+            flags,
         )
+        # host copies of the flags, read while the next graph runs (pinned: asynchronous copy)
+        self.flag_buffers = [
+            np.frombuffer(
+                cupy.cuda.alloc_pinned_memory(flags.nbytes), dtype=np.int32, count=flags.size
+            ).reshape(flags.shape)
+            for _ in range(2)
+        ]
         self.kparams = (cupy.empty((rk, ps), dtype=data.dtype), cupy.empty(rk, dtype=data.dtype))
         self.plans = plans
         self.partials = [cupy.empty((p.n_blocks, p.pstride), dtype=cupy.float64) for p in plans]
@@ -1009,3 +1031,5 @@ class _DeviceLoopState:
     converged: Any
     n_iter: Any
     failed: Any
+    #: (4, R) int32: the rows above (active, converged, n_iter, failed), one copy to read
+    flags: Any

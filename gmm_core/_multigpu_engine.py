@@ -422,11 +422,11 @@ class _FusedLoop:
                 self._reduce_and_mstep(parity)
                 done += 1
             with cupy.cuda.Device(primary.device), primary.loop.stream:
-                flags = cupy.asnumpy(cupy.stack([state.failed.max(), state.active.max()]))
-            if flags[0]:
+                flags = cupy.asnumpy(state.flags)  # rows: active, converged, n_iter, failed
+            if flags[3].any():
                 self._synchronize()
                 raise ValueError(ILL_DEFINED_COVARIANCE)
-            if not flags[1]:
+            if not flags[0].any():
                 break
         self._synchronize()
         with cupy.cuda.Device(primary.device):
