@@ -262,6 +262,10 @@ __device__ void mstep_restart(int r, int R, int K, const double* stats, const MS
     __syncthreads();
 }
 
+#ifndef GMM_TAIL_LOADS
+#define GMM_TAIL_LOADS 16  // loads in flight per thread in the tail's reduction
+#endif
+
 // ------------------------------------------------------------------------------------------------
 // Tail of a pass launched with a counter: the last block to finish sums every block's partial
 // into stats_out and, inside the device EM loop (MSTEP), runs the M-step too: one launch per EM
@@ -278,12 +282,13 @@ __device__ void pass_tail(const double* partial, int pstride, unsigned int* coun
     __syncthreads();
     if (!s_last) return;
     __threadfence();
-    // 32 outputs x 8 block strides per pass, 16 independent loads in flight per thread
+    // 32 outputs x NT / 32 block strides per pass, GMM_TAIL_LOADS loads in flight per thread
     const int jx = t & 31, by = t >> 5;
     for (int j0 = 0; j0 < pstride; j0 += 32) {
         const int j = j0 + jx;
         double v = 0.0;
-        if (j < pstride) v = sum_strided<16>(partial, j, pstride, by, NT / 32, (int)gridDim.x);
+        if (j < pstride)
+            v = sum_strided<GMM_TAIL_LOADS>(partial, j, pstride, by, NT / 32, (int)gridDim.x);
         s_red[t] = v;
         __syncthreads();
         if (by == 0 && j < pstride) {
