@@ -111,15 +111,21 @@ def emflow_fused(
     iters: int,
     use_graphs: bool = True,
     shared_accumulators: bool = False,
+    tensor_cores: bool | None = None,
 ) -> dict[str, Any]:
-    """Device EM loop of the CuPy engine (run_em: kernels in CUDA graphs), all restarts at once."""
+    """Device EM loop of the CuPy engine (run_em: kernels in CUDA graphs), all restarts at once.
+
+    ``tensor_cores=None`` is the engine's default (the tensor-core pass where it applies).
+    """
     import cupy as cp
 
     from gmm_core import _cuda_loader
     from gmm_core._cupy_engine import CupyEngine
     from gmm_core._gaussian import Params, cholesky_precisions
 
-    engine = CupyEngine(use_graphs=use_graphs, shared_accumulators=shared_accumulators)
+    engine = CupyEngine(
+        use_graphs=use_graphs, shared_accumulators=shared_accumulators, tensor_cores=tensor_cores
+    )
     shift = X.mean(0, dtype=np.float64)
     t0 = time.perf_counter()
     data = engine.prepare(X, shift, cov)
@@ -446,7 +452,8 @@ def run_telemetry(quick: bool) -> None:
     X = telemetry(n, d, k)
     init = initial_params(X, k, "diag")
     one = safe("telemetry", "emflow-fused", emflow_fused, X, [init], "diag", 20)
-    safe("telemetry", "emflow-fused (shared acc)", emflow_fused, X, [init], "diag", 20, True, True)
+    simt = (True, False, False)  # graphs, no shared accumulators, no tensor cores
+    safe("telemetry", "emflow-fused (SIMT pass)", emflow_fused, X, [init], "diag", 20, *simt)
     safe("telemetry", "emflow-engine-loop", emflow_engine_loop, X, init, "diag", 10)
     safe("telemetry", "cupy-plain", cupy_plain, X, init, "diag", 3)
     safe("telemetry", "torch-plain", torch_plain, X, init, "diag", 5)
@@ -454,17 +461,8 @@ def run_telemetry(quick: bool) -> None:
     safe("telemetry", "sklearn(f64, all cores)", sklearn_timing, X[:200_000], init, "diag", 2, n)
     inits = [initial_params(X, k, "diag", seed=s) for s in range(8)]
     eight = safe("restarts_n8", "emflow-fused n_init=8", emflow_fused, X, inits, "diag", 20)
-    safe(
-        "restarts_n8",
-        "emflow-fused n_init=8 (shared acc)",
-        emflow_fused,
-        X,
-        inits,
-        "diag",
-        20,
-        True,
-        True,
-    )
+    eight_simt = "emflow-fused n_init=8 (SIMT pass)"
+    safe("restarts_n8", eight_simt, emflow_fused, X, inits, "diag", 20, *simt)
     if one and eight:
         RESULTS.append(
             {
