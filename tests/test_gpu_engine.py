@@ -20,8 +20,6 @@ COV_TYPES = ("full", "tied", "diag", "spherical")
 RTOL = {np.float32: 2e-5, np.float64: 1e-10}
 
 
-
-
 def _engines():
     from gmm_core._cupy_engine import CupyEngine
     from gmm_core._numpy_engine import NumpyEngine
@@ -309,3 +307,91 @@ def test_host_backend_fits_a_cupy_array():
     from_device = GaussianMixture(3, random_state=0, backend="numpy").fit(cupy.asarray(X))
     assert from_device.backend_ == "numpy"
     np.testing.assert_array_equal(from_device.means_, on_host.means_)
+
+
+def _tc_engine():
+    from gmm_core._cupy_engine import CupyEngine
+
+    engine = CupyEngine(tensor_cores=True)
+    if not engine.tensor_cores:
+        pytest.skip("the tensor-core pass needs compute capability 8.0 or newer")
+    return engine
+
+
+@pytest.mark.parametrize(
+    ("n", "d", "k", "n_restarts"),
+    [(20_011, 16, 32, 1), (50_003, 8, 10, 3), (12_000, 4, 5, 8), (9_001, 12, 17, 2)],
+)
+def test_tensor_core_pass_matches_numpy(n, d, k, n_restarts):
+    """diag_pass_tc (3xTF32) == the NumPy engine in float64, for every shape it serves."""
+    import cupy
+
+    from gmm_core._cupy_engine import CupyEngine
+
+    X = make_data(n, d, k, np.float32, seed=n)
+    params = random_params(X, "diag", k, n_restarts, seed=d)
+    shift = X.mean(0)
+    np_engine = _engines()[0]
+    want = np_engine.accumulate(
+        np_engine.prepare(X, shift, "diag"), params, np.ones(n_restarts, bool)
+    )
+    engine = _tc_engine()
+    data = engine.prepare(X, shift, "diag")
+    plans = engine._plans(data, n_restarts, k)
+    assert all(p.tc_mt == -(-k // 16) for p in plans)  # the tensor-core pass, not diag_pass
+    assert sum(p.r1 - p.r0 for p in plans) == n_restarts
+    active = cupy.ones(n_restarts, bool)
+    got = engine.accumulate(data, params.map(cupy.asarray), active)
+    _assert_stats_close(got, want, RTOL[np.float32])
+    # and the SIMT pass of the same data agrees (its restart groups differ: 3 restarts in one
+    # group, which once overran its shared memory)
+    simt = CupyEngine(tensor_cores=False)
+    d_simt = simt.prepare(X, shift, "diag")
+    assert all(p.tc_mt == 0 for p in simt._plans(d_simt, n_restarts, k))
+    _assert_stats_close(simt.accumulate(d_simt, params.map(cupy.asarray), active), want, 2e-5)
+
+
+def test_tensor_core_pass_is_exact_for_a_far_tight_component():
+    """A tight component far from the data mean (|mu / sigma|^2 ~ 1e9) gets exact logits."""
+    import cupy
+
+    rng = np.random.default_rng(4)
+    X = make_data(40_000, 16, 7, np.float32, seed=4)
+    far = (300.0 + 0.01 * rng.standard_normal((800, 16))).astype(np.float32)
+    X = np.concatenate([X, far])
+    shift = X.mean(0, dtype=np.float64)
+    params = random_params(X, "diag", 8, 1, seed=5)
+    params.means[0, 7] = 300.0 - shift
+    params.covariances[0, 7] = 1e-4
+    params.precisions_cholesky[0, 7] = 1e2
+    np_engine = _engines()[0]
+    want = np_engine.accumulate(np_engine.prepare(X, shift, "diag"), params, np.ones(1, bool))
+    assert float(want.nk[0, 7]) == pytest.approx(800, rel=1e-3)  # the far points are its own
+    engine = _tc_engine()
+    data = engine.prepare(X, shift, "diag")
+    got = engine.accumulate(data, params.map(cupy.asarray), cupy.ones(1, bool))
+    _assert_stats_close(got, want, RTOL[np.float32])
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_tensor_core_fit_matches_scikit_learn():
+    """GaussianMixture(backend='cupy') on float32 D=16 (the tensor-core pass) vs scikit-learn."""
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    _tc_engine()
+    X = make_data(60_000, 16, 12, np.float32, seed=9)
+    init = random_params(X, "diag", 12, 1, seed=3).take(0)
+    kwargs = dict(
+        n_components=12,
+        covariance_type="diag",
+        max_iter=30,
+        tol=0,
+        weights_init=init.weights[0],
+        means_init=init.means[0] + X.mean(0, dtype=np.float64),
+        precisions_init=init.precisions_cholesky[0] ** 2,
+    )
+    gm = GaussianMixture(backend="cupy", **kwargs).fit(X)
+    ref = SkGaussianMixture(**kwargs).fit(X.astype(np.float64))
+    assert gm.backend_ == "cupy"
+    assert gm.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-4)
+    assert (gm.predict(X) == ref.predict(X.astype(np.float64))).mean() >= 0.999
