@@ -20,7 +20,9 @@ NVCC = shutil.which("nvcc") or (
 )
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc (CUDA toolkit) is not installed")
 CU_FILES = sorted(CUDA_DIR.glob("*.cu"))
-HOT_KERNEL = "diag_pass<float, 16, 1, false, false, false>"  # telemetry: float32, D=16, diag
+# telemetry (float32, D=16, K=32, diag): the tensor-core pass, and the SIMT pass that serves
+# float64 data, GPUs older than sm_80 and GMM_CORE_TENSOR_CORES=0
+HOT_KERNELS = ("diag_pass_tc<16, 2, false, 256>", "diag_pass<float, 16, 1, false, false, false>")
 
 
 def test_every_cuda_source_has_sample_instances():
@@ -47,8 +49,9 @@ def test_cuda_source_compiles_for_sm90(path, tmp_path):
 
 
 @needs_nvcc
-def test_hot_kernel_keeps_its_registers():
-    """The telemetry instantiation (float, D=16, diag) must not spill to local memory."""
+@pytest.mark.parametrize("kernel", HOT_KERNELS)
+def test_hot_kernel_keeps_its_registers(kernel):
+    """The telemetry instantiations must not spill to local memory."""
     path = CUDA_DIR / "em_diag.cu"
     proc = subprocess.run(
         [
@@ -64,7 +67,7 @@ def test_hot_kernel_keeps_its_registers():
             "cu",
             "-",
         ],
-        input=f'#include "{path}"\nvoid* p = (void*)&{HOT_KERNEL};\n',
+        input=f'#include "{path}"\nvoid* p = (void*)&{kernel};\n',
         capture_output=True,
         text=True,
         timeout=600,
