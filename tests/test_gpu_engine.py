@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from gpu_fixtures import make_data, random_params
 
-from gmm_core import GaussianMixture
+from gmm_core import GaussianMixture, align_components
 from gmm_core._engine import cupy_unavailable_reason
 
 _REASON = cupy_unavailable_reason()
@@ -117,10 +117,14 @@ def test_fit_matches_numpy_backend(cov, dtype):
     assert gpu.backend_ == "cupy"
     rtol = 1e-4 if dtype == np.float32 else 1e-8
     assert gpu.lower_bound_ == pytest.approx(ref.lower_bound_, rel=rtol)
-    np.testing.assert_allclose(gpu.means_, ref.means_, rtol=rtol * 10, atol=rtol * 10)
-    np.testing.assert_allclose(gpu.weights_, ref.weights_, rtol=rtol * 10, atol=rtol * 10)
+    # restarts reaching one optimum with permuted labels tie on the lower bound to rounding, so
+    # the winning restart may differ (float32: tensor-core vs NumPy rounding): compare models
+    # up to a permutation of the components
+    aligned = align_components(ref, gpu).aligned
+    np.testing.assert_allclose(aligned.means_, ref.means_, rtol=rtol * 10, atol=rtol * 10)
+    np.testing.assert_allclose(aligned.weights_, ref.weights_, rtol=rtol * 10, atol=rtol * 10)
     assert isinstance(gpu.means_, np.ndarray) and gpu.means_.dtype == dtype
-    assert (gpu.predict(X) == ref.predict(X)).mean() >= 0.999
+    assert (aligned.predict(X) == ref.predict(X)).mean() >= 0.999
     for a, b in zip(gpu.restart_lower_bounds_, ref.restart_lower_bounds_, strict=True):
         n = min(len(a), len(b))
         np.testing.assert_allclose(a[:n], b[:n], rtol=rtol)
