@@ -4,7 +4,9 @@ diag and spherical
     One kernel per pass (``cuda/em_diag.cu``) reads every sample once for all restarts, computes
     log-densities, log-sum-exp and responsibilities in shared memory and accumulates the
     sufficient statistics per block (float64 across tiles); a second small kernel sums the block
-    partials. No N x K array reaches global memory. :meth:`CupyEngine.run_em` additionally runs
+    partials. No N x K array reaches global memory. float32 diag data with 4, 8, 12 or 16
+    features and up to 32 components use ``diag_pass_tc`` instead: both GEMMs of the pass on
+    tensor cores (3xTF32), see ``tensor_cores``. :meth:`CupyEngine.run_em` additionally runs
     whole EM iterations (pass, reduction, M-step, convergence test) as kernels captured in a CUDA
     graph, with a host check every ``graph_steps`` iterations.
 full and tied
