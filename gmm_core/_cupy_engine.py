@@ -61,6 +61,18 @@ def _items_per_thread(tile_n: int, n_restarts: int) -> int:
     return 1 if needed <= 1 else 2 if needed <= 2 else 4
 
 
+def _max_carveout(kern: Any) -> None:
+    """Prefer all of L1 as shared memory.
+
+    One carveout for every kernel of an iteration: the SMs need not reconfigure L1/shared memory
+    between the pass and the M-step.
+    """
+    try:
+        kern.preferred_shared_memory_carveout = 100
+    except Exception:  # pragma: no cover - attribute missing in old CuPy
+        pass
+
+
 def _round4(n: int) -> int:
     return (n + 3) // 4 * 4
 
@@ -314,13 +326,8 @@ class CupyEngine:
                 mod.get_function(names[2]),
                 mod.get_function("reduce_partials"),
             )
-            # one shared-memory carveout for every kernel of an iteration: the SMs need not
-            # reconfigure L1/shared memory between the pass and the M-step
             for kern in kernels:
-                try:
-                    kern.preferred_shared_memory_carveout = 100
-                except Exception:  # pragma: no cover - attribute missing in old CuPy
-                    pass
+                _max_carveout(kern)
             self._buffers[key] = kernels
         return self._buffers[key]
 
@@ -382,16 +389,7 @@ class CupyEngine:
             ipt = _items_per_thread(tile_n, rg)
             n_tiles = -(-data.n_samples // tile_n)
             plans.append(_DiagPlan(r0, r1, tile_n, ipt, smem(tile_n), n_tiles, rk * n_stats + rg))
-        for plan in plans:
-            kern = self._pass_kernel(data, plan, False)
-            try:
-                per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
-                    kern.kernel.ptr, NT, plan.smem_bytes
-                )
-            except Exception:  # pragma: no cover - older CuPy
-                per_sm = 2
-            per_sm = min(per_sm, self._max_blocks_per_sm or per_sm)
-            plan.n_blocks = max(1, min(plan.n_blocks, self._n_sm * max(1, per_sm)))
+        self._fit_grid(data, plans)
         self._buffers[key] = plans
         return plans
 
@@ -431,6 +429,11 @@ class CupyEngine:
             pstride = rg * n_components * (1 + 2 * d) + rg
             plans.append(_DiagPlan(r0, r0 + rg, _TC_SLAB, 1, smem, n_blocks, pstride, mt, threads))
             r0 += rg
+        self._fit_grid(data, plans)
+        return plans
+
+    def _fit_grid(self, data: CupyData, plans: list[_DiagPlan]) -> None:
+        """Persistent grids: at most the blocks that are resident at once on the device."""
         for plan in plans:
             kern = self._pass_kernel(data, plan, False)
             try:
@@ -439,8 +442,8 @@ class CupyEngine:
                 )
             except Exception:  # pragma: no cover - older CuPy
                 per_sm = 1
+            per_sm = min(per_sm, self._max_blocks_per_sm or per_sm)
             plan.n_blocks = max(1, min(plan.n_blocks, self._n_sm * max(1, per_sm)))
-        return plans
 
     def _tc_kernel(self, data: CupyData, plan: _DiagPlan, mstep_in_pass: bool) -> Any:
         mstep = "true" if mstep_in_pass else "false"
@@ -448,10 +451,7 @@ class CupyEngine:
         key = ("tc-kernel", name, cupy.cuda.Device().id)
         if key not in self._buffers:
             kern = _cuda_loader.module("em_diag.cu", (name,)).get_function(name)
-            try:
-                kern.preferred_shared_memory_carveout = 100
-            except Exception:  # pragma: no cover - attribute missing in old CuPy
-                pass
+            _max_carveout(kern)
             self._buffers[key] = kern
         return self._buffers[key]
 
