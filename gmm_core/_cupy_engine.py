@@ -173,7 +173,8 @@ class CupyEngine:
         device = cupy.cuda.Device()
         self._n_sm = device.attributes["MultiProcessorCount"]
         if tensor_cores is None:
-            tensor_cores = os.environ.get(_TC_ENV, "1").strip() not in ("0", "false", "no")
+            setting = os.environ.get(_TC_ENV, "1").strip().lower()
+            tensor_cores = setting not in ("0", "false", "no", "off")
         self.tensor_cores = bool(tensor_cores) and int(device.compute_capability) >= 80
         self._smem_optin = device.attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024)
 
@@ -353,10 +354,10 @@ class CupyEngine:
         )
         if key in self._buffers:
             return self._buffers[key]
-        if self._tc_ok(data, n_components):
-            plans = self._tc_plans(data, n_restarts, n_components)
-            self._buffers[key] = plans
-            return plans
+        tc_plans = self._tc_plans(data, n_restarts, n_components)
+        if tc_plans is not None:
+            self._buffers[key] = tc_plans
+            return tc_plans
         _, n_stats, xs, ps = self._layout(data)
         itemsize = data.dtype.itemsize
         group = max(1, min(n_restarts, NT // n_components, NT * _MAX_ITEMS_PER_THREAD // 32))
@@ -405,16 +406,36 @@ class CupyEngine:
             and n_components <= 32
         )
 
-    def _tc_plans(self, data: CupyData, n_restarts: int, n_components: int) -> list[_DiagPlan]:
-        """Plans of ``diag_pass_tc``: restart groups of 1, 2, 4 (8 with 256 threads).
+    def _tc_plans(
+        self, data: CupyData, n_restarts: int, n_components: int
+    ) -> list[_DiagPlan] | None:
+        """Plans of ``diag_pass_tc``, or None where it does not serve this data or device.
 
-        One restart per warp: the group size divides the warps of a block.
+        The 256-thread kernel with 17-32 components needs 110 KiB of shared memory per block:
+        GPUs with less (sm_86/89/120: 99 KiB) get the 128-thread variant, else the SIMT pass.
+        """
+        if not self._tc_ok(data, n_components):
+            return None
+        for threads in dict.fromkeys((self._tc_threads, 128)):
+            plans = self._tc_geometry(data, n_restarts, n_components, threads)
+            if all(plan.smem_bytes <= self._smem_optin for plan in plans):
+                self._fit_grid(data, plans)
+                return plans
+        return None
+
+    @staticmethod
+    def _tc_geometry(
+        data: CupyData, n_restarts: int, n_components: int, threads: int
+    ) -> list[_DiagPlan]:
+        """Launch geometry of ``diag_pass_tc`` with ``threads`` per block.
+
+        Restart groups of 1, 2, 4 (8 with 256 threads): one restart per warp, so the group size
+        divides the warps of a block. Shared memory as the kernel lays it out.
         """
         d = data.n_features
         mt = -(-n_components // 16)
         cp_ = 2 * d  # statistic columns [x, x^2] (tc::Geo)
         xs = cp_ + 4
-        threads = self._tc_threads
         nw = threads // 32
         n_slabs = -(-data.n_samples // _TC_SLAB)
         plans = []
@@ -429,7 +450,6 @@ class CupyEngine:
             pstride = rg * n_components * (1 + 2 * d) + rg
             plans.append(_DiagPlan(r0, r0 + rg, _TC_SLAB, 1, smem, n_blocks, pstride, mt, threads))
             r0 += rg
-        self._fit_grid(data, plans)
         return plans
 
     def _fit_grid(self, data: CupyData, plans: list[_DiagPlan]) -> None:

@@ -95,3 +95,24 @@ def test_cupy_backend_without_gpu_raises_naming_the_fix():
     X = np.random.default_rng(0).normal(size=(200, 2))
     with pytest.raises(RuntimeError, match="backend='cupy' cannot run.*backend='auto'"):
         GaussianMixture(2, backend="cupy").fit(X)
+
+
+@pytest.mark.parametrize("n_features", [4, 8, 12, 16])
+def test_tensor_core_geometry_fits_every_gpu_generation(n_features):
+    """The tensor-core pass's plans cover every restart once in groups dividing the block's
+    warps, and the 128-thread fallback fits the 99 KiB per block of sm_86/89/120 for every shape
+    the pass serves (the 256-thread kernel needs 110 KiB with 17-32 components)."""
+    ce = pytest.importorskip("gmm_core._cupy_engine")
+    data = ce.CupyData([], True, "diag", np.dtype(np.float32), 1_000_003, n_features)
+    for n_components in (1, 5, 16, 17, 32):
+        for n_restarts in range(1, 11):
+            for threads in (256, 128):
+                plans = ce.CupyEngine._tc_geometry(data, n_restarts, n_components, threads)
+                assert [p.r0 for p in plans] == [0, *(p.r1 for p in plans[:-1])]
+                assert plans[-1].r1 == n_restarts
+                warps = threads // 32
+                assert all(warps % (p.r1 - p.r0) == 0 for p in plans)
+                c = 1 + 2 * n_features
+                assert all(p.pstride == (p.r1 - p.r0) * (n_components * c + 1) for p in plans)
+                if threads == 128:
+                    assert max(p.smem_bytes for p in plans) <= 101_376

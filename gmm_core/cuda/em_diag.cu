@@ -635,7 +635,7 @@ template <int D> struct Geo {
 }  // namespace tc
 
 // TNT threads per block: 256 (W^T in registers, one block per SM: ~250 registers) or 128
-// (W^T in shared memory, three blocks per SM within 170 registers: more warps hide latency).
+// (W^T in shared memory, up to three blocks per SM within 170 registers; measured slower).
 template <int D, int MT, bool MSTEP, int TNT>
 __global__ void __launch_bounds__(TNT, TNT == 128 ? 3 : 1)
 diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, int n_components,
@@ -935,7 +935,7 @@ diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, i
     }
     flush();
     const double wll = gmm::warp_sum(ll);
-    if (lane == 0) atomicAdd(s_ll + r, wll);
+    if (lane == 0) s_ll[w] = wll;  // summed per restart in warp order below: reproducible
     __syncthreads();
 
     // block partial: [R K C statistics (nk | sum r x | sum r x^2)][R log-likelihoods]
@@ -957,7 +957,11 @@ diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, i
         }
         out[i] = v;
     }
-    if (t < R) out[R * K * C + t] = s_ll[t];
+    if (t < R) {
+        double v = 0.0;
+        for (int ww = t; ww < NW; ww += R) v += s_ll[ww];
+        out[R * K * C + t] = v;
+    }
     if (counter != nullptr)
         pass_tail<float, D, false, MSTEP, NT>(partial, pstride, counter, stats_out, mstep_args, R,
                                               K, s_red);
