@@ -28,6 +28,7 @@ key, so an Airflow retry of a killed task redoes the step without duplicating an
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -73,12 +74,20 @@ class WindowError(ValueError):
 def run_key_for(run_id: str) -> str:
     """File-system-safe key of one pipeline run, derived from its Airflow run id.
 
+    Characters outside ``[A-Za-z0-9._-]`` become ``-``; where that changed the id, 8 hex digits
+    of its SHA-256 follow, so run ids that differ only there (``a:b`` and ``a-b``) never share
+    a key (and with it artifacts and idempotency tags).
+
     >>> run_key_for("scheduled__2026-11-20T00:00:00+00:00")
-    'scheduled__2026-11-20T00-00-00-00-00'
+    'scheduled__2026-11-20T00-00-00-00-00-f16325f7'
+    >>> run_key_for("manual__backfill-7")
+    'manual__backfill-7'
     """
     key = re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).strip("-.")
     if not key:
         raise ValueError(f"run id {run_id!r} has no usable characters for a run key")
+    if key != run_id:
+        key = f"{key}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}"
     return key
 
 

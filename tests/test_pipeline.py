@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, date, datetime
 
 import numpy as np
@@ -27,10 +28,16 @@ def _request(**params):
 # ---------------------------------------------------------------------------- request
 
 
-def test_run_key_is_file_system_safe_and_stable():
+def test_run_key_is_file_system_safe_stable_and_unique():
     key = pipeline.run_key_for("scheduled__2026-11-20T00:00:00+00:00")
-    assert key == "scheduled__2026-11-20T00-00-00-00-00"
+    assert key == "scheduled__2026-11-20T00-00-00-00-00-f16325f7"
     assert pipeline.run_key_for("scheduled__2026-11-20T00:00:00+00:00") == key
+    assert pipeline.run_key_for("manual__run-7") == "manual__run-7"  # already safe: unchanged
+    # ids that differ only in characters a key cannot hold still get different keys
+    twins = ["manual__a:b", "manual__a-b", "manual__a b", "manual__a/b", "manual__a--b"]
+    keys = [pipeline.run_key_for(t) for t in twins]
+    assert len(set(keys)) == len(twins)
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", k) for k in keys)
     with pytest.raises(ValueError, match="no usable characters"):
         pipeline.run_key_for("::")
 
@@ -39,7 +46,7 @@ def test_window_defaults_to_the_day_of_the_logical_date():
     request = _request()["request"]
     assert (request["window_start"], request["window_end"]) == ("2026-11-20", "2026-11-21")
     assert request["n_components"] == pipeline.DEFAULT_PARAMS["n_components"]
-    assert request["run_key"] == "manual__2026-11-20T00-00-00-00-00"
+    assert request["run_key"] == "manual__2026-11-20T00-00-00-00-00-3377663e"
     assert pipeline.window_days(request) == ["2026-11-20"]
 
 
@@ -240,7 +247,7 @@ def test_request_from_an_airflow_context_uses_params_dates_and_asset_events():
     request = pipeline.request_from_context(context)["request"]
     assert (request["window_start"], request["window_end"]) == ("2026-11-20", "2026-11-21")
     assert request["n_init"] == 5 and request["dag_id"] == "gmm_retrain"
-    assert request["run_key"] == "asset_triggered__2026-11-21T03-00-00-00-00"
+    assert request["run_key"] == "asset_triggered__2026-11-21T03-00-00-00-00-e0393ea8"
     scheduled = {**context, "triggering_asset_events": {},
                  "logical_date": datetime(2026, 11, 18, tzinfo=UTC)}
     assert pipeline.request_from_context(scheduled)["request"]["window_start"] == "2026-11-18"
@@ -286,6 +293,6 @@ def test_a_run_with_an_invalid_window_still_publishes_its_failure(settings):
     summary = pipeline.publish_run_metrics(request, dict.fromkeys(pipeline.STEPS),
                                            settings=settings)
     assert (summary["status"], summary["failed_step"]) == ("failed", "validate")
-    assert summary["run_key"] == "manual__2026-11-20T00-00-00-00-00"
+    assert summary["run_key"] == "manual__2026-11-20T00-00-00-00-00-3377663e"
     text = settings.metrics_textfile.read_text()
     assert 'emflow_retrain_last_run_success{model="telemetry-gmm"} 0.0' in text
