@@ -670,10 +670,9 @@ class CupyEngine:
                 event = stream.record()
                 if previous is not None:
                     previous[0].synchronize()
-                    if previous[1][3].any():
-                        break  # raised below, after the stream is idle
-                    if not previous[1][0].any():
-                        break
+                    failed, running = _DeviceLoopState.read_flags(previous[1])
+                    if failed or not running:
+                        break  # a failure is raised below, after the stream is idle
                 previous = (event, host)
             stream.synchronize()
             if cupy.asnumpy(state.failed).any():
@@ -1055,3 +1054,8 @@ class _DeviceLoopState:
     failed: Any
     #: (4, R) int32: the rows above (active, converged, n_iter, failed), one copy to read
     flags: Any
+
+    @staticmethod
+    def read_flags(host_flags: np.ndarray) -> tuple[bool, bool]:
+        """(any restart failed, any restart still iterating) from a host copy of ``flags``."""
+        return bool(host_flags[3].any()), bool(host_flags[0].any())

@@ -422,11 +422,11 @@ class _FusedLoop:
                 self._reduce_and_mstep(parity)
                 done += 1
             with cupy.cuda.Device(primary.device), primary.loop.stream:
-                flags = cupy.asnumpy(state.flags)  # rows: active, converged, n_iter, failed
-            if flags[3].any():
+                failed, running = state.read_flags(cupy.asnumpy(state.flags))
+            if failed:
                 self._synchronize()
                 raise ValueError(ILL_DEFINED_COVARIANCE)
-            if not flags[0].any():
+            if not running:
                 break
         self._synchronize()
         with cupy.cuda.Device(primary.device):
