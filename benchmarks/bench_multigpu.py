@@ -164,13 +164,18 @@ def _params(init: dict[str, Any], shift: np.ndarray, engine: Any) -> Any:
 
 
 def multigpu_device_loop(
-    X: Any, init: dict[str, Any], iters: int, devices: list[int], tol: float = 0.0
+    X: Any,
+    init: dict[str, Any],
+    iters: int,
+    devices: list[int],
+    tol: float = 0.0,
+    exchange: str = "auto",
 ) -> dict[str, Any]:
     """``MultiGpuEngine.run_em`` on ``devices`` (X: host array, or one device shard each)."""
     from gmm_core import _cuda_loader
     from gmm_core._multigpu_engine import MultiGpuEngine
 
-    engine = MultiGpuEngine(devices)
+    engine = MultiGpuEngine(devices, exchange=exchange)
     if isinstance(X, list):
         shift, _ = moments(X)
     else:
@@ -211,6 +216,7 @@ def multigpu_device_loop(
         "first_call_s": first_call,
         "h2d_s": h2d,
         "lower_bound": [float(history[ran - 1, 0])],
+        "run_info": {k: v for k, v in engine.last_run_info.items() if k != "devices"},
         "params": p,
     }
 
@@ -327,6 +333,16 @@ def run_telemetry(n: int, iters: int) -> None:
         init,
         iters,
         devices,
+    )
+    safe(
+        "telemetry",
+        f"{len(devices)} GPUs: MultiGpuEngine.run_em, host-launched peer copies",
+        multigpu_device_loop,
+        X,
+        init,
+        iters,
+        devices,
+        exchange="copies",
     )
     one_generic = safe(
         "telemetry", "1 GPU: generic loop (CupyEngine)", emflow_engine_loop, X, init, "diag", iters

@@ -204,36 +204,39 @@ def blobs(quick: bool) -> list[dict]:
     var = np.repeat(X.var(0)[None].astype(np.float64), 5, 0)[None]
     w = np.full((1, 5), 0.2)
     rows = []
+    # (small kernel, tile rows per thread, blocks per SM, iterations per launch or graph)
     configs = [
-        (None, None, 64),
-        (None, None, 128),
-        (None, None, 256),
-        (16, None, 128),
-        (64, None, 128),
-        (128, None, 128),
-        (None, 1, 128),
-        (64, 1, 128),
-        (128, 1, 128),
-        (None, 3, 128),
+        (False, None, None, 64),
+        (True, None, 1, 64),
+        (True, None, 2, 64),
+        (True, None, 4, 64),
+        (True, None, 1, 500),
+        (False, None, None, 128),
+        (False, 64, 1, 128),
     ]
-    for per_thread, per_sm, steps in configs[: 3 if quick else None]:
-        eng = CupyEngine(graph_steps=steps)
+    ref_hist = None
+    for small, per_thread, per_sm, steps in configs[: 3 if quick else None]:
+        eng = CupyEngine(graph_steps=steps, small_kernel=small)
         eng._tile_per_thread = per_thread
         eng._max_blocks_per_sm = per_sm
-        sec, _ = time_run_em(eng, X, shift, (w, mu, var), 500, repeat=3)
+        sec, hist = time_run_em(eng, X, shift, (w, mu, var), 500, repeat=3)
+        if ref_hist is None:
+            ref_hist = hist
         plan = eng.last_run_info["plans"]
-        rows.append(
-            {
-                "per_thread": per_thread,
-                "per_sm": per_sm,
-                "graph_steps": steps,
-                "ms": 1e3 * sec,
-                "plans": plan,
-            }
-        )
+        row = {
+            "small_kernel": eng.last_run_info["small_kernel"],
+            "per_thread": per_thread,
+            "per_sm": per_sm,
+            "steps": steps,
+            "ms": 1e3 * sec,
+            "plans": plan,
+            "lower_bound_rel_diff": rel(hist[-1], ref_hist[-1]),
+        }
+        rows.append(row)
         print(
-            f"  blobs 500 it: per_thread={per_thread} per_sm={per_sm} steps={steps}: "
-            f"{1e3 * sec:.2f} ms  plans={plan}",
+            f"  blobs 500 it: small={row['small_kernel']} per_thread={per_thread} "
+            f"per_sm={per_sm} steps={steps}: {1e3 * sec:.2f} ms  plans={plan}  "
+            f"lower bound vs first row {row['lower_bound_rel_diff']:.1e}",
             flush=True,
         )
     return rows

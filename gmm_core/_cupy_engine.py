@@ -49,10 +49,22 @@ _STATS_ROWS = 1 << 16
 #: block partials (float64 values) up to which the pass's last block reduces them itself
 _TAIL_REDUCE_MAX = 1 << 16
 _TC_ENV = "GMM_CORE_TENSOR_CORES"
+_SMALL_ENV = "GMM_CORE_SMALL_KERNEL"
+#: ``diag_em_small``: most rows, components (KMAX values compiled) and float64 accumulators per
+#: thread (registers) it takes
+_SMALL_MAX_ROWS = 1 << 21
+_SMALL_KMAX = (2, 4, 8)
+_SMALL_MAX_ACC = 48
+_SMALL_NT = 256
 #: geometry of ``diag_pass_tc`` (``tc::Geo`` in ``em_diag.cu``): samples per warp step
 _TC_SLAB = 16
 #: threads per block of ``diag_pass_tc``: 256 (W^T in registers, measured faster) or 128
 _TC_THREADS = 256
+
+
+def _env_flag(name: str) -> bool:
+    """An on/off environment setting, on unless set to 0/false/no/off (any case)."""
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _items_per_thread(tile_n: int, n_restarts: int) -> int:
@@ -118,6 +130,8 @@ class _DiagPlan:
     tc_mt: int = 0
     #: threads per block
     threads: int = NT
+    #: components compiled into ``diag_em_small`` (whole iterations per launch); 0: a pass
+    small_kmax: int = 0
 
 
 class CupyEngine:
@@ -141,6 +155,12 @@ class CupyEngine:
         float32 diag data with ``n_features`` in {4, 8, 12, 16}, ``n_components <= 32``, compute
         capability 8.0 or newer. Default: the ``GMM_CORE_TENSOR_CORES`` environment variable
         (``0`` turns it off), else on.
+    small_kernel : bool, optional
+        Run :meth:`run_em` on small problems (one restart, up to 8 components, at most
+        ``2**21`` rows, few statistics: e.g. Blobs 500k x 2, K=5) as ``diag_em_small``: many
+        whole iterations per launch with every block resident, ordered by flags in global
+        memory. Default: the ``GMM_CORE_SMALL_KERNEL`` environment variable (``0`` turns it
+        off), else on.
     """
 
     name = "cupy"
@@ -155,6 +175,7 @@ class CupyEngine:
         graph_steps: int = 64,
         shared_accumulators: bool = False,
         tensor_cores: bool | None = None,
+        small_kernel: bool | None = None,
     ) -> None:
         if memory_budget_bytes is None and os.environ.get(_BUDGET_ENV):
             memory_budget_bytes = int(float(os.environ[_BUDGET_ENV]))
@@ -173,9 +194,9 @@ class CupyEngine:
         device = cupy.cuda.Device()
         self._n_sm = device.attributes["MultiProcessorCount"]
         if tensor_cores is None:
-            setting = os.environ.get(_TC_ENV, "1").strip().lower()
-            tensor_cores = setting not in ("0", "false", "no", "off")
+            tensor_cores = _env_flag(_TC_ENV)
         self.tensor_cores = bool(tensor_cores) and int(device.compute_capability) >= 80
+        self.small_kernel = _env_flag(_SMALL_ENV) if small_kernel is None else bool(small_kernel)
         self._smem_optin = device.attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024)
 
     # -- data -----------------------------------------------------------------------------------
@@ -394,6 +415,54 @@ class CupyEngine:
         self._buffers[key] = plans
         return plans
 
+    def _small_plans(
+        self, data: CupyData, n_restarts: int, n_components: int
+    ) -> list[_DiagPlan] | None:
+        """The one plan of ``diag_em_small`` for :meth:`run_em`, or None where it does not apply."""
+        _, n_stats, _, _ = self._layout(data)
+        kmax = next((k for k in _SMALL_KMAX if k >= n_components), 0)
+        if not (
+            self.small_kernel
+            and n_restarts == 1
+            and kmax
+            and kmax * n_stats <= _SMALL_MAX_ACC
+            and data.n_samples <= _SMALL_MAX_ROWS
+        ):
+            return None
+        key = (
+            "small plan",
+            data.covariance_type,
+            data.dtype.str,
+            data.n_features,
+            data.n_samples,
+            n_components,
+            self._max_blocks_per_sm,
+        )
+        plans = self._buffers.get(key)
+        if plans is None:
+            kern = self._small_kernel(data, kmax)
+            per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
+                kern.kernel.ptr, _SMALL_NT, 0
+            )
+            if per_sm < 1:
+                return None
+            # every block must be resident at once (they wait for each other)
+            per_sm = min(per_sm, self._max_blocks_per_sm or 1)
+            n_blocks = max(1, min(-(-data.n_samples // _SMALL_NT), self._n_sm * per_sm))
+            pstride = n_components * n_stats + 1
+            plan = _DiagPlan(0, 1, 0, 1, 0, n_blocks, pstride, threads=_SMALL_NT, small_kmax=kmax)
+            plans = self._buffers[key] = [plan]
+        return plans
+
+    def _small_kernel(self, data: CupyData, kmax: int) -> Any:
+        sph = "true" if data.covariance_type == "spherical" else "false"
+        t = _cuda_loader.ctype(data.dtype)
+        name = f"diag_em_small<{t}, {data.n_features}, {sph}, {kmax}>"
+        key = ("kernel", name, cupy.cuda.Device().id)
+        if key not in self._buffers:
+            self._buffers[key] = _cuda_loader.module("em_diag.cu", (name,)).get_function(name)
+        return self._buffers[key]
+
     def _tc_ok(self, data: CupyData, n_components: int) -> bool:
         """Whether ``diag_pass_tc`` serves this data (see ``tensor_cores``)."""
         d = data.n_features
@@ -521,8 +590,13 @@ class CupyEngine:
         out: Any,
         counter: Any = None,
         mstep_table: Any = None,
+        reduce: bool = True,
     ) -> None:
-        """One pass (+ reduction) of a restart group; with ``mstep_table`` also its M-step."""
+        """One pass (+ reduction) of a restart group; with ``mstep_table`` also its M-step.
+
+        With ``reduce=False`` a pass that does not reduce its block partials itself (see
+        :meth:`_tail_reduce`) leaves them in ``partial`` for the caller.
+        """
         tail = self._tail_reduce(plan)
         kern_pass = self._pass_kernel(data, plan, tail and mstep_table is not None)
         kern_reduce = self._diag_kernels(data, plan.items_per_thread)[3]
@@ -549,7 +623,7 @@ class CupyEngine:
             ),
             shared_mem=plan.smem_bytes,
         )
-        if tail:
+        if tail or not reduce:
             return
         kern_reduce(
             (-(-plan.pstride // 32),),
@@ -637,8 +711,9 @@ class CupyEngine:
             return None
         if not self._fused_ok(data, n_restarts, n_components):
             return None
+        small = self._small_plans(data, n_restarts, n_components)
         try:
-            plans = self._plans(data, n_restarts, n_components)
+            plans = small if small is not None else self._plans(data, n_restarts, n_components)
         except MemoryError:
             return None
         cupy.cuda.get_current_stream().synchronize()  # params come from the caller's stream
@@ -647,6 +722,7 @@ class CupyEngine:
         state = loop.state
         self.last_run_info = {
             "graph": loop.graph is not None,
+            "small_kernel": small is not None,
             "graph_error": loop.graph_error,
             "capture_s": loop.capture_s,
             "launches_per_iteration": loop.launches_per_iteration,
@@ -658,11 +734,7 @@ class CupyEngine:
             # waits for the host; iterations launched after every restart stopped are no-ops.
             done, launch, previous = 0, 0, None
             while done < max_iter:
-                if loop.graph is not None:
-                    loop.graph.launch(stream)
-                else:
-                    for _ in range(loop.steps):
-                        loop.one_iteration()
+                loop.launch()
                 done += loop.steps
                 host = loop.flag_buffers[launch % 2]
                 launch += 1
@@ -675,6 +747,12 @@ class CupyEngine:
                         break  # a failure is raised below, after the stream is idle
                 previous = (event, host)
             stream.synchronize()
+            if loop.sync is not None and int(loop.sync[2].get()):
+                raise RuntimeError(
+                    "diag_em_small: blocks waited in vain for each other (not every block of "
+                    "the grid was resident); set GMM_CORE_SMALL_KERNEL=0 or "
+                    "CupyEngine(small_kernel=False) to run small problems as passes"
+                )
             if cupy.asnumpy(state.failed).any():
                 raise ValueError(ILL_DEFINED_COVARIANCE)
         history = cupy.asnumpy(state.history).T.copy()
@@ -939,10 +1017,18 @@ class _DeviceLoop:
         self.engine = engine
         self.data = data
         self.kern_mstep = engine._diag_kernels(data, 1)[1]
-        for plan in plans:  # compile and configure outside any graph capture
-            engine._pass_kernel(data, plan, engine._tail_reduce(plan))
-        self.launches_per_iteration = sum(1 if engine._tail_reduce(p) else 3 for p in plans)
         self.steps = max(1, min(engine.graph_steps, max_iter))
+        #: diag_em_small: the kernel and its flags (arrivals, step done, timed out)
+        self.kern_small: Any = None
+        self.sync: Any = None
+        if plans[0].small_kmax:
+            self.kern_small = engine._small_kernel(data, plans[0].small_kmax)
+            self.sync = cupy.zeros(3, dtype=cupy.uint32)
+            self.launches_per_iteration = 1 / self.steps
+        else:
+            for plan in plans:  # compile and configure outside any graph capture
+                engine._pass_kernel(data, plan, engine._tail_reduce(plan))
+            self.launches_per_iteration = sum(1 if engine._tail_reduce(p) else 3 for p in plans)
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self.graph: Any = None
         self.graph_error: str | None = None
@@ -958,8 +1044,13 @@ class _DeviceLoop:
         eps: float,
         tol: float,
         first_bound: float,
+        synchronize: bool = True,
     ) -> None:
-        """Load initial parameters and settings into the buffers the graph reads."""
+        """Load initial parameters and settings into the buffers the graph reads.
+
+        ``synchronize=False`` leaves the copies queued on ``self.stream`` (whatever runs next
+        on that stream sees them; the multi-GPU loop resets every device before waiting).
+        """
         st = self.state
         with self.stream:
             for name in ("weights", "means", "covariances", "precisions_cholesky"):
@@ -992,10 +1083,38 @@ class _DeviceLoop:
                 words += [int(np.float64(x).view(np.uint64)) for x in (reg_covar, eps, tol)]
                 words += [self.max_iter, data.n_samples]
                 table.set(np.array(words, dtype=np.uint64))
-            self.stream.synchronize()
+            if synchronize:
+                self.stream.synchronize()
         if not self._captured:
             self._captured = True
             self._capture(engine)
+
+    def launch(self) -> None:
+        """``steps`` iterations on ``self.stream``: the graph, a small-kernel launch, or passes."""
+        if self.graph is not None:
+            self.graph.launch(self.stream)
+        elif self.kern_small is not None:
+            plan = self.plans[0]
+            with self.stream:
+                self.sync.fill(0)
+                self.kern_small(
+                    (plan.n_blocks,),
+                    (plan.threads,),
+                    (
+                        self.data.chunks[0],
+                        np.int64(self.data.n_samples),
+                        np.int32(self.n_components),
+                        np.int32(self.steps),
+                        self.partials[0],
+                        np.int32(plan.pstride),
+                        self.sync,
+                        self.tables[0],
+                    ),
+                )
+        else:
+            with self.stream:
+                for _ in range(self.steps):
+                    self.one_iteration()
 
     def one_iteration(self) -> None:
         st = self.state
@@ -1020,7 +1139,7 @@ class _DeviceLoop:
                 self.kern_mstep((r1 - r0,), (128,), (out, np.int32(self.n_components), table))
 
     def _capture(self, engine: CupyEngine) -> None:
-        if not engine.use_graphs:
+        if not engine.use_graphs or self.kern_small is not None:
             return
         stream = self.stream
         started = time.perf_counter()

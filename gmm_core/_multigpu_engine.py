@@ -9,10 +9,13 @@ enqueuing iterations while the GPUs work.
 
 :meth:`MultiGpuEngine.run_em` is the whole-iteration device loop for diag/spherical data (as
 :meth:`CupyEngine.run_em <gmm_core._cupy_engine.CupyEngine.run_em>`): every device runs the
-fused pass over its shard, the pass outputs are exchanged (an all-reduce by peer copies, summed
-in device order so every device holds bitwise the same totals), and every device runs the M-step
-kernel itself; no parameters travel back, and the host checks for convergence every
-``check_every`` iterations.
+fused pass over its shard, the pass outputs are all-reduced (summed in device order, so every
+device holds bitwise the same totals) and every device runs the M-step kernel itself; no
+parameters travel back. Where the devices have peer access the all-reduce is a kernel
+(``reduce_exchange_mstep``: each device writes its reduced statistics into every device's
+memory, waits on the device for the others' and runs the M-step), so ``check_every`` whole
+iterations are one CUDA graph per device and the host only launches graphs and reads the
+restart flags; otherwise it is peer copies launched from the host every iteration.
 
 CuPy is imported here only; select the engine with ``GaussianMixture(backend="multigpu")``.
 """
@@ -20,18 +23,20 @@ CuPy is imported here only; select the engine with ``GaussianMixture(backend="mu
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cupy
 import numpy as np
 
+from . import _cuda_loader
 from ._cupy_engine import CupyData, CupyEngine
 from ._gaussian import ILL_DEFINED_COVARIANCE, Params, Stats
 
 logger = logging.getLogger("gmm_core")
 
 _STATS_FIELDS = ("loglik", "nk", "sx", "sxx")
+_PEER_ACCESS_ALREADY_ENABLED = 704  # cudaErrorPeerAccessAlreadyEnabled
 
 
 def _copy_here(a: Any) -> Any:
@@ -48,6 +53,21 @@ def _copy_here(a: Any) -> Any:
     if a.nbytes:
         out.data.copy_from_device_async(a.data, a.nbytes)
     return out
+
+
+def _enable_peer_access(device: int, peer: int) -> bool:
+    """Let kernels on ``device`` address ``peer``'s memory; False where the hardware cannot."""
+    runtime = cupy.cuda.runtime
+    if not runtime.deviceCanAccessPeer(device, peer):
+        return False
+    with cupy.cuda.Device(device):
+        try:
+            runtime.deviceEnablePeerAccess(peer)
+        except runtime.CUDARuntimeError as exc:
+            if exc.status != _PEER_ACCESS_ALREADY_ENABLED:
+                logger.info("multigpu: no peer access %d -> %d (%s)", device, peer, exc)
+                return False
+    return True
 
 
 @dataclass
@@ -77,7 +97,15 @@ class MultiGpuEngine:
         becomes the primary one (where parameters, statistics and the M-step live); otherwise
         the first listed device.
     check_every : int, default=16
-        Iterations between host checks for convergence in :meth:`run_em`.
+        Iterations between host checks for convergence in :meth:`run_em` (the iterations of one
+        CUDA graph per device).
+    exchange : {'auto', 'device', 'copies'}, default='auto'
+        How :meth:`run_em` all-reduces the pass outputs each iteration: ``'device'`` on the
+        devices through peer memory (``reduce_exchange_mstep``; whole iterations in CUDA graphs),
+        ``'copies'`` by peer copies launched from the host; ``'auto'`` takes ``'device'`` where
+        every pair of devices has peer access.
+    use_graphs : bool, default=True
+        Capture ``check_every`` iterations per device in a CUDA graph (device exchange).
     **engine_kwargs
         Passed to every per-device :class:`~gmm_core._cupy_engine.CupyEngine`.
     """
@@ -86,7 +114,17 @@ class MultiGpuEngine:
     xp = cupy
     sync_every = 16
 
-    def __init__(self, devices: Any = None, *, check_every: int = 16, **engine_kwargs: Any) -> None:
+    def __init__(
+        self,
+        devices: Any = None,
+        *,
+        check_every: int = 16,
+        exchange: str = "auto",
+        use_graphs: bool = True,
+        **engine_kwargs: Any,
+    ) -> None:
+        if exchange not in ("auto", "device", "copies"):
+            raise ValueError(f"exchange must be 'auto', 'device' or 'copies', got {exchange!r}")
         if devices is None:
             devices = range(cupy.cuda.runtime.getDeviceCount())
         devices = [int(d) for d in devices]
@@ -99,14 +137,25 @@ class MultiGpuEngine:
         self.devices = devices
         self.primary = devices[0]
         self.check_every = max(1, int(check_every))
+        self.exchange = exchange
+        self.use_graphs = bool(use_graphs)
         self.engines: list[CupyEngine] = []
-        # the exchange loop launches kernels itself: no per-device CUDA graph to capture
-        engine_kwargs.setdefault("use_graphs", False)
+        # run_em captures whole iterations itself: the per-device engines capture nothing
+        engine_kwargs["use_graphs"] = False
         for device in devices:
             with cupy.cuda.Device(device):
                 self.engines.append(CupyEngine(**engine_kwargs))
         self._in_flight: tuple = ()  # arrays read by pending peer copies (see accumulate)
+        self._peer_access: bool | None = None
+        self._loop: tuple[tuple, _FusedLoop] | None = None  # run_em's buffers and graphs
         self.last_run_info: dict[str, Any] = {}
+
+    def peer_access(self) -> bool:
+        """Whether every pair of devices can read and write each other's memory (enabled here)."""
+        if self._peer_access is None:
+            pairs = [(d, p) for d in self.devices for p in self.devices if p != d]
+            self._peer_access = all(_enable_peer_access(d, p) for d, p in pairs)
+        return self._peer_access
 
     # -- data -----------------------------------------------------------------------------------
     def asarray(self, a: Any) -> Any:
@@ -274,15 +323,34 @@ class MultiGpuEngine:
         R) with NaN after a restart stopped) or ``None`` when the data need the generic loop
         (full/tied covariance, shards streamed from the host, or kernel limits).
         """
+        n_restarts, n_components, _ = params.means.shape
+        if not all(shard.resident and len(shard.chunks) == 1 for shard in data.shards):
+            return None
+        key = (
+            tuple(shard.chunks[0].data.ptr for shard in data.shards),
+            data.n_samples,
+            n_restarts,
+            n_components,
+            max_iter,
+        )
+        loop: _FusedLoop | None
+        if self._loop is not None and self._loop[0] == key:
+            loop = self._loop[1]
+        else:
+            self._loop = None  # one cached loop at a time: its graphs pin its buffers
+            try:
+                loop = _FusedLoop.create(self, data, n_restarts, n_components, max_iter)
+            except MemoryError:  # the fused kernel's tiles do not fit shared memory
+                return None
+            if loop is None:
+                return None
+            self._loop = (key, loop)
         try:
-            loop = _FusedLoop.create(
-                self, data, params, max_iter, first_bound, reg_covar=reg_covar, eps=eps, tol=tol
-            )
-        except MemoryError:  # the fused kernel's tiles do not fit shared memory
-            return None
-        if loop is None:
-            return None
-        return loop.run(max_iter)
+            loop.reset(params, reg_covar=reg_covar, eps=eps, tol=tol, first_bound=first_bound)
+            return loop.run(max_iter)
+        except BaseException:
+            self._loop = None  # its exchange counters may differ between devices now
+            raise
 
 
 @dataclass
@@ -294,35 +362,55 @@ class _DeviceSlot:
     shard: CupyData
     loop: Any  # gmm_core._cupy_engine._DeviceLoop: state, kernel params, partials, M-step tables
     outs: list[list[Any]]  # [parity][plan]: this device's pass output (float64 stats vector)
-    recv: dict[int, list[Any]]  # peer device -> [plan] receive buffers
+    recv: dict[int, list[Any]]  # peer device -> [plan] receive buffers (copies exchange)
     totals: list[Any]  # [plan]: the all-reduced statistics the M-step reads
     done: Any  # event: this device's pass of the current iteration is written
+    # device exchange (``reduce_exchange_mstep``), one set per plan
+    mailboxes: list[Any] = field(default_factory=list)  # (2, n_dev, pstride) float64
+    arrivals: list[Any] = field(default_factory=list)  # (n_dev,) uint32: rounds seen per device
+    rounds: list[Any] = field(default_factory=list)  # (1,) uint32: this device's rounds
+    finished: list[Any] = field(default_factory=list)  # (1,) uint32: blocks done this round
+    tables: list[Any] = field(default_factory=list)  # (2 n_dev,) uint64: every device's buffers
+    timed_out: Any = None  # (1,) int32
+    kern_exchange: Any = None  # reduce_exchange_mstep
+    graph: Any = None  # CUDA graph of ``steps`` iterations (device exchange)
 
 
 @dataclass
 class _FusedLoop:
+    """Buffers and launches of :meth:`MultiGpuEngine.run_em`, cached per data set and shape.
+
+    Two ways to exchange the pass outputs each iteration:
+
+    ``"device"`` (every pair of devices has peer access)
+        ``reduce_exchange_mstep`` in ``em_diag.cu``: each device pushes its reduced statistics
+        into every device's mailbox, waits for the others' on the device and runs the M-step;
+        the pass and that kernel for ``steps`` iterations are one CUDA graph per device, and
+        the host only launches the graphs and reads the primary's restart flags, as the one-GPU
+        loop does.
+    ``"copies"``
+        peer copies and adds launched from the host every iteration, ordered by CUDA events.
+    """
+
     engine: MultiGpuEngine
     data: MultiGpuData
     slots: list[_DeviceSlot]
     n_components: int
+    steps: int
+    exchange: str
 
     @classmethod
     def create(
         cls,
         engine: MultiGpuEngine,
         data: MultiGpuData,
-        params: Params,
+        n_restarts: int,
+        n_components: int,
         max_iter: int,
-        first_bound: float,
-        *,
-        reg_covar: float,
-        eps: float,
-        tol: float,
     ) -> _FusedLoop | None:
         from . import _cupy_engine
 
         device_loop = getattr(_cupy_engine, "_DeviceLoop", None)
-        n_restarts, n_components, _ = params.means.shape
         if max_iter < 1 or device_loop is None:
             return None
         for dev_engine, shard in zip(engine.engines, data.shards, strict=True):
@@ -330,7 +418,6 @@ class _FusedLoop:
                 return None
             if not dev_engine._fused_ok(shard, n_restarts, n_components):
                 return None
-        host_params = params.map(cupy.asnumpy)
         slots: list[_DeviceSlot] = []
         for device, dev_engine, shard in zip(
             engine.devices, engine.engines, data.shards, strict=True
@@ -338,32 +425,143 @@ class _FusedLoop:
             with cupy.cuda.Device(device):
                 plans = dev_engine._plans(shard, n_restarts, n_components)
                 loop = device_loop(dev_engine, shard, plans, n_restarts, n_components, max_iter)
-                # the M-step tables carry the number of rows the lower bound divides by: ALL rows
-                all_rows = replace(shard, n_samples=data.n_samples)
-                with loop.stream:
-                    local = host_params.map(cupy.asarray)
-                loop.reset(dev_engine, all_rows, local, reg_covar, eps, tol, first_bound)
 
                 def vectors(plans: list[Any] = plans) -> list[Any]:
                     return [cupy.zeros(p.pstride, dtype=cupy.float64) for p in plans]
 
-                slot = _DeviceSlot(
-                    device,
-                    dev_engine,
-                    shard,
-                    loop,
-                    [vectors(), vectors()],
-                    {peer: vectors() for peer in engine.devices if peer != device},
-                    vectors(),
-                    cupy.cuda.Event(block=False, disable_timing=True),
+                slots.append(
+                    _DeviceSlot(
+                        device,
+                        dev_engine,
+                        shard,
+                        loop,
+                        [vectors(), vectors()],
+                        {peer: vectors() for peer in engine.devices if peer != device},
+                        vectors(),
+                        cupy.cuda.Event(block=False, disable_timing=True),
+                    )
                 )
-                slots.append(slot)
-                loop.stream.synchronize()
         pstrides = {tuple(p.pstride for p in slot.loop.plans) for slot in slots}
         if len(pstrides) != 1:  # restart groups differ between devices: cannot add outputs
             return None
-        return cls(engine, data, slots, n_components)
+        exchange = engine.exchange
+        if exchange == "auto":
+            exchange = "device" if engine.peer_access() else "copies"
+        # launches of equal length, as few as check_every allows: no iterations past max_iter
+        launches = -(-max_iter // engine.check_every)
+        steps = -(-max_iter // launches)
+        loop = cls(engine, data, slots, n_components, steps, exchange)
+        if exchange == "device":
+            loop._device_exchange_buffers()
+            loop._capture()
+        return loop
 
+    # -- device exchange ------------------------------------------------------------------------
+    def _device_exchange_buffers(self) -> None:
+        n_dev = len(self.slots)
+        for slot in self.slots:
+            with cupy.cuda.Device(slot.device):
+                for plan in slot.loop.plans:
+                    slot.mailboxes.append(cupy.zeros((2, n_dev, plan.pstride), cupy.float64))
+                    slot.arrivals.append(cupy.zeros(n_dev, cupy.uint32))
+                    slot.rounds.append(cupy.zeros(1, cupy.uint32))
+                    slot.finished.append(cupy.zeros(1, cupy.uint32))
+                slot.timed_out = cupy.zeros(1, cupy.int32)
+                shard = slot.shard
+                name = "reduce_exchange_mstep<{}, {}, {}>".format(
+                    _cuda_loader.ctype(shard.dtype),
+                    shard.n_features,
+                    "true" if shard.covariance_type == "spherical" else "false",
+                )
+                slot.kern_exchange = _cuda_loader.module("em_diag.cu", (name,)).get_function(name)
+        for slot in self.slots:
+            with cupy.cuda.Device(slot.device):
+                for i in range(len(slot.loop.plans)):
+                    words = []
+                    for peer in self.slots:
+                        words += [peer.mailboxes[i].data.ptr, peer.arrivals[i].data.ptr]
+                    slot.tables.append(cupy.asarray(np.array(words, dtype=np.uint64)))
+                cupy.cuda.Device().synchronize()
+
+    def _iteration(self, slot: _DeviceSlot, me: int) -> None:
+        """One EM iteration of one device (device exchange), on the current device and stream.
+
+        Two launches per restart group: the pass, then ``reduce_exchange_mstep`` (reduction of
+        the block partials, all-reduce between the devices, M-step).
+        """
+        loop = slot.loop
+        for i, plan in enumerate(loop.plans):
+            out = slot.outs[0][i]
+            slot.engine._launch_pass(
+                slot.shard,
+                plan,
+                slot.shard.chunks[0],
+                self.n_components,
+                loop.kparams[0],
+                loop.kparams[1],
+                loop.state.active[plan.r0 : plan.r1],
+                loop.partials[i],
+                out,
+                loop.counters[i],
+                reduce=False,
+            )
+            if slot.engine._tail_reduce(plan):  # the pass's last block reduced into `out`
+                partial, n_blocks = out, 1
+            else:
+                partial, n_blocks = loop.partials[i], plan.n_blocks
+            slot.kern_exchange(
+                (-(-plan.pstride // 32),),
+                (256,),
+                (
+                    partial,
+                    np.int32(n_blocks),
+                    np.int32(plan.pstride),
+                    np.int32(me),
+                    np.int32(len(self.slots)),
+                    slot.tables[i],
+                    slot.rounds[i],
+                    slot.finished[i],
+                    slot.totals[i],
+                    slot.timed_out,
+                    np.int32(plan.r1 - plan.r0),
+                    np.int32(self.n_components),
+                    loop.tables[i],
+                ),
+            )
+
+    def _capture(self) -> None:
+        if not self.engine.use_graphs:
+            return
+        for me, slot in enumerate(self.slots):
+            stream = slot.loop.stream
+            with cupy.cuda.Device(slot.device), stream:
+                try:
+                    stream.begin_capture()
+                    for _ in range(self.steps):
+                        self._iteration(slot, me)
+                    slot.graph = stream.end_capture()
+                    slot.graph.upload(stream)
+                    stream.synchronize()
+                except Exception as exc:  # capture unsupported: launch directly
+                    logger.info("multigpu: CUDA graph capture failed (%s)", exc)
+                    if stream.is_capturing():
+                        stream.end_capture()
+                    for other in self.slots:
+                        other.graph = None
+                    return
+
+    def _launch_steps_device(self) -> None:
+        """``steps`` iterations on every device (graphs or kernels), no host synchronisation."""
+        for me, slot in enumerate(self.slots):
+            stream = slot.loop.stream
+            with cupy.cuda.Device(slot.device), stream:
+                if slot.graph is not None:
+                    slot.graph.launch(stream)
+                else:
+                    for _ in range(self.steps):
+                        self._iteration(slot, me)
+
+    # -- copies exchange ------------------------------------------------------------------------
     def _launch_passes(self, parity: int) -> None:
         """Every device's fused pass over its shard (its M-step is left to the exchange)."""
         for slot in self.slots:
@@ -411,25 +609,76 @@ class _FusedLoop:
                         (total, np.int32(self.n_components), slot.loop.tables[i]),
                     )
 
+    def _launch_steps_copies(self, first: int) -> None:
+        for it in range(first, first + self.steps):
+            self._launch_passes(it % 2)
+            self._reduce_and_mstep(it % 2)
+
+    # -- a fit ----------------------------------------------------------------------------------
+    def reset(
+        self,
+        params: Params,
+        *,
+        reg_covar: float,
+        eps: float,
+        tol: float,
+        first_bound: float,
+    ) -> None:
+        """Queue a fit's initial parameters and settings on every device's loop stream.
+
+        The exchange counters are not reset: every device runs the same number of rounds in
+        every fit, so they stay equal across fits (a fit that raises drops the cached loop).
+        """
+        host_params = params.map(cupy.asnumpy)
+        for slot in self.slots:
+            with cupy.cuda.Device(slot.device):
+                loop = slot.loop
+                # the M-step tables carry the number of rows the lower bound divides by: ALL rows
+                all_rows = replace(slot.shard, n_samples=self.data.n_samples)
+                with loop.stream:
+                    local = host_params.map(cupy.asarray)
+                settings = dict(reg_covar=reg_covar, eps=eps, tol=tol, first_bound=first_bound)
+                loop.reset(slot.engine, all_rows, local, **settings, synchronize=False)
+
     def run(self, max_iter: int) -> tuple[Params, np.ndarray, np.ndarray, np.ndarray]:
         primary = self.slots[0]
         state = primary.loop.state
-        done = 0
-        while done < max_iter:
-            for _ in range(min(self.engine.check_every, max_iter - done)):
-                parity = done % 2
-                self._launch_passes(parity)
-                self._reduce_and_mstep(parity)
-                done += 1
-            with cupy.cuda.Device(primary.device), primary.loop.stream:
-                failed, running = state.read_flags(cupy.asnumpy(state.flags))
-            if failed:
-                self._synchronize()
-                raise ValueError(ILL_DEFINED_COVARIANCE)
-            if not running:
-                break
-        self._synchronize()
+        done, launch, previous = 0, 0, None
         with cupy.cuda.Device(primary.device):
+            stream = primary.loop.stream
+            while done < max_iter:
+                if self.exchange == "device":
+                    self._launch_steps_device()
+                else:
+                    self._launch_steps_copies(done)
+                done += self.steps
+                # as in CupyEngine.run_em: the flags of launch i are read while i + 1 runs
+                host = primary.loop.flag_buffers[launch % 2]
+                launch += 1
+                state.flags.get(stream=stream, out=host, blocking=False)
+                event = stream.record()
+                if previous is not None:
+                    previous[0].synchronize()
+                    failed, running = state.read_flags(previous[1])
+                    if failed or not running:
+                        break
+                previous = (event, host)
+        self._synchronize()
+        late = []
+        for slot in self.slots:
+            if slot.timed_out is not None:
+                with cupy.cuda.Device(slot.device):
+                    if int(slot.timed_out.get()[0]):
+                        late.append(slot.device)
+        if late:
+            raise RuntimeError(
+                f"multigpu: devices {late} waited in vain for the other devices' statistics "
+                "(a device's launches failed); run with MultiGpuEngine(exchange='copies') to "
+                "exchange through host-ordered peer copies instead"
+            )
+        with cupy.cuda.Device(primary.device):
+            if cupy.asnumpy(state.failed).any():
+                raise ValueError(ILL_DEFINED_COVARIANCE)
             params = state.params.map(cupy.copy)
             history = cupy.asnumpy(state.history).T.copy()
             n_iter = cupy.asnumpy(state.n_iter).astype(np.int64)
@@ -437,6 +686,9 @@ class _FusedLoop:
         self.engine.last_run_info = {
             "devices": self.engine.devices,
             "iterations_launched": done,
+            "exchange": self.exchange,
+            "graphs": all(slot.graph is not None for slot in self.slots),
+            "steps": self.steps,
             "plans": [len(slot.loop.plans) for slot in self.slots],
         }
         return params, history, n_iter, converged

@@ -420,3 +420,74 @@ def test_tensor_core_pass_streams_chunks():
     _assert_stats_close(
         streamed.accumulate(d_str, params, active), resident.accumulate(d_res, params, active), 1e-6
     )
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize(
+    ("n", "d", "k", "cov", "dtype"),
+    [
+        (100_003, 2, 5, "diag", np.float32),  # Blobs-shaped: many blocks, K < KMAX
+        (60_000, 3, 3, "spherical", np.float64),
+        (150, 4, 3, "diag", np.float64),  # Iris-sized: one block
+        (2_000, 1, 2, "diag", np.float32),
+    ],
+)
+def test_small_kernel_matches_estimator_loop(n, d, k, cov, dtype):
+    """diag_em_small (whole iterations per launch, blocks ordered by flags) == the NumPy loop."""
+    import cupy
+
+    from gmm_core._cupy_engine import CupyEngine
+
+    X = make_data(n, d, k, dtype, seed=3)
+    params = random_params(X, cov, k, 1, seed=5)
+    shift = X.mean(0, dtype=np.float64)
+    eps = 10 * float(np.finfo(dtype).eps)
+    tol = 1e-6 if dtype == np.float64 else 0.0  # float32: fixed iterations (see above)
+    kw = dict(reg_covar=1e-6, eps=eps, tol=tol, max_iter=45)
+    small = CupyEngine(graph_steps=7)  # 45 iterations: 7 launches, the last one cut short
+    data = small.prepare(X, shift, cov)
+    got = small.run_em(data, params.map(cupy.asarray), **kw)
+    assert got is not None and small.last_run_info["small_kernel"]
+    again = small.run_em(data, params.map(cupy.asarray), **kw)
+    np.testing.assert_array_equal(again[1], got[1])  # bitwise repeatable
+    passes = CupyEngine(small_kernel=False)
+    want = passes.run_em(passes.prepare(X, shift, cov), params.map(cupy.asarray), **kw)
+    assert want is not None and not passes.last_run_info["small_kernel"]
+    one = params.take(0)
+    ref = GaussianMixture(
+        k,
+        covariance_type=cov,
+        tol=tol,
+        max_iter=45,
+        weights_init=one.weights[0],
+        means_init=one.means[0] + shift,
+        precisions_init=one.precisions_cholesky[0] ** 2,
+        backend="numpy",
+    ).fit(X)
+    rtol = 2e-4 if dtype == np.float32 else 1e-9
+    _, history, n_iter, converged = got
+    assert n_iter[0] == ref.n_iter_ == want[2][0]
+    assert bool(converged[0]) == ref.converged_
+    np.testing.assert_allclose(history[: n_iter[0], 0], ref.lower_bounds_, rtol=rtol)
+    np.testing.assert_allclose(history, want[1], rtol=rtol)
+    assert np.isnan(history[n_iter[0] :, 0]).all()
+    for name in ("means", "covariances", "weights"):
+        g = cupy.asnumpy(getattr(got[0], name))[0] + (shift if name == "means" else 0)
+        np.testing.assert_allclose(g, getattr(ref, name + "_"), rtol=rtol * 10, atol=rtol * 10)
+
+
+def test_small_kernel_only_for_one_restart_and_few_components():
+    """Two restarts, or components/statistics beyond its registers: the pass loop instead."""
+    import cupy
+
+    from gmm_core._cupy_engine import CupyEngine
+
+    engine = CupyEngine()
+    for n_restarts, d, k in ((2, 2, 5), (1, 2, 9), (1, 12, 3)):
+        X = make_data(5_000, d, k, np.float32)
+        params = random_params(X, "diag", k, n_restarts)
+        data = engine.prepare(X, X.mean(0), "diag")
+        out = engine.run_em(
+            data, params.map(cupy.asarray), reg_covar=1e-6, eps=1e-6, tol=0.0, max_iter=3
+        )
+        assert out is not None and not engine.last_run_info["small_kernel"], (n_restarts, d, k)

@@ -184,3 +184,74 @@ def test_device_arrays_and_presharded_input():
         _assert_close(getattr(presharded, name), getattr(from_host, name), 1e-12, name)
     with pytest.raises(ValueError, match="one array per device"):
         many.prepare(shards[:1], shift, "diag")
+
+
+needs_a_gpu = pytest.mark.skipif(
+    N_GPUS < 1, reason=f"needs a CUDA GPU ({_REASON})" if _REASON else "needs a CUDA GPU"
+)
+
+
+def _run_em_kwargs(dtype) -> dict:
+    return dict(reg_covar=1e-6, eps=10 * float(np.finfo(dtype).eps), tol=1e-6, max_iter=40)
+
+
+@pytest.mark.gpu
+@needs_a_gpu
+@pytest.mark.parametrize(("cov", "dtype"), [("diag", np.float32), ("spherical", np.float64)])
+def test_device_exchange_on_one_device_matches_cupy_run_em(cov, dtype):
+    """The exchange kernel with one device (its own mailbox) = CupyEngine.run_em, graph or not."""
+    import cupy
+
+    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._multigpu_engine import MultiGpuEngine
+
+    X = _data(30_001, 8, 5, dtype)
+    shift = X.mean(0)
+    params = random_params(X, cov, 5, n_restarts=3)
+    one = CupyEngine()
+    want = one.run_em(one.prepare(X, shift, cov), params.map(cupy.asarray), **_run_em_kwargs(dtype))
+    assert want is not None
+    for use_graphs in (True, False):
+        many = MultiGpuEngine([0], exchange="device", use_graphs=use_graphs, check_every=5)
+        data = many.prepare(X, shift, cov)
+        for _ in range(2):  # the second fit replays the cached loop (graph) after a reset
+            got = many.run_em(data, params.map(many.asarray), **_run_em_kwargs(dtype))
+            assert got is not None
+            assert many.last_run_info["exchange"] == "device"
+            assert many.last_run_info["graphs"] is use_graphs
+            np.testing.assert_array_equal(got[2], want[2])  # iterations per restart
+            np.testing.assert_array_equal(got[3], want[3])  # converged
+            np.testing.assert_allclose(got[1], want[1], rtol=1e-12)  # lower-bound histories
+            for name in ("weights", "means", "covariances"):
+                _assert_close(getattr(got[0], name), getattr(want[0], name), 1e-12, name)
+
+
+@pytest.mark.gpu
+@needs_two_gpus
+@pytest.mark.parametrize(("cov", "dtype"), [("diag", np.float32), ("spherical", np.float64)])
+def test_device_exchange_bitwise_equal_to_peer_copies(cov, dtype):
+    """reduce_exchange_mstep sums in device order as the host copies do: the same bits."""
+    import cupy
+
+    from gmm_core._multigpu_engine import MultiGpuEngine
+
+    X = _data(40_003, 8, 6, dtype)
+    shift = X.mean(0)
+    params = random_params(X, cov, 6, n_restarts=2)
+    results = {}
+    for exchange in ("copies", "device"):
+        many = MultiGpuEngine(exchange=exchange, check_every=6)
+        data = many.prepare(X, shift, cov)
+        runs = [many.run_em(data, params.map(many.asarray), **_run_em_kwargs(dtype))]
+        runs.append(many.run_em(data, params.map(many.asarray), **_run_em_kwargs(dtype)))
+        assert many.last_run_info["exchange"] == exchange
+        results[exchange] = runs
+    assert MultiGpuEngine().peer_access(), "two H200s of one host have peer access"
+    want = results["copies"][0]
+    for got in (*results["device"], results["copies"][1]):
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[2], want[2])
+        for name in ("weights", "means", "covariances"):
+            np.testing.assert_array_equal(
+                cupy.asnumpy(getattr(got[0], name)), cupy.asnumpy(getattr(want[0], name))
+            )

@@ -13,6 +13,10 @@
 //                  of the estimator's loop, on the device, so whole iterations can be captured
 //                  in a CUDA graph. For small problems the pass's last block runs both the
 //                  reduction and the M-step: one launch per EM iteration.
+//   diag_em_small : (small problems, one restart) many whole EM iterations in one launch, the
+//                  blocks ordered by flags in global memory instead of kernel boundaries.
+//   reduce_exchange_mstep : (several GPUs) the reduction, the sum over every device's shard
+//                  through peer memory, and the M-step, on the devices.
 //
 // Parameters are stored per (restart, component) row as interleaved pairs (s_d, -mu_d * s_d)
 // with s_d = precision_cholesky_d / sqrt(2), so that
@@ -983,6 +987,293 @@ extern "C" __global__ void reduce_partials(const double* __restrict__ partial, i
         for (int y = 0; y < 8; ++y) total += s[y][threadIdx.x];
         out[j] = total;
     }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Small problems: `steps` whole EM iterations in one launch (one restart, up to KMAX components,
+// few statistics). Where a pass over the data takes a few microseconds (Blobs 500k x 2), the
+// cost of an iteration is kernel launches and global-memory round trips; this kernel keeps every
+// block resident and replaces them with two flags in global memory:
+//   every block: pass over its rows (one row per thread per step, float64 statistics per thread),
+//                block sums into partial[block], then sync[0] += 1 (arrival);
+//   block 0:     waits for every arrival, sums the partials (fixed order), runs mstep_restart
+//                (the same M-step and convergence test as diag_mstep), then sync[1] = step + 1;
+//   other blocks wait for sync[1] and read the new parameters (and the restart's active flag)
+//                from L2 before the next step.
+// The grid must be resident at once (the host sizes it from the occupancy); sync (3 uint32) is
+// zeroed before every launch. A wait longer than GMM_SPIN_TIMEOUT_NS sets sync[2] and ends the
+// launch (the host raises) instead of hanging.
+#ifndef GMM_SMALL_NT
+#define GMM_SMALL_NT 256
+#endif
+#ifndef GMM_SPIN_TIMEOUT_NS
+#define GMM_SPIN_TIMEOUT_NS 20000000000ull
+#endif
+
+__device__ __forceinline__ unsigned ld_acquire_gpu(const unsigned* p) {
+    unsigned v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void st_release_gpu(unsigned* p, unsigned v) {
+    asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ unsigned long long clock_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+// thread 0 of a block: wait until *p >= target; false (and sync[2] set) after the timeout
+__device__ __forceinline__ bool wait_at_least(const unsigned* p, unsigned target,
+                                              unsigned* timed_out) {
+    const unsigned long long start = clock_ns();
+    while (ld_acquire_gpu(p) < target) {
+        if (clock_ns() - start > GMM_SPIN_TIMEOUT_NS) {
+            atomicExch(timed_out, 1u);
+            return false;
+        }
+    }
+    return true;
+}
+
+template <typename T, int D, bool SPHERICAL, int KMAX>
+__global__ void __launch_bounds__(GMM_SMALL_NT)
+diag_em_small(const T* __restrict__ X, long long n_samples, int K, int steps,
+              double* __restrict__ partial, int pstride, unsigned* __restrict__ sync,
+              const unsigned long long* __restrict__ mstep_args) {
+    using L = gmm::Layout<D, SPHERICAL>;
+    using N = gmm::Num<T>;
+    constexpr int C = L::C, PS = L::PS, NT = GMM_SMALL_NT, NW = NT / 32;
+    constexpr int S = KMAX * C + 1;  // statistics and log-likelihood of the restart
+    __shared__ __align__(16) T s_prm[KMAX * PS];
+    __shared__ T s_lc[KMAX];
+    __shared__ double s_w[NW][S];
+    __shared__ double s_red[NT];
+    __shared__ double s_stats[S];  // block 0: [K * C statistics][log-likelihood]
+    __shared__ int s_go;
+    const MStepArgs<T> a = load_mstep_args<T>(mstep_args);
+    const int t = threadIdx.x, lane = t & 31, w = t >> 5;
+    const unsigned G = gridDim.x;
+    const int KC = K * C;
+    const long long stride = (long long)G * NT;
+
+    for (int step = 0; step < steps; ++step) {
+        // this step's parameters: written by block 0's M-step of the previous step (L2 reads)
+        for (int i = t; i < K * PS; i += NT) s_prm[i] = __ldcg(a.kparams + i);
+        for (int i = t; i < K; i += NT) s_lc[i] = __ldcg(a.log_const + i);
+        if (t == 0) s_go = __ldcg(a.active) && __ldcg(a.n_iter) < a.max_iter;
+        __syncthreads();
+        if (!s_go) return;  // the same decision in every block
+
+        double acc[KMAX][C];
+#pragma unroll
+        for (int k = 0; k < KMAX; ++k)
+#pragma unroll
+            for (int c = 0; c < C; ++c) acc[k][c] = 0.0;
+        double ll = 0.0;
+        long long row = (long long)blockIdx.x * NT + t;
+        T xn[D];
+        if (row < n_samples) {
+#pragma unroll
+            for (int d = 0; d < D; ++d) xn[d] = X[row * D + d];
+        }
+        for (; row < n_samples; row += stride) {
+            T x[D];
+#pragma unroll
+            for (int d = 0; d < D; ++d) x[d] = xn[d];
+            if (row + stride < n_samples) {  // the next row's load overlaps this row's work
+#pragma unroll
+                for (int d = 0; d < D; ++d) xn[d] = X[(row + stride) * D + d];
+            }
+            T lp[KMAX];
+            T mx = N::neg_inf(), sum = T(0);
+#pragma unroll
+            for (int k = 0; k < KMAX; ++k) {
+                if (k < K) {
+                    lp[k] = s_lc[k] - sq_dist<T, D>(x, s_prm + k * PS);
+                    online_lse<T>(lp[k], mx, sum);
+                }
+            }
+            const T lse = mx + N::log_(sum);
+            ll += (double)lse;
+            double xd[D], q = 0.0;
+#pragma unroll
+            for (int d = 0; d < D; ++d) {
+                xd[d] = (double)x[d];
+                q = fma(xd[d], xd[d], q);
+            }
+#pragma unroll
+            for (int k = 0; k < KMAX; ++k) {
+                if (k < K) {
+                    const double r = (double)N::exp_(lp[k] - lse);
+                    acc[k][0] += r;
+#pragma unroll
+                    for (int d = 0; d < D; ++d) {
+                        const double rx = r * xd[d];
+                        acc[k][1 + d] += rx;
+                        if (!SPHERICAL) acc[k][1 + D + d] = fma(rx, xd[d], acc[k][1 + D + d]);
+                    }
+                    if (SPHERICAL) acc[k][1 + D] = fma(r, q, acc[k][1 + D]);
+                }
+            }
+        }
+        // block sums -> partial[block] (fixed order: warps, then the NW warp sums)
+#pragma unroll
+        for (int k = 0; k < KMAX; ++k) {
+            if (k < K) {
+#pragma unroll
+                for (int c = 0; c < C; ++c) {
+                    const double v = gmm::warp_sum(acc[k][c]);
+                    if (lane == 0) s_w[w][k * C + c] = v;
+                }
+            }
+        }
+        {
+            const double v = gmm::warp_sum(ll);
+            if (lane == 0) s_w[w][KC] = v;
+        }
+        __syncthreads();
+        for (int i = t; i <= KC; i += NT) {
+            double v = 0.0;
+#pragma unroll
+            for (int ww = 0; ww < NW; ++ww) v += s_w[ww][i];
+            partial[(size_t)blockIdx.x * pstride + i] = v;
+        }
+        __threadfence();
+        __syncthreads();
+        if (blockIdx.x != 0) {
+            if (t == 0) {
+                atomicAdd(sync, 1u);
+                s_go = wait_at_least(sync + 1, (unsigned)step + 1u, sync + 2);
+            }
+            __syncthreads();
+            if (!s_go) return;
+            continue;
+        }
+        if (t == 0) s_go = wait_at_least(sync, (unsigned)(step + 1) * (G - 1u), sync + 2);
+        __syncthreads();
+        if (!s_go) return;
+        // every block's partial -> s_stats: 32 columns x NW block strides per pass
+        const int jx = t & 31, by = t >> 5;
+        for (int j0 = 0; j0 <= KC; j0 += 32) {
+            const int j = j0 + jx;
+            s_red[t] = j <= KC ? sum_strided<4>(partial, j, pstride, by, NW, (int)G) : 0.0;
+            __syncthreads();
+            if (by == 0 && j <= KC) {
+                double v = 0.0;
+#pragma unroll
+                for (int y = 0; y < NW; ++y) v += s_red[y * 32 + jx];
+                s_stats[j] = v;
+            }
+            __syncthreads();
+        }
+        mstep_restart<T, D, SPHERICAL>(0, 1, K, s_stats, a);
+        __threadfence();
+        __syncthreads();
+        if (t == 0) st_release_gpu(sync + 1, (unsigned)step + 1u);
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Multi-GPU device loop: the block reduction, the all-reduce between the GPUs of one host and the
+// M-step in one launch per iteration, in the same stream (and CUDA graph) as the pass, so the
+// host launches whole iterations on every device without synchronising.
+//
+// Grid ceil(pstride / 32) x 256 threads. Every block sums 32 columns of the pass's block partials
+// (n_blocks rows; 1 row where the pass reduced them itself) and stores them into slot `me` of
+// every device's mailbox[parity] (peer stores over NVLink/PCIe, this device's own included),
+// fenced at system scope. The last block to finish sets flag[me] = seq on every device
+// (release), waits until this device's flags all reached seq (acquire: every device pushed this
+// round), sums the slots in device order (bitwise the same totals on every device) and runs the
+// M-step of the R restarts of the group.
+// `table` holds per device j: [2j] its mailbox (2 x n_dev x pstride doubles), [2j+1] its flags
+// (n_dev uint32). `seq` counts this device's rounds and `counter` its finished blocks (both zero
+// before a fit). A mailbox parity is written again two rounds later, after every device has left
+// the round that read it. A device that never arrives (its launches failed) ends the wait after
+// GMM_PEER_TIMEOUT_NS with *timed_out set, so the host raises instead of hanging.
+#ifndef GMM_PEER_TIMEOUT_NS
+#define GMM_PEER_TIMEOUT_NS 20000000000ull
+#endif
+
+__device__ __forceinline__ unsigned ld_acquire_sys(const unsigned* p) {
+    unsigned v;
+    asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void st_release_sys(unsigned* p, unsigned v) {
+    asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ unsigned long long global_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+template <typename T, int D, bool SPHERICAL>
+__global__ void __launch_bounds__(256)
+reduce_exchange_mstep(const double* __restrict__ partial, int n_blocks, int pstride, int me,
+                      int n_dev, const unsigned long long* __restrict__ table,
+                      unsigned* __restrict__ seq_ptr, unsigned* __restrict__ counter,
+                      double* __restrict__ total, int* __restrict__ timed_out, int R, int K,
+                      const unsigned long long* __restrict__ mstep_args) {
+    __shared__ double s_red[256];
+    __shared__ unsigned s_seq;
+    __shared__ int s_last;
+    const int t = threadIdx.x, jx = t & 31, by = t >> 5;
+    if (t == 0) s_seq = *seq_ptr + 1u;  // written back by the last block, after every read
+    const int j = blockIdx.x * 32 + jx;
+    double v = 0.0;
+    if (j < pstride) v = sum_strided<8>(partial, j, pstride, by, 8, n_blocks);
+    s_red[t] = v;
+    __syncthreads();
+    const unsigned seq = s_seq;
+    const size_t parity = seq & 1u;
+    if (by == 0 && j < pstride) {
+        double sum = 0.0;
+#pragma unroll
+        for (int y = 0; y < 8; ++y) sum += s_red[y * 32 + jx];
+        for (int d = 0; d < n_dev; ++d)
+            reinterpret_cast<double*>(table[2 * d])[(parity * n_dev + me) * pstride + j] = sum;
+    }
+    __threadfence_system();
+    __syncthreads();
+    if (t == 0) s_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence_system();  // every block's pushes precede the flags below
+    if (t < n_dev) st_release_sys(reinterpret_cast<unsigned*>(table[2 * t + 1]) + me, seq);
+    if (t == 0) {
+        const unsigned* flags = reinterpret_cast<const unsigned*>(table[2 * me + 1]);
+        const unsigned long long start = global_ns();
+        bool late = false;
+        for (int d = 0; d < n_dev && !late; ++d) {
+            while (ld_acquire_sys(flags + d) < seq) {
+                if (global_ns() - start > GMM_PEER_TIMEOUT_NS) {
+                    late = true;
+                    *timed_out = 1;
+                    break;
+                }
+                __nanosleep(32);
+            }
+        }
+        *seq_ptr = seq;
+        *counter = 0u;  // ready for the next round
+    }
+    __syncthreads();
+    const double* box = reinterpret_cast<const double*>(table[2 * me]) + parity * n_dev * pstride;
+    for (int i = t; i < pstride; i += blockDim.x) {
+        double sum = __ldcg(box + i);
+        for (int d = 1; d < n_dev; ++d) sum += __ldcg(box + (size_t)d * pstride + i);
+        total[i] = sum;
+    }
+    __syncthreads();
+    const MStepArgs<T> a = load_mstep_args<T>(mstep_args);
+    for (int r = 0; r < R; ++r) mstep_restart<T, D, SPHERICAL>(r, R, K, total, a);
 }
 
 // Params (float64, restart-major) -> kernel parameters, one thread per (restart, component).
