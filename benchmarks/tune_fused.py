@@ -223,7 +223,9 @@ def blobs(quick: bool) -> list[dict]:
         if ref_hist is None:
             ref_hist = hist
         plan = eng.last_run_info["plans"]
+        phases = small_kernel_phases(eng, X) if eng.last_run_info["small_kernel"] else None
         row = {
+            "phases_us": phases,
             "small_kernel": eng.last_run_info["small_kernel"],
             "per_thread": per_thread,
             "per_sm": per_sm,
@@ -240,6 +242,34 @@ def blobs(quick: bool) -> list[dict]:
             flush=True,
         )
     return rows
+
+
+def small_kernel_phases(eng, X) -> dict[str, float] | None:
+    """Median microseconds per phase of a diag_em_small step (built with -D GMM_SMALL_PROFILE)."""
+    import cupy as cp
+
+    from gmm_core import _cuda_loader
+
+    if "-DGMM_SMALL_PROFILE" not in _cuda_loader.COMPILE_OPTIONS:
+        return None
+    kmax = eng.last_run_info["small_kmax"]
+    name = f"diag_em_small<{_cuda_loader.ctype(X.dtype)}, {X.shape[1]}, false, {kmax}>"
+    ptr = _cuda_loader.module("em_diag.cu", (name,)).get_global("gmm_small_prof")
+    t = cp.ndarray((64, 8), dtype=cp.uint64, memptr=ptr).get().astype(np.float64)[1:50]
+    spans = {
+        "pass (block 0)": t[:, 1] - t[:, 0],
+        "block sums + fence": t[:, 2] - t[:, 1],
+        "wait for arrivals": t[:, 3] - t[:, 2],
+        "reduce partials": t[:, 4] - t[:, 3],
+        "M-step + fence": t[:, 5] - t[:, 4],
+        "flag to next step (block 0)": t[1:, 0] - t[:-1, 5],
+        "last block pass end - block 0's": t[:, 6] - t[:, 1],
+        "last block sees the flag": t[:, 7] - t[:, 5],
+        "whole step": t[1:, 0] - t[:-1, 0],
+    }
+    out = {k: float(np.median(v)) / 1e3 for k, v in spans.items()}
+    print("    phases (us): " + ", ".join(f"{k} {v:.2f}" for k, v in out.items()), flush=True)
+    return out
 
 
 def main() -> int:

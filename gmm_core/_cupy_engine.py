@@ -54,8 +54,9 @@ _SMALL_ENV = "GMM_CORE_SMALL_KERNEL"
 #: thread (registers) it takes
 _SMALL_MAX_ROWS = 1 << 21
 _SMALL_KMAX = (2, 4, 8)
-_SMALL_MAX_ACC = 48
-_SMALL_NT = 256
+_SMALL_MAX_ACC = 40
+#: threads per block of ``diag_em_small`` (``SmallNT`` in ``em_diag.cu``) per data itemsize
+_SMALL_NT = {4: 512, 8: 256}
 #: geometry of ``diag_pass_tc`` (``tc::Geo`` in ``em_diag.cu``): samples per warp step
 _TC_SLAB = 16
 #: threads per block of ``diag_pass_tc``: 256 (W^T in registers, measured faster) or 128
@@ -441,16 +442,17 @@ class CupyEngine:
         plans = self._buffers.get(key)
         if plans is None:
             kern = self._small_kernel(data, kmax)
+            threads = _SMALL_NT[data.dtype.itemsize]
             per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
-                kern.kernel.ptr, _SMALL_NT, 0
+                kern.kernel.ptr, threads, 0
             )
             if per_sm < 1:
                 return None
             # every block must be resident at once (they wait for each other)
             per_sm = min(per_sm, self._max_blocks_per_sm or 1)
-            n_blocks = max(1, min(-(-data.n_samples // _SMALL_NT), self._n_sm * per_sm))
+            n_blocks = max(1, min(-(-data.n_samples // threads), self._n_sm * per_sm))
             pstride = n_components * n_stats + 1
-            plan = _DiagPlan(0, 1, 0, 1, 0, n_blocks, pstride, threads=_SMALL_NT, small_kmax=kmax)
+            plan = _DiagPlan(0, 1, 0, 1, 0, n_blocks, pstride, threads=threads, small_kmax=kmax)
             plans = self._buffers[key] = [plan]
         return plans
 
@@ -723,6 +725,7 @@ class CupyEngine:
         self.last_run_info = {
             "graph": loop.graph is not None,
             "small_kernel": small is not None,
+            "small_kmax": plans[0].small_kmax,
             "graph_error": loop.graph_error,
             "capture_s": loop.capture_s,
             "launches_per_iteration": loop.launches_per_iteration,

@@ -994,7 +994,7 @@ extern "C" __global__ void reduce_partials(const double* __restrict__ partial, i
 // few statistics). Where a pass over the data takes a few microseconds (Blobs 500k x 2), the
 // cost of an iteration is kernel launches and global-memory round trips; this kernel keeps every
 // block resident and replaces them with two flags in global memory:
-//   every block: pass over its rows (one row per thread per step, float64 statistics per thread),
+//   every block: pass over its rows (a few rows per thread per step, summed in the data type),
 //                block sums into partial[block], then sync[0] += 1 (arrival);
 //   block 0:     waits for every arrival, sums the partials (fixed order), runs mstep_restart
 //                (the same M-step and convergence test as diag_mstep), then sync[1] = step + 1;
@@ -1003,9 +1003,15 @@ extern "C" __global__ void reduce_partials(const double* __restrict__ partial, i
 // The grid must be resident at once (the host sizes it from the occupancy); sync (3 uint32) is
 // zeroed before every launch. A wait longer than GMM_SPIN_TIMEOUT_NS sets sync[2] and ends the
 // launch (the host raises) instead of hanging.
-#ifndef GMM_SMALL_NT
-#define GMM_SMALL_NT 256
+#ifndef GMM_SMALL_NT_F32
+#define GMM_SMALL_NT_F32 512  // threads per block: float32 data (128 registers)
 #endif
+#ifndef GMM_SMALL_NT_F64
+#define GMM_SMALL_NT_F64 256  // float64 data (more registers per thread)
+#endif
+template <typename T> struct SmallNT {
+    static constexpr int value = sizeof(T) == 4 ? GMM_SMALL_NT_F32 : GMM_SMALL_NT_F64;
+};
 #ifndef GMM_SPIN_TIMEOUT_NS
 #define GMM_SPIN_TIMEOUT_NS 20000000000ull
 #endif
@@ -1039,14 +1045,22 @@ __device__ __forceinline__ bool wait_at_least(const unsigned* p, unsigned target
     return true;
 }
 
+#ifdef GMM_SMALL_PROFILE  // benchmarks/tune_fused.py: globaltimer stamps of blocks 0 and G-1
+__device__ unsigned long long gmm_small_prof[64][8];
+#define GMM_STAMP(cond, step, i) \
+    if ((cond) && threadIdx.x == 0 && (step) < 64) gmm_small_prof[step][i] = clock_ns()
+#else
+#define GMM_STAMP(cond, step, i)
+#endif
+
 template <typename T, int D, bool SPHERICAL, int KMAX>
-__global__ void __launch_bounds__(GMM_SMALL_NT)
+__global__ void __launch_bounds__(SmallNT<T>::value)
 diag_em_small(const T* __restrict__ X, long long n_samples, int K, int steps,
               double* __restrict__ partial, int pstride, unsigned* __restrict__ sync,
               const unsigned long long* __restrict__ mstep_args) {
     using L = gmm::Layout<D, SPHERICAL>;
     using N = gmm::Num<T>;
-    constexpr int C = L::C, PS = L::PS, NT = GMM_SMALL_NT, NW = NT / 32;
+    constexpr int C = L::C, PS = L::PS, NT = SmallNT<T>::value, NW = NT / 32;
     constexpr int S = KMAX * C + 1;  // statistics and log-likelihood of the restart
     __shared__ __align__(16) T s_prm[KMAX * PS];
     __shared__ T s_lc[KMAX];
@@ -1067,12 +1081,16 @@ diag_em_small(const T* __restrict__ X, long long n_samples, int K, int steps,
         if (t == 0) s_go = __ldcg(a.active) && __ldcg(a.n_iter) < a.max_iter;
         __syncthreads();
         if (!s_go) return;  // the same decision in every block
+        const bool b0 = blockIdx.x == 0, bl = blockIdx.x == G - 1;
+        GMM_STAMP(b0, step, 0);
 
-        double acc[KMAX][C];
+        // per-thread sums over this step's rows in the data type (a few rows per thread, as
+        // the pass's per-tile sums), float64 from the warp sums on
+        T acc[KMAX][C];
 #pragma unroll
         for (int k = 0; k < KMAX; ++k)
 #pragma unroll
-            for (int c = 0; c < C; ++c) acc[k][c] = 0.0;
+            for (int c = 0; c < C; ++c) acc[k][c] = T(0);
         double ll = 0.0;
         long long row = (long long)blockIdx.x * NT + t;
         T xn[D];
@@ -1099,34 +1117,33 @@ diag_em_small(const T* __restrict__ X, long long n_samples, int K, int steps,
             }
             const T lse = mx + N::log_(sum);
             ll += (double)lse;
-            double xd[D], q = 0.0;
+            T q = T(0);
 #pragma unroll
-            for (int d = 0; d < D; ++d) {
-                xd[d] = (double)x[d];
-                q = fma(xd[d], xd[d], q);
-            }
+            for (int d = 0; d < D; ++d) q = fma(x[d], x[d], q);
 #pragma unroll
             for (int k = 0; k < KMAX; ++k) {
                 if (k < K) {
-                    const double r = (double)N::exp_(lp[k] - lse);
+                    const T r = N::exp_(lp[k] - lse);
                     acc[k][0] += r;
 #pragma unroll
                     for (int d = 0; d < D; ++d) {
-                        const double rx = r * xd[d];
+                        const T rx = r * x[d];
                         acc[k][1 + d] += rx;
-                        if (!SPHERICAL) acc[k][1 + D + d] = fma(rx, xd[d], acc[k][1 + D + d]);
+                        if (!SPHERICAL) acc[k][1 + D + d] = fma(rx, x[d], acc[k][1 + D + d]);
                     }
                     if (SPHERICAL) acc[k][1 + D] = fma(r, q, acc[k][1 + D]);
                 }
             }
         }
+        GMM_STAMP(b0, step, 1);
+        GMM_STAMP(bl, step, 6);
         // block sums -> partial[block] (fixed order: warps, then the NW warp sums)
 #pragma unroll
         for (int k = 0; k < KMAX; ++k) {
             if (k < K) {
 #pragma unroll
                 for (int c = 0; c < C; ++c) {
-                    const double v = gmm::warp_sum(acc[k][c]);
+                    const double v = gmm::warp_sum((double)acc[k][c]);
                     if (lane == 0) s_w[w][k * C + c] = v;
                 }
             }
@@ -1142,25 +1159,28 @@ diag_em_small(const T* __restrict__ X, long long n_samples, int K, int steps,
             for (int ww = 0; ww < NW; ++ww) v += s_w[ww][i];
             partial[(size_t)blockIdx.x * pstride + i] = v;
         }
-        __threadfence();
+        __threadfence();  // by every writer, before the arrival below
         __syncthreads();
+        GMM_STAMP(b0, step, 2);
         if (blockIdx.x != 0) {
             if (t == 0) {
                 atomicAdd(sync, 1u);
                 s_go = wait_at_least(sync + 1, (unsigned)step + 1u, sync + 2);
             }
             __syncthreads();
+            GMM_STAMP(bl, step, 7);
             if (!s_go) return;
             continue;
         }
         if (t == 0) s_go = wait_at_least(sync, (unsigned)(step + 1) * (G - 1u), sync + 2);
         __syncthreads();
+        GMM_STAMP(true, step, 3);
         if (!s_go) return;
         // every block's partial -> s_stats: 32 columns x NW block strides per pass
         const int jx = t & 31, by = t >> 5;
         for (int j0 = 0; j0 <= KC; j0 += 32) {
             const int j = j0 + jx;
-            s_red[t] = j <= KC ? sum_strided<4>(partial, j, pstride, by, NW, (int)G) : 0.0;
+            s_red[t] = j <= KC ? sum_strided<16>(partial, j, pstride, by, NW, (int)G) : 0.0;
             __syncthreads();
             if (by == 0 && j <= KC) {
                 double v = 0.0;
@@ -1170,9 +1190,11 @@ diag_em_small(const T* __restrict__ X, long long n_samples, int K, int steps,
             }
             __syncthreads();
         }
+        GMM_STAMP(true, step, 4);
         mstep_restart<T, D, SPHERICAL>(0, 1, K, s_stats, a);
-        __threadfence();
+        __threadfence();  // by every writer of the new parameters, before the flag
         __syncthreads();
+        GMM_STAMP(true, step, 5);
         if (t == 0) st_release_gpu(sync + 1, (unsigned)step + 1u);
     }
 }
