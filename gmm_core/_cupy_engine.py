@@ -55,8 +55,6 @@ _SMALL_ENV = "GMM_CORE_SMALL_KERNEL"
 _SMALL_MAX_ROWS = 1 << 21
 _SMALL_KMAX = (2, 4, 8)
 _SMALL_MAX_ACC = 40
-#: threads per block of ``diag_em_small`` (``SmallNT`` in ``em_diag.cu``) per data itemsize
-_SMALL_NT = {4: 512, 8: 256}
 #: geometry of ``diag_pass_tc`` (``tc::Geo`` in ``em_diag.cu``): samples per warp step
 _TC_SLAB = 16
 #: threads per block of ``diag_pass_tc``: 256 (W^T in registers, measured faster) or 128
@@ -442,7 +440,7 @@ class CupyEngine:
         plans = self._buffers.get(key)
         if plans is None:
             kern = self._small_kernel(data, kmax)
-            threads = _SMALL_NT[data.dtype.itemsize]
+            threads = kern.max_threads_per_block  # its __launch_bounds__ (SmallNT in em_diag.cu)
             per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
                 kern.kernel.ptr, threads, 0
             )
@@ -1064,6 +1062,8 @@ class _DeviceLoop:
             st.converged.fill(0)
             st.n_iter.fill(0)
             st.failed.fill(0)
+            if self.sync is not None:
+                self.sync.fill(0)
             engine._kernel_params(data, st.params, out=self.kparams)
             k = self.n_components
             for plan, table in zip(self.plans, self.tables, strict=True):
@@ -1099,7 +1099,7 @@ class _DeviceLoop:
         elif self.kern_small is not None:
             plan = self.plans[0]
             with self.stream:
-                self.sync.fill(0)
+                self.sync[:2].fill(0)  # sync[2] (timed out) stays set until the next fit
                 self.kern_small(
                     (plan.n_blocks,),
                     (plan.threads,),

@@ -328,6 +328,7 @@ class MultiGpuEngine:
             return None
         key = (
             tuple(shard.chunks[0].data.ptr for shard in data.shards),
+            data.covariance_type,
             data.n_samples,
             n_restarts,
             n_components,
@@ -349,7 +350,10 @@ class MultiGpuEngine:
             loop.reset(params, reg_covar=reg_covar, eps=eps, tol=tol, first_bound=first_bound)
             return loop.run(max_iter)
         except BaseException:
-            self._loop = None  # its exchange counters may differ between devices now
+            # its exchange counters may differ between devices now; let queued work finish
+            # before its buffers can go back to the memory pool
+            self._loop = None
+            loop.drain()
             raise
 
 
@@ -447,12 +451,20 @@ class _FusedLoop:
         exchange = engine.exchange
         if exchange == "auto":
             exchange = "device" if engine.peer_access() else "copies"
+        elif exchange == "device" and not engine.peer_access():
+            raise RuntimeError(
+                f"multigpu: devices {engine.devices} cannot all address each other's memory "
+                "(no peer access); use MultiGpuEngine(exchange='copies') or 'auto'"
+            )
         # launches of equal length, as few as check_every allows: no iterations past max_iter
         launches = -(-max_iter // engine.check_every)
         steps = -(-max_iter // launches)
         loop = cls(engine, data, slots, n_components, steps, exchange)
         if exchange == "device":
             loop._device_exchange_buffers()
+        for slot in slots:  # buffers zeroed on the default streams, used on the loop streams
+            cupy.cuda.Device(slot.device).synchronize()
+        if exchange == "device":
             loop._capture()
         return loop
 
@@ -552,14 +564,17 @@ class _FusedLoop:
 
     def _launch_steps_device(self) -> None:
         """``steps`` iterations on every device (graphs or kernels), no host synchronisation."""
-        for me, slot in enumerate(self.slots):
-            stream = slot.loop.stream
-            with cupy.cuda.Device(slot.device), stream:
-                if slot.graph is not None:
-                    slot.graph.launch(stream)
-                else:
-                    for _ in range(self.steps):
-                        self._iteration(slot, me)
+        if all(slot.graph is not None for slot in self.slots):
+            for slot in self.slots:
+                with cupy.cuda.Device(slot.device):
+                    slot.graph.launch(slot.loop.stream)
+            return
+        # iteration by iteration across the devices: a device's exchange waits for the others'
+        # launches of the same iteration, which must not queue behind its own later ones
+        for _ in range(self.steps):
+            for me, slot in enumerate(self.slots):
+                with cupy.cuda.Device(slot.device), slot.loop.stream:
+                    self._iteration(slot, me)
 
     # -- copies exchange ------------------------------------------------------------------------
     def _launch_passes(self, parity: int) -> None:
@@ -697,3 +712,12 @@ class _FusedLoop:
         for slot in self.slots:
             with cupy.cuda.Device(slot.device):
                 slot.loop.stream.synchronize()
+
+    def drain(self) -> None:
+        """Wait for every device's queued work, errors ignored (the loop is being dropped)."""
+        for slot in self.slots:
+            try:
+                with cupy.cuda.Device(slot.device):
+                    slot.loop.stream.synchronize()
+            except Exception as exc:  # the device is broken: nothing left to wait for
+                logger.warning("multigpu: device %d did not drain (%s)", slot.device, exc)

@@ -491,3 +491,28 @@ def test_small_kernel_only_for_one_restart_and_few_components():
             data, params.map(cupy.asarray), reg_covar=1e-6, eps=1e-6, tol=0.0, max_iter=3
         )
         assert out is not None and not engine.last_run_info["small_kernel"], (n_restarts, d, k)
+
+
+def _collapsing_fit_kwargs() -> tuple[np.ndarray, dict]:
+    """Three point masses at -1, 0, 1: with reg_covar=0 the middle component has variance 0."""
+    X = np.repeat(np.array([[-1.0, -1.0], [0.0, 0.0], [1.0, 1.0]]), 1000, axis=0)
+    kw = dict(
+        n_components=3,
+        covariance_type="diag",
+        reg_covar=0.0,
+        means_init=[[-1.0, -1.0], [0.0, 0.0], [1.0, 1.0]],
+        precisions_init=np.full((3, 2), 1e6),
+        max_iter=50,
+    )
+    return X, kw
+
+
+@pytest.mark.parametrize("small_kernel", ["1", "0"])
+def test_ill_defined_covariance_raises_from_the_device_loop(small_kernel, monkeypatch):
+    """A failed M-step on the device raises scikit-learn's error, as the NumPy backend does."""
+    X, kw = _collapsing_fit_kwargs()
+    with pytest.raises(ValueError, match="ill-defined empirical covariance"):
+        GaussianMixture(backend="numpy", **kw).fit(X)
+    monkeypatch.setenv("GMM_CORE_SMALL_KERNEL", small_kernel)
+    with pytest.raises(ValueError, match="ill-defined empirical covariance"):
+        GaussianMixture(backend="cupy", **kw).fit(X)

@@ -239,7 +239,7 @@ def test_device_exchange_bitwise_equal_to_peer_copies(cov, dtype):
     shift = X.mean(0)
     params = random_params(X, cov, 6, n_restarts=2)
     results = {}
-    for exchange in ("copies", "device"):
+    for exchange in ("device", "copies"):  # device first: it enables peer access itself
         many = MultiGpuEngine(exchange=exchange, check_every=6)
         data = many.prepare(X, shift, cov)
         runs = [many.run_em(data, params.map(many.asarray), **_run_em_kwargs(dtype))]
@@ -255,3 +255,22 @@ def test_device_exchange_bitwise_equal_to_peer_copies(cov, dtype):
             np.testing.assert_array_equal(
                 cupy.asnumpy(getattr(got[0], name)), cupy.asnumpy(getattr(want[0], name))
             )
+
+
+@pytest.mark.gpu
+@needs_two_gpus
+def test_ill_defined_covariance_raises_from_every_device():
+    """Every device's M-step fails alike: the error is raised; with reg_covar the fit works."""
+    X = np.repeat(np.array([[-1.0, -1.0], [0.0, 0.0], [1.0, 1.0]]), 1000, axis=0)
+    kw = dict(
+        n_components=3,
+        covariance_type="diag",
+        means_init=[[-1.0, -1.0], [0.0, 0.0], [1.0, 1.0]],
+        precisions_init=np.full((3, 2), 1e6),
+        max_iter=50,
+        backend="multigpu",
+    )
+    with pytest.raises(ValueError, match="ill-defined empirical covariance"):
+        GaussianMixture(reg_covar=0.0, **kw).fit(X)
+    fitted = GaussianMixture(reg_covar=1e-6, **kw).fit(X)
+    np.testing.assert_allclose(np.sort(fitted.means_[:, 0]), [-1.0, 0.0, 1.0], atol=1e-6)

@@ -237,6 +237,7 @@ __device__ void mstep_restart(int r, int R, int K, const double* stats, const MS
         }
         if (bad) {
             a.failed[r] = 1;  // the host raises scikit-learn's ill-defined-covariance error
+            a.active[r] = 0;  // and no later iteration (graph step, small-kernel step) runs
             continue;
         }
         const double w = nk / s_total;
@@ -1000,9 +1001,9 @@ extern "C" __global__ void reduce_partials(const double* __restrict__ partial, i
 //                (the same M-step and convergence test as diag_mstep), then sync[1] = step + 1;
 //   other blocks wait for sync[1] and read the new parameters (and the restart's active flag)
 //                from L2 before the next step.
-// The grid must be resident at once (the host sizes it from the occupancy); sync (3 uint32) is
-// zeroed before every launch. A wait longer than GMM_SPIN_TIMEOUT_NS sets sync[2] and ends the
-// launch (the host raises) instead of hanging.
+// The grid must be resident at once (the host sizes it from the occupancy); sync[0:2] are zeroed
+// before every launch, sync[2] before a fit. A wait longer than GMM_SPIN_TIMEOUT_NS sets sync[2]
+// and clears the restart's active flag, so the launch ends and the host raises, not hangs.
 #ifndef GMM_SMALL_NT_F32
 #define GMM_SMALL_NT_F32 512  // threads per block: float32 data (128 registers)
 #endif
@@ -1166,13 +1167,18 @@ diag_em_small(const T* __restrict__ X, long long n_samples, int K, int steps,
             if (t == 0) {
                 atomicAdd(sync, 1u);
                 s_go = wait_at_least(sync + 1, (unsigned)step + 1u, sync + 2);
+                if (!s_go) *a.active = 0;  // the host stops launching and raises
             }
             __syncthreads();
             GMM_STAMP(bl, step, 7);
             if (!s_go) return;
+            __syncthreads();  // every thread has read s_go before thread 0 writes it again
             continue;
         }
-        if (t == 0) s_go = wait_at_least(sync, (unsigned)(step + 1) * (G - 1u), sync + 2);
+        if (t == 0) {
+            s_go = wait_at_least(sync, (unsigned)(step + 1) * (G - 1u), sync + 2);
+            if (!s_go) *a.active = 0;
+        }
         __syncthreads();
         GMM_STAMP(true, step, 3);
         if (!s_go) return;
@@ -1215,7 +1221,8 @@ diag_em_small(const T* __restrict__ X, long long n_samples, int K, int steps,
 // (n_dev uint32). `seq` counts this device's rounds and `counter` its finished blocks (both zero
 // before a fit). A mailbox parity is written again two rounds later, after every device has left
 // the round that read it. A device that never arrives (its launches failed) ends the wait after
-// GMM_PEER_TIMEOUT_NS with *timed_out set, so the host raises instead of hanging.
+// GMM_PEER_TIMEOUT_NS with *timed_out set and the group's restarts stopped (no later round waits
+// or runs an M-step), so the host raises instead of hanging.
 #ifndef GMM_PEER_TIMEOUT_NS
 #define GMM_PEER_TIMEOUT_NS 20000000000ull
 #endif
@@ -1237,7 +1244,7 @@ __device__ __forceinline__ unsigned long long global_ns() {
 }
 
 template <typename T, int D, bool SPHERICAL>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(256, 1)
 reduce_exchange_mstep(const double* __restrict__ partial, int n_blocks, int pstride, int me,
                       int n_dev, const unsigned long long* __restrict__ table,
                       unsigned* __restrict__ seq_ptr, unsigned* __restrict__ counter,
@@ -1269,12 +1276,14 @@ reduce_exchange_mstep(const double* __restrict__ partial, int n_blocks, int pstr
     if (!s_last) return;
     __threadfence_system();  // every block's pushes precede the flags below
     if (t < n_dev) st_release_sys(reinterpret_cast<unsigned*>(table[2 * t + 1]) + me, seq);
+    __shared__ int s_late;
     if (t == 0) {
         const unsigned* flags = reinterpret_cast<const unsigned*>(table[2 * me + 1]);
         const unsigned long long start = global_ns();
-        bool late = false;
+        bool late = *timed_out != 0;  // an earlier round gave up: do not wait again
         for (int d = 0; d < n_dev && !late; ++d) {
-            while (ld_acquire_sys(flags + d) < seq) {
+            // (int)(flag - seq) < 0: flag behind seq, also across 2^32 wrap-around
+            while ((int)(ld_acquire_sys(flags + d) - seq) < 0) {
                 if (global_ns() - start > GMM_PEER_TIMEOUT_NS) {
                     late = true;
                     *timed_out = 1;
@@ -1283,10 +1292,16 @@ reduce_exchange_mstep(const double* __restrict__ partial, int n_blocks, int pstr
                 __nanosleep(32);
             }
         }
+        s_late = late;
         *seq_ptr = seq;
         *counter = 0u;  // ready for the next round
     }
     __syncthreads();
+    const MStepArgs<T> a = load_mstep_args<T>(mstep_args);
+    if (s_late) {  // no M-step on a partial sum: stop the group; the host raises
+        if (t < R) a.active[t] = 0;
+        return;
+    }
     const double* box = reinterpret_cast<const double*>(table[2 * me]) + parity * n_dev * pstride;
     for (int i = t; i < pstride; i += blockDim.x) {
         double sum = __ldcg(box + i);
@@ -1294,7 +1309,6 @@ reduce_exchange_mstep(const double* __restrict__ partial, int n_blocks, int pstr
         total[i] = sum;
     }
     __syncthreads();
-    const MStepArgs<T> a = load_mstep_args<T>(mstep_args);
     for (int r = 0; r < R; ++r) mstep_restart<T, D, SPHERICAL>(r, R, K, total, a);
 }
 
