@@ -5,20 +5,18 @@
 #      generated on the GPUs and trained; estimator backend="multigpu" vs "cupy").
 # Results go to $OUT (default ./build/multigpu_run): gpu_tests.txt, bench.log, multigpu_*.json.
 # dask/distributed are not installed on the GPU machine: when build/wheelhouse-dask holds their
-# wheels (pip download --only-binary=:all: --python-version 3.12 dask distributed), they are
-# installed into a throwaway environment that sees the system packages; without them the Dask
-# GPU test skips and says why.
+# wheels (pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64
+# dask distributed -d build/wheelhouse-dask; carry build/wheelhouse-dask to the device), they are
+# installed into /tmp/emflow-dask-pkgs on PYTHONPATH; without them the Dask GPU test skips and
+# says why.
 set -u
 OUT="${OUT:-build/multigpu_run}"
 mkdir -p "$OUT"
 PY=python3
+# (a --system-site-packages venv does not see the machine's pytest: install into a folder instead)
 if [ -d build/wheelhouse-dask ]; then
-    if python3 -m venv --system-site-packages /tmp/emflow-dask >"$OUT/pip.log" 2>&1 &&
-        /tmp/emflow-dask/bin/python -m pip install -q --no-index \
-            --find-links build/wheelhouse-dask distributed >>"$OUT/pip.log" 2>&1; then
-        PY=/tmp/emflow-dask/bin/python
-    elif python3 -m pip install -q --no-index --find-links build/wheelhouse-dask \
-        --target /tmp/emflow-dask-pkgs distributed >>"$OUT/pip.log" 2>&1; then
+    if python3 -m pip install -q --no-index --find-links build/wheelhouse-dask \
+        --target /tmp/emflow-dask-pkgs distributed >"$OUT/pip.log" 2>&1; then
         export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}/tmp/emflow-dask-pkgs"
     fi
 fi
