@@ -101,4 +101,12 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
         "diag_pass_tc<8, 1, true, 256>",
         "diag_pass_tc<12, 2, false, 128>",
     ),
+    "em_full.cu": (
+        "full_mstep<1>",
+        "full_mstep<32>",
+        "full_mstep<48>",
+        "full_constants<float, 32>",
+        "full_constants<double, 5>",
+        "full_constants<float, 48>",
+    ),
 }

@@ -55,6 +55,9 @@ _SMALL_ENV = "GMM_CORE_SMALL_KERNEL"
 _SMALL_MAX_ROWS = 1 << 21
 _SMALL_KMAX = (2, 4, 8)
 _SMALL_MAX_ACC = 40
+#: widest full covariance whose M-step and pass constants run as ``em_full.cu`` kernels (two
+#: float64 D x D matrices per block in static shared memory)
+_FULL_KERNEL_MAX_FEATURES = 48
 #: geometry of ``diag_pass_tc`` (``tc::Geo`` in ``em_diag.cu``): samples per warp step
 _TC_SLAB = 16
 #: threads per block of ``diag_pass_tc``: 256 (W^T in registers, measured faster) or 128
@@ -188,6 +191,8 @@ class CupyEngine:
         self._tile_per_thread: int | None = None
         self._max_blocks_per_sm: int | None = None
         self._tc_threads = _TC_THREADS
+        #: full covariance: M-step and pass constants as kernels (``em_full.cu``), else CuPy ops
+        self._full_on_device = True
         #: how the last :meth:`run_em` ran (CUDA graph or direct launches)
         self.last_run_info: dict[str, Any] = {}
         device = cupy.cuda.Device()
@@ -784,6 +789,61 @@ class CupyEngine:
         return loop
 
     # -- GEMM path (full, tied; diag/spherical beyond the fused kernel's limits) -------------------
+    def _full_kernels(self, n_features: int, dtype: Any) -> tuple[Any, Any] | None:
+        """``full_mstep`` and ``full_constants`` for this width, or None (CuPy operations)."""
+        if not self._full_on_device or n_features > _FULL_KERNEL_MAX_FEATURES:
+            return None
+        names = (
+            f"full_mstep<{n_features}>",
+            f"full_constants<{_cuda_loader.ctype(dtype)}, {n_features}>",
+        )
+        key = ("kernels", *names, cupy.cuda.Device().id)
+        if key not in self._buffers:
+            mod = _cuda_loader.module("em_full.cu", names)
+            self._buffers[key] = tuple(mod.get_function(name) for name in names)
+        return self._buffers[key]
+
+    def m_step(
+        self, stats: Stats, covariance_type: str, reg_covar: float, eps: float
+    ) -> Params | None:
+        """Full covariance: the M-step as one kernel launch (``full_mstep``); else None.
+
+        Same formulas as :func:`gmm_core._gaussian.m_step`; a covariance that is not positive
+        definite gives NaN precision factors (the estimator's loop raises at its next check).
+        """
+        if covariance_type != "full":
+            return None
+        n_restarts, n_components, n_features = stats.sx.shape
+        kernels = self._full_kernels(n_features, np.float64)
+        if kernels is None:
+            return None
+        rk = n_restarts * n_components
+        f64 = cupy.float64
+        shape = (n_restarts, n_components, n_features)
+        out = Params(
+            cupy.empty(shape[:2]),
+            cupy.empty(shape),
+            cupy.empty((*shape, n_features)),
+            cupy.empty((*shape, n_features)),
+        )
+        kernels[0](
+            (rk,),
+            (256,),
+            (
+                cupy.ascontiguousarray(stats.nk, dtype=f64),
+                cupy.ascontiguousarray(stats.sx, dtype=f64),
+                cupy.ascontiguousarray(stats.sxx, dtype=f64),
+                np.int32(n_components),
+                np.float64(reg_covar),
+                np.float64(eps),
+                out.weights,
+                out.means,
+                out.covariances,
+                out.precisions_cholesky,
+            ),
+        )
+        return out
+
     def _gemm_constants(self, data: CupyData, params: Params) -> dict[str, Any]:
         """Everything a chunk needs, in the fit dtype, computed once per pass."""
         cov = data.covariance_type
@@ -791,13 +851,37 @@ class CupyEngine:
         n_restarts, n_components, n_features = params.means.shape
         rk = n_restarts * n_components
         pc = params.precisions_cholesky
-        log_det = log_det_cholesky(pc, cov, n_features, cupy)
-        if cov == "tied":
-            log_det = log_det[:, None]
-        const = -0.5 * n_features * _LOG_2PI + log_det + cupy.log(params.weights)
         out: dict[str, Any] = {"cov": cov, "R": n_restarts, "K": n_components, "D": n_features}
-        out["const"] = const.reshape(1, n_restarts, n_components).astype(dt)
-        if cov == "full":
+        if not (cov == "full" and self._full_kernels(n_features, dt) is not None):
+            log_det = log_det_cholesky(pc, cov, n_features, cupy)
+            if cov == "tied":
+                log_det = log_det[:, None]
+            const = -0.5 * n_features * _LOG_2PI + log_det + cupy.log(params.weights)
+            out["const"] = const.reshape(1, n_restarts, n_components).astype(dt)
+        full_kernels = self._full_kernels(n_features, dt) if cov == "full" else None
+        if full_kernels is not None:
+            # full_constants (em_full.cu): M and the constants below, one launch
+            n_tri = n_features * (n_features + 1) // 2
+            M = cupy.empty((n_tri + n_features, rk), dtype=dt)
+            const_k = cupy.empty(rk, dtype=dt)
+            full_kernels[1](
+                (rk,),
+                (256,),
+                (
+                    cupy.ascontiguousarray(params.weights, dtype=cupy.float64),
+                    cupy.ascontiguousarray(params.means, dtype=cupy.float64),
+                    cupy.ascontiguousarray(pc, dtype=cupy.float64),
+                    np.int32(rk),
+                    M,
+                    const_k,
+                ),
+            )
+            iu0, iu1, _ = self._triu(n_features)
+            out["M"] = M
+            out["const"] = const_k.reshape(1, n_restarts, n_components)
+            out["triu"] = (iu0, iu1)
+            width = n_tri + n_features + rk
+        elif cov == "full":
             # |(x - mu) U|^2 = phi(x) . w + x . v + mu^T P mu with P = U U^T and phi(x) the
             # upper-triangular products x_i x_j: one GEMM over resp-independent features
             iu0, iu1, scale = self._triu(n_features)

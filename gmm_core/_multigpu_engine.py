@@ -286,6 +286,13 @@ class MultiGpuEngine:
         assert total is not None
         return total
 
+    def m_step(
+        self, stats: Stats, covariance_type: str, reg_covar: float, eps: float
+    ) -> Params | None:
+        """The primary device's M-step kernel (full covariance), as the one-GPU engine's."""
+        with cupy.cuda.Device(self.primary):
+            return self.engines[0].m_step(stats, covariance_type, reg_covar, eps)
+
     def weighted_log_prob(self, data: MultiGpuData, params: Params) -> Any:
         """``log w_k + log N(x | k)`` of one mixture, shape (n_samples, K), on the primary."""
         fields = [params.weights, params.means, params.covariances, params.precisions_cholesky]

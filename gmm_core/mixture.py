@@ -495,12 +495,18 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         # on a device, positive-definiteness is checked at sync points, not by a sync per iteration
         deferred = xp is not np
         failed = xp.zeros((), dtype=bool)
+        # an engine may run the M-step itself (CuPy, full covariance: one kernel launch)
+        engine_m_step = getattr(engine, "m_step", None)
         for it in range(1, self.max_iter + 1):
             stats: Stats = engine.accumulate(data, params, active)
             new_bound = stats.loglik / stats.n_samples
-            new_params = m_step(
-                stats, self.covariance_type, self.reg_covar, eps, xp, check=not deferred
-            )
+            new_params = None
+            if engine_m_step is not None:
+                new_params = engine_m_step(stats, self.covariance_type, self.reg_covar, eps)
+            if new_params is None:
+                new_params = m_step(
+                    stats, self.covariance_type, self.reg_covar, eps, xp, check=not deferred
+                )
             if deferred:
                 failed |= ~xp.isfinite(new_params.precisions_cholesky).all()
             change = new_bound - bound

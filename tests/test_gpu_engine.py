@@ -516,3 +516,38 @@ def test_ill_defined_covariance_raises_from_the_device_loop(small_kernel, monkey
     monkeypatch.setenv("GMM_CORE_SMALL_KERNEL", small_kernel)
     with pytest.raises(ValueError, match="ill-defined empirical covariance"):
         GaussianMixture(backend="cupy", **kw).fit(X)
+
+
+@pytest.mark.parametrize(("d", "dtype"), [(5, np.float64), (32, np.float32), (1, np.float64)])
+def test_full_covariance_kernels_match_cupy_operations(d, dtype):
+    """full_mstep and full_constants (em_full.cu) = the CuPy operations they replace."""
+    import cupy
+
+    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._gaussian import Stats, m_step
+
+    X = make_data(3000, d, 4, dtype)
+    params = random_params(X, "full", 4, 2)
+    engine = CupyEngine()
+    data = engine.prepare(X, X.mean(0), "full")
+    stats = engine.accumulate(data, params.map(cupy.asarray), cupy.ones(2, bool))
+    got = engine.m_step(stats, "full", 1e-6, 1e-10)
+    want = m_step(stats, "full", 1e-6, 1e-10, cupy, check=False)
+    assert got is not None
+    for name in ("weights", "means", "covariances", "precisions_cholesky"):
+        g, w = cupy.asnumpy(getattr(got, name)), cupy.asnumpy(getattr(want, name))
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12 * np.abs(w).max(), err_msg=name)
+    on_device = engine._gemm_constants(data, got)
+    engine._full_on_device = False
+    assert engine.m_step(stats, "full", 1e-6, 1e-10) is None
+    operations = engine._gemm_constants(data, got)
+    rtol = 1e-5 if dtype == np.float32 else 1e-10
+    for key in ("M", "const"):
+        g, w = cupy.asnumpy(on_device[key]), cupy.asnumpy(operations[key])
+        assert g.shape == w.shape and g.dtype == w.dtype == dtype, key
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * np.abs(w).max(), err_msg=key)
+    # a covariance that is not positive definite: NaN factors, as CuPy's Cholesky gives
+    engine._full_on_device = True
+    bad = Stats(stats.loglik, stats.nk, stats.sx, -stats.sxx, stats.n_samples)
+    failed = engine.m_step(bad, "full", 0.0, 1e-10)
+    assert failed is not None and not bool(cupy.isfinite(failed.precisions_cholesky).all())
