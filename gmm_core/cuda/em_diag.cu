@@ -1237,12 +1237,6 @@ __device__ __forceinline__ void st_release_sys(unsigned* p, unsigned v) {
     asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 
-__device__ __forceinline__ unsigned long long global_ns() {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
-
 template <typename T, int D, bool SPHERICAL>
 __global__ void __launch_bounds__(256, 1)
 reduce_exchange_mstep(const double* __restrict__ partial, int n_blocks, int pstride, int me,
@@ -1279,12 +1273,12 @@ reduce_exchange_mstep(const double* __restrict__ partial, int n_blocks, int pstr
     __shared__ int s_late;
     if (t == 0) {
         const unsigned* flags = reinterpret_cast<const unsigned*>(table[2 * me + 1]);
-        const unsigned long long start = global_ns();
+        const unsigned long long start = clock_ns();
         bool late = *timed_out != 0;  // an earlier round gave up: do not wait again
         for (int d = 0; d < n_dev && !late; ++d) {
             // (int)(flag - seq) < 0: flag behind seq, also across 2^32 wrap-around
             while ((int)(ld_acquire_sys(flags + d) - seq) < 0) {
-                if (global_ns() - start > GMM_PEER_TIMEOUT_NS) {
+                if (clock_ns() - start > GMM_PEER_TIMEOUT_NS) {
                     late = true;
                     *timed_out = 1;
                     break;
