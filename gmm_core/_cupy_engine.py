@@ -789,19 +789,15 @@ class CupyEngine:
         return loop
 
     # -- GEMM path (full, tied; diag/spherical beyond the fused kernel's limits) -------------------
-    def _full_kernels(self, n_features: int, dtype: Any) -> tuple[Any, Any] | None:
-        """``full_mstep`` and ``full_constants`` for this width, or None (CuPy operations)."""
-        if not self._full_on_device or n_features > _FULL_KERNEL_MAX_FEATURES:
-            return None
-        names = (
-            f"full_mstep<{n_features}>",
-            f"full_constants<{_cuda_loader.ctype(dtype)}, {n_features}>",
-        )
-        key = ("kernels", *names, cupy.cuda.Device().id)
+    def _full_kernel(self, name: str) -> Any:
+        key = ("kernel", name, cupy.cuda.Device().id)
         if key not in self._buffers:
-            mod = _cuda_loader.module("em_full.cu", names)
-            self._buffers[key] = tuple(mod.get_function(name) for name in names)
+            self._buffers[key] = _cuda_loader.module("em_full.cu", (name,)).get_function(name)
         return self._buffers[key]
+
+    def _full_on_device_ok(self, n_features: int) -> bool:
+        """Whether the full-covariance M-step and constants run as ``em_full.cu`` kernels."""
+        return self._full_on_device and n_features <= _FULL_KERNEL_MAX_FEATURES
 
     def m_step(
         self, stats: Stats, covariance_type: str, reg_covar: float, eps: float
@@ -814,8 +810,7 @@ class CupyEngine:
         if covariance_type != "full":
             return None
         n_restarts, n_components, n_features = stats.sx.shape
-        kernels = self._full_kernels(n_features, np.float64)
-        if kernels is None:
+        if not self._full_on_device_ok(n_features):
             return None
         rk = n_restarts * n_components
         f64 = cupy.float64
@@ -826,7 +821,7 @@ class CupyEngine:
             cupy.empty((*shape, n_features)),
             cupy.empty((*shape, n_features)),
         )
-        kernels[0](
+        self._full_kernel(f"full_mstep<{n_features}>")(
             (rk,),
             (256,),
             (
@@ -852,19 +847,19 @@ class CupyEngine:
         rk = n_restarts * n_components
         pc = params.precisions_cholesky
         out: dict[str, Any] = {"cov": cov, "R": n_restarts, "K": n_components, "D": n_features}
-        if not (cov == "full" and self._full_kernels(n_features, dt) is not None):
+        full_on_device = cov == "full" and self._full_on_device_ok(n_features)
+        if not full_on_device:
             log_det = log_det_cholesky(pc, cov, n_features, cupy)
             if cov == "tied":
                 log_det = log_det[:, None]
             const = -0.5 * n_features * _LOG_2PI + log_det + cupy.log(params.weights)
             out["const"] = const.reshape(1, n_restarts, n_components).astype(dt)
-        full_kernels = self._full_kernels(n_features, dt) if cov == "full" else None
-        if full_kernels is not None:
+        if full_on_device:
             # full_constants (em_full.cu): M and the constants below, one launch
             n_tri = n_features * (n_features + 1) // 2
             M = cupy.empty((n_tri + n_features, rk), dtype=dt)
             const_k = cupy.empty(rk, dtype=dt)
-            full_kernels[1](
+            self._full_kernel(f"full_constants<{_cuda_loader.ctype(dt)}, {n_features}>")(
                 (rk,),
                 (256,),
                 (

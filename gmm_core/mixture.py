@@ -503,6 +503,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             new_params = None
             if engine_m_step is not None:
                 new_params = engine_m_step(stats, self.covariance_type, self.reg_covar, eps)
+                if (
+                    new_params is not None
+                    and not deferred
+                    and not bool(xp.isfinite(new_params.precisions_cholesky).all())
+                ):
+                    raise ValueError(ILL_DEFINED_COVARIANCE)  # as m_step(check=True) would
             if new_params is None:
                 new_params = m_step(
                     stats, self.covariance_type, self.reg_covar, eps, xp, check=not deferred

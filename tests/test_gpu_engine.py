@@ -518,7 +518,9 @@ def test_ill_defined_covariance_raises_from_the_device_loop(small_kernel, monkey
         GaussianMixture(backend="cupy", **kw).fit(X)
 
 
-@pytest.mark.parametrize(("d", "dtype"), [(5, np.float64), (32, np.float32), (1, np.float64)])
+@pytest.mark.parametrize(
+    ("d", "dtype"), [(5, np.float64), (32, np.float32), (1, np.float64), (48, np.float32)]
+)
 def test_full_covariance_kernels_match_cupy_operations(d, dtype):
     """full_mstep and full_constants (em_full.cu) = the CuPy operations they replace."""
     import cupy
