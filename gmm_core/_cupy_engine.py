@@ -736,23 +736,10 @@ class CupyEngine:
         }
         stream = loop.stream
         with stream:
-            # The flags of graph launch i are read while launch i + 1 runs, so the device never
-            # waits for the host; iterations launched after every restart stopped are no-ops.
-            done, launch, previous = 0, 0, None
-            while done < max_iter:
-                loop.launch()
-                done += loop.steps
-                host = loop.flag_buffers[launch % 2]
-                launch += 1
-                state.flags.get(stream=stream, out=host, blocking=False)
-                event = stream.record()
-                if previous is not None:
-                    previous[0].synchronize()
-                    failed, running = _DeviceLoopState.read_flags(previous[1])
-                    if failed or not running:
-                        break  # a failure is raised below, after the stream is idle
-                previous = (event, host)
-            stream.synchronize()
+            drive_launches(
+                loop.launch, loop.steps, max_iter, state.flags, loop.flag_buffers, stream
+            )
+            stream.synchronize()  # a failure is raised below, once the stream is idle
             if loop.sync is not None and int(loop.sync[2].get()):
                 raise RuntimeError(
                     "diag_em_small: blocks waited in vain for each other (not every block of "
@@ -1024,6 +1011,33 @@ class CupyEngine:
         if cov in ("diag", "spherical"):
             sxx = sxx.reshape((R, K, D) if cov == "diag" else (R, K))
         return Stats(loglik, nk, sx, sxx, data.n_samples)
+
+
+def drive_launches(
+    launch: Any, steps: int, max_iter: int, flags: Any, host_flags: list[Any], stream: Any
+) -> int:
+    """Call ``launch()`` (``steps`` iterations each) until ``max_iter`` or every restart stopped.
+
+    The restart flags (``_DeviceLoopState.flags``, on ``stream``) of launch i are copied into
+    ``host_flags[i % 2]`` (pinned) and read while launch i + 1 runs, so the device never waits for
+    the host; iterations launched after every restart stopped are no-ops on the device. Stops at
+    the first read that shows a failed restart or none running; returns the iterations launched.
+    """
+    done, n_launch, previous = 0, 0, None
+    while done < max_iter:
+        launch()
+        done += steps
+        host = host_flags[n_launch % 2]
+        n_launch += 1
+        flags.get(stream=stream, out=host, blocking=False)
+        event = stream.record()
+        if previous is not None:
+            previous[0].synchronize()
+            failed, running = _DeviceLoopState.read_flags(previous[1])
+            if failed or not running:
+                break
+        previous = (event, host)
+    return done
 
 
 def _resp_t_dot(resp: Any, feats: Any) -> Any:

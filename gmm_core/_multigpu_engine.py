@@ -30,7 +30,7 @@ import cupy
 import numpy as np
 
 from . import _cuda_loader
-from ._cupy_engine import CupyData, CupyEngine
+from ._cupy_engine import CupyData, CupyEngine, drive_launches
 from ._gaussian import ILL_DEFINED_COVARIANCE, Params, Stats
 
 logger = logging.getLogger("gmm_core")
@@ -409,6 +409,7 @@ class _FusedLoop:
     n_components: int
     steps: int
     exchange: str
+    _iterations: int = 0  # iterations launched by the copies exchange in this fit (parity)
 
     @classmethod
     def create(
@@ -511,19 +512,7 @@ class _FusedLoop:
         loop = slot.loop
         for i, plan in enumerate(loop.plans):
             out = slot.outs[0][i]
-            slot.engine._launch_pass(
-                slot.shard,
-                plan,
-                slot.shard.chunks[0],
-                self.n_components,
-                loop.kparams[0],
-                loop.kparams[1],
-                loop.state.active[plan.r0 : plan.r1],
-                loop.partials[i],
-                out,
-                loop.counters[i],
-                reduce=False,
-            )
+            self._pass(slot, i, out, reduce=False)
             if slot.engine._tail_reduce(plan):  # the pass's last block reduced into `out`
                 partial, n_blocks = out, 1
             else:
@@ -547,6 +536,24 @@ class _FusedLoop:
                     loop.tables[i],
                 ),
             )
+
+    def _pass(self, slot: _DeviceSlot, i: int, out: Any, reduce: bool = True) -> None:
+        """The fused pass of restart group ``i`` over the slot's shard (no M-step)."""
+        loop = slot.loop
+        plan = loop.plans[i]
+        slot.engine._launch_pass(
+            slot.shard,
+            plan,
+            slot.shard.chunks[0],
+            self.n_components,
+            loop.kparams[0],
+            loop.kparams[1],
+            loop.state.active[plan.r0 : plan.r1],
+            loop.partials[i],
+            out,
+            loop.counters[i],
+            reduce=reduce,
+        )
 
     def _capture(self) -> None:
         if not self.engine.use_graphs:
@@ -589,19 +596,8 @@ class _FusedLoop:
         for slot in self.slots:
             loop = slot.loop
             with cupy.cuda.Device(slot.device), loop.stream:
-                for i, plan in enumerate(loop.plans):
-                    slot.engine._launch_pass(
-                        slot.shard,
-                        plan,
-                        slot.shard.chunks[0],
-                        self.n_components,
-                        loop.kparams[0],
-                        loop.kparams[1],
-                        loop.state.active[plan.r0 : plan.r1],
-                        loop.partials[i],
-                        slot.outs[parity][i],
-                        loop.counters[i],
-                    )
+                for i in range(len(loop.plans)):
+                    self._pass(slot, i, slot.outs[parity][i])
                 slot.done.record(loop.stream)
 
     def _reduce_and_mstep(self, parity: int) -> None:
@@ -631,10 +627,12 @@ class _FusedLoop:
                         (total, np.int32(self.n_components), slot.loop.tables[i]),
                     )
 
-    def _launch_steps_copies(self, first: int) -> None:
-        for it in range(first, first + self.steps):
-            self._launch_passes(it % 2)
-            self._reduce_and_mstep(it % 2)
+    def _launch_steps_copies(self) -> None:
+        for _ in range(self.steps):
+            parity = self._iterations % 2  # output buffers alternate from iteration to iteration
+            self._launch_passes(parity)
+            self._reduce_and_mstep(parity)
+            self._iterations += 1
 
     # -- a fit ----------------------------------------------------------------------------------
     def reset(
@@ -665,26 +663,15 @@ class _FusedLoop:
     def run(self, max_iter: int) -> tuple[Params, np.ndarray, np.ndarray, np.ndarray]:
         primary = self.slots[0]
         state = primary.loop.state
-        done, launch, previous = 0, 0, None
+        self._iterations = 0
+        launch = (
+            self._launch_steps_device if self.exchange == "device" else self._launch_steps_copies
+        )
         with cupy.cuda.Device(primary.device):
-            stream = primary.loop.stream
-            while done < max_iter:
-                if self.exchange == "device":
-                    self._launch_steps_device()
-                else:
-                    self._launch_steps_copies(done)
-                done += self.steps
-                # as in CupyEngine.run_em: the flags of launch i are read while i + 1 runs
-                host = primary.loop.flag_buffers[launch % 2]
-                launch += 1
-                state.flags.get(stream=stream, out=host, blocking=False)
-                event = stream.record()
-                if previous is not None:
-                    previous[0].synchronize()
-                    failed, running = state.read_flags(previous[1])
-                    if failed or not running:
-                        break
-                previous = (event, host)
+            loop = primary.loop
+            done = drive_launches(
+                launch, self.steps, max_iter, state.flags, loop.flag_buffers, loop.stream
+            )
         self._synchronize()
         late = []
         for slot in self.slots:

@@ -116,3 +116,66 @@ def test_tensor_core_geometry_fits_every_gpu_generation(n_features):
                 assert all(p.pstride == (p.r1 - p.r0) * (n_components * c + 1) for p in plans)
                 if threads == 128:
                     assert max(p.smem_bytes for p in plans) <= 101_376
+
+
+class _FakeEvent:
+    def __init__(self, log: list, n: int) -> None:
+        self.log, self.n = log, n
+
+    def synchronize(self) -> None:
+        self.log.append(("wait", self.n))
+
+
+class _FakeStream:
+    """Records the order of launches, flag copies and waits (no GPU)."""
+
+    def __init__(self) -> None:
+        self.log: list = []
+
+    def record(self) -> _FakeEvent:
+        return _FakeEvent(self.log, sum(1 for e in self.log if e[0] == "launch"))
+
+
+class _FakeFlags:
+    """Device restart flags (4, R): restart r runs until launch ``stop[r]``, or fails there."""
+
+    def __init__(self, stream: _FakeStream, stop: list[int], fail_at: int | None = None) -> None:
+        self.stream, self.stop, self.fail_at = stream, stop, fail_at
+
+    def get(self, stream, out, blocking):
+        assert stream is self.stream and blocking is False
+        n = sum(1 for e in self.stream.log if e[0] == "launch")
+        out[:] = 0
+        out[0] = [int(n < s) for s in self.stop]
+        if self.fail_at is not None and n >= self.fail_at:
+            out[3, 0] = 1
+        self.stream.log.append(("copy", n))
+
+
+@pytest.mark.parametrize(
+    ("stop", "fail_at", "max_iter", "launches"),
+    [
+        ([2, 3], None, 100, 4),  # all stopped after launch 3: seen while launch 4 runs
+        ([50, 50], None, 40, 4),  # max_iter: 4 launches of 10
+        ([50, 50], 2, 100, 3),  # failure in launch 2, seen while launch 3 runs
+        ([1], None, 10, 1),  # one launch is all max_iter needs
+    ],
+)
+def test_device_loop_reads_flags_one_launch_late(stop, fail_at, max_iter, launches):
+    """drive_launches (run_em of the one- and multi-GPU engines) never waits for the launch it
+    just queued: the flags of launch i are read while launch i + 1 runs."""
+    ce = pytest.importorskip("gmm_core._cupy_engine")
+    stream = _FakeStream()
+    flags = _FakeFlags(stream, stop, fail_at)
+    host = [np.zeros((4, len(stop)), np.int32) for _ in range(2)]
+
+    def launch() -> None:
+        stream.log.append(("launch", sum(1 for e in stream.log if e[0] == "launch") + 1))
+
+    done = ce.drive_launches(launch, 10, max_iter, flags, host, stream)
+    assert done == 10 * launches
+    assert sum(1 for e in stream.log if e[0] == "launch") == launches
+    for i, entry in enumerate(stream.log):
+        if entry[0] == "wait":  # waiting for launch n only once launch n + 1 is queued
+            queued = sum(1 for e in stream.log[:i] if e[0] == "launch")
+            assert queued == entry[1] + 1
