@@ -47,6 +47,9 @@ DRIVER = textwrap.dedent(
                 path.read_bytes()).hexdigest()]), flush=True)
         logical = datetime.fromisoformat(day).replace(tzinfo=UTC)
         outcomes[name] = airflow_env.run_in_process(dags["gmm_retrain"], conf, logical)
+        # the textfile as this run left it (later runs rewrite it)
+        textfile = settings.metrics_textfile
+        outcomes[name]["metrics_text"] = textfile.read_text() if textfile.exists() else ""
         print(f"DONE {name} {outcomes[name]['state']}", flush=True)
     champion = outcomes["good2"]["xcom"]["publish"]["publication"]["champion_version"]
     target = 1 if str(champion) == "2" else 2
@@ -121,9 +124,28 @@ def test_bad_batch_fails_naming_the_expectation_and_is_quarantined(runs):
     assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in moved] == [runs["bad_sha"]]
     reports = [p for p in quarantine.rglob("*.json") if "validation" in p.name]
     assert reports and "expect_column_values_to_be_finite" in reports[0].read_text()
-    # the metrics textfile recorded the failed run
-    prom = runs["settings"].metrics_textfile.read_text()
-    assert "emflow" in prom and "validate" in prom
+    # the metrics textfile recorded the failed run: status, failed step, quarantined rows
+    samples = _samples(bad["metrics_text"])
+    model = runs["settings"].model_name
+    assert samples["emflow_retrain_last_run_success"] == [({"model": model}, 0.0)]
+    [(info, value)] = samples["emflow_retrain_last_run_info"]
+    assert value == 1.0 and info["status"] == "failed" and info["failed_step"] == "validate"
+    run_key = quarantine.relative_to(runs["settings"].data_root).parts[1]
+    assert info["run_key"] == run_key
+    [(_, quarantined)] = samples["emflow_quarantined_rows"]
+    [(_, validated)] = samples["emflow_validated_rows"]
+    assert 0 < quarantined <= validated == 3000
+
+
+def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Samples of a Prometheus text exposition by metric name (prometheus_client's parser)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return out
 
 
 def test_second_good_run_is_gated_against_the_champion(runs):
