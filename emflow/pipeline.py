@@ -139,9 +139,11 @@ def build_request(
     """Resolve what one run trains on: its window and its parameters.
 
     The window ``[window_start, window_end)`` (days, end exclusive) is, in order of precedence:
-    the ``window_start``/``window_end`` parameters; the ``day`` (or ``window_start``/
-    ``window_end``) carried by the newest asset event that triggered the run; the day of the
-    logical date (on the daily schedule that is the run's data interval, and a backfill gives
+    the ``window_start``/``window_end`` parameters; the days carried by the asset events that
+    triggered the run (``day``, or ``window_start``/``window_end``), from the earliest to the
+    latest of them (Airflow folds the events queued while a run was pending into one run: every
+    window that landed is validated and trained on, none is left in ``incoming/``); the day of
+    the logical date (on the daily schedule that is the run's data interval, and a backfill gives
     one logical date per day); the day the data interval starts.
 
     Parameters
@@ -170,13 +172,17 @@ def build_request(
         A parameter is out of range.
     """
     merged = _check_params(params or {})
-    extras = [dict(e) for e in asset_event_extras if e]
+    event_windows = [
+        _event_window(dict(e))
+        for e in asset_event_extras
+        if e and ("day" in e or "window_start" in e)
+    ]
     if merged["window_start"]:
         start = _as_day(merged["window_start"], "window_start")
         end_value = merged["window_end"]
-    elif extras and ("day" in extras[-1] or "window_start" in extras[-1]):
-        start = _as_day(extras[-1].get("window_start", extras[-1].get("day")), "asset event day")
-        end_value = extras[-1].get("window_end")
+    elif event_windows:
+        start = min(s for s, _ in event_windows)
+        end_value = max(e for _, e in event_windows).isoformat()
     elif logical_date is not None or data_interval_start is not None:
         start = _as_day(logical_date if logical_date is not None else data_interval_start,
                         "logical date")
@@ -198,6 +204,13 @@ def build_request(
         "dag_id": dag_id,
     }
     return {"request": request}
+
+
+def _event_window(extra: dict[str, Any]) -> tuple[date, date]:
+    """``[start, end)`` days of one asset event's extra (``day`` or ``window_start``/``_end``)."""
+    start = _as_day(extra.get("window_start", extra.get("day")), "asset event day")
+    end = extra.get("window_end")
+    return start, (_as_day(end, "asset event window_end") if end else start + timedelta(days=1))
 
 
 def request_from_context(context: Mapping[str, Any]) -> dict[str, Any]:

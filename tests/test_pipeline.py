@@ -59,10 +59,21 @@ def test_explicit_window_params_win_over_logical_date_and_asset_events():
 
 
 def test_asset_event_day_is_used_without_window_params():
-    extras = [{"day": "2026-11-09"}, {"day": "2026-11-10"}]
     state = pipeline.build_request({}, run_id="asset_triggered__x", logical_date=None,
+                                   asset_event_extras=[{"day": "2026-11-10"}])
+    assert pipeline.window_days(state["request"]) == ["2026-11-10"]
+
+
+def test_asset_events_folded_into_one_run_span_every_window():
+    """Events queued while a run was pending come in one run: none of their days is skipped."""
+    extras = [{"day": "2026-11-10"}, {}, {"window_start": "2026-11-07", "window_end": "2026-11-09"},
+              {"day": "2026-11-09"}]
+    state = pipeline.build_request({}, run_id="asset_triggered__y", logical_date=None,
                                    asset_event_extras=extras)
-    assert state["request"]["window_start"] == "2026-11-10"
+    assert pipeline.window_days(state["request"]) == [
+        "2026-11-07", "2026-11-08", "2026-11-09", "2026-11-10"]
+    with pytest.raises(pipeline.WindowError, match="asset event day"):
+        pipeline.build_request({}, run_id="z", asset_event_extras=[{"day": "soon"}])
 
 
 @pytest.mark.parametrize(
@@ -245,7 +256,8 @@ def test_request_from_an_airflow_context_uses_params_dates_and_asset_events():
         ]},
     }
     request = pipeline.request_from_context(context)["request"]
-    assert (request["window_start"], request["window_end"]) == ("2026-11-20", "2026-11-21")
+    # both events' days: the run was triggered by two updates
+    assert (request["window_start"], request["window_end"]) == ("2026-11-19", "2026-11-21")
     assert request["n_init"] == 5 and request["dag_id"] == "gmm_retrain"
     assert request["run_key"] == "asset_triggered__2026-11-21T03-00-00-00-00-e0393ea8"
     scheduled = {**context, "triggering_asset_events": {},
