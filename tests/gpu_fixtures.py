@@ -35,3 +35,28 @@ def random_params(X: np.ndarray, cov: str, k: int, n_restarts: int, seed: int = 
     else:
         covs = var.mean() * rng.uniform(0.3, 2.0, size=(n_restarts, k))
     return Params(weights, means, covs, cholesky_precisions(covs, cov, np))
+
+
+def init_kwargs(params: Params, r: int, shift: np.ndarray) -> dict:
+    """``GaussianMixture`` initial-parameter keywords of restart ``r`` of centred diag or
+    spherical ``params`` (means moved back by ``shift``)."""
+    one = params.take(r)
+    return dict(
+        weights_init=one.weights[0],
+        means_init=one.means[0] + shift,
+        precisions_init=one.precisions_cholesky[0] ** 2,
+    )
+
+
+def collapsing_fit() -> tuple[np.ndarray, dict]:
+    """Three point masses at -1, 0, 1 and an initialisation on them: with ``reg_covar=0`` the
+    middle component (at the data mean) gets variance 0, an ill-defined covariance."""
+    X = np.repeat(np.array([[-1.0, -1.0], [0.0, 0.0], [1.0, 1.0]]), 1000, axis=0)
+    kw = dict(
+        n_components=3,
+        covariance_type="diag",
+        means_init=[[-1.0, -1.0], [0.0, 0.0], [1.0, 1.0]],
+        precisions_init=np.full((3, 2), 1e6),
+        max_iter=50,
+    )
+    return X, kw

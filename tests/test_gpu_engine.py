@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gpu_fixtures import make_data, random_params
+from gpu_fixtures import collapsing_fit, init_kwargs, make_data, random_params
 
 from gmm_core import GaussianMixture, align_components
 from gmm_core._engine import cupy_unavailable_reason
@@ -162,17 +162,13 @@ def test_device_loop_matches_estimator_loop(cov, dtype):
     np.testing.assert_array_equal(cupy.asnumpy(again[0].means), cupy.asnumpy(got_params.means))
     rtol = 2e-4 if dtype == np.float32 else 1e-9
     for r in range(n_restarts):
-        one = params.take(r)
-        precisions = one.precisions_cholesky[0] ** 2
         ref = GaussianMixture(
             k,
             covariance_type=cov,
             tol=tol,
             max_iter=40,
-            weights_init=one.weights[0],
-            means_init=one.means[0] + shift,
-            precisions_init=precisions,
             backend="numpy",
+            **init_kwargs(params, r, shift),
         ).fit(X)
         assert n_iter[r] == ref.n_iter_
         assert bool(converged[r]) == ref.converged_
@@ -384,15 +380,13 @@ def test_tensor_core_fit_matches_scikit_learn():
 
     _tc_engine()
     X = make_data(60_000, 16, 12, np.float32, seed=9)
-    init = random_params(X, "diag", 12, 1, seed=3).take(0)
+    init = random_params(X, "diag", 12, 1, seed=3)
     kwargs = dict(
         n_components=12,
         covariance_type="diag",
         max_iter=30,
         tol=0,
-        weights_init=init.weights[0],
-        means_init=init.means[0] + X.mean(0, dtype=np.float64),
-        precisions_init=init.precisions_cholesky[0] ** 2,
+        **init_kwargs(init, 0, X.mean(0, dtype=np.float64)),
     )
     gm = GaussianMixture(backend="cupy", **kwargs).fit(X)
     ref = SkGaussianMixture(**kwargs).fit(X.astype(np.float64))
@@ -453,17 +447,9 @@ def test_small_kernel_matches_estimator_loop(n, d, k, cov, dtype):
     passes = CupyEngine(small_kernel=False)
     want = passes.run_em(passes.prepare(X, shift, cov), params.map(cupy.asarray), **kw)
     assert want is not None and not passes.last_run_info["small_kernel"]
-    one = params.take(0)
-    ref = GaussianMixture(
-        k,
-        covariance_type=cov,
-        tol=tol,
-        max_iter=45,
-        weights_init=one.weights[0],
-        means_init=one.means[0] + shift,
-        precisions_init=one.precisions_cholesky[0] ** 2,
-        backend="numpy",
-    ).fit(X)
+    init = init_kwargs(params, 0, shift)
+    ref = GaussianMixture(k, covariance_type=cov, tol=tol, max_iter=45, backend="numpy", **init)
+    ref = ref.fit(X)
     rtol = 2e-4 if dtype == np.float32 else 1e-9
     _, history, n_iter, converged = got
     assert n_iter[0] == ref.n_iter_ == want[2][0]
@@ -493,29 +479,15 @@ def test_small_kernel_only_for_one_restart_and_few_components():
         assert out is not None and not engine.last_run_info["small_kernel"], (n_restarts, d, k)
 
 
-def _collapsing_fit_kwargs() -> tuple[np.ndarray, dict]:
-    """Three point masses at -1, 0, 1: with reg_covar=0 the middle component has variance 0."""
-    X = np.repeat(np.array([[-1.0, -1.0], [0.0, 0.0], [1.0, 1.0]]), 1000, axis=0)
-    kw = dict(
-        n_components=3,
-        covariance_type="diag",
-        reg_covar=0.0,
-        means_init=[[-1.0, -1.0], [0.0, 0.0], [1.0, 1.0]],
-        precisions_init=np.full((3, 2), 1e6),
-        max_iter=50,
-    )
-    return X, kw
-
-
 @pytest.mark.parametrize("small_kernel", ["1", "0"])
 def test_ill_defined_covariance_raises_from_the_device_loop(small_kernel, monkeypatch):
     """A failed M-step on the device raises scikit-learn's error, as the NumPy backend does."""
-    X, kw = _collapsing_fit_kwargs()
+    X, kw = collapsing_fit()
     with pytest.raises(ValueError, match="ill-defined empirical covariance"):
-        GaussianMixture(backend="numpy", **kw).fit(X)
+        GaussianMixture(backend="numpy", reg_covar=0.0, **kw).fit(X)
     monkeypatch.setenv("GMM_CORE_SMALL_KERNEL", small_kernel)
     with pytest.raises(ValueError, match="ill-defined empirical covariance"):
-        GaussianMixture(backend="cupy", **kw).fit(X)
+        GaussianMixture(backend="cupy", reg_covar=0.0, **kw).fit(X)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gpu_fixtures import make_data, random_params
+from gpu_fixtures import collapsing_fit, make_data, random_params
 
 from gmm_core import GaussianMixture, align_components
 from gmm_core._engine import BACKENDS, cupy_unavailable_reason, get_engine
@@ -261,15 +261,8 @@ def test_device_exchange_bitwise_equal_to_peer_copies(cov, dtype):
 @needs_two_gpus
 def test_ill_defined_covariance_raises_from_every_device():
     """Every device's M-step fails alike: the error is raised; with reg_covar the fit works."""
-    X = np.repeat(np.array([[-1.0, -1.0], [0.0, 0.0], [1.0, 1.0]]), 1000, axis=0)
-    kw = dict(
-        n_components=3,
-        covariance_type="diag",
-        means_init=[[-1.0, -1.0], [0.0, 0.0], [1.0, 1.0]],
-        precisions_init=np.full((3, 2), 1e6),
-        max_iter=50,
-        backend="multigpu",
-    )
+    X, kw = collapsing_fit()
+    kw["backend"] = "multigpu"
     with pytest.raises(ValueError, match="ill-defined empirical covariance"):
         GaussianMixture(reg_covar=0.0, **kw).fit(X)
     fitted = GaussianMixture(reg_covar=1e-6, **kw).fit(X)

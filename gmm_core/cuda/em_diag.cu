@@ -1017,14 +1017,22 @@ template <typename T> struct SmallNT {
 #define GMM_SPIN_TIMEOUT_NS 20000000000ull
 #endif
 
-__device__ __forceinline__ unsigned ld_acquire_gpu(const unsigned* p) {
+// flags between the blocks of one grid (SYS = false: GPU scope) or between the GPUs of one host
+// (SYS = true: system scope, peer memory)
+template <bool SYS> __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
     unsigned v;
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    if constexpr (SYS)
+        asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    else
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     return v;
 }
 
-__device__ __forceinline__ void st_release_gpu(unsigned* p, unsigned v) {
-    asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+template <bool SYS> __device__ __forceinline__ void st_release(unsigned* p, unsigned v) {
+    if constexpr (SYS)
+        asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+    else
+        asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 
 __device__ __forceinline__ unsigned long long clock_ns() {
@@ -1037,7 +1045,7 @@ __device__ __forceinline__ unsigned long long clock_ns() {
 __device__ __forceinline__ bool wait_at_least(const unsigned* p, unsigned target,
                                               unsigned* timed_out) {
     const unsigned long long start = clock_ns();
-    while (ld_acquire_gpu(p) < target) {
+    while (ld_acquire<false>(p) < target) {
         if (clock_ns() - start > GMM_SPIN_TIMEOUT_NS) {
             atomicExch(timed_out, 1u);
             return false;
@@ -1201,7 +1209,7 @@ diag_em_small(const T* __restrict__ X, long long n_samples, int K, int steps,
         __threadfence();  // by every writer of the new parameters, before the flag
         __syncthreads();
         GMM_STAMP(true, step, 5);
-        if (t == 0) st_release_gpu(sync + 1, (unsigned)step + 1u);
+        if (t == 0) st_release<false>(sync + 1, (unsigned)step + 1u);
     }
 }
 
@@ -1226,16 +1234,6 @@ diag_em_small(const T* __restrict__ X, long long n_samples, int K, int steps,
 #ifndef GMM_PEER_TIMEOUT_NS
 #define GMM_PEER_TIMEOUT_NS 20000000000ull
 #endif
-
-__device__ __forceinline__ unsigned ld_acquire_sys(const unsigned* p) {
-    unsigned v;
-    asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-
-__device__ __forceinline__ void st_release_sys(unsigned* p, unsigned v) {
-    asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
-}
 
 template <typename T, int D, bool SPHERICAL>
 __global__ void __launch_bounds__(256, 1)
@@ -1269,7 +1267,7 @@ reduce_exchange_mstep(const double* __restrict__ partial, int n_blocks, int pstr
     __syncthreads();
     if (!s_last) return;
     __threadfence_system();  // every block's pushes precede the flags below
-    if (t < n_dev) st_release_sys(reinterpret_cast<unsigned*>(table[2 * t + 1]) + me, seq);
+    if (t < n_dev) st_release<true>(reinterpret_cast<unsigned*>(table[2 * t + 1]) + me, seq);
     __shared__ int s_late;
     if (t == 0) {
         const unsigned* flags = reinterpret_cast<const unsigned*>(table[2 * me + 1]);
@@ -1277,7 +1275,7 @@ reduce_exchange_mstep(const double* __restrict__ partial, int n_blocks, int pstr
         bool late = *timed_out != 0;  // an earlier round gave up: do not wait again
         for (int d = 0; d < n_dev && !late; ++d) {
             // (int)(flag - seq) < 0: flag behind seq, also across 2^32 wrap-around
-            while ((int)(ld_acquire_sys(flags + d) - seq) < 0) {
+            while ((int)(ld_acquire<true>(flags + d) - seq) < 0) {
                 if (clock_ns() - start > GMM_PEER_TIMEOUT_NS) {
                     late = true;
                     *timed_out = 1;
