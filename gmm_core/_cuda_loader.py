@@ -10,6 +10,7 @@ so a second process pays no compile time.
 from __future__ import annotations
 
 import functools
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,26 @@ COMPILE_OPTIONS = ("-std=c++17", f"-DGMM_NT={THREADS_PER_BLOCK}")
 
 #: seconds spent compiling modules in this process (benchmarks report it separately)
 compile_seconds = 0.0
+_LOCAL_INCLUDE = re.compile(r'^\s*#include\s+"([^"/]+\.cuh)"\s*$')
 
 
 @functools.cache
 def source(name: str) -> str:
-    """Text of ``gmm_core/cuda/<name>`` with a ``#line`` directive naming the file."""
+    """Text of ``gmm_core/cuda/<name>`` with ``#line`` directives naming the file.
+
+    Local headers (``#include "x.cuh"``) are pasted in, so that CuPy's kernel cache, keyed on
+    the source text, sees a change to a header too (NVRTC would read it from disk unhashed).
+    """
     path = CUDA_DIR / name
-    return f'#line 1 "{path}"\n' + path.read_text()
+    out = [f'#line 1 "{path}"']
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        match = _LOCAL_INCLUDE.match(line)
+        if match is None:
+            out.append(line)
+            continue
+        out.append(source(match.group(1)))
+        out.append(f'#line {number + 1} "{path}"')
+    return "\n".join(out) + "\n"
 
 
 def ctype(dtype: Any) -> str:
@@ -108,5 +122,11 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
         "full_constants<float, 32>",
         "full_constants<double, 5>",
         "full_constants<float, 48>",
+        "full_tc_params<32>",
+        "full_tc_params<1>",
+        "full_pass_tc<32>",
+        "full_pass_tc<5>",
+        "full_pass_tc<1>",
+        "full_pass_tc<24>",
     ),
 }

@@ -58,6 +58,13 @@ _SMALL_MAX_ACC = 40
 #: widest full covariance whose M-step and pass constants run as ``em_full.cu`` kernels (two
 #: float64 D x D matrices per block in static shared memory)
 _FULL_KERNEL_MAX_FEATURES = 48
+#: ``full_pass_tc`` (em_full.cu): widest data, components per block group, samples per tile,
+#: M-step components per warp, warps per block (``fulltc`` constants in the source)
+_FULL_TC_MAX_FEATURES = 32
+_FULL_TC_GROUP = 16
+_FULL_TC_TILE = 128
+_FULL_TC_CW = 2
+_FULL_TC_WARPS = 8
 #: geometry of ``diag_pass_tc`` (``tc::Geo`` in ``em_diag.cu``): samples per warp step
 _TC_SLAB = 16
 #: threads per block of ``diag_pass_tc``: 256 (W^T in registers, measured faster) or 128
@@ -89,6 +96,23 @@ def _max_carveout(kern: Any) -> None:
 
 def _round4(n: int) -> int:
     return (n + 3) // 4 * 4
+
+
+def full_tc_smem(n_features: int, n_components: int) -> int:
+    """Dynamic shared memory (bytes) of ``full_pass_tc<n_features>``.
+
+    The layout of ``full_tc_smem`` in ``em_full.cu`` (``tests/test_cuda_compile.py`` checks the
+    two agree).
+    """
+    ntd, mtd = -(-n_features // 8), -(-n_features // 16)
+    dm = 16 * mtd
+    xs = dm + (8 - dm % 32) % 32
+    npair = ntd * (ntd + 1) // 2
+    nfrag = sum(ntd - 2 * m for m in range(mtd))
+    k = n_components
+    doubles = _FULL_TC_WARPS * _FULL_TC_CW * nfrag * 4 * 32 + _FULL_TC_WARPS
+    floats = k * npair * 64 + k * 8 * ntd + _round4(k) + 2 * _FULL_TC_TILE * (xs + (k | 1))
+    return 8 * doubles + 4 * floats
 
 
 @dataclass
@@ -305,6 +329,8 @@ class CupyEngine:
     def accumulate(self, data: CupyData, params: Params, active: Any) -> Stats:
         """One pass over the data: log-likelihood and sufficient statistics of every restart."""
         n_restarts, n_components, n_features = params.means.shape
+        if self._full_tc_ok(data, n_components):
+            return self._accumulate_full_tc(data, params)
         if self._fused_ok(data, n_restarts, n_components):
             try:
                 return self._accumulate_fused(data, params)
@@ -825,6 +851,92 @@ class CupyEngine:
             ),
         )
         return out
+
+    # -- fused full-covariance pass on tensor cores ----------------------------------------------
+    def _full_tc_ok(self, data: CupyData, n_components: int) -> bool:
+        """Whether ``full_pass_tc`` serves this data (see ``tensor_cores``)."""
+        return (
+            self.tensor_cores
+            and data.covariance_type == "full"
+            and data.dtype == np.float32
+            and data.n_features <= _FULL_TC_MAX_FEATURES
+            and full_tc_smem(data.n_features, n_components) <= self._smem_optin
+        )
+
+    def _full_tc_kernels(self, n_features: int, smem: int) -> tuple[Any, Any, Any]:
+        names = (f"full_tc_params<{n_features}>", f"full_pass_tc<{n_features}>")
+        key = ("full-tc", *names, cupy.cuda.Device().id)
+        if key not in self._buffers:
+            mod = _cuda_loader.module("em_full.cu", names)
+            reduce = _cuda_loader.module("em_diag.cu", ("reduce_partials",))
+            kernels = (
+                mod.get_function(names[0]),
+                mod.get_function(names[1]),
+                reduce.get_function("reduce_partials"),
+            )
+            _max_carveout(kernels[1])
+            self._buffers[key] = kernels
+        kern_pass = self._buffers[key][1]
+        if kern_pass.max_dynamic_shared_size_bytes < smem:
+            kern_pass.max_dynamic_shared_size_bytes = smem
+        return self._buffers[key]
+
+    def _accumulate_full_tc(self, data: CupyData, params: Params) -> Stats:
+        """One ``full_pass_tc`` launch per row chunk; float64 statistics as ``_accumulate_gemm``."""
+        n_restarts, n_components, n_features = params.means.shape
+        R, K, D = n_restarts, n_components, n_features
+        rk = R * K
+        ntd = -(-D // 8)
+        smem = full_tc_smem(D, K)
+        kern_params, kern_pass, kern_reduce = self._full_tc_kernels(D, smem)
+        f64 = cupy.float64
+        ufrag = self._buffer("full-tc-u", (rk, ntd * (ntd + 1) // 2, 32, 2), cupy.float32)
+        bvec = self._buffer("full-tc-b", (rk, 8 * ntd), cupy.float32)
+        lconst = self._buffer("full-tc-c", (rk,), cupy.float32)
+        kern_params(
+            (rk,),
+            (256,),
+            (
+                cupy.ascontiguousarray(params.weights, dtype=f64),
+                cupy.ascontiguousarray(params.means, dtype=f64),
+                cupy.ascontiguousarray(params.precisions_cholesky, dtype=f64),
+                ufrag,
+                bvec,
+                lconst,
+            ),
+        )
+        groups = -(-K // _FULL_TC_GROUP)
+        pstride = rk * (1 + D + D * D) + R
+        longest = max(chunk.shape[0] for chunk in data.chunks)
+        n_blocks = max(1, min(self._n_sm, -(-longest // _FULL_TC_TILE)))
+        partial = self._buffer("full-tc-partial", (n_blocks, pstride), f64)
+        total: Any = None
+        for chunk in self.device_chunks(data):
+            blocks = max(1, min(n_blocks, -(-chunk.shape[0] // _FULL_TC_TILE)))
+            kern_pass(
+                (blocks, R * groups),
+                (_FULL_TC_WARPS * 32,),
+                (
+                    chunk,
+                    np.int64(chunk.shape[0]),
+                    np.int32(K),
+                    ufrag,
+                    bvec,
+                    lconst,
+                    np.int32(pstride),
+                    partial,
+                ),
+                shared_mem=smem,
+            )
+            out = cupy.empty(pstride, dtype=f64)
+            kern_reduce(
+                (-(-pstride // 32),), (32, 8), (partial, np.int32(blocks), np.int32(pstride), out)
+            )
+            total = out if total is None else total + out
+        nk = total[:rk].reshape(R, K)
+        sx = total[rk : rk * (1 + D)].reshape(R, K, D)
+        sxx = total[rk * (1 + D) : rk * (1 + D + D * D)].reshape(R, K, D, D)
+        return Stats(total[rk * (1 + D + D * D) :], nk, sx, sxx, data.n_samples)
 
     def _gemm_constants(self, data: CupyData, params: Params) -> dict[str, Any]:
         """Everything a chunk needs, in the fit dtype, computed once per pass."""

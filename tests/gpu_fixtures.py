@@ -38,13 +38,15 @@ def random_params(X: np.ndarray, cov: str, k: int, n_restarts: int, seed: int = 
 
 
 def init_kwargs(params: Params, r: int, shift: np.ndarray) -> dict:
-    """``GaussianMixture`` initial-parameter keywords of restart ``r`` of centred diag or
-    spherical ``params`` (means moved back by ``shift``)."""
+    """``GaussianMixture`` initial-parameter keywords of restart ``r`` of centred diag,
+    spherical or full ``params`` (means moved back by ``shift``)."""
     one = params.take(r)
+    pc = one.precisions_cholesky[0]
+    full = pc.ndim == 3  # (K, D, D): precision = U U^T
     return dict(
         weights_init=one.weights[0],
         means_init=one.means[0] + shift,
-        precisions_init=one.precisions_cholesky[0] ** 2,
+        precisions_init=pc @ np.swapaxes(pc, -1, -2) if full else pc**2,
     )
 
 

@@ -21,8 +21,13 @@ NVCC = shutil.which("nvcc") or (
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc (CUDA toolkit) is not installed")
 CU_FILES = sorted(CUDA_DIR.glob("*.cu"))
 # telemetry (float32, D=16, K=32, diag): the tensor-core pass, and the SIMT pass that serves
-# float64 data, GPUs older than sm_80 and GMM_CORE_TENSOR_CORES=0
-HOT_KERNELS = ("diag_pass_tc<16, 2, false, 256>", "diag_pass<float, 16, 1, false, false, false>")
+# float64 data, GPUs older than sm_80 and GMM_CORE_TENSOR_CORES=0; the full case (float32,
+# D=32, K=16): the fused full-covariance pass
+HOT_KERNELS = (
+    ("em_diag.cu", "diag_pass_tc<16, 2, false, 256>"),
+    ("em_diag.cu", "diag_pass<float, 16, 1, false, false, false>"),
+    ("em_full.cu", "full_pass_tc<32>"),
+)
 
 
 def test_every_cuda_source_has_sample_instances():
@@ -49,10 +54,10 @@ def test_cuda_source_compiles_for_sm90(path, tmp_path):
 
 
 @needs_nvcc
-@pytest.mark.parametrize("kernel", HOT_KERNELS)
-def test_hot_kernel_keeps_its_registers(kernel):
-    """The telemetry instantiations must not spill to local memory."""
-    path = CUDA_DIR / "em_diag.cu"
+@pytest.mark.parametrize(("source", "kernel"), HOT_KERNELS, ids=[k for _, k in HOT_KERNELS])
+def test_hot_kernel_keeps_its_registers(source, kernel):
+    """The benchmark cases' pass instantiations must not spill to local memory."""
+    path = CUDA_DIR / source
     proc = subprocess.run(
         [
             NVCC,
@@ -179,3 +184,28 @@ def test_device_loop_reads_flags_one_launch_late(stop, fail_at, max_iter, launch
         if entry[0] == "wait":  # waiting for launch n only once launch n + 1 is queued
             queued = sum(1 for e in stream.log[:i] if e[0] == "launch")
             assert queued == entry[1] + 1
+
+
+@needs_nvcc
+def test_full_tc_shared_memory_matches_the_kernel(tmp_path):
+    """The launcher's shared-memory size of full_pass_tc (gmm_core._cupy_engine.full_tc_smem) is
+    the kernel's own layout (full_tc_smem<D> in em_full.cu), computed by a host program built
+    with nvcc: a smaller launch would overrun shared memory, a larger one refuse to launch."""
+    ce = pytest.importorskip("gmm_core._cupy_engine")
+    shapes = [(d, k) for d in (1, 5, 8, 16, 17, 24, 31, 32) for k in (1, 2, 5, 16, 17, 30)]
+    program = tmp_path / "smem.cu"
+    lines = "\n".join(f'    std::printf("%zu\\n", full_tc_smem<{d}>({k}));' for d, k in shapes)
+    program.write_text(
+        f'#include <cstdio>\n#include "{CUDA_DIR / "em_full.cu"}"\nint main() {{\n{lines}\n}}\n'
+    )
+    exe = tmp_path / "smem"
+    build = subprocess.run(
+        [NVCC, "-arch=sm_90", *COMPILE_OPTIONS, "-o", str(exe), str(program)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True, check=True)
+    got = [int(v) for v in run.stdout.split()]
+    assert got == [ce.full_tc_smem(d, k) for d, k in shapes]

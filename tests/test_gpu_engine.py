@@ -416,6 +416,69 @@ def test_tensor_core_pass_streams_chunks():
     )
 
 
+@pytest.mark.parametrize(
+    ("n", "d", "k", "n_restarts", "chunk_rows"),
+    [
+        (20_011, 32, 16, 1, None),  # the benchmark's shape
+        (9_001, 5, 4, 3, None),  # D not a multiple of 8, several restarts
+        (12_000, 24, 17, 2, None),  # two component groups per restart
+        (3_001, 1, 3, 1, None),
+        (2_500, 8, 1, 1, None),
+        (20_003, 16, 6, 2, 3_001),  # streamed chunks, a partial last tile in each
+    ],
+)
+def test_full_tensor_core_pass_matches_numpy(n, d, k, n_restarts, chunk_rows):
+    """full_pass_tc (fused, 3xTF32) == the NumPy engine in float64 and the GEMM path."""
+    import cupy
+
+    from gmm_core._cupy_engine import CupyEngine
+
+    X = make_data(n, d, k, np.float32, seed=n + d)
+    params = random_params(X, "full", k, n_restarts, seed=d)
+    shift = X.mean(0)
+    np_engine = _engines()[0]
+    want = np_engine.accumulate(
+        np_engine.prepare(X, shift, "full"), params, np.ones(n_restarts, bool)
+    )
+    engine = _tc_engine()
+    if chunk_rows:
+        engine = CupyEngine(tensor_cores=True, memory_budget_bytes=100_000, chunk_rows=chunk_rows)
+    data = engine.prepare(X, shift, "full")
+    assert engine._full_tc_ok(data, k)
+    assert data.resident == (chunk_rows is None)
+    active = cupy.ones(n_restarts, bool)
+    got = engine.accumulate(data, params.map(cupy.asarray), active)
+    _assert_stats_close(got, want, RTOL[np.float32])
+    assert data._features is None  # no cached quadratic features: the GEMM path did not run
+    gemm = CupyEngine(tensor_cores=False)
+    d_gemm = gemm.prepare(X, shift, "full")
+    assert not gemm._full_tc_ok(d_gemm, k)
+    _assert_stats_close(got, gemm.accumulate(d_gemm, params.map(cupy.asarray), active), 2e-5)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_full_tensor_core_fit_matches_scikit_learn():
+    """GaussianMixture(backend='cupy', covariance_type='full') on float32 D=32 vs scikit-learn."""
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    _tc_engine()
+    X = make_data(40_000, 32, 8, np.float32, seed=11)
+    init = random_params(X, "full", 8, 1, seed=12)
+    kwargs = dict(
+        n_components=8,
+        covariance_type="full",
+        max_iter=20,
+        tol=0,
+        **init_kwargs(init, 0, X.mean(0, dtype=np.float64)),
+    )
+    gm = GaussianMixture(backend="cupy", **kwargs).fit(X)
+    ref = SkGaussianMixture(**kwargs).fit(X.astype(np.float64))
+    assert gm.backend_ == "cupy"
+    assert gm.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-4)
+    assert (gm.predict(X) == ref.predict(X.astype(np.float64))).mean() >= 0.999
+    np.testing.assert_allclose(gm.means_, ref.means_, rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.parametrize(
     ("n", "d", "k", "cov", "dtype"),

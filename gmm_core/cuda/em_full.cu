@@ -15,6 +15,8 @@
 //                    M = -1/2 [P_ij (x2 off the diagonal); -2 P mu], P = U U^T,
 //                    c = log w + sum log U_dd - D/2 log 2 pi - 1/2 mu^T P mu.
 
+#include "tc.cuh"
+
 #ifndef GMM_FULL_NT
 #define GMM_FULL_NT 256
 #endif
@@ -129,5 +131,404 @@ full_constants(const double* __restrict__ weights, const double* __restrict__ me
             log_det += log(s_u[d * DP + d]);
         }
         c[rk] = (T)(log(weights[rk]) + log_det - 0.5 * D * 1.83787706640934548356 - 0.5 * quad);
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The fused full-covariance pass on tensor cores (float32 data, D <= 32, sm_80+): one read of X
+// per EM iteration, no N x K array in global memory, both products of the pass as mma.sync
+// m16n8k8 TF32 in the 3xTF32 split of tc.cuh (float32-level accuracy), statistics in float64
+// across tiles. It replaces two memory-bound GEMMs over cached quadratic features (D(D+3)/2
+// values per row) and the CuPy softmax between them.
+//
+// Grid (blocks, R * groups): block (x, y) works on restart r = y / groups and computes, for the
+// tiles x, x + gridDim.x, ... of TM = 128 samples (one 16-sample slab per warp):
+//   E-step  (each warp, its slab, every component k of restart r)
+//           y = x U_k - mu_k U_k (the Cholesky-precision form of scikit-learn: no expanded
+//           quadratic form, no cancellation beyond that of x U_k - mu_k U_k), U_k upper
+//           triangular so only the NTD(NTD+1)/2 (k-step, n-tile) blocks with k-step <= n-tile
+//           are multiplied; log2 w_k N(x | k) = c_k - log2(e)/2 |y|^2 into shared memory.
+//   softmax (each warp, its slab) log-sum-exp over k, responsibilities into shared memory.
+//   -- block barrier (one per tile; tiles are double-buffered) --
+//   M-step statistics (each warp, components grp * 16 + w and grp * 16 + w + 8 of restart r,
+//           every slab of the tile): S2_k += (r_k x)^T x on the upper (m-tile, n-tile) blocks,
+//           A operand r_k x formed and split in registers, B operand x; sum r x and N_k from the
+//           same products in float32 registers.
+// float32 sums over GMM_FULL_TC_FLUSH tiles are added to float64 accumulators (S2: per warp in
+// shared memory, in fragment order; sum r x, N_k: registers). Partial per block x, float64:
+//   [N_k (RK)][sum r x (RK, D)][sum r x x^T (RK, D, D), both triangles][log-likelihood (R)]
+// written by the blocks of every group (statistics of its components) and group 0
+// (log-likelihood); reduce_partials (em_diag.cu) sums the blocks.
+
+#ifndef GMM_FULL_TC_FLUSH
+#define GMM_FULL_TC_FLUSH 1
+#endif
+#ifndef GMM_FULL_TC_EK
+#define GMM_FULL_TC_EK 2  // components per E-step iteration (independent mma chains)
+#endif
+
+namespace fulltc {
+constexpr int NT = 256, NW = NT / 32;
+constexpr int SLAB = 16;          // samples per warp (the E-step's m16 rows)
+constexpr int TM = NW * SLAB;     // samples per tile
+constexpr int CW = 2;             // M-step components per warp
+constexpr int GROUP = NW * CW;    // components whose statistics one block accumulates
+template <int D> struct Geo {
+    static_assert(D >= 1 && D <= 32, "tensor-core full pass: 1 <= D <= 32");
+    static constexpr int NTD = (D + 7) / 8;              // 8-feature tiles
+    static constexpr int DN = 8 * NTD;
+    static constexpr int MTD = (D + 15) / 16;            // 16-feature m-tiles of the M-step
+    static constexpr int DM = 16 * MTD;                  // padded features (zero columns)
+    static constexpr int XS = DM + ((8 - DM % 32) % 32 + 32) % 32;  // row stride = 8 mod 32
+    static constexpr int NPAIR = NTD * (NTD + 1) / 2;    // (k-step <= n-tile) blocks of U
+    static constexpr int LPL = (SLAB * D + 31) / 32;     // x values per lane per slab
+    // (m-tile, n-tile) blocks of S2 holding entries with col >= row: n-tile >= 2 m-tile
+    __host__ __device__ static constexpr int frag_base(int mt) {
+        int f = 0;
+        for (int m = 0; m < mt; ++m) f += NTD - 2 * m;
+        return f;
+    }
+    static constexpr int NFRAG = frag_base(MTD);
+};
+__device__ __forceinline__ double warp_sum(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+}  // namespace fulltc
+
+// E-step operands of every (restart, component): U in fragment order (pair p = nt (nt + 1) / 2
+// + ks, lane (g, q): U[8 ks + q][8 nt + g], U[8 ks + q + 4][8 nt + g]), mu U (padded to DN) and
+// (log w + sum log U_dd - D/2 log 2pi) log2(e), all float32. One block per (restart, component).
+template <int D>
+__global__ void __launch_bounds__(GMM_FULL_NT)
+full_tc_params(const double* __restrict__ weights, const double* __restrict__ means,
+               const double* __restrict__ pchol, float2* __restrict__ ufrag,
+               float* __restrict__ bvec, float* __restrict__ lconst) {
+    using G = fulltc::Geo<D>;
+    constexpr int NT = GMM_FULL_NT;
+    const int rk = blockIdx.x, t = threadIdx.x;
+    const double* u = pchol + (size_t)rk * D * D;
+    const double* mu = means + (size_t)rk * D;
+    for (int i = t; i < G::NPAIR * 32; i += NT) {
+        const int p = i / 32, lane = i % 32, g = lane >> 2, q = lane & 3;
+        int nt = 0;
+        while ((nt + 1) * (nt + 2) / 2 <= p) ++nt;
+        const int ks = p - nt * (nt + 1) / 2;
+        const int col = 8 * nt + g, r0 = 8 * ks + q, r1 = r0 + 4;
+        ufrag[(size_t)rk * G::NPAIR * 32 + i] =
+            make_float2(r0 < D && col < D ? (float)u[r0 * D + col] : 0.0f,
+                        r1 < D && col < D ? (float)u[r1 * D + col] : 0.0f);
+    }
+    for (int j = t; j < G::DN; j += NT) {
+        double v = 0.0;
+        if (j < D)
+            for (int i = 0; i < D; ++i) v += mu[i] * u[i * D + j];
+        bvec[(size_t)rk * G::DN + j] = (float)v;
+    }
+    if (t == 0) {
+        double log_det = 0.0;
+        for (int d = 0; d < D; ++d) log_det += log(u[d * D + d]);
+        lconst[rk] = (float)((log(weights[rk]) + log_det - 0.5 * D * 1.83787706640934548356) *
+                             1.44269504088896340736);
+    }
+}
+
+// Dynamic shared memory (bytes) of full_pass_tc<D> for K components (the launcher mirrors it).
+template <int D> __host__ __device__ constexpr size_t full_tc_smem(int K) {
+    using G = fulltc::Geo<D>;
+    const int KP = K | 1;
+    return sizeof(double) * ((size_t)fulltc::NW * fulltc::CW * G::NFRAG * 4 * 32 + fulltc::NW) +
+           sizeof(float) * ((size_t)K * G::NPAIR * 64 + (size_t)K * G::DN + ((K + 3) & ~3) +
+                            2 * (size_t)fulltc::TM * G::XS + 2 * (size_t)fulltc::TM * KP);
+}
+
+template <int D>
+__global__ void __launch_bounds__(fulltc::NT, 1)
+full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
+             const float2* __restrict__ ufrag, const float* __restrict__ bvec,
+             const float* __restrict__ lconst, int pstride, double* __restrict__ partial) {
+    using G = fulltc::Geo<D>;
+    constexpr int NT = fulltc::NT, NW = fulltc::NW, SLAB = fulltc::SLAB, TM = fulltc::TM;
+    constexpr int CW = fulltc::CW, NTD = G::NTD, DN = G::DN, MTD = G::MTD, XS = G::XS;
+    constexpr int NPAIR = G::NPAIR, NFRAG = G::NFRAG, EK = GMM_FULL_TC_EK;
+    constexpr float L2E = 1.4426950408889634f, HL2E = 0.5f * L2E;
+    constexpr unsigned FULL = 0xffffffffu;
+    const int K = n_components, KP = K | 1;
+    const int groups = (K + fulltc::GROUP - 1) / fulltc::GROUP;
+    const int r = blockIdx.y / groups, grp = blockIdx.y % groups, R = gridDim.y / groups;
+    const int t = threadIdx.x, lane = t & 31, w = t >> 5, g = lane >> 2, q = lane & 3;
+
+    extern __shared__ __align__(16) unsigned char smem[];
+    double* s_acc = reinterpret_cast<double*>(smem);              // NW CW NFRAG 4 32
+    double* s_ll = s_acc + NW * CW * NFRAG * 4 * 32;              // NW
+    float2* s_u = reinterpret_cast<float2*>(s_ll + NW);           // K NPAIR 32
+    float* s_b = reinterpret_cast<float*>(s_u + K * NPAIR * 32);  // K DN
+    float* s_c = s_b + K * DN;                                     // K (padded to 4)
+    float* s_x = s_c + ((K + 3) & ~3);                             // 2 TM XS
+    float* s_r = s_x + 2 * TM * XS;                                // 2 TM KP
+
+    const int rk0 = r * K;
+    for (int i = t; i < K * NPAIR * 32; i += NT) s_u[i] = ufrag[(size_t)rk0 * NPAIR * 32 + i];
+    for (int i = t; i < K * DN; i += NT) s_b[i] = bvec[(size_t)rk0 * DN + i];
+    for (int i = t; i < K; i += NT) s_c[i] = lconst[rk0 + i];
+    for (int i = t; i < NW * CW * NFRAG * 4 * 32; i += NT) s_acc[i] = 0.0;
+    for (int i = t; i < 2 * TM * XS; i += NT) s_x[i] = 0.0f;  // padding columns stay zero
+    __syncthreads();
+
+    // this warp's M-step components (warp-uniform)
+    int mk[CW];
+    bool mon[CW];
+#pragma unroll
+    for (int c = 0; c < CW; ++c) {
+        mk[c] = grp * fulltc::GROUP + w + NW * c;
+        mon[c] = mk[c] < K;
+    }
+    float acc[CW][NFRAG][4], s1[CW][MTD][2], nkf[CW];
+    double s1d[CW][MTD][2], nkd[CW];
+#pragma unroll
+    for (int c = 0; c < CW; ++c) {
+        nkf[c] = 0.0f;
+        nkd[c] = 0.0;
+#pragma unroll
+        for (int f = 0; f < NFRAG; ++f)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[c][f][i] = 0.0f;
+#pragma unroll
+        for (int mt = 0; mt < MTD; ++mt) {
+            s1[c][mt][0] = s1[c][mt][1] = 0.0f;
+            s1d[c][mt][0] = s1d[c][mt][1] = 0.0;
+        }
+    }
+    double ll = 0.0;  // log2 units
+    auto flush = [&]() {
+#pragma unroll
+        for (int c = 0; c < CW; ++c) {
+            double* a = s_acc + (size_t)(w * CW + c) * NFRAG * 4 * 32 + lane;
+#pragma unroll
+            for (int f = 0; f < NFRAG; ++f)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    a[(f * 4 + i) * 32] += (double)acc[c][f][i];
+                    acc[c][f][i] = 0.0f;
+                }
+#pragma unroll
+            for (int mt = 0; mt < MTD; ++mt)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    s1d[c][mt][h] += (double)s1[c][mt][h];
+                    s1[c][mt][h] = 0.0f;
+                }
+            nkd[c] += (double)nkf[c];
+            nkf[c] = 0.0f;
+        }
+    };
+
+    const long long n_tiles = (n_samples + TM - 1) / TM;
+    const long long tstep = gridDim.x;
+    long long tile = blockIdx.x;
+    float pre[G::LPL];
+    auto fetch = [&](long long tl) {  // this warp's slab of tile tl (zeros past the end)
+        const long long base = (tl * TM + w * SLAB) * D, end = n_samples * D;
+#pragma unroll
+        for (int i = 0; i < G::LPL; ++i) {
+            const int e = lane + 32 * i;
+            pre[i] = 0.0f;
+            if (e < SLAB * D && tl < n_tiles && base + e < end) pre[i] = __ldg(X + base + e);
+        }
+    };
+    auto store = [&](int b) {
+        float* xs = s_x + b * TM * XS + w * SLAB * XS;
+#pragma unroll
+        for (int i = 0; i < G::LPL; ++i) {
+            const int e = lane + 32 * i;
+            if (e < SLAB * D) xs[(e / D) * XS + e % D] = pre[i];
+        }
+    };
+    int buf = 0, since_flush = 0;
+    fetch(tile);
+    store(0);
+    fetch(tile + tstep);
+    __syncwarp();
+    for (; tile < n_tiles; tile += tstep) {
+        __syncwarp();  // this warp's stores of its slab are visible to all its lanes
+        // -- E-step: this warp's slab, every component of restart r --------------------------------
+        const float* xw = s_x + buf * TM * XS + w * SLAB * XS;
+        float* lw = s_r + buf * TM * KP + w * SLAB * KP;
+        unsigned ah[NTD][4], al[NTD][4];
+#pragma unroll
+        for (int ks = 0; ks < NTD; ++ks) {
+            const int o = g * XS + 8 * ks + q;
+            tc::split(xw[o], ah[ks][0], al[ks][0]);
+            tc::split(xw[o + 8 * XS], ah[ks][1], al[ks][1]);
+            tc::split(xw[o + 4], ah[ks][2], al[ks][2]);
+            tc::split(xw[o + 8 * XS + 4], ah[ks][3], al[ks][3]);
+        }
+#pragma unroll 1
+        for (int k0 = 0; k0 < K; k0 += EK) {
+            float y[EK][NTD][4];
+#pragma unroll
+            for (int e = 0; e < EK; ++e)
+#pragma unroll
+                for (int nt = 0; nt < NTD; ++nt)
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) y[e][nt][i] = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < NTD; ++nt)
+#pragma unroll
+                for (int ks = 0; ks <= nt; ++ks)
+#pragma unroll
+                    for (int e = 0; e < EK; ++e) {
+                        if (e > 0 && k0 + e >= K) continue;  // warp-uniform
+                        const float2 u = s_u[((k0 + e) * NPAIR + nt * (nt + 1) / 2 + ks) * 32 + lane];
+                        unsigned bh0, bl0, bh1, bl1;
+                        tc::split(u.x, bh0, bl0);
+                        tc::split(u.y, bh1, bl1);
+                        tc::mma3(y[e][nt], ah[ks], al[ks], bh0, bh1, bl0, bl1);
+                    }
+#pragma unroll
+            for (int e = 0; e < EK; ++e) {
+                const int k = k0 + e;
+                if (e > 0 && k >= K) continue;
+                float m0 = 0.0f, m1 = 0.0f;  // |y|^2 of samples g and g + 8, this lane's columns
+#pragma unroll
+                for (int nt = 0; nt < NTD; ++nt) {
+                    const float2 b = *reinterpret_cast<const float2*>(s_b + k * DN + 8 * nt + 2 * q);
+                    float v = y[e][nt][0] - b.x;
+                    m0 = fmaf(v, v, m0);
+                    v = y[e][nt][1] - b.y;
+                    m0 = fmaf(v, v, m0);
+                    v = y[e][nt][2] - b.x;
+                    m1 = fmaf(v, v, m1);
+                    v = y[e][nt][3] - b.y;
+                    m1 = fmaf(v, v, m1);
+                }
+                m0 += __shfl_xor_sync(FULL, m0, 1);
+                m0 += __shfl_xor_sync(FULL, m0, 2);
+                m1 += __shfl_xor_sync(FULL, m1, 1);
+                m1 += __shfl_xor_sync(FULL, m1, 2);
+                if (q == 0) {
+                    lw[g * KP + k] = s_c[k] - HL2E * m0;
+                    lw[(g + 8) * KP + k] = s_c[k] - HL2E * m1;
+                }
+            }
+        }
+        __syncwarp();
+        // -- log-sum-exp and responsibilities: two lanes per sample ----------------------------
+        {
+            const int n = lane >> 1, h = lane & 1;
+            float* row = lw + n * KP;
+            float mx = __int_as_float(0xff800000);
+            for (int k = h; k < K; k += 2) mx = fmaxf(mx, row[k]);
+            mx = fmaxf(mx, __shfl_xor_sync(FULL, mx, 1));
+            float sm = 0.0f;
+            for (int k = h; k < K; k += 2) {
+                const float e = tc::ex2(row[k] - mx);
+                row[k] = e;
+                sm += e;
+            }
+            sm += __shfl_xor_sync(FULL, sm, 1);
+            const bool valid = tile * TM + w * SLAB + n < n_samples;
+            const float inv = valid ? __fdividef(1.0f, sm) : 0.0f;
+            for (int k = h; k < K; k += 2) row[k] *= inv;
+            if (valid && h == 0) ll += (double)(mx + tc::lg2(sm));
+        }
+        __syncthreads();  // this tile's responsibilities complete; the previous M-step done
+        store(buf ^ 1);   // the next tile's slab, read by this warp's next E-step
+        fetch(tile + 2 * tstep);
+
+        // -- M-step statistics: this warp's components over the tile's slabs -------------------
+        const float* xt = s_x + buf * TM * XS;
+        const float* rt = s_r + buf * TM * KP;
+#pragma unroll 1
+        for (int s = 0; s < NW; ++s) {
+#pragma unroll
+            for (int ks = 0; ks < 2; ++ks) {
+                const int n0 = s * SLAB + 8 * ks + q;  // samples n0 and n0 + 4 of this lane
+                float xv[2][2 * MTD];                  // x[n0 + 4 h][8 nt + g]
+#pragma unroll
+                for (int h = 0; h < 2; ++h)
+#pragma unroll
+                    for (int nt = 0; nt < 2 * MTD; ++nt) xv[h][nt] = xt[(n0 + 4 * h) * XS + 8 * nt + g];
+                unsigned bh[NTD][2], bl[NTD][2];
+#pragma unroll
+                for (int nt = 0; nt < NTD; ++nt) {
+                    tc::split(xv[0][nt], bh[nt][0], bl[nt][0]);
+                    tc::split(xv[1][nt], bh[nt][1], bl[nt][1]);
+                }
+#pragma unroll
+                for (int c = 0; c < CW; ++c) {
+                    if (!mon[c]) continue;  // warp-uniform
+                    const float r0 = rt[n0 * KP + mk[c]], r1 = rt[(n0 + 4) * KP + mk[c]];
+                    nkf[c] += r0 + r1;
+#pragma unroll
+                    for (int mt = 0; mt < MTD; ++mt) {
+                        const float v[4] = {r0 * xv[0][2 * mt], r0 * xv[0][2 * mt + 1],
+                                            r1 * xv[1][2 * mt], r1 * xv[1][2 * mt + 1]};
+                        s1[c][mt][0] += v[0] + v[2];
+                        s1[c][mt][1] += v[1] + v[3];
+                        unsigned ah2[4], al2[4];
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) tc::split(v[i], ah2[i], al2[i]);
+#pragma unroll
+                        for (int nt = 2 * mt; nt < NTD; ++nt)
+                            tc::mma3(acc[c][G::frag_base(mt) + nt - 2 * mt], ah2, al2, bh[nt][0],
+                                     bh[nt][1], bl[nt][0], bl[nt][1]);
+                    }
+                }
+            }
+        }
+        if (++since_flush == GMM_FULL_TC_FLUSH) {
+            flush();
+            since_flush = 0;
+        }
+        buf ^= 1;
+    }
+    flush();
+    const double wll = fulltc::warp_sum(ll);
+    if (lane == 0) s_ll[w] = wll;
+    __syncthreads();
+
+    // block partial: this group's statistics, restart r's log-likelihood (group 0)
+    double* out = partial + (size_t)blockIdx.x * pstride;
+    const int RK = R * K;
+#pragma unroll
+    for (int c = 0; c < CW; ++c) {
+        if (!mon[c]) continue;
+        const int rk = rk0 + mk[c];
+        double v = nkd[c];
+        v += __shfl_xor_sync(FULL, v, 1);
+        v += __shfl_xor_sync(FULL, v, 2);
+        if (lane == 0) out[rk] = v;
+#pragma unroll
+        for (int mt = 0; mt < MTD; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                double sv = s1d[c][mt][h];
+                sv += __shfl_xor_sync(FULL, sv, 1);
+                sv += __shfl_xor_sync(FULL, sv, 2);
+                const int d = 16 * mt + 8 * h + g;
+                if (q == 0 && d < D) out[RK + (size_t)rk * D + d] = sv;
+            }
+        const double* a = s_acc + (size_t)(w * CW + c) * NFRAG * 4 * 32 + lane;
+        double* sxx = out + RK + (size_t)RK * D + (size_t)rk * D * D;
+#pragma unroll
+        for (int mt = 0; mt < MTD; ++mt)
+#pragma unroll
+            for (int nt = 2 * mt; nt < NTD; ++nt)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const int row = 16 * mt + g + 8 * (i >> 1), col = 8 * nt + 2 * q + (i & 1);
+                    if (row < D && col < D && col >= row) {
+                        const double sv = a[((G::frag_base(mt) + nt - 2 * mt) * 4 + i) * 32];
+                        sxx[row * D + col] = sv;
+                        sxx[col * D + row] = sv;
+                    }
+                }
+    }
+    if (grp == 0 && t == 0) {
+        double v = 0.0;
+        for (int ww = 0; ww < NW; ++ww) v += s_ll[ww];
+        out[(size_t)RK * (1 + D + D * D) + r] = v * 0.6931471805599453;
     }
 }

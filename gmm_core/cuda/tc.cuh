@@ -1,0 +1,43 @@
+// Tensor-core helpers shared by the fused passes (em_diag.cu, em_full.cu): the 3xTF32 split,
+// mma.sync m16n8k8 TF32 and the approximate exp2 / log2 the passes use for log-sum-exp.
+#pragma once
+
+namespace tc {
+// hi = x truncated to TF32 (one LOP3; cvt.rna is emulated in several instructions), lo = the
+// exact float32 rest, of which the mma reads the top 10 mantissa bits: hi + lo carries x to
+// ~2^-21 relative
+__device__ __forceinline__ void split(float x, unsigned& hi, unsigned& lo) {
+    hi = __float_as_uint(x) & 0xffffe000u;
+    lo = __float_as_uint(x - __uint_as_float(hi));
+}
+// 2^x and log2 without the denormal fix-ups of __expf / __logf (results below 2^-126 flush to 0)
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float lg2(float x) {
+    float y;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ void mma(float (&c)[4], const unsigned (&a)[4], unsigned b0,
+                                    unsigned b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    __trap();  // the launcher never picks this kernel below sm_80
+#endif
+}
+// c += a b in 3xTF32, small products first
+__device__ __forceinline__ void mma3(float (&c)[4], const unsigned (&ah)[4],
+                                     const unsigned (&al)[4], unsigned bh0, unsigned bh1,
+                                     unsigned bl0, unsigned bl1) {
+    mma(c, al, bh0, bh1);
+    mma(c, ah, bl0, bl1);
+    mma(c, ah, bh0, bh1);
+}
+}  // namespace tc
