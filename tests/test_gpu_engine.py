@@ -453,7 +453,10 @@ def test_full_tensor_core_pass_matches_numpy(n, d, k, n_restarts, chunk_rows):
     gemm = CupyEngine(tensor_cores=False)
     d_gemm = gemm.prepare(X, shift, "full")
     assert not gemm._full_tc_ok(d_gemm, k)
-    _assert_stats_close(got, gemm.accumulate(d_gemm, params.map(cupy.asarray), active), 2e-5)
+    if k > 1:  # (one component: sum r x is the centred data's sum, ~0, where two float32 paths
+        # differ by their rounding; the float64 reference above is the check there)
+        from_gemm = gemm.accumulate(d_gemm, params.map(cupy.asarray), active)
+        _assert_stats_close(got, from_gemm, RTOL[np.float32])
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")

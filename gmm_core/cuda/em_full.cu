@@ -160,11 +160,13 @@ full_constants(const double* __restrict__ weights, const double* __restrict__ me
 // written by the blocks of every group (statistics of its components) and group 0
 // (log-likelihood); reduce_partials (em_diag.cu) sums the blocks.
 
+// Defaults measured on an H200 (benchmarks/tune_full.py, 1M x 32, K=16): EK 1 / 2 / 4 and
+// FLUSH 1 / 4 gave 0.98 / 1.08 / 1.07 ms and 0.93 / 1.00 / 0.98 ms per pass.
 #ifndef GMM_FULL_TC_FLUSH
-#define GMM_FULL_TC_FLUSH 1
+#define GMM_FULL_TC_FLUSH 4  // tiles (of 128 samples) summed in float32
 #endif
 #ifndef GMM_FULL_TC_EK
-#define GMM_FULL_TC_EK 2  // components per E-step iteration (independent mma chains)
+#define GMM_FULL_TC_EK 1  // components per E-step iteration
 #endif
 
 namespace fulltc {
