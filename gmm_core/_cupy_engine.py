@@ -1,4 +1,4 @@
-"""The CuPy engine: fused CUDA passes for diag/spherical, cuBLAS GEMMs for full/tied.
+"""The CuPy engine: fused CUDA passes for diag/spherical and full, cuBLAS GEMMs otherwise.
 
 diag and spherical
     One kernel per pass (``cuda/em_diag.cu``) reads every sample once for all restarts, computes
@@ -9,9 +9,15 @@ diag and spherical
     tensor cores (3xTF32), see ``tensor_cores``. :meth:`CupyEngine.run_em` additionally runs
     whole EM iterations (pass, reduction, M-step, convergence test) as kernels captured in a CUDA
     graph, with a host check every ``graph_steps`` iterations.
-full and tied
-    The Cholesky-precision formulation as GEMMs over row chunks: ``X @ [U_1 ... U_RK]`` for the
-    log-densities, ``resp^T X`` and ``(resp * X)^T X`` for the statistics.
+full
+    float32 data with up to 32 features: ``full_pass_tc`` (``cuda/em_full.cu``), one fused pass
+    per iteration on tensor cores (3xTF32): ``y = x U_k - mu_k U_k`` for the log-densities, the
+    softmax in shared memory, ``(r_k x)^T x`` for the statistics, float64 across tiles. Otherwise
+    (float64 data, more features, ``tensor_cores`` off) two GEMMs over row chunks of quadratic
+    features ``[x_i x_j (i <= j), x]``: log-densities, then ``resp^T features``.
+tied
+    The Cholesky-precision formulation as GEMMs over row chunks: ``X @ U_r`` for the
+    log-densities, ``resp^T X`` and ``X^T X`` for the statistics.
 
 Data that fit the memory budget stay on the device; otherwise they are streamed from host memory
 in row chunks with the same result. A ``cupy`` out-of-memory error while uploading falls back to
@@ -177,10 +183,12 @@ class CupyEngine:
     shared_accumulators : bool, default=False
         Fused kernel variant keeping its float64 accumulators in shared memory (fewer registers).
     tensor_cores : bool, optional
-        Run the fused diag pass on tensor cores (3xTF32, ``diag_pass_tc``) where it applies:
-        float32 diag data with ``n_features`` in {4, 8, 12, 16}, ``n_components <= 32``, compute
-        capability 8.0 or newer. Default: the ``GMM_CORE_TENSOR_CORES`` environment variable
-        (``0`` turns it off), else on.
+        Run the fused passes on tensor cores (3xTF32) where they apply, on compute capability
+        8.0 or newer: ``diag_pass_tc`` for float32 diag data with ``n_features`` in
+        {4, 8, 12, 16} and ``n_components <= 32``; ``full_pass_tc`` for float32 full-covariance
+        data with ``n_features <= 32`` where its operands fit the per-block shared memory (on an
+        H100/H200: up to 25 components with 32 features, 85 with 16). Default: the
+        ``GMM_CORE_TENSOR_CORES`` environment variable (``0`` turns it off), else on.
     small_kernel : bool, optional
         Run :meth:`run_em` on small problems (one restart, up to 8 components, at most
         ``2**21`` rows, few statistics: e.g. Blobs 500k x 2, K=5) as ``diag_em_small``: many
