@@ -71,6 +71,8 @@ _FULL_TC_GROUP = 16
 _FULL_TC_TILE = 128
 _FULL_TC_CW = 2
 _FULL_TC_WARPS = 8
+#: largest float64 block-partial buffer of ``full_pass_tc`` (bytes)
+_FULL_TC_PARTIAL_BYTES = 1 << 28
 #: geometry of ``diag_pass_tc`` (``tc::Geo`` in ``em_diag.cu``): samples per warp step
 _TC_SLAB = 16
 #: threads per block of ``diag_pass_tc``: 256 (W^T in registers, measured faster) or 128
@@ -117,7 +119,7 @@ def full_tc_smem(n_features: int, n_components: int) -> int:
     nfrag = sum(ntd - 2 * m for m in range(mtd))
     k = n_components
     doubles = _FULL_TC_WARPS * _FULL_TC_CW * nfrag * 4 * 32 + _FULL_TC_WARPS
-    floats = k * npair * 64 + k * 8 * ntd + _round4(k) + 2 * _FULL_TC_TILE * (xs + (k | 1))
+    floats = k * (npair * 64 + 8 * ntd + dm) + 2 * _round4(k) + 2 * _FULL_TC_TILE * (xs + (k | 1))
     return 8 * doubles + 4 * floats
 
 
@@ -187,7 +189,7 @@ class CupyEngine:
         8.0 or newer: ``diag_pass_tc`` for float32 diag data with ``n_features`` in
         {4, 8, 12, 16} and ``n_components <= 32``; ``full_pass_tc`` for float32 full-covariance
         data with ``n_features <= 32`` where its operands fit the per-block shared memory (on an
-        H100/H200: up to 25 components with 32 features, 85 with 16). Default: the
+        H100/H200: up to 23 components with 32 features, 81 with 16). Default: the
         ``GMM_CORE_TENSOR_CORES`` environment variable (``0`` turns it off), else on.
     small_kernel : bool, optional
         Run :meth:`run_em` on small problems (one restart, up to 8 components, at most
@@ -901,6 +903,8 @@ class CupyEngine:
         ufrag = self._buffer("full-tc-u", (rk, ntd * (ntd + 1) // 2, 32, 2), cupy.float32)
         bvec = self._buffer("full-tc-b", (rk, 8 * ntd), cupy.float32)
         lconst = self._buffer("full-tc-c", (rk,), cupy.float32)
+        mvec = self._buffer("full-tc-m", (rk, 16 * -(-D // 16)), cupy.float32)
+        far = self._buffer("full-tc-far", (rk,), cupy.int32)
         kern_params(
             (rk,),
             (256,),
@@ -911,18 +915,23 @@ class CupyEngine:
                 ufrag,
                 bvec,
                 lconst,
+                mvec,
+                far,
             ),
         )
         groups = -(-K // _FULL_TC_GROUP)
         pstride = rk * (1 + D + D * D) + R
         longest = max(chunk.shape[0] for chunk in data.chunks)
         n_blocks = max(1, min(self._n_sm, -(-longest // _FULL_TC_TILE)))
+        # many restarts: fewer blocks per restart keep the partials within _FULL_TC_PARTIAL_BYTES
+        # (the grid's R * groups rows of blocks still fill the device)
+        n_blocks = max(1, min(n_blocks, _FULL_TC_PARTIAL_BYTES // (8 * pstride)))
         partial = self._buffer("full-tc-partial", (n_blocks, pstride), f64)
         total: Any = None
         for chunk in self.device_chunks(data):
             blocks = max(1, min(n_blocks, -(-chunk.shape[0] // _FULL_TC_TILE)))
-            kern_pass(
-                (blocks, R * groups),
+            kern_pass(  # restarts (and component groups) fastest: a tile is read from HBM once
+                (R * groups, blocks),
                 (_FULL_TC_WARPS * 32,),
                 (
                     chunk,
@@ -931,6 +940,8 @@ class CupyEngine:
                     ufrag,
                     bvec,
                     lconst,
+                    mvec,
+                    far,
                     np.int32(pstride),
                     partial,
                 ),

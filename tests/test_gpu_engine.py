@@ -425,6 +425,7 @@ def test_tensor_core_pass_streams_chunks():
         (3_001, 1, 3, 1, None),
         (2_500, 8, 1, 1, None),
         (20_003, 16, 6, 2, 3_001),  # streamed chunks, a partial last tile in each
+        (200_003, 32, 5, 1, None),  # ~12 tiles per block: the float32 -> float64 flushes
     ],
 )
 def test_full_tensor_core_pass_matches_numpy(n, d, k, n_restarts, chunk_rows):
@@ -457,6 +458,38 @@ def test_full_tensor_core_pass_matches_numpy(n, d, k, n_restarts, chunk_rows):
         # differ by their rounding; the float64 reference above is the check there)
         from_gemm = gemm.accumulate(d_gemm, params.map(cupy.asarray), active)
         _assert_stats_close(got, from_gemm, RTOL[np.float32])
+
+
+def test_full_tensor_core_pass_is_accurate_for_a_far_tight_component():
+    """A tight component far from the data mean (|mu / sigma| ~ 3e4): full_pass_tc centres its
+    E-step and its statistics, so the covariance computed from them keeps its digits (uncentred
+    float32 second moments would lose (|mu| / sigma)^2 ~ 1e9 to cancellation)."""
+    import cupy
+
+    from gmm_core._gaussian import cholesky_precisions, m_step
+
+    rng = np.random.default_rng(6)
+    X = make_data(40_000, 8, 5, np.float32, seed=6)
+    far = 300.0 + 0.01 * rng.standard_normal((900, 8)) @ np.diag(np.linspace(1, 2, 8))
+    X = np.concatenate([X, far.astype(np.float32)])
+    shift = X.mean(0, dtype=np.float64)
+    params = random_params(X, "full", 6, 1, seed=7)
+    params.means[0, 5] = far.mean(0) - shift + 1e-3  # near the cluster's mean, not at it
+    params.covariances[0, 5] = np.cov(far.T) * 1.5
+    params.precisions_cholesky[0, 5] = cholesky_precisions(params.covariances[:, 5:6], "full", np)[
+        0, 0
+    ]
+    np_engine = _engines()[0]
+    want = np_engine.accumulate(np_engine.prepare(X, shift, "full"), params, np.ones(1, bool))
+    assert float(want.nk[0, 5]) == pytest.approx(900, rel=1e-3)  # the far points are its own
+    engine = _tc_engine()
+    data = engine.prepare(X, shift, "full")
+    assert engine._full_tc_ok(data, 6)
+    got = engine.accumulate(data, params.map(cupy.asarray), cupy.ones(1, bool))
+    _assert_stats_close(got, want, RTOL[np.float32])
+    cov_got = cupy.asnumpy(m_step(got, "full", 1e-12, 1e-10, cupy).covariances[0, 5])
+    cov_want = m_step(want, "full", 1e-12, 1e-10, np).covariances[0, 5]
+    np.testing.assert_allclose(cov_got, cov_want, rtol=1e-3, atol=1e-3 * np.abs(cov_want).max())
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")

@@ -141,32 +141,41 @@ full_constants(const double* __restrict__ weights, const double* __restrict__ me
 // across tiles. It replaces two memory-bound GEMMs over cached quadratic features (D(D+3)/2
 // values per row) and the CuPy softmax between them.
 //
-// Grid (blocks, R * groups): block (x, y) works on restart r = y / groups and computes, for the
-// tiles x, x + gridDim.x, ... of TM = 128 samples (one 16-sample slab per warp):
+// Grid (R * groups, blocks): block (y, x) works on restart r = y / groups (the restarts of one
+// x run side by side, so a tile comes from HBM once and from L2 for the other restarts) and
+// computes, for the tiles x, x + gridDim.y, ... of TM = 128 samples (one 16-sample slab per
+// warp):
 //   E-step  (each warp, its slab, every component k of restart r)
-//           y = x U_k - mu_k U_k (the Cholesky-precision form of scikit-learn: no expanded
-//           quadratic form, no cancellation beyond that of x U_k - mu_k U_k), U_k upper
-//           triangular so only the NTD(NTD+1)/2 (k-step, n-tile) blocks with k-step <= n-tile
-//           are multiplied; log2 w_k N(x | k) = c_k - log2(e)/2 |y|^2 into shared memory.
+//           y = x U_k - mu_k U_k (the Cholesky-precision form of scikit-learn, no expanded
+//           quadratic form), U_k upper triangular so only the NTD(NTD+1)/2 (k-step, n-tile)
+//           blocks with k-step <= n-tile are multiplied; for a component far from the data
+//           mean in its own units (|mu_k U_k|^2 > GMM_FULL_TC_GUARD) y = (x - mu_k) U_k instead,
+//           whose products do not cancel; log2 w_k N(x | k) = c_k - log2(e)/2 |y|^2 into shared
+//           memory.
 //   softmax (each warp, its slab) log-sum-exp over k, responsibilities into shared memory.
 //   -- block barrier (one per tile; tiles are double-buffered) --
 //   M-step statistics (each warp, components grp * 16 + w and grp * 16 + w + 8 of restart r,
-//           every slab of the tile): S2_k += (r_k x)^T x on the upper (m-tile, n-tile) blocks,
-//           A operand r_k x formed and split in registers, B operand x; sum r x and N_k from the
-//           same products in float32 registers.
+//           every slab of the tile), about the component's current mean m_k (float32):
+//           S2_k += (r_k (x - m_k))^T (x - m_k) on the upper (m-tile, n-tile) blocks, A operand
+//           formed and split in registers; sum r (x - m_k) and N_k from the same products in
+//           float32 registers. Centred sums keep float32 products accurate for components far
+//           from the data mean (uncentred second moments lose (|m_k| / sigma_k)^2 digits to the
+//           cancellation in the covariance).
 // float32 sums over GMM_FULL_TC_FLUSH tiles are added to float64 accumulators (S2: per warp in
-// shared memory, in fragment order; sum r x, N_k: registers). Partial per block x, float64:
+// shared memory, in fragment order; the others in registers). A block turns its centred sums
+// into raw ones in float64 (sum r x = S1 + N m, sum r x x^T = S2 + m S1^T + S1 m^T + N m m^T:
+// linear, so the blocks' sums add up) and writes, per grid row x, float64:
 //   [N_k (RK)][sum r x (RK, D)][sum r x x^T (RK, D, D), both triangles][log-likelihood (R)]
-// written by the blocks of every group (statistics of its components) and group 0
-// (log-likelihood); reduce_partials (em_diag.cu) sums the blocks.
+// (every group its components' statistics, group 0 the log-likelihood); reduce_partials
+// (em_diag.cu) sums the rows.
 
-// Defaults measured on an H200 (benchmarks/tune_full.py, 1M x 32, K=16): EK 1 / 2 / 4 and
-// FLUSH 1 / 4 gave 0.98 / 1.08 / 1.07 ms and 0.93 / 1.00 / 0.98 ms per pass.
+// Defaults measured on an H200 (benchmarks/tune_full.py, 1M x 32, K=16): tiles flushed to
+// float64 every 1 / 4 tiles gave 0.98 / 0.93 ms per pass (before centring the statistics).
 #ifndef GMM_FULL_TC_FLUSH
 #define GMM_FULL_TC_FLUSH 4  // tiles (of 128 samples) summed in float32
 #endif
-#ifndef GMM_FULL_TC_EK
-#define GMM_FULL_TC_EK 1  // components per E-step iteration
+#ifndef GMM_FULL_TC_GUARD
+#define GMM_FULL_TC_GUARD 1024.0  // |mu U|^2 above which a component's E-step is centred
 #endif
 
 namespace fulltc {
@@ -199,14 +208,16 @@ __device__ __forceinline__ double warp_sum(double v) {
 }
 }  // namespace fulltc
 
-// E-step operands of every (restart, component): U in fragment order (pair p = nt (nt + 1) / 2
-// + ks, lane (g, q): U[8 ks + q][8 nt + g], U[8 ks + q + 4][8 nt + g]), mu U (padded to DN) and
-// (log w + sum log U_dd - D/2 log 2pi) log2(e), all float32. One block per (restart, component).
+// Operands of every (restart, component), float32: U in fragment order (pair p = nt (nt + 1) / 2
+// + ks, lane (g, q): U[8 ks + q][8 nt + g], U[8 ks + q + 4][8 nt + g]), mu U (padded to DN),
+// (log w + sum log U_dd - D/2 log 2pi) log2(e), mu (padded to DM), and whether |mu U|^2 exceeds
+// GMM_FULL_TC_GUARD (int). One block per (restart, component).
 template <int D>
 __global__ void __launch_bounds__(GMM_FULL_NT)
 full_tc_params(const double* __restrict__ weights, const double* __restrict__ means,
                const double* __restrict__ pchol, float2* __restrict__ ufrag,
-               float* __restrict__ bvec, float* __restrict__ lconst) {
+               float* __restrict__ bvec, float* __restrict__ lconst, float* __restrict__ mvec,
+               int* __restrict__ far) {
     using G = fulltc::Geo<D>;
     constexpr int NT = GMM_FULL_NT;
     const int rk = blockIdx.x, t = threadIdx.x;
@@ -228,37 +239,46 @@ full_tc_params(const double* __restrict__ weights, const double* __restrict__ me
             for (int i = 0; i < D; ++i) v += mu[i] * u[i * D + j];
         bvec[(size_t)rk * G::DN + j] = (float)v;
     }
+    for (int j = t; j < G::DM; j += NT) mvec[(size_t)rk * G::DM + j] = j < D ? (float)mu[j] : 0.0f;
     if (t == 0) {
-        double log_det = 0.0;
-        for (int d = 0; d < D; ++d) log_det += log(u[d * D + d]);
+        double log_det = 0.0, b2 = 0.0;
+        for (int d = 0; d < D; ++d) {
+            log_det += log(u[d * D + d]);
+            double v = 0.0;
+            for (int i = 0; i < D; ++i) v += mu[i] * u[i * D + d];
+            b2 += v * v;
+        }
         lconst[rk] = (float)((log(weights[rk]) + log_det - 0.5 * D * 1.83787706640934548356) *
                              1.44269504088896340736);
+        far[rk] = !(b2 <= GMM_FULL_TC_GUARD);  // NaN too
     }
 }
 
 // Dynamic shared memory (bytes) of full_pass_tc<D> for K components (the launcher mirrors it).
 template <int D> __host__ __device__ constexpr size_t full_tc_smem(int K) {
     using G = fulltc::Geo<D>;
-    const int KP = K | 1;
+    const int KP = K | 1, K4 = (K + 3) & ~3;
     return sizeof(double) * ((size_t)fulltc::NW * fulltc::CW * G::NFRAG * 4 * 32 + fulltc::NW) +
-           sizeof(float) * ((size_t)K * G::NPAIR * 64 + (size_t)K * G::DN + ((K + 3) & ~3) +
-                            2 * (size_t)fulltc::TM * G::XS + 2 * (size_t)fulltc::TM * KP);
+           sizeof(float) * ((size_t)K * G::NPAIR * 64 + (size_t)K * G::DN + (size_t)K * G::DM +
+                            2 * (size_t)K4 + 2 * (size_t)fulltc::TM * G::XS +
+                            2 * (size_t)fulltc::TM * KP);
 }
 
 template <int D>
 __global__ void __launch_bounds__(fulltc::NT, 1)
 full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
              const float2* __restrict__ ufrag, const float* __restrict__ bvec,
-             const float* __restrict__ lconst, int pstride, double* __restrict__ partial) {
+             const float* __restrict__ lconst, const float* __restrict__ mvec,
+             const int* __restrict__ far, int pstride, double* __restrict__ partial) {
     using G = fulltc::Geo<D>;
     constexpr int NT = fulltc::NT, NW = fulltc::NW, SLAB = fulltc::SLAB, TM = fulltc::TM;
-    constexpr int CW = fulltc::CW, NTD = G::NTD, DN = G::DN, MTD = G::MTD, XS = G::XS;
-    constexpr int NPAIR = G::NPAIR, NFRAG = G::NFRAG, EK = GMM_FULL_TC_EK;
+    constexpr int CW = fulltc::CW, NTD = G::NTD, DN = G::DN, MTD = G::MTD, DM = G::DM;
+    constexpr int XS = G::XS, NPAIR = G::NPAIR, NFRAG = G::NFRAG;
     constexpr float L2E = 1.4426950408889634f, HL2E = 0.5f * L2E;
     constexpr unsigned FULL = 0xffffffffu;
-    const int K = n_components, KP = K | 1;
+    const int K = n_components, KP = K | 1, K4 = (K + 3) & ~3;
     const int groups = (K + fulltc::GROUP - 1) / fulltc::GROUP;
-    const int r = blockIdx.y / groups, grp = blockIdx.y % groups, R = gridDim.y / groups;
+    const int r = blockIdx.x / groups, grp = blockIdx.x % groups, R = gridDim.x / groups;
     const int t = threadIdx.x, lane = t & 31, w = t >> 5, g = lane >> 2, q = lane & 3;
 
     extern __shared__ __align__(16) unsigned char smem[];
@@ -266,25 +286,34 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
     double* s_ll = s_acc + NW * CW * NFRAG * 4 * 32;              // NW
     float2* s_u = reinterpret_cast<float2*>(s_ll + NW);           // K NPAIR 32
     float* s_b = reinterpret_cast<float*>(s_u + K * NPAIR * 32);  // K DN
-    float* s_c = s_b + K * DN;                                     // K (padded to 4)
-    float* s_x = s_c + ((K + 3) & ~3);                             // 2 TM XS
+    float* s_m = s_b + K * DN;                                     // K DM
+    float* s_c = s_m + K * DM;                                     // K (padded to 4)
+    int* s_far = reinterpret_cast<int*>(s_c + K4);                 // K (padded to 4)
+    float* s_x = reinterpret_cast<float*>(s_far + K4);             // 2 TM XS
     float* s_r = s_x + 2 * TM * XS;                                // 2 TM KP
 
     const int rk0 = r * K;
     for (int i = t; i < K * NPAIR * 32; i += NT) s_u[i] = ufrag[(size_t)rk0 * NPAIR * 32 + i];
     for (int i = t; i < K * DN; i += NT) s_b[i] = bvec[(size_t)rk0 * DN + i];
-    for (int i = t; i < K; i += NT) s_c[i] = lconst[rk0 + i];
+    for (int i = t; i < K * DM; i += NT) s_m[i] = mvec[(size_t)rk0 * DM + i];
+    for (int i = t; i < K; i += NT) {
+        s_c[i] = lconst[rk0 + i];
+        s_far[i] = far[rk0 + i];
+    }
     for (int i = t; i < NW * CW * NFRAG * 4 * 32; i += NT) s_acc[i] = 0.0;
     for (int i = t; i < 2 * TM * XS; i += NT) s_x[i] = 0.0f;  // padding columns stay zero
     __syncthreads();
 
-    // this warp's M-step components (warp-uniform)
+    // this warp's M-step components (warp-uniform) and their centres at its features
     int mk[CW];
     bool mon[CW];
+    float cv[CW][2 * MTD];  // m_k[8 nt + g]
 #pragma unroll
     for (int c = 0; c < CW; ++c) {
         mk[c] = grp * fulltc::GROUP + w + NW * c;
         mon[c] = mk[c] < K;
+#pragma unroll
+        for (int nt = 0; nt < 2 * MTD; ++nt) cv[c][nt] = mon[c] ? s_m[mk[c] * DM + 8 * nt + g] : 0.0f;
     }
     float acc[CW][NFRAG][4], s1[CW][MTD][2], nkf[CW];
     double s1d[CW][MTD][2], nkd[CW];
@@ -327,8 +356,8 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
     };
 
     const long long n_tiles = (n_samples + TM - 1) / TM;
-    const long long tstep = gridDim.x;
-    long long tile = blockIdx.x;
+    const long long tstep = gridDim.y;
+    long long tile = blockIdx.y;
     float pre[G::LPL];
     auto fetch = [&](long long tl) {  // this warp's slab of tile tl (zeros past the end)
         const long long base = (tl * TM + w * SLAB) * D, end = n_samples * D;
@@ -351,7 +380,6 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
     fetch(tile);
     store(0);
     fetch(tile + tstep);
-    __syncwarp();
     for (; tile < n_tiles; tile += tstep) {
         __syncwarp();  // this warp's stores of its slab are visible to all its lanes
         // -- E-step: this warp's slab, every component of restart r --------------------------------
@@ -367,52 +395,69 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
             tc::split(xw[o + 8 * XS + 4], ah[ks][3], al[ks][3]);
         }
 #pragma unroll 1
-        for (int k0 = 0; k0 < K; k0 += EK) {
-            float y[EK][NTD][4];
-#pragma unroll
-            for (int e = 0; e < EK; ++e)
-#pragma unroll
-                for (int nt = 0; nt < NTD; ++nt)
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) y[e][nt][i] = 0.0f;
+        for (int k = 0; k < K; ++k) {
+            float y[NTD][4];
 #pragma unroll
             for (int nt = 0; nt < NTD; ++nt)
 #pragma unroll
-                for (int ks = 0; ks <= nt; ++ks)
+                for (int i = 0; i < 4; ++i) y[nt][i] = 0.0f;
+            const float2* uk = s_u + k * NPAIR * 32 + lane;
+            const bool centred = s_far[k] != 0;  // warp-uniform
+            if (!centred) {
 #pragma unroll
-                    for (int e = 0; e < EK; ++e) {
-                        if (e > 0 && k0 + e >= K) continue;  // warp-uniform
-                        const float2 u = s_u[((k0 + e) * NPAIR + nt * (nt + 1) / 2 + ks) * 32 + lane];
+                for (int nt = 0; nt < NTD; ++nt)
+#pragma unroll
+                    for (int ks = 0; ks <= nt; ++ks) {
+                        const float2 u = uk[(nt * (nt + 1) / 2 + ks) * 32];
                         unsigned bh0, bl0, bh1, bl1;
                         tc::split(u.x, bh0, bl0);
                         tc::split(u.y, bh1, bl1);
-                        tc::mma3(y[e][nt], ah[ks], al[ks], bh0, bh1, bl0, bl1);
+                        tc::mma3(y[nt], ah[ks], al[ks], bh0, bh1, bl0, bl1);
                     }
+            } else {  // y = (x - mu_k) U_k
+                const float* mu = s_m + k * DM;
+                unsigned ch[NTD][4], cl[NTD][4];
 #pragma unroll
-            for (int e = 0; e < EK; ++e) {
-                const int k = k0 + e;
-                if (e > 0 && k >= K) continue;
-                float m0 = 0.0f, m1 = 0.0f;  // |y|^2 of samples g and g + 8, this lane's columns
+                for (int ks = 0; ks < NTD; ++ks) {
+                    const int o = g * XS + 8 * ks + q;
+                    const float m0 = mu[8 * ks + q], m1 = mu[8 * ks + q + 4];
+                    tc::split(xw[o] - m0, ch[ks][0], cl[ks][0]);
+                    tc::split(xw[o + 8 * XS] - m0, ch[ks][1], cl[ks][1]);
+                    tc::split(xw[o + 4] - m1, ch[ks][2], cl[ks][2]);
+                    tc::split(xw[o + 8 * XS + 4] - m1, ch[ks][3], cl[ks][3]);
+                }
 #pragma unroll
-                for (int nt = 0; nt < NTD; ++nt) {
-                    const float2 b = *reinterpret_cast<const float2*>(s_b + k * DN + 8 * nt + 2 * q);
-                    float v = y[e][nt][0] - b.x;
-                    m0 = fmaf(v, v, m0);
-                    v = y[e][nt][1] - b.y;
-                    m0 = fmaf(v, v, m0);
-                    v = y[e][nt][2] - b.x;
-                    m1 = fmaf(v, v, m1);
-                    v = y[e][nt][3] - b.y;
-                    m1 = fmaf(v, v, m1);
-                }
-                m0 += __shfl_xor_sync(FULL, m0, 1);
-                m0 += __shfl_xor_sync(FULL, m0, 2);
-                m1 += __shfl_xor_sync(FULL, m1, 1);
-                m1 += __shfl_xor_sync(FULL, m1, 2);
-                if (q == 0) {
-                    lw[g * KP + k] = s_c[k] - HL2E * m0;
-                    lw[(g + 8) * KP + k] = s_c[k] - HL2E * m1;
-                }
+                for (int nt = 0; nt < NTD; ++nt)
+#pragma unroll
+                    for (int ks = 0; ks <= nt; ++ks) {
+                        const float2 u = uk[(nt * (nt + 1) / 2 + ks) * 32];
+                        unsigned bh0, bl0, bh1, bl1;
+                        tc::split(u.x, bh0, bl0);
+                        tc::split(u.y, bh1, bl1);
+                        tc::mma3(y[nt], ch[ks], cl[ks], bh0, bh1, bl0, bl1);
+                    }
+            }
+            float m0 = 0.0f, m1 = 0.0f;  // |y|^2 of samples g and g + 8, this lane's columns
+#pragma unroll
+            for (int nt = 0; nt < NTD; ++nt) {
+                float2 b = make_float2(0.0f, 0.0f);
+                if (!centred) b = *reinterpret_cast<const float2*>(s_b + k * DN + 8 * nt + 2 * q);
+                float v = y[nt][0] - b.x;
+                m0 = fmaf(v, v, m0);
+                v = y[nt][1] - b.y;
+                m0 = fmaf(v, v, m0);
+                v = y[nt][2] - b.x;
+                m1 = fmaf(v, v, m1);
+                v = y[nt][3] - b.y;
+                m1 = fmaf(v, v, m1);
+            }
+            m0 += __shfl_xor_sync(FULL, m0, 1);
+            m0 += __shfl_xor_sync(FULL, m0, 2);
+            m1 += __shfl_xor_sync(FULL, m1, 1);
+            m1 += __shfl_xor_sync(FULL, m1, 2);
+            if (q == 0) {
+                lw[g * KP + k] = s_c[k] - HL2E * m0;
+                lw[(g + 8) * KP + k] = s_c[k] - HL2E * m1;
             }
         }
         __syncwarp();
@@ -439,7 +484,7 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
         store(buf ^ 1);   // the next tile's slab, read by this warp's next E-step
         fetch(tile + 2 * tstep);
 
-        // -- M-step statistics: this warp's components over the tile's slabs -------------------
+        // -- M-step statistics about m_k: this warp's components over the tile's slabs ---------
         const float* xt = s_x + buf * TM * XS;
         const float* rt = s_r + buf * TM * KP;
 #pragma unroll 1
@@ -452,21 +497,26 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
                 for (int h = 0; h < 2; ++h)
 #pragma unroll
                     for (int nt = 0; nt < 2 * MTD; ++nt) xv[h][nt] = xt[(n0 + 4 * h) * XS + 8 * nt + g];
-                unsigned bh[NTD][2], bl[NTD][2];
-#pragma unroll
-                for (int nt = 0; nt < NTD; ++nt) {
-                    tc::split(xv[0][nt], bh[nt][0], bl[nt][0]);
-                    tc::split(xv[1][nt], bh[nt][1], bl[nt][1]);
-                }
 #pragma unroll
                 for (int c = 0; c < CW; ++c) {
                     if (!mon[c]) continue;  // warp-uniform
                     const float r0 = rt[n0 * KP + mk[c]], r1 = rt[(n0 + 4) * KP + mk[c]];
+                    float xc[2][2 * MTD];  // x - m_k
+#pragma unroll
+                    for (int h = 0; h < 2; ++h)
+#pragma unroll
+                        for (int nt = 0; nt < 2 * MTD; ++nt) xc[h][nt] = xv[h][nt] - cv[c][nt];
+                    unsigned bh[NTD][2], bl[NTD][2];
+#pragma unroll
+                    for (int nt = 0; nt < NTD; ++nt) {
+                        tc::split(xc[0][nt], bh[nt][0], bl[nt][0]);
+                        tc::split(xc[1][nt], bh[nt][1], bl[nt][1]);
+                    }
                     nkf[c] += r0 + r1;
 #pragma unroll
                     for (int mt = 0; mt < MTD; ++mt) {
-                        const float v[4] = {r0 * xv[0][2 * mt], r0 * xv[0][2 * mt + 1],
-                                            r1 * xv[1][2 * mt], r1 * xv[1][2 * mt + 1]};
+                        const float v[4] = {r0 * xc[0][2 * mt], r0 * xc[0][2 * mt + 1],
+                                            r1 * xc[1][2 * mt], r1 * xc[1][2 * mt + 1]};
                         s1[c][mt][0] += v[0] + v[2];
                         s1[c][mt][1] += v[1] + v[3];
                         unsigned ah2[4], al2[4];
@@ -489,19 +539,20 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
     flush();
     const double wll = fulltc::warp_sum(ll);
     if (lane == 0) s_ll[w] = wll;
-    __syncthreads();
+    __syncthreads();  // every M-step done: s_x is free for the write-out below
 
-    // block partial: this group's statistics, restart r's log-likelihood (group 0)
-    double* out = partial + (size_t)blockIdx.x * pstride;
+    // block partial (raw sums from the centred ones): this group's statistics, restart r's
+    // log-likelihood (group 0)
+    double* out = partial + (size_t)blockIdx.y * pstride;
+    double* s_w = reinterpret_cast<double*>(s_x) + w * CW * (1 + DM);  // this warp's N, S1
     const int RK = R * K;
 #pragma unroll
     for (int c = 0; c < CW; ++c) {
         if (!mon[c]) continue;
-        const int rk = rk0 + mk[c];
         double v = nkd[c];
         v += __shfl_xor_sync(FULL, v, 1);
         v += __shfl_xor_sync(FULL, v, 2);
-        if (lane == 0) out[rk] = v;
+        if (lane == 0) s_w[c * (1 + DM)] = v;
 #pragma unroll
         for (int mt = 0; mt < MTD; ++mt)
 #pragma unroll
@@ -509,9 +560,19 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
                 double sv = s1d[c][mt][h];
                 sv += __shfl_xor_sync(FULL, sv, 1);
                 sv += __shfl_xor_sync(FULL, sv, 2);
-                const int d = 16 * mt + 8 * h + g;
-                if (q == 0 && d < D) out[RK + (size_t)rk * D + d] = sv;
+                if (q == 0) s_w[c * (1 + DM) + 1 + 16 * mt + 8 * h + g] = sv;
             }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int c = 0; c < CW; ++c) {
+        if (!mon[c]) continue;
+        const int rk = rk0 + mk[c];
+        const double nk = s_w[c * (1 + DM)];
+        const double* s1c = s_w + c * (1 + DM) + 1;
+        const float* m = s_m + mk[c] * DM;
+        if (lane == 0) out[rk] = nk;
+        for (int d = lane; d < D; d += 32) out[RK + (size_t)rk * D + d] = s1c[d] + nk * (double)m[d];
         const double* a = s_acc + (size_t)(w * CW + c) * NFRAG * 4 * 32 + lane;
         double* sxx = out + RK + (size_t)RK * D + (size_t)rk * D * D;
 #pragma unroll
@@ -522,7 +583,9 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
                 for (int i = 0; i < 4; ++i) {
                     const int row = 16 * mt + g + 8 * (i >> 1), col = 8 * nt + 2 * q + (i & 1);
                     if (row < D && col < D && col >= row) {
-                        const double sv = a[((G::frag_base(mt) + nt - 2 * mt) * 4 + i) * 32];
+                        const double mr = m[row], mc = m[col];
+                        const double sv = a[((G::frag_base(mt) + nt - 2 * mt) * 4 + i) * 32] +
+                                          mr * s1c[col] + s1c[row] * mc + nk * mr * mc;
                         sxx[row * D + col] = sv;
                         sxx[col * D + row] = sv;
                     }

@@ -3,11 +3,14 @@
 #pragma once
 
 namespace tc {
-// hi = x truncated to TF32 (one LOP3; cvt.rna is emulated in several instructions), lo = the
-// exact float32 rest, of which the mma reads the top 10 mantissa bits: hi + lo carries x to
-// ~2^-21 relative
+// hi = x rounded to the nearest TF32 (an integer add and a LOP3; cvt.rna is emulated in several
+// instructions), lo = the exact float32 rest, of which the mma reads the top 10 mantissa bits:
+// hi + lo carries x to ~2^-22 relative. Rounding (not truncating) hi gives lo either sign, so
+// the errors left (lo's dropped bits, the dropped lo * lo product) average out over a sum
+// instead of all pulling a sum of products down (a bias that grows with (|mu| / sigma)^2 in a
+// covariance computed from uncentred second moments).
 __device__ __forceinline__ void split(float x, unsigned& hi, unsigned& lo) {
-    hi = __float_as_uint(x) & 0xffffe000u;
+    hi = (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
     lo = __float_as_uint(x - __uint_as_float(hi));
 }
 // 2^x and log2 without the denormal fix-ups of __expf / __logf (results below 2^-126 flush to 0)
