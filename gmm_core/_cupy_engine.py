@@ -12,7 +12,8 @@ diag and spherical
 full
     float32 data with up to 32 features: ``full_pass_tc`` (``cuda/em_full.cu``), one fused pass
     per iteration on tensor cores (3xTF32): ``y = x U_k - mu_k U_k`` for the log-densities, the
-    softmax in shared memory, ``(r_k x)^T x`` for the statistics, float64 across tiles. Otherwise
+    softmax in shared memory, ``(r_k (x - m_k))^T (x - m_k)`` about each component's mean for
+    the statistics, float64 across tiles. Otherwise
     (float64 data, more features, ``tensor_cores`` off) two GEMMs over row chunks of quadratic
     features ``[x_i x_j (i <= j), x]``: log-densities, then ``resp^T features``.
 tied
