@@ -174,6 +174,9 @@ full_constants(const double* __restrict__ weights, const double* __restrict__ me
 #ifndef GMM_FULL_TC_FLUSH
 #define GMM_FULL_TC_FLUSH 4  // tiles (of 128 samples) summed in float32
 #endif
+#ifndef GMM_FULL_TC_EACC
+#define GMM_FULL_TC_EACC 1  // E-step accumulators per output tile: 1, or 3 (one per product)
+#endif
 #ifndef GMM_FULL_TC_GUARD
 #define GMM_FULL_TC_GUARD 1024.0  // |mu U|^2 above which a component's E-step is centred
 #endif
@@ -402,8 +405,15 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
 #pragma unroll
                 for (int i = 0; i < 4; ++i) y[nt][i] = 0.0f;
             const float2* uk = s_u + k * NPAIR * 32 + lane;
-            const bool centred = s_far[k] != 0;  // warp-uniform
-            if (!centred) {
+            // y += A U_k over the blocks of upper-triangular U_k (A split into ha, la)
+            auto times_u = [&](const unsigned (&ha)[NTD][4], const unsigned (&la)[NTD][4]) {
+#if GMM_FULL_TC_EACC == 3
+                float ya[NTD][4], yb[NTD][4];  // the two small products: independent chains
+#pragma unroll
+                for (int nt = 0; nt < NTD; ++nt)
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) ya[nt][i] = yb[nt][i] = 0.0f;
+#endif
 #pragma unroll
                 for (int nt = 0; nt < NTD; ++nt)
 #pragma unroll
@@ -412,8 +422,24 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
                         unsigned bh0, bl0, bh1, bl1;
                         tc::split(u.x, bh0, bl0);
                         tc::split(u.y, bh1, bl1);
-                        tc::mma3(y[nt], ah[ks], al[ks], bh0, bh1, bl0, bl1);
+#if GMM_FULL_TC_EACC == 3
+                        tc::mma(ya[nt], la[ks], bh0, bh1);
+                        tc::mma(yb[nt], ha[ks], bl0, bl1);
+                        tc::mma(y[nt], ha[ks], bh0, bh1);
+#else
+                        tc::mma3(y[nt], ha[ks], la[ks], bh0, bh1, bl0, bl1);
+#endif
                     }
+#if GMM_FULL_TC_EACC == 3
+#pragma unroll
+                for (int nt = 0; nt < NTD; ++nt)
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) y[nt][i] += ya[nt][i] + yb[nt][i];
+#endif
+            };
+            const bool centred = s_far[k] != 0;  // warp-uniform
+            if (!centred) {
+                times_u(ah, al);
             } else {  // y = (x - mu_k) U_k
                 const float* mu = s_m + k * DM;
                 unsigned ch[NTD][4], cl[NTD][4];
@@ -426,16 +452,7 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
                     tc::split(xw[o + 4] - m1, ch[ks][2], cl[ks][2]);
                     tc::split(xw[o + 8 * XS + 4] - m1, ch[ks][3], cl[ks][3]);
                 }
-#pragma unroll
-                for (int nt = 0; nt < NTD; ++nt)
-#pragma unroll
-                    for (int ks = 0; ks <= nt; ++ks) {
-                        const float2 u = uk[(nt * (nt + 1) / 2 + ks) * 32];
-                        unsigned bh0, bl0, bh1, bl1;
-                        tc::split(u.x, bh0, bl0);
-                        tc::split(u.y, bh1, bl1);
-                        tc::mma3(y[nt], ch[ks], cl[ks], bh0, bh1, bl0, bl1);
-                    }
+                times_u(ch, cl);
             }
             float m0 = 0.0f, m1 = 0.0f;  // |y|^2 of samples g and g + 8, this lane's columns
 #pragma unroll
