@@ -7,8 +7,7 @@
    centred data and parameters, for several (n, n_features, n_components, n_restarts);
 2. the benchmark case (1M x 32, K=16, float32): ms per pass and per EM iteration (pass + the
    ``full_mstep`` kernel) for the GEMM path and ``full_pass_tc`` variants (tiles summed in
-   float32 before float64, ``GMM_FULL_TC_FLUSH``; E-step accumulators per output tile,
-   ``GMM_FULL_TC_EACC``), and the pass with 8 restarts.
+   float32 before float64, ``GMM_FULL_TC_FLUSH``), and the pass with 8 restarts.
 """
 
 from __future__ import annotations
@@ -123,8 +122,6 @@ def timing(quick: bool) -> list[dict]:
     configs.append(("tc (defaults)", True, ()))
     for flush in (1, 16):
         configs.append((f"tc FLUSH={flush}", True, (f"GMM_FULL_TC_FLUSH={flush}",)))
-    configs.append(("tc EACC=3", True, ("GMM_FULL_TC_EACC=3",)))
-    configs.append(("tc EACC=3 FLUSH=16", True, ("GMM_FULL_TC_EACC=3", "GMM_FULL_TC_FLUSH=16")))
     reference = None
     for label, tc, defines in configs:
         eng = CupyEngine(tensor_cores=tc)

@@ -169,13 +169,11 @@ full_constants(const double* __restrict__ weights, const double* __restrict__ me
 // (every group its components' statistics, group 0 the log-likelihood); reduce_partials
 // (em_diag.cu) sums the rows.
 
-// Defaults measured on an H200 (benchmarks/tune_full.py, 1M x 32, K=16): tiles flushed to
-// float64 every 1 / 4 tiles gave 0.98 / 0.93 ms per pass (before centring the statistics).
+// Measured on an H200 (benchmarks/tune_full.py, 1M x 32, K=16): flushing every 1 / 4 / 16
+// tiles 1.15 / 1.09 / 1.07 ms per pass; one accumulator per 3xTF32 product in the E-step (three
+// independent mma chains instead of one) 1.10 ms: the dependent chains are not what limits it.
 #ifndef GMM_FULL_TC_FLUSH
 #define GMM_FULL_TC_FLUSH 4  // tiles (of 128 samples) summed in float32
-#endif
-#ifndef GMM_FULL_TC_EACC
-#define GMM_FULL_TC_EACC 1  // E-step accumulators per output tile: 1, or 3 (one per product)
 #endif
 #ifndef GMM_FULL_TC_GUARD
 #define GMM_FULL_TC_GUARD 1024.0  // |mu U|^2 above which a component's E-step is centred
@@ -407,13 +405,6 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
             const float2* uk = s_u + k * NPAIR * 32 + lane;
             // y += A U_k over the blocks of upper-triangular U_k (A split into ha, la)
             auto times_u = [&](const unsigned (&ha)[NTD][4], const unsigned (&la)[NTD][4]) {
-#if GMM_FULL_TC_EACC == 3
-                float ya[NTD][4], yb[NTD][4];  // the two small products: independent chains
-#pragma unroll
-                for (int nt = 0; nt < NTD; ++nt)
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) ya[nt][i] = yb[nt][i] = 0.0f;
-#endif
 #pragma unroll
                 for (int nt = 0; nt < NTD; ++nt)
 #pragma unroll
@@ -422,20 +413,8 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
                         unsigned bh0, bl0, bh1, bl1;
                         tc::split(u.x, bh0, bl0);
                         tc::split(u.y, bh1, bl1);
-#if GMM_FULL_TC_EACC == 3
-                        tc::mma(ya[nt], la[ks], bh0, bh1);
-                        tc::mma(yb[nt], ha[ks], bl0, bl1);
-                        tc::mma(y[nt], ha[ks], bh0, bh1);
-#else
                         tc::mma3(y[nt], ha[ks], la[ks], bh0, bh1, bl0, bl1);
-#endif
                     }
-#if GMM_FULL_TC_EACC == 3
-#pragma unroll
-                for (int nt = 0; nt < NTD; ++nt)
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) y[nt][i] += ya[nt][i] + yb[nt][i];
-#endif
             };
             const bool centred = s_far[k] != 0;  // warp-uniform
             if (!centred) {
