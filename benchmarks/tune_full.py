@@ -183,15 +183,9 @@ def main() -> int:
     ap.add_argument("--json")
     ap.add_argument("--only", choices=["correctness", "timing"])
     args = ap.parse_args()
-    import cupy as cp
+    from benchmarks.tune_fused import device_record
 
-    props = cp.cuda.runtime.getDeviceProperties(0)
-    print(f"device: {props['name'].decode()}  cupy {cp.__version__}", flush=True)
-    out: dict = {
-        "device": props["name"].decode(),
-        "cupy": cp.__version__,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    out = device_record()
     for name, fn in (("correctness", correctness), ("timing", timing)):
         if args.only and args.only != name:
             continue

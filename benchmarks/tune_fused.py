@@ -272,6 +272,19 @@ def small_kernel_phases(eng, X) -> dict[str, float] | None:
     return out
 
 
+def device_record() -> dict:
+    """Print and return the GPU, CuPy version and date a tuning run's JSON starts with."""
+    import cupy as cp
+
+    props = cp.cuda.runtime.getDeviceProperties(0)
+    print(f"device: {props['name'].decode()}  cupy {cp.__version__}", flush=True)
+    return {
+        "device": props["name"].decode(),
+        "cupy": cp.__version__,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -296,15 +309,8 @@ def main() -> int:
         TC_MODES = (args.tc == "1",)
     if args.n_init:
         N_INITS = (args.n_init,)
-    import cupy as cp
 
-    props = cp.cuda.runtime.getDeviceProperties(0)
-    print(f"device: {props['name'].decode()}  cupy {cp.__version__}", flush=True)
-    out = {
-        "device": props["name"].decode(),
-        "cupy": cp.__version__,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    out = device_record()
     for name, fn in (("correctness", correctness), ("telemetry", telemetry), ("blobs", blobs)):
         if args.only and args.only != name:
             continue

@@ -376,17 +376,22 @@ def test_tensor_core_pass_is_exact_for_a_far_tight_component():
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-def test_tensor_core_fit_matches_scikit_learn():
-    """GaussianMixture(backend='cupy') on float32 D=16 (the tensor-core pass) vs scikit-learn."""
+@pytest.mark.parametrize(
+    ("cov", "n", "d", "k", "max_iter", "seeds"),
+    [("diag", 60_000, 16, 12, 30, (9, 3)), ("full", 40_000, 32, 8, 20, (11, 12))],
+)
+def test_tensor_core_fit_matches_scikit_learn(cov, n, d, k, max_iter, seeds):
+    """GaussianMixture(backend='cupy') on float32 data served by a tensor-core pass
+    (diag_pass_tc, full_pass_tc) vs scikit-learn in float64 from the same start."""
     from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
     _tc_engine()
-    X = make_data(60_000, 16, 12, np.float32, seed=9)
-    init = random_params(X, "diag", 12, 1, seed=3)
+    X = make_data(n, d, k, np.float32, seed=seeds[0])
+    init = random_params(X, cov, k, 1, seed=seeds[1])
     kwargs = dict(
-        n_components=12,
-        covariance_type="diag",
-        max_iter=30,
+        n_components=k,
+        covariance_type=cov,
+        max_iter=max_iter,
         tol=0,
         **init_kwargs(init, 0, X.mean(0, dtype=np.float64)),
     )
@@ -395,6 +400,7 @@ def test_tensor_core_fit_matches_scikit_learn():
     assert gm.backend_ == "cupy"
     assert gm.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-4)
     assert (gm.predict(X) == ref.predict(X.astype(np.float64))).mean() >= 0.999
+    np.testing.assert_allclose(gm.means_, ref.means_, rtol=1e-3, atol=1e-3)
 
 
 def test_tensor_core_pass_streams_chunks():
@@ -495,29 +501,6 @@ def test_full_tensor_core_pass_is_accurate_for_a_far_tight_component():
     cov_got = cupy.asnumpy(m_step(got, "full", 1e-12, 1e-10, cupy).covariances[0, 5])
     cov_want = m_step(want, "full", 1e-12, 1e-10, np).covariances[0, 5]
     np.testing.assert_allclose(cov_got, cov_want, rtol=1e-3, atol=1e-3 * np.abs(cov_want).max())
-
-
-@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-def test_full_tensor_core_fit_matches_scikit_learn():
-    """GaussianMixture(backend='cupy', covariance_type='full') on float32 D=32 vs scikit-learn."""
-    from sklearn.mixture import GaussianMixture as SkGaussianMixture
-
-    _tc_engine()
-    X = make_data(40_000, 32, 8, np.float32, seed=11)
-    init = random_params(X, "full", 8, 1, seed=12)
-    kwargs = dict(
-        n_components=8,
-        covariance_type="full",
-        max_iter=20,
-        tol=0,
-        **init_kwargs(init, 0, X.mean(0, dtype=np.float64)),
-    )
-    gm = GaussianMixture(backend="cupy", **kwargs).fit(X)
-    ref = SkGaussianMixture(**kwargs).fit(X.astype(np.float64))
-    assert gm.backend_ == "cupy"
-    assert gm.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-4)
-    assert (gm.predict(X) == ref.predict(X.astype(np.float64))).mean() >= 0.999
-    np.testing.assert_allclose(gm.means_, ref.means_, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")

@@ -74,12 +74,6 @@ template <int D, bool SPHERICAL> struct Layout {
     static constexpr int PS = round4(2 * D);      // parameter row: (s_d, -mu_d s_d) pairs
 };
 
-__device__ __forceinline__ double warp_sum(double v) {
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-    return v;
-}
-
 }  // namespace gmm
 
 // sum_{b = b0, b0 + step, ... < n_blocks} partial[b * stride + j], U loads in flight

@@ -202,11 +202,6 @@ template <int D> struct Geo {
     }
     static constexpr int NFRAG = frag_base(MTD);
 };
-__device__ __forceinline__ double warp_sum(double v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 }  // namespace fulltc
 
 // Operands of every (restart, component), float32: U in fragment order (pair p = nt (nt + 1) / 2
@@ -533,7 +528,7 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
         buf ^= 1;
     }
     flush();
-    const double wll = fulltc::warp_sum(ll);
+    const double wll = gmm::warp_sum(ll);
     if (lane == 0) s_ll[w] = wll;
     __syncthreads();  // every M-step done: s_x is free for the write-out below
 

@@ -1,6 +1,15 @@
-// Tensor-core helpers shared by the fused passes (em_diag.cu, em_full.cu): the 3xTF32 split,
-// mma.sync m16n8k8 TF32 and the approximate exp2 / log2 the passes use for log-sum-exp.
+// Helpers shared by the fused passes (em_diag.cu, em_full.cu): the 3xTF32 split, mma.sync
+// m16n8k8 TF32 and the approximate exp2 / log2 the passes use for log-sum-exp (namespace tc),
+// a warp's float64 sum (namespace gmm).
 #pragma once
+
+namespace gmm {
+__device__ __forceinline__ double warp_sum(double v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+}  // namespace gmm
 
 namespace tc {
 // hi = x rounded to the nearest TF32 (an integer add and a LOP3; cvt.rna is emulated in several
