@@ -81,7 +81,7 @@ def variant(engine, d: int, defines: tuple[str, ...]) -> None:
 
     from gmm_core import _cuda_loader
 
-    names = (f"full_tc_params<{d}>", f"full_pass_tc<{d}>")
+    names = (f"full_tc_params<{d}>", f"full_pass_tc<{d}, true>")
     mod = cp.RawModule(
         code=_cuda_loader.source("em_full.cu"),
         options=(*_cuda_loader.COMPILE_OPTIONS, *(f"-D{x}" for x in defines)),
@@ -174,6 +174,38 @@ def timing(quick: bool) -> list[dict]:
         )
         del data
         cp.get_default_memory_pool().free_all_blocks()
+    # more components: U through L1 (full_pass_tc<D, false>; beyond 23 components at D=32) vs
+    # the GEMM path; every group of 16 components repeats the E-step
+    for k_big in (16, 32, 48, 64):
+        params = Params(
+            np.full((1, k_big), 1.0 / k_big),
+            (X[np.random.default_rng(k_big).choice(n, k_big, replace=False)] - shift)[None],
+            np.repeat(init["covariances"][None, :1], k_big, 1),
+            np.repeat(cholesky_precisions(init["covariances"][None, :1], "full", np), k_big, 1),
+        ).map(cp.asarray)
+        row = {"config": f"K={k_big}"}
+        for label, tc, force in (("gemm", False, False), ("tc global U", True, True)):
+            eng = CupyEngine(tensor_cores=tc)
+            eng._full_tc_force_global_u = force
+            data = eng.prepare(X, shift, "full")
+            active = cp.ones(1, bool)
+            eng.accumulate(data, params, active)
+            cp.cuda.Device().synchronize()
+            t0 = time.perf_counter()
+            for _ in range(5):
+                stats = eng.accumulate(data, params, active)
+            cp.cuda.Device().synchronize()
+            row[label] = 1e3 * (time.perf_counter() - t0) / 5
+            row[label + " ll"] = float(stats.loglik[0]) / n
+            del data
+            cp.get_default_memory_pool().free_all_blocks()
+        rows.append(row)
+        print(
+            f"  K={k_big:<3} pass: GEMM path {row['gemm']:7.3f} ms, tensor cores (U global) "
+            f"{row['tc global U']:7.3f} ms; mean ll {row['gemm ll']:.8f} / "
+            f"{row['tc global U ll']:.8f}",
+            flush=True,
+        )
     return rows
 
 

@@ -107,8 +107,8 @@ def _round4(n: int) -> int:
     return (n + 3) // 4 * 4
 
 
-def full_tc_smem(n_features: int, n_components: int) -> int:
-    """Dynamic shared memory (bytes) of ``full_pass_tc<n_features>``.
+def full_tc_smem(n_features: int, n_components: int, u_in_smem: bool = True) -> int:
+    """Dynamic shared memory (bytes) of ``full_pass_tc<n_features, u_in_smem>``.
 
     The layout of ``full_tc_smem`` in ``em_full.cu`` (``tests/test_cuda_compile.py`` checks the
     two agree).
@@ -120,7 +120,8 @@ def full_tc_smem(n_features: int, n_components: int) -> int:
     nfrag = sum(ntd - 2 * m for m in range(mtd))
     k = n_components
     doubles = _FULL_TC_WARPS * _FULL_TC_CW * nfrag * 4 * 32 + _FULL_TC_WARPS
-    floats = k * (npair * 64 + 8 * ntd + dm) + 2 * _round4(k) + 2 * _FULL_TC_TILE * (xs + (k | 1))
+    u_floats = k * npair * 64 if u_in_smem else 0
+    floats = u_floats + k * (8 * ntd + dm) + 2 * _round4(k) + 2 * _FULL_TC_TILE * (xs + (k | 1))
     return 8 * doubles + 4 * floats
 
 
@@ -190,7 +191,8 @@ class CupyEngine:
         8.0 or newer: ``diag_pass_tc`` for float32 diag data with ``n_features`` in
         {4, 8, 12, 16} and ``n_components <= 32``; ``full_pass_tc`` for float32 full-covariance
         data with ``n_features <= 32`` where its operands fit the per-block shared memory (on an
-        H100/H200: up to 23 components with 32 features, 81 with 16). Default: the
+        H100/H200: up to 23 components with 32 features, 81 with 16, with U in shared memory;
+        beyond that, U read from global memory: up to 71 / 135). Default: the
         ``GMM_CORE_TENSOR_CORES`` environment variable (``0`` turns it off), else on.
     small_kernel : bool, optional
         Run :meth:`run_em` on small problems (one restart, up to 8 components, at most
@@ -228,6 +230,9 @@ class CupyEngine:
         self._tc_threads = _TC_THREADS
         #: full covariance: M-step and pass constants as kernels (``em_full.cu``), else CuPy ops
         self._full_on_device = True
+        #: ``full_pass_tc`` reads U from global memory even where shared memory would hold it
+        #: (tests and tuning compare the two)
+        self._full_tc_force_global_u = False
         #: how the last :meth:`run_em` ran (CUDA graph or direct launches)
         self.last_run_info: dict[str, Any] = {}
         device = cupy.cuda.Device()
@@ -864,18 +869,45 @@ class CupyEngine:
         return out
 
     # -- fused full-covariance pass on tensor cores ----------------------------------------------
+    def _full_tc_u_in_smem(self, n_features: int, n_components: int) -> bool | None:
+        """Where ``full_pass_tc`` keeps the E-step's U fragments.
+
+        Shared memory (True), global memory through L1 (False: more components than shared
+        memory holds), or None where even the rest does not fit (the GEMM path serves).
+        """
+        for u_in_smem in (True, False):
+            if self._full_tc_force_global_u and u_in_smem:
+                continue
+            if full_tc_smem(n_features, n_components, u_in_smem) <= self._smem_optin:
+                return u_in_smem
+        return None
+
     def _full_tc_ok(self, data: CupyData, n_components: int) -> bool:
         """Whether ``full_pass_tc`` serves this data (see ``tensor_cores``)."""
-        return (
+        ok = (
             self.tensor_cores
             and data.covariance_type == "full"
             and data.dtype == np.float32
             and data.n_features <= _FULL_TC_MAX_FEATURES
-            and full_tc_smem(data.n_features, n_components) <= self._smem_optin
         )
+        if not ok:
+            return False
+        if self._full_tc_u_in_smem(data.n_features, n_components) is None:
+            key = ("full-tc-declined", data.n_features, n_components)
+            if key not in self._buffers:  # say it once per shape
+                self._buffers[key] = True
+                logger.info(
+                    "full covariance, %d features, %d components: the tensor-core pass's "
+                    "operands exceed shared memory; using the GEMM path",
+                    data.n_features,
+                    n_components,
+                )
+            return False
+        return True
 
-    def _full_tc_kernels(self, n_features: int, smem: int) -> tuple[Any, Any, Any]:
-        names = (f"full_tc_params<{n_features}>", f"full_pass_tc<{n_features}>")
+    def _full_tc_kernels(self, n_features: int, u_in_smem: bool, smem: int) -> tuple[Any, Any, Any]:
+        usm = "true" if u_in_smem else "false"
+        names = (f"full_tc_params<{n_features}>", f"full_pass_tc<{n_features}, {usm}>")
         key = ("full-tc", *names, cupy.cuda.Device().id)
         if key not in self._buffers:
             mod = _cuda_loader.module("em_full.cu", names)
@@ -898,8 +930,10 @@ class CupyEngine:
         R, K, D = n_restarts, n_components, n_features
         rk = R * K
         ntd = -(-D // 8)
-        smem = full_tc_smem(D, K)
-        kern_params, kern_pass, kern_reduce = self._full_tc_kernels(D, smem)
+        u_in_smem = self._full_tc_u_in_smem(D, K)
+        assert u_in_smem is not None  # _full_tc_ok checked it
+        smem = full_tc_smem(D, K, u_in_smem)
+        kern_params, kern_pass, kern_reduce = self._full_tc_kernels(D, u_in_smem, smem)
         f64 = cupy.float64
         ufrag = self._buffer("full-tc-u", (rk, ntd * (ntd + 1) // 2, 32, 2), cupy.float32)
         bvec = self._buffer("full-tc-b", (rk, 8 * ntd), cupy.float32)

@@ -26,7 +26,8 @@ CU_FILES = sorted(CUDA_DIR.glob("*.cu"))
 HOT_KERNELS = (
     ("em_diag.cu", "diag_pass_tc<16, 2, false, 256>"),
     ("em_diag.cu", "diag_pass<float, 16, 1, false, false, false>"),
-    ("em_full.cu", "full_pass_tc<32>"),
+    ("em_full.cu", "full_pass_tc<32, true>"),
+    ("em_full.cu", "full_pass_tc<32, false>"),
 )
 
 
@@ -192,9 +193,17 @@ def test_full_tc_shared_memory_matches_the_kernel(tmp_path):
     the kernel's own layout (full_tc_smem<D> in em_full.cu), computed by a host program built
     with nvcc: a smaller launch would overrun shared memory, a larger one refuse to launch."""
     ce = pytest.importorskip("gmm_core._cupy_engine")
-    shapes = [(d, k) for d in (1, 5, 8, 16, 17, 24, 31, 32) for k in (1, 2, 5, 16, 17, 30)]
+    shapes = [
+        (d, k, usm)
+        for d in (1, 5, 8, 16, 17, 24, 31, 32)
+        for k in (1, 2, 5, 16, 17, 30, 64)
+        for usm in (True, False)
+    ]
     program = tmp_path / "smem.cu"
-    lines = "\n".join(f'    std::printf("%zu\\n", full_tc_smem<{d}>({k}));' for d, k in shapes)
+    lines = "\n".join(
+        f'    std::printf("%zu\\n", full_tc_smem<{d}>({k}, {str(usm).lower()}));'
+        for d, k, usm in shapes
+    )
     program.write_text(
         f'#include <cstdio>\n#include "{CUDA_DIR / "em_full.cu"}"\nint main() {{\n{lines}\n}}\n'
     )
@@ -208,4 +217,4 @@ def test_full_tc_shared_memory_matches_the_kernel(tmp_path):
     assert build.returncode == 0, build.stderr
     run = subprocess.run([str(exe)], capture_output=True, text=True, check=True)
     got = [int(v) for v in run.stdout.split()]
-    assert got == [ce.full_tc_smem(d, k) for d, k in shapes]
+    assert got == [ce.full_tc_smem(d, k, usm) for d, k, usm in shapes]

@@ -471,6 +471,26 @@ def test_full_tensor_core_pass_matches_numpy(n, d, k, n_restarts, chunk_rows):
         _assert_stats_close(got, from_gemm, RTOL[np.float32])
 
 
+@pytest.mark.parametrize(("d", "k", "force_global"), [(32, 16, True), (32, 40, False)])
+def test_full_tensor_core_pass_reads_u_from_global_memory(d, k, force_global):
+    """full_pass_tc<D, false> (U fragments through L1: more components than shared memory
+    holds) == the NumPy engine in float64."""
+    import cupy
+
+    X = make_data(12_007, d, min(k, 16), np.float32, seed=k)
+    params = random_params(X, "full", k, 1, seed=d + k)
+    shift = X.mean(0)
+    np_engine = _engines()[0]
+    want = np_engine.accumulate(np_engine.prepare(X, shift, "full"), params, np.ones(1, bool))
+    engine = _tc_engine()
+    engine._full_tc_force_global_u = force_global
+    data = engine.prepare(X, shift, "full")
+    assert engine._full_tc_ok(data, k)
+    assert engine._full_tc_u_in_smem(d, k) is False
+    got = engine.accumulate(data, params.map(cupy.asarray), cupy.ones(1, bool))
+    _assert_stats_close(got, want, RTOL[np.float32])
+
+
 def test_full_tensor_core_pass_is_accurate_for_a_far_tight_component():
     """A tight component far from the data mean (|mu / sigma| ~ 3e4): full_pass_tc centres its
     E-step and its statistics, so the covariance computed from them keeps its digits (uncentred

@@ -161,6 +161,8 @@ full_constants(const double* __restrict__ weights, const double* __restrict__ me
 //           float32 registers. Centred sums keep float32 products accurate for components far
 //           from the data mean (uncentred second moments lose (|m_k| / sigma_k)^2 digits to the
 //           cancellation in the covariance).
+// U_k's fragments sit in shared memory (USM) or, for more components than it holds, are read
+// through L1 from global memory.
 // float32 sums over GMM_FULL_TC_FLUSH tiles are added to float64 accumulators (S2: per warp in
 // shared memory, in fragment order; the others in registers). A block turns its centred sums
 // into raw ones in float64 (sum r x = S1 + N m, sum r x x^T = S2 + m S1^T + S1 m^T + N m m^T:
@@ -250,17 +252,20 @@ full_tc_params(const double* __restrict__ weights, const double* __restrict__ me
     }
 }
 
-// Dynamic shared memory (bytes) of full_pass_tc<D> for K components (the launcher mirrors it).
-template <int D> __host__ __device__ constexpr size_t full_tc_smem(int K) {
+// Dynamic shared memory (bytes) of full_pass_tc<D, USM> for K components (the launcher mirrors
+// it). USM: the E-step's U fragments in shared memory (else read through L1 from global memory,
+// for more components than shared memory holds).
+template <int D> __host__ __device__ constexpr size_t full_tc_smem(int K, bool usm) {
     using G = fulltc::Geo<D>;
     const int KP = K | 1, K4 = (K + 3) & ~3;
     return sizeof(double) * ((size_t)fulltc::NW * fulltc::CW * G::NFRAG * 4 * 32 + fulltc::NW) +
-           sizeof(float) * ((size_t)K * G::NPAIR * 64 + (size_t)K * G::DN + (size_t)K * G::DM +
+           sizeof(float) * ((usm ? (size_t)K * G::NPAIR * 64 : 0) + (size_t)K * G::DN +
+                            (size_t)K * G::DM +
                             2 * (size_t)K4 + 2 * (size_t)fulltc::TM * G::XS +
                             2 * (size_t)fulltc::TM * KP);
 }
 
-template <int D>
+template <int D, bool USM>
 __global__ void __launch_bounds__(fulltc::NT, 1)
 full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
              const float2* __restrict__ ufrag, const float* __restrict__ bvec,
@@ -280,8 +285,8 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
     extern __shared__ __align__(16) unsigned char smem[];
     double* s_acc = reinterpret_cast<double*>(smem);              // NW CW NFRAG 4 32
     double* s_ll = s_acc + NW * CW * NFRAG * 4 * 32;              // NW
-    float2* s_u = reinterpret_cast<float2*>(s_ll + NW);           // K NPAIR 32
-    float* s_b = reinterpret_cast<float*>(s_u + K * NPAIR * 32);  // K DN
+    float2* s_u = reinterpret_cast<float2*>(s_ll + NW);           // K NPAIR 32 (USM)
+    float* s_b = reinterpret_cast<float*>(s_u + (USM ? K * NPAIR * 32 : 0));  // K DN
     float* s_m = s_b + K * DN;                                     // K DM
     float* s_c = s_m + K * DM;                                     // K (padded to 4)
     int* s_far = reinterpret_cast<int*>(s_c + K4);                 // K (padded to 4)
@@ -289,7 +294,8 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
     float* s_r = s_x + 2 * TM * XS;                                // 2 TM KP
 
     const int rk0 = r * K;
-    for (int i = t; i < K * NPAIR * 32; i += NT) s_u[i] = ufrag[(size_t)rk0 * NPAIR * 32 + i];
+    if constexpr (USM)
+        for (int i = t; i < K * NPAIR * 32; i += NT) s_u[i] = ufrag[(size_t)rk0 * NPAIR * 32 + i];
     for (int i = t; i < K * DN; i += NT) s_b[i] = bvec[(size_t)rk0 * DN + i];
     for (int i = t; i < K * DM; i += NT) s_m[i] = mvec[(size_t)rk0 * DM + i];
     for (int i = t; i < K; i += NT) {
@@ -397,14 +403,18 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
             for (int nt = 0; nt < NTD; ++nt)
 #pragma unroll
                 for (int i = 0; i < 4; ++i) y[nt][i] = 0.0f;
-            const float2* uk = s_u + k * NPAIR * 32 + lane;
+            const float2* uk =
+                (USM ? s_u : ufrag + (size_t)rk0 * NPAIR * 32) + k * NPAIR * 32 + lane;
             // y += A U_k over the blocks of upper-triangular U_k (A split into ha, la)
             auto times_u = [&](const unsigned (&ha)[NTD][4], const unsigned (&la)[NTD][4]) {
 #pragma unroll
                 for (int nt = 0; nt < NTD; ++nt)
 #pragma unroll
                     for (int ks = 0; ks <= nt; ++ks) {
-                        const float2 u = uk[(nt * (nt + 1) / 2 + ks) * 32];
+                        const int pu = (nt * (nt + 1) / 2 + ks) * 32;
+                        float2 u;
+                        if constexpr (USM) u = uk[pu];
+                        else u = __ldg(uk + pu);
                         unsigned bh0, bl0, bh1, bl1;
                         tc::split(u.x, bh0, bl0);
                         tc::split(u.y, bh1, bl1);
