@@ -72,6 +72,10 @@ _FULL_TC_GROUP = 16
 _FULL_TC_TILE = 128
 _FULL_TC_CW = 2
 _FULL_TC_WARPS = 8
+#: most component groups of ``full_pass_tc``: every group of 16 repeats the E-step, so beyond
+#: two the GEMM path is faster (H200, D=32, one pass: K=32 3.8 vs 4.0 ms, K=48 7.6 vs 6.8 ms,
+#: K=64 12.8 vs 7.1 ms; ``benchmarks/results/tune_full_h200_k.txt``)
+_FULL_TC_MAX_GROUPS = 2
 #: largest float64 block-partial buffer of ``full_pass_tc`` (bytes)
 _FULL_TC_PARTIAL_BYTES = 1 << 28
 #: geometry of ``diag_pass_tc`` (``tc::Geo`` in ``em_diag.cu``): samples per warp step
@@ -190,9 +194,10 @@ class CupyEngine:
         Run the fused passes on tensor cores (3xTF32) where they apply, on compute capability
         8.0 or newer: ``diag_pass_tc`` for float32 diag data with ``n_features`` in
         {4, 8, 12, 16} and ``n_components <= 32``; ``full_pass_tc`` for float32 full-covariance
-        data with ``n_features <= 32`` where its operands fit the per-block shared memory (on an
-        H100/H200: up to 23 components with 32 features, 81 with 16, with U in shared memory;
-        beyond that, U read from global memory: up to 71 / 135). Default: the
+        data with ``n_features <= 32`` and ``n_components <= 32`` (more components repeat its
+        E-step per group of 16: the GEMM path is faster there), U in shared memory where it
+        fits (on an H100/H200 up to 23 components with 32 features), else read through L1.
+        Default: the
         ``GMM_CORE_TENSOR_CORES`` environment variable (``0`` turns it off), else on.
     small_kernel : bool, optional
         Run :meth:`run_em` on small problems (one restart, up to 8 components, at most
@@ -889,6 +894,7 @@ class CupyEngine:
             and data.covariance_type == "full"
             and data.dtype == np.float32
             and data.n_features <= _FULL_TC_MAX_FEATURES
+            and n_components <= _FULL_TC_GROUP * _FULL_TC_MAX_GROUPS
         )
         if not ok:
             return False

@@ -471,7 +471,7 @@ def test_full_tensor_core_pass_matches_numpy(n, d, k, n_restarts, chunk_rows):
         _assert_stats_close(got, from_gemm, RTOL[np.float32])
 
 
-@pytest.mark.parametrize(("d", "k", "force_global"), [(32, 16, True), (32, 40, False)])
+@pytest.mark.parametrize(("d", "k", "force_global"), [(32, 16, True), (32, 32, False)])
 def test_full_tensor_core_pass_reads_u_from_global_memory(d, k, force_global):
     """full_pass_tc<D, false> (U fragments through L1: more components than shared memory
     holds) == the NumPy engine in float64."""
@@ -486,6 +486,7 @@ def test_full_tensor_core_pass_reads_u_from_global_memory(d, k, force_global):
     engine._full_tc_force_global_u = force_global
     data = engine.prepare(X, shift, "full")
     assert engine._full_tc_ok(data, k)
+    assert not engine._full_tc_ok(data, 33)  # three groups: the GEMM path is faster
     assert engine._full_tc_u_in_smem(d, k) is False
     got = engine.accumulate(data, params.map(cupy.asarray), cupy.ones(1, bool))
     _assert_stats_close(got, want, RTOL[np.float32])
