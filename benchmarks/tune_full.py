@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -215,17 +214,13 @@ def main() -> int:
     ap.add_argument("--json")
     ap.add_argument("--only", choices=["correctness", "timing"])
     args = ap.parse_args()
-    from benchmarks.tune_fused import device_record
+    from benchmarks.tune_fused import run_sections
 
-    out = device_record()
-    for name, fn in (("correctness", correctness), ("timing", timing)):
-        if args.only and args.only != name:
-            continue
-        print(f"{name}:", flush=True)
-        out[name] = fn(args.quick)
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
-    return 0
+    sections = (
+        ("correctness", lambda: correctness(args.quick)),
+        ("timing", lambda: timing(args.quick)),
+    )
+    return run_sections(sections, args.only, args.json)
 
 
 if __name__ == "__main__":

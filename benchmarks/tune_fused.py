@@ -272,17 +272,26 @@ def small_kernel_phases(eng, X) -> dict[str, float] | None:
     return out
 
 
-def device_record() -> dict:
-    """Print and return the GPU, CuPy version and date a tuning run's JSON starts with."""
+def run_sections(sections, only: str | None, json_path: str | None) -> int:
+    """Run the named sections of a tuning script (all, or ``only``), printing as they go, and
+    write their rows after the GPU, CuPy version and date to ``json_path`` when given."""
     import cupy as cp
 
     props = cp.cuda.runtime.getDeviceProperties(0)
     print(f"device: {props['name'].decode()}  cupy {cp.__version__}", flush=True)
-    return {
+    out: dict = {
         "device": props["name"].decode(),
         "cupy": cp.__version__,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    for name, run in sections:
+        if only and only != name:
+            continue
+        print(f"{name}:", flush=True)
+        out[name] = run()
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=1))
+    return 0
 
 
 def main() -> int:
@@ -310,18 +319,13 @@ def main() -> int:
     if args.n_init:
         N_INITS = (args.n_init,)
 
-    out = device_record()
-    for name, fn in (("correctness", correctness), ("telemetry", telemetry), ("blobs", blobs)):
-        if args.only and args.only != name:
-            continue
-        print(f"{name}:", flush=True)
-        if name == "correctness" and args.cases:
-            out[name] = correctness(args.quick, [int(c) for c in args.cases.split(",")])
-        else:
-            out[name] = fn(args.quick)
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
-    return 0
+    cases = [int(c) for c in args.cases.split(",")] if args.cases else None
+    sections = (
+        ("correctness", lambda: correctness(args.quick, cases)),
+        ("telemetry", lambda: telemetry(args.quick)),
+        ("blobs", lambda: blobs(args.quick)),
+    )
+    return run_sections(sections, args.only, args.json)
 
 
 if __name__ == "__main__":

@@ -197,8 +197,8 @@ class CupyEngine:
         data with ``n_features <= 32`` and ``n_components <= 32`` (more components repeat its
         E-step per group of 16: the GEMM path is faster there), U in shared memory where it
         fits (on an H100/H200 up to 23 components with 32 features), else read through L1.
-        Default: the
-        ``GMM_CORE_TENSOR_CORES`` environment variable (``0`` turns it off), else on.
+        Default: the ``GMM_CORE_TENSOR_CORES`` environment variable (``0`` turns it off), else
+        on.
     small_kernel : bool, optional
         Run :meth:`run_em` on small problems (one restart, up to 8 components, at most
         ``2**21`` rows, few statistics: e.g. Blobs 500k x 2, K=5) as ``diag_em_small``: many
@@ -932,8 +932,7 @@ class CupyEngine:
 
     def _accumulate_full_tc(self, data: CupyData, params: Params) -> Stats:
         """One ``full_pass_tc`` launch per row chunk; float64 statistics as ``_accumulate_gemm``."""
-        n_restarts, n_components, n_features = params.means.shape
-        R, K, D = n_restarts, n_components, n_features
+        R, K, D = params.means.shape
         rk = R * K
         ntd = -(-D // 8)
         u_in_smem = self._full_tc_u_in_smem(D, K)

@@ -27,6 +27,13 @@ def _engines():
     return NumpyEngine(), CupyEngine()
 
 
+def _numpy_stats(X, shift, cov, params):
+    """Sufficient statistics of one pass from the NumPy engine (float64): the reference."""
+    np_engine = _engines()[0]
+    n_restarts = params.weights.shape[0]
+    return np_engine.accumulate(np_engine.prepare(X, shift, cov), params, np.ones(n_restarts, bool))
+
+
 def _assert_stats_close(got, want, rtol, scales=None):
     """Every statistic within ``rtol`` of the reference, relative to its largest entry (or to
     ``scales[name]`` where given: a sum that cancels to ~0 is compared with its terms' size)."""
@@ -49,13 +56,13 @@ def test_accumulate_matches_numpy(cov, dtype, n_restarts):
 
     X = make_data(5000, 5, 4, dtype)
     params = random_params(X, cov, 4, n_restarts)
-    np_engine, cp_engine = _engines()
+    cp_engine = _engines()[1]
     if cov in ("diag", "spherical") and n_restarts == 3:  # the shared-accumulator variant
         from gmm_core._cupy_engine import CupyEngine
 
         cp_engine = CupyEngine(shared_accumulators=True)
     shift = X.mean(0)
-    want = np_engine.accumulate(np_engine.prepare(X, shift, cov), params, np.ones(n_restarts, bool))
+    want = _numpy_stats(X, shift, cov, params)
     data = cp_engine.prepare(X, shift, cov)
     got = cp_engine.accumulate(data, params.map(cupy.asarray), cupy.ones(n_restarts, bool))
     _assert_stats_close(got, want, RTOL[dtype])
@@ -187,9 +194,9 @@ def test_many_restarts_and_components_split_into_groups():
 
     X = make_data(3000, 3, 100, np.float64, seed=2)
     params = random_params(X, "diag", 100, 4)
-    np_engine, cp_engine = _engines()
+    cp_engine = _engines()[1]
     shift = X.mean(0)
-    want = np_engine.accumulate(np_engine.prepare(X, shift, "diag"), params, np.ones(4, bool))
+    want = _numpy_stats(X, shift, "diag", params)
     got = cp_engine.accumulate(
         cp_engine.prepare(X, shift, "diag"), params.map(cupy.asarray), cupy.ones(4, bool)
     )
@@ -202,9 +209,9 @@ def test_wide_diag_uses_gemm_path():
 
     X = make_data(2000, 40, 3, np.float32, seed=4)  # 40 features: beyond the fused kernel
     params = random_params(X, "diag", 3, 2)
-    np_engine, cp_engine = _engines()
+    cp_engine = _engines()[1]
     shift = X.mean(0)
-    want = np_engine.accumulate(np_engine.prepare(X, shift, "diag"), params, np.ones(2, bool))
+    want = _numpy_stats(X, shift, "diag", params)
     data = cp_engine.prepare(X, shift, "diag")
     assert not cp_engine._fused_ok(data, 2, 3)
     got = cp_engine.accumulate(data, params.map(cupy.asarray), cupy.ones(2, bool))
@@ -333,10 +340,7 @@ def test_tensor_core_pass_matches_numpy(n, d, k, n_restarts):
     X = make_data(n, d, k, np.float32, seed=n)
     params = random_params(X, "diag", k, n_restarts, seed=d)
     shift = X.mean(0)
-    np_engine = _engines()[0]
-    want = np_engine.accumulate(
-        np_engine.prepare(X, shift, "diag"), params, np.ones(n_restarts, bool)
-    )
+    want = _numpy_stats(X, shift, "diag", params)
     engine = _tc_engine()
     data = engine.prepare(X, shift, "diag")
     plans = engine._plans(data, n_restarts, k)
@@ -366,8 +370,7 @@ def test_tensor_core_pass_is_exact_for_a_far_tight_component():
     params.means[0, 7] = 300.0 - shift
     params.covariances[0, 7] = 1e-4
     params.precisions_cholesky[0, 7] = 1e2
-    np_engine = _engines()[0]
-    want = np_engine.accumulate(np_engine.prepare(X, shift, "diag"), params, np.ones(1, bool))
+    want = _numpy_stats(X, shift, "diag", params)
     assert float(want.nk[0, 7]) == pytest.approx(800, rel=1e-3)  # the far points are its own
     engine = _tc_engine()
     data = engine.prepare(X, shift, "diag")
@@ -445,10 +448,7 @@ def test_full_tensor_core_pass_matches_numpy(n, d, k, n_restarts, chunk_rows):
     X = make_data(n, d, k, np.float32, seed=n + d)
     params = random_params(X, "full", k, n_restarts, seed=d)
     shift = X.mean(0)
-    np_engine = _engines()[0]
-    want = np_engine.accumulate(
-        np_engine.prepare(X, shift, "full"), params, np.ones(n_restarts, bool)
-    )
+    want = _numpy_stats(X, shift, "full", params)
     engine = _tc_engine()
     if chunk_rows:
         engine = CupyEngine(tensor_cores=True, memory_budget_bytes=100_000, chunk_rows=chunk_rows)
@@ -480,8 +480,7 @@ def test_full_tensor_core_pass_reads_u_from_global_memory(d, k, force_global):
     X = make_data(12_007, d, min(k, 16), np.float32, seed=k)
     params = random_params(X, "full", k, 1, seed=d + k)
     shift = X.mean(0)
-    np_engine = _engines()[0]
-    want = np_engine.accumulate(np_engine.prepare(X, shift, "full"), params, np.ones(1, bool))
+    want = _numpy_stats(X, shift, "full", params)
     engine = _tc_engine()
     engine._full_tc_force_global_u = force_global
     data = engine.prepare(X, shift, "full")
@@ -511,8 +510,7 @@ def test_full_tensor_core_pass_is_accurate_for_a_far_tight_component():
     params.precisions_cholesky[0, 5] = cholesky_precisions(params.covariances[:, 5:6], "full", np)[
         0, 0
     ]
-    np_engine = _engines()[0]
-    want = np_engine.accumulate(np_engine.prepare(X, shift, "full"), params, np.ones(1, bool))
+    want = _numpy_stats(X, shift, "full", params)
     assert float(want.nk[0, 5]) == pytest.approx(900, rel=1e-3)  # the far points are its own
     engine = _tc_engine()
     data = engine.prepare(X, shift, "full")

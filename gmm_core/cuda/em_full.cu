@@ -231,20 +231,21 @@ full_tc_params(const double* __restrict__ weights, const double* __restrict__ me
             make_float2(r0 < D && col < D ? (float)u[r0 * D + col] : 0.0f,
                         r1 < D && col < D ? (float)u[r1 * D + col] : 0.0f);
     }
+    __shared__ double s_b[G::DN];  // mu U
     for (int j = t; j < G::DN; j += NT) {
         double v = 0.0;
         if (j < D)
             for (int i = 0; i < D; ++i) v += mu[i] * u[i * D + j];
+        s_b[j] = v;
         bvec[(size_t)rk * G::DN + j] = (float)v;
     }
     for (int j = t; j < G::DM; j += NT) mvec[(size_t)rk * G::DM + j] = j < D ? (float)mu[j] : 0.0f;
+    __syncthreads();
     if (t == 0) {
         double log_det = 0.0, b2 = 0.0;
         for (int d = 0; d < D; ++d) {
             log_det += log(u[d * D + d]);
-            double v = 0.0;
-            for (int i = 0; i < D; ++i) v += mu[i] * u[i * D + d];
-            b2 += v * v;
+            b2 += s_b[d] * s_b[d];
         }
         lconst[rk] = (float)((log(weights[rk]) + log_det - 0.5 * D * 1.83787706640934548356) *
                              1.44269504088896340736);
