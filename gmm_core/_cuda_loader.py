@@ -115,6 +115,12 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
         "diag_pass_tc<8, 1, true, 256>",
         "diag_pass_tc<12, 2, false, 128>",
     ),
+    "init.cu": (
+        "kpp_potentials<float>",
+        "kpp_potentials<double>",
+        "kpp_update<float>",
+        "kpp_update<double>",
+    ),
     "em_full.cu": (
         "full_mstep<1>",
         "full_mstep<32>",

@@ -38,6 +38,7 @@ import cupy
 import numpy as np
 
 from . import _cuda_loader
+from ._engine import EMResult, Engine
 from ._gaussian import ILL_DEFINED_COVARIANCE, Params, Stats, log_det_cholesky
 
 logger = logging.getLogger("gmm_core")
@@ -174,7 +175,7 @@ class _DiagPlan:
     small_kmax: int = 0
 
 
-class CupyEngine:
+class CupyEngine(Engine):
     """GPU engine; see :class:`gmm_core._engine.Engine` for the contract.
 
     Parameters
@@ -249,6 +250,9 @@ class CupyEngine:
         self._smem_optin = device.attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024)
 
     # -- data -----------------------------------------------------------------------------------
+    def takes_device_arrays(self) -> bool:
+        return True
+
     def asarray(self, a: Any) -> Any:
         return cupy.asarray(a)
 
@@ -743,7 +747,7 @@ class CupyEngine:
         tol: float,
         max_iter: int,
         first_bound: float = -np.inf,
-    ) -> tuple[Params, np.ndarray, np.ndarray, np.ndarray] | None:
+    ) -> EMResult | None:
         """Run the estimator's EM loop with every step on the device, or return ``None``.
 
         Same semantics as :meth:`gmm_core.GaussianMixture._run_em` (per-restart convergence on
@@ -796,7 +800,7 @@ class CupyEngine:
             if cupy.asnumpy(state.failed).any():
                 raise ValueError(ILL_DEFINED_COVARIANCE)
         history = cupy.asnumpy(state.history).T.copy()
-        return (
+        return EMResult(
             state.params.map(cupy.copy),
             history,
             cupy.asnumpy(state.n_iter).astype(np.int64),

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ._engine import Engine
 from ._gaussian import Params, Stats
 from ._numpy_engine import NumpyEngine
 
@@ -196,7 +197,7 @@ class DaskData:
     worker_backends: list[str] = field(default_factory=list)  # engine of each partition
 
 
-class DaskEngine:
+class DaskEngine(Engine):
     """Engine running each pass on a Dask cluster; see :class:`gmm_core._engine.Engine`.
 
     Parameters

@@ -9,9 +9,14 @@ engine's arrays live, so a GPU engine never needs a host round trip inside an it
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from typing import Any, Protocol
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from ._gaussian import Params, Stats
 
@@ -20,27 +25,45 @@ logger = logging.getLogger("gmm_core")
 BACKENDS = ("auto", "numpy", "cupy", "dask", "multigpu")
 
 
-class Engine(Protocol):
-    """What a backend provides to the EM loop."""
+class EMResult(NamedTuple):
+    """What an EM loop over a batch of ``R`` restarts leaves behind."""
 
-    @property
-    def name(self) -> str:
-        """Backend name reported as ``backend_``."""
+    params: Params  # final parameters of every restart (engine arrays)
+    history: np.ndarray  # (n_iterations, R) lower bounds, NaN once a restart stopped
+    n_iter: np.ndarray  # (R,) int
+    converged: np.ndarray  # (R,) bool
 
-    @property
-    def xp(self) -> Any:
-        """Array module of the engine's arrays (NumPy or CuPy)."""
 
-    @property
-    def sync_every(self) -> int:
-        """The loop asks the device whether any restart is still active this often."""
+class Engine:
+    """What a backend provides to the estimator's ``fit``.
+
+    ``fit`` = validate -> :meth:`prepare` (place the data) -> initialise (on the host as
+    scikit-learn draws it, or :attr:`device_init`) -> EM loop (:meth:`run_em` where the engine
+    runs the whole loop itself, else the estimator's loop over :meth:`accumulate` and
+    :meth:`m_step`) -> fitted attributes. Subclasses implement the first group of methods; the
+    optional capabilities below have defaults that mean "not supported here".
+    """
+
+    #: backend name reported as ``backend_``
+    name: str = ""
+    #: array module of the engine's arrays (NumPy or CuPy)
+    xp: Any = np
+    #: the loop asks the device whether any restart is still active this often
+    sync_every: int = 1
+    #: initial parameters are drawn where the data live (:mod:`gmm_core._init`); False: on the
+    #: host, exactly as scikit-learn draws them
+    device_init: bool = False
 
     def prepare(self, X: Any, shift: Any, covariance_type: str) -> Any:
         """Put ``X - shift`` where the engine works (device, chunks); return an opaque handle.
 
         ``X`` is a NumPy (or, for GPU engines, CuPy) array of shape (n_samples, n_features),
-        float32 or float64, already validated; its dtype is kept. ``shift`` (n_features,) or None.
+        float32 or float64, already validated; its dtype is kept. ``shift`` (n_features,) or
+        None; engines with :attr:`device_init` also take ``"auto"``: they compute the column
+        moments where the data live and set the handle's ``shift`` and ``variance`` (float64
+        NumPy arrays).
         """
+        raise NotImplementedError
 
     def accumulate(self, data: Any, params: Params, active: Any) -> Stats:
         """One fused E-step pass: log-likelihood and sufficient statistics of every restart.
@@ -48,15 +71,69 @@ class Engine(Protocol):
         ``active`` (R,) marks restarts still iterating; an engine may skip the others, but must
         then return their statistics of the last pass in which they were active.
         """
+        raise NotImplementedError
 
     def weighted_log_prob(self, data: Any, params: Params) -> Any:
         """``log w_k + log N(x | k)`` of ONE mixture (restart axis of length 1), shape (N, K)."""
+        raise NotImplementedError
 
     def asarray(self, a: Any) -> Any:
         """Host array -> engine array."""
+        raise NotImplementedError
 
     def to_host(self, a: Any) -> Any:
         """Engine array -> NumPy array."""
+        raise NotImplementedError
+
+    # -- optional capabilities -------------------------------------------------------------------
+    def takes_device_arrays(self) -> bool:
+        """Whether :meth:`prepare` takes CuPy arrays as they are (else they come to the host)."""
+        return False
+
+    def host_centred(self, data: Any, X: np.ndarray, shift: np.ndarray) -> np.ndarray:
+        """The centred data on the host, for a host initialisation."""
+        return X - shift.astype(X.dtype)
+
+    def device_chunks(self, data: Any) -> Iterator[Any]:
+        """The centred data as row blocks of engine arrays (:attr:`device_init` engines)."""
+        raise NotImplementedError
+
+    def retype(self, data: Any, covariance_type: str) -> Any:
+        """The same prepared data laid out for another covariance type (no new copy of X)."""
+        raise NotImplementedError
+
+    def run_em(
+        self,
+        data: Any,
+        params: Params,
+        *,
+        reg_covar: float,
+        eps: float,
+        tol: float,
+        max_iter: int,
+        first_bound: float = -np.inf,
+    ) -> EMResult | None:
+        """Run the whole EM loop (the estimator's semantics), or ``None``: use the generic loop."""
+        return None
+
+    def m_step(self, stats: Stats, covariance_type: str, reg_covar: float, eps: float) -> Any:
+        """The M-step on the engine's device (``Params``), or ``None``: use ``_gaussian.m_step``."""
+        return None
+
+    def synchronize(self) -> None:
+        """Wait for the engine's queued work (phase timings)."""
+
+    @contextlib.contextmanager
+    def track_memory(self) -> Iterator[MemoryReport]:
+        """Measure the peak device memory allocated inside the block (``None`` on the host)."""
+        yield MemoryReport()
+
+
+@dataclass
+class MemoryReport:
+    """Device memory of one ``fit``: bytes allocated above the level at its start."""
+
+    peak_bytes: int | None = None
 
 
 @functools.cache

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import _cuda_loader
 from ._cupy_engine import CupyData, CupyEngine, drive_launches
+from ._engine import EMResult, Engine
 from ._gaussian import ILL_DEFINED_COVARIANCE, Params, Stats
 
 logger = logging.getLogger("gmm_core")
@@ -87,7 +88,7 @@ class MultiGpuData:
         return [shard.n_samples for shard in self.shards]
 
 
-class MultiGpuEngine:
+class MultiGpuEngine(Engine):
     """Engine sharding rows across the GPUs of one host; see :class:`gmm_core._engine.Engine`.
 
     Parameters
@@ -158,6 +159,9 @@ class MultiGpuEngine:
         return self._peer_access
 
     # -- data -----------------------------------------------------------------------------------
+    def takes_device_arrays(self) -> bool:
+        return True
+
     def asarray(self, a: Any) -> Any:
         with cupy.cuda.Device(self.primary):
             return cupy.asarray(a)
@@ -322,13 +326,13 @@ class MultiGpuEngine:
         tol: float,
         max_iter: int,
         first_bound: float = -np.inf,
-    ) -> tuple[Params, np.ndarray, np.ndarray, np.ndarray] | None:
+    ) -> EMResult | None:
         """Run the estimator's EM loop on every device, exchanging pass outputs each iteration.
 
-        Same contract as :meth:`gmm_core._cupy_engine.CupyEngine.run_em`: returns ``(params,
-        history, n_iter, converged)`` (``params`` on the primary device, ``history`` (max_iter,
-        R) with NaN after a restart stopped) or ``None`` when the data need the generic loop
-        (full/tied covariance, shards streamed from the host, or kernel limits).
+        Same contract as :meth:`gmm_core._cupy_engine.CupyEngine.run_em`: returns an
+        :class:`~gmm_core._engine.EMResult` (``params`` on the primary device) or ``None`` when
+        the data need the generic loop (full/tied covariance, shards streamed from the host, or
+        kernel limits).
         """
         n_restarts, n_components, _ = params.means.shape
         if not all(shard.resident and len(shard.chunks) == 1 for shard in data.shards):
@@ -660,7 +664,7 @@ class _FusedLoop:
                 settings = dict(reg_covar=reg_covar, eps=eps, tol=tol, first_bound=first_bound)
                 loop.reset(slot.engine, all_rows, local, **settings, synchronize=False)
 
-    def run(self, max_iter: int) -> tuple[Params, np.ndarray, np.ndarray, np.ndarray]:
+    def run(self, max_iter: int) -> EMResult:
         primary = self.slots[0]
         state = primary.loop.state
         self._iterations = 0
@@ -700,7 +704,7 @@ class _FusedLoop:
             "steps": self.steps,
             "plans": [len(slot.loop.plans) for slot in self.slots],
         }
-        return params, history, n_iter, converged
+        return EMResult(params, history, n_iter, converged)
 
     def _synchronize(self) -> None:
         for slot in self.slots:

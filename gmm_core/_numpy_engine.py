@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ._engine import Engine
 from ._gaussian import Params, Stats, estimate_log_gaussian_prob, log_det_cholesky
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -30,13 +31,24 @@ class NumpyData:
     features: np.ndarray  # diag: [X, X**2]; spherical: [X, |x|^2] (float64); full/tied: X
     xtx: np.ndarray | None  # tied only: X^T X in float64
     covariance_type: str
+    #: what ``prepare(X, "auto", ...)`` measured: the column means (the shift) and variances
+    shift: np.ndarray | None = None
+    variance: np.ndarray | None = None
+
+    @property
+    def n_features(self) -> int:
+        return self.X.shape[1]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.X.dtype
 
     @property
     def n_samples(self) -> int:
         return self.X.shape[0]
 
 
-class NumpyEngine:
+class NumpyEngine(Engine):
     """CPU engine; see :class:`gmm_core._engine.Engine` for the contract."""
 
     name = "numpy"
@@ -45,10 +57,14 @@ class NumpyEngine:
 
     def __init__(self) -> None:
         self._last: Stats | None = None  # statistics of restarts that stopped iterating
+        self._last_key: tuple[Any, ...] = ()
 
     # -- data -----------------------------------------------------------------------------------
     def prepare(self, X: Any, shift: Any, covariance_type: str) -> NumpyData:
         X = np.asarray(X)
+        variance = None
+        if isinstance(shift, str):  # "auto": the column moments, here
+            shift, variance = X.mean(axis=0, dtype=np.float64), X.var(axis=0, dtype=np.float64)
         if shift is not None:
             X = X - np.asarray(shift, dtype=X.dtype)
         # second moments in float64 whatever the data dtype: the M-step's sxx/nk - mean^2
@@ -61,7 +77,20 @@ class NumpyEngine:
         else:
             features = X
         xtx = X.T.astype(np.float64) @ X.astype(np.float64) if covariance_type == "tied" else None
-        return NumpyData(X, features, xtx, covariance_type)
+        return NumpyData(X, features, xtx, covariance_type, shift, variance)
+
+    def retype(self, data: NumpyData, covariance_type: str) -> NumpyData:
+        """The same (already centred) data laid out for another covariance type."""
+        if covariance_type == data.covariance_type:
+            return data
+        return self.prepare(data.X, None, covariance_type)
+
+    def host_centred(self, data: NumpyData, X: np.ndarray, shift: np.ndarray) -> np.ndarray:
+        return data.X
+
+    def device_chunks(self, data: NumpyData) -> Any:
+        """The centred data as one block of rows."""
+        yield data.X
 
     def asarray(self, a: Any) -> np.ndarray:
         return np.asarray(a)
@@ -74,8 +103,10 @@ class NumpyEngine:
         n_restarts, n_components, n_features = params.means.shape
         if n_restarts == 1 and bool(active[0]):
             return _accumulate_one(data, params)  # fresh arrays, nothing to keep
-        if self._last is None or self._last.nk.shape != (n_restarts, n_components):
+        key = (data.covariance_type, n_restarts, n_components, n_features)
+        if self._last is None or self._last_key != key:
             self._last = _empty_stats(data, n_restarts, n_components, n_features)
+            self._last_key = key
         stats = self._last
         for r in np.flatnonzero(np.asarray(active)):
             one = _accumulate_one(data, params.take(int(r)))

@@ -26,7 +26,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._engine import BACKENDS, Engine, cupy_unavailable_reason, get_engine
+from ._engine import BACKENDS, EMResult, Engine, cupy_unavailable_reason, get_engine
 from ._gaussian import (
     COVARIANCE_TYPES,
     ILL_DEFINED_COVARIANCE,
@@ -43,6 +43,7 @@ from ._gaussian import (
     precisions_from_cholesky,
     select,
 )
+from ._init import initial_params
 
 __all__ = ["GaussianMixture", "em_progress"]
 
@@ -350,24 +351,28 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # ------------------------------------------------------------------------------------------
     # Fitting
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X: Any, y: Any = None) -> GaussianMixture:
         """Estimate model parameters with the EM algorithm.
+
+        The model is fitted ``n_init`` times (all restarts in one batch) and the parameters with
+        the largest lower bound are kept.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            NumPy (or CuPy) data; float32 stays float32.
+            NumPy (or CuPy) data; float32 stays float32. A CuPy array stays on its device.
         y : Ignored
 
         Returns
         -------
         self : GaussianMixture
         """
-        self.fit_predict(X, y)
+        self._fit(X)
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
+    def fit_predict(self, X: Any, y: Any = None) -> Any:
         """Fit the model ``n_init`` times, keep the best, and return the labels of ``X``.
 
         Parameters
@@ -378,8 +383,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Returns
         -------
         labels : ndarray of shape (n_samples,)
+            A CuPy array for CuPy input.
         """
-        started = time.perf_counter()
+        engine, data, best_params = self._fit(X)
+        # a final E-step so that fit_predict(X) agrees with fit(X).predict(X)
+        labels = engine.xp.argmax(engine.weighted_log_prob(data, best_params), axis=1)
+        return labels if _is_cupy_array(X) else engine.to_host(labels)
+
+    def _fit(self, X: Any) -> tuple[Engine, Any, Params]:
+        """Fit; return the engine, its prepared data and the best restart's parameters."""
+        clock = _PhaseClock()
         X = self._check_X(X, reset=True)
         n_samples, n_features = X.shape
         if n_samples < self.n_components:
@@ -389,44 +402,73 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
         user = self._checked_initial_parameters(n_features, X.dtype)
         engine = get_engine(self.backend)
-        xp = engine.xp
-        if _is_cupy_array(X) and xp is np:  # a host engine (numpy, dask) takes host arrays
-            X = X.get()
+        clock.engine = engine
+        if _is_cupy_array(X) and not engine.takes_device_arrays():
+            X = X.get()  # a host engine (numpy, dask) takes host arrays
         eps = 10 * float(np.finfo(X.dtype).eps)
+        clock.lap("validate")
 
-        # centre once: uncentred sufficient statistics are then numerically safe
-        shift_dev = X.astype(xp.float64).mean(axis=0) if _is_cupy_array(X) else None
-        X_host = engine.to_host(X) if _is_cupy_array(X) else X
-        shift = (
-            engine.to_host(shift_dev) if shift_dev is not None else X.mean(axis=0, dtype=np.float64)
-        )
-        data = engine.prepare(X, shift, self.covariance_type)
-        Xc = data.X if engine.name == "numpy" else X_host - shift.astype(X.dtype)
+        with engine.track_memory() as memory:
+            do_init = not (self.warm_start and hasattr(self, "converged_"))
+            random_state = check_random_state(self.random_state)
+            params: Params | None = None
+            if engine.device_init:
+                # moments, centring and initialisation where the data live: no host copy of X
+                data = engine.prepare(X, "auto", self.covariance_type)
+                shift = data.shift
+                clock.lap("transfer")
+                if do_init:
+                    params = initial_params(
+                        engine,
+                        data,
+                        init_params=self.init_params,
+                        n_components=self.n_components,
+                        n_init=self.n_init,
+                        covariance_type=self.covariance_type,
+                        reg_covar=self.reg_covar,
+                        eps=eps,
+                        random_state=random_state,
+                        user=user,
+                        shift=shift,
+                        variance=getattr(data, "variance", None),
+                    )
+            else:
+                X_host = engine.to_host(X) if _is_cupy_array(X) else X
+                shift = X_host.mean(axis=0, dtype=np.float64)
+                data = engine.prepare(X, shift, self.covariance_type)
+                clock.lap("transfer")
+                if do_init:
+                    Xc = engine.host_centred(data, X_host, shift)
+                    inits = [
+                        self._initial_params(X_host, Xc, shift, random_state, user, eps)
+                        for _ in range(self.n_init)
+                    ]
+                    del Xc
+                    params = Params(
+                        *(
+                            np.concatenate(arrays)
+                            for arrays in zip(*(vars(p).values() for p in inits), strict=True)
+                        )
+                    ).map(engine.asarray)
+            first_bound = -np.inf
+            if params is None:  # warm start
+                params = self._fitted_params(shift).map(engine.asarray)
+                first_bound = float(getattr(self, "lower_bound_"))  # noqa: B009 (set by a fit)
+            clock.lap("init")
 
-        do_init = not (self.warm_start and hasattr(self, "converged_"))
-        random_state = check_random_state(self.random_state)
-        if do_init:
-            inits = [
-                self._initial_params(X_host, Xc, shift, random_state, user, eps)
-                for _ in range(self.n_init)
-            ]
-            first_bound: float = -np.inf
-        else:
-            inits = [self._fitted_params(shift)]
-            first_bound = float(getattr(self, "lower_bound_"))  # noqa: B009 (set by a previous fit)
-        del Xc
-        params = Params(
-            *(
-                np.concatenate(arrays)
-                for arrays in zip(*(vars(p).values() for p in inits), strict=True)
-            )
-        )
-        params = params.map(engine.asarray)
+            result = self._run_em(engine, data, params, first_bound, eps)
+            clock.lap("em")
+            best_params = self._keep_best(result, engine, shift, X.dtype)
+            clock.lap("finish")
+        self.fit_timings_ = clock.seconds
+        self.device_peak_bytes_ = memory.peak_bytes
+        self.fit_seconds_ = clock.total()
+        return engine, data, best_params
 
-        history, n_iter, converged = self._run_em(engine, data, params, first_bound, eps)
-        params = self._em_params
+    def _keep_best(self, result: EMResult, engine: Engine, shift: np.ndarray, dtype: Any) -> Params:
+        """Set the fitted attributes from the best restart; return its (engine) parameters."""
+        history, n_iter, converged = result.history, result.n_iter, result.converged
         lower_bounds = [history[: n_iter[r], r] for r in range(history.shape[1])]
-
         if self.max_iter == 0:
             best = len(lower_bounds) - 1  # as scikit-learn: the last initialisation
             best_bound = -np.inf
@@ -441,34 +483,27 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 "Best performing initialization did not converge. Try different init parameters, "
                 "or increase max_iter, tol, or check for degenerate data.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=4,
             )
-        best_params = params.take(best)
-        self._set_fitted(best_params.map(engine.to_host), shift, X.dtype)
+        best_params = result.params.take(best)
+        self._set_fitted(best_params.map(engine.to_host), shift, dtype)
         self.n_iter_ = int(n_iter[best])
         self.lower_bound_ = best_bound
         self.lower_bounds_ = [float(v) for v in lower_bounds[best]]
         self.restart_lower_bounds_ = [np.asarray(b, dtype=np.float64) for b in lower_bounds]
         self.backend_ = engine.name
-
-        # a final E-step so that fit_predict(X) agrees with fit(X).predict(X)
-        labels = engine.to_host(xp.argmax(engine.weighted_log_prob(data, best_params), axis=1))
-        self.fit_seconds_ = time.perf_counter() - started
-        return labels
+        return best_params
 
     def _run_em(
         self, engine: Engine, data: Any, params: Params, first_bound: float, eps: float
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The EM loop over a batch of restarts.
+    ) -> EMResult:
+        """The EM loop over a batch of restarts (the engine's own where it has one).
 
-        Returns the lower-bound history (max_iter, R) (NaN once a restart stopped), the number of
-        iterations and the convergence flag of every restart; leaves the final parameters in
-        ``self._em_params`` (engine arrays).
+        The result's history is (iterations, R) lower bounds, NaN once a restart stopped.
         """
-        run_em = getattr(engine, "run_em", None)
-        if run_em is not None and not self.verbose and _PROGRESS.get() is None:
+        if not self.verbose and _PROGRESS.get() is None:
             # the GPU engines run the whole loop on the device (None: layout needs this loop)
-            out = run_em(
+            result = engine.run_em(
                 data,
                 params,
                 reg_covar=self.reg_covar,
@@ -477,9 +512,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 max_iter=self.max_iter,
                 first_bound=first_bound,
             )
-            if out is not None:
-                self._em_params, hist, n_iter_dev, converged_dev = out
-                return hist, n_iter_dev, converged_dev
+            if result is not None:
+                return result
         xp = engine.xp
         n_restarts = params.weights.shape[0]
         active = xp.ones(n_restarts, dtype=bool)
@@ -495,20 +529,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         # on a device, positive-definiteness is checked at sync points, not by a sync per iteration
         deferred = xp is not np
         failed = xp.zeros((), dtype=bool)
-        # an engine may run the M-step itself (CuPy, full covariance: one kernel launch)
-        engine_m_step = getattr(engine, "m_step", None)
         for it in range(1, self.max_iter + 1):
             stats: Stats = engine.accumulate(data, params, active)
             new_bound = stats.loglik / stats.n_samples
-            new_params = None
-            if engine_m_step is not None:
-                new_params = engine_m_step(stats, self.covariance_type, self.reg_covar, eps)
-                if (
-                    new_params is not None
-                    and not deferred
-                    and not bool(xp.isfinite(new_params.precisions_cholesky).all())
-                ):
-                    raise ValueError(ILL_DEFINED_COVARIANCE)  # as m_step(check=True) would
+            # an engine may run the M-step itself (CuPy, full covariance: one kernel launch)
+            new_params = engine.m_step(stats, self.covariance_type, self.reg_covar, eps)
+            if (
+                new_params is not None
+                and not deferred
+                and not bool(xp.isfinite(new_params.precisions_cholesky).all())
+            ):
+                raise ValueError(ILL_DEFINED_COVARIANCE)  # as m_step(check=True) would
             if new_params is None:
                 new_params = m_step(
                     stats, self.covariance_type, self.reg_covar, eps, xp, check=not deferred
@@ -550,7 +581,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                     break
         if deferred and bool(failed):
             raise ValueError(ILL_DEFINED_COVARIANCE)
-        self._em_params = params
         hist = engine.to_host(xp.stack(history)) if history else np.empty((0, n_restarts))
         n_iter_h = engine.to_host(n_iter)
         converged_h = engine.to_host(converged)
@@ -564,7 +594,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                         f"{hist[n_iter_h[r] - 1, r]:.5f}."
                     )
                 print(line, flush=True)
-        return hist, n_iter_h, converged_h
+        return EMResult(params, hist, n_iter_h, converged_h)
 
     def _set_fitted(self, params: Params, shift: np.ndarray, dtype: Any) -> None:
         """Fitted attributes (C-ordered NumPy, in the data's dtype) from one restart's params."""
@@ -720,6 +750,25 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
         y = np.concatenate([np.full(n, j, dtype=int) for j, n in enumerate(n_samples_comp)])
         return X, y
+
+
+class _PhaseClock:
+    """Seconds per phase of a fit (``fit_timings_``), the engine's queue drained at each lap."""
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+        self.started = self.last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        if self.engine is not None:
+            self.engine.synchronize()
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+        self.last = now
+
+    def total(self) -> float:
+        return self.last - self.started
 
 
 def _as_float_array(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:

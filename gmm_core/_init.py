@@ -1,0 +1,500 @@
+"""Initial parameters of every restart, drawn where the data live (the GPU engines).
+
+scikit-learn draws each restart's initial responsibilities on the host, one restart after the
+other (``KMeans`` for ``init_params="kmeans"``). On a GPU that costs a copy of the data to the
+host and seconds of host k-means. Here every ``init_params`` runs on the engine's device, for
+all restarts at once, from random numbers that still come from the estimator's
+``random_state`` (so a seed gives the same model every time on the same device):
+
+``kmeans``
+    k-means++ seeding (scikit-learn's greedy variant: ``2 + log K`` candidates per centre, the
+    one with the smallest potential kept), two data passes per centre for all restarts
+    (``cuda/init.cu``), then Lloyd iterations. A Lloyd iteration *is* an EM pass: with equal
+    weights and one huge equal precision, every responsibility is 0 or 1 (the nearest centre,
+    float32 distances as in any k-means) and the pass's statistics are the cluster counts and
+    sums; so the engine's fused passes run every restart's k-means in one pass over the data.
+    A last pass at the final centres, with the fit's covariance type, gives the initial
+    statistics (scikit-learn's labels after ``KMeans.fit``).
+``k-means++`` / ``random_from_data``
+    The seeding alone / K distinct random rows; one sample per component.
+``random``
+    Uniform random responsibilities, normalised per sample, generated and reduced chunk by chunk
+    (no N x K array).
+
+Differences from scikit-learn's ``KMeans``, by design: the first centre is drawn uniformly, a
+centre left without samples keeps its position (scikit-learn moves it to a far sample), and
+Lloyd stops on the centre-shift rule alone (``tol=1e-4`` of the mean feature variance). The
+NumPy backend does not use this module: it reproduces scikit-learn exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ._gaussian import (
+    Params,
+    Stats,
+    cholesky_from_precisions,
+    cholesky_precisions,
+    covariances_from_precisions,
+    estimate_parameters,
+)
+
+__all__ = ["initial_params", "kmeans_plusplus", "lloyd", "column_moments"]
+
+#: scikit-learn's ``KMeans`` defaults
+KMEANS_MAX_ITER = 300
+KMEANS_TOL = 1e-4
+#: precision (times the total variance) of the mixture whose EM pass is a Lloyd assignment:
+#: a distance difference of 1e-10 of the total variance already weighs exp(-50)
+HARD_PRECISION = 1e12
+#: rows per block of the reductions and GEMMs done here with array operations (bounds their
+#: temporaries: 2**18 rows x 32 components of float64 = 64 MiB)
+_ROWS = 1 << 18
+
+
+def _blocks(engine: Any, data: Any) -> Iterator[tuple[int, Any]]:
+    """``(first row, device array)`` of every row block of the centred data."""
+    row0 = 0
+    for block in engine.device_chunks(data):
+        yield row0, block
+        row0 += block.shape[0]
+
+
+def _sub_blocks(block: Any) -> Iterator[Any]:
+    for start in range(0, block.shape[0], _ROWS):
+        yield block[start : start + _ROWS]
+
+
+def column_moments(xp: Any, blocks: Any) -> tuple[Any, Any]:
+    """Mean and (biased) variance of every column, float64, without a full-size temporary.
+
+    ``blocks`` iterates over row blocks of one array (any float dtype).
+    """
+    n, total, total_sq = 0, 0.0, 0.0
+    for block in blocks:
+        for part in _sub_blocks(block):
+            s = part.sum(axis=0, dtype=xp.float64)
+            q = xp.einsum("ij,ij->j", part, part, dtype=xp.float64)
+            total = total + s
+            total_sq = total_sq + q
+            n += part.shape[0]
+    mean = total / n
+    return mean, xp.maximum(total_sq / n - mean * mean, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Random draws (host, from the estimator's random_state, in a fixed order)
+
+
+def _n_local_trials(n_clusters: int) -> int:
+    return 2 + int(math.log(n_clusters))  # scikit-learn's k-means++
+
+
+def _draws(
+    random_state: np.random.RandomState, init_params: str, n_init: int, n_samples: int, k: int
+) -> list[dict[str, Any]]:
+    """What each restart draws from ``random_state``, restart after restart."""
+    out = []
+    for _ in range(n_init):
+        if init_params in ("kmeans", "k-means++"):
+            out.append(
+                {
+                    "first": int(random_state.randint(n_samples)),
+                    "u": random_state.uniform(size=(k - 1, _n_local_trials(k))),
+                }
+            )
+        else:  # 'random' (the device generator's seed), 'random_from_data' (rows' generator)
+            out.append({"seed": int(random_state.randint(np.iinfo(np.int32).max))})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# k-means++ seeding
+
+
+def _kernels(engine: Any, dtype: Any) -> dict[str, Any] | None:
+    """The ``init.cu`` kernels for CuPy engines, ``None`` for host array modules."""
+    if engine.xp is np:
+        return None
+    from . import _cuda_loader
+
+    t = _cuda_loader.ctype(dtype)
+    names = (f"kpp_potentials<{t}>", f"kpp_update<{t}>")
+    module = _cuda_loader.module("init.cu", names)
+    return {name.split("<")[0]: module.get_function(name) for name in names}
+
+
+def _grid(engine: Any, n: int) -> tuple[int]:
+    import cupy
+
+    n_sm = cupy.cuda.Device().attributes["MultiProcessorCount"]
+    return (max(1, min(-(-n // 256), 4 * n_sm)),)
+
+
+def _potentials(
+    engine: Any, data: Any, cand: Any, closest: Any, n_trials: int, kernels: Any
+) -> Any:
+    """``pot[r * n_trials + l] = sum_n min(closest[r, n], |x_n - cand[r * n_trials + l]|^2)``."""
+    xp = engine.xp
+    n_restarts, n_samples = closest.shape
+    n_cand, n_features = cand.shape
+    pot = xp.zeros(n_cand, dtype=xp.float64)
+    owner = np.repeat(np.arange(n_restarts), n_trials)
+    for row0, x in _blocks(engine, data):
+        if kernels is not None:
+            kernels["kpp_potentials"](
+                _grid(engine, x.shape[0]),
+                (256,),
+                (
+                    x,
+                    np.int64(x.shape[0]),
+                    np.int32(n_features),
+                    cand,
+                    np.int32(n_restarts),
+                    np.int32(n_trials),
+                    closest,
+                    np.int64(n_samples),
+                    np.int64(row0),
+                    pot,
+                ),
+                shared_mem=8 * n_cand,
+            )
+            continue
+        for start in range(0, x.shape[0], _ROWS // max(1, n_cand)):
+            part = x[start : start + _ROWS // max(1, n_cand)]
+            diff = (part[:, None, :] - cand[None]).astype(np.float64)
+            d2 = np.einsum("ncd,ncd->nc", diff, diff)
+            rows = slice(row0 + start, row0 + start + part.shape[0])
+            pot += np.minimum(d2, closest[owner, rows].T).sum(axis=0)
+    return pot
+
+
+def _update_closest(engine: Any, data: Any, centres: Any, closest: Any, kernels: Any) -> None:
+    """``closest[r] = min(closest[r], |x - centres[r]|^2)`` in place."""
+    n_restarts, n_samples = closest.shape
+    for row0, x in _blocks(engine, data):
+        if kernels is not None:
+            kernels["kpp_update"](
+                _grid(engine, x.shape[0]),
+                (256,),
+                (
+                    x,
+                    np.int64(x.shape[0]),
+                    np.int32(x.shape[1]),
+                    centres,
+                    np.int32(n_restarts),
+                    closest,
+                    np.int64(n_samples),
+                    np.int64(row0),
+                ),
+            )
+            continue
+        for start in range(0, x.shape[0], _ROWS):
+            part = x[start : start + _ROWS]
+            diff = (part[None, :, :] - centres[:, None, :]).astype(np.float64)
+            d2 = np.einsum("rnd,rnd->rn", diff, diff)
+            rows = slice(row0 + start, row0 + start + part.shape[0])
+            np.minimum(closest[:, rows], d2, out=closest[:, rows])
+
+
+def gather_rows(engine: Any, data: Any, ids: Any) -> Any:
+    """Rows ``ids`` (global row numbers, engine array) of the centred data, shape (len(ids), D)."""
+    xp = engine.xp
+    out = None
+    for row0, x in _blocks(engine, data):
+        local = ids - row0
+        rows = xp.take(x, xp.clip(local, 0, x.shape[0] - 1), axis=0)
+        if row0 == 0 and x.shape[0] == data.n_samples:
+            return rows
+        inside = ((local >= 0) & (local < x.shape[0]))[:, None]
+        out = rows if out is None else xp.where(inside, rows, out)
+    return out
+
+
+def kmeans_plusplus(engine: Any, data: Any, n_clusters: int, first: Any, u: Any) -> tuple[Any, Any]:
+    """Greedy k-means++ seeding of ``R`` restarts at once.
+
+    Parameters
+    ----------
+    engine, data
+        An engine and its prepared data.
+    n_clusters : int
+    first : array of shape (R,)
+        Row of every restart's first centre.
+    u : array of shape (R, n_clusters - 1, n_local_trials)
+        Uniform draws in [0, 1): candidate ``l`` of centre ``c`` is the first row whose
+        cumulative potential exceeds ``u[r, c - 1, l]`` of the restart's potential.
+
+    Returns
+    -------
+    centres : array of shape (R, n_clusters, n_features), the data's dtype
+    indices : array of shape (R, n_clusters), int64
+    """
+    xp = engine.xp
+    n_restarts = len(first)
+    n_samples = data.n_samples
+    kernels = _kernels(engine, data.dtype)
+    first = xp.asarray(first, dtype=xp.int64)
+    u = xp.asarray(u, dtype=xp.float64)
+    n_trials = u.shape[2] if n_clusters > 1 else 1
+    indices = xp.empty((n_restarts, n_clusters), dtype=xp.int64)
+    centres = xp.empty((n_restarts, n_clusters, data.n_features), dtype=data.dtype)
+    indices[:, 0] = first
+    centres[:, 0] = gather_rows(engine, data, first)
+    closest = xp.full((n_restarts, n_samples), xp.inf, dtype=xp.float64)
+    _update_closest(engine, data, xp.ascontiguousarray(centres[:, 0]), closest, kernels)
+    offsets = xp.arange(n_restarts, dtype=xp.int64) * n_samples
+    restarts = xp.arange(n_restarts)
+    for c in range(1, n_clusters):
+        cum = xp.cumsum(closest.ravel())
+        ends = cum[n_samples - 1 :: n_samples]
+        starts = xp.concatenate([xp.zeros(1), ends[:-1]])
+        values = starts[:, None] + u[:, c - 1, :] * (ends - starts)[:, None]
+        ids = xp.searchsorted(cum, values.ravel()).reshape(n_restarts, n_trials)
+        ids = xp.clip(ids - offsets[:, None], 0, n_samples - 1)
+        cand = gather_rows(engine, data, ids.ravel())
+        pot = _potentials(engine, data, cand, closest, n_trials, kernels)
+        best = xp.argmin(pot.reshape(n_restarts, n_trials), axis=1)
+        indices[:, c] = ids[restarts, best]
+        chosen = cand.reshape(n_restarts, n_trials, -1)[restarts, best]
+        centres[:, c] = chosen
+        if c + 1 < n_clusters:
+            _update_closest(engine, data, xp.ascontiguousarray(chosen), closest, kernels)
+    return centres, indices
+
+
+# ---------------------------------------------------------------------------------------------
+# Lloyd iterations as EM passes of a hard mixture
+
+
+def hard_params(centres: Any, covariance_type: str, precision: float, xp: Any) -> Params:
+    """A mixture whose EM pass assigns every sample to its nearest centre.
+
+    Equal weights, ``centres`` as means and one precision for every component and feature.
+    """
+    n_restarts, n_components, n_features = centres.shape
+    weights = xp.full((n_restarts, n_components), 1.0 / n_components)
+    root = math.sqrt(precision)
+    if covariance_type in ("full", "tied"):
+        eye = xp.eye(n_features)
+        shape = (
+            (n_restarts, n_components, n_features, n_features)
+            if covariance_type == "full"
+            else (n_restarts, n_features, n_features)
+        )
+        chol = xp.ascontiguousarray(xp.broadcast_to(eye * root, shape))
+        cov = xp.ascontiguousarray(xp.broadcast_to(eye / precision, shape))
+    else:
+        per_component = (
+            (n_restarts, n_components, n_features)
+            if covariance_type == "diag"
+            else (n_restarts, n_components)
+        )
+        chol = xp.full(per_component, root)
+        cov = xp.full(per_component, 1.0 / precision)
+    return Params(weights, xp.asarray(centres, dtype=xp.float64), cov, chol)
+
+
+def lloyd(
+    engine: Any,
+    data: Any,
+    centres: Any,
+    *,
+    tol: float,
+    precision: float,
+    max_iter: int = KMEANS_MAX_ITER,
+) -> tuple[Any, Any]:
+    """Lloyd iterations of every restart, each one EM pass of the engine (diag layout).
+
+    A restart stops once its centres moved by at most ``tol`` (sum of squares), as scikit-learn's
+    ``KMeans``. Returns the centres (R, K, D) float64 and the iterations of every restart.
+    """
+    xp = engine.xp
+    diag = engine.retype(data, "diag")
+    centres = xp.asarray(centres, dtype=xp.float64)
+    active = xp.ones(centres.shape[0], dtype=bool)
+    n_iter = xp.zeros(centres.shape[0], dtype=xp.int64)
+    for _ in range(max_iter):
+        stats = engine.accumulate(diag, hard_params(centres, "diag", precision, xp), active)
+        nk = stats.nk[..., None]
+        new = xp.where(nk > 0, stats.sx / xp.where(nk > 0, nk, 1.0), centres)
+        moved = ((new - centres) ** 2).sum(axis=(1, 2))
+        centres = xp.where(active[:, None, None], new, centres)
+        n_iter += active
+        active &= moved > tol
+        if not bool(active.any()):
+            break
+    return centres, n_iter
+
+
+# ---------------------------------------------------------------------------------------------
+# Initial statistics
+
+
+def _stats_of_rows(
+    engine: Any, data: Any, rows: Any, covariance_type: str, shift: Any, eps: float
+) -> list[Stats]:
+    """One-sample components (``k-means++``, ``random_from_data``): statistics per restart.
+
+    ``rows`` (R, K, D) centred samples. ``tied`` uses X^T X over all samples with
+    scikit-learn's handling of the samples no component holds (see ``mixture._stats_from_resp``).
+    """
+    xp = engine.xp
+    rows = xp.asarray(rows, dtype=xp.float64)
+    n_restarts, n_components, _ = rows.shape
+    xtx = _xtx(engine, data) if covariance_type == "tied" else None
+    out = []
+    for r in range(n_restarts):
+        x = rows[r]
+        nk = xp.ones(n_components)
+        if covariance_type == "full":
+            sxx = x[:, :, None] * x[:, None, :]
+        elif covariance_type == "diag":
+            sxx = x * x
+        elif covariance_type == "spherical":
+            sxx = (x * x).sum(axis=1)
+        else:
+            s = xp.asarray(shift, dtype=xp.float64)
+            outside = data.n_samples - (n_components + eps * n_components)
+            total = x.sum(axis=0)
+            sxx = xtx + outside * xp.outer(s, s) - xp.outer(total, s) - xp.outer(s, total)
+        expand = (lambda a: a) if covariance_type == "tied" else (lambda a: a[None])
+        out.append(Stats(xp.zeros(1), nk[None], x[None], expand(sxx), data.n_samples))
+    return out
+
+
+def _xtx(engine: Any, data: Any) -> Any:
+    xp = engine.xp
+    total = None
+    for _, block in _blocks(engine, data):
+        for part in _sub_blocks(block):
+            p = part.astype(xp.float64, copy=False)
+            total = p.T @ p if total is None else total + p.T @ p
+    return total
+
+
+def _random_resp_stats(engine: Any, data: Any, k: int, seed: int, covariance_type: str) -> Stats:
+    """Statistics of uniform random responsibilities (normalised per sample), block by block."""
+    xp = engine.xp
+    rng = xp.random.RandomState(seed)
+    d = data.n_features
+    nk, sx = xp.zeros(k), xp.zeros((k, d))
+    sxx = {
+        "full": (k, d, d),
+        "tied": (d, d),
+        "diag": (k, d),
+        "spherical": (k,),
+    }[covariance_type]
+    sxx = xp.zeros(sxx)
+    for _, block in _blocks(engine, data):
+        for part in _sub_blocks(block):
+            resp = rng.uniform(size=(part.shape[0], k)).astype(part.dtype)
+            resp /= resp.sum(axis=1)[:, None]
+            # as scikit-learn: responsibilities in the data's dtype, sums in float64 here
+            r64 = resp.astype(xp.float64)
+            x = part.astype(xp.float64, copy=False)
+            nk += r64.sum(axis=0)
+            sx += r64.T @ x
+            if covariance_type == "full":
+                for j in range(k):
+                    sxx[j] += (x * r64[:, j : j + 1]).T @ x
+            elif covariance_type == "tied":
+                sxx += x.T @ x
+            elif covariance_type == "diag":
+                sxx += r64.T @ (x * x)
+            else:
+                sxx += r64.T @ (x * x).sum(axis=1)
+    expand = (lambda a: a) if covariance_type == "tied" else (lambda a: a[None])
+    return Stats(xp.zeros(1), nk[None], sx[None], expand(sxx), data.n_samples)
+
+
+def _params_of(
+    stats: Stats, covariance_type: str, reg_covar: float, eps: float, xp: Any
+) -> tuple[Any, Any, Any]:
+    nk, means, covariances = estimate_parameters(stats, covariance_type, reg_covar, eps, xp)
+    return nk / stats.n_samples, means, covariances
+
+
+def initial_params(
+    engine: Any,
+    data: Any,
+    *,
+    init_params: str,
+    n_components: int,
+    n_init: int,
+    covariance_type: str,
+    reg_covar: float,
+    eps: float,
+    random_state: np.random.RandomState,
+    user: dict[str, np.ndarray],
+    shift: np.ndarray,
+    variance: Any = None,
+) -> Params:
+    """Initial parameters of ``n_init`` restarts (engine arrays, float64, centred coordinates).
+
+    ``user`` holds the estimator's validated ``*_init`` arrays (host, uncentred); with all three
+    given nothing is drawn. ``variance`` (D,) of the data, when the caller knows it.
+    """
+    xp = engine.xp
+    k = n_components
+    weights = means = covariances = None
+    if len(user) < 3:
+        draws = _draws(random_state, init_params, n_init, data.n_samples, k)
+        if init_params in ("kmeans", "k-means++"):
+            first = np.array([d["first"] for d in draws])
+            u = np.stack([d["u"] for d in draws])
+            centres, indices = kmeans_plusplus(engine, data, k, first, u)
+            if init_params == "k-means++":
+                parts = _stats_of_rows(engine, data, centres, covariance_type, shift, eps)
+                weights, means, covariances = _stack(parts, covariance_type, reg_covar, eps, xp)
+            else:
+                if variance is None:
+                    _, variance = column_moments(xp, (b for _, b in _blocks(engine, data)))
+                variance = xp.asarray(variance, dtype=xp.float64)
+                total = float(variance.sum())
+                precision = HARD_PRECISION / total if total > 0 else 1.0
+                tol = KMEANS_TOL * total / data.n_features
+                centres, _ = lloyd(engine, data, centres, tol=tol, precision=precision)
+                hard = hard_params(centres, covariance_type, precision, xp)
+                active = xp.ones(n_init, dtype=bool)
+                stats = engine.accumulate(data, hard, active)
+                weights, means, covariances = _params_of(stats, covariance_type, reg_covar, eps, xp)
+        elif init_params == "random_from_data":
+            ids = np.stack(
+                [
+                    np.random.default_rng(d["seed"]).choice(data.n_samples, k, replace=False)
+                    for d in draws
+                ]
+            )
+            rows = gather_rows(engine, data, xp.asarray(ids.ravel())).reshape(n_init, k, -1)
+            parts = _stats_of_rows(engine, data, rows, covariance_type, shift, eps)
+            weights, means, covariances = _stack(parts, covariance_type, reg_covar, eps, xp)
+        else:
+            parts = [_random_resp_stats(engine, data, k, d["seed"], covariance_type) for d in draws]
+            weights, means, covariances = _stack(parts, covariance_type, reg_covar, eps, xp)
+    if "weights" in user:
+        weights = xp.broadcast_to(xp.asarray(user["weights"], dtype=xp.float64), (n_init, k))
+    if "means" in user:
+        centred = np.asarray(user["means"], np.float64) - shift
+        means = xp.broadcast_to(xp.asarray(centred), (n_init, *centred.shape))
+    if "precisions" in user:
+        precisions = xp.asarray(user["precisions"], dtype=xp.float64)[None]
+        precisions = xp.broadcast_to(precisions, (n_init, *precisions.shape[1:]))
+        prec_chol = cholesky_from_precisions(precisions, covariance_type, xp)
+        covariances = covariances_from_precisions(precisions, covariance_type, xp)
+    else:
+        prec_chol = cholesky_precisions(covariances, covariance_type, xp)
+    return Params(weights, means, covariances, prec_chol).map(xp.ascontiguousarray)
+
+
+def _stack(
+    parts: list[Stats], covariance_type: str, reg_covar: float, eps: float, xp: Any
+) -> tuple[Any, Any, Any]:
+    """Parameters of per-restart statistics, stacked along the restart axis."""
+    out = [_params_of(s, covariance_type, reg_covar, eps, xp) for s in parts]
+    return tuple(xp.concatenate(arrays) for arrays in zip(*out, strict=True))

@@ -1,0 +1,197 @@
+"""Device-side initialisation (``gmm_core._init``) checked on the host: the same array code runs
+on NumPy here and on CuPy on a GPU (``tests/gpu/test_device_init.py``)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+import gmm_core.mixture as mixture
+from gmm_core import GaussianMixture, _init
+from gmm_core._numpy_engine import NumpyEngine
+
+INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
+
+
+class DeviceInitNumpyEngine(NumpyEngine):
+    """The NumPy engine taking the device initialisation path (what the GPU engines do)."""
+
+    device_init = True
+
+
+@pytest.fixture
+def device_init_engine(monkeypatch):
+    monkeypatch.setattr(mixture, "get_engine", lambda backend: DeviceInitNumpyEngine())
+
+
+def _blobs(n=6000, d=3, centers=5, seed=0, dtype=np.float64):
+    X, _ = make_blobs(n, n_features=d, centers=centers, random_state=seed)
+    return X.astype(dtype)
+
+
+def _prepared(X, cov="diag"):
+    engine = NumpyEngine()
+    return engine, engine.prepare(X, "auto", cov)
+
+
+def _reference_kmeans_plusplus(X, k, first, u):
+    """scikit-learn's greedy k-means++ (``_kmeans_plusplus``), with the draws given."""
+    centres = [X[first]]
+    closest = ((X - X[first]) ** 2).sum(axis=1)
+    ids = [first]
+    for c in range(1, k):
+        cum = np.cumsum(closest)
+        cand = np.searchsorted(cum, u[c - 1] * cum[-1])
+        cand = np.clip(cand, None, len(X) - 1)
+        dist = ((X[None, :, :] - X[cand][:, None, :]) ** 2).sum(axis=2)
+        dist = np.minimum(closest, dist)
+        best = int(np.argmin(dist.sum(axis=1)))
+        closest = dist[best]
+        ids.append(int(cand[best]))
+        centres.append(X[cand[best]])
+    return np.array(centres), np.array(ids)
+
+
+def _reference_lloyd(X, centres, tol, max_iter=300):
+    """Plain Lloyd: nearest centre by argmin, new centre = mean, stop when moved <= tol."""
+    centres = centres.copy()
+    for it in range(1, max_iter + 1):
+        d = ((X[:, None, :] - centres[None]) ** 2).sum(axis=2)
+        labels = d.argmin(axis=1)
+        new = centres.copy()
+        for j in range(len(centres)):
+            if (labels == j).any():
+                new[j] = X[labels == j].mean(axis=0)
+        moved = ((new - centres) ** 2).sum()
+        centres = new
+        if moved <= tol:
+            return centres, it
+    return centres, max_iter
+
+
+def test_kmeans_plusplus_matches_scikit_learns_greedy_seeding_for_every_restart():
+    X = _blobs()
+    engine, data = _prepared(X)
+    rs = np.random.RandomState(3)
+    k, n_init = 7, 3
+    trials = 2 + int(math.log(k))
+    first = rs.randint(len(X), size=n_init)
+    u = rs.uniform(size=(n_init, k - 1, trials))
+    centres, ids = _init.kmeans_plusplus(engine, data, k, first, u)
+    for r in range(n_init):
+        want_centres, want_ids = _reference_kmeans_plusplus(data.X, k, first[r], u[r])
+        np.testing.assert_array_equal(ids[r], want_ids)
+        np.testing.assert_allclose(centres[r], want_centres)
+
+
+def test_lloyd_as_em_passes_matches_a_plain_lloyd_from_the_same_seeds():
+    X = _blobs(n=4000, d=2, centers=6, seed=1)
+    engine, data = _prepared(X)
+    rs = np.random.RandomState(0)
+    k = 6
+    first = rs.randint(len(X), size=2)
+    u = rs.uniform(size=(2, k - 1, 2 + int(math.log(k))))
+    seeds, _ = _init.kmeans_plusplus(engine, data, k, first, u)
+    total = float(data.variance.sum())
+    tol = _init.KMEANS_TOL * total / X.shape[1]
+    got, n_iter = _init.lloyd(engine, data, seeds, tol=tol, precision=_init.HARD_PRECISION / total)
+    for r in range(2):
+        want, want_iter = _reference_lloyd(data.X, seeds[r].astype(np.float64), tol)
+        np.testing.assert_allclose(got[r], want, rtol=0, atol=1e-9)
+        assert n_iter[r] == want_iter
+
+
+@pytest.mark.parametrize("cov", ["full", "tied", "diag", "spherical"])
+def test_hard_assignment_pass_gives_scikit_learns_kmeans_label_statistics(cov):
+    """The last k-means pass, with the fit's covariance type, = scikit-learn's GMM init from
+    one-hot k-means labels."""
+    from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
+
+    X = _blobs(n=3000, d=3, centers=4, seed=2)
+    engine, data = _prepared(X, cov)
+    rs = np.random.RandomState(1)
+    centres = data.X[rs.choice(len(X), 4, replace=False)][None]
+    total = float(data.variance.sum())
+    hard = _init.hard_params(centres, cov, _init.HARD_PRECISION / total, np)
+    stats = engine.accumulate(data, hard, np.ones(1, bool))
+    eps = 10 * np.finfo(np.float64).eps
+    weights, means, covariances = _init._params_of(stats, cov, 1e-6, eps, np)
+    labels = ((data.X[:, None, :] - centres[0][None]) ** 2).sum(axis=2).argmin(axis=1)
+    resp = np.eye(4)[labels]
+    nk, want_means, want_cov = _estimate_gaussian_parameters(data.X, resp, 1e-6, cov)
+    np.testing.assert_allclose(weights[0], nk / len(X), rtol=1e-12)
+    np.testing.assert_allclose(means[0], want_means, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(covariances[0], want_cov, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("cov", ["full", "tied", "diag", "spherical"])
+def test_random_responsibilities_statistics_equal_the_dense_computation(cov):
+    X = _blobs(n=2500, d=3, centers=3, seed=4)
+    engine, data = _prepared(X, cov)
+    got = _init._random_resp_stats(engine, data, 3, 11, cov)
+    resp = np.random.RandomState(11).uniform(size=(len(X), 3))
+    resp /= resp.sum(axis=1)[:, None]
+    x = data.X
+    np.testing.assert_allclose(got.nk[0], resp.sum(axis=0))
+    np.testing.assert_allclose(got.sx[0], resp.T @ x, atol=1e-9)
+    want = {
+        "full": np.einsum("nk,ni,nj->kij", resp, x, x),
+        "tied": x.T @ x,
+        "diag": resp.T @ (x * x),
+        "spherical": resp.T @ (x * x).sum(axis=1),
+    }[cov]
+    np.testing.assert_allclose(got.sxx if cov == "tied" else got.sxx[0], want, rtol=1e-10)
+
+
+@pytest.mark.parametrize("cov", ["full", "tied", "diag", "spherical"])
+@pytest.mark.parametrize("init_params", INIT_METHODS)
+def test_device_init_fit_is_deterministic_for_a_seed(device_init_engine, cov, init_params):
+    X = _blobs(n=2000, d=2, centers=4, seed=5)
+    fits = [
+        GaussianMixture(
+            4, covariance_type=cov, init_params=init_params, n_init=2, random_state=7
+        ).fit(X)
+        for _ in range(2)
+    ]
+    assert fits[0].backend_ == "numpy"
+    np.testing.assert_array_equal(fits[0].means_, fits[1].means_)
+    assert fits[0].lower_bound_ == fits[1].lower_bound_
+    assert set(fits[0].fit_timings_) == {"validate", "transfer", "init", "em", "finish"}
+    other = GaussianMixture(
+        4, covariance_type=cov, init_params=init_params, n_init=2, random_state=8
+    ).fit(X)
+    if init_params != "kmeans":  # k-means from different seeds may well agree
+        assert not np.array_equal(other.restart_lower_bounds_[0], fits[0].restart_lower_bounds_[0])
+
+
+def test_device_kmeans_init_is_at_least_as_good_as_scikit_learns(device_init_engine):
+    """Median over 5 seeds of the first and final lower bound: device k-means init vs KMeans."""
+    X = _blobs(n=6000, d=4, centers=8, seed=6)
+    ours, theirs = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for seed in range(5):
+            a = GaussianMixture(8, covariance_type="diag", random_state=seed).fit(X)
+            b = SkGaussianMixture(8, covariance_type="diag", random_state=seed, verbose=0)
+            b.fit(X)
+            first_b = SkGaussianMixture(
+                8, covariance_type="diag", random_state=seed, max_iter=1
+            ).fit(X)
+            ours.append((a.lower_bounds_[0], a.lower_bound_))
+            theirs.append((first_b.lower_bound_, b.lower_bound_))
+    ours_m, theirs_m = np.median(ours, axis=0), np.median(theirs, axis=0)
+    assert ours_m[0] >= theirs_m[0] - 1e-6
+    assert ours_m[1] >= theirs_m[1] - 1e-6
+
+
+def test_user_means_replace_the_drawn_ones(device_init_engine):
+    X = _blobs(n=1500, d=2, centers=3, seed=8)
+    means = np.array([[0.0, 0.0], [5.0, 5.0], [-5.0, 2.0]])
+    gm = GaussianMixture(3, covariance_type="diag", means_init=means, max_iter=0).fit(X)
+    np.testing.assert_allclose(gm.means_, means)
