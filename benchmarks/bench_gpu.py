@@ -406,6 +406,21 @@ def safe(case: str, impl: str, fn, *args) -> dict | None:
     return out
 
 
+def record_api(case: str, impl: str, **fields: Any) -> None:
+    """A public-API row (``benchmarks/public_api.py``)."""
+    RESULTS.append({"case": case, "impl": impl, "api": True, **fields})
+    shown = {k: v for k, v in fields.items() if k != "fit_timings"}
+    log(f"  {case:16s} {impl:48s} {json.dumps(shown, default=str)}")
+    if "fit_timings" in fields:
+        log(f"  {'':16s} {'':48s} fit_timings {json.dumps(fields['fit_timings'])}")
+
+
+def run_api(quick: bool) -> None:
+    from benchmarks import public_api
+
+    public_api.run(quick, record_api, init_seeds=ARGS.init_seeds)
+
+
 def run_paper(quick: bool) -> None:
     iters = 500
     for name, X, k in paper_datasets(quick):
@@ -560,7 +575,25 @@ TARGETS = {
 
 
 def targets() -> list[dict[str, Any]]:
+    from benchmarks.public_api import TARGETS as API_TARGETS
+
     out = []
+    for (case, impl, key), limit in API_TARGETS.items():
+        row = next((r for r in RESULTS if r["case"] == case and r["impl"] == impl), None)
+        value = row.get(key) if row else None
+        out.append(
+            {
+                "target": f"{case}: {impl}: {key} <= {limit}",
+                "measured": value,
+                "met": value is not None and value <= limit,
+            }
+        )
+    for r in RESULTS:
+        if r.get("api") and ("within" in r or "at_least_as_good" in r):
+            ok = r.get("within", True) and r.get("at_least_as_good", True)
+            if "label_agreement" in r:
+                ok = ok and r["label_agreement"] >= 0.999
+            out.append({"target": f"{r['case']}: {r['impl']}", "measured": r, "met": bool(ok)})
     for (case, impl), (key, limit, text) in TARGETS.items():
         row = next(
             (r for r in RESULTS if r["case"] == case and r["impl"] == impl and key in r), None
@@ -598,7 +631,7 @@ def markdown(env: dict[str, Any], tgts: list[dict[str, Any]]) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in RESULTS:
-        if "per_iter_ms" not in r:
+        if "per_iter_ms" not in r or r.get("api"):
             continue
         note = "extrapolated" if r.get("extrapolated") else ""
         nan = float("nan")
@@ -606,6 +639,13 @@ def markdown(env: dict[str, Any], tgts: list[dict[str, Any]]) -> str:
             f"| {r['case']} | {r['impl']} | {r['per_iter_ms']:.4f} | {r.get('seconds', nan):.4f} "
             f"| {r.get('compile_s', nan):.2f} | {r.get('h2d_s', nan):.4f} | {note} |"
         )
+    api = [r for r in RESULTS if r.get("api")]
+    if api:
+        lines += ["", "Public API (`GaussianMixture(...).fit(X)`):", ""]
+        lines += ["| case | what | figures |", "| --- | --- | --- |"]
+        for r in api:
+            figures = {k: v for k, v in r.items() if k not in ("case", "impl", "api")}
+            lines.append(f"| {r['case']} | {r['impl']} | `{json.dumps(figures, default=str)}` |")
     lines += ["", "| target | measured | met |", "| --- | --- | --- |"]
     for t in tgts:
         lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |")
@@ -615,16 +655,24 @@ def markdown(env: dict[str, Any], tgts: list[dict[str, Any]]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON result path")
     parser.add_argument("--md", type=Path, default=None, help="markdown table path")
-    parser.add_argument("--cases", default="paper,telemetry,full")
+    parser.add_argument("--cases", default="api,paper,telemetry,full")
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    parser.add_argument(
+        "--init-seeds", type=int, default=5, help="seeds of the k-means init comparison (api)"
+    )
+
+
+ARGS = argparse.Namespace(init_seeds=5)
 
 
 def run(args: argparse.Namespace) -> int:
+    global ARGS
+    ARGS = args
     env = environment()
     log(json.dumps(env))
     out = args.out or REPO / "benchmarks" / "results" / f"gpu_{dt.date.today():%Y%m%d}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    runners = {"paper": run_paper, "telemetry": run_telemetry, "full": run_full}
+    runners = {"api": run_api, "paper": run_paper, "telemetry": run_telemetry, "full": run_full}
     cases = args.cases.split(",")
     unknown = sorted(set(cases) - set(runners))
     if unknown:
