@@ -123,6 +123,13 @@ class Engine:
     def synchronize(self) -> None:
         """Wait for the engine's queued work (phase timings)."""
 
+    @staticmethod
+    def release_memory() -> None:
+        """Give cached device memory back once a fit or scoring call is done.
+
+        Static, so that the caller can drop the engine and its data first.
+        """
+
     @contextlib.contextmanager
     def track_memory(self) -> Iterator[MemoryReport]:
         """Measure the peak device memory allocated inside the block (``None`` on the host)."""

@@ -368,7 +368,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         -------
         self : GaussianMixture
         """
-        self._fit(X)
+        engine, data, _ = self._fit(X)
+        release = type(engine).release_memory
+        del engine, data
+        release()
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -388,7 +391,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         engine, data, best_params = self._fit(X)
         # a final E-step so that fit_predict(X) agrees with fit(X).predict(X)
         labels = engine.xp.argmax(engine.weighted_log_prob(data, best_params), axis=1)
-        return labels if _is_cupy_array(X) else engine.to_host(labels)
+        labels = labels if _is_cupy_array(X) else engine.to_host(labels)
+        release = type(engine).release_memory
+        del engine, data
+        release()
+        return labels
 
     def _fit(self, X: Any) -> tuple[Engine, Any, Params]:
         """Fit; return the engine, its prepared data and the best restart's parameters."""

@@ -1,0 +1,174 @@
+"""Initialisation on the device (``gmm_core._init`` on CuPy) against the same code on NumPy and
+against plain references; data stay on the device (needs a usable CUDA GPU)."""
+
+from __future__ import annotations
+
+import math
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+from gmm_core import GaussianMixture, _init
+from gmm_core._device import cupy_unavailable_reason
+
+_REASON = cupy_unavailable_reason()
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(_REASON is not None, reason=f"needs a usable CUDA GPU: {_REASON}"),
+]
+
+COV_TYPES = ("full", "tied", "diag", "spherical")
+INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
+
+
+def _blobs(n, d, centers, seed=0, dtype=np.float32, offset=0.0):
+    X, _ = make_blobs(n, n_features=d, centers=centers, random_state=seed)
+    return (X + offset).astype(dtype)
+
+
+def _engines():
+    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._numpy_engine import NumpyEngine
+
+    return NumpyEngine(), CupyEngine()
+
+
+def _draws(n, k, n_init, seed):
+    rs = np.random.RandomState(seed)
+    first = rs.randint(n, size=n_init)
+    u = rs.uniform(size=(n_init, k - 1, 2 + int(math.log(k))))
+    return first, u
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kmeans_plusplus_on_the_device_equals_numpy(dtype):
+    import cupy
+
+    X = _blobs(5000, 5, 6, seed=1, dtype=dtype)
+    np_engine, cp_engine = _engines()
+    k, n_init = 9, 3
+    first, u = _draws(len(X), k, n_init, seed=2)
+    want_c, want_ids = _init.kmeans_plusplus(
+        np_engine, np_engine.prepare(X, "auto", "diag"), k, first, u
+    )
+    data = cp_engine.prepare(X, "auto", "diag")
+    got_c, got_ids = _init.kmeans_plusplus(cp_engine, data, k, first, u)
+    np.testing.assert_array_equal(cupy.asnumpy(got_ids), want_ids)
+    # the device may keep X uncentred (small offset): compare in data coordinates
+    np.testing.assert_allclose(
+        cupy.asnumpy(got_c) + data.shift, want_c + X.mean(0, dtype=np.float64), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d", [2, 16])
+def test_device_lloyd_matches_a_numpy_lloyd_from_the_same_seeds(dtype, d):
+    """Lloyd as EM passes of a hard mixture (tensor-core pass for float32 with 16 features,
+    the SIMT pass otherwise) = argmin/mean Lloyd on the host, from the same seeds."""
+    import cupy
+
+    X = _blobs(20_000, d, 8, seed=3, dtype=dtype)
+    _, cp_engine = _engines()
+    data = cp_engine.prepare(X, "auto", "diag")
+    first, u = _draws(len(X), 8, 2, seed=4)
+    seeds, _ = _init.kmeans_plusplus(cp_engine, data, 8, first, u)
+    total = float(np.asarray(data.variance).sum())
+    tol = _init.KMEANS_TOL * total / d
+    got, n_iter = _init.lloyd(
+        cp_engine, data, seeds, tol=tol, precision=_init.HARD_PRECISION / total
+    )
+    got, n_iter = cupy.asnumpy(got), cupy.asnumpy(n_iter)
+    Xc = X.astype(np.float64) - data.shift
+    for r in range(2):
+        centres = cupy.asnumpy(seeds[r]).astype(np.float64)
+        for it in range(1, 301):
+            labels = ((Xc[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
+            new = np.stack(
+                [Xc[labels == j].mean(0) if (labels == j).any() else centres[j] for j in range(8)]
+            )
+            moved, centres = ((new - centres) ** 2).sum(), new
+            if moved <= tol:
+                break
+        scale = np.abs(Xc).max()
+        np.testing.assert_allclose(got[r], centres, rtol=0, atol=1e-5 * scale)
+        assert abs(int(n_iter[r]) - it) <= (0 if dtype == np.float64 else 1)
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+@pytest.mark.parametrize("init_params", INIT_METHODS)
+def test_every_init_is_deterministic_for_a_seed_and_input_kind(cov, init_params):
+    import cupy
+
+    X = _blobs(6000, 4, 5, seed=5, offset=30.0)
+    kw = dict(covariance_type=cov, init_params=init_params, n_init=3, random_state=11)
+    fits = [
+        GaussianMixture(5, backend="cupy", **kw).fit(data)
+        for data in (X, X, cupy.asarray(X))
+    ]
+    for other in fits[1:]:
+        np.testing.assert_allclose(other.means_, fits[0].means_, rtol=1e-6)
+        assert other.lower_bound_ == pytest.approx(fits[0].lower_bound_, rel=1e-7)
+    np.testing.assert_array_equal(fits[1].means_, fits[0].means_)  # same input: bitwise
+    assert fits[0].backend_ == "cupy"
+
+
+def test_random_init_statistics_equal_the_dense_computation_on_the_device():
+    import cupy
+
+    X = _blobs(3000, 3, 3, seed=6, dtype=np.float64)
+    _, cp_engine = _engines()
+    data = cp_engine.prepare(X, "auto", "diag")
+    got = _init._random_resp_stats(cp_engine, data, 4, 123, "diag")
+    resp = cupy.random.RandomState(123).uniform(size=(len(X), 4))
+    resp = cupy.asnumpy(resp / resp.sum(axis=1)[:, None])
+    Xc = X - data.shift
+    np.testing.assert_allclose(cupy.asnumpy(got.nk[0]), resp.sum(0), rtol=1e-12)
+    np.testing.assert_allclose(cupy.asnumpy(got.sx[0]), resp.T @ Xc, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(cupy.asnumpy(got.sxx[0]), resp.T @ (Xc * Xc), rtol=1e-9)
+
+
+def test_fit_does_not_copy_a_cupy_array_to_the_host():
+    """No host allocation of the data's size during fit/predict/score_samples of CuPy input."""
+    import cupy
+
+    X = cupy.asarray(_blobs(1_000_000, 8, 6, seed=7))  # 32 MB
+    GaussianMixture(6, covariance_type="diag", backend="cupy", random_state=0).fit(X)  # compile
+    tracemalloc.start()
+    try:
+        gm = GaussianMixture(6, covariance_type="diag", backend="cupy", random_state=0).fit(X)
+        gm.predict(X)
+        gm.score_samples(X)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < X.nbytes / 16, f"{peak} bytes on the host for {X.nbytes} bytes of data"
+
+
+def test_device_kmeans_init_is_at_least_as_good_as_scikit_learns():
+    X = _blobs(50_000, 6, 10, seed=8)
+    ours, theirs = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for seed in range(5):
+            gm = GaussianMixture(10, covariance_type="diag", backend="cupy", random_state=seed)
+            gm.fit(X)
+            sk = SkGaussianMixture(10, covariance_type="diag", random_state=seed, max_iter=0)
+            sk.fit(X)
+            cont = GaussianMixture(
+                10,
+                covariance_type="diag",
+                backend="cupy",
+                weights_init=sk.weights_,
+                means_init=sk.means_,
+                precisions_init=sk.precisions_,
+            ).fit(X)
+            ours.append((gm.lower_bounds_[0], gm.lower_bound_))
+            theirs.append((cont.lower_bounds_[0], cont.lower_bound_))
+    ours_m, theirs_m = np.median(ours, axis=0), np.median(theirs, axis=0)
+    assert ours_m[0] >= theirs_m[0] - 1e-6
+    assert ours_m[1] >= theirs_m[1] - 1e-6
