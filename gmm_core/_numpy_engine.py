@@ -34,6 +34,7 @@ class NumpyData:
     #: what ``prepare(X, "auto", ...)`` measured: the column means (the shift) and variances
     shift: np.ndarray | None = None
     variance: np.ndarray | None = None
+    max_abs: float = 0.0
 
     @property
     def n_features(self) -> int:
@@ -62,9 +63,10 @@ class NumpyEngine(Engine):
     # -- data -----------------------------------------------------------------------------------
     def prepare(self, X: Any, shift: Any, covariance_type: str) -> NumpyData:
         X = np.asarray(X)
-        variance = None
-        if isinstance(shift, str):  # "auto": the column moments, here
+        variance, max_abs = None, 0.0
+        if isinstance(shift, str):  # "auto": the column moments and the largest magnitude, here
             shift, variance = X.mean(axis=0, dtype=np.float64), X.var(axis=0, dtype=np.float64)
+            max_abs = max(float(X.max()), -float(X.min())) if X.size else 0.0
         if shift is not None:
             X = X - np.asarray(shift, dtype=X.dtype)
         # second moments in float64 whatever the data dtype: the M-step's sxx/nk - mean^2
@@ -77,7 +79,7 @@ class NumpyEngine(Engine):
         else:
             features = X
         xtx = X.T.astype(np.float64) @ X.astype(np.float64) if covariance_type == "tied" else None
-        return NumpyData(X, features, xtx, covariance_type, shift, variance)
+        return NumpyData(X, features, xtx, covariance_type, shift, variance, max_abs)
 
     def retype(self, data: NumpyData, covariance_type: str) -> NumpyData:
         """The same (already centred) data laid out for another covariance type."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -236,8 +237,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input."
             )
-        if not bool(cupy.isfinite(X).all()):
+        from ._cupy.checks import max_abs
+
+        largest = max_abs(X)  # one reduction on the device: finite? how large?
+        if not math.isfinite(largest):
             raise ValueError("Input X contains NaN or infinity; remove or impute those rows first.")
+        _check_magnitude(largest, X.dtype, X.shape[1])
         return X
 
     def _checked_initial_parameters(self, n_features: int, dtype: Any) -> dict[str, np.ndarray]:
@@ -422,6 +427,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             if engine.device_init:
                 # moments, centring and initialisation where the data live: no host copy of X
                 data = engine.prepare(X, "auto", self.covariance_type)
+                _check_magnitude(data.max_abs, X.dtype, n_features)
                 shift = data.shift
                 clock.lap("transfer")
                 if do_init:
@@ -441,6 +447,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                     )
             else:
                 X_host = engine.to_host(X) if _is_cupy_array(X) else X
+                _check_magnitude(
+                    max(float(X_host.max()), -float(X_host.min())), X.dtype, n_features
+                )
                 shift = X_host.mean(axis=0, dtype=np.float64)
                 data = engine.prepare(X, shift, self.covariance_type)
                 clock.lap("transfer")
@@ -776,6 +785,24 @@ class _PhaseClock:
 
     def total(self) -> float:
         return self.last - self.started
+
+
+def _check_magnitude(largest: float, dtype: Any, n_features: int) -> None:
+    """Refuse data whose squares overflow their dtype (EM would give infinite covariances).
+
+    The passes form squares and sums of ``n_features`` of them (times a few constants), so the
+    largest safe magnitude is ``sqrt(finfo.max / (16 * n_features))``: about 1.2e18 for float32
+    with 16 features.
+    """
+    dtype = np.dtype(dtype)
+    limit = math.sqrt(float(np.finfo(dtype).max) / (16.0 * n_features))
+    if largest > limit:
+        raise ValueError(
+            f"X has values up to {largest:.3g}, too large for {dtype.name}: their squares overflow "
+            f"(the largest safe magnitude with {n_features} features is {limit:.3g}). Convert X "
+            "to float64 (X.astype(numpy.float64)) or rescale it (e.g. "
+            "sklearn.preprocessing.StandardScaler)."
+        )
 
 
 def _as_float_array(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:

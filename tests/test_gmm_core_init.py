@@ -195,3 +195,15 @@ def test_user_means_replace_the_drawn_ones(device_init_engine):
     means = np.array([[0.0, 0.0], [5.0, 5.0], [-5.0, 2.0]])
     gm = GaussianMixture(3, covariance_type="diag", means_init=means, max_iter=0).fit(X)
     np.testing.assert_allclose(gm.means_, means)
+
+
+@pytest.mark.parametrize("path", ["host", "device"])
+def test_values_whose_squares_overflow_the_dtype_are_refused(path, monkeypatch):
+    """float32 data near 1e19 used to fit 'successfully' to infinite covariances."""
+    if path == "device":
+        monkeypatch.setattr(mixture, "get_engine", lambda backend: DeviceInitNumpyEngine())
+    X = np.random.default_rng(0).normal(size=(400, 3)) * 1e19
+    with pytest.raises(ValueError, match=r"float32.*overflow.*X.astype\(numpy.float64\)"):
+        GaussianMixture(2, covariance_type="diag", backend="numpy").fit(X.astype(np.float32))
+    gm = GaussianMixture(2, covariance_type="diag", backend="numpy", random_state=0).fit(X)
+    assert np.isfinite(gm.covariances_).all() and np.isfinite(gm.lower_bound_)
