@@ -120,7 +120,7 @@ def emflow_fused(
     import cupy as cp
 
     from gmm_core import _cuda_loader
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
     from gmm_core._gaussian import Params, cholesky_precisions
 
     engine = CupyEngine(
@@ -179,7 +179,7 @@ def emflow_engine_loop(
     import cupy as cp
 
     from gmm_core import _cuda_loader
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
     from gmm_core._gaussian import Params, cholesky_precisions, m_step
 
     engine = CupyEngine(tensor_cores=tensor_cores)

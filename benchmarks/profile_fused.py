@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     import cupy as cp
 
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
     from gmm_core._gaussian import Params
 
     n, d, k = 10_000_000, 16, 32

@@ -33,7 +33,7 @@ def blobs() -> None:
     import numpy as np
     from sklearn.datasets import make_blobs
 
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
     from gmm_core._gaussian import Params
 
     X = make_blobs(500_000, n_features=2, centers=5, random_state=0)[0].astype(np.float32)
@@ -59,7 +59,7 @@ def full() -> None:
     import cupy as cp
     import numpy as np
 
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
     from gmm_core._gaussian import Params, cholesky_precisions, m_step
 
     n, d, k = 1_000_000, 32, 16
@@ -78,7 +78,7 @@ def full() -> None:
     feats = data._features[0] if data._features else engine._full_features(X, c["triu"])
     lp = engine._log_prob_chunk(X, c, feats)
     resp = cp.exp(lp).reshape(n, -1)
-    from gmm_core._cupy_engine import _resp_t_dot
+    from gmm_core._cupy.gemm import resp_t_dot as _resp_t_dot
 
     timed("full accumulate (whole pass)", lambda: engine.accumulate(data, params, active), 5)
     timed("full constants", lambda: engine._gemm_constants(data, params))

@@ -19,7 +19,7 @@ def main() -> int:
     import cupy as cp
     from gpu_fixtures import make_data, random_params
 
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
 
     X = make_data(1_900, 24, 17, np.float32, seed=3)
     params = random_params(X, "full", 17, 2).map(cp.asarray)

@@ -43,7 +43,7 @@ def correctness(quick: bool) -> list[dict]:
     import cupy as cp
     from gpu_fixtures import make_data, random_params
 
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
     from gmm_core._numpy_engine import NumpyEngine
 
     rows = []
@@ -75,30 +75,17 @@ def correctness(quick: bool) -> list[dict]:
 
 
 def variant(engine, d: int, defines: tuple[str, ...]) -> None:
-    """Compile ``full_pass_tc<d>`` with extra defines and make ``engine`` launch it."""
-    import cupy as cp
-
-    from gmm_core import _cuda_loader
-
-    names = (f"full_tc_params<{d}>", f"full_pass_tc<{d}, true>")
-    mod = cp.RawModule(
-        code=_cuda_loader.source("em_full.cu"),
-        options=(*_cuda_loader.COMPILE_OPTIONS, *(f"-D{x}" for x in defines)),
-        name_expressions=list(names),
-    )
-    reduce = _cuda_loader.module("em_diag.cu", ("reduce_partials",)).get_function("reduce_partials")
-    engine._buffers[("full-tc", *names, cp.cuda.Device().id)] = (
-        mod.get_function(names[0]),
-        mod.get_function(names[1]),
-        reduce,
-    )
+    """Make ``engine`` launch ``full_tc_params<d>``/``full_pass_tc<d, ...>`` built with extra
+    defines (compiled at its next pass)."""
+    del d  # every width the engine launches takes the defines
+    engine.full_pass_tc.defines = tuple(f"-D{x}" for x in defines)
 
 
 def timing(quick: bool) -> list[dict]:
     import cupy as cp
 
     from benchmarks.bench_gpu import initial_params, telemetry
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
     from gmm_core._gaussian import Params, cholesky_precisions
 
     n, d, k = (100_000 if quick else 1_000_000), 32, 16

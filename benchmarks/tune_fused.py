@@ -74,7 +74,7 @@ def make_case(n: int, d: int, k: int, r: int, far: float = 0.0, seed: int = 0):
 def correctness(quick: bool, only: list[int] | None = None) -> list[dict]:
     import cupy as cp
 
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
     from gmm_core._gaussian import Params
 
     cases = [
@@ -155,7 +155,7 @@ def telemetry(quick: bool) -> list[dict]:
     import cupy as cp
 
     from benchmarks.bench_gpu import telemetry as make_telemetry
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
 
     n = 1_000_000 if quick else 10_000_000
     X = make_telemetry(n, 16, 32)
@@ -195,7 +195,7 @@ def telemetry(quick: bool) -> list[dict]:
 def blobs(quick: bool) -> list[dict]:
     from sklearn.datasets import make_blobs
 
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
 
     X = make_blobs(500_000, n_features=2, centers=5, random_state=0)[0].astype(np.float32)
     shift = X.mean(0, dtype=np.float64)

@@ -6,7 +6,8 @@ files without pickle, component alignment between two fits, and a sequential ref
 Imports neither Airflow, MLflow nor Great Expectations, and works with or without CuPy.
 """
 
-from ._engine import BACKENDS, cupy_unavailable_reason
+from ._device import cupy_unavailable_reason
+from ._engine import BACKENDS
 from .alignment import Alignment, align_components, gaussian_divergence, reorder_components
 from .io import ModelFileError, load_model, save_model
 from .mixture import GaussianMixture, em_progress

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,9 @@ CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 THREADS_PER_BLOCK = 256
 COMPILE_OPTIONS = ("-std=c++17", f"-DGMM_NT={THREADS_PER_BLOCK}")
 
-#: seconds spent compiling modules in this process (benchmarks report it separately)
+#: seconds spent compiling modules in this process, summed over threads (benchmarks report it)
 compile_seconds = 0.0
+_compile_seconds_lock = threading.Lock()
 _LOCAL_INCLUDE = re.compile(r'^\s*#include\s+"([^"/]+\.cuh)"\s*$')
 
 
@@ -56,21 +58,30 @@ def ctype(dtype: Any) -> str:
     raise TypeError(f"CUDA kernels take float32 or float64 data, got {dt}")
 
 
-def _compile(name: str, name_expressions: tuple[str, ...]) -> Any:
+def _compile(name: str, name_expressions: tuple[str, ...], options: tuple[str, ...] = ()) -> Any:
     import cupy
 
     global compile_seconds
     started = time.perf_counter()
     module = cupy.RawModule(
-        code=source(name), options=COMPILE_OPTIONS, name_expressions=list(name_expressions)
+        code=source(name),
+        options=(*COMPILE_OPTIONS, *options),
+        name_expressions=list(name_expressions),
     )
     module.compile()
-    compile_seconds += time.perf_counter() - started
+    with _compile_seconds_lock:  # modules may compile in several threads at once
+        compile_seconds += time.perf_counter() - started
     return module
 
 
-def module(name: str, name_expressions: tuple[str, ...]) -> Any:
-    """Compiled :class:`cupy.RawModule` of ``cuda/<name>`` (memoised per device)."""
+def module(name: str, name_expressions: tuple[str, ...], options: tuple[str, ...] = ()) -> Any:
+    """Compiled :class:`cupy.RawModule` of ``cuda/<name>`` (memoised per device).
+
+    ``options`` are compiler options added to :data:`COMPILE_OPTIONS` (e.g. ``-D`` defines of
+    tuning variants); each set compiles a module of its own.
+    """
+    if options:
+        return _memoized_compile()(name, name_expressions, options)
     return _memoized_compile()(name, name_expressions)
 
 

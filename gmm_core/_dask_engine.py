@@ -117,7 +117,7 @@ def _worker_engine(backend: str) -> Any:
         return NumpyEngine()
     engine = getattr(_worker_local, "cupy_engine", None)
     if engine is None:
-        from ._cupy_engine import CupyEngine
+        from ._cupy import CupyEngine
 
         engine = _worker_local.cupy_engine = CupyEngine()
     return engine
@@ -126,7 +126,7 @@ def _worker_engine(backend: str) -> Any:
 def _resolve_worker_backend(requested: str) -> str:
     if requested == "numpy":
         return "numpy"
-    from ._engine import cupy_unavailable_reason
+    from ._device import cupy_unavailable_reason
 
     reason = cupy_unavailable_reason()
     if reason is None:

@@ -10,7 +10,6 @@ engine's arrays live, so a GPU engine never needs a host round trip inside an it
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ._device import cupy_unavailable_reason
 from ._gaussian import Params, Stats
 
 logger = logging.getLogger("gmm_core")
@@ -143,26 +143,6 @@ class MemoryReport:
     peak_bytes: int | None = None
 
 
-@functools.cache
-def cupy_unavailable_reason() -> str | None:
-    """Why the CuPy engine cannot run here (``None`` when it can)."""
-    try:
-        import cupy
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        return f"CuPy is not installed ({exc}); install the 'gpu' extra: pip install 'emflow[gpu]'"
-    try:
-        n_devices = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CUDARuntimeError, missing driver library, ...
-        return f"no usable CUDA GPU ({type(exc).__name__}: {exc})"
-    if n_devices == 0:
-        return "no CUDA GPU is visible (cupy.cuda.runtime.getDeviceCount() == 0)"
-    try:
-        from . import _cupy_engine  # noqa: F401
-    except ImportError as exc:
-        return f"the CuPy engine failed to import ({exc})"
-    return None
-
-
 def get_engine(backend: str) -> Engine:
     """Resolve a name of :data:`BACKENDS` to an engine instance.
 
@@ -189,7 +169,7 @@ def get_engine(backend: str) -> Engine:
     if backend in ("auto", "cupy"):
         reason = cupy_unavailable_reason()
         if reason is None:
-            from ._cupy_engine import CupyEngine
+            from ._cupy import CupyEngine
 
             return CupyEngine()
         if backend == "cupy":

@@ -1,6 +1,6 @@
 """The multi-GPU engine: row shards on every GPU of one host, statistics summed each iteration.
 
-One :class:`~gmm_core._cupy_engine.CupyEngine` per device runs its pass (the fused kernel for
+One :class:`~gmm_core._cupy.CupyEngine` per device runs its pass (the fused kernel for
 diag/spherical, GEMMs for full/tied) over the shard that device holds; the per-device
 :class:`~gmm_core._gaussian.Stats` (a few KB) are copied peer-to-peer to the primary device
 (the current device when the engine is made) and added there, where the estimator's M-step runs
@@ -8,7 +8,7 @@ once. Devices are ordered by CUDA events only, never by host synchronisation, so
 enqueuing iterations while the GPUs work.
 
 :meth:`MultiGpuEngine.run_em` is the whole-iteration device loop for diag/spherical data (as
-:meth:`CupyEngine.run_em <gmm_core._cupy_engine.CupyEngine.run_em>`): every device runs the
+:meth:`CupyEngine.run_em <gmm_core._cupy.CupyEngine.run_em>`): every device runs the
 fused pass over its shard, the pass outputs are all-reduced (summed in device order, so every
 device holds bitwise the same totals) and every device runs the M-step kernel itself; no
 parameters travel back. Where the devices have peer access the all-reduce is a kernel
@@ -29,8 +29,8 @@ from typing import Any
 import cupy
 import numpy as np
 
-from . import _cuda_loader
-from ._cupy_engine import CupyData, CupyEngine, drive_launches
+from ._cupy import CupyData, CupyEngine, DeviceLoop, drive_launches, tail_reduce
+from ._cupy.kernels import get_kernel
 from ._engine import EMResult, Engine
 from ._gaussian import ILL_DEFINED_COVARIANCE, Params, Stats
 
@@ -73,7 +73,7 @@ def _enable_peer_access(device: int, peer: int) -> bool:
 
 @dataclass
 class MultiGpuData:
-    """One :class:`~gmm_core._cupy_engine.CupyData` shard per device, in row order."""
+    """One :class:`~gmm_core._cupy.CupyData` shard per device, in row order."""
 
     shards: list[CupyData]
     devices: list[int]
@@ -108,7 +108,7 @@ class MultiGpuEngine(Engine):
     use_graphs : bool, default=True
         Capture ``check_every`` iterations per device in a CUDA graph (device exchange).
     **engine_kwargs
-        Passed to every per-device :class:`~gmm_core._cupy_engine.CupyEngine`.
+        Passed to every per-device :class:`~gmm_core._cupy.CupyEngine`.
     """
 
     name = "multigpu"
@@ -329,7 +329,7 @@ class MultiGpuEngine(Engine):
     ) -> EMResult | None:
         """Run the estimator's EM loop on every device, exchanging pass outputs each iteration.
 
-        Same contract as :meth:`gmm_core._cupy_engine.CupyEngine.run_em`: returns an
+        Same contract as :meth:`gmm_core._cupy.CupyEngine.run_em`: returns an
         :class:`~gmm_core._engine.EMResult` (``params`` on the primary device) or ``None`` when
         the data need the generic loop (full/tied covariance, shards streamed from the host, or
         kernel limits).
@@ -375,7 +375,7 @@ class _DeviceSlot:
     device: int
     engine: CupyEngine
     shard: CupyData
-    loop: Any  # gmm_core._cupy_engine._DeviceLoop: state, kernel params, partials, M-step tables
+    loop: DeviceLoop  # state, kernel params, partials, M-step tables, the pass strategy
     outs: list[list[Any]]  # [parity][plan]: this device's pass output (float64 stats vector)
     recv: dict[int, list[Any]]  # peer device -> [plan] receive buffers (copies exchange)
     totals: list[Any]  # [plan]: the all-reduced statistics the M-step reads
@@ -424,23 +424,31 @@ class _FusedLoop:
         n_components: int,
         max_iter: int,
     ) -> _FusedLoop | None:
-        from . import _cupy_engine
-
-        device_loop = getattr(_cupy_engine, "_DeviceLoop", None)
-        if max_iter < 1 or device_loop is None:
+        if max_iter < 1:
             return None
         for dev_engine, shard in zip(engine.engines, data.shards, strict=True):
             if not (shard.resident and len(shard.chunks) == 1):
                 return None
-            if not dev_engine._fused_ok(shard, n_restarts, n_components):
+            if not dev_engine.diag_pass.supports(shard, n_restarts, n_components):
                 return None
         slots: list[_DeviceSlot] = []
         for device, dev_engine, shard in zip(
             engine.devices, engine.engines, data.shards, strict=True
         ):
             with cupy.cuda.Device(device):
-                plans = dev_engine._plans(shard, n_restarts, n_components)
-                loop = device_loop(dev_engine, shard, plans, n_restarts, n_components, max_iter)
+                fused = dev_engine.fused_diag(shard, n_restarts, n_components)
+                assert fused is not None  # diag_pass.supports() said so
+                strategy, plans = fused
+                device_loop = DeviceLoop(
+                    strategy,
+                    shard,
+                    plans,
+                    n_restarts,
+                    n_components,
+                    max_iter,
+                    graph_steps=dev_engine.graph_steps,
+                    use_graphs=dev_engine.use_graphs,
+                )
 
                 def vectors(plans: list[Any] = plans) -> list[Any]:
                     return [cupy.zeros(p.pstride, dtype=cupy.float64) for p in plans]
@@ -450,7 +458,7 @@ class _FusedLoop:
                         device,
                         dev_engine,
                         shard,
-                        loop,
+                        device_loop,
                         [vectors(), vectors()],
                         {peer: vectors() for peer in engine.devices if peer != device},
                         vectors(),
@@ -492,12 +500,13 @@ class _FusedLoop:
                     slot.finished.append(cupy.zeros(1, cupy.uint32))
                 slot.timed_out = cupy.zeros(1, cupy.int32)
                 shard = slot.shard
-                name = "reduce_exchange_mstep<{}, {}, {}>".format(
-                    _cuda_loader.ctype(shard.dtype),
+                slot.kern_exchange = get_kernel(
+                    "em_diag.cu",
+                    "reduce_exchange_mstep",
+                    shard.dtype,
                     shard.n_features,
-                    "true" if shard.covariance_type == "spherical" else "false",
+                    shard.covariance_type == "spherical",
                 )
-                slot.kern_exchange = _cuda_loader.module("em_diag.cu", (name,)).get_function(name)
         for slot in self.slots:
             with cupy.cuda.Device(slot.device):
                 for i in range(len(slot.loop.plans)):
@@ -517,7 +526,7 @@ class _FusedLoop:
         for i, plan in enumerate(loop.plans):
             out = slot.outs[0][i]
             self._pass(slot, i, out, reduce=False)
-            if slot.engine._tail_reduce(plan):  # the pass's last block reduced into `out`
+            if tail_reduce(plan):  # the pass's last block reduced into `out`
                 partial, n_blocks = out, 1
             else:
                 partial, n_blocks = loop.partials[i], plan.n_blocks
@@ -545,7 +554,8 @@ class _FusedLoop:
         """The fused pass of restart group ``i`` over the slot's shard (no M-step)."""
         loop = slot.loop
         plan = loop.plans[i]
-        slot.engine._launch_pass(
+        assert loop.passes is not None  # a fused pass (diag_em_small is one GPU's only)
+        loop.passes.launch_pass(
             slot.shard,
             plan,
             slot.shard.chunks[0],
@@ -662,7 +672,7 @@ class _FusedLoop:
                 with loop.stream:
                     local = host_params.map(cupy.asarray)
                 settings = dict(reg_covar=reg_covar, eps=eps, tol=tol, first_bound=first_bound)
-                loop.reset(slot.engine, all_rows, local, **settings, synchronize=False)
+                loop.reset(all_rows, local, **settings, synchronize=False)
 
     def run(self, max_iter: int) -> EMResult:
         primary = self.slots[0]

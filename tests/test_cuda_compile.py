@@ -108,7 +108,7 @@ def test_tensor_core_geometry_fits_every_gpu_generation(n_features):
     """The tensor-core pass's plans cover every restart once in groups dividing the block's
     warps, and the 128-thread fallback fits the 99 KiB per block of sm_86/89/120 for every shape
     the pass serves (the 256-thread kernel needs 110 KiB with 17-32 components)."""
-    ce = pytest.importorskip("gmm_core._cupy_engine")
+    ce = pytest.importorskip("gmm_core._cupy")
     data = ce.CupyData([], True, "diag", np.dtype(np.float32), 1_000_003, n_features)
     for n_components in (1, 5, 16, 17, 32):
         for n_restarts in range(1, 11):
@@ -170,7 +170,7 @@ class _FakeFlags:
 def test_device_loop_reads_flags_one_launch_late(stop, fail_at, max_iter, launches):
     """drive_launches (run_em of the one- and multi-GPU engines) never waits for the launch it
     just queued: the flags of launch i are read while launch i + 1 runs."""
-    ce = pytest.importorskip("gmm_core._cupy_engine")
+    ce = pytest.importorskip("gmm_core._cupy")
     stream = _FakeStream()
     flags = _FakeFlags(stream, stop, fail_at)
     host = [np.zeros((4, len(stop)), np.int32) for _ in range(2)]
@@ -189,10 +189,10 @@ def test_device_loop_reads_flags_one_launch_late(stop, fail_at, max_iter, launch
 
 @needs_nvcc
 def test_full_tc_shared_memory_matches_the_kernel(tmp_path):
-    """The launcher's shared-memory size of full_pass_tc (gmm_core._cupy_engine.full_tc_smem) is
+    """The launcher's shared-memory size of full_pass_tc (gmm_core._cupy.full_tc_smem) is
     the kernel's own layout (full_tc_smem<D> in em_full.cu), computed by a host program built
     with nvcc: a smaller launch would overrun shared memory, a larger one refuse to launch."""
-    ce = pytest.importorskip("gmm_core._cupy_engine")
+    ce = pytest.importorskip("gmm_core._cupy")
     shapes = [
         (d, k, usm)
         for d in (1, 5, 8, 16, 17, 24, 31, 32)

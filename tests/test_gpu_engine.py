@@ -21,7 +21,7 @@ RTOL = {np.float32: 2e-5, np.float64: 1e-10}
 
 
 def _engines():
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
     from gmm_core._numpy_engine import NumpyEngine
 
     return NumpyEngine(), CupyEngine()
@@ -58,7 +58,7 @@ def test_accumulate_matches_numpy(cov, dtype, n_restarts):
     params = random_params(X, cov, 4, n_restarts)
     cp_engine = _engines()[1]
     if cov in ("diag", "spherical") and n_restarts == 3:  # the shared-accumulator variant
-        from gmm_core._cupy_engine import CupyEngine
+        from gmm_core._cupy import CupyEngine
 
         cp_engine = CupyEngine(shared_accumulators=True)
     shift = X.mean(0)
@@ -72,7 +72,7 @@ def test_accumulate_matches_numpy(cov, dtype, n_restarts):
 def test_streamed_chunks_match_resident(cov):
     import cupy
 
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
 
     X = make_data(20_003, 6, 5, np.float32, seed=3)
     params = random_params(X, cov, 5, 2).map(cupy.asarray)
@@ -96,7 +96,7 @@ def test_streamed_chunks_match_resident(cov):
 def test_out_of_memory_on_upload_streams_instead():
     import cupy
 
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
 
     X = make_data(200_000, 8, 3, np.float64)  # 12.8 MB
     params = random_params(X, "diag", 3, 1).map(cupy.asarray)
@@ -146,7 +146,7 @@ def test_device_loop_matches_estimator_loop(cov, dtype):
     """run_em (kernels + CUDA graph) == the estimator's loop at the same initialisation."""
     import cupy
 
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
 
     X = make_data(30_000, 7, 6, dtype, seed=7)
     n_restarts, k = 4, 6
@@ -240,7 +240,7 @@ def test_predict_paths_on_cupy_input(cov):
 def test_bad_input_gets_clear_errors():
     import cupy
 
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
 
     X = make_data(500, 3, 2, np.float64)
     Xd = cupy.asarray(X)
@@ -319,7 +319,7 @@ def test_host_backend_fits_a_cupy_array():
 
 
 def _tc_engine():
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
 
     engine = CupyEngine(tensor_cores=True)
     if not engine.tensor_cores:
@@ -335,7 +335,7 @@ def test_tensor_core_pass_matches_numpy(n, d, k, n_restarts):
     """diag_pass_tc (3xTF32) == the NumPy engine in float64, for every shape it serves."""
     import cupy
 
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
 
     X = make_data(n, d, k, np.float32, seed=n)
     params = random_params(X, "diag", k, n_restarts, seed=d)
@@ -410,7 +410,7 @@ def test_tensor_core_pass_streams_chunks():
     """Streamed row chunks (odd sizes, partial last slab) == resident data, tensor-core pass."""
     import cupy
 
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
 
     resident = _tc_engine()
     streamed = CupyEngine(tensor_cores=True, memory_budget_bytes=200_000, chunk_rows=3_001)
@@ -443,7 +443,7 @@ def test_full_tensor_core_pass_matches_numpy(n, d, k, n_restarts, chunk_rows):
     """full_pass_tc (fused, 3xTF32) == the NumPy engine in float64 and the GEMM path."""
     import cupy
 
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
 
     X = make_data(n, d, k, np.float32, seed=n + d)
     params = random_params(X, "full", k, n_restarts, seed=d)
@@ -536,7 +536,7 @@ def test_small_kernel_matches_estimator_loop(n, d, k, cov, dtype):
     """diag_em_small (whole iterations per launch, blocks ordered by flags) == the NumPy loop."""
     import cupy
 
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
 
     X = make_data(n, d, k, dtype, seed=3)
     params = random_params(X, cov, k, 1, seed=5)
@@ -572,7 +572,7 @@ def test_small_kernel_only_for_one_restart_and_few_components():
     """Two restarts, or components/statistics beyond its registers: the pass loop instead."""
     import cupy
 
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
 
     engine = CupyEngine()
     for n_restarts, d, k in ((2, 2, 5), (1, 2, 9), (1, 12, 3)):
@@ -603,7 +603,7 @@ def test_full_covariance_kernels_match_cupy_operations(d, dtype):
     """full_mstep and full_constants (em_full.cu) = the CuPy operations they replace."""
     import cupy
 
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
     from gmm_core._gaussian import Stats, m_step
 
     X = make_data(3000, d, 4, dtype)

@@ -65,7 +65,7 @@ def test_backend_names_and_clear_error_without_gpus():
 def test_accumulate_matches_one_gpu(cov, dtype):
     import cupy
 
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
     from gmm_core._multigpu_engine import MultiGpuEngine
 
     X = _data(30_001, 6, 4, dtype)  # odd: uneven shards
@@ -128,7 +128,7 @@ def test_device_loop_matches_one_gpu_run_em(cov, dtype):
     """run_em over shards (all-reduced pass outputs, M-step on every device) = one GPU's."""
     import cupy
 
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
     from gmm_core._multigpu_engine import MultiGpuEngine
 
     X = _data(50_001, 8, 5, dtype)
@@ -202,7 +202,7 @@ def test_device_exchange_on_one_device_matches_cupy_run_em(cov, dtype):
     """The exchange kernel with one device (its own mailbox) = CupyEngine.run_em, graph or not."""
     import cupy
 
-    from gmm_core._cupy_engine import CupyEngine
+    from gmm_core._cupy import CupyEngine
     from gmm_core._multigpu_engine import MultiGpuEngine
 
     X = _data(30_001, 8, 5, dtype)

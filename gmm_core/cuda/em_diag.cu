@@ -66,7 +66,7 @@ template <> struct Num<double> {
 
 __host__ __device__ constexpr int round4(int n) { return (n + 3) / 4 * 4; }
 
-// Row layouts shared with the Python launcher (gmm_core/_cupy_engine.py mirrors them).
+// Row layouts shared with the Python launcher (gmm_core/_cupy/diag_common.py mirrors them).
 template <int D, bool SPHERICAL> struct Layout {
     static constexpr int Q = SPHERICAL ? 1 : D;   // quadratic statistic columns
     static constexpr int C = 1 + D + Q;           // statistic columns: nk | sum r x | quadratic
@@ -163,7 +163,7 @@ template <typename T> struct MStepArgs {
 };
 
 // the same arguments as a table of 17 words (pointers, then doubles and ints bit for bit), so a
-// kernel can take them as one pointer; the launcher (gmm_core/_cupy_engine.py) writes it
+// kernel can take them as one pointer; the launcher (gmm_core/_cupy/loop.py) writes it
 template <typename T> __device__ MStepArgs<T> load_mstep_args(const unsigned long long* w) {
     MStepArgs<T> a;
     a.weights = reinterpret_cast<double*>(w[0]);

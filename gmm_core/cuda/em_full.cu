@@ -1,6 +1,6 @@
 // Full covariance: the M-step and the E-step constants on the device, one block per (restart,
 // component), float64 throughout (the pass itself is two cuBLAS GEMMs over quadratic features,
-// see gmm_core/_cupy_engine.py). Each replaces a chain of small CuPy operations (batched
+// see gmm_core/_cupy/gemm.py). Each replaces a chain of small CuPy operations (batched
 // Cholesky, solve, products, fancy indexing, casts) that cost more than the pass's GEMMs' share
 // of an iteration: launch-bound work on 32 x 32 matrices.
 //

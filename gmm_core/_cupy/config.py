@@ -1,0 +1,85 @@
+"""What every pass strategy reads: the device's properties and the engine's launch settings."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .. import _cuda_loader
+
+#: threads per block of the fused kernels (``GMM_NT`` in the sources)
+NT = _cuda_loader.THREADS_PER_BLOCK
+TC_ENV = "GMM_CORE_TENSOR_CORES"
+SMALL_ENV = "GMM_CORE_SMALL_KERNEL"
+BUDGET_ENV = "GMM_CORE_GPU_MEMORY_BUDGET"
+#: threads per block of ``diag_pass_tc``: 256 (W^T in registers, measured faster) or 128
+TC_THREADS = 256
+#: shared memory a block may opt into where the device does not say (bytes)
+DEFAULT_SMEM_OPTIN = 48 * 1024
+
+
+def env_flag(name: str) -> bool:
+    """An on/off environment setting, on unless set to 0/false/no/off (any case)."""
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@dataclass
+class LaunchConfig:
+    """Device properties and launch settings the strategies read at every call.
+
+    One instance is shared by an engine and its strategies, so a setting changed on the engine
+    (tests and tuning scripts do) reaches them all. Built from the current device by
+    :meth:`for_current_device`; by hand (no GPU needed) to ask which kernels a fit would use.
+    """
+
+    #: streaming multiprocessors of the device
+    n_sm: int
+    #: most shared memory (bytes) one block may opt into
+    smem_optin: int
+    #: compute capability as an integer (90 for sm_90)
+    compute_capability: int
+    #: run the fused passes on tensor cores where they apply (needs compute capability >= 80)
+    tensor_cores: bool = True
+    #: run small problems' device loop as ``diag_em_small``
+    small_kernel: bool = True
+    #: ``diag_pass`` variant keeping its float64 accumulators in shared memory
+    shared_accumulators: bool = False
+    #: threads per block of ``diag_pass_tc`` (256, or 128 where 256 do not fit)
+    tc_threads: int = TC_THREADS
+    #: tuning: samples per statistics thread per tile of ``diag_pass`` (None: 32, 16 shared)
+    tile_per_thread: int | None = None
+    #: tuning: cap on resident blocks per SM of the persistent grids
+    max_blocks_per_sm: int | None = None
+    #: full covariance: M-step and pass constants as kernels (``em_full.cu``), else CuPy ops
+    full_on_device: bool = True
+    #: ``full_pass_tc`` reads U from global memory even where shared memory would hold it
+    full_tc_force_global_u: bool = False
+
+    @classmethod
+    def for_current_device(
+        cls,
+        *,
+        tensor_cores: bool | None = None,
+        small_kernel: bool | None = None,
+        shared_accumulators: bool = False,
+    ) -> LaunchConfig:
+        """The current CUDA device's properties; ``None`` settings from the environment.
+
+        ``tensor_cores`` defaults to ``GMM_CORE_TENSOR_CORES`` (on unless ``0``) and is off
+        below compute capability 8.0; ``small_kernel`` defaults to ``GMM_CORE_SMALL_KERNEL``.
+        """
+        import cupy
+
+        device = cupy.cuda.Device()
+        n_sm = device.attributes["MultiProcessorCount"]
+        if tensor_cores is None:
+            tensor_cores = env_flag(TC_ENV)
+        compute_capability = int(device.compute_capability)
+        return cls(
+            n_sm=n_sm,
+            smem_optin=device.attributes.get("MaxSharedMemoryPerBlockOptin", DEFAULT_SMEM_OPTIN),
+            compute_capability=compute_capability,
+            tensor_cores=bool(tensor_cores) and compute_capability >= 80,
+            small_kernel=env_flag(SMALL_ENV) if small_kernel is None else bool(small_kernel),
+            shared_accumulators=shared_accumulators,
+        )

@@ -1,0 +1,409 @@
+"""The CuPy engine: picks a pass strategy for the data and runs it (see :mod:`gmm_core._cupy`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import cupy
+import numpy as np
+
+from .._engine import EMResult, Engine
+from .._gaussian import Params, Stats
+from .config import BUDGET_ENV, LaunchConfig
+from .data import CupyData, Scratch, device_chunks, memory_budget, prepare
+from .diag_common import DiagPlan, FusedDiagPass
+from .diag_em_small import DiagEmSmall
+from .diag_pass import DiagPass
+from .diag_pass_tc import DiagPassTC
+from .full_pass_tc import FullPassTC
+from .gemm import GemmPass, full_features
+from .kernels import KernelRef, compile_kernels
+from .loop import DeviceLoop
+
+logger = logging.getLogger("gmm_core")
+
+
+class FusedDiag(NamedTuple):
+    """The fused diag/spherical pass chosen for a data set and shape, and its plans."""
+
+    strategy: FusedDiagPass
+    plans: list[DiagPlan]
+
+
+class _ConfigAlias:
+    """An engine attribute that reads and writes ``engine.config.<field>`` (older spellings)."""
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+
+    def __get__(self, engine: Any, owner: Any = None) -> Any:
+        return self if engine is None else getattr(engine.config, self.field)
+
+    def __set__(self, engine: Any, value: Any) -> None:
+        setattr(engine.config, self.field, value)
+
+
+class CupyEngine(Engine):
+    """GPU engine; see :class:`gmm_core._engine.Engine` for the contract.
+
+    Parameters
+    ----------
+    memory_budget_bytes : int, optional
+        Largest data size kept on the device; larger data are streamed in row chunks. Default:
+        the ``GMM_CORE_GPU_MEMORY_BUDGET`` environment variable, else half the free device memory.
+    chunk_rows : int, optional
+        Rows per streamed chunk (default: a quarter of the budget's worth).
+    use_graphs : bool, default=True
+        Capture :meth:`run_em` iterations in CUDA graphs.
+    graph_steps : int, default=64
+        EM iterations per CUDA graph (the host checks convergence once per graph launch).
+    shared_accumulators : bool, default=False
+        Fused kernel variant keeping its float64 accumulators in shared memory (fewer registers).
+    tensor_cores : bool, optional
+        Run the fused passes on tensor cores (3xTF32) where they apply, on compute capability
+        8.0 or newer: ``diag_pass_tc`` for float32 diag data with ``n_features`` in
+        {4, 8, 12, 16} and ``n_components <= 32``; ``full_pass_tc`` for float32 full-covariance
+        data with ``n_features <= 32`` and ``n_components <= 32`` (more components repeat its
+        E-step per group of 16: the GEMM path is faster there), U in shared memory where it
+        fits (on an H100/H200 up to 23 components with 32 features), else read through L1.
+        Default: the ``GMM_CORE_TENSOR_CORES`` environment variable (``0`` turns it off), else
+        on.
+    small_kernel : bool, optional
+        Run :meth:`run_em` on small problems (one restart, up to 8 components, at most
+        ``2**21`` rows, few statistics: e.g. Blobs 500k x 2, K=5) as ``diag_em_small``: many
+        whole iterations per launch with every block resident, ordered by flags in global
+        memory. Default: the ``GMM_CORE_SMALL_KERNEL`` environment variable (``0`` turns it
+        off), else on.
+    config : LaunchConfig, optional
+        Device properties and settings to use instead of the current device's (the three
+        settings above are then ignored): lets :meth:`kernel_refs` say which kernels a fit
+        would compile without touching a GPU.
+    """
+
+    name = "cupy"
+    xp = cupy
+    sync_every = 16
+
+    def __init__(
+        self,
+        memory_budget_bytes: int | None = None,
+        chunk_rows: int | None = None,
+        use_graphs: bool = True,
+        graph_steps: int = 64,
+        shared_accumulators: bool = False,
+        tensor_cores: bool | None = None,
+        small_kernel: bool | None = None,
+        *,
+        config: LaunchConfig | None = None,
+    ) -> None:
+        if memory_budget_bytes is None and os.environ.get(BUDGET_ENV):
+            memory_budget_bytes = int(float(os.environ[BUDGET_ENV]))
+        self.memory_budget_bytes = memory_budget_bytes
+        self.chunk_rows = chunk_rows
+        self.use_graphs = use_graphs
+        self.graph_steps = graph_steps
+        #: how the last :meth:`run_em` ran (CUDA graph or direct launches)
+        self.last_run_info: dict[str, Any] = {}
+        if config is None:
+            config = LaunchConfig.for_current_device(
+                tensor_cores=tensor_cores,
+                small_kernel=small_kernel,
+                shared_accumulators=shared_accumulators,
+            )
+        self.config = config
+        scratch = Scratch()
+        #: the pass strategies, in the order :meth:`accumulate` and :meth:`run_em` try them
+        self.full_pass_tc = FullPassTC(config, scratch)
+        self.diag_em_small = DiagEmSmall(config)
+        self.diag_pass_tc = DiagPassTC(config, scratch)
+        self.diag_pass = DiagPass(config, scratch)
+        self.gemm = GemmPass(config, self._budget)
+        self._diag_plans_cache: dict[tuple, FusedDiag] = {}
+        self._loop: tuple[tuple, DeviceLoop] | None = None
+        self._compiled: set[tuple] = set()
+
+    # -- data -----------------------------------------------------------------------------------
+    def takes_device_arrays(self) -> bool:
+        """CuPy arrays are taken as they are (never copied to the host)."""
+        return True
+
+    def asarray(self, a: Any) -> Any:
+        """Host array -> device array."""
+        return cupy.asarray(a)
+
+    def to_host(self, a: Any) -> np.ndarray:
+        """Device (or host) array -> NumPy array."""
+        return cupy.asnumpy(a) if isinstance(a, cupy.ndarray) else np.asarray(a)
+
+    def _budget(self) -> int:
+        return memory_budget(self.memory_budget_bytes)
+
+    def prepare(self, X: Any, shift: Any, covariance_type: str) -> CupyData:
+        """Centre ``X`` and keep it on the device when it fits the budget, else chunk it.
+
+        Parameters
+        ----------
+        X : numpy.ndarray or cupy.ndarray of shape (n_samples, n_features), float32/float64
+        shift : array of shape (n_features,) or None
+        covariance_type : {'full', 'tied', 'diag', 'spherical'}
+        """
+        return prepare(X, shift, covariance_type, budget=self._budget(), chunk_rows=self.chunk_rows)
+
+    def device_chunks(self, data: CupyData) -> Iterator[Any]:
+        """Yield the data's row chunks as device arrays (uploading streamed ones)."""
+        return device_chunks(data)
+
+    # -- which strategy ---------------------------------------------------------------------------
+    def fused_diag(self, data: CupyData, n_restarts: int, n_components: int) -> FusedDiag | None:
+        """The fused diag/spherical pass for this data and its plans (cached per shape).
+
+        ``diag_pass_tc`` where it serves the data and its tiles fit, else ``diag_pass``; None
+        where neither takes the data. Raises ``MemoryError`` where ``diag_pass``'s tiles do not
+        fit shared memory (the GEMM path serves).
+        """
+        if not self.diag_pass.supports(data, n_restarts, n_components):
+            return None
+        return self._fused_diag(data, n_restarts, n_components)
+
+    def _fused_diag(self, data: CupyData, n_restarts: int, n_components: int) -> FusedDiag:
+        config = self.config
+        key = (
+            config.shared_accumulators,
+            config.tensor_cores,
+            config.tc_threads,
+            data.covariance_type,
+            data.dtype.str,
+            data.n_features,
+            data.n_samples,
+            n_restarts,
+            n_components,
+        )
+        fused = self._diag_plans_cache.get(key)
+        if fused is None:
+            tc_plans = self.diag_pass_tc.plans(data, n_restarts, n_components)
+            if tc_plans is not None:
+                fused = FusedDiag(self.diag_pass_tc, tc_plans)
+            else:
+                fused = FusedDiag(
+                    self.diag_pass, self.diag_pass.plans(data, n_restarts, n_components)
+                )
+            self._diag_plans_cache[key] = fused
+        return fused
+
+    def kernel_refs(self, data: CupyData, n_restarts: int, n_components: int) -> list[KernelRef]:
+        """The kernels a fit of this data and shape compiles: the one place that knows.
+
+        Mirrors :meth:`accumulate`, :meth:`run_em`, :meth:`m_step` and
+        :meth:`weighted_log_prob`; compiles nothing and needs no GPU (``config=``). Where the
+        device's occupancy decides between two variants (whether a pass reduces its own
+        partials), both are listed.
+        """
+        refs: list[KernelRef] = []
+        full_tc = self.full_pass_tc
+        if full_tc.supports(data, n_components, quiet=True):
+            u_in_smem = full_tc.u_in_smem(data.n_features, n_components)
+            assert u_in_smem is not None
+            refs += full_tc.kernel_refs(data.n_features, u_in_smem)
+        elif self.diag_pass.supports(data, n_restarts, n_components):
+            device_loop = data.resident and len(data.chunks) <= 1
+            small = self.diag_em_small
+            if device_loop and small.supports(data, n_restarts, n_components):
+                refs += small.kernel_refs(data, n_restarts, n_components)
+            else:
+                tc = self.diag_pass_tc
+                plans = tc.plans(data, n_restarts, n_components, fit_grid=False)
+                strategy: FusedDiagPass = tc
+                try:
+                    if plans is None:
+                        strategy = self.diag_pass
+                        plans = strategy.plans(data, n_restarts, n_components, fit_grid=False)
+                    refs += strategy.kernel_refs(data, plans, device_loop=device_loop)
+                except MemoryError:  # the GEMM path serves
+                    pass
+        refs += self.gemm.kernel_refs(data)
+        return list(dict.fromkeys(refs))
+
+    def compile_for(self, data: CupyData, n_restarts: int, n_components: int) -> list[str]:
+        """Compile the kernels a fit of this data and shape needs, concurrently, once.
+
+        Later calls for the same shape return at once; kernels already compiled (memoised or
+        in CuPy's disk cache) cost nothing. A kernel that fails to compile here is compiled
+        again, and its error raised, where it is launched.
+        """
+        key = (
+            cupy.cuda.Device().id,
+            data.covariance_type,
+            data.dtype.str,
+            data.n_features,
+            data.n_samples,
+            data.resident and len(data.chunks) <= 1,
+            n_restarts,
+            n_components,
+        )
+        if key in self._compiled:
+            return []
+        self._compiled.add(key)
+        refs = self.kernel_refs(data, n_restarts, n_components)
+        try:
+            return compile_kernels(refs)
+        except Exception as exc:
+            logger.debug("compiling %s ahead of use failed: %s", [r.expr for r in refs], exc)
+            return []
+
+    # -- passes ---------------------------------------------------------------------------------
+    def accumulate(self, data: CupyData, params: Params, active: Any) -> Stats:
+        """One pass over the data: log-likelihood and sufficient statistics of every restart."""
+        n_restarts, n_components, n_features = params.means.shape
+        self.compile_for(data, n_restarts, n_components)
+        if self.full_pass_tc.supports(data, n_components):
+            return self.full_pass_tc.accumulate(data, params)
+        if self.diag_pass.supports(data, n_restarts, n_components):
+            try:
+                fused = self._fused_diag(data, n_restarts, n_components)
+                return fused.strategy.accumulate(data, params, fused.plans)
+            except MemoryError:  # the kernel's tiles do not fit shared memory
+                pass
+        return self.gemm.accumulate(data, params)
+
+    def weighted_log_prob(self, data: CupyData, params: Params) -> Any:
+        """``log w_k + log N(x | k)`` of one mixture, shape (n_samples, n_components)."""
+        return self.gemm.weighted_log_prob(data, params)
+
+    def m_step(
+        self, stats: Stats, covariance_type: str, reg_covar: float, eps: float
+    ) -> Params | None:
+        """Full covariance: the M-step as one kernel launch (``full_mstep``); else None."""
+        return self.gemm.m_step(stats, covariance_type, reg_covar, eps)
+
+    # -- the whole EM loop on the device (diag/spherical) ------------------------------------------
+    def run_em(
+        self,
+        data: CupyData,
+        params: Params,
+        *,
+        reg_covar: float,
+        eps: float,
+        tol: float,
+        max_iter: int,
+        first_bound: float = -np.inf,
+    ) -> EMResult | None:
+        """Run the estimator's EM loop with every step on the device, or return ``None``.
+
+        Same semantics as :meth:`gmm_core.GaussianMixture._run_em` (per-restart convergence on
+        ``|change of lower bound| < tol``, parameters frozen once converged), for diag/spherical
+        data resident on the device. Iterations run as kernels (pass, reduction, M-step), in CUDA
+        graphs of ``graph_steps`` iterations; the host checks once per graph launch.
+
+        Returns
+        -------
+        EMResult or None
+            ``params`` device arrays (R, ...); ``history`` (max_iter, R) lower bounds with NaN
+            after a restart stopped; ``n_iter`` (R,) int; ``converged`` (R,) bool. ``None`` when
+            this data layout needs the generic loop.
+        """
+        n_restarts, n_components, n_features = params.means.shape
+        if not (data.resident and len(data.chunks) == 1) or max_iter < 1:
+            return None
+        if not self.diag_pass.supports(data, n_restarts, n_components):
+            return None
+        self.compile_for(data, n_restarts, n_components)
+        small = self.diag_em_small.plans(data, n_restarts, n_components)
+        strategy: FusedDiagPass | DiagEmSmall
+        if small is not None:
+            strategy, plans = self.diag_em_small, small
+        else:
+            try:
+                strategy, plans = self._fused_diag(data, n_restarts, n_components)
+            except MemoryError:
+                return None
+        cupy.cuda.get_current_stream().synchronize()  # params come from the caller's stream
+        loop = self._device_loop(strategy, data, plans, n_restarts, n_components, max_iter)
+        loop.reset(data, params, reg_covar, eps, tol, first_bound)
+        self.last_run_info = {
+            "graph": loop.graph is not None,
+            "small_kernel": small is not None,
+            "small_kmax": plans[0].small_kmax,
+            "graph_error": loop.graph_error,
+            "capture_s": loop.capture_s,
+            "launches_per_iteration": loop.launches_per_iteration,
+            "plans": [(p.n_blocks, p.tile_n, p.items_per_thread, p.smem_bytes) for p in plans],
+        }
+        return loop.run(max_iter)
+
+    def _device_loop(
+        self,
+        strategy: FusedDiagPass | DiagEmSmall,
+        data: CupyData,
+        plans: list[DiagPlan],
+        n_restarts: int,
+        n_components: int,
+        max_iter: int,
+    ) -> DeviceLoop:
+        """Buffers, launch sequence and CUDA graph of :meth:`run_em`, reused across fits."""
+        key = (data.chunks[0].data.ptr, id(plans), n_restarts, n_components, max_iter)
+        if self._loop is not None and self._loop[0] == key:
+            return self._loop[1]
+        self._loop = None  # one cached loop at a time: its graph pins its buffers
+        loop = DeviceLoop(
+            strategy,
+            data,
+            plans,
+            n_restarts,
+            n_components,
+            max_iter,
+            graph_steps=self.graph_steps,
+            use_graphs=self.use_graphs,
+        )
+        self._loop = (key, loop)
+        return loop
+
+    # -- settings and hooks of tests and tuning scripts (benchmarks/tune_*.py) --------------------
+    @property
+    def tensor_cores(self) -> bool:
+        """Whether the fused passes run on tensor cores where they apply."""
+        return self.config.tensor_cores
+
+    @property
+    def small_kernel(self) -> bool:
+        """Whether :meth:`run_em` runs small problems as ``diag_em_small``."""
+        return self.config.small_kernel
+
+    @property
+    def shared_accumulators(self) -> bool:
+        """Whether ``diag_pass`` keeps its float64 accumulators in shared memory."""
+        return self.config.shared_accumulators
+
+    _n_sm = _ConfigAlias("n_sm")
+    _smem_optin = _ConfigAlias("smem_optin")
+    _tc_threads = _ConfigAlias("tc_threads")
+    _tile_per_thread = _ConfigAlias("tile_per_thread")
+    _max_blocks_per_sm = _ConfigAlias("max_blocks_per_sm")
+    _full_on_device = _ConfigAlias("full_on_device")
+    _full_tc_force_global_u = _ConfigAlias("full_tc_force_global_u")
+    _tc_geometry = staticmethod(DiagPassTC.geometry)
+    _full_features = staticmethod(full_features)
+
+    def _fused_ok(self, data: CupyData, n_restarts: int, n_components: int) -> bool:
+        return self.diag_pass.supports(data, n_restarts, n_components)
+
+    def _plans(self, data: CupyData, n_restarts: int, n_components: int) -> list[DiagPlan]:
+        return self._fused_diag(data, n_restarts, n_components).plans
+
+    def _accumulate_fused(self, data: CupyData, params: Params) -> Stats:
+        fused = self._fused_diag(data, *params.means.shape[:2])
+        return fused.strategy.accumulate(data, params, fused.plans)
+
+    def _full_tc_ok(self, data: CupyData, n_components: int) -> bool:
+        return self.full_pass_tc.supports(data, n_components)
+
+    def _full_tc_u_in_smem(self, n_features: int, n_components: int) -> bool | None:
+        return self.full_pass_tc.u_in_smem(n_features, n_components)
+
+    def _gemm_constants(self, data: CupyData, params: Params) -> dict[str, Any]:
+        return self.gemm.constants(data, params)
+
+    def _log_prob_chunk(self, x: Any, c: dict[str, Any], features: Any = None) -> Any:
+        return self.gemm.log_prob_chunk(x, c, features)

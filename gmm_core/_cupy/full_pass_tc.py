@@ -1,0 +1,200 @@
+"""``full_pass_tc``: the fused full-covariance pass on tensor cores (3xTF32), float32 data.
+
+One launch per row chunk (``cuda/em_full.cu``) for data with up to 32 features and 32
+components: ``y = x U_k - mu_k U_k`` for the log-densities, the softmax in shared memory,
+``(r_k (x - m_k))^T (x - m_k)`` about each component's mean for the statistics, float64 across
+tiles; ``reduce_partials`` sums the block partials. U sits in shared memory where it fits (on an
+H100/H200 up to 23 components with 32 features), else it is read through L1.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import cupy
+import numpy as np
+
+from .._gaussian import Params, Stats
+from .config import LaunchConfig
+from .data import CupyData, Scratch, device_chunks
+from .diag_common import REDUCE_REF
+from .kernels import KernelRef, kernel_ref, load_kernel, max_carveout
+
+logger = logging.getLogger("gmm_core")
+
+SOURCE = "em_full.cu"
+#: widest data, components per block group, samples per tile, M-step components per warp,
+#: warps per block (``fulltc`` constants in the source)
+FULL_TC_MAX_FEATURES = 32
+FULL_TC_GROUP = 16
+FULL_TC_TILE = 128
+FULL_TC_CW = 2
+FULL_TC_WARPS = 8
+#: most component groups: every group of 16 repeats the E-step, so beyond two the GEMM path is
+#: faster (H200, D=32, one pass: K=32 3.8 vs 4.0 ms, K=48 7.6 vs 6.8 ms, K=64 12.8 vs 7.1 ms;
+#: ``benchmarks/results/tune_full_h200_k.txt``)
+FULL_TC_MAX_GROUPS = 2
+#: largest float64 block-partial buffer (bytes)
+FULL_TC_PARTIAL_BYTES = 1 << 28
+
+
+def _round4(n: int) -> int:
+    return (n + 3) // 4 * 4
+
+
+def full_tc_smem(n_features: int, n_components: int, u_in_smem: bool = True) -> int:
+    """Dynamic shared memory (bytes) of ``full_pass_tc<n_features, u_in_smem>``.
+
+    The layout of ``full_tc_smem`` in ``em_full.cu`` (``tests/test_cuda_compile.py`` checks the
+    two agree).
+    """
+    ntd, mtd = -(-n_features // 8), -(-n_features // 16)
+    dm = 16 * mtd
+    xs = dm + (8 - dm % 32) % 32
+    npair = ntd * (ntd + 1) // 2
+    nfrag = sum(ntd - 2 * m for m in range(mtd))
+    k = n_components
+    doubles = FULL_TC_WARPS * FULL_TC_CW * nfrag * 4 * 32 + FULL_TC_WARPS
+    u_floats = k * npair * 64 if u_in_smem else 0
+    floats = u_floats + k * (8 * ntd + dm) + 2 * _round4(k) + 2 * FULL_TC_TILE * (xs + (k | 1))
+    return 8 * doubles + 4 * floats
+
+
+class FullPassTC:
+    """``full_tc_params<D>`` + ``full_pass_tc<D, U_IN_SMEM>``; see the module docstring."""
+
+    name = "full_pass_tc"
+
+    def __init__(self, config: LaunchConfig, scratch: Scratch) -> None:
+        self.config = config
+        self.scratch = scratch
+        #: extra compiler options of both kernels (``-D`` defines of tuning variants)
+        self.defines: tuple[str, ...] = ()
+        self._declined: set[tuple[int, int]] = set()
+
+    def u_in_smem(self, n_features: int, n_components: int) -> bool | None:
+        """Where the E-step's U fragments live.
+
+        Shared memory (True), global memory through L1 (False: more components than shared
+        memory holds), or None where even the rest does not fit (the GEMM path serves).
+        """
+        for u_in_smem in (True, False):
+            if self.config.full_tc_force_global_u and u_in_smem:
+                continue
+            if full_tc_smem(n_features, n_components, u_in_smem) <= self.config.smem_optin:
+                return u_in_smem
+        return None
+
+    def supports(self, data: CupyData, n_components: int, *, quiet: bool = False) -> bool:
+        """Whether ``full_pass_tc`` serves this data (see ``CupyEngine(tensor_cores=...)``).
+
+        Says once per shape (unless ``quiet``) when only shared memory stands in the way.
+        """
+        ok = (
+            self.config.tensor_cores
+            and data.covariance_type == "full"
+            and data.dtype == np.float32
+            and data.n_features <= FULL_TC_MAX_FEATURES
+            and n_components <= FULL_TC_GROUP * FULL_TC_MAX_GROUPS
+        )
+        if not ok:
+            return False
+        if self.u_in_smem(data.n_features, n_components) is None:
+            key = (data.n_features, n_components)
+            if not quiet and key not in self._declined:  # say it once per shape
+                self._declined.add(key)
+                logger.info(
+                    "full covariance, %d features, %d components: the tensor-core pass's "
+                    "operands exceed shared memory; using the GEMM path",
+                    data.n_features,
+                    n_components,
+                )
+            return False
+        return True
+
+    def kernel_refs(self, n_features: int, u_in_smem: bool) -> list[KernelRef]:
+        """The parameter kernel, the pass and the reduction of one pass."""
+        return [
+            kernel_ref(SOURCE, "full_tc_params", n_features),
+            kernel_ref(SOURCE, "full_pass_tc", n_features, u_in_smem),
+            REDUCE_REF,
+        ]
+
+    def kernels(self, n_features: int, u_in_smem: bool, smem: int) -> tuple[Any, Any, Any]:
+        """(full_tc_params, full_pass_tc allowed ``smem`` bytes, reduce_partials), compiled."""
+        ref_params, ref_pass, ref_reduce = self.kernel_refs(n_features, u_in_smem)
+        kern_params = load_kernel(ref_params, self.defines)
+        kern_pass = max_carveout(load_kernel(ref_pass, self.defines))
+        kern_reduce = load_kernel(ref_reduce)
+        if kern_pass.max_dynamic_shared_size_bytes < smem:
+            kern_pass.max_dynamic_shared_size_bytes = smem
+        return kern_params, kern_pass, kern_reduce
+
+    def accumulate(self, data: CupyData, params: Params) -> Stats:
+        """One ``full_pass_tc`` launch per row chunk; float64 statistics as the GEMM path's."""
+        R, K, D = params.means.shape
+        rk = R * K
+        ntd = -(-D // 8)
+        u_in_smem = self.u_in_smem(D, K)
+        assert u_in_smem is not None  # supports() checked it
+        smem = full_tc_smem(D, K, u_in_smem)
+        kern_params, kern_pass, kern_reduce = self.kernels(D, u_in_smem, smem)
+        f64 = cupy.float64
+        buffer = self.scratch.get
+        ufrag = buffer("full-tc-u", (rk, ntd * (ntd + 1) // 2, 32, 2), cupy.float32)
+        bvec = buffer("full-tc-b", (rk, 8 * ntd), cupy.float32)
+        lconst = buffer("full-tc-c", (rk,), cupy.float32)
+        mvec = buffer("full-tc-m", (rk, 16 * -(-D // 16)), cupy.float32)
+        far = buffer("full-tc-far", (rk,), cupy.int32)
+        kern_params(
+            (rk,),
+            (256,),
+            (
+                cupy.ascontiguousarray(params.weights, dtype=f64),
+                cupy.ascontiguousarray(params.means, dtype=f64),
+                cupy.ascontiguousarray(params.precisions_cholesky, dtype=f64),
+                ufrag,
+                bvec,
+                lconst,
+                mvec,
+                far,
+            ),
+        )
+        groups = -(-K // FULL_TC_GROUP)
+        pstride = rk * (1 + D + D * D) + R
+        longest = max(chunk.shape[0] for chunk in data.chunks)
+        n_blocks = max(1, min(self.config.n_sm, -(-longest // FULL_TC_TILE)))
+        # many restarts: fewer blocks per restart keep the partials within FULL_TC_PARTIAL_BYTES
+        # (the grid's R * groups rows of blocks still fill the device)
+        n_blocks = max(1, min(n_blocks, FULL_TC_PARTIAL_BYTES // (8 * pstride)))
+        partial = buffer("full-tc-partial", (n_blocks, pstride), f64)
+        total: Any = None
+        for chunk in device_chunks(data):
+            blocks = max(1, min(n_blocks, -(-chunk.shape[0] // FULL_TC_TILE)))
+            kern_pass(  # restarts (and component groups) fastest: a tile is read from HBM once
+                (R * groups, blocks),
+                (FULL_TC_WARPS * 32,),
+                (
+                    chunk,
+                    np.int64(chunk.shape[0]),
+                    np.int32(K),
+                    ufrag,
+                    bvec,
+                    lconst,
+                    mvec,
+                    far,
+                    np.int32(pstride),
+                    partial,
+                ),
+                shared_mem=smem,
+            )
+            out = cupy.empty(pstride, dtype=f64)
+            kern_reduce(
+                (-(-pstride // 32),), (32, 8), (partial, np.int32(blocks), np.int32(pstride), out)
+            )
+            total = out if total is None else total + out
+        nk = total[:rk].reshape(R, K)
+        sx = total[rk : rk * (1 + D)].reshape(R, K, D)
+        sxx = total[rk * (1 + D) : rk * (1 + D + D * D)].reshape(R, K, D, D)
+        return Stats(total[rk * (1 + D + D * D) :], nk, sx, sxx, data.n_samples)

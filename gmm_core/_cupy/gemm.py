@@ -1,0 +1,361 @@
+"""The GEMM path: full and tied covariance, and diag/spherical beyond the fused kernels' limits.
+
+full
+    Two GEMMs over row chunks of quadratic features ``[x_i x_j (i <= j), x]``: log-densities,
+    then ``resp^T features`` (float64 data, more than 32 features, ``tensor_cores`` off, or more
+    components than ``full_pass_tc`` takes). Up to 48 features the M-step (``full_mstep``) and
+    the pass constants (``full_constants``) run as ``em_full.cu`` kernels.
+tied
+    The Cholesky-precision formulation as GEMMs over row chunks: ``X @ U_r`` for the
+    log-densities, ``resp^T X`` and ``X^T X`` for the statistics.
+diag, spherical
+    ``x^2 . w_q + x . w_l`` per chunk, responsibilities, ``resp^T [x, x^2]``.
+
+A ``cupy`` out-of-memory error during a pass retries the chunk with half the rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import cupy
+import numpy as np
+
+from .._gaussian import Params, Stats, log_det_cholesky
+from .config import LaunchConfig
+from .data import CupyData, device_chunks
+from .kernels import KernelRef, kernel_ref, load_kernel
+
+logger = logging.getLogger("gmm_core")
+
+SOURCE = "em_full.cu"
+_LOG_2PI = math.log(2 * math.pi)
+#: elements of the widest temporary of one GEMM-path chunk (float32: 256 MiB)
+GEMM_CHUNK_ELEMENTS = 1 << 26
+#: rows summed by one float32 statistics GEMM before float64 accumulation takes over
+STATS_ROWS = 1 << 16
+#: widest full covariance whose M-step and pass constants run as ``em_full.cu`` kernels (two
+#: float64 D x D matrices per block in static shared memory)
+FULL_KERNEL_MAX_FEATURES = 48
+
+
+def resp_t_dot(resp: Any, feats: Any) -> Any:
+    """``resp.T @ feats`` in float64: float32 GEMMs over row blocks, summed in float64.
+
+    Blocks of ``STATS_ROWS`` rows keep each float32 sum short; a batched GEMM over the blocks
+    measured 2.4x slower on an H100 than this loop (its operand is a transposed view).
+    """
+    n_rows = resp.shape[0]
+    if resp.dtype == cupy.float64:
+        return resp.T @ feats
+    out = cupy.zeros((resp.shape[1], feats.shape[1]))
+    for start in range(0, n_rows, STATS_ROWS):
+        out += resp[start : start + STATS_ROWS].T @ feats[start : start + STATS_ROWS]
+    return out
+
+
+def full_features(x: Any, triu: tuple[Any, Any]) -> Any:
+    """``[x_i x_j (i <= j), x]`` of a row chunk, shape (rows, D(D+1)/2 + D)."""
+    return cupy.concatenate([x[:, triu[0]] * x[:, triu[1]], x], axis=1)
+
+
+class GemmPass:
+    """The GEMM path (serves every covariance type); see the module docstring.
+
+    Parameters
+    ----------
+    config : LaunchConfig
+    budget : callable
+        Returns the device memory budget (bytes): quadratic features of resident full data are
+        kept for the fit when they take at most half of it.
+    """
+
+    name = "gemm"
+
+    def __init__(self, config: LaunchConfig, budget: Callable[[], int]) -> None:
+        self.config = config
+        self.budget = budget
+        self._triu: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
+
+    def supports(self, data: CupyData, n_components: int) -> bool:
+        """Every covariance type, dtype and size: the fallback of the other strategies."""
+        return True
+
+    def full_on_device_ok(self, n_features: int) -> bool:
+        """Whether the full-covariance M-step and constants run as ``em_full.cu`` kernels."""
+        return self.config.full_on_device and n_features <= FULL_KERNEL_MAX_FEATURES
+
+    def kernel_refs(self, data: CupyData) -> list[KernelRef]:
+        """``em_full.cu`` kernels of a fit (constants, M-step); none but for full covariance."""
+        d = data.n_features
+        if data.covariance_type != "full" or not self.full_on_device_ok(d):
+            return []
+        return [
+            kernel_ref(SOURCE, "full_constants", data.dtype, d),
+            kernel_ref(SOURCE, "full_mstep", d),
+        ]
+
+    # -- M-step -----------------------------------------------------------------------------------
+    def m_step(
+        self, stats: Stats, covariance_type: str, reg_covar: float, eps: float
+    ) -> Params | None:
+        """Full covariance: the M-step as one kernel launch (``full_mstep``); else None.
+
+        Same formulas as :func:`gmm_core._gaussian.m_step`; a covariance that is not positive
+        definite gives NaN precision factors (the estimator's loop raises at its next check).
+        """
+        if covariance_type != "full":
+            return None
+        n_restarts, n_components, n_features = stats.sx.shape
+        if not self.full_on_device_ok(n_features):
+            return None
+        rk = n_restarts * n_components
+        f64 = cupy.float64
+        shape = (n_restarts, n_components, n_features)
+        out = Params(
+            cupy.empty(shape[:2]),
+            cupy.empty(shape),
+            cupy.empty((*shape, n_features)),
+            cupy.empty((*shape, n_features)),
+        )
+        load_kernel(kernel_ref(SOURCE, "full_mstep", n_features))(
+            (rk,),
+            (256,),
+            (
+                cupy.ascontiguousarray(stats.nk, dtype=f64),
+                cupy.ascontiguousarray(stats.sx, dtype=f64),
+                cupy.ascontiguousarray(stats.sxx, dtype=f64),
+                np.int32(n_components),
+                np.float64(reg_covar),
+                np.float64(eps),
+                out.weights,
+                out.means,
+                out.covariances,
+                out.precisions_cholesky,
+            ),
+        )
+        return out
+
+    # -- pass constants ---------------------------------------------------------------------------
+    def constants(self, data: CupyData, params: Params) -> dict[str, Any]:
+        """Everything a chunk needs, in the fit dtype, computed once per pass."""
+        cov = data.covariance_type
+        dt = data.dtype
+        n_restarts, n_components, n_features = params.means.shape
+        rk = n_restarts * n_components
+        pc = params.precisions_cholesky
+        out: dict[str, Any] = {"cov": cov, "R": n_restarts, "K": n_components, "D": n_features}
+        full_on_device = cov == "full" and self.full_on_device_ok(n_features)
+        if not full_on_device:
+            log_det = log_det_cholesky(pc, cov, n_features, cupy)
+            if cov == "tied":
+                log_det = log_det[:, None]
+            const = -0.5 * n_features * _LOG_2PI + log_det + cupy.log(params.weights)
+            out["const"] = const.reshape(1, n_restarts, n_components).astype(dt)
+        if full_on_device:
+            # full_constants (em_full.cu): M and the constants below, one launch
+            n_tri = n_features * (n_features + 1) // 2
+            M = cupy.empty((n_tri + n_features, rk), dtype=dt)
+            const_k = cupy.empty(rk, dtype=dt)
+            load_kernel(kernel_ref(SOURCE, "full_constants", dt, n_features))(
+                (rk,),
+                (256,),
+                (
+                    cupy.ascontiguousarray(params.weights, dtype=cupy.float64),
+                    cupy.ascontiguousarray(params.means, dtype=cupy.float64),
+                    cupy.ascontiguousarray(pc, dtype=cupy.float64),
+                    np.int32(rk),
+                    M,
+                    const_k,
+                ),
+            )
+            iu0, iu1, _ = self.triu(n_features)
+            out["M"] = M
+            out["const"] = const_k.reshape(1, n_restarts, n_components)
+            out["triu"] = (iu0, iu1)
+            width = n_tri + n_features + rk
+        elif cov == "full":
+            # |(x - mu) U|^2 = phi(x) . w + x . v + mu^T P mu with P = U U^T and phi(x) the
+            # upper-triangular products x_i x_j: one GEMM over resp-independent features
+            iu0, iu1, scale = self.triu(n_features)
+            prec = cupy.matmul(pc, pc.swapaxes(-1, -2))  # (R, K, D, D)
+            w_quad = prec[..., iu0, iu1] * scale  # (R, K, T)
+            v_lin = -2.0 * cupy.matmul(prec, params.means[..., None])[..., 0]  # -2 P mu
+            c_quad = -0.5 * (v_lin * params.means).sum(-1)  # mu^T P mu
+            weights = cupy.concatenate([w_quad, v_lin], axis=-1).reshape(rk, -1)
+            out["M"] = (-0.5 * weights).T.astype(dt)  # (T + D, RK)
+            out["const"] = (const - 0.5 * c_quad).reshape(1, n_restarts, n_components).astype(dt)
+            out["triu"] = (iu0, iu1)
+            width = len(iu0) + n_features + rk
+        elif cov == "tied":
+            out["U"] = pc.astype(dt)  # (R, D, D)
+            mu_u = cupy.matmul(params.means, pc)  # (R, K, D)
+            out["muU_T"] = mu_u.transpose(0, 2, 1).astype(dt)  # (R, D, K)
+            out["muU_sq"] = (mu_u**2).sum(-1).reshape(n_restarts, 1, n_components).astype(dt)
+            width = n_restarts * max(n_features, n_components)
+        else:
+            prec = pc**2
+            if cov == "spherical":
+                prec = cupy.broadcast_to(prec[..., None], params.means.shape)
+            # log N = x^2 . (-prec/2) + x . (mu prec) - (mu^2 prec)/2 (+ const); x is centred
+            out["Wq"] = (-0.5 * prec).reshape(rk, n_features).T.astype(dt)
+            out["Wl"] = (params.means * prec).reshape(rk, n_features).T.astype(dt)
+            quad = (params.means**2 * prec).sum(-1)
+            out["const"] = (const - 0.5 * quad).reshape(1, n_restarts, n_components).astype(dt)
+            width = rk + n_features
+        out["rows"] = int(max(256, GEMM_CHUNK_ELEMENTS // max(width, 1)))
+        return out
+
+    def triu(self, n_features: int) -> tuple[Any, Any, Any]:
+        """Device indices of the upper triangle and the weights (1 diagonal, 2 off) of x_i x_j."""
+        key = (n_features, cupy.cuda.Device().id)
+        if key not in self._triu:
+            iu0, iu1 = np.triu_indices(n_features)
+            self._triu[key] = (
+                cupy.asarray(iu0),
+                cupy.asarray(iu1),
+                cupy.asarray(np.where(iu0 == iu1, 1.0, 2.0)),
+            )
+        return self._triu[key]
+
+    def log_prob_chunk(self, x: Any, c: dict[str, Any], features: Any = None) -> Any:
+        """Weighted log-densities of a row chunk, shape (rows, R, K)."""
+        n = x.shape[0]
+        R, K = c["R"], c["K"]
+        if c["cov"] == "full":
+            if features is None:
+                features = full_features(x, c["triu"])
+            return (features @ c["M"]).reshape(n, R, K) + c["const"]
+        if c["cov"] == "tied":
+            y = cupy.matmul(x[None], c["U"])  # (R, n, D)
+            cross = cupy.matmul(y, c["muU_T"])  # (R, n, K)
+            sq = (y * y).sum(-1)[..., None] - 2 * cross + c["muU_sq"]
+            return c["const"] - 0.5 * sq.transpose(1, 0, 2)
+        lin = (x * x) @ c["Wq"] + x @ c["Wl"]
+        return lin.reshape(n, R, K) + c["const"]
+
+    # -- data-derived caches ----------------------------------------------------------------------
+    def xtx(self, data: CupyData) -> Any:
+        """``X^T X`` of the centred data in float64 (tied covariance), once per fit."""
+        if data._xtx is None:
+            xtx = cupy.zeros((data.n_features, data.n_features))
+            for chunk in device_chunks(data):
+                c64 = chunk.astype(cupy.float64, copy=False)
+                xtx += c64.T @ c64
+            data._xtx = xtx
+        return data._xtx
+
+    def feature_cache(self, data: CupyData, triu: tuple[Any, Any]) -> list[Any] | None:
+        """Quadratic features of resident data, computed once per fit when they fit the budget."""
+        if not data.resident:
+            return None
+        if data._features is None:
+            n_cols = data.n_features * (data.n_features + 3) // 2
+            nbytes = data.n_samples * n_cols * data.dtype.itemsize
+            if nbytes > self.budget() // 2:
+                return None
+            try:
+                data._features = [full_features(chunk, triu) for chunk in data.chunks]
+            except cupy.cuda.memory.OutOfMemoryError:
+                cupy.get_default_memory_pool().free_all_blocks()
+                return None
+        return data._features
+
+    # -- passes -----------------------------------------------------------------------------------
+    def weighted_log_prob(self, data: CupyData, params: Params) -> Any:
+        """``log w_k + log N(x | k)`` of one mixture, shape (n_samples, n_components)."""
+        consts = self.constants(data, params)
+        parts = []
+        for chunk in device_chunks(data):
+            for start in range(0, chunk.shape[0], consts["rows"]):
+                lp = self.log_prob_chunk(chunk[start : start + consts["rows"]], consts)
+                parts.append(lp[:, 0, :])
+        return cupy.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def accumulate(self, data: CupyData, params: Params) -> Stats:
+        """One pass over the data: log-likelihood and sufficient statistics of every restart."""
+        c = self.constants(data, params)
+        R, K, D = c["R"], c["K"], c["D"]
+        cov = data.covariance_type
+        loglik = cupy.zeros(R)
+        nk = cupy.zeros((R, K))
+        sx = cupy.zeros((R * K, D))
+        sxx: Any
+        cached = None
+        if cov == "full":
+            n_tri = D * (D + 1) // 2
+            s_feat = cupy.zeros((R * K, n_tri + D))
+            cached = self.feature_cache(data, c["triu"])
+        elif cov == "tied":
+            sxx = self.xtx(data)
+        elif cov == "diag":
+            sxx = cupy.zeros((R * K, D))
+        else:
+            sxx = cupy.zeros(R * K)
+        rows = c["rows"]
+        if cov == "full" and cached is not None:  # the only wide temporary is (rows, R*K)
+            rows = max(rows, GEMM_CHUNK_ELEMENTS // (R * K))
+        for i_chunk, chunk in enumerate(device_chunks(data)):
+            start = 0
+            while start < chunk.shape[0]:
+                x = chunk[start : start + rows]
+                try:
+                    feats = None
+                    if cov == "full":
+                        feats = (
+                            cached[i_chunk][start : start + rows]
+                            if cached is not None
+                            else full_features(x, c["triu"])
+                        )
+                    lp = self.log_prob_chunk(x, c, feats)
+                    amax = lp.max(axis=2, keepdims=True)
+                    lp -= amax
+                    cupy.exp(lp, out=lp)
+                    norm = lp.sum(axis=2, keepdims=True)
+                    lp /= norm
+                    resp = lp.reshape(x.shape[0], R * K)
+                    lse = cupy.log(norm[..., 0].astype(cupy.float64)) + amax[..., 0]  # (n, R)
+                    # column sums as GEMMs: CuPy's axis-0 reductions are slow for few columns;
+                    # every product first, the sums after: an out-of-memory error part-way
+                    # must not leave this chunk half added before it is retried smaller
+                    chunk_ll = cupy.ones(x.shape[0]) @ lse
+                    ones = cupy.ones((x.shape[0], 1), dtype=resp.dtype)
+                    chunk_nk = resp_t_dot(resp, ones).reshape(R, K)
+                    if cov == "full":
+                        chunk_feat = resp_t_dot(resp, feats)
+                    else:
+                        chunk_sx = resp_t_dot(resp, x)
+                        if cov == "diag":
+                            chunk_sxx = resp_t_dot(resp, x * x)
+                        elif cov == "spherical":
+                            chunk_sxx = resp_t_dot(resp, (x * x).sum(axis=1)[:, None])[:, 0]
+                except cupy.cuda.memory.OutOfMemoryError:
+                    if rows <= 256:
+                        raise
+                    cupy.get_default_memory_pool().free_all_blocks()
+                    rows //= 2
+                    logger.warning("GPU out of memory in a pass; retrying with %d-row chunks", rows)
+                    continue
+                loglik += chunk_ll
+                nk += chunk_nk
+                if cov == "full":
+                    s_feat += chunk_feat
+                else:
+                    sx += chunk_sx
+                    if cov in ("diag", "spherical"):
+                        sxx += chunk_sxx
+                start += x.shape[0]
+        if cov == "full":
+            sx = s_feat[:, n_tri:]
+            tri = s_feat[:, :n_tri].reshape(R, K, n_tri)
+            sxx = cupy.empty((R, K, D, D))
+            iu0, iu1 = c["triu"]
+            sxx[..., iu0, iu1] = tri
+            sxx[..., iu1, iu0] = tri
+        sx = cupy.ascontiguousarray(sx).reshape(R, K, D)
+        if cov in ("diag", "spherical"):
+            sxx = sxx.reshape((R, K, D) if cov == "diag" else (R, K))
+        return Stats(loglik, nk, sx, sxx, data.n_samples)
