@@ -102,6 +102,14 @@ class Engine:
         """The same prepared data laid out for another covariance type (no new copy of X)."""
         raise NotImplementedError
 
+    def scratch_bytes(self, data: Any) -> float:
+        """Bytes of temporaries the initialisation may hold beside the data (no limit here)."""
+        return float("inf")
+
+    def subsample(self, data: Any, step: int) -> Any:
+        """Every ``step``-th row of the prepared data, prepared alike (held on the device)."""
+        raise NotImplementedError
+
     def run_em(
         self,
         data: Any,

@@ -52,8 +52,8 @@ KMEANS_TOL = 1e-4
 #: precision (times the total variance) of the mixture whose EM pass is a Lloyd assignment:
 #: a distance difference of 1e-10 of the total variance already weighs exp(-50)
 HARD_PRECISION = 1e12
-#: rows per block of the reductions and GEMMs done here with array operations (bounds their
-#: temporaries: 2**18 rows x 32 components of float64 = 64 MiB)
+#: rows per block of the reductions and GEMMs done here with array operations (at most; fewer
+#: where the engine's scratch allowance is smaller)
 _ROWS = 1 << 18
 
 
@@ -65,9 +65,9 @@ def _blocks(engine: Any, data: Any) -> Iterator[tuple[int, Any]]:
         row0 += block.shape[0]
 
 
-def _sub_blocks(block: Any) -> Iterator[Any]:
-    for start in range(0, block.shape[0], _ROWS):
-        yield block[start : start + _ROWS]
+def _sub_blocks(block: Any, rows: int = _ROWS) -> Iterator[Any]:
+    for start in range(0, block.shape[0], rows):
+        yield block[start : start + rows]
 
 
 def column_moments(xp: Any, blocks: Any) -> tuple[Any, Any]:
@@ -170,7 +170,7 @@ def _potentials(
             diff = (part[:, None, :] - cand[None]).astype(np.float64)
             d2 = np.einsum("ncd,ncd->nc", diff, diff)
             rows = slice(row0 + start, row0 + start + part.shape[0])
-            pot += np.minimum(d2, closest[owner, rows].T).sum(axis=0)
+            pot += np.minimum(d2, closest[owner, rows].T.astype(np.float64)).sum(axis=0)
     return pot
 
 
@@ -199,7 +199,7 @@ def _update_closest(engine: Any, data: Any, centres: Any, closest: Any, kernels:
             diff = (part[None, :, :] - centres[:, None, :]).astype(np.float64)
             d2 = np.einsum("rnd,rnd->rn", diff, diff)
             rows = slice(row0 + start, row0 + start + part.shape[0])
-            np.minimum(closest[:, rows], d2, out=closest[:, rows])
+            closest[:, rows] = np.minimum(closest[:, rows].astype(np.float64), d2)
 
 
 def gather_rows(engine: Any, data: Any, ids: Any) -> Any:
@@ -246,7 +246,8 @@ def kmeans_plusplus(engine: Any, data: Any, n_clusters: int, first: Any, u: Any)
     centres = xp.empty((n_restarts, n_clusters, data.n_features), dtype=data.dtype)
     indices[:, 0] = first
     centres[:, 0] = gather_rows(engine, data, first)
-    closest = xp.full((n_restarts, n_samples), xp.inf, dtype=xp.float64)
+    # float32 whatever the data: it only weighs the sampling of the next candidates
+    closest = xp.full((n_restarts, n_samples), xp.inf, dtype=xp.float32)
     _update_closest(engine, data, xp.ascontiguousarray(centres[:, 0]), closest, kernels)
     offsets = xp.arange(n_restarts, dtype=xp.int64) * n_samples
     restarts = xp.arange(n_restarts)
@@ -378,9 +379,15 @@ def _xtx(engine: Any, data: Any) -> Any:
     return total
 
 
-def _random_resp_stats(engine: Any, data: Any, k: int, seed: int, covariance_type: str) -> Stats:
-    """Statistics of uniform random responsibilities (normalised per sample), block by block."""
+def _random_resp_stats(
+    engine: Any, data: Any, k: int, seed: int, covariance_type: str, scratch: float = np.inf
+) -> Stats:
+    """Statistics of uniform random responsibilities (normalised per sample), block by block.
+
+    Blocks of rows small enough that their float64 temporaries fit ``scratch`` bytes.
+    """
     xp = engine.xp
+    rows = int(max(1024, min(_ROWS, scratch // (8 * (2 * k + 2 * data.n_features)))))
     rng = xp.random.RandomState(seed)
     d = data.n_features
     nk, sx = xp.zeros(k), xp.zeros((k, d))
@@ -392,7 +399,7 @@ def _random_resp_stats(engine: Any, data: Any, k: int, seed: int, covariance_typ
     }[covariance_type]
     sxx = xp.zeros(sxx)
     for _, block in _blocks(engine, data):
-        for part in _sub_blocks(block):
+        for part in _sub_blocks(block, rows):
             resp = rng.uniform(size=(part.shape[0], k)).astype(part.dtype)
             resp /= resp.sum(axis=1)[:, None]
             # as scikit-learn: responsibilities in the data's dtype, sums in float64 here
@@ -446,9 +453,7 @@ def initial_params(
     if len(user) < 3:
         draws = _draws(random_state, init_params, n_init, data.n_samples, k)
         if init_params in ("kmeans", "k-means++"):
-            first = np.array([d["first"] for d in draws])
-            u = np.stack([d["u"] for d in draws])
-            centres, indices = kmeans_plusplus(engine, data, k, first, u)
+            centres = _seed_all(engine, data, k, draws)
             if init_params == "k-means++":
                 parts = _stats_of_rows(engine, data, centres, covariance_type, shift, eps)
                 weights, means, covariances = _stack(parts, covariance_type, reg_covar, eps, xp)
@@ -490,6 +495,32 @@ def initial_params(
     else:
         prec_chol = cholesky_precisions(covariances, covariance_type, xp)
     return Params(weights, means, covariances, prec_chol).map(xp.ascontiguousarray)
+
+
+def _seed_all(engine: Any, data: Any, k: int, draws: list[dict[str, Any]]) -> Any:
+    """k-means++ centres of every restart, (R, K, D).
+
+    The seeding holds 8 bytes per sample and restart (distances and their cumulative sum,
+    float32): restarts are seeded in groups that fit the engine's scratch allowance. Data the
+    device does not hold are seeded on evenly spaced rows that fit it (then every sample takes
+    part in the Lloyd iterations).
+    """
+    xp = engine.xp
+    scratch = engine.scratch_bytes(data)
+    n = data.n_samples
+    seed_data = data
+    if not getattr(data, "resident", True) and 8 * n > scratch:
+        n_rows = int(max(k, scratch // (8 + data.n_features * data.dtype.itemsize)))
+        seed_data = engine.subsample(data, max(1, n // n_rows))
+    group = int(max(1, scratch // (8 * seed_data.n_samples)))
+    out = []
+    for g in range(0, len(draws), group):
+        part = draws[g : g + group]
+        first = np.array([d["first"] for d in part]) % seed_data.n_samples
+        u = np.stack([d["u"] for d in part])
+        centres, _ = kmeans_plusplus(engine, seed_data, k, first, u)
+        out.append(centres)
+    return out[0] if len(out) == 1 else xp.concatenate(out)
 
 
 def _stack(

@@ -1,11 +1,11 @@
-"""Data residency: centred data on the device when they fit the memory budget, else host chunks."""
+"""Data residency: the data on the device when they fit the memory budget, else streamed."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cupy
@@ -16,10 +16,14 @@ logger = logging.getLogger("gmm_core")
 
 @dataclass
 class CupyData:
-    """Centred data on the device (or host chunks to stream), as :func:`prepare` made.
+    """The data as the passes read them, as :func:`prepare` made them.
 
-    ``chunks`` holds CuPy arrays when ``resident`` and NumPy arrays otherwise; each is a
-    C-contiguous block of rows of ``X - shift`` in the fit dtype.
+    Resident data: ``chunks`` holds one C-contiguous device array of ``X - shift`` rows (or,
+    uncentred, the caller's own array when its mean is close enough to the origin). Otherwise a
+    ``source`` yields centred device chunks: a :class:`~gmm_core._cupy.streaming.HostStream`
+    (host data over the budget, pinned and double-buffered) or a :class:`DeviceCentring` (a
+    CuPy array whose centred copy would not fit the budget); ``chunks`` then holds the
+    uncentred row blocks (host views, or device views) for their shapes.
     """
 
     chunks: list[Any]
@@ -29,6 +33,12 @@ class CupyData:
     n_samples: int
     n_features: int
     upload_seconds: float = 0.0
+    #: what was subtracted from X (float64, zeros where X is used as it is)
+    shift: np.ndarray | None = None
+    #: column variances (float64, device) and the largest |x| (``prepare(..., "auto")``)
+    variance: Any = None
+    max_abs: float = 0.0
+    source: Any = None
     _xtx: Any = field(default=None, repr=False)
     _features: Any = field(default=None, repr=False)
 
@@ -39,49 +49,143 @@ class CupyData:
             return self.chunks[0]
         raise AttributeError("data are chunked; iterate over CupyEngine.device_chunks()")
 
+    @property
+    def nbytes(self) -> int:
+        """Size of the data (bytes)."""
+        return self.n_samples * self.n_features * self.dtype.itemsize
+
+
+class DeviceCentring:
+    """Centred row chunks of a CuPy array, one reused buffer (passes run in stream order)."""
+
+    def __init__(self, X: Any, shift: np.ndarray, chunk_rows: int) -> None:
+        self.X = X
+        self.shift = cupy.asarray(shift, dtype=X.dtype)
+        self.chunk_rows = max(1, min(int(chunk_rows), X.shape[0]))
+        self._buffer: Any = None
+
+    def row_blocks(self) -> list[Any]:
+        """The uncentred row blocks (views)."""
+        r = self.chunk_rows
+        return [self.X[i : i + r] for i in range(0, self.X.shape[0], r)]
+
+    def chunks(self) -> Iterator[Any]:
+        """Yield each block centred (valid until the next one is asked for)."""
+        if self._buffer is None:
+            self._buffer = cupy.empty((self.chunk_rows, self.X.shape[1]), dtype=self.X.dtype)
+        for block in self.row_blocks():
+            out = self._buffer[: block.shape[0]]
+            cupy.subtract(block, self.shift, out=out)
+            yield out
+
 
 def memory_budget(memory_budget_bytes: int | None) -> int:
-    """Largest data size (bytes) kept on the device: the given one, else half the free memory."""
+    """Bytes a fit may allocate on the device: the given budget, else half the free memory."""
     if memory_budget_bytes is not None:
         return int(memory_budget_bytes)
     free, _ = cupy.cuda.runtime.memGetInfo()
     return int(0.5 * (free + cupy.get_default_memory_pool().free_bytes()))
 
 
+#: share of the budget the data may take on the device (the rest: the passes' temporaries,
+#: initialisation state, parameters)
+RESIDENT_SHARE = 0.75
+#: share of the budget each of the two streaming buffers takes
+STREAM_SHARE = 0.125
+
+
+def _moments(blocks: Iterator[Any]) -> tuple[Any, Any, float]:
+    """Column means and variances (float64, device) and the largest |x| of row blocks."""
+    from .._init import column_moments
+    from .checks import max_abs
+
+    largest = 0.0
+
+    def tracked() -> Iterator[Any]:
+        nonlocal largest
+        for block in blocks:
+            largest = max(largest, max_abs(block))
+            yield block
+
+    mean, var = column_moments(cupy, tracked())
+    return mean, var, largest
+
+
+def needs_centring(mean: np.ndarray, variance: np.ndarray) -> bool:
+    """Whether the data's mean is too far from the origin for the passes' float32 arithmetic.
+
+    The fused passes expand quadratic forms; with the origin within one standard deviation of
+    the mean in every feature they lose at most two bits, so the data are used as they are (no
+    copy). Further away they are centred (a copy, or chunk by chunk under a tight budget).
+    """
+    return bool((np.abs(mean) > np.sqrt(variance)).any())
+
+
 def prepare(
     X: Any, shift: Any, covariance_type: str, *, budget: int, chunk_rows: int | None
 ) -> CupyData:
-    """Centre ``X`` and keep it on the device when it fits ``budget`` bytes, else chunk it.
+    """Place ``X`` for the passes: on the device when it fits ``budget``, else streamed.
 
     Parameters
     ----------
     X : numpy.ndarray or cupy.ndarray of shape (n_samples, n_features), float32/float64
-    shift : array of shape (n_features,) or None
+    shift : array of shape (n_features,), None, or "auto"
+        Subtracted from the data. ``"auto"``: measure the column moments and the largest |x|
+        where the data live (the handle's ``variance`` and ``max_abs``) and centre only where
+        :func:`needs_centring` says so (the handle's ``shift``).
     covariance_type : {'full', 'tied', 'diag', 'spherical'}
     budget : int
-        Largest data size (bytes) uploaded whole (see :func:`memory_budget`).
+        Bytes the fit may allocate on the device (see :func:`memory_budget`).
     chunk_rows : int or None
-        Rows per streamed chunk (default: a quarter of the budget's worth).
+        Rows per streamed chunk (default: what :data:`STREAM_SHARE` of the budget holds).
     """
+    from .streaming import HostStream
+
     dtype = np.dtype(X.dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"X must be float32 or float64, got {dtype}; convert it with astype")
     n_samples, n_features = X.shape
+    auto = isinstance(shift, str)
+    row_bytes = n_features * dtype.itemsize
+    rows = chunk_rows or max(1024, int(STREAM_SHARE * budget) // row_bytes)
     started = time.perf_counter()
+    meta: dict[str, Any] = {}
+
+    def decide(blocks: Iterator[Any]) -> np.ndarray:
+        """The shift to subtract (zeros: use X as it is)."""
+        if not auto:
+            return np.zeros(n_features) if shift is None else np.asarray(shift, np.float64)
+        mean, var, largest = _moments(blocks)
+        meta.update(variance=var, max_abs=largest)
+        mean_h, var_h = cupy.asnumpy(mean), cupy.asnumpy(var)
+        return mean_h if needs_centring(mean_h, var_h) else np.zeros(n_features)
+
+    def handle(chunks: list[Any], resident: bool, s: np.ndarray, source: Any = None) -> CupyData:
+        return CupyData(
+            chunks, resident, covariance_type, dtype, n_samples, n_features,
+            shift=s, source=source, **meta,
+        )  # fmt: skip
+
+    data: CupyData | None = None
     if isinstance(X, cupy.ndarray):
-        Xc = X - cupy.asarray(shift, dtype=dtype) if shift is not None else X
-        data = CupyData(
-            [cupy.ascontiguousarray(Xc)], True, covariance_type, dtype, n_samples, n_features
-        )
+        X = cupy.ascontiguousarray(X)
+        s = decide(iter([X]))
+        if not s.any():
+            data = handle([X], True, s)
+        elif X.nbytes <= RESIDENT_SHARE * budget:
+            data = handle([X - cupy.asarray(s, dtype=dtype)], True, s)
+        else:  # a centred copy would not fit: centre chunk by chunk as the passes read
+            source = DeviceCentring(X, s, rows)
+            data = handle(source.row_blocks(), False, s, source)
     else:
         X = np.ascontiguousarray(X)
-        data = None
-        if X.nbytes <= budget:
-            try:  # upload as is, centre on the device (no host copy of the data)
+        if X.nbytes <= RESIDENT_SHARE * budget:
+            try:  # one copy to the device; moments and centring there (no host pass over X)
                 dev = cupy.asarray(X)
-                if shift is not None:
-                    dev -= cupy.asarray(shift, dtype=dtype)
-                data = CupyData([dev], True, covariance_type, dtype, n_samples, n_features)
+                s = decide(iter([dev]))
+                if s.any():
+                    dev -= cupy.asarray(s, dtype=dtype)
+                data = handle([dev], True, s)
             except cupy.cuda.memory.OutOfMemoryError:
                 dev = None
                 cupy.get_default_memory_pool().free_all_blocks()
@@ -90,27 +194,61 @@ def prepare(
                     X.nbytes / 1e6,
                 )
         if data is None:
-            host = X - np.asarray(shift, dtype=dtype) if shift is not None else X
-            host = np.ascontiguousarray(host)
-            rows = chunk_rows or max(1024, budget // max(1, 4 * n_features * dtype.itemsize))
-            chunks = [host[i : i + rows] for i in range(0, n_samples, rows)]
-            data = CupyData(chunks, False, covariance_type, dtype, n_samples, n_features)
+            stream = HostStream(X, None, rows)
+            s = decide(stream.chunks())
+            stream.shift = cupy.asarray(s, dtype=dtype) if s.any() else None
+            data = handle(stream.host_chunks(), False, s, stream)
             logger.info(
-                "data (%.1f MB) exceed the GPU memory budget (%.1f MB): streaming %d chunks",
-                host.nbytes / 1e6,
+                "data (%.1f MB) exceed the GPU memory budget (%.1f MB): streaming %d chunks of "
+                "%d rows (%s host memory)",
+                X.nbytes / 1e6,
                 budget / 1e6,
-                len(chunks),
+                len(stream),
+                stream.chunk_rows,
+                "pinned" if stream.pinned else "pageable",
             )
     cupy.cuda.get_current_stream().synchronize()
-    assert data is not None  # every branch above sets it
     data.upload_seconds = time.perf_counter() - started
     return data
 
 
 def device_chunks(data: CupyData) -> Iterator[Any]:
-    """Yield the data's row chunks as device arrays (uploading streamed ones)."""
-    for chunk in data.chunks:
-        yield chunk if data.resident else cupy.asarray(chunk)
+    """Yield the data's centred row chunks as device arrays (streamed ones uploaded)."""
+    if data.source is not None:
+        yield from data.source.chunks()
+    else:
+        yield from data.chunks
+
+
+def subsample(data: CupyData, step: int) -> CupyData:
+    """Every ``step``-th row of the data, centred alike, resident (seeding of streamed data)."""
+    source = data.source
+    if source is None:
+        rows = data.chunks[0][::step]
+        shift = None
+    else:
+        raw = source.X[::step]  # host or device rows, uncentred
+        rows = cupy.asarray(raw)
+        shift = source.shift
+    rows = cupy.ascontiguousarray(rows)
+    if shift is not None:
+        rows = rows - shift
+    return replace(
+        data,
+        chunks=[rows],
+        resident=True,
+        n_samples=rows.shape[0],
+        source=None,
+        _xtx=None,
+        _features=None,
+    )
+
+
+def retype(data: CupyData, covariance_type: str) -> CupyData:
+    """The same data (no copy) for passes of another covariance type."""
+    if covariance_type == data.covariance_type:
+        return data
+    return replace(data, covariance_type=covariance_type, _xtx=None, _features=None)
 
 
 class Scratch:

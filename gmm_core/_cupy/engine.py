@@ -13,7 +13,16 @@ import numpy as np
 from .._engine import EMResult, Engine
 from .._gaussian import Params, Stats
 from .config import BUDGET_ENV, LaunchConfig
-from .data import CupyData, Scratch, device_chunks, memory_budget, prepare
+from .data import (
+    STREAM_SHARE,
+    CupyData,
+    Scratch,
+    device_chunks,
+    memory_budget,
+    prepare,
+    retype,
+    subsample,
+)
 from .diag_common import DiagPlan, FusedDiagPass
 from .diag_em_small import DiagEmSmall
 from .diag_pass import DiagPass
@@ -22,6 +31,7 @@ from .full_pass_tc import FullPassTC
 from .gemm import GemmPass, full_features
 from .kernels import KernelRef, compile_kernels
 from .loop import DeviceLoop
+from .memory import release_memory, track_memory
 
 logger = logging.getLogger("gmm_core")
 
@@ -86,6 +96,7 @@ class CupyEngine(Engine):
     name = "cupy"
     xp = cupy
     sync_every = 16
+    device_init = True
 
     def __init__(
         self,
@@ -153,8 +164,40 @@ class CupyEngine(Engine):
         return prepare(X, shift, covariance_type, budget=self._budget(), chunk_rows=self.chunk_rows)
 
     def device_chunks(self, data: CupyData) -> Iterator[Any]:
-        """Yield the data's row chunks as device arrays (uploading streamed ones)."""
+        """Yield the data's centred row chunks as device arrays (uploading streamed ones)."""
         return device_chunks(data)
+
+    def retype(self, data: CupyData, covariance_type: str) -> CupyData:
+        """The same data (no copy) for passes of another covariance type."""
+        return retype(data, covariance_type)
+
+    def scratch_bytes(self, data: CupyData) -> float:
+        """Bytes of temporaries the initialisation may hold beside the data.
+
+        Resident data: a quarter of their size (at least 64 MiB), within the budget. Streamed
+        data: half of what the budget leaves beside the two chunk buffers.
+        """
+        budget = self._budget()
+        if data.resident:
+            return float(min(budget - data.nbytes, max(data.nbytes // 4, 64 << 20)))
+        return float(budget * (1 - 2 * STREAM_SHARE) / 2)
+
+    def subsample(self, data: CupyData, step: int) -> CupyData:
+        """Every ``step``-th row, centred alike, held on the device."""
+        return subsample(data, step)
+
+    def synchronize(self) -> None:
+        """Wait for the current stream's queued work."""
+        cupy.cuda.get_current_stream().synchronize()
+
+    def track_memory(self) -> Any:
+        """The peak of what the block allocates from the memory pool (a CuPy memory hook)."""
+        return track_memory()
+
+    @staticmethod
+    def release_memory() -> None:
+        """Give the pool's cached blocks back (unless ``GMM_CORE_KEEP_DEVICE_CACHE=1``)."""
+        release_memory()
 
     # -- which strategy ---------------------------------------------------------------------------
     def fused_diag(self, data: CupyData, n_restarts: int, n_components: int) -> FusedDiag | None:

@@ -86,7 +86,9 @@ def test_device_lloyd_matches_a_numpy_lloyd_from_the_same_seeds(dtype, d):
     Xc = X.astype(np.float64) - data.shift
     for r in range(2):
         centres = cupy.asnumpy(seeds[r]).astype(np.float64)
-        for it in range(1, 301):
+        it = 0
+        while it < 300:
+            it += 1
             labels = ((Xc[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
             new = np.stack(
                 [Xc[labels == j].mean(0) if (labels == j).any() else centres[j] for j in range(8)]
