@@ -77,6 +77,14 @@ class Engine:
         """``log w_k + log N(x | k)`` of ONE mixture (restart axis of length 1), shape (N, K)."""
         raise NotImplementedError
 
+    def reduce_log_prob(self, data: Any, params: Params, reduce: Any) -> Any:
+        """``reduce`` of the weighted log-densities (N, K) of one mixture, per sample.
+
+        Engines on a device apply it chunk by chunk (no (N, K) temporary unless ``reduce`` keeps
+        one); this default applies it to the whole array.
+        """
+        return reduce(self.weighted_log_prob(data, params))
+
     def asarray(self, a: Any) -> Any:
         """Host array -> engine array."""
         raise NotImplementedError
@@ -101,6 +109,12 @@ class Engine:
     def retype(self, data: Any, covariance_type: str) -> Any:
         """The same prepared data laid out for another covariance type (no new copy of X)."""
         raise NotImplementedError
+
+    def compile_for_fit(
+        self, data: Any, n_restarts: int, n_components: int, init_params: str | None
+    ) -> list[str]:
+        """Compile ahead what a fit will launch (GPU engines); returns the kernels' names."""
+        return []
 
     def scratch_bytes(self, data: Any) -> float:
         """Bytes of temporaries the initialisation may hold beside the data (no limit here)."""

@@ -78,8 +78,9 @@ def column_moments(xp: Any, blocks: Any) -> tuple[Any, Any]:
     n, total, total_sq = 0, 0.0, 0.0
     for block in blocks:
         for part in _sub_blocks(block):
-            s = part.sum(axis=0, dtype=xp.float64)
-            q = xp.einsum("ij,ij->j", part, part, dtype=xp.float64)
+            p64 = part.astype(xp.float64)
+            s = p64.sum(axis=0)
+            q = (p64 * p64).sum(axis=0)
             total = total + s
             total_sq = total_sq + q
             n += part.shape[0]
@@ -121,12 +122,9 @@ def _kernels(engine: Any, dtype: Any) -> dict[str, Any] | None:
     """The ``init.cu`` kernels for CuPy engines, ``None`` for host array modules."""
     if engine.xp is np:
         return None
-    from . import _cuda_loader
+    from ._cupy.kernels import get_kernel
 
-    t = _cuda_loader.ctype(dtype)
-    names = (f"kpp_potentials<{t}>", f"kpp_update<{t}>")
-    module = _cuda_loader.module("init.cu", names)
-    return {name.split("<")[0]: module.get_function(name) for name in names}
+    return {name: get_kernel("init.cu", name, dtype) for name in ("kpp_potentials", "kpp_update")}
 
 
 def _grid(engine: Any, n: int) -> tuple[int]:

@@ -395,7 +395,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """
         engine, data, best_params = self._fit(X)
         # a final E-step so that fit_predict(X) agrees with fit(X).predict(X)
-        labels = engine.xp.argmax(engine.weighted_log_prob(data, best_params), axis=1)
+        xp = engine.xp
+        labels = engine.reduce_log_prob(data, best_params, lambda wlp: xp.argmax(wlp, axis=1))
         labels = labels if _is_cupy_array(X) else engine.to_host(labels)
         release = type(engine).release_memory
         del engine, data
@@ -430,6 +431,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 _check_magnitude(data.max_abs, X.dtype, n_features)
                 shift = data.shift
                 clock.lap("transfer")
+                engine.compile_for_fit(
+                    data, self.n_init, self.n_components, self.init_params if do_init else None
+                )
+                clock.lap("compile")
                 if do_init:
                     params = initial_params(
                         engine,
@@ -629,27 +634,33 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # ------------------------------------------------------------------------------------------
     # Scoring
 
-    def _estimate_weighted_log_prob(self, X: Any) -> Any:
-        """``log w_k + log N(x | k)`` of every sample, shape (n_samples, n_components).
+    def _scored(self, X: Any, reduce: Callable[[Any, Any], Any]) -> Any:
+        """``reduce(wlp, xp)`` of the weighted log-densities ``log w_k + log N(x | k)`` (N, K).
 
         Runs on the GPU for CuPy input, and for large NumPy input when the estimator's backend
-        may use a GPU and one is usable (the caller brings the result back with :meth:`_out`).
+        may use a GPU and one is usable: there, row chunk by row chunk (sized by the memory
+        budget), so no (N, K) array exists unless ``reduce`` returns one. The result is in the
+        input's array library.
         """
         check_is_fitted(self)
         X = self._check_X(X, reset=False)
-        # score in coordinates centred on the mixture's mean, as fit works: the expanded
-        # quadratic forms then lose no precision on data far from the origin
-        shift = np.asarray(self.weights_, np.float64) @ np.asarray(self.means_, np.float64)
         if _is_cupy_array(X) or self._score_on_gpu(X):
             engine = get_engine("cupy")
-            data = engine.prepare(X, shift, self.covariance_type)
+            # data far from the origin are scored centred, as fit works: the expanded quadratic
+            # forms then lose no precision
+            data = engine.prepare(X, "auto", self.covariance_type)
             params = Params(
                 self.weights_[None],
-                self.means_[None] - shift,
+                self.means_[None] - data.shift,
                 self.covariances_[None],
                 self.precisions_cholesky_[None],
             ).map(lambda a: engine.asarray(np.asarray(a, np.float64)))
-            return engine.weighted_log_prob(data, params)
+            out = self._out(engine.reduce_log_prob(data, params, lambda w: reduce(w, engine.xp)), X)
+            release = type(engine).release_memory
+            del engine, data
+            release()
+            return out
+        shift = np.asarray(self.weights_, np.float64) @ np.asarray(self.means_, np.float64)
         # as scikit-learn: float32 data under a float64 model give float64 results
         dtype = np.result_type(X.dtype, self.means_.dtype)
         log_prob = estimate_log_gaussian_prob(
@@ -659,7 +670,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             self.covariance_type,
             np,
         )
-        return log_prob + np.log(self.weights_).astype(dtype)
+        return reduce(log_prob + np.log(self.weights_).astype(dtype), np)
 
     def _score_on_gpu(self, X: np.ndarray) -> bool:
         """Whether NumPy input is large enough to be scored on a usable GPU."""
@@ -668,14 +679,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if X.shape[0] * self.n_components < GPU_SCORING_MIN_CELLS:
             return False
         return cupy_unavailable_reason() is None
-
-    @staticmethod
-    def _xp(a: Any) -> Any:
-        if _is_cupy_array(a):
-            import cupy
-
-            return cupy
-        return np
 
     @staticmethod
     def _out(result: Any, X: Any) -> Any:
@@ -691,8 +694,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         ----------
         X : array-like of shape (n_samples, n_features)
         """
-        wlp = self._estimate_weighted_log_prob(X)
-        return self._out(logsumexp_rows(wlp, self._xp(wlp)), X)
+        return self._scored(X, logsumexp_rows)
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean per-sample log-likelihood of ``X``."""
@@ -700,14 +702,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def predict_proba(self, X: Any) -> Any:
         """Posterior probability of each component, shape (n_samples, n_components)."""
-        wlp = self._estimate_weighted_log_prob(X)
-        xp = self._xp(wlp)
-        return self._out(xp.exp(wlp - logsumexp_rows(wlp, xp)[:, None]), X)
+        return self._scored(X, lambda wlp, xp: xp.exp(wlp - logsumexp_rows(wlp, xp)[:, None]))
 
     def predict(self, X: Any) -> Any:
         """Most probable component of each sample, shape (n_samples,)."""
-        wlp = self._estimate_weighted_log_prob(X)
-        return self._out(self._xp(wlp).argmax(wlp, axis=1), X)
+        return self._scored(X, lambda wlp, xp: xp.argmax(wlp, axis=1))
 
     def _n_parameters(self) -> int:
         return n_parameters(self.covariance_type, self.n_components, self.means_.shape[1])

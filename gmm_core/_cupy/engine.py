@@ -29,11 +29,14 @@ from .diag_pass import DiagPass
 from .diag_pass_tc import DiagPassTC
 from .full_pass_tc import FullPassTC
 from .gemm import GemmPass, full_features
-from .kernels import KernelRef, compile_kernels
+from .kernels import KernelRef, compile_kernels, kernel_ref
 from .loop import DeviceLoop
 from .memory import release_memory, track_memory
 
 logger = logging.getLogger("gmm_core")
+
+#: the k-means++ seeding kernels of ``cuda/init.cu`` (``gmm_core._init``)
+INIT_KERNELS = ("kpp_potentials", "kpp_update")
 
 
 class FusedDiag(NamedTuple):
@@ -296,6 +299,26 @@ class CupyEngine(Engine):
             logger.debug("compiling %s ahead of use failed: %s", [r.expr for r in refs], exc)
             return []
 
+    def compile_for_fit(
+        self, data: CupyData, n_restarts: int, n_components: int, init_params: str | None
+    ) -> list[str]:
+        """Compile, concurrently and before anything runs, every kernel a fit needs.
+
+        The EM passes of this data and shape, and for ``init_params`` the seeding kernels
+        (``init.cu``) and the Lloyd passes (diag layout): one batch of NVRTC compiles instead of
+        several in a row.
+        """
+        refs = self.kernel_refs(data, n_restarts, n_components)
+        if init_params in ("kmeans", "k-means++"):
+            refs += [kernel_ref("init.cu", name, data.dtype) for name in INIT_KERNELS]
+        if init_params == "kmeans":
+            refs += self.kernel_refs(retype(data, "diag"), n_restarts, n_components)
+        try:
+            return compile_kernels(refs)
+        except Exception as exc:
+            logger.debug("compiling %s ahead of use failed: %s", [r.expr for r in refs], exc)
+            return []
+
     # -- passes ---------------------------------------------------------------------------------
     def accumulate(self, data: CupyData, params: Params, active: Any) -> Stats:
         """One pass over the data: log-likelihood and sufficient statistics of every restart."""
@@ -314,6 +337,10 @@ class CupyEngine(Engine):
     def weighted_log_prob(self, data: CupyData, params: Params) -> Any:
         """``log w_k + log N(x | k)`` of one mixture, shape (n_samples, n_components)."""
         return self.gemm.weighted_log_prob(data, params)
+
+    def reduce_log_prob(self, data: CupyData, params: Params, reduce: Any) -> Any:
+        """``reduce`` of the weighted log-densities, row chunk by row chunk (budget-sized)."""
+        return self.gemm.reduce_log_prob(data, params, reduce)
 
     def m_step(
         self, stats: Stats, covariance_type: str, reg_covar: float, eps: float

@@ -206,7 +206,9 @@ class GemmPass:
             quad = (params.means**2 * prec).sum(-1)
             out["const"] = (const - 0.5 * quad).reshape(1, n_restarts, n_components).astype(dt)
             width = rk + n_features
-        out["rows"] = int(max(256, GEMM_CHUNK_ELEMENTS // max(width, 1)))
+        # a chunk's widest temporaries (a few of them) within a 16th of the memory budget
+        elements = min(GEMM_CHUNK_ELEMENTS, self.budget() // (16 * np.dtype(dt).itemsize))
+        out["rows"] = int(max(256, elements // max(width, 1)))
         return out
 
     def triu(self, n_features: int) -> tuple[Any, Any, Any]:
@@ -249,13 +251,18 @@ class GemmPass:
         return data._xtx
 
     def feature_cache(self, data: CupyData, triu: tuple[Any, Any]) -> list[Any] | None:
-        """Quadratic features of resident data, computed once per fit when they fit the budget."""
+        """Quadratic features of resident data, computed once per fit when they are small.
+
+        They take (D + 3) / 2 times the data's memory, so they are kept only up to a quarter of
+        the data's size or 64 MiB (small data sets, where recomputing them per pass would
+        dominate), within a 16th of the budget; otherwise every pass recomputes them per chunk.
+        """
         if not data.resident:
             return None
         if data._features is None:
             n_cols = data.n_features * (data.n_features + 3) // 2
             nbytes = data.n_samples * n_cols * data.dtype.itemsize
-            if nbytes > self.budget() // 2:
+            if nbytes > min(max(data.nbytes // 4, 64 << 20), self.budget() // 16):
                 return None
             try:
                 data._features = [full_features(chunk, triu) for chunk in data.chunks]
@@ -267,12 +274,19 @@ class GemmPass:
     # -- passes -----------------------------------------------------------------------------------
     def weighted_log_prob(self, data: CupyData, params: Params) -> Any:
         """``log w_k + log N(x | k)`` of one mixture, shape (n_samples, n_components)."""
+        return self.reduce_log_prob(data, params, lambda wlp: wlp)
+
+    def reduce_log_prob(self, data: CupyData, params: Params, reduce: Callable[[Any], Any]) -> Any:
+        """``reduce`` of the weighted log-densities (rows, K) of every row chunk, concatenated.
+
+        One mixture; no (N, K) temporary unless ``reduce`` keeps one.
+        """
         consts = self.constants(data, params)
         parts = []
         for chunk in device_chunks(data):
             for start in range(0, chunk.shape[0], consts["rows"]):
                 lp = self.log_prob_chunk(chunk[start : start + consts["rows"]], consts)
-                parts.append(lp[:, 0, :])
+                parts.append(reduce(lp[:, 0, :]))
         return cupy.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def accumulate(self, data: CupyData, params: Params) -> Stats:

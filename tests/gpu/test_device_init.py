@@ -108,10 +108,7 @@ def test_every_init_is_deterministic_for_a_seed_and_input_kind(cov, init_params)
 
     X = _blobs(6000, 4, 5, seed=5, offset=30.0)
     kw = dict(covariance_type=cov, init_params=init_params, n_init=3, random_state=11)
-    fits = [
-        GaussianMixture(5, backend="cupy", **kw).fit(data)
-        for data in (X, X, cupy.asarray(X))
-    ]
+    fits = [GaussianMixture(5, backend="cupy", **kw).fit(data) for data in (X, X, cupy.asarray(X))]
     for other in fits[1:]:
         np.testing.assert_allclose(other.means_, fits[0].means_, rtol=1e-6)
         assert other.lower_bound_ == pytest.approx(fits[0].lower_bound_, rel=1e-7)
