@@ -9,11 +9,13 @@ import cupy
 
 @cupy.memoize(for_each_device=True)
 def _max_abs_kernel() -> Any:
-    # a non-finite value maps to +inf, so one reduction answers "finite?" and "how large?"
+    # a non-finite value maps to +inf (the bits 0x7ff0000000000000, written in decimal: CuPy
+    # substitutes parameter names inside literals), so one reduction answers "finite?" and
+    # "how large?"
     return cupy.ReductionKernel(
-        "T x",
+        "T v",
         "float64 y",
-        "isfinite((double)x) ? fabs((double)x) : __longlong_as_double(0x7ff0000000000000LL)",
+        "isfinite((double)v) ? fabs((double)v) : __longlong_as_double(9218868437227405312LL)",
         "a > b ? a : b",
         "y = a",
         "0.0",
