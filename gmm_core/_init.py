@@ -73,16 +73,20 @@ def _sub_blocks(block: Any, rows: int = _ROWS) -> Iterator[Any]:
 def column_moments(xp: Any, blocks: Any) -> tuple[Any, Any]:
     """Mean and (biased) variance of every column, float64, without a full-size temporary.
 
-    ``blocks`` iterates over row blocks of one array (any float dtype).
+    ``blocks`` iterates over row blocks of one array (any float dtype). Sums over rows are
+    products with a vector of ones (a GEMV: a CuPy reduction over the leading axis of a tall
+    array runs one block per column), in float64 blocks of at most 32 MiB.
     """
     n, total, total_sq = 0, 0.0, 0.0
     for block in blocks:
-        for part in _sub_blocks(block):
+        rows = max(1, (32 << 20) // (8 * max(1, block.shape[1])))
+        ones = xp.ones(min(rows, block.shape[0]), dtype=xp.float64)
+        for part in _sub_blocks(block, rows):
             p64 = part.astype(xp.float64)
-            s = p64.sum(axis=0)
-            q = (p64 * p64).sum(axis=0)
-            total = total + s
-            total_sq = total_sq + q
+            w = ones[: part.shape[0]]
+            total = total + w @ p64
+            p64 *= p64
+            total_sq = total_sq + w @ p64
             n += part.shape[0]
     mean = total / n
     return mean, xp.maximum(total_sq / n - mean * mean, 0.0)
@@ -250,7 +254,7 @@ def kmeans_plusplus(engine: Any, data: Any, n_clusters: int, first: Any, u: Any)
     offsets = xp.arange(n_restarts, dtype=xp.int64) * n_samples
     restarts = xp.arange(n_restarts)
     for c in range(1, n_clusters):
-        cum = xp.cumsum(closest.ravel())
+        cum = xp.cumsum(closest.ravel(), dtype=xp.float64)  # as scikit-learn's stable_cumsum
         ends = cum[n_samples - 1 :: n_samples]
         starts = xp.concatenate([xp.zeros(1), ends[:-1]])
         values = starts[:, None] + u[:, c - 1, :] * (ends - starts)[:, None]
@@ -498,8 +502,8 @@ def initial_params(
 def _seed_all(engine: Any, data: Any, k: int, draws: list[dict[str, Any]]) -> Any:
     """k-means++ centres of every restart, (R, K, D).
 
-    The seeding holds 8 bytes per sample and restart (distances and their cumulative sum,
-    float32): restarts are seeded in groups that fit the engine's scratch allowance. Data the
+    The seeding holds 12 bytes per sample and restart (distances in float32, their cumulative
+    sum in float64): restarts are seeded in groups that fit the engine's scratch allowance. Data the
     device does not hold are seeded on evenly spaced rows that fit it (then every sample takes
     part in the Lloyd iterations).
     """
@@ -507,10 +511,10 @@ def _seed_all(engine: Any, data: Any, k: int, draws: list[dict[str, Any]]) -> An
     scratch = engine.scratch_bytes(data)
     n = data.n_samples
     seed_data = data
-    if not getattr(data, "resident", True) and 8 * n > scratch:
-        n_rows = int(max(k, scratch // (8 + data.n_features * data.dtype.itemsize)))
+    if not getattr(data, "resident", True) and 12 * n > scratch:
+        n_rows = int(max(k, scratch // (12 + data.n_features * data.dtype.itemsize)))
         seed_data = engine.subsample(data, max(1, n // n_rows))
-    group = int(max(1, scratch // (8 * seed_data.n_samples)))
+    group = int(max(1, scratch // (12 * seed_data.n_samples)))
     out = []
     for g in range(0, len(draws), group):
         part = draws[g : g + group]

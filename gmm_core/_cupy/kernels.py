@@ -77,6 +77,10 @@ def _load_memoized() -> Any:
     return cupy.memoize(for_each_device=True)(_load)
 
 
+#: (device, kernel) pairs :func:`compile_kernels` has loaded: later calls skip them at once
+_loaded: set[tuple[int, KernelRef]] = set()
+
+
 def compile_kernels(refs: Iterable[KernelRef], max_workers: int | None = None) -> list[str]:
     """Compile (or load from the disk cache) the modules of ``refs`` on the current device.
 
@@ -84,17 +88,18 @@ def compile_kernels(refs: Iterable[KernelRef], max_workers: int | None = None) -
     :func:`get_kernel`'s memo, so the launches that follow find them. Returns the name
     expressions, in the order given. Errors of a module are raised once all have finished.
     """
-    refs = list(dict.fromkeys(refs))
+    device = cupy.cuda.Device().id
+    refs = [ref for ref in dict.fromkeys(refs) if (device, ref) not in _loaded]
     if not refs:
         return []
     _load_memoized()  # the memo exists before any thread looks for it
     _cuda_loader._memoized_compile()
-    device = cupy.cuda.Device().id
     workers = max_workers or min(len(refs), os.cpu_count() or 1, 16)
 
     def one(ref: KernelRef) -> str:
         with cupy.cuda.Device(device):  # the current device is per thread
             load_kernel(ref)
+        _loaded.add((device, ref))
         return ref.expr
 
     if workers <= 1 or len(refs) == 1:

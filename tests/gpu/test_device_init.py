@@ -77,7 +77,7 @@ def test_device_lloyd_matches_a_numpy_lloyd_from_the_same_seeds(dtype, d):
     data = cp_engine.prepare(X, "auto", "diag")
     first, u = _draws(len(X), 8, 2, seed=4)
     seeds, _ = _init.kmeans_plusplus(cp_engine, data, 8, first, u)
-    total = float(np.asarray(data.variance).sum())
+    total = float(cupy.asnumpy(data.variance).sum())
     tol = _init.KMEANS_TOL * total / d
     got, n_iter = _init.lloyd(
         cp_engine, data, seeds, tol=tol, precision=_init.HARD_PRECISION / total
