@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -141,6 +141,10 @@ class Engine:
     def m_step(self, stats: Stats, covariance_type: str, reg_covar: float, eps: float) -> Any:
         """The M-step on the engine's device (``Params``), or ``None``: use ``_gaussian.m_step``."""
         return None
+
+    def read_later(self, a: Any) -> Callable[[], np.ndarray]:
+        """Start copying ``a`` to the host; the returned function waits for it and returns it."""
+        return lambda: self.to_host(a)
 
     def synchronize(self) -> None:
         """Wait for the engine's queued work (phase timings)."""

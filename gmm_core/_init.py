@@ -132,10 +132,7 @@ def _kernels(engine: Any, dtype: Any) -> dict[str, Any] | None:
 
 
 def _grid(engine: Any, n: int) -> tuple[int]:
-    import cupy
-
-    n_sm = cupy.cuda.Device().attributes["MultiProcessorCount"]
-    return (max(1, min(-(-n // 256), 4 * n_sm)),)
+    return (max(1, min(-(-n // 256), 4 * engine.config.n_sm)),)
 
 
 def _potentials(
@@ -322,6 +319,7 @@ def lloyd(
     centres = xp.asarray(centres, dtype=xp.float64)
     active = xp.ones(centres.shape[0], dtype=bool)
     n_iter = xp.zeros(centres.shape[0], dtype=xp.int64)
+    pending = None
     for _ in range(max_iter):
         stats = engine.accumulate(diag, hard_params(centres, "diag", precision, xp), active)
         nk = stats.nk[..., None]
@@ -330,8 +328,12 @@ def lloyd(
         centres = xp.where(active[:, None, None], new, centres)
         n_iter += active
         active &= moved > tol
-        if not bool(active.any()):
+        # read one iteration late (the device runs on meanwhile); the extra iteration after
+        # the last restart stopped changes nothing (every restart is masked)
+        reader = engine.read_later(active.any())
+        if pending is not None and not bool(pending()):
             break
+        pending = reader
     return centres, n_iter
 
 

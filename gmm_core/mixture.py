@@ -4,8 +4,8 @@ The loop runs every restart (``n_init``) as one batch: each iteration is one pas
 over the data (log-likelihood and sufficient statistics of all restarts) followed by the M-step
 on the engine's device. Convergence is tracked per restart with an ``active`` mask on the
 device: a restart that has converged keeps its parameters exactly as scikit-learn's loop would
-have left them, and the host only asks whether any restart is still active every
-``engine.sync_every`` iterations.
+have left them. On a device, the host reads whether any restart is still active one iteration
+late (the copy runs while the next iteration does), so the device never waits for the host.
 """
 
 from __future__ import annotations
@@ -550,6 +550,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         # on a device, positive-definiteness is checked at sync points, not by a sync per iteration
         deferred = xp is not np
         failed = xp.zeros((), dtype=bool)
+        pending: Callable[[], Any] | None = None
         for it in range(1, self.max_iter + 1):
             stats: Stats = engine.accumulate(data, params, active)
             new_bound = stats.loglik / stats.n_samples
@@ -595,11 +596,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 progress(it, self.max_iter, n_active)
                 if n_active == 0:
                     break
-            if it % engine.sync_every == 0:
-                if deferred and bool(failed):
-                    raise ValueError(ILL_DEFINED_COVARIANCE)
-                if not bool(active.any()):
-                    break
+            if deferred:
+                # the flags of iteration it - 1, copied while iteration it runs: the device
+                # never waits for the host, and at most one iteration runs after the last
+                # restart stopped (a no-op: every restart is masked)
+                reader = engine.read_later(xp.stack([active.any(), failed]))
+                if pending is not None:
+                    any_active, has_failed = pending()
+                    if has_failed:
+                        raise ValueError(ILL_DEFINED_COVARIANCE)
+                    if not any_active:
+                        break
+                pending = reader
+            elif it % engine.sync_every == 0 and not bool(active.any()):
+                break
         if deferred and bool(failed):
             raise ValueError(ILL_DEFINED_COVARIANCE)
         hist = engine.to_host(xp.stack(history)) if history else np.empty((0, n_restarts))

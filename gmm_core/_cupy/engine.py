@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import cupy
+import cupyx
 import numpy as np
 
 from .._engine import EMResult, Engine
@@ -188,6 +189,19 @@ class CupyEngine(Engine):
     def subsample(self, data: CupyData, step: int) -> CupyData:
         """Every ``step``-th row, centred alike, held on the device."""
         return subsample(data, step)
+
+    def read_later(self, a: Any) -> Any:
+        """Copy ``a`` into pinned host memory behind the queued work; read it when needed."""
+        host = cupyx.empty_pinned(a.shape, a.dtype)
+        stream = cupy.cuda.get_current_stream()
+        a.get(stream=stream, out=host, blocking=False)
+        event = stream.record()
+
+        def result() -> np.ndarray:
+            event.synchronize()
+            return host
+
+        return result
 
     def synchronize(self) -> None:
         """Wait for the current stream's queued work."""
