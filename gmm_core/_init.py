@@ -505,17 +505,17 @@ def _seed_all(engine: Any, data: Any, k: int, draws: list[dict[str, Any]]) -> An
     """k-means++ centres of every restart, (R, K, D).
 
     The seeding holds 12 bytes per sample and restart (distances in float32, their cumulative
-    sum in float64): restarts are seeded in groups that fit the engine's scratch allowance. Data the
-    device does not hold are seeded on evenly spaced rows that fit it (then every sample takes
-    part in the Lloyd iterations).
+    sum in float64): restarts are seeded in groups that fit the engine's scratch allowance, and
+    where even one restart does not fit it, on evenly spaced rows that do (every sample then
+    takes part in the Lloyd iterations).
     """
     xp = engine.xp
     scratch = engine.scratch_bytes(data)
     n = data.n_samples
     seed_data = data
-    if not getattr(data, "resident", True) and 12 * n > scratch:
+    if 12 * n > scratch:
         n_rows = int(max(k, scratch // (12 + data.n_features * data.dtype.itemsize)))
-        seed_data = engine.subsample(data, max(1, n // n_rows))
+        seed_data = engine.subsample(data, max(1, -(-n // n_rows)))
     group = int(max(1, scratch // (12 * seed_data.n_samples)))
     out = []
     for g in range(0, len(draws), group):

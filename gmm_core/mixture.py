@@ -665,7 +665,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 self.covariances_[None],
                 self.precisions_cholesky_[None],
             ).map(lambda a: engine.asarray(np.asarray(a, np.float64)))
-            out = self._out(engine.reduce_log_prob(data, params, lambda w: reduce(w, engine.xp)), X)
+            xp, on_device = engine.xp, _is_cupy_array(X)
+
+            def chunk(wlp: Any) -> Any:  # NumPy input: each chunk's result to the host at once
+                out = reduce(wlp, xp)
+                return out if on_device else engine.to_host(out)
+
+            out = engine.reduce_log_prob(data, params, chunk)
             release = type(engine).release_memory
             del engine, data
             release()
@@ -689,13 +695,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if X.shape[0] * self.n_components < GPU_SCORING_MIN_CELLS:
             return False
         return cupy_unavailable_reason() is None
-
-    @staticmethod
-    def _out(result: Any, X: Any) -> Any:
-        """The result in the input's array library: NumPy in, NumPy out."""
-        if _is_cupy_array(result) and not _is_cupy_array(X):
-            return result.get()
-        return result
 
     def score_samples(self, X: Any) -> Any:
         """Log-likelihood of each sample, shape (n_samples,).

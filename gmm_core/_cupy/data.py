@@ -111,6 +111,24 @@ def _moments(blocks: Iterator[Any]) -> tuple[Any, Any, float]:
     return mean, var, largest
 
 
+#: temporaries beside resident data are held to a quarter of the data's size, but at least this
+SCRATCH_FLOOR = 8 << 20
+
+
+def scratch_bytes(data: CupyData, budget: int) -> int:
+    """Bytes of temporaries a pass or the initialisation may hold beside the data.
+
+    Resident data: a quarter of their size (at least :data:`SCRATCH_FLOOR`), within the budget,
+    so a fit's peak stays near the data's own size. Streamed data: half of what the budget
+    leaves beside the two chunk buffers.
+    """
+    if data.resident:
+        return int(
+            min(max(budget - data.nbytes, SCRATCH_FLOOR), max(data.nbytes // 4, SCRATCH_FLOOR))
+        )
+    return int(budget * (1 - 2 * STREAM_SHARE) / 2)
+
+
 def needs_centring(mean: np.ndarray, variance: np.ndarray) -> bool:
     """Whether the data's mean is too far from the origin for the passes' float32 arithmetic.
 

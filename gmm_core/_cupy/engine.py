@@ -15,13 +15,13 @@ from .._engine import EMResult, Engine
 from .._gaussian import Params, Stats
 from .config import BUDGET_ENV, LaunchConfig
 from .data import (
-    STREAM_SHARE,
     CupyData,
     Scratch,
     device_chunks,
     memory_budget,
     prepare,
     retype,
+    scratch_bytes,
     subsample,
 )
 from .diag_common import DiagPlan, FusedDiagPass
@@ -176,15 +176,8 @@ class CupyEngine(Engine):
         return retype(data, covariance_type)
 
     def scratch_bytes(self, data: CupyData) -> float:
-        """Bytes of temporaries the initialisation may hold beside the data.
-
-        Resident data: a quarter of their size (at least 64 MiB), within the budget. Streamed
-        data: half of what the budget leaves beside the two chunk buffers.
-        """
-        budget = self._budget()
-        if data.resident:
-            return float(min(budget - data.nbytes, max(data.nbytes // 4, 64 << 20)))
-        return float(budget * (1 - 2 * STREAM_SHARE) / 2)
+        """Bytes of temporaries beside the data (:func:`gmm_core._cupy.data.scratch_bytes`)."""
+        return float(scratch_bytes(data, self._budget()))
 
     def subsample(self, data: CupyData, step: int) -> CupyData:
         """Every ``step``-th row, centred alike, held on the device."""

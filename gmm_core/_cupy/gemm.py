@@ -26,7 +26,7 @@ import numpy as np
 
 from .._gaussian import Params, Stats, log_det_cholesky
 from .config import LaunchConfig
-from .data import CupyData, device_chunks
+from .data import CupyData, device_chunks, scratch_bytes
 from .kernels import KernelRef, kernel_ref, load_kernel
 
 logger = logging.getLogger("gmm_core")
@@ -206,8 +206,9 @@ class GemmPass:
             quad = (params.means**2 * prec).sum(-1)
             out["const"] = (const - 0.5 * quad).reshape(1, n_restarts, n_components).astype(dt)
             width = rk + n_features
-        # a chunk's widest temporaries (a few of them) within a 16th of the memory budget
-        elements = min(GEMM_CHUNK_ELEMENTS, self.budget() // (16 * np.dtype(dt).itemsize))
+        # a chunk's widest temporaries (a few of them) within the scratch allowance
+        scratch = scratch_bytes(data, self.budget())
+        elements = min(GEMM_CHUNK_ELEMENTS, scratch // (4 * np.dtype(dt).itemsize))
         out["rows"] = int(max(256, elements // max(width, 1)))
         return out
 
@@ -253,16 +254,16 @@ class GemmPass:
     def feature_cache(self, data: CupyData, triu: tuple[Any, Any]) -> list[Any] | None:
         """Quadratic features of resident data, computed once per fit when they are small.
 
-        They take (D + 3) / 2 times the data's memory, so they are kept only up to a quarter of
-        the data's size or 64 MiB (small data sets, where recomputing them per pass would
-        dominate), within a 16th of the budget; otherwise every pass recomputes them per chunk.
+        They take (D + 3) / 2 times the data's memory, so they are kept only within half the
+        scratch allowance (small data sets, where recomputing them per pass would dominate);
+        otherwise every pass recomputes them per chunk.
         """
         if not data.resident:
             return None
         if data._features is None:
             n_cols = data.n_features * (data.n_features + 3) // 2
             nbytes = data.n_samples * n_cols * data.dtype.itemsize
-            if nbytes > min(max(data.nbytes // 4, 64 << 20), self.budget() // 16):
+            if nbytes > scratch_bytes(data, self.budget()) // 2:
                 return None
             try:
                 data._features = [full_features(chunk, triu) for chunk in data.chunks]
@@ -279,7 +280,8 @@ class GemmPass:
     def reduce_log_prob(self, data: CupyData, params: Params, reduce: Callable[[Any], Any]) -> Any:
         """``reduce`` of the weighted log-densities (rows, K) of every row chunk, concatenated.
 
-        One mixture; no (N, K) temporary unless ``reduce`` keeps one.
+        One mixture; no (N, K) temporary unless ``reduce`` keeps one. ``reduce`` may return host
+        arrays (each chunk's result leaves the device at once).
         """
         consts = self.constants(data, params)
         parts = []
@@ -287,7 +289,9 @@ class GemmPass:
             for start in range(0, chunk.shape[0], consts["rows"]):
                 lp = self.log_prob_chunk(chunk[start : start + consts["rows"]], consts)
                 parts.append(reduce(lp[:, 0, :]))
-        return cupy.concatenate(parts) if len(parts) > 1 else parts[0]
+        if len(parts) == 1:
+            return parts[0]
+        return (cupy if isinstance(parts[0], cupy.ndarray) else np).concatenate(parts)
 
     def accumulate(self, data: CupyData, params: Params) -> Stats:
         """One pass over the data: log-likelihood and sufficient statistics of every restart."""

@@ -29,6 +29,8 @@ class PeakMemoryHook(memory_hook.MemoryHook):
     name = "gmm_core_peak_memory"
 
     def __init__(self) -> None:
+        # CuPy keys the hooks of a thread by name: one name per instance lets them nest
+        self.name = f"gmm_core_peak_memory_{id(self):x}"
         self.current = 0
         self.peak = 0
         self._sizes: dict[int, int] = {}
