@@ -85,8 +85,9 @@ def compile_kernels(refs: Iterable[KernelRef], max_workers: int | None = None) -
     """Compile (or load from the disk cache) the modules of ``refs`` on the current device.
 
     Independent modules compile concurrently in threads (NVRTC releases the GIL); each ends in
-    :func:`get_kernel`'s memo, so the launches that follow find them. Returns the name
-    expressions, in the order given. Errors of a module are raised once all have finished.
+    :func:`get_kernel`'s memo, so the launches that follow find them. A module that failed in a
+    thread is compiled again in the calling thread, whose error is raised. Returns the name
+    expressions, in the order given.
     """
     device = cupy.cuda.Device().id
     refs = [ref for ref in dict.fromkeys(refs) if (device, ref) not in _loaded]
@@ -97,16 +98,23 @@ def compile_kernels(refs: Iterable[KernelRef], max_workers: int | None = None) -
     workers = max_workers or min(len(refs), os.cpu_count() or 1, 16)
 
     def one(ref: KernelRef) -> str:
-        with cupy.cuda.Device(device):  # the current device is per thread
+        # the current device is per thread, and a new thread has no CUDA context until a
+        # runtime call makes one (module loading is a driver call): cudaFree(0) does
+        with cupy.cuda.Device(device):
+            cupy.cuda.runtime.free(0)
             load_kernel(ref)
         _loaded.add((device, ref))
         return ref.expr
 
-    if workers <= 1 or len(refs) == 1:
-        return [one(ref) for ref in refs]
-    with ThreadPoolExecutor(workers, thread_name_prefix="gmm-nvrtc") as pool:
-        futures = [pool.submit(one, ref) for ref in refs]
-    return [future.result() for future in futures]
+    if workers > 1 and len(refs) > 1:
+        with ThreadPoolExecutor(workers, thread_name_prefix="gmm-nvrtc") as pool:
+            futures = {ref: pool.submit(one, ref) for ref in refs}
+        failed = [ref for ref, future in futures.items() if future.exception() is not None]
+    else:
+        failed = refs
+    for ref in failed:  # sequentially, here: the error (if any) is the launch's own
+        load_kernel(ref)
+    return [ref.expr for ref in refs]
 
 
 # -- per-kernel attributes, set once ----------------------------------------------------------
