@@ -263,7 +263,7 @@ class CupyEngine(Engine):
         """
         refs: list[KernelRef] = []
         full_tc = self.full_pass_tc
-        if full_tc.supports(data, n_components, quiet=True):
+        if full_tc.supports(data, n_restarts, n_components, quiet=True):
             u_in_smem = full_tc.u_in_smem(data.n_features, n_components)
             assert u_in_smem is not None
             refs += full_tc.kernel_refs(data.n_features, u_in_smem)
@@ -338,7 +338,7 @@ class CupyEngine(Engine):
         """One pass over the data: log-likelihood and sufficient statistics of every restart."""
         n_restarts, n_components, n_features = params.means.shape
         self.compile_for(data, n_restarts, n_components)
-        if self.full_pass_tc.supports(data, n_components):
+        if self.full_pass_tc.supports(data, n_restarts, n_components):
             return self.full_pass_tc.accumulate(data, params)
         if self.diag_pass.supports(data, n_restarts, n_components):
             try:
@@ -481,7 +481,7 @@ class CupyEngine(Engine):
         return fused.strategy.accumulate(data, params, fused.plans)
 
     def _full_tc_ok(self, data: CupyData, n_components: int) -> bool:
-        return self.full_pass_tc.supports(data, n_components)
+        return self.full_pass_tc.supports(data, 1, n_components)
 
     def _full_tc_u_in_smem(self, n_features: int, n_components: int) -> bool | None:
         return self.full_pass_tc.u_in_smem(n_features, n_components)

@@ -117,9 +117,10 @@ def compile_kernels(refs: Iterable[KernelRef], max_workers: int | None = None) -
     return [ref.expr for ref in refs]
 
 
-# -- per-kernel attributes, set once ----------------------------------------------------------
-_configured: dict[int, int] = {}
-_configured_lock = threading.Lock()
+# -- per-kernel attributes, set once (launches may be captured in a CUDA graph) ----------------
+_carveout_set: set[int] = set()
+_dynamic_smem: dict[int, int] = {}
+_attributes_lock = threading.Lock()
 
 
 def max_carveout(kern: Any) -> Any:
@@ -128,26 +129,24 @@ def max_carveout(kern: Any) -> Any:
     One carveout for every kernel of an iteration: the SMs need not reconfigure L1/shared memory
     between the pass and the M-step.
     """
-    key = -id(kern)  # negative ids: carveout set; positive: dynamic shared memory allowed
-    if key in _configured:
+    if id(kern) in _carveout_set:
         return kern
     try:
         kern.preferred_shared_memory_carveout = 100
     except Exception:  # pragma: no cover - attribute missing in old CuPy
         pass
-    with _configured_lock:
-        _configured[key] = 100
+    with _attributes_lock:
+        _carveout_set.add(id(kern))
     return kern
 
 
 def allow_dynamic_smem(kern: Any, nbytes: int) -> Any:
     """Let ``kern`` take ``nbytes`` of dynamic shared memory beyond the default 48 KiB.
 
-    Raised once per kernel and size (not at every launch: launches may be captured in a graph).
+    Raised once per kernel and size, not at every launch; returns ``kern``.
     """
-    key = id(kern)
-    if nbytes > 48 * 1024 and _configured.get(key, 0) < nbytes:
+    if nbytes > 48 * 1024 and _dynamic_smem.get(id(kern), 0) < nbytes:
         kern.max_dynamic_shared_size_bytes = nbytes
-        with _configured_lock:
-            _configured[key] = nbytes
+        with _attributes_lock:
+            _dynamic_smem[id(kern)] = nbytes
     return kern
