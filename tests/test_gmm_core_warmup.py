@@ -7,7 +7,9 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,8 +20,8 @@ from gmm_core._device import cupy_unavailable_reason
 from gmm_core._warmup import DEFAULT_SHAPES, SHAPES_ENV, parse_shape
 
 pytest.importorskip("gmm_core._cupy")
-from gmm_core._cupy import CupyData, CupyEngine, LaunchConfig  # noqa: E402
-from gmm_core._cupy.kernels import kernel_ref  # noqa: E402
+from gmm_core._cupy import CupyData, CupyEngine, LaunchConfig, kernels  # noqa: E402
+from gmm_core._cupy.kernels import KernelRef, kernel_ref  # noqa: E402
 from gmm_core._warmup import kernels_for_shapes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,6 +156,46 @@ def test_every_kernel_the_warmup_lists_compiles(tmp_path):
         cmd = [NVCC, "-arch=sm_90", "--cubin", *COMPILE_OPTIONS, "-o", str(tmp_path / "x.cubin")]
         proc = subprocess.run([*cmd, str(wrapper)], capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr
+
+
+class _FakeDevice:
+    id = 0
+
+    def __init__(self, *args) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+
+def test_kernels_compile_concurrently_and_a_failed_one_again_in_the_caller(monkeypatch):
+    """Four modules compile in four threads at once (a barrier that only opens when all four
+    wait); the one that fails in its thread compiles again, in the calling thread."""
+    n = 4
+    barrier = threading.Barrier(n, timeout=30)
+    calls: list[tuple[str, bool]] = []
+
+    def load(ref, options=()):
+        in_caller = threading.current_thread() is threading.main_thread()
+        calls.append((ref.expr, in_caller))
+        if not in_caller:
+            barrier.wait()
+            if ref.expr == "k3":
+                raise RuntimeError("failed in a thread")
+        return ref.expr
+
+    cuda = SimpleNamespace(Device=_FakeDevice, runtime=SimpleNamespace(free=lambda ptr: None))
+    monkeypatch.setattr(kernels, "cupy", SimpleNamespace(cuda=cuda))
+    monkeypatch.setattr(kernels, "load_kernel", load)
+    monkeypatch.setattr(kernels, "_load_memoized", lambda: None)
+    monkeypatch.setattr(kernels._cuda_loader, "_memoized_compile", lambda: None)
+    refs = [KernelRef("em_diag.cu", f"k{i}") for i in range(n)]
+    assert kernels.compile_kernels([*refs, refs[0]], max_workers=n) == ["k0", "k1", "k2", "k3"]
+    assert sorted(name for name, in_caller in calls if not in_caller) == ["k0", "k1", "k2", "k3"]
+    assert [name for name, in_caller in calls if in_caller] == ["k3"]
 
 
 def test_parse_shape_reads_the_command_line_form():
