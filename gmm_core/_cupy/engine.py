@@ -306,11 +306,10 @@ class CupyEngine(Engine):
         if key in self._compiled:
             return []
         self._compiled.add(key)
-        refs = self.kernel_refs(data, n_restarts, n_components)
-        try:
-            return compile_kernels(refs)
+        try:  # only ahead of use: the launches compile (and raise) themselves
+            return compile_kernels(self.kernel_refs(data, n_restarts, n_components))
         except Exception as exc:
-            logger.debug("compiling %s ahead of use failed: %s", [r.expr for r in refs], exc)
+            logger.debug("compiling the kernels of %s ahead of use failed: %s", key, exc)
             return []
 
     def compile_for_fit(

@@ -68,8 +68,14 @@ def load_kernel(ref: KernelRef, options: tuple[str, ...] = ()) -> Any:
     return _load_memoized()(ref, options)
 
 
+#: (device, ref, options) of every kernel loaded in this process
+_loaded: set[tuple[int, KernelRef, tuple[str, ...]]] = set()
+
+
 def _load(ref: KernelRef, options: tuple[str, ...]) -> Any:
-    return _cuda_loader.module(ref.file, (ref.expr,), options).get_function(ref.expr)
+    kern = _cuda_loader.module(ref.file, (ref.expr,), options).get_function(ref.expr)
+    _loaded.add((cupy.cuda.runtime.getDevice(), ref, options))
+    return kern
 
 
 @functools.cache
@@ -77,25 +83,22 @@ def _load_memoized() -> Any:
     return cupy.memoize(for_each_device=True)(_load)
 
 
-#: (device, kernel) pairs :func:`compile_kernels` has loaded: later calls skip them at once
-_loaded: set[tuple[int, KernelRef]] = set()
-
-
 def compile_kernels(refs: Iterable[KernelRef], max_workers: int | None = None) -> list[str]:
     """Compile (or load from the disk cache) the modules of ``refs`` on the current device.
 
     Independent modules compile concurrently in threads (NVRTC releases the GIL); each ends in
-    :func:`get_kernel`'s memo, so the launches that follow find them. A module that failed in a
-    thread is compiled again in the calling thread, whose error is raised. Returns the name
-    expressions, in the order given.
+    :func:`get_kernel`'s memo, so the launches that follow find them; kernels this process
+    loaded before are skipped at once. A module that failed in a thread is compiled again in
+    the calling thread, whose error is raised. Returns the name expressions, in the order given.
     """
+    refs = list(dict.fromkeys(refs))
     device = cupy.cuda.Device().id
-    refs = [ref for ref in dict.fromkeys(refs) if (device, ref) not in _loaded]
-    if not refs:
-        return []
+    todo = [ref for ref in refs if (device, ref, ()) not in _loaded]
+    if not todo:
+        return [ref.expr for ref in refs]
     _load_memoized()  # the memo exists before any thread looks for it
     _cuda_loader._memoized_compile()
-    workers = max_workers or min(len(refs), os.cpu_count() or 1, 16)
+    workers = max_workers or min(len(todo), os.cpu_count() or 1, 16)
 
     def one(ref: KernelRef) -> str:
         # the current device is per thread, and a new thread has no CUDA context until a
@@ -103,15 +106,14 @@ def compile_kernels(refs: Iterable[KernelRef], max_workers: int | None = None) -
         with cupy.cuda.Device(device):
             cupy.cuda.runtime.free(0)
             load_kernel(ref)
-        _loaded.add((device, ref))
         return ref.expr
 
-    if workers > 1 and len(refs) > 1:
+    if workers > 1 and len(todo) > 1:
         with ThreadPoolExecutor(workers, thread_name_prefix="gmm-nvrtc") as pool:
-            futures = {ref: pool.submit(one, ref) for ref in refs}
+            futures = {ref: pool.submit(one, ref) for ref in todo}
         failed = [ref for ref, future in futures.items() if future.exception() is not None]
     else:
-        failed = refs
+        failed = todo
     for ref in failed:  # sequentially, here: the error (if any) is the launch's own
         load_kernel(ref)
     return [ref.expr for ref in refs]
