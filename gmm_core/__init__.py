@@ -8,6 +8,7 @@ Imports neither Airflow, MLflow nor Great Expectations, and works with or withou
 
 from ._device import cupy_unavailable_reason
 from ._engine import BACKENDS
+from ._warmup import warmup
 from .alignment import Alignment, align_components, gaussian_divergence, reorder_components
 from .io import ModelFileError, load_model, save_model
 from .mixture import GaussianMixture, em_progress
@@ -24,5 +25,6 @@ __all__ = [
     "load_model",
     "reorder_components",
     "save_model",
+    "warmup",
 ]
 __version__ = "0.1.0"

@@ -256,7 +256,7 @@ class CupyEngine(Engine):
         """
         refs: list[KernelRef] = []
         full_tc = self.full_pass_tc
-        if full_tc.supports(data, n_components, quiet=True):
+        if full_tc.supports(data, n_restarts, n_components, quiet=True):
             u_in_smem = full_tc.u_in_smem(data.n_features, n_components)
             assert u_in_smem is not None
             refs += full_tc.kernel_refs(data.n_features, u_in_smem)
@@ -299,11 +299,10 @@ class CupyEngine(Engine):
         if key in self._compiled:
             return []
         self._compiled.add(key)
-        refs = self.kernel_refs(data, n_restarts, n_components)
-        try:
-            return compile_kernels(refs)
+        try:  # only ahead of use: the launches compile (and raise) themselves
+            return compile_kernels(self.kernel_refs(data, n_restarts, n_components))
         except Exception as exc:
-            logger.debug("compiling %s ahead of use failed: %s", [r.expr for r in refs], exc)
+            logger.debug("compiling the kernels of %s ahead of use failed: %s", key, exc)
             return []
 
     def compile_for_fit(
@@ -331,7 +330,7 @@ class CupyEngine(Engine):
         """One pass over the data: log-likelihood and sufficient statistics of every restart."""
         n_restarts, n_components, n_features = params.means.shape
         self.compile_for(data, n_restarts, n_components)
-        if self.full_pass_tc.supports(data, n_components):
+        if self.full_pass_tc.supports(data, n_restarts, n_components):
             return self.full_pass_tc.accumulate(data, params)
         if self.diag_pass.supports(data, n_restarts, n_components):
             try:
@@ -474,7 +473,7 @@ class CupyEngine(Engine):
         return fused.strategy.accumulate(data, params, fused.plans)
 
     def _full_tc_ok(self, data: CupyData, n_components: int) -> bool:
-        return self.full_pass_tc.supports(data, n_components)
+        return self.full_pass_tc.supports(data, 1, n_components)
 
     def _full_tc_u_in_smem(self, n_features: int, n_components: int) -> bool | None:
         return self.full_pass_tc.u_in_smem(n_features, n_components)

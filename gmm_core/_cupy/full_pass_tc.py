@@ -86,7 +86,9 @@ class FullPassTC:
                 return u_in_smem
         return None
 
-    def supports(self, data: CupyData, n_components: int, *, quiet: bool = False) -> bool:
+    def supports(
+        self, data: CupyData, n_restarts: int, n_components: int, *, quiet: bool = False
+    ) -> bool:
         """Whether ``full_pass_tc`` serves this data (see ``CupyEngine(tensor_cores=...)``).
 
         Says once per shape (unless ``quiet``) when only shared memory stands in the way.

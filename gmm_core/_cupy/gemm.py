@@ -80,7 +80,7 @@ class GemmPass:
         self.budget = budget
         self._triu: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
 
-    def supports(self, data: CupyData, n_components: int) -> bool:
+    def supports(self, data: CupyData, n_restarts: int, n_components: int) -> bool:
         """Every covariance type, dtype and size: the fallback of the other strategies."""
         return True
 

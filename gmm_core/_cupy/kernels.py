@@ -68,8 +68,14 @@ def load_kernel(ref: KernelRef, options: tuple[str, ...] = ()) -> Any:
     return _load_memoized()(ref, options)
 
 
+#: (device, ref, options) of every kernel loaded in this process
+_loaded: set[tuple[int, KernelRef, tuple[str, ...]]] = set()
+
+
 def _load(ref: KernelRef, options: tuple[str, ...]) -> Any:
-    return _cuda_loader.module(ref.file, (ref.expr,), options).get_function(ref.expr)
+    kern = _cuda_loader.module(ref.file, (ref.expr,), options).get_function(ref.expr)
+    _loaded.add((cupy.cuda.runtime.getDevice(), ref, options))
+    return kern
 
 
 @functools.cache
@@ -77,41 +83,46 @@ def _load_memoized() -> Any:
     return cupy.memoize(for_each_device=True)(_load)
 
 
-#: (device, kernel) pairs :func:`compile_kernels` has loaded: later calls skip them at once
-_loaded: set[tuple[int, KernelRef]] = set()
-
-
 def compile_kernels(refs: Iterable[KernelRef], max_workers: int | None = None) -> list[str]:
     """Compile (or load from the disk cache) the modules of ``refs`` on the current device.
 
     Independent modules compile concurrently in threads (NVRTC releases the GIL); each ends in
-    :func:`get_kernel`'s memo, so the launches that follow find them. Returns the name
-    expressions, in the order given. Errors of a module are raised once all have finished.
+    :func:`get_kernel`'s memo, so the launches that follow find them; kernels this process
+    loaded before are skipped at once. A module that failed in a thread is compiled again in
+    the calling thread, whose error is raised. Returns the name expressions, in the order given.
     """
+    refs = list(dict.fromkeys(refs))
     device = cupy.cuda.Device().id
-    refs = [ref for ref in dict.fromkeys(refs) if (device, ref) not in _loaded]
-    if not refs:
-        return []
+    todo = [ref for ref in refs if (device, ref, ()) not in _loaded]
+    if not todo:
+        return [ref.expr for ref in refs]
     _load_memoized()  # the memo exists before any thread looks for it
     _cuda_loader._memoized_compile()
-    workers = max_workers or min(len(refs), os.cpu_count() or 1, 16)
+    workers = max_workers or min(len(todo), os.cpu_count() or 1, 16)
 
     def one(ref: KernelRef) -> str:
-        with cupy.cuda.Device(device):  # the current device is per thread
+        # the current device is per thread, and a new thread has no CUDA context until a
+        # runtime call makes one (module loading is a driver call): cudaFree(0) does
+        with cupy.cuda.Device(device):
+            cupy.cuda.runtime.free(0)
             load_kernel(ref)
-        _loaded.add((device, ref))
         return ref.expr
 
-    if workers <= 1 or len(refs) == 1:
-        return [one(ref) for ref in refs]
-    with ThreadPoolExecutor(workers, thread_name_prefix="gmm-nvrtc") as pool:
-        futures = [pool.submit(one, ref) for ref in refs]
-    return [future.result() for future in futures]
+    if workers > 1 and len(todo) > 1:
+        with ThreadPoolExecutor(workers, thread_name_prefix="gmm-nvrtc") as pool:
+            futures = {ref: pool.submit(one, ref) for ref in todo}
+        failed = [ref for ref, future in futures.items() if future.exception() is not None]
+    else:
+        failed = todo
+    for ref in failed:  # sequentially, here: the error (if any) is the launch's own
+        load_kernel(ref)
+    return [ref.expr for ref in refs]
 
 
-# -- per-kernel attributes, set once ----------------------------------------------------------
-_configured: dict[int, int] = {}
-_configured_lock = threading.Lock()
+# -- per-kernel attributes, set once (launches may be captured in a CUDA graph) ----------------
+_carveout_set: set[int] = set()
+_dynamic_smem: dict[int, int] = {}
+_attributes_lock = threading.Lock()
 
 
 def max_carveout(kern: Any) -> Any:
@@ -120,26 +131,24 @@ def max_carveout(kern: Any) -> Any:
     One carveout for every kernel of an iteration: the SMs need not reconfigure L1/shared memory
     between the pass and the M-step.
     """
-    key = -id(kern)  # negative ids: carveout set; positive: dynamic shared memory allowed
-    if key in _configured:
+    if id(kern) in _carveout_set:
         return kern
     try:
         kern.preferred_shared_memory_carveout = 100
     except Exception:  # pragma: no cover - attribute missing in old CuPy
         pass
-    with _configured_lock:
-        _configured[key] = 100
+    with _attributes_lock:
+        _carveout_set.add(id(kern))
     return kern
 
 
 def allow_dynamic_smem(kern: Any, nbytes: int) -> Any:
     """Let ``kern`` take ``nbytes`` of dynamic shared memory beyond the default 48 KiB.
 
-    Raised once per kernel and size (not at every launch: launches may be captured in a graph).
+    Raised once per kernel and size, not at every launch; returns ``kern``.
     """
-    key = id(kern)
-    if nbytes > 48 * 1024 and _configured.get(key, 0) < nbytes:
+    if nbytes > 48 * 1024 and _dynamic_smem.get(id(kern), 0) < nbytes:
         kern.max_dynamic_shared_size_bytes = nbytes
-        with _configured_lock:
-            _configured[key] = nbytes
+        with _attributes_lock:
+            _dynamic_smem[id(kern)] = nbytes
     return kern
