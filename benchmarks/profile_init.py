@@ -81,6 +81,10 @@ def profile_case(case: dict) -> None:
     )
     it = int(n_iter[0])
     print(f"   Lloyd {ms:.2f} ms, {it} iterations ({ms / max(it, 1):.3f} ms each)")
+    ms, _ = timed(
+        lambda: _init.lloyd_coarse_to_fine(engine, data, centres, tol=tol, precision=prec), 3
+    )
+    print(f"   Lloyd coarse-to-fine (every {_init.COARSE_STEP}th row first) {ms:.2f} ms")
     diag = engine.retype(data, "diag")
     hard = _init.hard_params(final, "diag", prec, cp)
     active = cp.ones(1, bool)

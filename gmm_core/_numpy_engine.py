@@ -87,6 +87,10 @@ class NumpyEngine(Engine):
             return data
         return self.prepare(data.X, None, covariance_type)
 
+    def subsample(self, data: NumpyData, step: int) -> NumpyData:
+        """Every ``step``-th row, laid out alike."""
+        return self.prepare(np.ascontiguousarray(data.X[::step]), None, data.covariance_type)
+
     def host_centred(self, data: NumpyData, X: np.ndarray, shift: np.ndarray) -> np.ndarray:
         return data.X
 
