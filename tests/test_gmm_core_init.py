@@ -207,3 +207,20 @@ def test_values_whose_squares_overflow_the_dtype_are_refused(path, monkeypatch):
         GaussianMixture(2, covariance_type="diag", backend="numpy").fit(X.astype(np.float32))
     gm = GaussianMixture(2, covariance_type="diag", backend="numpy", random_state=0).fit(X)
     assert np.isfinite(gm.covariances_).all() and np.isfinite(gm.lower_bound_)
+
+
+def test_coarse_to_fine_lloyd_ends_at_a_fixed_point_of_all_rows(monkeypatch):
+    X = _blobs(n=8000, d=3, centers=7, seed=9)
+    engine, data = _prepared(X)
+    monkeypatch.setattr(_init, "COARSE_MIN_ROWS", 1000)
+    rs = np.random.RandomState(2)
+    seeds, _ = _init.kmeans_plusplus(
+        engine, data, 7, rs.randint(len(X), size=1), rs.uniform(size=(1, 6, 3))
+    )
+    total = float(data.variance.sum())
+    tol = _init.KMEANS_TOL * total / 3
+    got = _init.lloyd_coarse_to_fine(
+        engine, data, seeds, tol=tol, precision=_init.HARD_PRECISION / total
+    )
+    after, n_iter = _reference_lloyd(data.X, got[0], tol, max_iter=1)
+    assert ((after - got[0]) ** 2).sum() <= tol  # one more Lloyd step on all rows: no move
