@@ -73,8 +73,10 @@ def kernels_for_shapes(
     """The kernels fits of ``shapes`` compile on a device of ``config`` (default: this GPU's).
 
     Asks the CuPy engine (:meth:`gmm_core._cupy.CupyEngine.kernel_refs`, the one place that
-    knows) for every shape, for data resident on the device, at a small and a large row count.
-    With ``config`` given no GPU is needed.
+    knows) for every shape, for data resident on the device, at a small and a large row count,
+    with the estimator's default initialisation (``init_params="kmeans"``: k-means++ seeding
+    and Lloyd passes, which covers the other methods' kernels). With ``config`` given no GPU
+    is needed.
     """
     from ._cupy import CupyData, CupyEngine
 
@@ -84,7 +86,7 @@ def kernels_for_shapes(
         n_features, n_components, covariance_type, dtype, n_init = _checked(shape)
         for n_samples in _SAMPLE_COUNTS:
             data = CupyData([], True, covariance_type, dtype, n_samples, n_features)
-            refs += engine.kernel_refs(data, n_init, n_components)
+            refs += engine.kernel_refs(data, n_init, n_components, init_params="kmeans")
     return list(dict.fromkeys(refs))
 
 

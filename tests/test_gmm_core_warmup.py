@@ -137,7 +137,25 @@ def test_default_warmup_shapes_cover_the_pipeline_and_the_benchmark_kernels():
         "diag_pass_tc<16, 2, false, 256>",
         "full_pass_tc<32, true>",
         "diag_em_small<float, 2, false, 8>",
+        "kpp_potentials<double>",  # k-means++ seeding (init_params="kmeans", the default)
+        "kpp_update<float>",
     } <= got
+
+
+def test_kmeans_initialisation_adds_the_seeding_kernels_and_the_lloyd_passes():
+    engine = CupyEngine(config=SM90)
+    data = CupyData([], True, "full", np.dtype(np.float32), 10**6, 32)
+    em = [r.expr for r in engine.kernel_refs(data, 1, 16)]
+    got = [r.expr for r in engine.kernel_refs(data, 1, 16, init_params="kmeans")]
+    assert got[: len(em)] == em
+    assert got[len(em) :] == [
+        "kpp_potentials<float>",
+        "kpp_update<float>",
+        "prepare_params<float, 32, false>",  # Lloyd: passes of a hard diag mixture
+        "diag_pass<float, 32, 2, false, false, false>",
+        "diag_mstep<float, 32, false>",
+    ]
+    assert [r.expr for r in engine.kernel_refs(data, 1, 16, init_params="random")] == em
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc (CUDA toolkit) is not installed")

@@ -246,14 +246,31 @@ class CupyEngine(Engine):
             self._diag_plans_cache[key] = fused
         return fused
 
-    def kernel_refs(self, data: CupyData, n_restarts: int, n_components: int) -> list[KernelRef]:
+    def kernel_refs(
+        self,
+        data: CupyData,
+        n_restarts: int,
+        n_components: int,
+        init_params: str | None = None,
+    ) -> list[KernelRef]:
         """The kernels a fit of this data and shape compiles: the one place that knows.
 
         Mirrors :meth:`accumulate`, :meth:`run_em`, :meth:`m_step` and
-        :meth:`weighted_log_prob`; compiles nothing and needs no GPU (``config=``). Where the
-        device's occupancy decides between two variants (whether a pass reduces its own
-        partials), both are listed.
+        :meth:`weighted_log_prob`, and for ``init_params`` the seeding kernels (``init.cu``,
+        :mod:`gmm_core._init`) and the Lloyd passes (diag layout); compiles nothing and needs
+        no GPU (``config=``). Where the device's occupancy decides between two variants
+        (whether a pass reduces its own partials), both are listed.
         """
+        refs = self._em_kernel_refs(data, n_restarts, n_components)
+        if init_params in ("kmeans", "k-means++"):
+            refs += [kernel_ref("init.cu", name, data.dtype) for name in INIT_KERNELS]
+        if init_params == "kmeans":
+            refs += self._em_kernel_refs(retype(data, "diag"), n_restarts, n_components)
+        return list(dict.fromkeys(refs))
+
+    def _em_kernel_refs(
+        self, data: CupyData, n_restarts: int, n_components: int
+    ) -> list[KernelRef]:
         refs: list[KernelRef] = []
         full_tc = self.full_pass_tc
         if full_tc.supports(data, n_restarts, n_components, quiet=True):
@@ -277,14 +294,22 @@ class CupyEngine(Engine):
                 except MemoryError:  # the GEMM path serves
                     pass
         refs += self.gemm.kernel_refs(data)
-        return list(dict.fromkeys(refs))
+        return refs
 
-    def compile_for(self, data: CupyData, n_restarts: int, n_components: int) -> list[str]:
-        """Compile the kernels a fit of this data and shape needs, concurrently, once.
+    def compile_for_fit(
+        self,
+        data: CupyData,
+        n_restarts: int,
+        n_components: int,
+        init_params: str | None = None,
+    ) -> list[str]:
+        """Compile, concurrently and before anything runs, every kernel a fit needs.
 
-        Later calls for the same shape return at once; kernels already compiled (memoised or
-        in CuPy's disk cache) cost nothing. A kernel that fails to compile here is compiled
-        again, and its error raised, where it is launched.
+        The kernels of :meth:`kernel_refs`: one batch of NVRTC compiles instead of several in a
+        row. Once per engine, device and shape (:meth:`accumulate` and :meth:`run_em` ask too,
+        for callers that did not); kernels already compiled (memoised, or in CuPy's disk cache)
+        cost nothing. A kernel that fails to compile here is compiled again, and its error
+        raised, where it is launched.
         """
         key = (
             cupy.cuda.Device().id,
@@ -295,41 +320,22 @@ class CupyEngine(Engine):
             data.resident and len(data.chunks) <= 1,
             n_restarts,
             n_components,
+            init_params,
         )
         if key in self._compiled:
             return []
         self._compiled.add(key)
         try:  # only ahead of use: the launches compile (and raise) themselves
-            return compile_kernels(self.kernel_refs(data, n_restarts, n_components))
+            return compile_kernels(self.kernel_refs(data, n_restarts, n_components, init_params))
         except Exception as exc:
             logger.debug("compiling the kernels of %s ahead of use failed: %s", key, exc)
-            return []
-
-    def compile_for_fit(
-        self, data: CupyData, n_restarts: int, n_components: int, init_params: str | None
-    ) -> list[str]:
-        """Compile, concurrently and before anything runs, every kernel a fit needs.
-
-        The EM passes of this data and shape, and for ``init_params`` the seeding kernels
-        (``init.cu``) and the Lloyd passes (diag layout): one batch of NVRTC compiles instead of
-        several in a row.
-        """
-        refs = self.kernel_refs(data, n_restarts, n_components)
-        if init_params in ("kmeans", "k-means++"):
-            refs += [kernel_ref("init.cu", name, data.dtype) for name in INIT_KERNELS]
-        if init_params == "kmeans":
-            refs += self.kernel_refs(retype(data, "diag"), n_restarts, n_components)
-        try:
-            return compile_kernels(refs)
-        except Exception as exc:
-            logger.debug("compiling %s ahead of use failed: %s", [r.expr for r in refs], exc)
             return []
 
     # -- passes ---------------------------------------------------------------------------------
     def accumulate(self, data: CupyData, params: Params, active: Any) -> Stats:
         """One pass over the data: log-likelihood and sufficient statistics of every restart."""
         n_restarts, n_components, n_features = params.means.shape
-        self.compile_for(data, n_restarts, n_components)
+        self.compile_for_fit(data, n_restarts, n_components)
         if self.full_pass_tc.supports(data, n_restarts, n_components):
             return self.full_pass_tc.accumulate(data, params)
         if self.diag_pass.supports(data, n_restarts, n_components):
@@ -385,7 +391,7 @@ class CupyEngine(Engine):
             return None
         if not self.diag_pass.supports(data, n_restarts, n_components):
             return None
-        self.compile_for(data, n_restarts, n_components)
+        self.compile_for_fit(data, n_restarts, n_components)
         small = self.diag_em_small.plans(data, n_restarts, n_components)
         strategy: FusedDiagPass | DiagEmSmall
         if small is not None:
