@@ -418,7 +418,10 @@ def record_api(case: str, impl: str, **fields: Any) -> None:
 def run_api(quick: bool) -> None:
     from benchmarks import public_api
 
-    public_api.run(quick, record_api, init_seeds=ARGS.init_seeds)
+    skip = tuple(p for p in ARGS.api_skip.split(",") if p)
+    public_api.run(
+        quick, record_api, init_seeds=ARGS.init_seeds, skip=skip, init_max_rows=ARGS.init_max_rows
+    )
 
 
 def run_paper(quick: bool) -> None:
@@ -660,9 +663,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--init-seeds", type=int, default=5, help="seeds of the k-means init comparison (api)"
     )
+    parser.add_argument("--api-skip", default="", help="api parts to skip: init,peers,cold,...")
+    parser.add_argument(
+        "--init-max-rows", type=int, default=None, help="init comparison only up to this size"
+    )
 
 
-ARGS = argparse.Namespace(init_seeds=5)
+ARGS = argparse.Namespace(init_seeds=5, api_skip="", init_max_rows=None)
 
 
 def run(args: argparse.Namespace) -> int:

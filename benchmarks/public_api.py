@@ -350,18 +350,32 @@ TARGETS = {
 }
 
 
-def run(quick: bool, record: Callable[..., None], init_seeds: int = 5) -> None:
+def run(
+    quick: bool,
+    record: Callable[..., None],
+    init_seeds: int = 5,
+    skip: tuple[str, ...] = (),
+    init_max_rows: int | None = None,
+) -> None:
+    """Every part of every case; ``skip`` names parts to leave out (``init``, ``peers``,
+    ``cold``, ``accuracy``, ``memory``); ``init_max_rows`` limits the init comparison (whose
+    scikit-learn KMeans takes ~30 s on telemetry) to smaller cases."""
     for case in cases(quick):
         print(f"api/{case['name']}: {case['X'].shape}, K={case['k']}, {case['cov']}", flush=True)
         gm = default_fit(case, record)
         per_iteration(case, record, gm)
         if case["name"] == "telemetry":
             per_iteration(case, record, gm, n_init=8)
-            memory(case, record, gm)
-        accuracy(case, record, gm, rows=min(len(case["X"]), 200_000))
-        init_quality(case, record, init_seeds)
-        peers(case, record)
-    cold_start(record, quick)
+            if "memory" not in skip:
+                memory(case, record, gm)
+        if "accuracy" not in skip:
+            accuracy(case, record, gm, rows=min(len(case["X"]), 200_000))
+        if "init" not in skip and (init_max_rows is None or len(case["X"]) <= init_max_rows):
+            init_quality(case, record, init_seeds)
+        if "peers" not in skip and case["name"] == "telemetry":
+            peers(case, record)
+    if "cold" not in skip:
+        cold_start(record, quick)
 
 
 if __name__ == "__main__":  # pragma: no cover - quick look without bench_gpu's bookkeeping
