@@ -13,6 +13,8 @@ from pathlib import Path
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from emflow.run import steps
+
 
 @dag(
     dag_id=Path(__file__).stem,
@@ -41,13 +43,11 @@ def gmm_rollback():
     def rollback() -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from emflow import pipeline
-
         context = get_current_context()
         params, dag_run = context["params"], context["dag_run"]
         actor = f"airflow:{getattr(dag_run, 'triggering_user_name', None) or 'unknown'}"
         try:
-            return pipeline.rollback_champion(params["version"], params["reason"], actor)
+            return steps.rollback(params["version"], params["reason"], actor)
         except (LookupError, ValueError) as refused:  # no such version: retrying cannot help
             raise AirflowFailException(f"rollback refused: {refused}") from refused
 

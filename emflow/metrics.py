@@ -26,7 +26,8 @@ key                            meaning
 ``drift``                      dict ``feature -> PSI`` plus ``score_divergence`` (JS, nats)
 ``rows_validated``             rows checked by the data contract in this run
 ``rows_quarantined``           of those, rows moved to quarantine
-``gpu_memory_peak_bytes``      peak device memory of training, bytes
+``gpu_memory_peak_bytes``      bytes CuPy's memory pool held after training
+``device_peak_bytes``          peak device memory of the fit as gmm_core measured it, bytes
 ``backend``                    resolved ``gmm_core`` backend (``"numpy"``, ``"cupy"``)
 ``component_weights``          mixing weight per (aligned) component, list of floats
 =============================  ===============================================================
@@ -144,6 +145,10 @@ METRICS: dict[str, MetricSpec] = {
     "emflow_gpu_memory_peak_bytes": MetricSpec(
         "gauge", "Peak device memory used by training, bytes.",
         ("model",), "gpu_memory_peak_bytes"),
+    "emflow_train_device_peak_bytes": MetricSpec(
+        "gauge", "Peak device memory of the latest fit as gmm_core measured it "
+        "(device_peak_bytes_), bytes; absent for CPU fits.",
+        ("model",), "device_peak_bytes"),
     "emflow_component_weight": MetricSpec(
         "gauge", "Mixing weight of each (aligned) component of the latest trained model.",
         ("model", "component"), "component_weights"),
@@ -263,6 +268,7 @@ def build_registry(summary: Mapping[str, Any], *, now: float | None = None):
         "emflow_validated_rows": "rows_validated",
         "emflow_quarantined_rows": "rows_quarantined",
         "emflow_gpu_memory_peak_bytes": "gpu_memory_peak_bytes",
+        "emflow_train_device_peak_bytes": "device_peak_bytes",
     }
     for name, key in scalars.items():
         value = _number(summary, key)

@@ -409,7 +409,7 @@ def _summary(result: ValidationResult, n_evaluated: int) -> str:
     if len(shown) < len(result.failed):
         lines.append(
             f"  (+{len(result.failed) - len(shown)} expectations on missing column(s) "
-            f"{sorted(missing)} could not be evaluated)"
+            f"{sorted(str(c) for c in missing)} could not be evaluated)"
         )
     return "\n".join(lines)
 
@@ -513,7 +513,9 @@ def validate_batch(
         summary="",
         source=source_name,
         files=jsonable(facts),
-        window=None if checked_window is None else tuple(w.isoformat() for w in checked_window),
+        window=None
+        if checked_window is None
+        else (checked_window[0].isoformat(), checked_window[1].isoformat()),
         contract={
             "name": contract.name,
             "version": contract.version,

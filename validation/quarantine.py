@@ -52,11 +52,23 @@ class QuarantineIntegrityError(RuntimeError):
 
 
 def run_folder_name(run_id: str) -> str:
-    """A path-safe folder name for ``run_id`` (Airflow ids hold ``:`` and ``+``)."""
-    name = re.sub(r"[^A-Za-z0-9._=@+-]", "_", str(run_id))
-    if name in {"", ".", ".."}:
-        raise ValueError(f"run id {run_id!r} cannot name a folder: pass a non-empty run id")
-    return name
+    """File-system-safe key of a run id: the folder of its batches (Airflow ids hold ``:``, ``+``).
+
+    Characters outside ``[A-Za-z0-9._-]`` become ``-``; where that changed the id, 8 hex digits
+    of its SHA-256 follow, so run ids that differ only there (``a:b`` and ``a-b``) never share
+    a folder. A safe id is its own key.
+
+    >>> run_folder_name("scheduled__2026-11-20T00:00:00+00:00")
+    'scheduled__2026-11-20T00-00-00-00-00-f16325f7'
+    >>> run_folder_name("manual__backfill-7")
+    'manual__backfill-7'
+    """
+    key = re.sub(r"[^A-Za-z0-9._-]+", "-", str(run_id)).strip("-.")
+    if not key:
+        raise ValueError(f"run id {run_id!r} has no usable characters for a run key")
+    if key != run_id:
+        key = f"{key}-{hashlib.sha256(str(run_id).encode()).hexdigest()[:8]}"
+    return key
 
 
 def sha256_file(path: Path) -> str:

@@ -2,7 +2,8 @@
 
 The JSON files in ``ops/grafana/dashboards/`` are what Grafana provisions; this script is their
 source, so panels stay consistent (one datasource, one ``$model`` variable, one layout rule).
-Edit here, then run ``python ops/grafana/make_dashboards.py``; ``tests/test_dashboards.py`` fails
+Edit here, then run ``python ops/grafana/make_dashboards.py``;
+``tests/integration/test_dashboards.py`` fails
 when the committed JSON and this script disagree. Every PromQL query reads only metrics listed in
 ``emflow.metrics.METRICS`` (or Prometheus' own ``ALERTS``/``push_time_seconds``).
 """
@@ -140,7 +141,9 @@ DURATION = timeseries(
                 "7-day median.",
 )
 GPU_MEMORY = timeseries(
-    "GPU memory peak", (f"emflow_gpu_memory_peak_bytes{M}", "{{model}}"), unit="bytes")
+    "GPU memory peak",
+    (f"emflow_gpu_memory_peak_bytes{M}", "{{model}} (CuPy pool)"),
+    (f"emflow_train_device_peak_bytes{M}", "{{model}} (fit peak)"), unit="bytes")
 QUARANTINE_RATE = stat(
     "Quarantined rows (latest run)",
     f"emflow_quarantined_rows{M} / emflow_validated_rows{M}",

@@ -1,0 +1,270 @@
+"""Registry behaviour on a real MLflow SQLite store: idempotent retries, compare-and-set
+promotion, rollback (and its refusals), the CLI, and an unreachable tracking server."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import socket
+import threading
+
+import pytest
+from support.lifecycle import cycle, telemetry, train
+
+from emflow.config import Settings
+from emflow.model.gate import Decision
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def holdout():
+    return telemetry(400, seed=2)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trained")
+    data = telemetry(1500, seed=1)
+    return {
+        "good": (root / "good", train(data, root / "good", seed=0)[1]),
+        "small": (root / "small", train(data.iloc[:120], root / "small", seed=3, n_init=1)[1]),
+    }
+
+
+def _copy(trained, key, tmp_path, name=None):
+    source, info = trained[key]
+    target = tmp_path / (name or key)
+    shutil.copytree(source, target)
+    return target, info
+
+
+def _client(settings):
+    from mlflow import MlflowClient
+
+    return MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def _champion(settings):
+    from emflow.registry import aliases as registry
+
+    return registry.alias_version(_client(settings), settings.model_name, "champion")
+
+
+def _two_champions(settings, trained, holdout, tmp_path):
+    """v1 (fitted on 120 rows) promoted, then v2 (good) promoted over it."""
+    small_dir, small_info = _copy(trained, "small", tmp_path)
+    cycle(settings, small_dir, holdout, "run-1", small_info)
+    good_dir, good_info = _copy(trained, "good", tmp_path)
+    *_, second = cycle(settings, good_dir, holdout, "run-2", good_info)
+    assert second.promoted and _champion(settings) == "2"
+
+
+def test_retried_publish_registers_one_version(settings, trained, holdout, tmp_path):
+    from emflow.registry.publish import publish
+    from emflow.run.evaluate import evaluate
+    from emflow.run.gate import gate
+
+    model_dir, info = _copy(trained, "good", tmp_path)
+    evaluation = evaluate(model_dir, holdout, settings)
+    decision = gate(evaluation, model_dir, settings)
+    kwargs = dict(run_key="dag/run-7", data_window="2026-11-01..2026-11-02", train_info=info,
+                  settings=settings)
+    first = publish(decision, model_dir, **kwargs)
+    again = publish(decision.to_dict(), model_dir, **kwargs)
+    assert (first.version, first.reused) == ("1", False)
+    assert (again.version, again.reused, again.run_id) == ("1", True, first.run_id)
+
+    # a task killed after registering, before the aliases and the decision were recorded
+    client = _client(settings)
+    name = settings.model_name
+    client.delete_registered_model_alias(name, "champion")
+    client.delete_registered_model_alias(name, "challenger")
+    client.delete_model_version_tag(name, "1", "emflow.published")
+    resumed = publish(decision, model_dir, **kwargs)
+    assert resumed.version == "1" and resumed.promoted and resumed.run_id == first.run_id
+    assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+    experiment = client.get_experiment_by_name(settings.experiment_name)
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+    assert _champion(settings) == "1"
+
+    # killed after moving the champion alias, before recording that publishing completed
+    client.delete_model_version_tag(name, "1", "emflow.published")
+    resumed = publish(decision, model_dir, **kwargs)
+    assert resumed.promoted and resumed.decision == "promote" and not resumed.reused
+    assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+
+
+def test_status_of_an_empty_registry(settings, monkeypatch, capsys):
+    from emflow import cli
+    from emflow.registry.status import status
+
+    assert status(settings)["versions"] == []
+    monkeypatch.setenv("EMFLOW_HOME", str(settings.home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert cli.main(["status"]) == 0
+    assert "no versions registered yet" in capsys.readouterr().out
+    assert cli.main(["rollback", "--reason", "x"]) == 2
+    assert "no registered model" in capsys.readouterr().err
+
+
+def test_killed_before_registration_reuses_its_run(settings, trained, holdout, tmp_path):
+    from emflow.registry import tracking
+
+    model_dir, info = _copy(trained, "good", tmp_path)
+    client = tracking.connect(settings)
+    experiment_id = tracking.ensure_experiment(client, settings)
+    orphan = client.create_run(experiment_id, tags={"emflow.run_key": "run-k"})  # then killed
+    *_, result = cycle(settings, model_dir, holdout, "run-k", info)
+    assert result.run_id == orphan.info.run_id
+    assert len(client.search_runs([experiment_id])) == 1
+    assert client.get_run(orphan.info.run_id).info.status == "FINISHED"
+
+
+def test_promotion_is_refused_when_the_champion_moved_meanwhile(settings, trained, holdout,
+                                                                tmp_path):
+    from emflow.registry.publish import publish
+
+    _two_champions(settings, trained, holdout, tmp_path)
+    stale_dir, info = _copy(trained, "good", tmp_path, "stale")
+    stale = Decision(promote=True, reason="gate said promote against v1", model_dir=str(stale_dir),
+                     champion_version="1")  # evaluated while v1 was champion
+    result = publish(stale, stale_dir, run_key="run-stale", data_window="w",
+                               train_info=info, settings=settings)
+    assert result.version == "3" and not result.promoted and result.decision == "reject"
+    assert "champion moved from v1 to v2" in result.reason
+    assert _champion(settings) == "2"
+
+
+def test_two_runs_finishing_at_once_never_both_promote(settings, trained, holdout, tmp_path):
+    from emflow.registry.publish import publish
+
+    # Both gated against "no champion": each would promote on its own.
+    dirs = [_copy(trained, "good", tmp_path, f"m{i}") for i in range(2)]
+    publish(  # create experiment and registered model first, so the race is on aliases
+        Decision(promote=False, reason="warm-up", model_dir=str(dirs[0][0]),
+                 champion_version=None),
+        dirs[0][0], run_key="warm-up", data_window="w", train_info={}, settings=settings)
+    results, errors = {}, []
+    barrier = threading.Barrier(2)
+
+    def publish_one(i):
+        try:
+            decision = Decision(promote=True, reason="first model", model_dir=str(dirs[i][0]),
+                                champion_version=None)
+            barrier.wait()
+            results[i] = publish(decision, dirs[i][0], run_key=f"race-{i}",
+                                 data_window="w", train_info=dirs[i][1], settings=settings)
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=publish_one, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert errors == []
+    promoted = [r for r in results.values() if r.promoted]
+    assert len(promoted) == 1
+    loser = next(r for r in results.values() if not r.promoted)
+    assert "concurrent run promoted first" in loser.reason
+    assert _champion(settings) == promoted[0].version
+
+
+def test_rollback_to_previous_champion_and_refusals(settings, trained, holdout, tmp_path):
+    from emflow.registry.rollback import UnknownVersionError, rollback
+    from emflow.registry.status import status
+
+    _two_champions(settings, trained, holdout, tmp_path)
+    record = rollback(reason="v2 pages on-call", actor="alice", settings=settings)
+    assert (record["version"], record["previous"], record["changed"]) == ("1", "2", True)
+    assert record["check"]["rows"] > 0
+    client = _client(settings)
+    name = settings.model_name
+    assert _champion(settings) == "1"
+    assert str(client.get_model_version_by_alias(name, "previous-champion").version) == "2"
+    tags = client.get_model_version(name, "1").tags
+    assert tags["emflow.rollback_by"] == "alice"
+    assert tags["emflow.rollback_reason"] == "v2 pages on-call"
+    assert tags["emflow.rollback_from"] == "2" and tags["emflow.rollback_at"]
+
+    for unknown in (99, "banana"):
+        with pytest.raises(UnknownVersionError, match="does not exist"):
+            rollback(unknown, reason="typo", settings=settings)
+        assert _champion(settings) == "1"
+    with pytest.raises(ValueError, match="needs a reason"):
+        rollback(2, reason="  ", settings=settings)
+    assert _champion(settings) == "1"
+    # "01" is version 1, the champion already: nothing moves, previous-champion stays v2
+    again = rollback("01", reason="typed with a zero", settings=settings)
+    assert (again["version"], again["changed"]) == ("1", False)
+
+    report = status(settings)
+    assert report["aliases"] == {"champion": "1", "challenger": "2", "previous-champion": "2"}
+    assert [v["version"] for v in report["versions"]] == ["2", "1"]
+    assert report["last_rollback"]["actor"] == "alice"
+
+
+def test_rollback_refuses_a_version_that_does_not_load(settings, trained, holdout, tmp_path):
+    from emflow.registry.rollback import RollbackCheckError, rollback
+
+    _two_champions(settings, trained, holdout, tmp_path)
+    client = _client(settings)
+    source = client.get_model_version(settings.model_name, "1").source  # models:/m-<id>
+    model_id = source.split("/")[-1]
+    npz = next(settings.artifact_root.rglob(f"{model_id}/artifacts/artifacts/gmm/model.npz"))
+    npz.write_bytes(npz.read_bytes()[:100])  # damaged in the artifact store
+    with pytest.raises(RollbackCheckError, match="champion left unchanged"):
+        rollback(1, reason="try v1", settings=settings)
+    assert _champion(settings) == "2"
+
+
+def test_cli_status_and_rollback(settings, trained, holdout, tmp_path, monkeypatch, capsys):
+    from emflow import cli
+
+    _two_champions(settings, trained, holdout, tmp_path)
+    monkeypatch.setenv("EMFLOW_HOME", str(settings.home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    assert cli.main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "champion -> v2" in out and "previous-champion -> v1" in out and "promote" in out
+
+    assert cli.main(["rollback", "--version", "7", "--reason", "typo"]) == 2
+    assert "version '7'" in capsys.readouterr().err
+    assert _champion(settings) == "2"
+
+    assert cli.main(["rollback", "--reason", "bad latency", "--actor", "bob"]) == 0
+    assert "v2 -> v1" in capsys.readouterr().out
+    assert _champion(settings) == "1"
+    assert cli.main(["status", "--json"]) == 0
+    assert '"champion": "1"' in capsys.readouterr().out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_is_retried_then_fails_clearly_keeping_the_model(
+    trained, tmp_path, monkeypatch
+):
+    from emflow.registry.publish import publish
+    from emflow.registry.tracking import TrackingUnavailableError
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    settings = Settings(home=tmp_path / "home", tracking_uri=f"http://127.0.0.1:{_free_port()}",
+                        mlflow_retries=3, mlflow_backoff_s=0.05)
+    model_dir, info = _copy(trained, "good", tmp_path)
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in model_dir.iterdir()}
+    decision = Decision(promote=True, reason="first", model_dir=str(model_dir),
+                        champion_version=None)
+    with pytest.raises(TrackingUnavailableError) as caught:
+        publish(decision, model_dir, run_key="run-x", data_window="w",
+                          train_info=info, settings=settings)
+    message = str(caught.value)
+    assert "3 attempts" in message and str(model_dir) in message and "run-x" in message
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in model_dir.iterdir()}
+    assert after == before and set(before) == {"model.npz", "model.json"}
