@@ -139,6 +139,7 @@ def wait_for(url: str, expr: str, timeout: float = 30.0) -> list:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_real_prometheus_answers_every_panel_after_a_pushed_run(tmp_path):
     with pushgateway(tmp_path) as gateway:
         publish_run_metrics(

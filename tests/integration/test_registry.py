@@ -14,7 +14,8 @@ from support.lifecycle import cycle, telemetry, train
 from emflow.config import Settings
 from emflow.model.gate import Decision
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+# every test here writes a real MLflow SQLite store (1-10 s each, 4 s to import mlflow)
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 @pytest.fixture(scope="module")
