@@ -99,6 +99,7 @@ def compose_config(env_file, *args) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_docker_compose_config_resolves_with_generated_env(tmp_path):
     env_file = tmp_path / "stack.env"
     assert generate_env(env_file).returncode == 0
