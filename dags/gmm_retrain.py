@@ -106,8 +106,7 @@ def gmm_retrain():
         return steps.gate(request, trained, evaluated)
 
     @task
-    def publish(request: dict, validated: dict, split: dict, trained: dict,
-                decision: dict) -> dict:
+    def publish(request: dict, validated: dict, split: dict, trained: dict, decision: dict) -> dict:
         return steps.publish(request, validated, split, trained, decision)
 
     # retried when the Pushgateway is unreachable (MetricsPushError); a failed run's

@@ -26,11 +26,17 @@ from emflow.run import steps
     tags=["emflow", "gmm", "rollback"],
     params={
         "version": Param(
-            None, type=["null", "integer"], minimum=1, title="Registered version",
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Registered version",
             description="Model version to serve as champion; empty: the previous champion.",
         ),
         "reason": Param(
-            type="string", minLength=3, maxLength=500, title="Reason",
+            type="string",
+            minLength=3,
+            maxLength=500,
+            title="Reason",
             description="Why the champion is moved (recorded on the version).",
         ),
     },

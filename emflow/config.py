@@ -103,7 +103,8 @@ class Settings:
             object.__setattr__(self, "artifact_root", home / "mlartifacts")
         if self.metrics_textfile is None:
             object.__setattr__(
-                self, "metrics_textfile",
+                self,
+                "metrics_textfile",
                 _env_path("EMFLOW_METRICS_TEXTFILE", home / "metrics" / "emflow.prom"),
             )
 

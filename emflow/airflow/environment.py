@@ -169,12 +169,21 @@ def setup_airflow(
         run_env = {**os.environ, **(env or {})}
         airflow = str(Path(sys.executable).with_name("airflow"))
         Path(run_env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
-        subprocess.run([airflow, "db", "migrate"], env=run_env, check=True,
-                       stdout=subprocess.DEVNULL)
         subprocess.run(
-            [airflow, "pools", "set", GPU_POOL, str(gpu_pool_slots),
-             "GPU slots of the training workers (queue 'gpu')"],
-            env=run_env, check=True, stdout=subprocess.DEVNULL,
+            [airflow, "db", "migrate"], env=run_env, check=True, stdout=subprocess.DEVNULL
+        )
+        subprocess.run(
+            [
+                airflow,
+                "pools",
+                "set",
+                GPU_POOL,
+                str(gpu_pool_slots),
+                "GPU slots of the training workers (queue 'gpu')",
+            ],
+            env=run_env,
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
         return
     if env is not None:
@@ -184,7 +193,9 @@ def setup_airflow(
 
     db.initdb()
     Pool.create_or_update_pool(
-        GPU_POOL, gpu_pool_slots, "GPU slots of the training workers (queue 'gpu')",
+        GPU_POOL,
+        gpu_pool_slots,
+        "GPU slots of the training workers (queue 'gpu')",
         include_deferred=False,
     )
 

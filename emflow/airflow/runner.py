@@ -52,13 +52,17 @@ def run_outcome(dag_run: Any) -> dict[str, Any]:
                 xcom[row.task_id] = value
             else:
                 extra.setdefault(row.task_id, {})[row.key] = value
-    return {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "state": str(dag_run.state),
-            "tasks": tasks, "xcom": xcom, "xcom_extra": extra}
+    return {
+        "dag_id": dag_run.dag_id,
+        "run_id": dag_run.run_id,
+        "state": str(dag_run.state),
+        "tasks": tasks,
+        "xcom": xcom,
+        "xcom_extra": extra,
+    }
 
 
-def run_in_process(
-    dag: Any, conf: Mapping[str, Any], logical_date: Any = None
-) -> dict[str, Any]:
+def run_in_process(dag: Any, conf: Mapping[str, Any], logical_date: Any = None) -> dict[str, Any]:
     """Run ``dag`` once in this process (``dag.test``) and return :func:`run_outcome`.
 
     Parameters

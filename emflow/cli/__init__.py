@@ -13,14 +13,18 @@ import sys
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("emflow.cli.demo", "generate telemetry, train, gate and publish on the embedded "
-             "default"),
+    "demo": (
+        "emflow.cli.demo",
+        "generate telemetry, train, gate and publish on the embedded default",
+    ),
     "train": ("emflow.cli.train", "fit a GaussianMixture on a telemetry file and save the model"),
     "validate": ("emflow.cli.validate", "validate telemetry against the data contract"),
     "status": ("emflow.cli.status", "registered versions, aliases and decisions"),
     "rollback": ("emflow.cli.rollback", "point the champion alias at a prior version"),
-    "airflow-env": ("emflow.cli.airflow_env", "print (--setup: also prepare) the Airflow "
-                    "environment"),
+    "airflow-env": (
+        "emflow.cli.airflow_env",
+        "print (--setup: also prepare) the Airflow environment",
+    ),
     "gpu": ("emflow.cli.gpu", "GPU housekeeping: `emflow gpu warmup` compiles the kernels"),
 }
 

@@ -13,12 +13,20 @@ from emflow.config import Settings
 
 def add_arguments(parser: Any) -> None:
     """Options of ``emflow airflow-env``."""
-    parser.add_argument("--port", type=int, default=8080,
-                        help="API server / UI port on 127.0.0.1 (default 8080)")
-    parser.add_argument("--parallelism", type=int, default=4,
-                        help="[core] parallelism: task processes at once (default 4)")
-    parser.add_argument("--setup", action="store_true",
-                        help="also create/migrate the metadata database and the gpu pool")
+    parser.add_argument(
+        "--port", type=int, default=8080, help="API server / UI port on 127.0.0.1 (default 8080)"
+    )
+    parser.add_argument(
+        "--parallelism",
+        type=int,
+        default=4,
+        help="[core] parallelism: task processes at once (default 4)",
+    )
+    parser.add_argument(
+        "--setup",
+        action="store_true",
+        help="also create/migrate the metadata database and the gpu pool",
+    )
 
 
 def run(args: Any) -> int:
@@ -28,8 +36,10 @@ def run(args: Any) -> int:
     settings = Settings().ensure_dirs()
     env = airflow_environment(settings, api_port=args.port, parallelism=args.parallelism)
     if args.setup:
-        print(f"# setting up {env['AIRFLOW__DATABASE__SQL_ALCHEMY_CONN']} and pool "
-              f"'{GPU_POOL}'", file=sys.stderr)
+        print(
+            f"# setting up {env['AIRFLOW__DATABASE__SQL_ALCHEMY_CONN']} and pool '{GPU_POOL}'",
+            file=sys.stderr,
+        )
         setup_airflow(env, in_process=False)
     # the standalone command starts its components as `airflow ...`: keep this venv first
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"

@@ -45,11 +45,16 @@ EXPECTED_STATES = ["success", "failed", "success", "success", "success"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``emflow demo``."""
-    parser.add_argument("--home", type=Path, default=None,
-                        help="folder for everything the demo writes (default: $EMFLOW_HOME/demo); "
-                             "an existing one is kept and renamed with a timestamp")
-    parser.add_argument("--rows-per-day", type=int, default=20_000,
-                        help="telemetry rows per day (default 20000)")
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=None,
+        help="folder for everything the demo writes (default: $EMFLOW_HOME/demo); "
+        "an existing one is kept and renamed with a timestamp",
+    )
+    parser.add_argument(
+        "--rows-per-day", type=int, default=20_000, help="telemetry rows per day (default 20000)"
+    )
     parser.add_argument("--n-init", type=int, default=3, help="EM restarts per training run")
     parser.add_argument("--seed", type=int, default=0, help="seed of data and training")
 
@@ -108,18 +113,28 @@ def _describe(outcome: dict[str, Any]) -> str:
         verdict = "PROMOTED" if published["promoted"] else "REJECTED"
         drift = (outcome["xcom"].get("evaluate") or {}).get("drift")
         drift = f"\n    drift vs champion: {drift['summary']}" if drift else ""
-        return (f"{verdict} v{published['version']} (champion now v"
-                f"{published['champion_version']}): {published['reason']}{drift}")
+        return (
+            f"{verdict} v{published['version']} (champion now v"
+            f"{published['champion_version']}): {published['reason']}{drift}"
+        )
     rejected = outcome["xcom_extra"].get("validate", {}).get("rejected")
     if rejected:
-        return (f"FAILED at validate, batch quarantined in {rejected['quarantine_dirs'][0]}; "
-                f"failed expectations: {', '.join(rejected['failed'])}")
+        return (
+            f"FAILED at validate, batch quarantined in {rejected['quarantine_dirs'][0]}; "
+            f"failed expectations: {', '.join(rejected['failed'])}"
+        )
     failed = [t for t, s in outcome["tasks"].items() if s == "failed"]
     return f"run {outcome['state']}: failed tasks {failed} (see the log)"
 
 
-def run_demo(home: Path, *, rows_per_day: int = 20_000, n_init: int = 3, seed: int = 0,
-             out: TextIO | None = None) -> dict[str, Any]:
+def run_demo(
+    home: Path,
+    *,
+    rows_per_day: int = 20_000,
+    n_init: int = 3,
+    seed: int = 0,
+    out: TextIO | None = None,
+) -> dict[str, Any]:
     """Run the demo in ``home`` and return what each run did.
 
     Returns
@@ -137,15 +152,19 @@ def run_demo(home: Path, *, rows_per_day: int = 20_000, n_init: int = 3, seed: i
     log_dir = home / "logs"
     log_dir.mkdir(exist_ok=True)
     env = environment.airflow_environment(settings, extra={"EMFLOW_RETRY_DELAY_S": "5"})
-    steps = tqdm(total=len(DEMO_DAYS) + 3, desc="emflow demo", unit="step", file=out,
-                 dynamic_ncols=True)
+    steps = tqdm(
+        total=len(DEMO_DAYS) + 3, desc="emflow demo", unit="step", file=out, dynamic_ncols=True
+    )
     with _output_to(log_dir / "setup.log"):
         environment.setup_airflow(env)
         plan = _write_days(settings, rows_per_day, seed)
         dags = runner.load_dags()
     steps.update(1)
-    steps.write(f"telemetry: {len(plan)} days x {rows_per_day} rows under "
-                f"{settings.data_root / 'incoming'}", file=out)
+    steps.write(
+        f"telemetry: {len(plan)} days x {rows_per_day} rows under "
+        f"{settings.data_root / 'incoming'}",
+        file=out,
+    )
 
     results = []
     for step in plan:
@@ -154,7 +173,8 @@ def run_demo(home: Path, *, rows_per_day: int = 20_000, n_init: int = 3, seed: i
         steps.set_postfix_str(f"gmm_retrain {day}")
         with _output_to(log_dir / f"gmm_retrain_{day}.log"):
             outcome = runner.run_in_process(
-                dags["gmm_retrain"], conf, datetime(day.year, day.month, day.day, tzinfo=UTC))
+                dags["gmm_retrain"], conf, datetime(day.year, day.month, day.day, tzinfo=UTC)
+            )
         outcome.update(day=day.isoformat(), what=step["what"], conf=conf)
         results.append(outcome)
         steps.update(1)
@@ -168,15 +188,22 @@ def run_demo(home: Path, *, rows_per_day: int = 20_000, n_init: int = 3, seed: i
     done = rollback["xcom"].get("rollback") or {}
     steps.write(
         f"rollback ({rollback['state']}): champion v{done.get('previous')} -> "
-        f"v{done.get('version')} by {done.get('actor')}: {done.get('reason')}", file=out)
+        f"v{done.get('version')} by {done.get('actor')}: {done.get('reason')}",
+        file=out,
+    )
     with _output_to(log_dir / "status.log"):
         from emflow.registry.status import status as registry_status
 
         status = registry_status(settings)
     steps.update(1)
     steps.close()
-    return {"retrain": results, "rollback": rollback, "status": status, "log_dir": str(log_dir),
-            "settings": settings}
+    return {
+        "retrain": results,
+        "rollback": rollback,
+        "status": status,
+        "log_dir": str(log_dir),
+        "settings": settings,
+    }
 
 
 def _where_to_look(report: dict[str, Any], out: TextIO) -> None:
@@ -186,8 +213,11 @@ def _where_to_look(report: dict[str, Any], out: TextIO) -> None:
     lines = [
         "",
         f"Registry {status['model_name']}: aliases {status['aliases']}",
-        *(f"  v{v['version']:>2} {v['decision'] or '-':8} {','.join(v['aliases']) or '':26} "
-          f"{v['data_window']}" for v in status["versions"]),
+        *(
+            f"  v{v['version']:>2} {v['decision'] or '-':8} {','.join(v['aliases']) or '':26} "
+            f"{v['data_window']}"
+            for v in status["versions"]
+        ),
         "",
         "Where to look:",
         f"  MLflow UI:   {bin_dir / 'mlflow'} ui --backend-store-uri {settings.tracking_uri} "
@@ -215,6 +245,8 @@ def run(args: argparse.Namespace) -> int:
     _where_to_look(report, sys.stdout)
     states = [r["state"] for r in report["retrain"]]
     ok = states == EXPECTED_STATES and report["rollback"]["state"] == "success"
-    print(f"\ndemo {'finished' if ok else 'FAILED'} in {time.monotonic() - started:.0f} s "
-          f"(run states {states}, rollback {report['rollback']['state']})")
+    print(
+        f"\ndemo {'finished' if ok else 'FAILED'} in {time.monotonic() - started:.0f} s "
+        f"(run states {states}, rollback {report['rollback']['state']})"
+    )
     return 0 if ok else 1

@@ -9,8 +9,9 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``emflow rollback``."""
-    parser.add_argument("--version", default=None,
-                        help="registry version to serve (default: the previous champion)")
+    parser.add_argument(
+        "--version", default=None, help="registry version to serve (default: the previous champion)"
+    )
     parser.add_argument("--reason", required=True, help="why: recorded on the version")
     parser.add_argument("--actor", default=None, help="who (default: user@host)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -35,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
     elif not result["changed"]:
         print(f"v{result['version']} is already the champion; nothing changed")
     else:
-        print(f"champion: v{result['previous']} -> v{result['version']} "
-              f"(checked: scored {result['check']['rows']} rows; by {result['actor']} "
-              f"at {result['at']}: {result['reason']})")
+        print(
+            f"champion: v{result['previous']} -> v{result['version']} "
+            f"(checked: scored {result['check']['rows']} rows; by {result['actor']} "
+            f"at {result['at']}: {result['reason']})"
+        )
     return 0

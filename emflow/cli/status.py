@@ -10,8 +10,12 @@ import sys
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``emflow status``."""
     parser.add_argument("--json", action="store_true", help="print the status as JSON")
-    parser.add_argument("--limit", type=int, default=20,
-                        help="show at most this many versions, newest first (default 20)")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=20,
+        help="show at most this many versions, newest first (default 20)",
+    )
 
 
 def format_status(report: dict, limit: int = 20) -> str:
@@ -25,11 +29,15 @@ def format_status(report: dict, limit: int = 20) -> str:
     lines.append(f"{'version':>7}  {'aliases':<30} {'decision':<8} {'data window':<24} reason")
     for v in report["versions"][:limit]:
         reason = v["reason"] if len(v["reason"]) <= 90 else v["reason"][:87] + "..."
-        lines.append(f"{'v' + v['version']:>7}  {','.join(v['aliases']) or '-':<30} "
-                     f"{v['decision'] or '-':<8} {v['data_window'] or '-':<24} {reason}")
+        lines.append(
+            f"{'v' + v['version']:>7}  {','.join(v['aliases']) or '-':<30} "
+            f"{v['decision'] or '-':<8} {v['data_window'] or '-':<24} {reason}"
+        )
         if v.get("rollback_by"):
-            lines.append(f"{'':>9}rolled back to by {v['rollback_by']} at {v['rollback_at']}: "
-                         f"{v['rollback_reason']}")
+            lines.append(
+                f"{'':>9}rolled back to by {v['rollback_by']} at {v['rollback_at']}: "
+                f"{v['rollback_reason']}"
+            )
     hidden = len(report["versions"]) - limit
     if hidden > 0:
         lines.append(f"... {hidden} older version(s) (use --limit)")

@@ -87,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
 
     from emflow.model.fit_report import log_fit, log_phase
     from gmm_core import save_model
-    from validation.batch import list_batch_files, read_batch
     from validation.contract import load_contract
+    from validation.reader import list_batch_files, read_batch
 
     def fail(message: str) -> int:
         print(f"emflow train: {message}", file=sys.stderr)

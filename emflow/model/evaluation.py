@@ -108,7 +108,8 @@ def evaluate_models(
     )
     log.info(
         "holdout (%d rows): challenger mean log-likelihood %.4f, champion %s %s",
-        evaluation.n_holdout, evaluation.challenger_mean_loglik,
+        evaluation.n_holdout,
+        evaluation.challenger_mean_loglik,
         f"v{champion_version}" if champion is not None else "(none)",
         "" if champion_ll is None else f"{champion_ll:.4f}",
     )

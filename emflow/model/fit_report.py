@@ -49,8 +49,11 @@ def log_fit(logger: logging.Logger, model: Any) -> dict[str, float]:
     for phase, seconds in timings.items():
         log_phase(logger, phase, seconds)
     per_iteration = ms_per_iteration(model)
-    logger.info("iterations %d, %s per iteration", int(getattr(model, "n_iter_", 0) or 0),
-                "?" if per_iteration is None else f"{per_iteration:.3f} ms")
+    logger.info(
+        "iterations %d, %s per iteration",
+        int(getattr(model, "n_iter_", 0) or 0),
+        "?" if per_iteration is None else f"{per_iteration:.3f} ms",
+    )
     peak = device_peak_bytes(model)
     if peak is not None:
         logger.info("device peak memory %d bytes (%.1f MiB)", peak, peak / 2**20)

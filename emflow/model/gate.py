@@ -202,13 +202,15 @@ def gate_models(
             return Decision(
                 promote=False,
                 reason=f"rejected: cannot align to champion v{champion_version}: {error}",
-                model_dir=str(model_dir), champion_version=champion_version,
+                model_dir=str(model_dir),
+                champion_version=champion_version,
                 challenger_mean_loglik=evaluation.challenger_mean_loglik,
                 champion_mean_loglik=evaluation.champion_mean_loglik,
                 promotion_margin=float(promotion_margin),
                 alignment_threshold=float(alignment_threshold),
                 challenger_aic=evaluation.challenger_aic,
-                challenger_bic=evaluation.challenger_bic, n_holdout=evaluation.n_holdout,
+                challenger_bic=evaluation.challenger_bic,
+                n_holdout=evaluation.n_holdout,
             )
         order = [int(i) for i in np.asarray(alignment.permutation)]  # unmatched ones last
         model_dir = aligned_dir_for(challenger_dir)
@@ -228,11 +230,13 @@ def gate_models(
         champion_version=champion_version,
         challenger_mean_loglik=evaluation.challenger_mean_loglik,
         champion_mean_loglik=champion_ll,
-        loglik_delta=None if champion_ll is None
+        loglik_delta=None
+        if champion_ll is None
         else evaluation.challenger_mean_loglik - champion_ll,
         alignment_mean_cost=mean_cost,
         alignment_costs=[] if alignment is None else [float(c) for c in alignment.costs],
-        permutation=list(range(n_components)) if alignment is None
+        permutation=list(range(n_components))
+        if alignment is None
         else [int(i) for i in np.asarray(alignment.permutation)],
         unmatched=[] if alignment is None else [int(i) for i in np.asarray(alignment.unmatched)],
         promotion_margin=float(promotion_margin),
@@ -261,7 +265,9 @@ def _save_aligned(
     staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
         gmm_core.save_model(
-            aligned, staging / "model", feature_names=model_feature_names(challenger),
+            aligned,
+            staging / "model",
+            feature_names=model_feature_names(challenger),
             metadata=metadata,
         )
         if target.exists():  # derived from the challenger folder, rewritten identically

@@ -45,8 +45,10 @@ def convergence_curves(
     for r, curve in enumerate(curves):
         best = r == best_restart
         ax.plot(
-            np.arange(1, curve.size + 1), curve,
-            lw=2.4 if best else 1.0, alpha=1.0 if best else 0.6,
+            np.arange(1, curve.size + 1),
+            curve,
+            lw=2.4 if best else 1.0,
+            alpha=1.0 if best else 0.6,
             label=f"restart {r}" + (" (best)" if best else ""),
         )
     from matplotlib.ticker import MaxNLocator
@@ -130,15 +132,25 @@ def components_projection(model: Any, sample: np.ndarray, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     n_colors = 10 if len(means) <= 10 else 20
     cmap = plt.get_cmap(f"tab{n_colors}")
-    ax.scatter(points[:, 0], points[:, 1], c=labels % n_colors, cmap=cmap, vmin=0,
-               vmax=n_colors - 1, s=6, alpha=0.5, linewidths=0)
+    ax.scatter(
+        points[:, 0],
+        points[:, 1],
+        c=labels % n_colors,
+        cmap=cmap,
+        vmin=0,
+        vmax=n_colors - 1,
+        s=6,
+        alpha=0.5,
+        linewidths=0,
+    )
     for k, (mean, cov) in enumerate(zip(means, covariances, strict=True)):
         eigvals, eigvecs = np.linalg.eigh(cov)
         eigvals = np.clip(eigvals, 0.0, None)
         angle = float(np.degrees(np.arctan2(eigvecs[1, 1], eigvecs[0, 1])))
         width, height = 4.0 * np.sqrt(eigvals[1]), 4.0 * np.sqrt(eigvals[0])
-        ax.add_patch(Ellipse(mean, width, height, angle=angle, fill=False, lw=1.5,
-                             color=cmap(k % n_colors)))
+        ax.add_patch(
+            Ellipse(mean, width, height, angle=angle, fill=False, lw=1.5, color=cmap(k % n_colors))
+        )
         ax.annotate(str(k), mean, fontsize=9, weight="bold", ha="center", va="center")
     ax.set_xlabel("PC 1 (standardised features)")
     ax.set_ylabel("PC 2")

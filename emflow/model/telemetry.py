@@ -1,6 +1,6 @@
 """Telemetry rows as a model sees them: one reader for every file the pipeline handles.
 
-Files are read by :func:`validation.batch.read_batch` (the validator's own reader: Parquet
+Files are read by :mod:`validation.reader` (the validator's own reader: Parquet
 ``.parquet``/``.pq`` and CSV in any letter case, a folder file by file), so a batch that passed
 validation is read the same way by split, evaluate and publish.
 """
@@ -33,7 +33,7 @@ def read_telemetry(paths: Iterable[str | Path], columns: Sequence[str] | None = 
     """
     import pandas as pd
 
-    from validation.batch import list_batch_files, read_file
+    from validation.reader import list_batch_files, read_file
 
     frames = []
     for path in paths:
@@ -61,8 +61,9 @@ def as_frame(rows: Any) -> Any:
     try:
         return read_telemetry([path])
     except ValueError as error:
-        raise ValueError(f"cannot read rows from {path}: use Parquet, CSV or .npy ({error})") \
-            from error
+        raise ValueError(
+            f"cannot read rows from {path}: use Parquet, CSV or .npy ({error})"
+        ) from error
 
 
 def feature_matrix(model: Any, frame: Any) -> np.ndarray:

@@ -172,15 +172,18 @@ def promotion_lock(
     while True:
         try:
             client.create_registered_model(
-                lock, tags={"holder": holder, "acquired_at": now_iso()},
+                lock,
+                tags={"holder": holder, "acquired_at": now_iso()},
                 description="emflow promotion lock: held while the champion alias moves",
             )
             break
         except MlflowException as error:
             # RESOURCE_DOES_NOT_EXIST: the store saw the name taken, then looked the holder up
             # after it had released: contended all the same, try again.
-            if not (_is_error(error, "RESOURCE_ALREADY_EXISTS")
-                    or _is_error(error, "RESOURCE_DOES_NOT_EXIST")):
+            if not (
+                _is_error(error, "RESOURCE_ALREADY_EXISTS")
+                or _is_error(error, "RESOURCE_DOES_NOT_EXIST")
+            ):
                 raise
         _break_if_stale(client, lock)
         if time.monotonic() > deadline:
@@ -208,8 +211,12 @@ def _break_if_stale(client: MlflowClient, lock: str) -> None:
         return
     age_s = time.time() - held.creation_timestamp / 1000.0
     if age_s > LOCK_STALE_AFTER_S:
-        log.warning("breaking stale promotion lock %s held by %s for %.0f s",
-                    lock, held.tags.get("holder"), age_s)
+        log.warning(
+            "breaking stale promotion lock %s held by %s for %.0f s",
+            lock,
+            held.tags.get("holder"),
+            age_s,
+        )
         with contextlib.suppress(MlflowException):
             client.delete_registered_model(lock)
 

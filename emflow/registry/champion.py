@@ -37,11 +37,14 @@ def version_model_dir(client: Any, settings: Settings, version: str) -> Path:
     # Keyed by the version's source too: a registry recreated under the same URI reuses numbers.
     source = with_retries(
         f"read model version {version}",
-        lambda: client.get_model_version(settings.model_name, str(version)).source, settings)
+        lambda: client.get_model_version(settings.model_name, str(version)).source,
+        settings,
+    )
     store = hashlib.sha256(settings.tracking_uri.encode()).hexdigest()[:12]
     key = hashlib.sha256(str(source).encode()).hexdigest()[:12]
-    cached = (settings.home / "cache" / "registry" / store / settings.model_name
-              / f"v{version}-{key}")
+    cached = (
+        settings.home / "cache" / "registry" / store / settings.model_name / f"v{version}-{key}"
+    )
     if (cached / "model.json").exists():
         return cached
     cached.parent.mkdir(parents=True, exist_ok=True)

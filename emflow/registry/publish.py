@@ -79,8 +79,11 @@ def _gmm_core_code_copy(folder: Path) -> Path:
 
     source = Path(gmm_core.__file__).parent
     target = folder / "gmm_core"
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns(
-        "__pycache__", "*.pyc", "*.pyo", "*.so", "*.pkl", "*.pickle"))
+    shutil.copytree(
+        source,
+        target,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "*.so", "*.pkl", "*.pickle"),
+    )
     return target
 
 
@@ -163,8 +166,9 @@ def publish(
         return with_retries(step, call, settings, keep_note=keep_note)
 
     client = connect(settings)
-    existing = retry("look up the run key",
-                     lambda: registry.find_version_by_run_key(client, name, run_key))
+    existing = retry(
+        "look up the run key", lambda: registry.find_version_by_run_key(client, name, run_key)
+    )
     if existing is not None and existing.tags.get("emflow.published") == "complete":
         log.info("run key %s already published as version %s", run_key, existing.version)
         return _result_from_version(client, name, existing, reused=True, settings=settings)
@@ -172,34 +176,67 @@ def publish(
     experiment_id = retry("create the experiment", lambda: ensure_experiment(client, settings))
     run = retry("find the run", lambda: find_run_by_key(client, experiment_id, run_key))
     if run is None:
-        run = retry("start the run", lambda: client.create_run(
-            experiment_id, run_name=f"retrain {data_window}",
-            tags={registry.TAG_RUN_KEY: run_key, registry.TAG_DATA_WINDOW: data_window},
-        ))
+        run = retry(
+            "start the run",
+            lambda: client.create_run(
+                experiment_id,
+                run_name=f"retrain {data_window}",
+                tags={registry.TAG_RUN_KEY: run_key, registry.TAG_DATA_WINDOW: data_window},
+            ),
+        )
     run_id = run.info.run_id
     params = run_params(model, train_info, data_window, run_key)
 
     if existing is None:
-        log_run_contents(client, run, model, train_info, decision, params, validation_report,
-                          train_sample, retry)
-        existing = retry("register the model version", lambda: _register(
-            client, settings, run_id, model, model_dir, decision, run_key, data_window,
-            train_sample, experiment_id))
+        log_run_contents(
+            client, run, model, train_info, decision, params, validation_report, train_sample, retry
+        )
+        existing = retry(
+            "register the model version",
+            lambda: _register(
+                client,
+                settings,
+                run_id,
+                model,
+                model_dir,
+                decision,
+                run_key,
+                data_window,
+                train_sample,
+                experiment_id,
+            ),
+        )
     version = str(existing.version)
 
-    card = model_card(settings=settings, version=version, run_id=run_id, run_key=run_key,
-                      data_window=data_window, decision=decision, model=model, params=params)
+    card = model_card(
+        settings=settings,
+        version=version,
+        run_id=run_id,
+        run_key=run_key,
+        data_window=data_window,
+        decision=decision,
+        model=model,
+        params=params,
+    )
     retry("log the model card", lambda: client.log_text(run_id, card, "model_card.md"))
 
     final_decision, reason = decision.label, decision.reason
-    retry("set the challenger alias",
-          lambda: client.set_registered_model_alias(name, registry.CHALLENGER, version))
+    retry(
+        "set the challenger alias",
+        lambda: client.set_registered_model_alias(name, registry.CHALLENGER, version),
+    )
     if decision.promote:
-        move = retry("move the champion alias", lambda: registry.move_champion(
-            client, name, version, expected_champion=decision.champion_version,
-            holder=f"{run_key} ({registry.default_actor()})",
-            version_tags={registry.TAG_PROMOTED_AT: registry.now_iso()},
-        ))
+        move = retry(
+            "move the champion alias",
+            lambda: registry.move_champion(
+                client,
+                name,
+                version,
+                expected_champion=decision.champion_version,
+                holder=f"{run_key} ({registry.default_actor()})",
+                version_tags={registry.TAG_PROMOTED_AT: registry.now_iso()},
+            ),
+        )
         if not move.moved:
             final_decision = "reject"
             reason = (
@@ -222,14 +259,23 @@ def publish(
 
     retry("record the decision", finish)
     result = _result_from_version(
-        client, name, client.get_model_version(name, version), reused=False, settings=settings)
+        client, name, client.get_model_version(name, version), reused=False, settings=settings
+    )
     log.info("published %s v%s: %s (%s)", name, version, result.decision, result.reason)
     return result
 
 
 def _register(
-    client: Any, settings: Settings, run_id: str, model: Any, model_dir: Path, decision: Decision,
-    run_key: str, data_window: str, train_sample: Any, experiment_id: str,
+    client: Any,
+    settings: Settings,
+    run_id: str,
+    model: Any,
+    model_dir: Path,
+    decision: Decision,
+    run_key: str,
+    data_window: str,
+    train_sample: Any,
+    experiment_id: str,
 ) -> Any:
     """Log the pyfunc model in ``run_id`` and register it tagged with ``run_key`` (once)."""
     import mlflow
@@ -244,7 +290,8 @@ def _register(
     example = example_frame(model, train_sample)
     signature = infer_signature(example, score_frame(model, example))
     registry.ensure_registered_model(
-        client, name, description="emflow Gaussian mixture over telemetry (gmm_core arrays)")
+        client, name, description="emflow Gaussian mixture over telemetry (gmm_core arrays)"
+    )
     with tempfile.TemporaryDirectory(prefix="emflow-code-") as tmp:
         code = _gmm_core_code_copy(Path(tmp))
         # MLflow names the artifact folder after the source folder: stage it as "gmm".
@@ -253,8 +300,10 @@ def _register(
         for path in sorted(Path(model_dir).iterdir()):
             if path.is_file() and not path.name.startswith("."):
                 shutil.copy2(path, gmm_files / path.name)
-        with mlflow.start_run(run_id=run_id, experiment_id=experiment_id), \
-                _env(MLFLOW_LOG_UV_FILES="false"):  # not the whole project's lock file
+        with (
+            mlflow.start_run(run_id=run_id, experiment_id=experiment_id),
+            _env(MLFLOW_LOG_UV_FILES="false"),
+        ):  # not the whole project's lock file
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT,
                 python_model=str(PYFUNC_CODE),
@@ -275,17 +324,24 @@ def _register(
         "emflow.alignment_mean_cost": str(decision.alignment_mean_cost),
         "emflow.compared_with": str(decision.champion_version),
     }
-    return client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags,
-                                       description=f"retrain {data_window} ({run_key})",
-                                       model_id=info.model_id)
+    return client.create_model_version(
+        name,
+        info.model_uri,
+        run_id=run_id,
+        tags=tags,
+        description=f"retrain {data_window} ({run_key})",
+        model_id=info.model_id,
+    )
 
 
 def _result_from_version(
     client: Any, name: str, version: Any, *, reused: bool, settings: Settings
 ) -> PublishResult:
-    champion = with_retries("read the champion alias",
-                            lambda: registry.alias_version(client, name, registry.CHAMPION),
-                            settings)
+    champion = with_retries(
+        "read the champion alias",
+        lambda: registry.alias_version(client, name, registry.CHAMPION),
+        settings,
+    )
     v = str(version.version)
     return PublishResult(
         version=v,

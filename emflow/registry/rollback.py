@@ -56,7 +56,8 @@ def check_version_serves(settings: Settings, version: str) -> dict[str, Any]:
         ) from error
     missing = [c for c in OUTPUT_COLUMNS if c not in scored.columns]
     loglik = np.asarray(
-        [np.nan] if missing else scored["log_likelihood"].to_numpy(dtype=np.float64))
+        [np.nan] if missing else scored["log_likelihood"].to_numpy(dtype=np.float64)
+    )
     if missing or not np.isfinite(loglik).all():
         raise RollbackCheckError(
             f"{uri} scored its input example badly (missing {missing} or non-finite "
@@ -111,11 +112,14 @@ def rollback(
             f"no registered model {name!r} at {settings.tracking_uri}: nothing to roll back "
             "(check MLFLOW_TRACKING_URI / EMFLOW_HOME)"
         )
-    current = retry("read the champion", lambda: registry.alias_version(client, name,
-                                                                        registry.CHAMPION))
+    current = retry(
+        "read the champion", lambda: registry.alias_version(client, name, registry.CHAMPION)
+    )
     if version is None:
-        version = retry("read the previous champion", lambda: registry.alias_version(
-            client, name, registry.PREVIOUS_CHAMPION))
+        version = retry(
+            "read the previous champion",
+            lambda: registry.alias_version(client, name, registry.PREVIOUS_CHAMPION),
+        )
         if version is None:
             raise UnknownVersionError(
                 f"{name} has no previous champion recorded; pass an explicit version "
@@ -124,8 +128,10 @@ def rollback(
     target = str(version).strip()
     found = retry("read the version", lambda: registry.get_version(client, name, target))
     if found is None:
-        known = [str(v.version) for v in retry("list versions",
-                                               lambda: registry.list_versions(client, name))]
+        known = [
+            str(v.version)
+            for v in retry("list versions", lambda: registry.list_versions(client, name))
+        ]
         raise UnknownVersionError(
             f"version {target!r} of {name} does not exist (known versions: "
             f"{', '.join(reversed(known)) or 'none'}); champion stays "
@@ -134,27 +140,53 @@ def rollback(
     target = str(found.version)  # the registry's spelling: "02" is version 2
     at = registry.now_iso()
     if target == current:
-        return {"version": target, "previous": current, "actor": actor, "at": at,
-                "reason": reason, "changed": False, "check": None}
+        return {
+            "version": target,
+            "previous": current,
+            "actor": actor,
+            "at": at,
+            "reason": reason,
+            "changed": False,
+            "check": None,
+        }
     check = check_version_serves(settings, target)
-    move = retry("move the champion alias", lambda: registry.move_champion(
-        client, name, target, expected_champion=current, holder=f"rollback by {actor}",
-        version_tags={
-            registry.TAG_ROLLBACK_BY: actor,
-            registry.TAG_ROLLBACK_AT: at,
-            registry.TAG_ROLLBACK_REASON: reason[:5000],
-            registry.TAG_ROLLBACK_FROM: str(current),
-        },
-    ))
+    move = retry(
+        "move the champion alias",
+        lambda: registry.move_champion(
+            client,
+            name,
+            target,
+            expected_champion=current,
+            holder=f"rollback by {actor}",
+            version_tags={
+                registry.TAG_ROLLBACK_BY: actor,
+                registry.TAG_ROLLBACK_AT: at,
+                registry.TAG_ROLLBACK_REASON: reason[:5000],
+                registry.TAG_ROLLBACK_FROM: str(current),
+            },
+        ),
+    )
     if not move.moved:
         raise RuntimeError(
             f"the champion moved from v{current} to v{move.current} during the rollback; "
             "nothing changed: check `emflow status` and retry"
         )
-    record = {"version": target, "previous": current, "actor": actor, "at": at,
-              "reason": reason, "changed": True, "check": check}
-    retry("record the rollback", lambda: client.set_registered_model_tag(
-        name, "emflow.last_rollback", json.dumps(record, default=str)[:5000]))
-    log.warning("rolled back %s champion v%s -> v%s by %s: %s", name, current, target, actor,
-                reason)
+    record = {
+        "version": target,
+        "previous": current,
+        "actor": actor,
+        "at": at,
+        "reason": reason,
+        "changed": True,
+        "check": check,
+    }
+    retry(
+        "record the rollback",
+        lambda: client.set_registered_model_tag(
+            name, "emflow.last_rollback", json.dumps(record, default=str)[:5000]
+        ),
+    )
+    log.warning(
+        "rolled back %s champion v%s -> v%s by %s: %s", name, current, target, actor, reason
+    )
     return record

@@ -43,8 +43,17 @@ def run_params(model: Any, train_info: Mapping[str, Any], data_window: str, run_
         model_params = model.get_params()
     except AttributeError:
         model_params = {}
-    for key in ("n_components", "covariance_type", "n_init", "random_state", "tol", "reg_covar",
-                "max_iter", "init_params", "backend"):
+    for key in (
+        "n_components",
+        "covariance_type",
+        "n_init",
+        "random_state",
+        "tol",
+        "reg_covar",
+        "max_iter",
+        "init_params",
+        "backend",
+    ):
         if key in model_params:
             params[key] = model_params[key]
     params["n_features"] = int(model.n_features_in_)
@@ -95,14 +104,14 @@ def _metrics(
         "n_holdout_scored": decision.n_holdout or None,
         "promote": float(decision.promote),
         "n_iter": getattr(model, "n_iter_", None),
-        "converged": None if getattr(model, "converged_", None) is None
+        "converged": None
+        if getattr(model, "converged_", None) is None
         else float(bool(model.converged_)),
         "final_lower_bound": getattr(model, "lower_bound_", None),
         "training_seconds": train_info.get("fit_seconds", getattr(model, "fit_seconds_", None)),
     }
     scalars = _flat_scalars(train_info)
-    for key in ("n_train", "n_holdout", "n_train_rows", "n_holdout_rows",
-                "gpu_memory_peak_bytes"):
+    for key in ("n_train", "n_holdout", "n_train_rows", "n_holdout_rows", "gpu_memory_peak_bytes"):
         if isinstance(scalars.get(key), int | float) and not isinstance(scalars[key], bool):
             singles[key] = scalars[key]
     for key, value in singles.items():
@@ -187,8 +196,15 @@ def model_card(
 
 
 def log_run_contents(
-    client: Any, run: Any, model: Any, train_info: Mapping[str, Any], decision: Decision,
-    params: Mapping[str, str], validation_report: Any, train_sample: Any, retry: Any,
+    client: Any,
+    run: Any,
+    model: Any,
+    train_info: Mapping[str, Any],
+    decision: Decision,
+    params: Mapping[str, str],
+    validation_report: Any,
+    train_sample: Any,
+    retry: Any,
 ) -> None:
     """Params, metrics (skipped when an earlier attempt logged them), plots, report, decision."""
     from mlflow.entities import Metric, Param
@@ -199,20 +215,27 @@ def log_run_contents(
     if run.data.params:
         params = {k: v for k, v in params.items() if k not in run.data.params}
     if params:
-        retry("log params", lambda: client.log_batch(
-            run_id, params=[Param(k, v) for k, v in params.items()]))
+        retry(
+            "log params",
+            lambda: client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()]),
+        )
     if "holdout_mean_loglik" not in run.data.metrics:
         curves = _restart_curves(model, train_info)
         now_ms = int(time.time() * 1000)
-        metrics = [Metric(k, v, now_ms, s) for k, v, s in _metrics(model, train_info, decision,
-                                                                   curves)]
+        metrics = [
+            Metric(k, v, now_ms, s) for k, v, s in _metrics(model, train_info, decision, curves)
+        ]
         for start in range(0, len(metrics), 900):  # MLflow accepts 1000 entities per batch
-            chunk = metrics[start:start + 900]
+            chunk = metrics[start : start + 900]
             retry("log metrics", lambda chunk=chunk: client.log_batch(run_id, metrics=chunk))
     with tempfile.TemporaryDirectory(prefix="emflow-run-") as tmp:
         folder = Path(tmp)
-        plots.write_all(model, _sample_matrix(model, train_sample), folder / "plots",
-                        restart_lower_bounds=_restart_curves(model, train_info))
+        plots.write_all(
+            model,
+            _sample_matrix(model, train_sample),
+            folder / "plots",
+            restart_lower_bounds=_restart_curves(model, train_info),
+        )
         (folder / "gate").mkdir()
         (folder / "gate" / "decision.json").write_text(json.dumps(decision.to_dict(), indent=2))
         if validation_report is not None:
@@ -221,7 +244,10 @@ def log_run_contents(
                 shutil.copy(validation_report, folder / "validation" / Path(validation_report).name)
             else:
                 (folder / "validation" / "validation_report.json").write_text(
-                    json.dumps(validation_report, indent=2, default=str))
+                    json.dumps(validation_report, indent=2, default=str)
+                )
         for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-            retry(f"log {sub.name} artifacts",
-                  lambda sub=sub: client.log_artifacts(run_id, str(sub), sub.name))
+            retry(
+                f"log {sub.name} artifacts",
+                lambda sub=sub: client.log_artifacts(run_id, str(sub), sub.name),
+            )

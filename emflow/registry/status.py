@@ -24,33 +24,40 @@ def status(settings: Settings) -> dict[str, Any]:
 
     name = settings.model_name
     client = connect(settings)
-    out: dict[str, Any] = {"model_name": name, "tracking_uri": settings.tracking_uri,
-                           "aliases": {}, "versions": []}
-    if not with_retries("look up the model",
-                        lambda: registry.registered_model_exists(client, name), settings):
+    out: dict[str, Any] = {
+        "model_name": name,
+        "tracking_uri": settings.tracking_uri,
+        "aliases": {},
+        "versions": [],
+    }
+    if not with_retries(
+        "look up the model", lambda: registry.registered_model_exists(client, name), settings
+    ):
         return out
     model = with_retries("read the model", lambda: client.get_registered_model(name), settings)
     aliases = {str(k): str(v) for k, v in (model.aliases or {}).items()}
     out["aliases"] = aliases
     last_rollback = (model.tags or {}).get("emflow.last_rollback")
     out["last_rollback"] = json.loads(last_rollback) if last_rollback else None
-    versions = with_retries("list versions", lambda: registry.list_versions(client, name),
-                            settings)
+    versions = with_retries("list versions", lambda: registry.list_versions(client, name), settings)
     for v in versions:
         tags = v.tags or {}
-        out["versions"].append({
-            "version": str(v.version),
-            "aliases": sorted(a for a, target in aliases.items() if target == str(v.version)),
-            "decision": tags.get(registry.TAG_DECISION, ""),
-            "reason": tags.get(registry.TAG_REASON, ""),
-            "run_key": tags.get(registry.TAG_RUN_KEY, ""),
-            "data_window": tags.get(registry.TAG_DATA_WINDOW, ""),
-            "run_id": v.run_id,
-            "created": datetime.fromtimestamp(v.creation_timestamp / 1000, UTC)
-            .isoformat(timespec="seconds"),
-            "holdout_mean_loglik": tags.get("emflow.holdout_mean_loglik"),
-            "rollback_by": tags.get(registry.TAG_ROLLBACK_BY),
-            "rollback_at": tags.get(registry.TAG_ROLLBACK_AT),
-            "rollback_reason": tags.get(registry.TAG_ROLLBACK_REASON),
-        })
+        out["versions"].append(
+            {
+                "version": str(v.version),
+                "aliases": sorted(a for a, target in aliases.items() if target == str(v.version)),
+                "decision": tags.get(registry.TAG_DECISION, ""),
+                "reason": tags.get(registry.TAG_REASON, ""),
+                "run_key": tags.get(registry.TAG_RUN_KEY, ""),
+                "data_window": tags.get(registry.TAG_DATA_WINDOW, ""),
+                "run_id": v.run_id,
+                "created": datetime.fromtimestamp(v.creation_timestamp / 1000, UTC).isoformat(
+                    timespec="seconds"
+                ),
+                "holdout_mean_loglik": tags.get("emflow.holdout_mean_loglik"),
+                "rollback_by": tags.get(registry.TAG_ROLLBACK_BY),
+                "rollback_at": tags.get(registry.TAG_ROLLBACK_AT),
+                "rollback_reason": tags.get(registry.TAG_ROLLBACK_REASON),
+            }
+        )
     return out

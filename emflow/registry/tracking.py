@@ -125,7 +125,11 @@ def with_retries(
                 ) from error
             log.warning(
                 "MLflow unreachable while trying to %s (attempt %d/%d): %s; retrying in %.1f s",
-                step, attempt, attempts, str(error)[:200], wait_s,
+                step,
+                attempt,
+                attempts,
+                str(error)[:200],
+                wait_s,
             )
             time.sleep(wait_s)
             wait_s = min(_MAX_BACKOFF_S, max(wait_s * 2, 0.1))

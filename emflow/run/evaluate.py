@@ -53,9 +53,12 @@ def evaluate_challenger(
 
     settings = settings_for(request, settings)
     evaluation = evaluate(trained.model_dir, split.holdout_path, settings)
-    log.info("holdout mean log-likelihood: challenger %s, champion %s (v%s)",
-             evaluation.challenger_mean_loglik, evaluation.champion_mean_loglik,
-             evaluation.champion_version)
+    log.info(
+        "holdout mean log-likelihood: challenger %s, champion %s (v%s)",
+        evaluation.challenger_mean_loglik,
+        evaluation.champion_mean_loglik,
+        evaluation.champion_version,
+    )
     drift = None
     version = evaluation.champion_version
     if version is not None:

@@ -38,9 +38,13 @@ def gate(
     champion = None
     if evaluation.champion_version is not None:
         champion = load_model_dir(
-            version_model_dir(connect(settings), settings, evaluation.champion_version))
+            version_model_dir(connect(settings), settings, evaluation.champion_version)
+        )
     return gate_models(
-        evaluation, challenger, challenger_dir, champion,
+        evaluation,
+        challenger,
+        challenger_dir,
+        champion,
         promotion_margin=settings.promotion_margin,
         alignment_threshold=settings.alignment_threshold,
     )

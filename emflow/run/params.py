@@ -76,26 +76,54 @@ class ParamSpec:
 
 
 PARAMS: tuple[ParamSpec, ...] = (
-    ParamSpec("window_start", "date", None, "Window start (YYYY-MM-DD)",
-              "First day of telemetry to train on; empty: the day of the logical date.",
-              cli=False),
-    ParamSpec("window_end", "date", None, "Window end (exclusive)",
-              "Day after the last day of the window; empty: window start + 1 day.", cli=False),
+    ParamSpec(
+        "window_start",
+        "date",
+        None,
+        "Window start (YYYY-MM-DD)",
+        "First day of telemetry to train on; empty: the day of the logical date.",
+        cli=False,
+    ),
+    ParamSpec(
+        "window_end",
+        "date",
+        None,
+        "Window end (exclusive)",
+        "Day after the last day of the window; empty: window start + 1 day.",
+        cli=False,
+    ),
     ParamSpec("n_components", "integer", 4, "Mixture components (K)", minimum=1, maximum=256),
     ParamSpec("covariance_type", "string", "full", "Covariance type", choices=COVARIANCE_TYPES),
-    ParamSpec("n_init", "integer", 3, "Seeded restarts (best lower bound wins)",
-              minimum=1, maximum=64),
+    ParamSpec(
+        "n_init", "integer", 3, "Seeded restarts (best lower bound wins)", minimum=1, maximum=64
+    ),
     ParamSpec("max_iter", "integer", 100, "EM iterations cap", minimum=1, maximum=10_000),
-    ParamSpec("seed", "integer", 0, "Random seed (split and restarts)",
-              minimum=0, maximum=2**32 - 1),
-    ParamSpec("backend", "string", "auto", "Compute backend",
-              "auto: the Dask cluster when EMFLOW_DASK_SCHEDULER is set, else CuPy when a GPU "
-              "is usable, else NumPy. multigpu: every GPU of the worker.", choices=BACKENDS),
-    ParamSpec("holdout_fraction", "number", 0.2, "Holdout fraction", minimum=0.05, maximum=0.5,
-              cli=False),
-    ParamSpec("promotion_margin", "number", None, "Promotion margin (nats/sample)",
-              "Largest holdout log-likelihood drop still promoted; empty: "
-              "EMFLOW_PROMOTION_MARGIN (0.05).", minimum=0, maximum=100, cli=False),
+    ParamSpec(
+        "seed", "integer", 0, "Random seed (split and restarts)", minimum=0, maximum=2**32 - 1
+    ),
+    ParamSpec(
+        "backend",
+        "string",
+        "auto",
+        "Compute backend",
+        "auto: the Dask cluster when EMFLOW_DASK_SCHEDULER is set, else CuPy when a GPU "
+        "is usable, else NumPy. multigpu: every GPU of the worker.",
+        choices=BACKENDS,
+    ),
+    ParamSpec(
+        "holdout_fraction", "number", 0.2, "Holdout fraction", minimum=0.05, maximum=0.5, cli=False
+    ),
+    ParamSpec(
+        "promotion_margin",
+        "number",
+        None,
+        "Promotion margin (nats/sample)",
+        "Largest holdout log-likelihood drop still promoted; empty: "
+        "EMFLOW_PROMOTION_MARGIN (0.05).",
+        minimum=0,
+        maximum=100,
+        cli=False,
+    ),
 )
 SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMS}
 

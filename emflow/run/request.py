@@ -113,8 +113,9 @@ def build_request(
         start = min(s for s, _ in event_windows)
         end_value = max(e for _, e in event_windows).isoformat()
     elif logical_date is not None or data_interval_start is not None:
-        start = _as_day(logical_date if logical_date is not None else data_interval_start,
-                        "logical date")
+        start = _as_day(
+            logical_date if logical_date is not None else data_interval_start, "logical date"
+        )
         end_value = merged["window_end"]
     else:
         raise WindowError(
@@ -124,14 +125,16 @@ def build_request(
     end = _as_day(end_value, "window_end") if end_value else start + timedelta(days=1)
     if end <= start:
         raise WindowError(f"window_end {end} must be after window_start {start}")
-    return RunRequest(**{
-        **merged,
-        "window_start": start.isoformat(),
-        "window_end": end.isoformat(),
-        "run_key": run_key_for(run_id),
-        "run_id": run_id,
-        "dag_id": dag_id,
-    })
+    return RunRequest(
+        **{
+            **merged,
+            "window_start": start.isoformat(),
+            "window_end": end.isoformat(),
+            "run_key": run_key_for(run_id),
+            "run_id": run_id,
+            "dag_id": dag_id,
+        }
+    )
 
 
 def request_from_context(context: Mapping[str, Any]) -> RunRequest:
@@ -177,7 +180,7 @@ def window_files(request: RunRequest, settings: Settings) -> list[Path]:
     """Telemetry batches of the window, day by day.
 
     A day's batches are the data files under ``<data_root>/incoming/<day>/`` as the validator
-    lists them (:func:`validation.batch.list_batch_files`: ``.parquet``/``.pq``/``.csv`` in any
+    lists them (:func:`validation.reader.list_batch_files`: ``.parquet``/``.pq``/``.csv`` in any
     letter case, sub-folders included, names starting with ``.`` or ``_``, files still being
     written, skipped), plus the batches this run already moved to quarantine: a retried run
     must meet its rejected batch again, not train on the rest of the window.
@@ -187,8 +190,8 @@ def window_files(request: RunRequest, settings: Settings) -> list[Path]:
     WindowError
         The window holds no telemetry file (the message lists where it looked).
     """
-    from validation.batch import list_batch_files
     from validation.quarantine import MANIFEST, run_folder_name
+    from validation.reader import list_batch_files
 
     root = Path(settings.data_root)
     incoming = root / "incoming"

@@ -34,7 +34,9 @@ def rollback_champion(
         raise ValueError("a rollback needs a reason: say why the champion is being moved")
     result = rollback(
         version=None if version in (None, "") else str(version),
-        reason=reason, actor=actor, settings=settings or Settings(),
+        reason=reason,
+        actor=actor,
+        settings=settings or Settings(),
     )
     result = json.loads(json.dumps(result, default=str))
     log.info("rollback by %s: %s", actor, result)

@@ -45,8 +45,14 @@ def split_window(
     train_path, holdout_path = out / "train.parquet", out / "holdout.parquet"
     frame.iloc[np.sort(order[n_holdout:])].to_parquet(train_path, index=False)
     frame.iloc[np.sort(order[:n_holdout])].to_parquet(holdout_path, index=False)
-    log.info("split %d rows: %d train, %d holdout (seed %d) -> %s",
-             n_samples, n_samples - n_holdout, n_holdout, request.seed, out)
+    log.info(
+        "split %d rows: %d train, %d holdout (seed %d) -> %s",
+        n_samples,
+        n_samples - n_holdout,
+        n_holdout,
+        request.seed,
+        out,
+    )
     return Split(
         train_path=str(train_path),
         holdout_path=str(holdout_path),

@@ -137,8 +137,10 @@ class Evaluated(Record):
 
     def to_json(self) -> dict[str, Any]:
         """``{"evaluation": {...}, "drift": {...} or None}``."""
-        return {"evaluation": self.evaluation.to_json(),
-                "drift": None if self.drift is None else self.drift.to_json()}
+        return {
+            "evaluation": self.evaluation.to_json(),
+            "drift": None if self.drift is None else self.drift.to_json(),
+        }
 
     @classmethod
     def from_json(cls, values: Any) -> Evaluated:
@@ -149,5 +151,7 @@ class Evaluated(Record):
         if isinstance(values, cls):
             return values
         drift = values.get("drift")
-        return cls(Evaluation.from_json(values["evaluation"]),
-                   None if drift is None else Drift.from_json(drift))
+        return cls(
+            Evaluation.from_json(values["evaluation"]),
+            None if drift is None else Drift.from_json(drift),
+        )

@@ -23,8 +23,19 @@ from emflow.run.request import metrics_request_from_context, request_from_contex
 from emflow.run.state import Evaluated, RunRequest, Split, Trained, Validated
 from emflow.run.summary import STEPS
 
-__all__ = ["STEPS", "RunRejected", "evaluate", "gate", "publish", "publish_metrics",
-           "request_from_context", "rollback", "split", "train", "validate"]
+__all__ = [
+    "STEPS",
+    "RunRejected",
+    "evaluate",
+    "gate",
+    "publish",
+    "publish_metrics",
+    "request_from_context",
+    "rollback",
+    "split",
+    "train",
+    "validate",
+]
 
 JSON = dict[str, Any]
 
@@ -76,8 +87,9 @@ def evaluate(
     """:func:`emflow.run.evaluate.evaluate_challenger`: ``{"evaluation": ..., "drift": ...}``."""
     from emflow.run.evaluate import evaluate_challenger
 
-    return evaluate_challenger(RunRequest.from_json(request), Split.from_json(split_),
-                               Trained.from_json(trained)).to_json()
+    return evaluate_challenger(
+        RunRequest.from_json(request), Split.from_json(split_), Trained.from_json(trained)
+    ).to_json()
 
 
 def gate(
@@ -86,8 +98,9 @@ def gate(
     """:func:`emflow.run.gate.gate_challenger`: the decision."""
     from emflow.run.gate import gate_challenger
 
-    return gate_challenger(RunRequest.from_json(request), Trained.from_json(trained),
-                           Evaluated.from_json(evaluated)).to_json()
+    return gate_challenger(
+        RunRequest.from_json(request), Trained.from_json(trained), Evaluated.from_json(evaluated)
+    ).to_json()
 
 
 def publish(
@@ -102,8 +115,11 @@ def publish(
     from emflow.run.publish import publish_challenger
 
     return publish_challenger(
-        RunRequest.from_json(request), Validated.from_json(validated), Split.from_json(split_),
-        Trained.from_json(trained), Decision.from_json(decision),
+        RunRequest.from_json(request),
+        Validated.from_json(validated),
+        Split.from_json(split_),
+        Trained.from_json(trained),
+        Decision.from_json(decision),
     ).to_json()
 
 
@@ -134,8 +150,9 @@ def publish_metrics(
     """Publish the run's metrics from each task's JSON return value (None: it failed)."""
     from emflow.run.summary import publish_metrics as publish_run_metrics
 
-    return publish_run_metrics(metrics_request_from_context(context), outputs_from_json(values),
-                               rejected=rejected)
+    return publish_run_metrics(
+        metrics_request_from_context(context), outputs_from_json(values), rejected=rejected
+    )
 
 
 def rollback(version: int | str | None, reason: str, actor: str) -> JSON:

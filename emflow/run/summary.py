@@ -62,9 +62,14 @@ def run_summary(
         summary["rows_quarantined"] = outputs.validate.rows_quarantined
     drift = None if outputs.evaluate is None else outputs.evaluate.drift
     if drift is not None:
-        summary["drift"] = {**drift.psi, **(
-            {"score_divergence": drift.score_divergence}
-            if drift.score_divergence is not None else {})}
+        summary["drift"] = {
+            **drift.psi,
+            **(
+                {"score_divergence": drift.score_divergence}
+                if drift.score_divergence is not None
+                else {}
+            ),
+        }
     elif rejected:
         summary["rows_validated"] = rejected.get("rows_validated", rejected["rows_quarantined"])
         summary["rows_quarantined"] = rejected["rows_quarantined"]

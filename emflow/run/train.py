@@ -27,8 +27,10 @@ def _gpu_unavailable_reason() -> str | None:
 def _backend_for(requested: str, settings: Settings) -> str:
     """The gmm_core backend of a run: ``auto`` means the Dask cluster when one is configured."""
     if requested == "auto" and settings.dask_scheduler:
-        log.info("backend=auto with EMFLOW_DASK_SCHEDULER=%s: training on the Dask cluster",
-                 settings.dask_scheduler)
+        log.info(
+            "backend=auto with EMFLOW_DASK_SCHEDULER=%s: training on the Dask cluster",
+            settings.dask_scheduler,
+        )
         return "dask"
     return requested
 
@@ -99,18 +101,31 @@ def train_challenger(
     )
     if model.backend == "auto" and (reason := _gpu_unavailable_reason()):
         log.warning("backend=auto: %s; training on the CPU with the NumPy backend", reason)
-    log.info("training K=%d %s n_init=%d max_iter=%d seed=%d on %d x %d rows (backend=%s)",
-             model.n_components, model.covariance_type, model.n_init, model.max_iter,
-             request.seed, X.shape[0], X.shape[1], request.backend)
+    log.info(
+        "training K=%d %s n_init=%d max_iter=%d seed=%d on %d x %d rows (backend=%s)",
+        model.n_components,
+        model.covariance_type,
+        model.n_init,
+        model.max_iter,
+        request.seed,
+        X.shape[0],
+        X.shape[1],
+        request.backend,
+    )
     with _compute_context(model.backend, settings):
         model.fit(X)
     gpu_peak = _gpu_memory_peak_bytes(model.backend_)
     finals = [float(bounds[-1]) for bounds in model.restart_lower_bounds_ if len(bounds)]
     for r, bounds in enumerate(model.restart_lower_bounds_):
         log.info("restart %d: %d iterations, lower bound %.5f", r, len(bounds), float(bounds[-1]))
-    log.info("winner: lower bound %.5f after %d iterations, converged=%s, %.2f s on %s",
-             model.lower_bound_, model.n_iter_, model.converged_, model.fit_seconds_,
-             model.backend_)
+    log.info(
+        "winner: lower bound %.5f after %d iterations, converged=%s, %.2f s on %s",
+        model.lower_bound_,
+        model.n_iter_,
+        model.converged_,
+        model.fit_seconds_,
+        model.backend_,
+    )
     timings.update(log_fit(log, model))
 
     started = time.perf_counter()
@@ -128,13 +143,16 @@ def train_challenger(
     write_reference(summarize_reference(X, split.feature_columns, model=model), model_dir)
     timings["save"] = time.perf_counter() - started
     log_phase(log, "save", timings["save"])
-    training_json = _write_json(model_dir / "training.json", {
-        "restart_lower_bounds": [np.asarray(b).tolist() for b in model.restart_lower_bounds_],
-        "lower_bounds": np.asarray(model.lower_bounds_).tolist(),
-        "fit_seconds": float(model.fit_seconds_),
-        "backend": model.backend_,
-        "timings": timings,
-    })
+    training_json = _write_json(
+        model_dir / "training.json",
+        {
+            "restart_lower_bounds": [np.asarray(b).tolist() for b in model.restart_lower_bounds_],
+            "lower_bounds": np.asarray(model.lower_bounds_).tolist(),
+            "fit_seconds": float(model.fit_seconds_),
+            "backend": model.backend_,
+            "timings": timings,
+        },
+    )
     return Trained(
         model_dir=str(model_dir),
         training_json=str(training_json),

@@ -51,7 +51,10 @@ def validate_window(request: RunRequest, settings: Settings | None = None) -> Va
     for path in window_files(request, settings):
         log.info("validating %s against contract %s v%s", path, contract.name, contract.version)
         result = validation.check_batch(
-            path, run_id=request.run_key, data_root=settings.data_root, contract=contract,
+            path,
+            run_id=request.run_key,
+            data_root=settings.data_root,
+            contract=contract,
             window=validation.window_for_day(day_of(path, settings)),
         )
         log.info("%s: %s", path, result.summary)
@@ -59,7 +62,8 @@ def validate_window(request: RunRequest, settings: Settings | None = None) -> Va
     rejected = [result for _, result in results if not result.success]
     if rejected:
         raise validation.BatchRejected.from_results(
-            rejected, rows_checked=sum(int(result.n_rows) for _, result in results))
+            rejected, rows_checked=sum(int(result.n_rows) for _, result in results)
+        )
     return Validated(
         files=[str(path) for path, _ in results],
         reports=[str(result.report_path) for _, result in results if result.report_path],

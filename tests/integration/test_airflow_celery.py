@@ -58,12 +58,15 @@ def celery_cluster():
     env = {
         **os.environ,
         **airflow_environment(
-            settings, sql_alchemy_conn=database_url, executor="CeleryExecutor", api_port=port,
+            settings,
+            sql_alchemy_conn=database_url,
+            executor="CeleryExecutor",
+            api_port=port,
             parallelism=2,
             extra={
                 "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
                 "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql+psycopg2://postgres@127.0.0.1:5432/"
-                                                   f"{DATABASE}",
+                f"{DATABASE}",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             },
         ),
@@ -82,14 +85,44 @@ def celery_cluster():
         Started("api-server", [airflow, "api-server"], env, home),
         Started("scheduler", [airflow, "scheduler"], env, home),
         Started("dag-processor", [airflow, "dag-processor"], env, home),
-        Started("gpu-worker", [airflow, "celery", "worker", "--queues", "gpu",
-                               "--celery-hostname", "gpu-worker@%h", "--concurrency", "1",
-                               "--skip-serve-logs", "--without-gossip", "--without-mingle"],
-                {**env, **named, "EMFLOW_WORKER_NAME": "gpu-worker"}, home),
-        Started("cpu-worker", [airflow, "celery", "worker", "--queues", "default",
-                               "--celery-hostname", "cpu-worker@%h", "--concurrency", "1",
-                               "--skip-serve-logs", "--without-gossip", "--without-mingle"],
-                {**env, **named, "EMFLOW_WORKER_NAME": "cpu-worker"}, home),
+        Started(
+            "gpu-worker",
+            [
+                airflow,
+                "celery",
+                "worker",
+                "--queues",
+                "gpu",
+                "--celery-hostname",
+                "gpu-worker@%h",
+                "--concurrency",
+                "1",
+                "--skip-serve-logs",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            {**env, **named, "EMFLOW_WORKER_NAME": "gpu-worker"},
+            home,
+        ),
+        Started(
+            "cpu-worker",
+            [
+                airflow,
+                "celery",
+                "worker",
+                "--queues",
+                "default",
+                "--celery-hostname",
+                "cpu-worker@%h",
+                "--concurrency",
+                "1",
+                "--skip-serve-logs",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            {**env, **named, "EMFLOW_WORKER_NAME": "cpu-worker"},
+            home,
+        ),
     ]
     api = Api(f"http://127.0.0.1:{port}")
     try:
@@ -113,15 +146,19 @@ def test_train_runs_on_the_gpu_worker_and_nothing_else_does(celery_cluster):
     finished = api.wait_run("gmm_retrain", run["dag_run_id"], 900, list(processes.values()))
     tis = api.task_instances("gmm_retrain", run["dag_run_id"])
     states = {task: ti["state"] for task, ti in tis.items()}
-    assert finished["state"] == "success", (states, processes["gpu-worker"].tail(),
-                                            processes["cpu-worker"].tail())
+    assert finished["state"] == "success", (
+        states,
+        processes["gpu-worker"].tail(),
+        processes["cpu-worker"].tail(),
+    )
     # where each task ran, as Airflow recorded it
     assert tis["train"]["queue"] == "gpu"
     assert tis["train"]["hostname"].startswith("gpu-worker@")
     others = {task: ti for task, ti in tis.items() if task != "train"}
     assert {ti["queue"] for ti in others.values()} == {"default"}
     assert all(ti["hostname"].startswith("cpu-worker@") for ti in others.values()), {
-        task: ti["hostname"] for task, ti in others.items()}
+        task: ti["hostname"] for task, ti in others.items()
+    }
     # and as the workers logged it
     gpu_log = processes["gpu-worker"].log_path.read_text(errors="replace")
     cpu_log = processes["cpu-worker"].log_path.read_text(errors="replace")

@@ -67,19 +67,33 @@ DRIVER = textwrap.dedent(
 def runs():
     home = private_tmp("emflow-dagtest-")
     settings = Settings(home=home)
-    env = {**os.environ, **airflow_environment(settings), "EMFLOW_RETRY_DELAY_S": "1",
-           "EMFLOW_PUSHGATEWAY": ""}
-    proc = subprocess.run([sys.executable, "-c", DRIVER], env=env, capture_output=True,
-                          text=True, timeout=900)
+    env = {
+        **os.environ,
+        **airflow_environment(settings),
+        "EMFLOW_RETRY_DELAY_S": "1",
+        "EMFLOW_PUSHGATEWAY": "",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER], env=env, capture_output=True, text=True, timeout=900
+    )
     output = proc.stdout + proc.stderr
     (home / "driver.log").write_text(output)
     assert proc.returncode == 0, output[-5000:]
-    found = {prefix: json.loads(line[len(prefix):]) for line in proc.stdout.splitlines()
-             for prefix in ("OUTCOMES", "BADSHA") if line.startswith(prefix)}
+    found = {
+        prefix: json.loads(line[len(prefix) :])
+        for line in proc.stdout.splitlines()
+        for prefix in ("OUTCOMES", "BADSHA")
+        if line.startswith(prefix)
+    }
     outcomes = found["OUTCOMES"]
     bad_path, bad_sha = found["BADSHA"]
-    return {"settings": settings, "outcomes": outcomes, "output": output,
-            "bad_path": bad_path, "bad_sha": bad_sha}
+    return {
+        "settings": settings,
+        "outcomes": outcomes,
+        "output": output,
+        "bad_path": bad_path,
+        "bad_sha": bad_sha,
+    }
 
 
 def _client(settings):
@@ -95,7 +109,8 @@ def test_first_good_run_registers_the_champion(runs):
     publication = first["xcom"]["publish"]
     assert publication["promoted"] is True and publication["version"] == "1"
     version = _client(runs["settings"]).get_model_version_by_alias(
-        runs["settings"].model_name, "champion")
+        runs["settings"].model_name, "champion"
+    )
     # the registry (not just the XCom) says it; rollback has moved it since, see below
     assert version.tags["emflow.run_key"] == first["xcom"]["validate"]["request"]["run_key"]
     metrics = first["xcom"]["publish_metrics"]
@@ -166,7 +181,8 @@ def test_second_good_run_is_gated_against_the_champion(runs):
     metrics = second["xcom"]["publish_metrics"]
     assert set(metrics["drift"]) == set(drift["psi"]) | {"score_divergence"}
     versions = _client(runs["settings"]).search_model_versions(
-        f"name='{runs['settings'].model_name}'")
+        f"name='{runs['settings'].model_name}'"
+    )
     assert sorted(str(v.version) for v in versions) == ["1", "2"]  # none for the bad batch
 
 
@@ -191,6 +207,7 @@ def test_rollback_moves_the_alias_and_refuses_unknown_versions(runs):
     assert record["changed"] is True and record["reason"] == "test: roll back"
     assert record["actor"].startswith("airflow:")
     champion = _client(runs["settings"]).get_model_version_by_alias(
-        runs["settings"].model_name, "champion")
+        runs["settings"].model_name, "champion"
+    )
     assert str(champion.version) == str(record["version"]) != str(record["previous"])
     assert champion.tags["emflow.rollback_reason"] == "test: roll back"

@@ -19,9 +19,23 @@ def test_demo_shows_quarantine_promotion_rejection_and_rollback():
     env = {**os.environ, "EMFLOW_PUSHGATEWAY": ""}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "emflow.cli", "demo", "--home", str(home / "demo"),
-         "--rows-per-day", "3000", "--n-init", "2"],
-        env=env, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "emflow.cli",
+            "demo",
+            "--home",
+            str(home / "demo"),
+            "--rows-per-day",
+            "3000",
+            "--n-init",
+            "2",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-4000:]
     assert re.search(r"2026-11-16 .*PROMOTED v1", out)

@@ -32,8 +32,11 @@ from emflow.config import Settings
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # test artifacts (the UI screenshot) stay after the run, in a git-ignored folder
-ARTIFACTS = Path(os.environ.get("EMFLOW_TEST_ARTIFACTS",
-                                Path(__file__).resolve().parents[2] / ".emflow" / "test-artifacts"))
+ARTIFACTS = Path(
+    os.environ.get(
+        "EMFLOW_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / ".emflow" / "test-artifacts"
+    )
+)
 DAY = "2026-11-16"  # the REST-triggered run's window
 BACKFILL_DAYS = ("2026-11-17", "2026-11-18")
 LIGHT = {"n_init": 1, "max_iter": 40}  # backfill conf: keep the slow test short
@@ -50,19 +53,31 @@ def _chromium() -> str:
     if found:
         return found
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("chromium is not installed and apt-get cannot install it here "
-                    "(run: apt-get install chromium)")
+        pytest.skip(
+            "chromium is not installed and apt-get cannot install it here "
+            "(run: apt-get install chromium)"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], env=env, check=True, timeout=600)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, check=True,
-                   timeout=1200)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "chromium"], env=env, check=True, timeout=1200
+    )
     return shutil.which("chromium") or pytest.fail("apt-get installed no chromium binary")
 
 
 def _chromium_args(url: str, profile: Path) -> list[str]:
-    return [_chromium(), "--headless=new", "--no-sandbox", "--disable-gpu",
-            "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1600,1000",
-            "--virtual-time-budget=20000", "--run-all-compositor-stages-before-draw", url]
+    return [
+        _chromium(),
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1600,1000",
+        "--virtual-time-budget=20000",
+        "--run-all-compositor-stages-before-draw",
+        url,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -105,14 +120,22 @@ def triggered(standalone):
     api.unpause("gmm_retrain")
     # exactly what the trigger form posts: every Param, the edited ones changed
     conf = {
-        "window_start": DAY, "window_end": None, "n_components": 4, "covariance_type": "diag",
-        "n_init": 2, "max_iter": 80, "seed": 11, "backend": "auto", "holdout_fraction": 0.25,
+        "window_start": DAY,
+        "window_end": None,
+        "n_components": 4,
+        "covariance_type": "diag",
+        "n_init": 2,
+        "max_iter": 80,
+        "seed": 11,
+        "backend": "auto",
+        "holdout_fraction": 0.25,
         "promotion_margin": 0.1,
     }
     run = api.trigger("gmm_retrain", conf, f"{DAY}T00:00:00Z")
     assert run["conf"] == conf and run["state"] in ("queued", "running")
-    backfill = api.backfill("gmm_retrain", f"{BACKFILL_DAYS[0]}T00:00:00Z",
-                            f"{BACKFILL_DAYS[-1]}T00:00:00Z", LIGHT)
+    backfill = api.backfill(
+        "gmm_retrain", f"{BACKFILL_DAYS[0]}T00:00:00Z", f"{BACKFILL_DAYS[-1]}T00:00:00Z", LIGHT
+    )
     assert backfill["dag_id"] == "gmm_retrain" and backfill["dag_run_conf"] == LIGHT
     runs = api.wait_runs("gmm_retrain", 4, 1500, [standalone["server"]])
     finished = next(r for r in runs if r["dag_run_id"] == run["dag_run_id"])
@@ -130,8 +153,11 @@ def test_rest_triggered_run_succeeds_with_the_form_params(triggered):
     assert (tis["train"]["queue"], tis["train"]["pool"]) == ("gpu", "gpu")
     settings: Settings = triggered["settings"]
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
-    version = next(v for v in client.search_model_versions(f"name='{settings.model_name}'")
-                   if v.tags["emflow.data_window"] == f"{DAY}..2026-11-17")
+    version = next(
+        v
+        for v in client.search_model_versions(f"name='{settings.model_name}'")
+        if v.tags["emflow.data_window"] == f"{DAY}..2026-11-17"
+    )
     assert client.get_registered_model(settings.model_name).aliases.get("champion")
     mlflow_run = client.get_run(version.run_id)
     assert mlflow_run.data.params["covariance_type"] == "diag"  # the conf reached training
@@ -151,11 +177,14 @@ def test_schedule_and_backfill_retrain_one_window_per_logical_date(triggered):
     assert sorted(by_type["backfill"]) == list(BACKFILL_DAYS)
     settings: Settings = triggered["settings"]
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
-    windows = sorted(v.tags["emflow.data_window"]
-                     for v in client.search_model_versions(f"name='{settings.model_name}'"))
+    windows = sorted(
+        v.tags["emflow.data_window"]
+        for v in client.search_model_versions(f"name='{settings.model_name}'")
+    )
     expected = sorted(
         f"{day}..{(datetime.fromisoformat(day) + timedelta(days=1)).date().isoformat()}"
-        for day in (_yesterday(), DAY, *BACKFILL_DAYS))
+        for day in (_yesterday(), DAY, *BACKFILL_DAYS)
+    )
     assert windows == expected  # one registered version per window, each its own day
 
 
@@ -174,13 +203,21 @@ def test_chromium_renders_the_dag_page(triggered, tmp_path):
     screenshot.unlink(missing_ok=True)
     # all-admins login sets the UI's token cookie, then redirects to the DAG's grid page
     url = f"http://127.0.0.1:{port}/auth/token/login?next=/dags/gmm_retrain"
-    dom = subprocess.run(_chromium_args(url, tmp_path / "p1") + ["--dump-dom"], text=True,
-                         capture_output=True, timeout=180)
+    dom = subprocess.run(
+        _chromium_args(url, tmp_path / "p1") + ["--dump-dom"],
+        text=True,
+        capture_output=True,
+        timeout=180,
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
     (ARTIFACTS / "airflow_gmm_retrain_grid.html").write_text(dom.stdout)
     assert "Internal Server Error" not in dom.stdout
     assert "gmm_retrain" in dom.stdout and "Runs" in dom.stdout
-    shot = subprocess.run(_chromium_args(url, tmp_path / "p2") + [f"--screenshot={screenshot}"],
-                          capture_output=True, text=True, timeout=180)
+    shot = subprocess.run(
+        _chromium_args(url, tmp_path / "p2") + [f"--screenshot={screenshot}"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert shot.returncode == 0, shot.stderr[-2000:]
     assert screenshot.stat().st_size > 10_000  # a rendered page, not a blank one

@@ -73,8 +73,10 @@ def test_unit_tests_catch_a_changed_threshold(tmp_path):
     text = ALERTS.read_text()
     assert "emflow_quarantined_rows / emflow_validated_rows > 0.05" in text
     (tmp_path / ALERTS.name).write_text(
-        text.replace("emflow_quarantined_rows / emflow_validated_rows > 0.05",
-                     "emflow_quarantined_rows / emflow_validated_rows > 0.5")
+        text.replace(
+            "emflow_quarantined_rows / emflow_validated_rows > 0.05",
+            "emflow_quarantined_rows / emflow_validated_rows > 0.5",
+        )
     )
     done = promtool("test", "rules", str(tmp_path / ALERTS_TEST.name), cwd=tmp_path)
     assert done.returncode != 0
@@ -101,13 +103,18 @@ def test_drift_thresholds_are_the_data_contracts():
     contract = yaml.safe_load((REPO / "validation" / "contracts" / "telemetry.yaml").read_text())
     expressions = {rule["alert"]: rule["expr"] for rule in alert_rules()}
     assert expressions["EmflowFeatureDriftHigh"] == (
-        f"emflow_feature_drift_psi > {contract['drift']['psi']}")
+        f"emflow_feature_drift_psi > {contract['drift']['psi']}"
+    )
     assert expressions["EmflowScoreDriftHigh"] == (
-        f"emflow_drift_score_divergence > {contract['drift']['score_divergence']}")
+        f"emflow_drift_score_divergence > {contract['drift']['score_divergence']}"
+    )
 
 
 def test_operator_docs_list_every_alert_with_its_severity():
     docs = (REPO / "ops" / "README.md").read_text()
-    rows = {line.split("`")[1]: line.split("|")[2].strip()
-            for line in docs.splitlines() if line.startswith("| `Emflow")}
+    rows = {
+        line.split("`")[1]: line.split("|")[2].strip()
+        for line in docs.splitlines()
+        if line.startswith("| `Emflow")
+    }
     assert rows == {rule["alert"]: rule["labels"]["severity"] for rule in alert_rules()}

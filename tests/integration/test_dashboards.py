@@ -33,8 +33,11 @@ def load(name: str) -> dict:
 
 def queries(board: dict) -> list[tuple[str, str]]:
     """(panel title, PromQL) for every panel target and template variable of a dashboard."""
-    found = [(panel["title"], query["expr"])
-             for panel in board["panels"] for query in panel.get("targets", [])]
+    found = [
+        (panel["title"], query["expr"])
+        for panel in board["panels"]
+        for query in panel.get("targets", [])
+    ]
     for variable in board["templating"]["list"]:
         found.append((f"${variable['name']}", variable["definition"]))
     return found
@@ -51,19 +54,21 @@ def test_promql_metric_names_parser():
         "sum(changes(m1[7d])) / sum without (instance) (rate(m2[$__rate_interval]))"
     ) == {"m1", "m2"}
     assert promql_metric_names("label_values(emflow_em_restarts, model)") == {"emflow_em_restarts"}
-    assert promql_metric_names('quantile_over_time(0.5, x_seconds[7d]) > bool 3') == {"x_seconds"}
+    assert promql_metric_names("quantile_over_time(0.5, x_seconds[7d]) > bool 3") == {"x_seconds"}
 
 
 def test_committed_json_is_what_the_generator_writes():
-    spec = importlib.util.spec_from_file_location("make_dashboards",
-                                                  OPS / "grafana" / "make_dashboards.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_dashboards", OPS / "grafana" / "make_dashboards.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert set(module.DASHBOARDS) == set(DASHBOARDS)
     for name, board in module.DASHBOARDS.items():
         committed = (DASHBOARD_DIR / f"{name}.json").read_text()
         assert committed == module.render(board), (
-            f"{name}.json differs from ops/grafana/make_dashboards.py: run it and commit")
+            f"{name}.json differs from ops/grafana/make_dashboards.py: run it and commit"
+        )
 
 
 @pytest.mark.parametrize("name", DASHBOARDS)
@@ -79,8 +84,11 @@ def test_dashboard_is_well_formed_and_uses_the_provisioned_datasource(name):
     for panel in board["panels"]:
         grid = panel["gridPos"]
         assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
-        cells = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"])
-                 for y in range(grid["y"], grid["y"] + grid["h"])}
+        cells = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
         assert not cells & occupied, f"{panel['title']} overlaps another panel"
         occupied |= cells
         if panel["type"] != "text":
@@ -108,8 +116,9 @@ def test_every_exported_metric_is_on_a_dashboard():
 
 
 def test_seed_panels_are_present():
-    titles = {name: " | ".join(p["title"].lower() for p in load(name)["panels"])
-              for name in DASHBOARDS}
+    titles = {
+        name: " | ".join(p["title"].lower() for p in load(name)["panels"]) for name in DASHBOARDS
+    }
     for words in ("since last successful retrain", "success rate", "holdout", "drift", "cost"):
         assert words in titles["executive"], words
     for words in ("latest run", "firing", "quarantined", "challenger vs champion", "duration"):
@@ -143,30 +152,47 @@ def wait_for(url: str, expr: str, timeout: float = 30.0) -> list:
 def test_real_prometheus_answers_every_panel_after_a_pushed_run(tmp_path):
     with pushgateway(tmp_path) as gateway:
         publish_run_metrics(
-            {"model_name": "telemetry-gmm", "run_key": "scheduled__2026-11-23",
-             "status": "success", "train_seconds": 12.5, "n_iter": 37, "n_restarts": 3,
-             "restart_lower_bounds": [-5.2, -5.1, -5.15], "winner_lower_bound": -5.1,
-             "holdout_loglik_challenger": -5.12, "holdout_loglik_champion": -5.2,
-             "decision": "promoted", "alignment_cost": 0.04,
-             "drift": {"latency_ms": 0.05, "cpu_util": 0.3, "score_divergence": 0.02},
-             "rows_validated": 20_000, "rows_quarantined": 0,
-             "gpu_memory_peak_bytes": 123_456_789, "device_peak_bytes": 100_000_000,
-             "backend": "cupy",
-             "component_weights": [0.4, 0.35, 0.25]},
+            {
+                "model_name": "telemetry-gmm",
+                "run_key": "scheduled__2026-11-23",
+                "status": "success",
+                "train_seconds": 12.5,
+                "n_iter": 37,
+                "n_restarts": 3,
+                "restart_lower_bounds": [-5.2, -5.1, -5.15],
+                "winner_lower_bound": -5.1,
+                "holdout_loglik_challenger": -5.12,
+                "holdout_loglik_champion": -5.2,
+                "decision": "promoted",
+                "alignment_cost": 0.04,
+                "drift": {"latency_ms": 0.05, "cpu_util": 0.3, "score_divergence": 0.02},
+                "rows_validated": 20_000,
+                "rows_quarantined": 0,
+                "gpu_memory_peak_bytes": 123_456_789,
+                "device_peak_bytes": 100_000_000,
+                "backend": "cupy",
+                "component_weights": [0.4, 0.35, 0.25],
+            },
             Settings(home=tmp_path, pushgateway_url=gateway),
         )
         host_port = gateway.removeprefix("http://")
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(PROMETHEUS_DIR / "alerts.yml")],
-            "scrape_configs": [{"job_name": "pushgateway", "honor_labels": True,
-                                "static_configs": [{"targets": [host_port]}]}],
+            "scrape_configs": [
+                {
+                    "job_name": "pushgateway",
+                    "honor_labels": True,
+                    "static_configs": [{"targets": [host_port]}],
+                }
+            ],
         }
         with prometheus(tmp_path, config) as prom:
             wait_for(prom, "emflow_retrain_last_run_timestamp_seconds")
             # the rules file loads in a real server, and the drift alert (PSI 0.3) fires
-            firing = wait_for(prom, 'ALERTS{alertname="EmflowFeatureDriftHigh",'
-                                    'alertstate="firing"}')
+            firing = wait_for(
+                prom, 'ALERTS{alertname="EmflowFeatureDriftHigh",alertstate="firing"}'
+            )
             assert firing[0]["metric"]["feature"] == "cpu_util"
             groups = json.loads(http_get(f"{prom}/api/v1/rules"))["data"]["groups"]
             rules = [rule for group in groups for rule in group["rules"]]

@@ -33,8 +33,10 @@ def models(tmp_path_factory: pytest.TempPathFactory, data: dict) -> dict:
     root = tmp_path_factory.mktemp("models")
     out = {}
     out["good"] = (root / "good", train(data["train"], root / "good", seed=0)[1])
-    out["small"] = (root / "small",
-                    train(data["train"].iloc[:120], root / "small", seed=3, n_init=1)[1])
+    out["small"] = (
+        root / "small",
+        train(data["train"].iloc[:120], root / "small", seed=3, n_init=1)[1],
+    )
     out["one"] = (root / "one", train(data["train"], root / "one", n_components=1)[1])
     return out
 
@@ -105,8 +107,14 @@ def test_run_records_params_curves_plots_card_and_report(settings, models, data,
     best = max(curves, key=lambda c: c[-1])
     assert [m.value for m in sorted(winner, key=lambda m: m.step)] == pytest.approx(best)
     metrics = run.data.metrics
-    for key in ("holdout_mean_loglik", "training_seconds", "final_lower_bound", "n_train",
-                "holdout_aic", "holdout_bic"):
+    for key in (
+        "holdout_mean_loglik",
+        "training_seconds",
+        "final_lower_bound",
+        "n_train",
+        "holdout_aic",
+        "holdout_bic",
+    ):
         assert key in metrics, key
     # the values, not just the names: each from its source
     assert metrics["holdout_mean_loglik"] == pytest.approx(evaluation.challenger_mean_loglik)
@@ -119,15 +127,20 @@ def test_run_records_params_curves_plots_card_and_report(settings, models, data,
     assert sum(m.value for m in weights) == pytest.approx(1.0)
 
     listed = {a.path for a in client.list_artifacts(result.run_id, "plots")}
-    assert listed == {"plots/convergence.png", "plots/components_pca.png",
-                      "plots/component_weights.png"}
+    assert listed == {
+        "plots/convergence.png",
+        "plots/components_pca.png",
+        "plots/component_weights.png",
+    }
     local = Path(client.download_artifacts(result.run_id, "", str(tmp_path / "dl")))
     for png in (local / "plots").iterdir():
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
     card = (local / "model_card.md").read_text()
     assert f"{settings.model_name} v1" in card and "promote" in card
     assert json.loads((local / "validation" / "validation_report.json").read_text()) == {
-        "success": True, "rows": 10}
+        "success": True,
+        "rows": 10,
+    }
     assert json.loads((local / "gate" / "decision.json").read_text())["promote"] is True
 
 
@@ -139,8 +152,7 @@ def test_better_challenger_promoted_worse_rejected_with_reason(settings, models,
     assert first.promoted
 
     good_dir, good_info = _copy(models, "good", tmp_path)
-    evaluation, decision, better = cycle(settings, good_dir, data["holdout"], "run-good",
-                                         good_info)
+    evaluation, decision, better = cycle(settings, good_dir, data["holdout"], "run-good", good_info)
     assert evaluation.champion_version == "1"
     assert evaluation.challenger_mean_loglik > evaluation.champion_mean_loglik
     assert decision.promote and decision.alignment_mean_cost <= settings.alignment_threshold
@@ -183,8 +195,9 @@ def test_permuted_challenger_comes_back_with_champion_ids(settings, models, data
     champion = gmm_core.load_model(good_dir)
     order = [2, 3, 0, 1]
     permuted_dir = tmp_path / "permuted"
-    gmm_core.save_model(gmm_core.reorder_components(champion, order), permuted_dir,
-                        feature_names=FEATURES)
+    gmm_core.save_model(
+        gmm_core.reorder_components(champion, order), permuted_dir, feature_names=FEATURES
+    )
     X = data["holdout"][FEATURES].to_numpy()
     labels_before = gmm_core.load_model(permuted_dir).predict(X)
     assert (labels_before != champion.predict(X)).mean() > 0.5  # ids really are switched
@@ -200,8 +213,7 @@ def test_permuted_challenger_comes_back_with_champion_ids(settings, models, data
     np.testing.assert_allclose(aligned.means_, champion.means_)
     served = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@champion")
     assert result.version == "2"
-    np.testing.assert_array_equal(served.predict(data["holdout"])["component"],
-                                  champion.predict(X))
+    np.testing.assert_array_equal(served.predict(data["holdout"])["component"], champion.predict(X))
 
 
 def test_logged_artifacts_hold_no_pickle(settings, models, data, tmp_path):
@@ -209,15 +221,19 @@ def test_logged_artifacts_hold_no_pickle(settings, models, data, tmp_path):
     cycle(settings, good_dir, data["holdout"], "run-1", info)
     files = [p for p in settings.artifact_root.rglob("*") if p.is_file()]
     assert any(p.name == "model.npz" for p in files) and any(p.name == "MLmodel" for p in files)
-    suspicious = [p for p in files
-                  if p.suffix in (".pkl", ".pickle", ".joblib", ".cloudpickle")
-                  or "pickle" in p.name.lower()
-                  or p.read_bytes()[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")]
+    suspicious = [
+        p
+        for p in files
+        if p.suffix in (".pkl", ".pickle", ".joblib", ".cloudpickle")
+        or "pickle" in p.name.lower()
+        or p.read_bytes()[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+    ]
     assert suspicious == []
     import yaml
 
-    flavor = yaml.safe_load(next(p for p in files if p.name == "MLmodel").read_text())[
-        "flavors"]["python_function"]
+    flavor = yaml.safe_load(next(p for p in files if p.name == "MLmodel").read_text())["flavors"][
+        "python_function"
+    ]
     assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"  # model as code
     assert "python_model" not in flavor  # the key naming a cloudpickled python_model object
     assert flavor["artifacts"]["gmm"]["path"] == "artifacts/gmm"
@@ -260,8 +276,14 @@ print(" ".join(repr(float(v)) for v in scored["log_likelihood"]))
 """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["CUDA_VISIBLE_DEVICES"] = ""
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     module_file, flags, scores = done.stdout.strip().splitlines()[-3:]
     assert "/code/gmm_core/" in module_file

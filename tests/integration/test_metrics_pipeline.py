@@ -40,8 +40,10 @@ def run_pipeline(settings: Settings, day: date, seed: int) -> dict:
     frame = make_telemetry(2000, str(day), str(day + timedelta(days=1)), seed=seed)
     write_window(frame, settings.data_root, day)
     request = build_request(
-        {"n_components": 3, "n_init": 2, "max_iter": 50}, run_id=f"manual__{day}",
-        logical_date=datetime(day.year, day.month, day.day, tzinfo=UTC))
+        {"n_components": 3, "n_init": 2, "max_iter": 50},
+        run_id=f"manual__{day}",
+        logical_date=datetime(day.year, day.month, day.day, tzinfo=UTC),
+    )
     validated = validate_window(request, settings)
     split = split_window(request, validated, settings)
     trained = train_challenger(request, split, settings)
@@ -77,28 +79,37 @@ def test_pipeline_runs_push_their_metrics_to_a_real_pushgateway(tmp_path):
         assert fed <= set(samples), f"not on the gateway: {sorted(fed - set(samples))}"
         # what a CPU run cannot feed: GPU memory (CuPy backend only) and drift, until the
         # validate step reports it
-        assert set(METRICS) - fed <= {"emflow_gpu_memory_peak_bytes", "emflow_feature_drift_psi",
-                                      "emflow_drift_score_divergence",
-                                      "emflow_train_device_peak_bytes"}
+        assert set(METRICS) - fed <= {
+            "emflow_gpu_memory_peak_bytes",
+            "emflow_feature_drift_psi",
+            "emflow_drift_score_divergence",
+            "emflow_train_device_peak_bytes",
+        }
 
         def value(name, **labels):
-            (match,) = [s.value for s in samples[name]
-                        if all(s.labels.get(k) == v for k, v in labels.items())]
+            (match,) = [
+                s.value
+                for s in samples[name]
+                if all(s.labels.get(k) == v for k, v in labels.items())
+            ]
             return match
 
         for name, key in SCALARS.items():
             if key in second and key != "drift":
                 assert value(name) == pytest.approx(second[key]), name
         assert value("emflow_retrain_last_run_success") == 1.0
-        assert (value("emflow_retrain_last_success_timestamp_seconds")
-                == value("emflow_retrain_last_run_timestamp_seconds"))
+        assert value("emflow_retrain_last_success_timestamp_seconds") == value(
+            "emflow_retrain_last_run_timestamp_seconds"
+        )
         for role in ("challenger", "champion"):
             assert value("emflow_holdout_log_likelihood_nats", role=role) == pytest.approx(
-                second[f"holdout_loglik_{role}"])
+                second[f"holdout_loglik_{role}"]
+            )
         assert value("emflow_promotion_decision", outcome=second["decision"]) == 1.0
         for index, bound in enumerate(second["restart_lower_bounds"]):
             assert value("emflow_restart_lower_bound_nats", restart=str(index)) == pytest.approx(
-                bound)
+                bound
+            )
         for index, weight in enumerate(second["component_weights"]):
             assert value("emflow_component_weight", component=str(index)) == pytest.approx(weight)
         (info,) = samples["emflow_retrain_last_run_info"]

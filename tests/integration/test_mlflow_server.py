@@ -28,8 +28,11 @@ from support.lifecycle import cycle, telemetry, train
 
 from emflow.config import Settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow,
-              pytest.mark.filterwarnings("ignore::UserWarning")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
 
 STARTUP_TIMEOUT_S = 240
 
@@ -47,8 +50,9 @@ def _postgres_database() -> tuple[str, object] | None:
     except ImportError:
         return None
     try:
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="root", dbname="postgres",
-                                 connect_timeout=3)
+        admin = psycopg2.connect(
+            host="127.0.0.1", port=5432, user="root", dbname="postgres", connect_timeout=3
+        )
     except Exception:  # not running here: fall back to SQLite
         return None
     admin.autocommit = True
@@ -73,10 +77,24 @@ class MlflowServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [str(mlflow_bin), "server", "--backend-store-uri", self.backend_uri,
-                 "--artifacts-destination", str(self.artifacts), "--host", "127.0.0.1",
-                 "--port", str(self.port), "--workers", "1"],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                [
+                    str(mlflow_bin),
+                    "server",
+                    "--backend-store-uri",
+                    self.backend_uri,
+                    "--artifacts-destination",
+                    str(self.artifacts),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    "1",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
             )
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -90,8 +108,10 @@ class MlflowServer:
                 pass
             time.sleep(1)
         self.stop()
-        raise RuntimeError(f"mlflow server not healthy after {STARTUP_TIMEOUT_S} s: "
-                           f"{self.log_path.read_text()[-3000:]}")
+        raise RuntimeError(
+            f"mlflow server not healthy after {STARTUP_TIMEOUT_S} s: "
+            f"{self.log_path.read_text()[-3000:]}"
+        )
 
     def kill(self) -> None:
         """SIGKILL the server's process group at once (a crash, mid-request)."""
@@ -169,8 +189,9 @@ def test_publish_and_serve_through_the_server(server, models, tmp_path):
 
         with psycopg2.connect(host="127.0.0.1", user="root", dbname=server.database) as conn:
             with conn.cursor() as cur:
-                cur.execute("SELECT version FROM model_versions WHERE name = %s",
-                            (settings.model_name,))
+                cur.execute(
+                    "SELECT version FROM model_versions WHERE name = %s", (settings.model_name,)
+                )
                 assert [row[0] for row in cur.fetchall()] == [1]
     assert not any(p.suffix in (".pkl", ".pickle") for p in server.artifacts.rglob("*"))
 
@@ -188,15 +209,20 @@ def test_server_killed_during_publish_then_started_registers_once(
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # our own retries, fast
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    settings = Settings(home=tmp_path / "home", tracking_uri=server.url, mlflow_retries=20,
-                        mlflow_backoff_s=1.0)
+    settings = Settings(
+        home=tmp_path / "home", tracking_uri=server.url, mlflow_retries=20, mlflow_backoff_s=1.0
+    )
     champion_version = registry.alias_version(
-        mlflow.MlflowClient(server.url, registry_uri=server.url), settings.model_name, "champion")
+        mlflow.MlflowClient(server.url, registry_uri=server.url), settings.model_name, "champion"
+    )
     assert champion_version is not None, "runs after test_publish_and_serve_through_the_server"
     champion = gmm_core.load_model(models["root"] / "good")
     permuted_dir = tmp_path / "permuted"
-    gmm_core.save_model(gmm_core.reorder_components(champion, [3, 2, 1, 0]), permuted_dir,
-                        feature_names=list(champion.feature_names_))
+    gmm_core.save_model(
+        gmm_core.reorder_components(champion, [3, 2, 1, 0]),
+        permuted_dir,
+        feature_names=list(champion.feature_names_),
+    )
     holdout = telemetry(400, seed=3)
     evaluation = evaluate(permuted_dir, holdout, settings)
     decision = gate(evaluation, permuted_dir, settings)
@@ -218,8 +244,13 @@ def test_server_killed_during_publish_then_started_registers_once(
     def publish_in_thread():
         try:
             outcome["result"] = publish(
-                decision, permuted_dir, run_key="srv-run-2", data_window="w",
-                train_info=models["good"], settings=settings)
+                decision,
+                permuted_dir,
+                run_key="srv-run-2",
+                data_window="w",
+                train_info=models["good"],
+                settings=settings,
+            )
         except Exception as error:  # surfaced below
             outcome["error"] = error
 
@@ -233,7 +264,8 @@ def test_server_killed_during_publish_then_started_registers_once(
         while not seen_run and time.monotonic() < deadline and worker.is_alive():
             experiment = watcher.get_experiment_by_name(settings.experiment_name)
             seen_run = watcher.search_runs(
-                [experiment.experiment_id], "tags.`emflow.run_key` = 'srv-run-2'")
+                [experiment.experiment_id], "tags.`emflow.run_key` = 'srv-run-2'"
+            )
             time.sleep(0.05)
         assert seen_run, "the publish never created its run"
         server.kill()
@@ -255,11 +287,20 @@ def test_server_killed_during_publish_then_started_registers_once(
 
     client = mlflow.MlflowClient(server.url, registry_uri=server.url)
     found = client.search_model_versions(
-        f"name='{settings.model_name}' and tags.`emflow.run_key` = 'srv-run-2'")
+        f"name='{settings.model_name}' and tags.`emflow.run_key` = 'srv-run-2'"
+    )
     assert [str(v.version) for v in found] == [result.version]
     served = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@champion")
-    np.testing.assert_array_equal(served.predict(holdout)["component"],
-                                  champion.predict(holdout[list(champion.feature_names_)]))
-    again = publish(decision, permuted_dir, run_key="srv-run-2", data_window="w",
-                              train_info=models["good"], settings=settings)
+    np.testing.assert_array_equal(
+        served.predict(holdout)["component"],
+        champion.predict(holdout[list(champion.feature_names_)]),
+    )
+    again = publish(
+        decision,
+        permuted_dir,
+        run_key="srv-run-2",
+        data_window="w",
+        train_info=models["good"],
+        settings=settings,
+    )
     assert again.reused and again.version == result.version

@@ -69,8 +69,12 @@ def test_retried_publish_registers_one_version(settings, trained, holdout, tmp_p
     model_dir, info = _copy(trained, "good", tmp_path)
     evaluation = evaluate(model_dir, holdout, settings)
     decision = gate(evaluation, model_dir, settings)
-    kwargs = dict(run_key="dag/run-7", data_window="2026-11-01..2026-11-02", train_info=info,
-                  settings=settings)
+    kwargs = dict(
+        run_key="dag/run-7",
+        data_window="2026-11-01..2026-11-02",
+        train_info=info,
+        settings=settings,
+    )
     first = publish(decision, model_dir, **kwargs)
     again = publish(decision.to_dict(), model_dir, **kwargs)
     assert (first.version, first.reused) == ("1", False)
@@ -122,16 +126,22 @@ def test_killed_before_registration_reuses_its_run(settings, trained, holdout, t
     assert client.get_run(orphan.info.run_id).info.status == "FINISHED"
 
 
-def test_promotion_is_refused_when_the_champion_moved_meanwhile(settings, trained, holdout,
-                                                                tmp_path):
+def test_promotion_is_refused_when_the_champion_moved_meanwhile(
+    settings, trained, holdout, tmp_path
+):
     from emflow.registry.publish import publish
 
     _two_champions(settings, trained, holdout, tmp_path)
     stale_dir, info = _copy(trained, "good", tmp_path, "stale")
-    stale = Decision(promote=True, reason="gate said promote against v1", model_dir=str(stale_dir),
-                     champion_version="1")  # evaluated while v1 was champion
-    result = publish(stale, stale_dir, run_key="run-stale", data_window="w",
-                               train_info=info, settings=settings)
+    stale = Decision(
+        promote=True,
+        reason="gate said promote against v1",
+        model_dir=str(stale_dir),
+        champion_version="1",
+    )  # evaluated while v1 was champion
+    result = publish(
+        stale, stale_dir, run_key="run-stale", data_window="w", train_info=info, settings=settings
+    )
     assert result.version == "3" and not result.promoted and result.decision == "reject"
     assert "champion moved from v1 to v2" in result.reason
     assert _champion(settings) == "2"
@@ -143,19 +153,30 @@ def test_two_runs_finishing_at_once_never_both_promote(settings, trained, holdou
     # Both gated against "no champion": each would promote on its own.
     dirs = [_copy(trained, "good", tmp_path, f"m{i}") for i in range(2)]
     publish(  # create experiment and registered model first, so the race is on aliases
-        Decision(promote=False, reason="warm-up", model_dir=str(dirs[0][0]),
-                 champion_version=None),
-        dirs[0][0], run_key="warm-up", data_window="w", train_info={}, settings=settings)
+        Decision(promote=False, reason="warm-up", model_dir=str(dirs[0][0]), champion_version=None),
+        dirs[0][0],
+        run_key="warm-up",
+        data_window="w",
+        train_info={},
+        settings=settings,
+    )
     results, errors = {}, []
     barrier = threading.Barrier(2)
 
     def publish_one(i):
         try:
-            decision = Decision(promote=True, reason="first model", model_dir=str(dirs[i][0]),
-                                champion_version=None)
+            decision = Decision(
+                promote=True, reason="first model", model_dir=str(dirs[i][0]), champion_version=None
+            )
             barrier.wait()
-            results[i] = publish(decision, dirs[i][0], run_key=f"race-{i}",
-                                 data_window="w", train_info=dirs[i][1], settings=settings)
+            results[i] = publish(
+                decision,
+                dirs[i][0],
+                run_key=f"race-{i}",
+                data_window="w",
+                train_info=dirs[i][1],
+                settings=settings,
+            )
         except Exception as error:  # surfaced below
             errors.append(error)
 
@@ -256,15 +277,26 @@ def test_unreachable_server_is_retried_then_fails_clearly_keeping_the_model(
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
-    settings = Settings(home=tmp_path / "home", tracking_uri=f"http://127.0.0.1:{_free_port()}",
-                        mlflow_retries=3, mlflow_backoff_s=0.05)
+    settings = Settings(
+        home=tmp_path / "home",
+        tracking_uri=f"http://127.0.0.1:{_free_port()}",
+        mlflow_retries=3,
+        mlflow_backoff_s=0.05,
+    )
     model_dir, info = _copy(trained, "good", tmp_path)
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in model_dir.iterdir()}
-    decision = Decision(promote=True, reason="first", model_dir=str(model_dir),
-                        champion_version=None)
+    decision = Decision(
+        promote=True, reason="first", model_dir=str(model_dir), champion_version=None
+    )
     with pytest.raises(TrackingUnavailableError) as caught:
-        publish(decision, model_dir, run_key="run-x", data_window="w",
-                          train_info=info, settings=settings)
+        publish(
+            decision,
+            model_dir,
+            run_key="run-x",
+            data_window="w",
+            train_info=info,
+            settings=settings,
+        )
     message = str(caught.value)
     assert "3 attempts" in message and str(model_dir) in message and "run-x" in message
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in model_dir.iterdir()}

@@ -56,8 +56,9 @@ class Started:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(args, env=dict(env), stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            args, env=dict(env), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -90,14 +91,16 @@ class Api:
         self.base_url = base_url.rstrip("/")
         self.token: str | None = None
 
-    def request(self, method: str, path: str, body: Any = None, *, auth: bool = True,
-                timeout: float = 30.0) -> Any:
+    def request(
+        self, method: str, path: str, body: Any = None, *, auth: bool = True, timeout: float = 30.0
+    ) -> Any:
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if auth and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        req = urllib.request.Request(self.base_url + path, data=data, headers=headers,
-                                     method=method)
+        req = urllib.request.Request(
+            self.base_url + path, data=data, headers=headers, method=method
+        )
         for attempt in range(1, 6):
             try:
                 with urllib.request.urlopen(req, timeout=timeout) as response:
@@ -146,12 +149,19 @@ class Api:
 
     def trigger(self, dag_id: str, conf: Mapping[str, Any], logical_date: str) -> dict[str, Any]:
         """``POST /dagRuns`` with the body the UI's trigger form sends."""
-        return self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns",
-                            {"logical_date": logical_date, "conf": dict(conf),
-                             "note": "triggered by the emflow end-to-end test"})
+        return self.request(
+            "POST",
+            f"/api/v2/dags/{dag_id}/dagRuns",
+            {
+                "logical_date": logical_date,
+                "conf": dict(conf),
+                "note": "triggered by the emflow end-to-end test",
+            },
+        )
 
-    def wait_run(self, dag_id: str, run_id: str, timeout: float,
-                 processes: list[Started]) -> dict[str, Any]:
+    def wait_run(
+        self, dag_id: str, run_id: str, timeout: float, processes: list[Started]
+    ) -> dict[str, Any]:
         """Poll the run until it succeeds or fails; return its record."""
         from urllib.parse import quote
 
@@ -168,15 +178,26 @@ class Api:
             time.sleep(5)
         raise TimeoutError(f"run {run_id} still {run.get('state')} after {timeout} s")
 
-    def backfill(self, dag_id: str, from_date: str, to_date: str,
-                 conf: Mapping[str, Any]) -> dict[str, Any]:
+    def backfill(
+        self, dag_id: str, from_date: str, to_date: str, conf: Mapping[str, Any]
+    ) -> dict[str, Any]:
         """``POST /backfills``: one run per logical date in ``[from_date, to_date]``."""
-        return self.request("POST", "/api/v2/backfills", {
-            "dag_id": dag_id, "from_date": from_date, "to_date": to_date,
-            "dag_run_conf": dict(conf), "max_active_runs": 1, "reprocess_behavior": "none"})
+        return self.request(
+            "POST",
+            "/api/v2/backfills",
+            {
+                "dag_id": dag_id,
+                "from_date": from_date,
+                "to_date": to_date,
+                "dag_run_conf": dict(conf),
+                "max_active_runs": 1,
+                "reprocess_behavior": "none",
+            },
+        )
 
-    def wait_runs(self, dag_id: str, count: int, timeout: float,
-                  processes: list[Started]) -> list[dict[str, Any]]:
+    def wait_runs(
+        self, dag_id: str, count: int, timeout: float, processes: list[Started]
+    ) -> list[dict[str, Any]]:
         """Wait until ``dag_id`` has ``count`` runs, all finished; return them."""
         deadline = time.monotonic() + timeout
         runs: list[dict[str, Any]] = []
@@ -195,15 +216,18 @@ class Api:
         from urllib.parse import quote
 
         listing = self.request(
-            "GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances")
+            "GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances"
+        )
         return {ti["task_id"]: ti for ti in listing["task_instances"]}
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
         from urllib.parse import quote
 
         body = self.request(
-            "GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/"
-                   f"{task_id}/logs/{try_number}?full_content=true")
+            "GET",
+            f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/"
+            f"{task_id}/logs/{try_number}?full_content=true",
+        )
         return json.dumps(body.get("content", body))
 
 
@@ -212,8 +236,9 @@ def postgres_reachable(dbname: str = "postgres") -> str | None:
     try:
         import psycopg2
 
-        psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname=dbname,
-                         connect_timeout=3).close()
+        psycopg2.connect(
+            host="127.0.0.1", port=5432, user="postgres", dbname=dbname, connect_timeout=3
+        ).close()
     except Exception as exc:  # noqa: BLE001 - any failure means "skip, and say why"
         return f"PostgreSQL on 127.0.0.1:5432 unreachable ({type(exc).__name__}: {exc})"
     return None

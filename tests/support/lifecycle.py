@@ -17,23 +17,34 @@ def telemetry(n_rows: int, seed: int, *, shift: float = 0.0, n_modes: int = 4) -
     """Synthetic telemetry rows (ids, timestamps and the six feature columns)."""
     from validation.synthetic import make_telemetry
 
-    return make_telemetry(n_rows, "2026-11-01", "2026-11-02", seed=seed, shift=shift,
-                          n_modes=n_modes)
+    return make_telemetry(
+        n_rows, "2026-11-01", "2026-11-02", seed=seed, shift=shift, n_modes=n_modes
+    )
 
 
 def train(
-    frame: pd.DataFrame, directory: Path, *, n_components: int = 4, seed: int = 0,
-    n_init: int = 2, max_iter: int = 100,
+    frame: pd.DataFrame,
+    directory: Path,
+    *,
+    n_components: int = 4,
+    seed: int = 0,
+    n_init: int = 2,
+    max_iter: int = 100,
 ) -> tuple[Any, dict[str, Any]]:
     """Fit gmm_core on ``frame``'s features, save it to ``directory``; return model and info."""
     import gmm_core
 
     model = gmm_core.GaussianMixture(
-        n_components, covariance_type="full", n_init=n_init, random_state=seed,
-        max_iter=max_iter, backend="numpy",
+        n_components,
+        covariance_type="full",
+        n_init=n_init,
+        random_state=seed,
+        max_iter=max_iter,
+        backend="numpy",
     ).fit(frame[FEATURES].to_numpy())
-    gmm_core.save_model(model, directory, feature_names=FEATURES,
-                        metadata={"seed": seed, "n_train": len(frame)})
+    gmm_core.save_model(
+        model, directory, feature_names=FEATURES, metadata={"seed": seed, "n_train": len(frame)}
+    )
     info = {
         "params": {"n_components": n_components, "n_init": n_init, "seed": seed},
         "backend": model.backend_,
@@ -46,8 +57,13 @@ def train(
 
 
 def cycle(
-    settings: Settings, model_dir: Path, holdout: pd.DataFrame, run_key: str,
-    info: dict[str, Any], *, sample: pd.DataFrame | None = None,
+    settings: Settings,
+    model_dir: Path,
+    holdout: pd.DataFrame,
+    run_key: str,
+    info: dict[str, Any],
+    *,
+    sample: pd.DataFrame | None = None,
 ) -> tuple[Any, Any, Any]:
     """evaluate -> gate -> publish, as the pipeline runs them; return the three results."""
     from emflow.registry.publish import publish
@@ -57,8 +73,13 @@ def cycle(
     evaluation = evaluate(model_dir, holdout, settings)
     decision = gate(evaluation.to_dict(), model_dir, settings)
     result = publish(
-        decision.to_dict(), model_dir, run_key=run_key, data_window=("2026-11-01", "2026-11-02"),
-        train_info=info, settings=settings, validation_report={"success": True, "rows": 10},
+        decision.to_dict(),
+        model_dir,
+        run_key=run_key,
+        data_window=("2026-11-01", "2026-11-02"),
+        train_info=info,
+        settings=settings,
+        validation_report={"success": True, "rows": 10},
         train_sample=sample if sample is not None else holdout,
     )
     return evaluation, decision, result

@@ -47,7 +47,10 @@ def require_binary(binary: str) -> str:
         ["apt-get", "install", "-y", "--no-install-recommends", package],
     ):
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=900,
+            command,
+            capture_output=True,
+            text=True,
+            timeout=900,
             env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
         )
         log.append(done.stdout[-400:] + done.stderr[-400:])
@@ -106,8 +109,11 @@ def pushgateway(tmp_path: Path) -> Iterator[str]:
     binary = require_binary("prometheus-pushgateway")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [binary, f"--web.listen-address=127.0.0.1:{port}",
-               f"--persistence.file={tmp_path / 'pushgateway.data'}"]
+    command = [
+        binary,
+        f"--web.listen-address=127.0.0.1:{port}",
+        f"--persistence.file={tmp_path / 'pushgateway.data'}",
+    ]
     with running(command, f"{url}/-/ready", tmp_path / "pushgateway.log"):
         yield url
 
@@ -120,8 +126,12 @@ def prometheus(tmp_path: Path, config: dict) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     config_file = tmp_path / "prometheus.yml"
     config_file.write_text(json.dumps(config))  # JSON is YAML
-    command = [binary, f"--config.file={config_file}", f"--web.listen-address=127.0.0.1:{port}",
-               f"--storage.tsdb.path={tmp_path / 'tsdb'}"]
+    command = [
+        binary,
+        f"--config.file={config_file}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+    ]
     with running(command, f"{url}/-/ready", tmp_path / "prometheus.log"):
         yield url
 
@@ -130,17 +140,49 @@ def prometheus(tmp_path: Path, config: dict) -> Iterator[str]:
 # PromQL: which metric names does an expression read?
 
 PROMQL_KEYWORDS = {
-    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
-    "offset", "bool", "inf", "nan", "atan2", "start", "end",
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "bool",
+    "inf",
+    "nan",
+    "atan2",
+    "start",
+    "end",
 }
 # aggregation operators and functions are followed by "(" (or by "by"/"without" for aggregations)
 PROMQL_AGGREGATIONS = {
-    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk",
-    "topk", "quantile", "limitk", "limit_ratio",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
 }
 # metrics Prometheus itself makes: the rule engine's alert series and the scrape-health ones
-PROMETHEUS_BUILTINS = {"ALERTS", "ALERTS_FOR_STATE", "up", "push_time_seconds",
-                       "push_failure_time_seconds", "scrape_duration_seconds"}
+PROMETHEUS_BUILTINS = {
+    "ALERTS",
+    "ALERTS_FOR_STATE",
+    "up",
+    "push_time_seconds",
+    "push_failure_time_seconds",
+    "scrape_duration_seconds",
+}
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _LABEL_BLOCK = re.compile(r"\{[^{}]*\}")

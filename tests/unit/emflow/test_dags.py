@@ -15,10 +15,25 @@ import pytest
 from emflow.airflow.environment import GPU_POOL, GPU_QUEUE, airflow_environment, dags_folder
 from emflow.config import Settings
 
-HEAVY_MODULES = ("mlflow", "great_expectations", "cupy", "sklearn", "pandas", "torch", "gmm_core",
-                 "validation", "emflow.model", "emflow.registry", "emflow.metrics",
-                 "emflow.run.split", "emflow.run.train", "emflow.run.evaluate", "emflow.run.gate",
-                 "emflow.run.publish", "emflow.run.validate")
+HEAVY_MODULES = (
+    "mlflow",
+    "great_expectations",
+    "cupy",
+    "sklearn",
+    "pandas",
+    "torch",
+    "gmm_core",
+    "validation",
+    "emflow.model",
+    "emflow.registry",
+    "emflow.metrics",
+    "emflow.run.split",
+    "emflow.run.train",
+    "emflow.run.evaluate",
+    "emflow.run.gate",
+    "emflow.run.publish",
+    "emflow.run.validate",
+)
 
 # Parses the DAG folder the way the dag-processor does, after Airflow's own imports, and reports
 # what the DAG files added: modules, database connections, Variable/Connection look-ups.
@@ -65,11 +80,16 @@ def parse_report(tmp_path_factory):
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/missing/dir/airflow.db",
         "EMFLOW_RETRAIN_SCHEDULE": "30 6 * * *",
     }
-    proc = subprocess.run([sys.executable, "-c", PARSE_SCRIPT, str(dags_folder())], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", PARSE_SCRIPT, str(dags_folder())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(out for out in proc.stdout.splitlines() if out.startswith("RESULT"))
-    return json.loads(line[len("RESULT"):])
+    return json.loads(line[len("RESULT") :])
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +108,11 @@ def test_dag_folder_imports_without_errors(parse_report, dagbag):
 
 def test_parsing_touches_no_database_connection_variable_or_heavy_library(parse_report):
     assert parse_report["touched"] == []
-    heavy = [m for m in parse_report["added_modules"]
-             if any(m == h or m.startswith(h + ".") for h in HEAVY_MODULES)]
+    heavy = [
+        m
+        for m in parse_report["added_modules"]
+        if any(m == h or m.startswith(h + ".") for h in HEAVY_MODULES)
+    ]
     assert heavy == []
     # the check itself sees imports: the DAG modules were added
     assert any(m.endswith("gmm_retrain") for m in parse_report["added_modules"])
@@ -118,8 +141,15 @@ def test_dags_are_documented_tagged_and_retried(dagbag, dag_id):
 def test_train_runs_on_the_gpu_queue_and_pool_and_metrics_always_run(dagbag):
     dag = dagbag.dags["gmm_retrain"]
     tasks = {t.task_id: t for t in dag.tasks}
-    assert list(tasks) == ["validate", "split", "train", "evaluate", "gate", "publish",
-                           "publish_metrics"]
+    assert list(tasks) == [
+        "validate",
+        "split",
+        "train",
+        "evaluate",
+        "gate",
+        "publish",
+        "publish_metrics",
+    ]
     assert (tasks["train"].queue, tasks["train"].pool) == (GPU_QUEUE, GPU_POOL)
     assert all(t.queue != GPU_QUEUE for name, t in tasks.items() if name != "train")
     assert tasks["publish_metrics"].trigger_rule == "all_done"
@@ -143,10 +173,19 @@ def test_retrain_params_are_typed_with_bounds(dagbag):
             assert "minimum" in schema and "maximum" in schema, name
         elif "string" in types and "format" not in schema:
             assert schema.get("enum"), name
-    assert params.get_param("covariance_type").schema["enum"] == ["full", "tied", "diag",
-                                                                  "spherical"]
-    assert params.get_param("backend").schema["enum"] == ["auto", "numpy", "cupy", "dask",
-                                                          "multigpu"]
+    assert params.get_param("covariance_type").schema["enum"] == [
+        "full",
+        "tied",
+        "diag",
+        "spherical",
+    ]
+    assert params.get_param("backend").schema["enum"] == [
+        "auto",
+        "numpy",
+        "cupy",
+        "dask",
+        "multigpu",
+    ]
     # the Params come from emflow.run.params (light at parse time); gmm_core (heavy to import)
     # keeps its own list of backends, which must stay the same
     import gmm_core
@@ -192,7 +231,9 @@ def test_rollback_params_version_optional_reason_required(dagbag):
     with pytest.raises(ParamValidationError, match="reason"):
         _with_conf(params, {}).validate()
     assert _with_conf(params, {"reason": "bad data on Tuesday"}).validate() == {
-        "version": None, "reason": "bad data on Tuesday"}
+        "version": None,
+        "reason": "bad data on Tuesday",
+    }
     with pytest.raises(ParamValidationError, match="version"):
         _with_conf(params, {"version": 0, "reason": "bad data"}).validate()
 
@@ -208,17 +249,25 @@ def test_airflow_environment_is_local_small_and_under_emflow_home(tmp_path):
     assert env["AIRFLOW__API__HOST"] == "127.0.0.1"
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:8123/execution/"
     assert env["EMFLOW_HOME"] == str(tmp_path) and env["MLFLOW_TRACKING_URI"].startswith("sqlite")
-    pg = airflow_environment(settings, sql_alchemy_conn="postgresql+psycopg2://x@h/db",
-                             executor="CeleryExecutor", extra={"AIRFLOW__CELERY__X": "1"})
+    pg = airflow_environment(
+        settings,
+        sql_alchemy_conn="postgresql+psycopg2://x@h/db",
+        executor="CeleryExecutor",
+        extra={"AIRFLOW__CELERY__X": "1"},
+    )
     assert pg["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor" and pg["AIRFLOW__CELERY__X"] == "1"
 
 
 def test_emflow_airflow_env_prints_shell_exports(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "emflow.cli", "airflow-env", "--port", "8124"],
-                         env={**os.environ, "EMFLOW_HOME": str(tmp_path)}, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "emflow.cli", "airflow-env", "--port", "8124"],
+        env={**os.environ, "EMFLOW_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
-    exports = dict(line[len("export "):].split("=", 1) for line in out.stdout.splitlines())
+    exports = dict(line[len("export ") :].split("=", 1) for line in out.stdout.splitlines())
     assert exports["AIRFLOW_HOME"] == str(tmp_path / "airflow")
     assert exports["AIRFLOW__API__PORT"] == "8124"
     assert exports["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)

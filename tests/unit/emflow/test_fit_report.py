@@ -41,8 +41,9 @@ def gpu_like_fit(monkeypatch):
 
 
 def _fitted(blobs):
-    model = gmm_core.GaussianMixture(3, n_init=1, max_iter=20, random_state=0,
-                                     backend="numpy").fit(blobs)
+    model = gmm_core.GaussianMixture(3, n_init=1, max_iter=20, random_state=0, backend="numpy").fit(
+        blobs
+    )
     model.fit_timings_ = dict(TIMINGS)
     model.device_peak_bytes_ = PEAK
     return model
@@ -73,8 +74,7 @@ def test_a_cpu_model_without_the_attributes_reports_what_it_has(blobs, caplog):
     assert "device peak" not in caplog.text and "iterations" in caplog.text
 
 
-def test_train_step_logs_the_phases_and_the_peak_reaches_the_gauge(tmp_path, caplog,
-                                                                    gpu_like_fit):
+def test_train_step_logs_the_phases_and_the_peak_reaches_the_gauge(tmp_path, caplog, gpu_like_fit):
     import pandas as pd
 
     settings = Settings(home=tmp_path / "home").ensure_dirs()
@@ -82,10 +82,18 @@ def test_train_step_logs_the_phases_and_the_peak_reaches_the_gauge(tmp_path, cap
     frame = pd.DataFrame({"f0": rng.normal(size=300), "f1": rng.normal(size=300)})
     path = tmp_path / "rows.parquet"
     frame.to_parquet(path, index=False)
-    request = build_request({"n_components": 2, "n_init": 1, "max_iter": 20, "backend": "numpy"},
-                            run_id="manual__peak", logical_date="2026-11-20")
-    validated = Validated(files=[str(path)], reports=[], rows_validated=300,
-                          feature_columns=["f0", "f1"], contract="x")
+    request = build_request(
+        {"n_components": 2, "n_init": 1, "max_iter": 20, "backend": "numpy"},
+        run_id="manual__peak",
+        logical_date="2026-11-20",
+    )
+    validated = Validated(
+        files=[str(path)],
+        reports=[],
+        rows_validated=300,
+        feature_columns=["f0", "f1"],
+        contract="x",
+    )
     split = split_window(request, validated, settings)
     with caplog.at_level(logging.INFO, logger="emflow.run.train"):
         trained = train_challenger(request, split, settings)
@@ -97,18 +105,19 @@ def test_train_step_logs_the_phases_and_the_peak_reaches_the_gauge(tmp_path, cap
     assert trained.device_peak_bytes == PEAK
     assert list(trained.timings) == ["read", *TIMINGS, "save"]
 
-    summary = run_summary(request, StepOutputs(validate=validated, split=split, train=trained),
-                          settings=settings)
+    summary = run_summary(
+        request, StepOutputs(validate=validated, split=split, train=trained), settings=settings
+    )
     assert summary["device_peak_bytes"] == PEAK
-    gauge = build_registry(summary).get_sample_value("emflow_train_device_peak_bytes",
-                                                     {"model": settings.model_name})
+    gauge = build_registry(summary).get_sample_value(
+        "emflow_train_device_peak_bytes", {"model": settings.model_name}
+    )
     assert gauge == PEAK
 
 
 def test_a_cpu_run_sends_no_device_peak(blobs):
     summary = {"model_name": "m", "status": "success", "n_iter": 3}
-    assert "emflow_train_device_peak_bytes" not in generate_latest(
-        build_registry(summary)).decode()
+    assert "emflow_train_device_peak_bytes" not in generate_latest(build_registry(summary)).decode()
 
 
 def test_emflow_train_logs_where_the_time_went(tmp_path, caplog, capsys, gpu_like_fit):
@@ -117,8 +126,22 @@ def test_emflow_train_logs_where_the_time_went(tmp_path, caplog, capsys, gpu_lik
     path = tmp_path / "telemetry.parquet"
     make_telemetry(400, "2026-11-01", "2026-11-02", seed=4).to_parquet(path, index=False)
     with caplog.at_level(logging.INFO, logger="emflow.cli.train"):
-        rc = main(["train", str(path), "--n-components", "2", "--n-init", "1", "--max-iter",
-                   "20", "--backend", "numpy", "--out", str(tmp_path / "model")])
+        rc = main(
+            [
+                "train",
+                str(path),
+                "--n-components",
+                "2",
+                "--n-init",
+                "1",
+                "--max-iter",
+                "20",
+                "--backend",
+                "numpy",
+                "--out",
+                str(tmp_path / "model"),
+            ]
+        )
     assert rc == 0
     for phase in ("read", *TIMINGS, "save"):
         assert re.search(rf"time {phase} +[\d.]+ s", caplog.text), phase

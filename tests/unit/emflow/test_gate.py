@@ -13,9 +13,16 @@ from emflow.registry.tracking import TrackingUnavailableError, is_unreachable, w
 
 
 def _evaluation(challenger=-10.0, champion=-10.0, version="3") -> Evaluation:
-    return Evaluation(challenger_mean_loglik=challenger, champion_mean_loglik=champion,
-                      champion_version=version, n_holdout=100, holdout_sha256="x",
-                      challenger_aic=1.0, challenger_bic=2.0, weights=[0.5, 0.5])
+    return Evaluation(
+        challenger_mean_loglik=challenger,
+        champion_mean_loglik=champion,
+        champion_version=version,
+        n_holdout=100,
+        holdout_sha256="x",
+        challenger_aic=1.0,
+        challenger_bic=2.0,
+        weights=[0.5, 0.5],
+    )
 
 
 @pytest.mark.parametrize(
@@ -31,26 +38,45 @@ def _evaluation(challenger=-10.0, champion=-10.0, version="3") -> Evaluation:
     ],
 )
 def test_promotion_rule(challenger, cost, promote, words):
-    ok, reason = decide(_evaluation(challenger), alignment_mean_cost=cost,
-                        promotion_margin=0.05, alignment_threshold=0.5)
+    ok, reason = decide(
+        _evaluation(challenger),
+        alignment_mean_cost=cost,
+        promotion_margin=0.05,
+        alignment_threshold=0.5,
+    )
     assert ok is promote
     assert words in reason
 
 
 def test_no_champion_promotes_and_reasons_name_the_numbers():
-    ok, reason = decide(_evaluation(champion=None, version=None), alignment_mean_cost=None,
-                        promotion_margin=0.05, alignment_threshold=0.5)
+    ok, reason = decide(
+        _evaluation(champion=None, version=None),
+        alignment_mean_cost=None,
+        promotion_margin=0.05,
+        alignment_threshold=0.5,
+    )
     assert ok and "no champion yet" in reason and "100 rows" in reason
-    ok, reason = decide(_evaluation(-11.0, -10.0), alignment_mean_cost=0.0,
-                        promotion_margin=0.05, alignment_threshold=0.5)
+    ok, reason = decide(
+        _evaluation(-11.0, -10.0),
+        alignment_mean_cost=0.0,
+        promotion_margin=0.05,
+        alignment_threshold=0.5,
+    )
     assert not ok and "-11.0000" in reason and "-10.0000" in reason and "-1.0000" in reason
 
 
 def test_evaluation_and_decision_travel_as_json():
     evaluation = _evaluation()
     assert Evaluation.from_dict(json.loads(json.dumps(evaluation.to_dict()))) == evaluation
-    decision = Decision(promote=False, reason="r", model_dir="/m", champion_version="2",
-                        permutation=[1, 0], alignment_costs=[0.1, 0.2], unmatched=[])
+    decision = Decision(
+        promote=False,
+        reason="r",
+        model_dir="/m",
+        champion_version="2",
+        permutation=[1, 0],
+        alignment_costs=[0.1, 0.2],
+        unmatched=[],
+    )
     again = Decision.from_dict(json.loads(json.dumps(decision.to_dict())))
     assert again == decision and again.label == "reject"
     assert Decision.from_dict({**decision.to_dict(), "extra": 1}) == decision
@@ -60,9 +86,12 @@ def test_unreachable_errors_are_told_apart():
     from mlflow.exceptions import MlflowException
 
     assert is_unreachable(ConnectionRefusedError("nope"))
-    assert is_unreachable(MlflowException(
-        "API request to http://127.0.0.1:9/api/2.0/mlflow/runs/create failed with exception "
-        "HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded"))
+    assert is_unreachable(
+        MlflowException(
+            "API request to http://127.0.0.1:9/api/2.0/mlflow/runs/create failed with exception "
+            "HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded"
+        )
+    )
     wrapped = RuntimeError("outer")
     wrapped.__cause__ = TimeoutError("inner")
     assert is_unreachable(wrapped)
@@ -71,8 +100,9 @@ def test_unreachable_errors_are_told_apart():
 
 
 def test_with_retries_waits_then_succeeds_or_names_the_fix(tmp_path):
-    settings = Settings(home=tmp_path, tracking_uri="http://127.0.0.1:9", mlflow_retries=3,
-                        mlflow_backoff_s=0.01)
+    settings = Settings(
+        home=tmp_path, tracking_uri="http://127.0.0.1:9", mlflow_retries=3, mlflow_backoff_s=0.01
+    )
     calls = []
 
     def flaky():

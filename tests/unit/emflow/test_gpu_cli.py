@@ -42,7 +42,11 @@ def test_a_gmm_core_without_warmup_is_not_an_error(capsys, monkeypatch):
 
 def test_on_this_machine_as_an_operator_runs_it():
     """Whatever this machine has (GPU or not), the command answers and exits 0."""
-    proc = subprocess.run([sys.executable, "-m", "emflow.cli", "gpu", "warmup"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "emflow.cli", "gpu", "warmup"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "compiled" in proc.stdout + proc.stderr

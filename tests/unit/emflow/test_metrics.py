@@ -59,8 +59,9 @@ def samples_by_name(text: str, model: str = MODEL) -> dict[str, list]:
 
 
 def value(samples: dict[str, list], name: str, **labels) -> float:
-    matching = [s.value for s in samples[name]
-                if all(s.labels.get(k) == v for k, v in labels.items())]
+    matching = [
+        s.value for s in samples[name] if all(s.labels.get(k) == v for k, v in labels.items())
+    ]
     assert len(matching) == 1, (name, labels, samples.get(name))
     return matching[0]
 
@@ -70,8 +71,18 @@ def check_values(samples: dict[str, list], summary: dict, run_time: float) -> No
     assert value(samples, "emflow_retrain_last_run_timestamp_seconds") == run_time
     assert value(samples, "emflow_retrain_last_success_timestamp_seconds") == run_time
     assert value(samples, "emflow_retrain_last_run_success") == 1.0
-    assert value(samples, "emflow_retrain_last_run_info", run_key=summary["run_key"],
-                 status="success", backend="cupy", decision="promoted", failed_step="") == 1.0
+    assert (
+        value(
+            samples,
+            "emflow_retrain_last_run_info",
+            run_key=summary["run_key"],
+            status="success",
+            backend="cupy",
+            decision="promoted",
+            failed_step="",
+        )
+        == 1.0
+    )
     assert value(samples, "emflow_train_duration_seconds", backend="cupy") == 12.75
     assert value(samples, "emflow_em_iterations") == 37
     assert value(samples, "emflow_em_restarts") == 4
@@ -120,9 +131,20 @@ def test_every_summary_key_in_module_docstring_feeds_a_metric():
     import emflow.metrics as module
 
     sources = {spec.source for spec in METRICS.values()}
-    for key in ("train_seconds", "n_iter", "n_restarts", "restart_lower_bounds",
-                "winner_lower_bound", "holdout_loglik_challenger", "decision", "alignment_cost",
-                "drift", "rows_validated", "rows_quarantined", "gpu_memory_peak_bytes"):
+    for key in (
+        "train_seconds",
+        "n_iter",
+        "n_restarts",
+        "restart_lower_bounds",
+        "winner_lower_bound",
+        "holdout_loglik_challenger",
+        "decision",
+        "alignment_cost",
+        "drift",
+        "rows_validated",
+        "rows_quarantined",
+        "gpu_memory_peak_bytes",
+    ):
         assert f"``{key}``" in module.__doc__, key
         assert key in sources, key
 
@@ -145,10 +167,17 @@ def test_textfile_holds_every_metric_with_summary_values(tmp_path):
 def test_failed_run_keeps_last_success_and_other_models(tmp_path):
     settings = Settings(home=tmp_path, pushgateway_url=None)
     publish_run_metrics(realistic_summary(), settings, now=RUN_TIME)
-    publish_run_metrics(realistic_summary(model_name="other-gmm", train_seconds=99.0),
-                        settings, now=RUN_TIME + 5)
-    failed = {"model_name": MODEL, "status": "failed", "failed_step": "validate",
-              "run_key": "manual__1", "rows_validated": 1000, "rows_quarantined": 1000}
+    publish_run_metrics(
+        realistic_summary(model_name="other-gmm", train_seconds=99.0), settings, now=RUN_TIME + 5
+    )
+    failed = {
+        "model_name": MODEL,
+        "status": "failed",
+        "failed_step": "validate",
+        "run_key": "manual__1",
+        "rows_validated": 1000,
+        "rows_quarantined": 1000,
+    }
     publish_run_metrics(failed, settings, now=RUN_TIME + 86_400)
 
     text = settings.metrics_textfile.read_text()
@@ -183,8 +212,11 @@ def test_unreadable_textfile_is_kept_aside_not_deleted(tmp_path):
         ({"model_name": MODEL, "status": "success", "decision": "yes"}, ValueError, "promoted"),
         ({"model_name": MODEL, "status": "success", "n_iter": "12"}, TypeError, "n_iter"),
         ({"model_name": MODEL, "status": "success", "drift": [0.1]}, TypeError, "feature -> PSI"),
-        ({"model_name": MODEL, "status": "success", "restart_lower_bounds": 3.0}, TypeError,
-         "list of numbers"),
+        (
+            {"model_name": MODEL, "status": "success", "restart_lower_bounds": 3.0},
+            TypeError,
+            "list of numbers",
+        ),
     ],
 )
 def test_bad_summary_names_the_key(tmp_path, summary, error, words):
@@ -221,19 +253,25 @@ def test_pushgateway_receives_every_documented_metric(tmp_path):
         missing = set(METRICS) - set(samples)
         assert not missing, f"documented metrics not on the gateway: {sorted(missing)}"
         check_values(samples, summary, RUN_TIME)
-        assert all(s.labels["job"] == PUSHGATEWAY_JOB
-                   for series in samples.values() for s in series)
+        assert all(
+            s.labels["job"] == PUSHGATEWAY_JOB for series in samples.values() for s in series
+        )
 
         # a failed run later: push-add keeps the last success, replaces the status
-        failed = {"model_name": MODEL, "status": "failed", "failed_step": "train",
-                  "run_key": "scheduled__2026-11-24"}
+        failed = {
+            "model_name": MODEL,
+            "status": "failed",
+            "failed_step": "train",
+            "run_key": "scheduled__2026-11-24",
+        }
         publish_run_metrics(failed, settings, now=RUN_TIME + 86_400)
         samples = samples_by_name(http_get(f"{url}/metrics"))
         assert value(samples, "emflow_retrain_last_success_timestamp_seconds") == RUN_TIME
         assert value(samples, "emflow_retrain_last_run_timestamp_seconds") == RUN_TIME + 86_400
         assert value(samples, "emflow_retrain_last_run_success") == 0.0
         assert [s.labels["failed_step"] for s in samples["emflow_retrain_last_run_info"]] == [
-            "train"]
+            "train"
+        ]
 
         # the gateway's own view of the group: one group, job + model grouping key
         groups = json.loads(http_get(f"{url}/api/v1/metrics"))["data"]

@@ -36,8 +36,11 @@ def settings(settings: Settings) -> Settings:
 
 
 def _request(**params) -> RunRequest:
-    return build_request(params, run_id="manual__2026-11-20T00:00:00+00:00",
-                                  logical_date=datetime(2026, 11, 20, 5, tzinfo=UTC))
+    return build_request(
+        params,
+        run_id="manual__2026-11-20T00:00:00+00:00",
+        logical_date=datetime(2026, 11, 20, 5, tzinfo=UTC),
+    )
 
 
 # ---------------------------------------------------------------------------- request
@@ -68,26 +71,36 @@ def test_window_defaults_to_the_day_of_the_logical_date():
 
 def test_explicit_window_params_win_over_logical_date_and_asset_events():
     state = build_request(
-        {"window_start": "2026-11-01", "window_end": "2026-11-04"}, run_id="r",
-        logical_date=date(2026, 11, 20), asset_event_extras=[{"day": "2026-11-10"}],
+        {"window_start": "2026-11-01", "window_end": "2026-11-04"},
+        run_id="r",
+        logical_date=date(2026, 11, 20),
+        asset_event_extras=[{"day": "2026-11-10"}],
     )
     assert state.days == ["2026-11-01", "2026-11-02", "2026-11-03"]
 
 
 def test_asset_event_day_is_used_without_window_params():
-    state = build_request({}, run_id="asset_triggered__x", logical_date=None,
-                                   asset_event_extras=[{"day": "2026-11-10"}])
+    state = build_request(
+        {},
+        run_id="asset_triggered__x",
+        logical_date=None,
+        asset_event_extras=[{"day": "2026-11-10"}],
+    )
     assert state.days == ["2026-11-10"]
 
 
 def test_asset_events_folded_into_one_run_span_every_window():
     """Events queued while a run was pending come in one run: none of their days is skipped."""
-    extras = [{"day": "2026-11-10"}, {}, {"window_start": "2026-11-07", "window_end": "2026-11-09"},
-              {"day": "2026-11-09"}]
-    state = build_request({}, run_id="asset_triggered__y", logical_date=None,
-                                   asset_event_extras=extras)
-    assert state.days == [
-        "2026-11-07", "2026-11-08", "2026-11-09", "2026-11-10"]
+    extras = [
+        {"day": "2026-11-10"},
+        {},
+        {"window_start": "2026-11-07", "window_end": "2026-11-09"},
+        {"day": "2026-11-09"},
+    ]
+    state = build_request(
+        {}, run_id="asset_triggered__y", logical_date=None, asset_event_extras=extras
+    )
+    assert state.days == ["2026-11-07", "2026-11-08", "2026-11-09", "2026-11-10"]
     with pytest.raises(WindowError, match="asset event day"):
         build_request({}, run_id="z", asset_event_extras=[{"day": "soon"}])
 
@@ -96,8 +109,12 @@ def test_asset_events_folded_into_one_run_span_every_window():
     ("params", "kwargs", "error", "match"),
     [
         ({}, {"logical_date": None}, WindowError, "set the window_start parameter"),
-        ({"window_start": "2026-11-05", "window_end": "2026-11-05"}, {},
-         WindowError, "must be after"),
+        (
+            {"window_start": "2026-11-05", "window_end": "2026-11-05"},
+            {},
+            WindowError,
+            "must be after",
+        ),
         ({"window_start": "yesterday"}, {}, WindowError, "YYYY-MM-DD"),
         ({"n_components": 0}, {}, ValueError, "n_components must be a positive integer"),
         ({"covariance_type": "banana"}, {}, ValueError, "covariance_type must be one of"),
@@ -125,8 +142,7 @@ def test_missing_window_says_where_it_looked(settings):
 
 
 def test_window_files_lists_each_day_in_order(settings):
-    request = build_request({"window_start": "2026-11-01", "window_end": "2026-11-03"},
-                            run_id="r")
+    request = build_request({"window_start": "2026-11-01", "window_end": "2026-11-03"}, run_id="r")
     for day in ("2026-11-02", "2026-11-01"):
         folder = settings.data_root / "incoming" / day
         folder.mkdir(parents=True)
@@ -156,11 +172,13 @@ def test_retried_validation_meets_the_quarantined_batch_again(settings):
         if bad:
             frame.loc[3, "latency_ms"] = np.inf
         write_window(frame, settings.data_root, day)
-    state = build_request({"window_start": "2026-11-01", "window_end": "2026-11-03"},
-                                   run_id="manual__retry")
+    state = build_request(
+        {"window_start": "2026-11-01", "window_end": "2026-11-03"}, run_id="manual__retry"
+    )
     for _attempt in range(2):  # the second try finds day 2 only in quarantine
-        with pytest.raises(validation.BatchRejected, match="expect_column_values_to_be_finite") \
-                as caught:
+        with pytest.raises(
+            validation.BatchRejected, match="expect_column_values_to_be_finite"
+        ) as caught:
             validate_window(state, settings)
         assert not list((settings.data_root / "incoming" / "2026-11-02").glob("*.parquet"))
         facts = rejection_summary(caught.value)
@@ -181,8 +199,13 @@ def _validated_state(settings, n_rows=900, seed=3, **params):
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "telemetry.parquet"
     frame.to_parquet(path, index=False)
-    validated = Validated(files=[str(path)], reports=[], rows_validated=n_rows,
-                          feature_columns=["f0", "f1"], contract="x")
+    validated = Validated(
+        files=[str(path)],
+        reports=[],
+        rows_validated=n_rows,
+        feature_columns=["f0", "f1"],
+        contract="x",
+    )
     return _request(**params), validated, frame
 
 
@@ -214,8 +237,9 @@ def test_split_refuses_a_window_too_small_for_the_model(settings):
 def test_train_saves_model_curves_and_logs_cpu_fallback(settings, caplog, capsys):
     import gmm_core
 
-    request, validated, _ = _validated_state(settings, n_components=3, n_init=2, max_iter=50,
-                                             backend="auto")
+    request, validated, _ = _validated_state(
+        settings, n_components=3, n_init=2, max_iter=50, backend="auto"
+    )
     split = split_window(request, validated, settings)
     with caplog.at_level(logging.INFO, logger="emflow.run.train"):
         trained = train_challenger(request, split, settings)
@@ -229,7 +253,8 @@ def test_train_saves_model_curves_and_logs_cpu_fallback(settings, caplog, capsys
     curves = json.loads(open(trained.training_json).read())
     assert len(curves["restart_lower_bounds"]) == 2
     assert curves["restart_lower_bounds"][0][-1] == pytest.approx(
-        trained.restart_final_lower_bounds[0])
+        trained.restart_final_lower_bounds[0]
+    )
     # where the time went: read and save around the fit, one log line per phase
     assert {"read", "save"} <= set(trained.timings) == set(curves["timings"])
     assert re.search(r"time read +\d", caplog.text) and re.search(r"time save +\d", caplog.text)
@@ -242,8 +267,12 @@ def test_train_saves_model_curves_and_logs_cpu_fallback(settings, caplog, capsys
 
 def test_summary_of_a_quarantined_run_names_the_failed_step(settings):
     request = _request()
-    rejected = {"message": "expect_column_values_to_be_finite", "failed": ["x"],
-                "rows_quarantined": 500, "quarantine_dirs": []}
+    rejected = {
+        "message": "expect_column_values_to_be_finite",
+        "failed": ["x"],
+        "rows_quarantined": 500,
+        "quarantine_dirs": [],
+    }
     summary = run_summary(request, StepOutputs(), rejected=rejected, settings=settings)
     assert summary["status"] == "failed" and summary["failed_step"] == "validate"
     assert summary["decision"] == "quarantined" and summary["rows_quarantined"] == 500
@@ -253,8 +282,7 @@ def test_summary_of_a_quarantined_run_names_the_failed_step(settings):
 def test_summary_of_a_run_that_failed_in_training(settings):
     request, validated, _ = _validated_state(settings)
     split = Split(train_path="t", holdout_path="h", n_train=1, n_holdout=1, feature_columns=[])
-    summary = run_summary(request, StepOutputs(validate=validated, split=split),
-                          settings=settings)
+    summary = run_summary(request, StepOutputs(validate=validated, split=split), settings=settings)
     assert summary["failed_step"] == "train" and summary["rows_validated"] == 900
     assert "decision" not in summary and "train_seconds" not in summary
 
@@ -262,25 +290,31 @@ def test_summary_of_a_run_that_failed_in_training(settings):
 def test_request_from_an_airflow_context_uses_params_dates_and_asset_events():
     from types import SimpleNamespace
 
-    dag_run = SimpleNamespace(run_id="asset_triggered__2026-11-21T03:00:00+00:00",
-                              dag_id="gmm_retrain")
+    dag_run = SimpleNamespace(
+        run_id="asset_triggered__2026-11-21T03:00:00+00:00", dag_id="gmm_retrain"
+    )
     context = {
         "dag_run": dag_run,
         "params": {**DEFAULT_PARAMS, "n_init": 5},
         "logical_date": None,
         "data_interval_start": None,
-        "triggering_asset_events": {"emflow-telemetry": [
-            SimpleNamespace(extra={"day": "2026-11-19"}),
-            SimpleNamespace(extra={"day": "2026-11-20"}),
-        ]},
+        "triggering_asset_events": {
+            "emflow-telemetry": [
+                SimpleNamespace(extra={"day": "2026-11-19"}),
+                SimpleNamespace(extra={"day": "2026-11-20"}),
+            ]
+        },
     }
     request = request_from_context(context)
     # both events' days: the run was triggered by two updates
     assert (request.window_start, request.window_end) == ("2026-11-19", "2026-11-21")
     assert request.n_init == 5 and request.dag_id == "gmm_retrain"
     assert request.run_key == "asset_triggered__2026-11-21T03-00-00-00-00-e0393ea8"
-    scheduled = {**context, "triggering_asset_events": {},
-                 "logical_date": datetime(2026, 11, 18, tzinfo=UTC)}
+    scheduled = {
+        **context,
+        "triggering_asset_events": {},
+        "logical_date": datetime(2026, 11, 18, tzinfo=UTC),
+    }
     assert request_from_context(scheduled).window_start == "2026-11-18"
 
 
@@ -291,11 +325,13 @@ def test_auto_backend_trains_on_the_configured_dask_cluster(settings, caplog):
     distributed = pytest.importorskip("distributed")
     import gmm_core
 
-    request, validated, _ = _validated_state(settings, n_components=3, n_init=2, max_iter=30,
-                                             backend="auto")
+    request, validated, _ = _validated_state(
+        settings, n_components=3, n_init=2, max_iter=30, backend="auto"
+    )
     split = split_window(request, validated, settings)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
         on_dask = dataclasses.replace(settings, dask_scheduler=cluster.scheduler_address)
         with caplog.at_level(logging.INFO, logger="emflow.run.train"):
             trained = train_challenger(request, split, on_dask)
@@ -312,8 +348,9 @@ def test_a_run_with_an_invalid_window_still_publishes_its_failure(settings):
     from types import SimpleNamespace
 
     context = {
-        "dag_run": SimpleNamespace(run_id="manual__2026-11-20T00:00:00+00:00",
-                                   dag_id="gmm_retrain"),
+        "dag_run": SimpleNamespace(
+            run_id="manual__2026-11-20T00:00:00+00:00", dag_id="gmm_retrain"
+        ),
         "params": {"window_start": "2026-11-05", "window_end": "2026-11-01"},
         "logical_date": datetime(2026, 11, 20, tzinfo=UTC),
     }

@@ -22,8 +22,22 @@ def telemetry_file(tmp_path):
 
 def test_train_saves_a_model_and_prints_its_summary(telemetry_file, tmp_path, capsys):
     out = tmp_path / "model"
-    rc = main(["train", str(telemetry_file), "--n-components", "3", "--n-init", "2",
-               "--max-iter", "50", "--backend", "numpy", "--out", str(out)])
+    rc = main(
+        [
+            "train",
+            str(telemetry_file),
+            "--n-components",
+            "3",
+            "--n-init",
+            "2",
+            "--max-iter",
+            "50",
+            "--backend",
+            "numpy",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert json.loads(printed.strip().splitlines()[-1]) == {"model_dir": str(out)}
@@ -61,8 +75,18 @@ def test_bad_input_exits_2_with_the_fix_on_stderr(case, match, tmp_path, capsys)
         frame.loc[5, "temp_c"] = np.nan
     if case != "missing":
         frame.to_parquet(path, index=False)
-    rc = main(["train", str(path), "--n-components", "4", "--backend", "numpy",
-               "--out", str(tmp_path / "m")])
+    rc = main(
+        [
+            "train",
+            str(path),
+            "--n-components",
+            "4",
+            "--backend",
+            "numpy",
+            "--out",
+            str(tmp_path / "m"),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 2
     assert match in captured.err and "Traceback" not in captured.err

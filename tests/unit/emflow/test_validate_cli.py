@@ -16,8 +16,12 @@ DAY = "2026-11-05"
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli") / "data"
     write_window(make_telemetry(300, DAY, "2026-11-06", seed=1), root, DAY)
-    write_bad_batch("duplicate_ids", root / "incoming" / "2026-11-06" / "telemetry.parquet",
-                    start="2026-11-06", end="2026-11-07")
+    write_bad_batch(
+        "duplicate_ids",
+        root / "incoming" / "2026-11-06" / "telemetry.parquet",
+        start="2026-11-06",
+        end="2026-11-07",
+    )
     return root
 
 
@@ -39,8 +43,16 @@ def test_rejected_batch_exits_nonzero_and_is_quarantined(data_root, tmp_path, ca
     source = data_root / "incoming" / "2026-11-06" / "telemetry.parquet"
     delivered = source.read_bytes()
     report = tmp_path / "report.json"
-    argv = ["validate", str(source), "--run-id", "cli-run", "--data-root", str(data_root),
-            "--json", str(report)]
+    argv = [
+        "validate",
+        str(source),
+        "--run-id",
+        "cli-run",
+        "--data-root",
+        str(data_root),
+        "--json",
+        str(report),
+    ]
     assert main(argv) == 1
     out = capsys.readouterr().out
     assert out.startswith("REJECTED") and "expect_column_values_to_be_unique [event_id]" in out
@@ -52,8 +64,10 @@ def test_rejected_batch_exits_nonzero_and_is_quarantined(data_root, tmp_path, ca
     )
     assert main(argv) == 1  # same run id again: same outcome, still one copy
     assert sorted(p.name for p in moved.parent.iterdir()) == [
-        "telemetry.parquet", "telemetry.parquet.manifest.json",
-        "telemetry.parquet.summary.txt", "telemetry.parquet.validation.json",
+        "telemetry.parquet",
+        "telemetry.parquet.manifest.json",
+        "telemetry.parquet.summary.txt",
+        "telemetry.parquet.validation.json",
     ]
 
 
@@ -63,8 +77,10 @@ def test_contract_options_and_usage_errors(data_root, tmp_path, capsys):
     frame.to_parquet(path, index=False)
     assert main(["validate", str(path)]) == 1
     assert main(["validate", str(path), "--extra-columns", "allow"]) == 0
-    assert main(["validate", str(path), "--features", "cpu_util,mem_util",
-                 "--extra-columns", "allow"]) == 0
+    assert (
+        main(["validate", str(path), "--features", "cpu_util,mem_util", "--extra-columns", "allow"])
+        == 0
+    )
     capsys.readouterr()
     assert main(["validate", str(path), "--features", "gpu_util"]) == 2
     assert "add them under `features:`" in capsys.readouterr().err
@@ -76,5 +92,8 @@ def test_print_suite_is_the_contract_as_gx_json(capsys):
     assert main(["validate", "--print-suite"]) == 0
     suite = json.loads(capsys.readouterr().out)
     types = {e["type"] for e in suite["expectations"]}
-    assert {"expect_column_values_to_be_finite", "expect_table_columns_to_match_set",
-            "expect_column_values_to_be_unique"} <= types
+    assert {
+        "expect_column_values_to_be_finite",
+        "expect_table_columns_to_match_set",
+        "expect_column_values_to_be_unique",
+    } <= types

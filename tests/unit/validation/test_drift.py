@@ -99,8 +99,9 @@ def test_reference_scores_can_be_given_directly(reference_rows, champion):
     scores = champion.score_samples(reference_rows[FEATURES].to_numpy())
     report = drift_report(bare, batch, model=champion, reference_scores=scores)
     assert report.score.drifted
-    same = drift_report(bare, reference_rows.sample(1500, random_state=0), model=champion,
-                        reference_scores=scores)
+    same = drift_report(
+        bare, reference_rows.sample(1500, random_state=0), model=champion, reference_scores=scores
+    )
     assert not same.score.drifted
 
 
@@ -149,6 +150,7 @@ def test_wasserstein_matches_scipy_and_flags_a_shift_on_its_own(reference, refer
             got / reference_rows[name].std(ddof=0), rel=0.02
         )
     assert report.drifted and report.max_psi > 0.2  # PSI is high, but only W1 may flag here
-    assert all("W1" in reason or "JS" in reason or "scores" in reason
-               for reason in report.reasons), report.reasons
+    assert all(
+        "W1" in reason or "JS" in reason or "scores" in reason for reason in report.reasons
+    ), report.reasons
     assert any("W1" in reason for reason in report.reasons)

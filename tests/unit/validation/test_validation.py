@@ -62,7 +62,12 @@ def good_result(good_frame, contract):
 def test_contract_defaults_come_from_the_yaml_file(contract):
     assert contract.path == str(DEFAULT_CONTRACT_PATH)
     assert contract.feature_columns == (
-        "cpu_util", "mem_util", "latency_ms", "error_rate", "req_rate", "temp_c",
+        "cpu_util",
+        "mem_util",
+        "latency_ms",
+        "error_rate",
+        "req_rate",
+        "temp_c",
     )
     assert contract.required_columns[:2] == ("event_id", "ts")
     assert contract.feature("latency_ms").max == 60000.0
@@ -98,9 +103,13 @@ def test_suite_is_built_from_the_contract(contract):
         assert expectation["meta"]["fix"]  # every expectation says what to do when it fails
     for feature in contract.feature_columns:
         kinds = {e["type"] for e in by_column[feature]}
-        assert {"expect_column_to_exist", "expect_column_values_to_not_be_null",
-                "expect_column_values_to_be_finite", "expect_column_values_to_be_between",
-                "expect_column_values_to_have_dtype"} <= kinds
+        assert {
+            "expect_column_to_exist",
+            "expect_column_values_to_not_be_null",
+            "expect_column_values_to_be_finite",
+            "expect_column_values_to_be_between",
+            "expect_column_values_to_have_dtype",
+        } <= kinds
         (between,) = [e for e in by_column[feature] if e["type"].endswith("_to_be_between")]
         assert between["kwargs"]["max_value"] == contract.feature(feature).max
     ts_window = [e for e in by_column["ts"] if e["type"] == "expect_column_values_to_be_between"]
@@ -114,8 +123,9 @@ def test_committed_suite_snapshot_matches_the_contract(contract):
     from validation.expectations import build_content_suite
 
     committed = json.loads((DEFAULT_CONTRACT_PATH.parent / "telemetry.suite.json").read_text())
-    built = json.loads(json.dumps(build_content_suite(contract, windowed=True).to_json_dict(),
-                                  default=str))
+    built = json.loads(
+        json.dumps(build_content_suite(contract, windowed=True).to_json_dict(), default=str)
+    )
     assert built == committed, (
         "the contract changed: regenerate the snapshot with "
         "`emflow validate --print-suite > validation/contracts/telemetry.suite.json`"
@@ -157,7 +167,8 @@ def test_report_is_strict_json_with_the_gx_result(good_result, contract):
         content = report["gx_results"]["content"]
         assert content["success"] is result.success
         assert {r["expectation_config"]["type"] for r in content["results"]} >= {
-            "expect_column_values_to_be_finite", "expect_column_values_to_be_unique",
+            "expect_column_values_to_be_finite",
+            "expect_column_values_to_be_unique",
         }
     (failure,) = bad.failures_of("expect_column_values_to_be_finite")[:1]
     assert failure.examples[0] == "inf" and failure.unexpected_count == 200
@@ -174,8 +185,9 @@ def test_bad_batch_fails_named_expectation_and_is_quarantined_unchanged(kind, tm
     write_bad_batch(kind, source, **kwargs)
     original_bytes = source.read_bytes()
 
-    result = check_batch(source, run_id=f"run-{kind}", data_root=data_root, contract=contract,
-                         window=WINDOW)
+    result = check_batch(
+        source, run_id=f"run-{kind}", data_root=data_root, contract=contract, window=WINDOW
+    )
 
     expected = BAD_BATCH_EXPECTATIONS[kind]
     assert not result.success
@@ -228,7 +240,8 @@ def test_type_errors_naive_timestamps_and_string_features(contract):
 def test_missing_column_summary_names_it_once(contract):
     result = validate_batch(make_telemetry(300, *WINDOW).drop(columns=["temp_c"]), contract)
     assert result.failed_expectations[:2] == [
-        "expect_table_columns_to_match_set", "expect_column_to_exist",
+        "expect_table_columns_to_match_set",
+        "expect_column_to_exist",
     ]
     assert "expect_column_to_exist [temp_c]: column is missing" in result.summary
     assert "could not be evaluated" in result.summary  # dependent checks are collapsed
@@ -242,8 +255,9 @@ def test_folder_with_one_corrupt_file_is_quarantined_whole(tmp_path, contract):
     write_bad_batch("corrupt_parquet", folder / "b.parquet")
     before = {p.name: sha256(p) for p in all_files(folder)}
 
-    result = check_batch(folder, run_id="folder-run", data_root=data_root, contract=contract,
-                         window=WINDOW)
+    result = check_batch(
+        folder, run_id="folder-run", data_root=data_root, contract=contract, window=WINDOW
+    )
 
     assert result.failed_expectations == ["expect_batch_files_to_be_readable"]
     assert "b.parquet" in result.failed[0].examples[0]
@@ -266,14 +280,25 @@ def test_empty_folder_and_missing_path(tmp_path, contract):
 # ---------------------------------------------------------------------------------------------
 def test_rerun_same_run_id_leaves_one_quarantined_copy(tmp_path, contract):
     data_root = tmp_path / "data"
-    source = write_bad_batch("nan", data_root / "incoming" / DAY / "telemetry.parquet",
-                             start=WINDOW[0], end=WINDOW[1])
+    source = write_bad_batch(
+        "nan", data_root / "incoming" / DAY / "telemetry.parquet", start=WINDOW[0], end=WINDOW[1]
+    )
     delivered = source.read_bytes()
-    first = check_batch(source, run_id="scheduled__2026-11-02T00:00:00+00:00",
-                        data_root=data_root, contract=contract, window=WINDOW)
+    first = check_batch(
+        source,
+        run_id="scheduled__2026-11-02T00:00:00+00:00",
+        data_root=data_root,
+        contract=contract,
+        window=WINDOW,
+    )
     quarantine_files = all_files(data_root / "quarantine")
-    second = check_batch(source, run_id="scheduled__2026-11-02T00:00:00+00:00",
-                         data_root=data_root, contract=contract, window=WINDOW)
+    second = check_batch(
+        source,
+        run_id="scheduled__2026-11-02T00:00:00+00:00",
+        data_root=data_root,
+        contract=contract,
+        window=WINDOW,
+    )
     assert all_files(data_root / "quarantine") == quarantine_files
     assert [f.name for f in quarantine_files].count("telemetry.parquet") == 1
     assert second.success is first.success is False
@@ -282,8 +307,13 @@ def test_rerun_same_run_id_leaves_one_quarantined_copy(tmp_path, contract):
 
     # the same bytes delivered again under the same run id: still one copy, source untouched
     source.write_bytes(delivered)
-    third = check_batch(source, run_id="scheduled__2026-11-02T00:00:00+00:00",
-                        data_root=data_root, contract=contract, window=WINDOW)
+    third = check_batch(
+        source,
+        run_id="scheduled__2026-11-02T00:00:00+00:00",
+        data_root=data_root,
+        contract=contract,
+        window=WINDOW,
+    )
     assert third.failed_expectations == first.failed_expectations
     assert all_files(data_root / "quarantine") == quarantine_files
     assert source.read_bytes() == delivered
@@ -292,8 +322,13 @@ def test_rerun_same_run_id_leaves_one_quarantined_copy(tmp_path, contract):
     write_bad_batch("inf", source, start=WINDOW[0], end=WINDOW[1])
     changed = source.read_bytes()
     with pytest.raises(QuarantineConflict, match="new run id"):
-        check_batch(source, run_id="scheduled__2026-11-02T00:00:00+00:00",
-                    data_root=data_root, contract=contract, window=WINDOW)
+        check_batch(
+            source,
+            run_id="scheduled__2026-11-02T00:00:00+00:00",
+            data_root=data_root,
+            contract=contract,
+            window=WINDOW,
+        )
     assert source.read_bytes() == changed
     assert (quarantine_files[-1].parent / "telemetry.parquet").read_bytes() == delivered
 
@@ -320,8 +355,9 @@ def test_passing_batch_is_marked_validated_once_and_stays_in_place(tmp_path, con
 def test_interrupted_move_is_resumed_on_retry(tmp_path, contract):
     """A task killed between writing the manifest and moving the batch finishes on retry."""
     data_root = tmp_path / "data"
-    source = write_bad_batch("out_of_range", data_root / "incoming" / DAY / "t.parquet",
-                             start=WINDOW[0], end=WINDOW[1])
+    source = write_bad_batch(
+        "out_of_range", data_root / "incoming" / DAY / "t.parquet", start=WINDOW[0], end=WINDOW[1]
+    )
     delivered = source.read_bytes()
     done = check_batch(source, run_id="r", data_root=data_root, contract=contract, window=WINDOW)
     # put the world back to "manifest written, batch not yet moved" (as a kill would leave it)
@@ -332,8 +368,7 @@ def test_interrupted_move_is_resumed_on_retry(tmp_path, contract):
     manifest_path.write_text(json.dumps(manifest))
     moved.rename(source)
 
-    retried = check_batch(source, run_id="r", data_root=data_root, contract=contract,
-                          window=WINDOW)
+    retried = check_batch(source, run_id="r", data_root=data_root, contract=contract, window=WINDOW)
     assert retried.failed_expectations == done.failed_expectations
     assert not source.exists() and moved.read_bytes() == delivered
     assert json.loads(manifest_path.read_text())["status"] == "quarantined"
@@ -351,7 +386,8 @@ def test_batch_rejected_names_the_failed_expectation(contract):
 def test_window_helpers():
     start, end = window_for_day("2026-11-23")
     assert (start.isoformat(), end.isoformat()) == (
-        "2026-11-23T00:00:00+00:00", "2026-11-24T00:00:00+00:00",
+        "2026-11-23T00:00:00+00:00",
+        "2026-11-24T00:00:00+00:00",
     )
     assert window_from_path("/data/incoming/2026-11-23/telemetry.parquet") == (start, end)
     assert window_from_path("/tmp/batch.parquet") is None
@@ -385,8 +421,10 @@ def test_synthetic_telemetry_meets_the_contract_and_has_mixture_structure(contra
     bic = [GaussianMixture(k, random_state=0).fit(features).bic(features) for k in (1, 4)]
     assert bic[1] < bic[0] - 1000  # four regimes explain the data far better than one Gaussian
     shifted = make_telemetry(3000, *WINDOW, seed=11, n_modes=4, shift=1.0)
-    assert (shifted[list(contract.feature_columns)].mean() > frame[
-        list(contract.feature_columns)].mean()).all()
+    assert (
+        shifted[list(contract.feature_columns)].mean()
+        > frame[list(contract.feature_columns)].mean()
+    ).all()
     assert pd.Series(make_telemetry(10, *WINDOW, seed=2)["cpu_util"]).equals(
         make_telemetry(10, *WINDOW, seed=2)["cpu_util"]
     )
@@ -439,8 +477,7 @@ def test_cross_filesystem_folder_move_killed_mid_copy_resumes(tmp_path, contract
         check_batch(folder, run_id="r", data_root=data_root, contract=contract, window=WINDOW)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == delivered  # source intact
     monkeypatch.setattr(quarantine.shutil, "copytree", real_copytree)
-    retried = check_batch(folder, run_id="r", data_root=data_root, contract=contract,
-                          window=WINDOW)
+    retried = check_batch(folder, run_id="r", data_root=data_root, contract=contract, window=WINDOW)
     assert not retried.success and not folder.exists()
     moved = Path(retried.quarantined_to)
     assert {p.name: p.read_bytes() for p in moved.iterdir()} == delivered
