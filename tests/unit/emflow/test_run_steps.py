@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -362,3 +363,19 @@ def test_a_run_with_an_invalid_window_still_publishes_its_failure(settings):
     assert summary["run_key"] == "manual__2026-11-20T00-00-00-00-00-3377663e"
     text = settings.metrics_textfile.read_text()
     assert 'emflow_retrain_last_run_success{model="telemetry-gmm"} 0.0' in text
+
+
+def test_pq_and_upper_case_parquet_batches_validate_and_split(settings):
+    """Issue 16.3: ``.pq`` / ``.PARQUET`` batches passed validation, then split read them as
+    CSV (UnicodeDecodeError): every step reads through the validator's reader now."""
+    from validation.synthetic import make_telemetry
+
+    folder = settings.data_root / "incoming" / "2026-11-20"
+    folder.mkdir(parents=True)
+    for i, name in enumerate(("a.pq", "B.PARQUET", "c.Pq")):
+        make_telemetry(300, "2026-11-20", "2026-11-21", seed=i).to_parquet(folder / name)
+    request = _request()
+    validated = validate_window(request, settings)
+    assert sorted(Path(f).name for f in validated.files) == ["B.PARQUET", "a.pq", "c.Pq"]
+    split = split_window(request, validated, settings)
+    assert split.n_train + split.n_holdout == 900
