@@ -107,15 +107,22 @@ def _now() -> str:
 
 
 def _move(source: Path, destination: Path) -> None:
-    """Rename ``source`` to ``destination``; across filesystems copy, verify, then unlink."""
+    """Rename ``source`` to ``destination``; across filesystems copy, verify, then unlink.
+
+    A symbolic link is not renamed: its bytes live in its target, which the producer may
+    remove later. They are copied (and verified) into quarantine; then only the link goes, the
+    target stays where the producer put it.
+    """
     if destination.exists():
         raise QuarantineConflict(f"{destination} exists already; refusing to overwrite it")
-    try:
-        os.rename(source, destination)
-        return
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
+    linked = source.is_symlink()
+    if not linked:
+        try:
+            os.rename(source, destination)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
     partial = destination.with_name(f".{destination.name}.partial")
     # a copy a killed task left behind: only a copy (the source is unlinked after the rename
     # below), so start it again
@@ -136,19 +143,36 @@ def _move(source: Path, destination: Path) -> None:
         raise QuarantineIntegrityError(f"copy of {source} to {partial} differs; source kept")
     os.rename(partial, destination)
     # the verified copy now lives in quarantine: only then is the source unlinked
-    shutil.rmtree(source) if source.is_dir() else source.unlink()
+    if linked or not source.is_dir():
+        source.unlink()  # a link: the link itself, never its target
+    else:
+        shutil.rmtree(source)
 
 
 def _source_key(path: Path) -> str:
     return str(path.resolve())
 
 
+def delivered_path(path: Path) -> Path:
+    """``path`` made absolute without following a symbolic link: where the batch was delivered."""
+    return Path(os.path.abspath(path))
+
+
 def batch_key(source: Path, data_root: Path) -> Path:
-    """Relative name of a batch: its path under ``data_root/incoming/``, else its own name."""
-    try:
-        return source.resolve().relative_to((data_root / "incoming").resolve())
-    except ValueError:
-        return Path(source.name)
+    """Relative name of a batch: its path under ``data_root/incoming/``, else its own name.
+
+    A symbolic link is named by where it lies, not by its target.
+    """
+    incoming = data_root / "incoming"
+    for base, path in (
+        (delivered_path(incoming), delivered_path(source)),
+        (incoming.resolve(), delivered_path(source).parent.resolve() / source.name),
+    ):
+        try:
+            return path.relative_to(base)
+        except ValueError:
+            continue
+    return Path(source.name)
 
 
 def _sidecar(target: Path, suffix: str) -> Path:
@@ -269,7 +293,7 @@ def check_batch(
             {
                 "run_id": run_id,
                 "status": "validated",
-                "source": str(source.resolve()),
+                "source": str(delivered_path(source)),
                 "files": before,
                 "n_rows": result.n_rows,
                 "window": result.window,
@@ -293,7 +317,7 @@ def check_batch(
     manifest = {
         "run_id": run_id,
         "status": "moving",
-        "source": str(source.resolve()),
+        "source": str(delivered_path(source)),
         "destination": str(quarantined.resolve()),
         "files": before,
         "contract": result.contract,

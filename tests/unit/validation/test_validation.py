@@ -482,3 +482,33 @@ def test_cross_filesystem_folder_move_killed_mid_copy_resumes(tmp_path, contract
     moved = Path(retried.quarantined_to)
     assert {p.name: p.read_bytes() for p in moved.iterdir()} == delivered
     assert not list(moved.parent.glob(".*.partial"))
+
+
+def test_symlinked_batch_is_quarantined_with_its_bytes(tmp_path, contract):
+    """Issue 16.2: quarantine renamed the link, not the file; once the producer removed the
+    target the quarantined batch was gone and retries failed with "no telemetry"."""
+    data_root = tmp_path / "data"
+    target = write_bad_batch(
+        "nan", tmp_path / "producer" / "spool-0001.parquet", start=WINDOW[0], end=WINDOW[1]
+    )
+    delivered = target.read_bytes()
+    link = data_root / "incoming" / DAY / "telemetry.parquet"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(target)
+    run_id = "scheduled__2026-11-02T00:00:00+00:00"
+    first = check_batch(link, run_id=run_id, data_root=data_root, contract=contract, window=WINDOW)
+    assert not first.success
+    moved = Path(first.quarantined_to)
+    assert moved.is_file() and not moved.is_symlink() and moved.read_bytes() == delivered
+    assert not link.exists() and not link.is_symlink()  # the link left incoming/
+    assert target.read_bytes() == delivered  # the producer's file is not ours to delete
+    target.unlink()  # the producer cleans up its spool
+    assert moved.read_bytes() == delivered
+    manifest = json.loads(moved.with_name(moved.name + ".manifest.json").read_text())
+    assert manifest["source"] == str(link) and manifest["status"] == "quarantined"
+    # the run's retry meets the quarantined batch again, under the same key
+    again = check_batch(link, run_id=run_id, data_root=data_root, contract=contract, window=WINDOW)
+    assert not again.success and again.quarantined_to == first.quarantined_to
+    assert len(all_files(data_root / "quarantine")) == len(
+        [p for p in moved.parent.iterdir() if p.is_file()]
+    )
