@@ -88,6 +88,8 @@ def gmm_retrain():
         except steps.RunRejected as rejected:
             context["ti"].xcom_push(key="rejected", value=rejected.facts)
             raise AirflowFailException(str(rejected)) from rejected  # bad data: no retry
+        except steps.RunFailed as failed:  # e.g. quarantine refused to overwrite: no retry
+            raise AirflowFailException(str(failed)) from failed
 
     @task
     def split(request: dict, validated: dict) -> dict:

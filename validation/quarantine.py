@@ -36,6 +36,9 @@ from validation.contract import Contract
 log = logging.getLogger(__name__)
 
 MANIFEST = ".manifest.json"
+#: Longest run key: with a batch key's suffixes (``.manifest.json``) a folder or file name stays
+#: far below the 255 bytes file systems allow.
+MAX_KEY_LENGTH = 160
 RESULT = ".validation.json"
 SUMMARY = ".summary.txt"
 
@@ -56,7 +59,8 @@ def run_folder_name(run_id: str) -> str:
 
     Characters outside ``[A-Za-z0-9._-]`` become ``-``; where that changed the id, 8 hex digits
     of its SHA-256 follow, so run ids that differ only there (``a:b`` and ``a-b``) never share
-    a folder. A safe id is its own key.
+    a folder. A safe id is its own key; a longer one than :data:`MAX_KEY_LENGTH` is cut and gets
+    the digest too.
 
     >>> run_folder_name("scheduled__2026-11-20T00:00:00+00:00")
     'scheduled__2026-11-20T00-00-00-00-00-f16325f7'
@@ -66,8 +70,9 @@ def run_folder_name(run_id: str) -> str:
     key = re.sub(r"[^A-Za-z0-9._-]+", "-", str(run_id)).strip("-.")
     if not key:
         raise ValueError(f"run id {run_id!r} has no usable characters for a run key")
-    if key != run_id:
-        key = f"{key}-{hashlib.sha256(str(run_id).encode()).hexdigest()[:8]}"
+    if key != run_id or len(key) > MAX_KEY_LENGTH:
+        # a folder name holds at most 255 bytes; Airflow run ids may have 250 characters
+        key = f"{key[: MAX_KEY_LENGTH - 9]}-{hashlib.sha256(str(run_id).encode()).hexdigest()[:8]}"
     return key
 
 

@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``emflow validate``; return the exit status."""
     from validation.batch import as_window, validate_batch, window_from_path
     from validation.contract import ContractError, load_contract
+    from validation.quarantine import QuarantineConflict, QuarantineIntegrityError
 
     overrides: dict[str, object] = {}
     if args.features:
@@ -113,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             result = validate_batch(path, contract, window=window, progress=path.is_dir())
     except FileNotFoundError as exc:
+        print(f"emflow validate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (QuarantineConflict, QuarantineIntegrityError) as exc:  # nothing was moved or lost
         print(f"emflow validate: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

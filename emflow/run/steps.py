@@ -25,6 +25,7 @@ from emflow.run.summary import STEPS
 
 __all__ = [
     "STEPS",
+    "RunFailed",
     "RunRejected",
     "evaluate",
     "gate",
@@ -40,7 +41,11 @@ __all__ = [
 JSON = dict[str, Any]
 
 
-class RunRejected(Exception):
+class RunFailed(Exception):
+    """A step failed in a way a retry cannot fix; the message names the fix."""
+
+
+class RunRejected(RunFailed):
     """The window's data failed the contract (quarantined); ``facts`` for the metrics step."""
 
     def __init__(self, message: str, facts: JSON):
@@ -55,15 +60,20 @@ def validate(request: Mapping[str, Any] | RunRequest) -> JSON:
     ------
     RunRejected
         A batch failed the contract; its message names the failed expectations.
+    RunFailed
+        Quarantine refused to overwrite other bytes recorded for this run (nothing was moved).
     """
     import validation
     from emflow.run.validate import rejection_summary, validate_window
+    from validation.quarantine import QuarantineIntegrityError
 
     request = RunRequest.from_json(request)
     try:
         validated = validate_window(request)
     except validation.BatchRejected as rejected:
         raise RunRejected(str(rejected), rejection_summary(rejected)) from rejected
+    except (validation.QuarantineConflict, QuarantineIntegrityError) as conflict:
+        raise RunFailed(f"quarantine refused: {conflict}") from conflict
     return {"request": request.to_json(), "validation": validated.to_json()}
 
 

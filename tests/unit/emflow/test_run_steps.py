@@ -379,3 +379,20 @@ def test_pq_and_upper_case_parquet_batches_validate_and_split(settings):
     assert sorted(Path(f).name for f in validated.files) == ["B.PARQUET", "a.pq", "c.Pq"]
     split = split_window(request, validated, settings)
     assert split.n_train + split.n_holdout == 900
+
+
+def test_a_quarantine_conflict_fails_the_run_without_retry(tmp_path, monkeypatch):
+    """Issue 16.9: the validate task met QuarantineConflict as a traceback (and retried)."""
+    from emflow.run import steps
+    from validation.synthetic import write_bad_batch
+
+    monkeypatch.setenv("EMFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("EMFLOW_DATA_ROOT", raising=False)
+    source = Settings().data_root / "incoming" / "2026-11-20" / "telemetry.parquet"
+    write_bad_batch("duplicate_ids", source, start="2026-11-20", end="2026-11-21")
+    request = _request().to_json()
+    with pytest.raises(steps.RunRejected, match="expect_column_values_to_be_unique"):
+        steps.validate(request)
+    write_bad_batch("nan", source, start="2026-11-20", end="2026-11-21", seed=5)  # redelivered
+    with pytest.raises(steps.RunFailed, match="quarantine refused: .* new run id"):
+        steps.validate(request)

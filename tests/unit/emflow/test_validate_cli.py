@@ -97,3 +97,36 @@ def test_print_suite_is_the_contract_as_gx_json(capsys):
         "expect_table_columns_to_match_set",
         "expect_column_values_to_be_unique",
     } <= types
+
+
+def test_a_quarantine_conflict_is_a_message_not_a_traceback(tmp_path, capsys):
+    """Issue 16.9: QuarantineConflict escaped as a traceback. The same run id meeting other
+    bytes under a batch it quarantined is refused with the fix named, nothing moved."""
+    data_root = tmp_path / "data"
+    source = data_root / "incoming" / "2026-11-06" / "telemetry.parquet"
+    write_bad_batch("duplicate_ids", source, start="2026-11-06", end="2026-11-07")
+    argv = ["validate", str(source), "--run-id", "conflict-run", "--data-root", str(data_root)]
+    assert main(argv) == 1  # rejected and quarantined
+    write_bad_batch("nan", source, start="2026-11-06", end="2026-11-07", seed=9)  # redelivered
+    changed = source.read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("emflow validate: ") and "new run id" in err
+    assert "Traceback" not in out + err
+    assert source.read_bytes() == changed  # the new delivery stays where it was
+
+
+def test_run_ids_near_airflows_limit_make_short_folder_names(tmp_path, capsys):
+    """Issue 16.9: a 250-character run id made a folder name over 255 bytes."""
+    from validation.quarantine import MAX_KEY_LENGTH, run_folder_name
+
+    long_ids = ["manual__" + "x" * 242, "manual__" + "x" * 241 + "y"]
+    keys = [run_folder_name(run_id) for run_id in long_ids]
+    assert all(len(key) <= MAX_KEY_LENGTH for key in keys) and len(set(keys)) == 2
+    data_root = tmp_path / "data"
+    source = data_root / "incoming" / "2026-11-06" / "telemetry.parquet"
+    write_bad_batch("duplicate_ids", source, start="2026-11-06", end="2026-11-07")
+    argv = ["validate", str(source), "--run-id", long_ids[0], "--data-root", str(data_root)]
+    assert main(argv) == 1
+    assert (data_root / "quarantine" / keys[0] / "2026-11-06" / "telemetry.parquet").is_file()
