@@ -41,6 +41,9 @@ _UNREACHABLE_MARKERS = (
 
 _MAX_BACKOFF_S = 60.0
 
+#: MLflow client settings :func:`connect` applies unless the environment sets them.
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
 
 class TrackingUnavailableError(RuntimeError):
     """The tracking server stayed unreachable through every retry of one step."""
@@ -148,6 +151,11 @@ def connect(settings: Settings) -> MlflowClient:
 
     if settings.tracking_uri.startswith("sqlite:"):
         settings.home.mkdir(parents=True, exist_ok=True)
+    # One layer of retries: emflow's own (with_retries, EMFLOW_MLFLOW_RETRIES). MLflow's HTTP
+    # client would otherwise retry every request 7 times with backoff (minutes per call against
+    # a refused port) before emflow even sees the error. An operator's own values win.
+    for key, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     # MLflow also exports these URIs to the environment, where every Settings() made later in
     # this process would pick them up instead of its own home: keep the environment as it was.
     saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}

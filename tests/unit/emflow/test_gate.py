@@ -129,3 +129,26 @@ def test_with_retries_waits_then_succeeds_or_names_the_fix(tmp_path):
 
     with pytest.raises(KeyError):  # not a connection problem: raised at once, no retries
         with_retries("x", broken, settings)
+
+
+def test_a_refused_tracking_server_fails_fast(tmp_path, monkeypatch, capsys):
+    """Issue 16.11: ``emflow status`` / ``emflow rollback`` hung ~250 s without output against
+    a server refusing connections, even with EMFLOW_MLFLOW_RETRIES=1 (MLflow's own HTTP
+    retries ran first)."""
+    import time
+
+    from support.ops import free_port
+
+    from emflow.cli import main
+
+    for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("EMFLOW_HOME", str(tmp_path))
+    monkeypatch.setenv("EMFLOW_MLFLOW_RETRIES", "1")
+    started = time.monotonic()
+    assert main(["status"]) == 1
+    assert main(["rollback", "--version", "1", "--reason", "refused server"]) == 1
+    assert time.monotonic() - started < 30
+    err = capsys.readouterr().err
+    assert err.count("stayed unreachable") == 2 and "EMFLOW_MLFLOW_RETRIES" in err
