@@ -3,7 +3,8 @@
 Trigger it by hand with a `reason` (required) and optionally a `version`; without a version the
 champion goes back to the previous champion (the `previous-champion` alias). The move is recorded
 on the version's tags (who, when, why, from which version); a version that does not exist is
-refused and the champion stays where it is. Same as `emflow rollback --version N --reason ...`.
+refused and the champion stays where it is, and so is a version the gate rejected unless `force`
+is set. Same as `emflow rollback --version N --reason ... [--force]`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ from emflow.run import steps
             title="Reason",
             description="Why the champion is moved (recorded on the version).",
         ),
+        "force": Param(
+            False,
+            type="boolean",
+            title="Serve a rejected version",
+            description="The gate rejected the version: serve it anyway (recorded).",
+        ),
     },
     default_args={"owner": "emflow", "retries": 1, "retry_delay": timedelta(seconds=30)},
 )
@@ -53,7 +60,9 @@ def gmm_rollback():
         params, dag_run = context["params"], context["dag_run"]
         actor = f"airflow:{getattr(dag_run, 'triggering_user_name', None) or 'unknown'}"
         try:
-            return steps.rollback(params["version"], params["reason"], actor)
+            return steps.rollback(
+                params["version"], params["reason"], actor, bool(params.get("force"))
+            )
         except (LookupError, ValueError) as refused:  # no such version: retrying cannot help
             raise AirflowFailException(f"rollback refused: {refused}") from refused
 

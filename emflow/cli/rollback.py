@@ -15,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reason", required=True, help="why: recorded on the version")
     parser.add_argument("--actor", default=None, help="who (default: user@host)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--force", action="store_true", help="serve the version even though the gate rejected it"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,7 +27,13 @@ def run(args: argparse.Namespace) -> int:
     from emflow.registry.tracking import TrackingUnavailableError
 
     try:
-        result = rollback(args.version, reason=args.reason, actor=args.actor, settings=Settings())
+        result = rollback(
+            args.version,
+            reason=args.reason,
+            actor=args.actor,
+            settings=Settings(),
+            force=args.force,
+        )
     except (UnknownVersionError, RollbackCheckError, ValueError) as error:
         print(f"emflow rollback refused: {error}", file=sys.stderr)
         return 2

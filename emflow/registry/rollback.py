@@ -23,6 +23,10 @@ class RollbackCheckError(RuntimeError):
     """The rollback target failed to load or to score a sample; the champion was not moved."""
 
 
+class RejectedVersionError(ValueError):
+    """The rollback target is a version the gate rejected, and ``force`` was not given."""
+
+
 def check_version_serves(settings: Settings, version: str) -> dict[str, Any]:
     """Load registry version ``version`` through pyfunc and score its input example.
 
@@ -72,8 +76,12 @@ def rollback(
     reason: str,
     actor: str | None = None,
     settings: Settings,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Point ``champion`` at a prior version after checking that it loads and scores.
+
+    A version the gate rejected is served only with ``force`` (and a warning in the log); the
+    record says so.
 
     Parameters
     ----------
@@ -84,6 +92,8 @@ def rollback(
     actor : str, optional
         Who; default ``user@host`` of this process.
     settings : Settings
+    force : bool
+        Serve a version whose recorded decision is ``reject``.
 
     Returns
     -------
@@ -97,6 +107,8 @@ def rollback(
         The version does not exist (or no previous champion is recorded); nothing changed.
     RollbackCheckError
         The target does not load or score; nothing changed.
+    RejectedVersionError
+        The gate rejected the target and ``force`` is False; nothing changed.
     """
     if not reason or not reason.strip():
         raise ValueError("a rollback needs a reason: pass reason='...' (CLI: --reason TEXT)")
@@ -149,6 +161,16 @@ def rollback(
             "changed": False,
             "check": None,
         }
+    tags = found.tags or {}
+    rejected = tags.get(registry.TAG_DECISION) == "reject"
+    if rejected and not force:
+        raise RejectedVersionError(
+            f"v{target} of {name} was rejected by the gate ({tags.get(registry.TAG_REASON, '')}"
+            f"); champion stays {'v' + current if current else 'unset'}. To serve it anyway, "
+            "roll back with force (CLI: --force; gmm_rollback: force=true)"
+        )
+    if rejected:
+        log.warning("rollback by %s serves v%s, which the gate rejected (forced)", actor, target)
     check = check_version_serves(settings, target)
     move = retry(
         "move the champion alias",
@@ -179,6 +201,7 @@ def rollback(
         "reason": reason,
         "changed": True,
         "check": check,
+        "forced": rejected,
     }
     retry(
         "record the rollback",

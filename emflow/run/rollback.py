@@ -15,11 +15,13 @@ def rollback_champion(
     reason: str,
     actor: str,
     settings: Settings | None = None,
+    *,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Point ``champion`` back at ``version`` (None: the previous champion), with a reason.
 
-    A version that does not exist is refused by :func:`emflow.registry.rollback.rollback` and
-    the champion stays where it is.
+    A version that does not exist, or that the gate rejected (unless ``force``), is refused by
+    :func:`emflow.registry.rollback.rollback` and the champion stays where it is.
 
     Returns
     -------
@@ -37,6 +39,7 @@ def rollback_champion(
         reason=reason,
         actor=actor,
         settings=settings or Settings(),
+        force=force,
     )
     result = json.loads(json.dumps(result, default=str))
     log.info("rollback by %s: %s", actor, result)

@@ -165,8 +165,8 @@ def publish_metrics(
     )
 
 
-def rollback(version: int | str | None, reason: str, actor: str) -> JSON:
+def rollback(version: int | str | None, reason: str, actor: str, force: bool = False) -> JSON:
     """:func:`emflow.run.rollback.rollback_champion`."""
     from emflow.run.rollback import rollback_champion
 
-    return rollback_champion(version, reason, actor)
+    return rollback_champion(version, reason, actor, force=force)

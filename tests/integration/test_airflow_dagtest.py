@@ -55,8 +55,10 @@ DRIVER = textwrap.dedent(
     target = 1 if str(champion) == "2" else 2
     outcomes["rollback_missing"] = runner.run_in_process(
         dags["gmm_rollback"], {"version": 99, "reason": "test: no such version"})
+    # v2 may have been rejected by the gate: serving it takes force
     outcomes["rollback"] = runner.run_in_process(
-        dags["gmm_rollback"], {"version": target, "reason": "test: roll back"})
+        dags["gmm_rollback"],
+        {"version": target, "reason": "test: roll back", "force": str(champion) != "2"})
     outcomes["params_after"] = dags["gmm_retrain"].task_dict["validate"].params.dump()
     print("OUTCOMES" + json.dumps(outcomes, default=str), flush=True)
     """

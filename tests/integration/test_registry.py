@@ -227,6 +227,30 @@ def test_rollback_to_previous_champion_and_refusals(settings, trained, holdout, 
     assert report["last_rollback"]["actor"] == "alice"
 
 
+def test_rollback_to_a_version_the_gate_rejected_needs_force(
+    settings, trained, holdout, tmp_path, monkeypatch, capsys
+):
+    """Issue 16.12: ``emflow rollback --version N`` promoted a rejected version silently."""
+    from emflow import cli
+    from emflow.registry.rollback import RejectedVersionError, rollback
+
+    _two_champions(settings, trained, holdout, tmp_path)
+    small_dir, small_info = _copy(trained, "small", tmp_path, name="small-again")
+    *_, third = cycle(settings, small_dir, holdout, "run-3", small_info)
+    assert third.decision == "reject" and _champion(settings) == "2"
+    with pytest.raises(RejectedVersionError, match="rejected by the gate.*force"):
+        rollback(3, reason="try v3", settings=settings)
+    assert _champion(settings) == "2"
+    monkeypatch.setenv("EMFLOW_HOME", str(settings.home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert cli.main(["rollback", "--version", "3", "--reason", "try v3"]) == 2
+    assert "--force" in capsys.readouterr().err and _champion(settings) == "2"
+    assert cli.main(["rollback", "--version", "3", "--reason", "on purpose", "--force"]) == 0
+    assert _champion(settings) == "3"
+    record = rollback(2, reason="back to v2", settings=settings)  # v2 was promoted: no force
+    assert record["changed"] and record["forced"] is False and _champion(settings) == "2"
+
+
 def test_rollback_refuses_a_version_that_does_not_load(settings, trained, holdout, tmp_path):
     from emflow.registry.rollback import RollbackCheckError, rollback
 

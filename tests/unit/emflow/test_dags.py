@@ -233,7 +233,9 @@ def test_rollback_params_version_optional_reason_required(dagbag):
     assert _with_conf(params, {"reason": "bad data on Tuesday"}).validate() == {
         "version": None,
         "reason": "bad data on Tuesday",
+        "force": False,  # a version the gate rejected is served only when forced (issue 16.12)
     }
+    assert params.get_param("force").schema["type"] == "boolean"
     with pytest.raises(ParamValidationError, match="version"):
         _with_conf(params, {"version": 0, "reason": "bad data"}).validate()
 
