@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,14 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``emflow train``."""
     parser.add_argument("path", type=Path, help="Parquet/CSV file, or a folder of them")
-    parser.add_argument("--out", type=Path, help="model directory (default: under EMFLOW_HOME)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="model directory (default: EMFLOW_HOME/models/manual-<UTC time>, a new one per run)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace the model an existing --out folder holds"
+    )
     parser.add_argument("--features", help="comma-separated feature columns (default: contract)")
     # the DAG's parameters (emflow.run.params); this command has always fitted K=8, 200 iterations
     add_cli_options(parser, n_components=8, max_iter=200)
@@ -81,8 +89,22 @@ def summary_lines(model, X_score, features) -> list[str]:
     return lines
 
 
+def output_problem(out: Path, force: bool = False) -> str | None:
+    """Why the model cannot be saved to ``out`` (None: it can); checked before the fit."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file; pass a folder for the model (model.npz + model.json)"
+    if (out / "model.json").exists() and not force:
+        return f"--out {out} holds a model already; pass another folder, or --force to replace it"
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write under {existing} (for --out {out}); pass a folder you can write"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``emflow train``."""
+    from datetime import UTC, datetime
+
     from tqdm import tqdm
 
     from emflow.model.fit_report import log_fit, log_phase
@@ -96,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not logging.getLogger().handlers:  # where the time went, one line per phase, on stderr
         logging.basicConfig(level=logging.INFO, format="emflow train: %(message)s")
+    out = args.out or (Settings().home / "models" / f"manual-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}")
+    problem = output_problem(out, args.force)
+    if problem is not None:  # before the fit, not after it
+        return fail(problem)
     started = time.perf_counter()
     try:
         frame, _ = read_batch(list_batch_files(args.path))
@@ -129,8 +155,10 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     log_fit(log, model)
     started = time.perf_counter()
-    out = args.out or Settings().home / "models" / "manual"
-    save_model(model, out, feature_names=features, metadata={"source": str(args.path)})
+    try:
+        save_model(model, out, feature_names=features, metadata={"source": str(args.path)})
+    except OSError as exc:  # the folder changed during the fit
+        return fail(f"could not save the model to {out}: {exc}")
     log_phase(log, "save", time.perf_counter() - started)
     X = frame[features].to_numpy(dtype="float32")
     print("\n".join(summary_lines(model, X, features)))

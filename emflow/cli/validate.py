@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -80,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
         print("emflow validate: give a PATH to validate (or --print-suite)", file=sys.stderr)
         return EXIT_USAGE
     path = Path(args.path)
+    if args.json and (problem := _json_target_problem(Path(args.json))):
+        print(f"emflow validate: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if args.no_window:
             window = None
@@ -126,5 +130,23 @@ def run(args: argparse.Namespace) -> int:
     elif result.report_path:
         print(f"report: {result.report_path}")
     if args.json:
-        Path(args.json).write_text(json.dumps(result.to_json_dict(), indent=2) + "\n")
+        try:
+            Path(args.json).write_text(json.dumps(result.to_json_dict(), indent=2) + "\n")
+        except OSError as exc:
+            print(f"emflow validate: could not write --json {args.json}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     return EXIT_PASSED if result.success else EXIT_REJECTED
+
+
+def _json_target_problem(target: Path) -> str | None:
+    """Why the report cannot be written to ``target`` (None: it can); checked up front."""
+    if target.is_dir():
+        return f"--json {target} is a folder; pass a file name"
+    folder = target.parent
+    if not folder.is_dir():
+        return f"--json {target}: {folder} is not an existing folder"
+    if not os.access(folder, os.W_OK | os.X_OK) or (
+        target.exists() and not os.access(target, os.W_OK)
+    ):
+        return f"--json {target}: cannot write there; pass a file you can write"
+    return None

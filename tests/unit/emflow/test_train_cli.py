@@ -91,3 +91,74 @@ def test_bad_input_exits_2_with_the_fix_on_stderr(case, match, tmp_path, capsys)
     assert rc == 2
     assert match in captured.err and "Traceback" not in captured.err
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("where", ["existing_file", "under_a_file", "existing_model"])
+def test_an_unusable_out_is_refused_before_the_fit(
+    where, telemetry_file, tmp_path, capsys, monkeypatch
+):
+    """Issue 16.13 / 16.15: ``--out`` an existing file or an unwritable path failed with a
+    traceback after the whole fit; an existing model was silently overwritten."""
+    import gmm_core
+
+    out = tmp_path / "out"
+    if where == "existing_file":
+        out.write_text("not a folder")
+    elif where == "under_a_file":
+        (tmp_path / "blocker").write_text("x")
+        out = tmp_path / "blocker" / "model"
+    else:
+        assert (
+            main(
+                [
+                    "train",
+                    str(telemetry_file),
+                    "--n-components",
+                    "2",
+                    "--max-iter",
+                    "5",
+                    "--backend",
+                    "numpy",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
+    before = (out / "model.npz").read_bytes() if where == "existing_model" else None
+    capsys.readouterr()
+    fitted = []
+    monkeypatch.setattr(gmm_core.GaussianMixture, "fit", lambda self, X, y=None: fitted.append(1))
+    rc = main(["train", str(telemetry_file), "--backend", "numpy", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and fitted == []  # refused before any fitting
+    assert err.startswith("emflow train: ") and "Traceback" not in err
+    assert {
+        "existing_file": "is a file",
+        "under_a_file": "cannot write",
+        "existing_model": "--force",
+    }[where] in err
+    if before is not None:
+        assert (out / "model.npz").read_bytes() == before
+
+
+def test_force_replaces_a_model_and_the_default_folder_is_new_per_run(
+    telemetry_file, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("EMFLOW_HOME", str(tmp_path / "home"))
+    argv = [
+        "train",
+        str(telemetry_file),
+        "--n-components",
+        "2",
+        "--max-iter",
+        "5",
+        "--backend",
+        "numpy",
+    ]
+    assert main(argv) == 0 and main(argv) == 0
+    folders = sorted((tmp_path / "home" / "models").iterdir())
+    assert len(folders) == 2 and all(f.name.startswith("manual-") for f in folders)
+    assert load_model(folders[0]).random_state == 0
+    assert main([*argv, "--out", str(folders[0]), "--force", "--seed", "3"]) == 0
+    assert load_model(folders[0]).random_state == 3  # replaced

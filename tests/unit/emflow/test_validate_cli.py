@@ -130,3 +130,14 @@ def test_run_ids_near_airflows_limit_make_short_folder_names(tmp_path, capsys):
     argv = ["validate", str(source), "--run-id", long_ids[0], "--data-root", str(data_root)]
     assert main(argv) == 1
     assert (data_root / "quarantine" / keys[0] / "2026-11-06" / "telemetry.parquet").is_file()
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "a_folder"])
+def test_an_unwritable_json_report_is_refused_up_front(where, data_root, tmp_path, capsys):
+    """Issue 16.13: ``--json <unwritable path>`` ended in a traceback after validating."""
+    (tmp_path / "blocker").write_text("x")
+    target = tmp_path / "blocker" / "r.json" if where == "under_a_file" else tmp_path
+    rc = main(["validate", str(data_root / "incoming" / DAY), "--json", str(target)])
+    out, err = capsys.readouterr()
+    assert rc == 2 and err.startswith("emflow validate: --json") and "Traceback" not in err
+    assert out == ""  # refused before validating
