@@ -29,9 +29,19 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("emflow")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand; return its exit status."""
     parser = argparse.ArgumentParser(prog="emflow", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"emflow {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     args_argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in args_argv if not a.startswith("-")), None)

@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--force", action="store_true", help="replace the model an existing --out folder holds"
     )
     parser.add_argument("--features", help="comma-separated feature columns (default: contract)")
-    # the DAG's parameters (emflow.run.params); this command has always fitted K=8, 200 iterations
-    add_cli_options(parser, n_components=8, max_iter=200)
+    # the DAG's parameters, with the DAG's defaults (emflow.run.params)
+    add_cli_options(parser)
 
 
 def train_frame(

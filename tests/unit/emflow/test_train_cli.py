@@ -162,3 +162,20 @@ def test_force_replaces_a_model_and_the_default_folder_is_new_per_run(
     assert load_model(folders[0]).random_state == 0
     assert main([*argv, "--out", str(folders[0]), "--force", "--seed", "3"]) == 0
     assert load_model(folders[0]).random_state == 3  # replaced
+
+
+def test_defaults_are_the_dags_and_help_shows_them(capsys):
+    """Issue 16.15: CLI defaults differed from the DAG's (K=8/200 vs 4/100), --help showed
+    none, and there was no --version."""
+    from importlib.metadata import version
+
+    from emflow.run.params import DEFAULT_PARAMS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in ("n_components", "covariance_type", "n_init", "max_iter", "seed", "backend"):
+        assert f"(default {DEFAULT_PARAMS[name]})" in text, name
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"emflow {version('emflow')}"
