@@ -44,9 +44,14 @@ def train_frame(
     backend,
     progress=None,
 ):
-    """Fit on ``frame[features]`` (float32) and return the fitted model."""
+    """Fit on ``frame[features]`` and return the fitted model.
+
+    float32, or float64 where float32 squares would overflow (values near 1e19); a fit that
+    still ends with non-finite parameters raises ValueError instead of returning them.
+    """
     import numpy as np
 
+    from emflow.model.sanity import check_fitted, fit_dtype
     from gmm_core import GaussianMixture, em_progress
 
     missing = [c for c in features if c not in frame.columns]
@@ -55,7 +60,14 @@ def train_frame(
             f"feature columns {missing} are not in the data (columns: {list(frame.columns)}); "
             "pass --features with existing columns or fix the batch."
         )
-    X = frame[list(features)].to_numpy(dtype=np.float32)
+    X = frame[list(features)].to_numpy(dtype=np.float64)
+    dtype = fit_dtype(X)
+    if dtype is np.float64:
+        log.info(
+            "features reach %.3g: fitting in float64 (float32 squares would overflow)",
+            float(np.max(np.abs(X))),
+        )
+    X = X.astype(dtype, copy=False)
     model = GaussianMixture(
         n_components,
         covariance_type=covariance_type,
@@ -65,9 +77,12 @@ def train_frame(
         backend=backend,
     )
     if progress is None:
-        return model.fit(X)
-    with em_progress(progress):
-        return model.fit(X)
+        model.fit(X)
+    else:
+        with em_progress(progress):
+            model.fit(X)
+    check_fitted(model)
+    return model
 
 
 def summary_lines(model, X_score, features) -> list[str]:
@@ -160,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:  # the folder changed during the fit
         return fail(f"could not save the model to {out}: {exc}")
     log_phase(log, "save", time.perf_counter() - started)
-    X = frame[features].to_numpy(dtype="float32")
+    X = frame[features].to_numpy(dtype=model.means_.dtype)
     print("\n".join(summary_lines(model, X, features)))
     print(f"model          {out}")
     print(json.dumps({"model_dir": str(out)}))

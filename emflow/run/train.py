@@ -82,6 +82,7 @@ def train_challenger(
 
     import gmm_core
     from emflow.model.fit_report import device_peak_bytes, log_fit, log_phase
+    from emflow.model.sanity import check_fitted
     from validation.drift import summarize_reference, write_reference
 
     settings = settings_for(request, settings)
@@ -114,6 +115,7 @@ def train_challenger(
     )
     with _compute_context(model.backend, settings):
         model.fit(X)
+    check_fitted(model)  # never save (and publish) a model with non-finite parameters
     gpu_peak = _gpu_memory_peak_bytes(model.backend_)
     finals = [float(bounds[-1]) for bounds in model.restart_lower_bounds_ if len(bounds)]
     for r, bounds in enumerate(model.restart_lower_bounds_):

@@ -396,3 +396,22 @@ def test_a_quarantine_conflict_fails_the_run_without_retry(tmp_path, monkeypatch
     write_bad_batch("nan", source, start="2026-11-20", end="2026-11-21", seed=5)  # redelivered
     with pytest.raises(steps.RunFailed, match="quarantine refused: .* new run id"):
         steps.validate(request)
+
+
+def test_the_train_step_never_saves_a_non_finite_model(settings, monkeypatch):
+    """Issue 16.6: a fit with infinite covariances was saved and went on to the registry."""
+    import gmm_core
+
+    real_fit = gmm_core.GaussianMixture.fit
+
+    def overflowing_fit(self, X, y=None):
+        real_fit(self, X, y)
+        self.covariances_ = np.full_like(self.covariances_, np.inf)
+        return self
+
+    monkeypatch.setattr(gmm_core.GaussianMixture, "fit", overflowing_fit)
+    request, validated, _ = _validated_state(settings, n_components=2, n_init=1, max_iter=5)
+    split = split_window(request, validated, settings)
+    with pytest.raises(ValueError, match="non-finite covariances_"):
+        train_challenger(request, split, settings)
+    assert not (settings.data_root / "models" / request.run_key / "model.json").exists()

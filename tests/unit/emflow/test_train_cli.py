@@ -179,3 +179,64 @@ def test_defaults_are_the_dags_and_help_shows_them(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out.strip() == f"emflow {version('emflow')}"
+
+
+def test_values_near_1e19_fit_in_float64_to_a_finite_model(tmp_path, capsys):
+    """Issue 16.6: float32 data near 1e19 "fitted" to infinite covariances and was saved."""
+    frame = make_telemetry(600, "2026-11-01", "2026-11-02", seed=4)
+    frame["req_rate"] = frame["req_rate"] * 1e17  # up to ~1e19-1e20
+    path = tmp_path / "huge.parquet"
+    frame.to_parquet(path, index=False)
+    out = tmp_path / "model"
+    rc = main(
+        [
+            "train",
+            str(path),
+            "--n-components",
+            "2",
+            "--n-init",
+            "1",
+            "--max-iter",
+            "20",
+            "--backend",
+            "numpy",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    model = load_model(out)
+    assert model.means_.dtype == np.float64
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        assert np.isfinite(getattr(model, name)).all(), name
+
+
+def test_a_non_finite_fit_is_refused_and_not_saved(telemetry_file, tmp_path, capsys, monkeypatch):
+    import gmm_core
+
+    real_fit = gmm_core.GaussianMixture.fit
+
+    def overflowing_fit(self, X, y=None):
+        real_fit(self, X, y)
+        self.covariances_ = np.full_like(self.covariances_, np.inf)
+        return self
+
+    monkeypatch.setattr(gmm_core.GaussianMixture, "fit", overflowing_fit)
+    out = tmp_path / "model"
+    rc = main(
+        [
+            "train",
+            str(telemetry_file),
+            "--n-components",
+            "2",
+            "--max-iter",
+            "5",
+            "--backend",
+            "numpy",
+            "--out",
+            str(out),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "non-finite covariances_" in err and "Scale the features" in err
+    assert not (out / "model.json").exists()
