@@ -25,6 +25,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "emflow.cli.airflow_env",
         "print (--setup: also prepare) the Airflow environment",
     ),
+    "score": (
+        "emflow.cli.score",
+        "score telemetry with the champion (CSV: component, responsibility, log-likelihood)",
+    ),
     "gpu": ("emflow.cli.gpu", "GPU housekeeping: `emflow gpu warmup` compiles the kernels"),
 }
 

@@ -325,3 +325,36 @@ def test_unreachable_server_is_retried_then_fails_clearly_keeping_the_model(
     assert "3 attempts" in message and str(model_dir) in message and "run-x" in message
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in model_dir.iterdir()}
     assert after == before and set(before) == {"model.npz", "model.json"}
+
+
+def test_emflow_score_uses_the_champion_or_a_given_version(
+    settings, trained, holdout, tmp_path, monkeypatch, capsys
+):
+    """Issue 16.14: no emflow way to score a file with the champion."""
+    import pandas as pd
+
+    from emflow import cli
+
+    monkeypatch.setenv("EMFLOW_HOME", str(settings.home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    rows = tmp_path / "rows.parquet"
+    holdout.to_parquet(rows, index=False)
+    assert cli.main(["score", str(rows)]) == 2
+    assert "no champion yet" in capsys.readouterr().err
+    _two_champions(settings, trained, holdout, tmp_path)
+    capsys.readouterr()
+    assert cli.main(["score", str(rows)]) == 0
+    out, err = capsys.readouterr()
+    assert "v2" in err and f"scored {len(holdout)} rows" in err
+    import io
+
+    scored = pd.read_csv(io.StringIO(out))
+    assert list(scored.columns) == ["event_id", "component", "responsibility", "log_likelihood"]
+    assert len(scored) == len(holdout) and scored["log_likelihood"].notna().all()
+    assert (scored["event_id"] == holdout["event_id"].to_numpy()).all()
+    target = tmp_path / "v1.csv"
+    assert cli.main(["score", str(rows), "--version", "1", "--out", str(target)]) == 0
+    by_v1 = pd.read_csv(target)
+    assert not by_v1["log_likelihood"].equals(scored["log_likelihood"])  # another model
+    assert cli.main(["score", str(rows), "--version", "9"]) == 2
+    assert "does not exist" in capsys.readouterr().err
