@@ -55,6 +55,10 @@ class ChampionMovedError(RuntimeError):
     """The champion changed between the decision and the alias move."""
 
 
+class LockTimeoutError(RuntimeError):
+    """The promotion lock stayed taken by a live holder (not an unreachable tracking server)."""
+
+
 def now_iso() -> str:
     """Current UTC time, ISO 8601 with seconds."""
     return datetime.now(UTC).isoformat(timespec="seconds")
@@ -156,12 +160,13 @@ def promotion_lock(
     """Hold the family's promotion lock while the body runs.
 
     Acquiring creates the registered model ``<name>.promotion-lock`` (atomic: a taken name fails
-    on every backend); releasing deletes it. A lock older than ``LOCK_STALE_AFTER_S`` (a holder
-    that died) is broken.
+    on every backend); releasing deletes it. The lock records its holder's host and process id:
+    a holder on this host whose process is gone (killed mid-publish) is broken at once; a lock
+    older than ``LOCK_STALE_AFTER_S`` is broken whatever its host.
 
     Raises
     ------
-    TimeoutError
+    LockTimeoutError
         When the lock stays taken for ``timeout_s`` seconds.
     """
     from mlflow.exceptions import MlflowException
@@ -173,7 +178,12 @@ def promotion_lock(
         try:
             client.create_registered_model(
                 lock,
-                tags={"holder": holder, "acquired_at": now_iso()},
+                tags={
+                    "holder": holder,
+                    "acquired_at": now_iso(),
+                    "host": socket.gethostname(),
+                    "pid": str(os.getpid()),
+                },
                 description="emflow promotion lock: held while the champion alias moves",
             )
             break
@@ -187,7 +197,7 @@ def promotion_lock(
                 raise
         _break_if_stale(client, lock)
         if time.monotonic() > deadline:
-            raise TimeoutError(
+            raise LockTimeoutError(
                 f"promotion lock {lock!r} stayed taken for {timeout_s:.0f} s; if no other "
                 f"publish or rollback is running, delete the registered model {lock!r}"
             )
@@ -209,16 +219,35 @@ def _break_if_stale(client: MlflowClient, lock: str) -> None:
         held = client.get_registered_model(lock)
     except MlflowException:
         return
+    tags = held.tags or {}
     age_s = time.time() - held.creation_timestamp / 1000.0
-    if age_s > LOCK_STALE_AFTER_S:
-        log.warning(
-            "breaking stale promotion lock %s held by %s for %.0f s",
-            lock,
-            held.tags.get("holder"),
-            age_s,
-        )
-        with contextlib.suppress(MlflowException):
+    gone = _holder_gone(tags)
+    if not gone and age_s <= LOCK_STALE_AFTER_S:
+        return
+    log.warning(
+        "breaking promotion lock %s held by %s for %.0f s: %s",
+        lock,
+        tags.get("holder"),
+        age_s,
+        f"its process {tags.get('pid')} on this host is gone" if gone else "stale",
+    )
+    with contextlib.suppress(MlflowException):
+        again = client.get_registered_model(lock)  # the same lock, not a new holder's
+        if again.creation_timestamp == held.creation_timestamp:
             client.delete_registered_model(lock)
+
+
+def _holder_gone(tags: dict[str, str]) -> bool:
+    """Whether the lock's holder ran on this host and its process no longer exists."""
+    if tags.get("host") != socket.gethostname() or not str(tags.get("pid", "")).isdigit():
+        return False
+    try:
+        os.kill(int(tags["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 @dataclass(frozen=True)

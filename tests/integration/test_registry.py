@@ -358,3 +358,52 @@ def test_emflow_score_uses_the_champion_or_a_given_version(
     assert not by_v1["log_likelihood"].equals(scored["log_likelihood"])  # another model
     assert cli.main(["score", str(rows), "--version", "9"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_lock_whose_holder_died_is_broken_at_once(settings):
+    """Issue 16.5: a crashed lock holder blocked every publish and rollback for ~5 minutes,
+    logged as "MLflow unreachable"."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from emflow.registry import aliases
+    from emflow.registry.tracking import connect, is_unreachable
+
+    client = connect(settings)
+    lock = aliases.lock_name(settings.model_name)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    client.create_registered_model(
+        lock,
+        tags={"holder": "killed publish", "pid": dead.stdout.strip(), "host": socket.gethostname()},
+    )
+    started = time.monotonic()
+    with aliases.promotion_lock(client, settings.model_name, holder="retry", timeout_s=20):
+        held = client.get_registered_model(lock)
+        assert held.tags["pid"] == str(os.getpid()) and held.tags["holder"] == "retry"
+    assert time.monotonic() - started < 15
+    assert not aliases.registered_model_exists(client, lock)
+
+    # a live holder is waited for, and the wait is not taken for an unreachable server
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as alive:
+        try:
+            client.create_registered_model(
+                lock,
+                tags={
+                    "holder": "running publish",
+                    "pid": str(alive.pid),
+                    "host": socket.gethostname(),
+                },
+            )
+            with pytest.raises(aliases.LockTimeoutError, match="stayed taken") as waited:
+                with aliases.promotion_lock(client, settings.model_name, holder="x", timeout_s=2):
+                    pass
+            assert not is_unreachable(waited.value)
+        finally:
+            alive.kill()
