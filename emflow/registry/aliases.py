@@ -56,7 +56,7 @@ class ChampionMovedError(RuntimeError):
 
 
 class LockTimeoutError(RuntimeError):
-    """The promotion lock stayed taken by a live holder (not an unreachable tracking server)."""
+    """A family lock stayed taken by a live holder (not an unreachable tracking server)."""
 
 
 def now_iso() -> str:
@@ -148,18 +148,25 @@ def list_versions(client: MlflowClient, name: str) -> list[Any]:
     return sorted(versions, key=lambda v: int(v.version), reverse=True)
 
 
-def lock_name(name: str) -> str:
-    """Name of the registered model used as the promotion lock of model family ``name``."""
-    return f"{name}.promotion-lock"
+def lock_name(name: str, purpose: str = "promotion") -> str:
+    """Name of the registered model used as the ``purpose`` lock of model family ``name``."""
+    return f"{name}.{purpose}-lock"
+
+
+def promotion_lock(
+    client: MlflowClient, name: str, *, holder: str, timeout_s: float = 120.0
+) -> contextlib.AbstractContextManager[None]:
+    """Hold the family's promotion lock (champion moves) while the body runs."""
+    return family_lock(client, name, purpose="promotion", holder=holder, timeout_s=timeout_s)
 
 
 @contextlib.contextmanager
-def promotion_lock(
-    client: MlflowClient, name: str, *, holder: str, timeout_s: float = 120.0
+def family_lock(
+    client: MlflowClient, name: str, *, purpose: str, holder: str, timeout_s: float = 120.0
 ) -> Iterator[None]:
-    """Hold the family's promotion lock while the body runs.
+    """Hold the family's ``purpose`` lock while the body runs.
 
-    Acquiring creates the registered model ``<name>.promotion-lock`` (atomic: a taken name fails
+    Acquiring creates the registered model ``<name>.<purpose>-lock`` (atomic: a taken name fails
     on every backend); releasing deletes it. The lock records its holder's host and process id:
     a holder on this host whose process is gone (killed mid-publish) is broken at once; a lock
     older than ``LOCK_STALE_AFTER_S`` is broken whatever its host.
@@ -171,7 +178,7 @@ def promotion_lock(
     """
     from mlflow.exceptions import MlflowException
 
-    lock = lock_name(name)
+    lock = lock_name(name, purpose)
     deadline = time.monotonic() + timeout_s
     wait_s = 0.05
     while True:
@@ -184,7 +191,7 @@ def promotion_lock(
                     "host": socket.gethostname(),
                     "pid": str(os.getpid()),
                 },
-                description="emflow promotion lock: held while the champion alias moves",
+                description=f"emflow {purpose} lock of {name}",
             )
             break
         except MlflowException as error:
@@ -198,7 +205,7 @@ def promotion_lock(
         _break_if_stale(client, lock)
         if time.monotonic() > deadline:
             raise LockTimeoutError(
-                f"promotion lock {lock!r} stayed taken for {timeout_s:.0f} s; if no other "
+                f"{purpose} lock {lock!r} stayed taken for {timeout_s:.0f} s; if no other "
                 f"publish or rollback is running, delete the registered model {lock!r}"
             )
         time.sleep(wait_s)
@@ -209,7 +216,7 @@ def promotion_lock(
         try:
             client.delete_registered_model(lock)
         except MlflowException as error:  # broken as stale by someone else meanwhile
-            log.warning("could not release promotion lock %s: %s", lock, error)
+            log.warning("could not release lock %s: %s", lock, error)
 
 
 def _break_if_stale(client: MlflowClient, lock: str) -> None:
@@ -225,7 +232,7 @@ def _break_if_stale(client: MlflowClient, lock: str) -> None:
     if not gone and age_s <= LOCK_STALE_AFTER_S:
         return
     log.warning(
-        "breaking promotion lock %s held by %s for %.0f s: %s",
+        "breaking lock %s held by %s for %.0f s: %s",
         lock,
         tags.get("holder"),
         age_s,

@@ -324,14 +324,21 @@ def _register(
         "emflow.alignment_mean_cost": str(decision.alignment_mean_cost),
         "emflow.compared_with": str(decision.champion_version),
     }
-    return client.create_model_version(
-        name,
-        info.model_uri,
-        run_id=run_id,
-        tags=tags,
-        description=f"retrain {data_window} ({run_key})",
-        model_id=info.model_id,
-    )
+    # two attempts of one run key at once (a zombie task and its retry) both got here: the
+    # look-up and the registration happen under the family's register lock, so one registers
+    # and the other finds its version
+    with registry.family_lock(client, name, purpose="register", holder=run_key):
+        found = registry.find_version_by_run_key(client, name, run_key)
+        if found is not None:
+            return found
+        return client.create_model_version(
+            name,
+            info.model_uri,
+            run_id=run_id,
+            tags=tags,
+            description=f"retrain {data_window} ({run_key})",
+            model_id=info.model_id,
+        )
 
 
 def _result_from_version(

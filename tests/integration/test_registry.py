@@ -407,3 +407,49 @@ def test_a_lock_whose_holder_died_is_broken_at_once(settings):
             assert not is_unreachable(waited.value)
         finally:
             alive.kill()
+
+
+def test_one_run_key_published_twice_at_once_registers_one_version(
+    settings, trained, holdout, tmp_path
+):
+    """Issue 16.4: the same run id executed twice at once (a zombie task and its retry)
+    registered two versions with one run key."""
+    import threading
+
+    from emflow.registry.publish import publish
+    from emflow.run.evaluate import evaluate
+    from emflow.run.gate import gate
+
+    model_dir, info = _copy(trained, "good", tmp_path)
+    decision = gate(evaluate(model_dir, holdout, settings), model_dir, settings)
+    results, errors = [], []
+    barrier = threading.Barrier(2)
+
+    def attempt():
+        try:
+            barrier.wait()
+            results.append(
+                publish(
+                    decision,
+                    model_dir,
+                    run_key="zombie-and-retry",
+                    data_window="w",
+                    train_info=info,
+                    settings=settings,
+                )
+            )
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert errors == []
+    versions = _client(settings).search_model_versions(
+        f"name = '{settings.model_name}' and tags.`emflow.run_key` = 'zombie-and-retry'"
+    )
+    assert len(versions) == 1
+    assert {r.version for r in results} == {str(versions[0].version)}
+    assert _champion(settings) == str(versions[0].version)
