@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
         return status
 
     settings = Settings()
+    version: str | None
+    model_dir: Path | None
     try:
         if args.version:
             from emflow.registry.aliases import get_version

@@ -154,8 +154,8 @@ def connect(settings: Settings) -> MlflowClient:
     # One layer of retries: emflow's own (with_retries, EMFLOW_MLFLOW_RETRIES). MLflow's HTTP
     # client would otherwise retry every request 7 times with backoff (minutes per call against
     # a refused port) before emflow even sees the error. An operator's own values win.
-    for key, value in MLFLOW_HTTP_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    for http_key, default in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(http_key, default)
     # MLflow also exports these URIs to the environment, where every Settings() made later in
     # this process would pick them up instead of its own home: keep the environment as it was.
     saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
