@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import logging
 import os
 import socket
@@ -47,6 +48,8 @@ TAG_ROLLBACK_BY = "emflow.rollback_by"
 TAG_ROLLBACK_AT = "emflow.rollback_at"
 TAG_ROLLBACK_REASON = "emflow.rollback_reason"
 TAG_ROLLBACK_FROM = "emflow.rollback_from"
+#: Registered-model tag holding a champion move in progress (cleared when it is done).
+TAG_MOVE_INTENT = "emflow.champion_move"
 
 LOCK_STALE_AFTER_S = 300.0
 
@@ -267,6 +270,56 @@ class ChampionMove:
     current: str | None
 
 
+def _apply_move(client: MlflowClient, name: str, intent: dict[str, Any]) -> None:
+    """Carry out a recorded champion move; every step is idempotent."""
+    version, previous = str(intent["to"]), intent.get("from")
+    client.set_registered_model_alias(name, CHAMPION, version)
+    if previous is not None:
+        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, str(previous))
+        client.set_model_version_tag(name, version, TAG_PREVIOUS_CHAMPION, str(previous))
+    for key, value in (intent.get("version_tags") or {}).items():
+        client.set_model_version_tag(name, version, key, value)
+    client.delete_registered_model_tag(name, TAG_MOVE_INTENT)
+
+
+def pending_move(client: MlflowClient, name: str) -> dict[str, Any] | None:
+    """The champion move an interrupted publish or rollback recorded and did not finish."""
+    try:
+        tags = client.get_registered_model(name).tags or {}
+    except Exception:  # noqa: BLE001 - no model, no move
+        return None
+    return json.loads(tags[TAG_MOVE_INTENT]) if TAG_MOVE_INTENT in tags else None
+
+
+def finish_interrupted_move(
+    client: MlflowClient, name: str, *, holder: str
+) -> dict[str, Any] | None:
+    """Finish a champion move a killed process began (under the promotion lock).
+
+    Returns
+    -------
+    dict or None
+        The move's intent (``from``, ``to``, ``version_tags``) when one was finished.
+    """
+    if pending_move(client, name) is None:
+        return None
+    with promotion_lock(client, name, holder=holder):
+        return _finish_locked(client, name)
+
+
+def _finish_locked(client: MlflowClient, name: str) -> dict[str, Any] | None:
+    intent = pending_move(client, name)
+    if intent is not None:
+        log.warning(
+            "finishing the champion move v%s -> v%s that an interrupted %s began",
+            intent.get("from"),
+            intent["to"],
+            intent.get("holder", "process"),
+        )
+        _apply_move(client, name, intent)
+    return intent
+
+
 def move_champion(
     client: MlflowClient,
     name: str,
@@ -278,22 +331,28 @@ def move_champion(
 ) -> ChampionMove:
     """Point ``champion`` at ``version`` iff it still points at ``expected_champion``.
 
-    Under :func:`promotion_lock`: re-read the champion; when it equals ``expected_champion``
-    (None: no champion), keep the old one as ``previous-champion``, move ``champion`` and tag
-    ``version`` with ``version_tags``. Otherwise move nothing and report the current champion.
+    Under :func:`promotion_lock`: finish a move a killed process left half-done; re-read the
+    champion; when it equals ``expected_champion`` (None: no champion), record the move's
+    intent on the registered model, move ``champion``, keep the old one as
+    ``previous-champion``, tag ``version`` with ``version_tags``, and clear the intent.
+    Otherwise move nothing and report the current champion. A process killed anywhere in
+    between leaves the intent, and the next move (or a retry) completes it.
     """
     version = str(version)
     with promotion_lock(client, name, holder=holder):
+        _finish_locked(client, name)
         current = alias_version(client, name, CHAMPION)
         expected = None if expected_champion is None else str(expected_champion)
         if current == version:  # a retried task whose earlier attempt moved it already
             return ChampionMove(moved=True, version=version, previous=expected, current=version)
         if current != expected:
             return ChampionMove(moved=False, version=version, previous=expected, current=current)
-        if current is not None:
-            client.set_registered_model_alias(name, PREVIOUS_CHAMPION, current)
-            client.set_model_version_tag(name, version, TAG_PREVIOUS_CHAMPION, current)
-        for key, value in (version_tags or {}).items():
-            client.set_model_version_tag(name, version, key, value)
-        client.set_registered_model_alias(name, CHAMPION, version)
+        intent = {
+            "from": current,
+            "to": version,
+            "version_tags": dict(version_tags or {}),
+            "holder": holder,
+        }
+        client.set_registered_model_tag(name, TAG_MOVE_INTENT, json.dumps(intent)[:5000])
+        _apply_move(client, name, intent)
         return ChampionMove(moved=True, version=version, previous=current, current=version)

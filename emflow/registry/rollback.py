@@ -124,6 +124,31 @@ def rollback(
             f"no registered model {name!r} at {settings.tracking_uri}: nothing to roll back "
             "(check MLFLOW_TRACKING_URI / EMFLOW_HOME)"
         )
+    # a rollback (or promotion) killed between its registry writes left its intent: finish it
+    # first, so a retry ends where the uninterrupted run would have
+    pending = retry(
+        "finish an interrupted champion move",
+        lambda: registry.finish_interrupted_move(client, name, holder=f"rollback by {actor}"),
+    )
+    if pending is not None and _is_this_rollback(pending, version):
+        record = {
+            "version": str(pending["to"]),
+            "previous": pending.get("from"),
+            "actor": actor,
+            "at": registry.now_iso(),
+            "reason": reason,
+            "changed": True,
+            "check": None,
+            "resumed": True,
+        }
+        retry(
+            "record the rollback",
+            lambda: client.set_registered_model_tag(
+                name, "emflow.last_rollback", json.dumps(record, default=str)[:5000]
+            ),
+        )
+        log.warning("finished the interrupted rollback of %s to v%s", name, record["version"])
+        return record
     current = retry(
         "read the champion", lambda: registry.alias_version(client, name, registry.CHAMPION)
     )
@@ -213,3 +238,10 @@ def rollback(
         "rolled back %s champion v%s -> v%s by %s: %s", name, current, target, actor, reason
     )
     return record
+
+
+def _is_this_rollback(intent: dict[str, Any], version: str | int | None) -> bool:
+    """Whether a finished-on-retry move was a rollback to the version now asked for."""
+    if registry.TAG_ROLLBACK_BY not in (intent.get("version_tags") or {}):
+        return False  # a promotion's move: this rollback still has to happen
+    return version is None or str(version).strip().lstrip("0") == str(intent["to"])

@@ -453,3 +453,63 @@ def test_one_run_key_published_twice_at_once_registers_one_version(
     assert len(versions) == 1
     assert {r.version for r in results} == {str(versions[0].version)}
     assert _champion(settings) == str(versions[0].version)
+
+
+KILL_AT_FIRST_ALIAS_MOVE = """
+import os, signal, sys
+import mlflow
+from emflow.config import Settings
+from emflow.registry.rollback import rollback
+
+original = mlflow.MlflowClient.set_registered_model_alias
+
+def killed(self, name, alias, version):  # SIGKILL right after the first alias write
+    original(self, name, alias, version)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+mlflow.MlflowClient.set_registered_model_alias = killed
+rollback(reason="v2 pages on-call", actor="alice", settings=Settings())
+"""
+
+
+def test_a_rollback_killed_between_its_alias_moves_is_finished_by_the_retry(
+    settings, trained, holdout, tmp_path
+):
+    """Issue 16.1: a rollback killed between moving previous-champion and champion left both
+    aliases on the bad version; the retry said "already the champion; nothing changed" and the
+    lock stayed behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from emflow.registry import aliases
+    from emflow.registry.rollback import rollback
+    from emflow.registry.status import status
+
+    _two_champions(settings, trained, holdout, tmp_path)  # champion v2, previous-champion v1
+    env = {**os.environ, "EMFLOW_HOME": str(settings.home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AT_FIRST_ALIAS_MOVE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    client = _client(settings)
+    assert aliases.registered_model_exists(client, aliases.lock_name(settings.model_name))
+
+    record = rollback(reason="v2 pages on-call (retry)", actor="alice", settings=settings)
+    assert (record["version"], record["previous"], record["changed"]) == ("1", "2", True)
+    report = status(settings)  # what the uninterrupted rollback leaves
+    assert report["aliases"] == {"champion": "1", "challenger": "2", "previous-champion": "2"}
+    assert report["last_rollback"]["reason"] == "v2 pages on-call (retry)"
+    tags = client.get_model_version(settings.model_name, "1").tags
+    assert tags["emflow.rollback_by"] == "alice" and tags["emflow.rollback_from"] == "2"
+    assert not aliases.registered_model_exists(client, aliases.lock_name(settings.model_name))
+    assert aliases.pending_move(client, settings.model_name) is None
+    # a retry naming the version finds the move done and changes nothing more
+    again = rollback(1, reason="v2 pages on-call (retry 2)", actor="alice", settings=settings)
+    assert again["changed"] is False and again["version"] == "1"
