@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from emflow.config import Settings
 from emflow.registry import aliases
 from emflow.registry.tracking import connect, with_retries
+
+log = logging.getLogger(__name__)
 
 
 def champion_version(client: Any, settings: Settings) -> str | None:
@@ -30,8 +34,22 @@ def load_champion(settings: Settings) -> tuple[str | None, Path | None]:
     return version, version_model_dir(client, settings, version)
 
 
+def _intact(model_dir: Path) -> bool:
+    """Whether the gmm_core files in ``model_dir`` load (checksums and arrays verified)."""
+    import gmm_core
+
+    try:
+        gmm_core.load_model(model_dir)
+    except (gmm_core.ModelFileError, OSError, ValueError):
+        return False
+    return True
+
+
 def version_model_dir(client: Any, settings: Settings, version: str) -> Path:
-    """Local copy of registry version ``version``'s gmm_core files (downloaded once, cached)."""
+    """Local copy of registry version ``version``'s gmm_core files (downloaded once, cached).
+
+    A cached copy that no longer loads is set aside and downloaded again.
+    """
     import mlflow
 
     # Keyed by the version's source too: a registry recreated under the same URI reuses numbers.
@@ -46,7 +64,15 @@ def version_model_dir(client: Any, settings: Settings, version: str) -> Path:
         settings.home / "cache" / "registry" / store / settings.model_name / f"v{version}-{key}"
     )
     if (cached / "model.json").exists():
-        return cached
+        if _intact(cached):
+            return cached
+        # a damaged copy (disk trouble, an edit by hand) would fail every later retrain:
+        # keep it aside for inspection and fetch the version from the store again
+        aside = cached.with_name(f"{cached.name}.damaged-{time.time_ns()}")
+        cached.rename(aside)
+        log.warning(
+            "cached copy of v%s failed its checksums; kept as %s, downloading again", version, aside
+        )
     cached.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"v{version}-", dir=cached.parent) as staging:
 

@@ -513,3 +513,21 @@ def test_a_rollback_killed_between_its_alias_moves_is_finished_by_the_retry(
     # a retry naming the version finds the move done and changes nothing more
     again = rollback(1, reason="v2 pages on-call (retry 2)", actor="alice", settings=settings)
     assert again["changed"] is False and again["version"] == "1"
+
+
+def test_a_damaged_cached_champion_copy_is_fetched_again(settings, trained, holdout, tmp_path):
+    """Issue 16.7: a corrupted cached champion copy was never refreshed from the store, so every
+    later retrain failed until someone deleted the cache."""
+    from emflow.registry.champion import load_champion
+    from emflow.run.evaluate import evaluate
+
+    _two_champions(settings, trained, holdout, tmp_path)
+    version, cached = load_champion(settings)
+    npz = cached / "model.npz"
+    npz.write_bytes(npz.read_bytes()[:200])  # damaged on local disk
+    model_dir, _ = _copy(trained, "good", tmp_path, name="next")
+    evaluation = evaluate(model_dir, holdout, settings)  # would raise ModelFileError before
+    assert evaluation.champion_version == version and evaluation.champion_mean_loglik is not None
+    again_version, again = load_champion(settings)
+    assert again == cached and (again / "model.npz").stat().st_size > 200
+    assert list(cached.parent.glob(f"{cached.name}.damaged-*"))  # kept aside, not deleted
