@@ -19,7 +19,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from emflow.config import Settings
+from emflow.config import Settings, database_url
 
 PACKAGED_DAGS = Path(__file__).resolve().parents[1] / "_dags"  # the wheel's copy of dags/
 SOURCE_DAGS = Path(__file__).resolve().parents[2] / "dags"  # a source checkout's dags/
@@ -105,7 +105,9 @@ def airflow_environment(
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
-            sql_alchemy_conn or f"sqlite:///{home / 'airflow.db'}"
+            database_url(sql_alchemy_conn)
+            if sql_alchemy_conn
+            else f"sqlite:///{home / 'airflow.db'}"
         ),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(api_port),

@@ -273,3 +273,23 @@ def test_emflow_airflow_env_prints_shell_exports(tmp_path):
     assert exports["AIRFLOW_HOME"] == str(tmp_path / "airflow")
     assert exports["AIRFLOW__API__PORT"] == "8124"
     assert exports["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+
+
+def test_a_bare_postgresql_url_gets_the_installed_driver(monkeypatch, tmp_path):
+    """Issue 16.13: ``MLFLOW_TRACKING_URI=postgresql://...`` failed with a traceback (SQLAlchemy
+    2.1 maps it to psycopg 3, which is not installed; psycopg2 is)."""
+    import importlib.util
+
+    from emflow.config import database_url
+
+    if importlib.util.find_spec("psycopg") is not None:
+        pytest.skip("psycopg 3 is installed: the bare URL works as it is")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://mlflow@127.0.0.1:5432/mlflow")
+    assert (
+        Settings(home=tmp_path).tracking_uri == "postgresql+psycopg2://mlflow@127.0.0.1:5432/mlflow"
+    )
+    assert database_url("postgres://a@h/db") == "postgresql+psycopg2://a@h/db"
+    for kept in ("postgresql+psycopg2://a@h/db", "sqlite:///x.db", "http://127.0.0.1:5000"):
+        assert database_url(kept) == kept
+    env = airflow_environment(Settings(home=tmp_path), sql_alchemy_conn="postgresql://x@h/db")
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == "postgresql+psycopg2://x@h/db"
