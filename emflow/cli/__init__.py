@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "emflow.cli.score",
         "score telemetry with the champion (CSV: component, responsibility, log-likelihood)",
     ),
+    "telemetry": ("emflow.cli.telemetry", "write synthetic telemetry windows under incoming/"),
     "gpu": ("emflow.cli.gpu", "GPU housekeeping: `emflow gpu warmup` compiles the kernels"),
 }
 
