@@ -10,7 +10,7 @@ import numpy as np
 
 from emflow.config import Settings
 from emflow.registry import aliases as registry
-from emflow.registry.tracking import connect, with_retries
+from emflow.registry.tracking import connect, missing_sqlite_store, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,12 @@ def rollback(
         raise ValueError("a rollback needs a reason: pass reason='...' (CLI: --reason TEXT)")
     actor = actor or registry.default_actor()
     name = settings.model_name
+    if (missing := missing_sqlite_store(settings.tracking_uri)) is not None:
+        raise UnknownVersionError(
+            f"no registered model {name!r}: no registry at {missing} (MLflow store "
+            f"{settings.tracking_uri}), nothing to roll back; check EMFLOW_HOME / "
+            "MLFLOW_TRACKING_URI"
+        )
     client = connect(settings)
 
     def retry(step: str, call: Any) -> Any:

@@ -7,7 +7,7 @@ from typing import Any
 
 from emflow.config import Settings
 from emflow.registry import aliases as registry
-from emflow.registry.tracking import connect, with_retries
+from emflow.registry.tracking import connect, missing_sqlite_store, with_retries
 
 
 def status(settings: Settings) -> dict[str, Any]:
@@ -23,13 +23,15 @@ def status(settings: Settings) -> dict[str, Any]:
     from datetime import UTC, datetime
 
     name = settings.model_name
-    client = connect(settings)
     out: dict[str, Any] = {
         "model_name": name,
         "tracking_uri": settings.tracking_uri,
         "aliases": {},
         "versions": [],
     }
+    if missing_sqlite_store(settings.tracking_uri) is not None:
+        return out  # nothing registered; and reading must not create a database here
+    client = connect(settings)
     if not with_retries(
         "look up the model", lambda: registry.registered_model_exists(client, name), settings
     ):

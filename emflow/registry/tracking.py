@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from emflow.config import Settings
@@ -137,6 +138,20 @@ def with_retries(
             time.sleep(wait_s)
             wait_s = min(_MAX_BACKOFF_S, max(wait_s * 2, 0.1))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def missing_sqlite_store(tracking_uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` store that does not exist yet (None otherwise).
+
+    Reading commands check this first: connecting would create an empty database (and its
+    folder) wherever the command happens to run.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = Path(tracking_uri.removeprefix("sqlite:///").split("?")[0])
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    return None if path.exists() else path
 
 
 def is_local_store(tracking_uri: str) -> bool:

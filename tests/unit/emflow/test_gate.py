@@ -152,3 +152,17 @@ def test_a_refused_tracking_server_fails_fast(tmp_path, monkeypatch, capsys):
     assert time.monotonic() - started < 30
     err = capsys.readouterr().err
     assert err.count("stayed unreachable") == 2 and "EMFLOW_MLFLOW_RETRIES" in err
+
+
+def test_status_and_rollback_do_not_create_a_registry_where_they_run(tmp_path, monkeypatch, capsys):
+    """Issue 16.15: ``emflow status`` created ``./.emflow/mlflow.db`` in whatever folder it ran."""
+    from emflow.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EMFLOW_HOME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["status"]) == 0
+    assert "no versions registered yet" in capsys.readouterr().out
+    assert main(["rollback", "--reason", "nothing to roll back"]) == 2
+    assert "no registry at" in capsys.readouterr().err
+    assert not (tmp_path / ".emflow").exists()
