@@ -61,7 +61,11 @@ def gmm_rollback():
         actor = f"airflow:{getattr(dag_run, 'triggering_user_name', None) or 'unknown'}"
         try:
             return steps.rollback(
-                params["version"], params["reason"], actor, bool(params.get("force"))
+                params["version"],
+                params["reason"],
+                actor,
+                bool(params.get("force")),
+                request_id=dag_run.run_id,  # a retried task finds its finished rollback
             )
         except (LookupError, ValueError) as refused:  # no such version: retrying cannot help
             raise AirflowFailException(f"rollback refused: {refused}") from refused

@@ -247,6 +247,19 @@ def _break_if_stale(client: MlflowClient, lock: str) -> None:
             client.delete_registered_model(lock)
 
 
+LOCK_PURPOSES = ("promotion", "register")
+
+
+def clear_dead_locks(client: MlflowClient, name: str) -> None:
+    """Break the family's locks whose holder process is gone (or that are stale).
+
+    A publish or rollback killed while holding a lock leaves it behind; its retry may not need
+    that lock again (the step is done), so it clears what a dead holder left first.
+    """
+    for purpose in LOCK_PURPOSES:
+        _break_if_stale(client, lock_name(name, purpose))
+
+
 def _holder_gone(tags: dict[str, str]) -> bool:
     """Whether the lock's holder ran on this host and its process no longer exists."""
     if tags.get("host") != socket.gethostname() or not str(tags.get("pid", "")).isdigit():
@@ -279,7 +292,9 @@ def _apply_move(client: MlflowClient, name: str, intent: dict[str, Any]) -> None
         client.set_model_version_tag(name, version, TAG_PREVIOUS_CHAMPION, str(previous))
     for key, value in (intent.get("version_tags") or {}).items():
         client.set_model_version_tag(name, version, key, value)
-    client.delete_registered_model_tag(name, TAG_MOVE_INTENT)
+    for key, value in (intent.get("model_tags") or {}).items():  # e.g. the rollback's record
+        client.set_registered_model_tag(name, key, value)
+    client.delete_registered_model_tag(name, TAG_MOVE_INTENT)  # last: the move is complete
 
 
 def pending_move(client: MlflowClient, name: str) -> dict[str, Any] | None:
@@ -328,13 +343,15 @@ def move_champion(
     expected_champion: str | None,
     holder: str,
     version_tags: dict[str, str] | None = None,
+    model_tags: dict[str, str] | None = None,
 ) -> ChampionMove:
     """Point ``champion`` at ``version`` iff it still points at ``expected_champion``.
 
     Under :func:`promotion_lock`: finish a move a killed process left half-done; re-read the
     champion; when it equals ``expected_champion`` (None: no champion), record the move's
     intent on the registered model, move ``champion``, keep the old one as
-    ``previous-champion``, tag ``version`` with ``version_tags``, and clear the intent.
+    ``previous-champion``, tag ``version`` with ``version_tags`` and the registered model
+    with ``model_tags``, and clear the intent.
     Otherwise move nothing and report the current champion. A process killed anywhere in
     between leaves the intent, and the next move (or a retry) completes it.
     """
@@ -351,8 +368,9 @@ def move_champion(
             "from": current,
             "to": version,
             "version_tags": dict(version_tags or {}),
+            "model_tags": dict(model_tags or {}),
             "holder": holder,
         }
-        client.set_registered_model_tag(name, TAG_MOVE_INTENT, json.dumps(intent)[:5000])
+        client.set_registered_model_tag(name, TAG_MOVE_INTENT, json.dumps(intent))
         _apply_move(client, name, intent)
         return ChampionMove(moved=True, version=version, previous=current, current=version)

@@ -166,6 +166,7 @@ def publish(
         return with_retries(step, call, settings, keep_note=keep_note)
 
     client = connect(settings)
+    retry("clear locks of dead holders", lambda: registry.clear_dead_locks(client, name))
     existing = retry(
         "look up the run key", lambda: registry.find_version_by_run_key(client, name, run_key)
     )

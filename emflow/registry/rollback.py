@@ -15,6 +15,10 @@ from emflow.registry.tracking import connect, missing_sqlite_store, with_retries
 log = logging.getLogger(__name__)
 
 
+#: Registered-model tag holding the latest rollback's record (JSON).
+TAG_LAST_ROLLBACK = "emflow.last_rollback"
+
+
 class UnknownVersionError(ValueError):
     """A rollback named a registry version that does not exist."""
 
@@ -77,6 +81,7 @@ def rollback(
     actor: str | None = None,
     settings: Settings,
     force: bool = False,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     """Point ``champion`` at a prior version after checking that it loads and scores.
 
@@ -94,6 +99,9 @@ def rollback(
     settings : Settings
     force : bool
         Serve a version whose recorded decision is ``reject``.
+    request_id : str, optional
+        Identifies this rollback request (the DAG passes its run id): a retry of a request that
+        completed returns its record instead of rolling back again.
 
     Returns
     -------
@@ -130,6 +138,7 @@ def rollback(
             f"no registered model {name!r} at {settings.tracking_uri}: nothing to roll back "
             "(check MLFLOW_TRACKING_URI / EMFLOW_HOME)"
         )
+    retry("clear locks of dead holders", lambda: registry.clear_dead_locks(client, name))
     # a rollback (or promotion) killed between its registry writes left its intent: finish it
     # first, so a retry ends where the uninterrupted run would have
     pending = retry(
@@ -137,24 +146,14 @@ def rollback(
         lambda: registry.finish_interrupted_move(client, name, holder=f"rollback by {actor}"),
     )
     if pending is not None and _is_this_rollback(pending, version):
-        record = {
-            "version": str(pending["to"]),
-            "previous": pending.get("from"),
-            "actor": actor,
-            "at": registry.now_iso(),
-            "reason": reason,
-            "changed": True,
-            "check": None,
-            "resumed": True,
-        }
-        retry(
-            "record the rollback",
-            lambda: client.set_registered_model_tag(
-                name, "emflow.last_rollback", json.dumps(record, default=str)[:5000]
-            ),
-        )
+        record = json.loads(pending["model_tags"][TAG_LAST_ROLLBACK])
         log.warning("finished the interrupted rollback of %s to v%s", name, record["version"])
-        return record
+        return {**record, "resumed": True}
+    if request_id is not None:
+        done = _last_rollback(client, name, settings)
+        if done is not None and done.get("request_id") == request_id:
+            log.info("rollback request %s was completed already: %s", request_id, done)
+            return {**done, "resumed": True}
     current = retry(
         "read the champion", lambda: registry.alias_version(client, name, registry.CHAMPION)
     )
@@ -203,6 +202,17 @@ def rollback(
     if rejected:
         log.warning("rollback by %s serves v%s, which the gate rejected (forced)", actor, target)
     check = check_version_serves(settings, target)
+    record = {
+        "version": target,
+        "previous": current,
+        "actor": actor,
+        "at": at,
+        "reason": reason,
+        "changed": True,
+        "check": check,
+        "forced": rejected,
+        "request_id": request_id,
+    }
     move = retry(
         "move the champion alias",
         lambda: registry.move_champion(
@@ -217,6 +227,8 @@ def rollback(
                 registry.TAG_ROLLBACK_REASON: reason[:5000],
                 registry.TAG_ROLLBACK_FROM: str(current),
             },
+            # the record is part of the move: a retry finds it, however far a killed try got
+            model_tags={TAG_LAST_ROLLBACK: json.dumps(record, default=str)[:5000]},
         ),
     )
     if not move.moved:
@@ -224,26 +236,16 @@ def rollback(
             f"the champion moved from v{current} to v{move.current} during the rollback; "
             "nothing changed: check `emflow status` and retry"
         )
-    record = {
-        "version": target,
-        "previous": current,
-        "actor": actor,
-        "at": at,
-        "reason": reason,
-        "changed": True,
-        "check": check,
-        "forced": rejected,
-    }
-    retry(
-        "record the rollback",
-        lambda: client.set_registered_model_tag(
-            name, "emflow.last_rollback", json.dumps(record, default=str)[:5000]
-        ),
-    )
     log.warning(
         "rolled back %s champion v%s -> v%s by %s: %s", name, current, target, actor, reason
     )
     return record
+
+
+def _last_rollback(client: Any, name: str, settings: Settings) -> dict[str, Any] | None:
+    tags = with_retries("read the model", lambda: client.get_registered_model(name), settings).tags
+    text = (tags or {}).get(TAG_LAST_ROLLBACK)
+    return json.loads(text) if text else None
 
 
 def _is_this_rollback(intent: dict[str, Any], version: str | int | None) -> bool:

@@ -17,6 +17,7 @@ def rollback_champion(
     settings: Settings | None = None,
     *,
     force: bool = False,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     """Point ``champion`` back at ``version`` (None: the previous champion), with a reason.
 
@@ -40,6 +41,7 @@ def rollback_champion(
         actor=actor,
         settings=settings or Settings(),
         force=force,
+        request_id=request_id,
     )
     result = json.loads(json.dumps(result, default=str))
     log.info("rollback by %s: %s", actor, result)

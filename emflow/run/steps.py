@@ -165,8 +165,14 @@ def publish_metrics(
     )
 
 
-def rollback(version: int | str | None, reason: str, actor: str, force: bool = False) -> JSON:
-    """:func:`emflow.run.rollback.rollback_champion`."""
+def rollback(
+    version: int | str | None,
+    reason: str,
+    actor: str,
+    force: bool = False,
+    request_id: str | None = None,
+) -> JSON:
+    """:func:`emflow.run.rollback.rollback_champion`; ``request_id`` makes retries idempotent."""
     from emflow.run.rollback import rollback_champion
 
-    return rollback_champion(version, reason, actor, force=force)
+    return rollback_champion(version, reason, actor, force=force, request_id=request_id)

@@ -503,9 +503,10 @@ def test_a_rollback_killed_between_its_alias_moves_is_finished_by_the_retry(
 
     record = rollback(reason="v2 pages on-call (retry)", actor="alice", settings=settings)
     assert (record["version"], record["previous"], record["changed"]) == ("1", "2", True)
+    assert record["resumed"] is True and record["reason"] == "v2 pages on-call"  # the killed one
     report = status(settings)  # what the uninterrupted rollback leaves
     assert report["aliases"] == {"champion": "1", "challenger": "2", "previous-champion": "2"}
-    assert report["last_rollback"]["reason"] == "v2 pages on-call (retry)"
+    assert report["last_rollback"]["reason"] == "v2 pages on-call"
     tags = client.get_model_version(settings.model_name, "1").tags
     assert tags["emflow.rollback_by"] == "alice" and tags["emflow.rollback_from"] == "2"
     assert not aliases.registered_model_exists(client, aliases.lock_name(settings.model_name))
