@@ -13,11 +13,12 @@ RUN := $(UV) run --frozen --no-sync
 EMFLOW_HOME ?= $(CURDIR)/.emflow
 export EMFLOW_HOME
 
-.PHONY: help setup demo test lint typecheck cuda-check bench bench-gpu clean
+.PHONY: help setup demo test check lint typecheck cuda-check bench bench-gpu clean
 
 help:
 	@echo "make demo   set up and run the retraining demo on the embedded default (SQLite, local files, CPU if no GPU)"
-	@echo "make test   set up and run the test suite"
+	@echo "make test   set up and run the linters, the type check and every test (what CI runs)"
+	@echo "make check  lint + the fast unit tests (the edit loop, < 90 s on 2 cores)"
 	@echo "make lint | typecheck | cuda-check | bench | bench-gpu | clean"
 
 $(CURDIR)/.tools/bin/uv:
@@ -33,15 +34,20 @@ setup: .venv/.synced
 demo: setup
 	$(RUN) emflow demo
 
+# ruff format --check: the whole tree but what [tool.ruff.format] exclude names (pyproject.toml)
 lint: setup
 	$(RUN) ruff check .
-	$(RUN) ruff format --check gmm_core
+	$(RUN) ruff format --check .
 
 typecheck: setup
 	$(RUN) mypy
 
 cuda-check: setup
-	$(RUN) pytest -q tests/test_cuda_compile.py
+	$(RUN) pytest -q tests/unit/gmm_core/test_cuda_compile.py
+
+# the edit loop: lint and the unit tests that take seconds (no services, no GPU, nothing slow)
+check: setup lint
+	$(RUN) pytest -q tests/unit -m "not slow and not integration and not gpu"
 
 test: setup lint typecheck
 	$(RUN) pytest

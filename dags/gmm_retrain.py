@@ -19,7 +19,9 @@ with the parameters below, or a backfill (`airflow backfill create --dag-id gmm_
 --from-date ... --to-date ...`: one window per logical date).
 
 Failed tasks are retried (`EMFLOW_RETRY_DELAY_S`, default 60 s, growing); a rejected batch is not.
-All logic lives in `emflow.pipeline`; these tasks only pass small JSON dicts between its steps.
+All logic lives in `emflow.run` (one module per step); the tasks pass small explicit values: the
+request, the validated files, the split's paths, the trained model's folder, the evaluation (with
+the window's drift), the decision and the publication.
 """
 
 from __future__ import annotations
@@ -32,50 +34,19 @@ from airflow.sdk import (
     Asset,
     AssetOrTimeSchedule,
     CronDataIntervalTimetable,
-    Param,
     dag,
     get_current_context,
     task,
 )
 
+from emflow.run import steps
+from emflow.run.params import airflow_params
+
 TELEMETRY = Asset(name="emflow-telemetry", uri="file:///emflow/telemetry/incoming")
 SCHEDULE = os.environ.get("EMFLOW_RETRAIN_SCHEDULE", "@daily")
-GPU_QUEUE = "gpu"  # emflow.airflow_env.GPU_QUEUE (not imported: keep parsing light)
+GPU_QUEUE = "gpu"  # emflow.airflow.environment.GPU_QUEUE (not imported: keep parsing light)
 GPU_POOL = "gpu"
 RETRY_DELAY = timedelta(seconds=float(os.environ.get("EMFLOW_RETRY_DELAY_S", "60")))
-
-PARAMS = {
-    "window_start": Param(
-        None, type=["null", "string"], format="date", title="Window start (YYYY-MM-DD)",
-        description="First day of telemetry to train on; empty: the day of the logical date.",
-    ),
-    "window_end": Param(
-        None, type=["null", "string"], format="date", title="Window end (exclusive)",
-        description="Day after the last day of the window; empty: window start + 1 day.",
-    ),
-    "n_components": Param(4, type="integer", minimum=1, maximum=256,
-                          title="Mixture components (K)"),
-    "covariance_type": Param("full", type="string", enum=["full", "tied", "diag", "spherical"],
-                             title="Covariance type"),
-    "n_init": Param(3, type="integer", minimum=1, maximum=64,
-                    title="Seeded restarts (best lower bound wins)"),
-    "max_iter": Param(100, type="integer", minimum=1, maximum=10_000, title="EM iterations cap"),
-    "seed": Param(0, type="integer", minimum=0, maximum=2**32 - 1,
-                  title="Random seed (split and restarts)"),
-    "backend": Param("auto", type="string", enum=["auto", "numpy", "cupy", "dask", "multigpu"],
-                     title="Compute backend",
-                     description="auto: the Dask cluster when EMFLOW_DASK_SCHEDULER is set, else "
-                                 "CuPy when a GPU is usable, else NumPy. multigpu: every GPU of "
-                                 "the worker."),
-    "holdout_fraction": Param(0.2, type="number", minimum=0.05, maximum=0.5,
-                              title="Holdout fraction"),
-    "promotion_margin": Param(
-        None, type=["null", "number"], minimum=0, maximum=100,
-        title="Promotion margin (nats/sample)",
-        description="Largest holdout log-likelihood drop still promoted; empty: "
-                    "EMFLOW_PROMOTION_MARGIN (0.05).",
-    ),
-}
 
 
 @dag(
@@ -88,7 +59,7 @@ PARAMS = {
     catchup=False,
     max_active_runs=1,
     tags=["emflow", "gmm", "retrain"],
-    params=PARAMS,
+    params=airflow_params(),
     default_args={
         "owner": "emflow",
         "retries": 2,
@@ -99,57 +70,46 @@ PARAMS = {
 def gmm_retrain():
     """Validate -> split -> train -> evaluate -> gate -> publish -> publish metrics.
 
-    Each step receives the run's state dict (request, then what earlier steps found: paths,
-    counts, the decision) and returns it with its own entry added.
+    Each task takes the small values it needs from earlier tasks (the request, paths, the
+    decision) and returns its own as JSON.
     """
 
-    @task
+    @task(multiple_outputs=True)
     def validate() -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from emflow import pipeline
-        from validation import BatchRejected
-
         context = get_current_context()
         try:
-            request = pipeline.request_from_context(context)
+            request = steps.request_from_context(context)
         except ValueError as invalid:  # the run's window or parameters: a retry cannot help
             raise AirflowFailException(str(invalid)) from invalid
         try:
-            return pipeline.validate_window(request)
-        except BatchRejected as rejected:
-            context["ti"].xcom_push(key="rejected", value=pipeline.rejection_summary(rejected))
+            return steps.validate(request)
+        except steps.RunRejected as rejected:
+            context["ti"].xcom_push(key="rejected", value=rejected.facts)
             raise AirflowFailException(str(rejected)) from rejected  # bad data: no retry
+        except steps.RunFailed as failed:  # e.g. quarantine refused to overwrite: no retry
+            raise AirflowFailException(str(failed)) from failed
 
     @task
-    def split(state: dict) -> dict:
-        from emflow import pipeline
-
-        return pipeline.split_window(state)
+    def split(request: dict, validated: dict) -> dict:
+        return steps.split(request, validated)
 
     @task(queue=GPU_QUEUE, pool=GPU_POOL, retries=3)
-    def train(state: dict) -> dict:
-        from emflow import pipeline
-
-        return pipeline.train_challenger(state)
+    def train(request: dict, split: dict) -> dict:
+        return steps.train(request, split)
 
     @task
-    def evaluate(state: dict) -> dict:
-        from emflow import pipeline
-
-        return pipeline.evaluate_challenger(state)
+    def evaluate(request: dict, split: dict, trained: dict) -> dict:
+        return steps.evaluate(request, split, trained)
 
     @task
-    def gate(state: dict) -> dict:
-        from emflow import pipeline
-
-        return pipeline.gate_challenger(state)
+    def gate(request: dict, trained: dict, evaluated: dict) -> dict:
+        return steps.gate(request, trained, evaluated)
 
     @task
-    def publish(state: dict) -> dict:
-        from emflow import pipeline
-
-        return pipeline.publish_challenger(state)
+    def publish(request: dict, validated: dict, split: dict, trained: dict, decision: dict) -> dict:
+        return steps.publish(request, validated, split, trained, decision)
 
     # retried when the Pushgateway is unreachable (MetricsPushError); a failed run's
     # AirflowFailException below is final
@@ -157,15 +117,11 @@ def gmm_retrain():
     def publish_metrics() -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from emflow import pipeline
-
         context = get_current_context()
         ti = context["ti"]
-        states = {step: ti.xcom_pull(task_ids=step) for step in pipeline.STEPS}
+        values = {step: ti.xcom_pull(task_ids=step) for step in steps.STEPS}
         rejected = ti.xcom_pull(task_ids="validate", key="rejected")
-        summary = pipeline.publish_run_metrics(
-            pipeline.metrics_request_from_context(context), states, rejected=rejected
-        )
+        summary = steps.publish_metrics(context, values, rejected)
         if summary["status"] != "success":
             raise AirflowFailException(
                 f"run failed at step {summary['failed_step']!r}; metrics were published "
@@ -173,7 +129,13 @@ def gmm_retrain():
             )
         return summary
 
-    publish(gate(evaluate(train(split(validate()))))) >> publish_metrics()
+    checked = validate()
+    request, validated = checked["request"], checked["validation"]
+    split_rows = split(request, validated)
+    trained = train(request, split_rows)
+    evaluated = evaluate(request, split_rows, trained)
+    decision = gate(request, trained, evaluated)
+    publish(request, validated, split_rows, trained, decision) >> publish_metrics()
 
 
 gmm_retrain()

@@ -3,7 +3,8 @@
 Trigger it by hand with a `reason` (required) and optionally a `version`; without a version the
 champion goes back to the previous champion (the `previous-champion` alias). The move is recorded
 on the version's tags (who, when, why, from which version); a version that does not exist is
-refused and the champion stays where it is. Same as `emflow rollback --version N --reason ...`.
+refused and the champion stays where it is, and so is a version the gate rejected unless `force`
+is set. Same as `emflow rollback --version N --reason ... [--force]`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import Param, dag, get_current_context, task
+
+from emflow.run import steps
 
 
 @dag(
@@ -24,12 +27,24 @@ from airflow.sdk import Param, dag, get_current_context, task
     tags=["emflow", "gmm", "rollback"],
     params={
         "version": Param(
-            None, type=["null", "integer"], minimum=1, title="Registered version",
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Registered version",
             description="Model version to serve as champion; empty: the previous champion.",
         ),
         "reason": Param(
-            type="string", minLength=3, maxLength=500, title="Reason",
+            type="string",
+            minLength=3,
+            maxLength=500,
+            title="Reason",
             description="Why the champion is moved (recorded on the version).",
+        ),
+        "force": Param(
+            False,
+            type="boolean",
+            title="Serve a rejected version",
+            description="The gate rejected the version: serve it anyway (recorded).",
         ),
     },
     default_args={"owner": "emflow", "retries": 1, "retry_delay": timedelta(seconds=30)},
@@ -41,13 +56,17 @@ def gmm_rollback():
     def rollback() -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from emflow import pipeline
-
         context = get_current_context()
         params, dag_run = context["params"], context["dag_run"]
         actor = f"airflow:{getattr(dag_run, 'triggering_user_name', None) or 'unknown'}"
         try:
-            return pipeline.rollback_champion(params["version"], params["reason"], actor)
+            return steps.rollback(
+                params["version"],
+                params["reason"],
+                actor,
+                bool(params.get("force")),
+                request_id=dag_run.run_id,  # a retried task finds its finished rollback
+            )
         except (LookupError, ValueError) as refused:  # no such version: retrying cannot help
             raise AirflowFailException(f"rollback refused: {refused}") from refused
 

@@ -12,6 +12,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
+def database_url(url: str) -> str:
+    """``url`` with an explicit PostgreSQL driver where the bare scheme would fail.
+
+    SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3; with only psycopg2 installed (as in
+    this project's lock) such a URL fails with ``No module named 'psycopg'``. A bare
+    ``postgresql://`` or ``postgres://`` URL gets ``+psycopg2`` then; any other URL passes.
+    """
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg") is None:
+        return f"postgresql+psycopg2://{rest}"
+    return url
+
+
 def _env_path(name: str, default: Path) -> Path:
     value = os.environ.get(name)
     return Path(value).expanduser().resolve() if value else default
@@ -98,12 +113,13 @@ class Settings:
             object.__setattr__(self, "data_root", _env_path("EMFLOW_DATA_ROOT", home / "data"))
         if self.tracking_uri is None:
             uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
-            object.__setattr__(self, "tracking_uri", uri)
+            object.__setattr__(self, "tracking_uri", database_url(uri))
         if self.artifact_root is None:
             object.__setattr__(self, "artifact_root", home / "mlartifacts")
         if self.metrics_textfile is None:
             object.__setattr__(
-                self, "metrics_textfile",
+                self,
+                "metrics_textfile",
                 _env_path("EMFLOW_METRICS_TEXTFILE", home / "metrics" / "emflow.prom"),
             )
 

@@ -1,15 +1,7 @@
-"""Shared fixtures: small, seeded data sets generated in code."""
+"""Test layers: ``unit/`` (gmm_core, validation, emflow), ``gpu/``, ``integration/``.
 
-from __future__ import annotations
+Shared fixtures live in plugins under ``tests/support/`` (on ``sys.path`` through pytest's
+``pythonpath`` setting), helpers in the modules beside them.
+"""
 
-import numpy as np
-import pytest
-
-
-@pytest.fixture(scope="session")
-def blobs() -> np.ndarray:
-    """Four well separated 3-D clusters, offset far from the origin (600 x 3, float64)."""
-    from sklearn.datasets import make_blobs
-
-    X, _ = make_blobs(600, n_features=3, centers=4, cluster_std=1.5, random_state=0)
-    return X + 50.0
+pytest_plugins = ["support.fixtures"]

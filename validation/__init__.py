@@ -9,7 +9,7 @@ Public API (Great Expectations is imported only when a batch is validated):
   validated, idempotently per run id; :class:`BatchRejected` to raise with the result;
 * :mod:`validation.drift` -- PSI, Wasserstein and score-distribution drift against a reference;
 * :mod:`validation.synthetic` -- realistic multimodal telemetry and deliberately bad batches;
-* :mod:`validation.cli` -- ``emflow validate``.
+* ``emflow validate`` (:mod:`emflow.cli.validate`) runs them by hand.
 """
 
 from validation.batch import (

@@ -1,6 +1,6 @@
 """Validate one telemetry batch (a file, a folder of files or a DataFrame) against the contract.
 
-Files are read with pyarrow (Parquet: ``.parquet``/``.pq``; CSV: ``.csv``), never row by row.
+Files are read by :mod:`validation.reader` (pyarrow; Parquet and CSV), never row by row.
 A file that cannot be read does not raise: it fails the named expectation
 ``expect_batch_files_to_be_readable`` (and ``expect_batch_files_to_be_non_empty`` for 0 bytes), so
 an operator sees the same kind of report for every way a batch can be bad.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,8 @@ import numpy as np
 import pandas as pd
 
 from validation.contract import Contract, load_contract
+from validation.reader import list_batch_files, read_batch
 
-PARQUET_SUFFIXES = (".parquet", ".pq")
-CSV_SUFFIXES = (".csv",)
-BATCH_SUFFIXES = PARQUET_SUFFIXES + CSV_SUFFIXES
 N_EXAMPLES = 5
 
 Window = tuple[pd.Timestamp, pd.Timestamp]
@@ -274,68 +272,6 @@ def window_from_path(path: str | os.PathLike[str]) -> Window | None:
     return None
 
 
-def list_batch_files(path: str | os.PathLike[str]) -> list[Path]:
-    """The files a batch consists of: ``path`` itself, or the data files under a folder (sorted).
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` does not exist.
-    """
-    root = Path(path)
-    if not root.exists():
-        raise FileNotFoundError(f"batch {root} does not exist: check the path / data window")
-    if root.is_file():
-        return [root]
-    return sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in BATCH_SUFFIXES and not p.name.startswith((".", "_"))
-    )
-
-
-def read_file(path: Path) -> pd.DataFrame:
-    """Read one Parquet or CSV file with pyarrow into pandas."""
-    suffix = path.suffix.lower()
-    if suffix in PARQUET_SUFFIXES:
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pandas()
-    if suffix in CSV_SUFFIXES:
-        import pyarrow.csv as pacsv
-
-        return pacsv.read_csv(path).to_pandas()
-    raise ValueError(f"unsupported file type {suffix!r}: deliver {', '.join(BATCH_SUFFIXES)}")
-
-
-def read_batch(
-    files: Iterable[Path], *, progress: bool = False
-) -> tuple[pd.DataFrame | None, list[dict[str, Any]]]:
-    """Read every file; return the rows (None if nothing was readable) and per-file facts."""
-    files = list(files)
-    if progress:
-        from tqdm.auto import tqdm
-
-        files_iter: Iterable[Path] = tqdm(files, desc="reading", unit="file")
-    else:
-        files_iter = files
-    frames, facts = [], []
-    for path in files_iter:
-        fact: dict[str, Any] = {"file": str(path), "size_bytes": path.stat().st_size}
-        try:
-            frame = read_file(path)
-        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-            fact.update(readable=False, error=f"{type(exc).__name__}: {exc}", n_rows=0)
-        else:
-            frames.append(frame)
-            fact.update(readable=True, error=None, n_rows=len(frame))
-        facts.append(fact)
-    if not frames:
-        return None, facts
-    data = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-    return data, facts
-
-
 # ---------------------------------------------------------------------------------------------
 # Turning GX results into FailedExpectation records
 # ---------------------------------------------------------------------------------------------
@@ -409,7 +345,7 @@ def _summary(result: ValidationResult, n_evaluated: int) -> str:
     if len(shown) < len(result.failed):
         lines.append(
             f"  (+{len(result.failed) - len(shown)} expectations on missing column(s) "
-            f"{sorted(missing)} could not be evaluated)"
+            f"{sorted(str(c) for c in missing)} could not be evaluated)"
         )
     return "\n".join(lines)
 
@@ -513,7 +449,9 @@ def validate_batch(
         summary="",
         source=source_name,
         files=jsonable(facts),
-        window=None if checked_window is None else tuple(w.isoformat() for w in checked_window),
+        window=None
+        if checked_window is None
+        else (checked_window[0].isoformat(), checked_window[1].isoformat()),
         contract={
             "name": contract.name,
             "version": contract.version,

@@ -87,14 +87,18 @@ def _fractions(values: np.ndarray, inner_edges: np.ndarray) -> np.ndarray:
     return counts / max(values.size, 1)
 
 
-def psi(reference_fractions: Sequence[float], batch_fractions: Sequence[float]) -> float:
+def psi(
+    reference_fractions: Sequence[float] | np.ndarray, batch_fractions: Sequence[float] | np.ndarray
+) -> float:
     """Population Stability Index of two bin-fraction vectors (fractions floored at 1e-4)."""
     p = np.maximum(np.asarray(reference_fractions, dtype=np.float64), PROBABILITY_FLOOR)
     q = np.maximum(np.asarray(batch_fractions, dtype=np.float64), PROBABILITY_FLOOR)
     return float(np.sum((q - p) * np.log(q / p)))
 
 
-def jensen_shannon(reference_fractions: Sequence[float], batch_fractions: Sequence[float]) -> float:
+def jensen_shannon(
+    reference_fractions: Sequence[float] | np.ndarray, batch_fractions: Sequence[float] | np.ndarray
+) -> float:
     """Jensen-Shannon divergence (nats, in ``[0, ln 2]``) of two bin-fraction vectors."""
     p = np.asarray(reference_fractions, dtype=np.float64)
     q = np.asarray(batch_fractions, dtype=np.float64)

@@ -36,6 +36,9 @@ from validation.contract import Contract
 log = logging.getLogger(__name__)
 
 MANIFEST = ".manifest.json"
+#: Longest run key: with a batch key's suffixes (``.manifest.json``) a folder or file name stays
+#: far below the 255 bytes file systems allow.
+MAX_KEY_LENGTH = 160
 RESULT = ".validation.json"
 SUMMARY = ".summary.txt"
 
@@ -52,11 +55,25 @@ class QuarantineIntegrityError(RuntimeError):
 
 
 def run_folder_name(run_id: str) -> str:
-    """A path-safe folder name for ``run_id`` (Airflow ids hold ``:`` and ``+``)."""
-    name = re.sub(r"[^A-Za-z0-9._=@+-]", "_", str(run_id))
-    if name in {"", ".", ".."}:
-        raise ValueError(f"run id {run_id!r} cannot name a folder: pass a non-empty run id")
-    return name
+    """File-system-safe key of a run id: the folder of its batches (Airflow ids hold ``:``, ``+``).
+
+    Characters outside ``[A-Za-z0-9._-]`` become ``-``; where that changed the id, 8 hex digits
+    of its SHA-256 follow, so run ids that differ only there (``a:b`` and ``a-b``) never share
+    a folder. A safe id is its own key; a longer one than :data:`MAX_KEY_LENGTH` is cut and gets
+    the digest too.
+
+    >>> run_folder_name("scheduled__2026-11-20T00:00:00+00:00")
+    'scheduled__2026-11-20T00-00-00-00-00-f16325f7'
+    >>> run_folder_name("manual__backfill-7")
+    'manual__backfill-7'
+    """
+    key = re.sub(r"[^A-Za-z0-9._-]+", "-", str(run_id)).strip("-.")
+    if not key:
+        raise ValueError(f"run id {run_id!r} has no usable characters for a run key")
+    if key != run_id or len(key) > MAX_KEY_LENGTH:
+        # a folder name holds at most 255 bytes; Airflow run ids may have 250 characters
+        key = f"{key[: MAX_KEY_LENGTH - 9]}-{hashlib.sha256(str(run_id).encode()).hexdigest()[:8]}"
+    return key
 
 
 def sha256_file(path: Path) -> str:
@@ -95,15 +112,22 @@ def _now() -> str:
 
 
 def _move(source: Path, destination: Path) -> None:
-    """Rename ``source`` to ``destination``; across filesystems copy, verify, then unlink."""
+    """Rename ``source`` to ``destination``; across filesystems copy, verify, then unlink.
+
+    A symbolic link is not renamed: its bytes live in its target, which the producer may
+    remove later. They are copied (and verified) into quarantine; then only the link goes, the
+    target stays where the producer put it.
+    """
     if destination.exists():
         raise QuarantineConflict(f"{destination} exists already; refusing to overwrite it")
-    try:
-        os.rename(source, destination)
-        return
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
+    linked = source.is_symlink()
+    if not linked:
+        try:
+            os.rename(source, destination)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
     partial = destination.with_name(f".{destination.name}.partial")
     # a copy a killed task left behind: only a copy (the source is unlinked after the rename
     # below), so start it again
@@ -124,19 +148,36 @@ def _move(source: Path, destination: Path) -> None:
         raise QuarantineIntegrityError(f"copy of {source} to {partial} differs; source kept")
     os.rename(partial, destination)
     # the verified copy now lives in quarantine: only then is the source unlinked
-    shutil.rmtree(source) if source.is_dir() else source.unlink()
+    if linked or not source.is_dir():
+        source.unlink()  # a link: the link itself, never its target
+    else:
+        shutil.rmtree(source)
 
 
 def _source_key(path: Path) -> str:
     return str(path.resolve())
 
 
+def delivered_path(path: Path) -> Path:
+    """``path`` made absolute without following a symbolic link: where the batch was delivered."""
+    return Path(os.path.abspath(path))
+
+
 def batch_key(source: Path, data_root: Path) -> Path:
-    """Relative name of a batch: its path under ``data_root/incoming/``, else its own name."""
-    try:
-        return source.resolve().relative_to((data_root / "incoming").resolve())
-    except ValueError:
-        return Path(source.name)
+    """Relative name of a batch: its path under ``data_root/incoming/``, else its own name.
+
+    A symbolic link is named by where it lies, not by its target.
+    """
+    incoming = data_root / "incoming"
+    for base, path in (
+        (delivered_path(incoming), delivered_path(source)),
+        (incoming.resolve(), delivered_path(source).parent.resolve() / source.name),
+    ):
+        try:
+            return path.relative_to(base)
+        except ValueError:
+            continue
+    return Path(source.name)
 
 
 def _sidecar(target: Path, suffix: str) -> Path:
@@ -257,7 +298,7 @@ def check_batch(
             {
                 "run_id": run_id,
                 "status": "validated",
-                "source": str(source.resolve()),
+                "source": str(delivered_path(source)),
                 "files": before,
                 "n_rows": result.n_rows,
                 "window": result.window,
@@ -281,7 +322,7 @@ def check_batch(
     manifest = {
         "run_id": run_id,
         "status": "moving",
-        "source": str(source.resolve()),
+        "source": str(delivered_path(source)),
         "destination": str(quarantined.resolve()),
         "files": before,
         "contract": result.contract,

@@ -18,7 +18,6 @@ True
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -121,14 +120,6 @@ def make_telemetry(
     return frame
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_window(
     df: pd.DataFrame,
     data_root: str | os.PathLike[str],
@@ -148,7 +139,9 @@ def write_window(
     tmp = folder / f".{name}.parquet.{os.getpid()}.tmp"
     df.to_parquet(tmp, engine="pyarrow", index=False)
     if target.exists():
-        same = _sha256(target) == _sha256(tmp)
+        from validation.quarantine import sha256_file
+
+        same = sha256_file(target) == sha256_file(tmp)
         tmp.unlink()  # our own temporary copy, never delivered data
         if same:
             return target
@@ -213,7 +206,7 @@ def make_bad_batch(
     rows = {"too_few_rows": 5, "zero_rows": 0}.get(kind, n_rows)
     df = make_telemetry(rows, start, end, seed=seed)
     rng = np.random.default_rng(seed + 1)
-    bad = rng.choice(len(df), size=min(n_bad, len(df)), replace=False) if len(df) else []
+    bad: Any = rng.choice(len(df), size=min(n_bad, len(df)), replace=False) if len(df) else []
     if kind == "missing_column":
         df = df.drop(columns=[column])
     elif kind == "wrong_type":

@@ -1,0 +1,163 @@
+"""Where a run's metrics go: push-add to a Pushgateway, else a merged textfile."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from emflow.metrics.spec import PUSHGATEWAY_JOB, build_registry
+
+logger = logging.getLogger(__name__)
+
+
+class MetricsPushError(RuntimeError):
+    """The Pushgateway could not be reached; the metrics were kept in the textfile instead."""
+
+
+# ---------------------------------------------------------------------------------------------
+# sinks
+
+
+def _merged_textfile_registry(new_registry, old_text: str, model: str):
+    """A registry exposing ``new_registry`` plus what the old file keeps under push-add rules."""
+    from prometheus_client.core import CollectorRegistry, Metric
+    from prometheus_client.parser import text_string_to_metric_families
+
+    new_families = {family.name: family for family in new_registry.collect()}
+    merged: dict[str, Metric] = {}
+    for name, family in new_families.items():
+        copy = Metric(family.name, family.documentation, family.type)
+        copy.samples = list(family.samples)
+        merged[name] = copy
+    for family in text_string_to_metric_families(old_text):
+        # push-add: a family this run set replaces this model's old samples of it
+        keep = [
+            s
+            for s in family.samples
+            if family.name not in new_families or s.labels.get("model") != model
+        ]
+        if not keep:
+            continue
+        target = merged.setdefault(
+            family.name, Metric(family.name, family.documentation, family.type)
+        )
+        target.samples.extend(keep)
+
+    class _Families:
+        def collect(self):
+            return list(merged.values())
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families())
+    return registry
+
+
+def write_textfile(registry, path: Path, model: str) -> Path:
+    """Merge ``registry`` into the textfile-collector file at ``path`` atomically; return it.
+
+    A previous file that cannot be parsed is renamed to ``<name>.unreadable-<unix time>`` (never
+    deleted) and a warning is logged.
+    """
+    from prometheus_client import write_to_textfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_write = registry
+    if path.exists():
+        old_text = path.read_text(encoding="utf-8")
+        try:
+            to_write = _merged_textfile_registry(registry, old_text, model)  # parses eagerly
+        except ValueError as error:
+            kept = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+            path.rename(kept)
+            logger.warning(
+                "metrics textfile %s was unreadable (%s); kept it as %s", path, error, kept
+            )
+            to_write = registry
+    write_to_textfile(str(path), to_write)
+    return path
+
+
+def _pushgateway_target(url: str, model: str) -> str:
+    base = url if "://" in url else f"http://{url}"
+    return f"{base.rstrip('/')}/metrics/job/{PUSHGATEWAY_JOB}/model/{model}"
+
+
+def publish_run_metrics(
+    summary: Mapping[str, Any],
+    settings,
+    *,
+    attempts: int = 3,
+    retry_wait_seconds: float = 1.0,
+    now: float | None = None,
+) -> str:
+    """Publish the metrics of one retrain run; return where they went.
+
+    Parameters
+    ----------
+    summary : dict
+        Plain run summary (keys in the module docstring); ``model_name`` and ``status`` required.
+    settings : emflow.config.Settings
+        Uses ``pushgateway_url`` (push-add, job ``emflow_retrain``, grouping key ``model``) when
+        set, else ``metrics_textfile``.
+    attempts : int, default=3
+        Push attempts before giving up on the Pushgateway.
+    retry_wait_seconds : float, default=1.0
+        Wait before the second attempt; doubled for each further one.
+    now : float, optional
+        Unix time to stamp the run with (tests); the current time by default.
+
+    Returns
+    -------
+    str
+        The push URL (``<gateway>/metrics/job/emflow_retrain/model/<model>``) or the textfile path.
+
+    Raises
+    ------
+    ValueError, TypeError
+        The summary lacks ``model_name``/``status`` or holds a value of the wrong kind.
+    MetricsPushError
+        The Pushgateway stayed unreachable; the metrics were written to ``metrics_textfile``
+        first, so nothing is lost, and the task can be retried.
+    """
+    from prometheus_client import pushadd_to_gateway
+
+    registry = build_registry(summary, now=now)
+    model = str(summary["model_name"])
+    url = getattr(settings, "pushgateway_url", None)
+    if not url:
+        path = write_textfile(registry, settings.metrics_textfile, model)
+        logger.info("run metrics of %s written to %s", model, path)
+        return str(path)
+
+    last_error: Exception | None = None
+    for attempt in range(1, max(1, attempts) + 1):
+        try:
+            pushadd_to_gateway(
+                url,
+                job=PUSHGATEWAY_JOB,
+                registry=registry,
+                grouping_key={"model": model},
+                timeout=10,
+            )
+        except OSError as error:  # URLError, ConnectionRefusedError, timeouts
+            last_error = error
+            logger.warning(
+                "push to Pushgateway %s failed (attempt %d/%d): %s", url, attempt, attempts, error
+            )
+            if attempt < attempts:
+                time.sleep(retry_wait_seconds * 2 ** (attempt - 1))
+            continue
+        target = _pushgateway_target(url, model)
+        logger.info("run metrics of %s pushed to %s", model, target)
+        return target
+
+    fallback = write_textfile(registry, settings.metrics_textfile, model)
+    raise MetricsPushError(
+        f"could not push run metrics to the Pushgateway at {url} after {attempts} attempts "
+        f"({last_error}); they were written to {fallback} instead. Check that the Pushgateway "
+        "runs and that EMFLOW_PUSHGATEWAY points at it, then retry the task."
+    ) from last_error

@@ -1,0 +1,277 @@
+"""The promotion gate: what a challenger must show to replace the champion, and why it did or not.
+
+:func:`gate_models` aligns the challenger's components to the champion's (Hungarian assignment on
+the Bhattacharyya distance), writes the reordered challenger beside the trained one and applies
+:func:`decide`. A :class:`Decision` holds plain values only, so it travels between pipeline tasks
+as JSON and is recorded verbatim as MLflow tags and the model card. Finding the champion in the
+registry is :mod:`emflow.run.gate`'s job.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emflow.model.evaluation import Evaluation
+from emflow.records import Record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Decision(Record):
+    """The gate's verdict on one challenger, with its evidence.
+
+    Attributes
+    ----------
+    promote : bool
+        Whether the challenger should become champion.
+    reason : str
+        One sentence a reader of the registry understands without the code.
+    model_dir : str
+        Directory of the model to publish: the challenger reordered to the champion's component
+        ids (or the challenger as trained when there is no champion).
+    champion_version : str or None
+        Champion the challenger was compared with; publishing promotes only while it is still
+        the champion (compare-and-set).
+    challenger_mean_loglik, champion_mean_loglik : float or None
+        From the evaluation, nats per holdout row.
+    loglik_delta : float or None
+        ``challenger_mean_loglik - champion_mean_loglik``; negative means the challenger is worse.
+    alignment_mean_cost : float or None
+        Mean Bhattacharyya distance between matched components (None without a champion).
+    alignment_costs : list of float
+        Per matched pair, in champion component order.
+    permutation : list of int
+        ``permutation[i]`` is the challenger component that became component ``i``.
+    unmatched : list of int
+        Challenger components left without a champion partner (when K differs).
+    promotion_margin, alignment_threshold : float
+        The limits the decision was made with.
+    challenger_aic, challenger_bic : float or None
+        Information criteria of the challenger on the holdout (from the evaluation).
+    n_holdout : int
+        Holdout rows both models scored.
+    """
+
+    promote: bool
+    reason: str
+    model_dir: str
+    champion_version: str | None
+    challenger_mean_loglik: float | None = None
+    champion_mean_loglik: float | None = None
+    loglik_delta: float | None = None
+    alignment_mean_cost: float | None = None
+    alignment_costs: list[float] = field(default_factory=list)
+    permutation: list[int] = field(default_factory=list)
+    unmatched: list[int] = field(default_factory=list)
+    promotion_margin: float = 0.0
+    alignment_threshold: float = 0.0
+    challenger_aic: float | None = None
+    challenger_bic: float | None = None
+    n_holdout: int = 0
+
+    @property
+    def label(self) -> str:
+        """``"promote"`` or ``"reject"``: the value of the registry's decision tag."""
+        return "promote" if self.promote else "reject"
+
+
+def decide(
+    evaluation: Evaluation,
+    *,
+    alignment_mean_cost: float | None,
+    promotion_margin: float,
+    alignment_threshold: float,
+) -> tuple[bool, str]:
+    """Apply the promotion rule; return ``(promote, reason)``.
+
+    Promote iff there is no champion, or the challenger's mean holdout log-likelihood is at most
+    ``promotion_margin`` nats per row below the champion's AND the mean alignment cost is at most
+    ``alignment_threshold``. A non-finite likelihood or cost never promotes.
+
+    Parameters
+    ----------
+    evaluation : Evaluation
+        Both models scored on the same holdout.
+    alignment_mean_cost : float or None
+        Mean matched-pair cost from aligning the challenger to the champion (None without one).
+    promotion_margin : float
+        Allowed drop in mean holdout log-likelihood, nats per row (>= 0).
+    alignment_threshold : float
+        Largest accepted mean alignment cost.
+    """
+    challenger_ll = evaluation.challenger_mean_loglik
+    if not math.isfinite(challenger_ll):
+        return False, (
+            f"challenger holdout mean log-likelihood is {challenger_ll}: the model is degenerate "
+            "on the holdout (check the training data and reg_covar)"
+        )
+    if evaluation.champion_version is None or evaluation.champion_mean_loglik is None:
+        return True, (
+            f"no champion yet: first model becomes champion "
+            f"(holdout mean log-likelihood {challenger_ll:.4f} over {evaluation.n_holdout} rows)"
+        )
+    champion = f"champion v{evaluation.champion_version}"
+    champion_ll = evaluation.champion_mean_loglik
+    delta = challenger_ll - champion_ll
+    ll_text = (
+        f"holdout mean log-likelihood {challenger_ll:.4f} vs {champion}'s {champion_ll:.4f} "
+        f"(delta {delta:+.4f} nats/row, margin {promotion_margin:g})"
+    )
+    if delta < -promotion_margin:
+        return False, (
+            f"rejected: {ll_text}: the challenger is worse than the champion by more than "
+            "the margin"
+        )
+    if alignment_mean_cost is None or not math.isfinite(alignment_mean_cost):
+        return False, (
+            f"rejected: alignment to {champion} failed (cost {alignment_mean_cost}); {ll_text}"
+        )
+    align_text = (
+        f"alignment mean cost {alignment_mean_cost:.4f} "
+        f"{'<=' if alignment_mean_cost <= alignment_threshold else '>'} "
+        f"threshold {alignment_threshold:g}"
+    )
+    if alignment_mean_cost > alignment_threshold:
+        return False, (
+            f"rejected: {align_text}: the components moved too far from {champion}'s to keep their "
+            f"ids; {ll_text}"
+        )
+    return True, f"promoted: {ll_text}; {align_text}"
+
+
+def aligned_dir_for(challenger_dir: str | Path) -> Path:
+    """Where :func:`gate` writes the challenger reordered to the champion's component ids."""
+    path = Path(challenger_dir)
+    return path.with_name(path.name + "-aligned")
+
+
+def gate_models(
+    evaluation: Evaluation,
+    challenger: Any,
+    challenger_dir: str | Path,
+    champion: Any = None,
+    *,
+    promotion_margin: float,
+    alignment_threshold: float,
+) -> Decision:
+    """Align the challenger to the champion, write it reordered, and decide on promotion.
+
+    The challenger is matched to the champion component by component (Hungarian assignment on
+    the Bhattacharyya distance, ``gmm_core.align_components``) and saved reordered to
+    :func:`aligned_dir_for` ``(challenger_dir)``; the trained folder is left as it was. Promote iff
+    there is no champion, or the holdout mean log-likelihood is at most ``promotion_margin``
+    below the champion's and the mean alignment cost is at most ``alignment_threshold``.
+
+    Parameters
+    ----------
+    evaluation : Evaluation
+        From :func:`emflow.model.evaluation.evaluate_models` on this challenger and champion.
+    challenger : gmm_core.GaussianMixture
+        The challenger, as saved in ``challenger_dir``.
+    challenger_dir : str or Path
+        The challenger's gmm_core model folder.
+    champion : gmm_core.GaussianMixture, optional
+        The model of ``evaluation.champion_version`` (None without a champion).
+    promotion_margin, alignment_threshold : float
+        The limits of :func:`decide`.
+
+    Returns
+    -------
+    Decision
+        ``promote``, ``reason``, alignment evidence and ``model_dir`` (the folder to publish).
+    """
+    import gmm_core
+
+    n_components = int(np.asarray(challenger.weights_).shape[0])
+    champion_version = evaluation.champion_version
+    model_dir = Path(challenger_dir)
+    alignment = None
+    if champion_version is not None and champion is not None:
+        try:
+            alignment = gmm_core.align_components(champion, challenger)
+        except ValueError as error:  # e.g. a different number of features
+            return Decision(
+                promote=False,
+                reason=f"rejected: cannot align to champion v{champion_version}: {error}",
+                model_dir=str(model_dir),
+                champion_version=champion_version,
+                challenger_mean_loglik=evaluation.challenger_mean_loglik,
+                champion_mean_loglik=evaluation.champion_mean_loglik,
+                promotion_margin=float(promotion_margin),
+                alignment_threshold=float(alignment_threshold),
+                challenger_aic=evaluation.challenger_aic,
+                challenger_bic=evaluation.challenger_bic,
+                n_holdout=evaluation.n_holdout,
+            )
+        order = [int(i) for i in np.asarray(alignment.permutation)]  # unmatched ones last
+        model_dir = aligned_dir_for(challenger_dir)
+        _save_aligned(alignment.aligned, challenger, model_dir, champion_version, order)
+    mean_cost = None if alignment is None else float(alignment.mean_cost)
+    promote, reason = decide(
+        evaluation,
+        alignment_mean_cost=mean_cost,
+        promotion_margin=promotion_margin,
+        alignment_threshold=alignment_threshold,
+    )
+    champion_ll = evaluation.champion_mean_loglik
+    decision = Decision(
+        promote=promote,
+        reason=reason,
+        model_dir=str(model_dir),
+        champion_version=champion_version,
+        challenger_mean_loglik=evaluation.challenger_mean_loglik,
+        champion_mean_loglik=champion_ll,
+        loglik_delta=None
+        if champion_ll is None
+        else evaluation.challenger_mean_loglik - champion_ll,
+        alignment_mean_cost=mean_cost,
+        alignment_costs=[] if alignment is None else [float(c) for c in alignment.costs],
+        permutation=list(range(n_components))
+        if alignment is None
+        else [int(i) for i in np.asarray(alignment.permutation)],
+        unmatched=[] if alignment is None else [int(i) for i in np.asarray(alignment.unmatched)],
+        promotion_margin=float(promotion_margin),
+        alignment_threshold=float(alignment_threshold),
+        challenger_aic=evaluation.challenger_aic,
+        challenger_bic=evaluation.challenger_bic,
+        n_holdout=evaluation.n_holdout,
+    )
+    log.info("gate: %s (%s)", decision.label, decision.reason)
+    return decision
+
+
+def _save_aligned(
+    aligned: Any, challenger: Any, target: Path, champion_version: str, order: list[int]
+) -> None:
+    """Save the reordered challenger to ``target`` (replacing an earlier attempt's copy)."""
+    import gmm_core
+    from emflow.model.pyfunc_model import model_feature_names
+
+    for name in ("restart_lower_bounds_", "lower_bounds_", "fit_seconds_", "backend_"):
+        if hasattr(challenger, name) and not hasattr(aligned, name):
+            setattr(aligned, name, getattr(challenger, name))
+    metadata = dict(getattr(challenger, "metadata_", None) or {})
+    metadata["aligned_to"] = {"champion_version": str(champion_version), "order": order}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        gmm_core.save_model(
+            aligned,
+            staging / "model",
+            feature_names=model_feature_names(challenger),
+            metadata=metadata,
+        )
+        if target.exists():  # derived from the challenger folder, rewritten identically
+            shutil.rmtree(target)
+        (staging / "model").rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,363 @@
+"""Publish one retrain: an MLflow run, one registered version, the aliases as the gate decided.
+
+:func:`publish` records the run (params, per-iteration curves, plots, model card:
+:mod:`emflow.registry.run_record`), registers the pyfunc model version with its decision, moves
+``challenger`` and, on promotion, ``champion`` (compare-and-set under the promotion lock).
+Retried with the same ``run_key`` it never adds a version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from emflow.config import Settings
+from emflow.model.gate import Decision
+from emflow.model.telemetry import load_model_dir
+from emflow.records import Record
+from emflow.registry import aliases as registry
+from emflow.registry.run_record import (
+    example_frame,
+    log_run_contents,
+    model_card,
+    run_params,
+    window_text,
+)
+from emflow.registry.tracking import connect, ensure_experiment, find_run_by_key, with_retries
+
+log = logging.getLogger(__name__)
+
+PYFUNC_CODE = Path(__file__).resolve().parents[1] / "model" / "pyfunc_model.py"
+MODEL_ARTIFACT = "model"
+
+
+@dataclass(frozen=True)
+class PublishResult(Record):
+    """What :func:`publish` left in the registry.
+
+    Attributes
+    ----------
+    version : str
+        Registered model version of this retrain.
+    run_id : str
+        MLflow run that logged it.
+    model_uri : str
+        ``models:/<name>/<version>``.
+    decision : str
+        ``"promote"`` or ``"reject"`` as recorded (a promotion pre-empted by a concurrent run is
+        recorded as ``"reject"``).
+    promoted : bool
+        Whether this version is the champion now.
+    champion_version : str or None
+        The champion after publishing.
+    reason : str
+        The recorded reason.
+    reused : bool
+        True when an earlier attempt with the same ``run_key`` had already registered the version.
+    """
+
+    version: str
+    run_id: str
+    model_uri: str
+    decision: str
+    promoted: bool
+    champion_version: str | None
+    reason: str
+    reused: bool = False
+
+
+def _gmm_core_code_copy(folder: Path) -> Path:
+    """A clean copy of the gmm_core package (sources and kernels only) for ``code_paths``."""
+    import gmm_core
+
+    source = Path(gmm_core.__file__).parent
+    target = folder / "gmm_core"
+    shutil.copytree(
+        source,
+        target,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "*.so", "*.pkl", "*.pickle"),
+    )
+    return target
+
+
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    """Set environment variables for the body, restoring the previous values after."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "numpy", "pandas", "scipy")]
+
+
+def publish(
+    decision: Decision | Mapping[str, Any],
+    challenger_dir: str | Path,
+    *,
+    run_key: str,
+    data_window: str | tuple[str, str],
+    train_info: Mapping[str, Any],
+    settings: Settings,
+    validation_report: Any = None,
+    train_sample: Any = None,
+) -> PublishResult:
+    """Log one MLflow run for this retrain, register the model version, and move the aliases.
+
+    Parameters
+    ----------
+    decision : Decision or its ``to_dict()``
+        From :func:`gate`; ``decision.model_dir`` (the aligned model) is what gets registered.
+    challenger_dir : str or Path
+        The trained folder; used when the decision names no ``model_dir``.
+    run_key : str
+        Identifies the pipeline run (e.g. Airflow's ``dag_id/run_id``). A retry with the same key
+        finds the version registered before and only completes what is missing.
+    data_window : str or (str, str)
+        The telemetry window trained on (``"2026-11-01..2026-11-07"`` or the pair).
+    train_info : mapping
+        Facts from the train task logged as params/metrics (scalars), e.g. ``n_train_rows``,
+        ``device``, ``seed``, ``fit_seconds``; lists/arrays are skipped except
+        ``restart_lower_bounds`` (used when the model folder lacks them).
+    settings : Settings
+        Registry, experiment, retry knobs.
+    validation_report : dict, str or Path, optional
+        The validation result (JSON-ready dict or a file) logged as ``validation/`` artifact.
+    train_sample : DataFrame, array or path, optional
+        Rows drawn in the PCA components plot and used as the input example.
+
+    Returns
+    -------
+    PublishResult
+
+    Raises
+    ------
+    emflow.tracking.TrackingUnavailableError
+        When the tracking server stays unreachable; the model stays in its folder and the task
+        can be retried with the same ``run_key``.
+    """
+    decision = Decision.from_dict(decision)
+    data_window = window_text(data_window)
+    model_dir = Path(decision.model_dir or challenger_dir)
+    model = load_model_dir(model_dir)
+    name = settings.model_name
+    keep_note = (
+        f"The model is kept at {model_dir}; retrying with run_key {run_key!r} registers it once."
+    )
+
+    def retry(step: str, call: Any) -> Any:
+        return with_retries(step, call, settings, keep_note=keep_note)
+
+    client = connect(settings)
+    retry("clear locks of dead holders", lambda: registry.clear_dead_locks(client, name))
+    existing = retry(
+        "look up the run key", lambda: registry.find_version_by_run_key(client, name, run_key)
+    )
+    if existing is not None and existing.tags.get("emflow.published") == "complete":
+        log.info("run key %s already published as version %s", run_key, existing.version)
+        return _result_from_version(client, name, existing, reused=True, settings=settings)
+
+    experiment_id = retry("create the experiment", lambda: ensure_experiment(client, settings))
+    run = retry("find the run", lambda: find_run_by_key(client, experiment_id, run_key))
+    if run is None:
+        run = retry(
+            "start the run",
+            lambda: client.create_run(
+                experiment_id,
+                run_name=f"retrain {data_window}",
+                tags={registry.TAG_RUN_KEY: run_key, registry.TAG_DATA_WINDOW: data_window},
+            ),
+        )
+    run_id = run.info.run_id
+    params = run_params(model, train_info, data_window, run_key)
+
+    if existing is None:
+        log_run_contents(
+            client, run, model, train_info, decision, params, validation_report, train_sample, retry
+        )
+        existing = retry(
+            "register the model version",
+            lambda: _register(
+                client,
+                settings,
+                run_id,
+                model,
+                model_dir,
+                decision,
+                run_key,
+                data_window,
+                train_sample,
+                experiment_id,
+            ),
+        )
+    version = str(existing.version)
+
+    card = model_card(
+        settings=settings,
+        version=version,
+        run_id=run_id,
+        run_key=run_key,
+        data_window=data_window,
+        decision=decision,
+        model=model,
+        params=params,
+    )
+    retry("log the model card", lambda: client.log_text(run_id, card, "model_card.md"))
+
+    final_decision, reason = decision.label, decision.reason
+    retry(
+        "set the challenger alias",
+        lambda: client.set_registered_model_alias(name, registry.CHALLENGER, version),
+    )
+    if decision.promote:
+        move = retry(
+            "move the champion alias",
+            lambda: registry.move_champion(
+                client,
+                name,
+                version,
+                expected_champion=decision.champion_version,
+                holder=f"{run_key} ({registry.default_actor()})",
+                version_tags={registry.TAG_PROMOTED_AT: registry.now_iso()},
+            ),
+        )
+        if not move.moved:
+            final_decision = "reject"
+            reason = (
+                f"not promoted: the champion moved from "
+                f"{'none' if move.previous is None else 'v' + move.previous} to v{move.current} "
+                f"after this challenger was evaluated (a concurrent run promoted first); "
+                f"gate said: {decision.reason}"
+            )
+            log.warning("%s", reason)
+
+    def finish() -> None:
+        client.set_model_version_tag(name, version, registry.TAG_DECISION, final_decision)
+        client.set_model_version_tag(name, version, registry.TAG_REASON, reason[:5000])
+        client.set_tag(run_id, registry.TAG_DECISION, final_decision)
+        client.set_tag(run_id, registry.TAG_REASON, reason[:5000])
+        client.set_tag(run_id, "emflow.model_version", version)
+        client.set_model_version_tag(name, version, "emflow.published", "complete")
+        if client.get_run(run_id).info.status != "FINISHED":
+            client.set_terminated(run_id, "FINISHED")
+
+    retry("record the decision", finish)
+    result = _result_from_version(
+        client, name, client.get_model_version(name, version), reused=False, settings=settings
+    )
+    log.info("published %s v%s: %s (%s)", name, version, result.decision, result.reason)
+    return result
+
+
+def _register(
+    client: Any,
+    settings: Settings,
+    run_id: str,
+    model: Any,
+    model_dir: Path,
+    decision: Decision,
+    run_key: str,
+    data_window: str,
+    train_sample: Any,
+    experiment_id: str,
+) -> Any:
+    """Log the pyfunc model in ``run_id`` and register it tagged with ``run_key`` (once)."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from emflow.model.pyfunc_model import GMM_ARTIFACT, score_frame
+
+    name = settings.model_name
+    found = registry.find_version_by_run_key(client, name, run_key)
+    if found is not None:  # the previous attempt registered before losing the connection
+        return found
+    example = example_frame(model, train_sample)
+    signature = infer_signature(example, score_frame(model, example))
+    registry.ensure_registered_model(
+        client, name, description="emflow Gaussian mixture over telemetry (gmm_core arrays)"
+    )
+    with tempfile.TemporaryDirectory(prefix="emflow-code-") as tmp:
+        code = _gmm_core_code_copy(Path(tmp))
+        # MLflow names the artifact folder after the source folder: stage it as "gmm".
+        gmm_files = Path(tmp) / GMM_ARTIFACT
+        gmm_files.mkdir()
+        for path in sorted(Path(model_dir).iterdir()):
+            if path.is_file() and not path.name.startswith("."):
+                shutil.copy2(path, gmm_files / path.name)
+        with (
+            mlflow.start_run(run_id=run_id, experiment_id=experiment_id),
+            _env(MLFLOW_LOG_UV_FILES="false"),
+        ):  # not the whole project's lock file
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=str(PYFUNC_CODE),
+                artifacts={GMM_ARTIFACT: str(gmm_files)},
+                code_paths=[str(code)],
+                signature=signature,
+                input_example=example,
+                pip_requirements=_pip_requirements(),
+                tags={registry.TAG_RUN_KEY: run_key},
+            )
+    tags = {
+        registry.TAG_RUN_KEY: run_key,
+        registry.TAG_DATA_WINDOW: data_window,
+        registry.TAG_DECISION: decision.label,
+        registry.TAG_REASON: decision.reason[:5000],
+        registry.TAG_MLFLOW_RUN: run_id,
+        "emflow.holdout_mean_loglik": str(decision.challenger_mean_loglik),
+        "emflow.alignment_mean_cost": str(decision.alignment_mean_cost),
+        "emflow.compared_with": str(decision.champion_version),
+    }
+    # two attempts of one run key at once (a zombie task and its retry) both got here: the
+    # look-up and the registration happen under the family's register lock, so one registers
+    # and the other finds its version
+    with registry.family_lock(client, name, purpose="register", holder=run_key):
+        found = registry.find_version_by_run_key(client, name, run_key)
+        if found is not None:
+            return found
+        return client.create_model_version(
+            name,
+            info.model_uri,
+            run_id=run_id,
+            tags=tags,
+            description=f"retrain {data_window} ({run_key})",
+            model_id=info.model_id,
+        )
+
+
+def _result_from_version(
+    client: Any, name: str, version: Any, *, reused: bool, settings: Settings
+) -> PublishResult:
+    champion = with_retries(
+        "read the champion alias",
+        lambda: registry.alias_version(client, name, registry.CHAMPION),
+        settings,
+    )
+    v = str(version.version)
+    return PublishResult(
+        version=v,
+        run_id=str(version.run_id),
+        model_uri=f"models:/{name}/{v}",
+        decision=version.tags.get(registry.TAG_DECISION, ""),
+        promoted=champion == v,
+        champion_version=champion,
+        reason=version.tags.get(registry.TAG_REASON, ""),
+        reused=reused,
+    )

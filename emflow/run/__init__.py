@@ -1,0 +1,1 @@
+"""One retrain run: its parameters, its request, and one module per step (see ``state``)."""

@@ -1,0 +1,170 @@
+"""Train step: ``n_init`` seeded restarts with gmm_core, the best lower bound wins."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from emflow.config import Settings
+from emflow.run.request import run_dir, settings_for
+from emflow.run.state import RunRequest, Split, Trained
+
+log = logging.getLogger(__name__)
+
+
+def _gpu_unavailable_reason() -> str | None:
+    """Why ``backend="auto"`` will not use the GPU here (None when it will)."""
+    from gmm_core import cupy_unavailable_reason
+
+    return cupy_unavailable_reason()
+
+
+def _backend_for(requested: str, settings: Settings) -> str:
+    """The gmm_core backend of a run: ``auto`` means the Dask cluster when one is configured."""
+    if requested == "auto" and settings.dask_scheduler:
+        log.info(
+            "backend=auto with EMFLOW_DASK_SCHEDULER=%s: training on the Dask cluster",
+            settings.dask_scheduler,
+        )
+        return "dask"
+    return requested
+
+
+@contextlib.contextmanager
+def _compute_context(backend: str, settings: Settings) -> Iterator[None]:
+    """Make the configured Dask scheduler the active client while a ``dask`` fit runs."""
+    if backend != "dask" or not settings.dask_scheduler:
+        yield  # other backends; or gmm_core finds the active client / EMFLOW_DASK_SCHEDULER
+        return
+    from distributed import Client
+
+    with Client(settings.dask_scheduler, set_as_default=False) as client, client.as_current():
+        yield
+
+
+def _gpu_memory_peak_bytes(backend: str) -> int | None:
+    """Bytes CuPy's default memory pool holds after the fit (its high-water mark); None on CPU."""
+    if backend != "cupy":
+        return None
+    import cupy
+
+    return int(cupy.get_default_memory_pool().total_bytes())
+
+
+def _write_json(path: Path, payload: Any) -> Path:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    tmp.replace(path)
+    return path
+
+
+def train_challenger(
+    request: RunRequest, split: Split, settings: Settings | None = None
+) -> Trained:
+    """Fit the challenger on the split's train rows and save it.
+
+    Progress goes to stdout (the task log) every iteration through ``GaussianMixture``'s
+    ``verbose`` output; with ``backend="auto"`` on a machine without a usable GPU the log says
+    that training falls back to the CPU (NumPy backend) and why. Where the time went (read, the
+    fit's phases, iterations and ms per iteration, save) is logged one line per phase, and the
+    peak device memory when the fit measured it. The model is saved with
+    :func:`gmm_core.save_model` to ``<data_root>/models/<run key>/`` (arrays + JSON) together
+    with ``training.json`` (every restart's per-iteration lower bounds, timings) and the
+    window's reference summary for drift checks.
+    """
+    import numpy as np
+    import pandas as pd
+
+    import gmm_core
+    from emflow.model.fit_report import device_peak_bytes, log_fit, log_phase
+    from emflow.model.sanity import check_fitted
+    from validation.drift import summarize_reference, write_reference
+
+    settings = settings_for(request, settings)
+    started = time.perf_counter()
+    X = pd.read_parquet(split.train_path).to_numpy(dtype=np.float64)
+    timings = {"read": time.perf_counter() - started}
+    log_phase(log, "read", timings["read"])
+    model = gmm_core.GaussianMixture(
+        n_components=int(request.n_components),
+        covariance_type=request.covariance_type,
+        n_init=int(request.n_init),
+        max_iter=int(request.max_iter),
+        random_state=int(request.seed),
+        backend=_backend_for(request.backend, settings),
+        verbose=2,
+        verbose_interval=1,
+    )
+    if model.backend == "auto" and (reason := _gpu_unavailable_reason()):
+        log.warning("backend=auto: %s; training on the CPU with the NumPy backend", reason)
+    log.info(
+        "training K=%d %s n_init=%d max_iter=%d seed=%d on %d x %d rows (backend=%s)",
+        model.n_components,
+        model.covariance_type,
+        model.n_init,
+        model.max_iter,
+        request.seed,
+        X.shape[0],
+        X.shape[1],
+        request.backend,
+    )
+    with _compute_context(model.backend, settings):
+        model.fit(X)
+    check_fitted(model)  # never save (and publish) a model with non-finite parameters
+    gpu_peak = _gpu_memory_peak_bytes(model.backend_)
+    finals = [float(bounds[-1]) for bounds in model.restart_lower_bounds_ if len(bounds)]
+    for r, bounds in enumerate(model.restart_lower_bounds_):
+        log.info("restart %d: %d iterations, lower bound %.5f", r, len(bounds), float(bounds[-1]))
+    log.info(
+        "winner: lower bound %.5f after %d iterations, converged=%s, %.2f s on %s",
+        model.lower_bound_,
+        model.n_iter_,
+        model.converged_,
+        model.fit_seconds_,
+        model.backend_,
+    )
+    timings.update(log_fit(log, model))
+
+    started = time.perf_counter()
+    model_dir = run_dir(settings, "models", request.run_key)
+    metadata = {
+        "run_key": request.run_key,
+        "window": [request.window_start, request.window_end],
+        "params": request.params,
+        "backend": model.backend_,
+        "fit_seconds": model.fit_seconds_,
+        "n_train": int(X.shape[0]),
+    }
+    gmm_core.save_model(model, model_dir, feature_names=split.feature_columns, metadata=metadata)
+    # the window this model learned, summarised for drift checks once it is the champion
+    write_reference(summarize_reference(X, split.feature_columns, model=model), model_dir)
+    timings["save"] = time.perf_counter() - started
+    log_phase(log, "save", timings["save"])
+    training_json = _write_json(
+        model_dir / "training.json",
+        {
+            "restart_lower_bounds": [np.asarray(b).tolist() for b in model.restart_lower_bounds_],
+            "lower_bounds": np.asarray(model.lower_bounds_).tolist(),
+            "fit_seconds": float(model.fit_seconds_),
+            "backend": model.backend_,
+            "timings": timings,
+        },
+    )
+    return Trained(
+        model_dir=str(model_dir),
+        training_json=str(training_json),
+        backend=model.backend_,
+        fit_seconds=float(model.fit_seconds_),
+        n_iter=int(model.n_iter_),
+        converged=bool(model.converged_),
+        lower_bound=float(model.lower_bound_),
+        restart_final_lower_bounds=finals,
+        gpu_memory_peak_bytes=gpu_peak,
+        device_peak_bytes=device_peak_bytes(model),
+        timings=timings,
+    )

@@ -1,0 +1,215 @@
+"""gmm_retrain and gmm_rollback run for real with ``dag.test()``: Airflow's SQLite metadata DB,
+the real DAG files, GX validation, the embedded MLflow SQLite registry, the metrics textfile.
+
+Airflow fixes its configuration at first import, so the runs happen in one fresh interpreter
+(``DRIVER``) with its own ``AIRFLOW_HOME``/``EMFLOW_HOME``; this process then checks what they
+left in the registry, on disk and in the output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from support.airflow import private_tmp
+
+from emflow.airflow.environment import airflow_environment
+from emflow.config import Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DRIVER = textwrap.dedent(
+    """
+    import json, sys
+    from datetime import UTC, datetime
+    from emflow.airflow import environment, runner
+    from emflow.config import Settings
+    from validation.synthetic import make_bad_batch, make_telemetry, write_window
+
+    settings = Settings()
+    environment.setup_airflow(environment.airflow_environment(settings))
+    dags = runner.load_dags()
+    conf = {"n_init": 2, "max_iter": 60, "seed": 1}
+    outcomes = {}
+    for name, day, frame in [
+        ("good1", "2026-11-16", make_telemetry(3000, "2026-11-16", "2026-11-17", seed=1)),
+        ("bad", "2026-11-17", make_bad_batch("inf", 3000, "2026-11-17", "2026-11-18", seed=2)),
+        ("good2", "2026-11-18", make_telemetry(3000, "2026-11-18", "2026-11-19", seed=3)),
+    ]:
+        path = write_window(frame, settings.data_root, day)
+        if name == "bad":
+            print("BADSHA" + json.dumps([str(path), __import__("hashlib").sha256(
+                path.read_bytes()).hexdigest()]), flush=True)
+        logical = datetime.fromisoformat(day).replace(tzinfo=UTC)
+        outcomes[name] = runner.run_in_process(dags["gmm_retrain"], conf, logical)
+        # the textfile as this run left it (later runs rewrite it)
+        textfile = settings.metrics_textfile
+        outcomes[name]["metrics_text"] = textfile.read_text() if textfile.exists() else ""
+        print(f"DONE {name} {outcomes[name]['state']}", flush=True)
+    champion = outcomes["good2"]["xcom"]["publish"]["champion_version"]
+    target = 1 if str(champion) == "2" else 2
+    outcomes["rollback_missing"] = runner.run_in_process(
+        dags["gmm_rollback"], {"version": 99, "reason": "test: no such version"})
+    # v2 may have been rejected by the gate: serving it takes force
+    outcomes["rollback"] = runner.run_in_process(
+        dags["gmm_rollback"],
+        {"version": target, "reason": "test: roll back", "force": str(champion) != "2"})
+    outcomes["params_after"] = dags["gmm_retrain"].task_dict["validate"].params.dump()
+    print("OUTCOMES" + json.dumps(outcomes, default=str), flush=True)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    home = private_tmp("emflow-dagtest-")
+    settings = Settings(home=home)
+    env = {
+        **os.environ,
+        **airflow_environment(settings),
+        "EMFLOW_RETRY_DELAY_S": "1",
+        "EMFLOW_PUSHGATEWAY": "",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER], env=env, capture_output=True, text=True, timeout=900
+    )
+    output = proc.stdout + proc.stderr
+    (home / "driver.log").write_text(output)
+    assert proc.returncode == 0, output[-5000:]
+    found = {
+        prefix: json.loads(line[len(prefix) :])
+        for line in proc.stdout.splitlines()
+        for prefix in ("OUTCOMES", "BADSHA")
+        if line.startswith(prefix)
+    }
+    outcomes = found["OUTCOMES"]
+    bad_path, bad_sha = found["BADSHA"]
+    return {
+        "settings": settings,
+        "outcomes": outcomes,
+        "output": output,
+        "bad_path": bad_path,
+        "bad_sha": bad_sha,
+    }
+
+
+def _client(settings):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def test_first_good_run_registers_the_champion(runs):
+    first = runs["outcomes"]["good1"]
+    assert first["state"] == "success"
+    assert set(first["tasks"].values()) == {"success"}
+    publication = first["xcom"]["publish"]
+    assert publication["promoted"] is True and publication["version"] == "1"
+    version = _client(runs["settings"]).get_model_version_by_alias(
+        runs["settings"].model_name, "champion"
+    )
+    # the registry (not just the XCom) says it; rollback has moved it since, see below
+    assert version.tags["emflow.run_key"] == first["xcom"]["validate"]["request"]["run_key"]
+    metrics = first["xcom"]["publish_metrics"]
+    assert metrics["status"] == "success" and metrics["decision"] == "promoted"
+    assert metrics["backend"] == "numpy" and metrics["n_restarts"] == 2
+
+
+def test_bad_batch_fails_naming_the_expectation_and_is_quarantined(runs):
+    bad = runs["outcomes"]["bad"]
+    assert bad["state"] == "failed"
+    assert bad["tasks"]["validate"] == "failed"
+    assert bad["tasks"]["train"] == "upstream_failed"
+    assert bad["tasks"]["publish_metrics"] == "failed"  # published, then failed the run
+    rejected = bad["xcom_extra"]["validate"]["rejected"]
+    assert "expect_column_values_to_be_finite" in rejected["failed"]
+    assert "expect_column_values_to_be_finite" in rejected["message"]
+    assert "AirflowFailException" in runs["output"]
+    # moved byte for byte: gone from incoming/, identical bytes in quarantine/<run key>/
+    from pathlib import Path
+
+    assert not Path(runs["bad_path"]).exists()
+    quarantine = Path(rejected["quarantine_dirs"][0])
+    assert quarantine.is_relative_to(runs["settings"].data_root / "quarantine")
+    assert "manual__" in quarantine.relative_to(runs["settings"].data_root).parts[1]  # run key
+    moved = list(quarantine.rglob("*.parquet"))
+    assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in moved] == [runs["bad_sha"]]
+    reports = [p for p in quarantine.rglob("*.json") if "validation" in p.name]
+    assert reports and "expect_column_values_to_be_finite" in reports[0].read_text()
+    # the metrics textfile recorded the failed run: status, failed step, quarantined rows
+    samples = _samples(bad["metrics_text"])
+    model = runs["settings"].model_name
+    assert samples["emflow_retrain_last_run_success"] == [({"model": model}, 0.0)]
+    [(info, value)] = samples["emflow_retrain_last_run_info"]
+    assert value == 1.0 and info["status"] == "failed" and info["failed_step"] == "validate"
+    run_key = quarantine.relative_to(runs["settings"].data_root).parts[1]
+    assert info["run_key"] == run_key
+    [(_, quarantined)] = samples["emflow_quarantined_rows"]
+    [(_, validated)] = samples["emflow_validated_rows"]
+    assert 0 < quarantined <= validated == 3000
+
+
+def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Samples of a Prometheus text exposition by metric name (prometheus_client's parser)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return out
+
+
+def test_second_good_run_is_gated_against_the_champion(runs):
+    second = runs["outcomes"]["good2"]
+    assert second["state"] == "success"
+    decision = second["xcom"]["gate"]
+    assert decision["champion_version"] == "1"  # compared with the first model
+    assert decision["alignment_mean_cost"] is not None
+    assert decision["challenger_mean_loglik"] is not None
+    assert decision["champion_mean_loglik"] is not None
+    publication = second["xcom"]["publish"]
+    assert publication["version"] == "2"
+    assert publication["decision"] == ("promote" if decision["promote"] else "reject")
+    assert publication["reason"] == decision["reason"]
+    # drift of the new window against the champion's stored reference reached the metrics
+    drift = second["xcom"]["evaluate"]["drift"]
+    assert set(drift["psi"]) == set(first_features(runs)) and drift["score_divergence"] >= 0
+    metrics = second["xcom"]["publish_metrics"]
+    assert set(metrics["drift"]) == set(drift["psi"]) | {"score_divergence"}
+    versions = _client(runs["settings"]).search_model_versions(
+        f"name='{runs['settings'].model_name}'"
+    )
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]  # none for the bad batch
+
+
+def test_runs_in_one_process_do_not_leak_conf_into_the_dag(runs):
+    from emflow.run.params import DEFAULT_PARAMS
+
+    assert runs["outcomes"]["params_after"] == DEFAULT_PARAMS  # runs used n_init=2, seed=1
+
+
+def first_features(runs):
+    return runs["outcomes"]["good1"]["xcom"]["validate"]["validation"]["feature_columns"]
+
+
+def test_rollback_moves_the_alias_and_refuses_unknown_versions(runs):
+    outcomes = runs["outcomes"]
+    missing = outcomes["rollback_missing"]
+    assert missing["state"] == "failed"
+    assert "99" in runs["output"] and "does not exist" in runs["output"]
+    rollback = outcomes["rollback"]
+    assert rollback["state"] == "success"
+    record = rollback["xcom"]["rollback"]
+    assert record["changed"] is True and record["reason"] == "test: roll back"
+    assert record["actor"].startswith("airflow:")
+    champion = _client(runs["settings"]).get_model_version_by_alias(
+        runs["settings"].model_name, "champion"
+    )
+    assert str(champion.version) == str(record["version"]) != str(record["previous"])
+    assert champion.tags["emflow.rollback_reason"] == "test: roll back"

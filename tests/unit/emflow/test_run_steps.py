@@ -1,0 +1,417 @@
+"""The steps of emflow.run without Airflow: request resolution, split, train, summary of a run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emflow.config import Settings
+from emflow.run.params import DEFAULT_PARAMS
+from emflow.run.request import (
+    WindowError,
+    build_request,
+    metrics_request_from_context,
+    request_from_context,
+    run_key_for,
+    settings_for,
+    window_files,
+)
+from emflow.run.split import split_window
+from emflow.run.state import RunRequest, Split, Validated
+from emflow.run.summary import StepOutputs, publish_metrics, run_summary
+from emflow.run.train import train_challenger
+from emflow.run.validate import rejection_summary, validate_window
+
+
+@pytest.fixture()
+def settings(settings: Settings) -> Settings:
+    return settings.ensure_dirs()
+
+
+def _request(**params) -> RunRequest:
+    return build_request(
+        params,
+        run_id="manual__2026-11-20T00:00:00+00:00",
+        logical_date=datetime(2026, 11, 20, 5, tzinfo=UTC),
+    )
+
+
+# ---------------------------------------------------------------------------- request
+
+
+def test_run_key_is_file_system_safe_stable_and_unique():
+    key = run_key_for("scheduled__2026-11-20T00:00:00+00:00")
+    assert key == "scheduled__2026-11-20T00-00-00-00-00-f16325f7"
+    assert run_key_for("scheduled__2026-11-20T00:00:00+00:00") == key
+    assert run_key_for("manual__run-7") == "manual__run-7"  # already safe: unchanged
+    # ids that differ only in characters a key cannot hold still get different keys
+    twins = ["manual__a:b", "manual__a-b", "manual__a b", "manual__a/b", "manual__a--b"]
+    keys = [run_key_for(t) for t in twins]
+    assert len(set(keys)) == len(twins)
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", k) for k in keys)
+    with pytest.raises(ValueError, match="no usable characters"):
+        run_key_for("::")
+
+
+def test_window_defaults_to_the_day_of_the_logical_date():
+    request = _request()
+    assert (request.window_start, request.window_end) == ("2026-11-20", "2026-11-21")
+    assert request.n_components == DEFAULT_PARAMS["n_components"]
+    assert request.run_key == "manual__2026-11-20T00-00-00-00-00-3377663e"
+    assert request.days == ["2026-11-20"]
+    assert RunRequest.from_json(json.loads(json.dumps(request.to_json()))) == request
+
+
+def test_explicit_window_params_win_over_logical_date_and_asset_events():
+    state = build_request(
+        {"window_start": "2026-11-01", "window_end": "2026-11-04"},
+        run_id="r",
+        logical_date=date(2026, 11, 20),
+        asset_event_extras=[{"day": "2026-11-10"}],
+    )
+    assert state.days == ["2026-11-01", "2026-11-02", "2026-11-03"]
+
+
+def test_asset_event_day_is_used_without_window_params():
+    state = build_request(
+        {},
+        run_id="asset_triggered__x",
+        logical_date=None,
+        asset_event_extras=[{"day": "2026-11-10"}],
+    )
+    assert state.days == ["2026-11-10"]
+
+
+def test_asset_events_folded_into_one_run_span_every_window():
+    """Events queued while a run was pending come in one run: none of their days is skipped."""
+    extras = [
+        {"day": "2026-11-10"},
+        {},
+        {"window_start": "2026-11-07", "window_end": "2026-11-09"},
+        {"day": "2026-11-09"},
+    ]
+    state = build_request(
+        {}, run_id="asset_triggered__y", logical_date=None, asset_event_extras=extras
+    )
+    assert state.days == ["2026-11-07", "2026-11-08", "2026-11-09", "2026-11-10"]
+    with pytest.raises(WindowError, match="asset event day"):
+        build_request({}, run_id="z", asset_event_extras=[{"day": "soon"}])
+
+
+@pytest.mark.parametrize(
+    ("params", "kwargs", "error", "match"),
+    [
+        ({}, {"logical_date": None}, WindowError, "set the window_start parameter"),
+        (
+            {"window_start": "2026-11-05", "window_end": "2026-11-05"},
+            {},
+            WindowError,
+            "must be after",
+        ),
+        ({"window_start": "yesterday"}, {}, WindowError, "YYYY-MM-DD"),
+        ({"n_components": 0}, {}, ValueError, "n_components must be a positive integer"),
+        ({"covariance_type": "banana"}, {}, ValueError, "covariance_type must be one of"),
+        ({"backend": "tpu"}, {}, ValueError, "backend must be one of"),
+        ({"holdout_fraction": 1.5}, {}, ValueError, "holdout_fraction"),
+        ({"promotion_margin": -1}, {}, ValueError, "promotion_margin"),
+        ({"n_component": 3}, {}, ValueError, "unknown parameter"),
+    ],
+)
+def test_bad_requests_name_the_fix(params, kwargs, error, match):
+    kwargs = {"logical_date": date(2026, 11, 20), **kwargs}
+    with pytest.raises(error, match=match):
+        build_request(params, run_id="r", **kwargs)
+
+
+def test_promotion_margin_param_overrides_settings(settings):
+    assert settings_for(_request(), settings) is settings
+    tuned = settings_for(_request(promotion_margin=0.5), settings)
+    assert tuned.promotion_margin == 0.5 and tuned.home == settings.home
+
+
+def test_missing_window_says_where_it_looked(settings):
+    with pytest.raises(WindowError, match=r"incoming/<YYYY-MM-DD>/"):
+        window_files(_request(), settings)
+
+
+def test_window_files_lists_each_day_in_order(settings):
+    request = build_request({"window_start": "2026-11-01", "window_end": "2026-11-03"}, run_id="r")
+    for day in ("2026-11-02", "2026-11-01"):
+        folder = settings.data_root / "incoming" / day
+        folder.mkdir(parents=True)
+        (folder / "telemetry.parquet").write_bytes(b"x")
+        (folder / "notes.txt").write_text("ignored")
+    files = window_files(request, settings)
+    assert [f.parent.name for f in files] == ["2026-11-01", "2026-11-02"]
+    assert all(f.suffix == ".parquet" for f in files)
+    # as the validator lists a batch: any letter case, sub-folders; not files being written
+    day = settings.data_root / "incoming" / "2026-11-01"
+    (day / "UPPER.PARQUET").write_bytes(b"x")
+    (day / "hour=00").mkdir()
+    (day / "hour=00" / "nested.csv").write_text("x")
+    (day / ".inflight.parquet").write_bytes(b"x")
+    names = [f.name for f in window_files(request, settings)]
+    assert names == ["UPPER.PARQUET", "nested.csv", "telemetry.parquet", "telemetry.parquet"]
+
+
+def test_retried_validation_meets_the_quarantined_batch_again(settings):
+    """A retry of the same run must not train on the rest of a window whose bad day it moved
+    to quarantine on the first try."""
+    import validation
+    from validation.synthetic import make_telemetry, write_window
+
+    for day, bad in (("2026-11-01", False), ("2026-11-02", True)):
+        frame = make_telemetry(400, day, f"2026-11-0{int(day[-1]) + 1}", seed=int(day[-1]))
+        if bad:
+            frame.loc[3, "latency_ms"] = np.inf
+        write_window(frame, settings.data_root, day)
+    state = build_request(
+        {"window_start": "2026-11-01", "window_end": "2026-11-03"}, run_id="manual__retry"
+    )
+    for _attempt in range(2):  # the second try finds day 2 only in quarantine
+        with pytest.raises(
+            validation.BatchRejected, match="expect_column_values_to_be_finite"
+        ) as caught:
+            validate_window(state, settings)
+        assert not list((settings.data_root / "incoming" / "2026-11-02").glob("*.parquet"))
+        facts = rejection_summary(caught.value)
+        assert (facts["rows_validated"], facts["rows_quarantined"]) == (800, 400)
+    quarantined = list((settings.data_root / "quarantine").rglob("*.parquet"))
+    assert len(quarantined) == 1 and quarantined[0].parent.name == "2026-11-02"
+
+
+# ---------------------------------------------------------------------------- split + train
+
+
+def _validated_state(settings, n_rows=900, seed=3, **params):
+    rng = np.random.default_rng(seed)
+    centers = np.array([[0.0, 0.0], [8.0, 8.0], [-8.0, 6.0]])
+    X = centers[rng.integers(0, 3, n_rows)] + rng.normal(size=(n_rows, 2))
+    frame = pd.DataFrame({"event_id": np.arange(n_rows), "f0": X[:, 0], "f1": X[:, 1]})
+    folder = settings.data_root / "incoming" / "2026-11-20"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "telemetry.parquet"
+    frame.to_parquet(path, index=False)
+    validated = Validated(
+        files=[str(path)],
+        reports=[],
+        rows_validated=n_rows,
+        feature_columns=["f0", "f1"],
+        contract="x",
+    )
+    return _request(**params), validated, frame
+
+
+def test_split_is_deterministic_disjoint_and_complete(settings):
+    request, validated, frame = _validated_state(settings, holdout_fraction=0.25, seed=7)
+    split = split_window(request, validated, settings)
+    train = pd.read_parquet(split.train_path)
+    holdout = pd.read_parquet(split.holdout_path)
+    assert (split.n_train, split.n_holdout) == (675, 225) == (len(train), len(holdout))
+    assert list(train.columns) == ["f0", "f1"]
+    both = pd.concat([train, holdout])
+    assert sorted(map(tuple, both.to_numpy())) == sorted(map(tuple, frame[["f0", "f1"]].to_numpy()))
+    assert not set(map(tuple, train.to_numpy())) & set(map(tuple, holdout.to_numpy()))
+    again = split_window(request, validated, settings)
+    pd.testing.assert_frame_equal(pd.read_parquet(again.holdout_path), holdout)
+    reseeded = dataclasses.replace(request, seed=8, run_key="other")
+    other = split_window(reseeded, validated, settings)
+    assert other.n_holdout == 225
+    assert not pd.read_parquet(other.holdout_path).equals(holdout)
+    assert Split.from_json(json.loads(json.dumps(split.to_json()))) == split  # XCom-able
+
+
+def test_split_refuses_a_window_too_small_for_the_model(settings):
+    request, validated, _ = _validated_state(settings, n_rows=6, n_components=8)
+    with pytest.raises(ValueError, match="too few"):
+        split_window(request, validated, settings)
+
+
+def test_train_saves_model_curves_and_logs_cpu_fallback(settings, caplog, capsys):
+    import gmm_core
+
+    request, validated, _ = _validated_state(
+        settings, n_components=3, n_init=2, max_iter=50, backend="auto"
+    )
+    split = split_window(request, validated, settings)
+    with caplog.at_level(logging.INFO, logger="emflow.run.train"):
+        trained = train_challenger(request, split, settings)
+    assert trained.backend == "numpy"
+    assert "training on the CPU with the NumPy backend" in caplog.text
+    assert "Iteration 1" in capsys.readouterr().out  # per-iteration progress in the task log
+    assert len(trained.restart_final_lower_bounds) == 2
+    assert trained.lower_bound == max(trained.restart_final_lower_bounds)
+    model = gmm_core.load_model(trained.model_dir)
+    assert model.n_components == 3 and list(model.feature_names_) == ["f0", "f1"]
+    curves = json.loads(open(trained.training_json).read())
+    assert len(curves["restart_lower_bounds"]) == 2
+    assert curves["restart_lower_bounds"][0][-1] == pytest.approx(
+        trained.restart_final_lower_bounds[0]
+    )
+    # where the time went: read and save around the fit, one log line per phase
+    assert {"read", "save"} <= set(trained.timings) == set(curves["timings"])
+    assert re.search(r"time read +\d", caplog.text) and re.search(r"time save +\d", caplog.text)
+    assert re.search(r"iterations \d+, [\d.]+ ms per iteration", caplog.text)
+    json.dumps(trained.to_json())  # XCom-able
+
+
+# ---------------------------------------------------------------------------- summary
+
+
+def test_summary_of_a_quarantined_run_names_the_failed_step(settings):
+    request = _request()
+    rejected = {
+        "message": "expect_column_values_to_be_finite",
+        "failed": ["x"],
+        "rows_quarantined": 500,
+        "quarantine_dirs": [],
+    }
+    summary = run_summary(request, StepOutputs(), rejected=rejected, settings=settings)
+    assert summary["status"] == "failed" and summary["failed_step"] == "validate"
+    assert summary["decision"] == "quarantined" and summary["rows_quarantined"] == 500
+    assert summary["model_name"] == settings.model_name
+
+
+def test_summary_of_a_run_that_failed_in_training(settings):
+    request, validated, _ = _validated_state(settings)
+    split = Split(train_path="t", holdout_path="h", n_train=1, n_holdout=1, feature_columns=[])
+    summary = run_summary(request, StepOutputs(validate=validated, split=split), settings=settings)
+    assert summary["failed_step"] == "train" and summary["rows_validated"] == 900
+    assert "decision" not in summary and "train_seconds" not in summary
+
+
+def test_request_from_an_airflow_context_uses_params_dates_and_asset_events():
+    from types import SimpleNamespace
+
+    dag_run = SimpleNamespace(
+        run_id="asset_triggered__2026-11-21T03:00:00+00:00", dag_id="gmm_retrain"
+    )
+    context = {
+        "dag_run": dag_run,
+        "params": {**DEFAULT_PARAMS, "n_init": 5},
+        "logical_date": None,
+        "data_interval_start": None,
+        "triggering_asset_events": {
+            "emflow-telemetry": [
+                SimpleNamespace(extra={"day": "2026-11-19"}),
+                SimpleNamespace(extra={"day": "2026-11-20"}),
+            ]
+        },
+    }
+    request = request_from_context(context)
+    # both events' days: the run was triggered by two updates
+    assert (request.window_start, request.window_end) == ("2026-11-19", "2026-11-21")
+    assert request.n_init == 5 and request.dag_id == "gmm_retrain"
+    assert request.run_key == "asset_triggered__2026-11-21T03-00-00-00-00-e0393ea8"
+    scheduled = {
+        **context,
+        "triggering_asset_events": {},
+        "logical_date": datetime(2026, 11, 18, tzinfo=UTC),
+    }
+    assert request_from_context(scheduled).window_start == "2026-11-18"
+
+
+@pytest.mark.slow
+def test_auto_backend_trains_on_the_configured_dask_cluster(settings, caplog):
+    """EMFLOW_DASK_SCHEDULER (Settings.dask_scheduler) turns backend=auto into the Dask engine,
+    with the same model as the single-process NumPy backend."""
+    distributed = pytest.importorskip("distributed")
+    import gmm_core
+
+    request, validated, _ = _validated_state(
+        settings, n_components=3, n_init=2, max_iter=30, backend="auto"
+    )
+    split = split_window(request, validated, settings)
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        on_dask = dataclasses.replace(settings, dask_scheduler=cluster.scheduler_address)
+        with caplog.at_level(logging.INFO, logger="emflow.run.train"):
+            trained = train_challenger(request, split, on_dask)
+    assert trained.backend == "dask"
+    assert "training on the Dask cluster" in caplog.text
+    numpy_request = dataclasses.replace(request, backend="numpy", run_key="numpy-twin")
+    reference = train_challenger(numpy_request, split, settings)
+    assert trained.lower_bound == pytest.approx(reference.lower_bound, rel=1e-9)
+    a, b = gmm_core.load_model(trained.model_dir), gmm_core.load_model(reference.model_dir)
+    np.testing.assert_allclose(a.means_, b.means_, rtol=1e-8, atol=1e-10)
+
+
+def test_a_run_with_an_invalid_window_still_publishes_its_failure(settings):
+    from types import SimpleNamespace
+
+    context = {
+        "dag_run": SimpleNamespace(
+            run_id="manual__2026-11-20T00:00:00+00:00", dag_id="gmm_retrain"
+        ),
+        "params": {"window_start": "2026-11-05", "window_end": "2026-11-01"},
+        "logical_date": datetime(2026, 11, 20, tzinfo=UTC),
+    }
+    with pytest.raises(ValueError, match="must be after"):
+        request_from_context(context)
+    request = metrics_request_from_context(context)
+    summary = publish_metrics(request, StepOutputs(), settings=settings)
+    assert (summary["status"], summary["failed_step"]) == ("failed", "validate")
+    assert summary["run_key"] == "manual__2026-11-20T00-00-00-00-00-3377663e"
+    text = settings.metrics_textfile.read_text()
+    assert 'emflow_retrain_last_run_success{model="telemetry-gmm"} 0.0' in text
+
+
+def test_pq_and_upper_case_parquet_batches_validate_and_split(settings):
+    """Issue 16.3: ``.pq`` / ``.PARQUET`` batches passed validation, then split read them as
+    CSV (UnicodeDecodeError): every step reads through the validator's reader now."""
+    from validation.synthetic import make_telemetry
+
+    folder = settings.data_root / "incoming" / "2026-11-20"
+    folder.mkdir(parents=True)
+    for i, name in enumerate(("a.pq", "B.PARQUET", "c.Pq")):
+        make_telemetry(300, "2026-11-20", "2026-11-21", seed=i).to_parquet(folder / name)
+    request = _request()
+    validated = validate_window(request, settings)
+    assert sorted(Path(f).name for f in validated.files) == ["B.PARQUET", "a.pq", "c.Pq"]
+    split = split_window(request, validated, settings)
+    assert split.n_train + split.n_holdout == 900
+
+
+def test_a_quarantine_conflict_fails_the_run_without_retry(tmp_path, monkeypatch):
+    """Issue 16.9: the validate task met QuarantineConflict as a traceback (and retried)."""
+    from emflow.run import steps
+    from validation.synthetic import write_bad_batch
+
+    monkeypatch.setenv("EMFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("EMFLOW_DATA_ROOT", raising=False)
+    source = Settings().data_root / "incoming" / "2026-11-20" / "telemetry.parquet"
+    write_bad_batch("duplicate_ids", source, start="2026-11-20", end="2026-11-21")
+    request = _request().to_json()
+    with pytest.raises(steps.RunRejected, match="expect_column_values_to_be_unique"):
+        steps.validate(request)
+    write_bad_batch("nan", source, start="2026-11-20", end="2026-11-21", seed=5)  # redelivered
+    with pytest.raises(steps.RunFailed, match="quarantine refused: .* new run id"):
+        steps.validate(request)
+
+
+def test_the_train_step_never_saves_a_non_finite_model(settings, monkeypatch):
+    """Issue 16.6: a fit with infinite covariances was saved and went on to the registry."""
+    import gmm_core
+
+    real_fit = gmm_core.GaussianMixture.fit
+
+    def overflowing_fit(self, X, y=None):
+        real_fit(self, X, y)
+        self.covariances_ = np.full_like(self.covariances_, np.inf)
+        return self
+
+    monkeypatch.setattr(gmm_core.GaussianMixture, "fit", overflowing_fit)
+    request, validated, _ = _validated_state(settings, n_components=2, n_init=1, max_iter=5)
+    split = split_window(request, validated, settings)
+    with pytest.raises(ValueError, match="non-finite covariances_"):
+        train_challenger(request, split, settings)
+    assert not (settings.data_root / "models" / request.run_key / "model.json").exists()

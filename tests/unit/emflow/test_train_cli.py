@@ -1,0 +1,242 @@
+"""``emflow train``: a model from a telemetry file, and clear errors (exit 2) for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emflow.cli import main
+from gmm_core import load_model
+from validation.synthetic import make_telemetry
+
+
+@pytest.fixture()
+def telemetry_file(tmp_path):
+    path = tmp_path / "telemetry.parquet"
+    make_telemetry(600, "2026-11-01", "2026-11-02", seed=4).to_parquet(path, index=False)
+    return path
+
+
+def test_train_saves_a_model_and_prints_its_summary(telemetry_file, tmp_path, capsys):
+    out = tmp_path / "model"
+    rc = main(
+        [
+            "train",
+            str(telemetry_file),
+            "--n-components",
+            "3",
+            "--n-init",
+            "2",
+            "--max-iter",
+            "50",
+            "--backend",
+            "numpy",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed.strip().splitlines()[-1]) == {"model_dir": str(out)}
+    assert "log-likelihood" in printed and "backend" in printed
+    model = load_model(out)
+    # the same fit as GaussianMixture on the contract's features, with the flags passed through
+    from gmm_core import GaussianMixture
+    from validation.contract import load_contract
+
+    frame = pd.read_parquet(telemetry_file)
+    X = frame[list(load_contract().feature_columns)].to_numpy(dtype=np.float32)
+    ref = GaussianMixture(3, n_init=2, max_iter=50, random_state=0, backend="numpy").fit(X)
+    np.testing.assert_allclose(model.means_, ref.means_, rtol=1e-6)
+    assert model.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-9)
+    assert (model.n_init, model.max_iter, model.n_iter_) == (2, 50, ref.n_iter_)
+
+
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [
+        ("missing", "does not exist"),
+        ("renamed_column", "are not in the data"),
+        ("too_few_rows", "n_components"),
+        ("nan", "NaN"),
+    ],
+)
+def test_bad_input_exits_2_with_the_fix_on_stderr(case, match, tmp_path, capsys):
+    frame = make_telemetry(600, "2026-11-01", "2026-11-02", seed=4)
+    path = tmp_path / "t.parquet"
+    if case == "renamed_column":
+        frame = frame.rename(columns={"cpu_util": "cpu"})
+    elif case == "too_few_rows":
+        frame = frame.head(3)
+    elif case == "nan":
+        frame.loc[5, "temp_c"] = np.nan
+    if case != "missing":
+        frame.to_parquet(path, index=False)
+    rc = main(
+        [
+            "train",
+            str(path),
+            "--n-components",
+            "4",
+            "--backend",
+            "numpy",
+            "--out",
+            str(tmp_path / "m"),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert match in captured.err and "Traceback" not in captured.err
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("where", ["existing_file", "under_a_file", "existing_model"])
+def test_an_unusable_out_is_refused_before_the_fit(
+    where, telemetry_file, tmp_path, capsys, monkeypatch
+):
+    """Issue 16.13 / 16.15: ``--out`` an existing file or an unwritable path failed with a
+    traceback after the whole fit; an existing model was silently overwritten."""
+    import gmm_core
+
+    out = tmp_path / "out"
+    if where == "existing_file":
+        out.write_text("not a folder")
+    elif where == "under_a_file":
+        (tmp_path / "blocker").write_text("x")
+        out = tmp_path / "blocker" / "model"
+    else:
+        assert (
+            main(
+                [
+                    "train",
+                    str(telemetry_file),
+                    "--n-components",
+                    "2",
+                    "--max-iter",
+                    "5",
+                    "--backend",
+                    "numpy",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
+    before = (out / "model.npz").read_bytes() if where == "existing_model" else None
+    capsys.readouterr()
+    fitted = []
+    monkeypatch.setattr(gmm_core.GaussianMixture, "fit", lambda self, X, y=None: fitted.append(1))
+    rc = main(["train", str(telemetry_file), "--backend", "numpy", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and fitted == []  # refused before any fitting
+    assert err.startswith("emflow train: ") and "Traceback" not in err
+    assert {
+        "existing_file": "is a file",
+        "under_a_file": "cannot write",
+        "existing_model": "--force",
+    }[where] in err
+    if before is not None:
+        assert (out / "model.npz").read_bytes() == before
+
+
+def test_force_replaces_a_model_and_the_default_folder_is_new_per_run(
+    telemetry_file, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("EMFLOW_HOME", str(tmp_path / "home"))
+    argv = [
+        "train",
+        str(telemetry_file),
+        "--n-components",
+        "2",
+        "--max-iter",
+        "5",
+        "--backend",
+        "numpy",
+    ]
+    assert main(argv) == 0 and main(argv) == 0
+    folders = sorted((tmp_path / "home" / "models").iterdir())
+    assert len(folders) == 2 and all(f.name.startswith("manual-") for f in folders)
+    assert load_model(folders[0]).random_state == 0
+    assert main([*argv, "--out", str(folders[0]), "--force", "--seed", "3"]) == 0
+    assert load_model(folders[0]).random_state == 3  # replaced
+
+
+def test_defaults_are_the_dags_and_help_shows_them(capsys):
+    """Issue 16.15: CLI defaults differed from the DAG's (K=8/200 vs 4/100), --help showed
+    none, and there was no --version."""
+    from importlib.metadata import version
+
+    from emflow.run.params import DEFAULT_PARAMS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in ("n_components", "covariance_type", "n_init", "max_iter", "seed", "backend"):
+        assert f"(default {DEFAULT_PARAMS[name]})" in text, name
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"emflow {version('emflow')}"
+
+
+def test_values_near_1e19_fit_in_float64_to_a_finite_model(tmp_path, capsys):
+    """Issue 16.6: float32 data near 1e19 "fitted" to infinite covariances and was saved."""
+    frame = make_telemetry(600, "2026-11-01", "2026-11-02", seed=4)
+    frame["req_rate"] = frame["req_rate"] * 1e17  # up to ~1e19-1e20
+    path = tmp_path / "huge.parquet"
+    frame.to_parquet(path, index=False)
+    out = tmp_path / "model"
+    rc = main(
+        [
+            "train",
+            str(path),
+            "--n-components",
+            "2",
+            "--n-init",
+            "1",
+            "--max-iter",
+            "20",
+            "--backend",
+            "numpy",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    model = load_model(out)
+    assert model.means_.dtype == np.float64
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        assert np.isfinite(getattr(model, name)).all(), name
+
+
+def test_a_non_finite_fit_is_refused_and_not_saved(telemetry_file, tmp_path, capsys, monkeypatch):
+    import gmm_core
+
+    real_fit = gmm_core.GaussianMixture.fit
+
+    def overflowing_fit(self, X, y=None):
+        real_fit(self, X, y)
+        self.covariances_ = np.full_like(self.covariances_, np.inf)
+        return self
+
+    monkeypatch.setattr(gmm_core.GaussianMixture, "fit", overflowing_fit)
+    out = tmp_path / "model"
+    rc = main(
+        [
+            "train",
+            str(telemetry_file),
+            "--n-components",
+            "2",
+            "--max-iter",
+            "5",
+            "--backend",
+            "numpy",
+            "--out",
+            str(out),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "non-finite covariances_" in err and "Scale the features" in err
+    assert not (out / "model.json").exists()

@@ -1,0 +1,143 @@
+"""``emflow validate``: summary on stdout, progress bar over folders, exit status, quarantine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from emflow.cli import main
+from validation.synthetic import make_telemetry, write_bad_batch, write_window
+
+DAY = "2026-11-05"
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli") / "data"
+    write_window(make_telemetry(300, DAY, "2026-11-06", seed=1), root, DAY)
+    write_bad_batch(
+        "duplicate_ids",
+        root / "incoming" / "2026-11-06" / "telemetry.parquet",
+        start="2026-11-06",
+        end="2026-11-07",
+    )
+    return root
+
+
+def test_good_folder_passes_with_progress_bar(data_root, capsys):
+    assert main(["validate", str(data_root / "incoming" / DAY)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("PASSED") and "window [2026-11-05T00:00:00+00:00" in out
+    assert "reading" in err and "1/1" in err  # tqdm bar over the folder's files
+
+
+def test_window_from_the_folder_name_is_checked(data_root, capsys):
+    folder = data_root / "incoming" / DAY
+    assert main(["validate", str(folder), "--window", "2026-11-07/2026-11-08"]) == 1
+    assert "expect_column_values_to_be_between [ts]" in capsys.readouterr().out
+    assert main(["validate", str(folder), "--no-window"]) == 0
+
+
+def test_rejected_batch_exits_nonzero_and_is_quarantined(data_root, tmp_path, capsys):
+    source = data_root / "incoming" / "2026-11-06" / "telemetry.parquet"
+    delivered = source.read_bytes()
+    report = tmp_path / "report.json"
+    argv = [
+        "validate",
+        str(source),
+        "--run-id",
+        "cli-run",
+        "--data-root",
+        str(data_root),
+        "--json",
+        str(report),
+    ]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("REJECTED") and "expect_column_values_to_be_unique [event_id]" in out
+    moved = data_root / "quarantine" / "cli-run" / "2026-11-06" / "telemetry.parquet"
+    assert f"quarantined to {moved}" in out
+    assert moved.read_bytes() == delivered and not source.exists()
+    assert json.loads(report.read_text())["failed"][0]["expectation"] == (
+        "expect_column_values_to_be_unique"
+    )
+    assert main(argv) == 1  # same run id again: same outcome, still one copy
+    assert sorted(p.name for p in moved.parent.iterdir()) == [
+        "telemetry.parquet",
+        "telemetry.parquet.manifest.json",
+        "telemetry.parquet.summary.txt",
+        "telemetry.parquet.validation.json",
+    ]
+
+
+def test_contract_options_and_usage_errors(data_root, tmp_path, capsys):
+    frame = make_telemetry(300, DAY, "2026-11-06").assign(site="eu-1")
+    path = tmp_path / "extra.parquet"
+    frame.to_parquet(path, index=False)
+    assert main(["validate", str(path)]) == 1
+    assert main(["validate", str(path), "--extra-columns", "allow"]) == 0
+    assert (
+        main(["validate", str(path), "--features", "cpu_util,mem_util", "--extra-columns", "allow"])
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["validate", str(path), "--features", "gpu_util"]) == 2
+    assert "add them under `features:`" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path / "missing.parquet")]) == 2
+    assert main(["validate", str(path), "--window", "2026-11-05"]) == 2
+
+
+def test_print_suite_is_the_contract_as_gx_json(capsys):
+    assert main(["validate", "--print-suite"]) == 0
+    suite = json.loads(capsys.readouterr().out)
+    types = {e["type"] for e in suite["expectations"]}
+    assert {
+        "expect_column_values_to_be_finite",
+        "expect_table_columns_to_match_set",
+        "expect_column_values_to_be_unique",
+    } <= types
+
+
+def test_a_quarantine_conflict_is_a_message_not_a_traceback(tmp_path, capsys):
+    """Issue 16.9: QuarantineConflict escaped as a traceback. The same run id meeting other
+    bytes under a batch it quarantined is refused with the fix named, nothing moved."""
+    data_root = tmp_path / "data"
+    source = data_root / "incoming" / "2026-11-06" / "telemetry.parquet"
+    write_bad_batch("duplicate_ids", source, start="2026-11-06", end="2026-11-07")
+    argv = ["validate", str(source), "--run-id", "conflict-run", "--data-root", str(data_root)]
+    assert main(argv) == 1  # rejected and quarantined
+    write_bad_batch("nan", source, start="2026-11-06", end="2026-11-07", seed=9)  # redelivered
+    changed = source.read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("emflow validate: ") and "new run id" in err
+    assert "Traceback" not in out + err
+    assert source.read_bytes() == changed  # the new delivery stays where it was
+
+
+def test_run_ids_near_airflows_limit_make_short_folder_names(tmp_path, capsys):
+    """Issue 16.9: a 250-character run id made a folder name over 255 bytes."""
+    from validation.quarantine import MAX_KEY_LENGTH, run_folder_name
+
+    long_ids = ["manual__" + "x" * 242, "manual__" + "x" * 241 + "y"]
+    keys = [run_folder_name(run_id) for run_id in long_ids]
+    assert all(len(key) <= MAX_KEY_LENGTH for key in keys) and len(set(keys)) == 2
+    data_root = tmp_path / "data"
+    source = data_root / "incoming" / "2026-11-06" / "telemetry.parquet"
+    write_bad_batch("duplicate_ids", source, start="2026-11-06", end="2026-11-07")
+    argv = ["validate", str(source), "--run-id", long_ids[0], "--data-root", str(data_root)]
+    assert main(argv) == 1
+    assert (data_root / "quarantine" / keys[0] / "2026-11-06" / "telemetry.parquet").is_file()
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "a_folder"])
+def test_an_unwritable_json_report_is_refused_up_front(where, data_root, tmp_path, capsys):
+    """Issue 16.13: ``--json <unwritable path>`` ended in a traceback after validating."""
+    (tmp_path / "blocker").write_text("x")
+    target = tmp_path / "blocker" / "r.json" if where == "under_a_file" else tmp_path
+    rc = main(["validate", str(data_root / "incoming" / DAY), "--json", str(target)])
+    out, err = capsys.readouterr()
+    assert rc == 2 and err.startswith("emflow validate: --json") and "Traceback" not in err
+    assert out == ""  # refused before validating

@@ -1,0 +1,81 @@
+"""The one telemetry reader: which files a batch is, and their rows.
+
+Files are read with pyarrow (Parquet: ``.parquet``/``.pq``; CSV: ``.csv``; any letter case),
+never row by row. The validator, the pipeline's split/evaluate/publish and ``emflow train`` all
+read through here, so a batch that passed validation is read the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv",)
+BATCH_SUFFIXES = PARQUET_SUFFIXES + CSV_SUFFIXES
+
+
+def list_batch_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files a batch consists of: ``path`` itself, or the data files under a folder (sorted).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"batch {root} does not exist: check the path / data window")
+    if root.is_file():
+        return [root]
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in BATCH_SUFFIXES and not p.name.startswith((".", "_"))
+    )
+
+
+def read_file(path: Path) -> pd.DataFrame:
+    """Read one Parquet or CSV file with pyarrow into pandas."""
+    suffix = path.suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pandas()
+    if suffix in CSV_SUFFIXES:
+        import pyarrow.csv as pacsv
+
+        return pacsv.read_csv(path).to_pandas()
+    raise ValueError(f"unsupported file type {suffix!r}: deliver {', '.join(BATCH_SUFFIXES)}")
+
+
+def read_batch(
+    files: Iterable[Path], *, progress: bool = False
+) -> tuple[pd.DataFrame | None, list[dict[str, Any]]]:
+    """Read every file; return the rows (None if nothing was readable) and per-file facts."""
+    files = list(files)
+    if progress:
+        from tqdm.auto import tqdm
+
+        files_iter: Iterable[Path] = tqdm(files, desc="reading", unit="file")
+    else:
+        files_iter = files
+    frames, facts = [], []
+    for path in files_iter:
+        fact: dict[str, Any] = {"file": str(path), "size_bytes": path.stat().st_size}
+        try:
+            frame = read_file(path)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            fact.update(readable=False, error=f"{type(exc).__name__}: {exc}", n_rows=0)
+        else:
+            frames.append(frame)
+            fact.update(readable=True, error=None, n_rows=len(frame))
+        facts.append(fact)
+    if not frames:
+        return None, facts
+    data = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    return data, facts
