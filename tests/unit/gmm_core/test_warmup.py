@@ -24,7 +24,7 @@ from gmm_core._cupy import CupyData, CupyEngine, LaunchConfig, kernels  # noqa: 
 from gmm_core._cupy.kernels import KernelRef, kernel_ref  # noqa: E402
 from gmm_core._warmup import kernels_for_shapes  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 NVCC = shutil.which("nvcc") or (
     "/usr/local/bin/nvcc" if Path("/usr/local/bin/nvcc").exists() else None
 )
