@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -135,7 +136,9 @@ class CupyEngine(Engine):
         self.diag_em_small = DiagEmSmall(config)
         self.diag_pass_tc = DiagPassTC(config, scratch)
         self.diag_pass = DiagPass(config, scratch)
-        self.gemm = GemmPass(config, self._budget)
+        # a function of the budget alone: a bound method would make engine <-> gemm a reference
+        # cycle, which kept every finished fit's device memory until the garbage collector ran
+        self.gemm = GemmPass(config, functools.partial(memory_budget, memory_budget_bytes))
         self._diag_plans_cache: dict[tuple, FusedDiag] = {}
         self._loop: tuple[tuple, DeviceLoop] | None = None
         self._compiled: set[tuple] = set()
