@@ -199,8 +199,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # ------------------------------------------------------------------------------------------
     # Input checks
 
-    def _check_X(self, X: Any, *, reset: bool) -> Any:
-        """Validated 2-D float32/float64 data; CuPy arrays stay on their device."""
+    def _check_X(self, X: Any, *, reset: bool, finite_here: bool = True) -> Any:
+        """Validated 2-D float32/float64 data; CuPy arrays stay on their device.
+
+        ``finite_here=False``: NumPy data are not scanned for NaN/inf on the host (a GPU engine
+        checks them on the device, after their one copy there).
+        """
         if not _is_cupy_array(X):
             try:
                 return validate_data(
@@ -209,6 +213,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                     reset=reset,
                     dtype=[np.float64, np.float32],
                     ensure_min_samples=2 if reset else 1,
+                    ensure_all_finite=finite_here,
                 )
             except ValueError as exc:
                 if "could not convert" not in str(exc):
@@ -406,7 +411,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _fit(self, X: Any) -> tuple[Engine, Any, Params]:
         """Fit; return the engine, its prepared data and the best restart's parameters."""
         clock = _PhaseClock()
-        X = self._check_X(X, reset=True)
+        engine = get_engine(self.backend)
+        X = self._check_X(X, reset=True, finite_here=not engine.device_init)
         n_samples, n_features = X.shape
         if n_samples < self.n_components:
             raise ValueError(
@@ -414,7 +420,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 f"n_samples = {n_samples}; lower n_components or provide more samples."
             )
         user = self._checked_initial_parameters(n_features, X.dtype)
-        engine = get_engine(self.backend)
         clock.engine = engine
         if _is_cupy_array(X) and not engine.takes_device_arrays():
             X = X.get()  # a host engine (numpy, dask) takes host arrays
@@ -428,6 +433,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             if engine.device_init:
                 # moments, centring and initialisation where the data live: no host copy of X
                 data = engine.prepare(X, "auto", self.covariance_type)
+                if not math.isfinite(data.max_abs):  # NumPy input is checked here, on the device
+                    raise ValueError(
+                        "Input X contains NaN or infinity; remove or impute those rows first."
+                    )
                 _check_magnitude(data.max_abs, X.dtype, n_features)
                 shift = data.shift
                 clock.lap("transfer")

@@ -224,3 +224,12 @@ def test_coarse_to_fine_lloyd_ends_at_a_fixed_point_of_all_rows(monkeypatch):
     )
     after, n_iter = _reference_lloyd(data.X, got[0], tol, max_iter=1)
     assert ((after - got[0]) ** 2).sum() <= tol  # one more Lloyd step on all rows: no move
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_is_refused_on_the_device_path(device_init_engine, bad):
+    """The device path skips the host scan of NumPy input: the device moments catch it."""
+    X = _blobs(n=500, d=2, centers=2)
+    X[7, 1] = bad
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        GaussianMixture(2, covariance_type="diag").fit(X)
