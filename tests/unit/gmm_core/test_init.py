@@ -170,8 +170,13 @@ def test_device_init_fit_is_deterministic_for_a_seed(device_init_engine, cov, in
         assert not np.array_equal(other.restart_lower_bounds_[0], fits[0].restart_lower_bounds_[0])
 
 
-def test_device_kmeans_init_is_at_least_as_good_as_scikit_learns(device_init_engine):
-    """Median over 5 seeds of the first and final lower bound: device k-means init vs KMeans."""
+@pytest.mark.parametrize("coarse_from", [1 << 20, 2000], ids=["all-rows", "coarse-first"])
+def test_device_kmeans_init_is_at_least_as_good_as_scikit_learns(
+    device_init_engine, monkeypatch, coarse_from
+):
+    """Median over 5 seeds of the first and final lower bound: device k-means init vs KMeans
+    (also when seeding and the first Lloyd iterations run on every 8th row)."""
+    monkeypatch.setattr(_init, "COARSE_MIN_ROWS", coarse_from)
     X = _blobs(n=6000, d=4, centers=8, seed=6)
     ours, theirs = [], []
     with warnings.catch_warnings():
