@@ -277,6 +277,17 @@ def torch_plain(X: np.ndarray, init: dict, cov: str, iters: int) -> dict[str, An
     }
 
 
+#: Lightning trainer settings of the torchgmm peer (one GPU, nothing written, no progress bar)
+TORCHGMM_TRAINER = {
+    "accelerator": "gpu",
+    "devices": 1,
+    "enable_progress_bar": False,
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_model_summary": False,
+}
+
+
 def torchgmm_peer(X: np.ndarray, init: dict, cov: str, iters: int) -> dict[str, Any]:
     """torchgmm (PyCave's maintained fork, Lightning-based) where it is installed.
 
@@ -287,15 +298,7 @@ def torchgmm_peer(X: np.ndarray, init: dict, cov: str, iters: int) -> dict[str, 
     from torchgmm.bayes import GaussianMixture as TorchGMM
 
     Xd = torch.as_tensor(X, device="cuda")
-    params = {
-        "max_epochs": iters,
-        "accelerator": "gpu",
-        "devices": 1,
-        "enable_progress_bar": False,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_model_summary": False,
-    }
+    params = {"max_epochs": iters, **TORCHGMM_TRAINER}
     means = torch.as_tensor(init["means"], dtype=torch.float32)
     model = TorchGMM(
         len(init["weights"]),

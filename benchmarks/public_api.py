@@ -301,14 +301,7 @@ def peers(case: dict[str, Any], record: Callable[..., None]) -> None:
     try:
         from torchgmm.bayes import GaussianMixture as TorchGMM
 
-        trainer = {
-            "accelerator": "gpu",
-            "devices": 1,
-            "enable_progress_bar": False,
-            "logger": False,
-            "enable_checkpointing": False,
-            "enable_model_summary": False,
-        }
+        from benchmarks.bench_gpu import TORCHGMM_TRAINER as trainer
 
         def fit_torchgmm() -> Any:
             return TorchGMM(case["k"], covariance_type=case["cov"], trainer_params=trainer).fit(Xt)

@@ -62,3 +62,20 @@ def collapsing_fit() -> tuple[np.ndarray, dict]:
         max_iter=50,
     )
     return X, kw
+
+
+def scikit_learn_start(X: np.ndarray, k: int, cov: str) -> dict:
+    """``*_init`` keywords of scikit-learn's k-means initialisation of ``X`` (a ``max_iter=0``
+    fit of the NumPy backend): the GPU engines draw their own, so fits compared across engines
+    start from these."""
+    import warnings
+
+    from gmm_core import GaussianMixture
+
+    start = GaussianMixture(k, covariance_type=cov, random_state=0, max_iter=0, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start.fit(X)
+    return dict(
+        weights_init=start.weights_, means_init=start.means_, precisions_init=start.precisions_
+    )

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import copy
-import warnings
 
 import numpy as np
 import pytest
-from gpu_fixtures import collapsing_fit, init_kwargs, make_data, random_params
-from sklearn.exceptions import ConvergenceWarning
+from gpu_fixtures import (
+    collapsing_fit,
+    init_kwargs,
+    make_data,
+    random_params,
+    scikit_learn_start,
+)
 
 from gmm_core import GaussianMixture, align_components
 from gmm_core._engine import cupy_unavailable_reason
@@ -133,18 +137,8 @@ def test_fit_matches_numpy_backend(cov, dtype):
     """The GPU fit = the NumPy fit from the same start (scikit-learn's k-means init, taken
     from a max_iter=0 fit on the host: the GPU draws its own initialisation)."""
     X = make_data(4000, 4, 3, dtype, seed=5)
-    start = GaussianMixture(3, covariance_type=cov, random_state=0, max_iter=0, backend="numpy")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        start.fit(X)
-    kwargs = dict(
-        n_components=3,
-        covariance_type=cov,
-        max_iter=60,
-        weights_init=start.weights_,
-        means_init=start.means_,
-        precisions_init=start.precisions_,
-    )
+    kwargs = dict(n_components=3, covariance_type=cov, max_iter=60)
+    kwargs.update(scikit_learn_start(X, 3, cov))
     ref = GaussianMixture(backend="numpy", **kwargs).fit(X)
     gpu = GaussianMixture(backend="cupy", **kwargs).fit(X)
     assert gpu.backend_ == "cupy"

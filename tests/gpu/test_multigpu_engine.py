@@ -7,11 +7,9 @@ GPU, ``backend="multigpu"`` is a clear error naming the fix.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
-from gpu_fixtures import collapsing_fit, make_data, random_params
+from gpu_fixtures import collapsing_fit, make_data, random_params, scikit_learn_start
 
 from gmm_core import GaussianMixture, align_components
 from gmm_core._engine import BACKENDS, cupy_unavailable_reason, get_engine
@@ -101,18 +99,7 @@ def test_estimator_same_model_as_one_gpu(cov):
     X = _data(60_000, 5, 4, np.float64)
     # the one-GPU engine draws its initialisation on the device, the multi-GPU one on the host
     # (as scikit-learn): compare the EM from the same start
-    start = GaussianMixture(4, covariance_type=cov, random_state=0, max_iter=1, backend="numpy")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        start.fit(X)
-    kw = dict(
-        n_components=4,
-        covariance_type=cov,
-        tol=1e-6,
-        weights_init=start.weights_,
-        means_init=start.means_,
-        precisions_init=start.precisions_,
-    )
+    kw = dict(n_components=4, covariance_type=cov, tol=1e-6, **scikit_learn_start(X, 4, cov))
     ref = GaussianMixture(backend="cupy", **kw).fit(X)
     got = GaussianMixture(backend="multigpu", **kw).fit(X)
     assert got.backend_ == "multigpu"
