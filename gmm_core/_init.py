@@ -371,7 +371,7 @@ def _stats_of_rows(
     """One-sample components (``k-means++``, ``random_from_data``): statistics per restart.
 
     ``rows`` (R, K, D) centred samples. ``tied`` uses X^T X over all samples with
-    scikit-learn's handling of the samples no component holds (see ``mixture._stats_from_resp``).
+    scikit-learn's handling of the samples no component holds (see ``_host_init.stats_from_resp``).
     """
     xp = engine.xp
     rows = xp.asarray(rows, dtype=xp.float64)
@@ -517,6 +517,35 @@ def initial_params(
         else:
             parts = [_random_resp_stats(engine, data, k, d["seed"], covariance_type) for d in draws]
             weights, means, covariances = _stack(parts, covariance_type, reg_covar, eps, xp)
+    drawn = None if weights is None else (weights, means, covariances)
+    return with_user_init(
+        drawn,
+        user,
+        shift=shift,
+        covariance_type=covariance_type,
+        n_components=k,
+        n_init=n_init,
+        xp=xp,
+    )
+
+
+def with_user_init(
+    drawn: tuple[Any, Any, Any] | None,
+    user: dict[str, np.ndarray],
+    *,
+    shift: np.ndarray,
+    covariance_type: str,
+    n_components: int,
+    n_init: int,
+    xp: Any,
+) -> Params:
+    """The Params the EM loop starts from: drawn initial parameters and the user's ``*_init``.
+
+    ``drawn`` is ``(weights, means, covariances)`` with a restart axis of ``n_init`` (``None``
+    when the user gave all three); ``user`` holds host arrays, means uncentred.
+    """
+    weights, means, covariances = drawn if drawn is not None else (None, None, None)
+    k = n_components
     if "weights" in user:
         weights = xp.broadcast_to(xp.asarray(user["weights"], dtype=xp.float64), (n_init, k))
     if "means" in user:

@@ -20,31 +20,28 @@ from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
-from scipy import sparse
 from sklearn.base import BaseEstimator, DensityMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._checks import check_magnitude, checked_initial_parameters
 from ._engine import BACKENDS, EMResult, Engine, cupy_unavailable_reason, get_engine
 from ._gaussian import (
     COVARIANCE_TYPES,
     ILL_DEFINED_COVARIANCE,
     Params,
     Stats,
-    cholesky_from_precisions,
-    cholesky_precisions,
-    covariances_from_precisions,
     estimate_log_gaussian_prob,
-    estimate_parameters,
     logsumexp_rows,
     m_step,
     n_parameters,
     precisions_from_cholesky,
     select,
 )
-from ._init import initial_params
+from ._host_init import host_initial_parameters
+from ._init import initial_params, with_user_init
 
 __all__ = ["GaussianMixture", "em_progress"]
 
@@ -247,107 +244,22 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         largest = max_abs(X)  # one reduction on the device: finite? how large?
         if not math.isfinite(largest):
             raise ValueError("Input X contains NaN or infinity; remove or impute those rows first.")
-        _check_magnitude(largest, X.dtype, X.shape[1])
+        check_magnitude(largest, X.dtype, X.shape[1])
         return X
 
-    def _checked_initial_parameters(self, n_features: int, dtype: Any) -> dict[str, np.ndarray]:
+    def _checked_initial_parameters(self, n_features: int) -> dict[str, np.ndarray]:
         """User ``*_init`` arrays, validated (the estimator's parameters are left untouched)."""
-        k = self.n_components
-        out: dict[str, np.ndarray] = {}
-        if self.weights_init is not None:
-            w = _as_float_array(self.weights_init, "weights_init", (k,))
-            if (w < 0).any() or (w > 1).any():
-                raise ValueError(
-                    "The parameter 'weights' should be in the range [0, 1], but got max value "
-                    f"{w.max():.5f}, min value {w.min():.5f}; pass proportions that sum to 1."
-                )
-            if not np.allclose(
-                np.abs(1.0 - w.sum()), 0.0, atol=1e-6 if w.dtype == np.float32 else 1e-8
-            ):
-                raise ValueError(
-                    f"The parameter 'weights' should be normalized, but got sum(weights) = "
-                    f"{w.sum():.5f}; divide weights_init by its sum."
-                )
-            out["weights"] = w
-        if self.means_init is not None:
-            out["means"] = _as_float_array(self.means_init, "means", (k, n_features))
-        if self.precisions_init is not None:
-            shape = {
-                "full": (k, n_features, n_features),
-                "tied": (n_features, n_features),
-                "diag": (k, n_features),
-                "spherical": (k,),
-            }[self.covariance_type]
-            prec = _as_float_array(self.precisions_init, f"{self.covariance_type} precision", shape)
-            if self.covariance_type in ("full", "tied"):
-                mats = prec.reshape(-1, n_features, n_features)
-                symmetric = np.allclose(mats, np.swapaxes(mats, -1, -2))
-                if not (symmetric and (np.linalg.eigvalsh(mats) > 0).all()):
-                    raise ValueError(
-                        f"'{self.covariance_type} precision' should be symmetric, "
-                        "positive-definite; pass inverse covariance matrices."
-                    )
-            elif (prec <= 0).any():
-                raise ValueError(
-                    f"'{self.covariance_type} precision' should be positive; pass 1/variance."
-                )
-            out["precisions"] = prec
-        return out
+        return checked_initial_parameters(
+            self.weights_init,
+            self.means_init,
+            self.precisions_init,
+            n_components=self.n_components,
+            covariance_type=self.covariance_type,
+            n_features=n_features,
+        )
 
     # ------------------------------------------------------------------------------------------
-    # Initialisation (on the host, exactly as scikit-learn draws it)
-
-    def _initial_resp(self, X: np.ndarray, random_state: np.random.RandomState) -> Any:
-        """Initial responsibilities: a dense (N, K) array, or labels (N,) for one-hot inits."""
-        n_samples = X.shape[0]
-        k = self.n_components
-        if self.init_params == "kmeans":
-            from sklearn.cluster import KMeans
-
-            return KMeans(n_clusters=k, n_init=1, random_state=random_state).fit(X).labels_
-        if self.init_params == "random":
-            resp = random_state.uniform(size=(n_samples, k)).astype(X.dtype)
-            resp /= resp.sum(axis=1)[:, np.newaxis]
-            return resp
-        if self.init_params == "random_from_data":
-            indices = random_state.choice(n_samples, size=k, replace=False)
-        else:  # k-means++
-            from sklearn.cluster import kmeans_plusplus
-
-            _, indices = kmeans_plusplus(X, k, random_state=random_state)
-        labels = np.full(n_samples, -1)
-        labels[indices] = np.arange(k)
-        return labels
-
-    def _initial_params(
-        self,
-        X: np.ndarray,
-        Xc: np.ndarray,
-        shift: np.ndarray,
-        random_state: np.random.RandomState,
-        user: dict[str, np.ndarray],
-        eps: float,
-    ) -> Params:
-        """One restart's initial parameters in centred coordinates, float64, restart axis 1."""
-        n_samples, n_features = X.shape
-        cov_type = self.covariance_type
-        weights = means = covariances = None
-        if len(user) < 3:
-            resp = self._initial_resp(X, random_state)
-            stats = _stats_from_resp(Xc, resp, self.n_components, cov_type, shift, eps)
-            nk, means, covariances = estimate_parameters(stats, cov_type, self.reg_covar, eps, np)
-            weights = nk / n_samples
-        if "weights" in user:
-            weights = user["weights"].astype(np.float64)[None]
-        if "means" in user:
-            means = (user["means"].astype(np.float64) - shift)[None]
-        if "precisions" in user:
-            precisions = user["precisions"].astype(np.float64)[None]
-            prec_chol = cholesky_from_precisions(precisions, cov_type, np)
-            covariances = covariances_from_precisions(precisions, cov_type, np)
-        else:
-            prec_chol = cholesky_precisions(covariances, cov_type, np)
-        return Params(weights, means, covariances, prec_chol)
+    # Initialisation
 
     def _fitted_params(self, shift: np.ndarray) -> Params:
         """The current fitted parameters as a one-restart batch (warm start)."""
@@ -419,7 +331,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 f"Expected n_samples >= n_components but got n_components = {self.n_components}, "
                 f"n_samples = {n_samples}; lower n_components or provide more samples."
             )
-        user = self._checked_initial_parameters(n_features, X.dtype)
+        user = self._checked_initial_parameters(n_features)
         clock.engine = engine
         if _is_cupy_array(X) and not engine.takes_device_arrays():
             X = X.get()  # a host engine (numpy, dask) takes host arrays
@@ -437,7 +349,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                     raise ValueError(
                         "Input X contains NaN or infinity; remove or impute those rows first."
                     )
-                _check_magnitude(data.max_abs, X.dtype, n_features)
+                check_magnitude(data.max_abs, X.dtype, n_features)
                 shift = data.shift
                 clock.lap("transfer")
                 engine.compile_for_fit(
@@ -461,24 +373,39 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                     )
             else:
                 X_host = engine.to_host(X) if _is_cupy_array(X) else X
-                _check_magnitude(
-                    max(float(X_host.max()), -float(X_host.min())), X.dtype, n_features
-                )
+                check_magnitude(max(float(X_host.max()), -float(X_host.min())), X.dtype, n_features)
                 shift = X_host.mean(axis=0, dtype=np.float64)
                 data = engine.prepare(X, shift, self.covariance_type)
                 clock.lap("transfer")
                 if do_init:
                     Xc = engine.host_centred(data, X_host, shift)
-                    inits = [
-                        self._initial_params(X_host, Xc, shift, random_state, user, eps)
-                        for _ in range(self.n_init)
-                    ]
+                    drawn = None
+                    if len(user) < 3:
+                        restarts = [
+                            host_initial_parameters(
+                                X_host,
+                                Xc,
+                                shift,
+                                random_state,
+                                n_components=self.n_components,
+                                covariance_type=self.covariance_type,
+                                init_params=self.init_params,
+                                reg_covar=self.reg_covar,
+                                eps=eps,
+                            )
+                            for _ in range(self.n_init)
+                        ]
+                        w, m, c = (np.concatenate(a) for a in zip(*restarts, strict=True))
+                        drawn = (w, m, c)
                     del Xc
-                    params = Params(
-                        *(
-                            np.concatenate(arrays)
-                            for arrays in zip(*(vars(p).values() for p in inits), strict=True)
-                        )
+                    params = with_user_init(
+                        drawn,
+                        user,
+                        shift=shift,
+                        covariance_type=self.covariance_type,
+                        n_components=self.n_components,
+                        n_init=self.n_init,
+                        xp=np,
                     ).map(engine.asarray)
             first_bound = -np.inf
             if params is None:  # warm start
@@ -802,92 +729,3 @@ class _PhaseClock:
 
     def total(self) -> float:
         return self.last - self.started
-
-
-def _check_magnitude(largest: float, dtype: Any, n_features: int) -> None:
-    """Refuse data whose squares overflow their dtype (EM would give infinite covariances).
-
-    The passes form squares and sums of ``n_features`` of them (times a few constants), so the
-    largest safe magnitude is ``sqrt(finfo.max / (16 * n_features))``: about 1.2e18 for float32
-    with 16 features.
-    """
-    dtype = np.dtype(dtype)
-    limit = math.sqrt(float(np.finfo(dtype).max) / (16.0 * n_features))
-    if largest > limit:
-        raise ValueError(
-            f"X has values up to {largest:.3g}, too large for {dtype.name}: their squares overflow "
-            f"(the largest safe magnitude with {n_features} features is {limit:.3g}). Convert X "
-            "to float64 (X.astype(numpy.float64)) or rescale it (e.g. "
-            "sklearn.preprocessing.StandardScaler)."
-        )
-
-
-def _as_float_array(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    array = np.asarray(value)
-    if array.dtype not in (np.float32, np.float64):
-        try:
-            array = array.astype(np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(
-                f"The parameter '{name}' must be numeric, got {array.dtype}; pass a float array."
-            ) from exc
-    if not np.isfinite(array).all():
-        raise ValueError(
-            f"The parameter '{name}' contains NaN or infinity; pass finite initial values."
-        )
-    if array.shape != shape:
-        raise ValueError(
-            f"The parameter '{name}' should have the shape of {shape}, but got {array.shape}."
-        )
-    return array
-
-
-def _stats_from_resp(
-    X: np.ndarray, resp: np.ndarray, n_components: int, cov_type: str, shift: Any, eps: float
-) -> Stats:
-    """Sufficient statistics (float64, one restart) of given responsibilities.
-
-    ``resp`` is dense (N, K), or labels (N,) of a one-hot assignment with -1 for "no component".
-    ``X`` is centred by ``shift``; ``eps`` is the M-step's regulariser of ``nk``.
-    """
-    n_samples, n_features = X.shape
-    if resp.ndim == 1:
-        rows = np.flatnonzero(resp >= 0)
-        R = sparse.csr_matrix(
-            (np.ones(len(rows), X.dtype), (resp[rows], rows)), shape=(n_components, n_samples)
-        )
-    else:
-        R = resp.T
-    nk = np.asarray(R.sum(axis=1), dtype=np.float64).reshape(n_components)
-    # scikit-learn computes these products in the data's dtype, then adds eps in that dtype
-    nk = nk.astype(X.dtype).astype(np.float64)
-    # moments in float64: sxx / nk - mean^2 cancels (scikit-learn subtracts each component's
-    # mean first, so its float32 products do not lose a tight cluster far from the data mean)
-    X = X.astype(np.float64, copy=False)
-    if sparse.issparse(R):
-        R = R.astype(np.float64)
-    sx = np.asarray(R @ X, dtype=np.float64)
-    if cov_type == "full":
-        dense = R.toarray() if sparse.issparse(R) else R
-        sxx = np.stack([(X * dense[k][:, None]).T @ X for k in range(n_components)]).astype(
-            np.float64
-        )
-    elif cov_type == "tied":
-        # scikit-learn's tied estimate uses X^T X over *all* samples, also when the initial
-        # responsibilities leave rows empty (k-means++, random_from_data). That estimate is not
-        # translation invariant; this is it, written in the centred coordinates used here.
-        shift = np.asarray(shift, dtype=np.float64)
-        outside = n_samples - (nk.sum() + eps * n_components)
-        total = sx.sum(axis=0)
-        sxx = (
-            (X.T @ X).astype(np.float64)
-            + outside * np.outer(shift, shift)
-            - np.outer(total, shift)
-            - np.outer(shift, total)
-        )
-    elif cov_type == "diag":
-        sxx = np.asarray(R @ (X * X), dtype=np.float64)
-    else:
-        sxx = np.asarray(R @ np.einsum("ij,ij->i", X, X), dtype=np.float64).reshape(n_components)
-    expand = (lambda a: a) if cov_type == "tied" else (lambda a: a[None])
-    return Stats(np.zeros(1), nk[None], sx[None], expand(sxx), n_samples)
