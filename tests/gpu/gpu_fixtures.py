@@ -79,3 +79,30 @@ def scikit_learn_start(X: np.ndarray, k: int, cov: str) -> dict:
     return dict(
         weights_init=start.weights_, means_init=start.means_, precisions_init=start.precisions_
     )
+
+
+# relative tolerance of float64 statistics per data dtype (float32 work accumulated in float64)
+RTOL = {np.float32: 2e-5, np.float64: 1e-10}
+
+
+def numpy_stats(X, shift, cov, params):
+    """Sufficient statistics of one pass from the NumPy engine (float64): the reference."""
+    from gmm_core._numpy_engine import NumpyEngine
+
+    np_engine = NumpyEngine()
+    n_restarts = params.weights.shape[0]
+    return np_engine.accumulate(np_engine.prepare(X, shift, cov), params, np.ones(n_restarts, bool))
+
+
+def assert_stats_close(got, want, rtol, scales=None):
+    """Every statistic within ``rtol`` of the reference, relative to its largest entry (or to
+    ``scales[name]`` where given: a sum that cancels to ~0 is compared with its terms' size)."""
+    import cupy
+
+    for name in ("loglik", "nk", "sx", "sxx"):
+        g = cupy.asnumpy(getattr(got, name))
+        w = cupy.asnumpy(getattr(want, name))
+        assert g.shape == w.shape, name
+        scale = (scales or {}).get(name, np.abs(w).max() + 1e-300)
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * scale, err_msg=name)
+    assert got.n_samples == want.n_samples
