@@ -18,8 +18,6 @@ import argparse
 import datetime as dt
 import json
 import math
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +28,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from benchmarks.peers.runners import (  # noqa: E402
+    cupy_plain,
+    sklearn_fit,
+    sklearn_timing,
+    sync,
+    torch_plain,
+    torchgmm_peer,
+)
+from benchmarks.report import environment, write_results  # noqa: E402
 
 RESULTS: list[dict[str, Any]] = []
 
@@ -90,18 +98,8 @@ def initial_params(X: np.ndarray, k: int, cov: str, seed: int = 0) -> dict[str, 
     return {"weights": np.full(k, 1.0 / k), "means": means, "covariances": covs}
 
 
-def precisions_of(init: dict[str, np.ndarray], cov: str) -> np.ndarray:
-    return np.linalg.inv(init["covariances"]) if cov == "full" else 1.0 / init["covariances"]
-
-
 # ---------------------------------------------------------------------------------------------
 # implementations
-
-
-def sync() -> None:
-    import cupy as cp
-
-    cp.cuda.Device().synchronize()
 
 
 def emflow_fused(
@@ -226,126 +224,6 @@ def emflow_engine_loop(
         "shift": shift,
         "engine": engine,
         "data": data,
-    }
-
-
-def cupy_plain(X: np.ndarray, init: dict, cov: str, iters: int) -> dict[str, Any]:
-    import cupy as cp
-
-    from benchmarks.peers import cupy_em
-
-    t0 = time.perf_counter()
-    Xd = cp.asarray(X)
-    sync()
-    h2d = time.perf_counter() - t0
-    fn = cupy_em.em_full if cov == "full" else cupy_em.em_diag
-    fn(Xd, init["weights"], init["means"], init["covariances"], 1)
-    sync()
-    t0 = time.perf_counter()
-    _, bounds = fn(Xd, init["weights"], init["means"], init["covariances"], iters)
-    sync()
-    secs = time.perf_counter() - t0
-    return {
-        "seconds": secs,
-        "per_iter_ms": 1e3 * secs / iters,
-        "h2d_s": h2d,
-        "lower_bound": [float(bounds[-1])],
-    }
-
-
-def torch_plain(X: np.ndarray, init: dict, cov: str, iters: int) -> dict[str, Any]:
-    import torch
-
-    from benchmarks.peers import torch_em
-
-    t0 = time.perf_counter()
-    Xd = torch.as_tensor(X, device="cuda")
-    torch.cuda.synchronize()
-    h2d = time.perf_counter() - t0
-    fn = torch_em.em_full if cov == "full" else torch_em.em_diag
-    fn(Xd, init["weights"], init["means"], init["covariances"], 1)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    _, bounds = fn(Xd, init["weights"], init["means"], init["covariances"], iters)
-    torch.cuda.synchronize()
-    secs = time.perf_counter() - t0
-    return {
-        "seconds": secs,
-        "per_iter_ms": 1e3 * secs / iters,
-        "h2d_s": h2d,
-        "lower_bound": [float(bounds[-1])],
-    }
-
-
-#: Lightning trainer settings of the torchgmm peer (one GPU, nothing written, no progress bar)
-TORCHGMM_TRAINER = {
-    "accelerator": "gpu",
-    "devices": 1,
-    "enable_progress_bar": False,
-    "logger": False,
-    "enable_checkpointing": False,
-    "enable_model_summary": False,
-}
-
-
-def torchgmm_peer(X: np.ndarray, init: dict, cov: str, iters: int) -> dict[str, Any]:
-    """torchgmm (PyCave's maintained fork, Lightning-based) where it is installed.
-
-    Fixed iterations (``convergence_tolerance=0``, ``max_epochs``), the same initial means (its
-    covariances start from its own initialisation pass); time per iteration includes Lightning.
-    """
-    import torch
-    from torchgmm.bayes import GaussianMixture as TorchGMM
-
-    Xd = torch.as_tensor(X, device="cuda")
-    params = {"max_epochs": iters, **TORCHGMM_TRAINER}
-    means = torch.as_tensor(init["means"], dtype=torch.float32)
-    model = TorchGMM(
-        len(init["weights"]),
-        covariance_type=cov,
-        init_means=means,
-        convergence_tolerance=0.0,
-        trainer_params=params,
-    )
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    model.fit(Xd)
-    torch.cuda.synchronize()
-    secs = time.perf_counter() - t0
-    return {"seconds": secs, "per_iter_ms": 1e3 * secs / iters, "note": "includes Lightning"}
-
-
-def sklearn_fit(X: np.ndarray, init: dict, cov: str, iters: int) -> Any:
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.mixture import GaussianMixture
-
-    gm = GaussianMixture(
-        len(init["weights"]),
-        covariance_type=cov,
-        tol=0.0,
-        max_iter=iters,
-        weights_init=init["weights"],
-        means_init=init["means"],
-        precisions_init=precisions_of(init, cov),
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        t0 = time.perf_counter()
-        gm.fit(X.astype(np.float64))
-        secs = time.perf_counter() - t0
-    return gm, secs
-
-
-def sklearn_timing(X: np.ndarray, init: dict, cov: str, iters: int, n_full: int) -> dict[str, Any]:
-    _, secs = sklearn_fit(X, init, cov, iters)
-    per_iter = secs / iters * (n_full / len(X))
-    return {
-        "per_iter_ms": 1e3 * per_iter,
-        "measured_rows": len(X),
-        "measured_iters": iters,
-        "extrapolated": len(X) != n_full,
     }
 
 
@@ -537,127 +415,6 @@ def run_full(quick: bool) -> None:
         RESULTS.append({"case": "full", "impl": "accuracy", "error": str(exc)})
 
 
-def environment() -> dict[str, Any]:
-    import cupy as cp
-    import sklearn
-
-    props = cp.cuda.runtime.getDeviceProperties(0)
-    env = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "device": props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
-        "multiprocessors": props["multiProcessorCount"],
-        "cuda_driver_api": cp.cuda.runtime.driverGetVersion(),
-        "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
-        "cupy": cp.__version__,
-        "numpy": np.__version__,
-        "sklearn": sklearn.__version__,
-        "python": platform.python_version(),
-        "host": platform.node(),
-    }
-    try:
-        import torch
-
-        env["torch"] = torch.__version__
-    except ImportError:
-        env["torch"] = None
-    try:
-        env["nvidia_smi"] = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.strip()
-    except Exception:
-        env["nvidia_smi"] = None
-    return env
-
-
-TARGETS = {
-    ("blobs_500k", "emflow-fused"): ("seconds", 0.010, "500 iterations <= 10 ms"),
-    ("telemetry", "emflow-fused"): ("per_iter_ms", 1.0, "<= 1.0 ms per iteration"),
-    ("full", "emflow-engine-loop"): ("per_iter_ms", 2.0, "<= 2.0 ms per iteration"),
-    ("restarts_n8", "ratio"): ("ratio_vs_one", 3.0, "n_init=8 <= 3x one restart"),
-}
-
-
-def targets() -> list[dict[str, Any]]:
-    from benchmarks.public_api import TARGETS as API_TARGETS
-
-    out = []
-    for (case, impl, key), limit in API_TARGETS.items():
-        row = next((r for r in RESULTS if r["case"] == case and r["impl"] == impl), None)
-        value = row.get(key) if row else None
-        out.append(
-            {
-                "target": f"{case}: {impl}: {key} <= {limit}",
-                "measured": value,
-                "met": value is not None and value <= limit,
-            }
-        )
-    for r in RESULTS:
-        if r.get("api") and ("within" in r or "at_least_as_good" in r):
-            ok = r.get("within", True) and r.get("at_least_as_good", True)
-            if "label_agreement" in r:
-                ok = ok and r["label_agreement"] >= 0.999
-            out.append({"target": f"{r['case']}: {r['impl']}", "measured": r, "met": bool(ok)})
-    for (case, impl), (key, limit, text) in TARGETS.items():
-        row = next(
-            (r for r in RESULTS if r["case"] == case and r["impl"] == impl and key in r), None
-        )
-        value = row[key] if row else None
-        out.append(
-            {
-                "target": f"{case}: {text}",
-                "measured": value,
-                "met": value is not None and value <= limit,
-            }
-        )
-    for r in RESULTS:
-        if r.get("impl") == "accuracy" and "rel_diff" in r:
-            ok = r["rel_diff"] <= 1e-4 and r["label_agreement"] >= 0.999
-            out.append(
-                {
-                    "target": f"{r['case']}: mean log-lik within 1e-4 of sklearn f64, "
-                    "labels >= 99.9%",
-                    "measured": [r["rel_diff"], r["label_agreement"]],
-                    "met": ok,
-                }
-            )
-    return out
-
-
-def markdown(env: dict[str, Any], tgts: list[dict[str, Any]]) -> str:
-    lines = [
-        f"# GPU benchmark ({env['device']}, {env['date']})",
-        "",
-        f"CuPy {env['cupy']}, torch {env.get('torch')}, CUDA runtime {env['cuda_runtime']}, "
-        f"driver {env.get('nvidia_smi')}",
-        "",
-        "| case | implementation | ms / iteration | total s | compile s | H2D s | note |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for r in RESULTS:
-        if "per_iter_ms" not in r or r.get("api"):
-            continue
-        note = "extrapolated" if r.get("extrapolated") else ""
-        nan = float("nan")
-        lines.append(
-            f"| {r['case']} | {r['impl']} | {r['per_iter_ms']:.4f} | {r.get('seconds', nan):.4f} "
-            f"| {r.get('compile_s', nan):.2f} | {r.get('h2d_s', nan):.4f} | {note} |"
-        )
-    api = [r for r in RESULTS if r.get("api")]
-    if api:
-        lines += ["", "Public API (`GaussianMixture(...).fit(X)`):", ""]
-        lines += ["| case | what | figures |", "| --- | --- | --- |"]
-        for r in api:
-            figures = {k: v for k, v in r.items() if k not in ("case", "impl", "api")}
-            lines.append(f"| {r['case']} | {r['impl']} | `{json.dumps(figures, default=str)}` |")
-    lines += ["", "| target | measured | met |", "| --- | --- | --- |"]
-    for t in tgts:
-        lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |")
-    return "\n".join(lines) + "\n"
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON result path")
     parser.add_argument("--md", type=Path, default=None, help="markdown table path")
@@ -691,30 +448,11 @@ def run(args: argparse.Namespace) -> int:
     for i, case in enumerate(cases):
         runners[case](args.quick)
         # written after every case group: a run cut short still leaves its figures
-        md = write_results(out, args.md, env, quick=args.quick, complete=i == len(cases) - 1)
+        md = write_results(
+            RESULTS, out, args.md, env, quick=args.quick, complete=i == len(cases) - 1
+        )
     log(md)
     return 0
-
-
-def write_results(
-    out: Path, md_path: Path | None, env: dict[str, Any], *, quick: bool, complete: bool
-) -> str:
-    """Write the JSON (and markdown) of everything measured so far; return the markdown."""
-    from gmm_core import _cuda_loader
-
-    tgts = targets()
-    result = {
-        "environment": env,
-        "quick": quick,
-        "complete": complete,
-        "compile_seconds_total": _cuda_loader.compile_seconds,
-        "results": RESULTS,
-        "targets": tgts,
-    }
-    out.write_text(json.dumps(result, indent=1, default=float))
-    md = markdown(env, tgts)
-    (md_path or out.with_suffix(".md")).write_text(md)
-    return md
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -301,7 +301,7 @@ def peers(case: dict[str, Any], record: Callable[..., None]) -> None:
     try:
         from torchgmm.bayes import GaussianMixture as TorchGMM
 
-        from benchmarks.bench_gpu import TORCHGMM_TRAINER as trainer
+        from benchmarks.peers.runners import TORCHGMM_TRAINER as trainer
 
         def fit_torchgmm() -> Any:
             return TorchGMM(case["k"], covariance_type=case["cov"], trainer_params=trainer).fit(Xt)
