@@ -215,7 +215,6 @@ class DaskEngine(Engine):
 
     name = "dask"
     xp = np
-    sync_every = 1
 
     def __init__(
         self,

@@ -48,8 +48,6 @@ class Engine:
     name: str = ""
     #: array module of the engine's arrays (NumPy or CuPy)
     xp: Any = np
-    #: the loop asks the device whether any restart is still active this often
-    sync_every: int = 1
     #: initial parameters are drawn where the data live (:mod:`gmm_core._init`); False: on the
     #: host, exactly as scikit-learn draws them
     device_init: bool = False

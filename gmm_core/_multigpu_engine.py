@@ -114,7 +114,6 @@ class MultiGpuEngine(Engine):
 
     name = "multigpu"
     xp = cupy
-    sync_every = 16
 
     def __init__(
         self,

@@ -54,7 +54,6 @@ class NumpyEngine(Engine):
 
     name = "numpy"
     xp = np
-    sync_every = 1
 
     def __init__(self) -> None:
         self._last: Stats | None = None  # statistics of restarts that stopped iterating

@@ -544,7 +544,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                     if not any_active:
                         break
                 pending = reader
-            elif it % engine.sync_every == 0 and not bool(active.any()):
+            elif not bool(active.any()):  # on the host: every iteration
                 break
         if deferred and bool(failed):
             raise ValueError(ILL_DEFINED_COVARIANCE)

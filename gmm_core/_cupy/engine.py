@@ -100,7 +100,6 @@ class CupyEngine(Engine):
 
     name = "cupy"
     xp = cupy
-    sync_every = 16
     device_init = True
 
     def __init__(
