@@ -85,6 +85,19 @@ def profile_case(case: dict) -> None:
         lambda: _init.lloyd_coarse_to_fine(engine, data, centres, tol=tol, precision=prec), 3
     )
     print(f"   Lloyd coarse-to-fine (every {_init.COARSE_STEP}th row first) {ms:.2f} ms")
+    coarse = engine.subsample(data, _init.COARSE_STEP)
+    ms, (c_centres, c_iter) = timed(
+        lambda: _init.lloyd(engine, coarse, centres, tol=tol, precision=prec), 3
+    )
+    it = int(c_iter[0])
+    print(f"     coarse Lloyd {ms:.2f} ms, {it} iterations ({ms / max(it, 1):.3f} ms each)")
+    ms, (_, f_iter) = timed(
+        lambda: _init.lloyd(engine, data, c_centres, tol=tol, precision=prec), 3
+    )
+    it = int(f_iter[0])
+    print(f"     then all rows {ms:.2f} ms, {it} iterations ({ms / max(it, 1):.3f} ms each)")
+    ms, _ = timed(lambda: _init.kmeans_plusplus(engine, coarse, k, first, u))
+    print(f"   k-means++ seeding on the coarse rows {ms:.2f} ms")
     diag = engine.retype(data, "diag")
     hard = _init.hard_params(final, "diag", prec, cp)
     active = cp.ones(1, bool)

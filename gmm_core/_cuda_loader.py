@@ -125,12 +125,15 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
         "diag_pass_tc<4, 1, false, 128>",
         "diag_pass_tc<8, 1, true, 256>",
         "diag_pass_tc<12, 2, false, 128>",
+        "diag_pass_tc<16, 2, false, 256, false>",
     ),
     "init.cu": (
         "kpp_potentials<float>",
         "kpp_potentials<double>",
         "kpp_update<float>",
         "kpp_update<double>",
+        "column_stats<float>",
+        "column_stats<double>",
     ),
     "em_full.cu": (
         "full_mstep<1>",

@@ -71,6 +71,15 @@ class Engine:
         """
         raise NotImplementedError
 
+    def lloyd_pass(self, data: Any, params: Params, active: Any) -> Stats:
+        """:meth:`accumulate` for a Lloyd iteration (a "hard" mixture, :mod:`gmm_core._init`).
+
+        Only the component that wins each sample matters there, so an engine may compute
+        logits far below a sample's maximum approximately (the CuPy tensor-core pass skips
+        its exact recomputation of far components). Default: :meth:`accumulate`.
+        """
+        return self.accumulate(data, params, active)
+
     def weighted_log_prob(self, data: Any, params: Params) -> Any:
         """``log w_k + log N(x | k)`` of ONE mixture (restart axis of length 1), shape (N, K)."""
         raise NotImplementedError

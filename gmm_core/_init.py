@@ -75,16 +75,17 @@ def _sub_blocks(block: Any, rows: int = _ROWS) -> Iterator[Any]:
         yield block[start : start + rows]
 
 
-def column_moments(xp: Any, blocks: Any) -> tuple[Any, Any]:
+def column_moments(xp: Any, blocks: Any, max_bytes: int = 32 << 20) -> tuple[Any, Any]:
     """Mean and (biased) variance of every column, float64, without a full-size temporary.
 
     ``blocks`` iterates over row blocks of one array (any float dtype). Sums over rows are
     products with a vector of ones (a GEMV: a CuPy reduction over the leading axis of a tall
-    array runs one block per column), in float64 blocks of at most 32 MiB.
+    array runs one block per column), in float64 blocks of at most ``max_bytes`` (one at a
+    time: the peak beside the data is one such block).
     """
     n, total, total_sq = 0, 0.0, 0.0
     for block in blocks:
-        rows = max(1, (32 << 20) // (8 * max(1, block.shape[1])))
+        rows = max(1, max_bytes // (8 * max(1, block.shape[1])))
         ones = xp.ones(min(rows, block.shape[0]), dtype=xp.float64)
         for part in _sub_blocks(block, rows):
             p64 = part.astype(xp.float64)
@@ -93,6 +94,7 @@ def column_moments(xp: Any, blocks: Any) -> tuple[Any, Any]:
             p64 *= p64
             total_sq = total_sq + w @ p64
             n += part.shape[0]
+            del p64  # before the next block's copy is allocated
     mean = total / n
     return mean, xp.maximum(total_sq / n - mean * mean, 0.0)
 
@@ -326,7 +328,7 @@ def lloyd(
     n_iter = xp.zeros(centres.shape[0], dtype=xp.int64)
     pending = None
     for _ in range(max_iter):
-        stats = engine.accumulate(diag, hard_params(centres, "diag", precision, xp), active)
+        stats = engine.lloyd_pass(diag, hard_params(centres, "diag", precision, xp), active)
         nk = stats.nk[..., None]
         new = xp.where(nk > 0, stats.sx / xp.where(nk > 0, nk, 1.0), centres)
         moved = ((new - centres) ** 2).sum(axis=(1, 2))
@@ -502,7 +504,7 @@ def initial_params(
                 del coarse
                 hard = hard_params(centres, covariance_type, precision, xp)
                 active = xp.ones(n_init, dtype=bool)
-                stats = engine.accumulate(data, hard, active)
+                stats = engine.lloyd_pass(data, hard, active)
                 weights, means, covariances = _params_of(stats, covariance_type, reg_covar, eps, xp)
         elif init_params == "random_from_data":
             ids = np.stack(

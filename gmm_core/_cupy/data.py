@@ -95,20 +95,20 @@ STREAM_SHARE = 0.125
 
 
 def _moments(blocks: Iterator[Any]) -> tuple[Any, Any, float]:
-    """Column means and variances (float64, device) and the largest |x| of row blocks."""
-    from .._init import column_moments
-    from .checks import max_abs
+    """Column means and variances (float64, device) and the largest |x| of row blocks.
 
-    largest = 0.0
+    One pass of the ``column_stats`` kernel per block (no temporary of the data's size).
+    """
+    from .checks import column_stats
 
-    def tracked() -> Iterator[Any]:
-        nonlocal largest
-        for block in blocks:
-            largest = max(largest, max_abs(block))
-            yield block
-
-    mean, var = column_moments(cupy, tracked())
-    return mean, var, largest
+    n, total, total_sq, largest = 0, 0.0, 0.0, 0.0
+    for block in blocks:
+        s1, s2, big = column_stats(block)
+        total, total_sq = total + s1, total_sq + s2
+        largest = max(largest, big)
+        n += block.shape[0]
+    mean = total / n
+    return mean, cupy.maximum(total_sq / n - mean * mean, 0.0), largest
 
 
 #: temporaries beside resident data are held to a quarter of the data's size, but at least this

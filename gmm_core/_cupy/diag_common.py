@@ -154,18 +154,24 @@ class FusedDiagPass:
         """
         raise NotImplementedError
 
-    def pass_ref(self, data: CupyData, plan: DiagPlan, mstep_in_pass: bool) -> KernelRef:
+    def pass_ref(
+        self, data: CupyData, plan: DiagPlan, mstep_in_pass: bool, guard: bool = True
+    ) -> KernelRef:
         """The plan's pass kernel.
 
         ``mstep_in_pass``: the variant whose last block runs the M-step after reducing the
-        partials.
+        partials. ``guard=False``: a variant for Lloyd's passes, which need only the winning
+        component of each sample (the tensor-core pass then skips its exact recomputation of
+        far components' logits).
         """
         raise NotImplementedError
 
     # -- kernels --------------------------------------------------------------------------------
-    def pass_kernel(self, data: CupyData, plan: DiagPlan, mstep_in_pass: bool) -> Any:
+    def pass_kernel(
+        self, data: CupyData, plan: DiagPlan, mstep_in_pass: bool, guard: bool = True
+    ) -> Any:
         """The plan's compiled pass kernel, allowed the plan's dynamic shared memory."""
-        kern = max_carveout(load_kernel(self.pass_ref(data, plan, mstep_in_pass)))
+        kern = max_carveout(load_kernel(self.pass_ref(data, plan, mstep_in_pass, guard)))
         return allow_dynamic_smem(kern, plan.smem_bytes)
 
     def kernel_refs(
@@ -216,6 +222,7 @@ class FusedDiagPass:
         counter: Any = None,
         mstep_table: Any = None,
         reduce: bool = True,
+        guard: bool = True,
     ) -> None:
         """One pass (+ reduction) of a restart group; with ``mstep_table`` also its M-step.
 
@@ -223,7 +230,7 @@ class FusedDiagPass:
         :func:`tail_reduce`) leaves them in ``partial`` for the caller.
         """
         tail = tail_reduce(plan)
-        kern_pass = self.pass_kernel(data, plan, tail and mstep_table is not None)
+        kern_pass = self.pass_kernel(data, plan, tail and mstep_table is not None, guard)
         k0 = plan.r0 * n_components
         k1 = plan.r1 * n_components
         counter = cupy.zeros(1, dtype=cupy.uint32) if tail and counter is None else counter
@@ -255,8 +262,13 @@ class FusedDiagPass:
             (partial, np.int32(plan.n_blocks), np.int32(plan.pstride), out),
         )
 
-    def accumulate(self, data: CupyData, params: Params, plans: list[DiagPlan]) -> Stats:
-        """One pass over the data (every chunk) with ``plans``: statistics of every restart."""
+    def accumulate(
+        self, data: CupyData, params: Params, plans: list[DiagPlan], guard: bool = True
+    ) -> Stats:
+        """One pass over the data (every chunk) with ``plans``: statistics of every restart.
+
+        ``guard=False``: Lloyd's passes (see :meth:`pass_ref`).
+        """
         n_restarts, n_components, n_features = params.means.shape
         _, n_stats, _, _ = layout(data)
         kparams, log_const = kernel_params(data, params)
@@ -269,8 +281,9 @@ class FusedDiagPass:
             for chunk in device_chunks(data):
                 out = cupy.empty(plan.pstride, dtype=cupy.float64)
                 self.launch_pass(
-                    data, plan, chunk, n_components, kparams, log_const, null, partial, out
-                )
+                    data, plan, chunk, n_components, kparams, log_const, null, partial, out,
+                    guard=guard,
+                )  # fmt: skip
                 total = out if total is None else total + out
             stats.append(total[: rg * n_components * n_stats].reshape(rg, n_components, n_stats))
             loglik.append(total[rg * n_components * n_stats :])

@@ -33,8 +33,10 @@ class DiagPass(FusedDiagPass):
         """diag/spherical data with at most 32 features and 256 components."""
         return fused_ok(data, n_components)
 
-    def pass_ref(self, data: CupyData, plan: DiagPlan, mstep_in_pass: bool) -> KernelRef:
-        """``diag_pass`` compiled for the plan's items per thread."""
+    def pass_ref(
+        self, data: CupyData, plan: DiagPlan, mstep_in_pass: bool, guard: bool = True
+    ) -> KernelRef:
+        """``diag_pass`` compiled for the plan's items per thread (always exact: no ``guard``)."""
         return kernel_ref(
             SOURCE,
             "diag_pass",

@@ -34,11 +34,16 @@ class DiagPassTC(FusedDiagPass):
             and n_components <= 32
         )
 
-    def pass_ref(self, data: CupyData, plan: DiagPlan, mstep_in_pass: bool) -> KernelRef:
-        """``diag_pass_tc`` for the plan's m-tiles and threads per block."""
-        return kernel_ref(
-            SOURCE, "diag_pass_tc", data.n_features, plan.tc_mt, mstep_in_pass, plan.threads
-        )
+    def pass_ref(
+        self, data: CupyData, plan: DiagPlan, mstep_in_pass: bool, guard: bool = True
+    ) -> KernelRef:
+        """``diag_pass_tc`` for the plan's m-tiles and threads per block.
+
+        ``guard=False``: the variant that does not recompute far components' logits exactly
+        (Lloyd's passes, see ``GUARD`` in ``em_diag.cu``).
+        """
+        args = (data.n_features, plan.tc_mt, mstep_in_pass, plan.threads)
+        return kernel_ref(SOURCE, "diag_pass_tc", *args, *(() if guard else (False,)))
 
     def plans(
         self, data: CupyData, n_restarts: int, n_components: int, *, fit_grid: bool = True

@@ -267,7 +267,11 @@ class CupyEngine(Engine):
         if init_params in ("kmeans", "k-means++"):
             refs += [kernel_ref("init.cu", name, data.dtype) for name in INIT_KERNELS]
         if init_params == "kmeans":
-            refs += self._em_kernel_refs(retype(data, "diag"), n_restarts, n_components)
+            diag = retype(data, "diag")
+            refs += self._em_kernel_refs(diag, n_restarts, n_components)
+            if self.diag_pass_tc.supports(diag, n_restarts, n_components):  # Lloyd's passes
+                plans = self.diag_pass_tc.plans(diag, n_restarts, n_components, fit_grid=False)
+                refs += [self.diag_pass_tc.pass_ref(diag, p, False, False) for p in plans or []]
         return list(dict.fromkeys(refs))
 
     def _em_kernel_refs(
@@ -347,6 +351,18 @@ class CupyEngine(Engine):
             except MemoryError:  # the kernel's tiles do not fit shared memory
                 pass
         return self.gemm.accumulate(data, params)
+
+    def lloyd_pass(self, data: CupyData, params: Params, active: Any) -> Stats:
+        """:meth:`accumulate` for Lloyd: the tensor-core diag pass without its exactness guard."""
+        n_restarts, n_components, _ = params.means.shape
+        self.compile_for_fit(data, n_restarts, n_components)
+        if self.diag_pass.supports(data, n_restarts, n_components):
+            try:
+                fused = self._fused_diag(data, n_restarts, n_components)
+                return fused.strategy.accumulate(data, params, fused.plans, guard=False)
+            except MemoryError:
+                pass
+        return self.accumulate(data, params, active)
 
     def weighted_log_prob(self, data: CupyData, params: Params) -> Any:
         """``log w_k + log N(x | k)`` of one mixture, shape (n_samples, n_components)."""

@@ -171,3 +171,30 @@ def test_device_kmeans_init_is_at_least_as_good_as_scikit_learns():
     ours_m, theirs_m = np.median(ours, axis=0), np.median(theirs, axis=0)
     assert ours_m[0] >= theirs_m[0] - 1e-6
     assert ours_m[1] >= theirs_m[1] - 1e-6
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("n", "d"), [(1, 1), (1000, 3), (100_003, 17), (10, 300), (5000, 16)])
+def test_column_stats_kernel_equals_numpy_and_is_deterministic(dtype, n, d):
+    """The one-pass moments/finite-check kernel against float64 NumPy; same bits twice."""
+    import cupy
+
+    from gmm_core._cupy.checks import column_stats
+
+    rng = np.random.default_rng(n + d)
+    X = (rng.normal(size=(n, d)) * rng.uniform(0.1, 100, size=d) + rng.normal(size=d) * 50).astype(
+        dtype
+    )
+    s1, s2, largest = column_stats(cupy.asarray(X))
+    x64 = X.astype(np.float64)
+    np.testing.assert_allclose(cupy.asnumpy(s1), x64.sum(axis=0), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(cupy.asnumpy(s2), (x64**2).sum(axis=0), rtol=1e-12)
+    assert largest == np.abs(x64).max()
+    t1, t2, _ = column_stats(cupy.asarray(X))
+    assert (cupy.asnumpy(t1) == cupy.asnumpy(s1)).all() and (
+        cupy.asnumpy(t2) == cupy.asnumpy(s2)
+    ).all()
+    for bad in (np.nan, np.inf, -np.inf):
+        Y = X.copy()
+        Y[n // 2, d // 2] = bad
+        assert column_stats(cupy.asarray(Y))[2] == np.inf

@@ -75,20 +75,39 @@ def test_streaming_equals_in_memory(cov, monkeypatch):
         streamed = GaussianMixture(6, **kw).fit(X)
     assert streamed.lower_bound_ == pytest.approx(resident.lower_bound_, abs=1e-5)
     np.testing.assert_allclose(streamed.means_, resident.means_, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(streamed.score_samples(X), resident.score_samples(X), atol=1e-4)
+    # per-sample scores agree to float32 accuracy: the two fits centre by shifts summed in
+    # different orders, and a score of -27 nats carries ~1e-5 relative float32 rounding
+    np.testing.assert_allclose(
+        streamed.score_samples(X), resident.score_samples(X), rtol=3e-5, atol=1e-4
+    )
     np.testing.assert_array_equal(streamed.predict(X[:1000]), resident.predict(X[:1000]))
 
 
-def test_in_memory_peak_is_near_the_data_size_and_the_pool_is_given_back():
+@pytest.mark.parametrize(
+    ("source", "cov", "centred"),
+    [("numpy", "diag", False), ("cupy", "diag", False), ("numpy", "full", False),
+     ("cupy", "diag", True)],
+)  # fmt: skip
+def test_in_memory_peak_is_near_the_data_size_and_the_pool_is_given_back(source, cov, centred):
+    """A default fit (moments, centring decision, k-means init, EM) allocates at most 1.25x the
+    data: a NumPy X's upload (centred in place) or a CuPy X's centred copy, plus a quarter.
+    A CuPy X near the origin is used as it is: then the fit allocates at most a quarter."""
     import cupy
 
-    X = _data(n=2_000_000, d=16, k=8)  # 128 MB
-    GaussianMixture(8, covariance_type="diag", backend="cupy", random_state=0).fit(X)  # compile
+    X = _data(n=2_000_000, d=16, k=8)  # 128 MB, mean far from the origin in some features
+    if centred:
+        X -= X.mean(axis=0)
+    X = cupy.asarray(X) if source == "cupy" else X
+    # the fit's own copy: a NumPy X's upload, a CuPy X's centred copy (none when near the origin)
+    own = 0 if (centred and source == "cupy") else X.nbytes
+
+    def fit():
+        return GaussianMixture(8, covariance_type=cov, backend="cupy", random_state=0).fit(X)
+
+    fit()  # compile
     pool = cupy.get_default_memory_pool()
     before = pool.total_bytes()
-    peak, gm = _peak(
-        lambda: GaussianMixture(8, covariance_type="diag", backend="cupy", random_state=0).fit(X)
-    )
+    peak, gm = _peak(fit)
     assert 0 < gm.device_peak_bytes_ <= peak
-    assert peak <= 1.25 * X.nbytes + (4 << 20), f"{peak / X.nbytes:.2f} x the data"
+    assert peak <= own + 0.25 * X.nbytes + (4 << 20), f"{peak / X.nbytes:.2f} x the data"
     assert pool.total_bytes() <= before  # nothing is left cached by the fit
