@@ -44,20 +44,20 @@ kpp_potentials(const T* __restrict__ X, long long n, int d, const T* __restrict_
     __syncthreads();
     const int lane = threadIdx.x & 31;
     const long long stride = (long long)gridDim.x * blockDim.x;
-    // candidate by candidate: each thread sums its rows in a register, one warp reduction and
-    // one shared atomic per candidate and warp (a reduction per 32 rows cost 4x the distances)
-    for (int c = 0; c < n_cand; ++c) {
-        const T* y = cand + (long long)c * d;
-        const float* cl_r = closest + (long long)(c / n_trials) * ld + row0;
-        double v = 0.0;
-        for (long long row = (long long)blockIdx.x * blockDim.x + threadIdx.x; row < n;
-             row += stride) {
-            const double s = gmmi::sqdist(X + row * d, y, d);
-            const double cl = (double)cl_r[row];
-            v += s < cl ? s : cl;
+    for (long long base = (long long)blockIdx.x * blockDim.x; base < n; base += stride) {
+        const long long row = base + threadIdx.x;
+        const bool valid = row < n;
+        const T* x = X + (valid ? row : 0) * d;
+        for (int c = 0; c < n_cand; ++c) {
+            double v = 0.0;
+            if (valid) {
+                const double cl = (double)closest[(long long)(c / n_trials) * ld + row0 + row];
+                const double s = gmmi::sqdist(x, cand + (long long)c * d, d);
+                v = s < cl ? s : cl;
+            }
+            for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+            if (lane == 0) atomicAdd(s_pot + c, v);
         }
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-        if (lane == 0) atomicAdd(s_pot + c, v);
     }
     __syncthreads();
     for (int c = threadIdx.x; c < n_cand; c += blockDim.x) atomicAdd(pot + c, s_pot[c]);
