@@ -42,6 +42,7 @@ from ._gaussian import (
 )
 from ._host_init import host_initial_parameters
 from ._init import initial_params, with_user_init
+from ._weights import check_sample_weight, engine_for_weights
 
 __all__ = ["GaussianMixture", "em_progress"]
 
@@ -274,7 +275,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # Fitting
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X: Any, y: Any = None) -> GaussianMixture:
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> GaussianMixture:
         """Estimate model parameters with the EM algorithm.
 
         The model is fitted ``n_init`` times (all restarts in one batch) and the parameters with
@@ -282,15 +283,38 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features), or chunks
             NumPy (or CuPy) data; float32 stays float32. A CuPy array stays on its device.
+            Data that do not fit in memory can come as chunks of rows: a list (or tuple) of 2-D
+            arrays, or a function returning a new iterator of them on every call (EM reads
+            the data once per iteration, so a one-shot generator is refused). A chunk may be a
+            pair ``(X_chunk, sample_weight_chunk)``. EM over chunks is exact; the
+            initialisation is drawn from the first chunk (give ``means_init``,
+            ``weights_init`` and ``precisions_init`` to start elsewhere).
         y : Ignored
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weight of each row (None: all 1). A weight multiplies the row's
+            responsibilities in the M-step and its log-density in the lower bound, so an
+            integer weight is the same as repeating the row; k-means initialisation weighs
+            rows as :class:`sklearn.cluster.KMeans` does. NumPy and Dask engines only.
 
         Returns
         -------
         self : GaussianMixture
         """
-        engine, data, _ = self._fit(X)
+        from ._chunks import is_chunk_source
+
+        if is_chunk_source(X):
+            from ._chunks import fit_chunks
+
+            if sample_weight is not None:
+                raise ValueError(
+                    "sample_weight cannot be given beside chunks of X; pass each chunk as a "
+                    "pair (X_chunk, sample_weight_chunk) instead."
+                )
+            fit_chunks(self, X)
+            return self
+        engine, data, _ = self._fit(X, sample_weight)
         release = type(engine).release_memory
         del engine, data
         release()
@@ -320,12 +344,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         release()
         return labels
 
-    def _fit(self, X: Any) -> tuple[Engine, Any, Params]:
+    def _fit(self, X: Any, sample_weight: Any = None) -> tuple[Engine, Any, Params]:
         """Fit; return the engine, its prepared data and the best restart's parameters."""
         clock = _PhaseClock()
         engine = get_engine(self.backend)
+        if sample_weight is not None:
+            engine = engine_for_weights(engine, self.backend)
         X = self._check_X(X, reset=True, finite_here=not engine.device_init)
         n_samples, n_features = X.shape
+        if sample_weight is not None:
+            sample_weight = check_sample_weight(sample_weight, n_samples, self.n_components)
+        weighting = {} if sample_weight is None else {"sample_weight": sample_weight}
         if n_samples < self.n_components:
             raise ValueError(
                 f"Expected n_samples >= n_components but got n_components = {self.n_components}, "
@@ -375,7 +404,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 X_host = engine.to_host(X) if _is_cupy_array(X) else X
                 check_magnitude(max(float(X_host.max()), -float(X_host.min())), X.dtype, n_features)
                 shift = X_host.mean(axis=0, dtype=np.float64)
-                data = engine.prepare(X, shift, self.covariance_type)
+                data = engine.prepare(X, shift, self.covariance_type, **weighting)
                 clock.lap("transfer")
                 if do_init:
                     Xc = engine.host_centred(data, X_host, shift)
@@ -392,6 +421,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                                 init_params=self.init_params,
                                 reg_covar=self.reg_covar,
                                 eps=eps,
+                                sample_weight=sample_weight,
                             )
                             for _ in range(self.n_init)
                         ]
@@ -489,7 +519,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         pending: Callable[[], Any] | None = None
         for it in range(1, self.max_iter + 1):
             stats: Stats = engine.accumulate(data, params, active)
-            new_bound = stats.loglik / stats.n_samples
+            new_bound = stats.loglik / stats.weight_sum
             # an engine may run the M-step itself (CuPy, full covariance: one kernel launch)
             new_params = engine.m_step(stats, self.covariance_type, self.reg_covar, eps)
             if (
