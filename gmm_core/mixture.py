@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin, _fit_context
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -75,6 +75,10 @@ def _is_cupy_array(X: Any) -> bool:
     return type(X).__module__.split(".")[0] == "cupy"
 
 
+def _to_numpy(a: Any) -> np.ndarray:
+    return a.get() if _is_cupy_array(a) else np.asarray(a)
+
+
 class GaussianMixture(DensityMixin, BaseEstimator):
     """Gaussian mixture model fitted by EM: a drop-in for :class:`sklearn.mixture.GaussianMixture`.
 
@@ -111,6 +115,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         why); ``'cupy'`` the fused CUDA kernels on one GPU; ``'multigpu'`` shards the data over
         every visible GPU; ``'dask'`` runs the passes on a ``distributed`` cluster (the active
         client, else ``EMFLOW_DASK_SCHEDULER``).
+    learning_decay : float in (0.5, 1], default=0.6
+        Step-size decay of :meth:`partial_fit`: update ``t`` (from 0) moves the running
+        sufficient statistics ``(t + 2) ** -learning_decay`` of the way to the new batch's.
+        Smaller values follow a drifting stream faster; 1 averages all batches equally.
 
     Attributes
     ----------
@@ -130,6 +138,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         The engine that ran the fit (``'numpy'``, ``'cupy'``, ``'dask'`` or ``'multigpu'``).
     fit_seconds_ : float
         Wall time of the last fit (initialisation included).
+    n_steps_ : int
+        :meth:`partial_fit` updates since the model was last fitted (0 after ``fit``).
 
     Examples
     --------
@@ -157,6 +167,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         "verbose": ["verbose"],
         "verbose_interval": [Interval(Integral, 1, None, closed="left")],
         "backend": [StrOptions(set(BACKENDS))],
+        "learning_decay": [Interval(Real, 0.5, 1.0, closed="right")],
     }
 
     def __init__(
@@ -177,6 +188,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         verbose: int = 0,
         verbose_interval: int = 10,
         backend: str = "auto",
+        learning_decay: float = 0.6,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -193,6 +205,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.verbose = verbose
         self.verbose_interval = verbose_interval
         self.backend = backend
+        self.learning_decay = learning_decay
 
     # ------------------------------------------------------------------------------------------
     # Input checks
@@ -318,6 +331,40 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         release = type(engine).release_memory
         del engine, data
         release()
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> GaussianMixture:
+        """Update the model with one mini-batch by stepwise EM (Cappe & Moulines, 2009).
+
+        The first call on an unfitted model fits it to the batch (as :meth:`fit`, which also
+        fixes ``n_features_in_``); later calls, and calls on a fitted or loaded model, move the
+        running sufficient statistics ``(n_steps_ + 2) ** -learning_decay`` of the way towards
+        the batch's statistics under the current parameters and take the M-step. Each call is
+        one pass over the batch on the model's ``backend``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_batch, n_features)
+        y : Ignored
+        sample_weight : array-like of shape (n_batch,), default=None
+            Weights of the batch's rows (see :meth:`fit`).
+
+        Returns
+        -------
+        self : GaussianMixture
+            ``lower_bound_`` is the batch's mean log-likelihood under the parameters before
+            the update.
+        """
+        if not hasattr(self, "weights_"):
+            engine, data, _ = self._fit(X, sample_weight)
+            release = type(engine).release_memory
+            del engine, data
+            release()
+            return self
+        from ._online import partial_fit_step
+
+        partial_fit_step(self, X, sample_weight)
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -479,6 +526,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.lower_bounds_ = [float(v) for v in lower_bounds[best]]
         self.restart_lower_bounds_ = [np.asarray(b, dtype=np.float64) for b in lower_bounds]
         self.backend_ = engine.name
+        self.n_steps_ = 0
         return best_params
 
     def _run_em(
@@ -682,6 +730,61 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def predict(self, X: Any) -> Any:
         """Most probable component of each sample, shape (n_samples,)."""
         return self._scored(X, lambda wlp, xp: xp.argmax(wlp, axis=1))
+
+    # ------------------------------------------------------------------------------------------
+    # Anomaly scoring (gmm_core.anomaly)
+
+    def calibrate_threshold(self, X: Any, false_alarm_rate: float = 0.01) -> GaussianMixture:
+        """Calibrate the anomaly threshold on held-out normal rows at a false-alarm rate.
+
+        Sets ``anomaly_calibration_`` (the threshold and a table of about 400 quantiles of the
+        rows' negative log-likelihoods; the rows themselves are not kept), ``threshold_`` and
+        ``false_alarm_rate_``. Saved with the model by :func:`gmm_core.save_model`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Rows not used for fitting, from the distribution to call normal; at least
+            ``1 / false_alarm_rate`` of them (ten times that for a stable threshold).
+        false_alarm_rate : float in (0, 1), default=0.01
+            Target probability that a normal row is flagged.
+
+        Returns
+        -------
+        self : GaussianMixture
+        """
+        from .anomaly import calibrate
+
+        nll = -np.asarray(_to_numpy(self.score_samples(X)), dtype=np.float64)
+        self.anomaly_calibration_ = calibrate(nll, false_alarm_rate)
+        self.threshold_ = self.anomaly_calibration_.threshold
+        self.false_alarm_rate_ = self.anomaly_calibration_.false_alarm_rate
+        return self
+
+    def score_anomaly(self, X: Any) -> Any:
+        """Anomaly score, empirical p-value and flag of each row (after :meth:`calibrate_threshold`).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        gmm_core.anomaly.AnomalyScores
+            ``score`` (negative log-likelihood, nats), ``p_value`` (estimated probability that
+            a normal row scores at least as high) and ``is_anomaly`` (``score > threshold_``),
+            NumPy arrays of shape (n_samples,).
+        """
+        from .anomaly import score
+
+        check_is_fitted(self)
+        if not hasattr(self, "anomaly_calibration_"):
+            raise NotFittedError(
+                "This GaussianMixture has no anomaly threshold yet; call "
+                "calibrate_threshold(X_holdout, false_alarm_rate=...) first."
+            )
+        nll = -np.asarray(_to_numpy(self.score_samples(X)), dtype=np.float64)
+        return score(self.anomaly_calibration_, nll)
 
     def _n_parameters(self) -> int:
         return n_parameters(self.covariance_type, self.n_components, self.means_.shape[1])
