@@ -34,33 +34,24 @@ def check_sample_weight(
     """
     if type(sample_weight).__module__.split(".")[0] == "cupy":
         sample_weight = sample_weight.get()
-    if np.ndim(sample_weight) == 0:
-        try:
-            value = float(sample_weight)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(
-                f"sample_weight must be numeric, got {sample_weight!r}; pass one non-negative "
-                "number per row of X."
-            ) from exc
-        weights = np.full(n_samples, value, dtype=np.float64)
-    else:
-        try:
-            weights = np.asarray(sample_weight, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(
-                f"sample_weight must be numeric ({exc}); pass one non-negative number per row "
-                "of X."
-            ) from exc
-        if weights.ndim != 1:
-            raise ValueError(
-                f"sample_weight must be 1-D with one weight per row of X, got shape "
-                f"{weights.shape}; pass an array of shape ({n_samples},) (e.g. w.ravel())."
-            )
-        if weights.shape[0] != n_samples:
-            raise ValueError(
-                f"sample_weight has {weights.shape[0]} entries but X has {n_samples} rows; pass "
-                "one weight per row of X."
-            )
+    try:
+        weights = np.asarray(sample_weight, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"sample_weight must be numeric ({exc}); pass one non-negative number per row of X."
+        ) from exc
+    if weights.ndim == 0:
+        weights = np.full(n_samples, float(weights), dtype=np.float64)
+    if weights.ndim != 1:
+        raise ValueError(
+            f"sample_weight must be 1-D with one weight per row of X, got shape "
+            f"{weights.shape}; pass an array of shape ({n_samples},) (e.g. w.ravel())."
+        )
+    if weights.shape[0] != n_samples:
+        raise ValueError(
+            f"sample_weight has {weights.shape[0]} entries but X has {n_samples} rows; pass "
+            "one weight per row of X."
+        )
     if not np.isfinite(weights).all():
         bad = int((~np.isfinite(weights)).sum())
         raise ValueError(
