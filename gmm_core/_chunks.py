@@ -208,7 +208,7 @@ def fit_chunks(model: GaussianMixture, source: Any) -> None:
     do_init = not (model.warm_start and hasattr(model, "converged_"))
     first_bound = -np.inf
     if do_init:
-        drawn = None
+        drawn: tuple[Any, Any, Any] | None = None
         if len(user) < 3:
             X0, w0 = seen.first
             if X0.shape[0] < model.n_components:
@@ -233,7 +233,8 @@ def fit_chunks(model: GaussianMixture, source: Any) -> None:
                 )
                 for _ in range(model.n_init)
             ]
-            drawn = tuple(np.concatenate(a) for a in zip(*restarts, strict=True))
+            w, m, c = (np.concatenate(a) for a in zip(*restarts, strict=True))
+            drawn = (w, m, c)
         params = with_user_init(
             drawn,
             user,

@@ -39,15 +39,14 @@ def initial_resp(
         return resp
     if init_params == "random_from_data":
         # equal weights draw as no weights do (choice with p= takes another path of the stream)
-        uniform = sample_weight is None or bool((sample_weight == sample_weight[0]).all())
-        p = None if uniform else sample_weight / sample_weight.sum()
+        p = None
+        if sample_weight is not None and not (sample_weight == sample_weight[0]).all():
+            p = sample_weight / sample_weight.sum()
         indices = random_state.choice(n_samples, size=k, replace=False, p=p)
     else:  # k-means++
         from sklearn.cluster import kmeans_plusplus
 
-        _, indices = kmeans_plusplus(
-            X, k, random_state=random_state, sample_weight=sample_weight
-        )
+        _, indices = kmeans_plusplus(X, k, random_state=random_state, sample_weight=sample_weight)
     labels = np.full(n_samples, -1)
     labels[indices] = np.arange(k)
     return labels

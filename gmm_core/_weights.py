@@ -11,9 +11,7 @@ from typing import Any
 import numpy as np
 
 
-def check_sample_weight(
-    sample_weight: Any, n_samples: int, n_components: int | None
-) -> np.ndarray:
+def check_sample_weight(sample_weight: Any, n_samples: int, n_components: int | None) -> np.ndarray:
     """Validated sample weights as a float64 array of shape (n_samples,).
 
     Parameters
@@ -61,8 +59,8 @@ def check_sample_weight(
     if (weights < 0).any():
         row = int(np.argmin(weights))
         raise ValueError(
-            f"sample_weight must be non-negative, found {float(weights[row])} at row {row}; use 0 to "
-            "leave a row out (a negative weight is not a probability mass)."
+            f"sample_weight must be non-negative, found {float(weights[row])} at row {row}; "
+            "use 0 to leave a row out (a negative weight is not a probability mass)."
         )
     if n_components is not None:
         check_enough_weighted_rows(int(np.count_nonzero(weights)), n_components)

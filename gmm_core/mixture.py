@@ -762,7 +762,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return self
 
     def score_anomaly(self, X: Any) -> Any:
-        """Anomaly score, empirical p-value and flag of each row (after :meth:`calibrate_threshold`).
+        """Anomaly score, empirical p-value and flag of each row (needs a calibrated threshold).
 
         Parameters
         ----------

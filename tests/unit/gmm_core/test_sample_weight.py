@@ -155,3 +155,18 @@ def test_a_scalar_weight_weighs_every_row_alike():
     scaled = _fit(X, 2.5, n_components=2, random_state=0)
     np.testing.assert_allclose(scaled.means_, plain.means_, rtol=1e-9)
     assert scaled.lower_bound_ == pytest.approx(plain.lower_bound_, rel=1e-12)
+
+
+@pytest.mark.parametrize("engine_module", ["gmm_core._cupy", "gmm_core._multigpu_engine"])
+def test_gpu_engines_refuse_weights_naming_the_workaround_and_auto_falls_back(engine_module):
+    """The GPU passes do not weight yet: refused (never silently ignored), 'auto' uses NumPy."""
+    import importlib
+
+    from gmm_core._weights import engine_for_weights
+
+    pytest.importorskip("cupy")
+    module = importlib.import_module(engine_module)
+    engine_class = module.CupyEngine if engine_module.endswith("_cupy") else module.MultiGpuEngine
+    with pytest.raises(NotImplementedError, match=r"backend='numpy'.*np\.repeat"):
+        engine_for_weights(engine_class, engine_class.name)
+    assert isinstance(engine_for_weights(engine_class, "auto"), NumpyEngine)
