@@ -136,9 +136,23 @@ def _resolve_worker_backend(requested: str) -> str:
     return "numpy"
 
 
-def _prepare_partition(block: Any, shift: Any, covariance_type: str, requested: str) -> Any:
-    """Centre one block of rows and keep it as the worker engine's data (NumpyData/CupyData)."""
+def _prepare_partition(
+    block: Any, shift: Any, covariance_type: str, requested: str, weight: Any = None
+) -> Any:
+    """Centre one block of rows and keep it as the worker engine's data (NumpyData/CupyData).
+
+    ``weight``: the block's sample weights (float64 NumPy) or None.
+    """
     backend = _resolve_worker_backend(requested)
+    if weight is not None:
+        if backend != "numpy":
+            raise NotImplementedError(
+                "sample_weight on Dask needs NumPy workers (the CuPy engine does not weight its "
+                f"passes yet); set {WORKER_BACKEND_ENV}=numpy, or repeat rows for integer weights."
+            )
+        return _worker_engine(backend).prepare(
+            np.ascontiguousarray(block), shift, covariance_type, sample_weight=weight
+        )
     if type(block).__module__.split(".")[0] == "cupy":  # a dask array of CuPy chunks
         if backend == "numpy":
             block = block.get()
@@ -215,6 +229,7 @@ class DaskEngine(Engine):
 
     name = "dask"
     xp = np
+    supports_sample_weight = True  # on NumPy workers (CuPy workers refuse weights)
 
     def __init__(
         self,
@@ -267,7 +282,9 @@ class DaskEngine(Engine):
             nthreads = client.nthreads()
         return int(sum(nthreads.values()))
 
-    def prepare(self, X: Any, shift: Any, covariance_type: str) -> DaskData:
+    def prepare(
+        self, X: Any, shift: Any, covariance_type: str, *, sample_weight: Any = None
+    ) -> DaskData:
         """Send ``X - shift`` to the workers in row partitions and keep it there for the fit.
 
         Parameters
@@ -278,23 +295,33 @@ class DaskEngine(Engine):
             workers and never gathered on the client.
         shift : array of shape (n_features,) or None
         covariance_type : {'full', 'tied', 'diag', 'spherical'}
+        sample_weight : numpy.ndarray of shape (n_samples,), optional
+            Row weights (float64); each partition gets the weights of its rows.
         """
         client = self.client
+        weight = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         n_threads = self._total_threads()
         shift = None if shift is None else np.asarray(shift, dtype=np.float64)
         if type(X).__module__.startswith("dask"):
-            parts = self._prepare_dask_array(X, shift, covariance_type)
+            parts = self._prepare_dask_array(X, shift, covariance_type, weight)
         else:
             X = np.asarray(X)
             n_parts = max(1, min(self.n_partitions or n_threads, X.shape[0]))
             blocks = np.array_split(X, n_parts)
             # spread over the workers (round robin); each block is centred where it lands
             raw = client.scatter(blocks, hash=False)
+            weights = [None] * n_parts if weight is None else np.array_split(weight, n_parts)
             parts = [
                 client.submit(
-                    _prepare_partition, r, shift, covariance_type, self.worker_backend, pure=False
+                    _prepare_partition,
+                    r,
+                    shift,
+                    covariance_type,
+                    self.worker_backend,
+                    w,
+                    pure=False,
                 )
-                for r in raw
+                for r, w in zip(raw, weights, strict=True)
             ]
             del raw  # the prepared partitions hold the data from here on
         from distributed import wait
@@ -318,14 +345,23 @@ class DaskEngine(Engine):
             parts, covariance_type, np.dtype(X.dtype), n_samples, int(X.shape[1]), backends
         )
 
-    def _prepare_dask_array(self, X: Any, shift: Any, covariance_type: str) -> list[Any]:
+    def _prepare_dask_array(
+        self, X: Any, shift: Any, covariance_type: str, weight: np.ndarray | None = None
+    ) -> list[Any]:
         import dask
 
         if X.ndim != 2:
             raise ValueError(f"X must be 2-D, got a {X.ndim}-D dask array")
         blocks = X.rechunk({1: -1}).to_delayed().ravel().tolist()
+        if weight is None:
+            weights: list[Any] = [None] * len(blocks)
+        else:  # the weights of each row block, cut where X's row chunks are
+            weights = np.split(weight, np.cumsum(X.chunks[0])[:-1])
         prepare = dask.delayed(_prepare_partition, pure=False)
-        tasks = [prepare(b, shift, covariance_type, self.worker_backend) for b in blocks]
+        tasks = [
+            prepare(b, shift, covariance_type, self.worker_backend, w)
+            for b, w in zip(blocks, weights, strict=True)
+        ]
         return list(self.client.compute(tasks))
 
     # -- passes ---------------------------------------------------------------------------------
@@ -350,10 +386,16 @@ class DaskEngine(Engine):
             else:
                 last.sxx[active_idx] = total.sxx
             last.n_samples = total.n_samples
+            last.total_weight = total.total_weight
         last = self._last
         # a copy: the loop must not see later in-place updates
         return Stats(
-            last.loglik.copy(), last.nk.copy(), last.sx.copy(), last.sxx.copy(), last.n_samples
+            last.loglik.copy(),
+            last.nk.copy(),
+            last.sx.copy(),
+            last.sxx.copy(),
+            last.n_samples,
+            last.total_weight,
         )
 
     def _to_workers(self, params: Params) -> Any:

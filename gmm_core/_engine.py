@@ -51,6 +51,10 @@ class Engine:
     #: initial parameters are drawn where the data live (:mod:`gmm_core._init`); False: on the
     #: host, exactly as scikit-learn draws them
     device_init: bool = False
+    #: :meth:`prepare` takes ``sample_weight=`` (float64, shape (n_samples,)) and every pass
+    #: weights its statistics by it (:class:`~gmm_core._gaussian.Stats.total_weight`); False:
+    #: the estimator refuses weights for this engine
+    supports_sample_weight: bool = False
 
     def prepare(self, X: Any, shift: Any, covariance_type: str) -> Any:
         """Put ``X - shift`` where the engine works (device, chunks); return an opaque handle.
@@ -59,7 +63,8 @@ class Engine:
         float32 or float64, already validated; its dtype is kept. ``shift`` (n_features,) or
         None; engines with :attr:`device_init` also take ``"auto"``: they compute the column
         moments where the data live and set the handle's ``shift`` and ``variance`` (float64
-        NumPy arrays).
+        NumPy arrays). Engines with :attr:`supports_sample_weight` also take a keyword
+        ``sample_weight`` (float64 NumPy array of shape (n_samples,), or None).
         """
         raise NotImplementedError
 

@@ -58,8 +58,9 @@ class Stats:
     """Sufficient statistics of one pass over the data, summed over samples (float64).
 
     ``loglik`` is the sum over samples of log p(x) under the parameters used in the pass, so the
-    lower bound of that pass is ``loglik / n_samples`` (as in scikit-learn, whose lower bound is
-    computed in the E-step, before the M-step).
+    lower bound of that pass is ``loglik / weight_sum`` (as in scikit-learn, whose lower bound is
+    computed in the E-step, before the M-step). With sample weights ``w``, every sum is
+    weighted (``nk = sum w r``, ``loglik = sum w log p(x)``) and ``weight_sum = sum w``.
     """
 
     loglik: Any  # (R,)
@@ -67,14 +68,24 @@ class Stats:
     sx: Any  # (R, K, D)
     sxx: Any  # see module docstring
     n_samples: int
+    #: sum of the sample weights of a weighted pass (every sum above is then weighted); None:
+    #: unweighted, every row weighs 1
+    total_weight: float | None = None
+
+    @property
+    def weight_sum(self) -> float:
+        """What the lower bound divides ``loglik`` by: the total weight, else ``n_samples``."""
+        return self.n_samples if self.total_weight is None else self.total_weight
 
     def __add__(self, other: Stats) -> Stats:
+        weighted = self.total_weight is not None or other.total_weight is not None
         return Stats(
             self.loglik + other.loglik,
             self.nk + other.nk,
             self.sx + other.sx,
             self.sxx + other.sxx,
             self.n_samples + other.n_samples,
+            self.weight_sum + other.weight_sum if weighted else None,
         )
 
 

@@ -15,25 +15,38 @@ from ._gaussian import Stats, estimate_parameters
 
 
 def initial_resp(
-    X: np.ndarray, random_state: np.random.RandomState, n_components: int, init_params: str
+    X: np.ndarray,
+    random_state: np.random.RandomState,
+    n_components: int,
+    init_params: str,
+    sample_weight: np.ndarray | None = None,
 ) -> Any:
-    """Initial responsibilities: a dense (N, K) array, or labels (N,) for one-hot inits."""
+    """Initial responsibilities: a dense (N, K) array, or labels (N,) for one-hot inits.
+
+    With ``sample_weight``, k-means and k-means++ weigh the rows as scikit-learn's ``KMeans``
+    does, and ``random_from_data`` draws rows with probability proportional to their weight.
+    """
     n_samples = X.shape[0]
     k = n_components
     if init_params == "kmeans":
         from sklearn.cluster import KMeans
 
-        return KMeans(n_clusters=k, n_init=1, random_state=random_state).fit(X).labels_
+        kmeans = KMeans(n_clusters=k, n_init=1, random_state=random_state)
+        return kmeans.fit(X, sample_weight=sample_weight).labels_
     if init_params == "random":
         resp = random_state.uniform(size=(n_samples, k)).astype(X.dtype)
         resp /= resp.sum(axis=1)[:, np.newaxis]
         return resp
     if init_params == "random_from_data":
-        indices = random_state.choice(n_samples, size=k, replace=False)
+        # equal weights draw as no weights do (choice with p= takes another path of the stream)
+        p = None
+        if sample_weight is not None and not (sample_weight == sample_weight[0]).all():
+            p = sample_weight / sample_weight.sum()
+        indices = random_state.choice(n_samples, size=k, replace=False, p=p)
     else:  # k-means++
         from sklearn.cluster import kmeans_plusplus
 
-        _, indices = kmeans_plusplus(X, k, random_state=random_state)
+        _, indices = kmeans_plusplus(X, k, random_state=random_state, sample_weight=sample_weight)
     labels = np.full(n_samples, -1)
     labels[indices] = np.arange(k)
     return labels
@@ -50,33 +63,43 @@ def host_initial_parameters(
     init_params: str,
     reg_covar: float,
     eps: float,
+    sample_weight: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One restart's drawn ``(weights, means, covariances)``, centred, float64, restart axis 1.
 
-    ``X`` as given (what scikit-learn's draws see), ``Xc`` centred by ``shift``.
+    ``X`` as given (what scikit-learn's draws see), ``Xc`` centred by ``shift``;
+    ``sample_weight`` (N,) float64 or None.
     """
-    resp = initial_resp(X, random_state, n_components, init_params)
-    stats = stats_from_resp(Xc, resp, n_components, covariance_type, shift, eps)
+    resp = initial_resp(X, random_state, n_components, init_params, sample_weight)
+    stats = stats_from_resp(Xc, resp, n_components, covariance_type, shift, eps, sample_weight)
     nk, means, covariances = estimate_parameters(stats, covariance_type, reg_covar, eps, np)
-    return nk / X.shape[0], means, covariances
+    return nk / stats.weight_sum, means, covariances
 
 
 def stats_from_resp(
-    X: np.ndarray, resp: np.ndarray, n_components: int, cov_type: str, shift: Any, eps: float
+    X: np.ndarray,
+    resp: np.ndarray,
+    n_components: int,
+    cov_type: str,
+    shift: Any,
+    eps: float,
+    sample_weight: np.ndarray | None = None,
 ) -> Stats:
     """Sufficient statistics (float64, one restart) of given responsibilities.
 
     ``resp`` is dense (N, K), or labels (N,) of a one-hot assignment with -1 for "no component".
-    ``X`` is centred by ``shift``; ``eps`` is the M-step's regulariser of ``nk``.
+    ``X`` is centred by ``shift``; ``eps`` is the M-step's regulariser of ``nk``;
+    ``sample_weight`` (N,) multiplies each row's responsibilities (None: ones).
     """
     n_samples, n_features = X.shape
     if resp.ndim == 1:
         rows = np.flatnonzero(resp >= 0)
-        R = sparse.csr_matrix(
-            (np.ones(len(rows), X.dtype), (resp[rows], rows)), shape=(n_components, n_samples)
-        )
+        values = (
+            np.ones(len(rows), X.dtype) if sample_weight is None else sample_weight[rows]
+        ).astype(X.dtype)
+        R = sparse.csr_matrix((values, (resp[rows], rows)), shape=(n_components, n_samples))
     else:
-        R = resp.T
+        R = resp.T if sample_weight is None else resp.T * sample_weight.astype(resp.dtype)
     nk = np.asarray(R.sum(axis=1), dtype=np.float64).reshape(n_components)
     # scikit-learn computes these products in the data's dtype, then adds eps in that dtype
     nk = nk.astype(X.dtype).astype(np.float64)
@@ -96,10 +119,12 @@ def stats_from_resp(
         # responsibilities leave rows empty (k-means++, random_from_data). That estimate is not
         # translation invariant; this is it, written in the centred coordinates used here.
         shift = np.asarray(shift, dtype=np.float64)
-        outside = n_samples - (nk.sum() + eps * n_components)
+        weight_sum = n_samples if sample_weight is None else float(sample_weight.sum())
+        outside = weight_sum - (nk.sum() + eps * n_components)
         total = sx.sum(axis=0)
+        Xw = X if sample_weight is None else X * sample_weight[:, None]
         sxx = (
-            (X.T @ X).astype(np.float64)
+            (X.T @ Xw).astype(np.float64)
             + outside * np.outer(shift, shift)
             - np.outer(total, shift)
             - np.outer(shift, total)
@@ -109,4 +134,5 @@ def stats_from_resp(
     else:
         sxx = np.asarray(R @ np.einsum("ij,ij->i", X, X), dtype=np.float64).reshape(n_components)
     expand = (lambda a: a) if cov_type == "tied" else (lambda a: a[None])
-    return Stats(np.zeros(1), nk[None], sx[None], expand(sxx), n_samples)
+    total_weight = None if sample_weight is None else float(sample_weight.sum())
+    return Stats(np.zeros(1), nk[None], sx[None], expand(sxx), n_samples, total_weight)

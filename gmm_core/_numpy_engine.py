@@ -35,6 +35,13 @@ class NumpyData:
     shift: np.ndarray | None = None
     variance: np.ndarray | None = None
     max_abs: float = 0.0
+    #: sample weights (N,) float64, or None: every row weighs 1
+    weight: np.ndarray | None = None
+
+    @property
+    def total_weight(self) -> float | None:
+        """Sum of the sample weights (None when unweighted)."""
+        return None if self.weight is None else float(self.weight.sum())
 
     @property
     def n_features(self) -> int:
@@ -54,14 +61,18 @@ class NumpyEngine(Engine):
 
     name = "numpy"
     xp = np
+    supports_sample_weight = True
 
     def __init__(self) -> None:
         self._last: Stats | None = None  # statistics of restarts that stopped iterating
         self._last_key: tuple[Any, ...] = ()
 
     # -- data -----------------------------------------------------------------------------------
-    def prepare(self, X: Any, shift: Any, covariance_type: str) -> NumpyData:
+    def prepare(
+        self, X: Any, shift: Any, covariance_type: str, *, sample_weight: Any = None
+    ) -> NumpyData:
         X = np.asarray(X)
+        weight = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         variance, max_abs = None, 0.0
         if isinstance(shift, str):  # "auto": the column moments and the largest magnitude, here
             shift, variance = X.mean(axis=0, dtype=np.float64), X.var(axis=0, dtype=np.float64)
@@ -77,18 +88,24 @@ class NumpyEngine(Engine):
             features = np.concatenate([X64, np.einsum("ij,ij->i", X64, X64)[:, None]], axis=1)
         else:
             features = X
-        xtx = X.T.astype(np.float64) @ X.astype(np.float64) if covariance_type == "tied" else None
-        return NumpyData(X, features, xtx, covariance_type, shift, variance, max_abs)
+        xtx = None
+        if covariance_type == "tied":
+            X64 = X.astype(np.float64)
+            xtx = X.T.astype(np.float64) @ (X64 if weight is None else X64 * weight[:, None])
+        return NumpyData(X, features, xtx, covariance_type, shift, variance, max_abs, weight)
 
     def retype(self, data: NumpyData, covariance_type: str) -> NumpyData:
         """The same (already centred) data laid out for another covariance type."""
         if covariance_type == data.covariance_type:
             return data
-        return self.prepare(data.X, None, covariance_type)
+        return self.prepare(data.X, None, covariance_type, sample_weight=data.weight)
 
     def subsample(self, data: NumpyData, step: int) -> NumpyData:
         """Every ``step``-th row, laid out alike."""
-        return self.prepare(np.ascontiguousarray(data.X[::step]), None, data.covariance_type)
+        weight = None if data.weight is None else data.weight[::step]
+        return self.prepare(
+            np.ascontiguousarray(data.X[::step]), None, data.covariance_type, sample_weight=weight
+        )
 
     def host_centred(self, data: NumpyData, X: np.ndarray, shift: np.ndarray) -> np.ndarray:
         return data.X
@@ -122,7 +139,12 @@ class NumpyEngine(Engine):
                 stats.sxx[r] = one.sxx[0]
         # hand out a copy: the loop must not see later in-place updates
         return Stats(
-            stats.loglik.copy(), stats.nk.copy(), stats.sx.copy(), stats.sxx.copy(), stats.n_samples
+            stats.loglik.copy(),
+            stats.nk.copy(),
+            stats.sx.copy(),
+            stats.sxx.copy(),
+            stats.n_samples,
+            data.total_weight,
         )
 
     def weighted_log_prob(self, data: NumpyData, params: Params) -> np.ndarray:
@@ -151,6 +173,7 @@ def _empty_stats(data: NumpyData, n_restarts: int, n_components: int, n_features
         np.zeros((n_restarts, n_components, n_features)),
         sxx,
         data.n_samples,
+        data.total_weight,
     )
 
 
@@ -201,6 +224,7 @@ def _accumulate_one(data: NumpyData, params: Params) -> Stats:
     """One restart's pass over the data, chunk by chunk."""
     cov_type = data.covariance_type
     dtype = data.X.dtype
+    weight = data.weight
     n_samples, n_features = data.X.shape
     n_components = params.means.shape[1]
     loglik = 0.0
@@ -240,13 +264,20 @@ def _accumulate_one(data: NumpyData, params: Params) -> Stats:
             log_prob_t = np.einsum("nkd,nkd->kn", y, y)
             log_prob_t *= -0.5
             log_prob_t += const_col
-        loglik += float(_resp_inplace(log_prob_t).sum())
+        log_px = _resp_inplace(log_prob_t)
         resp_t = log_prob_t
-        nk += resp_t.sum(axis=1, dtype=np.float64)
+        if weight is None:
+            loglik += float(log_px.sum())
+            nk += resp_t.sum(axis=1, dtype=np.float64)
+            resp64 = resp_t.astype(np.float64, copy=False)
+        else:  # each row's responsibilities and log-density times its weight, in float64
+            w = weight[start : start + chunk]
+            loglik += float((log_px * w).sum())
+            resp64 = resp_t.astype(np.float64, copy=False) * w
+            nk += resp64.sum(axis=1)
         # moments in float64 (diag/spherical features already are): the M-step's
         # sxx / nk - mean^2 cancels, and float32 sums lose a tight cluster far from the data mean
         feats64 = feats.astype(np.float64, copy=False)
-        resp64 = resp_t.astype(np.float64, copy=False)
         s_feat += resp64 @ feats64
         if sxx_full is not None:
             for k in range(n_components):
@@ -263,5 +294,10 @@ def _accumulate_one(data: NumpyData, params: Params) -> Stats:
     else:
         sxx = data.xtx
     return Stats(
-        np.array([loglik]), nk[None], sx[None], sxx[None] if cov_type != "tied" else sxx, n_samples
+        np.array([loglik]),
+        nk[None],
+        sx[None],
+        sxx[None] if cov_type != "tied" else sxx,
+        n_samples,
+        data.total_weight,
     )

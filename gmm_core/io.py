@@ -1,7 +1,8 @@
 """Model files: arrays in ``model.npz``, everything else in ``model.json``. Never pickle.
 
 The JSON holds a format version, the estimator's parameters, dtype, covariance type, feature
-names, fitted scalars, free-form metadata, and SHA-256 checksums of the ``.npz`` file and of
+names, fitted scalars, the anomaly calibration when there is one (threshold and score quantiles,
+:mod:`gmm_core.anomaly`), free-form metadata, and SHA-256 checksums of the ``.npz`` file and of
 every array in it; :func:`load_model` refuses a file whose bytes or arrays do not match.
 """
 
@@ -109,6 +110,7 @@ def save_model(
             "lower_bound": float(model.lower_bound_),
             "lower_bounds": [float(v) for v in getattr(model, "lower_bounds_", [])],
             "backend": getattr(model, "backend_", None),
+            "n_steps": int(getattr(model, "n_steps_", 0)),
         },
         "metadata": metadata or {},
         "checksums": {
@@ -117,6 +119,9 @@ def save_model(
             "arrays": {name: _array_digest(a) for name, a in arrays.items()},
         },
     }
+    calibration = getattr(model, "anomaly_calibration_", None)
+    if calibration is not None:
+        document["anomaly"] = calibration.to_json()
     document["checksums"][JSON_NAME] = _document_digest(document)
     _write_atomic(directory / NPZ_NAME, npz_bytes)
     _write_atomic(directory / JSON_NAME, json.dumps(document, indent=2, allow_nan=True).encode())
@@ -244,6 +249,13 @@ def _model_from(document: dict[str, Any], arrays: dict[str, np.ndarray]) -> Gaus
     model.lower_bound_ = fitted["lower_bound"]
     model.lower_bounds_ = fitted["lower_bounds"]
     model.backend_ = fitted.get("backend")
+    model.n_steps_ = int(fitted.get("n_steps", 0))
+    if document.get("anomaly") is not None:
+        from .anomaly import AnomalyCalibration
+
+        model.anomaly_calibration_ = AnomalyCalibration.from_json(document["anomaly"])
+        model.threshold_ = model.anomaly_calibration_.threshold
+        model.false_alarm_rate_ = model.anomaly_calibration_.false_alarm_rate
     model.n_features_in_ = d
     model.feature_names_ = document.get("feature_names")
     if document.get("feature_names") and document.get("fitted_with_feature_names"):

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin, _fit_context
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -42,6 +42,7 @@ from ._gaussian import (
 )
 from ._host_init import host_initial_parameters
 from ._init import initial_params, with_user_init
+from ._weights import check_sample_weight, engine_for_weights
 
 __all__ = ["GaussianMixture", "em_progress"]
 
@@ -72,6 +73,10 @@ GPU_SCORING_MIN_CELLS = 1 << 22
 
 def _is_cupy_array(X: Any) -> bool:
     return type(X).__module__.split(".")[0] == "cupy"
+
+
+def _to_numpy(a: Any) -> np.ndarray:
+    return a.get() if _is_cupy_array(a) else np.asarray(a)
 
 
 class GaussianMixture(DensityMixin, BaseEstimator):
@@ -110,6 +115,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         why); ``'cupy'`` the fused CUDA kernels on one GPU; ``'multigpu'`` shards the data over
         every visible GPU; ``'dask'`` runs the passes on a ``distributed`` cluster (the active
         client, else ``EMFLOW_DASK_SCHEDULER``).
+    learning_decay : float in (0.5, 1], default=0.6
+        Step-size decay of :meth:`partial_fit`: update ``t`` (from 0) moves the running
+        sufficient statistics ``(t + 2) ** -learning_decay`` of the way to the new batch's.
+        Smaller values follow a drifting stream faster; 1 averages all batches equally.
 
     Attributes
     ----------
@@ -129,6 +138,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         The engine that ran the fit (``'numpy'``, ``'cupy'``, ``'dask'`` or ``'multigpu'``).
     fit_seconds_ : float
         Wall time of the last fit (initialisation included).
+    n_steps_ : int
+        :meth:`partial_fit` updates since the model was last fitted (0 after ``fit``).
 
     Examples
     --------
@@ -156,6 +167,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         "verbose": ["verbose"],
         "verbose_interval": [Interval(Integral, 1, None, closed="left")],
         "backend": [StrOptions(set(BACKENDS))],
+        "learning_decay": [Interval(Real, 0.5, 1.0, closed="right")],
     }
 
     def __init__(
@@ -176,6 +188,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         verbose: int = 0,
         verbose_interval: int = 10,
         backend: str = "auto",
+        learning_decay: float = 0.6,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -192,6 +205,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.verbose = verbose
         self.verbose_interval = verbose_interval
         self.backend = backend
+        self.learning_decay = learning_decay
 
     # ------------------------------------------------------------------------------------------
     # Input checks
@@ -274,7 +288,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # Fitting
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X: Any, y: Any = None) -> GaussianMixture:
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> GaussianMixture:
         """Estimate model parameters with the EM algorithm.
 
         The model is fitted ``n_init`` times (all restarts in one batch) and the parameters with
@@ -282,18 +296,75 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features), or chunks
             NumPy (or CuPy) data; float32 stays float32. A CuPy array stays on its device.
+            Data that do not fit in memory can come as chunks of rows: a list (or tuple) of 2-D
+            arrays, or a function returning a new iterator of them on every call (EM reads
+            the data once per iteration, so a one-shot generator is refused). A chunk may be a
+            pair ``(X_chunk, sample_weight_chunk)``. EM over chunks is exact; the
+            initialisation is drawn from the first chunk (give ``means_init``,
+            ``weights_init`` and ``precisions_init`` to start elsewhere).
         y : Ignored
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weight of each row (None: all 1). A weight multiplies the row's
+            responsibilities in the M-step and its log-density in the lower bound, so an
+            integer weight is the same as repeating the row; k-means initialisation weighs
+            rows as :class:`sklearn.cluster.KMeans` does. NumPy and Dask engines only.
 
         Returns
         -------
         self : GaussianMixture
         """
-        engine, data, _ = self._fit(X)
+        from ._chunks import is_chunk_source
+
+        if is_chunk_source(X):
+            from ._chunks import fit_chunks
+
+            if sample_weight is not None:
+                raise ValueError(
+                    "sample_weight cannot be given beside chunks of X; pass each chunk as a "
+                    "pair (X_chunk, sample_weight_chunk) instead."
+                )
+            fit_chunks(self, X)
+            return self
+        engine, data, _ = self._fit(X, sample_weight)
         release = type(engine).release_memory
         del engine, data
         release()
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> GaussianMixture:
+        """Update the model with one mini-batch by stepwise EM (Cappe & Moulines, 2009).
+
+        The first call on an unfitted model fits it to the batch (as :meth:`fit`, which also
+        fixes ``n_features_in_``); later calls, and calls on a fitted or loaded model, move the
+        running sufficient statistics ``(n_steps_ + 2) ** -learning_decay`` of the way towards
+        the batch's statistics under the current parameters and take the M-step. Each call is
+        one pass over the batch on the model's ``backend``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_batch, n_features)
+        y : Ignored
+        sample_weight : array-like of shape (n_batch,), default=None
+            Weights of the batch's rows (see :meth:`fit`).
+
+        Returns
+        -------
+        self : GaussianMixture
+            ``lower_bound_`` is the batch's mean log-likelihood under the parameters before
+            the update.
+        """
+        if not hasattr(self, "weights_"):
+            engine, data, _ = self._fit(X, sample_weight)
+            release = type(engine).release_memory
+            del engine, data
+            release()
+            return self
+        from ._online import partial_fit_step
+
+        partial_fit_step(self, X, sample_weight)
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -320,12 +391,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         release()
         return labels
 
-    def _fit(self, X: Any) -> tuple[Engine, Any, Params]:
+    def _fit(self, X: Any, sample_weight: Any = None) -> tuple[Engine, Any, Params]:
         """Fit; return the engine, its prepared data and the best restart's parameters."""
         clock = _PhaseClock()
         engine = get_engine(self.backend)
+        if sample_weight is not None:
+            engine = engine_for_weights(engine, self.backend)
         X = self._check_X(X, reset=True, finite_here=not engine.device_init)
         n_samples, n_features = X.shape
+        if sample_weight is not None:
+            sample_weight = check_sample_weight(sample_weight, n_samples, self.n_components)
+        weighting = {} if sample_weight is None else {"sample_weight": sample_weight}
         if n_samples < self.n_components:
             raise ValueError(
                 f"Expected n_samples >= n_components but got n_components = {self.n_components}, "
@@ -375,7 +451,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 X_host = engine.to_host(X) if _is_cupy_array(X) else X
                 check_magnitude(max(float(X_host.max()), -float(X_host.min())), X.dtype, n_features)
                 shift = X_host.mean(axis=0, dtype=np.float64)
-                data = engine.prepare(X, shift, self.covariance_type)
+                data = engine.prepare(X, shift, self.covariance_type, **weighting)
                 clock.lap("transfer")
                 if do_init:
                     Xc = engine.host_centred(data, X_host, shift)
@@ -392,6 +468,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                                 init_params=self.init_params,
                                 reg_covar=self.reg_covar,
                                 eps=eps,
+                                sample_weight=sample_weight,
                             )
                             for _ in range(self.n_init)
                         ]
@@ -449,6 +526,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.lower_bounds_ = [float(v) for v in lower_bounds[best]]
         self.restart_lower_bounds_ = [np.asarray(b, dtype=np.float64) for b in lower_bounds]
         self.backend_ = engine.name
+        self.n_steps_ = 0
         return best_params
 
     def _run_em(
@@ -489,7 +567,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         pending: Callable[[], Any] | None = None
         for it in range(1, self.max_iter + 1):
             stats: Stats = engine.accumulate(data, params, active)
-            new_bound = stats.loglik / stats.n_samples
+            new_bound = stats.loglik / stats.weight_sum
             # an engine may run the M-step itself (CuPy, full covariance: one kernel launch)
             new_params = engine.m_step(stats, self.covariance_type, self.reg_covar, eps)
             if (
@@ -652,6 +730,61 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def predict(self, X: Any) -> Any:
         """Most probable component of each sample, shape (n_samples,)."""
         return self._scored(X, lambda wlp, xp: xp.argmax(wlp, axis=1))
+
+    # ------------------------------------------------------------------------------------------
+    # Anomaly scoring (gmm_core.anomaly)
+
+    def calibrate_threshold(self, X: Any, false_alarm_rate: float = 0.01) -> GaussianMixture:
+        """Calibrate the anomaly threshold on held-out normal rows at a false-alarm rate.
+
+        Sets ``anomaly_calibration_`` (the threshold and a table of about 400 quantiles of the
+        rows' negative log-likelihoods; the rows themselves are not kept), ``threshold_`` and
+        ``false_alarm_rate_``. Saved with the model by :func:`gmm_core.save_model`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Rows not used for fitting, from the distribution to call normal; at least
+            ``1 / false_alarm_rate`` of them (ten times that for a stable threshold).
+        false_alarm_rate : float in (0, 1), default=0.01
+            Target probability that a normal row is flagged.
+
+        Returns
+        -------
+        self : GaussianMixture
+        """
+        from .anomaly import calibrate
+
+        nll = -np.asarray(_to_numpy(self.score_samples(X)), dtype=np.float64)
+        self.anomaly_calibration_ = calibrate(nll, false_alarm_rate)
+        self.threshold_ = self.anomaly_calibration_.threshold
+        self.false_alarm_rate_ = self.anomaly_calibration_.false_alarm_rate
+        return self
+
+    def score_anomaly(self, X: Any) -> Any:
+        """Anomaly score, empirical p-value and flag of each row (needs a calibrated threshold).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        gmm_core.anomaly.AnomalyScores
+            ``score`` (negative log-likelihood, nats), ``p_value`` (estimated probability that
+            a normal row scores at least as high) and ``is_anomaly`` (``score > threshold_``),
+            NumPy arrays of shape (n_samples,).
+        """
+        from .anomaly import score
+
+        check_is_fitted(self)
+        if not hasattr(self, "anomaly_calibration_"):
+            raise NotFittedError(
+                "This GaussianMixture has no anomaly threshold yet; call "
+                "calibrate_threshold(X_holdout, false_alarm_rate=...) first."
+            )
+        nll = -np.asarray(_to_numpy(self.score_samples(X)), dtype=np.float64)
+        return score(self.anomaly_calibration_, nll)
 
     def _n_parameters(self) -> int:
         return n_parameters(self.covariance_type, self.n_components, self.means_.shape[1])

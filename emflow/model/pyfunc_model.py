@@ -11,6 +11,12 @@ so loading needs neither the training process nor a GPU: only NumPy, pandas and 
 - ``responsibility`` (float64): that component's posterior probability, in [0, 1],
 - ``log_likelihood`` (float64): log density of the row under the mixture, the anomaly score
   (lower is more anomalous).
+
+A model calibrated for anomalies (``GaussianMixture.calibrate_threshold``; the threshold travels
+in ``model.json``) adds:
+
+- ``p_value`` (float64): estimated probability that a normal row scores at least as anomalous,
+- ``is_anomaly`` (bool): the row's negative log-likelihood is above the calibrated threshold.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import pandas as pd
 
 GMM_ARTIFACT = "gmm"
 OUTPUT_COLUMNS = ("component", "responsibility", "log_likelihood")
+#: added by a model with an anomaly calibration
+ANOMALY_COLUMNS = ("p_value", "is_anomaly")
 
 
 def model_feature_names(model: Any) -> list[str] | None:
@@ -82,22 +90,29 @@ def score_frame(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
 
     Returns
     -------
-    pandas.DataFrame of shape (n_samples, 3)
-        Columns ``component``, ``responsibility``, ``log_likelihood``, index of ``frame``.
+    pandas.DataFrame of shape (n_samples, 3) or (n_samples, 5)
+        Columns ``component``, ``responsibility``, ``log_likelihood``, and for a model with an
+        anomaly calibration ``p_value`` and ``is_anomaly``; index of ``frame``.
     """
     if not isinstance(frame, pd.DataFrame):
         frame = pd.DataFrame(frame)
     X = feature_matrix(model, frame)
     resp = np.asarray(model.predict_proba(X), dtype=np.float64)
     component = resp.argmax(axis=1).astype(np.int64)
-    return pd.DataFrame(
-        {
-            "component": component,
-            "responsibility": resp[np.arange(len(resp)), component],
-            "log_likelihood": np.asarray(model.score_samples(X), dtype=np.float64),
-        },
-        index=frame.index,
-    )
+    log_likelihood = np.asarray(model.score_samples(X), dtype=np.float64)
+    columns: dict[str, Any] = {
+        "component": component,
+        "responsibility": resp[np.arange(len(resp)), component],
+        "log_likelihood": log_likelihood,
+    }
+    calibration = getattr(model, "anomaly_calibration_", None)
+    if calibration is not None:
+        from gmm_core.anomaly import score
+
+        anomaly = score(calibration, -log_likelihood)  # the same scores, not a second pass
+        columns["p_value"] = anomaly.p_value
+        columns["is_anomaly"] = anomaly.is_anomaly
+    return pd.DataFrame(columns, index=frame.index)
 
 
 class GaussianMixturePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
@@ -117,7 +132,10 @@ class GaussianMixturePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-def
                 pass
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
-        """Per-row component, responsibility and log-likelihood (see :func:`score_frame`)."""
+        """Per-row component, responsibility, log-likelihood (and anomaly p-value and flag).
+
+        See :func:`score_frame`.
+        """
         return score_frame(self.model, model_input)
 
 

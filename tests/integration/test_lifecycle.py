@@ -296,3 +296,30 @@ print(" ".join(repr(float(v)) for v in scored["log_likelihood"]))
     rows = data["holdout"].head(20)[list(model.feature_names_)].to_numpy()
     expected = model.score_samples(rows)
     np.testing.assert_allclose([float(v) for v in scores.split()], expected, rtol=1e-9)
+
+
+def test_calibrated_threshold_serves_p_value_and_is_anomaly_through_pyfunc(
+    settings, models, data, tmp_path
+):
+    """The anomaly calibration travels in model.json through the registry to serving, and the
+    logged signature names the two new columns."""
+    import mlflow
+
+    import gmm_core
+
+    model_dir, info = _copy(models, "good", tmp_path)
+    model = gmm_core.load_model(model_dir)
+    holdout = data["holdout"]
+    model.calibrate_threshold(holdout[FEATURES].to_numpy()[:300], false_alarm_rate=0.05)
+    gmm_core.save_model(model, model_dir, feature_names=FEATURES, metadata=model.metadata_)
+    cycle(settings, model_dir, holdout.iloc[300:], "run-1", info)
+
+    uri = f"models:/{settings.model_name}@champion"
+    outputs = mlflow.models.get_model_info(uri).signature.outputs.input_names()
+    assert outputs == ["component", "responsibility", "log_likelihood", "p_value", "is_anomaly"]
+    rows = holdout.iloc[300:]
+    scored = mlflow.pyfunc.load_model(uri).predict(rows)
+    expected = model.score_anomaly(rows[FEATURES].to_numpy())
+    np.testing.assert_allclose(scored["p_value"], expected.p_value, rtol=1e-12)
+    np.testing.assert_array_equal(scored["is_anomaly"].to_numpy(bool), expected.is_anomaly)
+    np.testing.assert_allclose(-scored["log_likelihood"], expected.score, rtol=1e-12)

@@ -190,6 +190,26 @@ def test_dask_array_input_is_computed_on_the_workers(client, X):
         np.testing.assert_allclose(getattr(got, name), getattr(ref, name), rtol=1e-10, err_msg=name)
 
 
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+def test_sample_weights_give_the_numpy_backend_weighted_fit(client, X, covariance_type):
+    """Weights travel with their rows into each partition (NumPy array and dask.array input)."""
+    import dask.array as da
+
+    w = np.random.default_rng(1).integers(0, 4, len(X)).astype(float)
+    kw = {**FIT_KW, "covariance_type": covariance_type}
+    ref = GaussianMixture(backend="numpy", **kw).fit(X, sample_weight=w)
+    unweighted = GaussianMixture(backend="numpy", **kw).fit(X)
+    assert abs(ref.lower_bound_ - unweighted.lower_bound_) > 1e-6  # the weights matter
+    with client.as_current():
+        got = GaussianMixture(backend="dask", **kw).fit(X, sample_weight=w)
+        chunked = GaussianMixture(backend="dask", **kw).fit(
+            da.from_array(X, chunks=(7_000, -1)), sample_weight=w
+        )
+    _assert_same_fit(got, ref, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(chunked.lower_bound_, ref.lower_bound_, rtol=1e-9)
+    np.testing.assert_allclose(chunked.means_, ref.means_, rtol=1e-9, atol=1e-9)
+
+
 def test_scheduler_address_from_environment(cluster, client, X, monkeypatch):
     """No active client: EMFLOW_DASK_SCHEDULER names the cluster (the retrain DAG's knob)."""
     if distributed.client._get_global_client() is not None:

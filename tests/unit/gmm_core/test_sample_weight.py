@@ -1,0 +1,172 @@
+"""``fit(X, sample_weight=...)``: ones are the unweighted fit, integers are repeated rows.
+
+References: the same estimator on the unweighted data (bit for bit), on rows repeated as many
+times as their weight (to rounding), and scikit-learn's GaussianMixture on the repeated rows.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+from gmm_core import GaussianMixture
+from gmm_core._gaussian import Params
+from gmm_core._numpy_engine import NumpyEngine
+
+COVARIANCE_TYPES = ["full", "tied", "diag", "spherical"]
+FITTED = ("weights_", "means_", "covariances_", "precisions_cholesky_")
+
+
+def _two_blobs(seed: int = 0) -> np.ndarray:
+    rng = np.random.RandomState(seed)
+    return np.concatenate([rng.normal(0, 1, (60, 3)), rng.normal(4, 0.7, (50, 3))]) + 5.0
+
+
+def _fit(X, sample_weight=None, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return GaussianMixture(backend="numpy", **kw).fit(X, sample_weight=sample_weight)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("init_params", ["kmeans", "k-means++", "random", "random_from_data"])
+def test_weights_of_ones_give_the_unweighted_fit_bit_for_bit(dtype, covariance_type, init_params):
+    X = _two_blobs().astype(dtype)
+    kw = dict(
+        n_components=3,
+        covariance_type=covariance_type,
+        init_params=init_params,
+        n_init=2,
+        random_state=1,
+        max_iter=30,
+    )
+    plain = _fit(X, **kw)
+    ones = _fit(X, np.ones(len(X)), **kw)
+    for name in FITTED:
+        np.testing.assert_array_equal(getattr(ones, name), getattr(plain, name), err_msg=name)
+    assert ones.lower_bounds_ == plain.lower_bounds_
+    assert ones.n_iter_ == plain.n_iter_
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_integer_weights_equal_repeated_rows_and_scikit_learn_on_them(covariance_type):
+    X = _two_blobs()
+    w = np.random.RandomState(3).randint(0, 4, len(X))  # zeros drop rows
+    repeated = np.repeat(X, w, axis=0)
+    start = GaussianMixture(
+        2, covariance_type=covariance_type, max_iter=0, random_state=0, backend="numpy"
+    ).fit(X)
+    kw = dict(
+        n_components=2,
+        covariance_type=covariance_type,
+        weights_init=start.weights_,
+        means_init=start.means_,
+        precisions_init=start.precisions_,
+        max_iter=15,
+        tol=0.0,
+    )
+    weighted = _fit(X, w, **kw)
+    ours_repeated = _fit(repeated, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sklearn_repeated = SkGaussianMixture(**kw).fit(repeated)
+    for reference in (ours_repeated, sklearn_repeated):
+        for name in ("weights_", "means_", "covariances_"):
+            np.testing.assert_allclose(
+                getattr(weighted, name), getattr(reference, name), rtol=1e-11, atol=1e-12
+            )
+        assert weighted.lower_bound_ == pytest.approx(reference.lower_bound_, rel=1e-12)
+    np.testing.assert_allclose(weighted.lower_bounds_, ours_repeated.lower_bounds_, rtol=1e-12)
+
+
+@pytest.mark.parametrize("init_params", ["kmeans", "k-means++"])
+def test_weighted_kmeans_initialisation_matches_repeated_rows(init_params):
+    """Well-separated blobs: weighted k-means finds the partition k-means finds on the repeats."""
+    X = _two_blobs(1)
+    w = np.random.RandomState(4).randint(1, 4, len(X))
+    kw = dict(n_components=2, covariance_type="diag", init_params=init_params, random_state=0)
+    weighted = _fit(X, w, **kw)
+    repeated = _fit(np.repeat(X, w, axis=0), **kw)
+    order_w, order_r = np.argsort(weighted.means_[:, 0]), np.argsort(repeated.means_[:, 0])
+    np.testing.assert_allclose(weighted.means_[order_w], repeated.means_[order_r], rtol=1e-9)
+    np.testing.assert_allclose(weighted.weights_[order_w], repeated.weights_[order_r], rtol=1e-9)
+
+
+def test_weights_change_the_fit():
+    """A weight is not ignored: up-weighting one blob moves the mixture weights towards it."""
+    X = _two_blobs()
+    w = np.where(X[:, 0] > 7.0, 5.0, 1.0)
+    plain = _fit(X, n_components=2, random_state=0)
+    weighted = _fit(X, w, n_components=2, random_state=0)
+    right_plain = plain.weights_[np.argmax(plain.means_[:, 0])]
+    right_weighted = weighted.weights_[np.argmax(weighted.means_[:, 0])]
+    assert right_weighted > right_plain + 0.2
+
+
+def test_numpy_pass_weights_statistics_as_repeated_rows():
+    """The engine's pass alone: weighted statistics equal those of the repeated rows."""
+    X = _two_blobs()
+    w = np.random.RandomState(5).randint(0, 3, len(X)).astype(float)
+    model = _fit(X, n_components=2, random_state=0, covariance_type="full")
+    params = Params(
+        model.weights_[None].astype(float),
+        model.means_[None],
+        model.covariances_[None],
+        model.precisions_cholesky_[None],
+    )
+    engine = NumpyEngine()
+    weighted = engine.accumulate(
+        engine.prepare(X, None, "full", sample_weight=w), params, np.ones(1, bool)
+    )
+    repeated = engine.accumulate(
+        engine.prepare(np.repeat(X, w.astype(int), axis=0), None, "full"), params, np.ones(1, bool)
+    )
+    assert weighted.weight_sum == repeated.n_samples == w.sum()
+    for name in ("loglik", "nk", "sx", "sxx"):
+        np.testing.assert_allclose(getattr(weighted, name), getattr(repeated, name), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("sample_weight", "match"),
+    [
+        (np.ones((110, 1)), r"1-D .* shape \(110,\)"),
+        (np.ones(109), "109 entries but X has 110 rows"),
+        (np.r_[np.ones(109), np.nan], "NaN or infinite .* finite"),
+        (np.r_[np.ones(109), np.inf], "NaN or infinite"),
+        (np.r_[np.ones(109), -0.5], r"non-negative, found -0.5 at row 109; use 0"),
+        (np.zeros(110), "zero for every row; give at least n_components rows"),
+        (np.r_[np.zeros(109), 1.0], "only 1 row.* lower n_components"),
+        (np.array(["a"] * 110), "must be numeric"),
+    ],
+)
+def test_bad_sample_weight_is_refused_naming_the_fix(sample_weight, match):
+    with pytest.raises(ValueError, match=match):
+        GaussianMixture(2, backend="numpy").fit(_two_blobs(), sample_weight=sample_weight)
+
+
+def test_a_scalar_weight_weighs_every_row_alike():
+    X = _two_blobs()
+    plain = _fit(X, n_components=2, random_state=0)
+    scaled = _fit(X, 2.5, n_components=2, random_state=0)
+    np.testing.assert_allclose(scaled.means_, plain.means_, rtol=1e-9)
+    assert scaled.lower_bound_ == pytest.approx(plain.lower_bound_, rel=1e-12)
+
+
+@pytest.mark.parametrize("engine_module", ["gmm_core._cupy", "gmm_core._multigpu_engine"])
+def test_gpu_engines_refuse_weights_naming_the_workaround_and_auto_falls_back(engine_module):
+    """The GPU passes do not weight yet: refused (never silently ignored), 'auto' uses NumPy."""
+    import importlib
+
+    from gmm_core._weights import engine_for_weights
+
+    pytest.importorskip("cupy")
+    module = importlib.import_module(engine_module)
+    engine_class = module.CupyEngine if engine_module.endswith("_cupy") else module.MultiGpuEngine
+    with pytest.raises(NotImplementedError, match=r"backend='numpy'.*np\.repeat"):
+        engine_for_weights(engine_class, engine_class.name)
+    assert isinstance(engine_for_weights(engine_class, "auto"), NumpyEngine)
