@@ -26,7 +26,7 @@ from sklearn.utils import check_random_state
 from ._checks import check_magnitude
 from ._engine import Engine, get_engine
 from ._gaussian import Params, Stats
-from ._host_init import host_initial_parameters
+from ._host_init import host_restarts
 from ._init import with_user_init
 from ._weights import check_enough_weighted_rows, check_sample_weight, engine_for_weights
 
@@ -218,23 +218,10 @@ def fit_chunks(model: GaussianMixture, source: Any) -> None:
                     "make it larger, or give weights_init, means_init and precisions_init."
                 )
             random_state = check_random_state(model.random_state)
-            restarts = [
-                host_initial_parameters(
-                    X0,
-                    X0 - shift.astype(X0.dtype),
-                    shift,
-                    random_state,
-                    n_components=model.n_components,
-                    covariance_type=model.covariance_type,
-                    init_params=model.init_params,
-                    reg_covar=model.reg_covar,
-                    eps=eps,
-                    sample_weight=None if w0 is None else np.asarray(w0, np.float64),
-                )
-                for _ in range(model.n_init)
-            ]
-            w, m, c = (np.concatenate(a) for a in zip(*restarts, strict=True))
-            drawn = (w, m, c)
+            w0 = None if w0 is None else np.asarray(w0, np.float64)
+            drawn = host_restarts(
+                model, X0, X0 - shift.astype(X0.dtype), shift, random_state, eps, w0
+            )
         params = with_user_init(
             drawn,
             user,

@@ -387,16 +387,7 @@ class DaskEngine(Engine):
                 last.sxx[active_idx] = total.sxx
             last.n_samples = total.n_samples
             last.total_weight = total.total_weight
-        last = self._last
-        # a copy: the loop must not see later in-place updates
-        return Stats(
-            last.loglik.copy(),
-            last.nk.copy(),
-            last.sx.copy(),
-            last.sxx.copy(),
-            last.n_samples,
-            last.total_weight,
-        )
+        return self._last.copy()  # the loop must not see later in-place updates
 
     def _to_workers(self, params: Params) -> Any:
         """Small parameters travel inside each task; large ones are broadcast once."""

@@ -77,6 +77,17 @@ class Stats:
         """What the lower bound divides ``loglik`` by: the total weight, else ``n_samples``."""
         return self.n_samples if self.total_weight is None else self.total_weight
 
+    def copy(self) -> Stats:
+        """The same statistics in new arrays (a loop must not see later in-place updates)."""
+        return Stats(
+            self.loglik.copy(),
+            self.nk.copy(),
+            self.sx.copy(),
+            self.sxx.copy(),
+            self.n_samples,
+            self.total_weight,
+        )
+
     def __add__(self, other: Stats) -> Stats:
         weighted = self.total_weight is not None or other.total_weight is not None
         return Stats(

@@ -76,6 +76,39 @@ def host_initial_parameters(
     return nk / stats.weight_sum, means, covariances
 
 
+def host_restarts(
+    model: Any,
+    X: np.ndarray,
+    Xc: np.ndarray,
+    shift: np.ndarray,
+    random_state: np.random.RandomState,
+    eps: float,
+    sample_weight: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``model.n_init`` restarts of :func:`host_initial_parameters`, on the restart axis.
+
+    Drawn one after the other from ``random_state``; ``model`` gives the estimator's
+    ``n_components``, ``covariance_type``, ``init_params`` and ``reg_covar``.
+    """
+    restarts = [
+        host_initial_parameters(
+            X,
+            Xc,
+            shift,
+            random_state,
+            n_components=model.n_components,
+            covariance_type=model.covariance_type,
+            init_params=model.init_params,
+            reg_covar=model.reg_covar,
+            eps=eps,
+            sample_weight=sample_weight,
+        )
+        for _ in range(model.n_init)
+    ]
+    weights, means, covariances = (np.concatenate(a) for a in zip(*restarts, strict=True))
+    return weights, means, covariances
+
+
 def stats_from_resp(
     X: np.ndarray,
     resp: np.ndarray,

@@ -137,15 +137,8 @@ class NumpyEngine(Engine):
             stats.sx[r] = one.sx[0]
             if data.covariance_type != "tied":
                 stats.sxx[r] = one.sxx[0]
-        # hand out a copy: the loop must not see later in-place updates
-        return Stats(
-            stats.loglik.copy(),
-            stats.nk.copy(),
-            stats.sx.copy(),
-            stats.sxx.copy(),
-            stats.n_samples,
-            data.total_weight,
-        )
+        stats.total_weight = data.total_weight
+        return stats.copy()  # the loop must not see later in-place updates
 
     def weighted_log_prob(self, data: NumpyData, params: Params) -> np.ndarray:
         dtype = data.X.dtype

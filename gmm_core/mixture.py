@@ -40,7 +40,7 @@ from ._gaussian import (
     precisions_from_cholesky,
     select,
 )
-from ._host_init import host_initial_parameters
+from ._host_init import host_restarts
 from ._init import initial_params, with_user_init
 from ._weights import check_sample_weight, engine_for_weights
 
@@ -457,23 +457,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                     Xc = engine.host_centred(data, X_host, shift)
                     drawn = None
                     if len(user) < 3:
-                        restarts = [
-                            host_initial_parameters(
-                                X_host,
-                                Xc,
-                                shift,
-                                random_state,
-                                n_components=self.n_components,
-                                covariance_type=self.covariance_type,
-                                init_params=self.init_params,
-                                reg_covar=self.reg_covar,
-                                eps=eps,
-                                sample_weight=sample_weight,
-                            )
-                            for _ in range(self.n_init)
-                        ]
-                        w, m, c = (np.concatenate(a) for a in zip(*restarts, strict=True))
-                        drawn = (w, m, c)
+                        drawn = host_restarts(
+                            self, X_host, Xc, shift, random_state, eps, sample_weight
+                        )
                     del Xc
                     params = with_user_init(
                         drawn,
