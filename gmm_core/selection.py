@@ -19,6 +19,7 @@ is shared in grid order (covariance types outer, ``n_components`` inner), as in 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -40,7 +41,8 @@ from ._gaussian import (
     COVARIANCE_TYPES,
     ILL_DEFINED_COVARIANCE,
     Params,
-    m_step,
+    cholesky_precisions,
+    estimate_parameters,
     n_parameters,
     select,
 )
@@ -563,18 +565,17 @@ def _run_em_padded(
         with np.errstate(divide="ignore"):  # log of the padding's zero weights
             stats = engine.accumulate(data, params, active)
         new_bound = np.asarray(stats.loglik, np.float64) / stats.weight_sum
-        with np.errstate(divide="ignore", invalid="ignore"):
-            new = m_step(stats, covariance_type, reg_covar, eps, np, check=False)
+        _, means, covariances = estimate_parameters(stats, covariance_type, reg_covar, eps, np)
         # the live components' weights are (nk + eps) / sum(nk + eps) over the live ones alone,
-        # as a fit with only those components computes them; the padding stays at weight 0
+        # as a fit with only those components computes them; the padding stays at weight 0 with
+        # a unit covariance (a well-defined factor whatever reg_covar is)
         nk = np.where(live, np.asarray(stats.nk) + eps, 0.0)
         weights = nk / nk.sum(axis=1, keepdims=True)
-        covariances, prec_chol = new.covariances, new.precisions_cholesky
         if not tied:
             pad = ~live.reshape(live.shape + (1,) * (covariances.ndim - 2))
             covariances = np.where(pad, unit, covariances)
-            prec_chol = np.where(pad, unit, prec_chol)
-        new = Params(weights, np.where(live[..., None], new.means, 0.0), covariances, prec_chol)
+        prec_chol = _precisions_cholesky(covariances, covariance_type)
+        new = Params(weights, np.where(live[..., None], means, 0.0), covariances, prec_chol)
         finite = np.isfinite(prec_chol.reshape(n_restarts, -1)).all(axis=1)
         broken = active & ~finite
         for c in np.unique(owner[broken]):
@@ -592,6 +593,23 @@ def _run_em_padded(
             break
     hist = np.stack(history) if history else np.empty((0, n_restarts))
     return _PaddedResult(params, hist, n_iter, converged, failed)
+
+
+def _precisions_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Precision factors of every restart; non-finite where a covariance is ill-defined.
+
+    NumPy's batched Cholesky raises for the whole batch when one matrix is not positive
+    definite: then each restart is factored alone, so one candidate's collapse spares the rest.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        try:
+            return cholesky_precisions(covariances, covariance_type, np, check=False)
+        except ValueError:
+            out = np.full_like(covariances, np.nan)
+            for r in range(covariances.shape[0]):
+                with contextlib.suppress(ValueError):
+                    out[r] = cholesky_precisions(covariances[r], covariance_type, np, check=False)
+            return out
 
 
 def _best_restart(history: np.ndarray, n_iter: np.ndarray) -> int:
