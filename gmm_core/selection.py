@@ -107,7 +107,7 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
 
     Parameters
     ----------
-    n_components : int or iterable of int, default=range(1, 11)
+    n_components : int or iterable of int, default=(1, 2, ..., 10)
         Numbers of components to try.
     covariance_type : str or sequence of str, default='full'
         Covariance type(s) to try, each of ``'full'``, ``'tied'``, ``'diag'``, ``'spherical'``.
@@ -168,7 +168,7 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
 
     def __init__(
         self,
-        n_components: Any = range(1, 11),
+        n_components: Any = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10),
         *,
         covariance_type: Any = "full",
         criterion: str = "bic",

@@ -15,6 +15,7 @@ from sklearn.base import clone
 from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from gmm_core import GaussianMixture, GaussianMixtureSelect
 from gmm_core import selection as selection_module
@@ -199,6 +200,11 @@ def test_the_best_estimator_is_a_plain_gaussian_mixture_and_the_selector_delegat
     np.testing.assert_allclose(sel.score_samples(blobs), ref.score_samples(blobs), rtol=1e-10)
     np.testing.assert_allclose(sel.predict_proba(blobs), ref.predict_proba(blobs), atol=1e-12)
     assert sel.score(blobs) == pytest.approx(ref.score(blobs), rel=1e-12)
+
+
+@parametrize_with_checks([GaussianMixtureSelect((1, 2, 3), backend="numpy", max_iter=20)])
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
 
 
 def test_get_params_set_params_and_clone():
