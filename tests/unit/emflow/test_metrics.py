@@ -30,6 +30,7 @@ def realistic_summary(**changes):
         "train_seconds": 12.75,
         "n_iter": 37,
         "n_restarts": 4,
+        "n_components": 6,
         "restart_lower_bounds": [-5.125, -5.0625, -5.25, -5.0625],
         "winner_lower_bound": -5.0625,
         "holdout_loglik_challenger": -5.09375,
