@@ -67,6 +67,7 @@ RESULT_COLUMNS = (
     "bic",
     "aic",
     "holdout_score",
+    "holdout_se",
     "n_iter",
     "converged",
     "failed",
@@ -85,6 +86,7 @@ class _Candidate:
     bic: float = math.nan
     aic: float = math.nan
     holdout_score: float = math.nan
+    holdout_se: float = math.nan
     n_iter: int = 0
     converged: bool = False
     reason: str = ""
@@ -112,9 +114,12 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
     covariance_type : str or sequence of str, default='full'
         Covariance type(s) to try, each of ``'full'``, ``'tied'``, ``'diag'``, ``'spherical'``.
     criterion : {'bic', 'aic', 'holdout'}, default='bic'
-        How the best candidate is chosen: the lowest BIC or AIC on the training data, or the
-        highest mean log-likelihood of ``X_holdout`` (given to :meth:`fit`). Ties go to the
-        candidate listed first (fewest components).
+        How the best candidate is chosen: the lowest BIC or AIC on the training data (ties go
+        to the candidate listed first), or by the mean log-likelihood of ``X_holdout`` (given
+        to :meth:`fit`) with the one-standard-error rule: the candidate with the fewest free
+        parameters whose holdout score is within one standard error (of the best candidate's
+        per-row log-likelihoods) of the best score. Extra components past the true K raise
+        the holdout likelihood by noise-sized amounts; the rule does not chase them.
     tol, reg_covar, max_iter, n_init, init_params, random_state, backend
         As :class:`gmm_core.GaussianMixture`'s, for every candidate (``max_iter >= 1``).
 
@@ -125,7 +130,8 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         ready for ``pandas.DataFrame(results_)``: ``n_components``, ``covariance_type``,
         ``n_parameters``, ``lower_bound`` (of the best restart, as ``lower_bound_``),
         ``train_score`` (mean log-likelihood of ``X`` under the fitted parameters), ``bic``,
-        ``aic``, ``holdout_score`` (NaN without ``X_holdout``), ``n_iter``, ``converged``,
+        ``aic``, ``holdout_score`` and its standard error ``holdout_se`` (NaN without
+        ``X_holdout``), ``n_iter``, ``converged``,
         ``failed`` and ``reason`` (why a candidate failed; empty otherwise). Numbers of a failed
         candidate are NaN.
     best_index_ : int
@@ -292,7 +298,9 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
             cand.bic = -2.0 * cand.train_score * n_samples + p * math.log(n_samples)
             cand.aic = -2.0 * cand.train_score * n_samples + 2.0 * p
             if X_holdout is not None:
-                cand.holdout_score = float(cand.estimator.score(X_holdout))
+                scores = np.asarray(cand.estimator.score_samples(X_holdout), np.float64)
+                cand.holdout_score = float(scores.mean())
+                cand.holdout_se = float(scores.std() / math.sqrt(len(scores)))
         self.results_ = _results_table(candidates, X.shape[1])
         self.best_index_ = _choose(candidates, self.criterion)
         best = candidates[self.best_index_]
@@ -639,6 +647,7 @@ def _results_table(candidates: list[_Candidate], n_features: int) -> dict[str, n
         "bic": np.array([c.bic for c in candidates]),
         "aic": np.array([c.aic for c in candidates]),
         "holdout_score": np.array([c.holdout_score for c in candidates]),
+        "holdout_se": np.array([c.holdout_se for c in candidates]),
         "n_iter": np.array([c.n_iter for c in candidates], dtype=np.int64),
         "converged": np.array([c.converged for c in candidates], dtype=bool),
         "failed": np.array([c.failed for c in candidates], dtype=bool),
@@ -649,13 +658,10 @@ def _results_table(candidates: list[_Candidate], n_features: int) -> dict[str, n
 
 def _choose(candidates: list[_Candidate], criterion: str) -> int:
     """Index of the best candidate that did not fail; ValueError when all failed."""
-    scored = [
-        (i, {"bic": c.bic, "aic": c.aic, "holdout": -c.holdout_score}[criterion])
-        for i, c in enumerate(candidates)
-        if not c.failed and math.isfinite(c.bic)
-    ]
-    scored = [(i, v) for i, v in scored if math.isfinite(v)]
-    if not scored:
+    ok = [i for i, c in enumerate(candidates) if not c.failed and math.isfinite(c.bic)]
+    if criterion == "holdout":
+        ok = [i for i in ok if math.isfinite(candidates[i].holdout_score)]
+    if not ok:
         reasons = "; ".join(
             f"K={c.n_components} {c.covariance_type}: {c.reason or 'non-finite ' + criterion}"
             for c in candidates
@@ -664,4 +670,15 @@ def _choose(candidates: list[_Candidate], criterion: str) -> int:
             f"every candidate failed ({reasons}). Increase reg_covar, lower n_components or "
             "scale the input data."
         )
-    return min(scored, key=lambda iv: iv[1])[0]
+    if criterion != "holdout":
+        return min(ok, key=lambda i: getattr(candidates[i], criterion))
+    # the one-standard-error rule: the simplest candidate not measurably worse than the best
+    best = max(ok, key=lambda i: candidates[i].holdout_score)
+    floor = candidates[best].holdout_score - candidates[best].holdout_se
+    near = [i for i in ok if candidates[i].holdout_score >= floor]
+    return min(near, key=lambda i: _n_free(candidates[i]))
+
+
+def _n_free(candidate: _Candidate) -> int:
+    n_features = candidate.estimator.means_.shape[1] if candidate.estimator is not None else 1
+    return n_parameters(candidate.covariance_type, candidate.n_components, n_features)
