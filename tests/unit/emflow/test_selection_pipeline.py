@@ -233,7 +233,9 @@ def test_selection_plot_and_metrics_from_the_table(tmp_path):
     assert bic == pytest.approx(
         {
             int(k): b
-            for k, b in zip(selector.results_["n_components"], selector.results_["bic"])
+            for k, b in zip(
+                selector.results_["n_components"], selector.results_["bic"], strict=True
+            )
             if k < 500
         }
     )
