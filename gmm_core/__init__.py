@@ -12,11 +12,13 @@ from ._warmup import warmup
 from .alignment import Alignment, align_components, gaussian_divergence, reorder_components
 from .io import ModelFileError, load_model, save_model
 from .mixture import GaussianMixture, em_progress
+from .selection import GaussianMixtureSelect
 
 __all__ = [
     "BACKENDS",
     "Alignment",
     "GaussianMixture",
+    "GaussianMixtureSelect",
     "ModelFileError",
     "align_components",
     "cupy_unavailable_reason",

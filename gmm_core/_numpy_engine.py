@@ -124,14 +124,14 @@ class NumpyEngine(Engine):
     def accumulate(self, data: NumpyData, params: Params, active: Any) -> Stats:
         n_restarts, n_components, n_features = params.means.shape
         if n_restarts == 1 and bool(active[0]):
-            return _accumulate_one(data, params)  # fresh arrays, nothing to keep
+            return _accumulate_live(data, params)  # fresh arrays, nothing to keep
         key = (data.covariance_type, n_restarts, n_components, n_features)
         if self._last is None or self._last_key != key:
             self._last = _empty_stats(data, n_restarts, n_components, n_features)
             self._last_key = key
         stats = self._last
         for r in np.flatnonzero(np.asarray(active)):
-            one = _accumulate_one(data, params.take(int(r)))
+            one = _accumulate_live(data, params.take(int(r)))
             stats.loglik[r] = one.loglik[0]
             stats.nk[r] = one.nk[0]
             stats.sx[r] = one.sx[0]
@@ -150,6 +150,43 @@ class NumpyEngine(Engine):
             np,
         )
         return log_prob + np.log(params.weights[0]).astype(dtype)
+
+
+def _accumulate_live(data: NumpyData, params: Params) -> Stats:
+    """:func:`_accumulate_one`, skipping trailing components of weight exactly 0.
+
+    Their responsibilities are exactly 0 (``exp(-inf)``), so their statistics are zeros and the
+    others' are unchanged: the same result, at the cost of the live components only. Model
+    selection (:mod:`gmm_core.selection`) pads candidates of fewer components this way.
+    """
+    weights = np.asarray(params.weights[0])
+    nonzero = np.flatnonzero(weights)
+    n_live = int(nonzero[-1]) + 1 if nonzero.size else weights.shape[0]
+    n_components = weights.shape[0]
+    if n_live == n_components:
+        return _accumulate_one(data, params)
+    tied = data.covariance_type == "tied"
+    live = Params(
+        params.weights[:, :n_live],
+        params.means[:, :n_live],
+        params.covariances if tied else params.covariances[:, :n_live],
+        params.precisions_cholesky if tied else params.precisions_cholesky[:, :n_live],
+    )
+    one = _accumulate_one(data, live)
+
+    def widen(a: np.ndarray) -> np.ndarray:
+        out = np.zeros((1, n_components, *a.shape[2:]))
+        out[:, :n_live] = a
+        return out
+
+    return Stats(
+        one.loglik,
+        widen(one.nk),
+        widen(one.sx),
+        one.sxx if tied else widen(one.sxx),
+        one.n_samples,
+        one.total_weight,
+    )
 
 
 def _empty_stats(data: NumpyData, n_restarts: int, n_components: int, n_features: int) -> Stats:

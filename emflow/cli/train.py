@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from emflow.config import Settings
-from emflow.run.params import add_cli_options
+from emflow.run.params import add_cli_options, is_auto
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,14 @@ def train_frame(
     seed,
     backend,
     progress=None,
+    k_min=1,
+    k_max=16,
+    criterion="bic",
 ):
     """Fit on ``frame[features]`` and return the fitted model.
+
+    ``n_components="auto"``: the model ``criterion`` chooses among K = ``k_min..k_max``
+    (:func:`emflow.model.selection.select_model`; no per-iteration progress then).
 
     float32, or float64 where float32 squares would overflow (values near 1e19); a fit that
     still ends with non-finite parameters raises ValueError instead of returning them.
@@ -68,6 +74,22 @@ def train_frame(
             float(np.max(np.abs(X))),
         )
     X = X.astype(dtype, copy=False)
+    if is_auto(n_components):
+        from emflow.model.selection import select_model
+
+        model = select_model(
+            X,
+            k_min=k_min,
+            k_max=k_max,
+            covariance_type=covariance_type,
+            criterion=criterion,
+            n_init=n_init,
+            max_iter=max_iter,
+            seed=seed,
+            backend=backend,
+        ).best_estimator_
+        check_fitted(model)
+        return model
     model = GaussianMixture(
         n_components,
         covariance_type=covariance_type,
@@ -163,6 +185,9 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             backend=args.backend,
             progress=progress,
+            k_min=args.k_min,
+            k_max=args.k_max,
+            criterion=args.criterion,
         )
     except (ValueError, RuntimeError) as exc:  # bad values, too few rows, no GPU for 'cupy'
         bar.close()

@@ -66,6 +66,13 @@ METRICS: dict[str, MetricSpec] = {
     "emflow_em_iterations": MetricSpec(
         "gauge", "EM iterations run by the winning restart.", ("model",), "n_iter"
     ),
+    "emflow_model_components": MetricSpec(
+        "gauge",
+        "Components (K) of the latest trained model; chosen by model selection when the run "
+        "asked for n_components=auto.",
+        ("model",),
+        "n_components",
+    ),
     "emflow_em_restarts": MetricSpec(
         "gauge",
         "Number of seeded EM restarts (n_init) in the latest training.",
@@ -250,6 +257,7 @@ def build_registry(summary: Mapping[str, Any], *, now: float | None = None):
     scalars = {
         "emflow_em_iterations": "n_iter",
         "emflow_em_restarts": "n_restarts",
+        "emflow_model_components": "n_components",
         "emflow_winner_lower_bound_nats": "winner_lower_bound",
         "emflow_component_alignment_cost": "alignment_cost",
         "emflow_validated_rows": "rows_validated",

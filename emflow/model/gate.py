@@ -59,6 +59,13 @@ class Decision(Record):
         Information criteria of the challenger on the holdout (from the evaluation).
     n_holdout : int
         Holdout rows both models scored.
+    n_components, champion_n_components : int or None
+        K of the challenger and of the champion (None without one).
+    unmatched_champion : list of int
+        Champion components left without a challenger partner (the challenger has fewer).
+    alignment_gated : bool
+        Whether the alignment threshold took part in the decision: False when K changed (see
+        :func:`decide`); the alignment is computed and reported all the same.
     """
 
     promote: bool
@@ -77,6 +84,10 @@ class Decision(Record):
     challenger_aic: float | None = None
     challenger_bic: float | None = None
     n_holdout: int = 0
+    n_components: int | None = None
+    champion_n_components: int | None = None
+    unmatched_champion: list[int] = field(default_factory=list)
+    alignment_gated: bool = True
 
     @property
     def label(self) -> str:
@@ -90,12 +101,21 @@ def decide(
     alignment_mean_cost: float | None,
     promotion_margin: float,
     alignment_threshold: float,
+    k_change: tuple[int, int] | None = None,
 ) -> tuple[bool, str]:
     """Apply the promotion rule; return ``(promote, reason)``.
 
     Promote iff there is no champion, or the challenger's mean holdout log-likelihood is at most
     ``promotion_margin`` nats per row below the champion's AND the mean alignment cost is at most
     ``alignment_threshold``. A non-finite likelihood or cost never promotes.
+
+    A changed number of components (``k_change``, from ``n_components="auto"``) is a new model
+    structure, not a drift of the same components: components split or merge, so the matched
+    pairs' cost measures the change of K rather than whether ids can be kept, and ids cannot all
+    be kept anyway. Then the likelihood margin alone decides, and the reason says that the
+    alignment was not gated. The alignment is still applied and reported: matched challenger
+    components take the champion's ids, unmatched ones follow (``Decision.unmatched``), and
+    champion components without a partner are retired (``Decision.unmatched_champion``).
 
     Parameters
     ----------
@@ -130,6 +150,13 @@ def decide(
         return False, (
             f"rejected: {ll_text}: the challenger is worse than the champion by more than "
             "the margin"
+        )
+    if k_change is not None:
+        cost = "failed" if alignment_mean_cost is None else f"{alignment_mean_cost:.4f}"
+        return True, (
+            f"promoted: {ll_text}; K changed from {k_change[0]} to {k_change[1]}, so the "
+            f"alignment threshold was not applied (matched-pair mean cost {cost}; matched "
+            "components keep the champion's ids, unmatched ones are new or retired)"
         )
     if alignment_mean_cost is None or not math.isfinite(alignment_mean_cost):
         return False, (
@@ -192,6 +219,10 @@ def gate_models(
     import gmm_core
 
     n_components = int(np.asarray(challenger.weights_).shape[0])
+    champion_k = None if champion is None else int(np.asarray(champion.weights_).shape[0])
+    k_change = None
+    if evaluation.champion_version is not None and champion_k is not None:
+        k_change = None if champion_k == n_components else (champion_k, n_components)
     champion_version = evaluation.champion_version
     model_dir = Path(challenger_dir)
     alignment = None
@@ -221,6 +252,7 @@ def gate_models(
         alignment_mean_cost=mean_cost,
         promotion_margin=promotion_margin,
         alignment_threshold=alignment_threshold,
+        k_change=k_change,
     )
     champion_ll = evaluation.champion_mean_loglik
     decision = Decision(
@@ -244,6 +276,12 @@ def gate_models(
         challenger_aic=evaluation.challenger_aic,
         challenger_bic=evaluation.challenger_bic,
         n_holdout=evaluation.n_holdout,
+        n_components=n_components,
+        champion_n_components=champion_k,
+        unmatched_champion=[]
+        if alignment is None
+        else [int(i) for i in alignment.unmatched_reference],
+        alignment_gated=k_change is None,
     )
     log.info("gate: %s (%s)", decision.label, decision.reason)
     return decision

@@ -177,16 +177,75 @@ def component_weights(weights: np.ndarray, path: Path) -> Path:
     return path
 
 
+def selection_curves(rows: Sequence[dict[str, Any]], path: Path, *, criterion: str) -> Path:
+    """BIC and AIC (left) and holdout mean log-likelihood (right) against K, the choice marked.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        :func:`emflow.model.selection.selection_rows` (``n_components``, ``bic``, ``aic``,
+        ``holdout_score``, ``failed``, ``chosen``; None where a candidate failed).
+    path : Path
+        PNG file to write.
+    criterion : str
+        The criterion that chose (named in the title).
+    """
+    plt = _pyplot()
+
+    def column(name: str) -> np.ndarray:
+        return np.array([np.nan if r[name] is None else r[name] for r in rows], dtype=np.float64)
+
+    ks = np.array([r["n_components"] for r in rows])
+    holdout = column("holdout_score")
+    has_holdout = bool(np.isfinite(holdout).any())
+    fig, axes = plt.subplots(1, 2 if has_holdout else 1, figsize=(11 if has_holdout else 6, 4))
+    axes = np.atleast_1d(axes)
+    axes[0].plot(ks, column("bic"), "o-", label="BIC")
+    axes[0].plot(ks, column("aic"), "s--", label="AIC")
+    axes[0].set_ylabel("criterion on the train rows (lower is better)")
+    if has_holdout:
+        axes[1].plot(ks, holdout, "o-", color="tab:green")
+        axes[1].set_ylabel("holdout mean log-likelihood (higher is better)")
+    chosen = [r["n_components"] for r in rows if r["chosen"]]
+    failed = [r["n_components"] for r in rows if r["failed"]]
+    for ax in axes:
+        ax.set_xlabel("K (n_components)")
+        for k in chosen:
+            ax.axvline(k, color="tab:red", lw=1.5, label=f"chosen K={k}")
+        for k in failed:
+            ax.axvline(k, color="0.6", lw=0.8, ls=":")
+    axes[0].legend(fontsize=8)
+    title = f"Model selection by {criterion}"
+    if failed:
+        title += f" (failed: K={', '.join(map(str, failed))})"
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def write_all(
     model: Any,
     sample: np.ndarray | None,
     folder: Path,
     *,
     restart_lower_bounds: Sequence[np.ndarray] | None = None,
+    selection: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Write every figure that the available inputs allow into ``folder``; return the files."""
+    """Write every figure that the available inputs allow into ``folder``; return the files.
+
+    ``selection``: the payload of :func:`emflow.model.selection.write_selection` (a run with
+    ``n_components="auto"``), drawn by :func:`selection_curves`.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     written = [component_weights(model.weights_, folder / "component_weights.png")]
+    if selection and selection.get("rows"):
+        written.append(
+            selection_curves(
+                selection["rows"], folder / "selection.png", criterion=selection["criterion"]
+            )
+        )
     if restart_lower_bounds:
         written.append(convergence_curves(restart_lower_bounds, folder / "convergence.png"))
     if sample is not None and len(sample) > 1:

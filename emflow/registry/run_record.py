@@ -59,7 +59,8 @@ def run_params(model: Any, train_info: Mapping[str, Any], data_window: str, run_
     params["n_features"] = int(model.n_features_in_)
     params["backend_used"] = getattr(model, "backend_", None)
     for key, value in _flat_scalars(train_info).items():
-        params[key] = value
+        if key != "selection_json":  # a local path; its table is an artifact
+            params[key] = value
     return {k: str(v)[:6000] for k, v in params.items()}
 
 
@@ -73,6 +74,26 @@ def _flat_scalars(info: Mapping[str, Any]) -> dict[str, Any]:
         elif isinstance(value, str | int | float | bool | np.generic) or value is None:
             flat[key] = value.item() if isinstance(value, np.generic) else value
     return flat
+
+
+def _selection(train_info: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The model-selection table of an ``n_components="auto"`` run (None otherwise)."""
+    path = train_info.get("selection_json")
+    if not path or not Path(path).is_file():
+        return None
+    from emflow.model.selection import read_selection
+
+    return read_selection(path)
+
+
+def _selection_metrics(selection: Mapping[str, Any] | None) -> list[tuple[str, float, int]]:
+    """Per-K criteria of the selection table as metric steps (step = K)."""
+    out: list[tuple[str, float, int]] = []
+    for row in (selection or {}).get("rows", []):
+        for key in ("bic", "aic", "holdout_score", "lower_bound"):
+            if row.get(key) is not None:
+                out.append((f"selection_{key}", float(row[key]), int(row["n_components"])))
+    return out
 
 
 def window_text(data_window: Any) -> str:
@@ -94,6 +115,7 @@ def _metrics(
         out.append(("lower_bound", float(value), i + 1))
     for k, weight in enumerate(np.asarray(model.weights_, dtype=np.float64)):
         out.append(("component_weight", float(weight), k))
+    out.extend(_selection_metrics(_selection(train_info)))
     singles = {
         "holdout_mean_loglik": decision.challenger_mean_loglik,
         "champion_holdout_mean_loglik": decision.champion_mean_loglik,
@@ -104,6 +126,7 @@ def _metrics(
         "n_holdout_scored": decision.n_holdout or None,
         "promote": float(decision.promote),
         "n_iter": getattr(model, "n_iter_", None),
+        "n_components": float(np.asarray(model.weights_).size),
         "converged": None
         if getattr(model, "converged_", None) is None
         else float(bool(model.converged_)),
@@ -230,12 +253,20 @@ def log_run_contents(
             retry("log metrics", lambda chunk=chunk: client.log_batch(run_id, metrics=chunk))
     with tempfile.TemporaryDirectory(prefix="emflow-run-") as tmp:
         folder = Path(tmp)
+        selection = _selection(train_info)
         plots.write_all(
             model,
             _sample_matrix(model, train_sample),
             folder / "plots",
             restart_lower_bounds=_restart_curves(model, train_info),
+            selection=selection,
         )
+        if selection is not None:  # the table as JSON and CSV (written beside it by train)
+            (folder / "selection").mkdir()
+            source = Path(train_info["selection_json"])
+            for name in (source.name, source.with_suffix(".csv").name):
+                if (source.parent / name).is_file():
+                    shutil.copy(source.parent / name, folder / "selection" / name)
         (folder / "gate").mkdir()
         (folder / "gate" / "decision.json").write_text(json.dumps(decision.to_dict(), indent=2))
         if validation_report is not None:

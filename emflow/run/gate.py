@@ -17,7 +17,7 @@ from emflow.run.state import Evaluated, RunRequest, Trained
 log = logging.getLogger(__name__)
 
 #: Files written beside the trained model that travel with it into the registered folder.
-SIDE_FILES = ("reference_summary.json", "training.json")
+SIDE_FILES = ("reference_summary.json", "training.json", "selection.json", "selection.csv")
 
 
 def gate(

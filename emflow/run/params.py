@@ -19,6 +19,10 @@ COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 #: Compute backends of ``gmm_core.GaussianMixture`` (equal to ``gmm_core.BACKENDS``, which is
 #: not imported here: gmm_core pulls in scikit-learn, too slow for DAG parsing).
 BACKENDS = ("auto", "numpy", "cupy", "dask", "multigpu")
+#: How ``n_components="auto"`` chooses K (``gmm_core.selection.CRITERIA``).
+SELECTION_CRITERIA = ("bic", "aic", "holdout")
+#: The value of ``n_components`` that asks for model selection over ``k_min..k_max``.
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class ParamSpec:
         Allowed values of a string (empty: free text).
     cli : bool
         Whether ``emflow train`` takes it as an option.
+    auto : bool
+        An integer that may also be the string ``"auto"``.
     """
 
     name: str
@@ -54,6 +60,7 @@ class ParamSpec:
     maximum: float | None = None
     choices: tuple[str, ...] = ()
     cli: bool = True
+    auto: bool = False
 
     @property
     def nullable(self) -> bool:
@@ -72,6 +79,9 @@ class ParamSpec:
             schema["maximum"] = self.maximum
         if self.choices:
             schema["enum"] = list(self.choices)
+        if self.auto:  # minimum/maximum bind the numbers, the pattern the string
+            schema["type"] = [base, "string"]
+            schema["pattern"] = f"^{AUTO}$"
         return schema
 
 
@@ -92,7 +102,17 @@ PARAMS: tuple[ParamSpec, ...] = (
         "Day after the last day of the window; empty: window start + 1 day.",
         cli=False,
     ),
-    ParamSpec("n_components", "integer", 4, "Mixture components (K)", minimum=1, maximum=256),
+    ParamSpec(
+        "n_components",
+        "integer",
+        4,
+        "Mixture components (K)",
+        'A number, or "auto": fit every K from k_min to k_max in one sweep and keep the one '
+        "criterion prefers (gmm_core.GaussianMixtureSelect).",
+        minimum=1,
+        maximum=256,
+        auto=True,
+    ),
     ParamSpec("covariance_type", "string", "full", "Covariance type", choices=COVARIANCE_TYPES),
     ParamSpec(
         "n_init", "integer", 3, "Seeded restarts (best lower bound wins)", minimum=1, maximum=64
@@ -109,6 +129,22 @@ PARAMS: tuple[ParamSpec, ...] = (
         "auto: the Dask cluster when EMFLOW_DASK_SCHEDULER is set, else CuPy when a GPU "
         "is usable, else NumPy. multigpu: every GPU of the worker.",
         choices=BACKENDS,
+    ),
+    # n_components="auto" (model selection, emflow.model.selection)
+    ParamSpec(
+        "k_min", "integer", 1, "Smallest K tried (n_components=auto)", minimum=1, maximum=256
+    ),
+    ParamSpec(
+        "k_max", "integer", 16, "Largest K tried (n_components=auto)", minimum=1, maximum=256
+    ),
+    ParamSpec(
+        "criterion",
+        "string",
+        "bic",
+        "How auto chooses K",
+        "bic/aic: lowest on the train rows; holdout: highest mean log-likelihood on a seeded "
+        "fifth of the train rows (the run's holdout stays unseen for the gate).",
+        choices=SELECTION_CRITERIA,
     ),
     ParamSpec(
         "holdout_fraction", "number", 0.2, "Holdout fraction", minimum=0.05, maximum=0.5, cli=False
@@ -156,9 +192,26 @@ def add_cli_options(parser: argparse.ArgumentParser, **defaults: Any) -> None:
         kwargs: dict[str, Any] = {"default": default, "help": f"{spec.title} (default {default})"}
         if spec.choices:
             kwargs["choices"] = spec.choices
+        elif spec.auto:
+            kwargs["type"] = _int_or_auto
         elif spec.kind in ("integer", "number"):
             kwargs["type"] = int if spec.kind == "integer" else float
         parser.add_argument("--" + spec.name.replace("_", "-"), **kwargs)
+
+
+def _int_or_auto(text: str) -> int | str:
+    """An ``--n-components`` value: an integer or ``auto``."""
+    if text == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or {AUTO!r}, got {text!r}") from None
+
+
+def is_auto(n_components: Any) -> bool:
+    """Whether a run's ``n_components`` asks for model selection."""
+    return n_components == AUTO
 
 
 def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -173,12 +226,20 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown parameter(s) {sorted(unknown)}; known: {sorted(DEFAULT_PARAMS)}")
     merged = {**DEFAULT_PARAMS, **params}
-    for name in ("n_components", "n_init", "max_iter"):
+    for name in ("n_components", "n_init", "max_iter", "k_min", "k_max"):
+        if name == "n_components" and is_auto(merged[name]):
+            continue
         if not isinstance(merged[name], int) or isinstance(merged[name], bool) or merged[name] < 1:
-            raise ValueError(f"{name} must be a positive integer, got {merged[name]!r}")
+            hint = ' or "auto"' if SPECS[name].auto else ""
+            raise ValueError(f"{name} must be a positive integer{hint}, got {merged[name]!r}")
+    if is_auto(merged["n_components"]) and merged["k_min"] > merged["k_max"]:
+        raise ValueError(
+            f"k_min ({merged['k_min']}) must not exceed k_max ({merged['k_max']}) for "
+            'n_components="auto"'
+        )
     if not isinstance(merged["seed"], int) or merged["seed"] < 0:
         raise ValueError(f"seed must be a non-negative integer, got {merged['seed']!r}")
-    for name in ("covariance_type", "backend"):
+    for name in ("covariance_type", "backend", "criterion"):
         choices = SPECS[name].choices
         if merged[name] not in choices:
             raise ValueError(f"{name} must be one of {choices}, got {merged[name]!r}")

@@ -33,6 +33,8 @@ def train_info(request: RunRequest, split: Split, trained: Trained) -> dict[str,
         "n_holdout": split.n_holdout,
         "run_id": request.run_id,
         "dag_id": request.dag_id,
+        "n_components_chosen": trained.n_components,
+        "selection_json": trained.selection_json,
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from emflow.config import Settings
+from emflow.run.params import is_auto
 from emflow.run.request import run_dir, settings_for
 from emflow.run.state import RunRequest, Split, Validated
 
@@ -33,10 +34,14 @@ def split_window(
     frame = read_telemetry(validated.files, columns=features).astype("float64")
     n_samples = len(frame)
     n_holdout = int(round(n_samples * float(request.holdout_fraction)))
-    if n_holdout < 1 or n_samples - n_holdout < int(request.n_components):
+    # with n_components="auto" the smallest K must fit; larger ones fail alone in the sweep
+    auto = is_auto(request.n_components)
+    needed = int(request.k_min if auto else request.n_components)
+    if n_holdout < 1 or n_samples - n_holdout < needed:
         raise ValueError(
             f"window has {n_samples} rows: too few for a holdout fraction of "
-            f"{request.holdout_fraction} and n_components={request.n_components}; "
+            f"{request.holdout_fraction} and "
+            f"{f'k_min={needed}' if auto else f'n_components={needed}'}; "
             "use a longer window or fewer components"
         )
     order = np.random.default_rng(int(request.seed)).permutation(n_samples)

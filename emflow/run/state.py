@@ -43,12 +43,15 @@ class RunRequest(Record):
     dag_id: str = "gmm_retrain"
     window_start: str | None = None
     window_end: str | None = None
-    n_components: int = DEFAULT_PARAMS["n_components"]
+    n_components: int | str = DEFAULT_PARAMS["n_components"]  # or "auto"
     covariance_type: str = DEFAULT_PARAMS["covariance_type"]
     n_init: int = DEFAULT_PARAMS["n_init"]
     max_iter: int = DEFAULT_PARAMS["max_iter"]
     seed: int = DEFAULT_PARAMS["seed"]
     backend: str = DEFAULT_PARAMS["backend"]
+    k_min: int = DEFAULT_PARAMS["k_min"]
+    k_max: int = DEFAULT_PARAMS["k_max"]
+    criterion: str = DEFAULT_PARAMS["criterion"]
     holdout_fraction: float = DEFAULT_PARAMS["holdout_fraction"]
     promotion_margin: float | None = DEFAULT_PARAMS["promotion_margin"]
 
@@ -113,6 +116,10 @@ class Trained(Record):
         Peak device memory of the fit as gmm_core measured it (``device_peak_bytes_``).
     timings : dict of str to float
         Seconds per phase: ``read``, gmm_core's ``fit_timings_`` keys, ``save``.
+    n_components : int or None
+        K of the trained model (chosen by model selection when the run asked for ``"auto"``).
+    selection_json : str or None
+        The model-selection table (``selection.json`` beside the model); None for a fixed K.
     """
 
     model_dir: str
@@ -126,6 +133,8 @@ class Trained(Record):
     gpu_memory_peak_bytes: int | None = None
     device_peak_bytes: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    n_components: int | None = None
+    selection_json: str | None = None
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,7 @@ def run_summary(
         summary.update(
             train_seconds=trained.fit_seconds,
             n_iter=trained.n_iter,
+            n_components=trained.n_components,
             n_restarts=len(trained.restart_final_lower_bounds),
             restart_lower_bounds=trained.restart_final_lower_bounds,
             winner_lower_bound=trained.lower_bound,

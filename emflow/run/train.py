@@ -1,4 +1,8 @@
-"""Train step: ``n_init`` seeded restarts with gmm_core, the best lower bound wins."""
+"""Train step: ``n_init`` seeded restarts with gmm_core, the best lower bound wins.
+
+With ``n_components="auto"`` the step fits every K of ``k_min..k_max`` in one model-selection
+sweep (:mod:`emflow.model.selection`) and the chosen candidate is the challenger.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from emflow.config import Settings
+from emflow.run.params import is_auto
 from emflow.run.request import run_dir, settings_for
 from emflow.run.state import RunRequest, Split, Trained
 
@@ -83,6 +88,7 @@ def train_challenger(
     import gmm_core
     from emflow.model.fit_report import device_peak_bytes, log_fit, log_phase
     from emflow.model.sanity import check_fitted
+    from emflow.model.selection import write_selection
     from validation.drift import summarize_reference, write_reference
 
     settings = settings_for(request, settings)
@@ -90,31 +96,37 @@ def train_challenger(
     X = pd.read_parquet(split.train_path).to_numpy(dtype=np.float64)
     timings = {"read": time.perf_counter() - started}
     log_phase(log, "read", timings["read"])
-    model = gmm_core.GaussianMixture(
-        n_components=int(request.n_components),
-        covariance_type=request.covariance_type,
-        n_init=int(request.n_init),
-        max_iter=int(request.max_iter),
-        random_state=int(request.seed),
-        backend=_backend_for(request.backend, settings),
-        verbose=2,
-        verbose_interval=1,
-    )
-    if model.backend == "auto" and (reason := _gpu_unavailable_reason()):
+    backend = _backend_for(request.backend, settings)
+    if backend == "auto" and (reason := _gpu_unavailable_reason()):
         log.warning("backend=auto: %s; training on the CPU with the NumPy backend", reason)
-    log.info(
-        "training K=%d %s n_init=%d max_iter=%d seed=%d on %d x %d rows (backend=%s)",
-        model.n_components,
-        model.covariance_type,
-        model.n_init,
-        model.max_iter,
-        request.seed,
-        X.shape[0],
-        X.shape[1],
-        request.backend,
-    )
-    with _compute_context(model.backend, settings):
-        model.fit(X)
+    selector = None
+    if is_auto(request.n_components):
+        selector = _select(request, split, X, backend, settings)
+        model = selector.best_estimator_
+    else:
+        model = gmm_core.GaussianMixture(
+            n_components=int(request.n_components),
+            covariance_type=request.covariance_type,
+            n_init=int(request.n_init),
+            max_iter=int(request.max_iter),
+            random_state=int(request.seed),
+            backend=backend,
+            verbose=2,
+            verbose_interval=1,
+        )
+        log.info(
+            "training K=%d %s n_init=%d max_iter=%d seed=%d on %d x %d rows (backend=%s)",
+            model.n_components,
+            model.covariance_type,
+            model.n_init,
+            model.max_iter,
+            request.seed,
+            X.shape[0],
+            X.shape[1],
+            request.backend,
+        )
+        with _compute_context(model.backend, settings):
+            model.fit(X)
     check_fitted(model)  # never save (and publish) a model with non-finite parameters
     gpu_peak = _gpu_memory_peak_bytes(model.backend_)
     finals = [float(bounds[-1]) for bounds in model.restart_lower_bounds_ if len(bounds)]
@@ -143,6 +155,7 @@ def train_challenger(
     gmm_core.save_model(model, model_dir, feature_names=split.feature_columns, metadata=metadata)
     # the window this model learned, summarised for drift checks once it is the champion
     write_reference(summarize_reference(X, split.feature_columns, model=model), model_dir)
+    selection_json = None if selector is None else str(write_selection(selector, model_dir))
     timings["save"] = time.perf_counter() - started
     log_phase(log, "save", timings["save"])
     training_json = _write_json(
@@ -167,4 +180,57 @@ def train_challenger(
         gpu_memory_peak_bytes=gpu_peak,
         device_peak_bytes=device_peak_bytes(model),
         timings=timings,
+        n_components=int(model.n_components),
+        selection_json=selection_json,
     )
+
+
+def _select(request: RunRequest, split: Split, X: Any, backend: str, settings: Settings) -> Any:
+    """Model selection over ``k_min..k_max`` (:func:`emflow.model.selection.select_model`)."""
+    import numpy as np
+    import pandas as pd
+
+    from emflow.model.selection import select_model, selection_rows
+
+    report = None
+    if request.criterion != "holdout":  # scored for the table only, never to choose
+        report = pd.read_parquet(split.holdout_path).to_numpy(dtype=np.float64)
+    log.info(
+        "selecting K in %d..%d by %s (%s, n_init=%d, max_iter=%d, seed=%d) on %d x %d rows "
+        "(backend=%s)",
+        request.k_min,
+        request.k_max,
+        request.criterion,
+        request.covariance_type,
+        request.n_init,
+        request.max_iter,
+        request.seed,
+        X.shape[0],
+        X.shape[1],
+        request.backend,
+    )
+    with _compute_context(backend, settings):
+        selector = select_model(
+            X,
+            k_min=request.k_min,
+            k_max=request.k_max,
+            covariance_type=request.covariance_type,
+            criterion=request.criterion,
+            n_init=request.n_init,
+            max_iter=request.max_iter,
+            seed=request.seed,
+            backend=backend,
+            X_report=report,
+        )
+    for row in selection_rows(selector):
+        log.info(
+            "K=%-3d bic %s holdout %s iterations %d%s",
+            row["n_components"],
+            row["bic"],
+            row["holdout_score"],
+            row["n_iter"],
+            f" FAILED: {row['reason']}"
+            if row["failed"]
+            else (" <- chosen" if row["chosen"] else ""),
+        )
+    return selector

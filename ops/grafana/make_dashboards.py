@@ -374,6 +374,13 @@ DEBUG = dashboard(
         ),
         timeseries("Restarts (n_init)", (f"emflow_em_restarts{M}", "{{model}}")),
         timeseries(
+            "Components (K)",
+            (f"emflow_model_components{M}", "{{model}}"),
+            unit="none",
+            description="K of the latest trained model; with n_components=auto, the K "
+            "model selection chose.",
+        ),
+        timeseries(
             "Component alignment cost",
             (f"emflow_component_alignment_cost{M}", "{{model}}"),
             unit="none",

@@ -30,6 +30,7 @@ def realistic_summary(**changes):
         "train_seconds": 12.75,
         "n_iter": 37,
         "n_restarts": 4,
+        "n_components": 6,
         "restart_lower_bounds": [-5.125, -5.0625, -5.25, -5.0625],
         "winner_lower_bound": -5.0625,
         "holdout_loglik_challenger": -5.09375,
@@ -86,6 +87,7 @@ def check_values(samples: dict[str, list], summary: dict, run_time: float) -> No
     assert value(samples, "emflow_train_duration_seconds", backend="cupy") == 12.75
     assert value(samples, "emflow_em_iterations") == 37
     assert value(samples, "emflow_em_restarts") == 4
+    assert value(samples, "emflow_model_components") == 6
     for index, bound in enumerate(summary["restart_lower_bounds"]):
         assert value(samples, "emflow_restart_lower_bound_nats", restart=str(index)) == bound
     assert value(samples, "emflow_winner_lower_bound_nats") == -5.0625

@@ -1,0 +1,684 @@
+"""``GaussianMixtureSelect``: a sweep over ``n_components`` x ``covariance_type``, best kept.
+
+Choosing K by hand means a loop of fits, each reading the data every iteration, and a loop that
+stops at the first candidate whose covariance collapses. Here every candidate of one covariance
+type runs in ONE batch of restarts of ``K_max = max(n_components)`` components: a candidate with
+``K < K_max`` components carries ``K_max - K`` padding components of weight exactly 0 (log-weight
+-inf), which take no responsibility, so every E-step pass advances all candidates at once and each
+candidate follows exactly the iterations a fit with ``K`` components would (the M-step keeps the
+padding at weight 0; the NumPy engine skips trailing zero-weight components, so a pass costs what
+the separate fits' passes cost together). Converged candidates drop out through the engines'
+``active`` mask; a candidate whose covariance becomes ill-defined is recorded as failed, with the
+reason, and the others go on.
+
+Candidates are initialised as separate scikit-learn fits would be: a candidate draws its
+``n_init`` restarts from ``check_random_state(random_state)``, so an int seed gives every
+candidate the draws of ``GaussianMixture(K, random_state=seed)``, and a ``RandomState`` instance
+is shared in grid order (covariance types outer, ``n_components`` inner), as in such a loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, DensityMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._checks import check_magnitude
+from ._engine import BACKENDS, Engine, get_engine
+from ._gaussian import (
+    COVARIANCE_TYPES,
+    ILL_DEFINED_COVARIANCE,
+    Params,
+    cholesky_precisions,
+    estimate_parameters,
+    n_parameters,
+    select,
+)
+from ._host_init import host_initial_parameters
+from ._init import with_user_init
+from .mixture import GaussianMixture, _is_cupy_array
+
+__all__ = ["CRITERIA", "GaussianMixtureSelect"]
+
+#: Selection criteria: the lowest BIC or AIC on the training data, or the highest mean
+#: log-likelihood of held-out rows.
+CRITERIA = ("bic", "aic", "holdout")
+#: Engines whose passes take candidates of every K side by side (a loop of fits elsewhere).
+BATCHED_BACKENDS = ("numpy", "dask")
+#: Columns of ``results_``, in order.
+RESULT_COLUMNS = (
+    "n_components",
+    "covariance_type",
+    "n_parameters",
+    "lower_bound",
+    "train_score",
+    "bic",
+    "aic",
+    "holdout_score",
+    "holdout_se",
+    "n_iter",
+    "converged",
+    "failed",
+    "reason",
+)
+
+
+@dataclass
+class _Candidate:
+    """One ``(n_components, covariance_type)`` of the grid and how its fit went."""
+
+    n_components: int
+    covariance_type: str
+    lower_bound: float = math.nan
+    train_score: float = math.nan
+    bic: float = math.nan
+    aic: float = math.nan
+    holdout_score: float = math.nan
+    holdout_se: float = math.nan
+    n_iter: int = 0
+    converged: bool = False
+    reason: str = ""
+    estimator: GaussianMixture | None = None
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.reason)
+
+
+class GaussianMixtureSelect(DensityMixin, BaseEstimator):
+    """Gaussian mixtures over a grid of ``n_components`` and ``covariance_type``; keeps the best.
+
+    Every candidate is the fit :class:`gmm_core.GaussianMixture` (and scikit-learn's) would make
+    with the same parameters and seed; on the NumPy and Dask backends all candidates of one
+    covariance type advance in the same passes over the data (see the module docstring). On
+    the GPU backends (``'cupy'``, ``'multigpu'``) the sweep is a loop of
+    :class:`gmm_core.GaussianMixture` fits, one per candidate with its restarts batched on the
+    device: the fused kernels are not yet checked with zero-weight padding components.
+
+    Parameters
+    ----------
+    n_components : int or iterable of int, default=(1, 2, ..., 10)
+        Numbers of components to try.
+    covariance_type : str or sequence of str, default='full'
+        Covariance type(s) to try, each of ``'full'``, ``'tied'``, ``'diag'``, ``'spherical'``.
+    criterion : {'bic', 'aic', 'holdout'}, default='bic'
+        How the best candidate is chosen: the lowest BIC or AIC on the training data (ties go
+        to the candidate listed first), or by the mean log-likelihood of ``X_holdout`` (given
+        to :meth:`fit`) with the one-standard-error rule: the candidate with the fewest free
+        parameters whose holdout score is within one standard error (of the best candidate's
+        per-row log-likelihoods) of the best score. Extra components past the true K raise
+        the holdout likelihood by noise-sized amounts; the rule does not chase them.
+    tol, reg_covar, max_iter, n_init, init_params, random_state, backend
+        As :class:`gmm_core.GaussianMixture`'s, for every candidate (``max_iter >= 1``).
+
+    Attributes
+    ----------
+    results_ : dict of str to ndarray
+        One row per candidate, in grid order (covariance types outer, ``n_components`` inner),
+        ready for ``pandas.DataFrame(results_)``: ``n_components``, ``covariance_type``,
+        ``n_parameters``, ``lower_bound`` (of the best restart, as ``lower_bound_``),
+        ``train_score`` (mean log-likelihood of ``X`` under the fitted parameters), ``bic``,
+        ``aic``, ``holdout_score`` and its standard error ``holdout_se`` (NaN without
+        ``X_holdout``), ``n_iter``, ``converged``,
+        ``failed`` and ``reason`` (why a candidate failed; empty otherwise). Numbers of a failed
+        candidate are NaN.
+    best_index_ : int
+        Row of ``results_`` chosen by ``criterion``.
+    best_params_ : dict
+        ``{"n_components": ..., "covariance_type": ...}`` of the chosen candidate.
+    best_estimator_ : GaussianMixture
+        The chosen candidate as a plain fitted :class:`gmm_core.GaussianMixture`.
+    n_features_in_ : int
+    backend_ : str
+        The engine that ran the sweep.
+    batched_ : bool
+        Whether candidates shared passes over the data (False: a loop of fits).
+    fit_seconds_ : float
+        Wall time of :meth:`fit`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gmm_core import GaussianMixtureSelect
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.vstack([rng.normal(c, 0.5, size=(100, 2)) for c in (-5.0, 0.0, 5.0)])
+    >>> sel = GaussianMixtureSelect(range(1, 6), random_state=0, backend="numpy").fit(X)
+    >>> sel.best_params_["n_components"]
+    3
+    """
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left"), "array-like", Iterable],
+        "covariance_type": [StrOptions(set(COVARIANCE_TYPES)), list, tuple],
+        "criterion": [StrOptions(set(CRITERIA))],
+        "tol": [Interval(Real, 0.0, None, closed="left")],
+        "reg_covar": [Interval(Real, 0.0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "init_params": [StrOptions({"kmeans", "random", "random_from_data", "k-means++"})],
+        "random_state": ["random_state"],
+        "backend": [StrOptions(set(BACKENDS))],
+    }
+
+    def __init__(
+        self,
+        n_components: Any = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10),
+        *,
+        covariance_type: Any = "full",
+        criterion: str = "bic",
+        tol: float = 1e-3,
+        reg_covar: float = 1e-6,
+        max_iter: int = 100,
+        n_init: int = 1,
+        init_params: str = "kmeans",
+        random_state: Any = None,
+        backend: str = "auto",
+    ) -> None:
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.criterion = criterion
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.random_state = random_state
+        self.backend = backend
+
+    # ------------------------------------------------------------------------------------------
+    # The grid
+
+    def _grid(self) -> tuple[list[int], list[str]]:
+        """The checked lists of ``n_components`` and covariance types."""
+        raw = [self.n_components] if isinstance(self.n_components, Integral) else self.n_components
+        ks = [int(k) for k in raw]
+        if not ks or any(k < 1 or k != kk for k, kk in zip(ks, raw, strict=True)):
+            raise ValueError(
+                f"n_components must be positive integers (e.g. range(1, 33)), got {raw!r}"
+            )
+        if len(set(ks)) != len(ks):
+            raise ValueError(f"n_components lists a value twice: {ks}")
+        types = (
+            [self.covariance_type]
+            if isinstance(self.covariance_type, str)
+            else list(self.covariance_type)
+        )
+        bad = [t for t in types if t not in COVARIANCE_TYPES]
+        if not types or bad or len(set(types)) != len(types):
+            raise ValueError(
+                f"covariance_type must be one or more distinct of {COVARIANCE_TYPES}, "
+                f"got {self.covariance_type!r}"
+            )
+        return ks, types
+
+    def _candidate_estimator(self, n_components: int, covariance_type: str) -> GaussianMixture:
+        return GaussianMixture(
+            n_components=n_components,
+            covariance_type=covariance_type,
+            tol=self.tol,
+            reg_covar=self.reg_covar,
+            max_iter=self.max_iter,
+            n_init=self.n_init,
+            init_params=self.init_params,
+            random_state=self.random_state,
+            backend=self.backend,
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # Fitting
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X: Any, y: Any = None, X_holdout: Any = None) -> GaussianMixtureSelect:
+        """Fit every candidate of the grid and choose the best by ``criterion``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data (NumPy; CuPy arrays stay on the device on the GPU backends).
+        y : Ignored
+        X_holdout : array-like of shape (n_holdout, n_features), default=None
+            Held-out rows: every candidate's mean log-likelihood on them fills
+            ``results_["holdout_score"]``. Required by ``criterion='holdout'``.
+
+        Returns
+        -------
+        self : GaussianMixtureSelect
+
+        Raises
+        ------
+        ValueError
+            Bad parameters or data, or when every candidate failed (the reasons listed).
+        """
+        started = time.perf_counter()
+        ks, types = self._grid()
+        if self.criterion == "holdout" and X_holdout is None:
+            raise ValueError(
+                "criterion='holdout' needs held-out rows: call fit(X, X_holdout=...) or choose "
+                "criterion='bic'."
+            )
+        engine = get_engine(self.backend)
+        batched = engine.name in BATCHED_BACKENDS
+        if _is_cupy_array(X):
+            if batched:
+                X = X.get()
+            else:
+                self.n_features_in_ = int(X.shape[1])
+        if not _is_cupy_array(X):
+            X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        if X_holdout is not None and _is_cupy_array(X_holdout):
+            X_holdout = X_holdout.get()
+        if X_holdout is not None:
+            X_holdout = validate_data(self, X_holdout, reset=False, dtype=[np.float64, np.float32])
+
+        candidates: list[_Candidate] = []
+        for covariance_type in types:
+            group = [_Candidate(k, covariance_type) for k in ks]
+            if batched:
+                self._fit_batched(engine, X, group)
+            else:
+                self._fit_loop(X, group)
+            candidates.extend(group)
+        n_samples = X.shape[0]
+        for cand in candidates:
+            if cand.estimator is None:
+                continue
+            p = n_parameters(cand.covariance_type, cand.n_components, X.shape[1])
+            cand.bic = -2.0 * cand.train_score * n_samples + p * math.log(n_samples)
+            cand.aic = -2.0 * cand.train_score * n_samples + 2.0 * p
+            if X_holdout is not None:
+                scores = np.asarray(cand.estimator.score_samples(X_holdout), np.float64)
+                cand.holdout_score = float(scores.mean())
+                cand.holdout_se = float(scores.std() / math.sqrt(len(scores)))
+        self.results_ = _results_table(candidates, X.shape[1])
+        self.best_index_ = _choose(candidates, self.criterion)
+        best = candidates[self.best_index_]
+        self.best_params_ = {
+            "n_components": best.n_components,
+            "covariance_type": best.covariance_type,
+        }
+        assert best.estimator is not None
+        self.best_estimator_ = best.estimator
+        self.backend_ = engine.name
+        self.batched_ = batched
+        self.fit_seconds_ = time.perf_counter() - started
+        if not best.converged:
+            warnings.warn(
+                f"The chosen candidate (n_components={best.n_components}, "
+                f"covariance_type={best.covariance_type!r}) did not converge. Increase max_iter "
+                "or tol.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return self
+
+    def _fit_loop(self, X: Any, group: list[_Candidate]) -> None:
+        """One :class:`GaussianMixture` fit per candidate (the GPU backends)."""
+        for cand in group:
+            model = self._candidate_estimator(cand.n_components, cand.covariance_type)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    model.fit(X)
+            except ValueError as error:
+                cand.reason = str(error)
+                continue
+            cand.estimator = model
+            cand.lower_bound = float(model.lower_bound_)
+            cand.train_score = float(model.score(X))
+            cand.n_iter = int(model.n_iter_)
+            cand.converged = bool(model.converged_)
+
+    def _fit_batched(self, engine: Engine, X: np.ndarray, group: list[_Candidate]) -> None:
+        """Every candidate of ``group`` (one covariance type) in one batch of restarts."""
+        covariance_type = group[0].covariance_type
+        n_samples, n_features = X.shape
+        eps = 10 * float(np.finfo(X.dtype).eps)
+        check_magnitude(max(float(X.max()), -float(X.min())), X.dtype, n_features)
+        shift = X.mean(axis=0, dtype=np.float64)
+        data = engine.prepare(X, shift, covariance_type)
+        Xc = engine.host_centred(data, X, shift)
+
+        drawn: list[tuple[_Candidate, Params]] = []
+        for cand in group:
+            if cand.n_components > n_samples:
+                cand.reason = (
+                    f"too few samples: n_components={cand.n_components} > n_samples={n_samples}"
+                )
+                continue
+            try:
+                drawn.append((cand, self._initial_params(X, Xc, shift, cand, eps)))
+            except ValueError as error:  # an ill-defined covariance at the initialisation
+                cand.reason = f"initialisation: {error}"
+        if not drawn:
+            return
+        k_max = max(cand.n_components for cand, _ in drawn)
+        params = _concat([_pad(p, k_max, covariance_type) for _, p in drawn])
+        owner = np.repeat(np.arange(len(drawn)), self.n_init)  # restart -> candidate
+        live = (
+            np.arange(k_max)[None, :]
+            < np.repeat([cand.n_components for cand, _ in drawn], self.n_init)[:, None]
+        )
+
+        result = _run_em_padded(
+            engine,
+            data,
+            params,
+            live,
+            owner,
+            covariance_type=covariance_type,
+            reg_covar=self.reg_covar,
+            eps=eps,
+            tol=self.tol,
+            max_iter=self.max_iter,
+        )
+        best_rows = []
+        for c, (cand, _) in enumerate(drawn):
+            if result.failed[c]:
+                cand.reason = result.failed[c]
+                continue
+            rows = np.flatnonzero(owner == c)
+            best = _best_restart(result.history[:, rows], result.n_iter[rows])
+            best_rows.append((cand, int(rows[best]), rows))
+        if not best_rows:
+            return
+        # the fitted parameters' mean log-likelihood (what bic(X) uses): one more pass, batched
+        chosen = np.array([r for _, r, _ in best_rows])
+        final = Params(*(np.ascontiguousarray(a[chosen]) for a in vars(result.params).values()))
+        with np.errstate(divide="ignore"):
+            stats = engine.accumulate(data, final, np.ones(len(chosen), dtype=bool))
+        scores = np.asarray(engine.to_host(stats.loglik), np.float64) / stats.weight_sum
+        for i, (cand, r, rows) in enumerate(best_rows):
+            k = cand.n_components
+            model = self._candidate_estimator(k, covariance_type)
+            one = _trim(result.params.take(r), k, covariance_type)
+            model._set_fitted(one, shift, X.dtype)
+            curves = [result.history[: result.n_iter[q], q] for q in rows]
+            model.converged_ = bool(result.converged[r])
+            model.n_iter_ = int(result.n_iter[r])
+            model.lower_bound_ = float(result.history[result.n_iter[r] - 1, r])
+            model.lower_bounds_ = [float(v) for v in curves[int(np.flatnonzero(rows == r)[0])]]
+            model.restart_lower_bounds_ = [np.asarray(c, np.float64) for c in curves]
+            model.n_features_in_ = n_features
+            model.backend_ = engine.name
+            model.n_steps_ = 0
+            model.fit_seconds_ = math.nan  # candidates share their passes
+            cand.estimator = model
+            cand.lower_bound = model.lower_bound_
+            cand.train_score = float(scores[i])
+            cand.n_iter = model.n_iter_
+            cand.converged = model.converged_
+
+    def _initial_params(
+        self, X: np.ndarray, Xc: np.ndarray, shift: np.ndarray, cand: _Candidate, eps: float
+    ) -> Params:
+        """``n_init`` restarts drawn as ``GaussianMixture(cand.n_components, ...)`` draws them."""
+        random_state = check_random_state(self.random_state)
+        restarts = [
+            host_initial_parameters(
+                X,
+                Xc,
+                shift,
+                random_state,
+                n_components=cand.n_components,
+                covariance_type=cand.covariance_type,
+                init_params=self.init_params,
+                reg_covar=self.reg_covar,
+                eps=eps,
+            )
+            for _ in range(self.n_init)
+        ]
+        w, m, c = (np.concatenate(a) for a in zip(*restarts, strict=True))
+        return with_user_init(
+            (w, m, c),
+            {},
+            shift=shift,
+            covariance_type=cand.covariance_type,
+            n_components=cand.n_components,
+            n_init=self.n_init,
+            xp=np,
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # Delegation to the chosen model
+
+    def predict(self, X: Any) -> Any:
+        """Most probable component of each sample under ``best_estimator_``, shape (n_samples,)."""
+        check_is_fitted(self)
+        return self.best_estimator_.predict(X)
+
+    def predict_proba(self, X: Any) -> Any:
+        """Component posteriors under ``best_estimator_``, shape (n_samples, n_components)."""
+        check_is_fitted(self)
+        return self.best_estimator_.predict_proba(X)
+
+    def score_samples(self, X: Any) -> Any:
+        """Log-likelihood of each sample under ``best_estimator_``, shape (n_samples,)."""
+        check_is_fitted(self)
+        return self.best_estimator_.score_samples(X)
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean per-sample log-likelihood of ``X`` under ``best_estimator_``."""
+        check_is_fitted(self)
+        return self.best_estimator_.score(X)
+
+
+# ---------------------------------------------------------------------------------------------
+# EM over candidates of different K side by side
+
+
+@dataclass
+class _PaddedResult:
+    params: Params  # (R, K_max, ...) final parameters, padding included
+    history: np.ndarray  # (n_iterations, R) lower bounds, NaN once a restart stopped
+    n_iter: np.ndarray  # (R,)
+    converged: np.ndarray  # (R,)
+    failed: list[str]  # per candidate: why it failed ("" when it did not)
+
+
+def _pad(params: Params, k_max: int, covariance_type: str) -> Params:
+    """Restarts of K components as restarts of ``k_max``: padding of weight 0, unit covariance."""
+    n_restarts, k, n_features = params.means.shape
+    extra = k_max - k
+    if extra == 0:
+        return params
+    weights = np.concatenate([params.weights, np.zeros((n_restarts, extra))], axis=1)
+    means = np.concatenate([params.means, np.zeros((n_restarts, extra, n_features))], axis=1)
+    if covariance_type == "tied":
+        return Params(weights, means, params.covariances, params.precisions_cholesky)
+    unit = _unit_covariances(n_restarts, extra, n_features, covariance_type)
+    return Params(
+        weights,
+        means,
+        np.concatenate([params.covariances, unit], axis=1),
+        np.concatenate([params.precisions_cholesky, unit], axis=1),
+    )
+
+
+def _unit_covariances(
+    n_restarts: int, n_components: int, n_features: int, covariance_type: str
+) -> np.ndarray:
+    if covariance_type == "full":
+        return np.broadcast_to(
+            np.eye(n_features), (n_restarts, n_components, n_features, n_features)
+        ).copy()
+    if covariance_type == "diag":
+        return np.ones((n_restarts, n_components, n_features))
+    return np.ones((n_restarts, n_components))
+
+
+def _trim(params: Params, n_components: int, covariance_type: str) -> Params:
+    """The first ``n_components`` components (drop the padding)."""
+    k = n_components
+    if covariance_type == "tied":
+        return Params(
+            params.weights[:, :k],
+            params.means[:, :k],
+            params.covariances,
+            params.precisions_cholesky,
+        )
+    return params.map(lambda a: a[:, :k])
+
+
+def _concat(batches: Sequence[Params]) -> Params:
+    return Params(
+        *(np.concatenate([getattr(p, name) for p in batches]) for name in vars(batches[0]))
+    )
+
+
+def _run_em_padded(
+    engine: Engine,
+    data: Any,
+    params: Params,
+    live: np.ndarray,
+    owner: np.ndarray,
+    *,
+    covariance_type: str,
+    reg_covar: float,
+    eps: float,
+    tol: float,
+    max_iter: int,
+) -> _PaddedResult:
+    """EM over restarts of different K padded to one width (the estimator's loop semantics).
+
+    ``live`` (R, K_max) marks the real components of every restart, ``owner`` (R,) the
+    candidate a restart belongs to. A restart whose live covariances become ill-defined fails
+    its candidate (as that candidate's ``fit`` would raise) and stops every restart of it.
+    """
+    n_restarts = live.shape[0]
+    n_candidates = int(owner.max()) + 1
+    tied = covariance_type == "tied"
+    n_features = params.means.shape[2]
+    unit = (
+        None if tied else _unit_covariances(n_restarts, live.shape[1], n_features, covariance_type)
+    )
+    active = np.ones(n_restarts, dtype=bool)
+    converged = np.zeros(n_restarts, dtype=bool)
+    bound = np.full(n_restarts, -np.inf)
+    n_iter = np.zeros(n_restarts, dtype=np.int64)
+    failed = [""] * n_candidates
+    history: list[np.ndarray] = []
+    for it in range(1, max_iter + 1):
+        with np.errstate(divide="ignore"):  # log of the padding's zero weights
+            stats = engine.accumulate(data, params, active)
+        new_bound = np.asarray(stats.loglik, np.float64) / stats.weight_sum
+        _, means, covariances = estimate_parameters(stats, covariance_type, reg_covar, eps, np)
+        # the live components' weights are (nk + eps) / sum(nk + eps) over the live ones alone,
+        # as a fit with only those components computes them; the padding stays at weight 0 with
+        # a unit covariance (a well-defined factor whatever reg_covar is)
+        nk = np.where(live, np.asarray(stats.nk) + eps, 0.0)
+        weights = nk / nk.sum(axis=1, keepdims=True)
+        if not tied:
+            pad = ~live.reshape(live.shape + (1,) * (covariances.ndim - 2))
+            covariances = np.where(pad, unit, covariances)
+        prec_chol = _precisions_cholesky(covariances, covariance_type)
+        new = Params(weights, np.where(live[..., None], means, 0.0), covariances, prec_chol)
+        finite = np.isfinite(prec_chol.reshape(n_restarts, -1)).all(axis=1)
+        broken = active & ~finite
+        for c in np.unique(owner[broken]):
+            failed[int(c)] = f"iteration {it}: {ILL_DEFINED_COVARIANCE}"
+            active &= owner != c
+        change = new_bound - bound
+        params = select(active, new, params, np)
+        bound = np.where(active, new_bound, bound)
+        history.append(np.where(active, new_bound, np.nan))
+        n_iter = np.where(active, it, n_iter)
+        just_converged = active & (np.abs(change) < tol)
+        converged |= just_converged
+        active &= ~just_converged
+        if not active.any():
+            break
+    hist = np.stack(history) if history else np.empty((0, n_restarts))
+    return _PaddedResult(params, hist, n_iter, converged, failed)
+
+
+def _precisions_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Precision factors of every restart; non-finite where a covariance is ill-defined.
+
+    NumPy's batched Cholesky raises for the whole batch when one matrix is not positive
+    definite: then each restart is factored alone, so one candidate's collapse spares the rest.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        try:
+            return cholesky_precisions(covariances, covariance_type, np, check=False)
+        except ValueError:
+            out = np.full_like(covariances, np.nan)
+            for r in range(covariances.shape[0]):
+                with contextlib.suppress(ValueError):
+                    out[r] = cholesky_precisions(covariances[r], covariance_type, np, check=False)
+            return out
+
+
+def _best_restart(history: np.ndarray, n_iter: np.ndarray) -> int:
+    """The restart ``GaussianMixture`` keeps: the first with the largest final lower bound."""
+    best, best_bound = 0, -np.inf
+    for r in range(history.shape[1]):
+        final = float(history[n_iter[r] - 1, r])
+        if final > best_bound or best_bound == -np.inf:
+            best, best_bound = r, final
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# The table and the choice
+
+
+def _results_table(candidates: list[_Candidate], n_features: int) -> dict[str, np.ndarray]:
+    table = {
+        "n_components": np.array([c.n_components for c in candidates], dtype=np.int64),
+        "covariance_type": np.array([c.covariance_type for c in candidates], dtype=object),
+        "n_parameters": np.array(
+            [n_parameters(c.covariance_type, c.n_components, n_features) for c in candidates],
+            dtype=np.int64,
+        ),
+        "lower_bound": np.array([c.lower_bound for c in candidates]),
+        "train_score": np.array([c.train_score for c in candidates]),
+        "bic": np.array([c.bic for c in candidates]),
+        "aic": np.array([c.aic for c in candidates]),
+        "holdout_score": np.array([c.holdout_score for c in candidates]),
+        "holdout_se": np.array([c.holdout_se for c in candidates]),
+        "n_iter": np.array([c.n_iter for c in candidates], dtype=np.int64),
+        "converged": np.array([c.converged for c in candidates], dtype=bool),
+        "failed": np.array([c.failed for c in candidates], dtype=bool),
+        "reason": np.array([c.reason for c in candidates], dtype=object),
+    }
+    return {name: table[name] for name in RESULT_COLUMNS}
+
+
+def _choose(candidates: list[_Candidate], criterion: str) -> int:
+    """Index of the best candidate that did not fail; ValueError when all failed."""
+    ok = [i for i, c in enumerate(candidates) if not c.failed and math.isfinite(c.bic)]
+    if criterion == "holdout":
+        ok = [i for i in ok if math.isfinite(candidates[i].holdout_score)]
+    if not ok:
+        reasons = "; ".join(
+            f"K={c.n_components} {c.covariance_type}: {c.reason or 'non-finite ' + criterion}"
+            for c in candidates
+        )
+        raise ValueError(
+            f"every candidate failed ({reasons}). Increase reg_covar, lower n_components or "
+            "scale the input data."
+        )
+    if criterion != "holdout":
+        return min(ok, key=lambda i: getattr(candidates[i], criterion))
+    # the one-standard-error rule: the simplest candidate not measurably worse than the best
+    best = max(ok, key=lambda i: candidates[i].holdout_score)
+    floor = candidates[best].holdout_score - candidates[best].holdout_se
+    near = [i for i in ok if candidates[i].holdout_score >= floor]
+    return min(near, key=lambda i: _n_free(candidates[i]))
+
+
+def _n_free(candidate: _Candidate) -> int:
+    n_features = candidate.estimator.means_.shape[1] if candidate.estimator is not None else 1
+    return n_parameters(candidate.covariance_type, candidate.n_components, n_features)

@@ -1,0 +1,283 @@
+"""GaussianMixtureSelect: one batched sweep over K and covariance type vs a loop of sklearn fits.
+
+Tolerances: the batched sweep runs exactly the iterations of each separate fit, so lower bounds,
+BIC and AIC agree with scikit-learn's to summation order (seen: <= 1e-14 relative; asserted
+1e-8), iteration counts and convergence flags exactly.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.datasets import make_blobs
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from gmm_core import GaussianMixture, GaussianMixtureSelect
+from gmm_core import selection as selection_module
+from gmm_core._gaussian import Params, cholesky_precisions
+from gmm_core._numpy_engine import NumpyEngine
+
+COV_TYPES = ["full", "tied", "diag", "spherical"]
+RTOL = 1e-8
+
+
+def _sklearn_loop(X, ks, **kwargs):
+    """``{K: fitted sklearn model or None (fit raised)}``, one fit per K, as a user loops."""
+    out = {}
+    for k in ks:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                out[k] = SkGaussianMixture(n_components=k, **kwargs).fit(X)
+        except ValueError:
+            out[k] = None
+    return out
+
+
+def _rows(sel, covariance_type):
+    table = sel.results_
+    return {
+        int(k): i
+        for i, (k, t) in enumerate(
+            zip(table["n_components"], table["covariance_type"], strict=True)
+        )
+        if t == covariance_type
+    }
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_sweep_equals_a_loop_of_sklearn_fits(blobs, covariance_type):
+    ks = range(1, 8)
+    kwargs = dict(covariance_type=covariance_type, n_init=2, random_state=0, tol=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sel = GaussianMixtureSelect(ks, backend="numpy", **kwargs).fit(blobs)
+    refs = _sklearn_loop(blobs, ks, **kwargs)
+    table, rows = sel.results_, _rows(sel, covariance_type)
+    assert sel.batched_ and sel.backend_ == "numpy"
+    for k, ref in refs.items():
+        i = rows[k]
+        assert not table["failed"][i]
+        assert table["n_iter"][i] == ref.n_iter_
+        assert table["converged"][i] == ref.converged_
+        np.testing.assert_allclose(table["lower_bound"][i], ref.lower_bound_, rtol=RTOL)
+        np.testing.assert_allclose(table["train_score"][i], ref.score(blobs), rtol=RTOL)
+        np.testing.assert_allclose(table["bic"][i], ref.bic(blobs), rtol=RTOL)
+        np.testing.assert_allclose(table["aic"][i], ref.aic(blobs), rtol=RTOL)
+        assert table["n_parameters"][i] == ref._n_parameters()
+    chosen_by_sklearn = min(refs, key=lambda k: refs[k].bic(blobs))
+    assert sel.best_params_ == {
+        "n_components": chosen_by_sklearn,
+        "covariance_type": covariance_type,
+    }
+    best, ref = sel.best_estimator_, refs[chosen_by_sklearn]
+    np.testing.assert_allclose(best.means_, ref.means_, rtol=1e-7, atol=1e-7)
+    np.testing.assert_allclose(best.covariances_, ref.covariances_, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(best.weights_, ref.weights_, rtol=1e-7)
+
+
+def test_a_shared_random_state_is_drawn_in_grid_order_as_a_loop_would(blobs):
+    ks, types = [2, 3, 5], ["diag", "full"]
+    common = dict(init_params="random", n_init=2, tol=1e-4, max_iter=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sel = GaussianMixtureSelect(
+            ks,
+            covariance_type=types,
+            random_state=np.random.RandomState(7),
+            backend="numpy",
+            **common,
+        ).fit(blobs)
+    shared = np.random.RandomState(7)
+    for covariance_type in types:  # covariance types outer, n_components inner
+        refs = _sklearn_loop(
+            blobs, ks, covariance_type=covariance_type, random_state=shared, **common
+        )
+        rows = _rows(sel, covariance_type)
+        for k, ref in refs.items():
+            np.testing.assert_allclose(sel.results_["bic"][rows[k]], ref.bic(blobs), rtol=RTOL)
+            assert sel.results_["n_iter"][rows[k]] == ref.n_iter_
+
+
+def _collapsing_data():
+    """Two clusters, three copies of one far point and a lone point: with reg_covar=0 and this
+    random initialisation, K=3 and K=5 collapse part-way through EM (scikit-learn raises)."""
+    rng = np.random.default_rng(1)
+    return np.vstack(
+        [
+            rng.normal(0, 1, size=(40, 2)),
+            rng.normal(8, 1, size=(40, 2)),
+            np.tile([[30.0, 30.0]], (3, 1)),
+            [[15.0, 15.0]],
+        ]
+    )
+
+
+def test_a_collapsing_candidate_is_recorded_as_failed_and_the_sweep_goes_on():
+    X = _collapsing_data()
+    ks = [1, 2, 3, 4, 5, 200]
+    kwargs = dict(reg_covar=0.0, random_state=7, init_params="random")
+    sel = GaussianMixtureSelect(ks, backend="numpy", **kwargs).fit(X)
+    refs = _sklearn_loop(X, ks, **kwargs)
+    table = sel.results_
+    assert {k for k, ref in refs.items() if ref is None} == {3, 5, 200}
+    for i, k in enumerate(table["n_components"].tolist()):
+        if refs[k] is None:
+            assert table["failed"][i] and np.isnan(table["bic"][i])
+        else:
+            assert not table["failed"][i] and table["reason"][i] == ""
+            np.testing.assert_allclose(table["bic"][i], refs[k].bic(X), rtol=RTOL)
+            assert table["n_iter"][i] == refs[k].n_iter_
+    reasons = dict(zip(table["n_components"].tolist(), table["reason"], strict=True))
+    assert "ill-defined empirical covariance" in reasons[3]
+    assert reasons[3].startswith("iteration ")  # it collapsed during EM, not at the start
+    assert "too few samples" in reasons[200]
+    assert sel.best_params_["n_components"] in {1, 2, 4}
+
+
+def test_every_candidate_failing_raises_with_the_reasons():
+    X = np.tile([[1.0, 2.0]], (10, 1))
+    with pytest.raises(ValueError, match="every candidate failed.*K=20"):
+        GaussianMixtureSelect([20, 30], backend="numpy").fit(X)
+
+
+def _known_k_blobs(seed):
+    X, _ = make_blobs(1500, n_features=2, centers=4, cluster_std=0.6, random_state=seed)
+    return X[:1000], X[1000:]
+
+
+@pytest.mark.parametrize("criterion", ["bic", "holdout", "aic"])
+def test_the_true_k_of_well_separated_blobs_is_chosen(criterion):
+    X, X_holdout = _known_k_blobs(seed=3)
+    sel = GaussianMixtureSelect(
+        range(1, 9), covariance_type="full", criterion=criterion, random_state=0, backend="numpy"
+    ).fit(X, X_holdout=X_holdout)
+    assert sel.best_params_["n_components"] == 4
+    if criterion == "holdout":  # the one-standard-error rule: K=4 within 1 SE of the best
+        table = sel.results_
+        best = int(np.argmax(table["holdout_score"]))
+        assert table["holdout_score"][3] >= table["holdout_score"][best] - table["holdout_se"][best]
+        assert table["holdout_score"][2] < table["holdout_score"][best] - table["holdout_se"][best]
+    assert np.isfinite(sel.results_["holdout_score"]).all()
+    np.testing.assert_allclose(
+        sel.results_["holdout_score"][sel.best_index_],
+        sel.best_estimator_.score(X_holdout),
+        rtol=1e-12,
+    )
+
+
+def test_holdout_bic_across_covariance_types_picks_the_true_shape():
+    rng = np.random.default_rng(0)
+    # two elongated, rotated clusters: full covariance describes them with 2 components
+    base = rng.standard_normal((800, 2)) * [3.0, 0.3]
+    rot = np.array([[np.cos(0.7), -np.sin(0.7)], [np.sin(0.7), np.cos(0.7)]])
+    X = np.vstack([base[:400] @ rot.T, base[400:] @ rot + [10.0, 0.0]])
+    sel = GaussianMixtureSelect(
+        range(1, 6), covariance_type=["spherical", "diag", "full"], random_state=0, backend="numpy"
+    ).fit(X)
+    assert sel.best_params_ == {"n_components": 2, "covariance_type": "full"}
+    assert len(sel.results_["bic"]) == 15
+
+
+def test_the_best_estimator_is_a_plain_gaussian_mixture_and_the_selector_delegates(blobs):
+    sel = GaussianMixtureSelect(range(2, 6), random_state=0, backend="numpy").fit(blobs)
+    best = sel.best_estimator_
+    assert type(best) is GaussianMixture
+    assert best.n_components == sel.best_params_["n_components"]
+    ref = GaussianMixture(n_components=best.n_components, random_state=0, backend="numpy").fit(
+        blobs
+    )
+    np.testing.assert_allclose(best.means_, ref.means_, rtol=1e-10)
+    np.testing.assert_array_equal(sel.predict(blobs), ref.predict(blobs))
+    np.testing.assert_allclose(sel.score_samples(blobs), ref.score_samples(blobs), rtol=1e-10)
+    np.testing.assert_allclose(sel.predict_proba(blobs), ref.predict_proba(blobs), atol=1e-12)
+    assert sel.score(blobs) == pytest.approx(ref.score(blobs), rel=1e-12)
+
+
+@parametrize_with_checks([GaussianMixtureSelect((1, 2, 3), backend="numpy", max_iter=20)])
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_get_params_set_params_and_clone():
+    sel = GaussianMixtureSelect(range(1, 4), covariance_type=("diag", "full"), criterion="aic")
+    params = sel.get_params()
+    assert params["n_components"] == range(1, 4) and params["criterion"] == "aic"
+    sel.set_params(criterion="bic", n_init=2)
+    copy = clone(sel)
+    assert copy.get_params()["n_init"] == 2 and copy.criterion == "bic"
+    assert copy.get_params()["covariance_type"] == ("diag", "full")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(n_components=[2, 2]), "twice"),
+        (dict(n_components=[0, 1]), "positive integers"),
+        (dict(covariance_type=["diag", "round"]), "covariance_type must be"),
+        (dict(criterion="holdout"), "X_holdout"),
+    ],
+)
+def test_bad_parameters_name_the_fix(blobs, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GaussianMixtureSelect(backend="numpy", **kwargs).fit(blobs)
+
+
+def test_the_loop_fallback_gives_the_same_table(blobs, monkeypatch):
+    kwargs = dict(covariance_type=["diag", "full"], random_state=0, backend="numpy")
+    batched = GaussianMixtureSelect(range(1, 6), **kwargs).fit(blobs)
+    monkeypatch.setattr(selection_module, "BATCHED_BACKENDS", ())  # as on the GPU backends
+    looped = GaussianMixtureSelect(range(1, 6), **kwargs).fit(blobs)
+    assert batched.batched_ and not looped.batched_
+    for column in ("bic", "aic", "lower_bound", "train_score"):
+        np.testing.assert_allclose(looped.results_[column], batched.results_[column], rtol=RTOL)
+    np.testing.assert_array_equal(looped.results_["n_iter"], batched.results_["n_iter"])
+    assert looped.best_params_ == batched.best_params_
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_numpy_pass_with_zero_weight_padding_equals_the_unpadded_pass(blobs, covariance_type):
+    rng = np.random.default_rng(0)
+    X = blobs - blobs.mean(axis=0)
+    k, k_max, d = 3, 6, X.shape[1]
+    means = X[rng.choice(len(X), k, replace=False)]
+    cov = {
+        "full": np.broadcast_to(np.eye(d) * 4.0, (k, d, d)),
+        "tied": np.eye(d) * 4.0,
+        "diag": np.full((k, d), 4.0),
+        "spherical": np.full(k, 4.0),
+    }[covariance_type]
+    params = Params(
+        np.full((1, k), 1 / k),
+        means[None],
+        np.asarray(cov)[None],
+        cholesky_precisions(np.asarray(cov)[None], covariance_type, np),
+    )
+    padded = selection_module._pad(params, k_max, covariance_type)
+    engine = NumpyEngine()
+    data = engine.prepare(X, None, covariance_type)
+    one = engine.accumulate(data, params, np.ones(1, dtype=bool))
+    with np.errstate(divide="ignore"):
+        wide = engine.accumulate(data, padded, np.ones(1, dtype=bool))
+    np.testing.assert_array_equal(wide.loglik, one.loglik)
+    np.testing.assert_array_equal(wide.nk[:, :k], one.nk)
+    assert not wide.nk[:, k:].any() and not wide.sx[:, k:].any()
+    np.testing.assert_array_equal(wide.sx[:, :k], one.sx)
+
+
+def test_the_dask_backend_gives_the_numpy_table(blobs):
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.Client(processes=False, n_workers=1, dashboard_address=None) as client,
+        client.as_current(),
+    ):
+        dask = GaussianMixtureSelect(range(1, 6), random_state=0, backend="dask").fit(blobs)
+    ref = GaussianMixtureSelect(range(1, 6), random_state=0, backend="numpy").fit(blobs)
+    assert dask.backend_ == "dask" and dask.batched_
+    np.testing.assert_allclose(dask.results_["bic"], ref.results_["bic"], rtol=1e-10)
+    np.testing.assert_array_equal(dask.results_["n_iter"], ref.results_["n_iter"])
