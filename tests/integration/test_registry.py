@@ -4,6 +4,7 @@ promotion, rollback (and its refusals), the CLI, and an unreachable tracking ser
 from __future__ import annotations
 
 import hashlib
+import pickle
 import shutil
 import socket
 import threading
@@ -258,11 +259,85 @@ def test_rollback_refuses_a_version_that_does_not_load(settings, trained, holdou
     client = _client(settings)
     source = client.get_model_version(settings.model_name, "1").source  # models:/m-<id>
     model_id = source.split("/")[-1]
-    npz = next(settings.artifact_root.rglob(f"{model_id}/artifacts/artifacts/gmm/model.npz"))
+    npz = next(settings.artifact_root.rglob(f"{model_id}/artifacts/data/gmm/model.npz"))
     npz.write_bytes(npz.read_bytes()[:100])  # damaged in the artifact store
     with pytest.raises(RollbackCheckError, match="champion left unchanged"):
         rollback(1, reason="try v1", settings=settings)
     assert _champion(settings) == "2"
+
+
+def _model_files(settings, version):
+    """The artifact-store folder of registry version ``version`` (where MLmodel lies)."""
+    source = _client(settings).get_model_version(settings.model_name, version).source
+    return next(settings.artifact_root.rglob(f"{source.split('/')[-1]}/artifacts/MLmodel")).parent
+
+
+class _Exec:
+    """Unpickles as exec(payload)."""
+
+    def __init__(self, payload):
+        self.payload = payload
+
+    def __reduce__(self):
+        return (exec, (self.payload,))
+
+
+def _tamper(folder, marker, how):
+    """Edit a logged model as a registry writer could, so that loading it would write marker."""
+    import yaml
+
+    payload = f"open({str(marker)!r}, 'w').write('ran')\n"
+    meta = yaml.safe_load((folder / "MLmodel").read_text())
+    conf = meta["flavors"]["python_function"]
+    if how == "code folder":  # a code/ folder first on sys.path, shadowing the loader
+        package = folder / "code" / "emflow" / "model"
+        package.mkdir(parents=True)
+        (folder / "code" / "emflow" / "__init__.py").write_text(payload)
+        (package / "__init__.py").write_text("")
+        (package / "pyfunc_model.py").write_text(payload + "def _load_pyfunc(p): pass\n")
+        conf["code"] = "code"
+    elif how == "other loader":  # a loader shipped in the artifact, as "models from code" did
+        (folder / "data" / "evil.py").write_text(payload + "def _load_pyfunc(p): pass\n")
+        conf["loader_module"] = "evil"
+        conf["code"] = "data"
+    else:  # MLflow's cloudpickle path: a pickled python_model runs code when unpickled
+        conf["loader_module"] = "mlflow.pyfunc.model"
+        conf["python_model"] = "python_model.pkl"
+        (folder / "python_model.pkl").write_bytes(pickle.dumps(_Exec(payload)))
+    (folder / "MLmodel").write_text(yaml.safe_dump(meta))
+
+
+@pytest.mark.parametrize("how", ["code folder", "other loader", "pickled model"])
+def test_rollback_runs_no_code_from_the_artifact_store(
+    settings, trained, holdout, tmp_path, how, monkeypatch
+):
+    """Registry write access is not code execution (issue 16.8): a logged model is data for the
+    installed loader; an artifact edited to carry code is refused before anything is imported."""
+    from emflow.registry.rollback import RollbackCheckError, rollback
+
+    _two_champions(settings, trained, holdout, tmp_path)
+    marker = tmp_path / "foreign-code-ran"
+    _tamper(_model_files(settings, "1"), marker, how)
+    monkeypatch.syspath_prepend(str(tmp_path))  # where a shadowing package would be found
+    with pytest.raises(RollbackCheckError, match="refusing the model.*champion left unchanged"):
+        rollback(1, reason="try v1", settings=settings)
+    assert not marker.exists() and _champion(settings) == "2"
+
+
+def test_a_logged_model_serves_from_the_installed_package(settings, trained, holdout, tmp_path):
+    """The artifact holds no Python file: MLflow's loader imports emflow.model.pyfunc_model."""
+    import mlflow
+
+    from emflow.model.pyfunc_model import check_artifact
+
+    _two_champions(settings, trained, holdout, tmp_path)
+    folder = _model_files(settings, "2")
+    assert sorted(p.suffix for p in folder.rglob("*.py")) == []
+    check_artifact(folder)
+    loaded = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@champion")
+    assert loaded.loader_module == "emflow.model.pyfunc_model"
+    scored = loaded.predict(loaded.input_example)
+    assert list(scored.columns) == ["component", "responsibility", "log_likelihood"]
 
 
 def test_cli_status_and_rollback(settings, trained, holdout, tmp_path, monkeypatch, capsys):
