@@ -275,7 +275,8 @@ scored = model.predict(pd.read_csv({str(tmp_path / "rows.csv")!r}))
 import gmm_core
 print(gmm_core.__file__)
 heavy = any(m in sys.modules for m in ("airflow", "great_expectations"))
-print("emflow.model.pyfunc_model" in sys.modules, heavy, len(scored), scored["log_likelihood"].notna().all())
+loaded = "emflow.model.pyfunc_model" in sys.modules
+print(loaded, heavy, len(scored), scored["log_likelihood"].notna().all())
 print(" ".join(repr(float(v)) for v in scored["log_likelihood"]))
 """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
