@@ -607,3 +607,43 @@ def test_a_damaged_cached_champion_copy_is_fetched_again(settings, trained, hold
     again_version, again = load_champion(settings)
     assert again == cached and (again / "model.npz").stat().st_size > 200
     assert list(cached.parent.glob(f"{cached.name}.damaged-*"))  # kept aside, not deleted
+
+
+_FIRST_RUN = """
+import sys, time
+from pathlib import Path
+from emflow.config import Settings
+from emflow.registry.tracking import connect, ensure_experiment
+import mlflow  # imported before the barrier: both then open the store at the same moment
+
+home, me, other = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+me.touch()
+while not other.exists():
+    time.sleep(0.001)
+settings = Settings(home=home)
+client = connect(settings)
+print("experiment", ensure_experiment(client, settings))
+"""
+
+
+def test_two_first_ever_runs_on_a_fresh_sqlite_store_both_succeed(tmp_path):
+    """Issue 16.9: two processes opening a fresh SQLite store at once raced in MLflow's schema
+    creation (alembic: "expected to match one row ... 0 found" or "duplicate column name")."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    ready = [tmp_path / "ready-a", tmp_path / "ready-b"]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _FIRST_RUN, str(home), str(me), str(other)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for me, other in (ready, ready[::-1])
+    ]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    for run, (out, err) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, err[-2000:]
+        assert out.strip() == "experiment 1"
