@@ -4,6 +4,7 @@ promotion, rollback (and its refusals), the CLI, and an unreachable tracking ser
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import shutil
 import socket
@@ -647,3 +648,39 @@ def test_two_first_ever_runs_on_a_fresh_sqlite_store_both_succeed(tmp_path):
     for run, (out, err) in zip(runs, outputs, strict=True):
         assert run.returncode == 0, err[-2000:]
         assert out.strip() == "experiment 1"
+
+
+def test_status_reads_a_sqlite_store_without_mlflow_and_agrees_with_it(
+    settings, trained, holdout, tmp_path
+):
+    """Issue 16.15: registry commands took 5-19 s, mostly importing MLflow and opening its
+    store; `emflow status` on the embedded default now reads the SQLite file directly (no
+    MLflow import) and reports what MLflow's client reports (a schema change shows up here)."""
+    import subprocess
+    import sys
+
+    from emflow.registry.rollback import rollback
+    from emflow.registry.status import _read_sqlite_store, _read_through_mlflow
+
+    _two_champions(settings, trained, holdout, tmp_path)
+    rollback(1, reason="compare readers", settings=settings)
+    name = settings.model_name
+    direct = _read_sqlite_store(settings.tracking_uri, name)
+    assert direct is not None and direct == _read_through_mlflow(settings, name)
+    assert direct[1] == {"champion": "1", "previous-champion": "2", "challenger": "2"}
+    _client(settings).delete_model_version(name, "2")
+    direct = _read_sqlite_store(settings.tracking_uri, name)
+    assert direct == _read_through_mlflow(settings, name)
+    assert [v["version"] for v in direct[2]] == ["1"]
+
+    script = (
+        "import sys; from emflow import cli; code = cli.main(['status']); "
+        "print('MLFLOW' if 'mlflow' in sys.modules else 'no mlflow', code)"
+    )
+    env = {**os.environ, "EMFLOW_HOME": str(settings.home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.strip().splitlines()[-1] == "no mlflow 0", done.stdout + done.stderr
+    assert "champion -> v1" in done.stdout
