@@ -287,6 +287,13 @@ def _exception_message(info: Any) -> str | None:
     return None
 
 
+#: The fix of an expectation that raised instead of being evaluated.
+NOT_EVALUATED_FIX = (
+    "this check could not run on the column as delivered: fix the column's type or the other "
+    "failures named here, then validate again"
+)
+
+
 def _failures(gx_result: Any, suite: str) -> list[FailedExpectation]:
     from validation.expectations import FIXES
 
@@ -306,7 +313,11 @@ def _failures(gx_result: Any, suite: str) -> list[FailedExpectation]:
                 unexpected_percent=result.get("unexpected_percent"),
                 examples=jsonable(examples[:N_EXAMPLES]),
                 observed_value=jsonable(result.get("observed_value")),
-                fix=(config.meta or {}).get("fix") or FIXES.get(config.type, "see the contract"),
+                # an expectation that raised says nothing about its own condition (+/-inf,
+                # ranges): its usual fix would mislead
+                fix=NOT_EVALUATED_FIX
+                if error
+                else (config.meta or {}).get("fix") or FIXES.get(config.type, "see the contract"),
                 error=error,
                 suite=suite,
             )
@@ -335,18 +346,30 @@ def _summary(result: ValidationResult, n_evaluated: int) -> str:
     if result.success:
         return f"PASSED: {head}: all {n_evaluated} expectations met."
     missing = {f.column for f in result.failed if f.expectation == "expect_column_to_exist"}
-    shown = [
+    mistyped = {
+        f.column for f in result.failed if f.expectation == "expect_column_values_to_have_dtype"
+    }
+    hidden_missing = [
         f
         for f in result.failed
-        if not (f.column in missing and f.expectation != "expect_column_to_exist")
+        if f.column in missing and f.expectation != "expect_column_to_exist"
     ]
+    # on a column of the wrong type, value checks raise: say so once instead of each one's fix
+    hidden_mistyped = [
+        f for f in result.failed if f.column in mistyped - missing and f.error is not None
+    ]
+    hidden = {id(f) for f in hidden_missing + hidden_mistyped}
     lines = [f"REJECTED: {head}: {len(result.failed)} of {n_evaluated} expectations failed:"]
-    lines += [f"  - {f.describe()}" for f in shown]
-    if len(shown) < len(result.failed):
-        lines.append(
-            f"  (+{len(result.failed) - len(shown)} expectations on missing column(s) "
-            f"{sorted(str(c) for c in missing)} could not be evaluated)"
-        )
+    lines += [f"  - {f.describe()}" for f in result.failed if id(f) not in hidden]
+    for failures, what in (
+        (hidden_missing, "missing column(s)"),
+        (hidden_mistyped, "column(s) of the wrong type"),
+    ):
+        if failures:
+            columns = sorted({str(f.column) for f in failures})
+            lines.append(
+                f"  (+{len(failures)} expectations on {what} {columns} could not be evaluated)"
+            )
     return "\n".join(lines)
 
 

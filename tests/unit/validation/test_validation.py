@@ -595,3 +595,26 @@ def test_cross_filesystem_move_killed_before_the_unlink_leaves_one_copy(
         assert again.quarantined_to.endswith(f"run-3/{DAY}/t.parquet") and not source.exists()
     finally:
         shutil.rmtree(other_fs)
+
+
+def test_hints_fit_the_failure(contract, tmp_path):
+    """Issue 16.15: hints that did not fit: "replace +/-inf upstream" on a finite check that
+    never ran (a string column), and "drop it from `feature_columns`" for a missing id or
+    timestamp column (neither is a feature)."""
+    frame = make_telemetry(300, *WINDOW, seed=1)
+    typed = frame.assign(cpu_util=frame["cpu_util"].astype(str))
+    typed.loc[3, "cpu_util"] = "n/a"
+    result = validate_batch(typed, contract, window=WINDOW)
+    not_run = [f for f in result.failed if f.error is not None]
+    assert {f.expectation for f in not_run} >= {"expect_column_values_to_be_finite"}
+    assert all("+/-inf" not in f.fix and "widen the range" not in f.fix for f in not_run)
+    assert "+/-inf" not in result.summary and "wrong type ['cpu_util']" in result.summary
+
+    result = validate_batch(frame.drop(columns=["event_id", "ts"]), contract, window=WINDOW)
+    missing = {f.column: f.fix for f in result.failed if f.expectation == "expect_column_to_exist"}
+    assert set(missing) == {"event_id", "ts"}
+    assert all("feature_columns" not in fix for fix in missing.values())
+    assert "add the id column" in missing["event_id"] and "timestamp" in missing["ts"]
+    result = validate_batch(frame.drop(columns=["temp_c"]), contract, window=WINDOW)
+    (feature,) = [f for f in result.failed if f.expectation == "expect_column_to_exist"]
+    assert "feature_columns" in feature.fix  # a feature may be dropped from the contract
