@@ -416,7 +416,8 @@ def test_emflow_score_uses_the_champion_or_a_given_version(
     rows = tmp_path / "rows.parquet"
     holdout.to_parquet(rows, index=False)
     assert cli.main(["score", str(rows)]) == 2
-    assert "no champion yet" in capsys.readouterr().err
+    assert "no registry at" in capsys.readouterr().err
+    assert not (settings.home / "mlflow.db").exists()  # scoring creates no registry
     _two_champions(settings, trained, holdout, tmp_path)
     capsys.readouterr()
     assert cli.main(["score", str(rows)]) == 0
