@@ -287,15 +287,8 @@ def _exception_message(info: Any) -> str | None:
     return None
 
 
-#: The fix of an expectation that raised instead of being evaluated.
-NOT_EVALUATED_FIX = (
-    "this check could not run on the column as delivered: fix the column's type or the other "
-    "failures named here, then validate again"
-)
-
-
 def _failures(gx_result: Any, suite: str) -> list[FailedExpectation]:
-    from validation.expectations import FIXES
+    from validation.expectations import FIXES, NOT_EVALUATED_FIX
 
     out = []
     for r in gx_result.results:
@@ -305,6 +298,7 @@ def _failures(gx_result: Any, suite: str) -> list[FailedExpectation]:
         result = r.result or {}
         error = _exception_message(r.exception_info)
         examples = result.get("partial_unexpected_list") or []
+        fix = (config.meta or {}).get("fix") or FIXES.get(config.type, "see the contract")
         out.append(
             FailedExpectation(
                 expectation=config.type,
@@ -313,11 +307,7 @@ def _failures(gx_result: Any, suite: str) -> list[FailedExpectation]:
                 unexpected_percent=result.get("unexpected_percent"),
                 examples=jsonable(examples[:N_EXAMPLES]),
                 observed_value=jsonable(result.get("observed_value")),
-                # an expectation that raised says nothing about its own condition (+/-inf,
-                # ranges): its usual fix would mislead
-                fix=NOT_EVALUATED_FIX
-                if error
-                else (config.meta or {}).get("fix") or FIXES.get(config.type, "see the contract"),
+                fix=NOT_EVALUATED_FIX if error else fix,
                 error=error,
                 suite=suite,
             )
@@ -345,31 +335,22 @@ def _summary(result: ValidationResult, n_evaluated: int) -> str:
     )
     if result.success:
         return f"PASSED: {head}: all {n_evaluated} expectations met."
-    missing = {f.column for f in result.failed if f.expectation == "expect_column_to_exist"}
-    mistyped = {
-        f.column for f in result.failed if f.expectation == "expect_column_values_to_have_dtype"
-    }
-    hidden_missing = [
-        f
+    # checks on a missing column, or raising on a column of the wrong type: one line per kind
+    bad = {f.column: "wrong type" for f in result.failed if "have_dtype" in f.expectation}
+    bad |= {f.column: "missing" for f in result.failed if f.expectation.endswith("to_exist")}
+    hidden = {
+        id(f): bad[f.column]
         for f in result.failed
-        if f.column in missing and f.expectation != "expect_column_to_exist"
-    ]
-    # on a column of the wrong type, value checks raise: say so once instead of each one's fix
-    hidden_mistyped = [
-        f for f in result.failed if f.column in mistyped - missing and f.error is not None
-    ]
-    hidden = {id(f) for f in hidden_missing + hidden_mistyped}
+        if f.column in bad
+        and "to_exist" not in f.expectation
+        and (bad[f.column] == "missing" or f.error)
+    }
     lines = [f"REJECTED: {head}: {len(result.failed)} of {n_evaluated} expectations failed:"]
     lines += [f"  - {f.describe()}" for f in result.failed if id(f) not in hidden]
-    for failures, what in (
-        (hidden_missing, "missing column(s)"),
-        (hidden_mistyped, "column(s) of the wrong type"),
-    ):
-        if failures:
-            columns = sorted({str(f.column) for f in failures})
-            lines.append(
-                f"  (+{len(failures)} expectations on {what} {columns} could not be evaluated)"
-            )
+    for kind in ("missing", "wrong type"):
+        columns = sorted({str(f.column) for f in result.failed if hidden.get(id(f)) == kind})
+        if count := sum(1 for v in hidden.values() if v == kind):
+            lines.append(f"  (+{count} expectations on {kind} column(s) {columns} not evaluated)")
     return "\n".join(lines)
 
 

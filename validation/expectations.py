@@ -124,6 +124,13 @@ FIXES: dict[str, str] = {
 }
 
 
+#: The fix of an expectation that raised instead of being evaluated (its own fix would mislead).
+NOT_EVALUATED_FIX = (
+    "this check could not run on the column as delivered: fix the column's type or the other "
+    "failures named here, then validate again"
+)
+
+
 def _meta(expectation_type: str, **extra: Any) -> dict[str, Any]:
     return {"fix": FIXES[expectation_type], **extra}
 
