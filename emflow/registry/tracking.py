@@ -172,6 +172,9 @@ def connect(settings: Settings) -> MlflowClient:
     # a refused port) before emflow even sees the error. An operator's own values win.
     for http_key, default in MLFLOW_HTTP_DEFAULTS.items():
         os.environ.setdefault(http_key, default)
+    # a progress bar per model download (rollback's check, the champion copy) is noise in a CLI
+    # answer and in task logs
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow also exports these URIs to the environment, where every Settings() made later in
     # this process would pick them up instead of its own home: keep the environment as it was.
     saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
