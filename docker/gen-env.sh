@@ -62,8 +62,10 @@ AIRFLOW_JWT_SECRET=$(password 48)
 AIRFLOW_API_SECRET_KEY=$(password 48)
 AIRFLOW_ADMIN_PASSWORD=$(password 20)
 GRAFANA_ADMIN_PASSWORD=$(password 20)
+MLFLOW_ADMIN_PASSWORD=$(password 24)
+MLFLOW_SERVER_SECRET_KEY=$(password 48)
 CPU_WORKER_QUEUES=${cpu_queues}
 ENV
 mv "$tmp" "$output"
 trap - EXIT
-echo "gen-env.sh: wrote $output (Airflow user admin, Grafana user admin; passwords inside)"
+echo "gen-env.sh: wrote $output (Airflow, Grafana and MLflow user admin; passwords inside)"

@@ -288,7 +288,7 @@ def _exception_message(info: Any) -> str | None:
 
 
 def _failures(gx_result: Any, suite: str) -> list[FailedExpectation]:
-    from validation.expectations import FIXES
+    from validation.expectations import FIXES, NOT_EVALUATED_FIX
 
     out = []
     for r in gx_result.results:
@@ -298,6 +298,7 @@ def _failures(gx_result: Any, suite: str) -> list[FailedExpectation]:
         result = r.result or {}
         error = _exception_message(r.exception_info)
         examples = result.get("partial_unexpected_list") or []
+        fix = (config.meta or {}).get("fix") or FIXES.get(config.type, "see the contract")
         out.append(
             FailedExpectation(
                 expectation=config.type,
@@ -306,7 +307,7 @@ def _failures(gx_result: Any, suite: str) -> list[FailedExpectation]:
                 unexpected_percent=result.get("unexpected_percent"),
                 examples=jsonable(examples[:N_EXAMPLES]),
                 observed_value=jsonable(result.get("observed_value")),
-                fix=(config.meta or {}).get("fix") or FIXES.get(config.type, "see the contract"),
+                fix=NOT_EVALUATED_FIX if error else fix,
                 error=error,
                 suite=suite,
             )
@@ -334,19 +335,22 @@ def _summary(result: ValidationResult, n_evaluated: int) -> str:
     )
     if result.success:
         return f"PASSED: {head}: all {n_evaluated} expectations met."
-    missing = {f.column for f in result.failed if f.expectation == "expect_column_to_exist"}
-    shown = [
-        f
+    # checks on a missing column, or raising on a column of the wrong type: one line per kind
+    bad = {f.column: "wrong type" for f in result.failed if "have_dtype" in f.expectation}
+    bad |= {f.column: "missing" for f in result.failed if f.expectation.endswith("to_exist")}
+    hidden = {
+        id(f): bad[f.column]
         for f in result.failed
-        if not (f.column in missing and f.expectation != "expect_column_to_exist")
-    ]
+        if f.column in bad
+        and "to_exist" not in f.expectation
+        and (bad[f.column] == "missing" or f.error)
+    }
     lines = [f"REJECTED: {head}: {len(result.failed)} of {n_evaluated} expectations failed:"]
-    lines += [f"  - {f.describe()}" for f in shown]
-    if len(shown) < len(result.failed):
-        lines.append(
-            f"  (+{len(result.failed) - len(shown)} expectations on missing column(s) "
-            f"{sorted(str(c) for c in missing)} could not be evaluated)"
-        )
+    lines += [f"  - {f.describe()}" for f in result.failed if id(f) not in hidden]
+    for kind in ("missing", "wrong type"):
+        columns = sorted({str(f.column) for f in result.failed if hidden.get(id(f)) == kind})
+        if count := sum(1 for v in hidden.values() if v == kind):
+            lines.append(f"  (+{count} expectations on {kind} column(s) {columns} not evaluated)")
     return "\n".join(lines)
 
 

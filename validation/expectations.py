@@ -106,7 +106,8 @@ FIXES: dict[str, str] = {
     "expect_batch_files_to_be_non_empty": "the file has 0 bytes: re-deliver the window",
     "expect_table_row_count_to_be_between": "deliver a batch within the contract's row bounds",
     "expect_table_columns_to_match_set": (
-        "send exactly the contract's columns, or set `extra_columns: allow` in the contract"
+        "send exactly the contract's columns: add missing ones; drop extra ones upstream or "
+        "set `extra_columns: allow` in the contract"
     ),
     "expect_column_to_exist": (
         "add the column upstream, or drop it from `feature_columns` in the contract"
@@ -123,8 +124,26 @@ FIXES: dict[str, str] = {
 }
 
 
+#: The fix of an expectation that raised instead of being evaluated (its own fix would mislead).
+NOT_EVALUATED_FIX = (
+    "this check could not run on the column as delivered: fix the column's type or the other "
+    "failures named here, then validate again"
+)
+
+
 def _meta(expectation_type: str, **extra: Any) -> dict[str, Any]:
     return {"fix": FIXES[expectation_type], **extra}
+
+
+def _column_meta(contract: Contract, column: str) -> dict[str, Any]:
+    """The fix for a missing column: the id and timestamp cannot be dropped from the features."""
+    if column in (contract.id_column, contract.timestamp_column):
+        role = "id" if column == contract.id_column else "timestamp"
+        return {
+            "fix": f"add the {role} column upstream: every row needs one "
+            f"(or give the producer's {role} column as `{role}_column: name:` in the contract)"
+        }
+    return _meta("expect_column_to_exist")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,12 +178,13 @@ def content_expectations(contract: Contract, *, windowed: bool) -> list[gxe.Expe
         gxe.ExpectTableColumnsToMatchSet(
             column_set=required,
             exact_match=contract.extra_columns == "refuse",
-            meta=_meta("expect_table_columns_to_match_set", extra_columns=contract.extra_columns),
+            meta=_meta("expect_table_columns_to_match_set", extra_columns=contract.extra_columns)
+            if contract.extra_columns == "refuse"
+            # extra columns are accepted: only missing ones fail this
+            else {"fix": "add the contract's missing columns upstream", "extra_columns": "allow"},
         ),
     ]
-    out += [
-        gxe.ExpectColumnToExist(column=c, meta=_meta("expect_column_to_exist")) for c in required
-    ]
+    out += [gxe.ExpectColumnToExist(column=c, meta=_column_meta(contract, c)) for c in required]
 
     def typed(column: str, types: tuple[str, ...]) -> gxe.Expectation:
         return ExpectColumnValuesToHaveDtype(

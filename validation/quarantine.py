@@ -14,7 +14,8 @@ is made path-safe. One run may check several batches (one per file of a multi-da
 Nothing is ever deleted: a batch is renamed into quarantine (on another filesystem: copied,
 verified by sha256, and only then unlinked at the source). Running :func:`check_batch` again for the
 same run id gives the same outcome and leaves one quarantined copy, and resumes a move that a killed
-task left half-done.
+task left half-done; a source left behind by a move killed before its unlink is finished by the
+next check of any run id (the manifest records ``source_removed``), never quarantined twice.
 """
 
 from __future__ import annotations
@@ -184,21 +185,71 @@ def _sidecar(target: Path, suffix: str) -> Path:
     return target.with_name(target.name + suffix)
 
 
-def _finish_quarantine(target: Path, manifest: dict[str, Any]) -> None:
-    """Check the moved bytes against the recorded checksums and mark the manifest done."""
+def _finish_quarantine(target: Path, manifest: dict[str, Any], source: Path) -> None:
+    """Verify the moved bytes, remove what is left of the source, mark the manifest done.
+
+    The bytes are checked against the recorded checksums. Across filesystems a move is copy,
+    verify, rename into quarantine, unlink the source: a task killed before the unlink leaves
+    the source in place. It goes here, once the quarantined copy is verified, so that no later
+    run (of any id) quarantines a second copy of it.
+    """
     after = checksums(target)
     manifest["files"] = {
         rel: {**facts, "sha256_after": after.get(rel, {}).get("sha256")}
         for rel, facts in manifest["files"].items()
     }
     intact = all(f["sha256"] == f["sha256_after"] for f in manifest["files"].values())
-    manifest.update(status="quarantined" if intact else "checksum_mismatch", moved_at=_now())
+    if intact and os.path.lexists(source) and str(delivered_path(source)) == manifest["source"]:
+        _remove_leftover(source, manifest)
+    manifest.update(
+        status="quarantined" if intact else "checksum_mismatch",
+        moved_at=_now(),
+        source_removed=not os.path.lexists(source),
+    )
     _write_json(_sidecar(target, MANIFEST), manifest)
     if not intact:
         raise QuarantineIntegrityError(
             f"bytes in {target} differ from the source's recorded sha256 "
             f"(see {_sidecar(target, MANIFEST)}); nothing was deleted"
         )
+
+
+def _remove_leftover(source: Path, manifest: dict[str, Any]) -> None:
+    """Unlink the source of a verified move, if it still holds the recorded bytes."""
+    if source.is_symlink():
+        source.unlink()  # the link only: its target is the producer's
+    elif _sha_map(checksums(source)) == _sha_map(manifest["files"]):
+        if source.is_dir():
+            shutil.rmtree(source)
+        else:
+            source.unlink()
+    else:  # new bytes under the old name: a new delivery, not ours to remove
+        return
+    log.warning("removed %s: its bytes were already quarantined and verified", source)
+
+
+def _unfinished_move(source: Path, key: Path, root: Path, before: dict[str, Any]) -> Path | None:
+    """Where an earlier run quarantined these bytes from this path without finishing, or None.
+
+    Unfinished: the source is still here (the task was killed between copy and unlink).
+    Manifests written before ``source_removed`` was recorded count only while ``moving``.
+    """
+    quarantine = root / "quarantine"
+    if not quarantine.is_dir():
+        return None
+    for run_dir in sorted(quarantine.iterdir()):
+        target = run_dir / key
+        marker = _sidecar(target, MANIFEST)
+        if not marker.is_file() or not target.exists():
+            continue
+        manifest = json.loads(marker.read_text())
+        if (
+            not manifest.get("source_removed", manifest.get("status") != "moving")
+            and manifest.get("source") == str(delivered_path(source))
+            and _sha_map(manifest["files"]) == _sha_map(before)
+        ):
+            return target
+    return None
 
 
 def _stored_result(target: Path) -> ValidationResult:
@@ -256,7 +307,10 @@ def check_batch(
         if manifest["status"] == "moving":  # a killed task left the move half-done: resume it
             if source.exists() and not quarantined.exists():
                 _move(source, quarantined)
-            _finish_quarantine(quarantined, manifest)
+            _finish_quarantine(quarantined, manifest, source)
+        elif os.path.lexists(source) and not manifest.get("source_removed", True):
+            # killed after the copy landed and before the source was unlinked
+            _finish_quarantine(quarantined, manifest, source)
         elif source.exists():
             if _sha_map(checksums(source)) != _sha_map(manifest["files"]):
                 raise QuarantineConflict(
@@ -277,6 +331,19 @@ def check_batch(
             f"under {root}: check the path / data window"
         )
     before = checksums(source)
+    earlier = _unfinished_move(source, key, root, before)
+    if earlier is not None:  # a killed run's move: finish it, no second copy under this run
+        manifest = json.loads(_sidecar(earlier, MANIFEST).read_text())
+        log.warning(
+            "run %s: %s was quarantined by run %s, whose task was killed before removing it "
+            "here; finishing that move (%s) instead of quarantining a second copy",
+            run_id,
+            source,
+            manifest.get("run_id"),
+            earlier,
+        )
+        _finish_quarantine(earlier, manifest, source)
+        return _stored_result(earlier)
     result = validate_batch(source, contract, window=window, progress=progress)
 
     if result.success:
@@ -331,6 +398,6 @@ def check_batch(
     }
     _write_json(_sidecar(quarantined, MANIFEST), manifest)  # before the move: a retry resumes
     _move(source, quarantined)
-    _finish_quarantine(quarantined, manifest)
+    _finish_quarantine(quarantined, manifest, source)
     log.warning("run %s: batch quarantined to %s\n%s", run_id, quarantined, result.summary)
     return result

@@ -19,6 +19,31 @@ CSV_SUFFIXES = (".csv",)
 BATCH_SUFFIXES = PARQUET_SUFFIXES + CSV_SUFFIXES
 
 
+def printable(text: str, limit: int = 200) -> str:
+    r"""``text`` safe to print on a terminal or a log line, at most ``limit`` characters.
+
+    A parser's error on a binary file quotes the "line" it choked on: kilobytes of bytes, escape
+    sequences that drive the terminal among them. The text is cut at the first character that
+    is neither printable nor whitespace (U+FFFD, undecodable bytes, counts as binary too), with
+    ``[binary content not shown]``; line breaks and tabs become spaces; a longer text is cut to
+    ``limit`` with ``...``.
+
+    >>> printable("CSV parse error: Expected 2 columns, got 1: ab\x1b[2J\x00\ufffd")
+    'CSV parse error: Expected 2 columns, got 1: ab [binary content not shown]'
+    """
+    out = []
+    for char in text:
+        if char in "\n\r\t":
+            out.append(" ")
+        elif char.isprintable() and char != "\ufffd":
+            out.append(char)
+        else:
+            out.append(" [binary content not shown]")
+            break
+    safe = "".join(out)
+    return safe if len(safe) <= limit else safe[: limit - 3] + "..."
+
+
 def list_batch_files(path: str | os.PathLike[str]) -> list[Path]:
     """The files a batch consists of: ``path`` itself, or the data files under a folder (sorted).
 
@@ -70,7 +95,7 @@ def read_batch(
         try:
             frame = read_file(path)
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-            fact.update(readable=False, error=f"{type(exc).__name__}: {exc}", n_rows=0)
+            fact.update(readable=False, error=printable(f"{type(exc).__name__}: {exc}"), n_rows=0)
         else:
             frames.append(frame)
             fact.update(readable=True, error=None, n_rows=len(frame))

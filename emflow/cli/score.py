@@ -28,13 +28,26 @@ def run(args: argparse.Namespace) -> int:
     from emflow.model.pyfunc_model import score_frame
     from emflow.model.telemetry import as_frame, load_model_dir
     from emflow.registry.champion import load_champion, version_model_dir
-    from emflow.registry.tracking import TrackingUnavailableError, connect
+    from emflow.registry.tracking import (
+        TrackingUnavailableError,
+        connect,
+        missing_sqlite_store,
+    )
 
     def fail(message: str, status: int = 2) -> int:
         print(f"emflow score: {message}", file=sys.stderr)
         return status
 
     settings = Settings()
+    try:  # the rows first: a bad file is refused without opening (or creating) a registry
+        frame = as_frame(args.path)
+    except (FileNotFoundError, ValueError) as error:
+        return fail(str(error))
+    if (missing := missing_sqlite_store(settings.tracking_uri)) is not None:
+        return fail(
+            f"no registry at {missing} (MLflow store {settings.tracking_uri}): nothing to score "
+            "with; run a retrain, or check EMFLOW_HOME / MLFLOW_TRACKING_URI"
+        )
     version: str | None
     model_dir: Path | None
     try:
@@ -61,7 +74,6 @@ def run(args: argparse.Namespace) -> int:
     except TrackingUnavailableError as error:
         return fail(str(error), 1)
     try:
-        frame = as_frame(args.path)
         scored = score_frame(load_model_dir(model_dir), frame)
     except (FileNotFoundError, ValueError) as error:
         return fail(str(error))

@@ -189,9 +189,12 @@ def run(args: argparse.Namespace) -> int:
             k_max=args.k_max,
             criterion=args.criterion,
         )
-    except (ValueError, RuntimeError) as exc:  # bad values, too few rows, no GPU for 'cupy'
+    except ValueError as exc:  # bad values, too few rows: the data are the problem
         bar.close()
         return fail(f"{exc}\n(check the data with `emflow validate {args.path}`)")
+    except RuntimeError as exc:  # no GPU for 'cupy', a device failure: its message names the fix
+        bar.close()
+        return fail(str(exc))
     bar.close()
     log_fit(log, model)
     started = time.perf_counter()

@@ -45,14 +45,15 @@ runs are counted in PromQL from the timestamps, e.g. runs in a week
 ``changes(emflow_retrain_last_run_timestamp_seconds[7d])`` and successes
 ``changes(emflow_retrain_last_success_timestamp_seconds[7d])``.
 
-Metrics go to the Pushgateway with **push-add** (HTTP POST, job ``emflow_retrain``, grouping
-key ``model``): POST replaces only the metric families this push contains. That is what makes
-``emflow_retrain_last_success_timestamp_seconds`` (sent only on success) survive a failed run, so
-the staleness alert measures the age of the last *good* run; likewise a run that fails before
-training leaves the last training numbers in place. Without a Pushgateway the textfile-collector
-file (``settings.metrics_textfile``) gets the same merge: families of this model that the run did
-not set, and every other model's samples, are carried over from the previous file, and the new file
-replaces the old one atomically (``prometheus_client.write_to_textfile``).
+Each run replaces its model's group on the Pushgateway (HTTP PUT, job ``emflow_retrain``,
+grouping key ``model``): a family the run did not set is removed, so a run that fails before
+training does not leave the previous run's training numbers looking current. The one exception,
+``PERSISTENT`` (``emflow_retrain_last_success_timestamp_seconds``, sent only on success), is read
+from the group first and carried over, so the staleness alert measures the age of the last
+*good* run. Without a Pushgateway the textfile-collector file (``settings.metrics_textfile``)
+follows the same rule: this model's samples are the run's, plus the ``PERSISTENT`` families it
+did not set; every other model's samples are carried over, and the new file replaces the old one
+atomically (``prometheus_client.write_to_textfile``).
 """
 
 from emflow.metrics.sinks import MetricsPushError, publish_run_metrics, write_textfile

@@ -1,4 +1,4 @@
-"""Where a run's metrics go: push-add to a Pushgateway, else a merged textfile."""
+"""Where a run's metrics go: its model's group on a Pushgateway, else a merged textfile."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from emflow.metrics.spec import PUSHGATEWAY_JOB, build_registry
+from emflow.metrics.spec import METRICS, PERSISTENT, PUSHGATEWAY_JOB, build_registry
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,11 @@ class MetricsPushError(RuntimeError):
 
 
 def _merged_textfile_registry(new_registry, old_text: str, model: str):
-    """A registry exposing ``new_registry`` plus what the old file keeps under push-add rules."""
+    """``new_registry`` merged with what the old textfile keeps.
+
+    Kept: other models' samples, and this model's :data:`~emflow.metrics.spec.PERSISTENT`
+    families that the run did not set.
+    """
     from prometheus_client.core import CollectorRegistry, Metric
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -33,11 +37,13 @@ def _merged_textfile_registry(new_registry, old_text: str, model: str):
         copy.samples = list(family.samples)
         merged[name] = copy
     for family in text_string_to_metric_families(old_text):
-        # push-add: a family this run set replaces this model's old samples of it
+        # this model's series are the latest run's; only PERSISTENT families it did not set
+        # keep their old samples (other models' samples are left alone)
         keep = [
             s
             for s in family.samples
-            if family.name not in new_families or s.labels.get("model") != model
+            if s.labels.get("model") != model
+            or (family.name in PERSISTENT and family.name not in new_families)
         ]
         if not keep:
             continue
@@ -86,6 +92,44 @@ def _pushgateway_target(url: str, model: str) -> str:
     return f"{base.rstrip('/')}/metrics/job/{PUSHGATEWAY_JOB}/model/{model}"
 
 
+def _gateway_values(url: str, model: str, names: tuple[str, ...]) -> dict[str, float]:
+    """The values of ``names`` (unlabelled but for job/model) in this model's Pushgateway group."""
+    import json
+    import urllib.request
+
+    base = url if "://" in url else f"http://{url}"
+    with urllib.request.urlopen(f"{base.rstrip('/')}/api/v1/metrics", timeout=10) as response:
+        groups = json.load(response).get("data") or []
+    found: dict[str, float] = {}
+    for group in groups:
+        if group.get("labels") != {"job": PUSHGATEWAY_JOB, "model": model}:
+            continue
+        for name in names:
+            samples = (group.get(name) or {}).get("metrics") or []
+            if samples:
+                found[name] = float(samples[0]["value"])
+    return found
+
+
+def _replace_group(url: str, registry, model: str) -> None:
+    """Replace this model's Pushgateway group with ``registry`` (PUT).
+
+    The :data:`~emflow.metrics.spec.PERSISTENT` values the run did not set are read from the
+    group first and carried over; a series of an earlier run that this run did not produce
+    does not stay behind.
+    """
+    from prometheus_client import Gauge, push_to_gateway
+
+    produced = {family.name for family in registry.collect()}
+    missing = tuple(name for name in PERSISTENT if name not in produced)
+    for name, value in _gateway_values(url, model, missing).items():
+        spec = METRICS[name]
+        Gauge(name, spec.help, list(spec.labels), registry=registry).labels(model).set(value)
+    push_to_gateway(
+        url, job=PUSHGATEWAY_JOB, registry=registry, grouping_key={"model": model}, timeout=10
+    )
+
+
 def publish_run_metrics(
     summary: Mapping[str, Any],
     settings,
@@ -96,13 +140,17 @@ def publish_run_metrics(
 ) -> str:
     """Publish the metrics of one retrain run; return where they went.
 
+    The model's series become this run's: a family the run did not set (a failed run has no
+    training duration, likelihoods, ...) is removed rather than left showing the previous
+    run's values, except :data:`~emflow.metrics.spec.PERSISTENT` (the last success's time).
+
     Parameters
     ----------
     summary : dict
         Plain run summary (keys in the module docstring); ``model_name`` and ``status`` required.
     settings : emflow.config.Settings
-        Uses ``pushgateway_url`` (push-add, job ``emflow_retrain``, grouping key ``model``) when
-        set, else ``metrics_textfile``.
+        Uses ``pushgateway_url`` (the group job ``emflow_retrain``, grouping key ``model``,
+        replaced) when set, else ``metrics_textfile``.
     attempts : int, default=3
         Push attempts before giving up on the Pushgateway.
     retry_wait_seconds : float, default=1.0
@@ -123,8 +171,6 @@ def publish_run_metrics(
         The Pushgateway stayed unreachable; the metrics were written to ``metrics_textfile``
         first, so nothing is lost, and the task can be retried.
     """
-    from prometheus_client import pushadd_to_gateway
-
     registry = build_registry(summary, now=now)
     model = str(summary["model_name"])
     url = getattr(settings, "pushgateway_url", None)
@@ -136,13 +182,7 @@ def publish_run_metrics(
     last_error: Exception | None = None
     for attempt in range(1, max(1, attempts) + 1):
         try:
-            pushadd_to_gateway(
-                url,
-                job=PUSHGATEWAY_JOB,
-                registry=registry,
-                grouping_key={"model": model},
-                timeout=10,
-            )
+            _replace_group(url, registry, model)
         except OSError as error:  # URLError, ConnectionRefusedError, timeouts
             last_error = error
             logger.warning(

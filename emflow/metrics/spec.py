@@ -10,6 +10,11 @@ from typing import Any, NamedTuple
 logger = logging.getLogger(__name__)
 
 PUSHGATEWAY_JOB = "emflow_retrain"
+#: Families a run leaves as they were when it does not set them (a failed run keeps the last
+#: success's time). Every other family of a model holds the latest run's values only: a series
+#: the latest run did not produce is removed, so a dashboard never shows a failed run's
+#: predecessor as current.
+PERSISTENT = ("emflow_retrain_last_success_timestamp_seconds",)
 STATUSES = ("success", "failed")
 DECISIONS = ("promoted", "rejected", "quarantined")
 
@@ -298,7 +303,7 @@ def build_registry(summary: Mapping[str, Any], *, now: float | None = None):
     decision = summary.get("decision")
     if decision is not None:
         family = gauge("emflow_promotion_decision")
-        for outcome in DECISIONS:  # every outcome, so a push-add replaces the previous 1
+        for outcome in DECISIONS:  # every outcome: a 0 where the previous run had its 1
             family.labels(model, outcome).set(1.0 if outcome == decision else 0.0)
 
     drift = dict(summary.get("drift") or {})

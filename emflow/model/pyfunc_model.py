@@ -1,9 +1,13 @@
-"""MLflow pyfunc for a gmm_core model, logged as code: nothing in the artifact is pickled.
+"""The served model: an MLflow pyfunc that carries data only and runs the installed package.
 
-MLflow copies this file into the model artifact (``python_model=<this file>``, "models from
-code") and runs it at load time; ``set_model`` at the bottom tells MLflow which object serves. The
-fitted mixture travels as gmm_core's own ``model.npz`` + ``model.json`` under ``artifacts["gmm"]``,
-so loading needs neither the training process nor a GPU: only NumPy, pandas and ``gmm_core``.
+The logged model is MLflow's "loader module" form of the ``python_function`` flavor: its
+``MLmodel`` names this module (``loader_module: emflow.model.pyfunc_model``) and its data folder
+(``data/gmm``: gmm_core's own ``model.npz`` + ``model.json``, never a pickle). MLflow imports this
+module from the installed ``emflow`` package and calls :func:`_load_pyfunc`; the artifact holds no
+Python code, so whoever can write to the artifact store can change numbers, not what runs.
+:func:`check_artifact` is the check emflow makes on a downloaded copy before loading it (rollback,
+``emflow score``): it refuses an ``MLmodel`` that points anywhere else (another loader, a ``code``
+folder, a pickled ``python_model``, a model-code file) and any file that is not data.
 
 ``predict`` takes a DataFrame with the model's feature columns and returns one row per input row:
 
@@ -21,11 +25,9 @@ in ``model.json``) adds:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-import mlflow
-import mlflow.models
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
@@ -33,6 +35,10 @@ GMM_ARTIFACT = "gmm"
 OUTPUT_COLUMNS = ("component", "responsibility", "log_likelihood")
 #: added by a model with an anomaly calibration
 ANOMALY_COLUMNS = ("p_value", "is_anomaly")
+#: The module MLflow imports to load a logged emflow model (this one).
+LOADER_MODULE = "emflow.model.pyfunc_model"
+#: Where the gmm_core files lie inside a logged model (MLflow copies ``data_path`` to ``data/``).
+DATA_SUBPATH = f"data/{GMM_ARTIFACT}"
 
 
 def model_feature_names(model: Any) -> list[str] | None:
@@ -115,14 +121,82 @@ def score_frame(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(columns, index=frame.index)
 
 
-class GaussianMixturePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
-    """Serves a gmm_core model saved as ``.npz`` + ``.json`` (see the module docstring)."""
+class UntrustedArtifactError(ValueError):
+    """A logged model would run something other than the installed emflow loader on data."""
 
-    def load_context(self, context: Any) -> None:
-        """Load the mixture from ``context.artifacts["gmm"]`` (a gmm_core model directory)."""
+
+#: Files a logged emflow model may hold (MLflow's metadata and environment files, the data;
+#: ``registered_model_meta`` is what MLflow adds to a copy downloaded from ``models:/``).
+_DATA_SUFFIXES = (".json", ".npz", ".yaml", ".txt")
+_DATA_NAMES = ("MLmodel", "registered_model_meta")
+#: ``python_function`` flavor keys that make MLflow import or unpickle something from the artifact.
+_CODE_KEYS = ("code", "model_code_path", "python_model", "cloudpickle_version", "artifacts")
+
+
+def check_artifact(model_path: str | Path) -> None:
+    """Refuse a downloaded MLflow model folder unless it is data for the installed loader.
+
+    Checked before anything in it is imported or loaded: ``MLmodel`` has exactly the
+    ``python_function`` flavor, its ``loader_module`` is :data:`LOADER_MODULE`, its data is
+    :data:`DATA_SUBPATH`, it names no code folder, model-code file, pickled model or other
+    predict function; every file is plain data (MLflow's ``MLmodel`` and
+    ``registered_model_meta``, ``.json``, ``.npz``, ``.yaml``, ``.txt``), none a link.
+
+    Raises
+    ------
+    UntrustedArtifactError
+        Naming what was found; nothing was imported.
+    """
+    import yaml
+
+    root = Path(model_path)
+    try:
+        meta = yaml.safe_load((root / "MLmodel").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise UntrustedArtifactError(f"{root}/MLmodel is unreadable ({error})") from error
+    flavors = meta.get("flavors") if isinstance(meta, dict) else None
+    if not isinstance(flavors, dict) or set(flavors) != {"python_function"}:
+        raise UntrustedArtifactError(
+            f"{root}/MLmodel has flavors {sorted(flavors or {})}, not python_function alone"
+        )
+    conf = flavors["python_function"]
+    problems = []
+    if not isinstance(conf, dict):
+        raise UntrustedArtifactError(f"{root}/MLmodel's python_function flavor is not a mapping")
+    if conf.get("loader_module") != LOADER_MODULE:
+        problems.append(f"loader_module {conf.get('loader_module')!r} (expected {LOADER_MODULE})")
+    if conf.get("data") != DATA_SUBPATH:
+        problems.append(f"data {conf.get('data')!r} (expected {DATA_SUBPATH})")
+    problems += [f"{key}: {conf[key]!r}" for key in _CODE_KEYS if conf.get(key)]
+    if conf.get("predict_fn", "predict") != "predict":
+        problems.append(f"predict_fn {conf['predict_fn']!r}")
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink() or not (path.is_dir() or path.is_file()):
+            problems.append(f"{path.relative_to(root)} is a link or special file")
+        elif path.is_file() and path.name not in _DATA_NAMES and path.suffix not in _DATA_SUFFIXES:
+            problems.append(f"{path.relative_to(root)} is not a data file")
+    if problems:
+        raise UntrustedArtifactError(
+            f"refusing the model at {root}: it would not be plain data for the installed "
+            f"{LOADER_MODULE} ({'; '.join(problems)}). Someone with write access to the "
+            "registry or artifact store changed it, or an older emflow logged it with its code "
+            "(before 2026-12): publish a new version instead of serving this one"
+        )
+
+
+class GaussianMixtureServing:
+    """A loaded gmm_core model behind MLflow's pyfunc ``predict`` (see the module docstring).
+
+    Parameters
+    ----------
+    model_dir : str or Path
+        A gmm_core model directory (``model.npz`` + ``model.json``, checksums verified on load).
+    """
+
+    def __init__(self, model_dir: str | Path) -> None:
         import gmm_core
 
-        self.model = gmm_core.load_model(context.artifacts[GMM_ARTIFACT])
+        self.model = gmm_core.load_model(model_dir)
         backend = getattr(self.model, "backend", None)
         if backend not in (None, "numpy"):
             # Serving scores small batches on whatever machine loads it: keep it on the CPU.
@@ -131,7 +205,7 @@ class GaussianMixturePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-def
             except (AttributeError, ValueError):
                 pass
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
+    def predict(self, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         """Per-row component, responsibility, log-likelihood (and anomaly p-value and flag).
 
         See :func:`score_frame`.
@@ -139,4 +213,6 @@ class GaussianMixturePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-def
         return score_frame(self.model, model_input)
 
 
-mlflow.models.set_model(GaussianMixturePyfunc())
+def _load_pyfunc(data_path: str) -> GaussianMixtureServing:
+    """MLflow's entry point for ``loader_module``: the model in ``data_path`` (``data/gmm``)."""
+    return GaussianMixtureServing(data_path)

@@ -33,12 +33,17 @@ def read_telemetry(paths: Iterable[str | Path], columns: Sequence[str] | None = 
     """
     import pandas as pd
 
-    from validation.reader import list_batch_files, read_file
+    from validation.reader import list_batch_files, printable, read_file
 
     frames = []
     for path in paths:
         for file in list_batch_files(path):
-            frame = read_file(file)
+            try:
+                frame = read_file(file)
+            except ValueError as error:  # the parser quotes binary bytes: never echo them raw
+                raise ValueError(
+                    f"cannot read {file}: {printable(f'{type(error).__name__}: {error}')}"
+                ) from None
             frames.append(frame if columns is None else frame[list(columns)])
     if not frames:
         raise ValueError(f"no telemetry files under {[str(p) for p in paths]}")

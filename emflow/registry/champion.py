@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from emflow.config import Settings
+from emflow.model.pyfunc_model import DATA_SUBPATH
 from emflow.registry import aliases
 from emflow.registry.tracking import connect, with_retries
 
@@ -83,12 +84,21 @@ def version_model_dir(client: Any, settings: Settings, version: str) -> Path:
                 tracking_uri=settings.tracking_uri,
             )
 
-        gmm_dir = Path(with_retries(f"download model version {version}", download, settings))
-        gmm_dir = gmm_dir / "artifacts" / "gmm"
-        if not (gmm_dir / "model.json").exists():
+        root = Path(with_retries(f"download model version {version}", download, settings))
+        # only the arrays are read (gmm_core.load_model: no pickle, nothing imported): data/gmm,
+        # or artifacts/gmm in versions logged before the model carried data only
+        gmm_dir = next(
+            (
+                d
+                for d in (root / DATA_SUBPATH, root / "artifacts" / "gmm")
+                if (d / "model.json").exists()
+            ),
+            None,
+        )
+        if gmm_dir is None:
             raise FileNotFoundError(
                 f"registry version {version} of {settings.model_name} has no gmm_core files "
-                "under artifacts/gmm: it was not logged by emflow.registry.publish.publish"
+                f"under {DATA_SUBPATH}: it was not logged by emflow.registry.publish.publish"
             )
         if not cached.exists():  # else a concurrent download finished first
             gmm_dir.rename(cached)

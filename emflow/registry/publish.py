@@ -34,7 +34,6 @@ from emflow.registry.tracking import connect, ensure_experiment, find_run_by_key
 
 log = logging.getLogger(__name__)
 
-PYFUNC_CODE = Path(__file__).resolve().parents[1] / "model" / "pyfunc_model.py"
 MODEL_ARTIFACT = "model"
 
 
@@ -71,20 +70,6 @@ class PublishResult(Record):
     champion_version: str | None
     reason: str
     reused: bool = False
-
-
-def _gmm_core_code_copy(folder: Path) -> Path:
-    """A clean copy of the gmm_core package (sources and kernels only) for ``code_paths``."""
-    import gmm_core
-
-    source = Path(gmm_core.__file__).parent
-    target = folder / "gmm_core"
-    shutil.copytree(
-        source,
-        target,
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "*.so", "*.pkl", "*.pickle"),
-    )
-    return target
 
 
 @contextlib.contextmanager
@@ -282,7 +267,7 @@ def _register(
     import mlflow
     from mlflow.models import infer_signature
 
-    from emflow.model.pyfunc_model import GMM_ARTIFACT, score_frame
+    from emflow.model.pyfunc_model import GMM_ARTIFACT, LOADER_MODULE, score_frame
 
     name = settings.model_name
     found = registry.find_version_by_run_key(client, name, run_key)
@@ -293,9 +278,10 @@ def _register(
     registry.ensure_registered_model(
         client, name, description="emflow Gaussian mixture over telemetry (gmm_core arrays)"
     )
-    with tempfile.TemporaryDirectory(prefix="emflow-code-") as tmp:
-        code = _gmm_core_code_copy(Path(tmp))
-        # MLflow names the artifact folder after the source folder: stage it as "gmm".
+    with tempfile.TemporaryDirectory(prefix="emflow-model-") as tmp:
+        # MLflow names the data folder after the source folder: stage it as "gmm". Data only:
+        # the loader is the installed emflow package (emflow.model.pyfunc_model), no code and
+        # no pickle travels with the model (a registry writer cannot change what runs).
         gmm_files = Path(tmp) / GMM_ARTIFACT
         gmm_files.mkdir()
         for path in sorted(Path(model_dir).iterdir()):
@@ -307,9 +293,8 @@ def _register(
         ):  # not the whole project's lock file
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT,
-                python_model=str(PYFUNC_CODE),
-                artifacts={GMM_ARTIFACT: str(gmm_files)},
-                code_paths=[str(code)],
+                loader_module=LOADER_MODULE,
+                data_path=str(gmm_files),
                 signature=signature,
                 input_example=example,
                 pip_requirements=_pip_requirements(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -46,22 +47,31 @@ def check_version_serves(settings: Settings, version: str) -> dict[str, Any]:
     """
     import mlflow
 
-    from emflow.model.pyfunc_model import OUTPUT_COLUMNS
+    from emflow.model.pyfunc_model import OUTPUT_COLUMNS, UntrustedArtifactError, check_artifact
 
     uri = f"models:/{settings.model_name}/{version}"
-    try:
-        loaded = mlflow.pyfunc.load_model(uri)
-        example = loaded.input_example
-        if example is None:
-            raise RollbackCheckError(f"{uri} has no input example to score")
-        scored = loaded.predict(example)
-    except RollbackCheckError:
-        raise
-    except Exception as error:  # noqa: BLE001 - any failure means "do not serve this"
-        raise RollbackCheckError(
-            f"{uri} failed to load or score its input example ({type(error).__name__}: "
-            f"{error}); champion left unchanged"
-        ) from error
+    with tempfile.TemporaryDirectory(prefix=f"emflow-check-v{version}-") as staging:
+        try:
+            # the copy that is checked is the copy that is loaded: nothing of the artifact is
+            # imported before check_artifact has seen all of it
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=staging, tracking_uri=settings.tracking_uri
+            )
+            check_artifact(local)
+            loaded = mlflow.pyfunc.load_model(local)
+            example = loaded.input_example
+            if example is None:
+                raise RollbackCheckError(f"{uri} has no input example to score")
+            scored = loaded.predict(example)
+        except RollbackCheckError:
+            raise
+        except UntrustedArtifactError as error:
+            raise RollbackCheckError(f"{uri}: {error}; champion left unchanged") from error
+        except Exception as error:  # noqa: BLE001 - any failure means "do not serve this"
+            raise RollbackCheckError(
+                f"{uri} failed to load or score its input example ({type(error).__name__}: "
+                f"{error}); champion left unchanged"
+            ) from error
     missing = [c for c in OUTPUT_COLUMNS if c not in scored.columns]
     loglik = np.asarray(
         [np.nan] if missing else scored["log_likelihood"].to_numpy(dtype=np.float64)

@@ -7,10 +7,11 @@ trained model stays in its local directory until the registry holds it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -171,6 +172,9 @@ def connect(settings: Settings) -> MlflowClient:
     # a refused port) before emflow even sees the error. An operator's own values win.
     for http_key, default in MLFLOW_HTTP_DEFAULTS.items():
         os.environ.setdefault(http_key, default)
+    # a progress bar per model download (rollback's check, the champion copy) is noise in a CLI
+    # answer and in task logs
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow also exports these URIs to the environment, where every Settings() made later in
     # this process would pick them up instead of its own home: keep the environment as it was.
     saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
@@ -181,7 +185,41 @@ def connect(settings: Settings) -> MlflowClient:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    uri = settings.tracking_uri
+    if not uri.startswith("sqlite:") or uri in _READY_STORES:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with _store_creation_lock(uri):
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # creates/migrates the schema
+        client.search_registered_models(max_results=1)  # and opens the registry's store
+    _READY_STORES.add(uri)
+    return client
+
+
+#: SQLite stores this process has opened once (their schema exists and is current).
+_READY_STORES: set[str] = set()
+
+
+@contextlib.contextmanager
+def _store_creation_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold an exclusive file lock while this process opens a SQLite store the first time.
+
+    MLflow creates (and migrates) the schema when a client first opens the store; two processes
+    doing that at once on a fresh file fail inside alembic ("expected to match one row ... 0
+    found", "duplicate column name"). The lock is ``flock`` on ``<db>.init-lock`` beside the
+    database: the kernel drops it when its holder dies, so a killed process never blocks the next.
+    """
+    import fcntl
+
+    database = Path(tracking_uri.removeprefix("sqlite:///").split("?")[0])
+    if not database.is_absolute():
+        database = Path.cwd() / database
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".init-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def ensure_experiment(client: MlflowClient, settings: Settings) -> str:

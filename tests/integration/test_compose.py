@@ -48,6 +48,8 @@ SECRET_VARIABLES = {
     "AIRFLOW_API_SECRET_KEY",
     "AIRFLOW_ADMIN_PASSWORD",
     "GRAFANA_ADMIN_PASSWORD",
+    "MLFLOW_ADMIN_PASSWORD",
+    "MLFLOW_SERVER_SECRET_KEY",
 }
 REFERENCE = re.compile(r"\$\{(\w+)(?::?[-?][^}]*)?\}")
 
@@ -262,6 +264,13 @@ def test_airflow_and_mlflow_wiring():
     assert "--backend-store-uri postgresql+psycopg2://mlflow:${MLFLOW_DB_PASSWORD" in mlflow
     assert "--artifacts-destination /opt/mlartifacts" in mlflow
     assert any(v.startswith("mlflow-artifacts:") for v in services["mlflow"]["volumes"])
+    # the registry chooses what is served: the server asks for a login, the pipeline has one
+    assert "--app-name basic-auth" in mlflow
+    server_env = services["mlflow"]["environment"]
+    assert server_env["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
+    assert server_env["MLFLOW_AUTH_CONFIG_PATH"] == "/etc/mlflow/basic_auth.ini"
+    assert "./mlflow/basic_auth.ini:/etc/mlflow/basic_auth.ini:ro" in services["mlflow"]["volumes"]
+    assert env["MLFLOW_TRACKING_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
 
 
 def test_mounted_repository_files_exist_where_services_expect_them():

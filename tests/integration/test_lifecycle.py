@@ -234,9 +234,11 @@ def test_logged_artifacts_hold_no_pickle(settings, models, data, tmp_path):
     flavor = yaml.safe_load(next(p for p in files if p.name == "MLmodel").read_text())["flavors"][
         "python_function"
     ]
-    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"  # model as code
-    assert "python_model" not in flavor  # the key naming a cloudpickled python_model object
-    assert flavor["artifacts"]["gmm"]["path"] == "artifacts/gmm"
+    # data only: the installed emflow loads it, no code (or pickled model) travels with it
+    assert flavor["loader_module"] == "emflow.model.pyfunc_model"
+    assert flavor["data"] == "data/gmm"
+    assert not any(flavor.get(k) for k in ("python_model", "code", "model_code_path", "artifacts"))
+    assert [p for p in files if p.suffix in (".py", ".pyc", ".so")] == []
     for npz in (p for p in files if p.suffix == ".npz"):
         with np.load(npz, allow_pickle=False) as arrays:  # object arrays would need pickle
             assert all(arrays[k].dtype != object for k in arrays.files)
@@ -253,9 +255,10 @@ def test_evaluate_refuses_holdout_without_the_features(settings, models, tmp_pat
         evaluate(tmp_path / "missing", telemetry(50, seed=9), settings)
 
 
-def test_artifact_serves_alone_without_cupy_or_emflow(settings, models, data, tmp_path):
-    """A fresh process that cannot import CuPy loads the champion from the artifact alone:
-    gmm_core comes from the artifact's code folder, emflow is never imported."""
+def test_artifact_serves_from_the_installed_package_without_cupy(settings, models, data, tmp_path):
+    """A fresh process that cannot import CuPy loads the champion: the artifact is data, the
+    loader and gmm_core are the installed packages, and serving imports neither Airflow nor
+    Great Expectations."""
     import subprocess
     import sys
 
@@ -271,7 +274,9 @@ model = mlflow.pyfunc.load_model("models:/{settings.model_name}@champion")
 scored = model.predict(pd.read_csv({str(tmp_path / "rows.csv")!r}))
 import gmm_core
 print(gmm_core.__file__)
-print("emflow" in sys.modules, len(scored), scored["log_likelihood"].notna().all())
+heavy = any(m in sys.modules for m in ("airflow", "great_expectations"))
+loaded = "emflow.model.pyfunc_model" in sys.modules
+print(loaded, heavy, len(scored), scored["log_likelihood"].notna().all())
 print(" ".join(repr(float(v)) for v in scored["log_likelihood"]))
 """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -286,9 +291,8 @@ print(" ".join(repr(float(v)) for v in scored["log_likelihood"]))
     )
     assert done.returncode == 0, done.stderr[-3000:]
     module_file, flags, scores = done.stdout.strip().splitlines()[-3:]
-    assert "/code/gmm_core/" in module_file
-    assert not module_file.startswith(str(Path(__file__).parents[2]))
-    assert flags == "False 20 True"
+    assert module_file.startswith(str(Path(__file__).parents[2]))  # the installed gmm_core
+    assert flags == "True False 20 True"
     # the artifact scores exactly as the model the gate registered
     import gmm_core
 

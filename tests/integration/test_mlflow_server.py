@@ -65,8 +65,17 @@ def _postgres_database() -> tuple[str, object] | None:
 class MlflowServer:
     """One ``mlflow server --workers 1`` process group, restartable on the same port."""
 
-    def __init__(self, backend_uri: str, artifacts: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        backend_uri: str,
+        artifacts: Path,
+        log_path: Path,
+        *,
+        extra_args: tuple[str, ...] = (),
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.backend_uri, self.artifacts, self.log_path = backend_uri, artifacts, log_path
+        self.extra_args, self.extra_env = extra_args, extra_env or {}
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -75,6 +84,7 @@ class MlflowServer:
     def start(self) -> None:
         mlflow_bin = Path(sys.executable).with_name("mlflow")
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env.update(self.extra_env)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -90,6 +100,7 @@ class MlflowServer:
                     str(self.port),
                     "--workers",
                     "1",
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -304,3 +315,46 @@ def test_server_killed_during_publish_then_started_registers_once(
         settings=settings,
     )
     assert again.reused and again.version == result.version
+
+
+def test_compose_basic_auth_config_asks_for_a_login(tmp_path, monkeypatch):
+    """docker/compose.yaml's MLflow server (--app-name basic-auth, docker/mlflow/basic_auth.ini,
+    admin password from the environment): anonymous and wrong-password requests are refused,
+    emflow publishes with MLFLOW_TRACKING_USERNAME/PASSWORD."""
+    import urllib.error
+
+    from mlflow import MlflowClient
+
+    ini = (Path(__file__).parents[2] / "docker" / "mlflow" / "basic_auth.ini").read_text()
+    assert "admin_password" not in ini.replace("# ", "")  # no secret committed
+    ini = ini.replace("sqlite:////opt/mlflow-auth/basic_auth.db", f"sqlite:///{tmp_path}/auth.db")
+    (tmp_path / "basic_auth.ini").write_text(ini)
+    password = uuid.uuid4().hex
+    srv = MlflowServer(
+        f"sqlite:///{tmp_path / 'server.db'}",
+        tmp_path / "artifacts",
+        tmp_path / "server.log",
+        extra_args=("--app-name", "basic-auth"),
+        extra_env={
+            "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
+            "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+            "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex,
+        },
+    )
+    try:
+        srv.start()
+        search = f"{srv.url}/api/2.0/mlflow/registered-models/search"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(search, timeout=10)
+        assert refused.value.code == 401
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+        with pytest.raises(Exception, match="401|Unauthorized|credentials"):
+            MlflowClient(srv.url, registry_uri=srv.url).search_registered_models()
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        client = MlflowClient(srv.url, registry_uri=srv.url)
+        client.create_registered_model("auth-check")
+        assert [m.name for m in client.search_registered_models()] == ["auth-check"]
+    finally:
+        srv.stop()

@@ -4,6 +4,8 @@ promotion, rollback (and its refusals), the CLI, and an unreachable tracking ser
 from __future__ import annotations
 
 import hashlib
+import os
+import pickle
 import shutil
 import socket
 import threading
@@ -258,11 +260,85 @@ def test_rollback_refuses_a_version_that_does_not_load(settings, trained, holdou
     client = _client(settings)
     source = client.get_model_version(settings.model_name, "1").source  # models:/m-<id>
     model_id = source.split("/")[-1]
-    npz = next(settings.artifact_root.rglob(f"{model_id}/artifacts/artifacts/gmm/model.npz"))
+    npz = next(settings.artifact_root.rglob(f"{model_id}/artifacts/data/gmm/model.npz"))
     npz.write_bytes(npz.read_bytes()[:100])  # damaged in the artifact store
     with pytest.raises(RollbackCheckError, match="champion left unchanged"):
         rollback(1, reason="try v1", settings=settings)
     assert _champion(settings) == "2"
+
+
+def _model_files(settings, version):
+    """The artifact-store folder of registry version ``version`` (where MLmodel lies)."""
+    source = _client(settings).get_model_version(settings.model_name, version).source
+    return next(settings.artifact_root.rglob(f"{source.split('/')[-1]}/artifacts/MLmodel")).parent
+
+
+class _Exec:
+    """Unpickles as exec(payload)."""
+
+    def __init__(self, payload):
+        self.payload = payload
+
+    def __reduce__(self):
+        return (exec, (self.payload,))
+
+
+def _tamper(folder, marker, how):
+    """Edit a logged model as a registry writer could, so that loading it would write marker."""
+    import yaml
+
+    payload = f"open({str(marker)!r}, 'w').write('ran')\n"
+    meta = yaml.safe_load((folder / "MLmodel").read_text())
+    conf = meta["flavors"]["python_function"]
+    if how == "code folder":  # a code/ folder first on sys.path, shadowing the loader
+        package = folder / "code" / "emflow" / "model"
+        package.mkdir(parents=True)
+        (folder / "code" / "emflow" / "__init__.py").write_text(payload)
+        (package / "__init__.py").write_text("")
+        (package / "pyfunc_model.py").write_text(payload + "def _load_pyfunc(p): pass\n")
+        conf["code"] = "code"
+    elif how == "other loader":  # a loader shipped in the artifact, as "models from code" did
+        (folder / "data" / "evil.py").write_text(payload + "def _load_pyfunc(p): pass\n")
+        conf["loader_module"] = "evil"
+        conf["code"] = "data"
+    else:  # MLflow's cloudpickle path: a pickled python_model runs code when unpickled
+        conf["loader_module"] = "mlflow.pyfunc.model"
+        conf["python_model"] = "python_model.pkl"
+        (folder / "python_model.pkl").write_bytes(pickle.dumps(_Exec(payload)))
+    (folder / "MLmodel").write_text(yaml.safe_dump(meta))
+
+
+@pytest.mark.parametrize("how", ["code folder", "other loader", "pickled model"])
+def test_rollback_runs_no_code_from_the_artifact_store(
+    settings, trained, holdout, tmp_path, how, monkeypatch
+):
+    """Registry write access is not code execution (issue 16.8): a logged model is data for the
+    installed loader; an artifact edited to carry code is refused before anything is imported."""
+    from emflow.registry.rollback import RollbackCheckError, rollback
+
+    _two_champions(settings, trained, holdout, tmp_path)
+    marker = tmp_path / "foreign-code-ran"
+    _tamper(_model_files(settings, "1"), marker, how)
+    monkeypatch.syspath_prepend(str(tmp_path))  # where a shadowing package would be found
+    with pytest.raises(RollbackCheckError, match="refusing the model.*champion left unchanged"):
+        rollback(1, reason="try v1", settings=settings)
+    assert not marker.exists() and _champion(settings) == "2"
+
+
+def test_a_logged_model_serves_from_the_installed_package(settings, trained, holdout, tmp_path):
+    """The artifact holds no Python file: MLflow's loader imports emflow.model.pyfunc_model."""
+    import mlflow
+
+    from emflow.model.pyfunc_model import check_artifact
+
+    _two_champions(settings, trained, holdout, tmp_path)
+    folder = _model_files(settings, "2")
+    assert sorted(p.suffix for p in folder.rglob("*.py")) == []
+    check_artifact(folder)
+    loaded = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@champion")
+    assert loaded.loader_module == "emflow.model.pyfunc_model"
+    scored = loaded.predict(loaded.input_example)
+    assert list(scored.columns) == ["component", "responsibility", "log_likelihood"]
 
 
 def test_cli_status_and_rollback(settings, trained, holdout, tmp_path, monkeypatch, capsys):
@@ -340,7 +416,8 @@ def test_emflow_score_uses_the_champion_or_a_given_version(
     rows = tmp_path / "rows.parquet"
     holdout.to_parquet(rows, index=False)
     assert cli.main(["score", str(rows)]) == 2
-    assert "no champion yet" in capsys.readouterr().err
+    assert "no registry at" in capsys.readouterr().err
+    assert not (settings.home / "mlflow.db").exists()  # scoring creates no registry
     _two_champions(settings, trained, holdout, tmp_path)
     capsys.readouterr()
     assert cli.main(["score", str(rows)]) == 0
@@ -532,3 +609,79 @@ def test_a_damaged_cached_champion_copy_is_fetched_again(settings, trained, hold
     again_version, again = load_champion(settings)
     assert again == cached and (again / "model.npz").stat().st_size > 200
     assert list(cached.parent.glob(f"{cached.name}.damaged-*"))  # kept aside, not deleted
+
+
+_FIRST_RUN = """
+import sys, time
+from pathlib import Path
+from emflow.config import Settings
+from emflow.registry.tracking import connect, ensure_experiment
+import mlflow  # imported before the barrier: both then open the store at the same moment
+
+home, me, other = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+me.touch()
+while not other.exists():
+    time.sleep(0.001)
+settings = Settings(home=home)
+client = connect(settings)
+print("experiment", ensure_experiment(client, settings))
+"""
+
+
+def test_two_first_ever_runs_on_a_fresh_sqlite_store_both_succeed(tmp_path):
+    """Issue 16.9: two processes opening a fresh SQLite store at once raced in MLflow's schema
+    creation (alembic: "expected to match one row ... 0 found" or "duplicate column name")."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    ready = [tmp_path / "ready-a", tmp_path / "ready-b"]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _FIRST_RUN, str(home), str(me), str(other)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for me, other in (ready, ready[::-1])
+    ]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    for run, (out, err) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, err[-2000:]
+        assert out.strip() == "experiment 1"
+
+
+def test_status_reads_a_sqlite_store_without_mlflow_and_agrees_with_it(
+    settings, trained, holdout, tmp_path
+):
+    """Issue 16.15: registry commands took 5-19 s, mostly importing MLflow and opening its
+    store; `emflow status` on the embedded default now reads the SQLite file directly (no
+    MLflow import) and reports what MLflow's client reports (a schema change shows up here)."""
+    import subprocess
+    import sys
+
+    from emflow.registry.rollback import rollback
+    from emflow.registry.status import _read_sqlite_store, _read_through_mlflow
+
+    _two_champions(settings, trained, holdout, tmp_path)
+    rollback(1, reason="compare readers", settings=settings)
+    name = settings.model_name
+    direct = _read_sqlite_store(settings.tracking_uri, name)
+    assert direct is not None and direct == _read_through_mlflow(settings, name)
+    assert direct[1] == {"champion": "1", "previous-champion": "2", "challenger": "2"}
+    _client(settings).delete_model_version(name, "2")
+    direct = _read_sqlite_store(settings.tracking_uri, name)
+    assert direct == _read_through_mlflow(settings, name)
+    assert [v["version"] for v in direct[2]] == ["1"]
+
+    script = (
+        "import sys; from emflow import cli; code = cli.main(['status']); "
+        "print('MLFLOW' if 'mlflow' in sys.modules else 'no mlflow', code)"
+    )
+    env = {**os.environ, "EMFLOW_HOME": str(settings.home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.strip().splitlines()[-1] == "no mlflow 0", done.stdout + done.stderr
+    assert "champion -> v1" in done.stdout

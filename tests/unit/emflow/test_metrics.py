@@ -190,7 +190,16 @@ def test_failed_run_keeps_last_success_and_other_models(tmp_path):
     info = samples["emflow_retrain_last_run_info"]
     assert [s.labels["failed_step"] for s in info] == ["validate"]  # replaced, not appended
     assert value(samples, "emflow_quarantined_rows") == 1000
-    assert value(samples, "emflow_train_duration_seconds", backend="cupy") == 12.75  # kept
+    # issue 16.15: the previous run's training numbers no longer look current after a failure
+    stale = set(samples) - {
+        "emflow_retrain_last_run_timestamp_seconds",
+        "emflow_retrain_last_success_timestamp_seconds",
+        "emflow_retrain_last_run_success",
+        "emflow_retrain_last_run_info",
+        "emflow_validated_rows",
+        "emflow_quarantined_rows",
+    }
+    assert stale == set(), f"series of the previous run left behind: {sorted(stale)}"
     other = samples_by_name(text, model="other-gmm")
     assert value(other, "emflow_train_duration_seconds", backend="cupy") == 99.0
 
@@ -274,6 +283,13 @@ def test_pushgateway_receives_every_documented_metric(tmp_path):
         assert [s.labels["failed_step"] for s in samples["emflow_retrain_last_run_info"]] == [
             "train"
         ]
+        # issue 16.15: no series of the successful run is left looking current
+        assert {name for name in samples if name.startswith("emflow_")} == {
+            "emflow_retrain_last_run_timestamp_seconds",
+            "emflow_retrain_last_success_timestamp_seconds",
+            "emflow_retrain_last_run_success",
+            "emflow_retrain_last_run_info",
+        }
 
         # the gateway's own view of the group: one group, job + model grouping key
         groups = json.loads(http_get(f"{url}/api/v1/metrics"))["data"]

@@ -240,3 +240,16 @@ def test_a_non_finite_fit_is_refused_and_not_saved(telemetry_file, tmp_path, cap
     err = capsys.readouterr().err
     assert rc == 2 and "non-finite covariances_" in err and "Scale the features" in err
     assert not (out / "model.json").exists()
+
+
+def test_a_backend_error_gets_no_data_hint(telemetry_file, tmp_path, capsys):
+    """Issue 16.15: `--backend cupy` without a GPU ended with "check the data with emflow
+    validate", a hint for data errors; the data were fine."""
+    from gmm_core._device import cupy_unavailable_reason
+
+    if cupy_unavailable_reason() is None:
+        pytest.skip("a usable GPU is here: backend='cupy' runs")
+    rc = main(["train", str(telemetry_file), "--backend", "cupy", "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "backend='cupy' cannot run" in err and "backend='numpy'" in err
+    assert "emflow validate" not in err and "Traceback" not in err

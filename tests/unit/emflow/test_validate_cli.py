@@ -141,3 +141,27 @@ def test_an_unwritable_json_report_is_refused_up_front(where, data_root, tmp_pat
     out, err = capsys.readouterr()
     assert rc == 2 and err.startswith("emflow validate: --json") and "Traceback" not in err
     assert out == ""  # refused before validating
+
+
+def test_a_binary_batch_echoes_no_bytes_to_the_terminal(tmp_path, capsys, monkeypatch):
+    """Issue 16.15: a binary file named .csv put the parser's quoted "line" on the terminal:
+    escape sequences, NULs and U+FFFD. emflow validate and emflow score print a cut, safe text."""
+    batch = tmp_path / "telemetry.csv"
+    batch.write_bytes(b"a,b\n" + bytes(range(256)) * 40 + b"\x1b[2J\x1b]0;owned\x07" * 50)
+    monkeypatch.setenv("EMFLOW_HOME", str(tmp_path / "home"))
+
+    def assert_safe(text):
+        assert text, "nothing printed"
+        bad = {c for c in text if not (c.isprintable() or c == "\n") or c == "\ufffd"}
+        assert not bad, f"unsafe characters printed: {sorted(map(ord, bad))[:10]}"
+        assert all(len(line) < 600 for line in text.splitlines())
+
+    assert main(["validate", str(batch)]) == 1
+    out, err = capsys.readouterr()
+    assert "not Parquet/CSV" in out and "binary content not shown" in out
+    assert_safe(out)
+    assert main(["score", str(batch)]) == 2
+    out, err = capsys.readouterr()
+    assert "cannot read rows" in err and "Traceback" not in err
+    assert not (tmp_path / "home").exists()  # a bad file opens (creates) no registry
+    assert_safe(out + err)
