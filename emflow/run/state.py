@@ -51,6 +51,9 @@ class RunRequest(Record):
     backend: str = DEFAULT_PARAMS["backend"]
     holdout_fraction: float = DEFAULT_PARAMS["holdout_fraction"]
     promotion_margin: float | None = DEFAULT_PARAMS["promotion_margin"]
+    sample_weight_half_life_days: float | None = DEFAULT_PARAMS["sample_weight_half_life_days"]
+    false_alarm_rate: float | None = DEFAULT_PARAMS["false_alarm_rate"]
+    mode: str = DEFAULT_PARAMS["mode"]
 
     @property
     def params(self) -> dict[str, Any]:
@@ -80,13 +83,18 @@ class Validated(Record):
 
 @dataclass(frozen=True)
 class Split(Record):
-    """The deterministic train/holdout split (feature columns only, float64 Parquet)."""
+    """The deterministic train/holdout split (feature columns only, float64 Parquet).
+
+    ``train_age_days_path``: ``.npy`` of the age in days of each train row's day (0: the
+    window's last day), in ``train_path``'s row order.
+    """
 
     train_path: str
     holdout_path: str
     n_train: int
     n_holdout: int
     feature_columns: list[str]
+    train_age_days_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,9 @@ class Trained(Record):
         Peak device memory of the fit as gmm_core measured it (``device_peak_bytes_``).
     timings : dict of str to float
         Seconds per phase: ``read``, gmm_core's ``fit_timings_`` keys, ``save``.
+    mode : str
+        ``"retrain"`` (a fresh fit of the window) or ``"update"`` (one ``partial_fit`` step of
+        the champion on the window's newest day).
     """
 
     model_dir: str
@@ -126,6 +137,7 @@ class Trained(Record):
     gpu_memory_peak_bytes: int | None = None
     device_peak_bytes: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    mode: str = "retrain"
 
 
 @dataclass(frozen=True)
