@@ -103,6 +103,7 @@ def _metrics(
         "holdout_bic": decision.challenger_bic,
         "n_holdout_scored": decision.n_holdout or None,
         "promote": float(decision.promote),
+        "anomaly_alarm_rate": decision.alarm_rate,
         "n_iter": getattr(model, "n_iter_", None),
         "converged": None
         if getattr(model, "converged_", None) is None

@@ -221,6 +221,9 @@ def test_every_challenger_gets_a_threshold_checked_on_fresh_holdout_rows(runs):
             ]
         }
         assert bounds == {"target": 0.01, "low": low, "high": high}
+        run = _client(runs["settings"]).get_run(outcome["xcom"]["publish"]["run_id"])
+        assert run.data.metrics["anomaly_alarm_rate"] == decision["alarm_rate"]
+        assert run.data.params["false_alarm_rate"] == "0.01"
 
 
 def test_update_mode_is_one_partial_fit_of_the_champion_gated_like_any_challenger(runs):
