@@ -253,3 +253,19 @@ def test_gate_holds_the_alarm_rate_to_its_band(alarm_rate, champion, version, pr
     if not promote:
         assert "anomaly threshold flags" in reason and "[0.0000, 0.0300]" in reason
         assert "target false-alarm rate 0.01" in reason
+
+
+@pytest.mark.slow  # creates the MLflow SQLite store (~5 s)
+def test_update_mode_without_a_champion_retrains_the_window(settings, caplog):
+    """The first run of a family has nothing to update: it fits the window (real SQLite store)."""
+    import logging
+
+    request, validated = _two_day_window(
+        settings, n_components=2, n_init=1, max_iter=30, backend="numpy", mode="update"
+    )
+    split = split_window(request, validated, settings)
+    with caplog.at_level(logging.WARNING, logger="emflow.run.train"):
+        trained = train_challenger(request, split, settings)
+    assert "mode=update without a champion: retraining the window" in caplog.text
+    assert trained.mode == "retrain" and trained.n_iter > 1
+    assert gmm_core.load_model(trained.model_dir).metadata_["mode"] == "retrain"
