@@ -30,6 +30,10 @@ key                            meaning
 ``device_peak_bytes``          peak device memory of the fit as gmm_core measured it, bytes
 ``backend``                    resolved ``gmm_core`` backend (``"numpy"``, ``"cupy"``)
 ``component_weights``          mixing weight per (aligned) component, list of floats
+``alarm_rate``                 share of fresh holdout rows the challenger's anomaly threshold
+                               flags (calibrated on the other half of the holdout)
+``false_alarm_rate``           that threshold's target false-alarm rate
+``alarm_rate_band``            ``[low, high]`` the alarm rate must lie in (the gate's band)
 =============================  ===============================================================
 
 The exported metrics are listed in :data:`METRICS` (name -> :class:`MetricSpec`); the README's

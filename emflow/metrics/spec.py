@@ -149,6 +149,20 @@ METRICS: dict[str, MetricSpec] = {
         ("model",),
         "device_peak_bytes",
     ),
+    "emflow_anomaly_alarm_rate": MetricSpec(
+        "gauge",
+        "Share of fresh holdout rows (not used to calibrate it) that the challenger's "
+        "anomaly threshold flags, a ratio.",
+        ("model",),
+        "alarm_rate",
+    ),
+    "emflow_anomaly_alarm_rate_bound": MetricSpec(
+        "gauge",
+        "Target false-alarm rate of the challenger's anomaly threshold (bound=target) and the "
+        "band its measured alarm rate must lie in (bound=low, high), ratios.",
+        ("model", "bound"),
+        "alarm_rate_band",
+    ),
     "emflow_component_weight": MetricSpec(
         "gauge",
         "Mixing weight of each (aligned) component of the latest trained model.",
@@ -269,6 +283,7 @@ def build_registry(summary: Mapping[str, Any], *, now: float | None = None):
         "emflow_quarantined_rows": "rows_quarantined",
         "emflow_gpu_memory_peak_bytes": "gpu_memory_peak_bytes",
         "emflow_train_device_peak_bytes": "device_peak_bytes",
+        "emflow_anomaly_alarm_rate": "alarm_rate",
     }
     for name, key in scalars.items():
         value = _number(summary, key)
@@ -299,6 +314,18 @@ def build_registry(summary: Mapping[str, Any], *, now: float | None = None):
         for role, value in holdout.items():
             if value is not None:
                 family.labels(model, role).set(value)
+
+    band = _number_list(summary, "alarm_rate_band") or []
+    if len(band) not in (0, 2):
+        raise ValueError(f"run summary key 'alarm_rate_band' must be [low, high], got {band!r}")
+    target = _number(summary, "false_alarm_rate")
+    if band or target is not None:
+        family = gauge("emflow_anomaly_alarm_rate_bound")
+        bounds = dict(zip(("low", "high"), band, strict=False))
+        if target is not None:
+            bounds["target"] = target
+        for bound, value in bounds.items():
+            family.labels(model, bound).set(value)
 
     decision = summary.get("decision")
     if decision is not None:

@@ -39,6 +39,17 @@ class Evaluation(Record):
         Challenger mixture weights, shape (n_components,), in the challenger's own order.
     feature_names : list of str
         Feature columns scored, in model order.
+    false_alarm_rate : float or None
+        Target rate of the challenger's anomaly threshold (None: not calibrated).
+    anomaly_threshold : float or None
+        The threshold calibrated on one half of the holdout (negative log-likelihood, nats).
+    alarm_rate : float or None
+        Share of the other half's rows the threshold flags.
+    alarm_rate_band : list of float
+        ``[low, high]``: where ``alarm_rate`` lies for a well-calibrated threshold
+        (:func:`emflow.model.anomaly.alarm_rate_band`); empty when not calibrated.
+    n_alarm_check : int
+        Rows ``alarm_rate`` was measured on.
     """
 
     challenger_mean_loglik: float
@@ -52,6 +63,11 @@ class Evaluation(Record):
     champion_bic: float | None = None
     weights: list[float] = field(default_factory=list)
     feature_names: list[str] = field(default_factory=list)
+    false_alarm_rate: float | None = None
+    anomaly_threshold: float | None = None
+    alarm_rate: float | None = None
+    alarm_rate_band: list[float] = field(default_factory=list)
+    n_alarm_check: int = 0
 
 
 def mean_loglik(score_samples: np.ndarray) -> float:

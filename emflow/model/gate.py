@@ -66,6 +66,11 @@ class Decision(Record):
     alignment_gated : bool
         Whether the alignment threshold took part in the decision: False when K changed (see
         :func:`decide`); the alignment is computed and reported all the same.
+    false_alarm_rate, alarm_rate : float or None
+        The challenger's anomaly threshold's target rate, and the rate measured on fresh holdout
+        rows (None: no threshold was calibrated).
+    alarm_rate_band : list of float
+        ``[low, high]`` the measured rate had to lie in (empty without a threshold).
     """
 
     promote: bool
@@ -88,6 +93,9 @@ class Decision(Record):
     champion_n_components: int | None = None
     unmatched_champion: list[int] = field(default_factory=list)
     alignment_gated: bool = True
+    false_alarm_rate: float | None = None
+    alarm_rate: float | None = None
+    alarm_rate_band: list[float] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -107,7 +115,9 @@ def decide(
 
     Promote iff there is no champion, or the challenger's mean holdout log-likelihood is at most
     ``promotion_margin`` nats per row below the champion's AND the mean alignment cost is at most
-    ``alignment_threshold``. A non-finite likelihood or cost never promotes.
+    ``alignment_threshold``. A non-finite likelihood or cost never promotes, nor does a
+    calibrated anomaly threshold whose alarm rate on fresh holdout rows left its band
+    (:func:`alarm_rate_problem`; with or without a champion).
 
     A changed number of components (``k_change``, from ``n_components="auto"``) is a new model
     structure, not a drift of the same components: components split or merge, so the matched
@@ -134,6 +144,9 @@ def decide(
             f"challenger holdout mean log-likelihood is {challenger_ll}: the model is degenerate "
             "on the holdout (check the training data and reg_covar)"
         )
+    alarm_problem = alarm_rate_problem(evaluation)
+    if alarm_problem is not None:
+        return False, f"rejected: {alarm_problem}"
     if evaluation.champion_version is None or evaluation.champion_mean_loglik is None:
         return True, (
             f"no champion yet: first model becomes champion "
@@ -173,6 +186,26 @@ def decide(
             f"ids; {ll_text}"
         )
     return True, f"promoted: {ll_text}; {align_text}"
+
+
+def alarm_rate_problem(evaluation: Evaluation) -> str | None:
+    """Why the challenger's anomaly threshold fails its check (None: it holds, or none was set).
+
+    The threshold was calibrated on one half of the holdout; the share of the other half it
+    flags must lie in ``evaluation.alarm_rate_band`` (:mod:`emflow.model.anomaly`).
+    """
+    rate, band = evaluation.alarm_rate, evaluation.alarm_rate_band
+    if evaluation.false_alarm_rate is None or rate is None or len(band) != 2:
+        return None
+    low, high = band
+    if math.isfinite(rate) and low <= rate <= high:
+        return None
+    return (
+        f"the anomaly threshold flags {rate:.4f} of {evaluation.n_alarm_check} fresh holdout "
+        f"rows, outside [{low:.4f}, {high:.4f}] around the target false-alarm rate "
+        f"{evaluation.false_alarm_rate:g}: the model's scores do not generalise within the "
+        "window (check for duplicated or constant rows and over-fitting; fewer components)"
+    )
 
 
 def aligned_dir_for(challenger_dir: str | Path) -> Path:
@@ -242,6 +275,7 @@ def gate_models(
                 challenger_aic=evaluation.challenger_aic,
                 challenger_bic=evaluation.challenger_bic,
                 n_holdout=evaluation.n_holdout,
+                **_alarm_evidence(evaluation),
             )
         order = [int(i) for i in np.asarray(alignment.permutation)]  # unmatched ones last
         model_dir = aligned_dir_for(challenger_dir)
@@ -282,9 +316,19 @@ def gate_models(
         if alignment is None
         else [int(i) for i in alignment.unmatched_reference],
         alignment_gated=k_change is None,
+        **_alarm_evidence(evaluation),
     )
     log.info("gate: %s (%s)", decision.label, decision.reason)
     return decision
+
+
+def _alarm_evidence(evaluation: Evaluation) -> dict[str, Any]:
+    """The anomaly threshold check's numbers, as :class:`Decision` fields."""
+    return {
+        "false_alarm_rate": evaluation.false_alarm_rate,
+        "alarm_rate": evaluation.alarm_rate,
+        "alarm_rate_band": list(evaluation.alarm_rate_band),
+    }
 
 
 def _save_aligned(

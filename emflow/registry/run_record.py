@@ -125,6 +125,7 @@ def _metrics(
         "holdout_bic": decision.challenger_bic,
         "n_holdout_scored": decision.n_holdout or None,
         "promote": float(decision.promote),
+        "anomaly_alarm_rate": decision.alarm_rate,
         "n_iter": getattr(model, "n_iter_", None),
         "n_components": float(np.asarray(model.weights_).size),
         "converged": None

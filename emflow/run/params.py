@@ -23,6 +23,9 @@ BACKENDS = ("auto", "numpy", "cupy", "dask", "multigpu")
 SELECTION_CRITERIA = ("bic", "aic", "holdout")
 #: The value of ``n_components`` that asks for model selection over ``k_min..k_max``.
 AUTO = "auto"
+#: How the train step makes the challenger: a fresh fit of the window, or one ``partial_fit``
+#: step of the champion on the window's newest day.
+MODES = ("retrain", "update")
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,39 @@ PARAMS: tuple[ParamSpec, ...] = (
         maximum=100,
         cli=False,
     ),
+    ParamSpec(
+        "sample_weight_half_life_days",
+        "number",
+        None,
+        "Sample weight half-life (days)",
+        "Time decay across a multi-day window: a row's weight is "
+        "0.5 ** (age_days / half_life), age 0 on the window's last day; empty: equal weights. "
+        "Weighted fits run on the NumPy or Dask backend.",
+        minimum=0.01,
+        maximum=3650,
+        cli=False,
+    ),
+    ParamSpec(
+        "false_alarm_rate",
+        "number",
+        0.01,
+        "Anomaly false-alarm rate (target)",
+        "The challenger's anomaly threshold is calibrated at this rate on half of the holdout; "
+        "the gate checks the rate measured on the other half; empty: no threshold.",
+        minimum=0.0001,
+        maximum=0.5,
+        cli=False,
+    ),
+    ParamSpec(
+        "mode",
+        "string",
+        "retrain",
+        "Challenger mode",
+        "retrain: fit the window from scratch. update: one partial_fit step of the champion on "
+        "the window's newest day (cheap; a first run without a champion retrains).",
+        choices=MODES,
+        cli=False,
+    ),
 )
 SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMS}
 
@@ -239,7 +275,7 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
         )
     if not isinstance(merged["seed"], int) or merged["seed"] < 0:
         raise ValueError(f"seed must be a non-negative integer, got {merged['seed']!r}")
-    for name in ("covariance_type", "backend", "criterion"):
+    for name in ("covariance_type", "backend", "criterion", "mode"):
         choices = SPECS[name].choices
         if merged[name] not in choices:
             raise ValueError(f"{name} must be one of {choices}, got {merged[name]!r}")
@@ -248,4 +284,21 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
     margin = merged["promotion_margin"]
     if margin is not None and (not isinstance(margin, int | float) or margin < 0):
         raise ValueError(f"promotion_margin must be a number >= 0 or empty, got {margin!r}")
+    half_life = merged["sample_weight_half_life_days"]
+    if half_life is not None and (not _is_number(half_life) or half_life <= 0):
+        raise ValueError(
+            f"sample_weight_half_life_days must be a number > 0 or empty, got {half_life!r}"
+        )
+    rate = merged["false_alarm_rate"]
+    if rate is not None and (not _is_number(rate) or not 0.0 < rate < 1.0):
+        raise ValueError(f"false_alarm_rate must be in (0, 1) or empty, got {rate!r}")
+    if is_auto(merged["n_components"]) and half_life is not None:
+        raise ValueError(
+            'n_components="auto" (model selection) fits unweighted: give a fixed n_components '
+            "to use sample_weight_half_life_days, or leave the half-life empty"
+        )
     return merged
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

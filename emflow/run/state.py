@@ -54,6 +54,9 @@ class RunRequest(Record):
     criterion: str = DEFAULT_PARAMS["criterion"]
     holdout_fraction: float = DEFAULT_PARAMS["holdout_fraction"]
     promotion_margin: float | None = DEFAULT_PARAMS["promotion_margin"]
+    sample_weight_half_life_days: float | None = DEFAULT_PARAMS["sample_weight_half_life_days"]
+    false_alarm_rate: float | None = DEFAULT_PARAMS["false_alarm_rate"]
+    mode: str = DEFAULT_PARAMS["mode"]
 
     @property
     def params(self) -> dict[str, Any]:
@@ -83,13 +86,18 @@ class Validated(Record):
 
 @dataclass(frozen=True)
 class Split(Record):
-    """The deterministic train/holdout split (feature columns only, float64 Parquet)."""
+    """The deterministic train/holdout split (feature columns only, float64 Parquet).
+
+    ``train_age_days_path``: ``.npy`` of the age in days of each train row's day (0: the
+    window's last day), in ``train_path``'s row order.
+    """
 
     train_path: str
     holdout_path: str
     n_train: int
     n_holdout: int
     feature_columns: list[str]
+    train_age_days_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,9 @@ class Trained(Record):
         K of the trained model (chosen by model selection when the run asked for ``"auto"``).
     selection_json : str or None
         The model-selection table (``selection.json`` beside the model); None for a fixed K.
+    mode : str
+        ``"retrain"`` (a fresh fit of the window) or ``"update"`` (one ``partial_fit`` step of
+        the champion on the window's newest day).
     """
 
     model_dir: str
@@ -135,6 +146,7 @@ class Trained(Record):
     timings: dict[str, float] = field(default_factory=dict)
     n_components: int | None = None
     selection_json: str | None = None
+    mode: str = "retrain"
 
 
 @dataclass(frozen=True)

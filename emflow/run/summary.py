@@ -93,6 +93,10 @@ def run_summary(
         summary["holdout_loglik_champion"] = evaluation.champion_mean_loglik
         if evaluation.weights:
             summary["component_weights"] = evaluation.weights
+        if evaluation.alarm_rate is not None:
+            summary["alarm_rate"] = evaluation.alarm_rate
+            summary["false_alarm_rate"] = evaluation.false_alarm_rate
+            summary["alarm_rate_band"] = evaluation.alarm_rate_band
     decision = outputs.gate
     if decision is not None:
         summary["alignment_cost"] = decision.alignment_mean_cost

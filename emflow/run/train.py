@@ -94,39 +94,23 @@ def train_challenger(
     settings = settings_for(request, settings)
     started = time.perf_counter()
     X = pd.read_parquet(split.train_path).to_numpy(dtype=np.float64)
+    ages = _train_ages(split, X.shape[0])
     timings = {"read": time.perf_counter() - started}
     log_phase(log, "read", timings["read"])
-    backend = _backend_for(request.backend, settings)
-    if backend == "auto" and (reason := _gpu_unavailable_reason()):
-        log.warning("backend=auto: %s; training on the CPU with the NumPy backend", reason)
+    champion = _champion_to_update(request, settings)
     selector = None
-    if is_auto(request.n_components):
+    if champion is not None:
+        version, model = champion
+        model, X, extra = _update_champion(model, version, X, ages, request, settings)
+    elif is_auto(request.n_components):
+        backend = _backend_for(request.backend, settings)
+        if backend == "auto" and (reason := _gpu_unavailable_reason()):
+            log.warning("backend=auto: %s; training on the CPU with the NumPy backend", reason)
         selector = _select(request, split, X, backend, settings)
         model = selector.best_estimator_
+        extra = {"mode": "retrain"}
     else:
-        model = gmm_core.GaussianMixture(
-            n_components=int(request.n_components),
-            covariance_type=request.covariance_type,
-            n_init=int(request.n_init),
-            max_iter=int(request.max_iter),
-            random_state=int(request.seed),
-            backend=backend,
-            verbose=2,
-            verbose_interval=1,
-        )
-        log.info(
-            "training K=%d %s n_init=%d max_iter=%d seed=%d on %d x %d rows (backend=%s)",
-            model.n_components,
-            model.covariance_type,
-            model.n_init,
-            model.max_iter,
-            request.seed,
-            X.shape[0],
-            X.shape[1],
-            request.backend,
-        )
-        with _compute_context(model.backend, settings):
-            model.fit(X)
+        model, extra = _fit_window(X, ages, request, settings)
     check_fitted(model)  # never save (and publish) a model with non-finite parameters
     gpu_peak = _gpu_memory_peak_bytes(model.backend_)
     finals = [float(bounds[-1]) for bounds in model.restart_lower_bounds_ if len(bounds)]
@@ -151,6 +135,7 @@ def train_challenger(
         "backend": model.backend_,
         "fit_seconds": model.fit_seconds_,
         "n_train": int(X.shape[0]),
+        **extra,
     }
     gmm_core.save_model(model, model_dir, feature_names=split.feature_columns, metadata=metadata)
     # the window this model learned, summarised for drift checks once it is the champion
@@ -182,6 +167,7 @@ def train_challenger(
         timings=timings,
         n_components=int(model.n_components),
         selection_json=selection_json,
+        mode=extra["mode"],
     )
 
 
@@ -234,3 +220,143 @@ def _select(request: RunRequest, split: Split, X: Any, backend: str, settings: S
             else (" <- chosen" if row["chosen"] else ""),
         )
     return selector
+
+
+def decay_weights(age_days: Any, half_life_days: float) -> Any:
+    """Time-decay sample weights ``0.5 ** (age_days / half_life_days)``, shape of ``age_days``.
+
+    >>> decay_weights([0, 1, 2], 1.0).tolist()
+    [1.0, 0.5, 0.25]
+    """
+    import numpy as np
+
+    return 0.5 ** (np.asarray(age_days, dtype=np.float64) / float(half_life_days))
+
+
+def _train_ages(split: Split, n_train: int) -> Any:
+    """Age in days of each train row (zeros for a split written without them)."""
+    import numpy as np
+
+    if split.train_age_days_path is None:
+        return np.zeros(n_train, dtype=np.int32)
+    ages = np.load(split.train_age_days_path, allow_pickle=False)
+    if ages.shape != (n_train,):
+        raise ValueError(
+            f"{split.train_age_days_path} holds {ages.shape[0]} ages for {n_train} train rows: "
+            "the split is inconsistent; run the split step again"
+        )
+    return ages
+
+
+def _fit_window(
+    X: Any, ages: Any, request: RunRequest, settings: Settings
+) -> tuple[Any, dict[str, Any]]:
+    """A fresh ``n_init``-restart fit of the window, time-decayed when the request says so."""
+    import gmm_core
+
+    model = gmm_core.GaussianMixture(
+        n_components=int(request.n_components),
+        covariance_type=request.covariance_type,
+        n_init=int(request.n_init),
+        max_iter=int(request.max_iter),
+        random_state=int(request.seed),
+        backend=_backend_for(request.backend, settings),
+        verbose=2,
+        verbose_interval=1,
+    )
+    if model.backend == "auto" and (reason := _gpu_unavailable_reason()):
+        log.warning("backend=auto: %s; training on the CPU with the NumPy backend", reason)
+    extra: dict[str, Any] = {"mode": "retrain"}
+    weights = None
+    if request.sample_weight_half_life_days is not None:
+        weights = decay_weights(ages, request.sample_weight_half_life_days)
+        # Kish's effective sample size: how many equally weighted rows the fit is worth
+        effective = float(weights.sum() ** 2 / (weights**2).sum())
+        extra.update(sample_weight_half_life_days=request.sample_weight_half_life_days)
+        extra.update(effective_n_train=effective)
+        log.info(
+            "time-decayed weights, half-life %g days: oldest day (age %d) weighs %.3g, "
+            "effective rows %.0f of %d",
+            request.sample_weight_half_life_days,
+            int(ages.max()),
+            float(weights.min()),
+            effective,
+            X.shape[0],
+        )
+    log.info(
+        "training K=%d %s n_init=%d max_iter=%d seed=%d on %d x %d rows (backend=%s)",
+        model.n_components,
+        model.covariance_type,
+        model.n_init,
+        model.max_iter,
+        request.seed,
+        X.shape[0],
+        X.shape[1],
+        request.backend,
+    )
+    with _compute_context(model.backend, settings):
+        if weights is None:
+            model.fit(X)
+        else:
+            model.fit(X, sample_weight=weights)
+    return model, extra
+
+
+def _champion_to_update(request: RunRequest, settings: Settings) -> tuple[str, Any] | None:
+    """``(version, model)`` of the champion for ``mode="update"``; None: retrain the window."""
+    if request.mode != "update":
+        return None
+    from emflow.model.telemetry import load_model_dir
+    from emflow.registry.champion import load_champion
+
+    version, champion_dir = load_champion(settings)
+    if version is None or champion_dir is None:
+        log.warning("mode=update without a champion: retraining the window instead")
+        return None
+    return str(version), load_model_dir(champion_dir)
+
+
+def _update_champion(
+    model: Any, version: str, X: Any, ages: Any, request: RunRequest, settings: Settings
+) -> tuple[Any, Any, dict[str, Any]]:
+    """One ``partial_fit`` step of the champion on the window's newest day; the rows it saw."""
+    newest = ages == ages.min()
+    X_new = X[newest]
+    model.backend = _backend_for(request.backend, settings)
+    if model.backend == "auto" and (reason := _gpu_unavailable_reason()):
+        log.warning("backend=auto: %s; updating on the CPU with the NumPy backend", reason)
+    log.info(
+        "mode=update: one partial_fit step of champion v%s (K=%d %s, step %d) on the newest "
+        "day's %d of %d train rows",
+        version,
+        model.n_components,
+        model.covariance_type,
+        int(getattr(model, "n_steps_", 0)),
+        X_new.shape[0],
+        X.shape[0],
+    )
+    started = time.perf_counter()
+    with _compute_context(model.backend, settings):
+        model.partial_fit(X_new)
+    model.fit_seconds_ = time.perf_counter() - started
+    model.n_iter_ = 1  # one stepwise-EM update
+    model.lower_bounds_ = [float(model.lower_bound_)]  # the batch under the champion
+    model.restart_lower_bounds_ = [[float(model.lower_bound_)]]
+    model.backend_ = _resolved_backend(model.backend)
+    for stale in ("anomaly_calibration_", "threshold_", "false_alarm_rate_"):
+        if hasattr(model, stale):  # the champion's threshold; evaluate calibrates anew
+            delattr(model, stale)
+    extra = {
+        "mode": "update",
+        "updated_from": version,
+        "n_steps": int(model.n_steps_),
+        "update_age_days": int(ages.min()),
+    }
+    return model, X_new, extra
+
+
+def _resolved_backend(backend: str) -> str:
+    """The engine ``backend`` runs on here: ``auto`` is CuPy with a usable GPU, else NumPy."""
+    if backend != "auto":
+        return backend
+    return "numpy" if _gpu_unavailable_reason() else "cupy"

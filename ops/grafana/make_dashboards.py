@@ -417,6 +417,16 @@ DEBUG = dashboard(
             width=12,
         ),
         GPU_MEMORY,
+        timeseries(
+            "Anomaly false-alarm rate: measured vs band",
+            (f"emflow_anomaly_alarm_rate{M}", "{{model}} measured"),
+            (f"emflow_anomaly_alarm_rate_bound{M}", "{{model}} {{bound}}"),
+            unit="percentunit",
+            width=8,
+            description="Share of fresh holdout rows the challenger's anomaly threshold flags "
+            "(calibrated on the other half of the holdout), its target and the band the gate "
+            "requires; EmflowAnomalyAlarmRateOutOfBand fires outside it.",
+        ),
         text_panel(
             "Per-iteration curves",
             "Per-iteration lower bounds of every restart, convergence plots and the "

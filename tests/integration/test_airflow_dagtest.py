@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 from support.airflow import private_tmp
 
@@ -51,6 +52,13 @@ DRIVER = textwrap.dedent(
         textfile = settings.metrics_textfile
         outcomes[name]["metrics_text"] = textfile.read_text() if textfile.exists() else ""
         print(f"DONE {name} {outcomes[name]['state']}", flush=True)
+    # issue 18.4: a cheap challenger, one partial_fit step of the champion on a new day
+    write_window(make_telemetry(3000, "2026-11-19", "2026-11-20", seed=4), settings.data_root,
+                 "2026-11-19")
+    outcomes["update"] = runner.run_in_process(
+        dags["gmm_retrain"], {**conf, "mode": "update"}, datetime(2026, 11, 19, tzinfo=UTC))
+    outcomes["update"]["metrics_text"] = settings.metrics_textfile.read_text()
+    print(f"DONE update {outcomes['update']['state']}", flush=True)
     champion = outcomes["good2"]["xcom"]["publish"]["champion_version"]
     target = 1 if str(champion) == "2" else 2
     outcomes["rollback_missing"] = runner.run_in_process(
@@ -185,7 +193,72 @@ def test_second_good_run_is_gated_against_the_champion(runs):
     versions = _client(runs["settings"]).search_model_versions(
         f"name='{runs['settings'].model_name}'"
     )
-    assert sorted(str(v.version) for v in versions) == ["1", "2"]  # none for the bad batch
+    # none for the bad batch; 3 is the update run's (below)
+    assert sorted(str(v.version) for v in versions) == ["1", "2", "3"]
+
+
+def test_every_challenger_gets_a_threshold_checked_on_fresh_holdout_rows(runs):
+    import gmm_core
+
+    for name in ("good1", "good2", "update"):
+        outcome = runs["outcomes"][name]
+        evaluation = outcome["xcom"]["evaluate"]["evaluation"]
+        decision = outcome["xcom"]["gate"]
+        low, high = decision["alarm_rate_band"]
+        assert decision["false_alarm_rate"] == 0.01  # the parameter's default
+        assert low <= decision["alarm_rate"] == evaluation["alarm_rate"] <= high, name
+        assert evaluation["n_alarm_check"] == 300  # half of the 600 holdout rows
+        # the folder that was registered carries the threshold the pyfunc serves
+        published = gmm_core.load_model(decision["model_dir"])
+        assert published.threshold_ == evaluation["anomaly_threshold"]
+        assert published.anomaly_calibration_.n_calibration == 300
+        [(labels, rate)] = _samples(outcome["metrics_text"])["emflow_anomaly_alarm_rate"]
+        assert rate == decision["alarm_rate"]
+        bounds = {
+            labels["bound"]: value
+            for labels, value in _samples(outcome["metrics_text"])[
+                "emflow_anomaly_alarm_rate_bound"
+            ]
+        }
+        assert bounds == {"target": 0.01, "low": low, "high": high}
+        run = _client(runs["settings"]).get_run(outcome["xcom"]["publish"]["run_id"])
+        assert run.data.metrics["anomaly_alarm_rate"] == decision["alarm_rate"]
+        assert run.data.params["false_alarm_rate"] == "0.01"
+
+
+def test_update_mode_is_one_partial_fit_of_the_champion_gated_like_any_challenger(runs):
+    import pandas as pd
+
+    import gmm_core
+
+    outcomes = runs["outcomes"]
+    update = outcomes["update"]
+    assert update["state"] == "success"
+    assert set(update["tasks"].values()) == {"success"}
+    trained = update["xcom"]["train"]
+    assert trained["mode"] == "update" and trained["n_iter"] == 1
+    # the champion in service when the update ran, and the folder it was published from
+    champion = str(outcomes["good2"]["xcom"]["publish"]["champion_version"])
+    source = {"1": "good1", "2": "good2"}[champion]
+    champion_model = gmm_core.load_model(outcomes[source]["xcom"]["gate"]["model_dir"])
+    updated = gmm_core.load_model(trained["model_dir"])
+    assert updated.metadata_["mode"] == "update"
+    assert updated.metadata_["updated_from"] == champion
+    assert updated.n_steps_ == champion_model.n_steps_ + 1 == 1
+    # exactly one stepwise-EM step of that champion on the new day's train rows
+    new_day = pd.read_parquet(update["xcom"]["split"]["train_path"]).to_numpy()
+    champion_model.partial_fit(new_day)
+    np.testing.assert_allclose(updated.means_, champion_model.means_, rtol=1e-12)
+    np.testing.assert_allclose(updated.weights_, champion_model.weights_, rtol=1e-12)
+    # gated against that champion like any challenger, and registered whatever the verdict
+    decision = update["xcom"]["gate"]
+    assert decision["champion_version"] == champion
+    assert decision["alignment_mean_cost"] is not None
+    publication = update["xcom"]["publish"]
+    assert publication["version"] == "3"
+    assert publication["decision"] == ("promote" if decision["promote"] else "reject")
+    metrics = update["xcom"]["publish_metrics"]
+    assert metrics["status"] == "success" and metrics["n_iter"] == 1
 
 
 def test_runs_in_one_process_do_not_leak_conf_into_the_dag(runs):

@@ -172,6 +172,9 @@ def test_real_prometheus_answers_every_panel_after_a_pushed_run(tmp_path):
                 "device_peak_bytes": 100_000_000,
                 "backend": "cupy",
                 "component_weights": [0.4, 0.35, 0.25],
+                "alarm_rate": 0.012,
+                "false_alarm_rate": 0.01,
+                "alarm_rate_band": [0.0, 0.03],
             },
             Settings(home=tmp_path, pushgateway_url=gateway),
         )

@@ -213,6 +213,9 @@ def _with_conf(params, conf):
         ({"backend": "tpu"}, "backend"),
         ({"window_start": "not a date"}, "window_start"),
         ({"promotion_margin": -1}, "promotion_margin"),
+        ({"false_alarm_rate": 0.9}, "false_alarm_rate"),
+        ({"sample_weight_half_life_days": 0}, "sample_weight_half_life_days"),
+        ({"mode": "rebuild"}, "mode"),
     ],
 )
 def test_out_of_bounds_params_are_refused(dagbag, conf, message):

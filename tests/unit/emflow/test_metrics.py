@@ -44,6 +44,9 @@ def realistic_summary(**changes):
         "device_peak_bytes": 201_326_592,
         "backend": "cupy",
         "component_weights": [0.5, 0.25, 0.25],
+        "alarm_rate": 0.0125,
+        "false_alarm_rate": 0.01,
+        "alarm_rate_band": [0.0, 0.03125],
     }
     summary.update(changes)
     return summary
@@ -106,6 +109,10 @@ def check_values(samples: dict[str, list], summary: dict, run_time: float) -> No
     assert value(samples, "emflow_gpu_memory_peak_bytes") == 268_435_456
     assert value(samples, "emflow_train_device_peak_bytes") == 201_326_592
     assert value(samples, "emflow_component_weight", component="2") == 0.25
+    assert value(samples, "emflow_anomaly_alarm_rate") == 0.0125
+    assert value(samples, "emflow_anomaly_alarm_rate_bound", bound="target") == 0.01
+    assert value(samples, "emflow_anomaly_alarm_rate_bound", bound="low") == 0.0
+    assert value(samples, "emflow_anomaly_alarm_rate_bound", bound="high") == 0.03125
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,6 +153,8 @@ def test_every_summary_key_in_module_docstring_feeds_a_metric():
         "rows_validated",
         "rows_quarantined",
         "gpu_memory_peak_bytes",
+        "alarm_rate",
+        "alarm_rate_band",
     ):
         assert f"``{key}``" in module.__doc__, key
         assert key in sources, key
@@ -227,6 +236,11 @@ def test_unreadable_textfile_is_kept_aside_not_deleted(tmp_path):
             {"model_name": MODEL, "status": "success", "restart_lower_bounds": 3.0},
             TypeError,
             "list of numbers",
+        ),
+        (
+            {"model_name": MODEL, "status": "success", "alarm_rate_band": [0.0]},
+            ValueError,
+            "[low, high]",
         ),
     ],
 )

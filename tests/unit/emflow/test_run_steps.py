@@ -123,6 +123,14 @@ def test_asset_events_folded_into_one_run_span_every_window():
         ({"holdout_fraction": 1.5}, {}, ValueError, "holdout_fraction"),
         ({"promotion_margin": -1}, {}, ValueError, "promotion_margin"),
         ({"n_component": 3}, {}, ValueError, "unknown parameter"),
+        (
+            {"sample_weight_half_life_days": 0},
+            {},
+            ValueError,
+            "half_life_days must be a number > 0",
+        ),
+        ({"false_alarm_rate": 1.0}, {}, ValueError, r"false_alarm_rate must be in \(0, 1\)"),
+        ({"mode": "rebuild"}, {}, ValueError, "mode must be one of"),
     ],
 )
 def test_bad_requests_name_the_fix(params, kwargs, error, match):

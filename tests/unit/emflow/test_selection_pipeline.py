@@ -65,6 +65,10 @@ def test_auto_is_accepted_by_the_checks_the_dag_form_and_the_cli():
         check_params({"n_components": "auto", "k_min": 9, "k_max": 3})
     with pytest.raises(ValueError, match="criterion must be one of"):
         check_params({"criterion": "vibes"})
+    # model selection fits unweighted: a half-life beside "auto" is refused, not ignored
+    with pytest.raises(ValueError, match="give a fixed n_components"):
+        check_params({"n_components": "auto", "sample_weight_half_life_days": 3})
+    assert check_params({"n_components": 4, "sample_weight_half_life_days": 3})["n_components"] == 4
 
     from airflow.sdk import ParamsDict
     from airflow.sdk.exceptions import ParamValidationError
