@@ -172,6 +172,7 @@ def test_real_prometheus_answers_every_panel_after_a_pushed_run(tmp_path):
                 "device_peak_bytes": 100_000_000,
                 "backend": "cupy",
                 "component_weights": [0.4, 0.35, 0.25],
+                "n_components": 3,
                 "alarm_rate": 0.012,
                 "false_alarm_rate": 0.01,
                 "alarm_rate_band": [0.0, 0.03],
