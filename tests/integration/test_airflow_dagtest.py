@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,6 +60,14 @@ DRIVER = textwrap.dedent(
         dags["gmm_retrain"], {**conf, "mode": "update"}, datetime(2026, 11, 19, tzinfo=UTC))
     outcomes["update"]["metrics_text"] = settings.metrics_textfile.read_text()
     print(f"DONE update {outcomes['update']['state']}", flush=True)
+    # issue 17: n_components="auto", K chosen by model selection inside the train task
+    write_window(make_telemetry(3000, "2026-11-20", "2026-11-21", seed=5), settings.data_root,
+                 "2026-11-20")
+    outcomes["auto"] = runner.run_in_process(
+        dags["gmm_retrain"], {**conf, "n_components": "auto", "k_min": 2, "k_max": 5},
+        datetime(2026, 11, 20, tzinfo=UTC))
+    outcomes["auto"]["metrics_text"] = settings.metrics_textfile.read_text()
+    print(f"DONE auto {outcomes['auto']['state']}", flush=True)
     champion = outcomes["good2"]["xcom"]["publish"]["champion_version"]
     target = 1 if str(champion) == "2" else 2
     outcomes["rollback_missing"] = runner.run_in_process(
@@ -193,8 +202,8 @@ def test_second_good_run_is_gated_against_the_champion(runs):
     versions = _client(runs["settings"]).search_model_versions(
         f"name='{runs['settings'].model_name}'"
     )
-    # none for the bad batch; 3 is the update run's (below)
-    assert sorted(str(v.version) for v in versions) == ["1", "2", "3"]
+    # none for the bad batch; 3 is the update run's, 4 the "auto" run's (below)
+    assert sorted(str(v.version) for v in versions) == ["1", "2", "3", "4"]
 
 
 def test_every_challenger_gets_a_threshold_checked_on_fresh_holdout_rows(runs):
@@ -259,6 +268,25 @@ def test_update_mode_is_one_partial_fit_of_the_champion_gated_like_any_challenge
     assert publication["decision"] == ("promote" if decision["promote"] else "reject")
     metrics = update["xcom"]["publish_metrics"]
     assert metrics["status"] == "success" and metrics["n_iter"] == 1
+
+
+def test_auto_n_components_selects_k_in_the_train_task_and_reports_it(runs):
+    import gmm_core
+
+    auto = runs["outcomes"]["auto"]
+    assert auto["state"] == "success", auto
+    trained = auto["xcom"]["train"]
+    k = trained["n_components"]
+    assert 2 <= k <= 5
+    rows = json.loads(Path(trained["selection_json"]).read_text())["rows"]
+    assert sorted(int(r["n_components"]) for r in rows) == [2, 3, 4, 5]
+    chosen = [r for r in rows if r.get("chosen")]
+    assert [int(r["n_components"]) for r in chosen] == [k]
+    # the model the gate saw and the K gauge agree with the table's choice
+    assert gmm_core.load_model(auto["xcom"]["gate"]["model_dir"]).n_components == k
+    assert auto["xcom"]["gate"]["n_components"] == k
+    samples = _samples(auto["metrics_text"])
+    assert [v for _, v in samples["emflow_model_components"]] == [float(k)]
 
 
 def test_runs_in_one_process_do_not_leak_conf_into_the_dag(runs):
