@@ -1,21 +1,16 @@
-"""``GaussianMixture``: scikit-learn's estimator, one EM loop, pluggable engines.
+"""``GaussianMixture``: scikit-learn's estimator over pluggable engines.
 
-The loop runs every restart (``n_init``) as one batch: each iteration is one pass of the engine
-over the data (log-likelihood and sufficient statistics of all restarts) followed by the M-step
-on the engine's device. Convergence is tracked per restart with an ``active`` mask on the
-device: a restart that has converged keeps its parameters exactly as scikit-learn's loop would
-have left them. On a device, the host reads whether any restart is still active one iteration
-late (the copy runs while the next iteration does), so the device never waits for the host.
+``fit`` = validate (:mod:`._checks`) -> place the data (engine) -> initialise every restart
+(:mod:`._init` on the device, :mod:`._host_init` on the host) -> the EM loop over the batch of
+restarts (:mod:`._em_loop`, or the engine's own) -> fitted attributes of the best restart.
+Scoring, sampling and the anomaly calibration (:mod:`.anomaly`) use the fitted parameters.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from numbers import Integral, Real
 from typing import Any
 
@@ -27,45 +22,21 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._checks import check_magnitude, checked_initial_parameters
+from ._em_loop import PhaseClock, best_restart, em_progress, run_em
 from ._engine import BACKENDS, EMResult, Engine, cupy_unavailable_reason, get_engine
 from ._gaussian import (
     COVARIANCE_TYPES,
-    ILL_DEFINED_COVARIANCE,
     Params,
-    Stats,
     estimate_log_gaussian_prob,
     logsumexp_rows,
-    m_step,
     n_parameters,
     precisions_from_cholesky,
-    select,
 )
 from ._host_init import host_restarts
 from ._init import initial_params, with_user_init
 from ._weights import check_sample_weight, engine_for_weights
 
 __all__ = ["GaussianMixture", "em_progress"]
-
-# called as callback(iteration, max_iter, n_active_restarts) after every EM iteration
-_PROGRESS: contextvars.ContextVar[Callable[[int, int, int], None] | None] = contextvars.ContextVar(
-    "gmm_core_em_progress", default=None
-)
-
-
-@contextlib.contextmanager
-def em_progress(callback: Callable[[int, int, int], None]) -> Iterator[None]:
-    """Report EM progress of every fit inside the ``with`` block.
-
-    ``callback(iteration, max_iter, n_active_restarts)`` runs after each iteration (a progress
-    bar in a CLI, a log line in a task). Asking for the number of active restarts
-    synchronises a GPU engine once per iteration.
-    """
-    token = _PROGRESS.set(callback)
-    try:
-        yield
-    finally:
-        _PROGRESS.reset(token)
-
 
 #: NumPy input with at least this many sample-component cells is scored on a usable GPU.
 GPU_SCORING_MIN_CELLS = 1 << 22
@@ -393,7 +364,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _fit(self, X: Any, sample_weight: Any = None) -> tuple[Engine, Any, Params]:
         """Fit; return the engine, its prepared data and the best restart's parameters."""
-        clock = _PhaseClock()
+        clock = PhaseClock()
         engine = get_engine(self.backend)
         if sample_weight is not None:
             engine = engine_for_weights(engine, self.backend)
@@ -493,10 +464,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             best = len(lower_bounds) - 1  # as scikit-learn: the last initialisation
             best_bound = -np.inf
         else:
-            best, best_bound = 0, -np.inf
-            for r, bounds in enumerate(lower_bounds):
-                if bounds[-1] > best_bound or best_bound == -np.inf:
-                    best, best_bound = r, float(bounds[-1])
+            best = best_restart(history, n_iter)
+            best_bound = float(lower_bounds[best][-1])
         self.converged_ = bool(converged[best]) if self.max_iter > 0 else False
         if not self.converged_ and self.max_iter > 0:
             warnings.warn(
@@ -518,114 +487,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _run_em(
         self, engine: Engine, data: Any, params: Params, first_bound: float, eps: float
     ) -> EMResult:
-        """The EM loop over a batch of restarts (the engine's own where it has one).
-
-        The result's history is (iterations, R) lower bounds, NaN once a restart stopped.
-        """
-        if not self.verbose and _PROGRESS.get() is None:
-            # the GPU engines run the whole loop on the device (None: layout needs this loop)
-            result = engine.run_em(
-                data,
-                params,
-                reg_covar=self.reg_covar,
-                eps=eps,
-                tol=self.tol,
-                max_iter=self.max_iter,
-                first_bound=first_bound,
-            )
-            if result is not None:
-                return result
-        xp = engine.xp
-        n_restarts = params.weights.shape[0]
-        active = xp.ones(n_restarts, dtype=bool)
-        converged = xp.zeros(n_restarts, dtype=bool)
-        bound = xp.full(n_restarts, first_bound, dtype=xp.float64)
-        n_iter = xp.zeros(n_restarts, dtype=xp.int64)
-        history: list[Any] = []
-        if self.verbose:
-            for r in range(n_restarts):
-                print(f"Initialization {r}")
-        t_start = t_prev = time.perf_counter()
-        progress = _PROGRESS.get()
-        # on a device, positive-definiteness is checked at sync points, not by a sync per iteration
-        deferred = xp is not np
-        failed = xp.zeros((), dtype=bool)
-        pending: Callable[[], Any] | None = None
-        for it in range(1, self.max_iter + 1):
-            stats: Stats = engine.accumulate(data, params, active)
-            new_bound = stats.loglik / stats.weight_sum
-            # an engine may run the M-step itself (CuPy, full covariance: one kernel launch)
-            new_params = engine.m_step(stats, self.covariance_type, self.reg_covar, eps)
-            if (
-                new_params is not None
-                and not deferred
-                and not bool(xp.isfinite(new_params.precisions_cholesky).all())
-            ):
-                raise ValueError(ILL_DEFINED_COVARIANCE)  # as m_step(check=True) would
-            if new_params is None:
-                new_params = m_step(
-                    stats, self.covariance_type, self.reg_covar, eps, xp, check=not deferred
-                )
-            if deferred:
-                failed |= ~xp.isfinite(new_params.precisions_cholesky).all()
-            change = new_bound - bound
-            if not deferred and active.all():  # on the host, skip the per-restart selects
-                params, bound = new_params, new_bound
-                history.append(new_bound)
-                n_iter.fill(it)
-            else:
-                params = select(active, new_params, params, xp)
-                bound = xp.where(active, new_bound, bound)
-                history.append(xp.where(active, new_bound, xp.nan))
-                n_iter = xp.where(active, it, n_iter)
-            just_converged = active & (xp.abs(change) < self.tol)
-            converged |= just_converged
-            active &= ~just_converged
-            if self.verbose and it % self.verbose_interval == 0:
-                now = time.perf_counter()
-                changes = engine.to_host(xp.where(xp.isfinite(change), change, xp.nan))
-                msg = f"  Iteration {it}"
-                if self.verbose >= 2:
-                    msg += f"\t time lapse {now - t_prev:.5f}s\t ll change " + ", ".join(
-                        f"{c:.5f}" for c in changes
-                    )
-                print(msg, flush=True)
-                t_prev = now
-            if progress is not None:
-                n_active = int(active.sum())
-                progress(it, self.max_iter, n_active)
-                if n_active == 0:
-                    break
-            if deferred:
-                # the flags of iteration it - 1, copied while iteration it runs: the device
-                # never waits for the host, and at most one iteration runs after the last
-                # restart stopped (a no-op: every restart is masked)
-                reader = engine.read_later(xp.stack([active.any(), failed]))
-                if pending is not None:
-                    any_active, has_failed = pending()
-                    if has_failed:
-                        raise ValueError(ILL_DEFINED_COVARIANCE)
-                    if not any_active:
-                        break
-                pending = reader
-            elif not bool(active.any()):  # on the host: every iteration
-                break
-        if deferred and bool(failed):
-            raise ValueError(ILL_DEFINED_COVARIANCE)
-        hist = engine.to_host(xp.stack(history)) if history else np.empty((0, n_restarts))
-        n_iter_h = engine.to_host(n_iter)
-        converged_h = engine.to_host(converged)
-        if self.verbose and self.max_iter > 0:
-            for r in range(n_restarts):
-                state = "converged" if converged_h[r] else "did not converge"
-                line = f"Initialization {state}."
-                if self.verbose >= 2:
-                    line += (
-                        f" time lapse {time.perf_counter() - t_start:.5f}s\t lower bound "
-                        f"{hist[n_iter_h[r] - 1, r]:.5f}."
-                    )
-                print(line, flush=True)
-        return EMResult(params, hist, n_iter_h, converged_h)
+        """:func:`gmm_core._em_loop.run_em` with this estimator's settings."""
+        return run_em(
+            engine,
+            data,
+            params,
+            covariance_type=self.covariance_type,
+            reg_covar=self.reg_covar,
+            eps=eps,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            first_bound=first_bound,
+            verbose=self.verbose,
+            verbose_interval=self.verbose_interval,
+        )
 
     def _set_fitted(self, params: Params, shift: np.ndarray, dtype: Any) -> None:
         """Fitted attributes (C-ordered NumPy, in the data's dtype) from one restart's params."""
@@ -829,22 +704,3 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
         y = np.concatenate([np.full(n, j, dtype=int) for j, n in enumerate(n_samples_comp)])
         return X, y
-
-
-class _PhaseClock:
-    """Seconds per phase of a fit (``fit_timings_``), the engine's queue drained at each lap."""
-
-    def __init__(self) -> None:
-        self.engine: Engine | None = None
-        self.started = self.last = time.perf_counter()
-        self.seconds: dict[str, float] = {}
-
-    def lap(self, phase: str) -> None:
-        if self.engine is not None:
-            self.engine.synchronize()
-        now = time.perf_counter()
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
-        self.last = now
-
-    def total(self) -> float:
-        return self.last - self.started

@@ -19,11 +19,10 @@ is shared in grid order (covariance types outer, ``n_components`` inner), as in 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
@@ -36,18 +35,16 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._checks import check_magnitude
+from ._em_loop import best_restart
 from ._engine import BACKENDS, Engine, get_engine
 from ._gaussian import (
     COVARIANCE_TYPES,
-    ILL_DEFINED_COVARIANCE,
     Params,
-    cholesky_precisions,
-    estimate_parameters,
     n_parameters,
-    select,
 )
-from ._host_init import host_initial_parameters
+from ._host_init import host_restarts
 from ._init import with_user_init
+from ._padded_em import concat, pad, run_em_padded, trim
 from .mixture import GaussianMixture, _is_cupy_array
 
 __all__ = ["CRITERIA", "GaussianMixtureSelect"]
@@ -364,14 +361,14 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         if not drawn:
             return
         k_max = max(cand.n_components for cand, _ in drawn)
-        params = _concat([_pad(p, k_max, covariance_type) for _, p in drawn])
+        params = concat([pad(p, k_max, covariance_type) for _, p in drawn])
         owner = np.repeat(np.arange(len(drawn)), self.n_init)  # restart -> candidate
         live = (
             np.arange(k_max)[None, :]
             < np.repeat([cand.n_components for cand, _ in drawn], self.n_init)[:, None]
         )
 
-        result = _run_em_padded(
+        result = run_em_padded(
             engine,
             data,
             params,
@@ -389,7 +386,7 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
                 cand.reason = result.failed[c]
                 continue
             rows = np.flatnonzero(owner == c)
-            best = _best_restart(result.history[:, rows], result.n_iter[rows])
+            best = best_restart(result.history[:, rows], result.n_iter[rows])
             best_rows.append((cand, int(rows[best]), rows))
         if not best_rows:
             return
@@ -402,7 +399,7 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         for i, (cand, r, rows) in enumerate(best_rows):
             k = cand.n_components
             model = self._candidate_estimator(k, covariance_type)
-            one = _trim(result.params.take(r), k, covariance_type)
+            one = trim(result.params.take(r), k, covariance_type)
             model._set_fitted(one, shift, X.dtype)
             curves = [result.history[: result.n_iter[q], q] for q in rows]
             model.converged_ = bool(result.converged[r])
@@ -425,23 +422,10 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
     ) -> Params:
         """``n_init`` restarts drawn as ``GaussianMixture(cand.n_components, ...)`` draws them."""
         random_state = check_random_state(self.random_state)
-        restarts = [
-            host_initial_parameters(
-                X,
-                Xc,
-                shift,
-                random_state,
-                n_components=cand.n_components,
-                covariance_type=cand.covariance_type,
-                init_params=self.init_params,
-                reg_covar=self.reg_covar,
-                eps=eps,
-            )
-            for _ in range(self.n_init)
-        ]
-        w, m, c = (np.concatenate(a) for a in zip(*restarts, strict=True))
+        model = self._candidate_estimator(cand.n_components, cand.covariance_type)
+        drawn = host_restarts(model, X, Xc, shift, random_state, eps)
         return with_user_init(
-            (w, m, c),
+            drawn,
             {},
             shift=shift,
             covariance_type=cand.covariance_type,
@@ -472,162 +456,6 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         """Mean per-sample log-likelihood of ``X`` under ``best_estimator_``."""
         check_is_fitted(self)
         return self.best_estimator_.score(X)
-
-
-# ---------------------------------------------------------------------------------------------
-# EM over candidates of different K side by side
-
-
-@dataclass
-class _PaddedResult:
-    params: Params  # (R, K_max, ...) final parameters, padding included
-    history: np.ndarray  # (n_iterations, R) lower bounds, NaN once a restart stopped
-    n_iter: np.ndarray  # (R,)
-    converged: np.ndarray  # (R,)
-    failed: list[str]  # per candidate: why it failed ("" when it did not)
-
-
-def _pad(params: Params, k_max: int, covariance_type: str) -> Params:
-    """Restarts of K components as restarts of ``k_max``: padding of weight 0, unit covariance."""
-    n_restarts, k, n_features = params.means.shape
-    extra = k_max - k
-    if extra == 0:
-        return params
-    weights = np.concatenate([params.weights, np.zeros((n_restarts, extra))], axis=1)
-    means = np.concatenate([params.means, np.zeros((n_restarts, extra, n_features))], axis=1)
-    if covariance_type == "tied":
-        return Params(weights, means, params.covariances, params.precisions_cholesky)
-    unit = _unit_covariances(n_restarts, extra, n_features, covariance_type)
-    return Params(
-        weights,
-        means,
-        np.concatenate([params.covariances, unit], axis=1),
-        np.concatenate([params.precisions_cholesky, unit], axis=1),
-    )
-
-
-def _unit_covariances(
-    n_restarts: int, n_components: int, n_features: int, covariance_type: str
-) -> np.ndarray:
-    if covariance_type == "full":
-        return np.broadcast_to(
-            np.eye(n_features), (n_restarts, n_components, n_features, n_features)
-        ).copy()
-    if covariance_type == "diag":
-        return np.ones((n_restarts, n_components, n_features))
-    return np.ones((n_restarts, n_components))
-
-
-def _trim(params: Params, n_components: int, covariance_type: str) -> Params:
-    """The first ``n_components`` components (drop the padding)."""
-    k = n_components
-    if covariance_type == "tied":
-        return Params(
-            params.weights[:, :k],
-            params.means[:, :k],
-            params.covariances,
-            params.precisions_cholesky,
-        )
-    return params.map(lambda a: a[:, :k])
-
-
-def _concat(batches: Sequence[Params]) -> Params:
-    return Params(
-        *(np.concatenate([getattr(p, name) for p in batches]) for name in vars(batches[0]))
-    )
-
-
-def _run_em_padded(
-    engine: Engine,
-    data: Any,
-    params: Params,
-    live: np.ndarray,
-    owner: np.ndarray,
-    *,
-    covariance_type: str,
-    reg_covar: float,
-    eps: float,
-    tol: float,
-    max_iter: int,
-) -> _PaddedResult:
-    """EM over restarts of different K padded to one width (the estimator's loop semantics).
-
-    ``live`` (R, K_max) marks the real components of every restart, ``owner`` (R,) the
-    candidate a restart belongs to. A restart whose live covariances become ill-defined fails
-    its candidate (as that candidate's ``fit`` would raise) and stops every restart of it.
-    """
-    n_restarts = live.shape[0]
-    n_candidates = int(owner.max()) + 1
-    tied = covariance_type == "tied"
-    n_features = params.means.shape[2]
-    unit = (
-        None if tied else _unit_covariances(n_restarts, live.shape[1], n_features, covariance_type)
-    )
-    active = np.ones(n_restarts, dtype=bool)
-    converged = np.zeros(n_restarts, dtype=bool)
-    bound = np.full(n_restarts, -np.inf)
-    n_iter = np.zeros(n_restarts, dtype=np.int64)
-    failed = [""] * n_candidates
-    history: list[np.ndarray] = []
-    for it in range(1, max_iter + 1):
-        with np.errstate(divide="ignore"):  # log of the padding's zero weights
-            stats = engine.accumulate(data, params, active)
-        new_bound = np.asarray(stats.loglik, np.float64) / stats.weight_sum
-        _, means, covariances = estimate_parameters(stats, covariance_type, reg_covar, eps, np)
-        # the live components' weights are (nk + eps) / sum(nk + eps) over the live ones alone,
-        # as a fit with only those components computes them; the padding stays at weight 0 with
-        # a unit covariance (a well-defined factor whatever reg_covar is)
-        nk = np.where(live, np.asarray(stats.nk) + eps, 0.0)
-        weights = nk / nk.sum(axis=1, keepdims=True)
-        if not tied:
-            pad = ~live.reshape(live.shape + (1,) * (covariances.ndim - 2))
-            covariances = np.where(pad, unit, covariances)
-        prec_chol = _precisions_cholesky(covariances, covariance_type)
-        new = Params(weights, np.where(live[..., None], means, 0.0), covariances, prec_chol)
-        finite = np.isfinite(prec_chol.reshape(n_restarts, -1)).all(axis=1)
-        broken = active & ~finite
-        for c in np.unique(owner[broken]):
-            failed[int(c)] = f"iteration {it}: {ILL_DEFINED_COVARIANCE}"
-            active &= owner != c
-        change = new_bound - bound
-        params = select(active, new, params, np)
-        bound = np.where(active, new_bound, bound)
-        history.append(np.where(active, new_bound, np.nan))
-        n_iter = np.where(active, it, n_iter)
-        just_converged = active & (np.abs(change) < tol)
-        converged |= just_converged
-        active &= ~just_converged
-        if not active.any():
-            break
-    hist = np.stack(history) if history else np.empty((0, n_restarts))
-    return _PaddedResult(params, hist, n_iter, converged, failed)
-
-
-def _precisions_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
-    """Precision factors of every restart; non-finite where a covariance is ill-defined.
-
-    NumPy's batched Cholesky raises for the whole batch when one matrix is not positive
-    definite: then each restart is factored alone, so one candidate's collapse spares the rest.
-    """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        try:
-            return cholesky_precisions(covariances, covariance_type, np, check=False)
-        except ValueError:
-            out = np.full_like(covariances, np.nan)
-            for r in range(covariances.shape[0]):
-                with contextlib.suppress(ValueError):
-                    out[r] = cholesky_precisions(covariances[r], covariance_type, np, check=False)
-            return out
-
-
-def _best_restart(history: np.ndarray, n_iter: np.ndarray) -> int:
-    """The restart ``GaussianMixture`` keeps: the first with the largest final lower bound."""
-    best, best_bound = 0, -np.inf
-    for r in range(history.shape[1]):
-        final = float(history[n_iter[r] - 1, r])
-        if final > best_bound or best_bound == -np.inf:
-            best, best_bound = r, final
-    return best
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from gmm_core import GaussianMixture, GaussianMixtureSelect
+from gmm_core import _padded_em as padded_em
 from gmm_core import selection as selection_module
 from gmm_core._gaussian import Params, cholesky_precisions
 from gmm_core._numpy_engine import NumpyEngine
@@ -258,7 +259,7 @@ def test_numpy_pass_with_zero_weight_padding_equals_the_unpadded_pass(blobs, cov
         np.asarray(cov)[None],
         cholesky_precisions(np.asarray(cov)[None], covariance_type, np),
     )
-    padded = selection_module._pad(params, k_max, covariance_type)
+    padded = padded_em.pad(params, k_max, covariance_type)
     engine = NumpyEngine()
     data = engine.prepare(X, None, covariance_type)
     one = engine.accumulate(data, params, np.ones(1, dtype=bool))

@@ -1,0 +1,201 @@
+"""The host EM loop of every engine: a batch of restarts, per-restart convergence.
+
+Each iteration is one pass of the engine over the data (log-likelihood and sufficient statistics
+of all restarts) followed by the M-step on the engine's device. Convergence is tracked per
+restart with an ``active`` mask on the device: a restart that has converged keeps its
+parameters exactly as scikit-learn's loop would have left them. On a device, the host reads
+whether any restart is still active one iteration late (the copy runs while the next iteration
+does), so the device never waits for the host. Engines with a loop of their own (the CuPy
+device loop) run it instead, unless progress is reported. Also here: :func:`em_progress`, the
+choice of the kept restart, and the phase clock of ``fit_timings_``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from ._engine import EMResult, Engine
+from ._gaussian import ILL_DEFINED_COVARIANCE, Params, Stats, m_step, select
+
+__all__ = ["PhaseClock", "best_restart", "em_progress", "run_em"]
+
+# called as callback(iteration, max_iter, n_active_restarts) after every EM iteration
+_PROGRESS: contextvars.ContextVar[Callable[[int, int, int], None] | None] = contextvars.ContextVar(
+    "gmm_core_em_progress", default=None
+)
+
+
+@contextlib.contextmanager
+def em_progress(callback: Callable[[int, int, int], None]) -> Iterator[None]:
+    """Report EM progress of every fit inside the ``with`` block.
+
+    ``callback(iteration, max_iter, n_active_restarts)`` runs after each iteration (a progress
+    bar in a CLI, a log line in a task). Asking for the number of active restarts
+    synchronises a GPU engine once per iteration.
+    """
+    token = _PROGRESS.set(callback)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def run_em(
+    engine: Engine,
+    data: Any,
+    params: Params,
+    *,
+    covariance_type: str,
+    reg_covar: float,
+    eps: float,
+    tol: float,
+    max_iter: int,
+    first_bound: float,
+    verbose: int = 0,
+    verbose_interval: int = 10,
+) -> EMResult:
+    """The EM loop over a batch of restarts (the engine's own where it has one).
+
+    The result's history is (iterations, R) lower bounds, NaN once a restart stopped.
+    ``verbose``/``verbose_interval`` print as scikit-learn's ``GaussianMixture`` does.
+    """
+    if not verbose and _PROGRESS.get() is None:
+        # the GPU engines run the whole loop on the device (None: layout needs this loop)
+        result = engine.run_em(
+            data,
+            params,
+            reg_covar=reg_covar,
+            eps=eps,
+            tol=tol,
+            max_iter=max_iter,
+            first_bound=first_bound,
+        )
+        if result is not None:
+            return result
+    xp = engine.xp
+    n_restarts = params.weights.shape[0]
+    active = xp.ones(n_restarts, dtype=bool)
+    converged = xp.zeros(n_restarts, dtype=bool)
+    bound = xp.full(n_restarts, first_bound, dtype=xp.float64)
+    n_iter = xp.zeros(n_restarts, dtype=xp.int64)
+    history: list[Any] = []
+    if verbose:
+        for r in range(n_restarts):
+            print(f"Initialization {r}")
+    t_start = t_prev = time.perf_counter()
+    progress = _PROGRESS.get()
+    # on a device, positive-definiteness is checked at sync points, not by a sync per iteration
+    deferred = xp is not np
+    failed = xp.zeros((), dtype=bool)
+    pending: Callable[[], Any] | None = None
+    for it in range(1, max_iter + 1):
+        stats: Stats = engine.accumulate(data, params, active)
+        new_bound = stats.loglik / stats.weight_sum
+        # an engine may run the M-step itself (CuPy, full covariance: one kernel launch)
+        new_params = engine.m_step(stats, covariance_type, reg_covar, eps)
+        if (
+            new_params is not None
+            and not deferred
+            and not bool(xp.isfinite(new_params.precisions_cholesky).all())
+        ):
+            raise ValueError(ILL_DEFINED_COVARIANCE)  # as m_step(check=True) would
+        if new_params is None:
+            new_params = m_step(stats, covariance_type, reg_covar, eps, xp, check=not deferred)
+        if deferred:
+            failed |= ~xp.isfinite(new_params.precisions_cholesky).all()
+        change = new_bound - bound
+        if not deferred and active.all():  # on the host, skip the per-restart selects
+            params, bound = new_params, new_bound
+            history.append(new_bound)
+            n_iter.fill(it)
+        else:
+            params = select(active, new_params, params, xp)
+            bound = xp.where(active, new_bound, bound)
+            history.append(xp.where(active, new_bound, xp.nan))
+            n_iter = xp.where(active, it, n_iter)
+        just_converged = active & (xp.abs(change) < tol)
+        converged |= just_converged
+        active &= ~just_converged
+        if verbose and it % verbose_interval == 0:
+            now = time.perf_counter()
+            changes = engine.to_host(xp.where(xp.isfinite(change), change, xp.nan))
+            msg = f"  Iteration {it}"
+            if verbose >= 2:
+                msg += f"\t time lapse {now - t_prev:.5f}s\t ll change " + ", ".join(
+                    f"{c:.5f}" for c in changes
+                )
+            print(msg, flush=True)
+            t_prev = now
+        if progress is not None:
+            n_active = int(active.sum())
+            progress(it, max_iter, n_active)
+            if n_active == 0:
+                break
+        if deferred:
+            # the flags of iteration it - 1, copied while iteration it runs: the device
+            # never waits for the host, and at most one iteration runs after the last
+            # restart stopped (a no-op: every restart is masked)
+            reader = engine.read_later(xp.stack([active.any(), failed]))
+            if pending is not None:
+                any_active, has_failed = pending()
+                if has_failed:
+                    raise ValueError(ILL_DEFINED_COVARIANCE)
+                if not any_active:
+                    break
+            pending = reader
+        elif not bool(active.any()):  # on the host: every iteration
+            break
+    if deferred and bool(failed):
+        raise ValueError(ILL_DEFINED_COVARIANCE)
+    hist = engine.to_host(xp.stack(history)) if history else np.empty((0, n_restarts))
+    n_iter_h = engine.to_host(n_iter)
+    converged_h = engine.to_host(converged)
+    if verbose and max_iter > 0:
+        for r in range(n_restarts):
+            state = "converged" if converged_h[r] else "did not converge"
+            line = f"Initialization {state}."
+            if verbose >= 2:
+                line += (
+                    f" time lapse {time.perf_counter() - t_start:.5f}s\t lower bound "
+                    f"{hist[n_iter_h[r] - 1, r]:.5f}."
+                )
+            print(line, flush=True)
+    return EMResult(params, hist, n_iter_h, converged_h)
+
+
+def best_restart(history: np.ndarray, n_iter: np.ndarray) -> int:
+    """The restart a fit keeps: the first with the largest final lower bound (as scikit-learn).
+
+    ``history`` (iterations, R) lower bounds, ``n_iter`` (R,) iterations of every restart.
+    """
+    best, best_bound = 0, -np.inf
+    for r in range(history.shape[1]):
+        final = float(history[n_iter[r] - 1, r])
+        if final > best_bound or best_bound == -np.inf:
+            best, best_bound = r, final
+    return best
+
+
+class PhaseClock:
+    """Seconds per phase of a fit (``fit_timings_``), the engine's queue drained at each lap."""
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+        self.started = self.last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        if self.engine is not None:
+            self.engine.synchronize()
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+        self.last = now
+
+    def total(self) -> float:
+        return self.last - self.started
