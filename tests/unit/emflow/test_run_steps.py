@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from support.batches import three_clusters_batch
 
 from emflow.config import Settings
 from emflow.run.params import DEFAULT_PARAMS
@@ -25,7 +26,7 @@ from emflow.run.request import (
     window_files,
 )
 from emflow.run.split import split_window
-from emflow.run.state import RunRequest, Split, Validated
+from emflow.run.state import RunRequest, Split
 from emflow.run.summary import StepOutputs, publish_metrics, run_summary
 from emflow.run.train import train_challenger
 from emflow.run.validate import rejection_summary, validate_window
@@ -200,21 +201,7 @@ def test_retried_validation_meets_the_quarantined_batch_again(settings):
 
 
 def _validated_state(settings, n_rows=900, seed=3, **params):
-    rng = np.random.default_rng(seed)
-    centers = np.array([[0.0, 0.0], [8.0, 8.0], [-8.0, 6.0]])
-    X = centers[rng.integers(0, 3, n_rows)] + rng.normal(size=(n_rows, 2))
-    frame = pd.DataFrame({"event_id": np.arange(n_rows), "f0": X[:, 0], "f1": X[:, 1]})
-    folder = settings.data_root / "incoming" / "2026-11-20"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "telemetry.parquet"
-    frame.to_parquet(path, index=False)
-    validated = Validated(
-        files=[str(path)],
-        reports=[],
-        rows_validated=n_rows,
-        feature_columns=["f0", "f1"],
-        contract="x",
-    )
+    validated, frame = three_clusters_batch(settings, n_rows, seed)
     return _request(**params), validated, frame
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 import pytest
+from support.batches import three_clusters_batch
 
 import gmm_core
 from emflow.config import Settings
@@ -19,7 +20,7 @@ from emflow.model.telemetry import load_model_dir
 from emflow.run.params import add_cli_options, airflow_params, check_params
 from emflow.run.request import build_request
 from emflow.run.split import split_window
-from emflow.run.state import Trained, Validated
+from emflow.run.state import Trained
 from emflow.run.train import train_challenger
 
 
@@ -37,20 +38,7 @@ def _request(**params):
 
 
 def _three_clusters(settings, n_rows=900, seed=3):
-    rng = np.random.default_rng(seed)
-    centers = np.array([[0.0, 0.0], [8.0, 8.0], [-8.0, 6.0]])
-    X = centers[rng.integers(0, 3, n_rows)] + rng.normal(size=(n_rows, 2))
-    frame = pd.DataFrame({"event_id": np.arange(n_rows), "f0": X[:, 0], "f1": X[:, 1]})
-    folder = settings.data_root / "incoming" / "2026-11-20"
-    folder.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(folder / "telemetry.parquet", index=False)
-    return Validated(
-        files=[str(folder / "telemetry.parquet")],
-        reports=[],
-        rows_validated=n_rows,
-        feature_columns=["f0", "f1"],
-        contract="x",
-    )
+    return three_clusters_batch(settings, n_rows, seed)[0]
 
 
 # ---------------------------------------------------------------------------- params
