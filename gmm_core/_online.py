@@ -19,6 +19,7 @@ runs ``fit`` runs ``partial_fit``.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -74,7 +75,14 @@ def _blend(old: Stats, new: Stats, gamma: float, scale: float) -> Stats:
 
 
 def partial_fit_step(model: GaussianMixture, X: Any, sample_weight: Any) -> None:
-    """One stepwise-EM update of a fitted ``model`` on the batch ``X`` (see the module doc)."""
+    """One stepwise-EM update of a fitted ``model`` on the batch ``X`` (see the module doc).
+
+    Sets the fitted parameters, ``n_steps_``, and the fit record of the step: ``lower_bound_``
+    (the batch's mean log-likelihood under the previous parameters), ``lower_bounds_``,
+    ``restart_lower_bounds_``, ``n_iter_`` (1), ``backend_``, ``fit_seconds_``; an anomaly
+    calibration of the previous parameters is dropped.
+    """
+    started = time.perf_counter()
     engine = get_engine(model.backend)
     if sample_weight is not None:
         engine = engine_for_weights(engine, model.backend)
@@ -118,7 +126,13 @@ def partial_fit_step(model: GaussianMixture, X: Any, sample_weight: Any) -> None
     model._set_fitted(new.map(engine.to_host), shift, dtype)
     bound = float(engine.to_host(per_unit.loglik)[0])  # the batch under the previous parameters
     model.n_steps_ = t + 1
+    # what a fit's record says of this update: one step, the batch's bound, the engine, the time
     model.lower_bound_ = bound
+    model.lower_bounds_ = [bound]
+    model.restart_lower_bounds_ = [np.array([bound])]
+    model.n_iter_ = 1
+    model.backend_ = engine.name
+    model.fit_seconds_ = time.perf_counter() - started
     del data
     type(engine).release_memory()
 

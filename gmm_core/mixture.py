@@ -503,7 +503,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         )
 
     def _set_fitted(self, params: Params, shift: np.ndarray, dtype: Any) -> None:
-        """Fitted attributes (C-ordered NumPy, in the data's dtype) from one restart's params."""
+        """Fitted attributes (C-ordered NumPy, in the data's dtype) from one restart's params.
+
+        An anomaly calibration of earlier parameters no longer holds: it is dropped
+        (:meth:`calibrate_threshold` again).
+        """
+        for stale in ("anomaly_calibration_", "threshold_", "false_alarm_rate_"):
+            self.__dict__.pop(stale, None)
 
         def host(a: Any) -> np.ndarray:
             return np.ascontiguousarray(a, dtype=dtype)

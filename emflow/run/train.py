@@ -335,17 +335,8 @@ def _update_champion(
         X_new.shape[0],
         X.shape[0],
     )
-    started = time.perf_counter()
     with _compute_context(model.backend, settings):
-        model.partial_fit(X_new)
-    model.fit_seconds_ = time.perf_counter() - started
-    model.n_iter_ = 1  # one stepwise-EM update
-    model.lower_bounds_ = [float(model.lower_bound_)]  # the batch under the champion
-    model.restart_lower_bounds_ = [[float(model.lower_bound_)]]
-    model.backend_ = _resolved_backend(model.backend)
-    for stale in ("anomaly_calibration_", "threshold_", "false_alarm_rate_"):
-        if hasattr(model, stale):  # the champion's threshold; evaluate calibrates anew
-            delattr(model, stale)
+        model.partial_fit(X_new)  # drops the champion's threshold: evaluate calibrates anew
     extra = {
         "mode": "update",
         "updated_from": version,
@@ -353,10 +344,3 @@ def _update_champion(
         "update_age_days": int(ages.min()),
     }
     return model, X_new, extra
-
-
-def _resolved_backend(backend: str) -> str:
-    """The engine ``backend`` runs on here: ``auto`` is CuPy with a usable GPU, else NumPy."""
-    if backend != "auto":
-        return backend
-    return "numpy" if _gpu_unavailable_reason() else "cupy"

@@ -111,6 +111,28 @@ def test_partial_fit_continues_a_loaded_model_as_the_live_one():
     np.testing.assert_array_equal(loaded.covariances_, live.covariances_)
 
 
+def test_a_step_records_itself_as_a_fit_does_and_drops_an_outdated_threshold():
+    """After a step the fit record describes the step, and a calibration of the previous
+    parameters is gone (it would flag against the old model); a refit drops it too."""
+    rng = np.random.default_rng(4)
+    gm = GaussianMixture(3, covariance_type="full", random_state=0, backend="numpy")
+    gm.fit(_stream(rng, 1500))
+    gm.calibrate_threshold(_stream(rng, 1000), false_alarm_rate=0.05)
+    batch = _stream(rng, 500)
+    before = gm.score(batch)
+    gm.partial_fit(batch)
+    assert (gm.n_iter_, gm.backend_, gm.n_steps_) == (1, "numpy", 1)
+    assert gm.lower_bound_ == pytest.approx(before, rel=1e-12)  # the batch, previous params
+    assert gm.lower_bounds_ == [gm.lower_bound_]
+    assert [list(b) for b in gm.restart_lower_bounds_] == [[gm.lower_bound_]]
+    assert gm.fit_seconds_ > 0
+    for name in ("anomaly_calibration_", "threshold_", "false_alarm_rate_"):
+        assert not hasattr(gm, name)
+    gm.calibrate_threshold(_stream(rng, 1000), false_alarm_rate=0.05)
+    gm.fit(_stream(rng, 1500))
+    assert not hasattr(gm, "threshold_")
+
+
 def test_partial_fit_refuses_a_batch_with_other_features():
     model = GaussianMixture(2, backend="numpy").partial_fit(_stream(np.random.default_rng(3), 50))
     with pytest.raises(ValueError, match="3 features, but GaussianMixture is expecting 2"):
