@@ -107,7 +107,7 @@ def _read_sqlite_store(tracking_uri: str, name: str) -> _Facts | None:
     embedded default; four read-only queries take milliseconds. The tables are MLflow's own
     (``registered_models``, ``model_versions`` and their tags, ``registered_model_aliases``);
     any mismatch (another schema, a row outside the default workspace, a locked file) returns
-    None and the caller asks MLflow instead. ``tests/integration/test_registry.py`` compares
+    None and the caller asks MLflow instead. ``tests/integration/test_registry_status.py`` compares
     both readings on a real store, so a schema change in a new MLflow shows up there.
     """
     if not tracking_uri.startswith("sqlite:///"):
