@@ -127,6 +127,22 @@ def _draws(
 
 # ---------------------------------------------------------------------------------------------
 # k-means++ seeding
+#
+# Each step has two implementations: ``cuda/init.cu`` kernels for CuPy engines (runtime sizes,
+# one compiled module per kernel and data type, nothing for a new shape) and array code for host
+# array modules (the NumPy reference the unit tests run).
+
+#: rows per block sum of the candidate sampling (``kpp_block_sums``): the second search step
+#: scans at most this many rows
+SAMPLE_BLOCK_ROWS = 2048
+#: device bytes the seeding holds per sample and restart: the float32 distances to the nearest
+#: centre (the block sums add 8 / SAMPLE_BLOCK_ROWS)
+SEED_BYTES_PER_SAMPLE = 4
+#: the ``init.cu`` kernels of the seeding and of Lloyd's updates (template argument: the data's
+#: type where it has one)
+SEEDING_KERNELS = ("kpp_potentials", "kpp_update", "gather_rows", "kpp_choose")
+SEEDING_UNTYPED_KERNELS = ("kpp_block_sums", "kpp_sample")
+LLOYD_KERNELS = ("lloyd_step",)
 
 
 def _kernels(engine: Any, dtype: Any) -> dict[str, Any] | None:
@@ -135,7 +151,9 @@ def _kernels(engine: Any, dtype: Any) -> dict[str, Any] | None:
         return None
     from ._cupy.kernels import get_kernel
 
-    return {name: get_kernel("init.cu", name, dtype) for name in ("kpp_potentials", "kpp_update")}
+    out = {name: get_kernel("init.cu", name, dtype) for name in SEEDING_KERNELS}
+    out.update((name, get_kernel("init.cu", name)) for name in SEEDING_UNTYPED_KERNELS)
+    return out
 
 
 def _grid(engine: Any, n: int) -> tuple[int]:
@@ -180,9 +198,13 @@ def _potentials(
     return pot
 
 
-def _update_closest(engine: Any, data: Any, centres: Any, closest: Any, kernels: Any) -> None:
-    """``closest[r] = min(closest[r], |x - centres[r]|^2)`` in place."""
+def _update_closest(
+    engine: Any, data: Any, centres: Any, closest: Any, kernels: Any, reset: bool = False
+) -> None:
+    """``closest[r] = min(closest[r], |x - centres[r]|^2)`` in place (``reset``: closest = +inf)."""
     n_restarts, n_samples = closest.shape
+    if kernels is None and reset:
+        closest.fill(np.inf)
     for row0, x in _blocks(engine, data):
         if kernels is not None:
             kernels["kpp_update"](
@@ -197,6 +219,7 @@ def _update_closest(engine: Any, data: Any, centres: Any, closest: Any, kernels:
                     closest,
                     np.int64(n_samples),
                     np.int64(row0),
+                    np.int32(reset),
                 ),
             )
             continue
@@ -208,21 +231,137 @@ def _update_closest(engine: Any, data: Any, centres: Any, closest: Any, kernels:
             closest[:, rows] = np.minimum(closest[:, rows].astype(np.float64), d2)
 
 
-def gather_rows(engine: Any, data: Any, ids: Any) -> Any:
-    """Rows ``ids`` (global row numbers, engine array) of the centred data, shape (len(ids), D)."""
+def _sample(engine: Any, closest: Any, u: Any, kernels: Any) -> Any:
+    """Candidate rows of every restart, (R * n_trials,) int64.
+
+    Candidate ``l`` of restart ``r`` is the first row whose cumulative distance reaches
+    ``u[r, l]`` times the restart's total (scikit-learn's ``searchsorted`` on
+    ``stable_cumsum``). ``u`` (R, n_trials) float64, a view of the draws.
+    """
+    n_restarts, n_samples = closest.shape
+    n_trials = u.shape[1]
+    if kernels is None:
+        ids = np.empty((n_restarts, n_trials), dtype=np.int64)
+        for r in range(n_restarts):
+            cum = np.cumsum(closest[r], dtype=np.float64)
+            ids[r] = np.minimum(np.searchsorted(cum, u[r] * cum[-1]), n_samples - 1)
+        return ids.ravel()
     xp = engine.xp
-    out = None
+    n_sums = -(-n_samples // SAMPLE_BLOCK_ROWS)
+    sums = xp.empty((n_restarts, n_sums), dtype=xp.float64)
+    ids = xp.empty(n_restarts * n_trials, dtype=xp.int64)
+    kernels["kpp_block_sums"](
+        (n_sums, n_restarts),
+        (256,),
+        (closest, np.int64(n_samples), np.int32(SAMPLE_BLOCK_ROWS), np.int32(n_sums), sums),
+    )
+    kernels["kpp_sample"](
+        (n_trials, n_restarts),
+        (256,),
+        (
+            closest,
+            np.int64(n_samples),
+            np.int32(SAMPLE_BLOCK_ROWS),
+            np.int32(n_sums),
+            sums,
+            u,
+            np.int64(u.strides[0] // u.itemsize),
+            np.int32(n_trials),
+            ids,
+        ),
+    )
+    return ids
+
+
+def gather_rows(engine: Any, data: Any, ids: Any, out: Any = None) -> Any:
+    """Rows ``ids`` (global row numbers, engine array of int64) of the centred data.
+
+    Returns ``out``, shape (len(ids), n_features) in the data's type (new unless given; a
+    C-contiguous engine array).
+    """
+    xp = engine.xp
+    n_ids = ids.shape[0]
+    if out is None:
+        out = xp.empty((n_ids, data.n_features), dtype=data.dtype)
+    kernel = None
+    if xp is not np:
+        from ._cupy.kernels import get_kernel
+
+        kernel = get_kernel("init.cu", "gather_rows", data.dtype)
     for row0, x in _blocks(engine, data):
+        if kernel is not None:
+            kernel(
+                _grid(engine, n_ids * x.shape[1]),
+                (256,),
+                (
+                    x,
+                    np.int64(x.shape[0]),
+                    np.int32(x.shape[1]),
+                    np.int64(row0),
+                    ids,
+                    np.int32(n_ids),
+                    out,
+                    np.int64(x.shape[1]),
+                ),
+            )
+            continue
         local = ids - row0
-        rows = xp.take(x, xp.clip(local, 0, x.shape[0] - 1), axis=0)
-        if row0 == 0 and x.shape[0] == data.n_samples:
-            return rows
-        inside = ((local >= 0) & (local < x.shape[0]))[:, None]
-        out = rows if out is None else xp.where(inside, rows, out)
+        inside = (local >= 0) & (local < x.shape[0])
+        out[inside] = x[local[inside]]
     return out
 
 
-def kmeans_plusplus(engine: Any, data: Any, n_clusters: int, first: Any, u: Any) -> tuple[Any, Any]:
+def _choose(
+    engine: Any,
+    cand: Any,
+    pot: Any,
+    cand_ids: Any,
+    c: int,
+    centres: Any,
+    indices: Any,
+    chosen: Any,
+    kernels: Any,
+) -> None:
+    """Make every restart's candidate with the smallest potential its centre ``c``.
+
+    The first of equal ones, as ``argmin``: ``centres[:, c]`` (float64), ``indices[:, c]`` and
+    ``chosen`` (R, D), the data's type. ``cand`` (R * n_trials, D); with one candidate per
+    restart ``pot`` is not read.
+    """
+    n_restarts, n_clusters, n_features = centres.shape
+    n_trials = cand.shape[0] // n_restarts
+    if kernels is not None:
+        kernels["kpp_choose"](
+            (n_restarts,),
+            (min(256, max(32, -(-n_features // 32) * 32)),),
+            (
+                cand,
+                pot,
+                cand_ids,
+                np.int32(n_trials),
+                np.int32(n_features),
+                np.int32(c),
+                np.int32(n_clusters),
+                centres,
+                indices,
+                chosen,
+            ),
+        )
+        return
+    best = (
+        np.zeros(n_restarts, dtype=np.int64)
+        if n_trials == 1
+        else np.argmin(pot.reshape(n_restarts, n_trials), axis=1)
+    )
+    src = np.arange(n_restarts) * n_trials + best
+    indices[:, c] = cand_ids[src]
+    chosen[...] = cand[src]
+    centres[:, c] = chosen
+
+
+def kmeans_plusplus(
+    engine: Any, data: Any, n_clusters: int, first: Any, u: Any, out: Any = None
+) -> tuple[Any, Any]:
     """Greedy k-means++ seeding of ``R`` restarts at once.
 
     Parameters
@@ -234,44 +373,40 @@ def kmeans_plusplus(engine: Any, data: Any, n_clusters: int, first: Any, u: Any)
         Row of every restart's first centre.
     u : array of shape (R, n_clusters - 1, n_local_trials)
         Uniform draws in [0, 1): candidate ``l`` of centre ``c`` is the first row whose
-        cumulative potential exceeds ``u[r, c - 1, l]`` of the restart's potential.
+        cumulative potential reaches ``u[r, c - 1, l]`` of the restart's potential.
+    out : engine array of shape (R, n_clusters, n_features), float64, optional
+        Where to write the centres (C-contiguous).
 
     Returns
     -------
-    centres : array of shape (R, n_clusters, n_features), the data's dtype
+    centres : array of shape (R, n_clusters, n_features), float64 (rows of the data)
     indices : array of shape (R, n_clusters), int64
     """
     xp = engine.xp
     n_restarts = len(first)
-    n_samples = data.n_samples
+    n_samples, n_features = data.n_samples, data.n_features
     kernels = _kernels(engine, data.dtype)
-    first = xp.asarray(first, dtype=xp.int64)
-    u = xp.asarray(u, dtype=xp.float64)
+    first = xp.asarray(np.asarray(first, dtype=np.int64))
+    u = xp.asarray(np.ascontiguousarray(u, dtype=np.float64))
     n_trials = u.shape[2] if n_clusters > 1 else 1
     indices = xp.empty((n_restarts, n_clusters), dtype=xp.int64)
-    centres = xp.empty((n_restarts, n_clusters, data.n_features), dtype=data.dtype)
-    indices[:, 0] = first
-    centres[:, 0] = gather_rows(engine, data, first)
+    centres = out
+    if centres is None:
+        centres = xp.empty((n_restarts, n_clusters, n_features), dtype=xp.float64)
+    chosen = xp.empty((n_restarts, n_features), dtype=data.dtype)
     # float32 whatever the data: it only weighs the sampling of the next candidates
-    closest = xp.full((n_restarts, n_samples), xp.inf, dtype=xp.float32)
-    _update_closest(engine, data, xp.ascontiguousarray(centres[:, 0]), closest, kernels)
-    offsets = xp.arange(n_restarts, dtype=xp.int64) * n_samples
-    restarts = xp.arange(n_restarts)
+    closest = xp.empty((n_restarts, n_samples), dtype=xp.float32)
+    pot = xp.zeros(n_restarts * n_trials, dtype=xp.float64)
+    rows = gather_rows(engine, data, first)
+    _choose(engine, rows, pot, first, 0, centres, indices, chosen, kernels)
+    _update_closest(engine, data, chosen, closest, kernels, reset=True)
     for c in range(1, n_clusters):
-        cum = xp.cumsum(closest.ravel(), dtype=xp.float64)  # as scikit-learn's stable_cumsum
-        ends = cum[n_samples - 1 :: n_samples]
-        starts = xp.concatenate([xp.zeros(1), ends[:-1]])
-        values = starts[:, None] + u[:, c - 1, :] * (ends - starts)[:, None]
-        ids = xp.searchsorted(cum, values.ravel()).reshape(n_restarts, n_trials)
-        ids = xp.clip(ids - offsets[:, None], 0, n_samples - 1)
-        cand = gather_rows(engine, data, ids.ravel())
+        ids = _sample(engine, closest, u[:, c - 1, :], kernels)
+        cand = gather_rows(engine, data, ids)
         pot = _potentials(engine, data, cand, closest, n_trials, kernels)
-        best = xp.argmin(pot.reshape(n_restarts, n_trials), axis=1)
-        indices[:, c] = ids[restarts, best]
-        chosen = cand.reshape(n_restarts, n_trials, -1)[restarts, best]
-        centres[:, c] = chosen
+        _choose(engine, cand, pot, ids, c, centres, indices, chosen, kernels)
         if c + 1 < n_clusters:
-            _update_closest(engine, data, xp.ascontiguousarray(chosen), closest, kernels)
+            _update_closest(engine, data, chosen, closest, kernels)
     return centres, indices
 
 
@@ -282,29 +417,65 @@ def kmeans_plusplus(engine: Any, data: Any, n_clusters: int, first: Any, u: Any)
 def hard_params(centres: Any, covariance_type: str, precision: float, xp: Any) -> Params:
     """A mixture whose EM pass assigns every sample to its nearest centre.
 
-    Equal weights, ``centres`` as means and one precision for every component and feature.
+    Equal weights, ``centres`` as means (the same array where it is float64 already, so that
+    updating it in place moves the mixture) and one precision for every component and feature.
+    The constant arrays are made on the host and copied once.
     """
     n_restarts, n_components, n_features = centres.shape
-    weights = xp.full((n_restarts, n_components), 1.0 / n_components)
+    weights = np.full((n_restarts, n_components), 1.0 / n_components)
     root = math.sqrt(precision)
     if covariance_type in ("full", "tied"):
-        eye = xp.eye(n_features)
+        eye = np.eye(n_features)
         shape = (
             (n_restarts, n_components, n_features, n_features)
             if covariance_type == "full"
             else (n_restarts, n_features, n_features)
         )
-        chol = xp.ascontiguousarray(xp.broadcast_to(eye * root, shape))
-        cov = xp.ascontiguousarray(xp.broadcast_to(eye / precision, shape))
+        chol = np.ascontiguousarray(np.broadcast_to(eye * root, shape))
+        cov = np.ascontiguousarray(np.broadcast_to(eye / precision, shape))
     else:
         per_component = (
             (n_restarts, n_components, n_features)
             if covariance_type == "diag"
             else (n_restarts, n_components)
         )
-        chol = xp.full(per_component, root)
-        cov = xp.full(per_component, 1.0 / precision)
-    return Params(weights, xp.asarray(centres, dtype=xp.float64), cov, chol)
+        chol = np.full(per_component, root)
+        cov = np.full(per_component, 1.0 / precision)
+    means = xp.asarray(centres, dtype=xp.float64)
+    return Params(xp.asarray(weights), means, xp.asarray(cov), xp.asarray(chol))
+
+
+def _lloyd_step(
+    engine: Any, stats: Stats, centres: Any, active: Any, n_iter: Any, tol: float, kernel: Any
+) -> tuple[Any, Any]:
+    """Move every active restart's centres to the means of their samples.
+
+    A restart stops once they moved by at most ``tol``. In place on the device
+    (``lloyd_step``); new arrays on the host. Returns ``(centres, active)``.
+    """
+    if kernel is not None:
+        cupy = engine.xp
+        n_restarts, n_components, n_features = centres.shape
+        kernel(
+            (n_restarts,),
+            (256,),
+            (
+                cupy.ascontiguousarray(stats.nk),
+                cupy.ascontiguousarray(stats.sx),
+                np.int32(n_components),
+                np.int32(n_features),
+                np.float64(tol),
+                centres,
+                active,
+                n_iter,
+            ),
+        )
+        return centres, active
+    nk = stats.nk[..., None]
+    new = np.where(nk > 0, stats.sx / np.where(nk > 0, nk, 1.0), centres)
+    moved = ((new - centres) ** 2).sum(axis=(1, 2))
+    n_iter += active
+    return np.where(active[:, None, None], new, centres), active & (moved > tol)
 
 
 def lloyd(
@@ -319,26 +490,35 @@ def lloyd(
     """Lloyd iterations of every restart, each one EM pass of the engine (diag layout).
 
     A restart stops once its centres moved by at most ``tol`` (sum of squares), as scikit-learn's
-    ``KMeans``. Returns the centres (R, K, D) float64 and the iterations of every restart.
+    ``KMeans``. Returns the centres (R, K, D) float64 (a new array) and the iterations of every
+    restart (int64).
     """
     xp = engine.xp
     diag = engine.retype(data, "diag")
-    centres = xp.asarray(centres, dtype=xp.float64)
-    active = xp.ones(centres.shape[0], dtype=bool)
-    n_iter = xp.zeros(centres.shape[0], dtype=xp.int64)
+    n_restarts = centres.shape[0]
+    kernel = None
+    if xp is np:
+        centres = np.array(centres, dtype=np.float64)
+        active = np.ones(n_restarts, dtype=bool)
+    else:
+        from ._cupy.copies import duplicate
+        from ._cupy.kernels import get_kernel
+
+        kernel = get_kernel("init.cu", "lloyd_step")
+        centres = duplicate(xp.ascontiguousarray(centres, dtype=xp.float64))
+        active = xp.asarray(np.ones(n_restarts, dtype=np.int32))
+    n_iter = xp.zeros(n_restarts, dtype=xp.int64)
+    hard = hard_params(centres, "diag", precision, xp)
     pending = None
     for _ in range(max_iter):
-        stats = engine.lloyd_pass(diag, hard_params(centres, "diag", precision, xp), active)
-        nk = stats.nk[..., None]
-        new = xp.where(nk > 0, stats.sx / xp.where(nk > 0, nk, 1.0), centres)
-        moved = ((new - centres) ** 2).sum(axis=(1, 2))
-        centres = xp.where(active[:, None, None], new, centres)
-        n_iter += active
-        active &= moved > tol
+        stats = engine.lloyd_pass(diag, hard, active)
+        centres, active = _lloyd_step(engine, stats, centres, active, n_iter, tol, kernel)
+        hard.means = centres
         # read one iteration late (the device runs on meanwhile); the extra iteration after
-        # the last restart stopped changes nothing (every restart is masked)
-        reader = engine.read_later(active.any())
-        if pending is not None and not bool(pending()):
+        # the last restart stopped changes nothing (every restart is masked). The device updates
+        # `active` in place behind the copy; the host makes a new array.
+        reader = engine.read_later(active)
+        if pending is not None and not pending().any():
             break
         pending = reader
     return centres, n_iter
@@ -367,22 +547,27 @@ def lloyd_coarse_to_fine(
 # Initial statistics
 
 
+def _host_stats(engine: Any, stats: Stats) -> Stats:
+    """``stats`` on the host (parameter-sized arrays: the initial M-step runs there)."""
+    loglik, nk, sx, sxx = (engine.to_host(a) for a in (stats.loglik, stats.nk, stats.sx, stats.sxx))
+    return Stats(loglik, nk, sx, sxx, stats.n_samples, stats.total_weight)
+
+
 def _stats_of_rows(
     engine: Any, data: Any, rows: Any, covariance_type: str, shift: Any, eps: float
 ) -> list[Stats]:
-    """One-sample components (``k-means++``, ``random_from_data``): statistics per restart.
+    """One-sample components (``k-means++``, ``random_from_data``): host statistics per restart.
 
-    ``rows`` (R, K, D) centred samples. ``tied`` uses X^T X over all samples with
+    ``rows`` (R, K, D) centred samples (engine array). ``tied`` uses X^T X over all samples with
     scikit-learn's handling of the samples no component holds (see ``_host_init.stats_from_resp``).
     """
-    xp = engine.xp
-    rows = xp.asarray(rows, dtype=xp.float64)
+    rows = np.asarray(engine.to_host(rows), dtype=np.float64)
     n_restarts, n_components, _ = rows.shape
-    xtx = _xtx(engine, data) if covariance_type == "tied" else None
+    xtx = engine.to_host(_xtx(engine, data)) if covariance_type == "tied" else None
     out = []
     for r in range(n_restarts):
         x = rows[r]
-        nk = xp.ones(n_components)
+        nk = np.ones(n_components)
         if covariance_type == "full":
             sxx = x[:, :, None] * x[:, None, :]
         elif covariance_type == "diag":
@@ -390,12 +575,12 @@ def _stats_of_rows(
         elif covariance_type == "spherical":
             sxx = (x * x).sum(axis=1)
         else:
-            s = xp.asarray(shift, dtype=xp.float64)
+            s = np.asarray(shift, dtype=np.float64)
             outside = data.n_samples - (n_components + eps * n_components)
             total = x.sum(axis=0)
-            sxx = xtx + outside * xp.outer(s, s) - xp.outer(total, s) - xp.outer(s, total)
+            sxx = xtx + outside * np.outer(s, s) - np.outer(total, s) - np.outer(s, total)
         expand = (lambda a: a) if covariance_type == "tied" else (lambda a: a[None])
-        out.append(Stats(xp.zeros(1), nk[None], x[None], expand(sxx), data.n_samples))
+        out.append(Stats(np.zeros(1), nk[None], x[None], expand(sxx), data.n_samples))
     return out
 
 
@@ -475,11 +660,13 @@ def initial_params(
     """Initial parameters of ``n_init`` restarts (engine arrays, float64, centred coordinates).
 
     ``user`` holds the estimator's validated ``*_init`` arrays (host, uncentred); with all three
-    given nothing is drawn. ``variance`` (D,) of the data, when the caller knows it.
+    given nothing is drawn. ``variance`` (D,) of the data, when the caller knows it. The passes
+    over the data run on the engine; the parameters are computed from their statistics on the
+    host (a few KB) and copied to the engine once.
     """
     xp = engine.xp
     k = n_components
-    weights = means = covariances = None
+    drawn = None
     if len(user) < 3:
         draws = _draws(random_state, init_params, n_init, data.n_samples, k)
         if init_params in ("kmeans", "k-means++"):
@@ -490,12 +677,11 @@ def initial_params(
             centres = _seed_all(engine, coarse if coarse is not None else data, k, draws)
             if init_params == "k-means++":
                 parts = _stats_of_rows(engine, data, centres, covariance_type, shift, eps)
-                weights, means, covariances = _stack(parts, covariance_type, reg_covar, eps, xp)
+                drawn = _stack(parts, covariance_type, reg_covar, eps)
             else:
                 if variance is None:
                     _, variance = column_moments(xp, (b for _, b in _blocks(engine, data)))
-                variance = xp.asarray(variance, dtype=xp.float64)
-                total = float(variance.sum())
+                total = float(np.sum(engine.to_host(variance), dtype=np.float64))
                 precision = HARD_PRECISION / total if total > 0 else 1.0
                 tol = KMEANS_TOL * total / data.n_features
                 centres = lloyd_coarse_to_fine(
@@ -503,9 +689,9 @@ def initial_params(
                 )
                 del coarse
                 hard = hard_params(centres, covariance_type, precision, xp)
-                active = xp.ones(n_init, dtype=bool)
-                stats = engine.lloyd_pass(data, hard, active)
-                weights, means, covariances = _params_of(stats, covariance_type, reg_covar, eps, xp)
+                active = xp.asarray(np.ones(n_init, dtype=bool))
+                stats = _host_stats(engine, engine.lloyd_pass(data, hard, active))
+                drawn = _params_of(stats, covariance_type, reg_covar, eps, np)
         elif init_params == "random_from_data":
             ids = np.stack(
                 [
@@ -513,22 +699,26 @@ def initial_params(
                     for d in draws
                 ]
             )
-            rows = gather_rows(engine, data, xp.asarray(ids.ravel())).reshape(n_init, k, -1)
+            rows = gather_rows(engine, data, xp.asarray(ids.ravel().astype(np.int64)))
+            rows = rows.reshape(n_init, k, -1)
             parts = _stats_of_rows(engine, data, rows, covariance_type, shift, eps)
-            weights, means, covariances = _stack(parts, covariance_type, reg_covar, eps, xp)
+            drawn = _stack(parts, covariance_type, reg_covar, eps)
         else:
-            parts = [_random_resp_stats(engine, data, k, d["seed"], covariance_type) for d in draws]
-            weights, means, covariances = _stack(parts, covariance_type, reg_covar, eps, xp)
-    drawn = None if weights is None else (weights, means, covariances)
-    return with_user_init(
+            parts = [
+                _host_stats(engine, _random_resp_stats(engine, data, k, d["seed"], covariance_type))
+                for d in draws
+            ]
+            drawn = _stack(parts, covariance_type, reg_covar, eps)
+    params = with_user_init(
         drawn,
         user,
         shift=shift,
         covariance_type=covariance_type,
         n_components=k,
         n_init=n_init,
-        xp=xp,
+        xp=np,
     )
+    return params.map(engine.asarray)
 
 
 def with_user_init(
@@ -564,34 +754,35 @@ def with_user_init(
 
 
 def _seed_all(engine: Any, data: Any, k: int, draws: list[dict[str, Any]]) -> Any:
-    """k-means++ centres of every restart, (R, K, D).
+    """k-means++ centres of every restart, (R, K, D) float64.
 
-    The seeding holds 12 bytes per sample and restart (distances in float32, their cumulative
-    sum in float64): restarts are seeded in groups that fit the engine's scratch allowance, and
-    where even one restart does not fit it, on evenly spaced rows that do (every sample then
-    takes part in the Lloyd iterations).
+    The seeding holds :data:`SEED_BYTES_PER_SAMPLE` per sample and restart on the device:
+    restarts are seeded in groups that fit the engine's scratch allowance, and where even one
+    restart does not fit it, on evenly spaced rows that do (every sample then takes part in the
+    Lloyd iterations).
     """
     xp = engine.xp
     scratch = engine.scratch_bytes(data)
     n = data.n_samples
+    per_sample = SEED_BYTES_PER_SAMPLE
     seed_data = data
-    if 12 * n > scratch:
-        n_rows = int(max(k, scratch // (12 + data.n_features * data.dtype.itemsize)))
+    if per_sample * n > scratch:
+        n_rows = int(max(k, scratch // (per_sample + data.n_features * data.dtype.itemsize)))
         seed_data = engine.subsample(data, max(1, -(-n // n_rows)))
-    group = int(max(1, scratch // (12 * seed_data.n_samples)))
-    out = []
+    group = int(max(1, scratch // (per_sample * seed_data.n_samples)))
+    out = xp.empty((len(draws), k, data.n_features), dtype=xp.float64)
     for g in range(0, len(draws), group):
         part = draws[g : g + group]
         first = np.array([d["first"] for d in part]) % seed_data.n_samples
         u = np.stack([d["u"] for d in part])
-        centres, _ = kmeans_plusplus(engine, seed_data, k, first, u)
-        out.append(centres)
-    return out[0] if len(out) == 1 else xp.concatenate(out)
+        kmeans_plusplus(engine, seed_data, k, first, u, out=out[g : g + len(part)])
+    return out
 
 
 def _stack(
-    parts: list[Stats], covariance_type: str, reg_covar: float, eps: float, xp: Any
+    parts: list[Stats], covariance_type: str, reg_covar: float, eps: float
 ) -> tuple[Any, Any, Any]:
-    """Parameters of per-restart statistics, stacked along the restart axis."""
-    out = [_params_of(s, covariance_type, reg_covar, eps, xp) for s in parts]
-    return tuple(xp.concatenate(arrays) for arrays in zip(*out, strict=True))
+    """Parameters of per-restart statistics (host), stacked along the restart axis."""
+    out = [_params_of(s, covariance_type, reg_covar, eps, np) for s in parts]
+    weights, means, covariances = (np.concatenate(arrays) for arrays in zip(*out, strict=True))
+    return weights, means, covariances

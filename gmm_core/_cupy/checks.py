@@ -12,32 +12,36 @@ from typing import Any
 import cupy
 import numpy as np
 
-#: threads per block of ``column_stats`` (``GMM_INIT_NT`` in ``init.cu``)
-_THREADS = 256
+#: threads per block of the ``init.cu`` kernels (``GMM_INIT_NT``)
+THREADS = 256
 
 
 @functools.cache
-def _n_sm(device: int) -> int:
+def n_sm(device: int) -> int:
+    """Streaming multiprocessors of CUDA device ``device``."""
     return int(cupy.cuda.Device(device).attributes["MultiProcessorCount"])
 
 
-def column_stats(X: Any) -> tuple[Any, Any, float]:
-    """Column sums and sums of squares (float64, device) and the largest |x| of a 2-D array.
+def column_stats(X: Any) -> tuple[np.ndarray, np.ndarray, float]:
+    """Column sums and sums of squares (float64, host) and the largest |x| of a 2-D CuPy array.
 
     The largest |x| is ``inf`` when the array holds NaN or infinity (the sums then cover its
-    finite values). One pass over ``X`` and a few bytes per block; deterministic (no atomics).
+    finite values). One pass over ``X``; the kernel's block partials (``2 * n_features + 2``
+    values per block, at most ``4 * n_sm`` blocks) come to the host and are summed there, in
+    block order: deterministic (no atomics), and no CuPy reduction to compile.
     """
     from .kernels import get_kernel
 
     X = cupy.ascontiguousarray(X)
     n, d = X.shape
-    blocks = max(-(-d // _THREADS), min(-(-n * d // _THREADS), 4 * _n_sm(X.device.id)), 1)
+    blocks = max(-(-d // THREADS), min(-(-n * d // THREADS), 4 * n_sm(X.device.id)), 1)
     partial = cupy.empty((blocks, 2 * d + 2), dtype=cupy.float64)
     get_kernel("init.cu", "column_stats", X.dtype)(
-        (blocks,), (_THREADS,), (X, np.int64(n), np.int32(d), partial)
+        (blocks,), (THREADS,), (X, np.int64(n), np.int32(d), partial)
     )
-    sums = partial[:, : 2 * d].sum(axis=0)
-    largest, bad = cupy.asnumpy(cupy.stack([partial[:, 2 * d].max(), partial[:, 2 * d + 1].sum()]))
+    host = partial.get()
+    sums = host[:, : 2 * d].sum(axis=0)
+    largest, bad = host[:, 2 * d].max(), host[:, 2 * d + 1].sum()
     return sums[:d], sums[d:], float("inf") if bad else float(largest)
 
 

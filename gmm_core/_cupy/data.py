@@ -11,6 +11,8 @@ from typing import Any
 import cupy
 import numpy as np
 
+from .copies import every_nth_row
+
 logger = logging.getLogger("gmm_core")
 
 
@@ -35,7 +37,7 @@ class CupyData:
     upload_seconds: float = 0.0
     #: what was subtracted from X (float64, zeros where X is used as it is)
     shift: np.ndarray | None = None
-    #: column variances (float64, device) and the largest |x| (``prepare(..., "auto")``)
+    #: column variances (float64, host) and the largest |x| (``prepare(..., "auto")``)
     variance: Any = None
     max_abs: float = 0.0
     source: Any = None
@@ -60,7 +62,7 @@ class DeviceCentring:
 
     def __init__(self, X: Any, shift: np.ndarray, chunk_rows: int) -> None:
         self.X = X
-        self.shift = cupy.asarray(shift, dtype=X.dtype)
+        self.shift = cupy.asarray(np.asarray(shift, dtype=X.dtype))
         self.chunk_rows = max(1, min(int(chunk_rows), X.shape[0]))
         self._buffer: Any = None
 
@@ -74,9 +76,28 @@ class DeviceCentring:
         if self._buffer is None:
             self._buffer = cupy.empty((self.chunk_rows, self.X.shape[1]), dtype=self.X.dtype)
         for block in self.row_blocks():
-            out = self._buffer[: block.shape[0]]
-            cupy.subtract(block, self.shift, out=out)
-            yield out
+            yield centre_rows(block, self.shift, out=self._buffer[: block.shape[0]])
+
+
+def centre_rows(X: Any, shift: Any, out: Any = None) -> Any:
+    """``X - shift`` of a C-contiguous 2-D device array, in X's dtype (``out`` may be ``X``).
+
+    ``shift`` is a device array of shape (n_features,) and X's dtype: the subtraction CuPy's
+    ``X - shift`` does, as the ``centre_rows`` kernel of ``cuda/init.cu`` (nothing to compile
+    on a process's first fit but that module).
+    """
+    from .checks import THREADS, n_sm
+    from .kernels import get_kernel
+
+    out = cupy.empty_like(X) if out is None else out
+    n, d = X.shape
+    if n * d == 0:
+        return out
+    blocks = max(1, min(-(-n * d // THREADS), 32 * n_sm(X.device.id)))
+    get_kernel("init.cu", "centre_rows", X.dtype)(
+        (blocks,), (THREADS,), (X, np.int64(n), np.int32(d), shift, out)
+    )
+    return out
 
 
 def memory_budget(memory_budget_bytes: int | None) -> int:
@@ -94,21 +115,23 @@ RESIDENT_SHARE = 0.75
 STREAM_SHARE = 0.125
 
 
-def _moments(blocks: Iterator[Any]) -> tuple[Any, Any, float]:
-    """Column means and variances (float64, device) and the largest |x| of row blocks.
+def _moments(blocks: Iterator[Any]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Column means and variances (float64, host) and the largest |x| of row blocks.
 
-    One pass of the ``column_stats`` kernel per block (no temporary of the data's size).
+    One pass of the ``column_stats`` kernel per block (no temporary of the data's size); the
+    few column sums are combined on the host.
     """
     from .checks import column_stats
 
-    n, total, total_sq, largest = 0, 0.0, 0.0, 0.0
+    n, largest = 0, 0.0
+    total = total_sq = np.zeros(0)
     for block in blocks:
         s1, s2, big = column_stats(block)
-        total, total_sq = total + s1, total_sq + s2
+        total, total_sq = (s1, s2) if n == 0 else (total + s1, total_sq + s2)
         largest = max(largest, big)
         n += block.shape[0]
     mean = total / n
-    return mean, cupy.maximum(total_sq / n - mean * mean, 0.0), largest
+    return mean, np.maximum(total_sq / n - mean * mean, 0.0), largest
 
 
 #: temporaries beside resident data are held to a quarter of the data's size, but at least this
@@ -175,8 +198,7 @@ def prepare(
             return np.zeros(n_features) if shift is None else np.asarray(shift, np.float64)
         mean, var, largest = _moments(blocks)
         meta.update(variance=var, max_abs=largest)
-        mean_h, var_h = cupy.asnumpy(mean), cupy.asnumpy(var)
-        return mean_h if needs_centring(mean_h, var_h) else np.zeros(n_features)
+        return mean if needs_centring(mean, var) else np.zeros(n_features)
 
     def handle(chunks: list[Any], resident: bool, s: np.ndarray, source: Any = None) -> CupyData:
         return CupyData(
@@ -191,7 +213,7 @@ def prepare(
         if not s.any():
             data = handle([X], True, s)
         elif X.nbytes <= RESIDENT_SHARE * budget:
-            data = handle([X - cupy.asarray(s, dtype=dtype)], True, s)
+            data = handle([centre_rows(X, cupy.asarray(s.astype(dtype)))], True, s)
         else:  # a centred copy would not fit: centre chunk by chunk as the passes read
             source = DeviceCentring(X, s, rows)
             data = handle(source.row_blocks(), False, s, source)
@@ -202,7 +224,7 @@ def prepare(
                 dev = cupy.asarray(X)
                 s = decide(iter([dev]))
                 if s.any():
-                    dev -= cupy.asarray(s, dtype=dtype)
+                    centre_rows(dev, cupy.asarray(s.astype(dtype)), out=dev)
                 data = handle([dev], True, s)
             except cupy.cuda.memory.OutOfMemoryError:
                 dev = None
@@ -214,7 +236,7 @@ def prepare(
         if data is None:
             stream = HostStream(X, None, rows)
             s = decide(stream.chunks())
-            stream.shift = cupy.asarray(s, dtype=dtype) if s.any() else None
+            stream.shift = cupy.asarray(s.astype(dtype)) if s.any() else None
             data = handle(stream.host_chunks(), False, s, stream)
             logger.info(
                 "data (%.1f MB) exceed the GPU memory budget (%.1f MB): streaming %d chunks of "
@@ -239,18 +261,20 @@ def device_chunks(data: CupyData) -> Iterator[Any]:
 
 
 def subsample(data: CupyData, step: int) -> CupyData:
-    """Every ``step``-th row of the data, centred alike, resident (seeding of streamed data)."""
+    """Every ``step``-th row of the data, centred alike, resident (seeding of streamed data).
+
+    Device rows are gathered by one 2-D memcpy, host rows uploaded; streamed data are centred
+    after (``centre_rows``).
+    """
     source = data.source
     if source is None:
-        rows = data.chunks[0][::step]
-        shift = None
+        rows = data.chunks[0] if step == 1 else every_nth_row(data.chunks[0], step)
+    elif isinstance(source.X, cupy.ndarray):
+        rows = every_nth_row(cupy.ascontiguousarray(source.X), step)
     else:
-        raw = source.X[::step]  # host or device rows, uncentred
-        rows = cupy.asarray(raw)
-        shift = source.shift
-    rows = cupy.ascontiguousarray(rows)
-    if shift is not None:
-        rows = rows - shift
+        rows = cupy.asarray(np.ascontiguousarray(source.X[::step]))
+    if source is not None and source.shift is not None:
+        centre_rows(rows, source.shift, out=rows)
     return replace(
         data,
         chunks=[rows],

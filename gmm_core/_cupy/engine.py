@@ -14,6 +14,7 @@ import numpy as np
 
 from .._engine import EMResult, Engine
 from .._gaussian import Params, Stats
+from .._init import LLOYD_KERNELS, SEEDING_KERNELS, SEEDING_UNTYPED_KERNELS
 from .config import BUDGET_ENV, LaunchConfig
 from .data import (
     CupyData,
@@ -36,9 +37,6 @@ from .loop import DeviceLoop
 from .memory import release_memory, track_memory
 
 logger = logging.getLogger("gmm_core")
-
-#: the k-means++ seeding kernels of ``cuda/init.cu`` (``gmm_core._init``)
-INIT_KERNELS = ("kpp_potentials", "kpp_update")
 
 
 class FusedDiag(NamedTuple):
@@ -265,8 +263,12 @@ class CupyEngine(Engine):
         """
         refs = self._em_kernel_refs(data, n_restarts, n_components)
         if init_params in ("kmeans", "k-means++"):
-            refs += [kernel_ref("init.cu", name, data.dtype) for name in INIT_KERNELS]
+            refs += [kernel_ref("init.cu", name, data.dtype) for name in SEEDING_KERNELS]
+            refs += [kernel_ref("init.cu", name) for name in SEEDING_UNTYPED_KERNELS]
+        elif init_params == "random_from_data":
+            refs.append(kernel_ref("init.cu", "gather_rows", data.dtype))
         if init_params == "kmeans":
+            refs += [kernel_ref("init.cu", name) for name in LLOYD_KERNELS]
             diag = retype(data, "diag")
             refs += self._em_kernel_refs(diag, n_restarts, n_components)
             if self.diag_pass_tc.supports(diag, n_restarts, n_components):  # Lloyd's passes

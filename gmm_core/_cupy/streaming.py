@@ -54,7 +54,7 @@ class HostStream:
     def __init__(self, X: np.ndarray, shift: Any, chunk_rows: int) -> None:
         self.X = X
         self.chunk_rows = max(1, min(int(chunk_rows), X.shape[0]))
-        self.shift = None if shift is None else cupy.asarray(shift, dtype=X.dtype)
+        self.shift = None if shift is None else cupy.asarray(np.asarray(shift, dtype=X.dtype))
         self.pinned = _register(X)
         if self.pinned:
             weakref.finalize(self, _unregister, X.ctypes.data)
@@ -76,6 +76,8 @@ class HostStream:
 
     def chunks(self) -> Iterator[Any]:
         """Yield every chunk as a centred device array (valid until the next one is asked for)."""
+        from .data import centre_rows
+
         if not self._buffers:
             self._buffers = [
                 cupy.empty((self.chunk_rows, self.X.shape[1]), dtype=self.X.dtype)
@@ -103,7 +105,7 @@ class HostStream:
             compute.wait_event(copied[slot])
             view = self._buffers[slot][: len(rows)]
             if self.shift is not None:
-                view -= self.shift
+                centre_rows(view, self.shift, out=view)
             yield view
             done = cupy.cuda.Event(disable_timing=True)
             done.record(compute)

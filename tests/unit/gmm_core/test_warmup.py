@@ -151,7 +151,12 @@ def test_kmeans_initialisation_adds_the_seeding_kernels_and_the_lloyd_passes():
     assert got[len(em) :] == [
         "kpp_potentials<float>",
         "kpp_update<float>",
-        "prepare_params<float, 32, false>",  # Lloyd: passes of a hard diag mixture
+        "gather_rows<float>",
+        "kpp_choose<float>",
+        "kpp_block_sums",
+        "kpp_sample",
+        "lloyd_step",  # Lloyd: the update, and the passes of a hard diag mixture
+        "prepare_params<float, 32, false>",
         "diag_pass<float, 32, 2, false, false, false>",
         "diag_mstep<float, 32, false>",
     ]
