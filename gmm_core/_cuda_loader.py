@@ -144,6 +144,10 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
         "centre_rows<float>",
         "centre_rows<double>",
     ),
+    "em_loop.cu": (
+        "em_keep_inactive",
+        "em_track",
+    ),
     "em_full.cu": (
         "full_mstep<1>",
         "full_mstep<32>",

@@ -23,7 +23,7 @@ import numpy as np
 from ._engine import EMResult, Engine
 from ._gaussian import ILL_DEFINED_COVARIANCE, Params, Stats, m_step, select
 
-__all__ = ["PhaseClock", "best_restart", "em_progress", "run_em"]
+__all__ = ["PhaseClock", "RestartTracker", "best_restart", "em_progress", "run_em"]
 
 # called as callback(iteration, max_iter, n_active_restarts) after every EM iteration
 _PROGRESS: contextvars.ContextVar[Callable[[int, int, int], None] | None] = contextvars.ContextVar(
@@ -80,23 +80,19 @@ def run_em(
             return result
     xp = engine.xp
     n_restarts = params.weights.shape[0]
-    active = xp.ones(n_restarts, dtype=bool)
-    converged = xp.zeros(n_restarts, dtype=bool)
-    bound = xp.full(n_restarts, first_bound, dtype=xp.float64)
-    n_iter = xp.zeros(n_restarts, dtype=xp.int64)
-    history: list[Any] = []
+    # on a device, positive-definiteness is checked at sync points, not by a sync per iteration
+    deferred = xp is not np
+    tracker = engine.restart_tracker(n_restarts, max_iter, first_bound, tol)
+    if tracker is None:
+        tracker = RestartTracker(xp, n_restarts, max_iter, first_bound, tol, deferred=deferred)
     if verbose:
         for r in range(n_restarts):
             print(f"Initialization {r}")
     t_start = t_prev = time.perf_counter()
     progress = _PROGRESS.get()
-    # on a device, positive-definiteness is checked at sync points, not by a sync per iteration
-    deferred = xp is not np
-    failed = xp.zeros((), dtype=bool)
     pending: Callable[[], Any] | None = None
     for it in range(1, max_iter + 1):
-        stats: Stats = engine.accumulate(data, params, active)
-        new_bound = stats.loglik / stats.weight_sum
+        stats: Stats = engine.accumulate(data, params, tracker.active)
         # an engine may run the M-step itself (CuPy, full covariance: one kernel launch)
         new_params = engine.m_step(stats, covariance_type, reg_covar, eps)
         if (
@@ -107,24 +103,10 @@ def run_em(
             raise ValueError(ILL_DEFINED_COVARIANCE)  # as m_step(check=True) would
         if new_params is None:
             new_params = m_step(stats, covariance_type, reg_covar, eps, xp, check=not deferred)
-        if deferred:
-            failed |= ~xp.isfinite(new_params.precisions_cholesky).all()
-        change = new_bound - bound
-        if not deferred and active.all():  # on the host, skip the per-restart selects
-            params, bound = new_params, new_bound
-            history.append(new_bound)
-            n_iter.fill(it)
-        else:
-            params = select(active, new_params, params, xp)
-            bound = xp.where(active, new_bound, bound)
-            history.append(xp.where(active, new_bound, xp.nan))
-            n_iter = xp.where(active, it, n_iter)
-        just_converged = active & (xp.abs(change) < tol)
-        converged |= just_converged
-        active &= ~just_converged
+        params = tracker.update(it, stats, new_params, params)
         if verbose and it % verbose_interval == 0:
             now = time.perf_counter()
-            changes = engine.to_host(xp.where(xp.isfinite(change), change, xp.nan))
+            changes = tracker.changes(engine)
             msg = f"  Iteration {it}"
             if verbose >= 2:
                 msg += f"\t time lapse {now - t_prev:.5f}s\t ll change " + ", ".join(
@@ -133,7 +115,7 @@ def run_em(
             print(msg, flush=True)
             t_prev = now
         if progress is not None:
-            n_active = int(active.sum())
+            n_active = tracker.n_active(engine)
             progress(it, max_iter, n_active)
             if n_active == 0:
                 break
@@ -141,21 +123,19 @@ def run_em(
             # the flags of iteration it - 1, copied while iteration it runs: the device
             # never waits for the host, and at most one iteration runs after the last
             # restart stopped (a no-op: every restart is masked)
-            reader = engine.read_later(xp.stack([active.any(), failed]))
+            reader = engine.read_later(tracker.flags())
             if pending is not None:
-                any_active, has_failed = pending()
+                any_active, has_failed = tracker.read_flags(pending())
                 if has_failed:
                     raise ValueError(ILL_DEFINED_COVARIANCE)
                 if not any_active:
                     break
             pending = reader
-        elif not bool(active.any()):  # on the host: every iteration
+        elif tracker.n_active(engine) == 0:  # on the host: every iteration
             break
-    if deferred and bool(failed):
+    if deferred and tracker.read_flags(engine.to_host(tracker.flags()))[1]:
         raise ValueError(ILL_DEFINED_COVARIANCE)
-    hist = engine.to_host(xp.stack(history)) if history else np.empty((0, n_restarts))
-    n_iter_h = engine.to_host(n_iter)
-    converged_h = engine.to_host(converged)
+    hist, n_iter_h, converged_h = tracker.results(engine)
     if verbose and max_iter > 0:
         for r in range(n_restarts):
             state = "converged" if converged_h[r] else "did not converge"
@@ -167,6 +147,90 @@ def run_em(
                 )
             print(line, flush=True)
     return EMResult(params, hist, n_iter_h, converged_h)
+
+
+class RestartTracker:
+    """Per-restart state of the EM loop: lower bounds, their history, iterations, convergence.
+
+    Array-module code on the engine's arrays (NumPy, or CuPy where an engine has no tracker of
+    its own, see :meth:`Engine.restart_tracker`); the generic loop reads it through these
+    methods only. ``deferred``: positive-definiteness is recorded (``flags``) instead of raised
+    by the M-step, and every restart goes through the per-restart selects.
+    """
+
+    def __init__(
+        self,
+        xp: Any,
+        n_restarts: int,
+        max_iter: int,
+        first_bound: float,
+        tol: float,
+        *,
+        deferred: bool,
+    ) -> None:
+        self.xp = xp
+        self.tol = tol
+        self.deferred = deferred
+        self.n_restarts = n_restarts
+        #: (R,) restarts still iterating (the engine's ``accumulate`` reads it)
+        self.active: Any = xp.ones(n_restarts, dtype=bool)
+        self.converged: Any = xp.zeros(n_restarts, dtype=bool)
+        self.bound: Any = xp.full(n_restarts, first_bound, dtype=xp.float64)
+        self.n_iter: Any = xp.zeros(n_restarts, dtype=xp.int64)
+        self.failed: Any = xp.zeros((), dtype=bool)
+        self.change: Any = None
+        self.history: list[Any] = []
+
+    def update(self, it: int, stats: Stats, new_params: Params, params: Params) -> Params:
+        """Record iteration ``it`` (from 1); return the parameters the next pass uses.
+
+        Restarts that stopped keep ``params``; the others take ``new_params``.
+        """
+        xp = self.xp
+        new_bound = stats.loglik / stats.weight_sum
+        if self.deferred:
+            self.failed |= ~xp.isfinite(new_params.precisions_cholesky).all()
+        change = new_bound - self.bound
+        if not self.deferred and self.active.all():  # on the host, skip the per-restart selects
+            params, self.bound = new_params, new_bound
+            self.history.append(new_bound)
+            self.n_iter.fill(it)
+        else:
+            params = select(self.active, new_params, params, xp)
+            self.bound = xp.where(self.active, new_bound, self.bound)
+            self.history.append(xp.where(self.active, new_bound, xp.nan))
+            self.n_iter = xp.where(self.active, it, self.n_iter)
+        just_converged = self.active & (xp.abs(change) < self.tol)
+        self.converged |= just_converged
+        self.active &= ~just_converged
+        self.change = change
+        return params
+
+    def changes(self, engine: Engine) -> np.ndarray:
+        """The last iteration's change of every restart's lower bound (host, NaN if undefined)."""
+        change = engine.to_host(self.change)
+        return np.where(np.isfinite(change), change, np.nan)
+
+    def n_active(self, engine: Engine) -> int:
+        """Restarts still iterating (a device engine synchronises)."""
+        return int(self.active.sum())
+
+    def flags(self) -> Any:
+        """An engine array to read (one iteration late): whether any restart iterates, failed."""
+        return self.xp.stack([self.active.any(), self.failed])
+
+    def read_flags(self, host_flags: np.ndarray) -> tuple[bool, bool]:
+        """``(any restart still iterating, any restart failed)`` from a host copy of ``flags``."""
+        return bool(host_flags[0]), bool(host_flags[1])
+
+    def results(self, engine: Engine) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(history (iterations, R), n_iter (R,) int, converged (R,) bool)`` on the host."""
+        xp = self.xp
+        if self.history:
+            history = engine.to_host(xp.stack(self.history))
+        else:
+            history = np.empty((0, self.n_restarts))
+        return history, engine.to_host(self.n_iter), engine.to_host(self.converged)
 
 
 def best_restart(history: np.ndarray, n_iter: np.ndarray) -> int:

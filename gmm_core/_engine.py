@@ -150,6 +150,16 @@ class Engine:
         """Run the whole EM loop (the estimator's semantics), or ``None``: use the generic loop."""
         return None
 
+    def restart_tracker(
+        self, n_restarts: int, max_iter: int, first_bound: float, tol: float
+    ) -> Any:
+        """The generic EM loop's per-restart bookkeeping, or ``None``: the array-module one.
+
+        A :class:`~gmm_core._em_loop.RestartTracker` (or a subclass) for ``n_restarts`` restarts
+        of at most ``max_iter`` iterations; an engine on a device may keep it in kernels.
+        """
+        return None
+
     def m_step(self, stats: Stats, covariance_type: str, reg_covar: float, eps: float) -> Any:
         """The M-step on the engine's device (``Params``), or ``None``: use ``_gaussian.m_step``."""
         return None

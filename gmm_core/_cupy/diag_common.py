@@ -17,6 +17,7 @@ import numpy as np
 
 from .._gaussian import Params, Stats
 from .config import NT, LaunchConfig
+from .copies import add_into, copy_rows
 from .data import CupyData, Scratch, device_chunks
 from .kernels import KernelRef, allow_dynamic_smem, kernel_ref, load_kernel, max_carveout
 
@@ -267,15 +268,20 @@ class FusedDiagPass:
     ) -> Stats:
         """One pass over the data (every chunk) with ``plans``: statistics of every restart.
 
-        ``guard=False``: Lloyd's passes (see :meth:`pass_ref`).
+        ``guard=False``: Lloyd's passes (see :meth:`pass_ref`). The statistics are split out of
+        the passes' outputs by 2-D memcpy (C-contiguous arrays, no CuPy copy kernels); the
+        outputs of streamed chunks are summed by cuBLAS.
         """
         n_restarts, n_components, n_features = params.means.shape
-        _, n_stats, _, _ = layout(data)
+        q, n_stats, _, _ = layout(data)
         kparams, log_const = kernel_params(data, params)
         null = np.intp(0)  # no active mask: every restart is computed
-        loglik, stats = [], []
+        rk_shape = (n_restarts, n_components)
+        loglik = cupy.empty(n_restarts)
+        nk = cupy.empty(rk_shape)
+        sx = cupy.empty((*rk_shape, n_features))
+        sxx = cupy.empty(rk_shape if data.covariance_type == "spherical" else (*rk_shape, q))
         for plan in plans:
-            rg = plan.r1 - plan.r0
             partial = self.scratch.get("partial", (plan.n_blocks, plan.pstride), cupy.float64)
             total: Any = None
             for chunk in device_chunks(data):
@@ -284,18 +290,28 @@ class FusedDiagPass:
                     data, plan, chunk, n_components, kparams, log_const, null, partial, out,
                     guard=guard,
                 )  # fmt: skip
-                total = out if total is None else total + out
-            stats.append(total[: rg * n_components * n_stats].reshape(rg, n_components, n_stats))
-            loglik.append(total[rg * n_components * n_stats :])
-        st = stats[0] if len(stats) == 1 else cupy.concatenate(stats)
-        ll = loglik[0] if len(loglik) == 1 else cupy.concatenate(loglik)
-        sxx = st[..., 1 + n_features :]
-        if data.covariance_type == "spherical":
-            sxx = sxx[..., 0]
-        return Stats(
-            ll,
-            cupy.ascontiguousarray(st[..., 0]),
-            cupy.ascontiguousarray(st[..., 1 : 1 + n_features]),
-            cupy.ascontiguousarray(sxx),
-            data.n_samples,
-        )
+                if total is None:
+                    total = out
+                else:
+                    add_into(total, out)
+            split_stats(total, plan.r0, plan.r1, n_features, q, loglik, nk, sx, sxx)
+        return Stats(loglik, nk, sx, sxx, data.n_samples)
+
+
+def split_stats(
+    total: Any, r0: int, r1: int, n_features: int, q: int, loglik: Any, nk: Any, sx: Any, sxx: Any
+) -> None:
+    """Copy restarts ``r0:r1`` of a pass output into C-contiguous statistics arrays.
+
+    ``total`` is ``[(r1 - r0) * K rows of (nk, sx (D), sxx (Q))][(r1 - r0) log-likelihoods]``
+    (float64), the layout of the fused passes; ``nk`` (R, K), ``sx`` (R, K, D), ``sxx`` (R, K, Q)
+    or (R, K) and ``loglik`` (R,) take rows ``r0:r1``.
+    """
+    n_components = nk.shape[1]
+    rows = (r1 - r0) * n_components
+    f8 = 8
+    pitch = (1 + n_features + q) * f8
+    copy_rows(nk[r0:r1], f8, total, pitch, f8, rows)
+    copy_rows(sx[r0:r1], n_features * f8, total, pitch, n_features * f8, rows, offset=f8)
+    copy_rows(sxx[r0:r1], q * f8, total, pitch, q * f8, rows, offset=(1 + n_features) * f8)
+    copy_rows(loglik[r0:r1], (r1 - r0) * f8, total, pitch, (r1 - r0) * f8, 1, offset=rows * pitch)

@@ -35,6 +35,7 @@ from .gemm import GemmPass, full_features
 from .kernels import KernelRef, compile_kernels, kernel_ref
 from .loop import DeviceLoop
 from .memory import release_memory, track_memory
+from .tracker import TRACKER_REFS, DeviceRestartTracker
 
 logger = logging.getLogger("gmm_core")
 
@@ -262,6 +263,8 @@ class CupyEngine(Engine):
         (whether a pass reduces its own partials), both are listed.
         """
         refs = self._em_kernel_refs(data, n_restarts, n_components)
+        if not self._device_loop_serves(data, n_restarts, n_components):
+            refs += TRACKER_REFS  # the estimator's loop: its bookkeeping kernels
         if init_params in ("kmeans", "k-means++"):
             refs += [kernel_ref("init.cu", name, data.dtype) for name in SEEDING_KERNELS]
             refs += [kernel_ref("init.cu", name) for name in SEEDING_UNTYPED_KERNELS]
@@ -275,6 +278,21 @@ class CupyEngine(Engine):
                 plans = self.diag_pass_tc.plans(diag, n_restarts, n_components, fit_grid=False)
                 refs += [self.diag_pass_tc.pass_ref(diag, p, False, False) for p in plans or []]
         return list(dict.fromkeys(refs))
+
+    def _device_loop_serves(self, data: CupyData, n_restarts: int, n_components: int) -> bool:
+        """Whether :meth:`run_em` runs the whole loop (as its checks; ``chunks`` may be empty)."""
+        if not (data.resident and len(data.chunks) <= 1):
+            return False
+        if not self.diag_pass.supports(data, n_restarts, n_components):
+            return False
+        if self.diag_em_small.supports(data, n_restarts, n_components):
+            return True
+        try:
+            if self.diag_pass_tc.plans(data, n_restarts, n_components, fit_grid=False) is None:
+                self.diag_pass.plans(data, n_restarts, n_components, fit_grid=False)
+        except MemoryError:
+            return False
+        return True
 
     def _em_kernel_refs(
         self, data: CupyData, n_restarts: int, n_components: int
@@ -379,6 +397,12 @@ class CupyEngine(Engine):
     ) -> Params | None:
         """Full covariance: the M-step as one kernel launch (``full_mstep``); else None."""
         return self.gemm.m_step(stats, covariance_type, reg_covar, eps)
+
+    def restart_tracker(
+        self, n_restarts: int, max_iter: int, first_bound: float, tol: float
+    ) -> DeviceRestartTracker:
+        """The generic loop's bookkeeping as kernels (:mod:`gmm_core._cupy.tracker`)."""
+        return DeviceRestartTracker(n_restarts, max_iter, first_bound, tol)
 
     # -- the whole EM loop on the device (diag/spherical) ------------------------------------------
     def run_em(

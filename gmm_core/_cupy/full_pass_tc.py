@@ -17,6 +17,7 @@ import numpy as np
 
 from .._gaussian import Params, Stats
 from .config import LaunchConfig
+from .copies import add_into
 from .data import CupyData, Scratch, device_chunks
 from .diag_common import REDUCE_REF
 from .kernels import KernelRef, kernel_ref, load_kernel, max_carveout
@@ -195,7 +196,10 @@ class FullPassTC:
             kern_reduce(
                 (-(-pstride // 32),), (32, 8), (partial, np.int32(blocks), np.int32(pstride), out)
             )
-            total = out if total is None else total + out
+            if total is None:
+                total = out
+            else:
+                add_into(total, out)  # cuBLAS: no generated kernel
         nk = total[:rk].reshape(R, K)
         sx = total[rk : rk * (1 + D)].reshape(R, K, D)
         sxx = total[rk * (1 + D) : rk * (1 + D + D * D)].reshape(R, K, D, D)

@@ -18,6 +18,7 @@ import numpy as np
 
 from .._engine import EMResult
 from .._gaussian import ILL_DEFINED_COVARIANCE, Params
+from .copies import duplicate
 from .data import CupyData
 from .diag_common import (
     DiagPlan,
@@ -195,17 +196,18 @@ class DeviceLoop:
         multi-GPU loop resets every device before waiting).
         """
         st = self.state
+        n_restarts = st.bound.shape[0]
         with self.stream:
             for name in ("weights", "means", "covariances", "precisions_cholesky"):
                 cupy.copyto(getattr(st.params, name), getattr(params, name), casting="unsafe")
-            st.bound.fill(first_bound)
-            st.history.fill(np.nan)
-            st.active.fill(1)
-            st.converged.fill(0)
-            st.n_iter.fill(0)
-            st.failed.fill(0)
+            # initial values from the host (a fill would be a CuPy kernel to compile)
+            st.bound.set(np.full(n_restarts, first_bound, dtype=np.float64), stream=self.stream)
+            st.history.set(np.full(st.history.shape, np.nan), stream=self.stream)
+            flags = np.zeros(st.flags.shape, dtype=st.flags.dtype)
+            flags[0] = 1  # active; converged, n_iter, failed: 0
+            st.flags.set(flags, stream=self.stream)
             if self.sync is not None:
-                self.sync.fill(0)
+                self.sync.fill(0)  # zero: a memset
             kernel_params(data, st.params, out=self.kparams)
             k = self.n_components
             for plan, table in zip(self.plans, self.tables, strict=True):
@@ -308,7 +310,7 @@ class DeviceLoop:
                 raise ValueError(ILL_DEFINED_COVARIANCE)
         history = cupy.asnumpy(state.history).T.copy()
         return EMResult(
-            state.params.map(cupy.copy),
+            state.params.map(duplicate),  # memcpy: the next fit reuses the state
             history,
             cupy.asnumpy(state.n_iter).astype(np.int64),
             cupy.asnumpy(state.converged).astype(bool),

@@ -1,0 +1,116 @@
+"""The generic EM loop's per-restart bookkeeping on the device, as two kernels.
+
+Where :meth:`CupyEngine.run_em` does not run the whole loop on the device (full and tied
+covariance, streamed data), the estimator's loop (:func:`gmm_core._em_loop.run_em`) runs the
+passes and M-steps and keeps, per restart, the lower bound, its history, the iteration count,
+the convergence flags and the parameters of restarts that stopped. As CuPy array operations that
+was a dozen small generated kernels (where, abs, less, logical ops, a CUB ``all``, a stack) to
+compile on a process's first fit; here it is ``em_keep_inactive`` and ``em_track`` of
+``cuda/em_loop.cu``, launched once each per iteration, and nothing is read on the host but the
+flags the loop reads one iteration late anyway.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cupy
+import numpy as np
+
+from .._em_loop import RestartTracker
+from .._engine import Engine
+from .._gaussian import Params, Stats
+from .kernels import KernelRef, get_kernel, kernel_ref
+
+SOURCE = "em_loop.cu"
+#: the kernels of one iteration's bookkeeping (``compile_for_fit`` lists them)
+TRACKER_REFS: tuple[KernelRef, ...] = (
+    kernel_ref(SOURCE, "em_keep_inactive"),
+    kernel_ref(SOURCE, "em_track"),
+)
+_THREADS = 256
+
+
+class DeviceRestartTracker(RestartTracker):
+    """:class:`~gmm_core._em_loop.RestartTracker` in device arrays updated by kernels.
+
+    The state is int32 flags and float64 values on the current device: ``active`` and
+    ``failed`` are one array (``[active (R) | failed]``), so the loop's late read of them is one
+    copy. Nothing here allocates with a CuPy operation that would compile a kernel: initial
+    values come from the host.
+    """
+
+    def __init__(self, n_restarts: int, max_iter: int, first_bound: float, tol: float) -> None:
+        # the base class's arrays would be made by CuPy fills: everything is set here instead
+        self.xp = cupy
+        self.tol = tol
+        self.deferred = True
+        self.n_restarts = n_restarts
+        flags = np.zeros(n_restarts + 1, dtype=np.int32)
+        flags[:n_restarts] = 1
+        self._flags = cupy.asarray(flags)
+        self.active = self._flags[:n_restarts]
+        self.failed = self._flags[n_restarts:]
+        self.converged = cupy.zeros(n_restarts, dtype=cupy.int32)
+        self.n_iter = cupy.zeros(n_restarts, dtype=cupy.int32)
+        self.bound = cupy.asarray(np.full(n_restarts, first_bound, dtype=np.float64))
+        self.change = cupy.zeros(n_restarts, dtype=cupy.float64)
+        self.history = []
+        self._rows = cupy.empty((max(1, max_iter), n_restarts), dtype=cupy.float64)
+        self._iterations = 0
+
+    def update(self, it: int, stats: Stats, new_params: Params, params: Params) -> Params:
+        """Record iteration ``it``; restarts that stopped get their old parameters back."""
+        r = self.n_restarts
+        new = new_params.map(cupy.ascontiguousarray)  # as the M-steps make them: no copy
+        old = params.map(cupy.ascontiguousarray)
+        pairs = [
+            (getattr(new, name), getattr(old, name))
+            for name in ("weights", "means", "covariances", "precisions_cholesky")
+        ]
+        sizes = [a.size // r for a, _ in pairs]
+        args: list[Any] = []
+        for (a, b), size in zip(pairs, sizes, strict=True):
+            args += [a, b, np.int64(size)]
+        blocks = max(1, min(-(-max(sizes) // _THREADS), 64))
+        get_kernel(SOURCE, "em_keep_inactive")(
+            (blocks, r), (_THREADS,), (*args, self.active, self.failed)
+        )
+        get_kernel(SOURCE, "em_track")(
+            (-(-r // _THREADS),),
+            (_THREADS,),
+            (
+                cupy.ascontiguousarray(stats.loglik, dtype=cupy.float64),
+                np.float64(stats.weight_sum),
+                np.int32(r),
+                np.int32(it),
+                np.float64(self.tol),
+                self.bound,
+                self.change,
+                self._rows,
+                self.active,
+                self.converged,
+                self.n_iter,
+            ),
+        )
+        self._iterations = it
+        return new
+
+    def n_active(self, engine: Engine) -> int:
+        """Restarts still iterating (a copy to the host: synchronises)."""
+        return int(np.count_nonzero(engine.to_host(self.active)))
+
+    def flags(self) -> Any:
+        """``[active (R) | failed]``, int32, to read one iteration late."""
+        return self._flags
+
+    def read_flags(self, host_flags: np.ndarray) -> tuple[bool, bool]:
+        """``(any restart still iterating, any restart failed)`` from a host copy of ``flags``."""
+        r = self.n_restarts
+        return bool(np.any(host_flags[:r])), bool(host_flags[r])
+
+    def results(self, engine: Engine) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(history (iterations, R), n_iter (R,) int64, converged (R,) bool)`` on the host."""
+        history = engine.to_host(self._rows[: self._iterations])
+        n_iter = engine.to_host(self.n_iter).astype(np.int64)
+        return history, n_iter, engine.to_host(self.converged).astype(bool)
