@@ -144,6 +144,12 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
         "centre_rows<float>",
         "centre_rows<double>",
     ),
+    "gemm_rows.cu": (
+        "quad_features<float>",
+        "quad_features<double>",
+        "score_rows<float>",
+        "score_rows<double>",
+    ),
     "em_loop.cu": (
         "em_keep_inactive",
         "em_track",

@@ -93,7 +93,8 @@ class Engine:
         """``reduce`` of the weighted log-densities (N, K) of one mixture, per sample.
 
         Engines on a device apply it chunk by chunk (no (N, K) temporary unless ``reduce`` keeps
-        one); this default applies it to the whole array.
+        one), and may compute a :class:`~gmm_core._gaussian.RowReduction` fused with the
+        log-densities; this default applies ``reduce`` to the whole array.
         """
         return reduce(self.weighted_log_prob(data, params))
 

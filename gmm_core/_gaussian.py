@@ -319,6 +319,42 @@ def logsumexp_rows(a: Any, xp: Any) -> Any:
     return xp.log(xp.sum(xp.exp(a - amax), axis=1)) + amax[:, 0]
 
 
+#: what scoring makes of each sample's weighted log-densities ``log w_k + log N(x | k)``
+ROW_REDUCTIONS = ("argmax", "logsumexp", "proba", "none")
+
+
+@dataclass(frozen=True)
+class RowReduction:
+    """A named reduction of the weighted log-densities (N, K) of one mixture, per sample.
+
+    ``argmax`` (labels, int), ``logsumexp`` (log-likelihoods), ``proba`` (posteriors, (N, K)),
+    ``none`` (the log-densities). Called as ``reduce(wlp)`` with arrays of ``xp``; an engine
+    that recognises it may compute it fused with the log-densities instead
+    (:meth:`gmm_core._engine.Engine.reduce_log_prob`). ``to_host``: applied to each chunk's
+    result (NumPy input scored on a device: every chunk leaves the device at once).
+    """
+
+    how: str
+    xp: Any
+    to_host: Any = None
+
+    def __post_init__(self) -> None:
+        if self.how not in ROW_REDUCTIONS:
+            raise ValueError(f"how must be one of {ROW_REDUCTIONS}, got {self.how!r}")
+
+    def __call__(self, wlp: Any) -> Any:
+        xp = self.xp
+        if self.how == "argmax":
+            out = xp.argmax(wlp, axis=1)
+        elif self.how == "logsumexp":
+            out = logsumexp_rows(wlp, xp)
+        elif self.how == "proba":
+            out = xp.exp(wlp - logsumexp_rows(wlp, xp)[:, None])
+        else:
+            out = wlp
+        return out if self.to_host is None else self.to_host(out)
+
+
 def n_parameters(covariance_type: str, n_components: int, n_features: int) -> int:
     """Number of free parameters of a mixture (for AIC/BIC), as scikit-learn counts them."""
     if covariance_type == "full":

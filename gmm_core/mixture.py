@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 from numbers import Integral, Real
 from typing import Any
 
@@ -27,8 +26,8 @@ from ._engine import BACKENDS, EMResult, Engine, cupy_unavailable_reason, get_en
 from ._gaussian import (
     COVARIANCE_TYPES,
     Params,
+    RowReduction,
     estimate_log_gaussian_prob,
-    logsumexp_rows,
     n_parameters,
     precisions_from_cholesky,
 )
@@ -354,8 +353,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """
         engine, data, best_params = self._fit(X)
         # a final E-step so that fit_predict(X) agrees with fit(X).predict(X)
-        xp = engine.xp
-        labels = engine.reduce_log_prob(data, best_params, lambda wlp: xp.argmax(wlp, axis=1))
+        labels = engine.reduce_log_prob(data, best_params, RowReduction("argmax", engine.xp))
         labels = labels if _is_cupy_array(X) else engine.to_host(labels)
         release = type(engine).release_memory
         del engine, data
@@ -525,12 +523,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # ------------------------------------------------------------------------------------------
     # Scoring
 
-    def _scored(self, X: Any, reduce: Callable[[Any, Any], Any]) -> Any:
-        """``reduce(wlp, xp)`` of the weighted log-densities ``log w_k + log N(x | k)`` (N, K).
+    def _scored(self, X: Any, how: str) -> Any:
+        """A :class:`~gmm_core._gaussian.RowReduction` (``how``) of the weighted log-densities.
 
+        ``log w_k + log N(x | k)`` (N, K) per sample: ``argmax``, ``logsumexp``, ``proba``.
         Runs on the GPU for CuPy input, and for large NumPy input when the estimator's backend
         may use a GPU and one is usable: there, row chunk by row chunk (sized by the memory
-        budget), so no (N, K) array exists unless ``reduce`` returns one. The result is in the
+        budget), so no (N, K) array exists unless the result is one. The result is in the
         input's array library.
         """
         check_is_fitted(self)
@@ -546,13 +545,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 self.covariances_[None],
                 self.precisions_cholesky_[None],
             ).map(lambda a: engine.asarray(np.asarray(a, np.float64)))
-            xp, on_device = engine.xp, _is_cupy_array(X)
-
-            def chunk(wlp: Any) -> Any:  # NumPy input: each chunk's result to the host at once
-                out = reduce(wlp, xp)
-                return out if on_device else engine.to_host(out)
-
-            out = engine.reduce_log_prob(data, params, chunk)
+            # NumPy input: each chunk's result to the host at once
+            to_host = None if _is_cupy_array(X) else engine.to_host
+            out = engine.reduce_log_prob(data, params, RowReduction(how, engine.xp, to_host))
             release = type(engine).release_memory
             del engine, data
             release()
@@ -567,7 +562,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             self.covariance_type,
             np,
         )
-        return reduce(log_prob + np.log(self.weights_).astype(dtype), np)
+        return RowReduction(how, np)(log_prob + np.log(self.weights_).astype(dtype))
 
     def _score_on_gpu(self, X: np.ndarray) -> bool:
         """Whether NumPy input is large enough to be scored on a usable GPU."""
@@ -584,7 +579,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         ----------
         X : array-like of shape (n_samples, n_features)
         """
-        return self._scored(X, logsumexp_rows)
+        return self._scored(X, "logsumexp")
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean per-sample log-likelihood of ``X``."""
@@ -592,11 +587,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def predict_proba(self, X: Any) -> Any:
         """Posterior probability of each component, shape (n_samples, n_components)."""
-        return self._scored(X, lambda wlp, xp: xp.exp(wlp - logsumexp_rows(wlp, xp)[:, None]))
+        return self._scored(X, "proba")
 
     def predict(self, X: Any) -> Any:
         """Most probable component of each sample, shape (n_samples,)."""
-        return self._scored(X, lambda wlp, xp: xp.argmax(wlp, axis=1))
+        return self._scored(X, "argmax")
 
     # ------------------------------------------------------------------------------------------
     # Anomaly scoring (gmm_core.anomaly)

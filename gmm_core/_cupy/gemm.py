@@ -24,7 +24,7 @@ from typing import Any
 import cupy
 import numpy as np
 
-from .._gaussian import Params, Stats, log_det_cholesky
+from .._gaussian import ROW_REDUCTIONS, Params, RowReduction, Stats, log_det_cholesky
 from .config import LaunchConfig
 from .data import CupyData, device_chunks, scratch_bytes
 from .kernels import KernelRef, kernel_ref, load_kernel
@@ -32,6 +32,8 @@ from .kernels import KernelRef, kernel_ref, load_kernel
 logger = logging.getLogger("gmm_core")
 
 SOURCE = "em_full.cu"
+#: the row-wise kernels around the GEMMs (features in, per-sample reductions out)
+ROWS_SOURCE = "gemm_rows.cu"
 _LOG_2PI = math.log(2 * math.pi)
 #: elements of the widest temporary of one GEMM-path chunk (float32: 256 MiB)
 GEMM_CHUNK_ELEMENTS = 1 << 26
@@ -59,7 +61,36 @@ def resp_t_dot(resp: Any, feats: Any) -> Any:
 
 def full_features(x: Any, triu: tuple[Any, Any]) -> Any:
     """``[x_i x_j (i <= j), x]`` of a row chunk, shape (rows, D(D+1)/2 + D)."""
-    return cupy.concatenate([x[:, triu[0]] * x[:, triu[1]], x], axis=1)
+    return quad_features(x, triu[0], triu[1])
+
+
+def quad_features(x: Any, pi: Any, pj: Any) -> Any:
+    """``[x_pi[p] x_pj[p] for every pair p, x]`` of a row chunk, in x's dtype.
+
+    ``pi``, ``pj``: int64 device arrays of feature indices (the upper triangle for full
+    covariance, ``(j, j)`` for diag). One ``quad_features`` launch (``cuda/gemm_rows.cu``)
+    instead of fancy indexing, a product and a concatenation.
+    """
+    from .checks import n_sm
+
+    x = cupy.ascontiguousarray(x)
+    n, d = x.shape
+    n_pairs = int(pi.shape[0])
+    out = cupy.empty((n, n_pairs + d), dtype=x.dtype)
+    if n:
+        kern = load_kernel(kernel_ref(ROWS_SOURCE, "quad_features", x.dtype))
+        blocks = max(1, min(-(-n // 8), 32 * n_sm(x.device.id)))
+        kern(
+            (blocks,),
+            (32, 8),
+            (x, np.int64(n), np.int32(d), pi, pj, np.int32(n_pairs), out),
+        )
+    return out
+
+
+def _host_triu(n_features: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    iu0, iu1 = np.triu_indices(n_features)
+    return iu0, iu1, np.where(iu0 == iu1, 1.0, 2.0)
 
 
 class GemmPass:
@@ -79,6 +110,7 @@ class GemmPass:
         self.config = config
         self.budget = budget
         self._triu: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
+        self._squares: dict[tuple[int, int], Any] = {}
 
     def supports(self, data: CupyData, n_restarts: int, n_components: int) -> bool:
         """Every covariance type, dtype and size: the fallback of the other strategies."""
@@ -140,8 +172,16 @@ class GemmPass:
         return out
 
     # -- pass constants ---------------------------------------------------------------------------
-    def constants(self, data: CupyData, params: Params) -> dict[str, Any]:
-        """Everything a chunk needs, in the fit dtype, computed once per pass."""
+    def constants(self, data: CupyData, params: Params, *, stacked: bool = False) -> dict[str, Any]:
+        """Everything a chunk needs, in the fit dtype, computed once per pass.
+
+        ``params`` may be device or host (NumPy) arrays: host parameters (scoring) are turned
+        into the constants by NumPy, and only the results are copied to the device (parameter
+        math as CuPy operations would compile a kernel each on a process's first call).
+        ``stacked`` (diag/spherical): also ``W = [Wq; Wl]``, the weights of the features
+        ``[x^2, x]`` (:func:`quad_features`).
+        """
+        xp = cupy.get_array_module(params.means)
         cov = data.covariance_type
         dt = data.dtype
         n_restarts, n_components, n_features = params.means.shape
@@ -150,10 +190,10 @@ class GemmPass:
         out: dict[str, Any] = {"cov": cov, "R": n_restarts, "K": n_components, "D": n_features}
         full_on_device = cov == "full" and self.full_on_device_ok(n_features)
         if not full_on_device:
-            log_det = log_det_cholesky(pc, cov, n_features, cupy)
+            log_det = log_det_cholesky(pc, cov, n_features, xp)
             if cov == "tied":
                 log_det = log_det[:, None]
-            const = -0.5 * n_features * _LOG_2PI + log_det + cupy.log(params.weights)
+            const = -0.5 * n_features * _LOG_2PI + log_det + xp.log(params.weights)
             out["const"] = const.reshape(1, n_restarts, n_components).astype(dt)
         if full_on_device:
             # full_constants (em_full.cu): M and the constants below, one launch
@@ -164,9 +204,9 @@ class GemmPass:
                 (rk,),
                 (256,),
                 (
-                    cupy.ascontiguousarray(params.weights, dtype=cupy.float64),
-                    cupy.ascontiguousarray(params.means, dtype=cupy.float64),
-                    cupy.ascontiguousarray(pc, dtype=cupy.float64),
+                    cupy.ascontiguousarray(cupy.asarray(params.weights), dtype=cupy.float64),
+                    cupy.ascontiguousarray(cupy.asarray(params.means), dtype=cupy.float64),
+                    cupy.ascontiguousarray(cupy.asarray(pc), dtype=cupy.float64),
                     np.int32(rk),
                     M,
                     const_k,
@@ -180,37 +220,51 @@ class GemmPass:
         elif cov == "full":
             # |(x - mu) U|^2 = phi(x) . w + x . v + mu^T P mu with P = U U^T and phi(x) the
             # upper-triangular products x_i x_j: one GEMM over resp-independent features
-            iu0, iu1, scale = self.triu(n_features)
-            prec = cupy.matmul(pc, pc.swapaxes(-1, -2))  # (R, K, D, D)
+            iu0, iu1, scale = self.triu(n_features) if xp is cupy else _host_triu(n_features)
+            prec = xp.matmul(pc, pc.swapaxes(-1, -2))  # (R, K, D, D)
             w_quad = prec[..., iu0, iu1] * scale  # (R, K, T)
-            v_lin = -2.0 * cupy.matmul(prec, params.means[..., None])[..., 0]  # -2 P mu
+            v_lin = -2.0 * xp.matmul(prec, params.means[..., None])[..., 0]  # -2 P mu
             c_quad = -0.5 * (v_lin * params.means).sum(-1)  # mu^T P mu
-            weights = cupy.concatenate([w_quad, v_lin], axis=-1).reshape(rk, -1)
+            weights = xp.concatenate([w_quad, v_lin], axis=-1).reshape(rk, -1)
             out["M"] = (-0.5 * weights).T.astype(dt)  # (T + D, RK)
             out["const"] = (const - 0.5 * c_quad).reshape(1, n_restarts, n_components).astype(dt)
-            out["triu"] = (iu0, iu1)
+            out["triu"] = self.triu(n_features)[:2]
             width = len(iu0) + n_features + rk
         elif cov == "tied":
             out["U"] = pc.astype(dt)  # (R, D, D)
-            mu_u = cupy.matmul(params.means, pc)  # (R, K, D)
+            mu_u = xp.matmul(params.means, pc)  # (R, K, D)
             out["muU_T"] = mu_u.transpose(0, 2, 1).astype(dt)  # (R, D, K)
             out["muU_sq"] = (mu_u**2).sum(-1).reshape(n_restarts, 1, n_components).astype(dt)
             width = n_restarts * max(n_features, n_components)
         else:
             prec = pc**2
             if cov == "spherical":
-                prec = cupy.broadcast_to(prec[..., None], params.means.shape)
+                prec = xp.broadcast_to(prec[..., None], params.means.shape)
             # log N = x^2 . (-prec/2) + x . (mu prec) - (mu^2 prec)/2 (+ const); x is centred
             out["Wq"] = (-0.5 * prec).reshape(rk, n_features).T.astype(dt)
             out["Wl"] = (params.means * prec).reshape(rk, n_features).T.astype(dt)
+            if stacked:
+                out["W"] = xp.concatenate([out["Wq"], out["Wl"]])  # (2 D, RK)
             quad = (params.means**2 * prec).sum(-1)
             out["const"] = (const - 0.5 * quad).reshape(1, n_restarts, n_components).astype(dt)
-            width = rk + n_features
+            width = rk + (2 if stacked else 1) * n_features
+        if xp is not cupy:  # host constants: to the device, C-contiguous
+            for key, value in out.items():
+                if isinstance(value, np.ndarray):
+                    out[key] = cupy.asarray(np.ascontiguousarray(value))
         # a chunk's widest temporaries (a few of them) within the scratch allowance
         scratch = scratch_bytes(data, self.budget())
         elements = min(GEMM_CHUNK_ELEMENTS, scratch // (4 * np.dtype(dt).itemsize))
         out["rows"] = int(max(256, elements // max(width, 1)))
         return out
+
+    def squares(self, n_features: int) -> tuple[Any, Any]:
+        """Device pairs ``(j, j)`` of :func:`quad_features` for diag/spherical: ``[x^2, x]``."""
+        key = (n_features, cupy.cuda.Device().id)
+        if key not in self._squares:
+            self._squares[key] = cupy.asarray(np.arange(n_features, dtype=np.int64))
+        j = self._squares[key]
+        return j, j
 
     def triu(self, n_features: int) -> tuple[Any, Any, Any]:
         """Device indices of the upper triangle and the weights (1 diagonal, 2 off) of x_i x_j."""
@@ -275,14 +329,18 @@ class GemmPass:
     # -- passes -----------------------------------------------------------------------------------
     def weighted_log_prob(self, data: CupyData, params: Params) -> Any:
         """``log w_k + log N(x | k)`` of one mixture, shape (n_samples, n_components)."""
-        return self.reduce_log_prob(data, params, lambda wlp: wlp)
+        return self.reduce_log_prob(data, params, RowReduction("none", cupy))
 
     def reduce_log_prob(self, data: CupyData, params: Params, reduce: Callable[[Any], Any]) -> Any:
         """``reduce`` of the weighted log-densities (rows, K) of every row chunk, concatenated.
 
         One mixture; no (N, K) temporary unless ``reduce`` keeps one. ``reduce`` may return host
-        arrays (each chunk's result leaves the device at once).
+        arrays (each chunk's result leaves the device at once). A
+        :class:`~gmm_core._gaussian.RowReduction` runs fused (:meth:`score`), but for tied
+        covariance.
         """
+        if isinstance(reduce, RowReduction) and data.covariance_type != "tied":
+            return self.score(data, params, reduce)
         consts = self.constants(data, params)
         parts = []
         for chunk in device_chunks(data):
@@ -292,6 +350,61 @@ class GemmPass:
         if len(parts) == 1:
             return parts[0]
         return (cupy if isinstance(parts[0], cupy.ndarray) else np).concatenate(parts)
+
+    def score(self, data: CupyData, params: Params, reduce: RowReduction) -> Any:
+        """A named reduction of one mixture's weighted log-densities, row chunk by row chunk.
+
+        Per chunk: :func:`quad_features`, one cuBLAS GEMM with the constants' weights (computed
+        on the host from the parameters, a few KB), and ``score_rows`` (``cuda/gemm_rows.cu``)
+        adding the constants and reducing each row. The result is written in place (no
+        concatenation); with ``reduce.to_host`` each chunk's result goes to a host array.
+        Full, diag and spherical covariance.
+        """
+        host = params.map(cupy.asnumpy)
+        c = self.constants(data, host, stacked=True)
+        if c["cov"] == "full":
+            pi, pj = c["triu"]
+            weights = c["M"]
+        else:
+            pi, pj = self.squares(data.n_features)
+            weights = c["W"]
+        n, k = data.n_samples, c["R"] * c["K"]
+        mode = ROW_REDUCTIONS.index(reduce.how)  # score_rows' modes: the same order
+        rows_out = reduce.how in ("proba", "none")
+        shape = (n, k) if rows_out else (n,)
+        dtype = np.dtype(np.int64) if reduce.how == "argmax" else data.dtype
+        on_host = reduce.to_host is not None
+        out = np.empty(shape, dtype=dtype) if on_host else cupy.empty(shape, dtype=dtype)
+        const = c["const"].reshape(-1)
+        kern = load_kernel(kernel_ref(ROWS_SOURCE, "score_rows", data.dtype))
+        null = np.intp(0)
+        row0 = 0
+        for chunk in device_chunks(data):
+            for start in range(0, chunk.shape[0], c["rows"]):
+                x = chunk[start : start + c["rows"]]
+                rows = x.shape[0]
+                lp = quad_features(x, pi, pj) @ weights  # (rows, K)
+                part = cupy.empty((rows, *shape[1:]), dtype=dtype) if on_host else None
+                if part is None:
+                    part = out[row0 : row0 + rows]
+                kern(
+                    (max(1, min(-(-rows // 256), 32 * self.config.n_sm)),),
+                    (256,),
+                    (
+                        lp,
+                        np.int64(rows),
+                        np.int32(k),
+                        const,
+                        np.int32(mode),
+                        part if reduce.how == "argmax" else null,
+                        part if reduce.how == "logsumexp" else null,
+                        part if rows_out else null,
+                    ),
+                )
+                if on_host:
+                    out[row0 : row0 + rows] = reduce.to_host(part)
+                row0 += rows
+        return out
 
     def accumulate(self, data: CupyData, params: Params) -> Stats:
         """One pass over the data: log-likelihood and sufficient statistics of every restart."""
