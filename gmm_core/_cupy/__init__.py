@@ -21,7 +21,13 @@ The rest: :mod:`.data` (data on the device, or host chunks streamed through it),
 :mod:`.kernels` (``get_kernel(file, name, *template_args)``, memoised per device; concurrent
 compilation), :mod:`.diag_common` (plans and launches shared by the fused diag passes),
 :mod:`.loop` (the whole EM loop on the device: CUDA graphs, flags read one launch late),
+:mod:`.tracker` (the estimator's loop's per-restart bookkeeping as kernels, where :mod:`.loop`
+does not serve), :mod:`.copies` (copies and sums by memcpy and cuBLAS: no CuPy-generated kernel),
 :mod:`.config` (device properties and launch settings every strategy reads).
+
+A process's first fit compiles our ``cuda/*.cu`` modules and nothing else: the fit and scoring
+paths use no CuPy array operation (each would be a generated kernel NVRTC compiles on first use);
+parameter-sized math runs on the host (``tests/gpu/test_cold_compiles.py`` counts them).
 
 Data that fit the memory budget stay on the device; otherwise they are streamed from host memory
 in row chunks with the same result. A ``cupy`` out-of-memory error while uploading falls back to
