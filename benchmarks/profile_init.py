@@ -57,18 +57,19 @@ def profile_case(case: dict) -> None:
     ms, (centres, _) = timed(lambda: _init.kmeans_plusplus(engine, data, k, first, u))
     print(f"   k-means++ seeding {ms:.2f} ms ({k - 1} steps)")
     kern = _init._kernels(engine, data.dtype)
-    closest = cp.full((1, len(X)), cp.inf, dtype=cp.float32)
-    _init._update_closest(engine, data, cp.ascontiguousarray(centres[:, 0]), closest, kern)
-    cand = cp.ascontiguousarray(centres[0, :5])
+    # the seeding's centres are float64; its kernels take centres and candidates in the data's type
+    rows = centres.astype(data.dtype)
+    closest = cp.empty((1, len(X)), dtype=cp.float32)
+    _init._update_closest(engine, data, cp.ascontiguousarray(rows[:, 0]), closest, kern, True)
+    cand = cp.ascontiguousarray(rows[0, :5])
+    u_dev = cp.asarray(u[:, 0, :])
     parts = {
-        "cumsum+searchsorted": lambda: cp.searchsorted(
-            cp.cumsum(closest.ravel(), dtype=cp.float64), cp.arange(5.0)
-        ),
+        "sample (block sums + search)": lambda: _init._sample(engine, closest, u_dev, kern),
         "potentials (5 candidates)": lambda: _init._potentials(
             engine, data, cand, closest, 5, kern
         ),
         "update closest": lambda: _init._update_closest(
-            engine, data, cp.ascontiguousarray(centres[:, 1]), closest, kern
+            engine, data, cp.ascontiguousarray(rows[:, 1]), closest, kern
         ),
     }
     for name, fn in parts.items():
