@@ -65,6 +65,28 @@ def test_kmeans_plusplus_on_the_device_equals_numpy(dtype):
     )
 
 
+@pytest.mark.parametrize("n", [1, 255, 2048, 2049, 5000, 70_001])
+def test_candidate_sampling_kernels_equal_searchsorted_on_the_cumulative_sum(n):
+    """kpp_block_sums + kpp_sample (block sums, then rows) = np.searchsorted(np.cumsum(...)),
+    also where a draw lands exactly on a row or block boundary: integer distances (with
+    zeros) make every running sum exact, so both sides see the same boundaries."""
+    import cupy
+
+    np_engine, cp_engine = _engines()
+    rng = np.random.default_rng(n)
+    closest = rng.integers(0, 4, size=(3, n)).astype(np.float32)
+    closest[1] = 1.0  # the cumulative sum is 1, 2, ..., n: block edges at multiples of 2048
+    closest[2] = 0.0
+    closest[2, n // 2] = 5.0  # one row holds the whole potential
+    edges = [0.0, 0.5, 2048 / n, 2048.5 / n, 4096 / n, (n - 1) / n, 1 - 1e-16]
+    u = np.stack([rng.uniform(size=len(edges)), np.clip(edges, 0, np.nextafter(1, 0)), edges])
+    want = _init._sample(np_engine, closest, u, None)
+    kernels = _init._kernels(cp_engine, np.dtype(np.float32))
+    got = _init._sample(cp_engine, cupy.asarray(closest), cupy.asarray(u), kernels)
+    np.testing.assert_array_equal(cupy.asnumpy(got), want)
+    assert (want[: len(edges)] >= 0).all() and (want < n).all()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("d", [2, 16])
 def test_device_lloyd_matches_a_numpy_lloyd_from_the_same_seeds(dtype, d):
