@@ -138,11 +138,11 @@ SAMPLE_BLOCK_ROWS = 2048
 #: device bytes the seeding holds per sample and restart: the float32 distances to the nearest
 #: centre (the block sums add 8 / SAMPLE_BLOCK_ROWS)
 SEED_BYTES_PER_SAMPLE = 4
-#: the ``init.cu`` kernels of the seeding and of Lloyd's updates (template argument: the data's
-#: type where it has one)
+#: the ``init.cu`` kernels of the seeding (template argument: the data's type) and of its
+#: candidate sampling and Lloyd's update (their own arrays' types)
 SEEDING_KERNELS = ("kpp_potentials", "kpp_update", "gather_rows", "kpp_choose")
-SEEDING_UNTYPED_KERNELS = ("kpp_block_sums", "kpp_sample")
-LLOYD_KERNELS = ("lloyd_step",)
+SAMPLING_KERNELS = (("kpp_block_sums", np.float32), ("kpp_sample", np.float32))
+LLOYD_KERNELS = (("lloyd_step", np.float64),)
 
 
 def _kernels(engine: Any, dtype: Any) -> dict[str, Any] | None:
@@ -152,7 +152,7 @@ def _kernels(engine: Any, dtype: Any) -> dict[str, Any] | None:
     from ._cupy.kernels import get_kernel
 
     out = {name: get_kernel("init.cu", name, dtype) for name in SEEDING_KERNELS}
-    out.update((name, get_kernel("init.cu", name)) for name in SEEDING_UNTYPED_KERNELS)
+    out.update((name, get_kernel("init.cu", name, of)) for name, of in SAMPLING_KERNELS)
     return out
 
 
@@ -504,7 +504,7 @@ def lloyd(
         from ._cupy.copies import duplicate
         from ._cupy.kernels import get_kernel
 
-        kernel = get_kernel("init.cu", "lloyd_step")
+        kernel = get_kernel("init.cu", *LLOYD_KERNELS[0])
         centres = duplicate(xp.ascontiguousarray(centres, dtype=xp.float64))
         active = xp.asarray(np.ones(n_restarts, dtype=np.int32))
     n_iter = xp.zeros(n_restarts, dtype=xp.int64)

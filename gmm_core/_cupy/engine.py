@@ -14,7 +14,7 @@ import numpy as np
 
 from .._engine import EMResult, Engine
 from .._gaussian import Params, Stats
-from .._init import LLOYD_KERNELS, SEEDING_KERNELS, SEEDING_UNTYPED_KERNELS
+from .._init import LLOYD_KERNELS, SAMPLING_KERNELS, SEEDING_KERNELS
 from .config import BUDGET_ENV, LaunchConfig
 from .data import (
     CupyData,
@@ -267,11 +267,11 @@ class CupyEngine(Engine):
             refs += TRACKER_REFS  # the estimator's loop: its bookkeeping kernels
         if init_params in ("kmeans", "k-means++"):
             refs += [kernel_ref("init.cu", name, data.dtype) for name in SEEDING_KERNELS]
-            refs += [kernel_ref("init.cu", name) for name in SEEDING_UNTYPED_KERNELS]
+            refs += [kernel_ref("init.cu", name, of) for name, of in SAMPLING_KERNELS]
         elif init_params == "random_from_data":
             refs.append(kernel_ref("init.cu", "gather_rows", data.dtype))
         if init_params == "kmeans":
-            refs += [kernel_ref("init.cu", name) for name in LLOYD_KERNELS]
+            refs += [kernel_ref("init.cu", name, of) for name, of in LLOYD_KERNELS]
             diag = retype(data, "diag")
             refs += self._em_kernel_refs(diag, n_restarts, n_components)
             if self.diag_pass_tc.supports(diag, n_restarts, n_components):  # Lloyd's passes

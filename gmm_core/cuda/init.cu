@@ -24,8 +24,9 @@
 // Lloyd (lloyd_step): new centres from a pass's statistics, the shift, the stopping rule.
 // Data: column_stats (moments and finite check in one pass), centre_rows (X - shift).
 //
-// Only the scalar type is a template parameter: D, the number of candidates and of restarts are
-// runtime values, so one small module serves every shape (no compile for a new shape).
+// Only scalar types are template parameters (every kernel is one, so a module holds only the
+// kernel it was compiled for): D, the number of candidates and of restarts are runtime values,
+// so one small module serves every shape (no compile for a new shape).
 
 #ifndef GMM_INIT_NT
 #define GMM_INIT_NT 256
@@ -183,14 +184,15 @@ kpp_update(const T* __restrict__ X, long long n, int d, const T* __restrict__ ce
 }
 
 // Block b of restart r: sums[r * n_sums + b] = sum of closest[r, b * rows : (b + 1) * rows] in
-// float64, in a fixed order. Grid (n_sums, R); closest is (R, n).
+// float64, in a fixed order. Grid (n_sums, R); closest is (R, n), of type C (float32 here).
+template <typename C>
 __global__ void __launch_bounds__(GMM_INIT_NT)
-kpp_block_sums(const float* __restrict__ closest, long long n, int rows, int n_sums,
+kpp_block_sums(const C* __restrict__ closest, long long n, int rows, int n_sums,
                double* __restrict__ sums) {
     __shared__ double s_warp[33];
     const long long begin = (long long)blockIdx.x * rows;
     const long long end = min(n, begin + rows);
-    const float* cl = closest + (long long)blockIdx.y * n;
+    const C* cl = closest + (long long)blockIdx.y * n;
     double v = 0.0;
     for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) v += (double)cl[i];
     v = gmmi::block_sum(v, s_warp);
@@ -202,8 +204,9 @@ kpp_block_sums(const float* __restrict__ closest, long long n, int rows, int n_s
 // ids[r * n_trials + l] = that row. The running sums over the block sums find the block of
 // `rows` rows that holds it, a running sum over those rows the row; rounding can leave a block's
 // rows a hair short of the block's sum: then its last row.
+template <typename C>
 __global__ void __launch_bounds__(GMM_INIT_NT)
-kpp_sample(const float* __restrict__ closest, long long n, int rows, int n_sums,
+kpp_sample(const C* __restrict__ closest, long long n, int rows, int n_sums,
            const double* __restrict__ sums, const double* __restrict__ u, long long u_ld,
            int n_trials, long long* __restrict__ ids) {
     __shared__ double s_warp[33];
@@ -211,7 +214,7 @@ kpp_sample(const float* __restrict__ closest, long long n, int rows, int n_sums,
     __shared__ int s_hit;
     const int l = blockIdx.x, r = blockIdx.y;
     const double* s = sums + (long long)r * n_sums;
-    const float* cl = closest + (long long)r * n;
+    const C* cl = closest + (long long)r * n;
     const auto load_sum = [&](long long b) { return s[b]; };
     const auto load_row = [&](long long i) { return (double)cl[i]; };
     const double total = gmmi::block_total(0, n_sums, load_sum, s_warp);
@@ -274,21 +277,22 @@ kpp_choose(const T* __restrict__ cand, const double* __restrict__ pot,
 // One Lloyd iteration's update of every restart still iterating (block r: restart r), from the
 // statistics of its pass: a centre becomes the mean of its samples, sx / nk (a centre without
 // samples stays), n_iter += 1, and the restart stops once its centres moved by at most tol (sum of
-// squares). A restart that stopped keeps everything. nk (R, K), sx and centres (R, K, d).
+// squares). A restart that stopped keeps everything. nk (R, K), sx and centres (R, K, d), of type
+// T (float64 here).
+template <typename T>
 __global__ void __launch_bounds__(GMM_INIT_NT)
-lloyd_step(const double* __restrict__ nk, const double* __restrict__ sx, int k, int d,
-           double tol, double* __restrict__ centres, int* __restrict__ active,
-           long long* __restrict__ n_iter) {
+lloyd_step(const T* __restrict__ nk, const T* __restrict__ sx, int k, int d, double tol,
+           T* __restrict__ centres, int* __restrict__ active, long long* __restrict__ n_iter) {
     __shared__ double s_warp[33];
     const int r = blockIdx.x;
     if (!active[r]) return;  // the same for the whole block
     const long long base = (long long)r * k * d;
     double moved = 0.0;
     for (int e = threadIdx.x; e < k * d; e += blockDim.x) {
-        const double count = nk[(long long)r * k + e / d];
-        const double old = centres[base + e];
-        const double now = count > 0.0 ? sx[base + e] / count : old;
-        moved += (now - old) * (now - old);
+        const T count = nk[(long long)r * k + e / d];
+        const T old = centres[base + e];
+        const T now = count > T(0) ? sx[base + e] / count : old;
+        moved += (double)(now - old) * (double)(now - old);
         centres[base + e] = now;
     }
     moved = gmmi::block_sum(moved, s_warp);

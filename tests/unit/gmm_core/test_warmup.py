@@ -158,9 +158,9 @@ def test_kmeans_initialisation_adds_the_seeding_kernels_and_the_lloyd_passes():
         "kpp_update<float>",
         "gather_rows<float>",
         "kpp_choose<float>",
-        "kpp_block_sums",
-        "kpp_sample",
-        "lloyd_step",  # Lloyd: the update, and the passes of a hard diag mixture
+        "kpp_block_sums<float>",  # the candidate sampling: float32 distances
+        "kpp_sample<float>",
+        "lloyd_step<double>",  # Lloyd: the update, and the passes of a hard diag mixture
         "prepare_params<float, 32, false>",
         "diag_pass<float, 32, 2, false, false, false>",
         "diag_mstep<float, 32, false>",
