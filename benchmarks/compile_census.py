@@ -23,6 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+#: the name of a kernel defined in a CUDA source (CuPy's generated ones and gmm_core's)
+KERNEL_NAME = r"__global__\s+(?:void\s+)?(?:__launch_bounds__\([^)]*\)\s*)?(?:void\s+)?(\w+)"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -39,19 +42,20 @@ def main() -> None:
     records: list[tuple[float, str, str]] = []
     original = compiler._NVRTCProgram.compile
 
-    def compile_and_record(self, *a, **k):  # type: ignore[no-untyped-def]
+    def compile_and_record(self, *a, **k):
         t0 = time.perf_counter()
         try:
             return original(self, *a, **k)
         finally:
             dt = time.perf_counter() - t0
-            names = re.findall(r"__global__\s+(?:void\s+)?(?:__launch_bounds__\([^)]*\)\s*)?(?:void\s+)?(\w+)", self.src)
+            names = re.findall(KERNEL_NAME, self.src)
             frames = [
                 f"{Path(f.filename).name}:{f.lineno} {f.name}"
                 for f in traceback.extract_stack()
                 if "gmm_core" in f.filename
             ]
-            records.append((dt, ",".join(names[:3]) or self.name, " < ".join(reversed(frames[-3:]))))
+            site = " < ".join(reversed(frames[-3:]))
+            records.append((dt, ",".join(names[:3]) or self.name, site))
 
     compiler._NVRTCProgram.compile = compile_and_record
     case = next(c for c in cases(False) if c["name"] == args.case)
@@ -66,8 +70,10 @@ def main() -> None:
         gm.predict(X)
         cp.cuda.Device().synchronize()
         print(f"   predict after the fit: {time.perf_counter() - t1:.2f} s")
-    print(f"== census {args.case}: cold fit {wall:.2f} s, n_iter {gm.n_iter_}, "
-          f"{len(records)} compilations, {sum(r[0] for r in records):.2f} s in NVRTC")
+    print(
+        f"== census {args.case}: cold fit {wall:.2f} s, n_iter {gm.n_iter_}, "
+        f"{len(records)} compilations, {sum(r[0] for r in records):.2f} s in NVRTC"
+    )
     print("   fit_timings_:", {k: round(v, 3) for k, v in gm.fit_timings_.items()})
     by_site: dict[str, list[tuple[float, str]]] = defaultdict(list)
     for dt, names, site in records:

@@ -126,6 +126,10 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
         "diag_pass_tc<8, 1, true, 256>",
         "diag_pass_tc<12, 2, false, 128>",
         "diag_pass_tc<16, 2, false, 256, false>",
+        "diag_pass_tc<16, 2, true, 256, true, true>",
+        "diag_pass_tc<8, 1, false, 128, true, true>",
+        "diag_pass<float, 16, 1, false, false, false, true>",
+        "diag_pass<double, 3, 2, true, false, true, true>",
     ),
     "init.cu": (
         "kpp_potentials<float>",
@@ -168,5 +172,7 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
         "full_pass_tc<5, true>",
         "full_pass_tc<1, true>",
         "full_pass_tc<24, false>",
+        "full_pass_tc<32, true, true>",
+        "full_pass_tc<6, false, true>",
     ),
 }

@@ -144,21 +144,13 @@ def _prepare_partition(
     ``weight``: the block's sample weights (float64 NumPy) or None.
     """
     backend = _resolve_worker_backend(requested)
-    if weight is not None:
-        if backend != "numpy":
-            raise NotImplementedError(
-                "sample_weight on Dask needs NumPy workers (the CuPy engine does not weight its "
-                f"passes yet); set {WORKER_BACKEND_ENV}=numpy, or repeat rows for integer weights."
-            )
-        return _worker_engine(backend).prepare(
-            np.ascontiguousarray(block), shift, covariance_type, sample_weight=weight
-        )
     if type(block).__module__.split(".")[0] == "cupy":  # a dask array of CuPy chunks
         if backend == "numpy":
             block = block.get()
     else:
         block = np.ascontiguousarray(block)
-    return _worker_engine(backend).prepare(block, shift, covariance_type)
+    weighting = {} if weight is None else {"sample_weight": weight}
+    return _worker_engine(backend).prepare(block, shift, covariance_type, **weighting)
 
 
 def _partition_backend(part: Any) -> str:
@@ -181,6 +173,7 @@ def _partition_stats(part: Any, params: Params) -> Stats:
         cupy.asnumpy(stats.sx),
         cupy.asnumpy(stats.sxx),
         stats.n_samples,
+        stats.total_weight,
     )
 
 
@@ -229,7 +222,7 @@ class DaskEngine(Engine):
 
     name = "dask"
     xp = np
-    supports_sample_weight = True  # on NumPy workers (CuPy workers refuse weights)
+    supports_sample_weight = True  # on NumPy and CuPy workers alike
 
     def __init__(
         self,

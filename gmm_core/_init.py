@@ -70,6 +70,29 @@ def _blocks(engine: Any, data: Any) -> Iterator[tuple[int, Any]]:
         row0 += block.shape[0]
 
 
+def data_weights(data: Any) -> Any:
+    """The prepared data's sample weights (engine array), or None when unweighted.
+
+    CuPy data hold them as ``weights``, NumPy data as ``weight``.
+    """
+    weights = getattr(data, "weights", None)
+    return getattr(data, "weight", None) if weights is None else weights
+
+
+def host_weights(data: Any) -> np.ndarray | None:
+    """The sample weights on the host (float64), or None: unweighted or all equal.
+
+    Equal weights draw the initialisation as no weights do (the passes scale alike, so the
+    model is the same); only unequal weights change which rows are drawn.
+    """
+    weights = getattr(data, "host_weights", None)
+    if weights is None:
+        weights = getattr(data, "weight", None)
+    if weights is None or (weights == weights[0]).all():
+        return None
+    return np.asarray(weights, dtype=np.float64)
+
+
 def _sub_blocks(block: Any, rows: int = _ROWS) -> Iterator[Any]:
     for start in range(0, block.shape[0], rows):
         yield block[start : start + rows]
@@ -108,15 +131,26 @@ def _n_local_trials(n_clusters: int) -> int:
 
 
 def _draws(
-    random_state: np.random.RandomState, init_params: str, n_init: int, n_samples: int, k: int
+    random_state: np.random.RandomState,
+    init_params: str,
+    n_init: int,
+    n_samples: int,
+    k: int,
+    weighted: bool = False,
 ) -> list[dict[str, Any]]:
-    """What each restart draws from ``random_state``, restart after restart."""
+    """What each restart draws from ``random_state``, restart after restart.
+
+    ``weighted`` (unequal weights, see :func:`host_weights`): k-means++ draws its first centre
+    with probability proportional to the row's weight (as scikit-learn's weighted k-means++):
+    a uniform ``first_u`` that :func:`_first_rows` maps to a row of the data it seeds.
+    """
     out = []
     for _ in range(n_init):
         if init_params in ("kmeans", "k-means++"):
+            first = random_state.uniform() if weighted else int(random_state.randint(n_samples))
             out.append(
                 {
-                    "first": int(random_state.randint(n_samples)),
+                    "first_u" if weighted else "first": first,
                     "u": random_state.uniform(size=(k - 1, _n_local_trials(k))),
                 }
             )
@@ -169,6 +203,7 @@ def _potentials(
     n_cand, n_features = cand.shape
     pot = xp.zeros(n_cand, dtype=xp.float64)
     owner = np.repeat(np.arange(n_restarts), n_trials)
+    weights = data_weights(data)
     for row0, x in _blocks(engine, data):
         if kernels is not None:
             kernels["kpp_potentials"](
@@ -184,6 +219,7 @@ def _potentials(
                     closest,
                     np.int64(n_samples),
                     np.int64(row0),
+                    np.intp(0) if weights is None else weights,
                     pot,
                 ),
                 shared_mem=8 * n_cand,
@@ -194,6 +230,8 @@ def _potentials(
             diff = (part[:, None, :] - cand[None]).astype(np.float64)
             d2 = np.einsum("ncd,ncd->nc", diff, diff)
             rows = slice(row0 + start, row0 + start + part.shape[0])
+            if weights is not None:
+                d2 *= weights[rows, None]
             pot += np.minimum(d2, closest[owner, rows].T.astype(np.float64)).sum(axis=0)
     return pot
 
@@ -205,6 +243,7 @@ def _update_closest(
     n_restarts, n_samples = closest.shape
     if kernels is None and reset:
         closest.fill(np.inf)
+    weights = data_weights(data)
     for row0, x in _blocks(engine, data):
         if kernels is not None:
             kernels["kpp_update"](
@@ -219,6 +258,7 @@ def _update_closest(
                     closest,
                     np.int64(n_samples),
                     np.int64(row0),
+                    np.intp(0) if weights is None else weights,
                     np.int32(reset),
                 ),
             )
@@ -228,6 +268,8 @@ def _update_closest(
             diff = (part[None, :, :] - centres[:, None, :]).astype(np.float64)
             d2 = np.einsum("rnd,rnd->rn", diff, diff)
             rows = slice(row0 + start, row0 + start + part.shape[0])
+            if weights is not None:
+                d2 *= weights[None, rows]
             closest[:, rows] = np.minimum(closest[:, rows].astype(np.float64), d2)
 
 
@@ -576,21 +618,41 @@ def _stats_of_rows(
             sxx = (x * x).sum(axis=1)
         else:
             s = np.asarray(shift, dtype=np.float64)
-            outside = data.n_samples - (n_components + eps * n_components)
+            outside = _weight_sum(data) - (n_components + eps * n_components)
             total = x.sum(axis=0)
             sxx = xtx + outside * np.outer(s, s) - np.outer(total, s) - np.outer(s, total)
         expand = (lambda a: a) if covariance_type == "tied" else (lambda a: a[None])
-        out.append(Stats(np.zeros(1), nk[None], x[None], expand(sxx), data.n_samples))
+        out.append(
+            Stats(np.zeros(1), nk[None], x[None], expand(sxx), data.n_samples, _total_weight(data))
+        )
     return out
 
 
+def _total_weight(data: Any) -> float | None:
+    """The prepared data's total sample weight, None when unweighted."""
+    total = getattr(data, "total_weight", None)
+    return None if total is None else float(total)
+
+
+def _weight_sum(data: Any) -> float:
+    """What a lower bound divides by: the total weight, else the number of rows."""
+    total = _total_weight(data)
+    return float(data.n_samples) if total is None else total
+
+
 def _xtx(engine: Any, data: Any) -> Any:
+    """``X^T X`` (weighted: ``X^T diag(w) X``) of the centred data, float64."""
     xp = engine.xp
+    weights = data_weights(data)
     total = None
-    for _, block in _blocks(engine, data):
-        for part in _sub_blocks(block):
-            p = part.astype(xp.float64, copy=False)
-            total = p.T @ p if total is None else total + p.T @ p
+    for row0, block in _blocks(engine, data):
+        for start in range(0, block.shape[0], _ROWS):
+            p = block[start : start + _ROWS].astype(xp.float64, copy=False)
+            left = p
+            if weights is not None:
+                w = weights[row0 + start : row0 + start + p.shape[0]]
+                left = p * w.astype(xp.float64)[:, None]
+            total = left.T @ p if total is None else total + left.T @ p
     return total
 
 
@@ -613,33 +675,39 @@ def _random_resp_stats(
         "spherical": (k,),
     }[covariance_type]
     sxx = xp.zeros(sxx)
-    for _, block in _blocks(engine, data):
-        for part in _sub_blocks(block, rows):
+    weights = data_weights(data)
+    for row0, block in _blocks(engine, data):
+        for start in range(0, block.shape[0], rows):
+            part = block[start : start + rows]
             resp = rng.uniform(size=(part.shape[0], k)).astype(part.dtype)
             resp /= resp.sum(axis=1)[:, None]
             # as scikit-learn: responsibilities in the data's dtype, sums in float64 here
             r64 = resp.astype(xp.float64)
             x = part.astype(xp.float64, copy=False)
+            if weights is not None:  # weighted: every row's responsibilities times its weight
+                w = weights[row0 + start : row0 + start + part.shape[0]].astype(xp.float64)
+                r64 *= w[:, None]
+                xw = x * w[:, None]
             nk += r64.sum(axis=0)
             sx += r64.T @ x
             if covariance_type == "full":
                 for j in range(k):
                     sxx[j] += (x * r64[:, j : j + 1]).T @ x
             elif covariance_type == "tied":
-                sxx += x.T @ x
+                sxx += (x if weights is None else xw).T @ x
             elif covariance_type == "diag":
                 sxx += r64.T @ (x * x)
             else:
                 sxx += r64.T @ (x * x).sum(axis=1)
     expand = (lambda a: a) if covariance_type == "tied" else (lambda a: a[None])
-    return Stats(xp.zeros(1), nk[None], sx[None], expand(sxx), data.n_samples)
+    return Stats(xp.zeros(1), nk[None], sx[None], expand(sxx), data.n_samples, _total_weight(data))
 
 
 def _params_of(
     stats: Stats, covariance_type: str, reg_covar: float, eps: float, xp: Any
 ) -> tuple[Any, Any, Any]:
     nk, means, covariances = estimate_parameters(stats, covariance_type, reg_covar, eps, xp)
-    return nk / stats.n_samples, means, covariances
+    return nk / stats.weight_sum, means, covariances
 
 
 def initial_params(
@@ -668,7 +736,8 @@ def initial_params(
     k = n_components
     drawn = None
     if len(user) < 3:
-        draws = _draws(random_state, init_params, n_init, data.n_samples, k)
+        unequal = host_weights(data)
+        draws = _draws(random_state, init_params, n_init, data.n_samples, k, unequal is not None)
         if init_params in ("kmeans", "k-means++"):
             # large data: seeding and the first Lloyd iterations on one evenly spaced subsample
             coarse = (
@@ -693,9 +762,10 @@ def initial_params(
                 stats = _host_stats(engine, engine.lloyd_pass(data, hard, active))
                 drawn = _params_of(stats, covariance_type, reg_covar, eps, np)
         elif init_params == "random_from_data":
+            p = None if unequal is None else unequal / unequal.sum()
             ids = np.stack(
                 [
-                    np.random.default_rng(d["seed"]).choice(data.n_samples, k, replace=False)
+                    np.random.default_rng(d["seed"]).choice(data.n_samples, k, replace=False, p=p)
                     for d in draws
                 ]
             )
@@ -773,10 +843,26 @@ def _seed_all(engine: Any, data: Any, k: int, draws: list[dict[str, Any]]) -> An
     out = xp.empty((len(draws), k, data.n_features), dtype=xp.float64)
     for g in range(0, len(draws), group):
         part = draws[g : g + group]
-        first = np.array([d["first"] for d in part]) % seed_data.n_samples
+        first = _first_rows(seed_data, part)
         u = np.stack([d["u"] for d in part])
         kmeans_plusplus(engine, seed_data, k, first, u, out=out[g : g + len(part)])
     return out
+
+
+def _first_rows(data: Any, draws: list[dict[str, Any]]) -> np.ndarray:
+    """Every restart's first k-means++ centre: a row of ``data`` (what is seeded, or a subsample).
+
+    ``first`` was drawn uniformly; ``first_u`` is mapped through the rows' cumulative weight
+    (probability proportional to weight; rows of weight 0 are never drawn).
+    """
+    if "first_u" not in draws[0]:
+        return np.array([d["first"] for d in draws]) % data.n_samples
+    weights = host_weights(data)
+    if weights is None:  # the subsample's weights happen to be equal
+        return np.array([int(d["first_u"] * data.n_samples) for d in draws])
+    cum = np.cumsum(weights)
+    ids = np.searchsorted(cum, np.array([d["first_u"] for d in draws]) * cum[-1], side="right")
+    return np.minimum(ids, data.n_samples - 1)
 
 
 def _stack(

@@ -82,6 +82,8 @@ class MultiGpuData:
     dtype: np.dtype
     n_samples: int
     n_features: int
+    #: the shards' summed sample weights (None: unweighted)
+    total_weight: float | None = None
 
     @property
     def rows(self) -> list[int]:
@@ -114,6 +116,7 @@ class MultiGpuEngine(Engine):
 
     name = "multigpu"
     xp = cupy
+    supports_sample_weight = True
 
     def __init__(
         self,
@@ -174,7 +177,9 @@ class MultiGpuEngine(Engine):
         edges = np.linspace(0, n_samples, len(self.devices) + 1).round().astype(np.int64)
         return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
-    def prepare(self, X: Any, shift: Any, covariance_type: str) -> MultiGpuData:
+    def prepare(
+        self, X: Any, shift: Any, covariance_type: str, *, sample_weight: Any = None
+    ) -> MultiGpuData:
         """Split ``X - shift`` into one row shard per device and prepare each on its device.
 
         Parameters
@@ -186,6 +191,9 @@ class MultiGpuEngine(Engine):
             generated on each GPU) is used as the shards as they are.
         shift : array of shape (n_features,) or None
         covariance_type : {'full', 'tied', 'diag', 'spherical'}
+        sample_weight : numpy.ndarray of shape (n_samples,), optional
+            Validated weights (float64) of every row, in row order (for a list of shards: the
+            shards' rows one after the other); each shard keeps its own rows' weights.
         """
         if isinstance(X, list | tuple):
             if len(X) != len(self.devices):
@@ -210,15 +218,22 @@ class MultiGpuEngine(Engine):
         else:
             X = np.asarray(X)
             pieces = [X[start:stop] for start, stop in self.shard_bounds(X.shape[0])]
+        weights: list[Any] = [None] * len(pieces)
+        if sample_weight is not None:
+            edges = np.cumsum([0] + [piece.shape[0] for piece in pieces])
+            w = np.asarray(sample_weight, dtype=np.float64)
+            weights = [w[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True)]
         shards = []
-        for device, engine, piece in zip(self.devices, self.engines, pieces, strict=True):
+        for device, engine, piece, weight in zip(
+            self.devices, self.engines, pieces, weights, strict=True
+        ):
             if isinstance(piece, cupy.ndarray) and piece.device.id != device:
                 raise ValueError(
                     f"shard for device {device} lives on device {piece.device.id}; create each "
                     "shard on its own device (with cupy.cuda.Device(i): ...)"
                 )
             with cupy.cuda.Device(device):
-                shards.append(engine.prepare(piece, shift, covariance_type))
+                shards.append(engine.prepare(piece, shift, covariance_type, sample_weight=weight))
         dtype = shards[0].dtype
         n_features = shards[0].n_features
         if any(s.dtype != dtype or s.n_features != n_features for s in shards):
@@ -230,7 +245,12 @@ class MultiGpuEngine(Engine):
             [s.n_samples for s in shards],
             self.devices,
         )
-        return MultiGpuData(shards, self.devices, covariance_type, dtype, n_samples, n_features)
+        total_weight = None
+        if sample_weight is not None:
+            total_weight = float(sum(shard.total_weight or 0.0 for shard in shards))
+        return MultiGpuData(
+            shards, self.devices, covariance_type, dtype, n_samples, n_features, total_weight
+        )
 
     # -- passes ---------------------------------------------------------------------------------
     def _scatter(self, arrays: list[Any]) -> tuple[list[list[Any]], list[Any]]:
@@ -285,7 +305,7 @@ class MultiGpuEngine(Engine):
             total = None
             for arrays, shard in zip(on_primary, data.shards, strict=True):
                 loglik, nk, sx, sxx = arrays
-                stats = Stats(loglik, nk, sx, sxx, shard.n_samples)
+                stats = Stats(loglik, nk, sx, sxx, shard.n_samples, shard.total_weight)
                 total = stats if total is None else total + stats
         assert total is not None
         return total
@@ -339,6 +359,7 @@ class MultiGpuEngine(Engine):
             return None
         key = (
             tuple(shard.chunks[0].data.ptr for shard in data.shards),
+            tuple(0 if shard.weights is None else shard.weights.data.ptr for shard in data.shards),
             data.covariance_type,
             data.n_samples,
             n_restarts,

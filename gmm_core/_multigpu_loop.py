@@ -226,6 +226,7 @@ class FusedLoop:
             out,
             loop.counters[i],
             reduce=reduce,
+            weights=slot.shard.weights,
         )
 
     def _capture(self) -> None:
@@ -327,7 +328,11 @@ class FusedLoop:
             with cupy.cuda.Device(slot.device):
                 loop = slot.loop
                 # the M-step tables carry the number of rows the lower bound divides by: ALL rows
-                all_rows = replace(slot.shard, n_samples=self.data.n_samples)
+                all_rows = replace(
+                    slot.shard,
+                    n_samples=self.data.n_samples,
+                    total_weight=self.data.total_weight,
+                )
                 with loop.stream:
                     local = host_params.map(cupy.asarray)
                 settings = dict(reg_covar=reg_covar, eps=eps, tol=tol, first_bound=first_bound)

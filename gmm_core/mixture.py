@@ -389,7 +389,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             params: Params | None = None
             if engine.device_init:
                 # moments, centring and initialisation where the data live: no host copy of X
-                data = engine.prepare(X, "auto", self.covariance_type)
+                data = engine.prepare(X, "auto", self.covariance_type, **weighting)
                 if not math.isfinite(data.max_abs):  # NumPy input is checked here, on the device
                     raise ValueError(
                         "Input X contains NaN or infinity; remove or impute those rows first."

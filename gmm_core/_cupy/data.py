@@ -41,6 +41,11 @@ class CupyData:
     variance: Any = None
     max_abs: float = 0.0
     source: Any = None
+    #: sample weights of every row (device, the data's dtype; None: unweighted), and their
+    #: float64 sum as the passes see them (what the lower bound divides by) and a host copy
+    weights: Any = None
+    total_weight: float | None = None
+    host_weights: np.ndarray | None = field(default=None, repr=False)
     _xtx: Any = field(default=None, repr=False)
     _features: Any = field(default=None, repr=False)
 
@@ -163,7 +168,13 @@ def needs_centring(mean: np.ndarray, variance: np.ndarray) -> bool:
 
 
 def prepare(
-    X: Any, shift: Any, covariance_type: str, *, budget: int, chunk_rows: int | None
+    X: Any,
+    shift: Any,
+    covariance_type: str,
+    *,
+    budget: int,
+    chunk_rows: int | None,
+    sample_weight: np.ndarray | None = None,
 ) -> CupyData:
     """Place ``X`` for the passes: on the device when it fits ``budget``, else streamed.
 
@@ -179,6 +190,9 @@ def prepare(
         Bytes the fit may allocate on the device (see :func:`memory_budget`).
     chunk_rows : int or None
         Rows per streamed chunk (default: what :data:`STREAM_SHARE` of the budget holds).
+    sample_weight : numpy.ndarray of shape (n_samples,), optional
+        Validated non-negative weights (float64); held on the device in the data's dtype
+        (4 or 8 bytes a row, beside X) and read by every pass (:func:`weight_chunks`).
     """
     from .streaming import HostStream
 
@@ -247,9 +261,34 @@ def prepare(
                 stream.chunk_rows,
                 "pinned" if stream.pinned else "pageable",
             )
+    if sample_weight is not None:
+        set_weights(data, sample_weight)
     cupy.cuda.get_current_stream().synchronize()
     data.upload_seconds = time.perf_counter() - started
     return data
+
+
+def set_weights(data: CupyData, sample_weight: np.ndarray) -> None:
+    """Upload ``sample_weight`` in the data's dtype; the total is of the values uploaded."""
+    host = np.ascontiguousarray(sample_weight, dtype=np.float64)
+    typed = host.astype(data.dtype)
+    data.weights = cupy.asarray(typed)
+    data.total_weight = float(typed.sum(dtype=np.float64))
+    data.host_weights = host
+
+
+def weight_chunks(data: CupyData) -> Iterator[Any]:
+    """The weights of each chunk :func:`device_chunks` yields (None for each: unweighted)."""
+    row0 = 0
+    for block in data.chunks:
+        n = block.shape[0]
+        yield None if data.weights is None else data.weights[row0 : row0 + n]
+        row0 += n
+
+
+def weighted_chunks(data: CupyData) -> Iterator[tuple[Any, Any]]:
+    """``(chunk, its weights or None)`` over the data, as the passes read them."""
+    return zip(device_chunks(data), weight_chunks(data), strict=True)
 
 
 def device_chunks(data: CupyData) -> Iterator[Any]:
@@ -275,15 +314,21 @@ def subsample(data: CupyData, step: int) -> CupyData:
         rows = cupy.asarray(np.ascontiguousarray(source.X[::step]))
     if source is not None and source.shift is not None:
         centre_rows(rows, source.shift, out=rows)
-    return replace(
+    out = replace(
         data,
         chunks=[rows],
         resident=True,
         n_samples=rows.shape[0],
         source=None,
+        weights=None,
+        total_weight=None,
+        host_weights=None,
         _xtx=None,
         _features=None,
     )
+    if data.host_weights is not None:
+        set_weights(out, data.host_weights[::step])
+    return out
 
 
 def retype(data: CupyData, covariance_type: str) -> CupyData:

@@ -18,7 +18,7 @@ import numpy as np
 from .._gaussian import Params, Stats
 from .config import NT, LaunchConfig
 from .copies import add_into, copy_rows
-from .data import CupyData, Scratch, device_chunks
+from .data import CupyData, Scratch, weighted_chunks
 from .kernels import KernelRef, allow_dynamic_smem, kernel_ref, load_kernel, max_carveout
 
 #: widest feature count compiled into the fused diag/spherical kernel (registers hold a row)
@@ -224,12 +224,16 @@ class FusedDiagPass:
         mstep_table: Any = None,
         reduce: bool = True,
         guard: bool = True,
+        weights: Any = None,
     ) -> None:
         """One pass (+ reduction) of a restart group; with ``mstep_table`` also its M-step.
 
         With ``reduce=False`` a pass that does not reduce its block partials itself (see
-        :func:`tail_reduce`) leaves them in ``partial`` for the caller.
+        :func:`tail_reduce`) leaves them in ``partial`` for the caller. ``weights``: the chunk's
+        sample weights, required exactly when the data are weighted (the weighted kernel).
         """
+        if (weights is None) != (data.weights is None):
+            raise ValueError("launch_pass: pass the chunk's weights exactly for weighted data")
         tail = tail_reduce(plan)
         kern_pass = self.pass_kernel(data, plan, tail and mstep_table is not None, guard)
         k0 = plan.r0 * n_components
@@ -252,6 +256,7 @@ class FusedDiagPass:
                 counter if tail else np.intp(0),
                 out,
                 mstep_table if tail and mstep_table is not None else np.intp(0),
+                np.intp(0) if weights is None else weights,
             ),
             shared_mem=plan.smem_bytes,
         )
@@ -284,18 +289,18 @@ class FusedDiagPass:
         for plan in plans:
             partial = self.scratch.get("partial", (plan.n_blocks, plan.pstride), cupy.float64)
             total: Any = None
-            for chunk in device_chunks(data):
+            for chunk, weights in weighted_chunks(data):
                 out = cupy.empty(plan.pstride, dtype=cupy.float64)
                 self.launch_pass(
                     data, plan, chunk, n_components, kparams, log_const, null, partial, out,
-                    guard=guard,
+                    guard=guard, weights=weights,
                 )  # fmt: skip
                 if total is None:
                     total = out
                 else:
                     add_into(total, out)
             split_stats(total, plan.r0, plan.r1, n_features, q, loglik, nk, sx, sxx)
-        return Stats(loglik, nk, sx, sxx, data.n_samples)
+        return Stats(loglik, nk, sx, sxx, data.n_samples, data.total_weight)
 
 
 def split_stats(

@@ -46,6 +46,7 @@ class DiagEmSmall:
             and kmax
             and kmax * n_stats <= SMALL_MAX_ACC
             and data.n_samples <= SMALL_MAX_ROWS
+            and data.weights is None  # weighted data: the fused passes (WEIGHTED variants)
         ):
             return 0
         return kmax

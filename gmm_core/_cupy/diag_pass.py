@@ -25,7 +25,7 @@ def items_per_thread(tile_n: int, n_restarts: int) -> int:
 
 
 class DiagPass(FusedDiagPass):
-    """``diag_pass<T, D, IPT, SPHERICAL, SHARED_ACC, MSTEP>``; see the module docstring."""
+    """``diag_pass<T, D, IPT, SPHERICAL, SHARED_ACC, MSTEP[, WEIGHTED]>``; see the module doc."""
 
     name = "diag_pass"
 
@@ -36,7 +36,10 @@ class DiagPass(FusedDiagPass):
     def pass_ref(
         self, data: CupyData, plan: DiagPlan, mstep_in_pass: bool, guard: bool = True
     ) -> KernelRef:
-        """``diag_pass`` compiled for the plan's items per thread (always exact: no ``guard``)."""
+        """``diag_pass`` compiled for the plan's items per thread (always exact: no ``guard``).
+
+        Weighted data (``data.weights``) get the ``WEIGHTED`` variant.
+        """
         return kernel_ref(
             SOURCE,
             "diag_pass",
@@ -46,6 +49,7 @@ class DiagPass(FusedDiagPass):
             data.covariance_type == "spherical",
             bool(self.config.shared_accumulators),
             mstep_in_pass,
+            *(() if data.weights is None else (True,)),
         )
 
     def plans(

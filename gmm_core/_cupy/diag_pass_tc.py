@@ -40,9 +40,12 @@ class DiagPassTC(FusedDiagPass):
         """``diag_pass_tc`` for the plan's m-tiles and threads per block.
 
         ``guard=False``: the variant that does not recompute far components' logits exactly
-        (Lloyd's passes, see ``GUARD`` in ``em_diag.cu``).
+        (Lloyd's passes, see ``GUARD`` in ``em_diag.cu``). Weighted data (``data.weights``) get
+        the ``WEIGHTED`` variant.
         """
         args = (data.n_features, plan.tc_mt, mstep_in_pass, plan.threads)
+        if data.weights is not None:
+            return kernel_ref(SOURCE, "diag_pass_tc", *args, guard, True)
         return kernel_ref(SOURCE, "diag_pass_tc", *args, *(() if guard else (False,)))
 
     def plans(

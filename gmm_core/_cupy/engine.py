@@ -100,6 +100,7 @@ class CupyEngine(Engine):
     name = "cupy"
     xp = cupy
     device_init = True
+    supports_sample_weight = True
 
     def __init__(
         self,
@@ -157,7 +158,9 @@ class CupyEngine(Engine):
     def _budget(self) -> int:
         return memory_budget(self.memory_budget_bytes)
 
-    def prepare(self, X: Any, shift: Any, covariance_type: str) -> CupyData:
+    def prepare(
+        self, X: Any, shift: Any, covariance_type: str, *, sample_weight: Any = None
+    ) -> CupyData:
         """Centre ``X`` and keep it on the device when it fits the budget, else chunk it.
 
         Parameters
@@ -165,8 +168,19 @@ class CupyEngine(Engine):
         X : numpy.ndarray or cupy.ndarray of shape (n_samples, n_features), float32/float64
         shift : array of shape (n_features,) or None
         covariance_type : {'full', 'tied', 'diag', 'spherical'}
+        sample_weight : numpy.ndarray of shape (n_samples,), optional
+            Validated weights (float64): every pass weights its statistics (the passes'
+            ``WEIGHTED`` kernel variants; the GEMM path multiplies its responsibilities).
         """
-        return prepare(X, shift, covariance_type, budget=self._budget(), chunk_rows=self.chunk_rows)
+        weight = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        return prepare(
+            X,
+            shift,
+            covariance_type,
+            budget=self._budget(),
+            chunk_rows=self.chunk_rows,
+            sample_weight=weight,
+        )
 
     def device_chunks(self, data: CupyData) -> Iterator[Any]:
         """Yield the data's centred row chunks as device arrays (uploading streamed ones)."""
@@ -232,6 +246,7 @@ class CupyEngine(Engine):
             data.dtype.str,
             data.n_features,
             data.n_samples,
+            data.weights is not None,
             n_restarts,
             n_components,
         )
@@ -302,7 +317,7 @@ class CupyEngine(Engine):
         if full_tc.supports(data, n_restarts, n_components, quiet=True):
             u_in_smem = full_tc.u_in_smem(data.n_features, n_components)
             assert u_in_smem is not None
-            refs += full_tc.kernel_refs(data.n_features, u_in_smem)
+            refs += full_tc.kernel_refs(data.n_features, u_in_smem, data.weights is not None)
         elif self.diag_pass.supports(data, n_restarts, n_components):
             device_loop = data.resident and len(data.chunks) <= 1
             small = self.diag_em_small
@@ -344,6 +359,7 @@ class CupyEngine(Engine):
             data.n_features,
             data.n_samples,
             data.resident and len(data.chunks) <= 1,
+            data.weights is not None,
             n_restarts,
             n_components,
             init_params,

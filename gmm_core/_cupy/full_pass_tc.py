@@ -18,7 +18,7 @@ import numpy as np
 from .._gaussian import Params, Stats
 from .config import LaunchConfig
 from .copies import add_into
-from .data import CupyData, Scratch, device_chunks
+from .data import CupyData, Scratch, weighted_chunks
 from .diag_common import REDUCE_REF
 from .kernels import KernelRef, kernel_ref, load_kernel, max_carveout
 
@@ -116,17 +116,21 @@ class FullPassTC:
             return False
         return True
 
-    def kernel_refs(self, n_features: int, u_in_smem: bool) -> list[KernelRef]:
-        """The parameter kernel, the pass and the reduction of one pass."""
+    def kernel_refs(
+        self, n_features: int, u_in_smem: bool, weighted: bool = False
+    ) -> list[KernelRef]:
+        """The parameter kernel, the pass (``WEIGHTED`` for weighted data), the reduction."""
         return [
             kernel_ref(SOURCE, "full_tc_params", n_features),
-            kernel_ref(SOURCE, "full_pass_tc", n_features, u_in_smem),
+            kernel_ref(SOURCE, "full_pass_tc", n_features, u_in_smem, *[True][: int(weighted)]),
             REDUCE_REF,
         ]
 
-    def kernels(self, n_features: int, u_in_smem: bool, smem: int) -> tuple[Any, Any, Any]:
+    def kernels(
+        self, n_features: int, u_in_smem: bool, smem: int, weighted: bool = False
+    ) -> tuple[Any, Any, Any]:
         """(full_tc_params, full_pass_tc allowed ``smem`` bytes, reduce_partials), compiled."""
-        ref_params, ref_pass, ref_reduce = self.kernel_refs(n_features, u_in_smem)
+        ref_params, ref_pass, ref_reduce = self.kernel_refs(n_features, u_in_smem, weighted)
         kern_params = load_kernel(ref_params, self.defines)
         kern_pass = max_carveout(load_kernel(ref_pass, self.defines))
         kern_reduce = load_kernel(ref_reduce)
@@ -142,7 +146,8 @@ class FullPassTC:
         u_in_smem = self.u_in_smem(D, K)
         assert u_in_smem is not None  # supports() checked it
         smem = full_tc_smem(D, K, u_in_smem)
-        kern_params, kern_pass, kern_reduce = self.kernels(D, u_in_smem, smem)
+        weighted = data.weights is not None
+        kern_params, kern_pass, kern_reduce = self.kernels(D, u_in_smem, smem, weighted)
         f64 = cupy.float64
         buffer = self.scratch.get
         ufrag = buffer("full-tc-u", (rk, ntd * (ntd + 1) // 2, 32, 2), cupy.float32)
@@ -173,7 +178,7 @@ class FullPassTC:
         n_blocks = max(1, min(n_blocks, FULL_TC_PARTIAL_BYTES // (8 * pstride)))
         partial = buffer("full-tc-partial", (n_blocks, pstride), f64)
         total: Any = None
-        for chunk in device_chunks(data):
+        for chunk, weights in weighted_chunks(data):
             blocks = max(1, min(n_blocks, -(-chunk.shape[0] // FULL_TC_TILE)))
             kern_pass(  # restarts (and component groups) fastest: a tile is read from HBM once
                 (R * groups, blocks),
@@ -189,6 +194,7 @@ class FullPassTC:
                     far,
                     np.int32(pstride),
                     partial,
+                    np.intp(0) if weights is None else weights,
                 ),
                 shared_mem=smem,
             )
@@ -203,4 +209,5 @@ class FullPassTC:
         nk = total[:rk].reshape(R, K)
         sx = total[rk : rk * (1 + D)].reshape(R, K, D)
         sxx = total[rk * (1 + D) : rk * (1 + D + D * D)].reshape(R, K, D, D)
-        return Stats(total[rk * (1 + D + D * D) :], nk, sx, sxx, data.n_samples)
+        loglik = total[rk * (1 + D + D * D) :]
+        return Stats(loglik, nk, sx, sxx, data.n_samples, data.total_weight)

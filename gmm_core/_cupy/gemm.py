@@ -26,7 +26,7 @@ import numpy as np
 
 from .._gaussian import ROW_REDUCTIONS, Params, RowReduction, Stats, log_det_cholesky
 from .config import LaunchConfig
-from .data import CupyData, device_chunks, scratch_bytes
+from .data import CupyData, device_chunks, scratch_bytes, weighted_chunks
 from .kernels import KernelRef, kernel_ref, load_kernel
 
 logger = logging.getLogger("gmm_core")
@@ -296,12 +296,16 @@ class GemmPass:
 
     # -- data-derived caches ----------------------------------------------------------------------
     def xtx(self, data: CupyData) -> Any:
-        """``X^T X`` of the centred data in float64 (tied covariance), once per fit."""
+        """``X^T X`` of the centred data in float64 (tied covariance), once per fit.
+
+        Weighted data: ``X^T diag(w) X``.
+        """
         if data._xtx is None:
             xtx = cupy.zeros((data.n_features, data.n_features))
-            for chunk in device_chunks(data):
+            for chunk, weights in weighted_chunks(data):
                 c64 = chunk.astype(cupy.float64, copy=False)
-                xtx += c64.T @ c64
+                left = c64 if weights is None else c64 * weights.astype(cupy.float64)[:, None]
+                xtx += left.T @ c64
             data._xtx = xtx
         return data._xtx
 
@@ -429,10 +433,11 @@ class GemmPass:
         rows = c["rows"]
         if cov == "full" and cached is not None:  # the only wide temporary is (rows, R*K)
             rows = max(rows, GEMM_CHUNK_ELEMENTS // (R * K))
-        for i_chunk, chunk in enumerate(device_chunks(data)):
+        for i_chunk, (chunk, weights) in enumerate(weighted_chunks(data)):
             start = 0
             while start < chunk.shape[0]:
                 x = chunk[start : start + rows]
+                w = None if weights is None else weights[start : start + rows]
                 try:
                     feats = None
                     if cov == "full":
@@ -447,12 +452,15 @@ class GemmPass:
                     cupy.exp(lp, out=lp)
                     norm = lp.sum(axis=2, keepdims=True)
                     lp /= norm
+                    if w is not None:  # weighted: every responsibility times its row's weight
+                        lp *= w[:, None, None]
                     resp = lp.reshape(x.shape[0], R * K)
                     lse = cupy.log(norm[..., 0].astype(cupy.float64)) + amax[..., 0]  # (n, R)
                     # column sums as GEMMs: CuPy's axis-0 reductions are slow for few columns;
                     # every product first, the sums after: an out-of-memory error part-way
                     # must not leave this chunk half added before it is retried smaller
-                    chunk_ll = cupy.ones(x.shape[0]) @ lse
+                    row_w = cupy.ones(x.shape[0]) if w is None else w.astype(cupy.float64)
+                    chunk_ll = row_w @ lse
                     ones = cupy.ones((x.shape[0], 1), dtype=resp.dtype)
                     chunk_nk = resp_t_dot(resp, ones).reshape(R, K)
                     if cov == "full":
@@ -489,4 +497,4 @@ class GemmPass:
         sx = cupy.ascontiguousarray(sx).reshape(R, K, D)
         if cov in ("diag", "spherical"):
             sxx = sxx.reshape((R, K, D) if cov == "diag" else (R, K))
-        return Stats(loglik, nk, sx, sxx, data.n_samples)
+        return Stats(loglik, nk, sx, sxx, data.n_samples, data.total_weight)

@@ -190,8 +190,9 @@ class DeviceLoop:
     ) -> None:
         """Load initial parameters and settings into the buffers the graph reads.
 
-        ``data`` gives the dtype and the number of rows the lower bound divides by (the
-        multi-GPU loop passes a shard with every device's rows). ``synchronize=False`` leaves
+        ``data`` gives the dtype and what the lower bound divides by: its ``total_weight``, else
+        its number of rows (the multi-GPU loop passes a shard with every device's rows and
+        weight). ``synchronize=False`` leaves
         the copies queued on ``self.stream`` (whatever runs next on that stream sees them; the
         multi-GPU loop resets every device before waiting).
         """
@@ -227,8 +228,10 @@ class DeviceLoop:
                     st.failed[r0:r1],
                 ]
                 words = [a.data.ptr for a in ptrs]
+                # the last word: what the lower bound divides by (the total weight), as bits
+                divisor = float(data.n_samples if data.total_weight is None else data.total_weight)
                 words += [int(np.float64(x).view(np.uint64)) for x in (reg_covar, eps, tol)]
-                words += [self.max_iter, data.n_samples]
+                words += [self.max_iter, int(np.float64(divisor).view(np.uint64))]
                 table.set(np.array(words, dtype=np.uint64))
             if synchronize:
                 self.stream.synchronize()
@@ -283,6 +286,7 @@ class DeviceLoop:
                 out,
                 counter,
                 table,
+                weights=self.data.weights,
             )
             if not tail_reduce(plan):
                 self.kern_mstep((r1 - r0,), (128,), (out, np.int32(self.n_components), table))

@@ -159,7 +159,7 @@ template <typename T> struct MStepArgs {
     int *active, *converged, *n_iter, *failed;
     double reg_covar, eps, tol;
     int max_iter;
-    long long n_samples;
+    double weight_sum;  // what the lower bound divides the log-likelihood by (N unweighted)
 };
 
 // the same arguments as a table of 17 words (pointers, then doubles and ints bit for bit), so a
@@ -182,7 +182,7 @@ template <typename T> __device__ MStepArgs<T> load_mstep_args(const unsigned lon
     a.eps = __longlong_as_double((long long)w[13]);
     a.tol = __longlong_as_double((long long)w[14]);
     a.max_iter = (int)w[15];
-    a.n_samples = (long long)w[16];
+    a.weight_sum = __longlong_as_double((long long)w[16]);
     return a;
 }
 
@@ -200,7 +200,7 @@ __device__ void mstep_restart(int r, int R, int K, const double* stats, const MS
     if (!s_go) return;
 
     const double* st = stats + (size_t)r * K * C;
-    const double new_bound = stats[(size_t)R * K * C + r] / (double)a.n_samples;
+    const double new_bound = stats[(size_t)R * K * C + r] / a.weight_sum;
     if (t == 0) {
         double total = 0.0;
         for (int k = 0; k < K; ++k) total += st[k * C] + a.eps;
@@ -315,13 +315,16 @@ __device__ void pass_tail(const double* partial, int pstride, unsigned int* coun
 // Phase B: thread t owns statistic row rk = t % RK for the samples n = g, g + G, ... of the tile,
 //          g = t / RK, G = NT / RK (host guarantees RK <= NT and tile_n * R <= NT * IPT).
 // Partial layout per block: [RK * C statistics][R log-likelihoods], stride `pstride`.
-template <typename T, int D, int IPT, bool SPHERICAL, bool SACC, bool MSTEP>
+// WEIGHTED: every sample's responsibilities and log-likelihood are multiplied by its weight
+// sample_weight[n] (the data's dtype; the unweighted variant never reads it: pass nullptr).
+template <typename T, int D, int IPT, bool SPHERICAL, bool SACC, bool MSTEP, bool WEIGHTED = false>
 __global__ void __launch_bounds__(GMM_NT)
 diag_pass(const T* __restrict__ X, long long n_samples, int n_restarts, int n_components,
           const T* __restrict__ kparams, const T* __restrict__ log_const,
           const int* __restrict__ active, int tile_n, int pstride, double* __restrict__ partial,
           unsigned int* __restrict__ counter, double* __restrict__ stats_out,
-          const unsigned long long* __restrict__ mstep_args) {
+          const unsigned long long* __restrict__ mstep_args,
+          const T* __restrict__ sample_weight) {
     using L = gmm::Layout<D, SPHERICAL>;
     using N = gmm::Num<T>;
     constexpr int NT = GMM_NT;
@@ -444,8 +447,14 @@ diag_pass(const T* __restrict__ X, long long n_samples, int n_restarts, int n_co
                 online_lse<T>(lp, mx, sum);
             }
             const T lse = mx + N::log_(sum);
-            ll[i] += (double)lse;
-            for (int k = 0; k < K; ++k) resp_row[k] = N::exp_(resp_row[k] - lse);
+            if constexpr (WEIGHTED) {
+                const T wn = sample_weight[base + n];
+                ll[i] += (double)wn * (double)lse;
+                for (int k = 0; k < K; ++k) resp_row[k] = wn * N::exp_(resp_row[k] - lse);
+            } else {
+                ll[i] += (double)lse;
+                for (int k = 0; k < K; ++k) resp_row[k] = N::exp_(resp_row[k] - lse);
+            }
         }
         __syncthreads();
 
@@ -605,13 +614,16 @@ template <int D> struct Geo {
 // which component wins each sample, which the expanded form gives to float32 accuracy, as
 // scikit-learn's float32 k-means computes it; without the guard they run at the EM pass's speed
 // (measured 13.4 ms -> 1.0 ms per pass over 10M x 16, K=32, on an H200).
-template <int D, int MT, bool MSTEP, int TNT, bool GUARD = true>
+// WEIGHTED: as diag_pass's (the weight scales a sample's responsibilities before both the
+// N_k sums and the statistics GEMM, and its log-likelihood).
+template <int D, int MT, bool MSTEP, int TNT, bool GUARD = true, bool WEIGHTED = false>
 __global__ void __launch_bounds__(TNT, TNT == 128 ? 3 : 1)
 diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, int n_components,
              const float* __restrict__ kparams, const float* __restrict__ log_const,
              const int* __restrict__ active, int tile_n, int pstride, double* __restrict__ partial,
              unsigned int* __restrict__ counter, double* __restrict__ stats_out,
-             const unsigned long long* __restrict__ mstep_args) {
+             const unsigned long long* __restrict__ mstep_args,
+             const float* __restrict__ sample_weight) {
     static_assert(D % 4 == 0 && D <= 16, "tensor-core pass: D in {4, 8, 12, 16}");
     using G = tc::Geo<D>;
     constexpr int NT = TNT, NW = NT / 32;
@@ -863,8 +875,11 @@ diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, i
                 sm += __shfl_xor_sync(0xffffffffu, sm, 8);
                 sm += __shfl_xor_sync(0xffffffffu, sm, 16);
                 const bool valid = nt * 8 + 2 * q + j < n_here;
-                if (valid) ll_slab += mx + tc::lg2(sm);  // log2 units
-                const float inv = valid ? __fdividef(1.0f, sm) : 0.0f;
+                float wn = 1.0f;
+                if constexpr (WEIGHTED)
+                    if (valid) wn = __ldg(sample_weight + slab * SLAB + nt * 8 + 2 * q + j);
+                if (valid) ll_slab += WEIGHTED ? wn * (mx + tc::lg2(sm)) : mx + tc::lg2(sm);
+                const float inv = valid ? __fdividef(wn, sm) : 0.0f;
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
                     lg[mt][nt][j] *= inv;

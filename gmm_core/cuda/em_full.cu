@@ -266,12 +266,15 @@ template <int D> __host__ __device__ constexpr size_t full_tc_smem(int K, bool u
                             2 * (size_t)fulltc::TM * KP);
 }
 
-template <int D, bool USM>
+// WEIGHTED: every sample's responsibilities and log-likelihood are multiplied by its weight
+// sample_weight[n] (the unweighted variant never reads it: pass nullptr).
+template <int D, bool USM, bool WEIGHTED = false>
 __global__ void __launch_bounds__(fulltc::NT, 1)
 full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
              const float2* __restrict__ ufrag, const float* __restrict__ bvec,
              const float* __restrict__ lconst, const float* __restrict__ mvec,
-             const int* __restrict__ far, int pstride, double* __restrict__ partial) {
+             const int* __restrict__ far, int pstride, double* __restrict__ partial,
+             const float* __restrict__ sample_weight) {
     using G = fulltc::Geo<D>;
     constexpr int NT = fulltc::NT, NW = fulltc::NW, SLAB = fulltc::SLAB, TM = fulltc::TM;
     constexpr int CW = fulltc::CW, NTD = G::NTD, DN = G::DN, MTD = G::MTD, DM = G::DM;
@@ -477,10 +480,15 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
                 sm += e;
             }
             sm += __shfl_xor_sync(FULL, sm, 1);
-            const bool valid = tile * TM + w * SLAB + n < n_samples;
-            const float inv = valid ? __fdividef(1.0f, sm) : 0.0f;
+            const long long sample = tile * TM + w * SLAB + n;
+            const bool valid = sample < n_samples;
+            float wn = 1.0f;
+            if constexpr (WEIGHTED)
+                if (valid) wn = __ldg(sample_weight + sample);
+            const float inv = valid ? __fdividef(wn, sm) : 0.0f;
             for (int k = h; k < K; k += 2) row[k] *= inv;
-            if (valid && h == 0) ll += (double)(mx + tc::lg2(sm));
+            if (valid && h == 0)
+                ll += WEIGHTED ? (double)wn * (double)(mx + tc::lg2(sm)) : (double)(mx + tc::lg2(sm));
         }
         __syncthreads();  // this tile's responsibilities complete; the previous M-step done
         store(buf ^ 1);   // the next tile's slab, read by this warp's next E-step

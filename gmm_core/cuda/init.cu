@@ -136,7 +136,7 @@ template <typename T>
 __global__ void __launch_bounds__(GMM_INIT_NT)
 kpp_potentials(const T* __restrict__ X, long long n, int d, const T* __restrict__ cand,
                int n_restarts, int n_trials, const float* __restrict__ closest, long long ld,
-               long long row0, double* __restrict__ pot) {
+               long long row0, const T* __restrict__ weights, double* __restrict__ pot) {
     extern __shared__ double s_pot[];
     const int n_cand = n_restarts * n_trials;
     for (int c = threadIdx.x; c < n_cand; c += blockDim.x) s_pot[c] = 0.0;
@@ -151,7 +151,8 @@ kpp_potentials(const T* __restrict__ X, long long n, int d, const T* __restrict_
             double v = 0.0;
             if (valid) {
                 const double cl = (double)closest[(long long)(c / n_trials) * ld + row0 + row];
-                const double s = gmmi::sqdist(x, cand + (long long)c * d, d);
+                double s = gmmi::sqdist(x, cand + (long long)c * d, d);
+                if (weights != nullptr) s *= (double)weights[row0 + row];
                 v = s < cl ? s : cl;
             }
             for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
@@ -163,17 +164,22 @@ kpp_potentials(const T* __restrict__ X, long long n, int d, const T* __restrict_
 }
 
 // reset != 0: the first centre (closest starts at +inf, so it is not read: no fill launch).
+// weights (nullptr: unweighted): closest holds w_n min_c |x_n - c|^2, so the sampling draws
+// rows with probability proportional to w_n D(x_n)^2 and the potentials sum w_n min(...), as
+// scikit-learn's weighted k-means++ (w >= 0: w min(a, b) = min(w a, w b)).
 template <typename T>
 __global__ void __launch_bounds__(GMM_INIT_NT)
 kpp_update(const T* __restrict__ X, long long n, int d, const T* __restrict__ centres,
-           int n_restarts, float* __restrict__ closest, long long ld, long long row0, int reset) {
+           int n_restarts, float* __restrict__ closest, long long ld, long long row0,
+           const T* __restrict__ weights, int reset) {
     const long long stride = (long long)gridDim.x * blockDim.x;
     const float inf = __int_as_float(0x7f800000);
     for (long long row = (long long)blockIdx.x * blockDim.x + threadIdx.x; row < n;
          row += stride) {
         const T* x = X + row * d;
+        const double wn = weights != nullptr ? (double)weights[row0 + row] : 1.0;
         for (int r = 0; r < n_restarts; ++r) {
-            const double s = gmmi::sqdist(x, centres + (long long)r * d, d);
+            const double s = wn * gmmi::sqdist(x, centres + (long long)r * d, d);
             float* cl = closest + (long long)r * ld + row0 + row;
             const float old = reset ? inf : *cl;
             // rounding keeps the new value <= the old

@@ -238,3 +238,39 @@ def test_nan_or_inf_is_refused_on_the_device_path(device_init_engine, bad):
     X[7, 1] = bad
     with pytest.raises(ValueError, match="NaN or infinity"):
         GaussianMixture(2, covariance_type="diag").fit(X)
+
+
+# ---------------------------------------------------------------------------------------------
+# sample weights on the device path (the NumPy reference of the weighted seeding kernels)
+
+
+def test_weighted_kmeans_plusplus_with_integer_weights_seeds_as_repeated_rows():
+    """closest = w min |x - c|^2: the same candidates and centres as the rows repeated w times."""
+    rng = np.random.default_rng(4)
+    X = _blobs(800, d=3, centers=6)
+    w = rng.integers(1, 4, len(X))
+    engine = NumpyEngine()
+    zero = np.zeros(3)
+    weighted = engine.prepare(X, zero, "diag", sample_weight=w.astype(np.float64))
+    repeated = engine.prepare(np.repeat(X, w, axis=0), zero, "diag")
+    k, first = 6, np.array([17, 400])
+    first_copy = np.concatenate([[0], np.cumsum(w)[:-1]])[first]
+    u = rng.uniform(size=(2, k - 1, 2 + int(math.log(k))))
+    centres_w, ids_w = _init.kmeans_plusplus(engine, weighted, k, first, u)
+    centres_r, ids_r = _init.kmeans_plusplus(engine, repeated, k, first_copy, u)
+    np.testing.assert_array_equal(centres_w, centres_r)
+    original = np.searchsorted(np.cumsum(w), ids_r, side="right")
+    np.testing.assert_array_equal(ids_w, original)
+
+
+def test_device_path_with_integer_weights_fits_as_repeated_rows(device_init_engine):
+    """Weighted seeding, Lloyd and EM passes of the device path (k-means init): the fit of the
+    rows repeated w times (the draws differ, the k-means fixed point and the optimum do not)."""
+    X = _blobs(3000, d=2, centers=3, seed=2)
+    w = np.random.default_rng(5).integers(0, 4, len(X))
+    kw = dict(covariance_type="diag", random_state=0, init_params="kmeans", tol=1e-8)
+    weighted = GaussianMixture(3, **kw).fit(X, sample_weight=w)
+    repeated = GaussianMixture(3, **kw).fit(np.repeat(X, w, axis=0))
+    order_w, order_r = np.argsort(weighted.means_[:, 0]), np.argsort(repeated.means_[:, 0])
+    np.testing.assert_allclose(weighted.means_[order_w], repeated.means_[order_r], rtol=1e-6)
+    assert weighted.lower_bound_ == pytest.approx(repeated.lower_bound_, rel=1e-9)

@@ -158,15 +158,23 @@ def test_a_scalar_weight_weighs_every_row_alike():
 
 
 @pytest.mark.parametrize("engine_module", ["gmm_core._cupy", "gmm_core._multigpu_engine"])
-def test_gpu_engines_refuse_weights_naming_the_workaround_and_auto_falls_back(engine_module):
-    """The GPU passes do not weight yet: refused (never silently ignored), 'auto' uses NumPy."""
+def test_gpu_engines_take_weights_and_an_engine_without_them_is_refused(engine_module):
+    """The GPU engines weight their passes (tests/gpu/test_gpu_weights.py checks the numbers);
+    an engine that cannot is refused by name (never silently ignored), 'auto' uses NumPy."""
     import importlib
 
+    from gmm_core._engine import Engine
     from gmm_core._weights import engine_for_weights
 
     pytest.importorskip("cupy")
     module = importlib.import_module(engine_module)
     engine_class = module.CupyEngine if engine_module.endswith("_cupy") else module.MultiGpuEngine
+    assert engine_class.supports_sample_weight
+    assert engine_for_weights(engine_class, engine_class.name) is engine_class
+
+    class Unweighted(Engine):
+        name = "unweighted"
+
     with pytest.raises(NotImplementedError, match=r"backend='numpy'.*np\.repeat"):
-        engine_for_weights(engine_class, engine_class.name)
-    assert isinstance(engine_for_weights(engine_class, "auto"), NumpyEngine)
+        engine_for_weights(Unweighted(), "unweighted")
+    assert isinstance(engine_for_weights(Unweighted(), "auto"), NumpyEngine)
