@@ -16,12 +16,13 @@ RUN := $(UV) run --frozen --no-sync
 EMFLOW_HOME ?= $(CURDIR)/.emflow
 export EMFLOW_HOME
 
-.PHONY: help setup demo test check lint typecheck cuda-check bench bench-gpu clean
+.PHONY: help setup demo test check lint typecheck cuda-check kernels bench bench-gpu clean
 
 help:
 	@echo "make demo   set up and run the retraining demo on the embedded default (SQLite, local files, CPU if no GPU)"
 	@echo "make test   set up and run the linters, the type check and every test (what CI runs)"
 	@echo "make check  lint + the fast unit tests (the edit loop, < 90 s on 2 cores)"
+	@echo "make kernels  build the CUDA kernels ahead of time (sm_80, sm_90) into gmm_core/cuda/prebuilt"
 	@echo "make lint | typecheck | cuda-check | bench | bench-gpu | clean"
 
 $(CURDIR)/.tools/bin/uv:
@@ -47,6 +48,12 @@ typecheck: setup
 
 cuda-check: setup
 	$(RUN) pytest -q tests/unit/gmm_core/test_cuda_compile.py
+
+# gmm_core's CUDA kernels compiled ahead of time (NVRTC, no GPU needed; ~25 min on 2 cores), so a
+# first fit loads them instead of compiling; says why and builds nothing where NVRTC is missing.
+# KERNELS_ARGS narrows it, e.g. "--arch sm_90" or "--shape 16,32,diag,float32,1"
+kernels: setup
+	$(RUN) python -m gmm_core.build_kernels --if-available $(KERNELS_ARGS)
 
 # the edit loop: lint and the unit tests that take seconds (no services, no GPU, nothing slow)
 check: setup lint

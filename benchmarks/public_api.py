@@ -266,13 +266,14 @@ def memory(case: dict[str, Any], record: Callable[..., None], gm: Any) -> None:
 COLD_SNIPPET = """
 import time, numpy as np, cupy as cp
 from benchmarks.bench_gpu import telemetry
-from gmm_core import GaussianMixture
+from gmm_core import GaussianMixture, _cuda_loader, _prebuilt
 X = cp.asarray(telemetry({n}, {d}, {k}, seed=3))
 cp.cuda.Device().synchronize()
 t0 = time.perf_counter()
 gm = GaussianMixture({k}, covariance_type="{cov}", backend="cupy", random_state=0).fit(X)
 cp.cuda.Device().synchronize()
-print("COLD", time.perf_counter() - t0, gm.n_iter_)
+print("COLD", time.perf_counter() - t0, gm.n_iter_, len(_prebuilt.served),
+      _cuda_loader.compile_seconds)
 """
 
 
@@ -292,13 +293,15 @@ def cold_start(record: Callable[..., None], quick: bool) -> None:
         if line is None:
             record(name, "cold first fit", error=proc.stderr[-2000:])
             continue
-        _, secs, n_iter = line.split()
+        _, secs, n_iter, n_prebuilt, nvrtc_s = line.split()
         record(
             name,
             "cold first fit (empty kernel cache)",
             seconds=float(secs),
             n_iter=int(n_iter),
             process_wall_s=wall,
+            prebuilt_kernels=int(n_prebuilt),  # gmm_core kernels loaded from prebuilt cubins
+            nvrtc_compile_s=float(nvrtc_s),  # gmm_core's own NVRTC compiles (summed over threads)
         )
 
 

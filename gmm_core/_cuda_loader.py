@@ -4,12 +4,15 @@ Sources are read once, prefixed with ``#line 1 "<path>"`` so NVRTC errors point 
 file, and compiled by :class:`cupy.RawModule` with the template instantiations a launch needs.
 Compiled modules are memoised per device (``cupy.memoize(for_each_device=True)``) and CuPy keeps
 the binaries in its on-disk kernel cache (``CUPY_CACHE_DIR``, default ``~/.cupy/kernel_cache``),
-so a second process pays no compile time.
+so a second process pays no compile time. Kernels built ahead of time
+(``python -m gmm_core.build_kernels``, :mod:`gmm_core._prebuilt`) are loaded instead where their
+:func:`source_digest` still matches.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 import threading
 import time
@@ -20,6 +23,11 @@ CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 #: threads per block of the fused kernels (``GMM_NT`` in the sources)
 THREADS_PER_BLOCK = 256
 COMPILE_OPTIONS = ("-std=c++17", f"-DGMM_NT={THREADS_PER_BLOCK}")
+#: options CuPy adds to every ``RawModule`` compile that change the code (``cupy/cuda/compiler.py``:
+#: ``-ftz=true`` in ``_compile_with_cache_cuda``, the execution space in ``compile_using_nvrtc``;
+#: the ``-I`` paths it adds do not matter, the sources include no header outside ``cuda/``): the
+#: ahead-of-time build passes them too, so that its kernels are the ones NVRTC gives at run time
+NVRTC_ADDED_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
 
 #: seconds spent compiling modules in this process, summed over threads (benchmarks report it)
 compile_seconds = 0.0
@@ -44,6 +52,19 @@ def source(name: str) -> str:
         out.append(source(match.group(1)))
         out.append(f'#line {number + 1} "{path}"')
     return "\n".join(out) + "\n"
+
+
+@functools.cache
+def source_digest(name: str) -> str:
+    """SHA-256 of what NVRTC compiles for ``cuda/<name>``: the text and the options.
+
+    The text of :func:`source` without the folder's path (a package moved elsewhere compiles
+    to the same code), :data:`COMPILE_OPTIONS` and :data:`NVRTC_ADDED_OPTIONS`. A prebuilt
+    kernel whose digest differs is stale (:mod:`gmm_core._prebuilt`).
+    """
+    digest = hashlib.sha256(source(name).replace(str(CUDA_DIR), "").encode())
+    digest.update("\0".join((*COMPILE_OPTIONS, *NVRTC_ADDED_OPTIONS)).encode())
+    return digest.hexdigest()
 
 
 def ctype(dtype: Any) -> str:

@@ -5,6 +5,9 @@ first use: seconds per kernel. :func:`warmup` compiles them ahead, concurrently,
 on-disk kernel cache (``CUPY_CACHE_DIR``, default ``~/.cupy/kernel_cache``), so that a later
 process (a GPU worker's task, a notebook) only loads them. The GPU worker image runs
 ``python -m gmm_core.warmup`` at start, before it takes tasks, with the cache on a volume.
+Kernels built ahead of time (``python -m gmm_core.build_kernels``, :mod:`gmm_core._prebuilt`)
+need no compile at all: the warm-up only loads them, and :func:`kernels_for_shapes` is also
+what chooses which kernels that build compiles.
 """
 
 from __future__ import annotations

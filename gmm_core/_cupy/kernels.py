@@ -1,10 +1,12 @@
 """Kernel lookup: one memoised :func:`get_kernel` for every ``.cu`` kernel the engine launches.
 
-A kernel is named by its source file, its name and its template arguments; each
-``(file, name<args>)`` compiles as a module of its own (``gmm_core._cuda_loader``: ``#line``
-directives, local headers pasted in, CuPy's on-disk cache), memoised per device. Modules a fit
-needs that are not compiled yet compile concurrently (:func:`compile_kernels`): NVRTC releases
-the GIL while it compiles (``nvrtcCompileProgram`` runs ``with nogil`` in CuPy's
+A kernel is named by its source file, its name and its template arguments. It is served, in
+this order, by a cubin built ahead of time (``python -m gmm_core.build_kernels``,
+:mod:`gmm_core._prebuilt`: the device's architecture, an unchanged source, no extra options),
+or compiled as a module of its own (``gmm_core._cuda_loader``: ``#line`` directives, local
+headers pasted in, CuPy's on-disk cache); either way memoised per device. Modules a fit needs
+that are not compiled yet compile concurrently (:func:`compile_kernels`): NVRTC releases the GIL
+while it compiles (``nvrtcCompileProgram`` runs ``with nogil`` in CuPy's
 ``cupy_backends/cuda/libs/nvrtc.pyx``), so threads suffice.
 """
 
@@ -20,7 +22,7 @@ from typing import Any, NamedTuple
 import cupy
 import numpy as np
 
-from .. import _cuda_loader
+from .. import _cuda_loader, _prebuilt
 
 
 class KernelRef(NamedTuple):
@@ -73,7 +75,9 @@ _loaded: set[tuple[int, KernelRef, tuple[str, ...]]] = set()
 
 
 def _load(ref: KernelRef, options: tuple[str, ...]) -> Any:
-    kern = _cuda_loader.module(ref.file, (ref.expr,), options).get_function(ref.expr)
+    kern = None if options else _prebuilt.load(ref.file, ref.expr)
+    if kern is None:  # not prebuilt (or stale, or off): NVRTC
+        kern = _cuda_loader.module(ref.file, (ref.expr,), options).get_function(ref.expr)
     _loaded.add((cupy.cuda.runtime.getDevice(), ref, options))
     return kern
 
@@ -84,12 +88,13 @@ def _load_memoized() -> Any:
 
 
 def compile_kernels(refs: Iterable[KernelRef], max_workers: int | None = None) -> list[str]:
-    """Compile (or load from the disk cache) the modules of ``refs`` on the current device.
+    """Compile (or load prebuilt, or from the disk cache) the modules of ``refs`` on this device.
 
-    Independent modules compile concurrently in threads (NVRTC releases the GIL); each ends in
-    :func:`get_kernel`'s memo, so the launches that follow find them; kernels this process
-    loaded before are skipped at once. A module that failed in a thread is compiled again in
-    the calling thread, whose error is raised. Returns the name expressions, in the order given.
+    Kernels this process loaded before are skipped at once; prebuilt ones are loaded in the
+    calling thread (a module load, no compile) while the others compile concurrently in
+    threads (NVRTC releases the GIL); each ends in :func:`get_kernel`'s memo, so the launches
+    that follow find them. A module that failed in a thread is compiled again in the calling
+    thread, whose error is raised. Returns the name expressions, in the order given.
     """
     refs = list(dict.fromkeys(refs))
     device = cupy.cuda.Device().id
@@ -98,6 +103,8 @@ def compile_kernels(refs: Iterable[KernelRef], max_workers: int | None = None) -
         return [ref.expr for ref in refs]
     _load_memoized()  # the memo exists before any thread looks for it
     _cuda_loader._memoized_compile()
+    prebuilt = [ref for ref in todo if _prebuilt.available(ref.file, ref.expr)]
+    todo = [ref for ref in todo if ref not in prebuilt]
     workers = max_workers or min(len(todo), os.cpu_count() or 1, 16)
 
     def one(ref: KernelRef) -> str:
@@ -111,9 +118,11 @@ def compile_kernels(refs: Iterable[KernelRef], max_workers: int | None = None) -
     if workers > 1 and len(todo) > 1:
         with ThreadPoolExecutor(workers, thread_name_prefix="gmm-nvrtc") as pool:
             futures = {ref: pool.submit(one, ref) for ref in todo}
+            for ref in prebuilt:  # while the threads compile
+                load_kernel(ref)
         failed = [ref for ref, future in futures.items() if future.exception() is not None]
     else:
-        failed = todo
+        failed = prebuilt + todo
     for ref in failed:  # sequentially, here: the error (if any) is the launch's own
         load_kernel(ref)
     return [ref.expr for ref in refs]

@@ -9,6 +9,8 @@ import pytest
 
 MODULES = [
     "gmm_core.mixture",
+    "gmm_core._prebuilt",
+    "gmm_core._build_kernels",
     "validation.synthetic",
     "validation.quarantine",
     "emflow.run.request",
