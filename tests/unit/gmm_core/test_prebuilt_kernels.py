@@ -89,9 +89,10 @@ def test_build_writes_one_index_per_arch_naming_every_kernel_with_a_symbol_in_it
             assert cubin.read_bytes()[:4] == b"\x7fELF"
             assert entry.symbol in symbols_by_tool(cubin), (report.arch, ref)
             assert entry.symbol in elf_symbols(cubin.read_bytes())
-    # NVRTC's lowered name spells out the defaulted template argument (GUARD = true)
+    # NVRTC's lowered name spells out the defaulted template arguments (GUARD = true,
+    # WEIGHTED = false)
     tc = _prebuilt.lookup("em_diag.cu", "diag_pass_tc<4, 1, false, 128>", "sm_90", out)
-    assert tc is not None and tc.symbol.startswith("_Z12diag_pass_tcILi4ELi1ELb0ELi128ELb1EE")
+    assert tc is not None and tc.symbol.startswith("_Z12diag_pass_tcILi4ELi1ELb0ELi128ELb1ELb0EE")
     assert _prebuilt.lookup("em_diag.cu", "reduce_partials", "sm_90", out).symbol == (
         "reduce_partials"
     )
