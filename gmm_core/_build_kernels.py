@@ -63,8 +63,15 @@ FEATURES = {"diag": 32, "spherical": 32, "full": 48}
 MAX_COMPONENTS = 32
 N_INITS = tuple(range(1, 9))
 DTYPES = ("float32", "float64")
-#: kernels launched before the engine plans a fit (the input check, ``_cupy/checks.py``)
-EXTRA_KERNELS = (("init.cu", "column_stats"),)
+#: kernels outside the engine's fit plan, of the data's dtype alone: the input check
+#: (``_cupy/checks.py``), centring (``_cupy/data.py``), scoring (``_cupy/gemm.py``: predict,
+#: score_samples)
+EXTRA_KERNELS = (
+    ("init.cu", "column_stats"),
+    ("init.cu", "centre_rows"),
+    ("gemm_rows.cu", "quad_features"),
+    ("gemm_rows.cu", "score_rows"),
+)
 
 _TEMPLATE = re.compile(r"^(\w+)<(.*)>$")
 
