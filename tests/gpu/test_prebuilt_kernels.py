@@ -30,6 +30,7 @@ FITS = [("diag", np.float32, 40_000, 16, 32), ("full", np.float32, 20_000, 8, 4)
 
 
 def _kernels_of_tests() -> list:
+    from gmm_core._build_kernels import EXTRA_KERNELS
     from gmm_core._cupy import CupyData, CupyEngine
     from gmm_core._cupy.kernels import kernel_ref
     from gmm_core._warmup import kernels_for_shapes
@@ -41,7 +42,9 @@ def _kernels_of_tests() -> list:
     for cov, dtype, n, d, k in FITS:
         data = CupyData([], True, cov, np.dtype(dtype), n, d)
         refs += engine.kernel_refs(data, 1, k, init_params="kmeans")
-        refs.append(kernel_ref("init.cu", "column_stats", np.dtype(dtype)))
+    # the data's own kernels (input check, centring, scoring), as the real build adds them
+    dtypes = {np.dtype(case[1]) for case in [*PASSES, *FITS]}
+    refs += [kernel_ref(f, name, dt) for f, name in EXTRA_KERNELS for dt in dtypes]
     # and, as the real build does, those of the fits' shapes at a small and a large row count
     refs += kernels_for_shapes([(d, k, cov, dtype, 1) for cov, dtype, _, d, k in FITS])
     return sorted(set(refs))
