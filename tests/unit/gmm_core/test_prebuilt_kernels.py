@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from support.fake_device import FakeDevice
 
 from gmm_core import _cuda_loader, _nvrtc, _prebuilt
 
@@ -208,19 +209,7 @@ def test_compile_kernels_loads_prebuilt_ones_in_the_caller_while_threads_compile
         calls.append((ref.expr, threading.current_thread() is threading.main_thread()))
         return ref.expr
 
-    class Device:
-        id = 0
-
-        def __init__(self, *args) -> None:
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc) -> None:
-            return None
-
-    cuda = SimpleNamespace(Device=Device, runtime=SimpleNamespace(free=lambda ptr: None))
+    cuda = SimpleNamespace(Device=FakeDevice, runtime=SimpleNamespace(free=lambda ptr: None))
     monkeypatch.setattr(kernels, "cupy", SimpleNamespace(cuda=cuda))
     monkeypatch.setattr(kernels, "load_kernel", load)
     monkeypatch.setattr(kernels, "_load_memoized", lambda: None)

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from support.fake_device import FakeDevice
 
 import gmm_core
 from gmm_core._cuda_loader import COMPILE_OPTIONS, CUDA_DIR
@@ -186,19 +187,6 @@ def test_every_kernel_the_warmup_lists_compiles(tmp_path):
         assert proc.returncode == 0, proc.stderr
 
 
-class _FakeDevice:
-    id = 0
-
-    def __init__(self, *args) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
 def test_kernels_compile_concurrently_and_a_failed_one_again_in_the_caller(monkeypatch):
     """Four modules compile in four threads at once (a barrier that only opens when all four
     wait); the one that fails in its thread compiles again, in the calling thread."""
@@ -215,7 +203,7 @@ def test_kernels_compile_concurrently_and_a_failed_one_again_in_the_caller(monke
                 raise RuntimeError("failed in a thread")
         return ref.expr
 
-    cuda = SimpleNamespace(Device=_FakeDevice, runtime=SimpleNamespace(free=lambda ptr: None))
+    cuda = SimpleNamespace(Device=FakeDevice, runtime=SimpleNamespace(free=lambda ptr: None))
     monkeypatch.setattr(kernels, "cupy", SimpleNamespace(cuda=cuda))
     monkeypatch.setattr(kernels, "load_kernel", load)
     monkeypatch.setattr(kernels, "_load_memoized", lambda: None)
