@@ -6,7 +6,7 @@
 #      every core (the whole grid: ~1,250 kernels, about 2-3 min on 16 cores; BUILD_ARGS adds
 #      options, e.g. "--shape 16,32,diag,float32,1 --shape 32,16,full,float32,1" for seconds;
 #      SKIP_BUILD=1 uses a gmm_core/cuda/prebuilt/ carried along instead),
-#   2. the prebuilt-kernel GPU tests (tests/gpu/test_prebuilt_kernels.py),
+#   2. the prebuilt-kernel GPU tests (tests/gpu/test_gpu_prebuilt_kernels.py),
 #   3. benchmarks/profile_cold.py per case of $CASES (default "telemetry full blobs_500k"), each in
 #      a fresh process with an empty CUPY_CACHE_DIR: with the prebuilt kernels, then (unless
 #      COMPARE_NVRTC=0) with GMM_CORE_PREBUILT_KERNELS=0, today's NVRTC path.
@@ -24,7 +24,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 du -sh gmm_core/cuda/prebuilt/* 2>/dev/null
 timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -rs -p no:cacheprovider -o addopts="" \
-    tests/gpu/test_prebuilt_kernels.py >"$OUT/gpu_tests.txt" 2>&1
+    tests/gpu/test_gpu_prebuilt_kernels.py >"$OUT/gpu_tests.txt" 2>&1
 echo "prebuilt gpu tests exit $?"
 grep -E "passed|failed|^FAILED|^E  |SKIPPED" "$OUT/gpu_tests.txt" | tail -n 12
 modes=(prebuilt)
