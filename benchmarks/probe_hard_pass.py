@@ -21,7 +21,7 @@ def main() -> None:
     import cupy as cp
 
     from benchmarks.public_api import cases
-    from gmm_core import GaussianMixture, _init
+    from gmm_core import GaussianMixture, _kmeans
     from gmm_core._cupy import CupyEngine
     from gmm_core._engine import Params
 
@@ -45,8 +45,8 @@ def main() -> None:
     ms, _ = timed(lambda: engine.accumulate(data, soft, active), 10)
     print(f"== {args.case}: accumulate, fitted mixture {ms:.3f} ms")
     total = float(data.variance.sum())
-    for hp in (1e2, 1e4, 1e6, 1e8, 1e10, _init.HARD_PRECISION):
-        hard = _init.hard_params(soft.means, cov, hp / total, cp)
+    for hp in (1e2, 1e4, 1e6, 1e8, 1e10, _kmeans.HARD_PRECISION):
+        hard = _kmeans.hard_params(soft.means, cov, hp / total, cp)
         ms, st = timed(lambda hard=hard: engine.accumulate(data, hard, active), 10)
         nk = cp.asnumpy(st.nk[0])
         print(f"   hard precision {hp:8.0e}/var: {ms:.3f} ms  (nk min {nk.min():.0f})")

@@ -14,7 +14,7 @@ import numpy as np
 
 from .._engine import EMResult, Engine
 from .._gaussian import Params, Stats
-from .._init import LLOYD_KERNELS, SAMPLING_KERNELS, SEEDING_KERNELS
+from .._kmeans import LLOYD_KERNELS, SAMPLING_KERNELS, SEEDING_KERNELS
 from .config import BUDGET_ENV, LaunchConfig
 from .data import (
     CupyData,

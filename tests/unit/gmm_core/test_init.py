@@ -13,7 +13,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import gmm_core.mixture as mixture
-from gmm_core import GaussianMixture, _init
+from gmm_core import GaussianMixture, _init, _kmeans
 from gmm_core._numpy_engine import NumpyEngine
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
@@ -83,7 +83,7 @@ def test_kmeans_plusplus_matches_scikit_learns_greedy_seeding_for_every_restart(
     trials = 2 + int(math.log(k))
     first = rs.randint(len(X), size=n_init)
     u = rs.uniform(size=(n_init, k - 1, trials))
-    centres, ids = _init.kmeans_plusplus(engine, data, k, first, u)
+    centres, ids = _kmeans.kmeans_plusplus(engine, data, k, first, u)
     for r in range(n_init):
         want_centres, want_ids = _reference_kmeans_plusplus(data.X, k, first[r], u[r])
         np.testing.assert_array_equal(ids[r], want_ids)
@@ -97,10 +97,11 @@ def test_lloyd_as_em_passes_matches_a_plain_lloyd_from_the_same_seeds():
     k = 6
     first = rs.randint(len(X), size=2)
     u = rs.uniform(size=(2, k - 1, 2 + int(math.log(k))))
-    seeds, _ = _init.kmeans_plusplus(engine, data, k, first, u)
+    seeds, _ = _kmeans.kmeans_plusplus(engine, data, k, first, u)
     total = float(data.variance.sum())
-    tol = _init.KMEANS_TOL * total / X.shape[1]
-    got, n_iter = _init.lloyd(engine, data, seeds, tol=tol, precision=_init.HARD_PRECISION / total)
+    tol = _kmeans.KMEANS_TOL * total / X.shape[1]
+    precision = _kmeans.HARD_PRECISION / total
+    got, n_iter = _kmeans.lloyd(engine, data, seeds, tol=tol, precision=precision)
     for r in range(2):
         want, want_iter = _reference_lloyd(data.X, seeds[r].astype(np.float64), tol)
         np.testing.assert_allclose(got[r], want, rtol=0, atol=1e-9)
@@ -118,7 +119,7 @@ def test_hard_assignment_pass_gives_scikit_learns_kmeans_label_statistics(cov):
     rs = np.random.RandomState(1)
     centres = data.X[rs.choice(len(X), 4, replace=False)][None]
     total = float(data.variance.sum())
-    hard = _init.hard_params(centres, cov, _init.HARD_PRECISION / total, np)
+    hard = _kmeans.hard_params(centres, cov, _kmeans.HARD_PRECISION / total, np)
     stats = engine.accumulate(data, hard, np.ones(1, bool))
     eps = 10 * np.finfo(np.float64).eps
     weights, means, covariances = _init._params_of(stats, cov, 1e-6, eps, np)
@@ -219,13 +220,13 @@ def test_coarse_to_fine_lloyd_ends_at_a_fixed_point_of_all_rows(monkeypatch):
     engine, data = _prepared(X)
     monkeypatch.setattr(_init, "COARSE_MIN_ROWS", 1000)
     rs = np.random.RandomState(2)
-    seeds, _ = _init.kmeans_plusplus(
+    seeds, _ = _kmeans.kmeans_plusplus(
         engine, data, 7, rs.randint(len(X), size=1), rs.uniform(size=(1, 6, 3))
     )
     total = float(data.variance.sum())
-    tol = _init.KMEANS_TOL * total / 3
-    got = _init.lloyd_coarse_to_fine(
-        engine, data, seeds, tol=tol, precision=_init.HARD_PRECISION / total
+    tol = _kmeans.KMEANS_TOL * total / 3
+    got = _kmeans.lloyd_coarse_to_fine(
+        engine, data, seeds, tol=tol, precision=_kmeans.HARD_PRECISION / total
     )
     after, n_iter = _reference_lloyd(data.X, got[0], tol, max_iter=1)
     assert ((after - got[0]) ** 2).sum() <= tol  # one more Lloyd step on all rows: no move
@@ -256,8 +257,8 @@ def test_weighted_kmeans_plusplus_with_integer_weights_seeds_as_repeated_rows():
     k, first = 6, np.array([17, 400])
     first_copy = np.concatenate([[0], np.cumsum(w)[:-1]])[first]
     u = rng.uniform(size=(2, k - 1, 2 + int(math.log(k))))
-    centres_w, ids_w = _init.kmeans_plusplus(engine, weighted, k, first, u)
-    centres_r, ids_r = _init.kmeans_plusplus(engine, repeated, k, first_copy, u)
+    centres_w, ids_w = _kmeans.kmeans_plusplus(engine, weighted, k, first, u)
+    centres_r, ids_r = _kmeans.kmeans_plusplus(engine, repeated, k, first_copy, u)
     np.testing.assert_array_equal(centres_w, centres_r)
     original = np.searchsorted(np.cumsum(w), ids_r, side="right")
     np.testing.assert_array_equal(ids_w, original)
