@@ -25,6 +25,7 @@ from sklearn.utils import check_random_state
 
 from ._checks import check_magnitude
 from ._engine import Engine, get_engine
+from ._fit import keep_best, run_model_em
 from ._gaussian import Params, Stats
 from ._host_init import host_restarts
 from ._init import with_user_init
@@ -244,8 +245,8 @@ def fit_chunks(model: GaussianMixture, source: Any) -> None:
         seen.n_samples,
         seen.weighted,
     )
-    result = model._run_em(engine, data, params.map(engine.asarray), first_bound, eps)
-    model._keep_best(result, engine, shift, seen.dtype)
+    result = run_model_em(model, engine, data, params.map(engine.asarray), first_bound, eps)
+    keep_best(model, result, engine, shift, seen.dtype)
     model.fit_seconds_ = time.perf_counter() - started
     model.fit_timings_ = {"chunked": model.fit_seconds_}
     model.device_peak_bytes_ = None

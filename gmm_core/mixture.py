@@ -1,28 +1,28 @@
 """``GaussianMixture``: scikit-learn's estimator over pluggable engines.
 
-``fit`` = validate (:mod:`._checks`) -> place the data (engine) -> initialise every restart
-(:mod:`._init` on the device, :mod:`._host_init` on the host) -> the EM loop over the batch of
-restarts (:mod:`._em_loop`, or the engine's own) -> fitted attributes of the best restart.
-Scoring, sampling and the anomaly calibration (:mod:`.anomaly`) use the fitted parameters.
+The estimator's surface: parameters and their validation, the input checks, ``fit`` (the
+steps themselves are :func:`gmm_core._fit.fit_model`: validate -> place the data -> initialise
+-> EM -> the best restart), ``partial_fit`` (:mod:`._online`), and what uses the fitted
+parameters: scoring, sampling, the anomaly calibration (:mod:`.anomaly`).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin, _fit_context
-from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._checks import check_magnitude, checked_initial_parameters
-from ._em_loop import PhaseClock, best_restart, em_progress, run_em
-from ._engine import BACKENDS, EMResult, Engine, cupy_unavailable_reason, get_engine
+from ._em_loop import em_progress
+from ._engine import BACKENDS, cupy_unavailable_reason, get_engine
+from ._fit import fit_model
 from ._gaussian import (
     COVARIANCE_TYPES,
     Params,
@@ -31,9 +31,6 @@ from ._gaussian import (
     n_parameters,
     precisions_from_cholesky,
 )
-from ._host_init import host_restarts
-from ._init import initial_params, with_user_init
-from ._weights import check_sample_weight, engine_for_weights
 
 __all__ = ["GaussianMixture", "em_progress"]
 
@@ -297,7 +294,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 )
             fit_chunks(self, X)
             return self
-        engine, data, _ = self._fit(X, sample_weight)
+        engine, data, _ = fit_model(self, X, sample_weight)
         release = type(engine).release_memory
         del engine, data
         release()
@@ -327,7 +324,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             the update.
         """
         if not hasattr(self, "weights_"):
-            engine, data, _ = self._fit(X, sample_weight)
+            engine, data, _ = fit_model(self, X, sample_weight)
             release = type(engine).release_memory
             del engine, data
             release()
@@ -351,7 +348,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         labels : ndarray of shape (n_samples,)
             A CuPy array for CuPy input.
         """
-        engine, data, best_params = self._fit(X)
+        engine, data, best_params = fit_model(self, X)
         # a final E-step so that fit_predict(X) agrees with fit(X).predict(X)
         labels = engine.reduce_log_prob(data, best_params, RowReduction("argmax", engine.xp))
         labels = labels if _is_cupy_array(X) else engine.to_host(labels)
@@ -359,146 +356,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         del engine, data
         release()
         return labels
-
-    def _fit(self, X: Any, sample_weight: Any = None) -> tuple[Engine, Any, Params]:
-        """Fit; return the engine, its prepared data and the best restart's parameters."""
-        clock = PhaseClock()
-        engine = get_engine(self.backend)
-        if sample_weight is not None:
-            engine = engine_for_weights(engine, self.backend)
-        X = self._check_X(X, reset=True, finite_here=not engine.device_init)
-        n_samples, n_features = X.shape
-        if sample_weight is not None:
-            sample_weight = check_sample_weight(sample_weight, n_samples, self.n_components)
-        weighting = {} if sample_weight is None else {"sample_weight": sample_weight}
-        if n_samples < self.n_components:
-            raise ValueError(
-                f"Expected n_samples >= n_components but got n_components = {self.n_components}, "
-                f"n_samples = {n_samples}; lower n_components or provide more samples."
-            )
-        user = self._checked_initial_parameters(n_features)
-        clock.engine = engine
-        if _is_cupy_array(X) and not engine.takes_device_arrays():
-            X = X.get()  # a host engine (numpy, dask) takes host arrays
-        eps = 10 * float(np.finfo(X.dtype).eps)
-        clock.lap("validate")
-
-        with engine.track_memory() as memory:
-            do_init = not (self.warm_start and hasattr(self, "converged_"))
-            random_state = check_random_state(self.random_state)
-            params: Params | None = None
-            if engine.device_init:
-                # moments, centring and initialisation where the data live: no host copy of X
-                data = engine.prepare(X, "auto", self.covariance_type, **weighting)
-                if not math.isfinite(data.max_abs):  # NumPy input is checked here, on the device
-                    raise ValueError(
-                        "Input X contains NaN or infinity; remove or impute those rows first."
-                    )
-                check_magnitude(data.max_abs, X.dtype, n_features)
-                shift = data.shift
-                clock.lap("transfer")
-                engine.compile_for_fit(
-                    data, self.n_init, self.n_components, self.init_params if do_init else None
-                )
-                clock.lap("compile")
-                if do_init:
-                    params = initial_params(
-                        engine,
-                        data,
-                        init_params=self.init_params,
-                        n_components=self.n_components,
-                        n_init=self.n_init,
-                        covariance_type=self.covariance_type,
-                        reg_covar=self.reg_covar,
-                        eps=eps,
-                        random_state=random_state,
-                        user=user,
-                        shift=shift,
-                        variance=getattr(data, "variance", None),
-                    )
-            else:
-                X_host = engine.to_host(X) if _is_cupy_array(X) else X
-                check_magnitude(max(float(X_host.max()), -float(X_host.min())), X.dtype, n_features)
-                shift = X_host.mean(axis=0, dtype=np.float64)
-                data = engine.prepare(X, shift, self.covariance_type, **weighting)
-                clock.lap("transfer")
-                if do_init:
-                    Xc = engine.host_centred(data, X_host, shift)
-                    drawn = None
-                    if len(user) < 3:
-                        drawn = host_restarts(
-                            self, X_host, Xc, shift, random_state, eps, sample_weight
-                        )
-                    del Xc
-                    params = with_user_init(
-                        drawn,
-                        user,
-                        shift=shift,
-                        covariance_type=self.covariance_type,
-                        n_components=self.n_components,
-                        n_init=self.n_init,
-                        xp=np,
-                    ).map(engine.asarray)
-            first_bound = -np.inf
-            if params is None:  # warm start
-                params = self._fitted_params(shift).map(engine.asarray)
-                first_bound = float(getattr(self, "lower_bound_"))  # noqa: B009 (set by a fit)
-            clock.lap("init")
-
-            result = self._run_em(engine, data, params, first_bound, eps)
-            clock.lap("em")
-            best_params = self._keep_best(result, engine, shift, X.dtype)
-            clock.lap("finish")
-        self.fit_timings_ = clock.seconds
-        self.device_peak_bytes_ = memory.peak_bytes
-        self.fit_seconds_ = clock.total()
-        return engine, data, best_params
-
-    def _keep_best(self, result: EMResult, engine: Engine, shift: np.ndarray, dtype: Any) -> Params:
-        """Set the fitted attributes from the best restart; return its (engine) parameters."""
-        history, n_iter, converged = result.history, result.n_iter, result.converged
-        lower_bounds = [history[: n_iter[r], r] for r in range(history.shape[1])]
-        if self.max_iter == 0:
-            best = len(lower_bounds) - 1  # as scikit-learn: the last initialisation
-            best_bound = -np.inf
-        else:
-            best = best_restart(history, n_iter)
-            best_bound = float(lower_bounds[best][-1])
-        self.converged_ = bool(converged[best]) if self.max_iter > 0 else False
-        if not self.converged_ and self.max_iter > 0:
-            warnings.warn(
-                "Best performing initialization did not converge. Try different init parameters, "
-                "or increase max_iter, tol, or check for degenerate data.",
-                ConvergenceWarning,
-                stacklevel=4,
-            )
-        best_params = result.params.take(best)
-        self._set_fitted(best_params.map(engine.to_host), shift, dtype)
-        self.n_iter_ = int(n_iter[best])
-        self.lower_bound_ = best_bound
-        self.lower_bounds_ = [float(v) for v in lower_bounds[best]]
-        self.restart_lower_bounds_ = [np.asarray(b, dtype=np.float64) for b in lower_bounds]
-        self.backend_ = engine.name
-        self.n_steps_ = 0
-        return best_params
-
-    def _run_em(
-        self, engine: Engine, data: Any, params: Params, first_bound: float, eps: float
-    ) -> EMResult:
-        """:func:`gmm_core._em_loop.run_em` with this estimator's settings."""
-        return run_em(
-            engine,
-            data,
-            params,
-            covariance_type=self.covariance_type,
-            reg_covar=self.reg_covar,
-            eps=eps,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            first_bound=first_bound,
-            verbose=self.verbose,
-            verbose_interval=self.verbose_interval,
-        )
 
     def _set_fitted(self, params: Params, shift: np.ndarray, dtype: Any) -> None:
         """Fitted attributes (C-ordered NumPy, in the data's dtype) from one restart's params.

@@ -434,7 +434,7 @@ class CupyEngine(Engine):
     ) -> EMResult | None:
         """Run the estimator's EM loop with every step on the device, or return ``None``.
 
-        Same semantics as :meth:`gmm_core.GaussianMixture._run_em` (per-restart convergence on
+        Same semantics as :func:`gmm_core._fit.run_model_em` (per-restart convergence on
         ``|change of lower bound| < tol``, parameters frozen once converged), for diag/spherical
         data resident on the device. Iterations run as kernels (pass, reduction, M-step), in CUDA
         graphs of ``graph_steps`` iterations; the host checks once per graph launch.

@@ -12,7 +12,7 @@ from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
-import gmm_core.mixture as mixture
+import gmm_core._fit as fitting
 from gmm_core import GaussianMixture, _init, _kmeans
 from gmm_core._numpy_engine import NumpyEngine
 
@@ -27,7 +27,7 @@ class DeviceInitNumpyEngine(NumpyEngine):
 
 @pytest.fixture
 def device_init_engine(monkeypatch):
-    monkeypatch.setattr(mixture, "get_engine", lambda backend: DeviceInitNumpyEngine())
+    monkeypatch.setattr(fitting, "get_engine", lambda backend: DeviceInitNumpyEngine())
 
 
 def _blobs(n=6000, d=3, centers=5, seed=0, dtype=np.float64):
@@ -207,7 +207,7 @@ def test_user_means_replace_the_drawn_ones(device_init_engine):
 def test_values_whose_squares_overflow_the_dtype_are_refused(path, monkeypatch):
     """float32 data near 1e19 used to fit 'successfully' to infinite covariances."""
     if path == "device":
-        monkeypatch.setattr(mixture, "get_engine", lambda backend: DeviceInitNumpyEngine())
+        monkeypatch.setattr(fitting, "get_engine", lambda backend: DeviceInitNumpyEngine())
     X = np.random.default_rng(0).normal(size=(400, 3)) * 1e19
     with pytest.raises(ValueError, match=r"float32.*overflow.*X.astype\(numpy.float64\)"):
         GaussianMixture(2, covariance_type="diag", backend="numpy").fit(X.astype(np.float32))
