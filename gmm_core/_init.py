@@ -50,7 +50,6 @@ from ._kmeans import (
     HARD_PRECISION,
     KMEANS_TOL,
     _blocks,
-    data_weights,
     gather_rows,
     hard_params,
     host_weights,
@@ -165,27 +164,20 @@ def _stats_of_rows(
             sxx = xtx + outside * np.outer(s, s) - np.outer(total, s) - np.outer(s, total)
         expand = (lambda a: a) if covariance_type == "tied" else (lambda a: a[None])
         out.append(
-            Stats(np.zeros(1), nk[None], x[None], expand(sxx), data.n_samples, _total_weight(data))
+            Stats(np.zeros(1), nk[None], x[None], expand(sxx), data.n_samples, data.total_weight)
         )
     return out
 
 
-def _total_weight(data: Any) -> float | None:
-    """The prepared data's total sample weight, None when unweighted."""
-    total = getattr(data, "total_weight", None)
-    return None if total is None else float(total)
-
-
 def _weight_sum(data: Any) -> float:
     """What a lower bound divides by: the total weight, else the number of rows."""
-    total = _total_weight(data)
-    return float(data.n_samples) if total is None else total
+    return float(data.n_samples if data.total_weight is None else data.total_weight)
 
 
 def _xtx(engine: Any, data: Any) -> Any:
     """``X^T X`` (weighted: ``X^T diag(w) X``) of the centred data, float64."""
     xp = engine.xp
-    weights = data_weights(data)
+    weights = data.weights
     total = None
     for row0, block in _blocks(engine, data):
         for start in range(0, block.shape[0], _ROWS):
@@ -217,7 +209,7 @@ def _random_resp_stats(
         "spherical": (k,),
     }[covariance_type]
     sxx = xp.zeros(sxx)
-    weights = data_weights(data)
+    weights = data.weights
     for row0, block in _blocks(engine, data):
         for start in range(0, block.shape[0], rows):
             part = block[start : start + rows]
@@ -242,7 +234,7 @@ def _random_resp_stats(
             else:
                 sxx += r64.T @ (x * x).sum(axis=1)
     expand = (lambda a: a) if covariance_type == "tied" else (lambda a: a[None])
-    return Stats(xp.zeros(1), nk[None], sx[None], expand(sxx), data.n_samples, _total_weight(data))
+    return Stats(xp.zeros(1), nk[None], sx[None], expand(sxx), data.n_samples, data.total_weight)
 
 
 def _params_of(

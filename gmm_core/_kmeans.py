@@ -43,24 +43,13 @@ def _blocks(engine: Any, data: Any) -> Iterator[tuple[int, Any]]:
         row0 += block.shape[0]
 
 
-def data_weights(data: Any) -> Any:
-    """The prepared data's sample weights (engine array), or None when unweighted.
-
-    CuPy data hold them as ``weights``, NumPy data as ``weight``.
-    """
-    weights = getattr(data, "weights", None)
-    return getattr(data, "weight", None) if weights is None else weights
-
-
 def host_weights(data: Any) -> np.ndarray | None:
     """The sample weights on the host (float64), or None: unweighted or all equal.
 
     Equal weights draw the initialisation as no weights do (the passes scale alike, so the
     model is the same); only unequal weights change which rows are drawn.
     """
-    weights = getattr(data, "host_weights", None)
-    if weights is None:
-        weights = getattr(data, "weight", None)
+    weights = data.host_weights
     if weights is None or (weights == weights[0]).all():
         return None
     return np.asarray(weights, dtype=np.float64)
@@ -110,7 +99,7 @@ def _potentials(
     n_cand, n_features = cand.shape
     pot = xp.zeros(n_cand, dtype=xp.float64)
     owner = np.repeat(np.arange(n_restarts), n_trials)
-    weights = data_weights(data)
+    weights = data.weights
     for row0, x in _blocks(engine, data):
         if kernels is not None:
             kernels["kpp_potentials"](
@@ -150,7 +139,7 @@ def _update_closest(
     n_restarts, n_samples = closest.shape
     if kernels is None and reset:
         closest.fill(np.inf)
-    weights = data_weights(data)
+    weights = data.weights
     for row0, x in _blocks(engine, data):
         if kernels is not None:
             kernels["kpp_update"](

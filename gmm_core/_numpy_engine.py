@@ -35,13 +35,19 @@ class NumpyData:
     shift: np.ndarray | None = None
     variance: np.ndarray | None = None
     max_abs: float = 0.0
-    #: sample weights (N,) float64, or None: every row weighs 1
-    weight: np.ndarray | None = None
+    #: sample weights (N,) float64, or None: every row weighs 1 (the name and meaning of
+    #: :class:`~gmm_core._cupy.data.CupyData`'s, whose ``host_weights`` are these here)
+    weights: np.ndarray | None = None
 
     @property
     def total_weight(self) -> float | None:
         """Sum of the sample weights (None when unweighted)."""
-        return None if self.weight is None else float(self.weight.sum())
+        return None if self.weights is None else float(self.weights.sum())
+
+    @property
+    def host_weights(self) -> np.ndarray | None:
+        """The sample weights on the host: :attr:`weights` themselves."""
+        return self.weights
 
     @property
     def n_features(self) -> int:
@@ -98,11 +104,11 @@ class NumpyEngine(Engine):
         """The same (already centred) data laid out for another covariance type."""
         if covariance_type == data.covariance_type:
             return data
-        return self.prepare(data.X, None, covariance_type, sample_weight=data.weight)
+        return self.prepare(data.X, None, covariance_type, sample_weight=data.weights)
 
     def subsample(self, data: NumpyData, step: int) -> NumpyData:
         """Every ``step``-th row, laid out alike."""
-        weight = None if data.weight is None else data.weight[::step]
+        weight = None if data.weights is None else data.weights[::step]
         return self.prepare(
             np.ascontiguousarray(data.X[::step]), None, data.covariance_type, sample_weight=weight
         )
@@ -254,7 +260,7 @@ def _accumulate_one(data: NumpyData, params: Params) -> Stats:
     """One restart's pass over the data, chunk by chunk."""
     cov_type = data.covariance_type
     dtype = data.X.dtype
-    weight = data.weight
+    weight = data.weights
     n_samples, n_features = data.X.shape
     n_components = params.means.shape[1]
     loglik = 0.0
