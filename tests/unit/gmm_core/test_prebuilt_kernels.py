@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from support.fake_device import FakeDevice
+from support.fake_device import fake_kernel_loading
 
 from gmm_core import _cuda_loader, _nvrtc, _prebuilt
 
@@ -209,11 +209,7 @@ def test_compile_kernels_loads_prebuilt_ones_in_the_caller_while_threads_compile
         calls.append((ref.expr, threading.current_thread() is threading.main_thread()))
         return ref.expr
 
-    cuda = SimpleNamespace(Device=FakeDevice, runtime=SimpleNamespace(free=lambda ptr: None))
-    monkeypatch.setattr(kernels, "cupy", SimpleNamespace(cuda=cuda))
-    monkeypatch.setattr(kernels, "load_kernel", load)
-    monkeypatch.setattr(kernels, "_load_memoized", lambda: None)
-    monkeypatch.setattr(kernels._cuda_loader, "_memoized_compile", lambda: None)
+    fake_kernel_loading(monkeypatch, kernels, load)
     monkeypatch.setattr(kernels._prebuilt, "available", lambda file, expr: expr.startswith("p"))
     refs = [KernelRef("em_diag.cu", e) for e in ("p0", "c0", "p1", "c1")]
     assert kernels.compile_kernels(refs, max_workers=2) == ["p0", "c0", "p1", "c1"]

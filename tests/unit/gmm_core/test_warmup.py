@@ -9,11 +9,10 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from support.fake_device import FakeDevice
+from support.fake_device import fake_kernel_loading
 
 import gmm_core
 from gmm_core._cuda_loader import COMPILE_OPTIONS, CUDA_DIR
@@ -203,11 +202,7 @@ def test_kernels_compile_concurrently_and_a_failed_one_again_in_the_caller(monke
                 raise RuntimeError("failed in a thread")
         return ref.expr
 
-    cuda = SimpleNamespace(Device=FakeDevice, runtime=SimpleNamespace(free=lambda ptr: None))
-    monkeypatch.setattr(kernels, "cupy", SimpleNamespace(cuda=cuda))
-    monkeypatch.setattr(kernels, "load_kernel", load)
-    monkeypatch.setattr(kernels, "_load_memoized", lambda: None)
-    monkeypatch.setattr(kernels._cuda_loader, "_memoized_compile", lambda: None)
+    fake_kernel_loading(monkeypatch, kernels, load)
     refs = [KernelRef("em_diag.cu", f"k{i}") for i in range(n)]
     assert kernels.compile_kernels([*refs, refs[0]], max_workers=n) == ["k0", "k1", "k2", "k3"]
     assert sorted(name for name, in_caller in calls if not in_caller) == ["k0", "k1", "k2", "k3"]
