@@ -73,6 +73,7 @@ EXTRA_KERNELS = (
     ("gemm_rows.cu", "score_rows"),
 )
 
+
 _TEMPLATE = re.compile(r"^(\w+)<(.*)>$")
 
 
@@ -108,6 +109,7 @@ def kernels_for_arch(arch: str, shapes: Iterable[Sequence[Any]] | None = None) -
     ``shapes`` defaults to :func:`default_shapes`; the input-check kernels
     (:data:`EXTRA_KERNELS`) of both dtypes are added.
     """
+    from ._cupy import large_k
     from ._cupy.kernels import kernel_ref
 
     shapes = default_shapes() if shapes is None else list(shapes)
@@ -115,6 +117,7 @@ def kernels_for_arch(arch: str, shapes: Iterable[Sequence[Any]] | None = None) -
     for config in launch_configs(arch):
         refs += kernels_for_shapes(shapes, config)
     refs += [kernel_ref(f, name, dt) for f, name in EXTRA_KERNELS for dt in ("float", "double")]
+    refs += [kernel_ref(large_k.SOURCE, name) for name in large_k.KERNELS]
     return sorted(set(refs))
 
 

@@ -169,6 +169,12 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
         "centre_rows<float>",
         "centre_rows<double>",
     ),
+    "em_largek.cu": (
+        "lk_features",
+        "lk_weights",
+        "lk_rows",
+        "lk_flush",
+    ),
     "gemm_rows.cu": (
         "quad_features<float>",
         "quad_features<double>",

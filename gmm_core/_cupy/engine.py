@@ -33,6 +33,7 @@ from .diag_pass_tc import DiagPassTC
 from .full_pass_tc import FullPassTC
 from .gemm import GemmPass, full_features
 from .kernels import KernelRef, compile_kernels, kernel_ref
+from .large_k import LargeKPass
 from .loop import DeviceLoop
 from .memory import release_memory, track_memory
 from .tracker import TRACKER_REFS, DeviceRestartTracker
@@ -138,6 +139,9 @@ class CupyEngine(Engine):
         # a function of the budget alone: a bound method would make engine <-> gemm a reference
         # cycle, which kept every finished fit's device memory until the garbage collector ran
         self.gemm = GemmPass(config, functools.partial(memory_budget, memory_budget_bytes))
+        self.large_k = LargeKPass(
+            config, scratch, functools.partial(memory_budget, memory_budget_bytes)
+        )
         self._diag_plans_cache: dict[tuple, FusedDiag] = {}
         self._loop: tuple[tuple, DeviceLoop] | None = None
         self._compiled: set[tuple] = set()
@@ -332,8 +336,11 @@ class CupyEngine(Engine):
                         strategy = self.diag_pass
                         plans = strategy.plans(data, n_restarts, n_components, fit_grid=False)
                     refs += strategy.kernel_refs(data, plans, device_loop=device_loop)
-                except MemoryError:  # the GEMM path serves
-                    pass
+                except MemoryError:  # the large-K or GEMM path serves
+                    if self.large_k.supports(data, n_restarts, n_components):
+                        refs += self.large_k.kernel_refs()
+        elif self.large_k.supports(data, n_restarts, n_components):
+            refs += self.large_k.kernel_refs()
         refs += self.gemm.kernel_refs(data)
         return refs
 
@@ -386,6 +393,8 @@ class CupyEngine(Engine):
                 return fused.strategy.accumulate(data, params, fused.plans)
             except MemoryError:  # the kernel's tiles do not fit shared memory
                 pass
+        if self.large_k.supports(data, n_restarts, n_components):
+            return self.large_k.accumulate(data, params, active)
         return self.gemm.accumulate(data, params)
 
     def lloyd_pass(self, data: CupyData, params: Params, active: Any) -> Stats:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gmm_core import GaussianMixture
+from gmm_core import GaussianMixture, _nvrtc
 from gmm_core._cuda_loader import COMPILE_OPTIONS, CUDA_DIR, SAMPLE_INSTANCES
 from gmm_core._engine import cupy_unavailable_reason
 
@@ -218,3 +218,25 @@ def test_full_tc_shared_memory_matches_the_kernel(tmp_path):
     run = subprocess.run([str(exe)], capture_output=True, text=True, check=True)
     got = [int(v) for v in run.stdout.split()]
     assert got == [ce.full_tc_smem(d, k, usm) for d, k, usm in shapes]
+
+
+#: sources small enough to compile with NVRTC in seconds (the fused passes' files take minutes:
+#: ``make kernels`` compiles them)
+NVRTC_FILES = ("em_largek.cu", "gemm_rows.cu", "init.cu", "em_loop.cu")
+
+
+@pytest.mark.skipif(
+    _nvrtc.unavailable_reason() is not None, reason=f"NVRTC: {_nvrtc.unavailable_reason()}"
+)
+@pytest.mark.parametrize("file", NVRTC_FILES)
+def test_cuda_source_compiles_with_nvrtc(file):
+    """NVRTC, the compiler a GPU worker runs, builds the sample instances: it sees no host
+    headers (nvcc's ``math.h`` defines what NVRTC lacks, e.g. ``INFINITY``)."""
+    from gmm_core._build_kernels import _compile_group
+
+    arch, _, _, compiled, packed, _ = _compile_group(
+        "sm_90", file, "test", list(SAMPLE_INSTANCES[file])
+    )
+    assert arch == "sm_90"
+    assert set(compiled.lowered_names) == set(SAMPLE_INSTANCES[file])
+    assert packed
