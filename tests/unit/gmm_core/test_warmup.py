@@ -128,10 +128,15 @@ def test_where_occupancy_decides_the_tail_reduction_both_pass_variants_are_liste
     assert "reduce_partials" in got
 
 
-def test_tied_and_wide_spherical_fits_compile_only_the_loop_bookkeeping_of_ours():
+def test_tied_fits_compile_the_loop_bookkeeping_and_wide_ones_the_large_k_pass():
     loop = ["em_keep_inactive", "em_track"]
+    large_k = ["lk_features", "lk_weights", "lk_rows", "lk_flush"]
     assert names(SM90, "tied", np.float64, 6, 4, 3, 10**5) == loop
-    assert names(SM90, "spherical", np.float32, 128, 1024, 1, 10**6) == loop
+    assert names(SM90, "spherical", np.float32, 128, 1024, 1, 10**6) == large_k + loop
+    assert names(SM90, "diag", np.float64, 128, 1024, 1, 10**6) == loop  # float64: GEMM path
+    # past the fused passes' 32 features, 64 components and more take the large-K pass
+    assert names(SM90, "diag", np.float32, 40, 64, 1, 10**6) == large_k + loop
+    assert names(SM90, "diag", np.float32, 40, 63, 1, 10**6) == loop
 
 
 def test_default_warmup_shapes_cover_the_pipeline_and_the_benchmark_kernels():
