@@ -4,6 +4,7 @@ scoring, bad input (needs a usable CUDA GPU)."""
 from __future__ import annotations
 
 import copy
+import gc
 
 import numpy as np
 import pytest
@@ -101,6 +102,7 @@ def test_out_of_memory_on_upload_streams_instead():
     )
     cupy.cuda.Device().synchronize()
     engine = CupyEngine(memory_budget_bytes=1 << 30, chunk_rows=50_000)
+    gc.collect()  # engines of earlier tests freed now, not inside the limit below
     pool.free_all_blocks()
     pool.set_limit(size=pool.total_bytes() + 8_000_000)  # the upload (12.8 MB) cannot fit
     try:

@@ -105,12 +105,13 @@ def _check(stats, ref, r, n_samples):
     # float32 log-densities (rounding unbiased): the mean log-likelihood to ~1e-6 nats (a
     # truncating accumulation was off by 2e-4 to 4e-3 nats here)
     assert abs(got_ll - ref["loglik"]) / n_samples < 2e-5 + 1e-7 * abs(ref["loglik"]) / n_samples
-    # float32 sums of at most STATS_ROWS rows, then float64: each within 1e-4 of the sum of its
-    # terms' magnitudes plus 1e-6 of the largest such sum (cuBLAS's blocked float32 sums; the
-    # float32 GEMM path measured the same), where a layout error is off by whole terms
+    # float32 log-densities of hundreds of features carry ~1e-3 relative error into each
+    # responsibility (the float32 GEMM path measured the same against float64), and float32
+    # sums of at most STATS_ROWS rows: each statistic within 2e-3 of the sum of its terms'
+    # magnitudes plus 1e-5 of the largest such sum; a layout error is off by whole terms
     for name, scale in (("nk", "nk"), ("sx", "sx_scale"), ("sxx", "sxx_scale")):
         got = _host(getattr(stats, name))[r]
-        bound = 1e-4 * ref[scale] + 1e-6 * ref[scale].max() + 1e-4
+        bound = 2e-3 * ref[scale] + 1e-5 * ref[scale].max() + 1e-4
         np.testing.assert_array_less(np.abs(got - ref[name]), bound, err_msg=name)
 
 
