@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 import warnings
@@ -38,7 +37,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.report import environment  # noqa: E402
+from benchmarks.report import device_sync as _sync  # noqa: E402
+from benchmarks.report import environment, log  # noqa: E402
+from benchmarks.report import median_seconds as _median_seconds  # noqa: E402
 
 N, D, K = 1 << 20, 128, 1024
 #: dense TF32 tensor-core and float32 CUDA-core peaks of an H100/H200 SXM (TFLOPS)
@@ -48,27 +49,6 @@ CHUNK_MB = (16, 32, 64, 128, 256)
 #: reg_covar of the fixed-start fits: with the default 1e-6 a component of 1024 started on random
 #: rows raised "ill-defined covariance" within 7 iterations (float32, 2026-12-04 run)
 REG = 1e-3
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def _sync() -> None:
-    import cupy
-
-    cupy.cuda.Device().synchronize()
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync()
-        t0 = time.perf_counter()
-        fn()
-        _sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def make_data(seed: int = 0) -> Any:

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,30 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_gpu import initial_params, telemetry  # noqa: E402
-from benchmarks.report import environment  # noqa: E402
+from benchmarks.report import environment, log  # noqa: E402
+from benchmarks.report import median_seconds as _median_seconds  # noqa: E402
 
 RESULTS: list[dict[str, Any]] = []
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def _sync() -> None:
-    import cupy
-
-    cupy.cuda.Device().synchronize()
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync()
-        t0 = time.perf_counter()
-        fn()
-        _sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _pass_and_iteration(
