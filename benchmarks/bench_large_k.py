@@ -61,7 +61,7 @@ def make_data(seed: int = 0) -> Any:
     return cupy.ascontiguousarray(X - X.mean(axis=0))
 
 
-def start_of(X: Any, cov: str, seed: int = 1) -> dict[str, np.ndarray]:
+def start_of(X: Any, cov: str, seed: int = 1) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(N, size=K, replace=False))
     means = X[rows].get().astype(np.float64)
@@ -79,7 +79,7 @@ def floors_ms(cov: str) -> tuple[float, float]:
     return flops / (FP32_PEAK * 1e12) * 1e3, 3 * flops / (TF32_PEAK * 1e12) * 1e3
 
 
-def pass_times(X: Any, cov: str, start: dict[str, np.ndarray]) -> dict[str, Any]:
+def pass_times(X: Any, cov: str, start: dict[str, Any]) -> dict[str, Any]:
     import cupy
 
     from gmm_core._cupy import CupyEngine, large_k
@@ -126,7 +126,7 @@ def pass_times(X: Any, cov: str, start: dict[str, np.ndarray]) -> dict[str, Any]
     return out
 
 
-def api_times(X: Any, cov: str, start: dict[str, np.ndarray]) -> dict[str, Any]:
+def api_times(X: Any, cov: str, start: dict[str, Any]) -> dict[str, Any]:
     import cupy
     from sklearn.exceptions import ConvergenceWarning
 
@@ -186,7 +186,7 @@ def api_times(X: Any, cov: str, start: dict[str, np.ndarray]) -> dict[str, Any]:
     return out
 
 
-def torchgmm_times(X: Any, cov: str, start: dict[str, np.ndarray]) -> dict[str, Any]:
+def torchgmm_times(X: Any, cov: str, start: dict[str, Any]) -> dict[str, Any]:
     try:
         import torch
 
