@@ -205,14 +205,23 @@ def _covariances_tied(stats: Stats, nk: Any, means: Any, reg_covar: float, xp: A
     return cov + reg_covar * xp.eye(means.shape[-1])
 
 
+# diag and spherical: a variance is a mean of squares, never negative; computed from second
+# moments (``E[x^2] - mu^2``) it can come out a little below 0 by rounding where the true value
+# is 0 (a component on one sample, or on equal samples, away from the data mean: float32 sums
+# of the large-K pass left -1e-6 there, which reg_covar=1e-6 did not lift). Such a variance is 0,
+# so the component gets reg_covar, as a centred sum gives it; reg_covar=0 still leaves it ill
+# defined (the precision check raises).
+
+
 def _covariances_diag(stats: Stats, nk: Any, means: Any, reg_covar: float, xp: Any) -> Any:
-    return stats.sxx / nk[..., None] - means**2 * _mean_factor(stats, nk)[..., None] + reg_covar
+    var = stats.sxx / nk[..., None] - means**2 * _mean_factor(stats, nk)[..., None]
+    return xp.maximum(var, 0.0) + reg_covar
 
 
 def _covariances_spherical(stats: Stats, nk: Any, means: Any, reg_covar: float, xp: Any) -> Any:
     n_features = means.shape[-1]
     mean_sq = (means**2).sum(axis=-1) * _mean_factor(stats, nk)
-    return (stats.sxx / nk - mean_sq) / n_features + reg_covar
+    return xp.maximum(stats.sxx / nk - mean_sq, 0.0) / n_features + reg_covar
 
 
 _COVARIANCE_ESTIMATORS = {

@@ -187,3 +187,25 @@ def test_backend_auto_falls_back_to_numpy_without_gpu(blobs, caplog):
     assert "uses NumPy" in caplog.text
     with pytest.raises(RuntimeError, match="backend='auto'"):
         GaussianMixture(2, backend="cupy").fit(blobs)
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+def test_a_variance_rounded_below_zero_is_zero_and_gets_reg_covar(covariance_type):
+    """A component on one sample away from the data mean: float32 second moments leave its
+    variance E[x^2] - mu^2 a little below 0 (rounding); it is 0, so the M-step gives reg_covar
+    (what a centred sum gives), and with reg_covar=0 the covariance is still ill-defined."""
+    from gmm_core._gaussian import ILL_DEFINED_COVARIANCE, Stats, m_step
+
+    x = np.array([3.1, -4.7, 5.3])  # the one sample of component 1
+    x2_f32 = (x.astype(np.float32) ** 2).astype(np.float64) * (1 - 2e-7)  # rounded low
+    nk = np.array([[100.0, 1.0]])
+    sx = np.stack([np.zeros(3), x])[None]
+    sxx_diag = np.stack([np.full(3, 100.0), x2_f32])[None]
+    sxx = sxx_diag if covariance_type == "diag" else sxx_diag.sum(-1)
+    stats = Stats(np.zeros(1), nk, sx, sxx, 101)
+    assert (sxx_diag[0, 1] - x**2 < 0).all()  # what the moments say: below zero
+    params = m_step(stats, covariance_type, 1e-6, 0.0, np)
+    np.testing.assert_allclose(params.covariances[0, 1], 1e-6, rtol=1e-12)
+    assert np.isfinite(params.precisions_cholesky).all()
+    with pytest.raises(ValueError, match=ILL_DEFINED_COVARIANCE[:40]):
+        m_step(stats, covariance_type, 0.0, 0.0, np)
