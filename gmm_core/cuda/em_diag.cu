@@ -215,14 +215,20 @@ __device__ void mstep_restart(int r, int R, int K, const double* stats, const MS
         double var[V];
 #pragma unroll
         for (int d = 0; d < D; ++d) mu[d] = sk[1 + d] / nk;
+        // a variance the second moments leave below 0 by rounding is 0 (then + reg_covar), as
+        // the host M-step (_gaussian.py) takes it; NaN stays NaN (the check below fails it)
         if (SPHERICAL) {
             double m2 = 0.0;
 #pragma unroll
             for (int d = 0; d < D; ++d) m2 += mu[d] * mu[d];
-            var[0] = (sk[1 + D] / nk - m2) / D + a.reg_covar;
+            const double v = (sk[1 + D] / nk - m2) / D;
+            var[0] = (v < 0.0 ? 0.0 : v) + a.reg_covar;
         } else {
 #pragma unroll
-            for (int d = 0; d < V; ++d) var[d] = sk[1 + D + d] / nk - mu[d] * mu[d] + a.reg_covar;
+            for (int d = 0; d < V; ++d) {
+                const double v = sk[1 + D + d] / nk - mu[d] * mu[d];
+                var[d] = (v < 0.0 ? 0.0 : v) + a.reg_covar;
+            }
         }
         double pc[V];
         bool bad = false;
