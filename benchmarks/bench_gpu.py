@@ -37,13 +37,9 @@ from benchmarks.peers.runners import (  # noqa: E402
     torch_plain,
     torchgmm_peer,
 )
-from benchmarks.report import environment, write_results  # noqa: E402
+from benchmarks.report import environment, log, write_results  # noqa: E402
 
 RESULTS: list[dict[str, Any]] = []
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def log_accuracy(name: str, acc: dict[str, Any]) -> None:

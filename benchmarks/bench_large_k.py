@@ -37,9 +37,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.report import device_sync as _sync  # noqa: E402
+from benchmarks.peers.runners import sync as _sync  # noqa: E402
+from benchmarks.public_api import timed  # noqa: E402
 from benchmarks.report import environment, log  # noqa: E402
-from benchmarks.report import median_seconds as _median_seconds  # noqa: E402
 
 N, D, K = 1 << 20, 128, 1024
 #: dense TF32 tensor-core and float32 CUDA-core peaks of an H100/H200 SXM (TFLOPS)
@@ -96,13 +96,11 @@ def pass_times(X: Any, cov: str, start: dict[str, Any]) -> dict[str, Any]:
     default = large_k.CHUNK_BYTES
     for mb in CHUNK_MB:
         large_k.CHUNK_BYTES = mb << 20
-        ms = 1e3 * _median_seconds(lambda: engine.large_k.accumulate(data, params), 5)
+        ms = 1e3 * timed(lambda: engine.large_k.accumulate(data, params), 5)[0]
         out[f"large_k_chunk_{mb}MB_ms"] = ms
         log(f"  {cov}: large-K pass, {mb} MB chunks: {ms:.2f} ms")
     large_k.CHUNK_BYTES = default
-    out["large_k_pass_ms"] = 1e3 * _median_seconds(
-        lambda: engine.large_k.accumulate(data, params), 5
-    )
+    out["large_k_pass_ms"] = 1e3 * timed(lambda: engine.large_k.accumulate(data, params), 5)[0]
     # accuracy at the same parameters: the pass's mean log-likelihood against float64 (the
     # GEMM path in DGEMM on float64 data)
     ll32 = float(engine.large_k.accumulate(data, params).loglik[0]) / N
@@ -115,9 +113,7 @@ def pass_times(X: Any, cov: str, start: dict[str, Any]) -> dict[str, Any]:
         f"  {cov}: pass mean log-likelihood f32 {ll32:.7f} vs f64 {ll64:.7f} "
         f"({abs(ll32 - ll64):.1e})"
     )
-    out["gemm_path_pass_ms"] = 1e3 * _median_seconds(
-        lambda: engine.gemm.accumulate(data, params), 3
-    )
+    out["gemm_path_pass_ms"] = 1e3 * timed(lambda: engine.gemm.accumulate(data, params), 3)[0]
     out["floor_ms"], out["floor_3xtf32_ms"] = floors_ms(cov)
     log(
         f"  {cov}: pass {out['large_k_pass_ms']:.2f} ms (floors: float32 {out['floor_ms']:.2f} ms, "
@@ -143,8 +139,8 @@ def api_times(X: Any, cov: str, start: dict[str, Any]) -> dict[str, Any]:
         return gm
 
     fit(2)
-    t2 = _median_seconds(lambda: fit(2), 3)
-    t7 = _median_seconds(lambda: fit(7), 3)
+    t2 = timed(lambda: fit(2), 3)[0]
+    t7 = timed(lambda: fit(7), 3)[0]
     out: dict[str, Any] = {
         "fit_2_iter_s": t2,
         "fit_7_iter_s": t7,

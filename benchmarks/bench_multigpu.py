@@ -41,13 +41,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_gpu import emflow_engine_loop, emflow_fused, initial_params  # noqa: E402
+from benchmarks.report import log  # noqa: E402
 
 RESULTS: list[dict[str, Any]] = []
 _NOT_JSON = ("params", "engine", "data", "shift")
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def sync_all() -> None:

@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_gpu import initial_params, telemetry  # noqa: E402
+from benchmarks.public_api import timed  # noqa: E402
 from benchmarks.report import environment, log  # noqa: E402
-from benchmarks.report import median_seconds as _median_seconds  # noqa: E402
 
 RESULTS: list[dict[str, Any]] = []
 
@@ -62,7 +62,7 @@ def _pass_and_iteration(
     ).map(cupy.asarray)
     active = cupy.ones(1, dtype=bool)
     engine.accumulate(data, params, active)  # compiled, planned
-    t_pass = _median_seconds(lambda: engine.accumulate(data, params, active), 20)
+    t_pass = timed(lambda: engine.accumulate(data, params, active), 20)[0]
 
     def fit(iters: int) -> None:
         gm = GaussianMixture(
@@ -73,7 +73,7 @@ def _pass_and_iteration(
             gm.fit(Xd, **kw)
 
     fit(3)
-    per_iter = (_median_seconds(lambda: fit(23), 5) - _median_seconds(lambda: fit(3), 5)) / 20
+    per_iter = (timed(lambda: fit(23), 5)[0] - timed(lambda: fit(3), 5)[0]) / 20
     return t_pass, per_iter
 
 
@@ -115,7 +115,7 @@ def online_throughput(X: np.ndarray, k: int) -> None:
     n = len(X)
     batch_fit = GaussianMixture(k, covariance_type="diag", backend="cupy", random_state=0)
     batch_fit.fit(Xd)  # warm (kernels compiled)
-    t_fit = _median_seconds(lambda: batch_fit.fit(Xd), 3)
+    t_fit = timed(lambda: batch_fit.fit(Xd), 3)[0]
     row = {
         "case": "telemetry",
         "impl": "fit (default, batch)",
@@ -138,7 +138,7 @@ def online_throughput(X: np.ndarray, k: int) -> None:
                 return model
 
             sweep()  # warm
-            t = _median_seconds(sweep, 3)
+            t = timed(sweep, 3)[0]
             model = sweep()
             row = {
                 "case": "telemetry",

@@ -5,9 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
-import statistics
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -165,22 +163,3 @@ def write_results(
 def log(msg: str) -> None:
     """Print at once (benchmark logs are read while a device run is going)."""
     print(msg, flush=True)
-
-
-def device_sync() -> None:
-    """Wait for the current CUDA device."""
-    import cupy
-
-    cupy.cuda.Device().synchronize()
-
-
-def median_seconds(fn: Any, repeats: int) -> float:
-    """Median wall time of ``repeats`` calls of ``fn``, the device synchronised around each."""
-    times = []
-    for _ in range(repeats):
-        device_sync()
-        t0 = time.perf_counter()
-        fn()
-        device_sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)

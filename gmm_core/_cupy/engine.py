@@ -317,6 +317,7 @@ class CupyEngine(Engine):
         self, data: CupyData, n_restarts: int, n_components: int
     ) -> list[KernelRef]:
         refs: list[KernelRef] = []
+        fused = True  # whether a fused pass serves (else the large-K or GEMM path)
         full_tc = self.full_pass_tc
         if full_tc.supports(data, n_restarts, n_components, quiet=True):
             u_in_smem = full_tc.u_in_smem(data.n_features, n_components)
@@ -336,10 +337,11 @@ class CupyEngine(Engine):
                         strategy = self.diag_pass
                         plans = strategy.plans(data, n_restarts, n_components, fit_grid=False)
                     refs += strategy.kernel_refs(data, plans, device_loop=device_loop)
-                except MemoryError:  # the large-K or GEMM path serves
-                    if self.large_k.supports(data, n_restarts, n_components):
-                        refs += self.large_k.kernel_refs()
-        elif self.large_k.supports(data, n_restarts, n_components):
+                except MemoryError:  # the tiles do not fit shared memory
+                    fused = False
+        else:
+            fused = False
+        if not fused and self.large_k.supports(data, n_restarts, n_components):
             refs += self.large_k.kernel_refs()
         refs += self.gemm.kernel_refs(data)
         return refs

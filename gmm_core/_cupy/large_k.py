@@ -101,9 +101,10 @@ class LargeKPass:
         self.budget = budget
 
     def supports(self, data: CupyData, n_restarts: int, n_components: int) -> bool:
-        """Float32 diag/spherical data, ``MIN_COMPONENTS`` or more components, tensor cores.
+        """Float32 diag/spherical data with ``MIN_COMPONENTS`` or more components in all.
 
-        Tensor cores: compute capability 8.0 or newer with ``tensor_cores`` on.
+        Also gated on ``config.tensor_cores`` (compute capability 8.0+, the fast paths' switch),
+        although its GEMMs are float32 since the TF32 version was dropped (module docstring).
         """
         return (
             self.config.tensor_cores
