@@ -22,12 +22,22 @@ from ._engine import Engine
 from ._gaussian import (
     ILL_DEFINED_COVARIANCE,
     Params,
+    Stats,
     cholesky_precisions,
     estimate_parameters,
     select,
 )
 
-__all__ = ["PaddedResult", "concat", "pad", "run_em_padded", "trim"]
+__all__ = [
+    "PaddedResult",
+    "accumulate",
+    "buckets",
+    "concat",
+    "host_stats",
+    "pad",
+    "run_em_padded",
+    "trim",
+]
 
 
 @dataclass
@@ -122,8 +132,7 @@ def run_em_padded(
     failed = [""] * n_candidates
     history: list[np.ndarray] = []
     for it in range(1, max_iter + 1):
-        with np.errstate(divide="ignore"):  # log of the padding's zero weights
-            stats = engine.accumulate(data, params, active)
+        stats = host_stats(engine, accumulate(engine, data, params, active))
         new_bound = np.asarray(stats.loglik, np.float64) / stats.weight_sum
         _, means, covariances = estimate_parameters(stats, covariance_type, reg_covar, eps, np)
         # the live components' weights are (nk + eps) / sum(nk + eps) over the live ones alone,
@@ -153,6 +162,33 @@ def run_em_padded(
             break
     hist = np.stack(history) if history else np.empty((0, n_restarts))
     return PaddedResult(params, hist, n_iter, converged, failed)
+
+
+def accumulate(engine: Engine, data: Any, params: Params, active: np.ndarray) -> Stats:
+    """``engine.accumulate`` of host parameters (padding's log-weights are -inf there)."""
+    with np.errstate(divide="ignore"):  # log of the padding's zero weights
+        return engine.accumulate(data, params.map(engine.asarray), engine.asarray(active))
+
+
+def host_stats(engine: Engine, stats: Stats) -> Stats:
+    """The pass's statistics as NumPy arrays (a few KB; the M-step here runs on the host)."""
+    return Stats(
+        *(engine.to_host(a) for a in (stats.loglik, stats.nk, stats.sx, stats.sxx)),
+        stats.n_samples,
+        stats.total_weight,
+    )
+
+
+def buckets(n_components: Sequence[int], width: int = 16) -> list[np.ndarray]:
+    """Candidates grouped by ``ceil(K / width)``: each group is padded to its own largest K.
+
+    A pass costs what its widest restart costs on the fused GPU kernels (components come in
+    tiles of 16), so candidates of K = 1..32 run as two batches (K <= 16 padded to at most 16,
+    the rest to 32) rather than one batch padded to 32. Indices into ``n_components``, groups in
+    order of width.
+    """
+    tiles = np.asarray([-(-k // width) for k in n_components])
+    return [np.flatnonzero(tiles == t) for t in np.unique(tiles)]
 
 
 def precisions_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndarray:

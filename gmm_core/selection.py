@@ -1,15 +1,16 @@
 """``GaussianMixtureSelect``: a sweep over ``n_components`` x ``covariance_type``, best kept.
 
 Choosing K by hand means a loop of fits, each reading the data every iteration, and a loop that
-stops at the first candidate whose covariance collapses. Here every candidate of one covariance
-type runs in ONE batch of restarts of ``K_max = max(n_components)`` components: a candidate with
-``K < K_max`` components carries ``K_max - K`` padding components of weight exactly 0 (log-weight
--inf), which take no responsibility, so every E-step pass advances all candidates at once and each
-candidate follows exactly the iterations a fit with ``K`` components would (the M-step keeps the
-padding at weight 0; the NumPy engine skips trailing zero-weight components, so a pass costs what
-the separate fits' passes cost together). Converged candidates drop out through the engines'
-``active`` mask; a candidate whose covariance becomes ill-defined is recorded as failed, with the
-reason, and the others go on.
+stops at the first candidate whose covariance collapses. Here the candidates of one covariance
+type run as batches of restarts: a batch holds the candidates of ``ceil(K / 16)`` equal (K = 1..16
+in one, 17..32 in the next: the GPU passes work in tiles of 16 components) and a candidate with
+``K`` below its batch's ``K_max`` carries ``K_max - K`` padding components of weight exactly 0
+(log-weight -inf), which take no responsibility, so every E-step pass advances all candidates of
+a batch at once and each candidate follows exactly the iterations a fit with ``K`` components
+would (the M-step, on the host, keeps the padding at weight 0; the NumPy engine skips trailing
+zero-weight components, so a pass costs what the separate fits' passes cost together).
+Converged candidates drop out through the engines' ``active`` mask; a candidate whose
+covariance becomes ill-defined is recorded as failed, with the reason, and the others go on.
 
 Candidates are initialised as separate scikit-learn fits would be: a candidate draws its
 ``n_init`` restarts from ``check_random_state(random_state)``, so an int seed gives every
@@ -20,7 +21,6 @@ is shared in grid order (covariance types outer, ``n_components`` inner), as in 
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,7 +35,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._checks import check_magnitude
-from ._em_loop import best_restart
+from ._em_loop import PhaseClock, best_restart
 from ._engine import BACKENDS, Engine, get_engine
 from ._gaussian import (
     COVARIANCE_TYPES,
@@ -43,8 +43,8 @@ from ._gaussian import (
     n_parameters,
 )
 from ._host_init import host_restarts
-from ._init import with_user_init
-from ._padded_em import concat, pad, run_em_padded, trim
+from ._init import initial_params, with_user_init
+from ._padded_em import accumulate, buckets, concat, host_stats, pad, run_em_padded, trim
 from .mixture import GaussianMixture, _is_cupy_array
 
 __all__ = ["CRITERIA", "GaussianMixtureSelect"]
@@ -53,7 +53,7 @@ __all__ = ["CRITERIA", "GaussianMixtureSelect"]
 #: log-likelihood of held-out rows.
 CRITERIA = ("bic", "aic", "holdout")
 #: Engines whose passes take candidates of every K side by side (a loop of fits elsewhere).
-BATCHED_BACKENDS = ("numpy", "dask")
+BATCHED_BACKENDS = ("numpy", "dask", "cupy")
 #: Columns of ``results_``, in order.
 RESULT_COLUMNS = (
     "n_components",
@@ -98,11 +98,11 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
     """Gaussian mixtures over a grid of ``n_components`` and ``covariance_type``; keeps the best.
 
     Every candidate is the fit :class:`gmm_core.GaussianMixture` (and scikit-learn's) would make
-    with the same parameters and seed; on the NumPy and Dask backends all candidates of one
-    covariance type advance in the same passes over the data (see the module docstring). On
-    the GPU backends (``'cupy'``, ``'multigpu'``) the sweep is a loop of
-    :class:`gmm_core.GaussianMixture` fits, one per candidate with its restarts batched on the
-    device: the fused kernels are not yet checked with zero-weight padding components.
+    with the same parameters and seed; on the NumPy, Dask and CuPy backends the candidates of
+    one covariance type advance in shared passes over the data (see the module docstring; on
+    CuPy every candidate is initialised on the device as its own fit would be, and CuPy input
+    stays there). On ``'multigpu'`` the sweep is a loop of :class:`gmm_core.GaussianMixture`
+    fits, one per candidate.
 
     Parameters
     ----------
@@ -144,6 +144,11 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         Whether candidates shared passes over the data (False: a loop of fits).
     fit_seconds_ : float
         Wall time of :meth:`fit`.
+    fit_timings_ : dict of str to float
+        Where that time went, in seconds: ``validate``, ``transfer`` (placing the data),
+        ``init`` (every candidate's initialisation), ``em`` (the shared EM passes), ``score``
+        (one more pass for every candidate's train score), ``holdout``; ``fits`` where the
+        sweep is a loop of fits.
 
     Examples
     --------
@@ -258,7 +263,7 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         ValueError
             Bad parameters or data, or when every candidate failed (the reasons listed).
         """
-        started = time.perf_counter()
+        clock = PhaseClock()
         ks, types = self._grid()
         if self.criterion == "holdout" and X_holdout is None:
             raise ValueError(
@@ -266,12 +271,14 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
                 "criterion='bic'."
             )
         engine = get_engine(self.backend)
+        clock.engine = engine
         batched = engine.name in BATCHED_BACKENDS
         if _is_cupy_array(X):
-            if batched:
-                X = X.get()
-            else:
+            if engine.takes_device_arrays():  # checked on the device, as a fit checks it
+                X = self._candidate_estimator(1, "diag")._check_X(X, reset=True)
                 self.n_features_in_ = int(X.shape[1])
+            else:
+                X = X.get()
         if not _is_cupy_array(X):
             X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
         if X_holdout is not None and _is_cupy_array(X_holdout):
@@ -282,10 +289,12 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         candidates: list[_Candidate] = []
         for covariance_type in types:
             group = [_Candidate(k, covariance_type) for k in ks]
+            clock.lap("validate")
             if batched:
-                self._fit_batched(engine, X, group)
+                self._fit_batched(engine, X, group, clock)
             else:
                 self._fit_loop(X, group)
+                clock.lap("fits")
             candidates.extend(group)
         n_samples = X.shape[0]
         for cand in candidates:
@@ -298,6 +307,7 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
                 scores = np.asarray(cand.estimator.score_samples(X_holdout), np.float64)
                 cand.holdout_score = float(scores.mean())
                 cand.holdout_se = float(scores.std() / math.sqrt(len(scores)))
+        clock.lap("holdout")
         self.results_ = _results_table(candidates, X.shape[1])
         self.best_index_ = _choose(candidates, self.criterion)
         best = candidates[self.best_index_]
@@ -309,7 +319,8 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         self.best_estimator_ = best.estimator
         self.backend_ = engine.name
         self.batched_ = batched
-        self.fit_seconds_ = time.perf_counter() - started
+        self.fit_timings_ = clock.seconds
+        self.fit_seconds_ = clock.total()
         if not best.converged:
             warnings.warn(
                 f"The chosen candidate (n_components={best.n_components}, "
@@ -321,7 +332,7 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         return self
 
     def _fit_loop(self, X: Any, group: list[_Candidate]) -> None:
-        """One :class:`GaussianMixture` fit per candidate (the GPU backends)."""
+        """One :class:`GaussianMixture` fit per candidate (``'multigpu'``)."""
         for cand in group:
             model = self._candidate_estimator(cand.n_components, cand.covariance_type)
             try:
@@ -337,15 +348,27 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
             cand.n_iter = int(model.n_iter_)
             cand.converged = bool(model.converged_)
 
-    def _fit_batched(self, engine: Engine, X: np.ndarray, group: list[_Candidate]) -> None:
-        """Every candidate of ``group`` (one covariance type) in one batch of restarts."""
+    def _fit_batched(
+        self, engine: Engine, X: Any, group: list[_Candidate], clock: PhaseClock
+    ) -> None:
+        """Every candidate of ``group`` (one covariance type) in batches of restarts."""
         covariance_type = group[0].covariance_type
         n_samples, n_features = X.shape
         eps = 10 * float(np.finfo(X.dtype).eps)
-        check_magnitude(max(float(X.max()), -float(X.min())), X.dtype, n_features)
-        shift = X.mean(axis=0, dtype=np.float64)
-        data = engine.prepare(X, shift, covariance_type)
-        Xc = engine.host_centred(data, X, shift)
+        if engine.device_init:  # moments, centring and initialisation where the data live
+            data = engine.prepare(X, "auto", covariance_type)
+            if not math.isfinite(data.max_abs):
+                raise ValueError(
+                    "Input X contains NaN or infinity; remove or impute those rows first."
+                )
+            check_magnitude(data.max_abs, X.dtype, n_features)
+            shift = np.asarray(data.shift, dtype=np.float64)
+        else:
+            check_magnitude(max(float(X.max()), -float(X.min())), X.dtype, n_features)
+            shift = X.mean(axis=0, dtype=np.float64)
+            data = engine.prepare(X, shift, covariance_type)
+            Xc = engine.host_centred(data, X, shift)
+        clock.lap("transfer")
 
         drawn: list[tuple[_Candidate, Params]] = []
         for cand in group:
@@ -355,11 +378,31 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
                 )
                 continue
             try:
-                drawn.append((cand, self._initial_params(X, Xc, shift, cand, eps)))
+                if engine.device_init:
+                    params = self._initial_params_device(engine, data, cand, eps)
+                else:
+                    params = self._initial_params(X, Xc, shift, cand, eps)
             except ValueError as error:  # an ill-defined covariance at the initialisation
                 cand.reason = f"initialisation: {error}"
-        if not drawn:
-            return
+                continue
+            drawn.append((cand, params))
+        clock.lap("init")
+        for bucket in buckets([cand.n_components for cand, _ in drawn]):
+            self._fit_bucket(engine, data, [drawn[i] for i in bucket], shift, X.dtype, eps, clock)
+
+    def _fit_bucket(
+        self,
+        engine: Engine,
+        data: Any,
+        drawn: list[tuple[_Candidate, Params]],
+        shift: np.ndarray,
+        dtype: Any,
+        eps: float,
+        clock: PhaseClock,
+    ) -> None:
+        """EM of the candidates ``drawn`` side by side, padded to their largest K."""
+        covariance_type = drawn[0][0].covariance_type
+        n_features = shift.shape[0]
         k_max = max(cand.n_components for cand, _ in drawn)
         params = concat([pad(p, k_max, covariance_type) for _, p in drawn])
         owner = np.repeat(np.arange(len(drawn)), self.n_init)  # restart -> candidate
@@ -380,6 +423,7 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
             tol=self.tol,
             max_iter=self.max_iter,
         )
+        clock.lap("em")
         best_rows = []
         for c, (cand, _) in enumerate(drawn):
             if result.failed[c]:
@@ -393,14 +437,13 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         # the fitted parameters' mean log-likelihood (what bic(X) uses): one more pass, batched
         chosen = np.array([r for _, r, _ in best_rows])
         final = Params(*(np.ascontiguousarray(a[chosen]) for a in vars(result.params).values()))
-        with np.errstate(divide="ignore"):
-            stats = engine.accumulate(data, final, np.ones(len(chosen), dtype=bool))
-        scores = np.asarray(engine.to_host(stats.loglik), np.float64) / stats.weight_sum
+        stats = host_stats(engine, accumulate(engine, data, final, np.ones(len(chosen), bool)))
+        scores = np.asarray(stats.loglik, np.float64) / stats.weight_sum
         for i, (cand, r, rows) in enumerate(best_rows):
             k = cand.n_components
             model = self._candidate_estimator(k, covariance_type)
             one = trim(result.params.take(r), k, covariance_type)
-            model._set_fitted(one, shift, X.dtype)
+            model._set_fitted(one, shift, dtype)
             curves = [result.history[: result.n_iter[q], q] for q in rows]
             model.converged_ = bool(result.converged[r])
             model.n_iter_ = int(result.n_iter[r])
@@ -416,6 +459,32 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
             cand.train_score = float(scores[i])
             cand.n_iter = model.n_iter_
             cand.converged = model.converged_
+        clock.lap("score")
+
+    def _initial_params_device(
+        self, engine: Engine, data: Any, cand: _Candidate, eps: float
+    ) -> Params:
+        """``n_init`` restarts as ``GaussianMixture(cand.n_components, ...)`` draws them.
+
+        On a device-init engine; host arrays, since the sweep's M-step runs on the host.
+        """
+        k = cand.n_components
+        engine.compile_for_fit(data, self.n_init, k, self.init_params)
+        params = initial_params(
+            engine,
+            data,
+            init_params=self.init_params,
+            n_components=k,
+            n_init=self.n_init,
+            covariance_type=cand.covariance_type,
+            reg_covar=self.reg_covar,
+            eps=eps,
+            random_state=check_random_state(self.random_state),
+            user={},
+            shift=data.shift,
+            variance=getattr(data, "variance", None),
+        )
+        return params.map(engine.to_host)
 
     def _initial_params(
         self, X: np.ndarray, Xc: np.ndarray, shift: np.ndarray, cand: _Candidate, eps: float

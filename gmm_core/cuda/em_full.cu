@@ -177,6 +177,16 @@ full_constants(const double* __restrict__ weights, const double* __restrict__ me
 #ifndef GMM_FULL_TC_FLUSH
 #define GMM_FULL_TC_FLUSH 4  // tiles (of 128 samples) summed in float32
 #endif
+// GMM_FULL_TC_STATS2 (on): the S2 GEMM in 2 TF32 products instead of 3, its B operand x - m_k
+// rounded to TF32 (to nearest: an error of at most 2^-12 of x - m_k per sample, of either sign,
+// which averages out over a component's samples since x - m_k is centred on the component; the
+// A operand r (x - m_k) stays split). Measured on an H200 (benchmarks/results/
+// tune_stats2_h200.log): full 1M x 32, K=16 1.128 -> 1.005 ms per iteration; a 20-iteration fit
+// against scikit-learn float64 1.2e-6 nats per sample (the same as 3 products), variances 9e-6
+// relative (3e-6 with 3 products). 0: 3 products.
+#ifndef GMM_FULL_TC_STATS2
+#define GMM_FULL_TC_STATS2 1
+#endif
 #ifndef GMM_FULL_TC_GUARD
 #define GMM_FULL_TC_GUARD 1024.0  // |mu U|^2 above which a component's E-step is centred
 #endif
@@ -519,8 +529,14 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
                     unsigned bh[NTD][2], bl[NTD][2];
 #pragma unroll
                     for (int nt = 0; nt < NTD; ++nt) {
-                        tc::split(xc[0][nt], bh[nt][0], bl[nt][0]);
-                        tc::split(xc[1][nt], bh[nt][1], bl[nt][1]);
+                        if (GMM_FULL_TC_STATS2) {
+                            bh[nt][0] = __float_as_uint(tc::round_tf32(xc[0][nt]));
+                            bh[nt][1] = __float_as_uint(tc::round_tf32(xc[1][nt]));
+                            bl[nt][0] = bl[nt][1] = 0u;
+                        } else {
+                            tc::split(xc[0][nt], bh[nt][0], bl[nt][0]);
+                            tc::split(xc[1][nt], bh[nt][1], bl[nt][1]);
+                        }
                     }
                     nkf[c] += r0 + r1;
 #pragma unroll
@@ -533,9 +549,15 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
 #pragma unroll
                         for (int i = 0; i < 4; ++i) tc::split(v[i], ah2[i], al2[i]);
 #pragma unroll
-                        for (int nt = 2 * mt; nt < NTD; ++nt)
-                            tc::mma3(acc[c][G::frag_base(mt) + nt - 2 * mt], ah2, al2, bh[nt][0],
-                                     bh[nt][1], bl[nt][0], bl[nt][1]);
+                        for (int nt = 2 * mt; nt < NTD; ++nt) {
+                            float(&a)[4] = acc[c][G::frag_base(mt) + nt - 2 * mt];
+                            if (GMM_FULL_TC_STATS2) {
+                                tc::mma(a, al2, bh[nt][0], bh[nt][1]);
+                                tc::mma(a, ah2, bh[nt][0], bh[nt][1]);
+                            } else {
+                                tc::mma3(a, ah2, al2, bh[nt][0], bh[nt][1], bl[nt][0], bl[nt][1]);
+                            }
+                        }
                     }
                 }
             }

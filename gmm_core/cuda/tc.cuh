@@ -22,6 +22,10 @@ __device__ __forceinline__ void split(float x, unsigned& hi, unsigned& lo) {
     hi = (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
     lo = __float_as_uint(x - __uint_as_float(hi));
 }
+// x rounded to the nearest TF32 (hi of split)
+__device__ __forceinline__ float round_tf32(float x) {
+    return __uint_as_float((__float_as_uint(x) + 0x1000u) & 0xffffe000u);
+}
 // 2^x and log2 without the denormal fix-ups of __expf / __logf (results below 2^-126 flush to 0)
 __device__ __forceinline__ float ex2(float x) {
     float y;
