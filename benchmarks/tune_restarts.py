@@ -4,11 +4,11 @@
 
 The variants are compile-time switches of the statistics GEMM:
 
-- ``base``: 3xTF32 in both passes (``GMM_FULL_TC_STATS2=0``);
+- ``base``: 3xTF32 in both passes (the defaults);
 - ``stats2=1`` (``diag_pass_tc``, ``GMM_TC_STATS2=1``): responsibilities rounded to TF32 once
   (``N_k`` sums the rounded values), 2 products; off by default;
-- ``full-stats2`` (the defaults): ``full_pass_tc``'s B operand ``x - m_k`` rounded to TF32, 2
-  products (``GMM_FULL_TC_STATS2=1``).
+- ``full-stats2``: ``full_pass_tc``'s B operand ``x - m_k`` rounded to TF32, 2 products
+  (``GMM_FULL_TC_STATS2=1``; off by default: see ``em_full.cu``).
 
 The run in ``benchmarks/results/tune_stats2_h200.log`` had a third diag mode instead of
 ``full-stats2``: the diag pass's B operand ``[x, x^2]`` rounded (with the full pass's), 1e-4
@@ -45,9 +45,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 VARIANTS: dict[str, tuple[str, ...]] = {
-    "base": ("-DGMM_FULL_TC_STATS2=0",),
-    "stats2=1": ("-DGMM_TC_STATS2=1", "-DGMM_FULL_TC_STATS2=0"),
-    "full-stats2": (),
+    "base": (),
+    "stats2=1": ("-DGMM_TC_STATS2=1",),
+    "full-stats2": ("-DGMM_FULL_TC_STATS2=1",),
 }
 
 
