@@ -171,21 +171,50 @@ def cache_dir() -> Path:
     return Path(cupy_cache_dir()) / "gmm_core_prebuilt"
 
 
-def unpacked(entry: Entry) -> Path:
-    """The cubin of ``entry`` decompressed (once) into :func:`cache_dir`, checked by SHA-256."""
-    target = cache_dir() / f"{entry.sha256}.cubin"
+#: bytes read (or decompressed) at a time: a cubin is never whole in host memory (a group of the
+#: prebuilt set holds tens of MB of cubin, loaded while a fit of CuPy data runs)
+STREAM_BYTES = 1 << 20
+
+
+def _file_sha256(path: Path) -> str | None:
+    """SHA-256 of a file read in :data:`STREAM_BYTES` pieces; None when it cannot be read."""
+    digest = hashlib.sha256()
     try:
-        if hashlib.sha256(target.read_bytes()).hexdigest() == entry.sha256:
-            return target
+        with path.open("rb") as f:
+            while piece := f.read(STREAM_BYTES):
+                digest.update(piece)
     except OSError:
-        pass
-    data = lzma.decompress(entry.cubin.read_bytes())
-    if hashlib.sha256(data).hexdigest() != entry.sha256:
-        raise ValueError(f"{entry.cubin} does not hold the cubin its index names (SHA-256)")
+        return None
+    return digest.hexdigest()
+
+
+def unpacked(entry: Entry) -> Path:
+    """The cubin of ``entry`` decompressed (once) into :func:`cache_dir`, checked by SHA-256.
+
+    Read, decompressed and hashed in :data:`STREAM_BYTES` pieces.
+    """
+    target = cache_dir() / f"{entry.sha256}.cubin"
+    if _file_sha256(target) == entry.sha256:
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}")
-    partial.write_bytes(data)
-    os.replace(partial, target)  # atomic: other processes see the whole file or none
+    digest = hashlib.sha256()
+    decompressor = lzma.LZMADecompressor()
+    try:
+        with entry.cubin.open("rb") as src, partial.open("wb") as out:
+            while not decompressor.eof:
+                # what the decompressor holds back is fed again with no new input
+                piece = b"" if decompressor.needs_input is False else src.read(STREAM_BYTES)
+                if not piece and decompressor.needs_input:
+                    raise lzma.LZMAError(f"{entry.cubin} ends before its compressed stream")
+                data = decompressor.decompress(piece, max_length=STREAM_BYTES)
+                digest.update(data)
+                out.write(data)
+        if digest.hexdigest() != entry.sha256:
+            raise ValueError(f"{entry.cubin} does not hold the cubin its index names (SHA-256)")
+        os.replace(partial, target)  # atomic: other processes see the whole file or none
+    finally:
+        partial.unlink(missing_ok=True)
     return target
 
 

@@ -164,6 +164,36 @@ def test_missing_corrupt_or_foreign_prebuilt_files_fall_back_without_an_error(
     assert _prebuilt.lookup(ref.file, ref.expr, "sm_75", tree) is None
 
 
+def test_a_large_cubin_is_unpacked_and_checked_without_holding_it_in_host_memory(tmp_path, cache):
+    """A fit of CuPy data may load a prebuilt group of tens of MB: decompressing it (the first
+    time) and checking its SHA-256 (every process) read it in pieces, never whole (the GPU test
+    of no host copies of X measured 67 MB of host allocations while such a group loaded)."""
+    import hashlib
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    body = np.repeat(rng.integers(0, 256, size=24 << 10, dtype=np.uint8), 1024).tobytes()  # 24 MB
+    xz = tmp_path / "big.cubin.xz"
+    xz.write_bytes(lzma.compress(body, preset=1))
+    entry = _prebuilt.Entry(xz, "sym", hashlib.sha256(body).hexdigest())
+    for _ in range(2):  # decompress into the cache, then check the cached file
+        tracemalloc.start()
+        try:
+            path = _prebuilt.unpacked(entry)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert path.read_bytes() == body
+        # a few pieces (input, output, the decompressor's buffer), a quarter of the cubin
+        assert peak < 6 * _prebuilt.STREAM_BYTES, f"{peak} bytes held for a {len(body)}-byte cubin"
+    # a truncated stream is refused and leaves no file behind
+    xz.write_bytes(xz.read_bytes()[: len(xz.read_bytes()) // 2])
+    path.unlink()
+    with pytest.raises(lzma.LZMAError):
+        _prebuilt.unpacked(entry)
+    assert list(path.parent.iterdir()) == []
+
+
 def test_prebuilt_kernels_can_be_turned_off(monkeypatch):
     monkeypatch.setenv(_prebuilt.ENABLE_ENV, "0")
     assert not _prebuilt.enabled()
