@@ -282,3 +282,25 @@ def test_the_dask_backend_gives_the_numpy_table(blobs):
     assert dask.backend_ == "dask" and dask.batched_
     np.testing.assert_allclose(dask.results_["bic"], ref.results_["bic"], rtol=1e-10)
     np.testing.assert_array_equal(dask.results_["n_iter"], ref.results_["n_iter"])
+
+
+def test_candidates_are_batched_by_tiles_of_16_components():
+    assert [list(b) for b in padded_em.buckets(range(1, 33))] == [
+        list(range(16)),
+        list(range(16, 32)),
+    ]
+    assert [list(b) for b in padded_em.buckets([40, 2, 17, 16])] == [[1, 3], [2], [0]]
+    assert padded_em.buckets([]) == []
+
+
+def test_a_sweep_over_both_tile_widths_has_its_phase_times_and_equals_the_loop(blobs):
+    """Candidates of K = 1..18 run as two batches (K <= 16, K = 17, 18); still a loop's table."""
+    kwargs = dict(covariance_type="diag", random_state=0, backend="numpy", max_iter=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sweep = GaussianMixtureSelect((1, 2, 5, 17, 18), **kwargs).fit(blobs)
+        for k, bic in zip((1, 2, 5, 17, 18), sweep.results_["bic"], strict=True):
+            ref = SkGaussianMixture(k, covariance_type="diag", random_state=0, max_iter=20)
+            np.testing.assert_allclose(bic, ref.fit(blobs).bic(blobs), rtol=1e-8)
+    assert set(sweep.fit_timings_) >= {"validate", "transfer", "init", "em", "score"}
+    assert abs(sum(sweep.fit_timings_.values()) - sweep.fit_seconds_) < 1e-6
