@@ -44,6 +44,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.tune_fused import make_case, reference_stats, rel  # noqa: E402
+
 VARIANTS: dict[str, tuple[str, ...]] = {
     "base": (),
     "stats2=1": ("-DGMM_TC_STATS2=1",),
@@ -62,53 +64,6 @@ def use_variant(defines: tuple[str, ...]) -> None:
 
     diag_common.load_kernel = load
     full_pass_tc.load_kernel = load
-
-
-def reference_stats(Xc: np.ndarray, w, mu, var) -> dict[str, np.ndarray]:
-    """float64 statistics of one E-step (diag), per restart."""
-    X = Xc.astype(np.float64)
-    out: dict[str, list] = {"nk": [], "sx": [], "sxx": [], "ll": []}
-    for r in range(w.shape[0]):
-        prec = 1.0 / var[r]
-        lp = (
-            -0.5 * X.shape[1] * np.log(2 * np.pi)
-            + 0.5 * np.log(prec).sum(1)
-            - 0.5 * ((X[:, None, :] - mu[r][None]) ** 2 * prec[None]).sum(2)
-            + np.log(w[r])[None]
-        )
-        m = lp.max(1, keepdims=True)
-        lse = m[:, 0] + np.log(np.exp(lp - m).sum(1))
-        resp = np.exp(lp - lse[:, None])
-        out["nk"].append(resp.sum(0))
-        out["sx"].append(resp.T @ X)
-        out["sxx"].append(resp.T @ (X * X))
-        out["ll"].append(lse.sum())
-    return {k: np.array(v) for k, v in out.items()}
-
-
-def rel(a: Any, b: Any) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
-
-
-def make_case(n: int, d: int, k: int, r: int, far: float = 0.0, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(0, 4, size=(k, d))
-    scales = rng.uniform(0.5, 1.5, size=(k, d))
-    if far:
-        centers[0] = far
-        scales[0] = 0.01
-    labels = rng.integers(0, k, n)
-    X = (centers[labels] + rng.standard_normal((n, d)) * scales[labels]).astype(np.float32)
-    shift = X.mean(0, dtype=np.float64)
-    Xc = X - shift.astype(np.float32)
-    means = np.stack([Xc[rng.choice(n, k, replace=False)].astype(np.float64) for _ in range(r)])
-    var = np.stack([rng.uniform(0.5, 2.0, size=(k, d)) * Xc.var(0) for _ in range(r)])
-    if far:
-        means[:, 0] = centers[0] - shift
-        var[:, 0] = 1e-4
-    w = rng.dirichlet(np.ones(k), size=r)
-    return X, shift, (w, means, var)
 
 
 CASES = [  # n, d, k, restarts, far
@@ -130,7 +85,7 @@ def correctness(variant: str) -> list[dict]:
     rows = []
     for n, d, k, r, far in CASES:
         X, shift, (w, mu, var) = make_case(n, d, k, r, far)
-        ref = reference_stats(X - shift.astype(np.float32), w, mu, var)
+        ref = reference_stats(X - shift.astype(np.float32), (w, mu, var))
         params = Params(*(cp.asarray(a) for a in (w, mu, var, 1 / np.sqrt(var))))
         eng = CupyEngine()
         data = eng.prepare(X, shift, "diag")
