@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import lzma
 import os
 import re
 import shutil
@@ -199,7 +198,7 @@ def _compile_group(arch: str, file: str, group: str, exprs: list[str]) -> tuple[
     missing = set(compiled.lowered_names.values()) - elf_symbols(compiled.cubin)
     if missing:
         raise _nvrtc.NvrtcError(f"{name} ({arch}): the cubin lacks {sorted(missing)}")
-    packed = lzma.compress(compiled.cubin, preset=9)
+    packed = _prebuilt.pack(compiled.cubin)
     return arch, file, name, compiled, packed, time.perf_counter() - started
 
 

@@ -174,6 +174,17 @@ def cache_dir() -> Path:
 #: bytes read (or decompressed) at a time: a cubin is never whole in host memory (a group of the
 #: prebuilt set holds tens of MB of cubin, loaded while a fit of CuPy data runs)
 STREAM_BYTES = 1 << 20
+#: LZMA dictionary of a packed cubin, which its decompressor allocates whole: xz's preset 9 would
+#: take 64 MiB of host memory to unpack even a small cubin
+DICT_BYTES = 1 << 20
+
+
+def pack(cubin: bytes) -> bytes:
+    """``cubin`` xz-compressed (preset 9) with a dictionary of at most :data:`DICT_BYTES`."""
+    dict_size = min(DICT_BYTES, max(4096, len(cubin)))
+    return lzma.compress(
+        cubin, filters=[{"id": lzma.FILTER_LZMA2, "preset": 9, "dict_size": dict_size}]
+    )
 
 
 def _file_sha256(path: Path) -> str | None:

@@ -125,6 +125,43 @@ def test_large_k_pass_matches_float64(k, d, cov, monkeypatch):
 
 
 @pytest.mark.parametrize("cov", ["diag", "spherical"])
+def test_large_k_pass_at_few_components_per_restart(cov, monkeypatch):
+    """2 restarts of 40 components over 40 features (80 in all: the large-K pass), as the
+    selection test's K = 40 candidate runs it: on the H200 that fit broke (-inf or NaN)."""
+    X = _data(60_000, 40, 12, seed=3)
+    params = _params(X, cov, 40, 2, seed=4)
+    stats = _engine_stats(X, cov, params, monkeypatch=monkeypatch)
+    ref = _reference(X, cov, params)
+    for r in range(2):
+        _check(stats, ref[r], r, len(X))
+
+
+def test_a_fit_through_the_large_k_pass_at_few_components_matches_numpy():
+    """The public fit of the selection test's K = 40 case against the NumPy backend."""
+    rng = np.random.default_rng(3)
+    centres = rng.normal(scale=6.0, size=(12, 40))
+    X = (centres[rng.integers(0, 12, 60_000)] + rng.normal(size=(60_000, 40)) + 20.0).astype(
+        np.float32
+    )
+    start = GaussianMixture(40, covariance_type="diag", max_iter=1, random_state=0).fit(X)
+    kw = dict(
+        covariance_type="diag",
+        n_init=2,
+        tol=0.0,
+        max_iter=8,
+        weights_init=start.weights_,
+        means_init=start.means_,
+        precisions_init=start.precisions_,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gpu = GaussianMixture(40, backend="cupy", **kw).fit(X)
+        cpu = GaussianMixture(40, backend="numpy", **kw).fit(X)
+    assert gpu.backend_ == "cupy"
+    assert abs(gpu.lower_bound_ - cpu.lower_bound_) < 1e-4 * (1 + abs(cpu.lower_bound_))
+
+
+@pytest.mark.parametrize("cov", ["diag", "spherical"])
 def test_large_k_restarts_side_by_side_and_an_inactive_one(cov, monkeypatch):
     X = _data(2_500, 72, 40, seed=5)  # D = 72: F not a multiple of 8 for spherical (73)
     params = _params(X, cov, 300, 3, seed=2)  # 900 components in all, K not a multiple of 8

@@ -29,14 +29,10 @@ pytestmark = [
 KW = {"tol": 0.0, "max_iter": 8, "n_init": 2, "random_state": 0}
 
 
-def _separate(X, k: int, cov: str) -> GaussianMixture | str:
-    """The candidate's own fit, or why it raised."""
+def _separate(X, k: int, cov: str) -> GaussianMixture:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        try:
-            return GaussianMixture(k, covariance_type=cov, backend="cupy", **KW).fit(X)
-        except ValueError as error:
-            return str(error)
+        return GaussianMixture(k, covariance_type=cov, backend="cupy", **KW).fit(X)
 
 
 @pytest.mark.parametrize(
@@ -46,13 +42,17 @@ def _separate(X, k: int, cov: str) -> GaussianMixture | str:
         ("spherical", (2, 5, 9), 6),
         ("full", (1, 4, 7), 5),
         ("tied", (2, 6), 4),
-        ("diag", (2, 20), 40),  # over 32 features: the GEMM path, two batches
+        # over 32 features: the GEMM path (K = 2 padded to 5; K = 20), and K = 40 with its 2
+        # restarts (80 components) the large-K pass; on the H200 (2026-12-04) the K = 40 fit
+        # raised "ill-defined covariance" and the sweep's K = 40 lower bound was -inf at its
+        # first pass: an open defect of the large-K pass at few components (not diagnosed)
+        ("diag", (2, 5, 20, 40), 40),
     ],
 )
 def test_batched_candidates_follow_their_separate_fits(cov, ks, d):
     import cupy
 
-    X = cupy.asarray(make_data(60_000, d, 24, np.float32, seed=3))
+    X = cupy.asarray(make_data(60_000, d, 12, np.float32, seed=3))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         sel = GaussianMixtureSelect(ks, covariance_type=cov, backend="cupy", **KW).fit(X)
@@ -61,9 +61,6 @@ def test_batched_candidates_follow_their_separate_fits(cov, ks, d):
     for k in ks:
         alone = _separate(X, k, cov)
         row = int(np.flatnonzero(table["n_components"] == k)[0])
-        if isinstance(alone, str):  # a fit that raises is a failed candidate, for the same reason
-            assert table["failed"][row] and alone in table["reason"][row], (alone, table["reason"])
-            continue
         assert not table["failed"][row], table["reason"][row]
         assert int(table["n_iter"][row]) == alone.n_iter_
         for column, want in (("lower_bound", alone.lower_bound_), ("train_score", alone.score(X))):
