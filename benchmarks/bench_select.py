@@ -36,7 +36,13 @@ from benchmarks.public_api import timed  # noqa: E402
 from benchmarks.report import environment, log  # noqa: E402
 
 KS = range(1, 33)
-KW = {"covariance_type": "diag", "backend": "cupy", "tol": 0.0, "max_iter": 20, "random_state": 0}
+KW: dict[str, Any] = {
+    "covariance_type": "diag",
+    "backend": "cupy",
+    "tol": 0.0,
+    "max_iter": 20,
+    "random_state": 0,
+}
 
 
 def main() -> None:
@@ -68,7 +74,7 @@ def main() -> None:
     report["sweep_best_k"] = int(sel.best_params_["n_components"])
     log(f"sweep K=1..32: {secs:.3f} s ({sel.fit_timings_}), BIC chooses K={report['sweep_best_k']}")
 
-    loop_bounds = []
+    loop_bounds: list[float] = []
 
     def loop() -> None:
         loop_bounds.clear()

@@ -173,9 +173,12 @@ def accumulate(engine: Engine, data: Any, params: Params, active: np.ndarray) ->
 def host_stats(engine: Engine, stats: Stats) -> Stats:
     """The pass's statistics as NumPy arrays (a few KB; the M-step here runs on the host)."""
     return Stats(
-        *(engine.to_host(a) for a in (stats.loglik, stats.nk, stats.sx, stats.sxx)),
-        stats.n_samples,
-        stats.total_weight,
+        loglik=engine.to_host(stats.loglik),
+        nk=engine.to_host(stats.nk),
+        sx=engine.to_host(stats.sx),
+        sxx=engine.to_host(stats.sxx),
+        n_samples=stats.n_samples,
+        total_weight=stats.total_weight,
     )
 
 

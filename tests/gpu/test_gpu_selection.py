@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tracemalloc
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ pytestmark = [
     pytest.mark.skipif(_REASON is not None, reason=f"needs a usable CUDA GPU: {_REASON}"),
 ]
 
-KW = {"tol": 0.0, "max_iter": 8, "n_init": 2, "random_state": 0}
+KW: dict[str, Any] = {"tol": 0.0, "max_iter": 8, "n_init": 2, "random_state": 0}
 
 
 def _separate(X, k: int, cov: str) -> GaussianMixture:
