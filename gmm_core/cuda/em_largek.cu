@@ -109,6 +109,15 @@ lk_weights(const double* __restrict__ weights, const double* __restrict__ means,
     }
 }
 
+// A log-density in log2 units, rounded to float32 before anything else reads it: the max and
+// the log-sum-exp are taken over these rounded values, so the responsibilities must be too. A
+// plain product would let the compiler fuse it into the later subtraction (an FMA keeps the
+// unrounded product): exp2(v - lse) then sees v's rounding error, which for a Lloyd pass's
+// hard mixture (log-densities ~1e12, half an ulp ~3e4) turned 0/1 responsibilities into inf.
+__device__ __forceinline__ float logit2(float l, float c) {
+    return __fmul_rn(l + c, 1.4426950408889634f);
+}
+
 // One warp per row, grid-stride; groups are contiguous column ranges [gs[g], gs[g + 1]).
 // ll_partial (gridDim.x * warps per block, n_groups): each warp adds its rows' weighted
 // log-sum-exp in float64, in a fixed order over the chunks of a pass (the same grid each
@@ -121,7 +130,7 @@ lk_rows(float* __restrict__ L, long long rows, int kp, const float* __restrict__
     const int wpb = blockDim.x >> 5;
     const long long gw = (long long)blockIdx.x * wpb + (threadIdx.x >> 5);
     const long long warps = (long long)gridDim.x * wpb;
-    constexpr float L2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
+    constexpr float LN2 = 0.6931471805599453f;
     double* llw = ll_partial + gw * n_groups;  // added to (the caller zeroes it per pass)
     for (long long row = gw; row < rows; row += warps) {
         float* l = L + row * kp;
@@ -136,7 +145,7 @@ lk_rows(float* __restrict__ L, long long rows, int kp, const float* __restrict__
             const float neg_inf = __int_as_float(0xff800000);
             float m = neg_inf, s = 0.0f;
             for (int k = c0 + lane; k < c1; k += 32) {
-                const float v = (l[k] + c[k]) * L2E;
+                const float v = logit2(l[k], c[k]);
                 if (v == neg_inf) continue;  // a component of weight 0
                 if (v > m) {
                     s = s * tc::ex2(m - v) + 1.0f;
@@ -156,7 +165,7 @@ lk_rows(float* __restrict__ L, long long rows, int kp, const float* __restrict__
             }
             const float lse2 = m + tc::lg2(s);  // log2 units
             for (int k = c0 + lane; k < c1; k += 32)
-                l[k] = wn * tc::ex2((l[k] + c[k]) * L2E - lse2);
+                l[k] = wn * tc::ex2(logit2(l[k], c[k]) - lse2);
             if (lane == 0) llw[g] += (double)wn * (double)(lse2 * LN2);
         }
         for (int k = gs[n_groups] + lane; k < kp; k += 32) l[k] = 0.0f;

@@ -124,10 +124,53 @@ def test_large_k_pass_matches_float64(k, d, cov, monkeypatch):
     _check(stats, _reference(X, cov, params)[0], 0, len(X))
 
 
+def test_a_lloyd_pass_through_the_large_k_pass_assigns_every_row_to_its_nearest_centre():
+    """The device k-means' hard mixture (precision 1e12 / total variance: log-densities ~1e12)
+    through the large-K pass (2 restarts x 40 centres, 40 features). Its row kernel's
+    responsibilities were exp2(v - lse) with v's product fused into the subtraction (an FMA),
+    so a winner's 1 came out as exp2(+-3e4): inf or 0 (H200, 2026-12-04)."""
+    import cupy
+
+    from gmm_core._cupy.engine import CupyEngine
+    from gmm_core._kmeans import HARD_PRECISION, hard_params
+
+    X = _data(60_000, 40, 12, seed=3)
+    rng = np.random.default_rng(4)
+    centres = X[rng.choice(len(X), size=(2, 40), replace=False)].astype(np.float64)
+    engine = CupyEngine()
+    data = engine.prepare(cupy.asarray(X), None, "diag")
+    assert engine.large_k.supports(data, 2, 40)
+    precision = HARD_PRECISION / float(X.astype(np.float64).var(axis=0).sum())
+    hard = hard_params(cupy.asarray(centres), "diag", precision, cupy)
+    stats = engine.lloyd_pass(data, hard, cupy.ones(2, dtype=bool))
+    for r in range(2):
+        d2 = ((X[:, None, :].astype(np.float64) - centres[r][None]) ** 2).sum(axis=2)
+        counts = np.bincount(d2.argmin(axis=1), minlength=40)
+        nk = _host(stats.nk)[r]
+        assert np.isfinite(nk).all() and np.isfinite(_host(stats.sx)[r]).all()
+        assert np.abs(nk - counts).sum() <= 2  # a float32 near-tie may split a row
+        assert abs(nk.sum() - len(X)) < 1e-3
+
+
+def test_a_default_fit_whose_kmeans_init_takes_the_large_k_pass():
+    """The selection test's K = 40 case (40 features, 2 restarts): init, EM and the result."""
+    import cupy
+
+    X = _data(60_000, 40, 12, seed=3) + np.float32(20.0)  # uncentred: the fit centres it
+    kw = dict(covariance_type="diag", n_init=2, tol=0.0, max_iter=8, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gpu = GaussianMixture(40, backend="cupy", **kw).fit(cupy.asarray(X))
+        cpu = GaussianMixture(40, backend="numpy", **kw).fit(X)
+    assert math.isfinite(gpu.lower_bound_) and np.isfinite(gpu.means_).all()
+    # different k-means draws (device vs scikit-learn): comparable, not equal, optima
+    assert gpu.lower_bound_ > cpu.lower_bound_ - 0.05 * (1 + abs(cpu.lower_bound_))
+
+
 @pytest.mark.parametrize("cov", ["diag", "spherical"])
 def test_large_k_pass_at_few_components_per_restart(cov, monkeypatch):
     """2 restarts of 40 components over 40 features (80 in all: the large-K pass), as the
-    selection test's K = 40 candidate runs it: on the H200 that fit broke (-inf or NaN)."""
+    selection test's K = 40 candidate runs it."""
     X = _data(60_000, 40, 12, seed=3)
     params = _params(X, cov, 40, 2, seed=4)
     stats = _engine_stats(X, cov, params, monkeypatch=monkeypatch)

@@ -44,9 +44,9 @@ def _separate(X, k: int, cov: str) -> GaussianMixture:
         ("full", (1, 4, 7), 5),
         ("tied", (2, 6), 4),
         # over 32 features: the GEMM path (K = 2 padded to 5; K = 20), and K = 40 with its 2
-        # restarts (80 components) the large-K pass; on the H200 (2026-12-04) the K = 40 fit
-        # raised "ill-defined covariance" and the sweep's K = 40 lower bound was -inf at its
-        # first pass: an open defect of the large-K pass at few components (not diagnosed)
+        # restarts (80 components) the large-K pass, also for its k-means init's Lloyd passes
+        # (on the H200, 2026-12-04, those broke the K = 40 fit and the sweep's candidate:
+        # tests/gpu/test_gpu_large_k.py, test_a_lloyd_pass_through_the_large_k_pass_...)
         ("diag", (2, 5, 20, 40), 40),
     ],
 )

@@ -240,3 +240,32 @@ def test_cuda_source_compiles_with_nvrtc(file):
     assert arch == "sm_90"
     assert set(compiled.lowered_names) == set(SAMPLE_INSTANCES[file])
     assert packed
+
+
+@needs_nvcc
+def test_the_large_k_row_kernel_rounds_its_log_densities_before_subtracting():
+    """``lk_rows`` takes max and log-sum-exp over float32-rounded log2 densities; its
+    responsibilities must use the same rounded values. A plain ``mul.f32`` by log2(e) may be
+    fused by ptxas into the following subtraction (an FMA keeps the unrounded product), which
+    turned a Lloyd pass's 0/1 responsibilities into inf on an H200: every product by log2(e)
+    must be ``mul.rn`` (never contracted)."""
+    proc = subprocess.run(
+        [NVCC, "-arch=sm_90", "--ptx", *COMPILE_OPTIONS, "-o", "-", "-x", "cu", "-"],
+        input=f'#include "{CUDA_DIR / "em_largek.cu"}"\n',
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    body = proc.stdout.split(".entry _Z7lk_rows", 1)[1].split("\n}\n", 1)[0]
+    l2e = "0f3FB8AA3B"  # log2(e) in float32
+    regs = set(re.findall(rf"mov\.f32\s+(%f\d+), {l2e};", body))
+    products = [
+        line
+        for line in body.splitlines()
+        if re.match(r"\s*(mul|fma)\.", line)
+        and (l2e in line or any(re.search(rf"{re.escape(r)}\b", line) for r in regs))
+    ]
+    assert products, "lk_rows no longer multiplies by log2(e): update this test"
+    bad = [line.strip() for line in products if not re.match(r"\s*mul\.rn\.f32", line)]
+    assert not bad, bad
