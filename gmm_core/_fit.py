@@ -65,12 +65,7 @@ def fit_model(
         params: Params | None = None
         if engine.device_init:
             # moments, centring and initialisation where the data live: no host copy of X
-            data = engine.prepare(X, "auto", self.covariance_type, **weighting)
-            if not math.isfinite(data.max_abs):  # NumPy input is checked here, on the device
-                raise ValueError(
-                    "Input X contains NaN or infinity; remove or impute those rows first."
-                )
-            check_magnitude(data.max_abs, X.dtype, n_features)
+            data = place_on_device(engine, X, self.covariance_type, **weighting)
             shift = data.shift
             clock.lap("transfer")
             engine.compile_for_fit(
@@ -78,20 +73,7 @@ def fit_model(
             )
             clock.lap("compile")
             if do_init:
-                params = initial_params(
-                    engine,
-                    data,
-                    init_params=self.init_params,
-                    n_components=self.n_components,
-                    n_init=self.n_init,
-                    covariance_type=self.covariance_type,
-                    reg_covar=self.reg_covar,
-                    eps=eps,
-                    random_state=random_state,
-                    user=user,
-                    shift=shift,
-                    variance=getattr(data, "variance", None),
-                )
+                params = draw_on_device(self, engine, data, random_state, eps, user)
         else:
             X_host = engine.to_host(X) if _is_cupy_array(X) else X
             check_magnitude(max(float(X_host.max()), -float(X_host.min())), X.dtype, n_features)
@@ -127,6 +109,46 @@ def fit_model(
     self.device_peak_bytes_ = memory.peak_bytes
     self.fit_seconds_ = clock.total()
     return engine, data, best_params
+
+
+def place_on_device(engine: Engine, X: Any, covariance_type: str, **weighting: Any) -> Any:
+    """``engine.prepare(X, "auto", ...)`` of a device-init engine, checked where the data live.
+
+    Finite (NumPy input is scanned here, on the device) and of a magnitude float64 sums hold.
+    """
+    data = engine.prepare(X, "auto", covariance_type, **weighting)
+    if not math.isfinite(data.max_abs):
+        raise ValueError("Input X contains NaN or infinity; remove or impute those rows first.")
+    check_magnitude(data.max_abs, X.dtype, X.shape[1])
+    return data
+
+
+def draw_on_device(
+    self: GaussianMixture,
+    engine: Engine,
+    data: Any,
+    random_state: np.random.RandomState,
+    eps: float,
+    user: dict[str, np.ndarray] | None = None,
+) -> Params:
+    """The estimator's initial parameters of every restart, drawn where the data live.
+
+    Engine arrays; ``user``: its validated ``*_init`` arrays.
+    """
+    return initial_params(
+        engine,
+        data,
+        init_params=self.init_params,
+        n_components=self.n_components,
+        n_init=self.n_init,
+        covariance_type=self.covariance_type,
+        reg_covar=self.reg_covar,
+        eps=eps,
+        random_state=random_state,
+        user=user or {},
+        shift=data.shift,
+        variance=getattr(data, "variance", None),
+    )
 
 
 def keep_best(

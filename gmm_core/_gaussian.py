@@ -77,16 +77,20 @@ class Stats:
         """What the lower bound divides ``loglik`` by: the total weight, else ``n_samples``."""
         return self.n_samples if self.total_weight is None else self.total_weight
 
-    def copy(self) -> Stats:
-        """The same statistics in new arrays (a loop must not see later in-place updates)."""
+    def map(self, fn: Any) -> Stats:
+        """Return ``Stats`` with ``fn`` applied to every array (the counts kept)."""
         return Stats(
-            self.loglik.copy(),
-            self.nk.copy(),
-            self.sx.copy(),
-            self.sxx.copy(),
+            fn(self.loglik),
+            fn(self.nk),
+            fn(self.sx),
+            fn(self.sxx),
             self.n_samples,
             self.total_weight,
         )
+
+    def copy(self) -> Stats:
+        """The same statistics in new arrays (a loop must not see later in-place updates)."""
+        return self.map(lambda a: a.copy())
 
     def __add__(self, other: Stats) -> Stats:
         weighted = self.total_weight is not None or other.total_weight is not None

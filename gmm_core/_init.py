@@ -130,12 +130,6 @@ def _draws(
 # Initial statistics
 
 
-def _host_stats(engine: Any, stats: Stats) -> Stats:
-    """``stats`` on the host (parameter-sized arrays: the initial M-step runs there)."""
-    loglik, nk, sx, sxx = (engine.to_host(a) for a in (stats.loglik, stats.nk, stats.sx, stats.sxx))
-    return Stats(loglik, nk, sx, sxx, stats.n_samples, stats.total_weight)
-
-
 def _stats_of_rows(
     engine: Any, data: Any, rows: Any, covariance_type: str, shift: Any, eps: float
 ) -> list[Stats]:
@@ -293,7 +287,7 @@ def initial_params(
                 del coarse
                 hard = hard_params(centres, covariance_type, precision, xp)
                 active = xp.asarray(np.ones(n_init, dtype=bool))
-                stats = _host_stats(engine, engine.lloyd_pass(data, hard, active))
+                stats = engine.lloyd_pass(data, hard, active).map(engine.to_host)
                 drawn = _params_of(stats, covariance_type, reg_covar, eps, np)
         elif init_params == "random_from_data":
             p = None if unequal is None else unequal / unequal.sum()
@@ -309,7 +303,7 @@ def initial_params(
             drawn = _stack(parts, covariance_type, reg_covar, eps)
         else:
             parts = [
-                _host_stats(engine, _random_resp_stats(engine, data, k, d["seed"], covariance_type))
+                _random_resp_stats(engine, data, k, d["seed"], covariance_type).map(engine.to_host)
                 for d in draws
             ]
             drawn = _stack(parts, covariance_type, reg_covar, eps)

@@ -33,7 +33,6 @@ __all__ = [
     "accumulate",
     "buckets",
     "concat",
-    "host_stats",
     "pad",
     "run_em_padded",
     "trim",
@@ -132,7 +131,7 @@ def run_em_padded(
     failed = [""] * n_candidates
     history: list[np.ndarray] = []
     for it in range(1, max_iter + 1):
-        stats = host_stats(engine, accumulate(engine, data, params, active))
+        stats = accumulate(engine, data, params, active)
         new_bound = np.asarray(stats.loglik, np.float64) / stats.weight_sum
         _, means, covariances = estimate_parameters(stats, covariance_type, reg_covar, eps, np)
         # the live components' weights are (nk + eps) / sum(nk + eps) over the live ones alone,
@@ -165,21 +164,13 @@ def run_em_padded(
 
 
 def accumulate(engine: Engine, data: Any, params: Params, active: np.ndarray) -> Stats:
-    """``engine.accumulate`` of host parameters (padding's log-weights are -inf there)."""
+    """``engine.accumulate`` of host parameters, its statistics on the host.
+
+    A few KB: the M-step here runs there. The padding's log-weights are -inf.
+    """
     with np.errstate(divide="ignore"):  # log of the padding's zero weights
-        return engine.accumulate(data, params.map(engine.asarray), engine.asarray(active))
-
-
-def host_stats(engine: Engine, stats: Stats) -> Stats:
-    """The pass's statistics as NumPy arrays (a few KB; the M-step here runs on the host)."""
-    return Stats(
-        loglik=engine.to_host(stats.loglik),
-        nk=engine.to_host(stats.nk),
-        sx=engine.to_host(stats.sx),
-        sxx=engine.to_host(stats.sxx),
-        n_samples=stats.n_samples,
-        total_weight=stats.total_weight,
-    )
+        stats = engine.accumulate(data, params.map(engine.asarray), engine.asarray(active))
+    return stats.map(engine.to_host)
 
 
 def buckets(n_components: Sequence[int], width: int = 16) -> list[np.ndarray]:

@@ -214,8 +214,8 @@ def unpacked(entry: Entry) -> Path:
     try:
         with entry.cubin.open("rb") as src, partial.open("wb") as out:
             while not decompressor.eof:
-                # what the decompressor holds back is fed again with no new input
-                piece = b"" if decompressor.needs_input is False else src.read(STREAM_BYTES)
+                # output the decompressor holds back comes with no new input
+                piece = src.read(STREAM_BYTES) if decompressor.needs_input else b""
                 if not piece and decompressor.needs_input:
                     raise lzma.LZMAError(f"{entry.cubin} ends before its compressed stream")
                 data = decompressor.decompress(piece, max_length=STREAM_BYTES)

@@ -37,14 +37,15 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._checks import check_magnitude
 from ._em_loop import PhaseClock, best_restart
 from ._engine import BACKENDS, Engine, get_engine
+from ._fit import draw_on_device, place_on_device
 from ._gaussian import (
     COVARIANCE_TYPES,
     Params,
     n_parameters,
 )
 from ._host_init import host_restarts
-from ._init import initial_params, with_user_init
-from ._padded_em import accumulate, buckets, concat, host_stats, pad, run_em_padded, trim
+from ._init import with_user_init
+from ._padded_em import accumulate, buckets, concat, pad, run_em_padded, trim
 from .mixture import GaussianMixture, _is_cupy_array
 
 __all__ = ["CRITERIA", "GaussianMixtureSelect"]
@@ -356,12 +357,7 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         n_samples, n_features = X.shape
         eps = 10 * float(np.finfo(X.dtype).eps)
         if engine.device_init:  # moments, centring and initialisation where the data live
-            data = engine.prepare(X, "auto", covariance_type)
-            if not math.isfinite(data.max_abs):
-                raise ValueError(
-                    "Input X contains NaN or infinity; remove or impute those rows first."
-                )
-            check_magnitude(data.max_abs, X.dtype, n_features)
+            data = place_on_device(engine, X, covariance_type)
             shift = np.asarray(data.shift, dtype=np.float64)
         else:
             check_magnitude(max(float(X.max()), -float(X.min())), X.dtype, n_features)
@@ -437,7 +433,7 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         # the fitted parameters' mean log-likelihood (what bic(X) uses): one more pass, batched
         chosen = np.array([r for _, r, _ in best_rows])
         final = Params(*(np.ascontiguousarray(a[chosen]) for a in vars(result.params).values()))
-        stats = host_stats(engine, accumulate(engine, data, final, np.ones(len(chosen), bool)))
+        stats = accumulate(engine, data, final, np.ones(len(chosen), dtype=bool))
         scores = np.asarray(stats.loglik, np.float64) / stats.weight_sum
         for i, (cand, r, rows) in enumerate(best_rows):
             k = cand.n_components
@@ -468,23 +464,10 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
 
         On a device-init engine; host arrays, since the sweep's M-step runs on the host.
         """
-        k = cand.n_components
-        engine.compile_for_fit(data, self.n_init, k, self.init_params)
-        params = initial_params(
-            engine,
-            data,
-            init_params=self.init_params,
-            n_components=k,
-            n_init=self.n_init,
-            covariance_type=cand.covariance_type,
-            reg_covar=self.reg_covar,
-            eps=eps,
-            random_state=check_random_state(self.random_state),
-            user={},
-            shift=data.shift,
-            variance=getattr(data, "variance", None),
-        )
-        return params.map(engine.to_host)
+        model = self._candidate_estimator(cand.n_components, cand.covariance_type)
+        engine.compile_for_fit(data, self.n_init, cand.n_components, self.init_params)
+        drawn = draw_on_device(model, engine, data, check_random_state(self.random_state), eps)
+        return drawn.map(engine.to_host)
 
     def _initial_params(
         self, X: np.ndarray, Xc: np.ndarray, shift: np.ndarray, cand: _Candidate, eps: float
