@@ -14,8 +14,11 @@ Per case, side by side in one run:
    DGEMM on float64 data), and, for information, the float32 and float64 fits from the same
    start after 6 iterations (EM in float32 and float64 drifts apart on its own);
 4. the default ``fit`` (device k-means init, default tol): whole time and iterations;
-5. peers: torchgmm (its 8-epoch fit / 8, and the difference of 8 and 3 epochs; peak memory).
-   IBM Flash-GMM is not on PyPI and its code is not ours to vendor: recorded as unavailable.
+5. peers: torchgmm (its 8-epoch fit / 8, and the difference of 8 and 3 epochs; peak memory);
+   IBM Flash-GMM's Triton E-step kernels (bf16 and float32 operands) with a torch M-step
+   (``benchmarks/peers/flash_gmm.py``), loaded from a checkout in ``--flash-gmm-dir``: it is
+   not on PyPI and its code is not ours to vendor. Without the checkout it is recorded as
+   unavailable.
 
 Beside the pass: its arithmetic floor at the H200's float32 (CUDA core) peak, and the 3xTF32
 tensor-core floor of the same products (the issue's reference: what a fused tensor-core pass
@@ -212,20 +215,46 @@ def torchgmm_times(X: Any, cov: str, start: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def flash_gmm_times(
+    X: Any, cov: str, start: dict[str, Any], ll64: float, directory: Path
+) -> dict[str, Any]:
+    try:
+        import torch  # noqa: F401
+
+        from benchmarks.peers import flash_gmm
+    except ImportError as exc:
+        return {"unavailable": str(exc)}
+    rows = flash_gmm.run(X, cov, start, directory, reg=REG)
+    flash_gmm.ll_gap(rows, ll64)
+    for variant, row in rows.items():
+        if "em_iteration_ms" in row:
+            log(
+                f"  {cov}: Flash-GMM {variant}: E-step {row['estep_ms']:.2f} ms, EM iteration "
+                f"{row['em_iteration_ms']:.2f} ms, first call {row['first_call_s']:.1f} s, "
+                f"|mean ll - f64| {row.get('mean_ll_diff_nats', float('nan')):.1e} nats, "
+                f"peak {row['peak_gb']:.2f} GB"
+            )
+        else:
+            log(f"  {cov}: Flash-GMM {variant}: {row.get('unavailable')}")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--md", type=Path)
-    parser.add_argument("--skip", default="", help="comma list of: api, peers")
+    parser.add_argument("--skip", default="", help="comma list of: api, peers, flash")
+    parser.add_argument(
+        "--flash-gmm-dir",
+        type=Path,
+        default=REPO / ".peers" / "flash-gmm",
+        help="a checkout of github.com/IBM/Flash-GMM (git clone ... .peers/flash-gmm)",
+    )
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     import cupy
 
     report: dict[str, Any] = {"environment": environment(), "cases": {}}
-    report["flash_gmm"] = (
-        "unavailable: IBM/Flash-GMM is not on PyPI (nothing else reaches the GPU machine) and its "
-        "code is not vendored here"
-    )
     X = make_data()
     for cov in ("spherical", "diag"):
         log(f"{N} x {D}, K={K}, {cov}")
@@ -235,6 +264,9 @@ def main() -> None:
             case["api"] = api_times(X, cov, start)
         if "peers" not in skip:
             case["torchgmm"] = torchgmm_times(X, cov, start)
+        if "flash" not in skip:
+            ll64 = case["pass"]["pass_mean_ll_f64"]
+            case["flash_gmm"] = flash_gmm_times(X, cov, start, ll64, args.flash_gmm_dir)
         report["cases"][cov] = case
         cupy.get_default_memory_pool().free_all_blocks()
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -255,6 +287,22 @@ def main() -> None:
                 f"{a.get('default_fit_s', float('nan')):.2f}, {a.get('default_fit_n_iter', '-')} | "
                 f"{t.get('per_iter_ms', float('nan')):.1f} |"
             )
+        rows += [
+            "",
+            "| case | Flash-GMM variant | E-step (ms) | EM iteration, torch M-step (ms) | "
+            "|mean ll - f64| (nats) | first call, compile + tune (s) | peak (GB) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for cov, case in report["cases"].items():
+            for variant, f in case.get("flash_gmm", {}).items():
+                if "em_iteration_ms" not in f:
+                    rows.append(f"| {cov} | {variant} | {f.get('unavailable', '-')} | | | | |")
+                    continue
+                rows.append(
+                    f"| {cov} | {variant} | {f['estep_ms']:.2f} | {f['em_iteration_ms']:.2f} | "
+                    f"{f.get('mean_ll_diff_nats', float('nan')):.1e} | "
+                    f"{f['first_call_s']:.1f} | {f['peak_gb']:.2f} |"
+                )
         args.md.parent.mkdir(parents=True, exist_ok=True)
         args.md.write_text("\n".join(rows) + "\n")
         log("\n".join(rows))
