@@ -244,6 +244,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--md", type=Path)
     parser.add_argument("--skip", default="", help="comma list of: api, peers, flash")
+    parser.add_argument("--covs", default="spherical,diag", help="covariance types to run")
     parser.add_argument(
         "--flash-gmm-dir",
         type=Path,
@@ -256,7 +257,7 @@ def main() -> None:
 
     report: dict[str, Any] = {"environment": environment(), "cases": {}}
     X = make_data()
-    for cov in ("spherical", "diag"):
+    for cov in args.covs.split(","):
         log(f"{N} x {D}, K={K}, {cov}")
         start = start_of(X, cov)
         case: dict[str, Any] = {"pass": pass_times(X, cov, start)}

@@ -40,8 +40,15 @@ import numpy as np
 CONFIGS: dict[tuple[str, str], set[tuple[int, int, int, int]]] = {
     ("flash_gmm_h100", "_gmm_lse_kernel"): {(128, 128, 8, 3), (128, 256, 8, 3), (64, 512, 8, 3)},
     ("flash_gmm_h100", "_gmm_atomic_accum"): {(128, 128, 8, 3), (128, 256, 8, 3), (64, 512, 8, 3)},
-    ("flash_gmm_diag_h100", "_diag_lse_kernel"): {(128, 128, 8, 3), (128, 256, 8, 3)},
-    ("flash_gmm_diag_h100", "_diag_split_k_accum"): {(128, 64, 8, 3), (128, 32, 8, 3)},
+    # diag: the larger tiles of its lists need more than the H200's 227 KB of shared memory per
+    # block at 1M x 128 ((128, 256, 8, 3) and (128, 128, 8, 3) with (128, 64 | 32, 8, 3) failed
+    # with OutOfResources on 2026-12-04): smaller ones of its own lists
+    ("flash_gmm_diag_h100", "_diag_lse_kernel"): {(64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 8, 3)},
+    ("flash_gmm_diag_h100", "_diag_split_k_accum"): {
+        (64, 32, 4, 3),
+        (64, 64, 4, 3),
+        (128, 32, 4, 3),
+    },
 }
 #: which module and entry point run each variant
 VARIANTS = {
@@ -128,11 +135,13 @@ def run(
                 logz, nk, mu_acc, sig_acc = estep(Xt, mu, lss, lpi)
                 nk = nk + eps
                 mu_new = mu_acc / nk[:, None]
+                # clamped at 0 before reg: for a component with no data (N_k = eps) the shift
+                # is |mu_old|^2 and the difference goes negative (NaN after the log)
                 if cov == "diag":
-                    var = sig_acc / nk[:, None] - (mu_new - mu) ** 2 + reg
+                    var = (sig_acc / nk[:, None] - (mu_new - mu) ** 2).clamp_min(0) + reg
                 else:
                     shift = ((mu_new - mu) ** 2).sum(1)
-                    var = sig_acc / (d * nk) - shift / d + reg
+                    var = (sig_acc / (d * nk) - shift / d).clamp_min(0) + reg
                 state[:] = [mu_new, torch.log(var), torch.log(nk / n)]
                 return logz
 
