@@ -186,6 +186,101 @@ template <typename T> __device__ MStepArgs<T> load_mstep_args(const unsigned lon
     return a;
 }
 
+// GMM_MSTEP_SERIAL (a tuning define, off): the M-step's per-component work one thread per
+// component (the code before 2026-12-04), else one lane per (component, feature) for D <= 32.
+// One thread per component ran each component's D divisions, square roots and float64 logs in
+// sequence on K of the block's threads, and one thread summed N_k over the components from
+// global memory: 25 us of the telemetry iteration's 1.2 ms on an H200 (ncu, base clocks).
+#ifndef GMM_MSTEP_SERIAL
+#define GMM_MSTEP_SERIAL 0
+#endif
+
+namespace gmm {
+// lanes per component in the M-step: D rounded up to a power of two (D <= 32)
+__host__ __device__ constexpr int mstep_lanes(int d) {
+    return d <= 1 ? 1 : d <= 2 ? 2 : d <= 4 ? 4 : d <= 8 ? 8 : d <= 16 ? 16 : 32;
+}
+// sum over aligned groups of G lanes (G a power of two); every lane of a group gets the same
+// bits (each butterfly step adds the same two values, and addition commutes)
+template <int G> __device__ __forceinline__ double group_sum(double v) {
+#pragma unroll
+    for (int off = G / 2; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+template <int G> __device__ __forceinline__ int group_or(int v) {
+#pragma unroll
+    for (int off = G / 2; off > 0; off >>= 1) v |= __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+}  // namespace gmm
+
+// The M-step of one restart's components, one lane per (component, feature): lane group of
+// G = mstep_lanes(D) lanes per component (lanes d >= D idle), warps striding over the groups.
+// Same formulas and outputs as the serial loop in mstep_restart; per-component sums (|mu|^2 of
+// spherical, log det) are butterfly sums over the group. Called by every thread of the block.
+template <typename T, int D, bool SPHERICAL>
+__device__ __forceinline__ void mstep_components_lanes(int r, int K, const double* st,
+                                                       const MStepArgs<T>& a, double total) {
+    using L = gmm::Layout<D, SPHERICAL>;
+    constexpr int C = L::C, PS = L::PS, G = gmm::mstep_lanes(D);
+    static_assert(D <= 32, "one lane per feature");
+    const int lane = threadIdx.x & 31, d = lane & (G - 1);
+    const bool feat = d < D;
+    const double inv_sqrt2 = 0.70710678118654752440;
+    // i0 is warp-uniform: every lane of a warp runs the same iterations (full-mask shuffles)
+    for (int i0 = threadIdx.x & ~31; i0 < K * G; i0 += blockDim.x) {
+        const int k = (i0 + lane) / G;
+        const bool on = k < K, use = on && feat;
+        const double* sk = st + (size_t)(on ? k : 0) * C;
+        const double nk = sk[0] + a.eps;
+        const double mu = use ? sk[1 + d] / nk : 0.0;
+        double var;
+        // a variance the second moments leave below 0 by rounding is 0 (then + reg_covar), as
+        // the host M-step (_gaussian.py) takes it; NaN stays NaN (the check below fails it)
+        if (SPHERICAL) {
+            const double m2 = gmm::group_sum<G>(mu * mu);
+            const double v = (sk[1 + D] / nk - m2) / D;
+            var = (v < 0.0 ? 0.0 : v) + a.reg_covar;
+        } else {
+            const double v = use ? sk[1 + D + d] / nk - mu * mu : 0.0;
+            var = (v < 0.0 ? 0.0 : v) + a.reg_covar;
+        }
+        const double pc = 1.0 / sqrt(var);
+        const int bad = gmm::group_or<G>(use && !(var > 0.0));
+        const double log_det = gmm::group_sum<G>(use ? log(pc) : 0.0);
+        if (!on) continue;  // no shuffle below
+        if (bad) {
+            if (d == 0) {
+                a.failed[r] = 1;  // the host raises scikit-learn's ill-defined-covariance error
+                a.active[r] = 0;  // and no later iteration (graph step, small-kernel step) runs
+            }
+            continue;
+        }
+        const size_t rk = (size_t)r * K + k;
+        T* prm = a.kparams + rk * PS;
+        if (feat) {
+            a.means[rk * D + d] = mu;
+            if (!SPHERICAL) {
+                a.covariances[rk * D + d] = var;
+                a.pchol[rk * D + d] = pc;
+            }
+            const double s = pc * inv_sqrt2;
+            prm[2 * d] = (T)s;
+            prm[2 * d + 1] = (T)(-mu * s);
+        }
+        if (d == 0) {
+            const double w = nk / total;
+            a.weights[rk] = w;
+            if (SPHERICAL) {
+                a.covariances[rk] = var;
+                a.pchol[rk] = pc;
+            }
+            for (int j = 2 * D; j < PS; ++j) prm[j] = T(0);
+            a.log_const[rk] = (T)(log(w) + log_det - 0.5 * D * 1.83787706640934548356);
+        }
+    }
+}
+
 template <typename T, int D, bool SPHERICAL>
 __device__ void mstep_restart(int r, int R, int K, const double* stats, const MStepArgs<T>& a) {
     using L = gmm::Layout<D, SPHERICAL>;
@@ -201,57 +296,62 @@ __device__ void mstep_restart(int r, int R, int K, const double* stats, const MS
 
     const double* st = stats + (size_t)r * K * C;
     const double new_bound = stats[(size_t)R * K * C + r] / a.weight_sum;
-    if (t == 0) {
-        double total = 0.0;
-        for (int k = 0; k < K; ++k) total += st[k * C] + a.eps;
-        s_total = total;
+    if (t < 32) {  // sum of N_k + eps: warp 0, a fixed order (deterministic)
+        double part = 0.0;
+        for (int k = t; k < K; k += 32) part += st[k * C] + a.eps;
+        part = gmm::warp_sum(part);
+        if (t == 0) s_total = part;
     }
     __syncthreads();
-    for (int k = t; k < K; k += blockDim.x) {
-        const double* sk = st + k * C;
-        const double nk = sk[0] + a.eps;
-        const size_t rk = (size_t)r * K + k;
-        double mu[D];
-        double var[V];
+    if constexpr (D <= 32 && !GMM_MSTEP_SERIAL) {
+        mstep_components_lanes<T, D, SPHERICAL>(r, K, st, a, s_total);
+    } else {
+        for (int k = t; k < K; k += blockDim.x) {
+            const double* sk = st + k * C;
+            const double nk = sk[0] + a.eps;
+            const size_t rk = (size_t)r * K + k;
+            double mu[D];
+            double var[V];
 #pragma unroll
-        for (int d = 0; d < D; ++d) mu[d] = sk[1 + d] / nk;
-        // a variance the second moments leave below 0 by rounding is 0 (then + reg_covar), as
-        // the host M-step (_gaussian.py) takes it; NaN stays NaN (the check below fails it)
-        if (SPHERICAL) {
-            double m2 = 0.0;
+            for (int d = 0; d < D; ++d) mu[d] = sk[1 + d] / nk;
+            // as in mstep_components_lanes: a variance below 0 by rounding is 0 (+ reg_covar)
+            if (SPHERICAL) {
+                double m2 = 0.0;
 #pragma unroll
-            for (int d = 0; d < D; ++d) m2 += mu[d] * mu[d];
-            const double v = (sk[1 + D] / nk - m2) / D;
-            var[0] = (v < 0.0 ? 0.0 : v) + a.reg_covar;
-        } else {
+                for (int d = 0; d < D; ++d) m2 += mu[d] * mu[d];
+                const double v = (sk[1 + D] / nk - m2) / D;
+                var[0] = (v < 0.0 ? 0.0 : v) + a.reg_covar;
+            } else {
+#pragma unroll
+                for (int d = 0; d < V; ++d) {
+                    const double v = sk[1 + D + d] / nk - mu[d] * mu[d];
+                    var[d] = (v < 0.0 ? 0.0 : v) + a.reg_covar;
+                }
+            }
+            double pc[V];
+            bool bad = false;
 #pragma unroll
             for (int d = 0; d < V; ++d) {
-                const double v = sk[1 + D + d] / nk - mu[d] * mu[d];
-                var[d] = (v < 0.0 ? 0.0 : v) + a.reg_covar;
+                bad |= !(var[d] > 0.0);
+                pc[d] = 1.0 / sqrt(var[d]);
             }
-        }
-        double pc[V];
-        bool bad = false;
+            if (bad) {
+                a.failed[r] = 1;
+                a.active[r] = 0;
+                continue;
+            }
+            const double w = nk / s_total;
+            a.weights[rk] = w;
 #pragma unroll
-        for (int d = 0; d < V; ++d) {
-            bad |= !(var[d] > 0.0);
-            pc[d] = 1.0 / sqrt(var[d]);
-        }
-        if (bad) {
-            a.failed[r] = 1;  // the host raises scikit-learn's ill-defined-covariance error
-            a.active[r] = 0;  // and no later iteration (graph step, small-kernel step) runs
-            continue;
-        }
-        const double w = nk / s_total;
-        a.weights[rk] = w;
+            for (int d = 0; d < D; ++d) a.means[rk * D + d] = mu[d];
 #pragma unroll
-        for (int d = 0; d < D; ++d) a.means[rk * D + d] = mu[d];
-#pragma unroll
-        for (int d = 0; d < V; ++d) {
-            a.covariances[rk * V + d] = var[d];
-            a.pchol[rk * V + d] = pc[d];
+            for (int d = 0; d < V; ++d) {
+                a.covariances[rk * V + d] = var[d];
+                a.pchol[rk * V + d] = pc[d];
+            }
+            write_kernel_params<T, D, SPHERICAL>(w, mu, pc, a.kparams + rk * PS,
+                                                 a.log_const + rk);
         }
-        write_kernel_params<T, D, SPHERICAL>(w, mu, pc, a.kparams + rk * PS, a.log_const + rk);
     }
     if (t == 0) {
         const int it = a.n_iter[r];

@@ -28,6 +28,15 @@ __host__ __device__ constexpr int triu_index(int i, int j, int D) {  // np.triu_
 }  // namespace gmmf
 
 // stats: nk (RK), sx (RK, D), sxx (RK, D, D); outputs restart-major like Params.
+// The factorisation is LDL^T-shaped so that each elimination step needs one block barrier: step
+// j leaves column j unscaled (a_ij) with the pivot d_j on the diagonal and updates the trailing
+// lower triangle a_ik -= a_ij a_kj / d_j; afterwards L_ij = a_ij / sqrt(d_j), L_jj = sqrt(d_j)
+// (the Cholesky factor, as scikit-learn's). A pivot <= 0 (or NaN) leaves L_jj NaN or 0, so U is
+// not finite, which the estimator's loop checks. L^-1 by forward substitution with the
+// reciprocals 1 / L_ii, one column per thread, two accumulators per dot product. The right-
+// looking Cholesky it replaces (three barriers a step, a division per element, one thread
+// summing the N_k from global memory, a division per substitution row) took 44 us of the full
+// case's 1.48 ms iteration on an H200 (ncu, base clocks).
 template <int D>
 __global__ void __launch_bounds__(GMM_FULL_NT)
 full_mstep(const double* __restrict__ nk_raw, const double* __restrict__ sx,
@@ -35,16 +44,19 @@ full_mstep(const double* __restrict__ nk_raw, const double* __restrict__ sx,
            double* __restrict__ weights, double* __restrict__ means,
            double* __restrict__ covariances, double* __restrict__ pchol) {
     constexpr int NT = GMM_FULL_NT, DP = D + 1;  // padded rows: column walks hit distinct banks
+    static_assert(NT % 32 == 0, "whole warps");
     __shared__ double s_l[D * DP];                // covariance, then its Cholesky factor L
     __shared__ double s_y[D * DP];                // L^-1
     __shared__ double s_mu[D];
+    __shared__ double s_inv[D];                   // 1 / L_jj
     __shared__ double s_total;
     const int rk = blockIdx.x, r = rk / K, t = threadIdx.x;
     const double nk = nk_raw[rk] + eps;
-    if (t == 0) {
-        double total = 0.0;
-        for (int k = 0; k < K; ++k) total += nk_raw[r * K + k] + eps;
-        s_total = total;
+    if (t < 32) {  // sum of N_k + eps: warp 0, a fixed order (deterministic)
+        double part = 0.0;
+        for (int k = t; k < K; k += 32) part += nk_raw[r * K + k] + eps;
+        part = gmm::warp_sum(part);
+        if (t == 0) s_total = part;
     }
     for (int d = t; d < D; d += NT) s_mu[d] = sx[(size_t)rk * D + d] / nk;
     __syncthreads();
@@ -59,27 +71,38 @@ full_mstep(const double* __restrict__ nk_raw, const double* __restrict__ sx,
     if (t == 0) weights[rk] = nk / s_total;
     for (int d = t; d < D; d += NT) means[(size_t)rk * D + d] = s_mu[d];
     __syncthreads();
-    // right-looking Cholesky, lower triangle (a negative pivot gives NaN, which propagates)
-    for (int j = 0; j < D; ++j) {
-        if (t == 0) s_l[j * DP + j] = sqrt(s_l[j * DP + j]);
-        __syncthreads();
-        const double pivot = s_l[j * DP + j];
-        for (int i = j + 1 + t; i < D; i += NT) s_l[i * DP + j] /= pivot;
-        __syncthreads();
-        const int m = D - 1 - j;  // trailing block: rows/columns j+1 .. D-1, lower triangle
-        for (int e = t; e < m * m; e += NT) {
-            const int i = j + 1 + e / m, k = j + 1 + e % m;
-            if (k <= i) s_l[i * DP + k] -= s_l[i * DP + j] * s_l[k * DP + j];
+    // elimination: lane tx owns columns k = j + 1 + tx (+ 32 ...), warp ty rows i = j + 1 + ty
+    // (+ NT / 32 ...), lower triangle k <= i; column j is only read during step j
+    const int tx = t & 31, ty = t >> 5;
+    for (int j = 0; j + 1 < D; ++j) {
+        const double inv_d = 1.0 / s_l[j * DP + j];
+        for (int k = j + 1 + tx; k < D; k += 32) {
+            const double akj = s_l[k * DP + j] * inv_d;
+            for (int i = j + 1 + ty; i < D; i += NT / 32)
+                if (k <= i) s_l[i * DP + k] -= s_l[i * DP + j] * akj;
         }
         __syncthreads();
     }
+    for (int j = t; j < D; j += NT) s_inv[j] = 1.0 / sqrt(s_l[j * DP + j]);
+    __syncthreads();
+    for (int e = t; e < D * D; e += NT) {  // L: columns scaled by 1 / sqrt(d_j)
+        const int i = e / D, j = e - i * D;
+        if (i > j) s_l[i * DP + j] *= s_inv[j];
+        else if (i == j) s_l[i * DP + i] = sqrt(s_l[i * DP + i]);
+    }
+    __syncthreads();
     // Y = L^-1 by forward substitution, one column per thread
     for (int c = t; c < D; c += NT) {
         for (int i = 0; i < c; ++i) s_y[i * DP + c] = 0.0;
         for (int i = c; i < D; ++i) {
-            double v = i == c ? 1.0 : 0.0;
-            for (int k = c; k < i; ++k) v -= s_l[i * DP + k] * s_y[k * DP + c];
-            s_y[i * DP + c] = v / s_l[i * DP + i];
+            double v0 = i == c ? 1.0 : 0.0, v1 = 0.0;
+            int k = c;
+            for (; k + 1 < i; k += 2) {
+                v0 -= s_l[i * DP + k] * s_y[k * DP + c];
+                v1 -= s_l[i * DP + k + 1] * s_y[(k + 1) * DP + c];
+            }
+            if (k < i) v0 -= s_l[i * DP + k] * s_y[k * DP + c];
+            s_y[i * DP + c] = (v0 + v1) * s_inv[i];
         }
     }
     __syncthreads();
