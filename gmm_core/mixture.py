@@ -180,8 +180,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _check_X(self, X: Any, *, reset: bool, finite_here: bool = True) -> Any:
         """Validated 2-D float32/float64 data; CuPy arrays stay on their device.
 
-        ``finite_here=False``: NumPy data are not scanned for NaN/inf on the host (a GPU engine
-        checks them on the device, after their one copy there).
+        ``finite_here=False``: the data are not scanned for NaN/inf and their magnitude here, NumPy
+        on the host nor CuPy on the device: a device-init engine checks both in the pass that
+        computes the data's moments (``_fit.place_on_device``), so a CuPy fit reads its data
+        once for the checks, not twice.
         """
         if not _is_cupy_array(X):
             try:
@@ -220,12 +222,15 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input."
             )
-        from ._cupy.checks import max_abs
+        if finite_here:
+            from ._cupy.checks import max_abs
 
-        largest = max_abs(X)  # one reduction on the device: finite? how large?
-        if not math.isfinite(largest):
-            raise ValueError("Input X contains NaN or infinity; remove or impute those rows first.")
-        check_magnitude(largest, X.dtype, X.shape[1])
+            largest = max_abs(X)  # one reduction on the device: finite? how large?
+            if not math.isfinite(largest):
+                raise ValueError(
+                    "Input X contains NaN or infinity; remove or impute those rows first."
+                )
+            check_magnitude(largest, X.dtype, X.shape[1])
         return X
 
     def _checked_initial_parameters(self, n_features: int) -> dict[str, np.ndarray]:

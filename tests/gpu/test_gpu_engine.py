@@ -235,6 +235,34 @@ def test_predict_paths_on_cupy_input(cov):
     np.testing.assert_allclose(on_device.means_, gm.means_, rtol=1e-9)
 
 
+def test_a_cupy_fit_reads_its_data_once_for_the_checks(monkeypatch):
+    """Validation and the moments share one column_stats pass over CuPy data (a fit read it
+    twice: 2 x 240 us on the 10M x 16 telemetry, ncu 2026-12-04), and bad data are still
+    refused with the same errors."""
+    import cupy
+
+    from gmm_core._cupy import checks
+
+    shapes = []
+    real = checks.column_stats
+
+    def counted(X):
+        shapes.append(X.shape)
+        return real(X)
+
+    monkeypatch.setattr(checks, "column_stats", counted)
+    X = cupy.asarray(make_data(2000, 3, 2, np.float32))
+    GaussianMixture(2, backend="cupy", random_state=0).fit(X)
+    assert shapes == [(2000, 3)]
+    for bad in (cupy.nan, cupy.inf):
+        Xb = X.copy()
+        Xb[5, 0] = bad
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            GaussianMixture(2, backend="cupy").fit(Xb)
+    with pytest.raises(ValueError, match="too large for float32"):  # squares would overflow
+        GaussianMixture(2, backend="cupy").fit(X * np.float32(1e19))
+
+
 def test_bad_input_gets_clear_errors():
     import cupy
 
