@@ -55,6 +55,36 @@ def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
     return statistics.median(times), out
 
 
+def iteration_span(
+    fit: Callable[[int], Any], a: int, b: int, repeat: int = 5
+) -> tuple[dict[str, Any], Any]:
+    """What an EM iteration of ``fit(max_iter)`` costs, from ``a``- and ``b``-iteration fits.
+
+    ``per_iter_ms`` is the difference of the two fits' medians of ``repeat`` over ``b - a``;
+    ``fixed_ms`` what the ``a``-iteration fit spends beside its iterations;
+    ``em_phase_ms_per_iter`` the EM phase's own time per iteration in the longer fits
+    (``fit_timings_``, device synchronised). Returns those fields and the last longer fit.
+    """
+    t_a, _ = timed(lambda: fit(a), repeat)
+    em_ms: list[float] = []
+
+    def fit_b() -> Any:
+        out = fit(b)
+        em_ms.append(1e3 * out.fit_timings_["em"] / out.n_iter_)
+        return out
+
+    t_b, fitted = timed(fit_b, repeat)
+    per_iter = (t_b - t_a) / (b - a)
+    fields = {
+        "seconds": t_b,
+        "per_iter_ms": 1e3 * per_iter,
+        "fixed_ms": 1e3 * (t_a - a * per_iter),
+        "iterations": [a, b],
+        "em_phase_ms_per_iter": statistics.median(em_ms),
+    }
+    return fields, fitted
+
+
 def cases(quick: bool) -> list[dict[str, Any]]:
     from sklearn.datasets import make_blobs
 
@@ -125,32 +155,19 @@ def per_iteration(
         kw.update(_inits(gm))
     else:
         kw["n_init"] = n_init  # device k-means init of every restart; cancels in t_b - t_a
-    em_ms: list[float] = []
 
-    def fit_b() -> Any:
-        out = _gm(case, max_iter=b, **kw).fit(Xd)
-        em_ms.append(1e3 * out.fit_timings_["em"] / out.n_iter_)
-        return out
+    def fit(iters: int) -> Any:
+        return _gm(case, max_iter=iters, **kw).fit(Xd)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _gm(case, max_iter=a, **kw).fit(Xd)
-        t_a, _ = timed(lambda: _gm(case, max_iter=a, **kw).fit(Xd), 5)
-        t_b, _ = timed(fit_b, 5)
-    per_iter = (t_b - t_a) / (b - a)
-    out = {
-        "per_iter_ms": 1e3 * per_iter,
-        "fixed_ms": 1e3 * (t_a - a * per_iter),
-        "iterations": [a, b],
-        # the EM phase's own time per iteration in the longer fit (fit_timings_, synchronised)
-        "em_phase_ms_per_iter": statistics.median(em_ms),
-    }
+        fit(a)  # warm
+        out, _ = iteration_span(fit, a, b)
     record(
         case["name"],
         f"emflow public fit, n_init={n_init}, all inits given"
         if n_init == 1
         else f"emflow public fit, n_init={n_init}",
-        seconds=t_b,
         **out,
     )
     return out
@@ -244,15 +261,7 @@ def memory(case: dict[str, Any], record: Callable[..., None], gm: Any) -> None:
             def fit(iters: int) -> Any:
                 return _gm(case, max_iter=iters, **kw).fit(X)
 
-            t_a, _ = timed(lambda: fit(a), 5)  # noqa: B023 (called at once)
-            em_ms = []
-
-            def fit_b() -> Any:
-                out = fit(b)  # noqa: B023 (called at once)
-                em_ms.append(1e3 * out.fit_timings_["em"] / out.n_iter_)  # noqa: B023
-                return out
-
-            t_b, fb = timed(fit_b, 5)
+            span, fb = iteration_span(fit, a, b)
             held = pool.total_bytes()
         finally:
             os.environ.pop("GMM_CORE_GPU_MEMORY_BUDGET", None)
@@ -265,8 +274,8 @@ def memory(case: dict[str, Any], record: Callable[..., None], gm: Any) -> None:
             peak_over_data=(fb.device_peak_bytes_ or 0) / X.nbytes,
             budget_bytes=env,
             pool_held_after_fit=int(held),
-            per_iter_ms=1e3 * (t_b - t_a) / (b - a),
-            em_phase_ms_per_iter=statistics.median(em_ms),
+            per_iter_ms=span["per_iter_ms"],
+            em_phase_ms_per_iter=span["em_phase_ms_per_iter"],
             lower_bound=fb.lower_bound_,
         )
     # the pinned host-to-device copy of the same bytes (what streaming could reach)

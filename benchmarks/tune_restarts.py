@@ -123,7 +123,7 @@ def correctness(variant: str) -> list[dict]:
 
 def api_per_iteration(case: dict[str, Any], X: Any, kw: dict[str, Any], repeat: int) -> float:
     """ms per iteration of the public fit: (25 iterations - 5) / 20, medians of ``repeat``."""
-    from benchmarks.public_api import _gm, timed
+    from benchmarks.public_api import _gm, iteration_span
 
     def fit(max_iter: int) -> Any:
         return _gm(case, max_iter=max_iter, **kw).fit(X)
@@ -131,9 +131,8 @@ def api_per_iteration(case: dict[str, Any], X: Any, kw: dict[str, Any], repeat: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit(5)
-        t_a, _ = timed(lambda: fit(5), repeat)
-        t_b, _ = timed(lambda: fit(25), repeat)
-    return 1e3 * (t_b - t_a) / 20
+        span, _ = iteration_span(fit, 5, 25, repeat)
+    return float(span["per_iter_ms"])
 
 
 def timing(

@@ -76,9 +76,9 @@ def fit_model(
                 params = draw_on_device(self, engine, data, random_state, eps, user)
         else:
             X_host = engine.to_host(X) if _is_cupy_array(X) else X
-            check_magnitude(max(float(X_host.max()), -float(X_host.min())), X.dtype, n_features)
-            shift = X_host.mean(axis=0, dtype=np.float64)
-            data = engine.prepare(X, shift, self.covariance_type, **weighting)
+            data, shift = place_with_host_moments(
+                engine, X, X_host, self.covariance_type, **weighting
+            )
             clock.lap("transfer")
             if do_init:
                 Xc = engine.host_centred(data, X_host, shift)
@@ -121,6 +121,19 @@ def place_on_device(engine: Engine, X: Any, covariance_type: str, **weighting: A
         raise ValueError("Input X contains NaN or infinity; remove or impute those rows first.")
     check_magnitude(data.max_abs, X.dtype, X.shape[1])
     return data
+
+
+def place_with_host_moments(
+    engine: Engine, X: Any, X_host: np.ndarray, covariance_type: str, **weighting: Any
+) -> tuple[Any, np.ndarray]:
+    """``engine.prepare(X, shift, ...)`` of a host-init engine and its shift, the data mean.
+
+    The magnitude check and the mean come from the host copy ``X_host`` (what
+    :func:`place_on_device` reads on the device).
+    """
+    check_magnitude(max(float(X_host.max()), -float(X_host.min())), X.dtype, X.shape[1])
+    shift = X_host.mean(axis=0, dtype=np.float64)
+    return engine.prepare(X, shift, covariance_type, **weighting), shift
 
 
 def draw_on_device(

@@ -34,10 +34,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._checks import check_magnitude
 from ._em_loop import PhaseClock, best_restart
 from ._engine import BACKENDS, Engine, get_engine
-from ._fit import draw_on_device, place_on_device
+from ._fit import draw_on_device, place_on_device, place_with_host_moments
 from ._gaussian import (
     COVARIANCE_TYPES,
     Params,
@@ -275,8 +274,9 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         clock.engine = engine
         batched = engine.name in BATCHED_BACKENDS
         if _is_cupy_array(X):
-            if engine.takes_device_arrays():  # checked on the device, as a fit checks it
-                X = self._candidate_estimator(1, "diag")._check_X(X, reset=True)
+            if engine.takes_device_arrays():  # NaN/inf and magnitude: the engine's moments
+                # pass (place_on_device) or each candidate's fit checks them, as a fit does
+                X = self._candidate_estimator(1, "diag")._check_X(X, reset=True, finite_here=False)
                 self.n_features_in_ = int(X.shape[1])
             else:
                 X = X.get()
@@ -354,15 +354,13 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
     ) -> None:
         """Every candidate of ``group`` (one covariance type) in batches of restarts."""
         covariance_type = group[0].covariance_type
-        n_samples, n_features = X.shape
+        n_samples = X.shape[0]
         eps = 10 * float(np.finfo(X.dtype).eps)
         if engine.device_init:  # moments, centring and initialisation where the data live
             data = place_on_device(engine, X, covariance_type)
             shift = np.asarray(data.shift, dtype=np.float64)
         else:
-            check_magnitude(max(float(X.max()), -float(X.min())), X.dtype, n_features)
-            shift = X.mean(axis=0, dtype=np.float64)
-            data = engine.prepare(X, shift, covariance_type)
+            data, shift = place_with_host_moments(engine, X, X, covariance_type)
             Xc = engine.host_centred(data, X, shift)
         clock.lap("transfer")
 

@@ -186,15 +186,11 @@ template <typename T> __device__ MStepArgs<T> load_mstep_args(const unsigned lon
     return a;
 }
 
-// GMM_MSTEP_SERIAL (a tuning define, off): the M-step's per-component work one thread per
-// component (the code before 2026-12-04), else one lane per (component, feature) for D <= 32.
-// One thread per component ran each component's D divisions, square roots and float64 logs in
+// The M-step's per-component work runs one lane per (component, feature) (the fused passes
+// take D <= 32, MAX_FUSED_FEATURES in gmm_core/_cupy/diag_common.py). One thread per component,
+// as before 2026-12-04, ran each component's D divisions, square roots and float64 logs in
 // sequence on K of the block's threads, and one thread summed N_k over the components from
 // global memory: 25 us of the telemetry iteration's 1.2 ms on an H200 (ncu, base clocks).
-#ifndef GMM_MSTEP_SERIAL
-#define GMM_MSTEP_SERIAL 0
-#endif
-
 namespace gmm {
 // lanes per component in the M-step: D rounded up to a power of two (D <= 32)
 __host__ __device__ constexpr int mstep_lanes(int d) {
@@ -216,8 +212,9 @@ template <int G> __device__ __forceinline__ int group_or(int v) {
 
 // The M-step of one restart's components, one lane per (component, feature): lane group of
 // G = mstep_lanes(D) lanes per component (lanes d >= D idle), warps striding over the groups.
-// Same formulas and outputs as the serial loop in mstep_restart; per-component sums (|mu|^2 of
-// spherical, log det) are butterfly sums over the group. Called by every thread of the block.
+// scikit-learn's formulas (as write_kernel_params writes a component's kernel parameters);
+// per-component sums (|mu|^2 of spherical, log det) are butterfly sums over the group. Called
+// by every thread of the block.
 template <typename T, int D, bool SPHERICAL>
 __device__ __forceinline__ void mstep_components_lanes(int r, int K, const double* st,
                                                        const MStepArgs<T>& a, double total) {
@@ -283,9 +280,7 @@ __device__ __forceinline__ void mstep_components_lanes(int r, int K, const doubl
 
 template <typename T, int D, bool SPHERICAL>
 __device__ void mstep_restart(int r, int R, int K, const double* stats, const MStepArgs<T>& a) {
-    using L = gmm::Layout<D, SPHERICAL>;
-    constexpr int C = L::C, PS = L::PS;
-    constexpr int V = SPHERICAL ? 1 : D;  // variances per component
+    constexpr int C = gmm::Layout<D, SPHERICAL>::C;
     const int t = threadIdx.x;
     __shared__ int s_go;
     __shared__ double s_total;
@@ -303,56 +298,7 @@ __device__ void mstep_restart(int r, int R, int K, const double* stats, const MS
         if (t == 0) s_total = part;
     }
     __syncthreads();
-    if constexpr (D <= 32 && !GMM_MSTEP_SERIAL) {
-        mstep_components_lanes<T, D, SPHERICAL>(r, K, st, a, s_total);
-    } else {
-        for (int k = t; k < K; k += blockDim.x) {
-            const double* sk = st + k * C;
-            const double nk = sk[0] + a.eps;
-            const size_t rk = (size_t)r * K + k;
-            double mu[D];
-            double var[V];
-#pragma unroll
-            for (int d = 0; d < D; ++d) mu[d] = sk[1 + d] / nk;
-            // as in mstep_components_lanes: a variance below 0 by rounding is 0 (+ reg_covar)
-            if (SPHERICAL) {
-                double m2 = 0.0;
-#pragma unroll
-                for (int d = 0; d < D; ++d) m2 += mu[d] * mu[d];
-                const double v = (sk[1 + D] / nk - m2) / D;
-                var[0] = (v < 0.0 ? 0.0 : v) + a.reg_covar;
-            } else {
-#pragma unroll
-                for (int d = 0; d < V; ++d) {
-                    const double v = sk[1 + D + d] / nk - mu[d] * mu[d];
-                    var[d] = (v < 0.0 ? 0.0 : v) + a.reg_covar;
-                }
-            }
-            double pc[V];
-            bool bad = false;
-#pragma unroll
-            for (int d = 0; d < V; ++d) {
-                bad |= !(var[d] > 0.0);
-                pc[d] = 1.0 / sqrt(var[d]);
-            }
-            if (bad) {
-                a.failed[r] = 1;
-                a.active[r] = 0;
-                continue;
-            }
-            const double w = nk / s_total;
-            a.weights[rk] = w;
-#pragma unroll
-            for (int d = 0; d < D; ++d) a.means[rk * D + d] = mu[d];
-#pragma unroll
-            for (int d = 0; d < V; ++d) {
-                a.covariances[rk * V + d] = var[d];
-                a.pchol[rk * V + d] = pc[d];
-            }
-            write_kernel_params<T, D, SPHERICAL>(w, mu, pc, a.kparams + rk * PS,
-                                                 a.log_const + rk);
-        }
-    }
+    mstep_components_lanes<T, D, SPHERICAL>(r, K, st, a, s_total);
     if (t == 0) {
         const int it = a.n_iter[r];
         const double change = new_bound - a.bound[r];
