@@ -181,10 +181,7 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
         "score_rows<float>",
         "score_rows<double>",
     ),
-    "em_loop.cu": (
-        "em_keep_inactive",
-        "em_track",
-    ),
+    "em_loop.cu": ("em_update",),
     "em_full.cu": (
         "full_mstep<1>",
         "full_mstep<32>",

@@ -188,8 +188,10 @@ class RestartTracker:
         """
         xp = self.xp
         new_bound = stats.loglik / stats.weight_sum
-        if self.deferred:
-            self.failed |= ~xp.isfinite(new_params.precisions_cholesky).all()
+        if self.deferred:  # restarts still iterating (a stopped one's new values are dropped)
+            pc = new_params.precisions_cholesky
+            finite = xp.isfinite(pc.reshape(pc.shape[0], -1)).all(axis=1)
+            self.failed |= (self.active & ~finite).any()
         change = new_bound - self.bound
         if not self.deferred and self.active.all():  # on the host, skip the per-restart selects
             params, self.bound = new_params, new_bound

@@ -388,7 +388,7 @@ class CupyEngine(Engine):
         n_restarts, n_components, n_features = params.means.shape
         self.compile_for_fit(data, n_restarts, n_components)
         if self.full_pass_tc.supports(data, n_restarts, n_components):
-            return self.full_pass_tc.accumulate(data, params)
+            return self.full_pass_tc.accumulate(data, params, active)
         if self.diag_pass.supports(data, n_restarts, n_components):
             try:
                 fused = self._fused_diag(data, n_restarts, n_components)
@@ -422,8 +422,18 @@ class CupyEngine(Engine):
     def m_step(
         self, stats: Stats, covariance_type: str, reg_covar: float, eps: float
     ) -> Params | None:
-        """Full covariance: the M-step as one kernel launch (``full_mstep``); else None."""
-        return self.gemm.m_step(stats, covariance_type, reg_covar, eps)
+        """Full covariance: the M-step as one kernel launch (``full_mstep``); else None.
+
+        After a ``full_pass_tc`` pass of the same shape it also writes that pass's operands of
+        the new parameters, so the next pass needs no ``full_tc_params`` launch.
+        """
+        operands = None
+        if covariance_type == "full":
+            operands = self.full_pass_tc.mstep_operands(*stats.sx.shape)
+        new = self.gemm.m_step(stats, covariance_type, reg_covar, eps, operands=operands)
+        if new is not None and operands is not None:
+            self.full_pass_tc.operands_written(new.precisions_cholesky, operands)
+        return new
 
     def restart_tracker(
         self, n_restarts: int, max_iter: int, first_bound: float, tol: float

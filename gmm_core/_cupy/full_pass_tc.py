@@ -5,6 +5,11 @@ components: ``y = x U_k - mu_k U_k`` for the log-densities, the softmax in share
 ``(r_k (x - m_k))^T (x - m_k)`` about each component's mean for the statistics, float64 across
 tiles; ``reduce_partials`` sums the block partials. U sits in shared memory where it fits (on an
 H100/H200 up to 23 components with 32 features), else it is read through L1.
+
+The pass's float32 operands (U's fragments, mu U, constants) come from ``full_tc_params``, or,
+inside the estimator's loop, from the M-step kernel that made the parameters
+(:meth:`FullPassTC.mstep_operands`): one launch less per iteration. Restarts that stopped
+iterating (``active``) read no data.
 """
 
 from __future__ import annotations
@@ -73,6 +78,13 @@ class FullPassTC:
         #: extra compiler options of both kernels (``-D`` defines of tuning variants)
         self.defines: tuple[str, ...] = ()
         self._declined: set[tuple[int, int]] = set()
+        #: (R, K, D) of the last pass this served (the M-step writes operands of that shape)
+        self._served: tuple[int, int, int] | None = None
+        #: the precision factors whose operands the buffers hold, and the buffers: held, so
+        #: neither is freed and reused while the pair stands for them
+        self._operands_of: tuple[Any, dict[str, Any]] | None = None
+        #: ``full_tc_params`` launches (tests count them)
+        self.params_launches = 0
 
     def u_in_smem(self, n_features: int, n_components: int) -> bool | None:
         """Where the E-step's U fragments live.
@@ -138,11 +150,78 @@ class FullPassTC:
             kern_pass.max_dynamic_shared_size_bytes = smem
         return kern_params, kern_pass, kern_reduce
 
-    def accumulate(self, data: CupyData, params: Params) -> Stats:
-        """One ``full_pass_tc`` launch per row chunk; float64 statistics as the GEMM path's."""
+    def operand_buffers(
+        self, n_restarts: int, n_components: int, n_features: int
+    ) -> dict[str, Any]:
+        """The pass's float32 operands of (R, K, D) parameters: scratch buffers, kernel order."""
+        rk, ntd = n_restarts * n_components, -(-n_features // 8)
+        buffer = self.scratch.get
+        return {
+            "ufrag": buffer("full-tc-u", (rk, ntd * (ntd + 1) // 2, 32, 2), cupy.float32),
+            "bvec": buffer("full-tc-b", (rk, 8 * ntd), cupy.float32),
+            "lconst": buffer("full-tc-c", (rk,), cupy.float32),
+            "mvec": buffer("full-tc-m", (rk, 16 * -(-n_features // 16)), cupy.float32),
+            "far": buffer("full-tc-far", (rk,), cupy.int32),
+        }
+
+    def mstep_operands(
+        self, n_restarts: int, n_components: int, n_features: int
+    ) -> dict[str, Any] | None:
+        """Buffers for the M-step to write the next pass's operands into, or None.
+
+        Only where this pass served the last pass of that shape (the estimator's loop: the
+        next pass is this one again); :meth:`operands_written` records what they then hold.
+        """
+        if self._served != (n_restarts, n_components, n_features):
+            return None
+        self._operands_of = None  # about to be overwritten
+        return self.operand_buffers(n_restarts, n_components, n_features)
+
+    def operands_written(self, precisions_cholesky: Any, buffers: dict[str, Any]) -> None:
+        """The M-step wrote ``buffers`` from the parameters with these precision factors."""
+        self._operands_of = (precisions_cholesky, buffers)
+
+    def _operands(self, params: Params, kern_params: Any, masked: bool) -> dict[str, Any]:
+        """The operands of ``params``: as written by the M-step that made them, else computed.
+
+        Those of the M-step serve only a pass with an ``active`` mask (``masked``): the loop
+        puts the old parameters back, in place, for restarts that stopped, whose operands then
+        stand for the discarded ones; such restarts never become active again, and a masked
+        pass skips them.
+        """
+        R, K, D = params.means.shape
+        buffers = self.operand_buffers(R, K, D)
+        held = self._operands_of
+        if (
+            masked
+            and held is not None
+            and held[0] is params.precisions_cholesky
+            and all(held[1][name] is buf for name, buf in buffers.items())
+        ):
+            return buffers
+        f64 = cupy.float64
+        kern_params(
+            (R * K,),
+            (256,),
+            (
+                cupy.ascontiguousarray(params.weights, dtype=f64),
+                cupy.ascontiguousarray(params.means, dtype=f64),
+                cupy.ascontiguousarray(params.precisions_cholesky, dtype=f64),
+                *buffers.values(),
+            ),
+        )
+        self.params_launches += 1
+        self._operands_of = (params.precisions_cholesky, buffers)
+        return buffers
+
+    def accumulate(self, data: CupyData, params: Params, active: Any = None) -> Stats:
+        """One ``full_pass_tc`` launch per row chunk; float64 statistics as the GEMM path's.
+
+        ``active`` (R,) bool/int or None: restarts whose statistics are computed; the others
+        read no data and get zeros.
+        """
         R, K, D = params.means.shape
         rk = R * K
-        ntd = -(-D // 8)
         u_in_smem = self.u_in_smem(D, K)
         assert u_in_smem is not None  # supports() checked it
         smem = full_tc_smem(D, K, u_in_smem)
@@ -150,25 +229,14 @@ class FullPassTC:
         kern_params, kern_pass, kern_reduce = self.kernels(D, u_in_smem, smem, weighted)
         f64 = cupy.float64
         buffer = self.scratch.get
-        ufrag = buffer("full-tc-u", (rk, ntd * (ntd + 1) // 2, 32, 2), cupy.float32)
-        bvec = buffer("full-tc-b", (rk, 8 * ntd), cupy.float32)
-        lconst = buffer("full-tc-c", (rk,), cupy.float32)
-        mvec = buffer("full-tc-m", (rk, 16 * -(-D // 16)), cupy.float32)
-        far = buffer("full-tc-far", (rk,), cupy.int32)
-        kern_params(
-            (rk,),
-            (256,),
-            (
-                cupy.ascontiguousarray(params.weights, dtype=f64),
-                cupy.ascontiguousarray(params.means, dtype=f64),
-                cupy.ascontiguousarray(params.precisions_cholesky, dtype=f64),
-                ufrag,
-                bvec,
-                lconst,
-                mvec,
-                far,
-            ),
-        )
+        operands = self._operands(params, kern_params, active is not None)
+        self._served = (R, K, D)
+        if active is None:
+            act: Any = np.intp(0)
+        elif isinstance(active, cupy.ndarray) and active.dtype == cupy.int32:
+            act = active
+        else:
+            act = cupy.asarray(active).astype(cupy.int32)
         groups = -(-K // FULL_TC_GROUP)
         pstride = rk * (1 + D + D * D) + R
         longest = max(chunk.shape[0] for chunk in data.chunks)
@@ -187,14 +255,11 @@ class FullPassTC:
                     chunk,
                     np.int64(chunk.shape[0]),
                     np.int32(K),
-                    ufrag,
-                    bvec,
-                    lconst,
-                    mvec,
-                    far,
+                    *operands.values(),
                     np.int32(pstride),
                     partial,
                     np.intp(0) if weights is None else weights,
+                    act,
                 ),
                 shared_mem=smem,
             )

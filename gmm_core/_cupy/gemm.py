@@ -132,12 +132,20 @@ class GemmPass:
 
     # -- M-step -----------------------------------------------------------------------------------
     def m_step(
-        self, stats: Stats, covariance_type: str, reg_covar: float, eps: float
+        self,
+        stats: Stats,
+        covariance_type: str,
+        reg_covar: float,
+        eps: float,
+        *,
+        operands: dict[str, Any] | None = None,
     ) -> Params | None:
         """Full covariance: the M-step as one kernel launch (``full_mstep``); else None.
 
         Same formulas as :func:`gmm_core._gaussian.m_step`; a covariance that is not positive
         definite gives NaN precision factors (the estimator's loop raises at its next check).
+        ``operands``: ``full_pass_tc``'s operand buffers (:meth:`FullPassTC.operand_buffers`)
+        to fill from the new parameters as well (up to 32 features).
         """
         if covariance_type != "full":
             return None
@@ -167,6 +175,7 @@ class GemmPass:
                 out.means,
                 out.covariances,
                 out.precisions_cholesky,
+                *(operands.values() if operands is not None else [np.intp(0)] * 5),
             ),
         )
         return out

@@ -1,13 +1,13 @@
-"""The generic EM loop's per-restart bookkeeping on the device, as two kernels.
+"""The generic EM loop's per-restart bookkeeping on the device, as one kernel.
 
 Where :meth:`CupyEngine.run_em` does not run the whole loop on the device (full and tied
 covariance, streamed data), the estimator's loop (:func:`gmm_core._em_loop.run_em`) runs the
 passes and M-steps and keeps, per restart, the lower bound, its history, the iteration count,
 the convergence flags and the parameters of restarts that stopped. As CuPy array operations that
 was a dozen small generated kernels (where, abs, less, logical ops, a CUB ``all``, a stack) to
-compile on a process's first fit; here it is ``em_keep_inactive`` and ``em_track`` of
-``cuda/em_loop.cu``, launched once each per iteration, and nothing is read on the host but the
-flags the loop reads one iteration late anyway.
+compile on a process's first fit; here it is ``em_update`` of ``cuda/em_loop.cu``, launched once
+per iteration, and nothing is read on the host but the flags the loop reads one iteration late
+anyway.
 """
 
 from __future__ import annotations
@@ -24,10 +24,7 @@ from .kernels import KernelRef, get_kernel, kernel_ref
 
 SOURCE = "em_loop.cu"
 #: the kernels of one iteration's bookkeeping (``compile_for_fit`` lists them)
-TRACKER_REFS: tuple[KernelRef, ...] = (
-    kernel_ref(SOURCE, "em_keep_inactive"),
-    kernel_ref(SOURCE, "em_track"),
-)
+TRACKER_REFS: tuple[KernelRef, ...] = (kernel_ref(SOURCE, "em_update"),)
 _THREADS = 256
 
 
@@ -57,6 +54,7 @@ class DeviceRestartTracker(RestartTracker):
         self.change = cupy.zeros(n_restarts, dtype=cupy.float64)
         self.history = []
         self._rows = cupy.empty((max(1, max_iter), n_restarts), dtype=cupy.float64)
+        self._arrivals = cupy.zeros(n_restarts, dtype=cupy.uint32)  # em_update's row counters
         self._iterations = 0
 
     def update(self, it: int, stats: Stats, new_params: Params, params: Params) -> Params:
@@ -73,24 +71,23 @@ class DeviceRestartTracker(RestartTracker):
         for (a, b), size in zip(pairs, sizes, strict=True):
             args += [a, b, np.int64(size)]
         blocks = max(1, min(-(-max(sizes) // _THREADS), 64))
-        get_kernel(SOURCE, "em_keep_inactive")(
-            (blocks, r), (_THREADS,), (*args, self.active, self.failed)
-        )
-        get_kernel(SOURCE, "em_track")(
-            (-(-r // _THREADS),),
+        get_kernel(SOURCE, "em_update")(
+            (blocks, r),
             (_THREADS,),
             (
+                *args,
+                self.active,
+                self.failed,
                 cupy.ascontiguousarray(stats.loglik, dtype=cupy.float64),
                 np.float64(stats.weight_sum),
-                np.int32(r),
                 np.int32(it),
                 np.float64(self.tol),
                 self.bound,
                 self.change,
                 self._rows,
-                self.active,
                 self.converged,
                 self.n_iter,
+                self._arrivals,
             ),
         )
         self._iterations = it

@@ -9,7 +9,9 @@
 //                    gmm_core/_gaussian.py), precision Cholesky factors U = (L^-1)^T of the
 //                    Cholesky factor L of each covariance. A covariance that is not positive
 //                    definite yields NaN factors (the estimator's loop checks them), as the CuPy
-//                    Cholesky does.
+//                    Cholesky does. Given the buffers (else null), it also writes the
+//                    tensor-core pass's operands of the new parameters (fulltc::write_operands),
+//                    which then needs no full_tc_params launch: one kernel less per iteration.
 //   full_constants : (weights, means, U) -> the pass's GEMM weights and constants:
 //                    log w + log N(x) = phi(x) . M[:, rk] + c[rk], phi(x) = [x_i x_j (i <= j), x],
 //                    M = -1/2 [P_ij (x2 off the diagonal); -2 P mu], P = U U^T,
@@ -27,6 +29,81 @@ __host__ __device__ constexpr int triu_index(int i, int j, int D) {  // np.triu_
 }
 }  // namespace gmmf
 
+#ifndef GMM_FULL_TC_GUARD
+#define GMM_FULL_TC_GUARD 1024.0  // |mu U|^2 above which a component's E-step is centred
+#endif
+
+namespace fulltc {
+constexpr int NT = 256, NW = NT / 32;
+constexpr int SLAB = 16;          // samples per warp (the E-step's m16 rows)
+constexpr int TM = NW * SLAB;     // samples per tile
+constexpr int CW = 2;             // M-step components per warp
+constexpr int GROUP = NW * CW;    // components whose statistics one block accumulates
+template <int D> struct Geo {
+    static_assert(D >= 1 && D <= 32, "tensor-core full pass: 1 <= D <= 32");
+    static constexpr int NTD = (D + 7) / 8;              // 8-feature tiles
+    static constexpr int DN = 8 * NTD;
+    static constexpr int MTD = (D + 15) / 16;            // 16-feature m-tiles of the M-step
+    static constexpr int DM = 16 * MTD;                  // padded features (zero columns)
+    static constexpr int XS = DM + ((8 - DM % 32) % 32 + 32) % 32;  // row stride = 8 mod 32
+    static constexpr int NPAIR = NTD * (NTD + 1) / 2;    // (k-step <= n-tile) blocks of U
+    static constexpr int LPL = (SLAB * D + 31) / 32;     // x values per lane per slab
+    // (m-tile, n-tile) blocks of S2 holding entries with col >= row: n-tile >= 2 m-tile
+    __host__ __device__ static constexpr int frag_base(int mt) {
+        int f = 0;
+        for (int m = 0; m < mt; ++m) f += NTD - 2 * m;
+        return f;
+    }
+    static constexpr int NFRAG = frag_base(MTD);
+};
+}  // namespace fulltc
+
+namespace fulltc {
+// The pass's operands of (restart, component) rk, float32: U in fragment order (pair p =
+// nt (nt + 1) / 2 + ks, lane (g, q): U[8 ks + q][8 nt + g], U[8 ks + q + 4][8 nt + g]), mu U
+// (padded to DN), (log w + sum log U_dd - D/2 log 2pi) log2(e), mu (padded to DM), and whether
+// |mu U|^2 exceeds GMM_FULL_TC_GUARD (int). u(i, j) = U[i][j] (upper triangular), mu: D values;
+// s_b: DN doubles of shared memory. Every thread of the block calls it (one barrier).
+template <int D, typename UAt>
+__device__ void write_operands(int rk, double weight, const double* mu, UAt u, double* s_b,
+                               float2* __restrict__ ufrag, float* __restrict__ bvec,
+                               float* __restrict__ lconst, float* __restrict__ mvec,
+                               int* __restrict__ far) {
+    using G = Geo<D>;
+    const int t = threadIdx.x, nth = blockDim.x;
+    for (int i = t; i < G::NPAIR * 32; i += nth) {
+        const int p = i / 32, lane = i % 32, g = lane >> 2, q = lane & 3;
+        int nt = 0;
+        while ((nt + 1) * (nt + 2) / 2 <= p) ++nt;
+        const int ks = p - nt * (nt + 1) / 2;
+        const int col = 8 * nt + g, r0 = 8 * ks + q, r1 = r0 + 4;
+        ufrag[(size_t)rk * G::NPAIR * 32 + i] =
+            make_float2(r0 < D && col < D ? (float)u(r0, col) : 0.0f,
+                        r1 < D && col < D ? (float)u(r1, col) : 0.0f);
+    }
+    for (int j = t; j < G::DN; j += nth) {  // mu U
+        double v = 0.0;
+        if (j < D)
+            for (int i = 0; i < D; ++i) v += mu[i] * u(i, j);
+        s_b[j] = v;
+        bvec[(size_t)rk * G::DN + j] = (float)v;
+    }
+    for (int j = t; j < G::DM; j += nth) mvec[(size_t)rk * G::DM + j] = j < D ? (float)mu[j] : 0.0f;
+    __syncthreads();
+    if (t == 0) {
+        double log_det = 0.0, b2 = 0.0;
+        for (int d = 0; d < D; ++d) {
+            log_det += log(u(d, d));
+            b2 += s_b[d] * s_b[d];
+        }
+        lconst[rk] = (float)((log(weight) + log_det - 0.5 * D * 1.83787706640934548356) *
+                             1.44269504088896340736);
+        far[rk] = !(b2 <= GMM_FULL_TC_GUARD);  // NaN too
+    }
+}
+}  // namespace fulltc
+
+
 // stats: nk (RK), sx (RK, D), sxx (RK, D, D); outputs restart-major like Params.
 // The factorisation is LDL^T-shaped so that each elimination step needs one block barrier: step
 // j leaves column j unscaled (a_ij) with the pivot d_j on the diagonal and updates the trailing
@@ -42,7 +119,9 @@ __global__ void __launch_bounds__(GMM_FULL_NT)
 full_mstep(const double* __restrict__ nk_raw, const double* __restrict__ sx,
            const double* __restrict__ sxx, int K, double reg_covar, double eps,
            double* __restrict__ weights, double* __restrict__ means,
-           double* __restrict__ covariances, double* __restrict__ pchol) {
+           double* __restrict__ covariances, double* __restrict__ pchol,
+           float2* __restrict__ ufrag, float* __restrict__ bvec, float* __restrict__ lconst,
+           float* __restrict__ mvec, int* __restrict__ far) {
     constexpr int NT = GMM_FULL_NT, DP = D + 1;  // padded rows: column walks hit distinct banks
     static_assert(NT % 32 == 0, "whole warps");
     __shared__ double s_l[D * DP];                // covariance, then its Cholesky factor L
@@ -109,6 +188,14 @@ full_mstep(const double* __restrict__ nk_raw, const double* __restrict__ sx,
     for (int e = t; e < D * D; e += NT) {  // U = Y^T (upper triangular)
         const int i = e / D, j = e - i * D;
         pchol[(size_t)rk * D * D + e] = s_y[j * DP + i];
+    }
+    if constexpr (D <= 32) {  // the tensor-core pass's operands for the next pass (or none)
+        if (ufrag != nullptr) {
+            __shared__ double s_b[fulltc::Geo<D>::DN];
+            fulltc::write_operands<D>(rk, nk / s_total, s_mu,
+                                      [&](int i, int j) { return s_y[j * DP + i]; }, s_b, ufrag,
+                                      bvec, lconst, mvec, far);
+        }
     }
 }
 
@@ -211,80 +298,21 @@ full_constants(const double* __restrict__ weights, const double* __restrict__ me
 #ifndef GMM_FULL_TC_STATS2
 #define GMM_FULL_TC_STATS2 0
 #endif
-#ifndef GMM_FULL_TC_GUARD
-#define GMM_FULL_TC_GUARD 1024.0  // |mu U|^2 above which a component's E-step is centred
-#endif
 
-namespace fulltc {
-constexpr int NT = 256, NW = NT / 32;
-constexpr int SLAB = 16;          // samples per warp (the E-step's m16 rows)
-constexpr int TM = NW * SLAB;     // samples per tile
-constexpr int CW = 2;             // M-step components per warp
-constexpr int GROUP = NW * CW;    // components whose statistics one block accumulates
-template <int D> struct Geo {
-    static_assert(D >= 1 && D <= 32, "tensor-core full pass: 1 <= D <= 32");
-    static constexpr int NTD = (D + 7) / 8;              // 8-feature tiles
-    static constexpr int DN = 8 * NTD;
-    static constexpr int MTD = (D + 15) / 16;            // 16-feature m-tiles of the M-step
-    static constexpr int DM = 16 * MTD;                  // padded features (zero columns)
-    static constexpr int XS = DM + ((8 - DM % 32) % 32 + 32) % 32;  // row stride = 8 mod 32
-    static constexpr int NPAIR = NTD * (NTD + 1) / 2;    // (k-step <= n-tile) blocks of U
-    static constexpr int LPL = (SLAB * D + 31) / 32;     // x values per lane per slab
-    // (m-tile, n-tile) blocks of S2 holding entries with col >= row: n-tile >= 2 m-tile
-    __host__ __device__ static constexpr int frag_base(int mt) {
-        int f = 0;
-        for (int m = 0; m < mt; ++m) f += NTD - 2 * m;
-        return f;
-    }
-    static constexpr int NFRAG = frag_base(MTD);
-};
-}  // namespace fulltc
-
-// Operands of every (restart, component), float32: U in fragment order (pair p = nt (nt + 1) / 2
-// + ks, lane (g, q): U[8 ks + q][8 nt + g], U[8 ks + q + 4][8 nt + g]), mu U (padded to DN),
-// (log w + sum log U_dd - D/2 log 2pi) log2(e), mu (padded to DM), and whether |mu U|^2 exceeds
-// GMM_FULL_TC_GUARD (int). One block per (restart, component).
+// The pass's operands (fulltc::write_operands) of every (restart, component) from its
+// parameters, one block each: the first pass of a fit (full_mstep writes them for the next).
 template <int D>
 __global__ void __launch_bounds__(GMM_FULL_NT)
 full_tc_params(const double* __restrict__ weights, const double* __restrict__ means,
                const double* __restrict__ pchol, float2* __restrict__ ufrag,
                float* __restrict__ bvec, float* __restrict__ lconst, float* __restrict__ mvec,
                int* __restrict__ far) {
-    using G = fulltc::Geo<D>;
-    constexpr int NT = GMM_FULL_NT;
-    const int rk = blockIdx.x, t = threadIdx.x;
+    __shared__ double s_b[fulltc::Geo<D>::DN];
+    const int rk = blockIdx.x;
     const double* u = pchol + (size_t)rk * D * D;
-    const double* mu = means + (size_t)rk * D;
-    for (int i = t; i < G::NPAIR * 32; i += NT) {
-        const int p = i / 32, lane = i % 32, g = lane >> 2, q = lane & 3;
-        int nt = 0;
-        while ((nt + 1) * (nt + 2) / 2 <= p) ++nt;
-        const int ks = p - nt * (nt + 1) / 2;
-        const int col = 8 * nt + g, r0 = 8 * ks + q, r1 = r0 + 4;
-        ufrag[(size_t)rk * G::NPAIR * 32 + i] =
-            make_float2(r0 < D && col < D ? (float)u[r0 * D + col] : 0.0f,
-                        r1 < D && col < D ? (float)u[r1 * D + col] : 0.0f);
-    }
-    __shared__ double s_b[G::DN];  // mu U
-    for (int j = t; j < G::DN; j += NT) {
-        double v = 0.0;
-        if (j < D)
-            for (int i = 0; i < D; ++i) v += mu[i] * u[i * D + j];
-        s_b[j] = v;
-        bvec[(size_t)rk * G::DN + j] = (float)v;
-    }
-    for (int j = t; j < G::DM; j += NT) mvec[(size_t)rk * G::DM + j] = j < D ? (float)mu[j] : 0.0f;
-    __syncthreads();
-    if (t == 0) {
-        double log_det = 0.0, b2 = 0.0;
-        for (int d = 0; d < D; ++d) {
-            log_det += log(u[d * D + d]);
-            b2 += s_b[d] * s_b[d];
-        }
-        lconst[rk] = (float)((log(weights[rk]) + log_det - 0.5 * D * 1.83787706640934548356) *
-                             1.44269504088896340736);
-        far[rk] = !(b2 <= GMM_FULL_TC_GUARD);  // NaN too
-    }
+    fulltc::write_operands<D>(rk, weights[rk], means + (size_t)rk * D,
+                              [u](int i, int j) { return u[i * D + j]; }, s_b, ufrag, bvec,
+                              lconst, mvec, far);
 }
 
 // Dynamic shared memory (bytes) of full_pass_tc<D, USM> for K components (the launcher mirrors
@@ -301,14 +329,15 @@ template <int D> __host__ __device__ constexpr size_t full_tc_smem(int K, bool u
 }
 
 // WEIGHTED: every sample's responsibilities and log-likelihood are multiplied by its weight
-// sample_weight[n] (the unweighted variant never reads it: pass nullptr).
+// sample_weight[n] (the unweighted variant never reads it: pass nullptr). active: (R,) int32,
+// restarts whose statistics are computed (null: every restart); the others' are zeros.
 template <int D, bool USM, bool WEIGHTED = false>
 __global__ void __launch_bounds__(fulltc::NT, 1)
 full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
              const float2* __restrict__ ufrag, const float* __restrict__ bvec,
              const float* __restrict__ lconst, const float* __restrict__ mvec,
              const int* __restrict__ far, int pstride, double* __restrict__ partial,
-             const float* __restrict__ sample_weight) {
+             const float* __restrict__ sample_weight, const int* __restrict__ active) {
     using G = fulltc::Geo<D>;
     constexpr int NT = fulltc::NT, NW = fulltc::NW, SLAB = fulltc::SLAB, TM = fulltc::TM;
     constexpr int CW = fulltc::CW, NTD = G::NTD, DN = G::DN, MTD = G::MTD, DM = G::DM;
@@ -397,7 +426,9 @@ full_pass_tc(const float* __restrict__ X, long long n_samples, int n_components,
 
     const long long n_tiles = (n_samples + TM - 1) / TM;
     const long long tstep = gridDim.y;
-    long long tile = blockIdx.y;
+    // a restart that stopped iterating (active[r] == 0; null: all iterate) reads no tiles: its
+    // partial is zeros, its M-step result is discarded by the loop (em_update)
+    long long tile = active != nullptr && !active[r] ? n_tiles : (long long)blockIdx.y;
     float pre[G::LPL];
     auto fetch = [&](long long tl) {  // this warp's slab of tile tl (zeros past the end)
         const long long base = (tl * TM + w * SLAB) * D, end = n_samples * D;

@@ -84,15 +84,13 @@ def test_full_fit_needs_the_fused_full_pass_where_shared_memory_holds_it():
         "reduce_partials",
         "full_constants<float, 32>",
         "full_mstep<32>",
-        "em_keep_inactive",  # the estimator's loop: its per-restart bookkeeping
-        "em_track",
+        "em_update",  # the estimator's loop: its per-restart bookkeeping
     ]
     # sm_86: the operands do not fit, the GEMM path (constants and M-step kernels only)
     assert names(SM86, "full", np.float32, 32, 16, 1, 10**6) == [
         "full_constants<float, 32>",
         "full_mstep<32>",
-        "em_keep_inactive",
-        "em_track",
+        "em_update",
     ]
     # 24 components: U read through L1
     assert "full_pass_tc<32, false>" in names(SM90, "full", np.float32, 32, 24, 1, 10**6)
@@ -100,7 +98,7 @@ def test_full_fit_needs_the_fused_full_pass_where_shared_memory_holds_it():
     assert not any("full_pass_tc" in n for n in names(SM90, "full", np.float32, 32, 33, 1, 10**6))
     assert not any("full_pass_tc" in n for n in names(SM90, "full", np.float64, 32, 16, 1, 10**6))
     # beyond 48 features even the constants and the M-step are CuPy operations
-    assert names(SM90, "full", np.float64, 64, 4, 1, 10**5) == ["em_keep_inactive", "em_track"]
+    assert names(SM90, "full", np.float64, 64, 4, 1, 10**5) == ["em_update"]
 
 
 def test_small_problems_need_the_persistent_kernel_only_in_the_device_loop():
@@ -129,7 +127,7 @@ def test_where_occupancy_decides_the_tail_reduction_both_pass_variants_are_liste
 
 
 def test_tied_fits_compile_the_loop_bookkeeping_and_wide_ones_the_large_k_pass():
-    loop = ["em_keep_inactive", "em_track"]
+    loop = ["em_update"]
     large_k = ["lk_features", "lk_weights", "lk_rows", "lk_flush"]
     assert names(SM90, "tied", np.float64, 6, 4, 3, 10**5) == loop
     assert names(SM90, "spherical", np.float32, 128, 1024, 1, 10**6) == large_k + loop
