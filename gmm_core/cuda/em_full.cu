@@ -90,15 +90,19 @@ __device__ void write_operands(int rk, double weight, const double* mu, UAt u, d
     }
     for (int j = t; j < G::DM; j += nth) mvec[(size_t)rk * G::DM + j] = j < D ? (float)mu[j] : 0.0f;
     __syncthreads();
-    if (t == 0) {
+    if (t < 32) {  // sum log U_dd and |mu U|^2: a warp, one log per lane (D <= 32)
         double log_det = 0.0, b2 = 0.0;
-        for (int d = 0; d < D; ++d) {
-            log_det += log(u(d, d));
-            b2 += s_b[d] * s_b[d];
+        if (t < D) {
+            log_det = log(u(t, t));
+            b2 = s_b[t] * s_b[t];
         }
-        lconst[rk] = (float)((log(weight) + log_det - 0.5 * D * 1.83787706640934548356) *
-                             1.44269504088896340736);
-        far[rk] = !(b2 <= GMM_FULL_TC_GUARD);  // NaN too
+        log_det = gmm::warp_sum(log_det);
+        b2 = gmm::warp_sum(b2);
+        if (t == 0) {
+            lconst[rk] = (float)((log(weight) + log_det - 0.5 * D * 1.83787706640934548356) *
+                                 1.44269504088896340736);
+            far[rk] = !(b2 <= GMM_FULL_TC_GUARD);  // NaN too
+        }
     }
 }
 }  // namespace fulltc
@@ -107,13 +111,16 @@ __device__ void write_operands(int rk, double weight, const double* mu, UAt u, d
 // stats: nk (RK), sx (RK, D), sxx (RK, D, D); outputs restart-major like Params.
 // The factorisation is LDL^T-shaped so that each elimination step needs one block barrier: step
 // j leaves column j unscaled (a_ij) with the pivot d_j on the diagonal and updates the trailing
-// lower triangle a_ik -= a_ij a_kj / d_j; afterwards L_ij = a_ij / sqrt(d_j), L_jj = sqrt(d_j)
-// (the Cholesky factor, as scikit-learn's). A pivot <= 0 (or NaN) leaves L_jj NaN or 0, so U is
-// not finite, which the estimator's loop checks. L^-1 by forward substitution with the
-// reciprocals 1 / L_ii, one column per thread, two accumulators per dot product. The right-
-// looking Cholesky it replaces (three barriers a step, a division per element, one thread
-// summing the N_k from global memory, a division per substitution row) took 44 us of the full
-// case's 1.48 ms iteration on an H200 (ncu, base clocks).
+// lower triangle a_ik -= a_ij a_kj / d_j, so A = L1 diag(d) L1^T with L1 unit lower triangular
+// (l_ij = a_ij / d_j) and the Cholesky factor (scikit-learn's) L = L1 diag(sqrt(d)). The same
+// step applies its row operations to Z (from the identity): Z_ic -= l_ij Z_jc for i > j, c <= j,
+// so Z = L1^-1 when the elimination ends, with no serial substitution; then L^-1 =
+// diag(1 / sqrt(d)) Z and U = (L^-1)^T. A pivot <= 0 (or NaN) gives a NaN or infinite 1 /
+// sqrt(d_j), so U is not finite, which the estimator's loop checks. Its predecessors: a right-
+// looking Cholesky (three barriers a step, a division per element, one thread summing the N_k
+// from global memory, a division per substitution row) 44 us of the full case's 1.48 ms
+// iteration on an H200 (ncu, base clocks); the LDL^T elimination with a forward substitution of
+// one column per thread (chains of up to D(D-1)/2 dependent float64 multiply-adds) 28.9 us.
 template <int D>
 __global__ void __launch_bounds__(GMM_FULL_NT)
 full_mstep(const double* __restrict__ nk_raw, const double* __restrict__ sx,
@@ -124,10 +131,10 @@ full_mstep(const double* __restrict__ nk_raw, const double* __restrict__ sx,
            float* __restrict__ mvec, int* __restrict__ far) {
     constexpr int NT = GMM_FULL_NT, DP = D + 1;  // padded rows: column walks hit distinct banks
     static_assert(NT % 32 == 0, "whole warps");
-    __shared__ double s_l[D * DP];                // covariance, then its Cholesky factor L
-    __shared__ double s_y[D * DP];                // L^-1
+    __shared__ double s_l[D * DP];                // covariance, then its elimination
+    __shared__ double s_y[D * DP];                // Z = L1^-1, then L^-1
     __shared__ double s_mu[D];
-    __shared__ double s_inv[D];                   // 1 / L_jj
+    __shared__ double s_inv[D];                   // 1 / sqrt(d_j) = 1 / L_jj
     __shared__ double s_total;
     const int rk = blockIdx.x, r = rk / K, t = threadIdx.x;
     const double nk = nk_raw[rk] + eps;
@@ -145,13 +152,15 @@ full_mstep(const double* __restrict__ nk_raw, const double* __restrict__ sx,
         double c = sxx[(size_t)rk * D * D + e] / nk - s_mu[i] * s_mu[j] * factor;
         if (i == j) c += reg_covar;
         s_l[i * DP + j] = c;
+        s_y[i * DP + j] = i == j ? 1.0 : 0.0;  // Z starts as the identity
         covariances[(size_t)rk * D * D + e] = c;
     }
     if (t == 0) weights[rk] = nk / s_total;
     for (int d = t; d < D; d += NT) means[(size_t)rk * D + d] = s_mu[d];
     __syncthreads();
     // elimination: lane tx owns columns k = j + 1 + tx (+ 32 ...), warp ty rows i = j + 1 + ty
-    // (+ NT / 32 ...), lower triangle k <= i; column j is only read during step j
+    // (+ NT / 32 ...), lower triangle k <= i; column j is only read during step j. Z's rows below
+    // j take row j (final since step j - 1) times l_ij, over every thread of the block.
     const int tx = t & 31, ty = t >> 5;
     for (int j = 0; j + 1 < D; ++j) {
         const double inv_d = 1.0 / s_l[j * DP + j];
@@ -160,29 +169,17 @@ full_mstep(const double* __restrict__ nk_raw, const double* __restrict__ sx,
             for (int i = j + 1 + ty; i < D; i += NT / 32)
                 if (k <= i) s_l[i * DP + k] -= s_l[i * DP + j] * akj;
         }
+        for (int e = t; e < (D - 1 - j) * (j + 1); e += NT) {  // columns 0..j of rows j+1..
+            const int i = j + 1 + e / (j + 1), c = e % (j + 1);
+            s_y[i * DP + c] -= s_l[i * DP + j] * inv_d * s_y[j * DP + c];
+        }
         __syncthreads();
     }
     for (int j = t; j < D; j += NT) s_inv[j] = 1.0 / sqrt(s_l[j * DP + j]);
     __syncthreads();
-    for (int e = t; e < D * D; e += NT) {  // L: columns scaled by 1 / sqrt(d_j)
-        const int i = e / D, j = e - i * D;
-        if (i > j) s_l[i * DP + j] *= s_inv[j];
-        else if (i == j) s_l[i * DP + i] = sqrt(s_l[i * DP + i]);
-    }
-    __syncthreads();
-    // Y = L^-1 by forward substitution, one column per thread
-    for (int c = t; c < D; c += NT) {
-        for (int i = 0; i < c; ++i) s_y[i * DP + c] = 0.0;
-        for (int i = c; i < D; ++i) {
-            double v0 = i == c ? 1.0 : 0.0, v1 = 0.0;
-            int k = c;
-            for (; k + 1 < i; k += 2) {
-                v0 -= s_l[i * DP + k] * s_y[k * DP + c];
-                v1 -= s_l[i * DP + k + 1] * s_y[(k + 1) * DP + c];
-            }
-            if (k < i) v0 -= s_l[i * DP + k] * s_y[k * DP + c];
-            s_y[i * DP + c] = (v0 + v1) * s_inv[i];
-        }
+    for (int e = t; e < D * D; e += NT) {  // Y = L^-1 = diag(1 / sqrt(d)) Z
+        const int i = e / D, c = e - i * D;
+        s_y[i * DP + c] *= s_inv[i];
     }
     __syncthreads();
     for (int e = t; e < D * D; e += NT) {  // U = Y^T (upper triangular)
