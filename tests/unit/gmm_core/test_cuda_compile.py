@@ -269,3 +269,25 @@ def test_the_large_k_row_kernel_rounds_its_log_densities_before_subtracting():
     assert products, "lk_rows no longer multiplies by log2(e): update this test"
     bad = [line.strip() for line in products if not re.match(r"\s*mul\.rn\.f32", line)]
     assert not bad, bad
+
+
+@needs_nvcc
+def test_the_wgmma_probe_compiles_for_sm90a(tmp_path):
+    """benchmarks/probe_wgmma.py's generated CUDA (the layouts the next passes build on)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+    from benchmarks.probe_wgmma import cuda_source
+
+    src = tmp_path / "probe_wgmma.cu"
+    src.write_text(cuda_source())
+    cmd = [NVCC, "-std=c++17", "-gencode=arch=compute_90a,code=sm_90a", "-Xptxas", "-v"]
+    ptx = tmp_path / "probe_wgmma.ptx"
+    proc = subprocess.run(
+        [*cmd, "--ptx", "-o", str(ptx), str(src)], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = ptx.read_text()
+    for shape in ("m64n64k8", "m64n128k8", "m64n256k8"):
+        assert f"wgmma.mma_async.sync.aligned.{shape}.f32.tf32.tf32" in text, shape
+    assert "wgmma.commit_group" in text and "wgmma.wait_group" in text
