@@ -1,0 +1,557 @@
+"""An experimental diag EM pass on Hopper's warp-group MMA: correct, and how fast for n_init=8?
+
+    PYTHONPATH=. python3 benchmarks/probe_wgmma_pass.py [--out build/wgmma_pass.json]
+
+Research, not a strategy the engine uses: issue 14's ``n_init=8`` target (3.2 ms per iteration
+on telemetry, 10M x 16, K = 32, diag) is below what ``mma.sync`` can reach (3.36 ms of products
+alone, ``benchmarks/probe_wgmma.py``) and above the ``wgmma`` floor (2.32 ms). This file builds
+the pass that the floor assumes and measures it beside the production ``diag_pass_tc``, on the
+layouts ``probe_wgmma.py`` verified on an H200 (A fragments in registers, no-swizzle K-major
+shared-memory operands, the m64nNk8 accumulator layout).
+
+One warp group (128 threads) per pair of restarts (M = 64 = two restarts' 32 components), the
+CTA's warp groups sharing each 64-sample tile of the data, which all threads stage in shared
+memory in two layouts, split for 3xTF32 (hi, lo):
+  E-step  logits (64 components x 64 samples) = W^T [x | x^2]^T + c: A = W^T from registers
+          (constant), B = the tile, samples' features contiguous; 3 x KT wgmma m64n64k8
+  softmax per sample and restart: the 32 components of a restart are two warps' rows, so the
+          column max and sum are exchanged between the pair of warps through shared memory
+          (a named barrier of 64 threads); responsibilities stay in the accumulator registers
+  M-step  statistics (64 x 2D) += R [x | x^2]: A = the responsibilities from the accumulator
+          registers (the m64nNk8 accumulator of an 8-sample column block is an A fragment with
+          its k index permuted: k q <- sample 2q, k q + 4 <- sample 2q + 1, so the tile's second
+          layout stores the samples of each 8-block in that order), B = the tile, features'
+          samples contiguous; 3 x 8 wgmma m64n(2D)k8; N_k summed in registers
+float32 sums are added to float64 in shared memory every FLUSH tiles (128 samples, as the
+production pass); each CTA writes its rows of the production pass's block-partial layout
+([R K (1 + 2D)] statistics, [R] log-likelihoods). Not here (the production pass has them): the
+exact E-step of components far from the data mean (GMM_TC_GUARD), sample weights, the M-step
+in the last block, inactive restarts.
+
+Prints: every statistic's and the log-likelihood's largest difference from NumPy float64 (one
+pass, telemetry-shaped data, 200k rows, R = 2 and 8; the production pass beside it), then
+telemetry 10M x 16, K = 32, R = 1, 2, 8: ms per pass of both (median of 5, CUDA events), and
+the n_init=8 ratio to the floors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.probe_wgmma import _COMMON, _wgmma_function, build_module  # noqa: E402
+
+TS = 64  # samples per tile
+FLUSH = 2  # tiles summed in float32 (128 samples)
+
+KERNEL = r"""
+#define XF (2 * D)       // features of the E-step and statistic columns: [x | x^2]
+#define KT (XF / 8)      // E-step k-steps
+#define TS 64            // samples per tile
+#define SK (TS / 8)      // statistics k-steps
+#define NT (128 * NWG)
+
+__device__ __forceinline__ void split(float x, unsigned& hi, unsigned& lo) {
+    hi = (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
+    lo = __float_as_uint(x - __uint_as_float(hi));
+}
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float lg2(float x) {
+    float y;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ void pair_barrier(int id) {
+    asm volatile("bar.sync %0, 64;" ::"r"(id) : "memory");
+}
+
+// X (n, D) float32 centred; W (2 P, 32, XF) and c (2 P, 32): log2-unit weights of [x | x^2]
+// and constants (rows of absent components: W 0, c -inf; an absent restart: W 0, c 0);
+// partial (gridDim.x, pstride) float64, rows written for restarts < R and components < K.
+extern "C" __global__ void __launch_bounds__(NT, 1)
+wg_pass(const float* __restrict__ X, long long n, int R, int K, int n_pairs,
+        const float* __restrict__ W, const float* __restrict__ c, double* __restrict__ partial,
+        int pstride) {
+    extern __shared__ __align__(128) float smem[];
+    float* sE_hi = smem;                     // KT tiles of 64 x 8
+    float* sE_lo = sE_hi + KT * TS * 8;
+    float* sS_hi = sE_lo + KT * TS * 8;      // SK tiles of XF x 8
+    float* sS_lo = sS_hi + SK * XF * 8;
+    float* s_max = sS_lo + SK * XF * 8;      // NWG * 4 warps * 64 columns
+    float* s_sum = s_max + NWG * 4 * 64;
+    double* s_acc = reinterpret_cast<double*>(s_sum + NWG * 4 * 64);  // NWG * (XF/2 + 2) * 128
+
+    const int t = threadIdx.x, wg = t >> 7, tw = t & 127, w = tw >> 5, lane = t & 31;
+    const int g = lane >> 2, q = lane & 3;
+    const int pair = blockIdx.y * NWG + wg;
+    const bool on = pair < n_pairs;
+    double* acc64 = s_acc + (size_t)wg * (XF / 2 + 2) * 128 + tw;
+    for (int i = t; i < NWG * (XF / 2 + 2) * 128; i += NT) s_acc[i] = 0.0;
+
+    // E-step A operand (W^T rows 16 w + g, + 8; k = 8 ks + q, + 4), split; constants of the rows
+    unsigned wh[KT][4], wl[KT][4];
+    float cr[2];
+    {
+        const int row0 = 2 * (on ? pair : 0) * 32 + 16 * w + g;
+#pragma unroll
+        for (int ks = 0; ks < KT; ++ks)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int row = row0 + 8 * (i & 1), k = 8 * ks + q + 4 * (i >> 1);
+                split(W[(size_t)row * XF + k], wh[ks][i], wl[ks][i]);
+            }
+        cr[0] = c[row0];
+        cr[1] = c[row0 + 8];
+    }
+    float accS[XF / 2];
+#pragma unroll
+    for (int i = 0; i < XF / 2; ++i) accS[i] = 0.0f;
+    float nk[2] = {0.0f, 0.0f};
+    double ll = 0.0;
+    int since_flush = 0;
+
+    const long long n_tiles = (n + TS - 1) / TS;
+    constexpr int F4 = TS * D / 4, F4L = (F4 + NT - 1) / NT;
+    float4 pre[F4L];
+    auto fetch = [&](long long tile) {
+#pragma unroll
+        for (int i = 0; i < F4L; ++i) {
+            const int e = t + NT * i;
+            pre[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (e < F4 && tile < n_tiles && tile * TS + (4 * e) / D < n)
+                pre[i] = __ldg(reinterpret_cast<const float4*>(X + tile * TS * D) + e);
+        }
+    };
+    long long tile = blockIdx.x;
+    fetch(tile);
+    for (; tile < n_tiles; tile += gridDim.x) {
+        __syncthreads();  // every warp group is done with the previous tile's shared memory
+#pragma unroll
+        for (int i = 0; i < F4L; ++i) {
+            const int e = t + NT * i;
+            if (e < F4) {
+                const int s = (4 * e) / D, d0 = (4 * e) % D;
+                const int pos = (s & 1) ? 4 + ((s & 7) >> 1) : ((s & 7) >> 1);  // k order
+                const float v[4] = {pre[i].x, pre[i].y, pre[i].z, pre[i].w};
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    unsigned h, l, h2, l2;
+                    split(v[j], h, l);
+                    split(v[j] * v[j], h2, l2);
+                    const int k1 = d0 + j, k2 = D + d0 + j;
+                    const int e1 = (k1 >> 3) * TS * 8 + tile_offset(s, k1 & 7);
+                    const int e2 = (k2 >> 3) * TS * 8 + tile_offset(s, k2 & 7);
+                    sE_hi[e1] = __uint_as_float(h);
+                    sE_lo[e1] = __uint_as_float(l);
+                    sE_hi[e2] = __uint_as_float(h2);
+                    sE_lo[e2] = __uint_as_float(l2);
+                    const int f1 = (s >> 3) * XF * 8 + tile_offset(k1, pos);
+                    const int f2 = (s >> 3) * XF * 8 + tile_offset(k2, pos);
+                    sS_hi[f1] = __uint_as_float(h);
+                    sS_lo[f1] = __uint_as_float(l);
+                    sS_hi[f2] = __uint_as_float(h2);
+                    sS_lo[f2] = __uint_as_float(l2);
+                }
+            }
+        }
+        fence_proxy_async();
+        __syncthreads();
+        fetch(tile + gridDim.x);  // in flight while this tile is computed
+        if (!on) continue;
+
+        // -- E-step ------------------------------------------------------------------------
+        float acc[32];
+#pragma unroll
+        for (int i = 0; i < 32; ++i) acc[i] = cr[(i >> 1) & 1];
+        fence_acc(acc);
+        wg_fence();
+#pragma unroll
+        for (int ks = 0; ks < KT; ++ks) {
+            const unsigned long long dh = make_desc(sE_hi + ks * TS * 8, DESC_LBO, DESC_SBO);
+            const unsigned long long dl = make_desc(sE_lo + ks * TS * 8, DESC_LBO, DESC_SBO);
+            wgmma_rs_n64(acc, wl[ks], dh, 1);
+            wgmma_rs_n64(acc, wh[ks], dl, 1);
+            wgmma_rs_n64(acc, wh[ks], dh, 1);
+        }
+        wg_commit();
+        wg_wait<0>();
+        fence_acc(acc);
+
+        // -- softmax over the 32 components of each restart: this warp's 16 and its partner's
+        float mx[16];
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                float m = fmaxf(acc[4 * j + e], acc[4 * j + 2 + e]);
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 4));
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 8));
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 16));
+                mx[2 * j + e] = m;
+            }
+        float* my_max = s_max + (wg * 4 + w) * 64;
+        const float* their_max = s_max + (wg * 4 + (w ^ 1)) * 64;
+        if (g == 0)
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) my_max[8 * j + 2 * q + e] = mx[2 * j + e];
+        pair_barrier(1 + wg * 2 + (w >> 1));
+        float sm[16];
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const float m = fmaxf(mx[2 * j + e], their_max[8 * j + 2 * q + e]);
+                mx[2 * j + e] = m;
+                acc[4 * j + e] = ex2(acc[4 * j + e] - m);
+                acc[4 * j + 2 + e] = ex2(acc[4 * j + 2 + e] - m);
+                float s = acc[4 * j + e] + acc[4 * j + 2 + e];
+                s += __shfl_xor_sync(0xffffffffu, s, 4);
+                s += __shfl_xor_sync(0xffffffffu, s, 8);
+                s += __shfl_xor_sync(0xffffffffu, s, 16);
+                sm[2 * j + e] = s;
+            }
+        float* my_sum = s_sum + (wg * 4 + w) * 64;
+        const float* their_sum = s_sum + (wg * 4 + (w ^ 1)) * 64;
+        if (g == 0)
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) my_sum[8 * j + 2 * q + e] = sm[2 * j + e];
+        pair_barrier(1 + wg * 2 + (w >> 1));
+        float ll_tile = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const float s = sm[2 * j + e] + their_sum[8 * j + 2 * q + e];
+                const bool valid = tile * TS + 8 * j + 2 * q + e < n;
+                const float inv = valid ? __fdividef(1.0f, s) : 0.0f;
+                if (valid && g == 0 && (w & 1) == 0) ll_tile += mx[2 * j + e] + lg2(s);
+                acc[4 * j + e] *= inv;
+                acc[4 * j + 2 + e] *= inv;
+                nk[0] += acc[4 * j + e];
+                nk[1] += acc[4 * j + 2 + e];
+            }
+        ll += (double)ll_tile * 0.6931471805599453;
+
+        // -- statistics: accS += R [x | x^2], k-step j = the tile's samples 8 j .. 8 j + 7 ----
+        unsigned ah[SK][4], al[SK][4];
+#pragma unroll
+        for (int j = 0; j < SK; ++j) {
+            split(acc[4 * j + 0], ah[j][0], al[j][0]);  // (g, q)         <- (g, 2q)
+            split(acc[4 * j + 2], ah[j][1], al[j][1]);  // (g + 8, q)     <- (g + 8, 2q)
+            split(acc[4 * j + 1], ah[j][2], al[j][2]);  // (g, q + 4)     <- (g, 2q + 1)
+            split(acc[4 * j + 3], ah[j][3], al[j][3]);  // (g + 8, q + 4) <- (g + 8, 2q + 1)
+        }
+        fence_acc(accS);
+        wg_fence();
+#pragma unroll
+        for (int j = 0; j < SK; ++j) {
+            const unsigned long long dh = make_desc(sS_hi + j * XF * 8, DESC_LBO, DESC_SBO);
+            const unsigned long long dl = make_desc(sS_lo + j * XF * 8, DESC_LBO, DESC_SBO);
+            WGMMA_STATS(accS, al[j], dh, 1);
+            WGMMA_STATS(accS, ah[j], dl, 1);
+            WGMMA_STATS(accS, ah[j], dh, 1);
+        }
+        wg_commit();
+        wg_wait<0>();
+        fence_acc(accS);
+        if (++since_flush == FLUSH) {
+            since_flush = 0;
+#pragma unroll
+            for (int i = 0; i < XF / 2; ++i) {
+                acc64[i * 128] += (double)accS[i];
+                accS[i] = 0.0f;
+            }
+            acc64[(XF / 2) * 128] += (double)nk[0];
+            acc64[(XF / 2 + 1) * 128] += (double)nk[1];
+            nk[0] = nk[1] = 0.0f;
+        }
+    }
+    if (!on) return;
+#pragma unroll
+    for (int i = 0; i < XF / 2; ++i) acc64[i * 128] += (double)accS[i];
+    acc64[(XF / 2) * 128] += (double)nk[0];
+    acc64[(XF / 2 + 1) * 128] += (double)nk[1];
+    __syncwarp();
+
+    // rows of this warp: m = 16 w + g + 8 h -> restart 2 pair + m / 32, component m % 32
+    const int C = 1 + XF;
+    double* out = partial + (size_t)blockIdx.x * pstride;
+#pragma unroll
+    for (int i = 0; i < XF / 2; ++i) {
+        const int m = 16 * w + g + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * q + (i & 1);
+        const int r = 2 * pair + (m >> 5), k = m & 31;
+        if (r < R && k < K) out[(size_t)(r * K + k) * C + 1 + col] = acc64[i * 128];
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        double v = acc64[(XF / 2 + h) * 128];
+        v += __shfl_xor_sync(0xffffffffu, v, 1);
+        v += __shfl_xor_sync(0xffffffffu, v, 2);
+        const int m = 16 * w + g + 8 * h, r = 2 * pair + (m >> 5), k = m & 31;
+        if (q == 0 && r < R && k < K) out[(size_t)(r * K + k) * C] = v;
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) ll += __shfl_xor_sync(0xffffffffu, ll, off);
+    const int r = 2 * pair + (w >> 1);
+    if ((w & 1) == 0 && lane == 0 && r < R) out[(size_t)R * K * C + r] = ll;
+}
+"""
+
+
+def source(d: int, nwg: int) -> str:
+    """The pass for ``d`` features and ``nwg`` warp groups (restart pairs) per CTA."""
+    shapes = sorted({64, 2 * d})
+    defines = (
+        f"#define D {d}\n#define NWG {nwg}\n#define FLUSH {FLUSH}\n"
+        f"#define WGMMA_STATS wgmma_rs_n{2 * d}\n"
+    )
+    common = "#define DESC_LBO 128u\n#define DESC_SBO 256u\n" + _COMMON
+    return defines + common + "".join(_wgmma_function("rs", n) for n in shapes) + KERNEL
+
+
+def smem_bytes(d: int, nwg: int) -> int:
+    xf = 2 * d
+    floats = 2 * (xf // 8) * TS * 8 + 2 * (TS // 8) * xf * 8 + 2 * nwg * 4 * 64
+    return 4 * floats + 8 * nwg * (xf // 2 + 2) * 128
+
+
+def weights(means: np.ndarray, var: np.ndarray, w: np.ndarray, n_pairs: int):
+    """Log2-unit W (2P, 32, 2D) and c (2P, 32) of diag Gaussians (float32)."""
+    r, k, d = means.shape
+    l2e = 1.0 / np.log(2.0)
+    W = np.zeros((2 * n_pairs, 32, 2 * d))
+    c = np.full((2 * n_pairs, 32), -np.inf)
+    c[r:] = 0.0  # absent restarts: finite, never written
+    prec = 1.0 / var
+    W[:r, :k, :d] = means * prec * l2e
+    W[:r, :k, d:] = -0.5 * prec * l2e
+    c[:r, :k] = (
+        np.log(w)
+        - 0.5 * d * np.log(2 * np.pi)
+        + 0.5 * np.log(prec).sum(2)
+        - 0.5 * (means**2 * prec).sum(2)
+    ) * l2e
+    return W.astype(np.float32), c.astype(np.float32)
+
+
+class WgPass:
+    def __init__(self, d: int, nwg: int) -> None:
+        import cupy as cp
+
+        self.d, self.nwg = d, nwg
+        self.module, self.backend = build_module("nvrtc", source(d, nwg))
+        self.kernel = self.module.get_function("wg_pass")
+        self.smem = smem_bytes(d, nwg)
+        self.kernel.max_dynamic_shared_size_bytes = self.smem
+        self.n_sm = cp.cuda.Device().attributes["MultiProcessorCount"]
+        self.registers = int(self.kernel.num_regs)
+        self.spill = int(self.kernel.local_size_bytes)
+
+    def launch(self, Xc: Any, params: tuple, *, blocks_per_sm: int = 1) -> tuple[Any, Any]:
+        import cupy as cp
+
+        w, means, var = params
+        r, k, d = means.shape
+        n_pairs = -(-r // 2)
+        groups = -(-n_pairs // self.nwg)
+        W, c = (cp.asarray(a) for a in weights(means, var, w, n_pairs))
+        C = 1 + 2 * d
+        pstride = r * k * C + r
+        n_tiles = -(-Xc.shape[0] // TS)
+        blocks = max(1, min(self.n_sm * blocks_per_sm // groups or 1, n_tiles))
+        partial = cp.zeros((blocks, pstride), cp.float64)
+        args = (
+            Xc,
+            np.int64(Xc.shape[0]),
+            np.int32(r),
+            np.int32(k),
+            np.int32(n_pairs),
+            W,
+            c,
+            partial,
+            np.int32(pstride),
+        )
+        return (
+            lambda: self.kernel((blocks, groups), (128 * self.nwg,), args, shared_mem=self.smem)
+        ), partial
+
+    def stats(self, Xc: Any, params: tuple) -> dict[str, np.ndarray]:
+        import cupy as cp
+
+        run, partial = self.launch(Xc, params)
+        run()
+        total = cp.asnumpy(partial.sum(0))
+        r, k, d = params[1].shape
+        C = 1 + 2 * d
+        s = total[: r * k * C].reshape(r, k, C)
+        return {
+            "nk": s[..., 0],
+            "sx": s[..., 1 : 1 + d],
+            "sxx": s[..., 1 + d :],
+            "ll": total[r * k * C :],
+        }
+
+
+def reference(Xc: np.ndarray, params: tuple) -> dict[str, np.ndarray]:
+    from benchmarks.tune_fused import reference_stats
+
+    return reference_stats(Xc, params)
+
+
+def production(Xc_dev: Any, params: tuple) -> tuple[Any, Any]:
+    """The production pass on the same centred data: (run, stats-of-last-run)."""
+    import cupy as cp
+
+    from gmm_core._cupy import CupyEngine
+    from gmm_core._gaussian import Params
+
+    w, means, var = params
+    engine = CupyEngine()
+    data = engine.prepare(Xc_dev, None, "diag")
+    p = Params(cp.asarray(w), cp.asarray(means), cp.asarray(var), cp.asarray(1 / np.sqrt(var)))
+    active = cp.ones(w.shape[0], bool)
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        box["stats"] = engine.accumulate(data, p, active)
+
+    return run, box
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+def timed(fn: Any, repeat: int = 5) -> float:
+    import cupy as cp
+
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    fn()
+    times = []
+    for _ in range(repeat):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, end))
+    return statistics.median(times)
+
+
+def main() -> int:
+    import cupy as cp
+
+    from benchmarks.tune_fused import make_case
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--nwg", default="1,2,4", help="warp groups per CTA to try")
+    args = parser.parse_args()
+    if cp.cuda.Device().compute_capability != "90":
+        print("skipped: needs sm_90 (wgmma)")
+        return 0
+    out: dict[str, Any] = {"correctness": [], "timing": []}
+    nwgs = [int(v) for v in args.nwg.split(",")]
+    passes = {nwg: WgPass(16, nwg) for nwg in nwgs}
+    for nwg, p in passes.items():
+        print(
+            f"wg_pass<16, NWG={nwg}> built with {p.backend}: {p.registers} registers, "
+            f"{p.spill} bytes local, {p.smem} bytes shared",
+            flush=True,
+        )
+    ok = True
+    for n, d, k, r in (
+        (200_000, 16, 32, 2),
+        (200_003, 16, 32, 8),
+        (100_000, 16, 20, 3),
+        (50_000, 8, 32, 2),
+        (40_000, 4, 7, 1),
+        (30_000, 12, 32, 5),
+    ):
+        X, shift, params = make_case(n, d, k, r)
+        Xc = (X - shift.astype(np.float32)).astype(np.float32)
+        want = reference(Xc, params)
+        Xd = cp.asarray(Xc)
+        for nwg in nwgs if d == 16 else nwgs[:1]:
+            wp = passes[nwg] if d == 16 else WgPass(d, nwg)
+            got = wp.stats(Xd, params)
+            row = {"n": n, "d": d, "k": k, "r": r, "nwg": nwg}
+            row.update({key: rel(got[key], want[key]) for key in ("nk", "sx", "sxx", "ll")})
+            out["correctness"].append(row)
+            bad = max(row[key] for key in ("nk", "sx", "sxx", "ll")) > 2e-5
+            ok &= not bad
+            print(
+                "  "
+                + " ".join(
+                    f"{key}={v:.1e}" if isinstance(v, float) else f"{key}={v}"
+                    for key, v in row.items()
+                )
+                + ("  FAIL" if bad else ""),
+                flush=True,
+            )
+        run, box = production(Xd, params)
+        run()
+        st = box["stats"]
+        prow = {"n": n, "d": d, "k": k, "r": r, "impl": "diag_pass_tc"}
+        prow.update(
+            {
+                "nk": rel(cp.asnumpy(st.nk), want["nk"]),
+                "sx": rel(cp.asnumpy(st.sx), want["sx"]),
+                "sxx": rel(cp.asnumpy(st.sxx), want["sxx"]),
+                "ll": rel(cp.asnumpy(st.loglik), want["ll"]),
+            }
+        )
+        out["correctness"].append(prow)
+        print(
+            "  production "
+            + " ".join(f"{key}={prow[key]:.1e}" for key in ("nk", "sx", "sxx", "ll")),
+            flush=True,
+        )
+    if not ok:
+        print("correctness FAILED: no timing")
+        if args.out:
+            args.out.write_text(json.dumps(out, indent=1, default=float))
+        return 1
+    from benchmarks.bench_gpu import telemetry
+
+    X = telemetry(10_000_000, 16, 32)
+    Xc = cp.asarray(X - X.mean(0))
+    rng = np.random.default_rng(0)
+    for r in (1, 2, 8):
+        means = np.stack([cp.asnumpy(Xc[rng.choice(len(X), 32, replace=False)]) for _ in range(r)])
+        params = (np.full((r, 32), 1 / 32), means.astype(np.float64), np.full((r, 32, 16), 4.0))
+        prun, _ = production(Xc, params)
+        row = {"restarts": r, "diag_pass_tc_ms": timed(prun)}
+        for nwg, wp in passes.items():
+            for bps in (1, 2, 3):
+                run, _ = wp.launch(Xc, params, blocks_per_sm=bps)
+                try:
+                    row[f"wg_nwg{nwg}_b{bps}_ms"] = timed(run)
+                except Exception as exc:  # e.g. too many resources for 2 CTAs per SM
+                    row[f"wg_nwg{nwg}_b{bps}_ms"] = None
+                    print(f"  nwg={nwg} b={bps}: {type(exc).__name__}: {exc}")
+        out["timing"].append(row)
+        print("  " + json.dumps(row), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
