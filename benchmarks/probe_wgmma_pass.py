@@ -624,7 +624,7 @@ def main() -> int:
         shapes = ((2, 0), (2, 1), (2, 2), (1, 2), (4, 2)) if d == 16 else ((2, 2), (1, 0))
         for nwg, pipe in shapes:
             got = get(d, nwg, pipe, 0).stats(Xd, params)
-            row = {"n": n, "d": d, "k": k, "r": r, "nwg": nwg, "pipe": pipe}
+            row: dict[str, Any] = {"n": n, "d": d, "k": k, "r": r, "nwg": nwg, "pipe": pipe}
             row.update({key: rel(got[key], want[key]) for key in ("nk", "sx", "sxx", "ll")})
             out["correctness"].append(row)
             bad = max(row[key] for key in ("nk", "sx", "sxx", "ll")) > 2e-5
@@ -633,7 +633,7 @@ def main() -> int:
         run, box = production(Xd, params)
         run()
         st = box["stats"]
-        prow = {"n": n, "d": d, "k": k, "r": r, "impl": "diag_pass_tc"}
+        prow: dict[str, Any] = {"n": n, "d": d, "k": k, "r": r, "impl": "diag_pass_tc"}
         for key, got_key in (("nk", "nk"), ("sx", "sx"), ("sxx", "sxx"), ("ll", "loglik")):
             prow[key] = rel(cp.asnumpy(getattr(st, got_key)), want[key])
         out["correctness"].append(prow)
@@ -652,7 +652,7 @@ def main() -> int:
         means = np.stack([cp.asnumpy(Xc[rng.choice(len(X), 32, replace=False)]) for _ in range(r)])
         params = (np.full((r, 32), 1 / 32), means.astype(np.float64), np.full((r, 32, 16), 4.0))
         prun, _ = production(Xc, params)
-        row: dict[str, Any] = {"restarts": r, "diag_pass_tc": timed(prun)}
+        trow: dict[str, Any] = {"restarts": r, "diag_pass_tc": timed(prun)}
         for label, nwg, pipe, skip in VARIANTS:
             if skip and r != 8:
                 continue
@@ -660,12 +660,12 @@ def main() -> int:
             for bps in (1, 2) if nwg == 1 else (1,):
                 run, _ = wp.launch(Xc, params, blocks_per_sm=bps)
                 try:
-                    row[f"{label} b{bps}"] = timed(run)
+                    trow[f"{label} b{bps}"] = timed(run)
                 except Exception as exc:  # e.g. too many resources for 2 CTAs per SM
-                    row[f"{label} b{bps}"] = None
+                    trow[f"{label} b{bps}"] = None
                     print(f"  {label} b{bps}: {type(exc).__name__}: {exc}")
-        out["timing"].append(row)
-        for key, v in row.items():
+        out["timing"].append(trow)
+        for key, v in trow.items():
             shown = v if isinstance(v, int) or v is None else f"{v:.3f} ms"
             print(f"  R={r} {key:36s} {shown}", flush=True)
     if args.out:
