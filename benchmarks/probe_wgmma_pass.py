@@ -135,6 +135,61 @@ wg_pass(const float* __restrict__ X, long long n, int R, int K, int n_pairs,
     };
 
     const long long n_tiles = (n + TS - 1) / TS;
+#if VEC
+    // STAGE_VEC: item (8-sample block, parity, feature quad) = samples 8 blk + par + 2 j (j < 4)
+    // x features 4 fq .. 4 fq + 3: 16-byte stores in both layouts (the transposed one holds the
+    // four samples' positions par * 4 + j side by side)
+    constexpr int ITEMS = (TS / 8) * 2 * (D / 4);
+    float4 pre[4];
+    auto fetch = [&](long long tile) {
+        const int blk = t / (2 * (D / 4)), par = (t / (D / 4)) & 1, fq = t % (D / 4);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const long long row = tile * TS + 8 * blk + par + 2 * j;
+            pre[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (t < ITEMS && tile < n_tiles && row < n)
+                pre[j] = __ldg(reinterpret_cast<const float4*>(X + row * D) + fq);
+        }
+    };
+    auto stage = [&](int b) {
+        if (SKIP & 8) return;
+        if (t >= ITEMS) return;
+        float* sE_hi = smem + b * BUF;
+        float* sE_lo = sE_hi + KT * TS * 8;
+        float* sS_hi = sE_lo + KT * TS * 8;
+        float* sS_lo = sS_hi + SK * XF * 8;
+        const int blk = t / (2 * (D / 4)), par = (t / (D / 4)) & 1, fq = t % (D / 4);
+        unsigned xh[4][4], xl[4][4], qh[4][4], ql[4][4];  // [sample j][feature f]
+#define ST4(p, a, b, c, d) *reinterpret_cast<uint4*>(p) = make_uint4(a, b, c, d)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const float v[4] = {pre[j].x, pre[j].y, pre[j].z, pre[j].w};
+#pragma unroll
+            for (int f = 0; f < 4; ++f) {
+                split(v[f], xh[j][f], xl[j][f]);
+                split(v[f] * v[f], qh[j][f], ql[j][f]);
+            }
+            const int smp = 8 * blk + par + 2 * j, k1 = 4 * fq, k2 = D + 4 * fq;
+            const int e1 = (k1 >> 3) * TS * 8 + tile_offset(smp, k1 & 7);
+            const int e2 = (k2 >> 3) * TS * 8 + tile_offset(smp, k2 & 7);
+            ST4(sE_hi + e1, xh[j][0], xh[j][1], xh[j][2], xh[j][3]);
+            ST4(sE_lo + e1, xl[j][0], xl[j][1], xl[j][2], xl[j][3]);
+            ST4(sE_hi + e2, qh[j][0], qh[j][1], qh[j][2], qh[j][3]);
+            ST4(sE_lo + e2, ql[j][0], ql[j][1], ql[j][2], ql[j][3]);
+        }
+#pragma unroll
+        for (int f = 0; f < 4; ++f) {
+            const int c1 = 4 * fq + f, c2 = D + 4 * fq + f;
+            const int f1 = blk * XF * 8 + tile_offset(c1, 4 * par);
+            const int f2 = blk * XF * 8 + tile_offset(c2, 4 * par);
+            ST4(sS_hi + f1, xh[0][f], xh[1][f], xh[2][f], xh[3][f]);
+            ST4(sS_lo + f1, xl[0][f], xl[1][f], xl[2][f], xl[3][f]);
+            ST4(sS_hi + f2, qh[0][f], qh[1][f], qh[2][f], qh[3][f]);
+            ST4(sS_lo + f2, ql[0][f], ql[1][f], ql[2][f], ql[3][f]);
+        }
+        fence_proxy_async();
+    };
+#else
     constexpr int F4 = TS * D / 4, F4L = (F4 + NT - 1) / NT;
     float4 pre[F4L];
     auto fetch = [&](long long tile) {
@@ -182,6 +237,7 @@ wg_pass(const float* __restrict__ X, long long n, int R, int K, int n_pairs,
         }
         fence_proxy_async();
     };
+#endif
 
     float acc[32];
     unsigned ah[SK][4], al[SK][4];
@@ -208,8 +264,67 @@ wg_pass(const float* __restrict__ X, long long n, int R, int K, int n_pairs,
 #pragma unroll
         for (int i = 0; i < 32; ++i) acc[i] = (SKIP & 2 ? 0.0f : acc[i]) + cr[(i >> 1) & 1];
     };
+    auto softmax1 = [&](long long tile) {  // one exchange: (max, sum) of each warp's 16 rows
+        const float NEG_INF = __int_as_float(0xff800000);
+        float mx[16], sm[16];
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                float m = fmaxf(acc[4 * j + e], acc[4 * j + 2 + e]);
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 4));
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 8));
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 16));
+                const float mm = m == NEG_INF ? 0.0f : m;  // 16 absent components: all zeros
+                acc[4 * j + e] = ex2(acc[4 * j + e] - mm);
+                acc[4 * j + 2 + e] = ex2(acc[4 * j + 2 + e] - mm);
+                float sv = acc[4 * j + e] + acc[4 * j + 2 + e];
+                sv += __shfl_xor_sync(0xffffffffu, sv, 4);
+                sv += __shfl_xor_sync(0xffffffffu, sv, 8);
+                sv += __shfl_xor_sync(0xffffffffu, sv, 16);
+                mx[2 * j + e] = m;
+                sm[2 * j + e] = sv;
+            }
+        float* my_max = s_max + (wg * 4 + w) * 64;
+        float* my_sum = s_sum + (wg * 4 + w) * 64;
+        const float* their_max = s_max + (wg * 4 + (w ^ 1)) * 64;
+        const float* their_sum = s_sum + (wg * 4 + (w ^ 1)) * 64;
+        if (g == 0)
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    my_max[8 * j + 2 * q + e] = mx[2 * j + e];
+                    my_sum[8 * j + 2 * q + e] = sm[2 * j + e];
+                }
+        pair_barrier(1 + wg * 2 + (w >> 1));
+        float ll_tile = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int col = 8 * j + 2 * q + e;
+                const float m = mx[2 * j + e], mo = their_max[col];
+                const float M = fmaxf(m, mo);
+                const float a = m == NEG_INF ? 0.0f : ex2(m - M);  // this warp's part of the sum
+                const float bo = mo == NEG_INF ? 0.0f : ex2(mo - M);
+                const float S = sm[2 * j + e] * a + their_sum[col] * bo;
+                const bool valid = tile * TS + col < n;
+                const float scale = valid ? __fdividef(a, S) : 0.0f;
+                if (valid && g == 0 && (w & 1) == 0) ll_tile += M + lg2(S);
+                acc[4 * j + e] *= scale;
+                acc[4 * j + 2 + e] *= scale;
+                nk[0] += acc[4 * j + e];
+                nk[1] += acc[4 * j + 2 + e];
+            }
+        ll += (double)ll_tile * 0.6931471805599453;
+    };
     auto softmax = [&](long long tile) {  // acc (waited for) -> responsibilities; nk, ll
         if (SKIP & 4) return;
+        if (SOFTMAX1) {
+            softmax1(tile);
+            return;
+        }
         float mx[16];
 #pragma unroll
         for (int j = 0; j < 8; ++j)
@@ -410,12 +525,12 @@ wg_pass(const float* __restrict__ X, long long n, int R, int K, int n_pairs,
 """
 
 
-def source(d: int, nwg: int, pipe: int = 0, skip: int = 0) -> str:
+def source(d: int, nwg: int, pipe: int = 0, skip: int = 0, vec: int = 0, sm1: int = 0) -> str:
     """The pass for ``d`` features and ``nwg`` warp groups (restart pairs) per CTA."""
     shapes = sorted({64, 2 * d})
     defines = (
         f"#define D {d}\n#define NWG {nwg}\n#define FLUSH {FLUSH}\n"
-        f"#define PIPE {pipe}\n#define SKIP {skip}\n"
+        f"#define PIPE {pipe}\n#define SKIP {skip}\n#define VEC {vec}\n#define SOFTMAX1 {sm1}\n"
         f"#define WGMMA_STATS wgmma_rs_n{2 * d}\n"
     )
     common = "#define DESC_LBO 128u\n#define DESC_SBO 256u\n" + _COMMON
@@ -449,11 +564,13 @@ def weights(means: np.ndarray, var: np.ndarray, w: np.ndarray, n_pairs: int):
 
 
 class WgPass:
-    def __init__(self, d: int, nwg: int, pipe: int = 0, skip: int = 0) -> None:
+    def __init__(
+        self, d: int, nwg: int, pipe: int = 0, skip: int = 0, vec: int = 0, sm1: int = 0
+    ) -> None:
         import cupy as cp
 
         self.d, self.nwg, self.pipe, self.skip = d, nwg, pipe, skip
-        self.module, self.backend = build_module("nvrtc", source(d, nwg, pipe, skip))
+        self.module, self.backend = build_module("nvrtc", source(d, nwg, pipe, skip, vec, sm1))
         self.kernel = self.module.get_function("wg_pass")
         self.smem = smem_bytes(d, nwg, pipe)
         self.kernel.max_dynamic_shared_size_bytes = self.smem
@@ -552,23 +669,24 @@ def timed(fn: Any, repeat: int = 5) -> float:
     return statistics.median(times)
 
 
-#: (label, warp groups per CTA, PIPE, SKIP) of the timing table; SKIP variants time what is
-#: left when a part is removed (their results are wrong)
-VARIANTS: tuple[tuple[str, int, int, int], ...] = (
-    ("serial nwg1", 1, 0, 0),
-    ("serial nwg2", 2, 0, 0),
-    ("serial nwg4", 4, 0, 0),
-    ("pipe1 nwg1", 1, 1, 0),
-    ("pipe1 nwg2", 2, 1, 0),
-    ("pipe2 nwg1", 1, 2, 0),
-    ("pipe2 nwg2", 2, 2, 0),
-    ("pipe2 nwg4", 4, 2, 0),
-    ("serial nwg2 no stats wgmma", 2, 0, 1),
-    ("serial nwg2 no E wgmma", 2, 0, 2),
-    ("serial nwg2 no softmax", 2, 0, 4),
-    ("serial nwg2 no staging", 2, 0, 8),
-    ("serial nwg2 staging only", 2, 0, 7),
-    ("serial nwg2 loop only", 2, 0, 15),
+#: (label, warp groups per CTA, PIPE, SKIP, VEC, SOFTMAX1) of the timing table; SKIP variants
+#: time what is left when a part is removed (their results are wrong)
+VARIANTS: tuple[tuple[str, int, int, int, int, int], ...] = (
+    ("serial nwg2", 2, 0, 0, 0, 0),
+    ("serial nwg2 vec", 2, 0, 0, 1, 0),
+    ("serial nwg2 sm1", 2, 0, 0, 0, 1),
+    ("serial nwg2 vec sm1", 2, 0, 0, 1, 1),
+    ("pipe2 nwg2", 2, 2, 0, 0, 0),
+    ("pipe2 nwg2 vec sm1", 2, 2, 0, 1, 1),
+    ("pipe2 nwg1 vec sm1", 1, 2, 0, 1, 1),
+    ("pipe2 nwg4 vec sm1", 4, 2, 0, 1, 1),
+    ("serial nwg1 vec sm1", 1, 0, 0, 1, 1),
+    ("serial nwg2 vec sm1 no stats wgmma", 2, 0, 1, 1, 1),
+    ("serial nwg2 vec sm1 no E wgmma", 2, 0, 2, 1, 1),
+    ("serial nwg2 vec sm1 no softmax", 2, 0, 4, 1, 1),
+    ("serial nwg2 vec sm1 no staging", 2, 0, 8, 1, 1),
+    ("serial nwg2 vec sm1 staging only", 2, 0, 7, 1, 1),
+    ("serial nwg2 vec sm1 loop only", 2, 0, 15, 1, 1),
 )
 
 
@@ -589,12 +707,12 @@ def main() -> int:
         print("skipped: needs sm_90 (wgmma)")
         return 0
     out: dict[str, Any] = {"correctness": [], "timing": [], "kernels": {}}
-    built: dict[tuple[int, int, int, int], WgPass] = {}
+    built: dict[tuple[int, ...], WgPass] = {}
 
-    def get(d: int, nwg: int, pipe: int, skip: int) -> WgPass:
-        key = (d, nwg, pipe, skip)
+    def get(d: int, nwg: int, pipe: int, skip: int, vec: int = 0, sm1: int = 0) -> WgPass:
+        key = (d, nwg, pipe, skip, vec, sm1)
         if key not in built:
-            wp = built[key] = WgPass(d, nwg, pipe, skip)
+            wp = built[key] = WgPass(d, nwg, pipe, skip, vec, sm1)
             out["kernels"][str(key)] = {
                 "registers": wp.registers,
                 "local_bytes": wp.spill,
@@ -602,7 +720,8 @@ def main() -> int:
                 "backend": wp.backend,
             }
             print(
-                f"wg_pass D={d} NWG={nwg} PIPE={pipe} SKIP={skip}: {wp.registers} registers, "
+                f"wg_pass D={d} NWG={nwg} PIPE={pipe} SKIP={skip} VEC={vec} SOFTMAX1={sm1}: "
+                f"{wp.registers} registers, "
                 f"{wp.spill} bytes local, {wp.smem} bytes shared ({wp.backend})",
                 flush=True,
             )
@@ -621,10 +740,15 @@ def main() -> int:
         Xc = (X - shift.astype(np.float32)).astype(np.float32)
         want = reference(Xc, params)
         Xd = cp.asarray(Xc)
-        shapes = ((2, 0), (2, 1), (2, 2), (1, 2), (4, 2)) if d == 16 else ((2, 2), (1, 0))
-        for nwg, pipe in shapes:
-            got = get(d, nwg, pipe, 0).stats(Xd, params)
+        shapes = (
+            ((2, 0, 0, 0), (2, 2, 0, 0), (2, 2, 1, 1), (1, 2, 1, 1), (2, 0, 1, 0), (2, 0, 0, 1))
+            if d == 16
+            else ((2, 2, 1, 1), (1, 0, 0, 0))
+        )
+        for nwg, pipe, vec, sm1 in shapes:
+            got = get(d, nwg, pipe, 0, vec, sm1).stats(Xd, params)
             row: dict[str, Any] = {"n": n, "d": d, "k": k, "r": r, "nwg": nwg, "pipe": pipe}
+            row.update(vec=vec, sm1=sm1)
             row.update({key: rel(got[key], want[key]) for key in ("nk", "sx", "sxx", "ll")})
             out["correctness"].append(row)
             bad = max(row[key] for key in ("nk", "sx", "sxx", "ll")) > 2e-5
@@ -653,10 +777,10 @@ def main() -> int:
         params = (np.full((r, 32), 1 / 32), means.astype(np.float64), np.full((r, 32, 16), 4.0))
         prun, _ = production(Xc, params)
         trow: dict[str, Any] = {"restarts": r, "diag_pass_tc": timed(prun)}
-        for label, nwg, pipe, skip in VARIANTS:
+        for label, nwg, pipe, skip, vec, sm1 in VARIANTS:
             if skip and r != 8:
                 continue
-            wp = get(16, nwg, pipe, skip)
+            wp = get(16, nwg, pipe, skip, vec, sm1)
             for bps in (1, 2) if nwg == 1 else (1,):
                 run, _ = wp.launch(Xc, params, blocks_per_sm=bps)
                 try:

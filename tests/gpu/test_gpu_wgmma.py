@@ -28,8 +28,16 @@ def test_wgmma_fragment_accumulator_and_descriptor_layouts_hold():
     assert max(r["max_rel_err"] for r in results) < 1e-5
 
 
-@pytest.mark.parametrize(("d", "k", "r", "nwg", "pipe"), [(16, 32, 3, 2, 2), (8, 20, 2, 1, 0)])
-def test_the_experimental_wgmma_pass_matches_float64(d, k, r, nwg, pipe):
+@pytest.mark.parametrize(
+    ("d", "k", "r", "nwg", "pipe", "vec", "sm1"),
+    [
+        (16, 32, 3, 2, 2, 0, 0),
+        (8, 20, 2, 1, 0, 0, 0),
+        (16, 12, 3, 2, 2, 1, 1),
+        (12, 32, 2, 1, 0, 1, 1),
+    ],
+)
+def test_the_experimental_wgmma_pass_matches_float64(d, k, r, nwg, pipe, vec, sm1):
     import cupy as cp
 
     from benchmarks.probe_wgmma_pass import WgPass, reference, rel
@@ -38,6 +46,6 @@ def test_the_experimental_wgmma_pass_matches_float64(d, k, r, nwg, pipe):
     X, shift, params = make_case(20_011, d, k, r)  # a partial last tile
     Xc = (X - shift.astype(np.float32)).astype(np.float32)
     want = reference(Xc, params)
-    got = WgPass(d, nwg, pipe).stats(cp.asarray(Xc), params)
+    got = WgPass(d, nwg, pipe, 0, vec, sm1).stats(cp.asarray(Xc), params)
     for key in ("nk", "sx", "sxx", "ll"):
         assert rel(got[key], want[key]) < 2e-5, key
