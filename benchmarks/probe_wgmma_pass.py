@@ -45,7 +45,8 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from benchmarks.probe_wgmma import _COMMON, _wgmma_function, build_module  # noqa: E402
 
@@ -59,19 +60,27 @@ KERNEL = r"""
 #define SK (TS / 8)      // statistics k-steps
 #define NT (128 * NWG)
 
-__device__ __forceinline__ void split(float x, unsigned& hi, unsigned& lo) {
-    hi = (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
-    lo = __float_as_uint(x - __uint_as_float(hi));
+using tc::ex2;
+using tc::lg2;
+using tc::split;
+// max / sum of a column's value over the 8 lanes (g) that hold its rows
+__device__ __forceinline__ float rows_max(float m) {
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 4));
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 8));
+    return fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 16));
 }
-__device__ __forceinline__ float ex2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
+__device__ __forceinline__ float rows_sum(float s) {
+    s += __shfl_xor_sync(0xffffffffu, s, 4);
+    s += __shfl_xor_sync(0xffffffffu, s, 8);
+    return s + __shfl_xor_sync(0xffffffffu, s, 16);
 }
-__device__ __forceinline__ float lg2(float x) {
-    float y;
-    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
+// a warp's 16 column values (lanes g == 0 hold them all) to its 64 columns in shared memory
+__device__ __forceinline__ void publish(float* dst, const float (&v)[16], int g, int q) {
+    if (g != 0) return;
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) dst[8 * j + 2 * q + e] = v[2 * j + e];
 }
 __device__ __forceinline__ void pair_barrier(int id) {
     asm volatile("bar.sync %0, 64;" ::"r"(id) : "memory");
@@ -264,6 +273,7 @@ wg_pass(const float* __restrict__ X, long long n, int R, int K, int n_pairs,
 #pragma unroll
         for (int i = 0; i < 32; ++i) acc[i] = (SKIP & 2 ? 0.0f : acc[i]) + cr[(i >> 1) & 1];
     };
+#if SOFTMAX1
     auto softmax1 = [&](long long tile) {  // one exchange: (max, sum) of each warp's 16 rows
         const float NEG_INF = __int_as_float(0xff800000);
         float mx[16], sm[16];
@@ -271,32 +281,19 @@ wg_pass(const float* __restrict__ X, long long n, int R, int K, int n_pairs,
         for (int j = 0; j < 8; ++j)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                float m = fmaxf(acc[4 * j + e], acc[4 * j + 2 + e]);
-                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 4));
-                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 8));
-                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 16));
+                const float m = rows_max(fmaxf(acc[4 * j + e], acc[4 * j + 2 + e]));
                 const float mm = m == NEG_INF ? 0.0f : m;  // 16 absent components: all zeros
                 acc[4 * j + e] = ex2(acc[4 * j + e] - mm);
                 acc[4 * j + 2 + e] = ex2(acc[4 * j + 2 + e] - mm);
-                float sv = acc[4 * j + e] + acc[4 * j + 2 + e];
-                sv += __shfl_xor_sync(0xffffffffu, sv, 4);
-                sv += __shfl_xor_sync(0xffffffffu, sv, 8);
-                sv += __shfl_xor_sync(0xffffffffu, sv, 16);
                 mx[2 * j + e] = m;
-                sm[2 * j + e] = sv;
+                sm[2 * j + e] = rows_sum(acc[4 * j + e] + acc[4 * j + 2 + e]);
             }
         float* my_max = s_max + (wg * 4 + w) * 64;
         float* my_sum = s_sum + (wg * 4 + w) * 64;
         const float* their_max = s_max + (wg * 4 + (w ^ 1)) * 64;
         const float* their_sum = s_sum + (wg * 4 + (w ^ 1)) * 64;
-        if (g == 0)
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    my_max[8 * j + 2 * q + e] = mx[2 * j + e];
-                    my_sum[8 * j + 2 * q + e] = sm[2 * j + e];
-                }
+        publish(my_max, mx, g, q);
+        publish(my_sum, sm, g, q);
         pair_barrier(1 + wg * 2 + (w >> 1));
         float ll_tile = 0.0f;
 #pragma unroll
@@ -319,30 +316,23 @@ wg_pass(const float* __restrict__ X, long long n, int R, int K, int n_pairs,
             }
         ll += (double)ll_tile * 0.6931471805599453;
     };
+#endif
     auto softmax = [&](long long tile) {  // acc (waited for) -> responsibilities; nk, ll
         if (SKIP & 4) return;
-        if (SOFTMAX1) {
-            softmax1(tile);
-            return;
-        }
+#if SOFTMAX1
+        softmax1(tile);
+#else
         float mx[16];
 #pragma unroll
         for (int j = 0; j < 8; ++j)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                float m = fmaxf(acc[4 * j + e], acc[4 * j + 2 + e]);
-                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 4));
-                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 8));
-                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 16));
+                const float m = rows_max(fmaxf(acc[4 * j + e], acc[4 * j + 2 + e]));
                 mx[2 * j + e] = m;
             }
         float* my_max = s_max + (wg * 4 + w) * 64;
         const float* their_max = s_max + (wg * 4 + (w ^ 1)) * 64;
-        if (g == 0)
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) my_max[8 * j + 2 * q + e] = mx[2 * j + e];
+        publish(my_max, mx, g, q);
         pair_barrier(1 + wg * 2 + (w >> 1));
         float sm[16];
 #pragma unroll
@@ -353,19 +343,11 @@ wg_pass(const float* __restrict__ X, long long n, int R, int K, int n_pairs,
                 mx[2 * j + e] = m;
                 acc[4 * j + e] = ex2(acc[4 * j + e] - m);
                 acc[4 * j + 2 + e] = ex2(acc[4 * j + 2 + e] - m);
-                float s = acc[4 * j + e] + acc[4 * j + 2 + e];
-                s += __shfl_xor_sync(0xffffffffu, s, 4);
-                s += __shfl_xor_sync(0xffffffffu, s, 8);
-                s += __shfl_xor_sync(0xffffffffu, s, 16);
-                sm[2 * j + e] = s;
+                sm[2 * j + e] = rows_sum(acc[4 * j + e] + acc[4 * j + 2 + e]);
             }
         float* my_sum = s_sum + (wg * 4 + w) * 64;
         const float* their_sum = s_sum + (wg * 4 + (w ^ 1)) * 64;
-        if (g == 0)
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) my_sum[8 * j + 2 * q + e] = sm[2 * j + e];
+        publish(my_sum, sm, g, q);
         pair_barrier(1 + wg * 2 + (w >> 1));
         float ll_tile = 0.0f;
 #pragma unroll
@@ -382,6 +364,7 @@ wg_pass(const float* __restrict__ X, long long n, int R, int K, int n_pairs,
                 nk[1] += acc[4 * j + 2 + e];
             }
         ll += (double)ll_tile * 0.6931471805599453;
+#endif
     };
     auto stats = [&](int b) {  // issue tile b's statistics (one commit group)
         const float* sS_hi = smem + b * BUF + 2 * KT * TS * 8;
@@ -533,7 +516,9 @@ def source(d: int, nwg: int, pipe: int = 0, skip: int = 0, vec: int = 0, sm1: in
         f"#define PIPE {pipe}\n#define SKIP {skip}\n#define VEC {vec}\n#define SOFTMAX1 {sm1}\n"
         f"#define WGMMA_STATS wgmma_rs_n{2 * d}\n"
     )
-    common = "#define DESC_LBO 128u\n#define DESC_SBO 256u\n" + _COMMON
+    tc_cuh = (REPO / "gmm_core" / "cuda" / "tc.cuh").read_text()  # split, ex2, lg2
+    tc_cuh = tc_cuh.replace("#pragma once\n", "")  # inlined: NVRTC warns in a main file
+    common = "#define DESC_LBO 128u\n#define DESC_SBO 256u\n" + _COMMON + tc_cuh
     return defines + common + "".join(_wgmma_function("rs", n) for n in shapes) + KERNEL
 
 

@@ -291,3 +291,26 @@ def test_the_wgmma_probe_compiles_for_sm90a(tmp_path):
     for shape in ("m64n64k8", "m64n128k8", "m64n256k8"):
         assert f"wgmma.mma_async.sync.aligned.{shape}.f32.tf32.tf32" in text, shape
     assert "wgmma.commit_group" in text and "wgmma.wait_group" in text
+
+
+@needs_nvcc
+@pytest.mark.parametrize(("d", "nwg", "pipe", "vec", "sm1"), [(16, 2, 2, 0, 0), (12, 1, 0, 1, 1)])
+def test_the_experimental_wgmma_pass_compiles_without_spills(tmp_path, d, nwg, pipe, vec, sm1):
+    """benchmarks/probe_wgmma_pass.py's kernel: no spills, no serialised wgmma (ptxas C75xx)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+    from benchmarks.probe_wgmma_pass import source
+
+    src = tmp_path / "wg_pass.cu"
+    src.write_text(source(d, nwg, pipe, 0, vec, sm1))
+    cmd = [NVCC, "-std=c++17", "-gencode=arch=compute_90a,code=sm_90a", "--cubin", "-Xptxas", "-v"]
+    out = tmp_path / "wg_pass.cubin"
+    proc = subprocess.run(
+        [*cmd, "-o", str(out), str(src)], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "C75" not in proc.stderr, proc.stderr  # ptxas: wgmma serialised or waits injected
+    assert "warning" not in proc.stderr.lower(), proc.stderr
+    assert "bytes spill stores" in proc.stderr  # ptxas reported every kernel
+    assert not re.search(r"[1-9][0-9]* bytes spill stores", proc.stderr), proc.stderr
