@@ -35,6 +35,7 @@ def test_wgmma_fragment_accumulator_and_descriptor_layouts_hold():
         (8, 20, 2, 1, 0, 0, 0),
         (16, 12, 3, 2, 2, 1, 1),
         (12, 32, 2, 1, 0, 1, 1),
+        (16, 32, 5, 2, 3, 0, 0),
     ],
 )
 def test_the_experimental_wgmma_pass_matches_float64(d, k, r, nwg, pipe, vec, sm1):
