@@ -389,6 +389,7 @@ class CupyEngine(Engine):
         self.compile_for_fit(data, n_restarts, n_components)
         if self.full_pass_tc.supports(data, n_restarts, n_components):
             return self.full_pass_tc.accumulate(data, params, active)
+        self.full_pass_tc.forget()
         if self.diag_pass.supports(data, n_restarts, n_components):
             try:
                 fused = self._fused_diag(data, n_restarts, n_components)
@@ -430,9 +431,16 @@ class CupyEngine(Engine):
         operands = None
         if covariance_type == "full":
             operands = self.full_pass_tc.mstep_operands(*stats.sx.shape)
-        new = self.gemm.m_step(stats, covariance_type, reg_covar, eps, operands=operands)
+        new = self.gemm.m_step(
+            stats,
+            covariance_type,
+            reg_covar,
+            eps,
+            operands=operands,
+            defines=self.full_pass_tc.defines,
+        )
         if new is not None and operands is not None:
-            self.full_pass_tc.operands_written(new.precisions_cholesky, operands)
+            self.full_pass_tc.operands_written(new, operands)
         return new
 
     def restart_tracker(

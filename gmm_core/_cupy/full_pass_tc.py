@@ -78,11 +78,14 @@ class FullPassTC:
         #: extra compiler options of both kernels (``-D`` defines of tuning variants)
         self.defines: tuple[str, ...] = ()
         self._declined: set[tuple[int, int]] = set()
-        #: (R, K, D) of the last pass this served (the M-step writes operands of that shape)
+        #: (R, K, D) of the last pass this served (the M-step writes operands of that shape) and
+        #: that pass's ``active`` mask (the estimator's loop passes the same array every time)
         self._served: tuple[int, int, int] | None = None
-        #: the precision factors whose operands the buffers hold, and the buffers: held, so
-        #: neither is freed and reused while the pair stands for them
-        self._operands_of: tuple[Any, dict[str, Any]] | None = None
+        self._served_active: Any = None
+        #: what the operand buffers were computed from: (weights, means, precision factors,
+        #: the mask they serve, the buffers), held, so that no array is freed and reused while
+        #: the tuple stands for it (see :meth:`_operands`)
+        self._operands_of: tuple[Any, ...] | None = None
         #: ``full_tc_params`` launches (tests count them)
         self.params_launches = 0
 
@@ -177,26 +180,42 @@ class FullPassTC:
         self._operands_of = None  # about to be overwritten
         return self.operand_buffers(n_restarts, n_components, n_features)
 
-    def operands_written(self, precisions_cholesky: Any, buffers: dict[str, Any]) -> None:
-        """The M-step wrote ``buffers`` from the parameters with these precision factors."""
-        self._operands_of = (precisions_cholesky, buffers)
+    def operands_written(self, params: Params, buffers: dict[str, Any]) -> None:
+        """The M-step wrote ``buffers`` from ``params``, for the next pass of the same loop."""
+        self._operands_of = (
+            params.weights,
+            params.means,
+            params.precisions_cholesky,
+            self._served_active,
+            buffers,
+        )
 
-    def _operands(self, params: Params, kern_params: Any, masked: bool) -> dict[str, Any]:
+    def forget(self) -> None:
+        """Another pass served the last call: the M-step writes no operands for this one."""
+        self._served = self._served_active = self._operands_of = None
+
+    def _operands(self, params: Params, kern_params: Any, active: Any) -> dict[str, Any]:
         """The operands of ``params``: as written by the M-step that made them, else computed.
 
-        Those of the M-step serve only a pass with an ``active`` mask (``masked``): the loop
-        puts the old parameters back, in place, for restarts that stopped, whose operands then
-        stand for the discarded ones; such restarts never become active again, and a masked
-        pass skips them.
+        Those already in the buffers serve only a pass with the same ``active`` mask object
+        and the same parameter arrays (the estimator's loop: its tracker's mask, the M-step's
+        arrays). The loop puts the old parameters of restarts that stopped back in place, so
+        their operands stand for the discarded ones; such restarts never become active again
+        in that loop, and its mask skips them. Any other call (another mask, no mask, other
+        arrays) computes them. Arrays changed in place between two passes of one loop (which
+        the loop does not do for restarts still iterating) would not be noticed.
         """
         R, K, D = params.means.shape
         buffers = self.operand_buffers(R, K, D)
         held = self._operands_of
         if (
-            masked
+            active is not None
             and held is not None
-            and held[0] is params.precisions_cholesky
-            and all(held[1][name] is buf for name, buf in buffers.items())
+            and held[0] is params.weights
+            and held[1] is params.means
+            and held[2] is params.precisions_cholesky
+            and held[3] is active
+            and all(held[4][name] is buf for name, buf in buffers.items())
         ):
             return buffers
         f64 = cupy.float64
@@ -211,7 +230,13 @@ class FullPassTC:
             ),
         )
         self.params_launches += 1
-        self._operands_of = (params.precisions_cholesky, buffers)
+        self._operands_of = (
+            params.weights,
+            params.means,
+            params.precisions_cholesky,
+            active,
+            buffers,
+        )
         return buffers
 
     def accumulate(self, data: CupyData, params: Params, active: Any = None) -> Stats:
@@ -229,14 +254,14 @@ class FullPassTC:
         kern_params, kern_pass, kern_reduce = self.kernels(D, u_in_smem, smem, weighted)
         f64 = cupy.float64
         buffer = self.scratch.get
-        operands = self._operands(params, kern_params, active is not None)
-        self._served = (R, K, D)
+        operands = self._operands(params, kern_params, active)
+        self._served, self._served_active = (R, K, D), active
         if active is None:
             act: Any = np.intp(0)
         elif isinstance(active, cupy.ndarray) and active.dtype == cupy.int32:
-            act = active
+            act = cupy.ascontiguousarray(active)
         else:
-            act = cupy.asarray(active).astype(cupy.int32)
+            act = cupy.ascontiguousarray(cupy.asarray(active).astype(cupy.int32))
         groups = -(-K // FULL_TC_GROUP)
         pstride = rk * (1 + D + D * D) + R
         longest = max(chunk.shape[0] for chunk in data.chunks)

@@ -139,13 +139,15 @@ class GemmPass:
         eps: float,
         *,
         operands: dict[str, Any] | None = None,
+        defines: tuple[str, ...] = (),
     ) -> Params | None:
         """Full covariance: the M-step as one kernel launch (``full_mstep``); else None.
 
         Same formulas as :func:`gmm_core._gaussian.m_step`; a covariance that is not positive
         definite gives NaN precision factors (the estimator's loop raises at its next check).
         ``operands``: ``full_pass_tc``'s operand buffers (:meth:`FullPassTC.operand_buffers`)
-        to fill from the new parameters as well (up to 32 features).
+        to fill from the new parameters as well (up to 32 features), built with that pass's
+        tuning ``defines``.
         """
         if covariance_type != "full":
             return None
@@ -161,7 +163,7 @@ class GemmPass:
             cupy.empty((*shape, n_features)),
             cupy.empty((*shape, n_features)),
         )
-        load_kernel(kernel_ref(SOURCE, "full_mstep", n_features))(
+        load_kernel(kernel_ref(SOURCE, "full_mstep", n_features), defines if operands else ())(
             (rk,),
             (256,),
             (

@@ -68,14 +68,16 @@ em_update(double* __restrict__ weights, const double* __restrict__ old_weights,
     __syncthreads();
     if (!last || threadIdx.x != 0) return;
     arrivals[r] = 0u;  // every block of the row has arrived: none reads active[r] any more
+    const double nan = __longlong_as_double(0x7ff8000000000000LL);
+    double* row = history + (long long)(it - 1) * n_restarts;
+    if (keep_old) {  // its pass may have skipped it (zero statistics): no change to report
+        change[r] = nan;
+        row[r] = nan;
+        return;
+    }
     const double now = loglik[r] / weight_sum;
     const double delta = now - bound[r];
     change[r] = delta;
-    double* row = history + (long long)(it - 1) * n_restarts;
-    if (keep_old) {
-        row[r] = __longlong_as_double(0x7ff8000000000000LL);  // NaN
-        return;
-    }
     bound[r] = now;
     row[r] = now;
     n_iter[r] = it;

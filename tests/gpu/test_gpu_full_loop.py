@@ -80,6 +80,33 @@ def test_a_full_fit_computes_the_pass_operands_once_and_fits_as_without_that():
     assert fast.lower_bound_ == slow.lower_bound_
 
 
+def test_restarts_that_stop_early_fit_as_when_every_pass_computes_its_operands():
+    """n_init=3 with a tolerance: restarts stop at different iterations, their passes are
+    skipped, the loop restores their parameters in place; with the M-step's operands for the
+    others, the fit must equal, to the bit, one whose every pass computes every restart from
+    operands made afresh (no mask: no skipping, no operands kept)."""
+    X = make_data(6000, 10, 4, np.float32, seed=4)
+    kwargs = dict(n_components=4, covariance_type="full", n_init=3, tol=1e-4, random_state=1)
+    from gmm_core._cupy.full_pass_tc import FullPassTC
+
+    fast = GaussianMixture(backend="cupy", **kwargs).fit(X)
+    original = FullPassTC.accumulate
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
+            FullPassTC,
+            "accumulate",
+            lambda self, data, params, active=None: original(self, data, params, None),
+        )
+        slow = GaussianMixture(backend="cupy", **kwargs).fit(X)
+    lengths = [len(curve) for curve in fast.restart_lower_bounds_]
+    assert len(set(lengths)) > 1, f"the restarts should stop at different iterations: {lengths}"
+    assert lengths == [len(curve) for curve in slow.restart_lower_bounds_]
+    for a, b in zip(fast.restart_lower_bounds_, slow.restart_lower_bounds_, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name), err_msg=name)
+
+
 def test_a_full_pass_skips_restarts_that_stopped():
     import cupy
 
@@ -114,8 +141,8 @@ def test_the_device_bookkeeping_kernel_matches_the_host_tracker():
 
     R, K, D, iters = 3, 16, 32, 6
     rng = np.random.default_rng(0)
-    host = RestartTracker(np, R, iters, -np.inf, 1e-3, deferred=True)
-    device = DeviceRestartTracker(R, iters, -np.inf, 1e-3)
+    host = RestartTracker(np, R, iters + 1, -np.inf, 1e-3, deferred=True)
+    device = DeviceRestartTracker(R, iters + 1, -np.inf, 1e-3)
     _, start = _synthetic(rng, R, K, D, 0)
     p_host, p_dev = start, start.map(cupy.asarray)
     for it in range(1, iters + 1):
