@@ -95,6 +95,34 @@ __device__ __forceinline__ void pair_barrier(int id) {
     asm volatile("bar.sync %0, 64;" ::"r"(id) : "memory");
 }
 
+// One float4 of a tile (sample s, features d0 .. d0 + 3, s = 4 e / D) into tile buffer buf, split
+// (hi, lo), in both layouts: the E-step's (sample rows, feature k) and the statistics' (feature
+// rows, the sample at its permuted k position: sample 2 q -> q, 2 q + 1 -> q + 4 of its block)
+__device__ __forceinline__ void store_quad(float* buf, float4 v4, int e) {
+    float* sE_hi = buf;
+    float* sE_lo = sE_hi + KT * TS * 8;
+    float* sS_hi = sE_lo + KT * TS * 8;
+    float* sS_lo = sS_hi + SK * XF * 8;
+    const int s = (4 * e) / D, d0 = (4 * e) % D;
+    const int pos = (s & 1) ? 4 + ((s & 7) >> 1) : ((s & 7) >> 1);
+    const float v[4] = {v4.x, v4.y, v4.z, v4.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        unsigned h, l, h2, l2;
+        split(v[j], h, l);
+        split(v[j] * v[j], h2, l2);
+        const int k1 = d0 + j, k2 = D + d0 + j;
+        const int e1 = (k1 >> 3) * TS * 8 + tile_offset(s, k1 & 7);
+        const int e2 = (k2 >> 3) * TS * 8 + tile_offset(s, k2 & 7);
+        const int f1 = (s >> 3) * XF * 8 + tile_offset(k1, pos);
+        const int f2 = (s >> 3) * XF * 8 + tile_offset(k2, pos);
+        sE_hi[e1] = sS_hi[f1] = __uint_as_float(h);
+        sE_lo[e1] = sS_lo[f1] = __uint_as_float(l);
+        sE_hi[e2] = sS_hi[f2] = __uint_as_float(h2);
+        sE_lo[e2] = sS_lo[f2] = __uint_as_float(l2);
+    }
+}
+
 // X (n, D) float32 centred; W (2 P, 32, XF) and c (2 P, 32): log2-unit weights of [x | x^2]
 // and constants (rows of absent components: W 0, c -inf; an absent restart: W 0, c 0);
 // partial (gridDim.x, pstride) float64, rows written for restarts < R and components < K.
@@ -223,38 +251,9 @@ wg_pass(const float* __restrict__ X, long long n, int R, int K, int n_pairs,
     };
     auto stage = [&](int b) {  // the prefetched tile into buffer b, split, in both layouts
         if (SKIP & 8) return;
-        float* sE_hi = smem + b * BUF;
-        float* sE_lo = sE_hi + KT * TS * 8;
-        float* sS_hi = sE_lo + KT * TS * 8;
-        float* sS_lo = sS_hi + SK * XF * 8;
 #pragma unroll
-        for (int i = 0; i < F4L; ++i) {
-            const int e = t + NT * i;
-            if (e < F4) {
-                const int s = (4 * e) / D, d0 = (4 * e) % D;
-                const int pos = (s & 1) ? 4 + ((s & 7) >> 1) : ((s & 7) >> 1);  // k order
-                const float v[4] = {pre[i].x, pre[i].y, pre[i].z, pre[i].w};
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    unsigned h, l, h2, l2;
-                    split(v[j], h, l);
-                    split(v[j] * v[j], h2, l2);
-                    const int k1 = d0 + j, k2 = D + d0 + j;
-                    const int e1 = (k1 >> 3) * TS * 8 + tile_offset(s, k1 & 7);
-                    const int e2 = (k2 >> 3) * TS * 8 + tile_offset(s, k2 & 7);
-                    sE_hi[e1] = __uint_as_float(h);
-                    sE_lo[e1] = __uint_as_float(l);
-                    sE_hi[e2] = __uint_as_float(h2);
-                    sE_lo[e2] = __uint_as_float(l2);
-                    const int f1 = (s >> 3) * XF * 8 + tile_offset(k1, pos);
-                    const int f2 = (s >> 3) * XF * 8 + tile_offset(k2, pos);
-                    sS_hi[f1] = __uint_as_float(h);
-                    sS_lo[f1] = __uint_as_float(l);
-                    sS_hi[f2] = __uint_as_float(h2);
-                    sS_lo[f2] = __uint_as_float(l2);
-                }
-            }
-        }
+        for (int i = 0; i < F4L; ++i)
+            if (t + NT * i < F4) store_quad(smem + b * BUF, pre[i], t + NT * i);
         fence_proxy_async();
     };
 #endif
@@ -427,33 +426,9 @@ wg_pass(const float* __restrict__ X, long long n, int R, int K, int n_pairs,
                         v4[i] = __ldg(reinterpret_cast<const float4*>(X + tl * TS * D) + e);
                 }
                 if (k >= NBUF) bar_sync(EMPTY0 + b, ALL);
-                float* sE_hi = smem + b * BUF;
-                float* sE_lo = sE_hi + KT * TS * 8;
-                float* sS_hi = sE_lo + KT * TS * 8;
-                float* sS_lo = sS_hi + SK * XF * 8;
 #pragma unroll
-                for (int i = 0; i < PER; ++i) {
-                    const int e = lane + 32 * i;
-                    if (e >= F4P) continue;
-                    const int s = (4 * e) / D, d0 = (4 * e) % D;
-                    const int pos = (s & 1) ? 4 + ((s & 7) >> 1) : ((s & 7) >> 1);
-                    const float v[4] = {v4[i].x, v4[i].y, v4[i].z, v4[i].w};
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) {
-                        unsigned h, l, h2, l2;
-                        split(v[j], h, l);
-                        split(v[j] * v[j], h2, l2);
-                        const int k1 = d0 + j, k2 = D + d0 + j;
-                        const int e1 = (k1 >> 3) * TS * 8 + tile_offset(s, k1 & 7);
-                        const int e2 = (k2 >> 3) * TS * 8 + tile_offset(s, k2 & 7);
-                        const int f1 = (s >> 3) * XF * 8 + tile_offset(k1, pos);
-                        const int f2 = (s >> 3) * XF * 8 + tile_offset(k2, pos);
-                        sE_hi[e1] = sS_hi[f1] = __uint_as_float(h);
-                        sE_lo[e1] = sS_lo[f1] = __uint_as_float(l);
-                        sE_hi[e2] = sS_hi[f2] = __uint_as_float(h2);
-                        sE_lo[e2] = sS_lo[f2] = __uint_as_float(l2);
-                    }
-                }
+                for (int i = 0; i < PER; ++i)
+                    if (lane + 32 * i < F4P) store_quad(smem + b * BUF, v4[i], lane + 32 * i);
                 fence_proxy_async();
 #pragma unroll
                 for (int i = 0; i < NWG; ++i) bar_arrive(FULL0 + b * NWG + i, 160);
