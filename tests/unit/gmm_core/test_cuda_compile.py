@@ -296,11 +296,11 @@ def test_the_wgmma_probe_compiles_for_sm90a(tmp_path):
 @needs_nvcc
 @pytest.mark.parametrize(("d", "nwg", "pipe", "vec", "sm1"), [(16, 2, 2, 0, 0), (12, 1, 0, 1, 1)])
 def test_the_experimental_wgmma_pass_compiles_without_spills(tmp_path, d, nwg, pipe, vec, sm1):
-    """benchmarks/probe_wgmma_pass.py's kernel: no spills, no serialised wgmma (ptxas C75xx)."""
+    """benchmarks/wgmma_pass.py's kernel: no spills, no serialised wgmma (ptxas C75xx)."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-    from benchmarks.probe_wgmma_pass import source
+    from benchmarks.wgmma_pass import source
 
     src = tmp_path / "wg_pass.cu"
     src.write_text(source(d, nwg, pipe, 0, vec, sm1))
