@@ -23,43 +23,30 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
-import json, statistics, sys, time, warnings
-import numpy as np
+import json, sys, warnings
 import cupy as cp
-from gmm_core import GaussianMixture
-sys.path.insert(0, sys.argv[1])
-from benchmarks.bench_gpu import telemetry
+import gmm_core
+# the working directory is the checkout (python -c puts it first on sys.path); PYTHONPATH adds
+# the repository for benchmarks
+from benchmarks import public_api
 
-cases = {
-    "full": (telemetry(1_000_000, 32, 16, seed=1), 16, "full"),
-    "telemetry": (telemetry(10_000_000, 16, 32), 32, "diag"),
-}
+wanted = sys.argv[1].split(",")
 out = {}
-for name in sys.argv[2].split(","):
-    X, k, cov = cases[name]
-    Xd = cp.asarray(X)
-    gm = GaussianMixture(k, covariance_type=cov, backend="cupy", random_state=0).fit(Xd)
-    kw = dict(weights_init=gm.weights_, means_init=gm.means_, precisions_init=gm.precisions_)
+for case in public_api.cases(False):
+    if case["name"] not in wanted:
+        continue
+    Xd = cp.asarray(case["X"])
+    inits = public_api._inits(public_api._gm(case, random_state=0).fit(Xd))
 
-    def fit(n):
-        return GaussianMixture(k, covariance_type=cov, backend="cupy", tol=0.0, max_iter=n,
-                               random_state=0, **kw).fit(Xd)
-
-    def med(n, repeat=3):
-        times = []
-        for _ in range(repeat):
-            cp.cuda.Device().synchronize()
-            t0 = time.perf_counter()
-            fit(n)
-            cp.cuda.Device().synchronize()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+    def fit(n, case=case, inits=inits, Xd=Xd):
+        return public_api._gm(case, max_iter=n, tol=0.0, random_state=0, **inits).fit(Xd)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit(5)
-        a, b = med(5), med(65)
-    out[name] = 1e3 * (b - a) / 60
+        fields, _ = public_api.iteration_span(fit, 5, 65, repeat=3)
+    out[case["name"]] = fields["per_iter_ms"]
+out["gmm_core"] = gmm_core.__file__
 print("RESULT " + json.dumps(out))
 """
 
@@ -77,7 +64,8 @@ def main() -> int:
         for label, tree in (("a", args.a), ("b", args.b)):
             env = dict(os.environ, PYTHONPATH=f"{tree.resolve()}:{REPO}")
             done = subprocess.run(
-                [sys.executable, "-c", CHILD, str(REPO), args.cases],
+                [sys.executable, "-c", CHILD, args.cases],
+                cwd=tree,  # python -c puts the working directory first: the checkout's gmm_core
                 env=env,
                 capture_output=True,
                 text=True,
@@ -87,7 +75,12 @@ def main() -> int:
             if done.returncode or not line:
                 print(done.stdout[-2000:], done.stderr[-4000:], file=sys.stderr)
                 return 1
-            for name, ms in json.loads(line[0][7:]).items():
+            result = json.loads(line[0][7:])
+            loaded = Path(result.pop("gmm_core")).resolve()
+            if not loaded.is_relative_to(tree.resolve()):  # it once timed B against B
+                print(f"{label}: gmm_core came from {loaded}, not {tree}", file=sys.stderr)
+                return 1
+            for name, ms in result.items():
                 got[label].setdefault(name, []).append(ms)
             print(f"round {rnd} {label}: {line[0][7:]}", flush=True)
     table = {}

@@ -256,12 +256,9 @@ class FullPassTC:
         buffer = self.scratch.get
         operands = self._operands(params, kern_params, active)
         self._served, self._served_active = (R, K, D), active
-        if active is None:
-            act: Any = np.intp(0)
-        elif isinstance(active, cupy.ndarray) and active.dtype == cupy.int32:
-            act = cupy.ascontiguousarray(active)
-        else:
-            act = cupy.ascontiguousarray(cupy.asarray(active).astype(cupy.int32))
+        act: Any = np.intp(0)  # no mask: every restart
+        if active is not None:  # the tracker's int32 flags as they are (no copy), else converted
+            act = cupy.ascontiguousarray(cupy.asarray(active), dtype=cupy.int32)
         groups = -(-K // FULL_TC_GROUP)
         pstride = rk * (1 + D + D * D) + R
         longest = max(chunk.shape[0] for chunk in data.chunks)
