@@ -396,8 +396,16 @@ class RowsPass:
         n_tiles = -(-Xc.shape[0] // TS)
         blocks = max(1, min(self.n_sm, n_tiles))
         partial = cp.zeros((blocks, pstride), cp.float64)
-        args = (Xc, np.int64(Xc.shape[0]), np.int32(r), np.int32(k), W, cd, partial,
-                np.int32(pstride))
+        args = (
+            Xc,
+            np.int64(Xc.shape[0]),
+            np.int32(r),
+            np.int32(k),
+            W,
+            cd,
+            partial,
+            np.int32(pstride),
+        )
 
         def run() -> None:
             partial.fill(0)
@@ -414,5 +422,9 @@ class RowsPass:
         r, k, d = params[1].shape
         C = 1 + 2 * d
         s = total[: r * k * C].reshape(r, k, C)
-        return {"nk": s[..., 0], "sx": s[..., 1 : 1 + d], "sxx": s[..., 1 + d :],
-                "ll": total[r * k * C :]}
+        return {
+            "nk": s[..., 0],
+            "sx": s[..., 1 : 1 + d],
+            "sxx": s[..., 1 + d :],
+            "ll": total[r * k * C :],
+        }

@@ -186,15 +186,21 @@ class ArchReport:
         )
 
 
-def compile_options(arch: str) -> tuple[str, ...]:
-    """NVRTC options of a prebuilt cubin: what CuPy compiles with, for a real ``arch``."""
-    return (*_cuda_loader.COMPILE_OPTIONS, *_cuda_loader.NVRTC_ADDED_OPTIONS, f"-arch={arch}")
+def compile_options(arch: str, file: str = "") -> tuple[str, ...]:
+    """NVRTC options of a prebuilt cubin: what CuPy compiles with, for a real ``arch``.
+
+    An arch-specific source (``_cuda_loader.ARCH_SPECIFIC``, e.g. ``sm_90a``) is built for its
+    own target, in the folder of the architecture it runs on.
+    """
+    target = _cuda_loader.ARCH_SPECIFIC.get(file, arch)
+    return (*_cuda_loader.COMPILE_OPTIONS, *_cuda_loader.NVRTC_ADDED_OPTIONS, f"-arch={target}")
 
 
 def _compile_group(arch: str, file: str, group: str, exprs: list[str]) -> tuple[Any, ...]:
     started = time.perf_counter()
     name = f"{Path(file).stem}.{group}"
-    compiled = _nvrtc.compile_cubin(_cuda_loader.source(file), file, exprs, compile_options(arch))
+    options = compile_options(arch, file)
+    compiled = _nvrtc.compile_cubin(_cuda_loader.source(file), file, exprs, options)
     missing = set(compiled.lowered_names.values()) - elf_symbols(compiled.cubin)
     if missing:
         raise _nvrtc.NvrtcError(f"{name} ({arch}): the cubin lacks {sorted(missing)}")

@@ -29,6 +29,11 @@ COMPILE_OPTIONS = ("-std=c++17", f"-DGMM_NT={THREADS_PER_BLOCK}")
 #: ahead-of-time build passes them too, so that its kernels are the ones NVRTC gives at run time
 NVRTC_ADDED_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
 
+#: sources that use an architecture's own features (Hopper's ``wgmma``: ``sm_90a``): NVRTC and
+#: the ahead-of-time build compile them for that target, and only devices of that compute
+#: capability launch them (``gmm_core._cupy.diag_pass_wg``)
+ARCH_SPECIFIC = {"em_diag_wg.cu": "sm_90a"}
+
 #: seconds spent compiling modules in this process, summed over threads (benchmarks report it)
 compile_seconds = 0.0
 _compile_seconds_lock = threading.Lock()
@@ -64,6 +69,8 @@ def source_digest(name: str) -> str:
     """
     digest = hashlib.sha256(source(name).replace(str(CUDA_DIR), "").encode())
     digest.update("\0".join((*COMPILE_OPTIONS, *NVRTC_ADDED_OPTIONS)).encode())
+    if name in ARCH_SPECIFIC:  # built for its own target (the ahead-of-time build too)
+        digest.update(ARCH_SPECIFIC[name].encode())
     return digest.hexdigest()
 
 
@@ -79,6 +86,16 @@ def ctype(dtype: Any) -> str:
     raise TypeError(f"CUDA kernels take float32 or float64 data, got {dt}")
 
 
+def arch_options(name: str) -> tuple[str, ...]:
+    """Options that pick the target of an arch-specific source (:data:`ARCH_SPECIFIC`).
+
+    CuPy appends its own ``-arch=sm_90``; NVRTC 13 then builds ``sm_90a`` from the pair
+    (checked by ``benchmarks/wgmma.py``'s ``probe_arch`` on an H200).
+    """
+    arch = ARCH_SPECIFIC.get(name)
+    return (f"--gpu-architecture={arch}",) if arch else ()
+
+
 def _compile(name: str, name_expressions: tuple[str, ...], options: tuple[str, ...] = ()) -> Any:
     import cupy
 
@@ -86,7 +103,7 @@ def _compile(name: str, name_expressions: tuple[str, ...], options: tuple[str, .
     started = time.perf_counter()
     module = cupy.RawModule(
         code=source(name),
-        options=(*COMPILE_OPTIONS, *options),
+        options=(*COMPILE_OPTIONS, *arch_options(name), *options),
         name_expressions=list(name_expressions),
     )
     module.compile()
@@ -152,6 +169,7 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
         "diag_pass<float, 16, 1, false, false, false, true>",
         "diag_pass<double, 3, 2, true, false, true, true>",
     ),
+    "em_diag_wg.cu": ("diag_pass_wg<true>", "diag_pass_wg<false>", "diag_wg_params"),
     "init.cu": (
         "kpp_potentials<float>",
         "kpp_potentials<double>",

@@ -11,6 +11,7 @@ from .. import _cuda_loader
 NT = _cuda_loader.THREADS_PER_BLOCK
 TC_ENV = "GMM_CORE_TENSOR_CORES"
 SMALL_ENV = "GMM_CORE_SMALL_KERNEL"
+WGMMA_ENV = "GMM_CORE_WGMMA"
 BUDGET_ENV = "GMM_CORE_GPU_MEMORY_BUDGET"
 #: threads per block of ``diag_pass_tc``: 256 (W^T in registers, measured faster) or 128
 TC_THREADS = 256
@@ -54,6 +55,9 @@ class LaunchConfig:
     full_on_device: bool = True
     #: ``full_pass_tc`` reads U from global memory even where shared memory would hold it
     full_tc_force_global_u: bool = False
+    #: 5-8 restarts of float32 diag data with 16 features on Hopper's warp-group MMA
+    #: (``diag_pass_wg``, sm_90a); off: ``GMM_CORE_WGMMA=0``
+    wgmma: bool = True
 
     @classmethod
     def for_current_device(
@@ -82,4 +86,5 @@ class LaunchConfig:
             tensor_cores=bool(tensor_cores) and compute_capability >= 80,
             small_kernel=env_flag(SMALL_ENV) if small_kernel is None else bool(small_kernel),
             shared_accumulators=shared_accumulators,
+            wgmma=env_flag(WGMMA_ENV),
         )

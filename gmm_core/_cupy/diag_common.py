@@ -167,6 +167,14 @@ class FusedDiagPass:
         """
         raise NotImplementedError
 
+    def launches_per_pass(self, plan: DiagPlan) -> int:
+        """Kernel launches of one device-loop iteration of ``plan``.
+
+        The pass (whose last block reduces and runs the M-step), or the pass,
+        ``reduce_partials`` and ``diag_mstep``.
+        """
+        return 1 if tail_reduce(plan) else 3
+
     # -- kernels --------------------------------------------------------------------------------
     def pass_kernel(
         self, data: CupyData, plan: DiagPlan, mstep_in_pass: bool, guard: bool = True

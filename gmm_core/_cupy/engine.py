@@ -30,6 +30,7 @@ from .diag_common import DiagPlan, FusedDiagPass
 from .diag_em_small import DiagEmSmall
 from .diag_pass import DiagPass
 from .diag_pass_tc import DiagPassTC
+from .diag_pass_wg import DiagPassWG
 from .full_pass_tc import FullPassTC
 from .gemm import GemmPass, full_features
 from .kernels import KernelRef, compile_kernels, kernel_ref
@@ -134,6 +135,7 @@ class CupyEngine(Engine):
         #: the pass strategies, in the order :meth:`accumulate` and :meth:`run_em` try them
         self.full_pass_tc = FullPassTC(config, scratch)
         self.diag_em_small = DiagEmSmall(config)
+        self.diag_pass_wg = DiagPassWG(config, scratch)
         self.diag_pass_tc = DiagPassTC(config, scratch)
         self.diag_pass = DiagPass(config, scratch)
         # a function of the budget alone: a bound method would make engine <-> gemm a reference
@@ -245,6 +247,7 @@ class CupyEngine(Engine):
         key = (
             config.shared_accumulators,
             config.tensor_cores,
+            config.wgmma,
             config.tc_threads,
             data.covariance_type,
             data.dtype.str,
@@ -256,8 +259,11 @@ class CupyEngine(Engine):
         )
         fused = self._diag_plans_cache.get(key)
         if fused is None:
-            tc_plans = self.diag_pass_tc.plans(data, n_restarts, n_components)
-            if tc_plans is not None:
+            wg_plans = self.diag_pass_wg.plans(data, n_restarts, n_components)
+            tc_plans = None if wg_plans else self.diag_pass_tc.plans(data, n_restarts, n_components)
+            if wg_plans is not None:
+                fused = FusedDiag(self.diag_pass_wg, wg_plans)
+            elif tc_plans is not None:
                 fused = FusedDiag(self.diag_pass_tc, tc_plans)
             else:
                 fused = FusedDiag(
@@ -293,9 +299,12 @@ class CupyEngine(Engine):
             refs += [kernel_ref("init.cu", name, of) for name, of in LLOYD_KERNELS]
             diag = retype(data, "diag")
             refs += self._em_kernel_refs(diag, n_restarts, n_components)
-            if self.diag_pass_tc.supports(diag, n_restarts, n_components):  # Lloyd's passes
-                plans = self.diag_pass_tc.plans(diag, n_restarts, n_components, fit_grid=False)
-                refs += [self.diag_pass_tc.pass_ref(diag, p, False, False) for p in plans or []]
+            lloyd: FusedDiagPass = self.diag_pass_tc  # Lloyd's passes (no exactness guard)
+            if self.diag_pass_wg.supports(diag, n_restarts, n_components):
+                lloyd = self.diag_pass_wg
+            if lloyd.supports(diag, n_restarts, n_components):
+                plans = lloyd.plans(diag, n_restarts, n_components, fit_grid=False)
+                refs += [lloyd.pass_ref(diag, p, False, False) for p in plans or []]
         return list(dict.fromkeys(refs))
 
     def _device_loop_serves(self, data: CupyData, n_restarts: int, n_components: int) -> bool:
@@ -329,9 +338,11 @@ class CupyEngine(Engine):
             if device_loop and small.supports(data, n_restarts, n_components):
                 refs += small.kernel_refs(data, n_restarts, n_components)
             else:
-                tc = self.diag_pass_tc
-                plans = tc.plans(data, n_restarts, n_components, fit_grid=False)
-                strategy: FusedDiagPass = tc
+                strategy: FusedDiagPass = self.diag_pass_wg
+                plans = strategy.plans(data, n_restarts, n_components, fit_grid=False)
+                if plans is None:
+                    strategy = self.diag_pass_tc
+                    plans = strategy.plans(data, n_restarts, n_components, fit_grid=False)
                 try:
                     if plans is None:
                         strategy = self.diag_pass

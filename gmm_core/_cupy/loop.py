@@ -171,7 +171,7 @@ class DeviceLoop:
                 strategy.pass_kernel(data, plan, tail_reduce(plan))
             if not all(tail_reduce(p) for p in plans):
                 reduce_kernel()
-            self.launches_per_iteration = sum(1 if tail_reduce(p) else 3 for p in plans)
+            self.launches_per_iteration = sum(strategy.launches_per_pass(p) for p in plans)
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self.graph: Any = None
         self.graph_error: str | None = None

@@ -76,6 +76,38 @@ def test_telemetry_fit_needs_the_tensor_core_pass_its_mstep_and_nothing_else():
     assert not any("_tc<" in n for n in names(SM90, "diag", np.float64, 16, 32, 1, 10**7))
 
 
+def test_eight_telemetry_restarts_take_the_wgmma_pass_on_sm90_only():
+    got = names(SM90, "diag", np.float32, 16, 32, 8, 10_000_000)
+    assert got == [
+        "prepare_params<float, 16, false>",
+        "diag_wg_params",
+        "diag_pass_wg<true>",
+        "reduce_partials",
+        "diag_mstep<float, 16, false>",
+    ]
+    # groups of 8 and a last group of 5 or more; 5-7 alone too
+    for r in (5, 7, 13, 16):
+        assert "diag_pass_wg<true>" in names(SM90, "diag", np.float32, 16, 32, r, 10**6), r
+    # fewer restarts (or a last group of 1-4), other widths, float64, sm_86, small data, or
+    # GMM_CORE_WGMMA=0: the tensor-core pass as before
+    for config, dtype, d, r, n in (
+        (SM90, np.float32, 16, 4, 10**6),
+        (SM90, np.float32, 16, 10, 10**6),
+        (SM90, np.float32, 12, 8, 10**6),
+        (SM90, np.float64, 16, 8, 10**6),
+        (SM86, np.float32, 16, 8, 10**6),
+        (SM90, np.float32, 16, 8, 60_000),
+        (sm90(wgmma=False), np.float32, 16, 8, 10**6),
+    ):
+        got = names(config, "diag", dtype, d, 32, r, n)
+        assert not any("diag_pass_wg" in name for name in got), (config, dtype, d, r, n)
+    # k-means' Lloyd passes of 8 restarts: the unguarded variant
+    engine = CupyEngine(config=SM90)
+    data = CupyData([], True, "diag", np.dtype(np.float32), 10**6, 16)
+    kmeans = [ref.expr for ref in engine.kernel_refs(data, 8, 32, init_params="kmeans")]
+    assert "diag_pass_wg<false>" in kmeans
+
+
 def test_full_fit_needs_the_fused_full_pass_where_shared_memory_holds_it():
     got = names(SM90, "full", np.float32, 32, 16, 1, 1_000_000)
     assert got == [
@@ -143,6 +175,7 @@ def test_default_warmup_shapes_cover_the_pipeline_and_the_benchmark_kernels():
         "full_constants<double, 6>",  # the retraining pipeline's default fit
         "full_mstep<6>",
         "diag_pass_tc<16, 2, false, 256>",
+        "diag_pass_wg<true>",  # n_init=8 telemetry on sm_90 (wgmma)
         "full_pass_tc<32, true>",
         "diag_em_small<float, 2, false, 8>",
         "kpp_potentials<double>",  # k-means++ seeding (init_params="kmeans", the default)

@@ -1,0 +1,179 @@
+"""``diag_pass_wg``: the fused diag pass on Hopper's warp-group MMA (``wgmma``, sm_90a).
+
+Serves 5 to 8 restarts per group (``n_init=8`` fits) of float32 diag data with 16 features and
+up to 32 components on compute capability 9.0, where one pass over the data for 8 restarts runs
+in about half the time of ``diag_pass_tc`` (``benchmarks/probe_wgmma_pass.py``; the research
+version is ``benchmarks/wgmma_pass_rows.py``). Samples along the MMA's M: a restart's softmax
+stays within four lanes; both products on ``wgmma``, the statistics' in two TF32 products with
+the responsibilities rounded stochastically (see ``cuda/em_diag_wg.cu``). The pass leaves
+float64 block partials in the fused passes' layout, summed by ``reduce_partials``; the M-step
+is ``diag_mstep``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cupy
+import numpy as np
+
+from .data import CupyData
+from .diag_common import (
+    REDUCE_REF,
+    DiagPlan,
+    FusedDiagPass,
+    mstep_kernel,
+    mstep_ref,
+    prepare_ref,
+    reduce_kernel,
+    tail_reduce,
+)
+from .kernels import KernelRef, allow_dynamic_smem, kernel_ref, load_kernel, max_carveout
+
+FILE = "em_diag_wg.cu"
+#: restarts per CTA row (two warp groups of four); groups of fewer than MIN_GROUP restarts are
+#: left to ``diag_pass_tc`` (the kernel computes all eight)
+GROUP = 8
+MIN_GROUP = 5
+#: samples per tile, threads per block, shared memory per block (``gwg::SMEM_WORDS``)
+TILE = 64
+THREADS = 256
+W_WORDS = 4 * 2 * 256 * 8  # E-step B operand: 4 k-steps x (hi, lo) x 256 positions x 8
+SMEM_BYTES = 4 * (W_WORDS + 2 * 8 * (128 * 8 + 16) + 2 * 8 * (64 * 8 + 16) + 256 + 2 * 64 * 128)
+#: rows below which the pass is not worth its fixed cost (one tile per SM)
+MIN_SAMPLES = 1 << 16
+PARAMS_REF = kernel_ref(FILE, "diag_wg_params")
+
+
+class DiagPassWG(FusedDiagPass):
+    """``diag_pass_wg<GUARD>`` and ``diag_wg_params``; see the module docstring."""
+
+    name = "diag_pass_wg"
+
+    def supports(self, data: CupyData, n_restarts: int, n_components: int) -> bool:
+        """Float32 diag data, 16 features, <= 32 components, groups of 5-8 restarts, sm_90."""
+        config = self.config
+        return (
+            config.wgmma
+            and config.tensor_cores
+            and config.compute_capability == 90
+            and config.smem_optin >= SMEM_BYTES
+            and data.covariance_type == "diag"
+            and data.dtype == np.float32
+            and data.n_features == 16
+            and n_components <= 32
+            and data.weights is None
+            and data.n_samples >= MIN_SAMPLES
+            and (n_restarts % GROUP == 0 or n_restarts % GROUP >= MIN_GROUP)
+        )
+
+    def plans(
+        self, data: CupyData, n_restarts: int, n_components: int, *, fit_grid: bool = True
+    ) -> list[DiagPlan] | None:
+        """One plan per group of up to 8 restarts; a block per SM (one per tile at most)."""
+        if not self.supports(data, n_restarts, n_components):
+            return None
+        n_tiles = -(-data.n_samples // TILE)
+        plans = []
+        for r0 in range(0, n_restarts, GROUP):
+            r1 = min(r0 + GROUP, n_restarts)
+            rg = r1 - r0
+            # + 32 words: each warp's log-likelihoods, summed in order by the block (em_diag_wg.cu)
+            pstride = rg * n_components * (1 + 2 * data.n_features) + rg + 32
+            n_blocks = min(self.config.n_sm, n_tiles)
+            plans.append(DiagPlan(r0, r1, TILE, 1, SMEM_BYTES, n_blocks, pstride, 0, THREADS))
+        return plans
+
+    def pass_ref(
+        self, data: CupyData, plan: DiagPlan, mstep_in_pass: bool, guard: bool = True
+    ) -> KernelRef:
+        """``diag_pass_wg<guard>`` (no M-step variant: the M-step is its own launch)."""
+        return kernel_ref(FILE, "diag_pass_wg", guard)
+
+    def pass_kernel(
+        self, data: CupyData, plan: DiagPlan, mstep_in_pass: bool, guard: bool = True
+    ) -> Any:
+        """The pass kernel, allowed its shared memory.
+
+        Also makes the operand buffers, outside any graph capture (the device loop asks for
+        its kernels before it captures).
+        """
+        self._operands()
+        load_kernel(PARAMS_REF)
+        kern = max_carveout(load_kernel(self.pass_ref(data, plan, mstep_in_pass, guard)))
+        return allow_dynamic_smem(kern, SMEM_BYTES)
+
+    def kernel_refs(
+        self, data: CupyData, plans: list[DiagPlan], *, device_loop: bool
+    ) -> list[KernelRef]:
+        """The parameter, pass, reduction and M-step kernels (and ``prepare_params``)."""
+        refs = [prepare_ref(data), PARAMS_REF, self.pass_ref(data, plans[0], False), REDUCE_REF]
+        if device_loop:
+            refs.append(mstep_ref(data))
+        return refs
+
+    def launches_per_pass(self, plan: DiagPlan) -> int:
+        """``diag_wg_params``, the pass, ``reduce_partials``, ``diag_mstep``."""
+        return 4
+
+    def fit_grid(self, data: CupyData, plans: list[DiagPlan]) -> None:
+        """The grid is one block per SM already (227 KiB of shared memory each)."""
+
+    def _operands(self) -> tuple[Any, Any, Any]:
+        """(W image, c, |p|^2) buffers of ``diag_wg_params``, reused by every pass."""
+        return (
+            self.scratch.get("wg_weights", (W_WORDS,), cupy.float32),
+            self.scratch.get("wg_const", (256,), cupy.float32),
+            self.scratch.get("wg_p2", (256,), cupy.float32),
+        )
+
+    def launch_pass(
+        self,
+        data: CupyData,
+        plan: DiagPlan,
+        chunk: Any,
+        n_components: int,
+        kparams: Any,
+        log_const: Any,
+        active: Any,
+        partial: Any,
+        out: Any,
+        counter: Any = None,
+        mstep_table: Any = None,
+        reduce: bool = True,
+        guard: bool = True,
+        weights: Any = None,
+    ) -> None:
+        """Parameters to operands, the pass, the reduction.
+
+        With ``mstep_table``, for a plan the device loop counts as reducing in its pass
+        (:func:`tail_reduce`), the M-step too.
+        """
+        if weights is not None:
+            raise ValueError("diag_pass_wg takes unweighted data only")
+        w_img, const, p2 = self._operands()
+        k0, k1 = plan.r0 * n_components, plan.r1 * n_components
+        rg = plan.r1 - plan.r0
+        load_kernel(PARAMS_REF)(
+            (256 * 32 // THREADS,),  # a thread per (position, column of [x | x^2])
+            (THREADS,),
+            (kparams[k0:k1], log_const[k0:k1], np.int32(rg), np.int32(n_components),
+             w_img, const, p2),
+        )  # fmt: skip
+        self.pass_kernel(data, plan, False, guard)(
+            (plan.n_blocks,),
+            (THREADS,),
+            (chunk, np.int64(chunk.shape[0]), np.int32(rg), np.int32(n_components),
+             w_img, const, p2, kparams[k0:k1], active, partial, np.int32(plan.pstride)),
+            shared_mem=SMEM_BYTES,
+        )  # fmt: skip
+        tail = tail_reduce(plan)
+        if not (reduce or tail):
+            return
+        reduce_kernel()(
+            (-(-plan.pstride // 32),),
+            (32, 8),
+            (partial, np.int32(plan.n_blocks), np.int32(plan.pstride), out),
+        )
+        if tail and mstep_table is not None:  # the device loop launches no M-step for it
+            mstep_kernel(data)((rg,), (128,), (out, np.int32(n_components), mstep_table))
