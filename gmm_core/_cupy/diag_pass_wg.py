@@ -164,7 +164,8 @@ class DiagPassWG(FusedDiagPass):
             (plan.n_blocks,),
             (THREADS,),
             (chunk, np.int64(chunk.shape[0]), np.int32(rg), np.int32(n_components),
-             w_img, const, p2, kparams[k0:k1], active, partial, np.int32(plan.pstride)),
+             w_img, const, p2, kparams[k0:k1], log_const[k0:k1], active, partial,
+             np.int32(plan.pstride)),
             shared_mem=SMEM_BYTES,
         )  # fmt: skip
         tail = tail_reduce(plan)

@@ -102,7 +102,8 @@ template <bool GUARD>
 __global__ void __launch_bounds__(256, 1)
 diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float* __restrict__ Wg,
              const float* __restrict__ cg, const float* __restrict__ p2g,
-             const float* __restrict__ kparams, const int* __restrict__ active,
+             const float* __restrict__ kparams, const float* __restrict__ log_const,
+             const int* __restrict__ active,
              double* __restrict__ partial, int pstride) {
     using namespace gwg;
 #if !WGMMA_OK
@@ -136,6 +137,11 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
             if (!(a <= GMM_TC_GUARD)) far |= 1u << i;  // NaN too
         }
     }
+    // whether any component of this warp group is far (the same for every thread of the group:
+    // it decides the group's barriers)
+    bool group_far = false;
+    if (GUARD)
+        for (int c = 0; c < NW; ++c) group_far |= !(p2g[wgp * NW + c] <= GMM_TC_GUARD);
 
     const long long n_tiles = (n + TS - 1) / TS;
     const long long n_my =
@@ -208,18 +214,45 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
             wg::mma_ss(T, wg::desc(myX + j * X_SLAB), wg::desc(myR + j * R_SLAB),
                        !(fresh && j == 0));
     };
-    // GUARD: the exact logit (log2 units) of component comp for sample row (far components)
-    auto exact = [&](int comp, long long row) {
-        const int r = comp >> 5, kc = comp & 31;
-        if (r >= R || kc >= K || row >= n) return 0.0f;  // absent: its value is not used
-        const float* prm = kparams + (size_t)(r * K + kc) * XF;
-        float a = 0.0f;
-#pragma unroll 1  // few registers: this runs inside the hot loop's register budget
-        for (int d = 0; d < D; ++d) {
-            const float y = fmaf(X[row * D + d], prm[2 * d], prm[2 * d + 1]);
-            a = fmaf(y, y, a);
+    // GUARD: exact logits of this thread's far components for its two samples of tile k,
+    // written over S (full logits, log2 units; softmax then adds no constant to them). x from
+    // this group's X^T (hi + lo: the float32 value), (s, p) and log const from global memory
+    // (L1). The values pass through this thread's own words of the R^T buffer, so that the
+    // hot loop holds no register for them; the group's barrier keeps R^T writes after reads.
+    auto patch_far = [&](long long k) {
+        const long long tile = blockIdx.x + k * gridDim.x;
+        float* scratch = myR + tw;
+        const float* xs = myX + (2 * w + (g >> 2)) * X_SLAB;
+        unsigned bits = far;
+        while (bits) {
+            const int b = __ffs(bits) - 1;
+            bits &= bits - 1;
+            const int comp = wgp * NW + 8 * (b >> 1) + 2 * q + (b & 1);
+            const int r = comp >> 5, kc = comp & 31;
+            if (r >= R || kc >= K) continue;  // absent components are never far (p2 = 0)
+            const float2* prm = reinterpret_cast<const float2*>(kparams + (size_t)(r * K + kc) * XF);
+            const float lc = log_const[r * K + kc];
+            for (int h = 0; h < 2; ++h) {
+                float a = 0.0f;
+#pragma unroll 4
+                for (int f = 0; f < D; ++f) {
+                    const int m = 8 * ((f >> 1) & 1) + 4 * (f & 1) + (f >> 2);
+                    const int word = wg::tile_word(m, 4 * h + (g & 3));
+                    const float x = xs[word] + xs[word + wg::tile_word(32, 0)];  // hi + lo rows
+                    const float2 sp = __ldg(prm + f);
+                    const float y = fmaf(x, sp.x, sp.y);
+                    a = fmaf(y, y, a);
+                }
+                const long long row = tile * TS + 16 * w + g + 8 * h;
+                scratch[(2 * b + h) * 128] = row < n ? (lc - a) * L2E : 0.0f;
+            }
         }
-        return (p2g[comp] - a) * L2E + myC[comp - wgp * NW];
+#pragma unroll
+        for (int i = 0; i < 64; ++i) {
+            const int bit = 2 * (i >> 2) + (i & 1);
+            if ((far >> bit) & 1u) S[i] = scratch[(2 * bit + ((i >> 1) & 1)) * 128];
+        }
+        bar_sync(1 + wgp, 128);  // every thread of the group read its words before R^T writes
     };
     // softmax of tile k's logits -> R^T (TF32, dithered), nk, ll. R^T position of component
     // 8 cb + 2 q + e: 8 cb + q + 4 e (conflict-free stores)
@@ -232,6 +265,13 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
 #pragma unroll
             for (int cb = 0; cb < 4; ++cb)
                 cc[cb] = *reinterpret_cast<const float2*>(myC + 8 * (4 * j + cb) + 2 * q);
+            if (GUARD && ((far >> (8 * j)) & 0xffu)) {  // S holds far components' full logits
+#pragma unroll
+                for (int cb = 0; cb < 4; ++cb) {
+                    if ((far >> (8 * j + 2 * cb)) & 1u) cc[cb].x = 0.0f;
+                    if ((far >> (8 * j + 2 * cb + 1)) & 1u) cc[cb].y = 0.0f;
+                }
+            }
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 float v[8];
@@ -239,13 +279,6 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
                 for (int cb = 0; cb < 4; ++cb) {
                     v[2 * cb] = S[16 * j + 4 * cb + 2 * h] + cc[cb].x;
                     v[2 * cb + 1] = S[16 * j + 4 * cb + 2 * h + 1] + cc[cb].y;
-                }
-                if (GUARD && ((far >> (8 * j)) & 0xffu)) {  // far components: exact logits
-                    const long long row = tile * TS + 16 * w + g + 8 * h;
-#pragma unroll
-                    for (int e = 0; e < 8; ++e)
-                        if ((far >> (8 * j + e)) & 1u)
-                            v[e] = exact(wgp * NW + 8 * (4 * j + (e >> 1)) + 2 * q + (e & 1), row);
                 }
                 float m = v[0];
 #pragma unroll
@@ -312,6 +345,10 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
             since = 0;
         }
         stage_x();
+        if (group_far) {
+            bar_sync(1 + wgp, 128);  // the group's X^T staged
+            patch_far(k);
+        }
         softmax(k);
         wg::fence_proxy_async();
         bar_sync(1 + wgp, 128);  // this group's X^T and R^T written
