@@ -109,6 +109,11 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
 #if !WGMMA_OK
     __trap();  // a build without sm_90a's features: the wrappers are empty
 #endif
+    if (active != nullptr) {  // every restart stopped: nothing to do (a CUDA graph's later steps)
+        int any = 0;
+        for (int r = 0; r < R; ++r) any |= active[r];
+        if (!any) return;  // uniform across the grid
+    }
     extern __shared__ __align__(128) float smem[];
     float* sW = smem;
     float* sR = sW + KT * 2 * W_SLAB;

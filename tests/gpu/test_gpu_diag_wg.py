@@ -157,6 +157,30 @@ def test_the_engine_picks_the_wgmma_pass_for_eight_restarts():
 
     X = cupy.asarray(make_case(70_000, 16, 32, 1)[0])
     engine = CupyEngine()
-    data = engine.prepare(X, X.mean(0), "diag")
+    data = engine.prepare(X, None, "diag")
     assert engine._fused_diag(data, 8, 32).strategy.name == "diag_pass_wg"
     assert engine._fused_diag(data, 4, 32).strategy.name == "diag_pass_tc"
+
+
+def test_a_pass_with_every_restart_stopped_does_nothing():
+    """The device loop's CUDA graph holds up to 64 iterations; once every restart stopped, the
+    rest of its passes must return at once (as diag_pass_tc's), not compute and write."""
+    import cupy
+
+    from gmm_core._cupy import CupyEngine
+    from gmm_core._cupy.diag_common import kernel_params
+
+    X, shift, params = make_case(70_000, 16, 32, 8)
+    engine = CupyEngine()
+    data = engine.prepare(cupy.asarray(X), shift, "diag")
+    w, means, var = params
+    p = Params(*(cupy.asarray(a) for a in (w, means, var, 1 / np.sqrt(var))))
+    (plan,) = engine.diag_pass_wg.plans(data, 8, 32)
+    kparams, log_const = kernel_params(data, p)
+    partial = cupy.full((plan.n_blocks, plan.pstride), np.nan)
+    out = cupy.empty(plan.pstride)
+    stopped = cupy.zeros(8, cupy.int32)
+    engine.diag_pass_wg.launch_pass(
+        data, plan, data.chunks[0], 32, kparams, log_const, stopped, partial, out, reduce=False
+    )
+    assert bool(cupy.isnan(partial).all()), "a pass of stopped restarts wrote its partials"
