@@ -169,7 +169,7 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
         "diag_pass<float, 16, 1, false, false, false, true>",
         "diag_pass<double, 3, 2, true, false, true, true>",
     ),
-    "em_diag_wg.cu": ("diag_pass_wg<true>", "diag_pass_wg<false>", "diag_wg_params"),
+    "em_diag_wg.cu": ("diag_pass_wg", "diag_wg_params"),
     "init.cu": (
         "kpp_potentials<float>",
         "kpp_potentials<double>",

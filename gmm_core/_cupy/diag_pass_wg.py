@@ -2,10 +2,10 @@
 
 Serves 5 to 8 restarts per group (``n_init=8`` fits) of float32 diag data with 16 features and
 up to 32 components on compute capability 9.0, where one pass over the data for 8 restarts runs
-in about half the time of ``diag_pass_tc`` (``benchmarks/probe_wgmma_pass.py``; the research
+in well under ``diag_pass_tc``'s time (``benchmarks/probe_wgmma_pass.py``; the research
 version is ``benchmarks/wgmma_pass_rows.py``). Samples along the MMA's M: a restart's softmax
-stays within four lanes; both products on ``wgmma``, the statistics' in two TF32 products with
-the responsibilities rounded stochastically (see ``cuda/em_diag_wg.cu``). The pass leaves
+stays within four lanes; both products on ``wgmma`` in 3xTF32 (see ``cuda/em_diag_wg.cu``).
+The pass leaves
 float64 block partials in the fused passes' layout, summed by ``reduce_partials``; the M-step
 is ``diag_mstep``.
 """
@@ -39,14 +39,15 @@ MIN_GROUP = 5
 TILE = 64
 THREADS = 256
 W_WORDS = 4 * 2 * 256 * 8  # E-step B operand: 4 k-steps x (hi, lo) x 256 positions x 8
-SMEM_BYTES = 4 * (W_WORDS + 2 * 8 * (128 * 8 + 16) + 2 * 8 * (64 * 8 + 16) + 256 + 2 * 64 * 128)
+SMEM_BYTES = 4 * (W_WORDS + 2 * 2 * 8 * (128 * 8 + 16) + 2 * 8 * 64 * 8 + 256)
 #: rows below which the pass is not worth its fixed cost (one tile per SM)
 MIN_SAMPLES = 1 << 16
 PARAMS_REF = kernel_ref(FILE, "diag_wg_params")
+PASS_REF = kernel_ref(FILE, "diag_pass_wg")
 
 
 class DiagPassWG(FusedDiagPass):
-    """``diag_pass_wg<GUARD>`` and ``diag_wg_params``; see the module docstring."""
+    """``diag_pass_wg`` and ``diag_wg_params``; see the module docstring."""
 
     name = "diag_pass_wg"
 
@@ -87,8 +88,12 @@ class DiagPassWG(FusedDiagPass):
     def pass_ref(
         self, data: CupyData, plan: DiagPlan, mstep_in_pass: bool, guard: bool = True
     ) -> KernelRef:
-        """``diag_pass_wg<guard>`` (no M-step variant: the M-step is its own launch)."""
-        return kernel_ref(FILE, "diag_pass_wg", guard)
+        """``diag_pass_wg``, always guarded, with no M-step variant.
+
+        Lloyd's unguarded passes take ``diag_pass_tc`` (the engine's ``lloyd_pass``); the
+        M-step is its own launch.
+        """
+        return PASS_REF
 
     def pass_kernel(
         self, data: CupyData, plan: DiagPlan, mstep_in_pass: bool, guard: bool = True
@@ -119,12 +124,17 @@ class DiagPassWG(FusedDiagPass):
     def fit_grid(self, data: CupyData, plans: list[DiagPlan]) -> None:
         """The grid is one block per SM already (227 KiB of shared memory each)."""
 
-    def _operands(self) -> tuple[Any, Any, Any]:
-        """(W image, c, |p|^2) buffers of ``diag_wg_params``, reused by every pass."""
+    def _operands(self) -> tuple[Any, Any, Any, Any]:
+        """The operand buffers and the pass's scratch, reused by every pass.
+
+        (W image, c, |p|^2) of ``diag_wg_params``; float64 sums (64 words per thread of
+        every block).
+        """
         return (
             self.scratch.get("wg_weights", (W_WORDS,), cupy.float32),
             self.scratch.get("wg_const", (256,), cupy.float32),
             self.scratch.get("wg_p2", (256,), cupy.float32),
+            self.scratch.get("wg_acc", (64 * self.config.n_sm * THREADS,), cupy.float64),
         )
 
     def launch_pass(
@@ -151,7 +161,7 @@ class DiagPassWG(FusedDiagPass):
         """
         if weights is not None:
             raise ValueError("diag_pass_wg takes unweighted data only")
-        w_img, const, p2 = self._operands()
+        w_img, const, p2, acc = self._operands()
         k0, k1 = plan.r0 * n_components, plan.r1 * n_components
         rg = plan.r1 - plan.r0
         load_kernel(PARAMS_REF)(
@@ -165,7 +175,7 @@ class DiagPassWG(FusedDiagPass):
             (THREADS,),
             (chunk, np.int64(chunk.shape[0]), np.int32(rg), np.int32(n_components),
              w_img, const, p2, kparams[k0:k1], log_const[k0:k1], active, partial,
-             np.int32(plan.pstride)),
+             np.int32(plan.pstride), acc),
             shared_mem=SMEM_BYTES,
         )  # fmt: skip
         tail = tail_reduce(plan)

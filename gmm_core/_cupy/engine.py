@@ -299,12 +299,9 @@ class CupyEngine(Engine):
             refs += [kernel_ref("init.cu", name, of) for name, of in LLOYD_KERNELS]
             diag = retype(data, "diag")
             refs += self._em_kernel_refs(diag, n_restarts, n_components)
-            lloyd: FusedDiagPass = self.diag_pass_tc  # Lloyd's passes (no exactness guard)
-            if self.diag_pass_wg.supports(diag, n_restarts, n_components):
-                lloyd = self.diag_pass_wg
-            if lloyd.supports(diag, n_restarts, n_components):
-                plans = lloyd.plans(diag, n_restarts, n_components, fit_grid=False)
-                refs += [lloyd.pass_ref(diag, p, False, False) for p in plans or []]
+            if self.diag_pass_tc.supports(diag, n_restarts, n_components):  # Lloyd's passes
+                plans = self.diag_pass_tc.plans(diag, n_restarts, n_components, fit_grid=False)
+                refs += [self.diag_pass_tc.pass_ref(diag, p, False, False) for p in plans or []]
         return list(dict.fromkeys(refs))
 
     def _device_loop_serves(self, data: CupyData, n_restarts: int, n_components: int) -> bool:
@@ -417,8 +414,12 @@ class CupyEngine(Engine):
         self.compile_for_fit(data, n_restarts, n_components)
         if self.diag_pass.supports(data, n_restarts, n_components):
             try:
-                fused = self._fused_diag(data, n_restarts, n_components)
-                return fused.strategy.accumulate(data, params, fused.plans, guard=False)
+                strategy, plans = self._fused_diag(data, n_restarts, n_components)
+                if strategy is self.diag_pass_wg:  # always guarded: the unguarded tc pass
+                    tc_plans = self.diag_pass_tc.plans(data, n_restarts, n_components)
+                    if tc_plans is not None:
+                        strategy, plans = self.diag_pass_tc, tc_plans
+                return strategy.accumulate(data, params, plans, guard=False)
             except MemoryError:
                 pass
         return self.accumulate(data, params, active)

@@ -81,13 +81,13 @@ def test_eight_telemetry_restarts_take_the_wgmma_pass_on_sm90_only():
     assert got == [
         "prepare_params<float, 16, false>",
         "diag_wg_params",
-        "diag_pass_wg<true>",
+        "diag_pass_wg",
         "reduce_partials",
         "diag_mstep<float, 16, false>",
     ]
     # groups of 8 and a last group of 5 or more; 5-7 alone too
     for r in (5, 7, 13, 16):
-        assert "diag_pass_wg<true>" in names(SM90, "diag", np.float32, 16, 32, r, 10**6), r
+        assert "diag_pass_wg" in names(SM90, "diag", np.float32, 16, 32, r, 10**6), r
     # fewer restarts (or a last group of 1-4), other widths, float64, sm_86, small data, or
     # GMM_CORE_WGMMA=0: the tensor-core pass as before
     for config, dtype, d, r, n in (
@@ -101,11 +101,12 @@ def test_eight_telemetry_restarts_take_the_wgmma_pass_on_sm90_only():
     ):
         got = names(config, "diag", dtype, d, 32, r, n)
         assert not any("diag_pass_wg" in name for name in got), (config, dtype, d, r, n)
-    # k-means' Lloyd passes of 8 restarts: the unguarded variant
+    # k-means' Lloyd passes of 8 restarts: diag_pass_tc's unguarded variant (a hard mixture has
+    # every component far: the guarded wgmma pass would recompute every logit)
     engine = CupyEngine(config=SM90)
     data = CupyData([], True, "diag", np.dtype(np.float32), 10**6, 16)
     kmeans = [ref.expr for ref in engine.kernel_refs(data, 8, 32, init_params="kmeans")]
-    assert "diag_pass_wg<false>" in kmeans
+    assert "diag_pass_tc<16, 2, false, 256, false>" in kmeans
 
 
 def test_full_fit_needs_the_fused_full_pass_where_shared_memory_holds_it():
@@ -175,7 +176,7 @@ def test_default_warmup_shapes_cover_the_pipeline_and_the_benchmark_kernels():
         "full_constants<double, 6>",  # the retraining pipeline's default fit
         "full_mstep<6>",
         "diag_pass_tc<16, 2, false, 256>",
-        "diag_pass_wg<true>",  # n_init=8 telemetry on sm_90 (wgmma)
+        "diag_pass_wg",  # n_init=8 telemetry on sm_90 (wgmma)
         "full_pass_tc<32, true>",
         "diag_em_small<float, 2, false, 8>",
         "kpp_potentials<double>",  # k-means++ seeding (init_params="kmeans", the default)
