@@ -50,6 +50,8 @@ class DiagPassWG(FusedDiagPass):
     """``diag_pass_wg`` and ``diag_wg_params``; see the module docstring."""
 
     name = "diag_pass_wg"
+    #: compiler options of the pass (tuning defines, e.g. ``("-DGMM_WG_FLUSH=4",)``)
+    options: tuple[str, ...] = ()
 
     def supports(self, data: CupyData, n_restarts: int, n_components: int) -> bool:
         """Float32 diag data, 16 features, <= 32 components, groups of 5-8 restarts, sm_90."""
@@ -105,7 +107,8 @@ class DiagPassWG(FusedDiagPass):
         """
         self._operands()
         load_kernel(PARAMS_REF)
-        kern = max_carveout(load_kernel(self.pass_ref(data, plan, mstep_in_pass, guard)))
+        ref = self.pass_ref(data, plan, mstep_in_pass, guard)
+        kern = max_carveout(load_kernel(ref, self.options))
         return allow_dynamic_smem(kern, SMEM_BYTES)
 
     def kernel_refs(

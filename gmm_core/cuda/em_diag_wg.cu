@@ -43,7 +43,11 @@ constexpr int SK = TS / 8;          // statistics k-steps
 constexpr int W_SLAB = 256 * 8;     // words of one W slab (256 components x 8 k)
 constexpr int R_SLAB = NW * 8 + 16; // words of one R^T slab (padded: conflict-free stores)
 constexpr int X_SLAB = 64 * 8;      // words of one X^T slab
+#ifdef GMM_WG_FLUSH
+constexpr int FLUSH = GMM_WG_FLUSH;  // (a tuning define)
+#else
 constexpr int FLUSH = 64;           // tiles summed in the wgmma accumulator (4096 samples)
+#endif
 // W, R^T (hi, lo) and X^T of both warp groups, c: 232448 bytes, the most a block may have on
 // sm_90
 constexpr int SMEM_WORDS = KT * 2 * W_SLAB + 2 * 2 * SK * R_SLAB + 2 * SK * X_SLAB + 256;
