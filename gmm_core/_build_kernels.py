@@ -21,6 +21,7 @@ options) compile with NVRTC at first use, as do all kernels on other architectur
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -97,9 +98,11 @@ def launch_configs(arch: str) -> list[LaunchConfig]:
     if arch not in DEVICES:
         raise ValueError(f"no prebuilt kernels for {arch!r}; choose from {', '.join(ARCHES)}")
     cc = int(arch.removeprefix("sm_"))
-    return [
+    configs = [
         LaunchConfig(n_sm=n, smem_optin=smem, compute_capability=cc) for _, n, smem in DEVICES[arch]
     ]
+    # and with the opt-in wgmma pass (GMM_CORE_WGMMA=1): its kernels are built too
+    return configs + [dataclasses.replace(c, wgmma=True) for c in configs if cc == 90]
 
 
 def kernels_for_arch(arch: str, shapes: Iterable[Sequence[Any]] | None = None) -> list[KernelRef]:

@@ -56,8 +56,8 @@ class LaunchConfig:
     #: ``full_pass_tc`` reads U from global memory even where shared memory would hold it
     full_tc_force_global_u: bool = False
     #: 5-8 restarts of float32 diag data with 16 features on Hopper's warp-group MMA
-    #: (``diag_pass_wg``, sm_90a); off: ``GMM_CORE_WGMMA=0``
-    wgmma: bool = True
+    #: (``diag_pass_wg``, sm_90a): faster, less accurate; opt-in, ``GMM_CORE_WGMMA=1``
+    wgmma: bool = False
 
     @classmethod
     def for_current_device(
@@ -86,5 +86,5 @@ class LaunchConfig:
             tensor_cores=bool(tensor_cores) and compute_capability >= 80,
             small_kernel=env_flag(SMALL_ENV) if small_kernel is None else bool(small_kernel),
             shared_accumulators=shared_accumulators,
-            wgmma=env_flag(WGMMA_ENV),
+            wgmma=os.environ.get(WGMMA_ENV, "0").strip().lower() in ("1", "true", "yes", "on"),
         )

@@ -14,18 +14,16 @@
 //            GMM_TC_GUARD, as diag_pass_tc: the expanded form loses digits there) get their
 //            logits recomputed exactly (GUARD).
 //   softmax  per sample and restart in registers (a restart's 32 components of a sample are 8
-//            values in each lane of one quad); responsibilities split (hi, lo) for 3xTF32 and
-//            written transposed to shared memory in a bank-conflict-free permuted order.
+//            values in each lane of one quad); responsibilities rounded to TF32 with a dither
+//            (stochastic rounding: rounding to nearest sends every responsibility just below 1
+//            up, a bias of 1e-5 of N_k measured; the dither averages out), written transposed
+//            to shared memory in a bank-conflict-free permuted order.
 //   M-step   statistics^T (64 rows: x hi, x^2 hi, x lo, x^2 lo; 128 components) += X^T R:
-//            16 wgmma m64n128k8 SS (R lo, then R hi); N_k from the same responsibilities, in
-//            registers. Two products (the responsibilities rounded to TF32 once, even
-//            stochastically) were 25% faster but left 4e-5 nats of a 1M-row fit's lower bound
-//            against float64 after 15 iterations, over issue 14's 1e-6 + 1e-6 relative
-//            (H200, 2026-12-04; docs/benchmarks.md).
-// float32 sums: FLUSH tiles in the wgmma accumulator (scale-d 0 starts a period), then float64
-// per thread in global memory (acc), float64 per block at the end; log-likelihoods float32 per
-// period, then float64 in the block's row. Inactive restarts (the loop's mask) are computed but
-// not written: their statistics are zero; a pass whose restarts all stopped returns at once.
+//            8 wgmma m64n128k8 SS; N_k from the same rounded responsibilities, in registers.
+// float32 sums: FLUSH tiles in the wgmma accumulator (scale-d 0 starts a period), then
+// float32 in shared memory per thread, float64 per block at the end; log-likelihoods float32
+// per period, then float64 (atomics into the block's own row, zeroed first). Inactive restarts (the
+// loop's mask) are computed but not written: their statistics are zero.
 #include "tc.cuh"
 #include "wgmma.cuh"
 
@@ -42,15 +40,15 @@ constexpr int NW = 128;             // components per warp group (4 restarts x 3
 constexpr int SK = TS / 8;          // statistics k-steps
 constexpr int W_SLAB = 256 * 8;     // words of one W slab (256 components x 8 k)
 constexpr int R_SLAB = NW * 8 + 16; // words of one R^T slab (padded: conflict-free stores)
-constexpr int X_SLAB = 64 * 8;      // words of one X^T slab
+constexpr int X_SLAB = 64 * 8 + 16; // words of one X^T slab (padded likewise)
 #ifdef GMM_WG_FLUSH
 constexpr int FLUSH = GMM_WG_FLUSH;  // (a tuning define)
 #else
-constexpr int FLUSH = 64;           // tiles summed in the wgmma accumulator (4096 samples)
+constexpr int FLUSH = 16;           // tiles summed in the wgmma accumulator
 #endif
-// W, R^T (hi, lo) and X^T of both warp groups, c: 232448 bytes, the most a block may have on
-// sm_90
-constexpr int SMEM_WORDS = KT * 2 * W_SLAB + 2 * 2 * SK * R_SLAB + 2 * SK * X_SLAB + 256;
+// W, R^T and X^T of both warp groups, c, the float32 sums (2 x 64 x 128): 232448 bytes, the
+// most a block may have on sm_90
+constexpr int SMEM_WORDS = KT * 2 * W_SLAB + 2 * SK * R_SLAB + 2 * SK * X_SLAB + 256 + 2 * 64 * 128;
 constexpr float L2E = 1.4426950408889634f;
 
 __device__ __forceinline__ void bar_sync(int id, int count) {
@@ -99,17 +97,17 @@ extern "C" __global__ void diag_wg_params(const float* __restrict__ kparams,
     }
 }
 
-// X (n, 16) float32 centred; W, c, p2 from diag_wg_params; kparams and log_const rows of the
-// group (GUARD's exact logits); active (R) int32 or null; partial (gridDim.x, pstride)
-// float64, each block's row zeroed here and written: R K C statistics, R log-likelihoods, then
-// 32 words of the warps' log-likelihoods (pstride = R K C + R + 32); acc (gridDim.x, 64, 256)
-// float64 scratch. Deterministic: no sum depends on the order threads run in.
+// X (n, 16) float32 centred; W, c, p2 from diag_wg_params; kparams rows of the group (GUARD's
+// exact logits); active (R) int32 or null; partial (gridDim.x, pstride) float64, each block's
+// row zeroed here and written: R K C statistics, R log-likelihoods, then 32 words of the
+// warps' log-likelihoods (pstride = R K C + R + 32). Deterministic: no sum depends on the
+// order threads run in.
 extern "C" __global__ void __launch_bounds__(256, 1)
 diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float* __restrict__ Wg,
              const float* __restrict__ cg, const float* __restrict__ p2g,
              const float* __restrict__ kparams, const float* __restrict__ log_const,
-             const int* __restrict__ active, double* __restrict__ partial, int pstride,
-             double* __restrict__ acc) {
+             const int* __restrict__ active,
+             double* __restrict__ partial, int pstride) {
     using namespace gwg;
     // k-means' Lloyd passes (a hard mixture: every component far) take diag_pass_tc's unguarded
     // variant instead (the engine's lloyd_pass); this pass always guards
@@ -125,21 +123,20 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
     extern __shared__ __align__(128) float smem[];
     float* sW = smem;
     float* sR = sW + KT * 2 * W_SLAB;
-    float* sRl = sR + 2 * SK * R_SLAB;  // the responsibilities' low parts
-    float* sX = sRl + 2 * SK * R_SLAB;
+    float* sX = sR + 2 * SK * R_SLAB;
     float* sC = sX + 2 * SK * X_SLAB;
+    float* sL = sC + 256;  // [wg][64 registers][128 threads]
     const int t = threadIdx.x, wgp = t >> 7, tw = t & 127, w = tw >> 5, lane = t & 31;
     const int g = lane >> 2, q = lane & 3;
     constexpr int C = 1 + XF;
     for (int i = t; i < pstride; i += 256) partial[(size_t)blockIdx.x * pstride + i] = 0.0;
-    for (int i = 0; i < 64; ++i) acc[(size_t)blockIdx.x * 64 * 256 + i * 256 + t] = 0.0;
     for (int i = t; i < KT * 2 * W_SLAB / 4; i += 256)
         reinterpret_cast<float4*>(sW)[i] = __ldg(reinterpret_cast<const float4*>(Wg) + i);
     sC[t] = cg[t];
+    for (int i = t; i < 2 * 64 * 128; i += 256) sL[i] = 0.0f;
     wg::fence_proxy_async();
     __syncthreads();
     float* myR = sR + wgp * SK * R_SLAB;
-    float* myRl = sRl + wgp * SK * R_SLAB;
     float* myX = sX + wgp * SK * X_SLAB;
     const float* myC = sC + wgp * NW;
     // GUARD: bit 2 cb + e of this thread's components 8 cb + 2 q + e that are far
@@ -225,11 +222,8 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
     auto stats = [&](int fresh) {
 #pragma unroll
         for (int j = 0; j < SK; ++j)
-        {  // 3xTF32 less the lo x lo product: X^T (hi and lo rows) times R hi and R lo
-            const unsigned long long da = wg::desc(myX + j * X_SLAB);
-            wg::mma_ss(T, da, wg::desc(myRl + j * R_SLAB), !(fresh && j == 0));
-            wg::mma_ss(T, da, wg::desc(myR + j * R_SLAB), 1);
-        }
+            wg::mma_ss(T, wg::desc(myX + j * X_SLAB), wg::desc(myR + j * R_SLAB),
+                       !(fresh && j == 0));
     };
     // GUARD: exact logits of this thread's far components for its two samples of tile k,
     // written over S (full logits, log2 units; softmax then adds no constant to them). x from
@@ -276,7 +270,6 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
     auto softmax = [&](long long k) {
         const long long tile = blockIdx.x + k * gridDim.x;
         float* base = myR + (2 * w + (g >> 2)) * R_SLAB + (g & 3);
-        float* base_lo = myRl + (2 * w + (g >> 2)) * R_SLAB + (g & 3);
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             float2 cc[4];
@@ -318,13 +311,12 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
                 for (int cb = 0; cb < 4; ++cb)
 #pragma unroll
                     for (int e = 0; e < 2; ++e) {
-                        const float r = v[2 * cb + e] * inv;
-                        unsigned rh, rl;
-                        tc::split(r, rh, rl);
+                        // stochastic rounding to TF32: 13 bits of a multiplicative hash of
+                        // the value added below the kept mantissa, then truncated
+                        const unsigned u = __float_as_uint(v[2 * cb + e] * inv);
+                        const float r = __uint_as_float((u + ((u * 0x9E3779B1u) >> 19)) & 0xffffe000u);
                         nk[2 * (4 * j + cb) + e] += r;
-                        const int word = (4 * j + cb) * 64 + h * 32 + (q + 4 * e) * 4;
-                        base[word] = __uint_as_float(rh);
-                        base_lo[word] = __uint_as_float(rl);
+                        base[(4 * j + cb) * 64 + h * 32 + (q + 4 * e) * 4] = r;
                     }
             }
         }
@@ -355,12 +347,10 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
         wg::wait<0>();  // E-step k and statistics k - 1
         wg::fence_acc(S);
         wg::fence_acc(T);
-        if (since == FLUSH) {  // the period's float32 sums into this thread's float64 words
-            // reductions (no value returned: no registers held); constant offsets from one base
-            // pointer (a runtime stride had the compiler hold 64 addresses: 250 bytes spilled)
-            double* mine = acc + (size_t)blockIdx.x * 64 * 256 + t;
+        if (since == FLUSH) {
+            float* mine = sL + wgp * 64 * 128 + tw;
 #pragma unroll
-            for (int i = 0; i < 64; ++i) atomicAdd(mine + i * 256, (double)T[i]);
+            for (int i = 0; i < 64; ++i) mine[i * 128] += T[i];
             flush_ll();
             fresh = 1;
             since = 0;
@@ -394,14 +384,14 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
     // order: each statistic is the sum of two values (its hi and lo feature rows) added to
     // the zeroed row, N_k and the log-likelihoods are summed over the warps in order
     double* out = partial + (size_t)blockIdx.x * pstride;
-    const double* mine = acc + (size_t)blockIdx.x * 64 * 256 + t;
+    const float* mine = sL + wgp * 64 * 128 + tw;
 #pragma unroll
     for (int i = 0; i < 64; ++i) {
         const int m = 16 * w + g + 8 * ((i >> 1) & 1), pos = 8 * (i >> 2) + 2 * q + (i & 1);
         const int comp = wgp * NW + 8 * (pos >> 3) + 2 * (pos & 3) + ((pos >> 2) & 1);
         const int type = m >> 4, f = 4 * (m & 3) + 2 * ((m >> 3) & 1) + ((m >> 2) & 1);
         const int r = comp >> 5, kc = comp & 31;
-        const double v = (double)T[i] + mine[i * 256];
+        const double v = (double)T[i] + (double)mine[i * 128];
         if (r < R && kc < K && (active == nullptr || active[r]))
             atomicAdd(out + (size_t)(r * K + kc) * C + 1 + (type & 1) * D + f, v);
     }

@@ -1,6 +1,7 @@
-"""``diag_pass_wg``, the fused diag pass on Hopper's warp-group MMA (needs an sm_90 GPU): one
-pass's statistics against float64, far components' exact logits, the loop's restart mask,
-determinism, and ``n_init=8`` fits against the NumPy backend at the same start."""
+"""``diag_pass_wg``, the opt-in fused diag pass on Hopper's warp-group MMA (needs an sm_90 GPU):
+one pass's statistics against float64, far components' exact logits, the loop's restart mask,
+determinism, and ``n_init=8`` fits against the NumPy backend at the same start, with it
+(``GMM_CORE_WGMMA=1``) and without (the default)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ def _pass(Xc: np.ndarray, params: tuple, active=None, strategy: str = "diag_pass
 
     w, means, var = params
     engine = CupyEngine()
+    engine.config.wgmma = True  # opt-in
     data = engine.prepare(cupy.asarray(Xc), None, "diag")
     r, k, d = means.shape
     p = Params(*(cupy.asarray(a) for a in (w, means, var, 1 / np.sqrt(var))))
@@ -126,12 +128,14 @@ def test_a_pass_is_deterministic():
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def test_n_init_8_fit_takes_the_wgmma_pass_and_matches_numpy_at_the_same_start():
-    """The public fit: 8 restarts from one given start (so every restart is the NumPy fit),
-    fixed iterations; the lower bound within 1e-6 nats per sample plus 1e-6 relative of the
-    NumPy backend's float64 fit, the same labels, and the same model twice (a seed gives the
-    same model)."""
-    X = make_case(120_000, 16, 32, 1, seed=7)[0]  # 32 well-separated clusters
+def test_n_init_8_fits_against_numpy_at_the_same_start(monkeypatch):
+    """The public fit: 8 restarts from one given start (so every restart is the NumPy fit), 15
+    iterations, on 32 clusters whose components sit at |p|^2 ~ 100. By default (diag_pass_tc)
+    the lower bound is within 1e-6 nats per sample plus 1e-6 relative of the NumPy backend's
+    float64 fit (issue 14's accuracy target); with GMM_CORE_WGMMA=1 within 1e-4 (measured 4e-5:
+    wgmma's accumulation of the expanded E-step, see diag_pass_wg's docstring), the same labels,
+    and the same model twice."""
+    X = make_case(1_000_000, 16, 32, 1, seed=7)[0]  # 32 well-separated clusters
     rng = np.random.default_rng(5)
     start = dict(
         weights_init=np.full(32, 1 / 32),
@@ -139,18 +143,22 @@ def test_n_init_8_fit_takes_the_wgmma_pass_and_matches_numpy_at_the_same_start()
         precisions_init=np.tile(1 / X.var(0, dtype=np.float64), (32, 1)),
     )
     kw = dict(n_components=32, covariance_type="diag", tol=0.0, max_iter=15, **start)
-    gpu = GaussianMixture(n_init=8, backend="cupy", **kw).fit(X)
     ref = GaussianMixture(n_init=1, backend="numpy", **kw).fit(X.astype(np.float64))
-    assert gpu.n_iter_ == ref.n_iter_ == 15
-    gap = abs(gpu.lower_bound_ - ref.lower_bound_)
-    assert gap <= 1e-6 + 1e-6 * abs(ref.lower_bound_), (gpu.lower_bound_, ref.lower_bound_)
-    agree = np.mean(gpu.predict(X) == ref.predict(X))
+    budget = 1e-6 + 1e-6 * abs(ref.lower_bound_)
+    default = GaussianMixture(n_init=8, backend="cupy", **kw).fit(X)
+    assert abs(default.lower_bound_ - ref.lower_bound_) <= budget
+    monkeypatch.setenv("GMM_CORE_WGMMA", "1")
+    fast = GaussianMixture(n_init=8, backend="cupy", **kw).fit(X)
+    assert fast.n_iter_ == ref.n_iter_ == 15
+    assert abs(fast.lower_bound_ - ref.lower_bound_) <= 1e-4, (fast.lower_bound_, ref.lower_bound_)
+    assert fast.lower_bound_ != default.lower_bound_, "the opt-in pass served the fit"
+    agree = np.mean(fast.predict(X) == ref.predict(X))
     assert agree >= 0.999, agree
     again = GaussianMixture(n_init=8, backend="cupy", **kw).fit(X)
-    np.testing.assert_array_equal(again.means_, gpu.means_)
+    np.testing.assert_array_equal(again.means_, fast.means_)
 
 
-def test_the_engine_picks_the_wgmma_pass_for_eight_restarts():
+def test_the_engine_picks_the_wgmma_pass_for_eight_restarts_when_asked():
     import cupy
 
     from gmm_core._cupy import CupyEngine
@@ -158,6 +166,8 @@ def test_the_engine_picks_the_wgmma_pass_for_eight_restarts():
     X = cupy.asarray(make_case(70_000, 16, 32, 1)[0])
     engine = CupyEngine()
     data = engine.prepare(X, None, "diag")
+    assert engine._fused_diag(data, 8, 32).strategy.name == "diag_pass_tc"  # the default
+    engine.config.wgmma = True
     assert engine._fused_diag(data, 8, 32).strategy.name == "diag_pass_wg"
     assert engine._fused_diag(data, 4, 32).strategy.name == "diag_pass_tc"
 
@@ -172,6 +182,7 @@ def test_a_pass_with_every_restart_stopped_does_nothing():
 
     X, shift, params = make_case(70_000, 16, 32, 8)
     engine = CupyEngine()
+    engine.config.wgmma = True
     data = engine.prepare(cupy.asarray(X), shift, "diag")
     w, means, var = params
     p = Params(*(cupy.asarray(a) for a in (w, means, var, 1 / np.sqrt(var))))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -76,8 +77,12 @@ def test_telemetry_fit_needs_the_tensor_core_pass_its_mstep_and_nothing_else():
     assert not any("_tc<" in n for n in names(SM90, "diag", np.float64, 16, 32, 1, 10**7))
 
 
-def test_eight_telemetry_restarts_take_the_wgmma_pass_on_sm90_only():
-    got = names(SM90, "diag", np.float32, 16, 32, 8, 10_000_000)
+def test_eight_telemetry_restarts_take_the_wgmma_pass_on_sm90_only_when_asked():
+    # off by default (less accurate, see gmm_core/_cupy/diag_pass_wg.py)
+    assert "diag_pass_tc<16, 2, false, 256>" in names(SM90, "diag", np.float32, 16, 32, 8, 10**7)
+    assert not any("_wg" in n for n in names(SM90, "diag", np.float32, 16, 32, 8, 10**7))
+    WG = sm90(wgmma=True)
+    got = names(WG, "diag", np.float32, 16, 32, 8, 10_000_000)
     assert got == [
         "prepare_params<float, 16, false>",
         "diag_wg_params",
@@ -87,23 +92,22 @@ def test_eight_telemetry_restarts_take_the_wgmma_pass_on_sm90_only():
     ]
     # groups of 8 and a last group of 5 or more; 5-7 alone too
     for r in (5, 7, 13, 16):
-        assert "diag_pass_wg" in names(SM90, "diag", np.float32, 16, 32, r, 10**6), r
-    # fewer restarts (or a last group of 1-4), other widths, float64, sm_86, small data, or
-    # GMM_CORE_WGMMA=0: the tensor-core pass as before
+        assert "diag_pass_wg" in names(WG, "diag", np.float32, 16, 32, r, 10**6), r
+    # fewer restarts (or a last group of 1-4), other widths, float64, sm_86, small data: the
+    # tensor-core pass as before
     for config, dtype, d, r, n in (
-        (SM90, np.float32, 16, 4, 10**6),
-        (SM90, np.float32, 16, 10, 10**6),
-        (SM90, np.float32, 12, 8, 10**6),
-        (SM90, np.float64, 16, 8, 10**6),
-        (SM86, np.float32, 16, 8, 10**6),
-        (SM90, np.float32, 16, 8, 60_000),
-        (sm90(wgmma=False), np.float32, 16, 8, 10**6),
+        (WG, np.float32, 16, 4, 10**6),
+        (WG, np.float32, 16, 10, 10**6),
+        (WG, np.float32, 12, 8, 10**6),
+        (WG, np.float64, 16, 8, 10**6),
+        (dataclasses.replace(SM86, wgmma=True), np.float32, 16, 8, 10**6),
+        (WG, np.float32, 16, 8, 60_000),
     ):
         got = names(config, "diag", dtype, d, 32, r, n)
         assert not any("diag_pass_wg" in name for name in got), (config, dtype, d, r, n)
     # k-means' Lloyd passes of 8 restarts: diag_pass_tc's unguarded variant (a hard mixture has
     # every component far: the guarded wgmma pass would recompute every logit)
-    engine = CupyEngine(config=SM90)
+    engine = CupyEngine(config=WG)
     data = CupyData([], True, "diag", np.dtype(np.float32), 10**6, 16)
     kmeans = [ref.expr for ref in engine.kernel_refs(data, 8, 32, init_params="kmeans")]
     assert "diag_pass_tc<16, 2, false, 256, false>" in kmeans
@@ -176,7 +180,6 @@ def test_default_warmup_shapes_cover_the_pipeline_and_the_benchmark_kernels():
         "full_constants<double, 6>",  # the retraining pipeline's default fit
         "full_mstep<6>",
         "diag_pass_tc<16, 2, false, 256>",
-        "diag_pass_wg",  # n_init=8 telemetry on sm_90 (wgmma)
         "full_pass_tc<32, true>",
         "diag_em_small<float, 2, false, 8>",
         "kpp_potentials<double>",  # k-means++ seeding (init_params="kmeans", the default)
