@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -28,6 +29,8 @@ def environment() -> dict[str, Any]:
         "sklearn": sklearn.__version__,
         "python": platform.python_version(),
         "host": platform.node(),
+        # the engine's settings from the environment (e.g. GMM_CORE_WGMMA=1: the opt-in pass)
+        "gmm_core_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("GMM_CORE_")},
     }
     try:
         import torch
