@@ -60,6 +60,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 #: the repository (gmm_core/cuda/tc.cuh is inlined by sources that use its helpers)
 REPO = Path(__file__).resolve().parents[1]
 #: rows of every wgmma (the instruction's M)
@@ -248,6 +250,22 @@ def build_module(backend: str, source: str) -> tuple[Any, str]:
     if not has_wgmma:
         raise SystemExit(f"nvcc's build (__CUDA_ARCH__ {arch}) lacks the sm_90a features")
     return module, "nvcc"
+
+
+def partial_stats(partial: Any, r: int, k: int, d: int) -> dict[str, np.ndarray]:
+    """A diag pass's block partials ([R K (1 + 2D)] statistics, then R log-likelihoods, float64)
+    summed over blocks: N_k, sum r x, sum r x^2 and the log-likelihoods on the host."""
+    import cupy as cp
+
+    total = cp.asnumpy(partial.sum(0))
+    c = 1 + 2 * d
+    s = total[: r * k * c].reshape(r, k, c)
+    return {
+        "nk": s[..., 0],
+        "sx": s[..., 1 : 1 + d],
+        "sxx": s[..., 1 + d :],
+        "ll": total[r * k * c :],
+    }
 
 
 def timed_ms(run: Callable[[], Any], repeat: int = 5) -> float:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.wgmma import REPO, build_module, preamble, wgmma_function
+from benchmarks.wgmma import REPO, build_module, partial_stats, preamble, wgmma_function
 
 TS = 64  # samples per tile
 NBUF = 3  # tile buffers of the warp-specialised variant (PIPE=3)
@@ -642,17 +642,6 @@ class WgPass:
         ), partial
 
     def stats(self, Xc: Any, params: tuple) -> dict[str, np.ndarray]:
-        import cupy as cp
-
         run, partial = self.launch(Xc, params)
         run()
-        total = cp.asnumpy(partial.sum(0))
-        r, k, d = params[1].shape
-        C = 1 + 2 * d
-        s = total[: r * k * C].reshape(r, k, C)
-        return {
-            "nk": s[..., 0],
-            "sx": s[..., 1 : 1 + d],
-            "sxx": s[..., 1 + d :],
-            "ll": total[r * k * C :],
-        }
+        return partial_stats(partial, *params[1].shape)

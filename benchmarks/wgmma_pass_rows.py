@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.wgmma import REPO, build_module, preamble, wgmma_function
+from benchmarks.wgmma import REPO, build_module, partial_stats, preamble, wgmma_function
 
 TS = 64  # samples per tile (the wgmma M)
 D_ONLY = 16
@@ -414,17 +414,6 @@ class RowsPass:
         return run, partial
 
     def stats(self, Xc: Any, params: tuple) -> dict[str, np.ndarray]:
-        import cupy as cp
-
         run, partial = self.launch(Xc, params)
         run()
-        total = cp.asnumpy(partial.sum(0))
-        r, k, d = params[1].shape
-        C = 1 + 2 * d
-        s = total[: r * k * C].reshape(r, k, C)
-        return {
-            "nk": s[..., 0],
-            "sx": s[..., 1 : 1 + d],
-            "sxx": s[..., 1 + d :],
-            "ll": total[r * k * C :],
-        }
+        return partial_stats(partial, *params[1].shape)
