@@ -243,20 +243,7 @@ class CupyEngine(Engine):
         return self._fused_diag(data, n_restarts, n_components)
 
     def _fused_diag(self, data: CupyData, n_restarts: int, n_components: int) -> FusedDiag:
-        config = self.config
-        key = (
-            config.shared_accumulators,
-            config.tensor_cores,
-            config.wgmma,
-            config.tc_threads,
-            data.covariance_type,
-            data.dtype.str,
-            data.n_features,
-            data.n_samples,
-            data.weights is not None,
-            n_restarts,
-            n_components,
-        )
+        key = self._diag_key(data, n_restarts, n_components)
         fused = self._diag_plans_cache.get(key)
         if fused is None:
             wg_plans = self.diag_pass_wg.plans(data, n_restarts, n_components)
@@ -271,6 +258,39 @@ class CupyEngine(Engine):
                 )
             self._diag_plans_cache[key] = fused
         return fused
+
+    def _lloyd_diag(self, data: CupyData, n_restarts: int, n_components: int) -> FusedDiag:
+        """The fused pass of Lloyd's passes: :meth:`_fused_diag`'s, or ``diag_pass_tc``.
+
+        Where the always-guarded ``diag_pass_wg`` serves, ``diag_pass_tc`` (whose unguarded
+        variant Lloyd's hard mixture needs) with its own plans, made once per shape.
+        """
+        fused = self._fused_diag(data, n_restarts, n_components)
+        if fused.strategy is not self.diag_pass_wg:
+            return fused
+        key = ("lloyd", *self._diag_key(data, n_restarts, n_components))
+        lloyd = self._diag_plans_cache.get(key)
+        if lloyd is None:
+            plans = self.diag_pass_tc.plans(data, n_restarts, n_components)
+            lloyd = fused if plans is None else FusedDiag(self.diag_pass_tc, plans)
+            self._diag_plans_cache[key] = lloyd
+        return lloyd
+
+    def _diag_key(self, data: CupyData, n_restarts: int, n_components: int) -> tuple:
+        config = self.config
+        return (
+            config.shared_accumulators,
+            config.tensor_cores,
+            config.wgmma,
+            config.tc_threads,
+            data.covariance_type,
+            data.dtype.str,
+            data.n_features,
+            data.n_samples,
+            data.weights is not None,
+            n_restarts,
+            n_components,
+        )
 
     def kernel_refs(
         self,
@@ -302,6 +322,9 @@ class CupyEngine(Engine):
             if self.diag_pass_tc.supports(diag, n_restarts, n_components):  # Lloyd's passes
                 plans = self.diag_pass_tc.plans(diag, n_restarts, n_components, fit_grid=False)
                 refs += [self.diag_pass_tc.pass_ref(diag, p, False, False) for p in plans or []]
+                if self.diag_pass_wg.supports(diag, n_restarts, n_components):
+                    # their plans' occupancy query loads the guarded variant (_lloyd_diag)
+                    refs += [self.diag_pass_tc.pass_ref(diag, p, False) for p in plans or []]
         return list(dict.fromkeys(refs))
 
     def _device_loop_serves(self, data: CupyData, n_restarts: int, n_components: int) -> bool:
@@ -414,11 +437,7 @@ class CupyEngine(Engine):
         self.compile_for_fit(data, n_restarts, n_components)
         if self.diag_pass.supports(data, n_restarts, n_components):
             try:
-                strategy, plans = self._fused_diag(data, n_restarts, n_components)
-                if strategy is self.diag_pass_wg:  # always guarded: the unguarded tc pass
-                    tc_plans = self.diag_pass_tc.plans(data, n_restarts, n_components)
-                    if tc_plans is not None:
-                        strategy, plans = self.diag_pass_tc, tc_plans
+                strategy, plans = self._lloyd_diag(data, n_restarts, n_components)
                 return strategy.accumulate(data, params, plans, guard=False)
             except MemoryError:
                 pass

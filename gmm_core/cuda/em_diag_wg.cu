@@ -201,6 +201,8 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
     };
 
     float S[64], T[64];  // E-step logits; statistics^T (wgmma accumulators)
+#pragma unroll
+    for (int i = 0; i < 64; ++i) T[i] = 0.0f;  // a block with no tile (a short chunk) adds zeros
     float nk[32];
     float ll[4];  // log-likelihoods of a flush period (float32), then float64 in the partial
 #pragma unroll

@@ -195,3 +195,25 @@ def test_a_pass_with_every_restart_stopped_does_nothing():
         data, plan, data.chunks[0], 32, kparams, log_const, stopped, partial, out, reduce=False
     )
     assert bool(cupy.isnan(partial).all()), "a pass of stopped restarts wrote its partials"
+
+
+def test_chunks_with_fewer_tiles_than_blocks_add_nothing_undefined():
+    """Streamed data: the grid is sized from the whole data, so a short last chunk (under 132
+    tiles of 64 rows) leaves blocks with no tile; they must add zeros (their accumulator was
+    once read uninitialised: NaN statistics, found in review on an H200)."""
+    import cupy
+
+    from gmm_core._cupy import CupyEngine
+
+    X, shift, params = make_case(148_000, 16, 32, 8)  # chunks of 70k, 70k and 8k rows
+    Xc = (X - shift.astype(np.float32)).astype(np.float32)
+    engine = CupyEngine(memory_budget_bytes=8_000_000, chunk_rows=70_000)  # 9.5 MB: streamed
+    engine.config.wgmma = True
+    data = engine.prepare(Xc, None, "diag")
+    assert not data.resident and 148_000 - 2 * 70_000 < 132 * 64
+    w, means, var = params
+    p = Params(*(cupy.asarray(a) for a in (w, means, var, 1 / np.sqrt(var))))
+    plans = engine.diag_pass_wg.plans(data, 8, 32)
+    st = engine.diag_pass_wg.accumulate(data, p, plans)
+    got = {key: cupy.asnumpy(getattr(st, key)) for key in ("loglik", "nk", "sx", "sxx")}
+    _check(got, reference_stats(Xc, params))

@@ -365,3 +365,22 @@ def test_the_research_rows_pass_compiles_without_spills(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "C75" not in proc.stderr, proc.stderr
     assert " 0 bytes spill stores" in proc.stderr and "warning" not in proc.stderr.lower()
+
+
+@pytest.mark.skipif(
+    _nvrtc.unavailable_reason() is not None, reason=f"NVRTC: {_nvrtc.unavailable_reason()}"
+)
+def test_the_runtime_options_build_the_wgmma_source_for_sm90a():
+    """At run time CuPy appends its own -arch=sm_90 to the loader's --gpu-architecture=sm_90a:
+    the pair must still compile with sm_90a's features (else the wgmma wrappers are empty and
+    the kernel traps); -arch=sm_90 alone must not have them (the check can fail)."""
+    from gmm_core._cuda_loader import NVRTC_ADDED_OPTIONS, arch_options, source
+
+    file = "em_diag_wg.cu"
+    checked = source(file) + '\n#if !WGMMA_OK\n#error "built without sm_90a features"\n#endif\n'
+    runtime = (*COMPILE_OPTIONS, *NVRTC_ADDED_OPTIONS, *arch_options(file), "-arch=sm_90")
+    assert arch_options(file) == ("--gpu-architecture=sm_90a",)
+    compiled = _nvrtc.compile_cubin(checked, file, list(SAMPLE_INSTANCES[file]), runtime)
+    assert compiled.cubin
+    with pytest.raises(_nvrtc.NvrtcError, match="sm_90a features"):
+        _nvrtc.compile_cubin(checked, file, [], (*COMPILE_OPTIONS, "-arch=sm_90"))

@@ -111,6 +111,44 @@ def test_eight_telemetry_restarts_take_the_wgmma_pass_on_sm90_only_when_asked():
     data = CupyData([], True, "diag", np.dtype(np.float32), 10**6, 16)
     kmeans = [ref.expr for ref in engine.kernel_refs(data, 8, 32, init_params="kmeans")]
     assert "diag_pass_tc<16, 2, false, 256, false>" in kmeans
+    assert "diag_pass_tc<16, 2, false, 256>" in kmeans  # the Lloyd plans' occupancy query
+
+
+def test_lloyd_passes_take_the_unguarded_tensor_core_pass_where_the_wgmma_pass_serves(
+    monkeypatch,
+):
+    """engine.lloyd_pass: with diag_pass_wg chosen for the EM passes, Lloyd's passes run
+    diag_pass_tc unguarded (a hard mixture has every component far: the always-guarded wgmma
+    pass would recompute every logit), with plans made once per shape."""
+    engine = CupyEngine(config=sm90(wgmma=True))
+    data = CupyData([], True, "diag", np.dtype(np.float32), 10**6, 16)
+    calls, plans_made = [], []
+
+    def accumulate(strategy):
+        def run(data, params, plans, guard=True):
+            calls.append((strategy.name, guard))
+            return "stats"
+
+        return run
+
+    tc_plans = engine.diag_pass_tc.plans
+
+    def plans(data, r, k, *, fit_grid=True):
+        plans_made.append(fit_grid)
+        return tc_plans(data, r, k, fit_grid=False)  # no occupancy query without a GPU
+
+    for strategy in (engine.diag_pass_wg, engine.diag_pass_tc):
+        monkeypatch.setattr(strategy, "accumulate", accumulate(strategy))
+    monkeypatch.setattr(engine.diag_pass_tc, "plans", plans)
+    monkeypatch.setattr(engine, "compile_for_fit", lambda *a, **k: [])
+    params = gmm_core._gaussian.Params(*(np.zeros((8, 32, 16)),) * 4)
+    assert engine._fused_diag(data, 8, 32).strategy is engine.diag_pass_wg
+    assert engine.lloyd_pass(data, params, None) == "stats"
+    assert engine.lloyd_pass(data, params, None) == "stats"
+    assert calls == [("diag_pass_tc", False)] * 2
+    assert plans_made == [True]  # once per shape
+    assert engine.accumulate(data, params, None) == "stats"  # EM: the wgmma pass, guarded
+    assert calls[-1] == ("diag_pass_wg", True)
 
 
 def test_full_fit_needs_the_fused_full_pass_where_shared_memory_holds_it():
