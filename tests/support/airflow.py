@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -196,12 +196,23 @@ class Api:
         )
 
     def wait_runs(
-        self, dag_id: str, count: int, timeout: float, processes: list[Started]
+        self,
+        dag_id: str,
+        count: int,
+        timeout: float,
+        processes: list[Started],
+        check: Callable[[], None] | None = None,
     ) -> list[dict[str, Any]]:
-        """Wait until ``dag_id`` has ``count`` runs, all finished; return them."""
+        """Wait until ``dag_id`` has ``count`` runs, all finished; return them.
+
+        ``check`` runs at every poll (e.g. to replace a component that died inside a process
+        that stays alive, as ``airflow standalone``'s scheduler can).
+        """
         deadline = time.monotonic() + timeout
         runs: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
+            if check is not None:
+                check()
             runs = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
             if len(runs) >= count and all(r["state"] in ("success", "failed") for r in runs):
                 return runs
