@@ -200,9 +200,9 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
             }
     };
 
-    float S[64], T[64];  // E-step logits; statistics^T (wgmma accumulators)
-#pragma unroll
-    for (int i = 0; i < 64; ++i) T[i] = 0.0f;  // a block with no tile (a short chunk) adds zeros
+    // E-step logits; statistics^T (wgmma accumulators: no ordinary instruction may define
+    // them, or ptxas serialises the wgmmas, C7515; T is first written by a scale-d 0 wgmma)
+    float S[64], T[64];
     float nk[32];
     float ll[4];  // log-likelihoods of a flush period (float32), then float64 in the partial
 #pragma unroll
@@ -393,7 +393,8 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
         const int comp = wgp * NW + 8 * (pos >> 3) + 2 * (pos & 3) + ((pos >> 2) & 1);
         const int type = m >> 4, f = 4 * (m & 3) + 2 * ((m >> 3) & 1) + ((m >> 2) & 1);
         const int r = comp >> 5, kc = comp & 31;
-        const double v = (double)T[i] + (double)mine[i * 128];
+        // a block with no tile (a short streamed chunk) never wrote T: it adds zeros
+        const double v = (n_my > 0 ? (double)T[i] : 0.0) + (double)mine[i * 128];
         if (r < R && kc < K && (active == nullptr || active[r]))
             atomicAdd(out + (size_t)(r * K + kc) * C + 1 + (type & 1) * D + f, v);
     }
