@@ -1,12 +1,15 @@
-"""The CuPy engine: picks a pass strategy for the data and runs it (see :mod:`gmm_core._cupy`)."""
+"""The CuPy engine: runs the pass strategy chosen for the data.
+
+:mod:`.selection` chooses the strategy and lists the kernels a fit compiles; see
+:mod:`gmm_core._cupy`.
+"""
 
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import cupy
 import cupyx
@@ -14,7 +17,6 @@ import numpy as np
 
 from .._engine import EMResult, Engine
 from .._gaussian import Params, Stats
-from .._kmeans import LLOYD_KERNELS, SAMPLING_KERNELS, SEEDING_KERNELS
 from .config import BUDGET_ENV, LaunchConfig
 from .data import (
     CupyData,
@@ -33,20 +35,11 @@ from .diag_pass_tc import DiagPassTC
 from .diag_pass_wg import DiagPassWG
 from .full_pass_tc import FullPassTC
 from .gemm import GemmPass, full_features
-from .kernels import KernelRef, compile_kernels, kernel_ref
 from .large_k import LargeKPass
 from .loop import DeviceLoop
 from .memory import release_memory, track_memory
-from .tracker import TRACKER_REFS, DeviceRestartTracker
-
-logger = logging.getLogger("gmm_core")
-
-
-class FusedDiag(NamedTuple):
-    """The fused diag/spherical pass chosen for a data set and shape, and its plans."""
-
-    strategy: FusedDiagPass
-    plans: list[DiagPlan]
+from .selection import FusedDiag, StrategySelection
+from .tracker import DeviceRestartTracker
 
 
 class _ConfigAlias:
@@ -62,7 +55,7 @@ class _ConfigAlias:
         setattr(engine.config, self.field, value)
 
 
-class CupyEngine(Engine):
+class CupyEngine(StrategySelection, Engine):
     """GPU engine; see :class:`gmm_core._engine.Engine` for the contract.
 
     Parameters
@@ -229,189 +222,6 @@ class CupyEngine(Engine):
     def release_memory() -> None:
         """Give the pool's cached blocks back (unless ``GMM_CORE_KEEP_DEVICE_CACHE=1``)."""
         release_memory()
-
-    # -- which strategy ---------------------------------------------------------------------------
-    def fused_diag(self, data: CupyData, n_restarts: int, n_components: int) -> FusedDiag | None:
-        """The fused diag/spherical pass for this data and its plans (cached per shape).
-
-        ``diag_pass_tc`` where it serves the data and its tiles fit, else ``diag_pass``; None
-        where neither takes the data. Raises ``MemoryError`` where ``diag_pass``'s tiles do not
-        fit shared memory (the GEMM path serves).
-        """
-        if not self.diag_pass.supports(data, n_restarts, n_components):
-            return None
-        return self._fused_diag(data, n_restarts, n_components)
-
-    def _fused_diag(self, data: CupyData, n_restarts: int, n_components: int) -> FusedDiag:
-        key = self._diag_key(data, n_restarts, n_components)
-        fused = self._diag_plans_cache.get(key)
-        if fused is None:
-            wg_plans = self.diag_pass_wg.plans(data, n_restarts, n_components)
-            tc_plans = None if wg_plans else self.diag_pass_tc.plans(data, n_restarts, n_components)
-            if wg_plans is not None:
-                fused = FusedDiag(self.diag_pass_wg, wg_plans)
-            elif tc_plans is not None:
-                fused = FusedDiag(self.diag_pass_tc, tc_plans)
-            else:
-                fused = FusedDiag(
-                    self.diag_pass, self.diag_pass.plans(data, n_restarts, n_components)
-                )
-            self._diag_plans_cache[key] = fused
-        return fused
-
-    def _lloyd_diag(self, data: CupyData, n_restarts: int, n_components: int) -> FusedDiag:
-        """The fused pass of Lloyd's passes: :meth:`_fused_diag`'s, or ``diag_pass_tc``.
-
-        Where the always-guarded ``diag_pass_wg`` serves, ``diag_pass_tc`` (whose unguarded
-        variant Lloyd's hard mixture needs) with its own plans, made once per shape.
-        """
-        fused = self._fused_diag(data, n_restarts, n_components)
-        if fused.strategy is not self.diag_pass_wg:
-            return fused
-        key = ("lloyd", *self._diag_key(data, n_restarts, n_components))
-        lloyd = self._diag_plans_cache.get(key)
-        if lloyd is None:
-            plans = self.diag_pass_tc.plans(data, n_restarts, n_components)
-            lloyd = fused if plans is None else FusedDiag(self.diag_pass_tc, plans)
-            self._diag_plans_cache[key] = lloyd
-        return lloyd
-
-    def _diag_key(self, data: CupyData, n_restarts: int, n_components: int) -> tuple:
-        config = self.config
-        return (
-            config.shared_accumulators,
-            config.tensor_cores,
-            config.wgmma,
-            config.tc_threads,
-            data.covariance_type,
-            data.dtype.str,
-            data.n_features,
-            data.n_samples,
-            data.weights is not None,
-            n_restarts,
-            n_components,
-        )
-
-    def kernel_refs(
-        self,
-        data: CupyData,
-        n_restarts: int,
-        n_components: int,
-        init_params: str | None = None,
-    ) -> list[KernelRef]:
-        """The kernels a fit of this data and shape compiles: the one place that knows.
-
-        Mirrors :meth:`accumulate`, :meth:`run_em`, :meth:`m_step` and
-        :meth:`weighted_log_prob`, and for ``init_params`` the seeding kernels (``init.cu``,
-        :mod:`gmm_core._init`) and the Lloyd passes (diag layout); compiles nothing and needs
-        no GPU (``config=``). Where the device's occupancy decides between two variants
-        (whether a pass reduces its own partials), both are listed.
-        """
-        refs = self._em_kernel_refs(data, n_restarts, n_components)
-        if not self._device_loop_serves(data, n_restarts, n_components):
-            refs += TRACKER_REFS  # the estimator's loop: its bookkeeping kernels
-        if init_params in ("kmeans", "k-means++"):
-            refs += [kernel_ref("init.cu", name, data.dtype) for name in SEEDING_KERNELS]
-            refs += [kernel_ref("init.cu", name, of) for name, of in SAMPLING_KERNELS]
-        elif init_params == "random_from_data":
-            refs.append(kernel_ref("init.cu", "gather_rows", data.dtype))
-        if init_params == "kmeans":
-            refs += [kernel_ref("init.cu", name, of) for name, of in LLOYD_KERNELS]
-            diag = retype(data, "diag")
-            refs += self._em_kernel_refs(diag, n_restarts, n_components)
-            if self.diag_pass_tc.supports(diag, n_restarts, n_components):  # Lloyd's passes
-                plans = self.diag_pass_tc.plans(diag, n_restarts, n_components, fit_grid=False)
-                refs += [self.diag_pass_tc.pass_ref(diag, p, False, False) for p in plans or []]
-                if self.diag_pass_wg.supports(diag, n_restarts, n_components):
-                    # their plans' occupancy query loads the guarded variant (_lloyd_diag)
-                    refs += [self.diag_pass_tc.pass_ref(diag, p, False) for p in plans or []]
-        return list(dict.fromkeys(refs))
-
-    def _device_loop_serves(self, data: CupyData, n_restarts: int, n_components: int) -> bool:
-        """Whether :meth:`run_em` runs the whole loop (as its checks; ``chunks`` may be empty)."""
-        if not (data.resident and len(data.chunks) <= 1):
-            return False
-        if not self.diag_pass.supports(data, n_restarts, n_components):
-            return False
-        if self.diag_em_small.supports(data, n_restarts, n_components):
-            return True
-        try:
-            if self.diag_pass_tc.plans(data, n_restarts, n_components, fit_grid=False) is None:
-                self.diag_pass.plans(data, n_restarts, n_components, fit_grid=False)
-        except MemoryError:
-            return False
-        return True
-
-    def _em_kernel_refs(
-        self, data: CupyData, n_restarts: int, n_components: int
-    ) -> list[KernelRef]:
-        refs: list[KernelRef] = []
-        fused = True  # whether a fused pass serves (else the large-K or GEMM path)
-        full_tc = self.full_pass_tc
-        if full_tc.supports(data, n_restarts, n_components, quiet=True):
-            u_in_smem = full_tc.u_in_smem(data.n_features, n_components)
-            assert u_in_smem is not None
-            refs += full_tc.kernel_refs(data.n_features, u_in_smem, data.weights is not None)
-        elif self.diag_pass.supports(data, n_restarts, n_components):
-            device_loop = data.resident and len(data.chunks) <= 1
-            small = self.diag_em_small
-            if device_loop and small.supports(data, n_restarts, n_components):
-                refs += small.kernel_refs(data, n_restarts, n_components)
-            else:
-                strategy: FusedDiagPass = self.diag_pass_wg
-                plans = strategy.plans(data, n_restarts, n_components, fit_grid=False)
-                if plans is None:
-                    strategy = self.diag_pass_tc
-                    plans = strategy.plans(data, n_restarts, n_components, fit_grid=False)
-                try:
-                    if plans is None:
-                        strategy = self.diag_pass
-                        plans = strategy.plans(data, n_restarts, n_components, fit_grid=False)
-                    refs += strategy.kernel_refs(data, plans, device_loop=device_loop)
-                except MemoryError:  # the tiles do not fit shared memory
-                    fused = False
-        else:
-            fused = False
-        if not fused and self.large_k.supports(data, n_restarts, n_components):
-            refs += self.large_k.kernel_refs()
-        refs += self.gemm.kernel_refs(data)
-        return refs
-
-    def compile_for_fit(
-        self,
-        data: CupyData,
-        n_restarts: int,
-        n_components: int,
-        init_params: str | None = None,
-    ) -> list[str]:
-        """Compile, concurrently and before anything runs, every kernel a fit needs.
-
-        The kernels of :meth:`kernel_refs`: one batch of NVRTC compiles instead of several in a
-        row. Once per engine, device and shape (:meth:`accumulate` and :meth:`run_em` ask too,
-        for callers that did not); kernels already compiled (memoised, or in CuPy's disk cache)
-        cost nothing. A kernel that fails to compile here is compiled again, and its error
-        raised, where it is launched.
-        """
-        key = (
-            cupy.cuda.Device().id,
-            data.covariance_type,
-            data.dtype.str,
-            data.n_features,
-            data.n_samples,
-            data.resident and len(data.chunks) <= 1,
-            data.weights is not None,
-            n_restarts,
-            n_components,
-            init_params,
-        )
-        if key in self._compiled:
-            return []
-        self._compiled.add(key)
-        try:  # only ahead of use: the launches compile (and raise) themselves
-            return compile_kernels(self.kernel_refs(data, n_restarts, n_components, init_params))
-        except Exception as exc:
-            logger.debug("compiling the kernels of %s ahead of use failed: %s", key, exc)
-            return []
 
     # -- passes ---------------------------------------------------------------------------------
     def accumulate(self, data: CupyData, params: Params, active: Any) -> Stats:
