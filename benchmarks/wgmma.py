@@ -268,6 +268,19 @@ def partial_stats(partial: Any, r: int, k: int, d: int) -> dict[str, np.ndarray]
     }
 
 
+class BlockPartialPass:
+    """A research pass whose ``launch(Xc, params)`` returns (run, block partials)."""
+
+    def launch(self, Xc: Any, params: tuple) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def stats(self, Xc: Any, params: tuple) -> dict[str, np.ndarray]:
+        """One pass's statistics (``partial_stats``) on the host."""
+        run, partial = self.launch(Xc, params)
+        run()
+        return partial_stats(partial, *params[1].shape)
+
+
 def timed_ms(run: Callable[[], Any], repeat: int = 5) -> float:
     """Median milliseconds of ``repeat`` calls of ``run`` (after a warm-up), CUDA events."""
     import cupy as cp

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.wgmma import REPO, build_module, partial_stats, preamble, wgmma_function
+from benchmarks.wgmma import REPO, BlockPartialPass, build_module, preamble, wgmma_function
 
 TS = 64  # samples per tile (the wgmma M)
 D_ONLY = 16
@@ -370,7 +370,7 @@ def _round_tf32(a: np.ndarray) -> np.ndarray:
     return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
 
 
-class RowsPass:
+class RowsPass(BlockPartialPass):
     """One compiled variant; ``launch``/``stats`` as ``wgmma_pass.WgPass``'s."""
 
     def __init__(self, flush: int = 16, long: int = 1, turn: int = 1, sr: int = 0) -> None:
@@ -412,8 +412,3 @@ class RowsPass:
             self.kernel((blocks,), (256,), args, shared_mem=self.smem)
 
         return run, partial
-
-    def stats(self, Xc: Any, params: tuple) -> dict[str, np.ndarray]:
-        run, partial = self.launch(Xc, params)
-        run()
-        return partial_stats(partial, *params[1].shape)
