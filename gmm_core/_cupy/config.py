@@ -19,9 +19,18 @@ TC_THREADS = 256
 DEFAULT_SMEM_OPTIN = 48 * 1024
 
 
-def env_flag(name: str) -> bool:
-    """An on/off environment setting, on unless set to 0/false/no/off (any case)."""
-    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
+def env_flag(name: str, default: bool = True) -> bool:
+    """An on/off environment setting.
+
+    Off for 0/false/no/off, on for 1/true/yes/on (any case), ``default`` when unset (or set to
+    anything else).
+    """
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    return default
 
 
 @dataclass
@@ -86,5 +95,5 @@ class LaunchConfig:
             tensor_cores=bool(tensor_cores) and compute_capability >= 80,
             small_kernel=env_flag(SMALL_ENV) if small_kernel is None else bool(small_kernel),
             shared_accumulators=shared_accumulators,
-            wgmma=os.environ.get(WGMMA_ENV, "0").strip().lower() in ("1", "true", "yes", "on"),
+            wgmma=env_flag(WGMMA_ENV, default=False),
         )

@@ -77,6 +77,19 @@ def test_telemetry_fit_needs_the_tensor_core_pass_its_mstep_and_nothing_else():
     assert not any("_tc<" in n for n in names(SM90, "diag", np.float64, 16, 32, 1, 10**7))
 
 
+def test_engine_switches_read_the_environment_with_their_defaults(monkeypatch):
+    from gmm_core._cupy.config import WGMMA_ENV, env_flag
+
+    monkeypatch.delenv(WGMMA_ENV, raising=False)
+    assert env_flag(WGMMA_ENV, default=False) is False and env_flag(WGMMA_ENV) is True
+    for on in ("1", "true", " YES ", "on"):
+        monkeypatch.setenv(WGMMA_ENV, on)
+        assert env_flag(WGMMA_ENV, default=False) is True
+    for off in ("0", "False", "no", "off"):
+        monkeypatch.setenv(WGMMA_ENV, off)
+        assert env_flag(WGMMA_ENV) is False
+
+
 def test_eight_telemetry_restarts_take_the_wgmma_pass_on_sm90_only_when_asked():
     # off by default (less accurate, see gmm_core/_cupy/diag_pass_wg.py)
     assert "diag_pass_tc<16, 2, false, 256>" in names(SM90, "diag", np.float32, 16, 32, 8, 10**7)
