@@ -49,14 +49,11 @@ constexpr int FLUSH = 16;           // tiles summed in the wgmma accumulator
 // W, R^T and X^T of both warp groups, c, the float32 sums (2 x 64 x 128): 232448 bytes, the
 // most a block may have on sm_90
 constexpr int SMEM_WORDS = KT * 2 * W_SLAB + 2 * SK * R_SLAB + 2 * SK * X_SLAB + 256 + 2 * 64 * 128;
+static_assert(4 * SMEM_WORDS == 232448, "diag_pass_wg.SMEM_BYTES: the sm_90 per-block maximum");
 constexpr float L2E = 1.4426950408889634f;
 
 __device__ __forceinline__ void bar_sync(int id, int count) {
     asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory");
-}
-// feature of E-step k-step ks, k index kk (thread q's float4 holds features 4q..4q+3)
-__device__ __forceinline__ int feature_of(int ks, int kk) {
-    return 4 * (kk & 3) + 2 * (ks & 1) + (kk >> 2);
 }
 }  // namespace gwg
 
