@@ -51,9 +51,10 @@ def rel(a, b) -> float:
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
-def make_case(n: int, d: int, k: int, r: int, far: float = 0.0, seed: int = 0):
+def make_case(n: int, d: int, k: int, r: int, far: float = 0.0, seed: int = 0, spread: float = 4.0):
+    """(X, its mean, r restarts' (w, means, var)): k clusters, centres N(0, spread^2)."""
     rng = np.random.default_rng(seed)
-    centers = rng.normal(0, 4, size=(k, d))
+    centers = rng.normal(0, spread, size=(k, d))
     scales = rng.uniform(0.5, 1.5, size=(k, d))
     if far:
         centers[0] = far  # a tight component far from the data mean

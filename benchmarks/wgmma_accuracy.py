@@ -1,6 +1,6 @@
 """The opt-in wgmma pass (``diag_pass_wg``) against float64: where its error comes from.
 
-    PYTHONPATH=. python3 benchmarks/wgmma_accuracy.py [gap|flush|guard] ...
+    PYTHONPATH=. python3 benchmarks/wgmma_accuracy.py [gap|spread|flush|guard] ...
 
 All on 32 well-separated clusters (``tune_fused.make_case``, 16 features) fitted from one given
 start (so every restart of ``n_init=8`` is the NumPy fit) for 15 iterations, the gap being the
@@ -11,6 +11,8 @@ sample plus 1e-6 relative, ~2.9e-5 here):
   takes the wgmma pass);
 * ``flush``: per ``GMM_WG_FLUSH`` (tiles summed in the wgmma accumulator), one pass's statistics
   against float64 at 200k rows and the 1M-row gap;
+* ``spread``: the 1M-row gap with and without the pass on clusters 2x and 3x further apart
+  (|p|^2 about 4x and 9x larger);
 * ``guard``: the 1M-row gap per ``GMM_TC_GUARD`` (components with |p|^2 above it get their
   logits computed exactly instead of by the expanded 3xTF32 form on the tensor cores).
 
@@ -61,7 +63,7 @@ def main() -> None:
     from gmm_core._cupy.diag_pass_wg import DiagPassWG
 
     warnings.simplefilter("ignore")
-    modes = sys.argv[1:] or ["gap", "flush", "guard"]
+    modes = sys.argv[1:] or ["gap", "spread", "flush", "guard"]
     X1 = make_case(1_000_000, 16, 32, 1, seed=7)[0]
     kw1 = _start(X1)
     model1 = _reference(X1, kw1)
@@ -78,6 +80,22 @@ def main() -> None:
                     head = f"n={len(X)} wgmma={flag} n_init={n_init}"
                     print(f"{head}: gap {gap:+.2e} (ref {ref:.6f})", flush=True)
     os.environ["GMM_CORE_WGMMA"] = "1"
+    if "spread" in modes:  # clusters further apart: |p|^2 grows with the spread squared
+        for spread in (8.0, 12.0):
+            X = make_case(1_000_000, 16, 32, 1, seed=7, spread=spread)[0]
+            kw = _start(X)
+            model = _reference(X, kw)
+            ref = float(model.lower_bound_)
+            p2 = 0.5 * ((model.means_ - X.mean(0)) ** 2 * model.precisions_).sum(1)
+            quart = np.percentile(p2, [25, 50, 75]).round(1)
+            for flag in ("1", "0"):
+                os.environ["GMM_CORE_WGMMA"] = flag
+                gap = _gap(X, ref, kw)
+                print(
+                    f"spread={spread} |p|^2 quartiles {quart} max {p2.max():.0f} wgmma={flag}: "
+                    f"gap {gap:+.2e} (budget {1e-6 + 1e-6 * abs(ref):.1e})",
+                    flush=True,
+                )
     if "flush" in modes:
         from test_gpu_diag_wg import _pass
 

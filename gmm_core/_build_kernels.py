@@ -101,8 +101,8 @@ def launch_configs(arch: str) -> list[LaunchConfig]:
     configs = [
         LaunchConfig(n_sm=n, smem_optin=smem, compute_capability=cc) for _, n, smem in DEVICES[arch]
     ]
-    # and with the opt-in wgmma pass (GMM_CORE_WGMMA=1): its kernels are built too
-    return configs + [dataclasses.replace(c, wgmma=True) for c in configs if cc == 90]
+    # with the wgmma pass (the default on sm_90) and without it (GMM_CORE_WGMMA=0)
+    return configs + [dataclasses.replace(c, wgmma=False) for c in configs if cc == 90]
 
 
 def kernels_for_arch(arch: str, shapes: Iterable[Sequence[Any]] | None = None) -> list[KernelRef]:

@@ -65,8 +65,8 @@ class LaunchConfig:
     #: ``full_pass_tc`` reads U from global memory even where shared memory would hold it
     full_tc_force_global_u: bool = False
     #: 5-8 restarts of float32 diag data with 16 features on Hopper's warp-group MMA
-    #: (``diag_pass_wg``, sm_90a): faster, less accurate; opt-in, ``GMM_CORE_WGMMA=1``
-    wgmma: bool = False
+    #: (``diag_pass_wg``, sm_90a) where the device has it; ``GMM_CORE_WGMMA=0`` turns it off
+    wgmma: bool = True
 
     @classmethod
     def for_current_device(
@@ -95,5 +95,5 @@ class LaunchConfig:
             tensor_cores=bool(tensor_cores) and compute_capability >= 80,
             small_kernel=env_flag(SMALL_ENV) if small_kernel is None else bool(small_kernel),
             shared_accumulators=shared_accumulators,
-            wgmma=env_flag(WGMMA_ENV, default=False),
+            wgmma=env_flag(WGMMA_ENV),
         )

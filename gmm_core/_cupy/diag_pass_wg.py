@@ -1,21 +1,22 @@
-"""``diag_pass_wg``: the fused diag pass on Hopper's warp-group MMA (``wgmma``, sm_90a), opt-in.
+"""``diag_pass_wg``: the fused diag pass on Hopper's warp-group MMA (``wgmma``, sm_90a).
 
 Serves 5 to 8 restarts per group (``n_init=8`` fits) of float32 diag data with 16 features and
-up to 32 components on compute capability 9.0 when ``GMM_CORE_WGMMA=1`` (or
-``engine.config.wgmma = True``): one pass for 8 restarts in about half ``diag_pass_tc``'s time
-(``benchmarks/probe_wgmma_pass.py``; the research version is ``benchmarks/wgmma_pass_rows.py``).
-Samples along the MMA's M: a restart's softmax stays within four lanes; both products on
-``wgmma``, the statistics' in two TF32 products with the responsibilities rounded
-stochastically (see ``cuda/em_diag_wg.cu``). The pass leaves float64 block partials in the
-fused passes' layout, summed by ``reduce_partials``; the M-step is ``diag_mstep``.
+up to 32 components on compute capability 9.0, unless ``GMM_CORE_WGMMA=0`` (or
+``engine.config.wgmma = False``): one pass for 8 restarts in 42% of ``diag_pass_tc``'s time
+(2.97 vs 7.06 ms over 10M rows on an H200; ``benchmarks/probe_wgmma_pass.py``; the research
+version is ``benchmarks/wgmma_pass_rows.py``). Samples along the MMA's M: a restart's softmax
+stays within four lanes; both products on ``wgmma``, the statistics' in two TF32 products with
+the responsibilities rounded stochastically (see ``cuda/em_diag_wg.cu``). The pass leaves
+float64 block partials in the fused passes' layout, summed by ``reduce_partials``; the M-step
+is ``diag_mstep``.
 
-Off by default, being less accurate than ``diag_pass_tc``: its E-step, the same expanded 3xTF32
-form, accumulates in ``wgmma``'s float32 accumulator, whose error grows with |p|^2 (a
-component's squared distance from the data mean in its own units) faster than ``mma.sync``'s.
-A 1M-row fit with |p|^2 around 100 ended 4e-5 nats per sample below the float64 fit after 15
-iterations (``diag_pass_tc``: 2e-6); with those logits computed exactly (``GMM_TC_GUARD`` 16)
-the gap was 2e-7, and it did not change with the statistics in 3xTF32 (H200, 2026-12-04,
-docs/benchmarks.md).
+Accuracy: the E-step is ``diag_pass_tc``'s expanded 3xTF32 form in the same order (the constant
+first, then the x terms, then the x^2 ones), so that ``wgmma``'s float32 accumulation, which
+loses digits one-sidedly in proportion to the partial sums, loses them in both directions.
+1M-row fits 15 iterations from one start ended +2.6e-7 (|p|^2 ~ 100), -2.3e-5 (~ 450) and
++2.4e-6 (~ 1,100) nats per sample from the float64 fit, against +1.8e-6, -3.0e-5 and -5.7e-6
+for ``diag_pass_tc`` (H200, 2026-12-04, ``benchmarks/wgmma_accuracy.py``). The constant added
+after the products instead (the first form) left the first case 4.1e-5 low.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ MIN_GROUP = 5
 #: samples per tile, threads per block, shared memory per block (``gwg::SMEM_WORDS``)
 TILE = 64
 THREADS = 256
-W_WORDS = 4 * 2 * 256 * 8  # E-step B operand: 4 k-steps x (hi, lo) x 256 positions x 8
-SMEM_BYTES = 4 * (W_WORDS + 2 * 8 * (128 * 8 + 16) + 2 * 8 * (64 * 8 + 16) + 256 + 2 * 64 * 128)
+#: E-step B operand: 4 k-steps x (hi, lo), then the constant's, each 256 positions x 8
+W_WORDS = (4 * 2 + 1) * 256 * 8
+SMEM_BYTES = 4 * (W_WORDS + 2 * 8 * (128 * 8 + 16) + 2 * 8 * (64 * 8 + 16) + 2 * 32 * 128 + 64 * 8)
 #: rows below which the pass is not worth its fixed cost (one tile per SM)
 MIN_SAMPLES = 1 << 16
 PARAMS_REF = kernel_ref(FILE, "diag_wg_params")
@@ -135,11 +137,10 @@ class DiagPassWG(FusedDiagPass):
     def fit_grid(self, data: CupyData, plans: list[DiagPlan]) -> None:
         """The grid is one block per SM already (227 KiB of shared memory each)."""
 
-    def _operands(self) -> tuple[Any, Any, Any]:
-        """(W image, c, |p|^2) buffers of ``diag_wg_params``, reused by every pass."""
+    def _operands(self) -> tuple[Any, Any]:
+        """(W image with the constants, |p|^2) of ``diag_wg_params``, reused by every pass."""
         return (
             self.scratch.get("wg_weights", (W_WORDS,), cupy.float32),
-            self.scratch.get("wg_const", (256,), cupy.float32),
             self.scratch.get("wg_p2", (256,), cupy.float32),
         )
 
@@ -167,21 +168,19 @@ class DiagPassWG(FusedDiagPass):
         """
         if weights is not None:
             raise ValueError("diag_pass_wg takes unweighted data only")
-        w_img, const, p2 = self._operands()
+        w_img, p2 = self._operands()
         k0, k1 = plan.r0 * n_components, plan.r1 * n_components
         rg = plan.r1 - plan.r0
         load_kernel(PARAMS_REF)(
             (256 * 32 // THREADS,),  # a thread per (position, column of [x | x^2])
             (THREADS,),
-            (kparams[k0:k1], log_const[k0:k1], np.int32(rg), np.int32(n_components),
-             w_img, const, p2),
+            (kparams[k0:k1], log_const[k0:k1], np.int32(rg), np.int32(n_components), w_img, p2),
         )  # fmt: skip
         self.pass_kernel(data, plan, False, guard)(
             (plan.n_blocks,),
             (THREADS,),
             (chunk, np.int64(chunk.shape[0]), np.int32(rg), np.int32(n_components),
-             w_img, const, p2, kparams[k0:k1], log_const[k0:k1], active, partial,
-             np.int32(plan.pstride)),
+             w_img, p2, kparams[k0:k1], log_const[k0:k1], active, partial, np.int32(plan.pstride)),
             shared_mem=SMEM_BYTES,
         )  # fmt: skip
         tail = tail_reduce(plan)

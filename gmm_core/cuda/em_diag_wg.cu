@@ -5,14 +5,20 @@
 // Research and measurements: benchmarks/wgmma_pass_rows.py, docs/benchmarks.md.
 //
 // Two warp groups per CTA, each 4 restarts (128 components); each 64-sample tile:
-//   E-step   logits (64 samples x 128 components) = [x | x^2] W + c (3xTF32): A from registers,
-//            each thread loading its two rows' features 4q..4q+3 as one float4 from global
-//            memory (a permuted feature order makes that the m64nNk8 A fragment); B = W from
-//            shared memory, written once per pass by diag_wg_params from the kernel parameters
-//            (s, p = -mu s): W = [-2 s p, -s^2], c = log const - |p|^2, log2 units.
-//            12 wgmma m64n128k8 RS. Components far from the centred origin (|p|^2 >
-//            GMM_TC_GUARD, as diag_pass_tc: the expanded form loses digits there) get their
-//            logits recomputed exactly (GUARD).
+//   E-step   logits (64 samples x 128 components) = c + [x | x^2] W (3xTF32): A from
+//            registers, each thread loading its two rows' features 4q..4q+3 as one float4 from
+//            global memory (a permuted feature order makes that the m64nNk8 A fragment); B = W
+//            from shared memory, written once per pass by diag_wg_params from the kernel
+//            parameters (s, p = -mu s): W = [-2 s p, -s^2], c = log const - |p|^2, log2 units.
+//            One wgmma SS puts c (three TF32 parts against columns of ones: exact) in the
+//            accumulator, then 12 RS add the x k-steps, then the x^2 ones: diag_pass_tc's order.
+//            wgmma's float32 accumulation loses digits in proportion to the partial sums
+//            (about |p|^2), one-sidedly as rounding toward zero would: this order's sums run
+//            from -|p|^2 through +|p|^2 to the logit, so the losses largely cancel. (Adding c
+//            after the products left a fit 4e-5 nats per sample low; c first with x beside x^2,
+//            every sum negative, 4e-5 high: docs/benchmarks.md.) Components far from the
+//            centred origin (|p|^2 > GMM_TC_GUARD, as diag_pass_tc: the expanded form loses
+//            digits there) get their logits recomputed exactly (GUARD).
 //   softmax  per sample and restart in registers (a restart's 32 components of a sample are 8
 //            values in each lane of one quad); responsibilities rounded to TF32 with a dither
 //            (stochastic rounding: rounding to nearest sends every responsibility just below 1
@@ -20,8 +26,15 @@
 //            to shared memory in a bank-conflict-free permuted order.
 //   M-step   statistics^T (64 rows: x hi, x^2 hi, x lo, x^2 lo; 128 components) += X^T R:
 //            8 wgmma m64n128k8 SS; N_k from the same rounded responsibilities, in registers.
+// The pass is bound by each warp's own instruction latency more than by the tensor cores (ncu,
+// H200: about 4,900 cycles per tile against 2,400 issue and 2,700 tensor cycles per
+// scheduler), so instructions count: the warp group index comes through a shuffle, which lets
+// the compiler keep the 21 descriptors in uniform registers (3.12 -> 2.97 ms per pass of 8
+// restarts over 10M rows). Making the groups take turns on the tensor cores (one group's
+// products done before the other's start) was 2% faster before that and 5% slower after.
 // float32 sums: FLUSH tiles in the wgmma accumulator (scale-d 0 starts a period), then
-// float32 in shared memory per thread, float64 per block at the end; log-likelihoods float32
+// float32 in shared memory per statistic (the hi and lo feature rows of a statistic, held by
+// warps w and w + 2 of a group, add into one word in turn), float64 per block at the end; log-likelihoods float32
 // per period, then float64 (atomics into the block's own row, zeroed first). Inactive restarts (the
 // loop's mask) are computed but not written: their statistics are zero.
 #include "tc.cuh"
@@ -46,10 +59,13 @@ constexpr int FLUSH = GMM_WG_FLUSH;  // (a tuning define)
 #else
 constexpr int FLUSH = 16;           // tiles summed in the wgmma accumulator
 #endif
-// W, R^T and X^T of both warp groups, c, the float32 sums (2 x 64 x 128): 232448 bytes, the
-// most a block may have on sm_90
-constexpr int SMEM_WORDS = KT * 2 * W_SLAB + 2 * SK * R_SLAB + 2 * SK * X_SLAB + 256 + 2 * 64 * 128;
-static_assert(4 * SMEM_WORDS == 232448, "diag_pass_wg.SMEM_BYTES: the sm_90 per-block maximum");
+
+constexpr int W_SLABS = 2 * KT + 1; // (hi, lo) per k-step, then the constant's slab
+// W, R^T and X^T of both warp groups, the float32 sums (2 x 32 x 128), the constant's A (64 x
+// 8): 208896 bytes (sm_90 allows 232448)
+constexpr int SMEM_WORDS =
+    W_SLABS * W_SLAB + 2 * SK * R_SLAB + 2 * SK * X_SLAB + 2 * 32 * 128 + 64 * 8;
+static_assert(4 * SMEM_WORDS == 208896, "diag_pass_wg.SMEM_BYTES");
 constexpr float L2E = 1.4426950408889634f;
 
 __device__ __forceinline__ void bar_sync(int id, int count) {
@@ -59,13 +75,12 @@ __device__ __forceinline__ void bar_sync(int id, int count) {
 
 // The E-step operands of one pass from the kernel parameters (s_d, p_d) pairs and log constants
 // of a restart group (R <= 8 restarts of K <= 32 components): W (KT x [hi, lo] slabs of 256
-// component positions x 8 k, position n = 32 r + k), c (256, log2 units: absent components
-// -inf, absent restarts 0), p2 (256, |p|^2: the GUARD test). One thread per (position, column
-// of [x | x^2]).
+// component positions x 8 k, position n = 32 r + k), then the constant's slab (columns 0-2: c
+// in three TF32 parts, the rest 0; c in log2 units: absent components -inf, absent restarts
+// 0), p2 (256, |p|^2: the GUARD test). One thread per (position, column of [x | x^2]).
 extern "C" __global__ void diag_wg_params(const float* __restrict__ kparams,
                                           const float* __restrict__ log_const, int R, int K,
-                                          float* __restrict__ W, float* __restrict__ c,
-                                          float* __restrict__ p2) {
+                                          float* __restrict__ W, float* __restrict__ p2) {
     using namespace gwg;
     constexpr int PS = 2 * D;  // gmm::Layout<16, false>::PS
     const int idx = blockIdx.x * blockDim.x + threadIdx.x;
@@ -83,25 +98,31 @@ extern "C" __global__ void diag_wg_params(const float* __restrict__ kparams,
     const float hi = tc::round_tf32(v);
     W[(2 * ks) * W_SLAB + wg::tile_word(n, kk)] = hi;
     W[(2 * ks + 1) * W_SLAB + wg::tile_word(n, kk)] = v - hi;
-    if (col == 0) {
+    if (col < 8) {  // the constant's slab
         float a = 0.0f;
         if (present)
             for (int d = 0; d < D; ++d) a = fmaf(row[2 * d + 1], row[2 * d + 1], a);
-        p2[n] = a;
-        c[n] = present ? (log_const[r * K + k] - a) * L2E
-               : r < R ? __int_as_float(0xff800000)
-                       : 0.0f;
+        if (col == 0) p2[n] = a;
+        const float cn = present ? (log_const[r * K + k] - a) * L2E
+                         : r < R ? __int_as_float(0xff800000)
+                                 : 0.0f;
+        float part = col < 3 && !present ? (col == 0 ? cn : 0.0f) : 0.0f;
+        if (present && col < 3) {  // c = c0 + c1 + c2 exactly (3 x 11 significant bits)
+            const float c0 = tc::round_tf32(cn), c1 = tc::round_tf32(cn - c0);
+            part = col == 0 ? c0 : col == 1 ? c1 : cn - c0 - c1;
+        }
+        W[2 * KT * W_SLAB + wg::tile_word(n, col)] = part;
     }
 }
 
-// X (n, 16) float32 centred; W, c, p2 from diag_wg_params; kparams rows of the group (GUARD's
+// X (n, 16) float32 centred; W, p2 from diag_wg_params; kparams rows of the group (GUARD's
 // exact logits); active (R) int32 or null; partial (gridDim.x, pstride) float64, each block's
 // row zeroed here and written: R K C statistics, R log-likelihoods, then 32 words of the
 // warps' log-likelihoods (pstride = R K C + R + 32). Deterministic: no sum depends on the
 // order threads run in.
 extern "C" __global__ void __launch_bounds__(256, 1)
 diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float* __restrict__ Wg,
-             const float* __restrict__ cg, const float* __restrict__ p2g,
+             const float* __restrict__ p2g,
              const float* __restrict__ kparams, const float* __restrict__ log_const,
              const int* __restrict__ active,
              double* __restrict__ partial, int pstride) {
@@ -119,23 +140,27 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
     }
     extern __shared__ __align__(128) float smem[];
     float* sW = smem;
-    float* sR = sW + KT * 2 * W_SLAB;
+    float* sR = sW + W_SLABS * W_SLAB;
     float* sX = sR + 2 * SK * R_SLAB;
-    float* sC = sX + 2 * SK * X_SLAB;
-    float* sL = sC + 256;  // [wg][64 registers][128 threads]
-    const int t = threadIdx.x, wgp = t >> 7, tw = t & 127, w = tw >> 5, lane = t & 31;
+    float* sL = sX + 2 * SK * X_SLAB;  // [wg][64 registers][64 threads: warps 0, 1 (+ 2, 3)]
+    float* sOnes = sL + 2 * 32 * 128;  // 64 x 8 A tile: 1 in columns 0-2
+    // the warp group (and the warp) through a shuffle from lane 0: the compiler then knows
+    // them uniform and keeps the wgmma descriptors in uniform registers (CUTLASS's
+    // canonical_warp_group_idx)
+    const int t = threadIdx.x, lane = t & 31;
+    const int wgp = __shfl_sync(0xffffffffu, t >> 7, 0), tw = t & 127;
+    const int w = __shfl_sync(0xffffffffu, tw >> 5, 0);
     const int g = lane >> 2, q = lane & 3;
     constexpr int C = 1 + XF;
     for (int i = t; i < pstride; i += 256) partial[(size_t)blockIdx.x * pstride + i] = 0.0;
-    for (int i = t; i < KT * 2 * W_SLAB / 4; i += 256)
+    for (int i = t; i < W_SLABS * W_SLAB / 4; i += 256)
         reinterpret_cast<float4*>(sW)[i] = __ldg(reinterpret_cast<const float4*>(Wg) + i);
-    sC[t] = cg[t];
-    for (int i = t; i < 2 * 64 * 128; i += 256) sL[i] = 0.0f;
+    for (int i = t; i < 2 * 32 * 128; i += 256) sL[i] = 0.0f;
+    for (int i = t; i < 64 * 8; i += 256) sOnes[wg::tile_word(i >> 3, i & 7)] = (i & 7) < 3 ? 1.0f : 0.0f;
     wg::fence_proxy_async();
     __syncthreads();
     float* myR = sR + wgp * SK * R_SLAB;
     float* myX = sX + wgp * SK * X_SLAB;
-    const float* myC = sC + wgp * NW;
     // GUARD: bit 2 cb + e of this thread's components 8 cb + 2 q + e that are far
     unsigned far = 0;
     if (GUARD) {
@@ -166,7 +191,8 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
         }
     };
     // E-step A fragments of k-step ks: (row g, k q) <- feature 4q + 2 (ks & 1) of x (ks < 2) or
-    // x^2, (g, q + 4) <- the next one; [1], [3]: row g + 8
+    // x^2, (g, q + 4) <- the next one; [1], [3]: row g + 8. (The constant's k-step takes its A,
+    // ones in columns 0-2, from shared memory: as registers they made the kernel spill.)
     unsigned ah[KT][4], al[KT][4];
     auto build = [&]() {
         const float v[2][4] = {{pre[0].x, pre[0].y, pre[0].z, pre[0].w},
@@ -181,7 +207,8 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
     };
     // X^T (statistics A): feature row m = 16 type + 8 (f >> 1 & 1) + 4 (f & 1) + q of feature
     // 4q + (f & 3) (types x hi, x^2 hi, x lo, x^2 lo); sample 16 w + g + 8 h at k-slab
-    // 2 w + g / 4, k 4 h + g % 4 (the order of R^T)
+    // 2 w + g / 4, k 4 h + g % 4 (the order of R^T). (Both samples' words adjacent, stored as
+    // float2 here and in the softmax, measured 8% slower on an H200.)
     auto stage_x = [&]() {
         float* base = myX + (2 * w + (g >> 2)) * X_SLAB + (g & 3);
 #pragma unroll
@@ -207,25 +234,28 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
 #pragma unroll
     for (int j = 0; j < 4; ++j) ll[j] = 0.0f;
 
+    // descriptors: one per operand, the slabs' as offsets from it (wg::desc_at)
     auto e_step = [&]() {
-        const float* wb = sW + wgp * (NW / 8) * 64;
+        const unsigned long long dw = wg::desc(sW + wgp * (NW / 8) * 64);
+        wg::mma_ss(S, wg::desc(sOnes), wg::desc_at(dw, 2 * KT * W_SLAB), 0);
 #pragma unroll
         for (int ks = 0; ks < KT; ++ks) {
-            const unsigned long long dh = wg::desc(wb + (2 * ks) * W_SLAB);
-            const unsigned long long dl = wg::desc(wb + (2 * ks + 1) * W_SLAB);
-            wg::mma_rs(S, al[ks], dh, ks > 0);
+            const unsigned long long dh = wg::desc_at(dw, (2 * ks) * W_SLAB);
+            const unsigned long long dl = wg::desc_at(dw, (2 * ks + 1) * W_SLAB);
+            wg::mma_rs(S, al[ks], dh, 1);
             wg::mma_rs(S, ah[ks], dl, 1);
             wg::mma_rs(S, ah[ks], dh, 1);
         }
     };
     auto stats = [&](int fresh) {
+        const unsigned long long dx = wg::desc(myX), dr = wg::desc(myR);
 #pragma unroll
         for (int j = 0; j < SK; ++j)
-            wg::mma_ss(T, wg::desc(myX + j * X_SLAB), wg::desc(myR + j * R_SLAB),
+            wg::mma_ss(T, wg::desc_at(dx, j * X_SLAB), wg::desc_at(dr, j * R_SLAB),
                        !(fresh && j == 0));
     };
     // GUARD: exact logits of this thread's far components for its two samples of tile k,
-    // written over S (full logits, log2 units; softmax then adds no constant to them). x from
+    // written over S (log2 units). x from
     // this group's X^T (hi + lo: the float32 value), (s, p) and log const from global memory
     // (L1). The values pass through this thread's own words of the R^T buffer, so that the
     // hot loop holds no register for them; the group's barrier keeps R^T writes after reads.
@@ -271,24 +301,13 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
         float* base = myR + (2 * w + (g >> 2)) * R_SLAB + (g & 3);
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            float2 cc[4];
-#pragma unroll
-            for (int cb = 0; cb < 4; ++cb)
-                cc[cb] = *reinterpret_cast<const float2*>(myC + 8 * (4 * j + cb) + 2 * q);
-            if (GUARD && ((far >> (8 * j)) & 0xffu)) {  // S holds far components' full logits
-#pragma unroll
-                for (int cb = 0; cb < 4; ++cb) {
-                    if ((far >> (8 * j + 2 * cb)) & 1u) cc[cb].x = 0.0f;
-                    if ((far >> (8 * j + 2 * cb + 1)) & 1u) cc[cb].y = 0.0f;
-                }
-            }
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 float v[8];
 #pragma unroll
                 for (int cb = 0; cb < 4; ++cb) {
-                    v[2 * cb] = S[16 * j + 4 * cb + 2 * h] + cc[cb].x;
-                    v[2 * cb + 1] = S[16 * j + 4 * cb + 2 * h + 1] + cc[cb].y;
+                    v[2 * cb] = S[16 * j + 4 * cb + 2 * h];
+                    v[2 * cb + 1] = S[16 * j + 4 * cb + 2 * h + 1];
                 }
                 float m = v[0];
 #pragma unroll
@@ -341,15 +360,20 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
     wg::fence();
     e_step();
     wg::commit();
+    // this thread's float32 sums: warps 0, 1 hold the statistics' hi rows, warps 2, 3 the same
+    // statistics' lo rows (the same word per register)
+    float* mine = sL + wgp * 32 * 128 + (tw & 63);
     int fresh = 1, since = 0;
     for (long long k = 0; k < n_my; ++k) {
         wg::wait<0>();  // E-step k and statistics k - 1
         wg::fence_acc(S);
         wg::fence_acc(T);
-        if (since == FLUSH) {
-            float* mine = sL + wgp * 64 * 128 + tw;
+        const bool flush = since == FLUSH;
+        if (flush) {  // the hi rows now, the lo rows after the group's next barrier
+            if (w < 2) {
 #pragma unroll
-            for (int i = 0; i < 64; ++i) mine[i * 128] += T[i];
+                for (int i = 0; i < 64; ++i) mine[i * 64] += T[i];
+            }
             flush_ll();
             fresh = 1;
             since = 0;
@@ -361,8 +385,12 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
         }
         softmax(k);
         wg::fence_proxy_async();
-        bar_sync(1 + wgp, 128);  // this group's X^T and R^T written
-        build();                 // tile k + 1 (zeros past the end: its E-step is discarded)
+        bar_sync(1 + wgp, 128);  // this group's X^T and R^T written (and its hi rows' sums)
+        if (flush && w >= 2) {
+#pragma unroll
+            for (int i = 0; i < 64; ++i) mine[i * 64] += T[i];
+        }
+        build();  // tile k + 1 (zeros past the end: its E-step is discarded)
         fetch(k + 2);
         wg::fence_acc(S);
         wg::fence_acc(T);
@@ -383,7 +411,6 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
     // order: each statistic is the sum of two values (its hi and lo feature rows) added to
     // the zeroed row, N_k and the log-likelihoods are summed over the warps in order
     double* out = partial + (size_t)blockIdx.x * pstride;
-    const float* mine = sL + wgp * 64 * 128 + tw;
 #pragma unroll
     for (int i = 0; i < 64; ++i) {
         const int m = 16 * w + g + 8 * ((i >> 1) & 1), pos = 8 * (i >> 2) + 2 * q + (i & 1);
@@ -391,7 +418,7 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
         const int type = m >> 4, f = 4 * (m & 3) + 2 * ((m >> 3) & 1) + ((m >> 2) & 1);
         const int r = comp >> 5, kc = comp & 31;
         // a block with no tile (a short streamed chunk) never wrote T: it adds zeros
-        const double v = (n_my > 0 ? (double)T[i] : 0.0) + (double)mine[i * 128];
+        const double v = (n_my > 0 ? (double)T[i] : 0.0) + (w < 2 ? (double)mine[i * 64] : 0.0);
         if (r < R && kc < K && (active == nullptr || active[r]))
             atomicAdd(out + (size_t)(r * K + kc) * C + 1 + (type & 1) * D + f, v);
     }

@@ -27,6 +27,11 @@ __device__ __forceinline__ unsigned long long desc(const void* tile) {
          | (static_cast<unsigned long long>(128u >> 4) << 16)
          | (static_cast<unsigned long long>(256u >> 4) << 32);
 }
+// the descriptor of the tile `words` 32-bit words past d's (a multiple of 4: 16 bytes); the
+// start address field cannot carry out (shared addresses are below 2^18)
+__device__ __forceinline__ unsigned long long desc_at(unsigned long long d, int words) {
+    return d + static_cast<unsigned long long>(words >> 2);
+}
 // word of element (row r, k) of a rows x 8 TF32 K-major tile in that layout: core matrix
 // (r / 8, k / 4) is 8 rows x 16 bytes, rows contiguous
 __device__ __forceinline__ int tile_word(int r, int k) {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import shutil
@@ -90,11 +89,12 @@ def test_engine_switches_read_the_environment_with_their_defaults(monkeypatch):
         assert env_flag(WGMMA_ENV) is False
 
 
-def test_eight_telemetry_restarts_take_the_wgmma_pass_on_sm90_only_when_asked():
-    # off by default (less accurate, see gmm_core/_cupy/diag_pass_wg.py)
-    assert "diag_pass_tc<16, 2, false, 256>" in names(SM90, "diag", np.float32, 16, 32, 8, 10**7)
-    assert not any("_wg" in n for n in names(SM90, "diag", np.float32, 16, 32, 8, 10**7))
-    WG = sm90(wgmma=True)
+def test_eight_telemetry_restarts_take_the_wgmma_pass_on_sm90_unless_turned_off():
+    # GMM_CORE_WGMMA=0 (wgmma=False): the tensor-core pass
+    off = names(sm90(wgmma=False), "diag", np.float32, 16, 32, 8, 10**7)
+    assert "diag_pass_tc<16, 2, false, 256>" in off
+    assert not any("_wg" in n for n in off)
+    WG = SM90  # the default
     got = names(WG, "diag", np.float32, 16, 32, 8, 10_000_000)
     assert got == [
         "prepare_params<float, 16, false>",
@@ -113,7 +113,7 @@ def test_eight_telemetry_restarts_take_the_wgmma_pass_on_sm90_only_when_asked():
         (WG, np.float32, 16, 10, 10**6),
         (WG, np.float32, 12, 8, 10**6),
         (WG, np.float64, 16, 8, 10**6),
-        (dataclasses.replace(SM86, wgmma=True), np.float32, 16, 8, 10**6),
+        (SM86, np.float32, 16, 8, 10**6),
         (WG, np.float32, 16, 8, 60_000),
     ):
         got = names(config, "diag", dtype, d, 32, r, n)
