@@ -51,7 +51,7 @@ def production(Xc_dev: Any, params: tuple, strategy: str = "diag_pass_tc") -> tu
 
     w, means, var = params
     engine = CupyEngine()
-    engine.config.wgmma = strategy == "diag_pass_wg"  # opt-in
+    engine.config.wgmma = strategy == "diag_pass_wg"  # diag_pass_tc: the pass without it
     data = engine.prepare(Xc_dev, None, "diag")
     p = Params(cp.asarray(w), cp.asarray(means), cp.asarray(var), cp.asarray(1 / np.sqrt(var)))
     passes = getattr(engine, strategy)

@@ -29,7 +29,7 @@ def environment() -> dict[str, Any]:
         "sklearn": sklearn.__version__,
         "python": platform.python_version(),
         "host": platform.node(),
-        # the engine's settings from the environment (e.g. GMM_CORE_WGMMA=1: the opt-in pass)
+        # the engine's settings from the environment (e.g. GMM_CORE_WGMMA=0: no wgmma pass)
         "gmm_core_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("GMM_CORE_")},
     }
     try:

@@ -1,4 +1,4 @@
-"""The opt-in wgmma pass (``diag_pass_wg``) against float64: where its error comes from.
+"""The wgmma pass (``diag_pass_wg``) against float64: where its error comes from.
 
     PYTHONPATH=. python3 benchmarks/wgmma_accuracy.py [gap|spread|flush|guard] ...
 

@@ -28,7 +28,10 @@ layout ([R K (1 + 2D)] statistics, [R] log-likelihoods) in float64.
 
 Scope: D = 16, K <= 32, R <= 8 (one CTA row of 8 restarts; absent restarts/components padded).
 Not here (the production pass has them): the exact E-step of components far from the data mean
-(GMM_TC_GUARD), sample weights, the M-step in the last block, inactive restarts.
+(GMM_TC_GUARD), sample weights, the M-step in the last block, inactive restarts, and the E-step's
+order: the production pass puts the constant in the accumulator first (a wgmma against columns
+of ones), then x, then x^2, which its accuracy needs (``gmm_core/cuda/em_diag_wg.cu``); this
+form adds the constant after the products and, measured in a fit, sits 4e-5 nats low.
 """
 
 from __future__ import annotations

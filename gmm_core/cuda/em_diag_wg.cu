@@ -29,14 +29,15 @@
 // The pass is bound by each warp's own instruction latency more than by the tensor cores (ncu,
 // H200: about 4,900 cycles per tile against 2,400 issue and 2,700 tensor cycles per
 // scheduler), so instructions count: the warp group index comes through a shuffle, which lets
-// the compiler keep the 21 descriptors in uniform registers (3.12 -> 2.97 ms per pass of 8
+// the compiler keep the 21 descriptors in uniform registers (3.30 -> 2.97 ms per pass of 8
 // restarts over 10M rows). Making the groups take turns on the tensor cores (one group's
-// products done before the other's start) was 2% faster before that and 5% slower after.
-// float32 sums: FLUSH tiles in the wgmma accumulator (scale-d 0 starts a period), then
-// float32 in shared memory per statistic (the hi and lo feature rows of a statistic, held by
-// warps w and w + 2 of a group, add into one word in turn), float64 per block at the end; log-likelihoods float32
-// per period, then float64 (atomics into the block's own row, zeroed first). Inactive restarts (the
-// loop's mask) are computed but not written: their statistics are zero.
+// products done before the other's start) was 2% faster before that and 5% slower after
+// (benchmarks/results/wg_variants_h200.txt).
+// float32 sums: FLUSH tiles in the wgmma accumulator (scale-d 0 starts a period), then float32
+// in shared memory per statistic (its hi and lo feature rows, held by warps w and w + 2 of a
+// group, add into one word in turn), float64 per block at the end; log-likelihoods float32 per
+// period, then float64 (atomics into the block's own row, zeroed first). Inactive restarts
+// (the loop's mask) are computed but not written: their statistics are zero.
 #include "tc.cuh"
 #include "wgmma.cuh"
 
@@ -156,7 +157,8 @@ diag_pass_wg(const float* __restrict__ X, long long n, int R, int K, const float
     for (int i = t; i < W_SLABS * W_SLAB / 4; i += 256)
         reinterpret_cast<float4*>(sW)[i] = __ldg(reinterpret_cast<const float4*>(Wg) + i);
     for (int i = t; i < 2 * 32 * 128; i += 256) sL[i] = 0.0f;
-    for (int i = t; i < 64 * 8; i += 256) sOnes[wg::tile_word(i >> 3, i & 7)] = (i & 7) < 3 ? 1.0f : 0.0f;
+    for (int i = t; i < 64 * 8; i += 256)
+        sOnes[wg::tile_word(i >> 3, i & 7)] = (i & 7) < 3 ? 1.0f : 0.0f;
     wg::fence_proxy_async();
     __syncthreads();
     float* myR = sR + wgp * SK * R_SLAB;
