@@ -7,16 +7,15 @@ quadratic form and recompute exactly those of components far from the data mean 
 units (|p|^2 = sum_d (mu_d - m_d)^2 / (2 var_d) > GMM_TC_GUARD = 1024). This fits telemetry
 (``bench_gpu.telemetry``, K = 32, diag, the default k-means start) and prints, per restart, the
 share of far components of the fitted model, and the per-iteration time of the same fit with
-``diag_pass_wg`` on and off (``GMM_CORE_WGMMA``), medians of 3 (60 iterations between two
-fits, as ``public_api.iteration_span``).
+``diag_pass_wg`` on and off (``GMM_CORE_WGMMA``): ``public_api.iteration_span`` of 5- and
+65-iteration fits, medians of 3.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
-import statistics
-import time
 
 import numpy as np
 
@@ -25,6 +24,7 @@ def main() -> None:
     import cupy as cp
 
     from benchmarks.bench_gpu import telemetry
+    from benchmarks.public_api import iteration_span
     from gmm_core import GaussianMixture
     from gmm_core._cupy.config import WGMMA_ENV
 
@@ -36,24 +36,15 @@ def main() -> None:
 
     def fit(iters: int, wgmma: bool):
         os.environ[WGMMA_ENV] = "1" if wgmma else "0"  # read when the fit makes its engine
-        gm = GaussianMixture(
+        return GaussianMixture(
             32, covariance_type="diag", n_init=args.n_init, tol=0.0, max_iter=iters,
             random_state=0, backend="cupy",
-        )  # fmt: skip
-        cp.cuda.Device().synchronize()
-        t0 = time.perf_counter()
-        gm.fit(X)
-        cp.cuda.Device().synchronize()
-        return gm, time.perf_counter() - t0
+        ).fit(X)  # fmt: skip
 
     for wgmma in (True, False):
         fit(5, wgmma)  # warm
-        spans = []
-        for _ in range(3):
-            _, a = fit(5, wgmma)
-            gm, b = fit(65, wgmma)
-            spans.append((b - a) / 60 * 1e3)
-        print(f"GMM_CORE_WGMMA={int(wgmma)}: {statistics.median(spans):.3f} ms per iteration")
+        fields, gm = iteration_span(functools.partial(fit, wgmma=wgmma), 5, 65, repeat=3)
+        print(f"GMM_CORE_WGMMA={int(wgmma)}: {fields['per_iter_ms']:.3f} ms per iteration")
     shift = cp.asnumpy(X.mean(0))
     means = gm.means_ - shift
     p2 = 0.5 * (means**2 / gm.covariances_).sum(1)

@@ -33,19 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "gpu"))
 
 
-def _start(X: np.ndarray) -> dict[str, Any]:
-    rng = np.random.default_rng(5)
-    return dict(
-        n_components=32,
-        covariance_type="diag",
-        tol=0.0,
-        max_iter=15,
-        weights_init=np.full(32, 1 / 32),
-        means_init=X[rng.choice(len(X), 32, replace=False)].astype(np.float64),
-        precisions_init=np.tile(1 / X.var(0, dtype=np.float64), (32, 1)),
-    )
-
-
 def _gap(X: np.ndarray, ref: Any, kw: dict[str, Any], n_init: int = 8) -> float:
     from gmm_core import GaussianMixture
 
@@ -58,19 +45,26 @@ def _reference(X: np.ndarray, kw: dict[str, Any]) -> Any:
     return GaussianMixture(n_init=1, backend="numpy", **kw).fit(X.astype(np.float64))
 
 
+def _p2(model: Any, X: np.ndarray) -> np.ndarray:
+    """|p|^2 of each fitted component: its squared distance from the data mean, own units."""
+    return 0.5 * ((model.means_ - X.mean(0)) ** 2 * model.precisions_).sum(1)
+
+
 def main() -> None:
+    from test_gpu_diag_wg import _pass, one_start
+
     from benchmarks.tune_fused import make_case, reference_stats, rel
     from gmm_core._cupy.diag_pass_wg import DiagPassWG
 
     warnings.simplefilter("ignore")
     modes = sys.argv[1:] or ["gap", "spread", "flush", "guard"]
     X1 = make_case(1_000_000, 16, 32, 1, seed=7)[0]
-    kw1 = _start(X1)
+    kw1 = one_start(X1)
     model1 = _reference(X1, kw1)
     ref1 = float(model1.lower_bound_)
     if "gap" in modes:
         X0 = make_case(120_000, 16, 32, 1, seed=7)[0]
-        kw0 = _start(X0)
+        kw0 = one_start(X0)
         ref0 = float(_reference(X0, kw0).lower_bound_)
         for X, kw, ref in ((X0, kw0, ref0), (X1, kw1, ref1)):
             for flag in ("1", "0"):
@@ -83,10 +77,10 @@ def main() -> None:
     if "spread" in modes:  # clusters further apart: |p|^2 grows with the spread squared
         for spread in (8.0, 12.0):
             X = make_case(1_000_000, 16, 32, 1, seed=7, spread=spread)[0]
-            kw = _start(X)
+            kw = one_start(X)
             model = _reference(X, kw)
             ref = float(model.lower_bound_)
-            p2 = 0.5 * ((model.means_ - X.mean(0)) ** 2 * model.precisions_).sum(1)
+            p2 = _p2(model, X)
             quart = np.percentile(p2, [25, 50, 75]).round(1)
             for flag in ("1", "0"):
                 os.environ["GMM_CORE_WGMMA"] = flag
@@ -97,8 +91,6 @@ def main() -> None:
                     flush=True,
                 )
     if "flush" in modes:
-        from test_gpu_diag_wg import _pass
-
         X, shift, params = make_case(200_003, 16, 32, 8)
         Xc = (X - shift.astype(np.float32)).astype(np.float32)
         want = reference_stats(Xc, params)
@@ -108,7 +100,7 @@ def main() -> None:
             errs = " ".join(f"{k}={rel(got[k], want[k]):.1e}" for k in ("nk", "sx", "sxx"))
             print(f"FLUSH={flush}: {errs} gap1M={_gap(X1, ref1, kw1):+.2e}", flush=True)
     if "guard" in modes:
-        p2 = 0.5 * ((model1.means_ - X1.mean(0)) ** 2 * model1.precisions_).sum(1)
+        p2 = _p2(model1, X1)
         print("ref |p|^2 quartiles / max:", np.percentile(p2, [25, 50, 75]).round(1), p2.max())
         for guard in (1024, 256, 64, 16, 0):
             DiagPassWG.options = (f"-DGMM_TC_GUARD={guard}.0f",)

@@ -101,6 +101,15 @@ def reduce_kernel() -> Any:
     return max_carveout(load_kernel(REDUCE_REF))
 
 
+def reduce_plan(plan: DiagPlan, partial: Any, out: Any) -> None:
+    """``out`` = the sum of ``plan``'s block partials (``reduce_partials``)."""
+    reduce_kernel()(
+        (-(-plan.pstride // 32),),
+        (32, 8),
+        (partial, np.int32(plan.n_blocks), np.int32(plan.pstride), out),
+    )
+
+
 def kernel_params(
     data: CupyData, params: Params, out: tuple[Any, Any] | None = None
 ) -> tuple[Any, Any]:
@@ -270,11 +279,7 @@ class FusedDiagPass:
         )
         if tail or not reduce:
             return
-        reduce_kernel()(
-            (-(-plan.pstride // 32),),
-            (32, 8),
-            (partial, np.int32(plan.n_blocks), np.int32(plan.pstride), out),
-        )
+        reduce_plan(plan, partial, out)
 
     def accumulate(
         self, data: CupyData, params: Params, plans: list[DiagPlan], guard: bool = True

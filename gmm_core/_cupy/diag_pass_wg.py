@@ -34,7 +34,7 @@ from .diag_common import (
     mstep_kernel,
     mstep_ref,
     prepare_ref,
-    reduce_kernel,
+    reduce_plan,
     tail_reduce,
 )
 from .kernels import KernelRef, allow_dynamic_smem, kernel_ref, load_kernel, max_carveout
@@ -186,10 +186,6 @@ class DiagPassWG(FusedDiagPass):
         tail = tail_reduce(plan)
         if not (reduce or tail):
             return
-        reduce_kernel()(
-            (-(-plan.pstride // 32),),
-            (32, 8),
-            (partial, np.int32(plan.n_blocks), np.int32(plan.pstride), out),
-        )
+        reduce_plan(plan, partial, out)
         if tail and mstep_table is not None:  # the device loop launches no M-step for it
             mstep_kernel(data)((rg,), (128,), (out, np.int32(n_components), mstep_table))

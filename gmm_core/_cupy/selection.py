@@ -56,7 +56,8 @@ class StrategySelection:
     def fused_diag(self, data: CupyData, n_restarts: int, n_components: int) -> FusedDiag | None:
         """The fused diag/spherical pass for this data and its plans (cached per shape).
 
-        ``diag_pass_tc`` where it serves the data and its tiles fit, else ``diag_pass``; None
+        ``diag_pass_wg`` or ``diag_pass_tc`` where one serves the data and its tiles fit, else
+        ``diag_pass``; None
         where neither takes the data. Raises ``MemoryError`` where ``diag_pass``'s tiles do not
         fit shared memory (the GEMM path serves).
         """
@@ -68,16 +69,13 @@ class StrategySelection:
         key = self._diag_key(data, n_restarts, n_components)
         fused = self._diag_plans_cache.get(key)
         if fused is None:
-            wg_plans = self.diag_pass_wg.plans(data, n_restarts, n_components)
-            tc_plans = None if wg_plans else self.diag_pass_tc.plans(data, n_restarts, n_components)
-            if wg_plans is not None:
-                fused = FusedDiag(self.diag_pass_wg, wg_plans)
-            elif tc_plans is not None:
-                fused = FusedDiag(self.diag_pass_tc, tc_plans)
-            else:
-                fused = FusedDiag(
-                    self.diag_pass, self.diag_pass.plans(data, n_restarts, n_components)
-                )
+            # the first strategy that serves the data (diag_pass serves what reaches it)
+            for strategy in (self.diag_pass_wg, self.diag_pass_tc, self.diag_pass):
+                plans = strategy.plans(data, n_restarts, n_components)
+                if plans is not None:
+                    fused = FusedDiag(strategy, plans)
+                    break
+            assert fused is not None  # fused_diag checked diag_pass.supports
             self._diag_plans_cache[key] = fused
         return fused
 
