@@ -120,6 +120,7 @@ def kernels_for_arch(arch: str, shapes: Iterable[Sequence[Any]] | None = None) -
         refs += kernels_for_shapes(shapes, config)
     refs += [kernel_ref(f, name, dt) for f, name in EXTRA_KERNELS for dt in ("float", "double")]
     refs += [kernel_ref(large_k.SOURCE, name) for name in large_k.KERNELS]
+    refs += [kernel_ref(large_k.FUSED_SOURCE, name) for name in large_k.FUSED_KERNELS]
     return sorted(set(refs))
 
 

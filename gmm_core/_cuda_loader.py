@@ -187,6 +187,14 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
         "centre_rows<float>",
         "centre_rows<double>",
     ),
+    "em_largek_tc.cu": (
+        "lkt_weights",
+        "lkt_lse<true>",
+        "lkt_lse<false>",
+        "lkt_stats<true, 64>",
+        "lkt_stats<true, 32>",
+        "lkt_stats<false, 64>",
+    ),
     "em_largek.cu": (
         "lk_features",
         "lk_weights",

@@ -12,6 +12,7 @@ NT = _cuda_loader.THREADS_PER_BLOCK
 TC_ENV = "GMM_CORE_TENSOR_CORES"
 SMALL_ENV = "GMM_CORE_SMALL_KERNEL"
 WGMMA_ENV = "GMM_CORE_WGMMA"
+LARGE_K_FUSED_ENV = "GMM_CORE_LARGE_K_FUSED"
 BUDGET_ENV = "GMM_CORE_GPU_MEMORY_BUDGET"
 #: threads per block of ``diag_pass_tc``: 256 (W^T in registers, measured faster) or 128
 TC_THREADS = 256
@@ -67,6 +68,9 @@ class LaunchConfig:
     #: 5-8 restarts of float32 diag data with 16 features on Hopper's warp-group MMA
     #: (``diag_pass_wg``, sm_90a) where the device has it; ``GMM_CORE_WGMMA=0`` turns it off
     wgmma: bool = True
+    #: many components (the large-K pass) as fused tensor-core kernels (``em_largek_tc.cu``)
+    #: up to 256 features, else as cuBLAS float32 GEMMs; ``GMM_CORE_LARGE_K_FUSED=0`` turns it off
+    large_k_fused: bool = True
 
     @classmethod
     def for_current_device(
@@ -96,4 +100,5 @@ class LaunchConfig:
             small_kernel=env_flag(SMALL_ENV) if small_kernel is None else bool(small_kernel),
             shared_accumulators=shared_accumulators,
             wgmma=env_flag(WGMMA_ENV),
+            large_k_fused=env_flag(LARGE_K_FUSED_ENV),
         )

@@ -17,6 +17,13 @@ kernels (``cuda/em_largek.cu``), and nothing of size (samples x components) outl
 Float32 GEMMs, not TF32 tensor cores: see ``em_largek.cu`` for the measured bias of cuBLAS's
 TF32 accumulation at these inner dimensions. Chunks are sized so the (rows x components)
 temporary stays near the L2 cache (``CHUNK_BYTES``) while the launches per pass stay few.
+
+Up to ``FUSED_MAX_FEATURES`` features (and ``LaunchConfig.large_k_fused``, on unless
+``GMM_CORE_LARGE_K_FUSED=0``) the pass is instead two fused tensor-core kernels per row chunk
+(``cuda/em_largek_tc.cu``, whose header says how): ``lkt_lse`` (3xTF32 log-densities, online
+log-sum-exp per row and restart) and ``lkt_stats`` (the log-densities recomputed per component
+tile, responsibilities and the statistics as one TF32 GEMM), with nothing of size
+(samples x components) in global memory.
 """
 
 from __future__ import annotations
@@ -44,6 +51,16 @@ STATS_ROWS = 1 << 16
 _COMPUTE_32F = 68  # CUBLAS_COMPUTE_32F: float32 products and sums (no TF32 unless forced)
 _R_32F = 0  # cudaDataType CUDA_R_32F
 _OP_N, _OP_T = 0, 1
+#: the fused kernels (``em_largek_tc.cu``)
+FUSED_SOURCE = "em_largek_tc.cu"
+#: most features the fused kernels take (their shared-memory tiles hold rows of 256)
+FUSED_MAX_FEATURES = 256
+#: the fused kernels' tiles: features per weight chunk, components per weight tile, rows per
+#: ``lkt_lse`` block and per ``lkt_stats`` row tile (``KC``, ``TN``, ``BM1``, ``BM2`` there)
+FUSED_CHUNK, FUSED_TILE, LSE_ROWS, STATS_TILE_ROWS = 32, 64, 128, 64
+#: bytes of per-row log-sum-exps (restarts x rows, float32) one fused launch writes
+LSE_BYTES = 64 << 20
+_LN2 = 0.6931471805599453
 _ONE = np.ones(1, dtype=np.float32)
 _ZERO = np.zeros(1, dtype=np.float32)
 
@@ -60,6 +77,30 @@ def geometry(n_features: int, covariance_type: str) -> tuple[int, int, int]:
     f = 2 * n_features if covariance_type == "diag" else n_features + 1
     fp = _round_up(f, 8)
     return f, fp, fp + 8
+
+
+def fused_geometry(n_features: int, covariance_type: str) -> tuple[int, int, int]:
+    """``(dp, fi, bn)`` of the fused kernels.
+
+    Features padded to a chunk, the inner products' length (``[x, x^2]`` for diag) and the
+    components per ``lkt_stats`` block (64, or 32 where 64 components' weights would not fit
+    its shared memory).
+    """
+    dp = _round_up(n_features, FUSED_CHUNK)
+    fi = 2 * dp if covariance_type == "diag" else dp
+    return dp, fi, 64 if fi <= 256 else 32
+
+
+def fused_smem(n_features: int, covariance_type: str, nbuf: int = 1) -> tuple[int, int]:
+    """Dynamic shared memory (bytes) of ``lkt_lse`` and ``lkt_stats`` (their layouts).
+
+    ``nbuf``: row tiles ``lkt_stats`` holds (2: the next one arrives while one is computed).
+    """
+    dp, fi, bn = fused_geometry(n_features, covariance_type)
+    rows1, rows2 = LSE_ROWS, STATS_TILE_ROWS
+    lse = 2 * FUSED_TILE * 256 + (rows1 * (dp + 4) + 3 * rows1) * 4
+    stats = (fi // FUSED_CHUNK) * bn * 256 + (nbuf * rows2 * (dp + 4) + bn * (rows2 + 4)) * 4
+    return lse, stats + (5 * rows2 + 2 * bn) * 4
 
 
 def sgemm(
@@ -99,6 +140,8 @@ class LargeKPass:
         self.config = config
         self.scratch = scratch
         self.budget = budget
+        #: extra compiler options of the fused kernels (tuning variants, ``-D`` defines)
+        self.options: tuple[str, ...] = ()
 
     def supports(self, data: CupyData, n_restarts: int, n_components: int) -> bool:
         """Float32 diag/spherical data with ``MIN_COMPONENTS`` or more components in all.
@@ -113,8 +156,21 @@ class LargeKPass:
             and n_restarts * n_components >= MIN_COMPONENTS
         )
 
-    def kernel_refs(self) -> list[KernelRef]:
-        """The ``em_largek.cu`` kernels of a pass."""
+    def fused(self, data: CupyData) -> bool:
+        """Whether the pass runs as the fused kernels (``FUSED_MAX_FEATURES``, shared memory)."""
+        return (
+            self.config.large_k_fused
+            and data.n_features <= FUSED_MAX_FEATURES
+            and max(fused_smem(data.n_features, data.covariance_type)) <= self.config.smem_optin
+        )
+
+    def kernel_refs(self, data: CupyData | None = None) -> list[KernelRef]:
+        """The kernels of a pass over ``data``.
+
+        The fused ones where they serve, else the ``em_largek.cu`` ones (also without ``data``).
+        """
+        if data is not None and self.fused(data):
+            return fused_kernel_refs(data.covariance_type, data.n_features)
         return [kernel_ref(SOURCE, name) for name in KERNELS]
 
     def chunk_rows(self, data: CupyData, n_cols: int, ldb: int) -> int:
@@ -129,6 +185,8 @@ class LargeKPass:
         ``active`` (R,) bool or None: restarts whose responsibilities are computed (the others'
         statistics come back zero).
         """
+        if self.fused(data):
+            return self._accumulate_fused(data, params, active)
         R, K, D = params.means.shape
         rk = R * K
         diag = data.covariance_type == "diag"
@@ -216,3 +274,107 @@ class LargeKPass:
         sx = cupy.ascontiguousarray(sf[..., :D])
         sxx = cupy.ascontiguousarray(sf[..., D : 2 * D] if diag else sf[..., D])
         return Stats(loglik, nk.reshape(R, K), sx, sxx, data.n_samples, data.total_weight)
+
+    def _accumulate_fused(self, data: CupyData, params: Params, active: Any) -> Stats:
+        """:meth:`accumulate` as the fused kernels (``em_largek_tc.cu``)."""
+        R, K, D = params.means.shape
+        cov = data.covariance_type
+        diag = cov == "diag"
+        dp, fi, bn = fused_geometry(D, cov)
+        kpr = _round_up(K, FUSED_TILE)  # a restart's components, padded to whole tiles
+        n_comp = R * kpr
+        refs = fused_kernel_refs(cov, D)
+        kern = {ref.expr.split("<")[0]: load_kernel(ref, self.options) for ref in refs}
+        # two row tiles of lkt_stats in flight where shared memory holds them
+        nbuf = 2 if fused_smem(D, cov, 2)[1] <= self.config.smem_optin else 1
+        smem_lse, smem_stats = fused_smem(D, cov, nbuf)
+        for name, smem in (("lkt_lse", smem_lse), ("lkt_stats", smem_stats)):
+            if kern[name].max_dynamic_shared_size_bytes < smem:
+                kern[name].max_dynamic_shared_size_bytes = smem
+
+        f64 = cupy.float64
+        w_t = self.scratch.get("lkt_w", (n_comp * fi * 2,), cupy.float32)
+        cst = self.scratch.get("lkt_c", (n_comp,), cupy.float32)
+        hp = self.scratch.get("lkt_h", (n_comp,), cupy.float32)
+        total = n_comp * fi
+        kern["lkt_weights"](
+            (max(1, min(-(-total // 256), 8 * self.config.n_sm)),),
+            (256,),
+            (
+                cupy.ascontiguousarray(params.weights, dtype=f64).reshape(-1),
+                cupy.ascontiguousarray(params.means, dtype=f64).reshape(-1),
+                cupy.ascontiguousarray(params.precisions_cholesky, dtype=f64).reshape(-1),
+                np.int32(R), np.int32(K), np.int32(kpr), np.int32(D), np.int32(dp),
+                np.bool_(diag), w_t, cst, hp,
+            ),
+        )  # fmt: skip
+        act = np.intp(0) if active is None else cupy.asarray(active).astype(cupy.int32)
+        # row splits of lkt_stats: one wave of blocks (one per SM) over the component tiles,
+        # each split a run of whole row tiles; the partials are per (split, component), summed
+        # at the end
+        blocks_x = n_comp // bn
+        n = data.n_samples
+        splits = max(1, min(self.config.n_sm // blocks_x, -(-n // STATS_TILE_ROWS)))
+        part = cupy.zeros((splits, n_comp, fi), dtype=cupy.float32)
+        partd = cupy.zeros((splits, n_comp, 2), dtype=f64)
+        rows_max = max(LSE_ROWS, LSE_BYTES // (4 * R) // LSE_ROWS * LSE_ROWS)
+        rows_max = min(rows_max, _round_up(n, LSE_ROWS))
+        lse2 = self.scratch.get("lkt_lse", (R, rows_max), cupy.float32)
+        loglik = cupy.zeros(R, dtype=f64)
+        for chunk, weights in weighted_chunks(data):
+            chunk = cupy.ascontiguousarray(chunk)
+            for start in range(0, chunk.shape[0], rows_max):
+                x = chunk[start : start + rows_max]
+                rows = x.shape[0]
+                w = None if weights is None else weights[start : start + rows]
+                kern["lkt_lse"](
+                    (-(-rows // LSE_ROWS),),
+                    (256,),
+                    (
+                        x, np.int64(rows), np.int32(D), np.int32(dp), w_t, cst, hp, np.int32(R),
+                        np.int32(kpr // FUSED_TILE), act, lse2, np.int64(rows_max),
+                    ),
+                    shared_mem=smem_lse,
+                )  # fmt: skip
+                lse = lse2[:, :rows]
+                loglik += (lse.sum(axis=1, dtype=f64) if w is None else lse @ w.astype(f64)) * _LN2
+                per_split = _round_up(-(-rows // splits), STATS_TILE_ROWS)
+                kern["lkt_stats"](
+                    (blocks_x, splits),
+                    (256,),
+                    (
+                        x, np.intp(0) if w is None else w, np.int64(rows), np.int32(D),
+                        np.int32(dp), w_t, cst, hp, np.int32(kpr // FUSED_TILE), act, lse2,
+                        np.int64(rows_max), np.int64(per_split), np.int64(n_comp), np.int32(nbuf),
+                        part, partd,
+                    ),
+                    shared_mem=smem_stats,
+                )  # fmt: skip
+        if active is not None:
+            loglik *= cupy.asarray(active).astype(f64)
+        sums = part.sum(axis=0, dtype=f64).reshape(R, kpr, fi)[:, :K]
+        sd = partd.sum(axis=0).reshape(R, kpr, 2)[:, :K]
+        sx = cupy.ascontiguousarray(sums[..., :D])
+        sxx = cupy.ascontiguousarray(sums[..., dp : dp + D] if diag else sd[..., 1])
+        return Stats(
+            loglik, cupy.ascontiguousarray(sd[..., 0]), sx, sxx, data.n_samples,
+            data.total_weight,
+        )  # fmt: skip
+
+
+def fused_kernel_refs(covariance_type: str, n_features: int) -> list[KernelRef]:
+    """The fused kernels a pass over data of this type and width launches."""
+    diag = covariance_type == "diag"
+    _, _, bn = fused_geometry(n_features, covariance_type)
+    return [
+        kernel_ref(FUSED_SOURCE, "lkt_weights"),
+        kernel_ref(FUSED_SOURCE, "lkt_lse", diag),
+        kernel_ref(FUSED_SOURCE, "lkt_stats", diag, bn),
+    ]
+
+
+#: every fused instance a build makes (spherical never needs 32-component blocks)
+FUSED_KERNELS = sorted(
+    {ref.expr for cov, d in (("diag", 32), ("diag", 256), ("spherical", 256))
+     for ref in fused_kernel_refs(cov, d)}
+)  # fmt: skip

@@ -193,7 +193,7 @@ class StrategySelection:
         else:
             fused = False
         if not fused and self.large_k.supports(data, n_restarts, n_components):
-            refs += self.large_k.kernel_refs()
+            refs += self.large_k.kernel_refs(data)
         refs += self.gemm.kernel_refs(data)
         return refs
 

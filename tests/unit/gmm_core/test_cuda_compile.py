@@ -224,7 +224,14 @@ def test_full_tc_shared_memory_matches_the_kernel(tmp_path):
 
 #: sources small enough to compile with NVRTC in seconds (the fused passes' files take minutes:
 #: ``make kernels`` compiles them)
-NVRTC_FILES = ("em_largek.cu", "gemm_rows.cu", "init.cu", "em_loop.cu", "em_diag_wg.cu")
+NVRTC_FILES = (
+    "em_largek.cu",
+    "em_largek_tc.cu",
+    "gemm_rows.cu",
+    "init.cu",
+    "em_loop.cu",
+    "em_diag_wg.cu",
+)
 
 
 @pytest.mark.skipif(
