@@ -32,10 +32,9 @@ from benchmarks.report import environment, log  # noqa: E402
 from tests.gpu.test_gpu_large_k import _data, _params, _reference  # noqa: E402
 
 VARIANTS = {
-    "chunk32": ("-DGMM_LKT_FLUSH=4", "-DGMM_LKT_UNTRUNC=0"),
-    "chunk32+untrunc": ("-DGMM_LKT_FLUSH=4", "-DGMM_LKT_UNTRUNC=1"),
-    "kstep": ("-DGMM_LKT_FLUSH=1", "-DGMM_LKT_UNTRUNC=0"),
     "kstep+untrunc (default)": (),
+    "lkt_lse 2 blocks/SM": ("-DGMM_LKT_LSE_BLOCKS=2",),
+    "kstep, no untrunc": ("-DGMM_LKT_UNTRUNC=0",),
 }
 
 
@@ -218,6 +217,26 @@ def variants() -> dict[str, Any]:
     return out
 
 
+def profile_one(cov: str) -> None:
+    import cupy
+
+    from benchmarks.bench_large_k import make_data, start_of
+    from gmm_core._cupy import CupyEngine
+    from gmm_core._gaussian import Params
+
+    X = make_data()
+    start = start_of(X, cov)
+    engine = CupyEngine()
+    data = engine.prepare(X, None, cov)
+    prec = start["precisions_init"]
+    params = Params(
+        start["weights_init"][None], start["means_init"][None], 1.0 / prec[None],
+        np.sqrt(prec)[None],
+    ).map(cupy.asarray)  # fmt: skip
+    engine.large_k.accumulate(data, params)
+    cupy.cuda.Device().synchronize()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-check", action="store_true")
@@ -225,7 +244,11 @@ def main() -> None:
     parser.add_argument("--covs", default="spherical,diag")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--variants", action="store_true", help="only the variants' table")
+    parser.add_argument("--profile-one", metavar="COV", help="one 1M pass (for ncu), no report")
     args = parser.parse_args()
+    if args.profile_one:
+        profile_one(args.profile_one)
+        return
     report: dict[str, Any] = {"environment": environment()}
     if args.variants:
         report["variants"] = variants()

@@ -100,7 +100,7 @@ def fused_smem(n_features: int, covariance_type: str, nbuf: int = 1) -> tuple[in
     rows1, rows2 = LSE_ROWS, STATS_TILE_ROWS
     lse = 2 * FUSED_TILE * 256 + (rows1 * (dp + 4) + 3 * rows1) * 4
     stats = (fi // FUSED_CHUNK) * bn * 256 + (nbuf * rows2 * (dp + 4) + bn * (rows2 + 4)) * 4
-    return lse, stats + (5 * rows2 + 2 * bn) * 4
+    return lse, stats + (6 * rows2 + 2 * bn) * 4
 
 
 def sgemm(
@@ -320,6 +320,7 @@ class LargeKPass:
         rows_max = max(LSE_ROWS, LSE_BYTES // (4 * R) // LSE_ROWS * LSE_ROWS)
         rows_max = min(rows_max, _round_up(n, LSE_ROWS))
         lse2 = self.scratch.get("lkt_lse", (R, rows_max), cupy.float32)
+        sqn = self.scratch.get("lkt_sq", (rows_max,), cupy.float32)
         loglik = cupy.zeros(R, dtype=f64)
         for chunk, weights in weighted_chunks(data):
             chunk = cupy.ascontiguousarray(chunk)
@@ -332,7 +333,7 @@ class LargeKPass:
                     (256,),
                     (
                         x, np.int64(rows), np.int32(D), np.int32(dp), w_t, cst, hp, np.int32(R),
-                        np.int32(kpr // FUSED_TILE), act, lse2, np.int64(rows_max),
+                        np.int32(kpr // FUSED_TILE), act, lse2, np.int64(rows_max), sqn,
                     ),
                     shared_mem=smem_lse,
                 )  # fmt: skip
@@ -345,7 +346,8 @@ class LargeKPass:
                     (
                         x, np.intp(0) if w is None else w, np.int64(rows), np.int32(D),
                         np.int32(dp), w_t, cst, hp, np.int32(kpr // FUSED_TILE), act, lse2,
-                        np.int64(rows_max), np.int64(per_split), np.int64(n_comp), np.int32(nbuf),
+                        np.int64(rows_max), sqn, np.int64(per_split), np.int64(n_comp),
+                        np.int32(nbuf),
                         part, partd,
                     ),
                     shared_mem=smem_stats,

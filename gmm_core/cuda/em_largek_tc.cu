@@ -38,7 +38,7 @@
 //          sits at n * 16 + (q ^ ((n & 1) << 2)): two components' fragments per 128 bytes, no
 //          bank conflicts.
 //   cst, hp (components): c_k (-inf for padding and weight 0) and -p_k / 2 (spherical; 0 diag)
-//   lse2   (restarts, ld) log-sum-exp per row in log2 units
+//   lse2   (restarts, ld) log-sum-exp per row in log2 units; sqn (rows) |x|^2 (spherical)
 //   part   (splits, components, fo) and partd (splits, components, 2) float64 {N_k, r |x|^2}
 #include "tc.cuh"
 
@@ -61,6 +61,9 @@ constexpr float LOG2E = 1.4426950408889634f;
 constexpr int FLUSH = GMM_LKT_FLUSH;      // k-steps an mma sum runs before acc takes it
 constexpr bool UNTRUNC = GMM_LKT_UNTRUNC;  // correct each such sum for the mma's truncation
 static_assert((KC / 8) % FLUSH == 0, "FLUSH divides a chunk's k-steps");
+#ifndef GMM_LKT_LSE_BLOCKS
+#define GMM_LKT_LSE_BLOCKS 1
+#endif
 
 __device__ __forceinline__ int wswz(int n, int q) { return n * WF4 + (q ^ ((n & 1) << 2)); }
 
@@ -136,7 +139,9 @@ template <bool DIAG, int MT, int NTE>
 __device__ __forceinline__ void e_chunk(float (&acc)[MT][NTE][4], const float* Xs, int xs, int dp,
                                         int rbase, int c, const float4* Wsm, int nbase) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    float ch[MT][NTE][4];
+    // the hi * hi products and the two small ones (hi * lo, lo * hi) in separate sums: two
+    // independent mma chains, and the small sum's truncation is ~2^-11 of the large one's
+    float ch[MT][NTE][4], cl[MT][NTE][4];
 #pragma unroll
     for (int s = 0; s < KC / 8; ++s) {
         if (s % FLUSH == 0) {
@@ -145,7 +150,7 @@ __device__ __forceinline__ void e_chunk(float (&acc)[MT][NTE][4], const float* X
 #pragma unroll
                 for (int j = 0; j < NTE; ++j)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) ch[m][j][e] = 0.0f;
+                    for (int e = 0; e < 4; ++e) ch[m][j][e] = cl[m][j][e] = 0.0f;
         }
         unsigned ah[MT][4], al[MT][4];
 #pragma unroll
@@ -154,10 +159,14 @@ __device__ __forceinline__ void e_chunk(float (&acc)[MT][NTE][4], const float* X
 #pragma unroll
         for (int j = 0; j < NTE; ++j) {
             const float4 b = Wsm[wswz(nbase + j * 8 + g, s * 4 + t)];
+            const unsigned bh0 = __float_as_uint(b.x), bh1 = __float_as_uint(b.y);
+            const unsigned bl0 = __float_as_uint(b.z), bl1 = __float_as_uint(b.w);
 #pragma unroll
-            for (int m = 0; m < MT; ++m)
-                tc::mma3(ch[m][j], ah[m], al[m], __float_as_uint(b.x), __float_as_uint(b.y),
-                         __float_as_uint(b.z), __float_as_uint(b.w));
+            for (int m = 0; m < MT; ++m) {
+                tc::mma(cl[m][j], al[m], bh0, bh1);
+                tc::mma(ch[m][j], ah[m], bh0, bh1);
+                tc::mma(cl[m][j], ah[m], bl0, bl1);
+            }
         }
         if (s % FLUSH == FLUSH - 1) {
 #pragma unroll
@@ -165,9 +174,10 @@ __device__ __forceinline__ void e_chunk(float (&acc)[MT][NTE][4], const float* X
 #pragma unroll
                 for (int j = 0; j < NTE; ++j)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e)
-                        acc[m][j][e] = __fadd_rn(acc[m][j][e],
-                                                 UNTRUNC ? untruncate(ch[m][j][e]) : ch[m][j][e]);
+                    for (int e = 0; e < 4; ++e) {
+                        const float hi = UNTRUNC ? untruncate(ch[m][j][e]) : ch[m][j][e];
+                        acc[m][j][e] = __fadd_rn(__fadd_rn(acc[m][j][e], hi), cl[m][j][e]);
+                    }
         }
     }
 }
@@ -235,10 +245,11 @@ lkt_weights(const double* __restrict__ weights, const double* __restrict__ means
 // Pass 1: one block per 128 rows. Warps 4 (32 rows each) x 2 (32 components of each 64-tile);
 // dynamic shared memory: lkt_lse_smem(dp).
 template <bool DIAG>
-__global__ void __launch_bounds__(lkt::NT, 1)
+__global__ void __launch_bounds__(lkt::NT, GMM_LKT_LSE_BLOCKS)
 lkt_lse(const float* __restrict__ X, long long n, int d, int dp, const float4* __restrict__ Wt,
         const float* __restrict__ cst, const float* __restrict__ hp, int n_restarts, int tpr,
-        const int* __restrict__ active, float* __restrict__ lse2, long long ld) {
+        const int* __restrict__ active, float* __restrict__ lse2, long long ld,
+        float* __restrict__ sqn) {
     using namespace lkt;
     extern __shared__ float4 smem4[];
     float4* Wb = smem4;  // 2 stages of TN components
@@ -254,7 +265,10 @@ lkt_lse(const float* __restrict__ X, long long n, int d, int dp, const float4* _
 
     load_rows(X, n, d, dp, row0, BM1, Xs, xs);
     __syncthreads();
-    if (!DIAG && threadIdx.x < BM1) srow[threadIdx.x] = sumsq(Xs + threadIdx.x * xs, d);
+    if (!DIAG && threadIdx.x < BM1) {  // |x|^2, kept for lkt_stats (the same bits)
+        srow[threadIdx.x] = sumsq(Xs + threadIdx.x * xs, d);
+        if (row0 + threadIdx.x < n) sqn[row0 + threadIdx.x] = srow[threadIdx.x];
+    }
 
     for (int r = 0; r < n_restarts; ++r) {
         if (active != nullptr && !active[r]) continue;  // uniform over the block
@@ -346,14 +360,16 @@ lkt_lse(const float* __restrict__ X, long long n, int d, int dp, const float4* _
 // rows are [y * rows_per_split, ...) of this launch. E-step warps 4 (16 rows) x 2 (BN / 2
 // components); statistics warps BN == 64: 2 (32 components) x 4 (fo / 4 features), BN == 32:
 // 1 x 8 (fo / 8). nbuf (1 or 2) row tiles in shared memory: with 2, the next tile's rows arrive
-// (cp.async) while this one is computed. Dynamic shared memory: large_k.fused_smem.
+// (cp.async) while this one is computed. sqn: lkt_lse's |x|^2 (spherical). Dynamic shared memory:
+// large_k.fused_smem.
 template <bool DIAG, int BN>
 __global__ void __launch_bounds__(lkt::NT, 1)
 lkt_stats(const float* __restrict__ X, const float* __restrict__ sw, long long n, int d, int dp,
           const float4* __restrict__ Wt, const float* __restrict__ cst,
           const float* __restrict__ hp, int tpr, const int* __restrict__ active,
-          const float* __restrict__ lse2, long long ld, long long rows_per_split,
-          long long n_comp, int nbuf, float* __restrict__ part, double* __restrict__ partd) {
+          const float* __restrict__ lse2, long long ld, const float* __restrict__ sqn,
+          long long rows_per_split, long long n_comp, int nbuf, float* __restrict__ part,
+          double* __restrict__ partd) {
     using namespace lkt;
     constexpr int NTE = BN / 16;          // E-step n-tiles per warp
     constexpr int WFM = BN == 64 ? 4 : 8;  // statistics warps along the features
@@ -365,8 +381,8 @@ lkt_stats(const float* __restrict__ X, const float* __restrict__ sw, long long n
     float* Rt = Xs + nbuf * BM2 * xs;  // (BN, RS): responsibilities, TF32-rounded, transposed
     float* lrow = Rt + BN * RS;        // 2 x BM2: lse2 per row
     float* wrow = lrow + 2 * BM2;      // 2 x BM2: sample weight per row (0 past the split)
-    float* srow = wrow + 2 * BM2;      // BM2: |x|^2
-    float* nk_t = srow + BM2;
+    float* srow = wrow + 2 * BM2;      // 2 x BM2: |x|^2 (spherical; lkt_lse's)
+    float* nk_t = srow + 2 * BM2;
     float* s2_t = nk_t + BN;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const long long comp0 = (long long)blockIdx.x * BN;
@@ -400,6 +416,7 @@ lkt_stats(const float* __restrict__ X, const float* __restrict__ sw, long long n
             float* wb = wrow + b * BM2 + threadIdx.x;
             if (gr < re) {
                 cp4(lb, lse2 + r * ld + gr);
+                if (!DIAG) cp4(srow + b * BM2 + threadIdx.x, sqn + gr);
                 if (sw != nullptr) cp4(wb, sw + gr);
                 else *wb = 1.0f;
             } else {
@@ -457,10 +474,7 @@ lkt_stats(const float* __restrict__ X, const float* __restrict__ sw, long long n
         const float* xb = Xs + b * BM2 * xs;
         const float* lb = lrow + b * BM2;
         const float* wb = wrow + b * BM2;
-        if (!DIAG) {
-            if (threadIdx.x < BM2) srow[threadIdx.x] = sumsq(xb + threadIdx.x * xs, d);
-            __syncthreads();
-        }
+        const float* sb = srow + b * BM2;
 
         // the tile's log-densities, exactly as lkt_lse computed them
         float acc[1][NTE][4];
@@ -480,7 +494,7 @@ lkt_stats(const float* __restrict__ X, const float* __restrict__ sw, long long n
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
                     const int row = er * 16 + h * 8 + g;
-                    const float sr = DIAG ? 0.0f : srow[row];
+                    const float sr = DIAG ? 0.0f : sb[row];
                     const float v = logit2(acc[0][j][h * 2 + o], ck, hk, sr, DIAG);
                     const float wn = wb[row];
                     const float rr = wn > 0.0f ? wn * tc::ex2(v - lb[row]) : 0.0f;
