@@ -32,9 +32,9 @@ from benchmarks.report import environment, log  # noqa: E402
 from tests.gpu.test_gpu_large_k import _data, _params, _reference  # noqa: E402
 
 VARIANTS = {
-    "kstep+untrunc (default)": (),
-    "lkt_lse 2 blocks/SM": ("-DGMM_LKT_LSE_BLOCKS=2",),
-    "kstep, no untrunc": ("-DGMM_LKT_UNTRUNC=0",),
+    "flush every k-step, untruncated": ("-DGMM_LKT_FLUSH=1",),
+    "flush every 2 k-steps, untruncated": ("-DGMM_LKT_FLUSH=2",),
+    "flush every 4 k-steps, untruncated": ("-DGMM_LKT_FLUSH=4",),
 }
 
 

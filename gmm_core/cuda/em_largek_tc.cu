@@ -126,10 +126,14 @@ __device__ __forceinline__ void a_frag(const float* Xs, int xs, int dp, int row,
 }
 
 // An mma's float32 sum truncates (rounds toward zero): started from zero, its result lacks on
-// average half a unit in its last place. untruncate adds that back, with the result's sign.
+// average half a unit in its last place (ulp). A sum run over FLUSH k-steps of like-signed
+// partial sums P_1 .. P_F lacks half the sum of their ulps, which untruncate estimates from the
+// final sum's: ulp(P_s) ~ ulp(P_F) s / F rounded down to a power of two: 1 (F = 1), 1.5 (F = 2),
+// 2.5 (F = 4) ulp(P_F), halved.
+constexpr float UNTRUNC_ULPS = FLUSH == 1 ? 1.0f : FLUSH == 2 ? 1.5f : 2.5f;
 __device__ __forceinline__ float untruncate(float r) {
     const float se = __uint_as_float(__float_as_uint(r) & 0xff800000u);  // sign * 2^exponent
-    return __fmaf_rn(se, 5.9604644775390625e-08f, r);                     // + sign * ulp / 2
+    return __fmaf_rn(se, UNTRUNC_ULPS * 5.9604644775390625e-08f, r);      // + sign * ulps / 2
 }
 
 // acc (a warp's MT x NTE m16n8 tiles: rows rbase.., components nbase.. of the stage Wsm) +=

@@ -76,7 +76,15 @@ def _reference(X: np.ndarray, cov: str, params: Params, weights=None):
     return out
 
 
-def _engine_stats(X, cov, params, *, active=None, weights=None, chunk_bytes=None, monkeypatch):
+@pytest.fixture(params=[True, False], ids=["fused", "cublas"])
+def fused(request):
+    """The pass as the fused tensor-core kernels, and as cuBLAS float32 GEMMs."""
+    return request.param
+
+
+def _engine_stats(
+    X, cov, params, *, fused, active=None, weights=None, chunk_bytes=None, monkeypatch
+):  # fmt: skip
     import cupy
 
     from gmm_core._cupy import large_k
@@ -86,8 +94,10 @@ def _engine_stats(X, cov, params, *, active=None, weights=None, chunk_bytes=None
         monkeypatch.setattr(large_k, "CHUNK_BYTES", chunk_bytes)
         monkeypatch.setattr(large_k, "STATS_ROWS", 2048)
     engine = CupyEngine()
+    engine.config.large_k_fused = fused
     data = engine.prepare(cupy.asarray(X), None, cov, sample_weight=weights)
     R, K, _ = params.means.shape
+    assert engine.large_k.fused(data) == (fused and X.shape[1] <= 256)
     assert engine.large_k.supports(data, R, K)
     dev = params.map(cupy.asarray)
     act = None if active is None else cupy.asarray(active)
@@ -117,10 +127,12 @@ def _check(stats, ref, r, n_samples):
 
 @pytest.mark.parametrize("cov", ["diag", "spherical"])
 @pytest.mark.parametrize(("k", "d"), [(1024, 64), (2048, 128), (4096, 256)])
-def test_large_k_pass_matches_float64(k, d, cov, monkeypatch):
+def test_large_k_pass_matches_float64(k, d, cov, fused, monkeypatch):
     X = _data(3_001, d, 64, seed=k + d)  # 3001 rows: partial chunks
     params = _params(X, cov, k, 1)
-    stats = _engine_stats(X, cov, params, chunk_bytes=4 * k * 700, monkeypatch=monkeypatch)
+    stats = _engine_stats(
+        X, cov, params, fused=fused, chunk_bytes=4 * k * 700, monkeypatch=monkeypatch
+    )
     _check(stats, _reference(X, cov, params)[0], 0, len(X))
 
 
@@ -168,12 +180,12 @@ def test_a_default_fit_whose_kmeans_init_takes_the_large_k_pass():
 
 
 @pytest.mark.parametrize("cov", ["diag", "spherical"])
-def test_large_k_pass_at_few_components_per_restart(cov, monkeypatch):
+def test_large_k_pass_at_few_components_per_restart(cov, fused, monkeypatch):
     """2 restarts of 40 components over 40 features (80 in all: the large-K pass), as the
     selection test's K = 40 candidate runs it."""
     X = _data(60_000, 40, 12, seed=3)
     params = _params(X, cov, 40, 2, seed=4)
-    stats = _engine_stats(X, cov, params, monkeypatch=monkeypatch)
+    stats = _engine_stats(X, cov, params, fused=fused, monkeypatch=monkeypatch)
     ref = _reference(X, cov, params)
     for r in range(2):
         _check(stats, ref[r], r, len(X))
@@ -207,12 +219,12 @@ def test_a_fit_through_the_large_k_pass_at_few_components_matches_numpy():
 
 
 @pytest.mark.parametrize("cov", ["diag", "spherical"])
-def test_large_k_restarts_side_by_side_and_an_inactive_one(cov, monkeypatch):
+def test_large_k_restarts_side_by_side_and_an_inactive_one(cov, fused, monkeypatch):
     X = _data(2_500, 72, 40, seed=5)  # D = 72: F not a multiple of 8 for spherical (73)
     params = _params(X, cov, 300, 3, seed=2)  # 900 components in all, K not a multiple of 8
     active = np.array([True, False, True])
-    stats = _engine_stats(X, cov, params, active=active, chunk_bytes=4 * 904 * 600,
-                          monkeypatch=monkeypatch)  # fmt: skip
+    stats = _engine_stats(X, cov, params, fused=fused, active=active,
+                          chunk_bytes=4 * 904 * 600, monkeypatch=monkeypatch)  # fmt: skip
     ref = _reference(X, cov, params)
     for r in (0, 2):
         _check(stats, ref[r], r, len(X))
@@ -220,12 +232,12 @@ def test_large_k_restarts_side_by_side_and_an_inactive_one(cov, monkeypatch):
     assert not _host(stats.nk)[1].any() and not _host(stats.sx)[1].any()
 
 
-def test_large_k_weights_match_the_weighted_reference(monkeypatch):
+def test_large_k_weights_match_the_weighted_reference(fused, monkeypatch):
     X = _data(2_000, 64, 30, seed=9)
     rng = np.random.default_rng(4)
     weights = rng.uniform(0.0, 3.0, size=len(X))
     params = _params(X, "diag", 512, 1, seed=3)
-    stats = _engine_stats(X, "diag", params, weights=weights, monkeypatch=monkeypatch)
+    stats = _engine_stats(X, "diag", params, fused=fused, weights=weights, monkeypatch=monkeypatch)
     _check(stats, _reference(X, "diag", params, weights)[0], 0, weights.sum())
 
 
