@@ -219,18 +219,20 @@ def test_tied_fits_compile_the_loop_bookkeeping_and_wide_ones_the_large_k_pass()
     loop = ["em_update"]
     gemms = ["lk_features", "lk_weights", "lk_rows", "lk_flush"]
     assert names(SM90, "tied", np.float64, 6, 4, 3, 10**5) == loop
-    fused = ["lkt_weights", "lkt_lse<false>", "lkt_stats<false, 64>"]
-    assert names(SM90, "spherical", np.float32, 128, 1024, 1, 10**6) == fused + loop
+    assert names(SM90, "spherical", np.float32, 128, 1024, 1, 10**6) == gemms + loop
     assert names(SM90, "diag", np.float64, 128, 1024, 1, 10**6) == loop  # float64: GEMM path
     # past the fused passes' 32 features, 64 components and more take the large-K pass
-    fused = ["lkt_weights", "lkt_lse<true>", "lkt_stats<true, 64>"]
-    assert names(SM90, "diag", np.float32, 40, 64, 1, 10**6) == fused + loop
+    assert names(SM90, "diag", np.float32, 40, 64, 1, 10**6) == gemms + loop
     assert names(SM90, "diag", np.float32, 40, 63, 1, 10**6) == loop
-    # 256 diag features: blocks of 32 components; past 256, or switched off: cuBLAS GEMMs
-    assert "lkt_stats<true, 32>" in names(SM90, "diag", np.float32, 256, 1024, 1, 10**6)
-    assert names(SM90, "diag", np.float32, 257, 1024, 1, 10**6) == gemms + loop
-    off = dataclasses.replace(SM90, large_k_fused=False)
-    assert names(off, "spherical", np.float32, 128, 1024, 1, 10**6) == gemms + loop
+    # opted into the fused kernels (GMM_CORE_LARGE_K_FUSED=1): up to 256 features, 32-component
+    # blocks at 256 diag features; past 256, cuBLAS GEMMs
+    on = dataclasses.replace(SM90, large_k_fused=True)
+    fused = ["lkt_weights", "lkt_lse<false>", "lkt_stats<false, 64>"]
+    assert names(on, "spherical", np.float32, 128, 1024, 1, 10**6) == fused + loop
+    fused = ["lkt_weights", "lkt_lse<true>", "lkt_stats<true, 64>"]
+    assert names(on, "diag", np.float32, 40, 64, 1, 10**6) == fused + loop
+    assert "lkt_stats<true, 32>" in names(on, "diag", np.float32, 256, 1024, 1, 10**6)
+    assert names(on, "diag", np.float32, 257, 1024, 1, 10**6) == gemms + loop
 
 
 def test_default_warmup_shapes_cover_the_pipeline_and_the_benchmark_kernels():
