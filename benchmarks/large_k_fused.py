@@ -33,9 +33,9 @@ from benchmarks.report import environment, log  # noqa: E402
 from tests.gpu.test_gpu_large_k import _data, _params, _reference  # noqa: E402
 
 VARIANTS = {
-    "flush every k-step, untruncated": ("-DGMM_LKT_FLUSH=1",),
-    "flush every 2 k-steps, untruncated": ("-DGMM_LKT_FLUSH=2",),
-    "flush every 4 k-steps, untruncated": ("-DGMM_LKT_FLUSH=4",),
+    "default": (),
+    "lkt_lse one block per SM": ("-DGMM_LKT_LSE_BLOCKS=1",),
+    "statistics uncorrected": ("-DGMM_LKT_M_UNTRUNC=0",),
 }
 
 

@@ -24,9 +24,10 @@
 //             shared memory and walks a range of rows, 64 at a time: recomputes the tile's
 //             log-densities exactly as lkt_lse did, r = w_n 2^(v - lse_n) <= 1, and adds
 //             R^T [x, x^2] (diag) or R^T x (spherical) as one TF32 GEMM (r and x rounded to
-//             nearest: unbiased, and an M-step statistic's first-order effect on the likelihood
-//             is zero at the optimum), flushed into a float32 partial of its own every
-//             FLUSH_ROWS rows; N_k and sum r |x|^2 in float32 per tile, float64 per block.
+//             nearest, every mma's truncation corrected as the E-step's: a sum r x biased by
+//             1.5e-5 relative moved a fit by 3e-4 nats per sample through the uncentred
+//             variance), flushed into a float32 partial of its own every FLUSH_ROWS rows; N_k
+//             and sum r |x|^2 in float32 per tile, float64 per block.
 //             Partials are per (split, component): no atomics, the same sums every run.
 //
 // Layouts (float32 unless said):
@@ -61,8 +62,11 @@ constexpr float LOG2E = 1.4426950408889634f;
 constexpr int FLUSH = GMM_LKT_FLUSH;      // k-steps an mma sum runs before acc takes it
 constexpr bool UNTRUNC = GMM_LKT_UNTRUNC;  // correct each such sum for the mma's truncation
 static_assert((KC / 8) % FLUSH == 0, "FLUSH divides a chunk's k-steps");
-#ifndef GMM_LKT_LSE_BLOCKS
-#define GMM_LKT_LSE_BLOCKS 1
+#ifndef GMM_LKT_LSE_BLOCKS  // lkt_lse blocks per SM the registers allow (shared memory: 2 up
+#define GMM_LKT_LSE_BLOCKS 2   // to 160 features)
+#endif
+#ifndef GMM_LKT_M_UNTRUNC
+#define GMM_LKT_M_UNTRUNC 1
 #endif
 
 __device__ __forceinline__ int wswz(int n, int q) { return n * WF4 + (q ^ ((n & 1) << 2)); }
@@ -131,6 +135,11 @@ __device__ __forceinline__ void a_frag(const float* Xs, int xs, int dp, int row,
 // final sum's: ulp(P_s) ~ ulp(P_F) s / F rounded down to a power of two: 1 (F = 1), 1.5 (F = 2),
 // 2.5 (F = 4) ulp(P_F), halved.
 constexpr float UNTRUNC_ULPS = FLUSH == 1 ? 1.0f : FLUSH == 2 ? 1.5f : 2.5f;
+// half an ulp, for one mma's result (a running sum: every mma truncates once)
+__device__ __forceinline__ float untruncate1(float r) {
+    const float se = __uint_as_float(__float_as_uint(r) & 0xff800000u);
+    return __fmaf_rn(se, 5.9604644775390625e-08f, r);
+}
 __device__ __forceinline__ float untruncate(float r) {
     const float se = __uint_as_float(__float_as_uint(r) & 0xff800000u);  // sign * 2^exponent
     return __fmaf_rn(se, UNTRUNC_ULPS * 5.9604644775390625e-08f, r);      // + sign * ulps / 2
@@ -143,9 +152,7 @@ template <bool DIAG, int MT, int NTE>
 __device__ __forceinline__ void e_chunk(float (&acc)[MT][NTE][4], const float* Xs, int xs, int dp,
                                         int rbase, int c, const float4* Wsm, int nbase) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    // the hi * hi products and the two small ones (hi * lo, lo * hi) in separate sums: two
-    // independent mma chains, and the small sum's truncation is ~2^-11 of the large one's
-    float ch[MT][NTE][4], cl[MT][NTE][4];
+    float ch[MT][NTE][4];
 #pragma unroll
     for (int s = 0; s < KC / 8; ++s) {
         if (s % FLUSH == 0) {
@@ -154,7 +161,7 @@ __device__ __forceinline__ void e_chunk(float (&acc)[MT][NTE][4], const float* X
 #pragma unroll
                 for (int j = 0; j < NTE; ++j)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) ch[m][j][e] = cl[m][j][e] = 0.0f;
+                    for (int e = 0; e < 4; ++e) ch[m][j][e] = 0.0f;
         }
         unsigned ah[MT][4], al[MT][4];
 #pragma unroll
@@ -163,14 +170,10 @@ __device__ __forceinline__ void e_chunk(float (&acc)[MT][NTE][4], const float* X
 #pragma unroll
         for (int j = 0; j < NTE; ++j) {
             const float4 b = Wsm[wswz(nbase + j * 8 + g, s * 4 + t)];
-            const unsigned bh0 = __float_as_uint(b.x), bh1 = __float_as_uint(b.y);
-            const unsigned bl0 = __float_as_uint(b.z), bl1 = __float_as_uint(b.w);
 #pragma unroll
-            for (int m = 0; m < MT; ++m) {
-                tc::mma(cl[m][j], al[m], bh0, bh1);
-                tc::mma(ch[m][j], ah[m], bh0, bh1);
-                tc::mma(cl[m][j], ah[m], bl0, bl1);
-            }
+            for (int m = 0; m < MT; ++m)  // the small products first: the last mma's result is
+                tc::mma3(ch[m][j], ah[m], al[m], __float_as_uint(b.x), __float_as_uint(b.y),
+                         __float_as_uint(b.z), __float_as_uint(b.w));  // the one truncated
         }
         if (s % FLUSH == FLUSH - 1) {
 #pragma unroll
@@ -178,10 +181,9 @@ __device__ __forceinline__ void e_chunk(float (&acc)[MT][NTE][4], const float* X
 #pragma unroll
                 for (int j = 0; j < NTE; ++j)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const float hi = UNTRUNC ? untruncate(ch[m][j][e]) : ch[m][j][e];
-                        acc[m][j][e] = __fadd_rn(__fadd_rn(acc[m][j][e], hi), cl[m][j][e]);
-                    }
+                    for (int e = 0; e < 4; ++e)
+                        acc[m][j][e] = __fadd_rn(acc[m][j][e],
+                                                 UNTRUNC ? untruncate(ch[m][j][e]) : ch[m][j][e]);
         }
     }
 }
@@ -547,6 +549,11 @@ lkt_stats(const float* __restrict__ X, const float* __restrict__ sw, long long n
                 const unsigned b1 = __float_as_uint(tc::round_tf32(x1));
                 tc::mma(macc[0][j], a[0], b0, b1);
                 tc::mma(macc[1][j], a[1], b0, b1);
+#pragma unroll
+                for (int e = 0; e < 4 && GMM_LKT_M_UNTRUNC; ++e) {  // each mma's truncation
+                    macc[0][j][e] = untruncate1(macc[0][j][e]);
+                    macc[1][j][e] = untruncate1(macc[1][j][e]);
+                }
             }
         }
         since += BM2;
