@@ -19,6 +19,8 @@ from gmm_core._engine import cupy_unavailable_reason
 from gmm_core._gaussian import Params
 
 _REASON = cupy_unavailable_reason()
+#: gmm_core._cupy.config.LARGE_K_FUSED_ENV (not imported: gmm_core._cupy needs CuPy)
+LARGE_K_FUSED_ENV = "GMM_CORE_LARGE_K_FUSED"
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(_REASON is not None, reason=f"needs a usable CUDA GPU: {_REASON}"),
@@ -136,7 +138,7 @@ def test_large_k_pass_matches_float64(k, d, cov, fused, monkeypatch):
     _check(stats, _reference(X, cov, params)[0], 0, len(X))
 
 
-def test_a_lloyd_pass_through_the_large_k_pass_assigns_every_row_to_its_nearest_centre():
+def test_a_lloyd_pass_through_the_large_k_pass_assigns_every_row_to_its_nearest_centre(fused):
     """The device k-means' hard mixture (precision 1e12 / total variance: log-densities ~1e12)
     through the large-K pass (2 restarts x 40 centres, 40 features). Its row kernel's
     responsibilities were exp2(v - lse) with v's product fused into the subtraction (an FMA),
@@ -150,8 +152,9 @@ def test_a_lloyd_pass_through_the_large_k_pass_assigns_every_row_to_its_nearest_
     rng = np.random.default_rng(4)
     centres = X[rng.choice(len(X), size=(2, 40), replace=False)].astype(np.float64)
     engine = CupyEngine()
+    engine.config.large_k_fused = fused
     data = engine.prepare(cupy.asarray(X), None, "diag")
-    assert engine.large_k.supports(data, 2, 40)
+    assert engine.large_k.supports(data, 2, 40) and engine.large_k.fused(data) == fused
     precision = HARD_PRECISION / float(X.astype(np.float64).var(axis=0).sum())
     hard = hard_params(cupy.asarray(centres), "diag", precision, cupy)
     stats = engine.lloyd_pass(data, hard, cupy.ones(2, dtype=bool))
@@ -164,10 +167,11 @@ def test_a_lloyd_pass_through_the_large_k_pass_assigns_every_row_to_its_nearest_
         assert abs(nk.sum() - len(X)) < 1e-3
 
 
-def test_a_default_fit_whose_kmeans_init_takes_the_large_k_pass():
+def test_a_default_fit_whose_kmeans_init_takes_the_large_k_pass(fused, monkeypatch):
     """The selection test's K = 40 case (40 features, 2 restarts): init, EM and the result."""
     import cupy
 
+    monkeypatch.setenv(LARGE_K_FUSED_ENV, "1" if fused else "0")
     X = _data(60_000, 40, 12, seed=3) + np.float32(20.0)  # uncentred: the fit centres it
     kw = dict(covariance_type="diag", n_init=2, tol=0.0, max_iter=8, random_state=0)
     with warnings.catch_warnings():
@@ -191,8 +195,9 @@ def test_large_k_pass_at_few_components_per_restart(cov, fused, monkeypatch):
         _check(stats, ref[r], r, len(X))
 
 
-def test_a_fit_through_the_large_k_pass_at_few_components_matches_numpy():
+def test_a_fit_through_the_large_k_pass_at_few_components_matches_numpy(fused, monkeypatch):
     """The public fit of the selection test's K = 40 case against the NumPy backend."""
+    monkeypatch.setenv(LARGE_K_FUSED_ENV, "1" if fused else "0")
     rng = np.random.default_rng(3)
     centres = rng.normal(scale=6.0, size=(12, 40))
     X = (centres[rng.integers(0, 12, 60_000)] + rng.normal(size=(60_000, 40)) + 20.0).astype(
@@ -242,13 +247,14 @@ def test_large_k_weights_match_the_weighted_reference(fused, monkeypatch):
 
 
 @pytest.mark.parametrize("cov", ["diag", "spherical"])
-def test_large_k_fit_follows_the_numpy_backend(cov):
+def test_large_k_fit_follows_the_numpy_backend(cov, fused, monkeypatch):
     """The public API: a float32 fit on the large-K pass against the NumPy backend from the same
     start: one iteration against float64 (within 1e-5 nats per sample), six against float32
     (within 1e-4; float32 and float64 EM part by 0.03 nats in six iterations on this spherical
     case, on the NumPy backend alike)."""
     import cupy
 
+    monkeypatch.setenv(LARGE_K_FUSED_ENV, "1" if fused else "0")
     X = _data(20_000, 64, 100, seed=11)
     p = _params(X, cov, 256, 1, seed=6)
     init = {
