@@ -34,9 +34,12 @@ from tests.gpu.test_gpu_large_k import _data, _params, _reference  # noqa: E402
 
 VARIANTS = {
     "default": (),
-    "lkt_lse one block per SM": ("-DGMM_LKT_LSE_BLOCKS=1",),
-    "statistics uncorrected": ("-DGMM_LKT_M_UNTRUNC=0",),
+    "statistics in one TF32 product": ("-DGMM_LKT_M_PRODUCTS=1",),
 }
+
+
+#: compile options of the fused kernels in check() and bias() (--options)
+_OPTIONS: tuple[str, ...] = ()
 
 
 class _Timed:
@@ -86,14 +89,14 @@ def _kernel_ms(run: Any, repeats: int = 3) -> dict[str, float]:
     return out
 
 
-def _stats(X, cov, params, *, fused, active=None, weights=None, options=()):
+def _stats(X, cov, params, *, fused, active=None, weights=None, options=None):
     import cupy
 
     from gmm_core._cupy.engine import CupyEngine
 
     engine = CupyEngine()
     engine.config.large_k_fused = fused
-    engine.large_k.options = options
+    engine.large_k.options = _OPTIONS if options is None else options
     data = engine.prepare(cupy.asarray(X), None, cov, sample_weight=weights)
     act = None if active is None else cupy.asarray(active)
     st = engine.large_k.accumulate(data, params.map(cupy.asarray), act)
@@ -172,6 +175,40 @@ def time_case(cov: str) -> dict[str, Any]:
     return out
 
 
+def bias() -> dict[str, Any]:
+    """Signed errors of each statistic (mean over components of (got - f64) / mean |f64|) on
+    the public-fit test's case (20,000 x 64, K = 256), fused and cuBLAS."""
+    out: dict[str, Any] = {}
+    X = _data(20_000, 64, 100, seed=11)
+    for cov in ("diag", "spherical"):
+        params = _params(X, cov, 256, 1, seed=6)
+        ref = _reference(X, cov, params)[0]
+        for fused in (True, False):
+            got = _stats(X, cov, params, fused=fused)
+            row = {"ll": float(got["loglik"][0] - ref["loglik"]) / len(X)}
+            for name in ("nk", "sx", "sxx"):
+                diff = got[name][0] - ref[name]
+                row[name + " signed"] = float(diff.mean() / np.abs(ref[name]).mean())
+                row[name + " rel max"] = float(np.abs(diff).max() / np.abs(ref[name]).max())
+            sx, nk = ref["sx"], ref["nk"][:, None]
+            mu_ref, mu = sx / nk, got["sx"][0] / got["nk"][0][:, None]
+            sq = ref["sxx"] if cov == "diag" else ref["sxx"][:, None]
+            sq_got = got["sxx"][0] if cov == "diag" else got["sxx"][0][:, None]
+            var_ref = (
+                sq / nk - mu_ref**2
+                if cov == "diag"
+                else sq / nk - (mu_ref**2).sum(1, keepdims=True)
+            )
+            var = sq_got / got["nk"][0][:, None] - (
+                mu**2 if cov == "diag" else (mu**2).sum(1, keepdims=True)
+            )
+            row["var signed"] = float(((var - var_ref) / var_ref).mean())
+            key = f"{cov} {'fused' if fused else 'cublas'}"
+            log(f"{key}: " + ", ".join(f"{k} {v:+.2e}" for k, v in row.items()))
+            out[key] = row
+    return out
+
+
 def variants() -> dict[str, Any]:
     import cupy
 
@@ -198,7 +235,8 @@ def variants() -> dict[str, Any]:
         for cov in ("spherical", "diag"):
             start = start_of(X1, cov)
             engine = CupyEngine()
-            engine.large_k.options = options
+            engine.config.large_k_fused = True
+            engine.large_k.options = _OPTIONS if options is None else options
             data = engine.prepare(X1, None, cov)
             prec = start["precisions_init"]
             params = Params(
@@ -242,12 +280,19 @@ def main() -> None:
     parser.add_argument("--covs", default="spherical,diag")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--variants", action="store_true", help="only the variants' table")
+    parser.add_argument("--bias", action="store_true", help="only the statistics' signed errors")
+    parser.add_argument("--options", default="", help="comma list of -D options for --bias")
     parser.add_argument("--profile-one", metavar="COV", help="one 1M pass (for ncu), no report")
     args = parser.parse_args()
     if args.profile_one:
         profile_one(args.profile_one)
         return
     report: dict[str, Any] = {"environment": environment()}
+    global _OPTIONS
+    _OPTIONS = tuple(filter(None, args.options.split(",")))
+    if args.bias:
+        report["bias"] = bias()
+        args.skip_check = args.skip_time = True
     if args.variants:
         report["variants"] = variants()
         args.skip_check = args.skip_time = True

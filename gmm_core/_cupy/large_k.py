@@ -352,8 +352,8 @@ class LargeKPass:
                     ),
                     shared_mem=smem_stats,
                 )  # fmt: skip
-        if active is not None:
-            loglik *= cupy.asarray(active).astype(f64)
+        if active is not None:  # inactive restarts' lse2 rows were never written
+            loglik = cupy.where(cupy.asarray(active).astype(bool), loglik, 0.0)
         sums = part.sum(axis=0, dtype=f64).reshape(R, kpr, fi)[:, :K]
         sd = partd.sum(axis=0).reshape(R, kpr, 2)[:, :K]
         sx = cupy.ascontiguousarray(sums[..., :D])

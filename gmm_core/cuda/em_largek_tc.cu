@@ -68,6 +68,10 @@ static_assert((KC / 8) % FLUSH == 0, "FLUSH divides a chunk's k-steps");
 #ifndef GMM_LKT_M_UNTRUNC
 #define GMM_LKT_M_UNTRUNC 1
 #endif
+#ifndef GMM_LKT_M_PRODUCTS  // TF32 products per statistics term: x as hi + lo (2) or hi (1)
+#define GMM_LKT_M_PRODUCTS 2
+#endif
+constexpr int M_PRODUCTS = GMM_LKT_M_PRODUCTS;
 
 __device__ __forceinline__ int wswz(int n, int q) { return n * WF4 + (q ^ ((n & 1) << 2)); }
 
@@ -504,9 +508,13 @@ lkt_stats(const float* __restrict__ X, const float* __restrict__ sw, long long n
                     const float v = logit2(acc[0][j][h * 2 + o], ck, hk, sr, DIAG);
                     const float wn = wb[row];
                     const float rr = wn > 0.0f ? wn * tc::ex2(v - lb[row]) : 0.0f;
-                    Rt[cl * RS + row] = tc::round_tf32(rr);
-                    nsum += rr;
-                    ssum += rr * sr;
+                    // N_k and the moments all weigh a row by the same TF32-rounded r: near-hard
+                    // responsibilities (1 - r < 2^-12) round up, and a mean of sum r~ x over
+                    // sum r came out 2.5e-5 too far from 0 (variances 5e-4 low, spherical)
+                    const float rt = tc::round_tf32(rr);
+                    Rt[cl * RS + row] = rt;
+                    nsum += rt;
+                    ssum += rt * sr;
                 }
 #pragma unroll
                 for (int off = 4; off < 32; off <<= 1) {
@@ -545,14 +553,19 @@ lkt_stats(const float* __restrict__ X, const float* __restrict__ sw, long long n
                 const int col = sq ? f - dp : f;
                 float x0 = xb[(ks * 8 + t) * xs + col], x1 = xb[(ks * 8 + t + 4) * xs + col];
                 if (sq) x0 = __fmul_rn(x0, x0), x1 = __fmul_rn(x1, x1);
-                const unsigned b0 = __float_as_uint(tc::round_tf32(x0));
-                const unsigned b1 = __float_as_uint(tc::round_tf32(x1));
-                tc::mma(macc[0][j], a[0], b0, b1);
-                tc::mma(macc[1][j], a[1], b0, b1);
+                // x in TF32 hi + lo (M_PRODUCTS == 2: float32-exact moments) or hi alone
+                const float h0 = tc::round_tf32(x0), h1 = tc::round_tf32(x1);
 #pragma unroll
-                for (int e = 0; e < 4 && GMM_LKT_M_UNTRUNC; ++e) {  // each mma's truncation
-                    macc[0][j][e] = untruncate1(macc[0][j][e]);
-                    macc[1][j][e] = untruncate1(macc[1][j][e]);
+                for (int p = M_PRODUCTS - 1; p >= 0; --p) {  // lo first
+                    const unsigned b0 = __float_as_uint(p ? tc::round_tf32(x0 - h0) : h0);
+                    const unsigned b1 = __float_as_uint(p ? tc::round_tf32(x1 - h1) : h1);
+                    tc::mma(macc[0][j], a[0], b0, b1);
+                    tc::mma(macc[1][j], a[1], b0, b1);
+#pragma unroll
+                    for (int e = 0; e < 4 && GMM_LKT_M_UNTRUNC; ++e) {  // each mma's truncation
+                        macc[0][j][e] = untruncate1(macc[0][j][e]);
+                        macc[1][j][e] = untruncate1(macc[1][j][e]);
+                    }
                 }
             }
         }
