@@ -73,6 +73,19 @@ def start_of(X: Any, cov: str, seed: int = 1) -> dict[str, Any]:
     return {"weights_init": np.full(K, 1.0 / K), "means_init": means, "precisions_init": prec}
 
 
+def start_params(start: dict[str, Any]) -> Any:
+    """``start`` as the engine's one-restart device parameters."""
+    import cupy
+
+    from gmm_core._gaussian import Params
+
+    prec = start["precisions_init"]
+    return Params(
+        start["weights_init"][None], start["means_init"][None], 1.0 / prec[None],
+        np.sqrt(prec)[None],
+    ).map(cupy.asarray)  # fmt: skip
+
+
 def floors_ms(cov: str) -> tuple[float, float]:
     """(float32 peak, 3xTF32 peak) milliseconds of the pass's two GEMMs."""
     from gmm_core._cupy.large_k import geometry
@@ -86,15 +99,10 @@ def pass_times(X: Any, cov: str, start: dict[str, Any]) -> dict[str, Any]:
     import cupy
 
     from gmm_core._cupy import CupyEngine, large_k
-    from gmm_core._gaussian import Params
 
     engine = CupyEngine()
     data = engine.prepare(X, None, cov)
-    prec = start["precisions_init"]
-    params = Params(
-        start["weights_init"][None], start["means_init"][None], 1.0 / prec[None],
-        np.sqrt(prec)[None],
-    ).map(cupy.asarray)  # fmt: skip
+    params = start_params(start)
     out: dict[str, Any] = {}
     default = large_k.CHUNK_BYTES
     for mb in CHUNK_MB:

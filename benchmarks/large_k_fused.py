@@ -145,20 +145,15 @@ def check() -> list[dict[str, Any]]:
 def time_case(cov: str) -> dict[str, Any]:
     import cupy
 
-    from benchmarks.bench_large_k import api_times, make_data, start_of
+    from benchmarks.bench_large_k import api_times, make_data, start_of, start_params
     from gmm_core._cupy import CupyEngine
-    from gmm_core._gaussian import Params
 
     X = make_data()
     start = start_of(X, cov)
     N = X.shape[0]
     engine = CupyEngine()
     data = engine.prepare(X, None, cov)
-    prec = start["precisions_init"]
-    params = Params(
-        start["weights_init"][None], start["means_init"][None], 1.0 / prec[None],
-        np.sqrt(prec)[None],
-    ).map(cupy.asarray)  # fmt: skip
+    params = start_params(start)
     out: dict[str, Any] = {}
     data64 = engine.prepare(X.astype(cupy.float64), None, cov)
     ll64 = float(engine.gemm.accumulate(data64, params).loglik[0]) / N
@@ -210,11 +205,9 @@ def bias() -> dict[str, Any]:
 
 
 def variants() -> dict[str, Any]:
-    import cupy
 
-    from benchmarks.bench_large_k import make_data, start_of
+    from benchmarks.bench_large_k import make_data, start_of, start_params
     from gmm_core._cupy import CupyEngine
-    from gmm_core._gaussian import Params
 
     out: dict[str, Any] = {}
     small = [
@@ -238,11 +231,7 @@ def variants() -> dict[str, Any]:
             engine.config.large_k_fused = True
             engine.large_k.options = _OPTIONS if options is None else options
             data = engine.prepare(X1, None, cov)
-            prec = start["precisions_init"]
-            params = Params(
-                start["weights_init"][None], start["means_init"][None], 1.0 / prec[None],
-                np.sqrt(prec)[None],
-            ).map(cupy.asarray)  # fmt: skip
+            params = start_params(start)
             run = functools.partial(engine.large_k.accumulate, data, params)
             row[f"1M {cov} pass ms"] = 1e3 * timed(run, 5)[0]
             row[f"1M {cov} ll"] = float(run().loglik[0]) / N
@@ -256,19 +245,14 @@ def variants() -> dict[str, Any]:
 def profile_one(cov: str) -> None:
     import cupy
 
-    from benchmarks.bench_large_k import make_data, start_of
+    from benchmarks.bench_large_k import make_data, start_of, start_params
     from gmm_core._cupy import CupyEngine
-    from gmm_core._gaussian import Params
 
     X = make_data()
     start = start_of(X, cov)
     engine = CupyEngine()
     data = engine.prepare(X, None, cov)
-    prec = start["precisions_init"]
-    params = Params(
-        start["weights_init"][None], start["means_init"][None], 1.0 / prec[None],
-        np.sqrt(prec)[None],
-    ).map(cupy.asarray)  # fmt: skip
+    params = start_params(start)
     engine.large_k.accumulate(data, params)
     cupy.cuda.Device().synchronize()
 

@@ -69,8 +69,8 @@ class LaunchConfig:
     #: (``diag_pass_wg``, sm_90a) where the device has it; ``GMM_CORE_WGMMA=0`` turns it off
     wgmma: bool = True
     #: many components (the large-K pass) as fused tensor-core kernels (``em_largek_tc.cu``)
-    #: up to 256 features instead of cuBLAS float32 GEMMs: opt-in (``GMM_CORE_LARGE_K_FUSED=1``)
-    #: until it is faster and its statistics are float32-exact (docs/benchmarks.md, issue 17)
+    #: up to 256 features instead of cuBLAS float32 GEMMs: as accurate, opt-in
+    #: (``GMM_CORE_LARGE_K_FUSED=1``) until it is faster (docs/benchmarks.md, issue 17)
     large_k_fused: bool = False
 
     @classmethod

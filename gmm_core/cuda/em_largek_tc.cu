@@ -23,11 +23,13 @@
 //   lkt_stats component-stationary: a block holds one tile of 64 (or 32) components' weights in
 //             shared memory and walks a range of rows, 64 at a time: recomputes the tile's
 //             log-densities exactly as lkt_lse did, r = w_n 2^(v - lse_n) <= 1, and adds
-//             R^T [x, x^2] (diag) or R^T x (spherical) as one TF32 GEMM (r and x rounded to
-//             nearest, every mma's truncation corrected as the E-step's: a sum r x biased by
-//             1.5e-5 relative moved a fit by 3e-4 nats per sample through the uncentred
-//             variance), flushed into a float32 partial of its own every FLUSH_ROWS rows; N_k
-//             and sum r |x|^2 in float32 per tile, float64 per block.
+//             R^T [x, x^2] (diag) or R^T x (spherical) as TF32 GEMMs: r rounded to TF32 once
+//             and that r~ used for N_k and every moment alike (weights of one weighted mean),
+//             x (and x^2) as TF32 hi + lo, every mma's truncation corrected as the E-step's;
+//             flushed into a float32 partial of its own every FLUSH_ROWS rows; N_k and
+//             sum r~ |x|^2 in float32 per tile, float64 per block. (N_k from the unrounded r
+//             beside moments from r~ left a fit's variances 5e-4 low: near-hard
+//             responsibilities, 1 - r < 2^-12, round up to 1.)
 //             Partials are per (split, component): no atomics, the same sums every run.
 //
 // Layouts (float32 unless said):

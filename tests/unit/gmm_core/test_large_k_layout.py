@@ -10,9 +10,13 @@ from gmm_core._cupy import CupyData, LaunchConfig  # noqa: E402
 from gmm_core._cupy.data import Scratch  # noqa: E402
 from gmm_core._cupy.large_k import (  # noqa: E402
     CHUNK_BYTES,
+    FUSED_KERNELS,
+    FUSED_MAX_FEATURES,
     MIN_COMPONENTS,
     STATS_ROWS,
     LargeKPass,
+    fused_geometry,
+    fused_smem,
     geometry,
 )
 
@@ -60,3 +64,39 @@ def test_chunks_hold_the_l2_sized_temporary_within_the_scratch_allowance(budget)
     assert rows * 1024 * 4 <= CHUNK_BYTES
     if budget >= 1 << 34:  # an ample budget: the chunk is the L2-sized one
         assert rows == CHUNK_BYTES // (4 * 1024) // 256 * 256
+
+
+@pytest.mark.parametrize(
+    ("d", "cov", "want"),
+    [
+        (128, "spherical", (128, 128, 64)),
+        (40, "spherical", (64, 64, 64)),  # padded to whole 32-feature chunks
+        (128, "diag", (128, 256, 64)),  # [x, x^2]
+        (160, "diag", (160, 320, 32)),  # 64 components' weights would not fit shared memory
+        (256, "diag", (256, 512, 32)),
+    ],
+)
+def test_fused_kernels_pad_features_to_chunks_and_halve_blocks_past_256_products(d, cov, want):
+    dp, fi, bn = fused_geometry(d, cov)
+    assert (dp, fi, bn) == want
+    lse, stats = fused_smem(d, cov)
+    # the weights a lkt_stats block keeps: fi / 32 chunks x bn components x 32 x (hi, lo)
+    assert stats > (fi // 32) * bn * 32 * 2 * 4
+    assert max(lse, stats) <= SM90.smem_optin  # every width up to 256 fits an H100/H200
+
+
+def test_the_fused_pass_is_opt_in_and_takes_up_to_256_features():
+    lk = LargeKPass(SM90, Scratch(), lambda: 1 << 34)
+    assert not lk.fused(_data("diag"))  # off by default: the cuBLAS path is faster today
+    on = LargeKPass(
+        LaunchConfig(n_sm=132, smem_optin=232_448, compute_capability=90, large_k_fused=True),
+        Scratch(),
+        lambda: 1 << 34,
+    )
+    assert on.fused(_data("diag", d=FUSED_MAX_FEATURES))
+    assert not on.fused(_data("diag", d=FUSED_MAX_FEATURES + 1))
+    assert on.fused(_data("spherical", d=3))
+    small = LaunchConfig(n_sm=80, smem_optin=101_376, compute_capability=86, large_k_fused=True)
+    assert not LargeKPass(small, Scratch(), lambda: 1 << 34).fused(_data("diag", d=128))
+    assert {r.expr for r in on.kernel_refs(_data("diag", d=256))} <= set(FUSED_KERNELS)
+    assert [r.file for r in lk.kernel_refs(_data("diag"))] == ["em_largek.cu"] * 4
