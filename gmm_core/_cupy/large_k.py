@@ -100,7 +100,7 @@ def fused_smem(n_features: int, covariance_type: str, nbuf: int = 1) -> tuple[in
     rows1, rows2 = LSE_ROWS, STATS_TILE_ROWS
     lse = 2 * FUSED_TILE * 256 + (rows1 * (dp + 4) + 3 * rows1) * 4
     stats = (fi // FUSED_CHUNK) * bn * 256 + (nbuf * rows2 * (dp + 4) + bn * (rows2 + 4)) * 4
-    return lse, stats + (6 * rows2 + 2 * bn) * 4
+    return lse, stats + (6 * rows2 + 8 * bn) * 4
 
 
 def sgemm(
@@ -315,7 +315,7 @@ class LargeKPass:
         blocks_x = n_comp // bn
         n = data.n_samples
         splits = max(1, min(self.config.n_sm // blocks_x, -(-n // STATS_TILE_ROWS)))
-        part = cupy.zeros((splits, n_comp, fi), dtype=cupy.float32)
+        part = cupy.zeros((splits, n_comp, fi), dtype=f64)
         partd = cupy.zeros((splits, n_comp, 2), dtype=f64)
         rows_max = max(LSE_ROWS, LSE_BYTES // (4 * R) // LSE_ROWS * LSE_ROWS)
         rows_max = min(rows_max, _round_up(n, LSE_ROWS))
@@ -354,7 +354,7 @@ class LargeKPass:
                 )  # fmt: skip
         if active is not None:  # inactive restarts' lse2 rows were never written
             loglik = cupy.where(cupy.asarray(active).astype(bool), loglik, 0.0)
-        sums = part.sum(axis=0, dtype=f64).reshape(R, kpr, fi)[:, :K]
+        sums = part.sum(axis=0).reshape(R, kpr, fi)[:, :K]
         sd = partd.sum(axis=0).reshape(R, kpr, 2)[:, :K]
         sx = cupy.ascontiguousarray(sums[..., :D])
         sxx = cupy.ascontiguousarray(sums[..., dp : dp + D] if diag else sd[..., 1])

@@ -26,7 +26,7 @@
 //             R^T [x, x^2] (diag) or R^T x (spherical) as TF32 GEMMs: r rounded to TF32 once
 //             and that r~ used for N_k and every moment alike (weights of one weighted mean),
 //             x (and x^2) as TF32 hi + lo, every mma's truncation corrected as the E-step's;
-//             flushed into a float32 partial of its own every FLUSH_ROWS rows; N_k and
+//             flushed into a float64 partial of its own every FLUSH_ROWS rows; N_k and
 //             sum r~ |x|^2 in float32 per tile, float64 per block. (N_k from the unrounded r
 //             beside moments from r~ left a fit's variances 5e-4 low: near-hard
 //             responsibilities, 1 - r < 2^-12, round up to 1.)
@@ -42,7 +42,7 @@
 //          bank conflicts.
 //   cst, hp (components): c_k (-inf for padding and weight 0) and -p_k / 2 (spherical; 0 diag)
 //   lse2   (restarts, ld) log-sum-exp per row in log2 units; sqn (rows) |x|^2 (spherical)
-//   part   (splits, components, fo) and partd (splits, components, 2) float64 {N_k, r |x|^2}
+//   part   (splits, components, fo) and partd (splits, components, 2) {N_k, r |x|^2}: float64
 #include "tc.cuh"
 
 namespace lkt {
@@ -65,7 +65,7 @@ constexpr int FLUSH = GMM_LKT_FLUSH;      // k-steps an mma sum runs before acc 
 constexpr bool UNTRUNC = GMM_LKT_UNTRUNC;  // correct each such sum for the mma's truncation
 static_assert((KC / 8) % FLUSH == 0, "FLUSH divides a chunk's k-steps");
 #ifndef GMM_LKT_LSE_BLOCKS  // lkt_lse blocks per SM the registers allow (shared memory: 2 up
-#define GMM_LKT_LSE_BLOCKS 2   // to 160 features)
+#define GMM_LKT_LSE_BLOCKS 2   // to 128 features)
 #endif
 #ifndef GMM_LKT_M_UNTRUNC
 #define GMM_LKT_M_UNTRUNC 1
@@ -380,7 +380,7 @@ lkt_stats(const float* __restrict__ X, const float* __restrict__ sw, long long n
           const float4* __restrict__ Wt, const float* __restrict__ cst,
           const float* __restrict__ hp, int tpr, const int* __restrict__ active,
           const float* __restrict__ lse2, long long ld, const float* __restrict__ sqn,
-          long long rows_per_split, long long n_comp, int nbuf, float* __restrict__ part,
+          long long rows_per_split, long long n_comp, int nbuf, double* __restrict__ part,
           double* __restrict__ partd) {
     using namespace lkt;
     constexpr int NTE = BN / 16;          // E-step n-tiles per warp
@@ -394,8 +394,8 @@ lkt_stats(const float* __restrict__ X, const float* __restrict__ sw, long long n
     float* lrow = Rt + BN * RS;        // 2 x BM2: lse2 per row
     float* wrow = lrow + 2 * BM2;      // 2 x BM2: sample weight per row (0 past the split)
     float* srow = wrow + 2 * BM2;      // 2 x BM2: |x|^2 (spherical; lkt_lse's)
-    float* nk_t = srow + 2 * BM2;
-    float* s2_t = nk_t + BN;
+    float* nk_t = srow + 2 * BM2;  // (4, BN): per E-step row warp, summed in a fixed order
+    float* s2_t = nk_t + 4 * BN;   // (4, BN)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const long long comp0 = (long long)blockIdx.x * BN;
     const long long tile = comp0 / TN;
@@ -408,7 +408,6 @@ lkt_stats(const float* __restrict__ X, const float* __restrict__ sw, long long n
 
     // zero the padding columns once (the loads never write them) and the per-tile sums
     for (int i = threadIdx.x; i < nbuf * BM2 * xs; i += NT) Xs[i] = 0.0f;
-    if (threadIdx.x < BN) nk_t[threadIdx.x] = s2_t[threadIdx.x] = 0.0f;
     __syncthreads();
     for (int c = 0; c < nc; ++c)
         stage(Wr + c * BN * WF4, Wt + ((tile * nc + c) * TN + half) * WF4, BN);
@@ -431,9 +430,10 @@ lkt_stats(const float* __restrict__ X, const float* __restrict__ sw, long long n
                 if (!DIAG) cp4(srow + b * BM2 + threadIdx.x, sqn + gr);
                 if (sw != nullptr) cp4(wb, sw + gr);
                 else *wb = 1.0f;
-            } else {
+            } else {  // all three written: stale shared words may be NaN (0 * NaN = NaN)
                 *lb = 0.0f;
                 *wb = 0.0f;
+                srow[b * BM2 + threadIdx.x] = 0.0f;
             }
         }
         cp_commit();
@@ -462,8 +462,7 @@ lkt_stats(const float* __restrict__ X, const float* __restrict__ sw, long long n
                 for (int e = 0; e < 4; ++e) {
                     const int cl = mc * 32 + a * 16 + g + (e >> 1) * 8;
                     const int f = mf * fpw + j * 8 + 2 * t + (e & 1);
-                    float* p = part + (slot + cl) * fo + f;
-                    *p = __fadd_rn(*p, macc[a][j][e]);
+                    part[(slot + cl) * fo + f] += (double)macc[a][j][e];
                     macc[a][j][e] = 0.0f;
                 }
             }
@@ -523,16 +522,18 @@ lkt_stats(const float* __restrict__ X, const float* __restrict__ sw, long long n
                     nsum += __shfl_xor_sync(0xffffffffu, nsum, off);
                     ssum += __shfl_xor_sync(0xffffffffu, ssum, off);
                 }
-                if (g == 0) {
-                    atomicAdd(nk_t + cl, nsum);
-                    if (!DIAG) atomicAdd(s2_t + cl, ssum);
+                if (g == 0) {  // one writer per (row warp, component)
+                    nk_t[er * BN + cl] = nsum;
+                    s2_t[er * BN + cl] = ssum;
                 }
             }
         __syncthreads();
         if (threadIdx.x < BN) {
-            nkd += (double)nk_t[threadIdx.x];
-            s2d += (double)s2_t[threadIdx.x];
-            nk_t[threadIdx.x] = s2_t[threadIdx.x] = 0.0f;  // next written after the next barrier
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+                nkd += (double)nk_t[w * BN + threadIdx.x];
+                s2d += (double)s2_t[w * BN + threadIdx.x];
+            }
         }
 
         // statistics: (BN x fo) += R^T (BN x 64 rows) [x | x^2] (64 rows x fo), TF32
@@ -561,12 +562,17 @@ lkt_stats(const float* __restrict__ X, const float* __restrict__ sw, long long n
                 for (int p = M_PRODUCTS - 1; p >= 0; --p) {  // lo first
                     const unsigned b0 = __float_as_uint(p ? tc::round_tf32(x0 - h0) : h0);
                     const unsigned b1 = __float_as_uint(p ? tc::round_tf32(x1 - h1) : h1);
+                    float o0[4], o1[4];
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) o0[e] = macc[0][j][e], o1[e] = macc[1][j][e];
                     tc::mma(macc[0][j], a[0], b0, b1);
                     tc::mma(macc[1][j], a[1], b0, b1);
+                    // each mma's truncation, where it added anything (rows of r~ = 0 and
+                    // x exact in TF32 add exactly 0: nothing was truncated)
 #pragma unroll
-                    for (int e = 0; e < 4 && GMM_LKT_M_UNTRUNC; ++e) {  // each mma's truncation
-                        macc[0][j][e] = untruncate1(macc[0][j][e]);
-                        macc[1][j][e] = untruncate1(macc[1][j][e]);
+                    for (int e = 0; e < 4 && GMM_LKT_M_UNTRUNC; ++e) {
+                        if (macc[0][j][e] != o0[e]) macc[0][j][e] = untruncate1(macc[0][j][e]);
+                        if (macc[1][j][e] != o1[e]) macc[1][j][e] = untruncate1(macc[1][j][e]);
                     }
                 }
             }

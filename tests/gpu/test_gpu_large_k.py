@@ -95,6 +95,9 @@ def _engine_stats(
     if chunk_bytes is not None:  # several chunks and float32 flushes in a small test
         monkeypatch.setattr(large_k, "CHUNK_BYTES", chunk_bytes)
         monkeypatch.setattr(large_k, "STATS_ROWS", 2048)
+        # the fused pass: launches of 640 rows (lse of every restart per launch), partials
+        # added across launches
+        monkeypatch.setattr(large_k, "LSE_BYTES", 4 * params.means.shape[0] * 640)
     engine = CupyEngine()
     engine.config.large_k_fused = fused
     data = engine.prepare(cupy.asarray(X), None, cov, sample_weight=weights)
