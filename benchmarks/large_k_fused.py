@@ -9,9 +9,9 @@
 2. time: 1M x 128, K = 1024, spherical and diag (``bench_large_k``'s case and start): the pass
    (``engine.large_k.accumulate``, median of 5) fused and not, the mean log-likelihood against
    float64, and the public API's EM iteration ((7 - 2 iterations) / 5, median of 3);
-3. ``--variants``: the kernels' compile-time variants (``GMM_LKT_FLUSH``, ``GMM_LKT_UNTRUNC``)
-   side by side: accuracy on the widest small cases, the 1M pass time and each kernel's time
-   (CUDA events around every launch).
+3. ``--variants``: the kernels' compile-time variants (``GMM_LKT_M_PRODUCTS``) side by side:
+   accuracy on the widest small cases, the 1M pass time and each kernel's time (CUDA events
+   around every launch).
 """
 
 from __future__ import annotations
@@ -142,18 +142,27 @@ def check() -> list[dict[str, Any]]:
     return rows
 
 
+def _pass_of(X: Any, cov: str, *, fused: bool = True, options: tuple[str, ...] = ()) -> Any:
+    """(engine, data, params, one pass) of ``bench_large_k``'s case and start on ``X``."""
+    from benchmarks.bench_large_k import start_of, start_params
+    from gmm_core._cupy import CupyEngine
+
+    engine = CupyEngine()
+    engine.config.large_k_fused = fused
+    engine.large_k.options = options
+    data = engine.prepare(X, None, cov)
+    params = start_params(start_of(X, cov))
+    return engine, data, params, functools.partial(engine.large_k.accumulate, data, params)
+
+
 def time_case(cov: str) -> dict[str, Any]:
     import cupy
 
-    from benchmarks.bench_large_k import api_times, make_data, start_of, start_params
-    from gmm_core._cupy import CupyEngine
+    from benchmarks.bench_large_k import api_times, make_data, start_of
 
     X = make_data()
-    start = start_of(X, cov)
     N = X.shape[0]
-    engine = CupyEngine()
-    data = engine.prepare(X, None, cov)
-    params = start_params(start)
+    engine, data, params, _ = _pass_of(X, cov)
     out: dict[str, Any] = {}
     data64 = engine.prepare(X.astype(cupy.float64), None, cov)
     ll64 = float(engine.gemm.accumulate(data64, params).loglik[0]) / N
@@ -166,7 +175,7 @@ def time_case(cov: str) -> dict[str, Any]:
         out[key] = {"pass_ms": ms, "mean_ll": ll, "mean_ll_diff_nats": ll - ll64}
         log(f"{cov} {key}: pass {ms:.2f} ms, mean ll {ll:.7f} vs f64 {ll64:.7f} ({ll - ll64:+.1e})")
     engine.config.large_k_fused = True
-    out["api"] = api_times(X, cov, start)
+    out["api"] = api_times(X, cov, start_of(X, cov))
     return out
 
 
@@ -205,9 +214,7 @@ def bias() -> dict[str, Any]:
 
 
 def variants() -> dict[str, Any]:
-
-    from benchmarks.bench_large_k import make_data, start_of, start_params
-    from gmm_core._cupy import CupyEngine
+    from benchmarks.bench_large_k import make_data
 
     out: dict[str, Any] = {}
     small = [
@@ -226,13 +233,7 @@ def variants() -> dict[str, Any]:
             got = _stats(X, cov, params, fused=True, options=options)
             row[f"{d} {cov} ll err"] = float(got["loglik"][0] - ref["loglik"]) / n
         for cov in ("spherical", "diag"):
-            start = start_of(X1, cov)
-            engine = CupyEngine()
-            engine.config.large_k_fused = True
-            engine.large_k.options = _OPTIONS if options is None else options
-            data = engine.prepare(X1, None, cov)
-            params = start_params(start)
-            run = functools.partial(engine.large_k.accumulate, data, params)
+            run = _pass_of(X1, cov, options=options)[3]
             row[f"1M {cov} pass ms"] = 1e3 * timed(run, 5)[0]
             row[f"1M {cov} ll"] = float(run().loglik[0]) / N
             for kern, ms in _kernel_ms(run).items():
@@ -245,15 +246,9 @@ def variants() -> dict[str, Any]:
 def profile_one(cov: str) -> None:
     import cupy
 
-    from benchmarks.bench_large_k import make_data, start_of, start_params
-    from gmm_core._cupy import CupyEngine
+    from benchmarks.bench_large_k import make_data
 
-    X = make_data()
-    start = start_of(X, cov)
-    engine = CupyEngine()
-    data = engine.prepare(X, None, cov)
-    params = start_params(start)
-    engine.large_k.accumulate(data, params)
+    _pass_of(make_data(), cov)[3]()
     cupy.cuda.Device().synchronize()
 
 

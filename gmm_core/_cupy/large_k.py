@@ -36,7 +36,7 @@ import numpy as np
 from .._gaussian import Params, Stats
 from .config import LaunchConfig
 from .data import CupyData, Scratch, scratch_bytes, weighted_chunks
-from .kernels import KernelRef, kernel_ref, load_kernel
+from .kernels import KernelRef, allow_dynamic_smem, kernel_ref, load_kernel
 
 SOURCE = "em_largek.cu"
 KERNELS = ("lk_features", "lk_weights", "lk_rows", "lk_flush")
@@ -288,9 +288,8 @@ class LargeKPass:
         # two row tiles of lkt_stats in flight where shared memory holds them
         nbuf = 2 if fused_smem(D, cov, 2)[1] <= self.config.smem_optin else 1
         smem_lse, smem_stats = fused_smem(D, cov, nbuf)
-        for name, smem in (("lkt_lse", smem_lse), ("lkt_stats", smem_stats)):
-            if kern[name].max_dynamic_shared_size_bytes < smem:
-                kern[name].max_dynamic_shared_size_bytes = smem
+        allow_dynamic_smem(kern["lkt_lse"], smem_lse)
+        allow_dynamic_smem(kern["lkt_stats"], smem_stats)
 
         f64 = cupy.float64
         w_t = self.scratch.get("lkt_w", (n_comp * fi * 2,), cupy.float32)

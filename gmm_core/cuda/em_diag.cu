@@ -781,12 +781,7 @@ diag_pass_tc(const float* __restrict__ X, long long n_samples, int n_restarts, i
     float nk[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) nk[mt][0] = nk[mt][1] = 0.0f;
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int ct = 0; ct < CT; ++ct)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) acc[mt][ct][i] = 0.0f;
+    tc::zero(acc);
     double ll = 0.0;
     int since_flush = 0;
     double* wacc = s_acc + w * AW + lane;

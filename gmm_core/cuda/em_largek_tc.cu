@@ -55,21 +55,8 @@ constexpr int BM2 = 64;    // rows per lkt_stats tile
 constexpr int RS = BM2 + 4;  // row stride of R^T in shared memory
 constexpr int FLUSH_ROWS = 2048;
 constexpr float LOG2E = 1.4426950408889634f;
-#ifndef GMM_LKT_FLUSH
-#define GMM_LKT_FLUSH 1
-#endif
-#ifndef GMM_LKT_UNTRUNC
-#define GMM_LKT_UNTRUNC 1
-#endif
-constexpr int FLUSH = GMM_LKT_FLUSH;      // k-steps an mma sum runs before acc takes it
-constexpr bool UNTRUNC = GMM_LKT_UNTRUNC;  // correct each such sum for the mma's truncation
-static_assert((KC / 8) % FLUSH == 0, "FLUSH divides a chunk's k-steps");
-#ifndef GMM_LKT_LSE_BLOCKS  // lkt_lse blocks per SM the registers allow (shared memory: 2 up
-#define GMM_LKT_LSE_BLOCKS 2   // to 128 features)
-#endif
-#ifndef GMM_LKT_M_UNTRUNC
-#define GMM_LKT_M_UNTRUNC 1
-#endif
+constexpr int LSE_BLOCKS = 2;  // lkt_lse blocks per SM the registers allow (shared memory: 2
+                                // up to 128 features)
 #ifndef GMM_LKT_M_PRODUCTS  // TF32 products per statistics term: x as hi + lo (2) or hi (1)
 #define GMM_LKT_M_PRODUCTS 2
 #endif
@@ -135,40 +122,27 @@ __device__ __forceinline__ void a_frag(const float* Xs, int xs, int dp, int row,
     }
 }
 
-// An mma's float32 sum truncates (rounds toward zero): started from zero, its result lacks on
-// average half a unit in its last place (ulp). A sum run over FLUSH k-steps of like-signed
-// partial sums P_1 .. P_F lacks half the sum of their ulps, which untruncate estimates from the
-// final sum's: ulp(P_s) ~ ulp(P_F) s / F rounded down to a power of two: 1 (F = 1), 1.5 (F = 2),
-// 2.5 (F = 4) ulp(P_F), halved.
-constexpr float UNTRUNC_ULPS = FLUSH == 1 ? 1.0f : FLUSH == 2 ? 1.5f : 2.5f;
-// half an ulp, for one mma's result (a running sum: every mma truncates once)
-__device__ __forceinline__ float untruncate1(float r) {
-    const float se = __uint_as_float(__float_as_uint(r) & 0xff800000u);
-    return __fmaf_rn(se, 5.9604644775390625e-08f, r);
-}
+// An mma's float32 sum truncates (rounds toward zero): its result lacks on average half a unit
+// in its last place (ulp), with its sign. untruncate adds that back. (Sums run over 4 k-steps
+// and corrected by an estimate from the last one's ulp were 3e-5 to 7e-5 nats off; uncorrected
+// per-k-step sums -7e-5: docs/benchmarks.md.)
 __device__ __forceinline__ float untruncate(float r) {
     const float se = __uint_as_float(__float_as_uint(r) & 0xff800000u);  // sign * 2^exponent
-    return __fmaf_rn(se, UNTRUNC_ULPS * 5.9604644775390625e-08f, r);      // + sign * ulps / 2
+    return __fmaf_rn(se, 5.9604644775390625e-08f, r);                     // + sign * ulp / 2
 }
 
 // acc (a warp's MT x NTE m16n8 tiles: rows rbase.., components nbase.. of the stage Wsm) +=
-// chunk c of the inner products: every FLUSH k-steps summed from zero by the mma and added to acc
-// with rounding to nearest (UNTRUNC: corrected for the mma's truncation first)
+// chunk c of the inner products, each k-step summed from zero by the mma (the small products
+// first: the last mma's result is the one truncated), corrected and added with rounding to
+// nearest
 template <bool DIAG, int MT, int NTE>
 __device__ __forceinline__ void e_chunk(float (&acc)[MT][NTE][4], const float* Xs, int xs, int dp,
                                         int rbase, int c, const float4* Wsm, int nbase) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    float ch[MT][NTE][4];
 #pragma unroll
     for (int s = 0; s < KC / 8; ++s) {
-        if (s % FLUSH == 0) {
-#pragma unroll
-            for (int m = 0; m < MT; ++m)
-#pragma unroll
-                for (int j = 0; j < NTE; ++j)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) ch[m][j][e] = 0.0f;
-        }
+        float ch[MT][NTE][4];
+        tc::zero(ch);
         unsigned ah[MT][4], al[MT][4];
 #pragma unroll
         for (int m = 0; m < MT; ++m)
@@ -177,20 +151,17 @@ __device__ __forceinline__ void e_chunk(float (&acc)[MT][NTE][4], const float* X
         for (int j = 0; j < NTE; ++j) {
             const float4 b = Wsm[wswz(nbase + j * 8 + g, s * 4 + t)];
 #pragma unroll
-            for (int m = 0; m < MT; ++m)  // the small products first: the last mma's result is
-                tc::mma3(ch[m][j], ah[m], al[m], __float_as_uint(b.x), __float_as_uint(b.y),
-                         __float_as_uint(b.z), __float_as_uint(b.w));  // the one truncated
-        }
-        if (s % FLUSH == FLUSH - 1) {
-#pragma unroll
             for (int m = 0; m < MT; ++m)
-#pragma unroll
-                for (int j = 0; j < NTE; ++j)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e)
-                        acc[m][j][e] = __fadd_rn(acc[m][j][e],
-                                                 UNTRUNC ? untruncate(ch[m][j][e]) : ch[m][j][e]);
+                tc::mma3(ch[m][j], ah[m], al[m], __float_as_uint(b.x), __float_as_uint(b.y),
+                         __float_as_uint(b.z), __float_as_uint(b.w));
         }
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+            for (int j = 0; j < NTE; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    acc[m][j][e] = __fadd_rn(acc[m][j][e], untruncate(ch[m][j][e]));
     }
 }
 
@@ -257,7 +228,7 @@ lkt_weights(const double* __restrict__ weights, const double* __restrict__ means
 // Pass 1: one block per 128 rows. Warps 4 (32 rows each) x 2 (32 components of each 64-tile);
 // dynamic shared memory: lkt_lse_smem(dp).
 template <bool DIAG>
-__global__ void __launch_bounds__(lkt::NT, GMM_LKT_LSE_BLOCKS)
+__global__ void __launch_bounds__(lkt::NT, lkt::LSE_BLOCKS)
 lkt_lse(const float* __restrict__ X, long long n, int d, int dp, const float4* __restrict__ Wt,
         const float* __restrict__ cst, const float* __restrict__ hp, int n_restarts, int tpr,
         const int* __restrict__ active, float* __restrict__ lse2, long long ld,
@@ -302,14 +273,7 @@ lkt_lse(const float* __restrict__ X, long long n, int d, int dp, const float4* _
             }
             __syncthreads();
             const int c = q % nc;
-            if (c == 0) {
-#pragma unroll
-                for (int m = 0; m < 2; ++m)
-#pragma unroll
-                    for (int j = 0; j < 4; ++j)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) acc[m][j][e] = 0.0f;
-            }
+            if (c == 0) tc::zero(acc);
             e_chunk<DIAG, 2, 4>(acc, Xs, xs, dp, wr * 32, c, Wb + (q & 1) * TN * WF4, wc * 32);
             if (c == nc - 1) {  // the tile's log-densities: online log-sum-exp per row
                 const long long kb = ((long long)r * tpr + q / nc) * TN + wc * 32;
@@ -443,12 +407,7 @@ lkt_stats(const float* __restrict__ X, const float* __restrict__ sw, long long n
     const int mc = warp / WFM, mf = warp % WFM;      // statistics warp grid
     const int fpw = fo / WFM, ntm = fpw / 8;         // features and n-tiles per warp
     float macc[2][8][4];
-#pragma unroll
-    for (int a = 0; a < 2; ++a)
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) macc[a][j][e] = 0.0f;
+    tc::zero(macc);
     double nkd = 0.0, s2d = 0.0;
     const long long slot = (long long)blockIdx.y * n_comp + comp0;  // this block's partial rows
 
@@ -489,10 +448,7 @@ lkt_stats(const float* __restrict__ X, const float* __restrict__ sw, long long n
 
         // the tile's log-densities, exactly as lkt_lse computed them
         float acc[1][NTE][4];
-#pragma unroll
-        for (int j = 0; j < NTE; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[0][j][e] = 0.0f;
+        tc::zero(acc);
         for (int c = 0; c < nc; ++c)
             e_chunk<DIAG, 1, NTE>(acc, xb, xs, dp, er * 16, c, Wr + c * BN * WF4, ec * (BN / 2));
 #pragma unroll
@@ -570,9 +526,9 @@ lkt_stats(const float* __restrict__ X, const float* __restrict__ sw, long long n
                     // each mma's truncation, where it added anything (rows of r~ = 0 and
                     // x exact in TF32 add exactly 0: nothing was truncated)
 #pragma unroll
-                    for (int e = 0; e < 4 && GMM_LKT_M_UNTRUNC; ++e) {
-                        if (macc[0][j][e] != o0[e]) macc[0][j][e] = untruncate1(macc[0][j][e]);
-                        if (macc[1][j][e] != o1[e]) macc[1][j][e] = untruncate1(macc[1][j][e]);
+                    for (int e = 0; e < 4; ++e) {
+                        if (macc[0][j][e] != o0[e]) macc[0][j][e] = untruncate(macc[0][j][e]);
+                        if (macc[1][j][e] != o1[e]) macc[1][j][e] = untruncate(macc[1][j][e]);
                     }
                 }
             }

@@ -48,6 +48,16 @@ __device__ __forceinline__ void mma(float (&c)[4], const unsigned (&a)[4], unsig
     __trap();  // the launcher never picks this kernel below sm_80
 #endif
 }
+// a warp's m16n8 accumulator tiles (M x N of them, 4 floats per thread each), zeroed
+template <int M, int N>
+__device__ __forceinline__ void zero(float (&a)[M][N][4]) {
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+        for (int j = 0; j < N; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) a[m][j][e] = 0.0f;
+}
 // c += a b in 3xTF32, small products first
 __device__ __forceinline__ void mma3(float (&c)[4], const unsigned (&ah)[4],
                                      const unsigned (&al)[4], unsigned bh0, unsigned bh1,
