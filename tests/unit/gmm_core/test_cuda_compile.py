@@ -281,6 +281,33 @@ def test_the_large_k_row_kernel_rounds_its_log_densities_before_subtracting():
 
 
 @needs_nvcc
+def test_the_mma_peak_probe_compiles_every_instruction(tmp_path):
+    """benchmarks/probe_mma_peak.py: TF32, FP16 and BF16 mma.sync chains (the next device run's
+    rates for the cheaper exact products, benchmarks/tc_numerics.py)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+    from benchmarks.probe_mma_peak import SOURCE
+
+    src, ptx = tmp_path / "probe_mma_peak.cu", tmp_path / "probe_mma_peak.ptx"
+    src.write_text(SOURCE)
+    proc = subprocess.run(
+        [NVCC, "-std=c++17", "-arch=sm_90", "--ptx", "-o", str(ptx), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = ptx.read_text()
+    for shape in (
+        "m16n8k8.row.col.f32.tf32",
+        "m16n8k16.row.col.f32.f16",
+        "m16n8k16.row.col.f32.bf16",
+    ):
+        assert f"mma.sync.aligned.{shape}" in text, shape
+
+
+@needs_nvcc
 def test_the_wgmma_probe_compiles_for_sm90a(tmp_path):
     """benchmarks/probe_wgmma.py's generated CUDA (the layouts the next passes build on)."""
     import sys

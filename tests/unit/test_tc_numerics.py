@@ -1,0 +1,161 @@
+"""``benchmarks/tc_numerics.py``: the CPU emulation of tensor-core products, checked piece by piece.
+
+Each rounding primitive against an exact (``fractions``) or independent reference; the mma
+models against exact sums; the emulated log-densities against float64.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from benchmarks import tc_numerics as tcn
+from gmm_core._gaussian import Params
+
+
+def _round_sig(x: float, bits: int) -> float:
+    """x rounded to ``bits`` significant bits, ties to even (exact: Fractions)."""
+    if x == 0:
+        return 0.0
+    m, e = math.frexp(x)  # x = m 2^e, |m| in [0.5, 1)
+    scaled = Fraction(m) * 2**bits
+    return float(round(scaled)) * 2.0 ** (e - bits)  # round(): half to even
+
+
+@pytest.fixture
+def floats() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=4000) * np.exp2(rng.integers(-20, 20, size=4000))
+    # ties: values exactly halfway between BF16 neighbours, both parities
+    ties = np.array([1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, -(1.0 + 2.0**-8)])
+    return np.concatenate([x, ties]).astype(np.float32)
+
+
+def test_bf16_rounds_to_nearest_even(floats):
+    got = tcn.round_bf16(floats)
+    want = [_round_sig(float(v), 8) for v in floats]
+    np.testing.assert_array_equal(got.astype(np.float64), want)
+
+
+def test_tf32_round_and_truncate(floats):
+    hi = tcn.round_tf32(floats).astype(np.float64)
+    t = tcn.trunc_tf32(floats).astype(np.float64)
+    x = floats.astype(np.float64)
+    # 11 significant bits; rounding within half a TF32 ulp, truncation toward zero within one
+    ulp = np.exp2(np.frexp(np.abs(x))[1] - 11)
+    assert np.all(np.abs(hi - x) <= ulp / 2)
+    assert np.all(np.abs(t) <= np.abs(x)) and np.all(np.abs(x - t) < ulp)
+    assert not np.any(tcn.round_tf32(floats).view(np.uint32) & 0x1FFF)
+
+
+def test_rz32_rounds_toward_zero():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=5000) * np.exp2(rng.integers(-30, 30, size=5000))
+    f = tcn.rz32(x).astype(np.float64)
+    assert np.all(np.abs(f) <= np.abs(x))
+    # and is the float32 next to x toward zero: one float32 step up is past x
+    away = np.where(x > 0, np.float32(np.inf), np.float32(-np.inf)).astype(np.float32)
+    up = np.nextafter(f.astype(np.float32), away).astype(np.float64)
+    assert np.all(np.abs(up) > np.abs(x))
+
+
+def test_untruncate_adds_half_an_ulp_with_the_sign():
+    rng = np.random.default_rng(2)
+    r = (rng.normal(size=2000) * 100).astype(np.float32)
+    got = tcn.untruncate(r)
+    for v, g in zip(r[:300], got[:300], strict=True):
+        _, e = math.frexp(float(v))  # |v| in [2^(e-1), 2^e): ulp 2^(e-24)
+        exact = Fraction(float(v)) + Fraction(int(math.copysign(1, v))) * Fraction(2) ** (e - 25)
+        assert float(np.float32(float(exact))) == float(g)  # one rounding, to nearest
+
+
+def _exact_mma(c, a, b):
+    out = np.zeros(c.shape, np.float32)
+    for i in range(c.shape[0]):
+        for j in range(c.shape[1]):
+            s = Fraction(float(c[i, j])) + sum(
+                Fraction(float(a[i, q])) * Fraction(float(b[q, j])) for q in range(a.shape[1])
+            )
+            f = np.float32(float(s))
+            if abs(Fraction(float(f))) > abs(s):
+                f = np.nextafter(f, np.float32(0))
+            out[i, j] = f
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["tf32", "fp16"])
+def test_mma_models_against_exact_sums(fmt):
+    rng = np.random.default_rng(3)
+    k = 8 if fmt == "tf32" else 16
+    a = tcn.split(rng.normal(size=(6, k)).astype(np.float32), fmt)[0]
+    b = tcn.split(rng.normal(size=(k, 5)).astype(np.float32), fmt)[0]
+    c = rng.normal(size=(6, 5)).astype(np.float32)
+    want = _exact_mma(c, a, b)
+    np.testing.assert_array_equal(tcn.mma_rz(c, a, b), want)
+    # the alignment model with many extra bits is the exact sum's rounding toward zero
+    np.testing.assert_array_equal(tcn.mma_align(c, a, b, extra=30), want)
+    # and with none it loses more, never gains: truncated addends
+    coarse = tcn.mma_align(c, a, b, extra=0).astype(np.float64)
+    assert np.all(np.abs(coarse - want) <= 2 * k * np.abs(want) * 2.0**-23 + 1e-30)
+
+
+@pytest.mark.parametrize("fmt", ["tf32", "fp16", "bf16"])
+def test_splits_carry_twice_the_operand_bits(fmt):
+    rng = np.random.default_rng(4)
+    v = (rng.normal(size=3000) * 300).astype(np.float32)
+    hi, lo = tcn.split(v, fmt)
+    bits = {"tf32": 21, "fp16": 21, "bf16": 15}[fmt]
+    rel = np.abs(hi + lo - v.astype(np.float64)) / np.abs(v)
+    assert rel.max() < 2.0**-bits
+
+
+def test_pow2_scale_puts_magnitudes_in_the_fp16_window():
+    m = np.array([1e-9, 0.3, 1.0, 2.0, 16383.0, 16384.0, 7e7, 0.0])
+    s = tcn.pow2_scale(m)
+    scaled = m[:-1] * s[:-1]
+    assert np.all((scaled >= 2.0**14) & (scaled < 2.0**15)) and s[-1] == 1.0
+    assert np.all(np.log2(s) == np.round(np.log2(s)))  # powers of two: exact
+
+
+def _case(cov: str, n: int = 300, d: int = 32, k: int = 64):
+    rng = np.random.default_rng(5)
+    centres = rng.normal(scale=2.0, size=(16, d))
+    X = centres[rng.integers(16, size=n)] + rng.normal(scale=0.7, size=(n, d))
+    X = (X - X.mean(axis=0)).astype(np.float32)
+    means = X[rng.integers(n, size=(1, k))].astype(np.float64)
+    shape = (1, k, d) if cov == "diag" else (1, k)
+    pc = 1.0 / rng.uniform(0.6, 1.2, size=shape)
+    w = rng.dirichlet(np.ones(k) * 5.0, size=1)
+    return X, Params(w, means, 1.0 / pc**2, pc)
+
+
+def _f64(X, params, cov):
+    X64 = X.astype(np.float64)
+    mu, pc = params.means[0], params.precisions_cholesky[0]
+    prec = pc**2 if cov == "diag" else (pc**2)[:, None] * np.ones_like(mu)
+    quad = ((X64[:, None, :] - mu[None]) ** 2 * prec[None]).sum(axis=2)
+    lp = np.log(params.weights[0]) + 0.5 * np.log(prec).sum(axis=1)
+    return (lp - 0.5 * X.shape[1] * math.log(2 * math.pi) - quad / 2) / math.log(2)
+
+
+@pytest.mark.parametrize("cov", ["diag", "spherical"])
+def test_emulated_log_densities_against_float64(cov):
+    """3xTF32 and scaled 3xFP16 are float32-level; one TF32 product is not; BF16 in between."""
+    X, params = _case(cov)
+    ref = _f64(X, params, cov)
+    scale = np.abs(ref).max()
+
+    def err(scheme):
+        return np.abs(tcn.log_densities(X, params, cov, scheme).astype(np.float64) - ref).max()
+
+    tf32 = err(tcn.Scheme("3xTF32"))
+    fp16 = err(tcn.Scheme("3xFP16", fmt="fp16"))
+    one = err(tcn.Scheme("1xTF32", products="1"))
+    assert tf32 < 2e-6 * scale and fp16 < 2e-6 * scale
+    assert one > 30 * max(tf32, fp16)
+    # the mean log-likelihood of the default scheme, within the issue's bound by far
+    ll = tcn.mean_loglik(tcn.log_densities(X, params, cov, tcn.Scheme("3xTF32")))
+    assert abs(ll - tcn.mean_loglik(ref)) < 1e-5
