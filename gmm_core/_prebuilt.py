@@ -13,6 +13,10 @@ a changed source or compiler option, a missing or corrupt cubin, a driver that r
 returns ``None`` with a debug log, and the caller compiles with NVRTC as before. A cubin is
 decompressed once into ``<CuPy's kernel cache>/gmm_core_prebuilt/<sha256>.cubin`` and loaded
 once per device (``cupy.memoize(for_each_device=True)``) with ``cupy.RawModule(path=...)``.
+Every use refreshes the cached file's modification time; when a cubin is decompressed (a new
+or changed prebuilt tree), :func:`prune` removes cached cubins that the tree read now does not
+name and that no process has used for :data:`PRUNE_AFTER_S` (another environment's cubins in
+use stay), and leftovers of decompressions killed midway.
 
 ``GMM_CORE_PREBUILT_KERNELS=0`` turns prebuilt kernels off (measuring the NVRTC path);
 ``GMM_CORE_PREBUILT_DIR`` reads another prebuilt tree.
@@ -179,6 +183,62 @@ STREAM_BYTES = 1 << 20
 DICT_BYTES = 1 << 20
 
 
+#: seconds a decompressed cubin the current prebuilt tree does not name stays unused before
+#: :func:`prune` removes it (its modification time: every use refreshes it)
+PRUNE_AFTER_S = 30 * 86_400
+#: seconds after which a partial decompression (``<sha256>.cubin.<pid>.<thread>``, left by a
+#: process killed while writing it) is removed
+PARTIAL_AFTER_S = 86_400
+
+
+def _named_sha256s() -> set[str]:
+    """SHA-256 of every cubin the indexes of the prebuilt tree read now name (all archs)."""
+    named: set[str] = set()
+    try:
+        archs = [p.name for p in prebuilt_dir().iterdir() if p.is_dir()]
+    except OSError:
+        return named
+    for arch in archs:
+        index = read_index(arch)
+        if isinstance(index, dict):
+            cubins = index.get("cubins")
+            if isinstance(cubins, dict):
+                named.update(c.get("sha256", "") for c in cubins.values() if isinstance(c, dict))
+    return named
+
+
+def prune(now: float | None = None) -> list[Path]:
+    """Remove stale files from :func:`cache_dir`; returns what was removed.
+
+    Stale: a ``<sha256>.cubin`` the prebuilt tree read now does not name, unused (unmodified)
+    for :data:`PRUNE_AFTER_S`; a partial decompression older than :data:`PARTIAL_AFTER_S`.
+    Best-effort: a file that cannot be removed (another process, permissions) is left.
+    """
+    now = time.time() if now is None else now
+    named = _named_sha256s()
+    removed: list[Path] = []
+    try:
+        files = list(cache_dir().iterdir())
+    except OSError:
+        return removed
+    for path in files:
+        stem, dot, rest = path.name.partition(".cubin")
+        if not dot or len(stem) != 64:
+            continue  # not ours
+        limit = PRUNE_AFTER_S if rest == "" else PARTIAL_AFTER_S
+        if rest == "" and stem in named:
+            continue
+        try:
+            if now - path.stat().st_mtime > limit:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    if removed:
+        logger.debug("gmm_core prebuilt kernels: removed %d stale cached cubins", len(removed))
+    return removed
+
+
 def pack(cubin: bytes) -> bytes:
     """``cubin`` xz-compressed (preset 9) with a dictionary of at most :data:`DICT_BYTES`."""
     dict_size = min(DICT_BYTES, max(4096, len(cubin)))
@@ -206,6 +266,10 @@ def unpacked(entry: Entry) -> Path:
     """
     target = cache_dir() / f"{entry.sha256}.cubin"
     if _file_sha256(target) == entry.sha256:
+        try:
+            os.utime(target)  # in use: not for prune()
+        except OSError:
+            pass
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}")
@@ -226,6 +290,7 @@ def unpacked(entry: Entry) -> Path:
         os.replace(partial, target)  # atomic: other processes see the whole file or none
     finally:
         partial.unlink(missing_ok=True)
+    prune()  # a new cubin: the tree changed, older ones may be stale
     return target
 
 

@@ -310,3 +310,63 @@ def test_the_prebuilt_tree_is_package_data_built_by_make_and_the_gpu_image_not_c
     assert build_step < dockerfile.index("--no-editable")  # the wheel takes the cubins along
     ignore = (REPO / "docker" / "Dockerfile.gpu-worker.dockerignore").read_text()
     assert "gmm_core/cuda/prebuilt" in ignore  # a developer's build does not leak into the image
+
+
+def test_stale_cached_cubins_are_pruned_and_those_in_use_kept(tmp_path, cache, monkeypatch):
+    """Decompressed cubins of an earlier prebuilt tree would pile up in CuPy's cache with every
+    upgrade: a new decompression removes those the tree read now does not name and nobody used
+    for PRUNE_AFTER_S (every use refreshes the file's time), and partial files of killed
+    decompressions; the current tree's cubins, recent ones and other files stay."""
+    import hashlib
+    import os
+    import time
+
+    tree = tmp_path / "tree"
+    (tree / "sm_90").mkdir(parents=True)
+    body = b"current cubin" * 100
+    xz = tree / "sm_90" / "a.cubin.xz"
+    xz.write_bytes(_prebuilt.pack(body))
+    named = hashlib.sha256(body).hexdigest()
+    index = {"format": _prebuilt.INDEX_FORMAT, "sources": {}, "kernels": {}}
+    index["cubins"] = {"a.cubin.xz": {"sha256": named}}
+    (tree / "sm_90" / _prebuilt.INDEX_NAME).write_text(json.dumps(index))
+    monkeypatch.setenv(_prebuilt.DIR_ENV, str(tree))
+
+    cache_dir = _prebuilt.cache_dir()
+    cache_dir.mkdir(parents=True)
+    old = time.time() - _prebuilt.PRUNE_AFTER_S - 3600
+    files = {
+        "foreign_old": cache_dir / f"{'1' * 64}.cubin",
+        "foreign_recent": cache_dir / f"{'2' * 64}.cubin",
+        "partial_old": cache_dir / f"{'3' * 64}.cubin.4242.17",
+        "partial_recent": cache_dir / f"{'4' * 64}.cubin.4243.17",
+        "not_ours": cache_dir / "notes.txt",
+        "used_old": cache_dir / f"{'5' * 64}.cubin",
+    }
+    for path in files.values():
+        path.write_bytes(b"x")
+    for name in ("foreign_old", "partial_old", "not_ours", "used_old"):
+        os.utime(files[name], (old, old))
+    os.utime(files["partial_recent"], (time.time() - 60, time.time() - 60))
+
+    # a use of an old cached cubin refreshes it (another environment's kernels, in use)
+    used_body = b"x"
+    entry_used = _prebuilt.Entry(xz, "sym", hashlib.sha256(used_body).hexdigest())
+    files["used_old"].rename(cache_dir / f"{entry_used.sha256}.cubin")
+    files["used_old"] = cache_dir / f"{entry_used.sha256}.cubin"
+    assert _prebuilt.unpacked(entry_used) == files["used_old"]
+    assert time.time() - files["used_old"].stat().st_mtime < 60
+
+    # the current tree's cubin decompressed: the prune runs
+    path = _prebuilt.unpacked(_prebuilt.Entry(xz, "sym", named))
+    assert path.read_bytes() == body
+    left = {name for name, p in files.items() if p.exists()}
+    assert left == {"foreign_recent", "partial_recent", "not_ours", "used_old"}
+    # the current tree's cubin is never stale, however old
+    os.utime(path, (old, old))
+    assert _prebuilt.prune() == [] and path.exists()
+    # a month on, whatever the tree does not name has gone stale too
+    later = time.time() + _prebuilt.PRUNE_AFTER_S + 7200
+    gone = {files[name] for name in ("foreign_recent", "partial_recent", "used_old")}
+    assert set(_prebuilt.prune(now=later)) == gone
+    assert path.exists() and files["not_ours"].exists()
