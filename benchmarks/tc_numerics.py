@@ -74,8 +74,10 @@ def trunc_tf32(x: np.ndarray) -> np.ndarray:
 def round_bf16(x: np.ndarray) -> np.ndarray:
     """float32 -> the nearest BF16 (ties to even), as float32 values (``cvt.rn.bf16.f32``)."""
     bits = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-    return bits.astype(np.uint32).view(np.float32)
+    rounded = (bits + np.uint64(0x7FFF) + ((bits >> np.uint64(16)) & np.uint64(1))) & np.uint64(
+        0xFFFF0000
+    )
+    return rounded.astype(np.uint32).view(np.float32)
 
 
 def round_fp16(x: np.ndarray) -> np.ndarray:
@@ -164,8 +166,14 @@ CASES = {
 #: the mma models --validate compares with the device
 MODELS = (("rz", 0), ("align", 0))
 
+#: issue 17's benchmark case (bench_large_k: 1M x 128, K = 1024, 1024 clusters, its start), as a
+#: sample of 4,096 rows drawn the same way on the host (the error is a mean over samples)
+TARGET = {"1M-like 128 spherical": "spherical", "1M-like 128 diag": "diag"}
+TARGET_ROWS = 4096
+
 STUDY = (
     Scheme("3xTF32 (the fused pass)"),
+    Scheme("3xTF32, one chain per 32 features (the first kernel)", per_kstep=False, correct=False),
     Scheme("1xTF32", products="1"),
     Scheme("3xFP16, scaled", fmt="fp16"),
     Scheme("3xFP16, scaled, uncorrected", fmt="fp16", correct=False),
@@ -296,15 +304,40 @@ def case_data(n: int, d: int, k: int, cov: str) -> tuple[np.ndarray, Any, float]
     return X, params, ref
 
 
-def error_of(case: tuple[int, int, int, str], scheme: Scheme, rows: int | None) -> float:
+def target_data(cov: str, n: int = TARGET_ROWS) -> tuple[np.ndarray, Any, float]:
+    """A sample of ``bench_large_k``'s case and its start (``start_of``), on the host."""
+    from benchmarks.bench_large_k import D, K
+    from gmm_core._gaussian import Params
+    from tests.gpu.test_gpu_large_k import _reference
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((K, D)).astype(np.float32) * 2.0
+    pool = n + K  # the start's means are other rows of the data, as at 1M rows (K / N = 0.1%)
+    X = centres[rng.integers(K, size=pool)]
+    X = X + rng.standard_normal((pool, D)).astype(np.float32) * np.float32(0.7)
+    X = (X - X.mean(axis=0)).astype(np.float32)
+    X, means = X[:n], X[n:].astype(np.float64)
+    var = float(X.astype(np.float64).var(axis=0).mean())
+    prec = np.full((1, K, D) if cov == "diag" else (1, K), 1.0 / (0.5 * var))
+    params = Params(np.full((1, K), 1.0 / K), means[None], 1 / prec, np.sqrt(prec))
+    return X, params, _reference(X, cov, params)[0]["loglik"] / n
+
+
+def error_of(case: tuple[int, int, int, str] | str, scheme: Scheme, rows: int | None) -> float:
     """Signed mean log-likelihood error (nats per sample) of ``scheme`` on ``case``.
 
-    ``rows``: a prefix of the case's rows, against its own float64 reference.
+    ``case``: a device check's case or a :data:`TARGET` covariance type; ``rows``: a prefix of
+    the case's rows, against its own float64 reference.
     """
     from tests.gpu.test_gpu_large_k import _reference
 
-    n, d, k, cov = case
-    X, params, ref = case_data(n, d, k, cov)
+    if isinstance(case, str):
+        cov = case
+        X, params, ref = target_data(cov)
+    else:
+        n, d, k, cov = case
+        X, params, ref = case_data(n, d, k, cov)
+    n = len(X)
     if rows is not None and rows < n:
         X = X[:rows]
         ref = _reference(X, cov, params)[0]["loglik"] / rows
@@ -361,7 +394,8 @@ def study(rows: int | None, model: str, extra: int) -> list[dict[str, Any]]:
     out = []
     for scheme in STUDY:
         sch = Scheme(**{**asdict(scheme), "model": model, "extra": extra})
-        for key, case in CASES.items():
+        cases: dict[str, tuple[int, int, int, str] | str] = {**CASES, **TARGET}
+        for key, case in cases.items():
             t0 = time.perf_counter()
             row = {
                 "scheme": scheme.name,
