@@ -138,6 +138,7 @@ class Scheme:
     correct: bool = True  # untruncate every sum
     model: str = "rz"  # rz or align
     extra: int = 0  # align: addend bits kept below the largest addend's float32 ulp
+    tf32_read: str = "truncate"  # how an mma reads a float32 register as TF32 (see split)
 
     @property
     def kstep(self) -> int:
@@ -183,12 +184,18 @@ STUDY = (
 )
 
 
-def split(v: np.ndarray, fmt: str) -> tuple[np.ndarray, np.ndarray]:
-    """(hi, lo) operand values (float64) of float32 ``v`` as the kernels would split it."""
+def split(v: np.ndarray, fmt: str, read: str = "truncate") -> tuple[np.ndarray, np.ndarray]:
+    """(hi, lo) operand values (float64) of float32 ``v`` as the kernels would split it.
+
+    TF32: hi rounded to nearest (``tc::split``), lo the float32 rest as the mma reads it
+    (``read``: its low 13 bits ignored, rounded to nearest, or whole).
+    """
     v = np.asarray(v, np.float32)
     if fmt == "tf32":
         hi = round_tf32(v)
-        return hi.astype(np.float64), trunc_tf32(v - hi).astype(np.float64)
+        lo = v - hi
+        lo = {"truncate": trunc_tf32, "round": round_tf32, "exact": lambda x: x}[read](lo)
+        return hi.astype(np.float64), lo.astype(np.float64)
     rnd = round_fp16 if fmt == "fp16" else round_bf16
     hi = rnd(v)
     return hi.astype(np.float64), rnd(v - hi).astype(np.float64)
@@ -249,8 +256,8 @@ def log_densities(
         comp_scale = pow2_scale(np.abs(Bs).max(axis=0))
         A = (A.astype(np.float64) * col_scale).astype(np.float32)
         B = (Bs * comp_scale).astype(np.float32)
-    ah, al = split(A, scheme.fmt)
-    bh, bl = split(B, scheme.fmt)
+    ah, al = split(A, scheme.fmt, scheme.tf32_read)
+    bh, bl = split(B, scheme.fmt, scheme.tf32_read)
     if scheme.products in ("1", "b2"):
         al = np.zeros_like(al)
     if scheme.products in ("1", "a2"):
@@ -389,10 +396,14 @@ def validate(rows: int | None) -> list[dict[str, Any]]:
     return out
 
 
-def study(rows: int | None, model: str, extra: int) -> list[dict[str, Any]]:
-    """Every candidate of :data:`STUDY` on the device's cases."""
+def study(
+    rows: int | None, model: str, extra: int, only: str | None = None
+) -> list[dict[str, Any]]:
+    """The candidates of :data:`STUDY` (those whose name contains ``only``) on every case."""
     out = []
     for scheme in STUDY:
+        if only is not None and only not in scheme.name:
+            continue
         sch = Scheme(**{**asdict(scheme), "model": model, "extra": extra})
         cases: dict[str, tuple[int, int, int, str] | str] = {**CASES, **TARGET}
         for key, case in cases.items():
@@ -408,20 +419,72 @@ def study(rows: int | None, model: str, extra: int) -> list[dict[str, Any]]:
     return out
 
 
+#: H200 rates (TFLOPS, TB/s): dense peaks (``wgmma``), the ``mma.sync`` TF32 rate measured by
+#: ``probe_mma_peak.py`` (``mma_peak_h200.json``), its FP16 rate assumed twice that (the probe
+#: now measures it), HBM bandwidth
+RATES = {
+    "tf32_wgmma": 495.0,
+    "fp16_wgmma": 989.0,
+    "tf32_mma_sync": 321.0,
+    "fp16_mma_sync": 642.0,
+    "hbm_tbs": 4.8,
+}
+
+
+def floors(n: int = 1 << 20, d: int = 128, k: int = 1024) -> list[dict[str, Any]]:
+    """Milliseconds per EM pass of issue 17's case at 100% of each rate, per design.
+
+    One GEMM-equivalent G = 2 n k d flops (spherical's inner products; diag's E-step and
+    statistics have 2d columns: 2G each). Designs: the E-step recomputed in the statistics
+    kernel (today's fused pass) or its log-densities written once per row chunk and read back
+    (``hbm_ms``: n k float32 written and read at HBM bandwidth; a chunk small enough for L2
+    would hide most of it); E-step products 3xTF32 or 3xFP16; statistics 2xTF32 (r rounded to
+    TF32 once, x as hi + lo) or 2xFP16.
+    """
+    g = 2.0 * n * k * d / 1e12  # TFLOP
+    out = []
+    for cov, width in (("spherical", 1), ("diag", 2)):
+        for e_fmt in ("tf32", "fp16"):
+            for m_fmt in ("tf32", "fp16"):
+                for recompute in (True, False):
+                    for issue in ("mma_sync", "wgmma"):
+                        e = 3 * width * g * (2 if recompute else 1) / RATES[f"{e_fmt}_{issue}"]
+                        m = 2 * width * g / RATES[f"{m_fmt}_{issue}"]
+                        io = 0.0 if recompute else 2 * 4.0 * n * k / (RATES["hbm_tbs"] * 1e12)
+                        out.append(
+                            {
+                                "cov": cov,
+                                "e_step": f"3x{e_fmt.upper()}",
+                                "statistics": f"2x{m_fmt.upper()}",
+                                "design": "recompute" if recompute else "log-densities stored",
+                                "instruction": issue,
+                                "products_ms": (e + m) * 1e3,
+                                "hbm_ms": io * 1e3,
+                            }
+                        )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--validate", action="store_true", help="the model against the device")
     parser.add_argument("--study", action="store_true", help="the candidate products")
+    parser.add_argument("--floors", action="store_true", help="issue 17's case at peak rates")
     parser.add_argument("--rows", type=int, help="a prefix of each case's 3,001 rows")
     parser.add_argument("--model", default="rz", help="the mma model of --study: rz or align")
     parser.add_argument("--extra", type=int, default=0)
+    parser.add_argument("--only", help="--study's schemes whose name contains this")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     result: dict[str, Any] = {"rows": args.rows}
     if args.validate:
         result["validate"] = validate(args.rows)
     if args.study:
-        result["study"] = study(args.rows, args.model, args.extra)
+        result["study"] = study(args.rows, args.model, args.extra, args.only)
+    if args.floors:
+        result["floors"] = floors()
+        for row in result["floors"]:
+            print(" | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.values()))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))

@@ -159,3 +159,23 @@ def test_emulated_log_densities_against_float64(cov):
     # the mean log-likelihood of the default scheme, within the issue's bound by far
     ll = tcn.mean_loglik(tcn.log_densities(X, params, cov, tcn.Scheme("3xTF32")))
     assert abs(ll - tcn.mean_loglik(ref)) < 1e-5
+
+
+@pytest.mark.parametrize("fmt", ["tf32", "fp16"])
+def test_the_rounding_probe_separates_the_models(fmt, monkeypatch):
+    """``probe_mma_rounding.py`` decides which model the device follows from its operand sets:
+    every pair of models must disagree somewhere on them, or the probe could not tell them
+    apart (checked on the CPU: the models' outputs against each other)."""
+    from benchmarks import probe_mma_rounding as probe
+
+    monkeypatch.setattr(probe, "TILES", 24)
+    sets = probe.operand_sets(fmt)
+    outs = {name: [f(*ops) for ops in sets.values()] for name, f in probe.models(fmt).items()}
+    names = list(outs)
+    for i, m1 in enumerate(names):
+        for m2 in names[i + 1 :]:
+            differ = any(
+                not np.array_equal(a.view(np.uint32), b.view(np.uint32))
+                for a, b in zip(outs[m1], outs[m2], strict=True)
+            )
+            assert differ, f"{m1} and {m2} agree on every operand set"

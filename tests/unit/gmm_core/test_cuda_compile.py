@@ -308,6 +308,28 @@ def test_the_mma_peak_probe_compiles_every_instruction(tmp_path):
 
 
 @needs_nvcc
+def test_the_mma_rounding_probe_compiles(tmp_path):
+    """benchmarks/probe_mma_rounding.py: one TF32 and one FP16 mma.sync per warp."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+    from benchmarks.probe_mma_rounding import SOURCE
+
+    src, ptx = tmp_path / "probe_mma_rounding.cu", tmp_path / "probe_mma_rounding.ptx"
+    src.write_text(SOURCE)
+    proc = subprocess.run(
+        [NVCC, "-std=c++17", "-arch=sm_90", "--ptx", "-o", str(ptx), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = ptx.read_text()
+    assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in text
+    assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in text
+
+
+@needs_nvcc
 def test_the_wgmma_probe_compiles_for_sm90a(tmp_path):
     """benchmarks/probe_wgmma.py's generated CUDA (the layouts the next passes build on)."""
     import sys
