@@ -369,6 +369,31 @@ def _blocked(X32: np.ndarray, params: Any, cov: str, scheme: Scheme, block: int 
         return np.concatenate(list(parts))
 
 
+def spread(rows: int = 256) -> list[dict[str, Any]]:
+    """Per-sample log-likelihood errors (rms, largest) of the three-product schemes: a mean
+    can hide errors that cancel. The first ``rows`` rows of the D = 128 diag check case."""
+    from tests.gpu.test_gpu_large_k import _reference
+
+    X, params, _ = case_data(*CASES["128 diag"])
+    X = X[:rows]
+    ref = np.array([_reference(X[i : i + 1], "diag", params)[0]["loglik"] for i in range(rows)])
+    out = []
+    for scheme in (Scheme("3xTF32"), Scheme("3xFP16", fmt="fp16"), Scheme("3xBF16", fmt="bf16")):
+        v = _blocked(X, params, "diag", scheme).astype(np.float64)
+        m = v.max(axis=1, keepdims=True)
+        err = (m[:, 0] + np.log2(np.exp2(v - m).sum(axis=1))) * LN2 - ref
+        row = {
+            "scheme": scheme.name,
+            "rows": rows,
+            "rms": float(np.sqrt(np.mean(err**2))),
+            "max": float(np.abs(err).max()),
+            "mean": float(err.mean()),
+        }
+        print(json.dumps(row), flush=True)
+        out.append(row)
+    return out
+
+
 def validate(rows: int | None) -> list[dict[str, Any]]:
     """Each modelled device variant beside the device's figure on the device's cases."""
     device: dict[str, dict[str, float]] = {}
@@ -397,19 +422,20 @@ def validate(rows: int | None) -> list[dict[str, Any]]:
 
 
 def study(
-    rows: int | None, model: str, extra: int, only: str | None = None
+    rows: int | None, model: str, extra: int, only: str | None = None, read: str = "truncate"
 ) -> list[dict[str, Any]]:
     """The candidates of :data:`STUDY` (those whose name contains ``only``) on every case."""
     out = []
     for scheme in STUDY:
         if only is not None and only not in scheme.name:
             continue
-        sch = Scheme(**{**asdict(scheme), "model": model, "extra": extra})
+        sch = Scheme(**{**asdict(scheme), "model": model, "extra": extra, "tf32_read": read})
         cases: dict[str, tuple[int, int, int, str] | str] = {**CASES, **TARGET}
         for key, case in cases.items():
             t0 = time.perf_counter()
             row = {
                 "scheme": scheme.name,
+                "model": f"{model}+{extra}, TF32 read {read}",
                 "case": key,
                 "emulated": error_of(case, sch, rows),
                 "seconds": time.perf_counter() - t0,
@@ -470,17 +496,21 @@ def main() -> None:
     parser.add_argument("--validate", action="store_true", help="the model against the device")
     parser.add_argument("--study", action="store_true", help="the candidate products")
     parser.add_argument("--floors", action="store_true", help="issue 17's case at peak rates")
+    parser.add_argument("--spread", action="store_true", help="per-sample errors, 3 products")
     parser.add_argument("--rows", type=int, help="a prefix of each case's 3,001 rows")
     parser.add_argument("--model", default="rz", help="the mma model of --study: rz or align")
     parser.add_argument("--extra", type=int, default=0)
     parser.add_argument("--only", help="--study's schemes whose name contains this")
+    parser.add_argument("--tf32-read", default="truncate", help="truncate, round or exact")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     result: dict[str, Any] = {"rows": args.rows}
     if args.validate:
         result["validate"] = validate(args.rows)
     if args.study:
-        result["study"] = study(args.rows, args.model, args.extra, args.only)
+        result["study"] = study(args.rows, args.model, args.extra, args.only, args.tf32_read)
+    if args.spread:
+        result["spread"] = spread()
     if args.floors:
         result["floors"] = floors()
         for row in result["floors"]:
