@@ -179,3 +179,63 @@ def test_the_rounding_probe_separates_the_models(fmt, monkeypatch):
                 for a, b in zip(outs[m1], outs[m2], strict=True)
             )
             assert differ, f"{m1} and {m2} agree on every operand set"
+
+
+@pytest.mark.parametrize("cov", ["diag", "spherical"])
+def test_the_fp16_probe_packs_the_emulated_operands_in_fragment_order(cov):
+    """``probe_fp16_lse.py``'s host packing, read back the way its kernel reads it (A words
+    t and t + 4 of a k-step: columns 2t, 2t+1 and 2t+8, 2t+9; B uint4 {hi(2t), hi(2t+8),
+    lo(2t), lo(2t+8)} per lane), gives exactly the operands tc_numerics emulates, and the
+    inner products those operands make are the emulation's (before rounding)."""
+    from benchmarks import probe_fp16_lse as probe
+
+    X, params = _case(cov, n=40, d=32, k=70)  # a partial component tile
+    ops = probe.Operands(X, params, cov)
+    fi, tiles = ops.fi, ops.tiles
+
+    def halves(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        w = words.astype(np.uint32)
+        low = (w & 0xFFFF).astype(np.uint16).view(np.float16).astype(np.float64)
+        high = (w >> 16).astype(np.uint16).view(np.float16).astype(np.float64)
+        return low, high
+
+    # A: row r, k-step starting at column k0: word k0 / 2 + t -> columns k0 + 2t, k0 + 2t + 1
+    ah = np.zeros((len(X), fi))
+    for k0 in range(0, fi, 16):
+        for t in range(4):
+            for off in (0, 4):
+                low, high = halves(ops.Xh[:, k0 // 2 + t + off])
+                ah[:, k0 + 2 * t + 2 * off], ah[:, k0 + 2 * t + 2 * off + 1] = low, high
+    # B: per (tile, chunk, component, s, t) the uint4 the kernel's lane t loads
+    W = ops.Wt.reshape(tiles, fi // probe.KC, probe.TN, probe.KC // 16, 4, 4)
+    bh = np.zeros((tiles * probe.TN, fi))
+    bl = np.zeros_like(bh)
+    for tile in range(tiles):
+        for c in range(fi // probe.KC):
+            for s in range(probe.KC // 16):
+                for t in range(4):
+                    k0 = c * probe.KC + s * 16 + 2 * t
+                    comps = slice(tile * probe.TN, (tile + 1) * probe.TN)
+                    q = W[tile, c, :, s, t]
+                    for word, (arr, k) in enumerate(
+                        ((bh, k0), (bh, k0 + 8), (bl, k0), (bl, k0 + 8))
+                    ):
+                        low, high = halves(q[:, word])
+                        arr[comps, k], arr[comps, k + 1] = low, high
+
+    A, B, _, _ = tcn._operands(X, params, cov)
+    col_scale = tcn.pow2_scale(ops.col_max)
+    Bs = B.astype(np.float64) / col_scale[:, None]
+    comp_scale = tcn.pow2_scale(np.abs(Bs).max(axis=0))
+    want_ah, _ = tcn.split((A.astype(np.float64) * col_scale).astype(np.float32), "fp16")
+    want_bh, want_bl = tcn.split((Bs * comp_scale).astype(np.float32), "fp16")
+    k = B.shape[1]
+    np.testing.assert_array_equal(ah, want_ah)
+    np.testing.assert_array_equal(bh[:k], want_bh.T)
+    np.testing.assert_array_equal(bl[:k], want_bl.T)
+    assert not bh[k:].any() and np.all(np.isneginf(ops.cst[k:]))
+    # unscaled, the hi.hi products are the log-densities' inner products to FP16 precision
+    inner = (ah @ bh[:k].T) * (1.0 / comp_scale)
+    exact = A.astype(np.float64) @ B.astype(np.float64)
+    assert np.abs(inner - exact).max() < 2e-3 * np.abs(exact).max()
+    np.testing.assert_array_equal(ops.inv_s[:k], (1.0 / comp_scale).astype(np.float32))

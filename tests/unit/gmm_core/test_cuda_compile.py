@@ -330,6 +330,28 @@ def test_the_mma_rounding_probe_compiles(tmp_path):
 
 
 @needs_nvcc
+def test_the_fp16_lse_probe_compiles_to_fp16_mma(tmp_path):
+    """benchmarks/probe_fp16_lse.py's kernel (the FP16 form of lkt_lse, not yet run on a GPU)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+    from benchmarks.probe_fp16_lse import NVCC_INSTANCES, SOURCE
+
+    src, ptx = tmp_path / "probe_fp16_lse.cu", tmp_path / "probe_fp16_lse.ptx"
+    src.write_text(SOURCE + NVCC_INSTANCES)
+    proc = subprocess.run(
+        [NVCC, "-std=c++17", "-arch=sm_90", "--ptx", "-o", str(ptx), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = ptx.read_text()
+    assert text.count("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32") >= 2
+    assert "tf32" not in text
+
+
+@needs_nvcc
 def test_the_wgmma_probe_compiles_for_sm90a(tmp_path):
     """benchmarks/probe_wgmma.py's generated CUDA (the layouts the next passes build on)."""
     import sys
