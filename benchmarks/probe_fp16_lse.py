@@ -19,7 +19,10 @@ engine's two kernels are rewritten:
   small products first, every k-step summed from zero and ``untruncate``d, the sum unscaled by
   the component's power of two before c_k;
 - checks: the mean log-likelihood of the first 4,096 rows against float64 and against the
-  emulation of exactly this arithmetic (``tc_numerics.log_densities`` with the same scales);
+  emulation of this arithmetic (``tc_numerics.log_densities`` with the same scales: the
+  log-densities are the same bits if the device follows the ``rz`` model, which a CPU test
+  checks by replaying the kernel lane by lane; past them the kernel's ``ex2.approx`` /
+  ``lg2.approx`` float32 log-sum-exp differs from the float64 one by ~1e-7 to 1e-6 nats);
   timing: 1M x 128, K = 1024 (``bench_large_k``'s case and start), spherical and diag, median
   of 5 launches (CUDA events), beside the engine's fused ``lkt_lse`` in the same run.
 """
@@ -266,6 +269,11 @@ class Operands:
 
     def __init__(self, X: np.ndarray, params: Any, cov: str) -> None:
         A, B, cst, hp = tcn._operands(X, params, cov)
+        if A.shape[1] % KC:  # the kernel reads whole 32-column chunks (lkt pads to them)
+            raise ValueError(
+                f"{A.shape[1]} inner columns: the probe needs a multiple of {KC} "
+                "(features a multiple of 32 spherical, of 16 diag)"
+            )
         self.col_max = np.abs(A).max(axis=0)
         col_scale = tcn.pow2_scale(self.col_max)
         Bs = B.astype(np.float64) / col_scale[:, None]
@@ -378,6 +386,8 @@ def main() -> None:
             "emulation_minus_f64": emu - ref,
             "check_rows": rows,
             "smem_bytes": smem_bytes(ops.fi),
+            # diag holds hi and lo of [x, x^2]: one block (8 warps) per SM, lkt_lse two
+            "blocks_per_sm": min(2, 232_448 // smem_bytes(ops.fi)),
         }
         out[cov] = row
         print(cov, json.dumps(row), flush=True)

@@ -138,31 +138,64 @@ def operand_sets(fmt: str, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndar
     return sets
 
 
+def _tile_products(
+    C: np.ndarray, a: np.ndarray, b: np.ndarray, block: int, align: int | None, final: str
+) -> np.ndarray:
+    """D of every tile: the k products added in blocks of ``block`` (each block's sum with the
+    running accumulator rounded: toward zero, exact sum or ``align`` truncation of the addends;
+    ``final="rn"``: the exact sum rounded to nearest, a control)."""
+    res = np.empty(C.shape, np.float32)
+    for i in range(len(C)):
+        c = C[i]
+        if final == "rn":
+            res[i] = (c.astype(np.float64) + a[i] @ b[i]).astype(np.float32)
+            continue
+        for k0 in range(0, a.shape[2], block):
+            sl = slice(k0, k0 + block)
+            if align is None:
+                c = tcn.mma_rz(c, a[i][:, sl], b[i][sl])
+            else:
+                c = tcn.mma_align(c, a[i][:, sl], b[i][sl], align)
+        res[i] = c
+    return res
+
+
 def models(fmt: str) -> dict[str, Any]:
-    """name -> f(A, B, C) emulating the tile products (per tile: (16, k) @ (k, 8))."""
+    """name -> f(A, B, C) emulating the tile products (per tile: (16, k) @ (k, 8)).
+
+    How a float32 register is read as TF32 (low 13 bits ignored, rounded, whole); the k products
+    added at once or in blocks of 4 (and 8 for FP16's k = 16), as Fasi et al. 2021 and Khattak
+    and Mikaitis 2025 found in earlier tensor cores; each sum exact then rounded toward zero, or
+    its addends truncated at alignment with 0-3 extra bits; a round-to-nearest control.
+    """
     out: dict[str, Any] = {}
+    k = 8 if fmt == "tf32" else 16
     reads = ("truncate", "round", "exact") if fmt == "tf32" else ("exact",)
     readers = {
         "truncate": tcn.trunc_tf32,
         "round": tcn.round_tf32,
         "exact": lambda x: np.asarray(x, np.float32),
     }
+    blocks = (k, 4) if fmt == "tf32" else (k, 8, 4)
     for read in reads:
-        for align in (None, 0, 1, 2, 3):
+        for block in blocks:
+            for align in (None, 0, 1, 2, 3):
 
-            def f(A, B, C, read=read, align=align):
-                a = readers[read](A).astype(np.float64)
-                b = readers[read](B).astype(np.float64)
-                res = np.empty(C.shape, np.float32)
-                for i in range(len(C)):
-                    if align is None:
-                        res[i] = tcn.mma_rz(C[i], a[i], b[i])
-                    else:
-                        res[i] = tcn.mma_align(C[i], a[i], b[i], align)
-                return res
+                def f(A, B, C, read=read, block=block, align=align):
+                    a = readers[read](A).astype(np.float64)
+                    b = readers[read](B).astype(np.float64)
+                    return _tile_products(C, a, b, block, align, "rz")
 
-            name = f"read {read}, " + ("exact sum, rz" if align is None else f"align +{align}, rz")
-            out[name] = f
+                summed = "exact sum" if align is None else f"align +{align}"
+                per = "" if block == k else f", blocks of {block}"
+                out[f"read {read}{per}, {summed}, rz"] = f
+
+        def rn(A, B, C, read=read):
+            a = readers[read](A).astype(np.float64)
+            b = readers[read](B).astype(np.float64)
+            return _tile_products(C, a, b, k, None, "rn")
+
+        out[f"read {read}, exact sum, rn (control)"] = rn
     return out
 
 

@@ -183,10 +183,10 @@ def test_the_rounding_probe_separates_the_models(fmt, monkeypatch):
 
 @pytest.mark.parametrize("cov", ["diag", "spherical"])
 def test_the_fp16_probe_packs_the_emulated_operands_in_fragment_order(cov):
-    """``probe_fp16_lse.py``'s host packing, read back the way its kernel reads it (A words
-    t and t + 4 of a k-step: columns 2t, 2t+1 and 2t+8, 2t+9; B uint4 {hi(2t), hi(2t+8),
-    lo(2t), lo(2t+8)} per lane), gives exactly the operands tc_numerics emulates, and the
-    inner products those operands make are the emulation's (before rounding)."""
+    """``probe_fp16_lse.py``'s host packing, read back in global-memory order by the layout
+    it intends (A words t and t + 4 of a k-step: columns 2t, 2t+1 and 2t+8, 2t+9; B uint4
+    {hi(2t), hi(2t+8), lo(2t), lo(2t+8)} per lane), holds exactly the operands tc_numerics
+    emulates (hi and lo of both); the replay test below reads them as the kernel does."""
     from benchmarks import probe_fp16_lse as probe
 
     X, params = _case(cov, n=40, d=32, k=70)  # a partial component tile
@@ -200,12 +200,13 @@ def test_the_fp16_probe_packs_the_emulated_operands_in_fragment_order(cov):
         return low, high
 
     # A: row r, k-step starting at column k0: word k0 / 2 + t -> columns k0 + 2t, k0 + 2t + 1
-    ah = np.zeros((len(X), fi))
-    for k0 in range(0, fi, 16):
-        for t in range(4):
-            for off in (0, 4):
-                low, high = halves(ops.Xh[:, k0 // 2 + t + off])
-                ah[:, k0 + 2 * t + 2 * off], ah[:, k0 + 2 * t + 2 * off + 1] = low, high
+    ah, al = np.zeros((len(X), fi)), np.zeros((len(X), fi))
+    for packed, out in ((ops.Xh, ah), (ops.Xl, al)):
+        for k0 in range(0, fi, 16):
+            for t in range(4):
+                for off in (0, 4):
+                    low, high = halves(packed[:, k0 // 2 + t + off])
+                    out[:, k0 + 2 * t + 2 * off], out[:, k0 + 2 * t + 2 * off + 1] = low, high
     # B: per (tile, chunk, component, s, t) the uint4 the kernel's lane t loads
     W = ops.Wt.reshape(tiles, fi // probe.KC, probe.TN, probe.KC // 16, 4, 4)
     bh = np.zeros((tiles * probe.TN, fi))
@@ -227,10 +228,11 @@ def test_the_fp16_probe_packs_the_emulated_operands_in_fragment_order(cov):
     col_scale = tcn.pow2_scale(ops.col_max)
     Bs = B.astype(np.float64) / col_scale[:, None]
     comp_scale = tcn.pow2_scale(np.abs(Bs).max(axis=0))
-    want_ah, _ = tcn.split((A.astype(np.float64) * col_scale).astype(np.float32), "fp16")
+    want_ah, want_al = tcn.split((A.astype(np.float64) * col_scale).astype(np.float32), "fp16")
     want_bh, want_bl = tcn.split((Bs * comp_scale).astype(np.float32), "fp16")
     k = B.shape[1]
     np.testing.assert_array_equal(ah, want_ah)
+    np.testing.assert_array_equal(al, want_al)
     np.testing.assert_array_equal(bh[:k], want_bh.T)
     np.testing.assert_array_equal(bl[:k], want_bl.T)
     assert not bh[k:].any() and np.all(np.isneginf(ops.cst[k:]))
@@ -239,3 +241,102 @@ def test_the_fp16_probe_packs_the_emulated_operands_in_fragment_order(cov):
     exact = A.astype(np.float64) @ B.astype(np.float64)
     assert np.abs(inner - exact).max() < 2e-3 * np.abs(exact).max()
     np.testing.assert_array_equal(ops.inv_s[:k], (1.0 / comp_scale).astype(np.float32))
+
+
+def _half(word: int, i: int) -> float:
+    """Element i (0: low 16 bits) of a .f16x2 register."""
+    bits = (int(word) >> (16 * i)) & 0xFFFF
+    return float(np.uint16(bits).view(np.float16))
+
+
+@pytest.mark.parametrize("cov", ["diag", "spherical"])
+def test_a_lane_by_lane_replay_of_the_fp16_kernel_is_the_emulation(cov):
+    """``probe_fp16_lse``'s kernel replayed with its own index expressions (shared-memory fill,
+    swizzled weight stages, each lane's registers decoded by the PTX ISA's m16n8k16 .f16
+    fragment layouts, the C layout back to rows and components): its log-densities are the
+    emulation's bit for bit, so the device's ``mean_ll_minus_emulation`` tests the hardware
+    model and nothing else. (Swapping the halves of A's registers breaks it: the replay reads
+    what the kernel reads.)"""
+    from benchmarks import probe_fp16_lse as probe
+
+    n, k = 40, 70
+    X, params = _case(cov, n=n, d=32, k=k)
+    ops = probe.Operands(X, params, cov)
+    fi, tiles, TN, WQ, KC, BM = ops.fi, ops.tiles, probe.TN, probe.WQ, probe.KC, probe.BM
+    fw, xs, nc = fi // 2, fi // 2 + 4, fi // probe.KC
+
+    def wswz(comp: int, q: int) -> int:
+        return comp * WQ + (q ^ ((comp & 1) << 2))
+
+    Xhs = np.zeros(BM * xs, np.uint32)
+    Xls = np.zeros_like(Xhs)
+    for r in range(n):
+        Xhs[r * xs : r * xs + fw], Xls[r * xs : r * xs + fw] = ops.Xh[r], ops.Xl[r]
+    Wt = ops.Wt.reshape(-1, 4)
+    Wb = np.zeros((2 * TN * WQ, 4), np.uint32)
+    V = np.full((BM, tiles * TN), np.nan, np.float32)
+    acc: dict[tuple[int, int, int], np.ndarray] = {}
+    for q in range(tiles * nc):
+        for i in range(TN * WQ):
+            Wb[(q & 1) * TN * WQ + wswz(i >> 3, i & 7)] = Wt[q * TN * WQ + i]
+        c = q % nc
+        for warp in range(8):
+            wr, wc = warp & 3, warp >> 2
+            if c == 0:
+                for m in range(2):
+                    for j in range(4):
+                        acc[warp, m, j] = np.zeros((16, 8), np.float32)
+            for s in range(KC // 16):
+                kw = c * (KC // 2) + s * 8
+                for m in range(2):
+                    AH, AL = np.full((16, 16), np.nan), np.full((16, 16), np.nan)
+                    for lane in range(32):
+                        g, t = lane >> 2, lane & 3
+                        row = wr * 32 + m * 16 + g
+                        idx = [row * xs + kw + t, (row + 8) * xs + kw + t]
+                        idx += [row * xs + kw + t + 4, (row + 8) * xs + kw + t + 4]
+                        for i in range(
+                            8
+                        ):  # a_i: row g (i in 0,1,4,5) or g + 8; col 2t + (i&1) (+8)
+                            rr = g if i in (0, 1, 4, 5) else g + 8
+                            cc = 2 * t + (i & 1) + (8 if i >= 4 else 0)
+                            AH[rr, cc] = _half(Xhs[idx[i // 2]], i % 2)
+                            AL[rr, cc] = _half(Xls[idx[i // 2]], i % 2)
+                    for j in range(4):
+                        BH, BL = np.full((16, 8), np.nan), np.full((16, 8), np.nan)
+                        for lane in range(32):
+                            g, t = lane >> 2, lane & 3
+                            b = Wb[(q & 1) * TN * WQ + wswz(wc * 32 + j * 8 + g, s * 4 + t)]
+                            for i in range(4):  # b_i: row 2t + (i&1) (+8 for i >= 2), col g
+                                rr = 2 * t + (i & 1) + (8 if i >= 2 else 0)
+                                BH[rr, g] = _half(b[i // 2], i % 2)
+                                BL[rr, g] = _half(b[2 + i // 2], i % 2)
+                        ch = np.zeros((16, 8), np.float32)
+                        for a, bb in ((AL, BH), (AH, BL), (AH, BH)):
+                            ch = tcn.mma_rz(ch, a, bb)
+                        acc[warp, m, j] = acc[warp, m, j] + tcn.untruncate(ch)
+            if c == nc - 1:
+                kb = (q // nc) * TN + wc * 32
+                for m in range(2):
+                    for j in range(4):
+                        rows = wr * 32 + m * 16 + np.arange(16)
+                        comps = kb + j * 8 + np.arange(8)
+                        a = acc[warp, m, j] * ops.inv_s[comps][None, :]
+                        sq = np.zeros(16, np.float32)
+                        inside = rows < n
+                        sq[inside] = ops.sqn[rows[inside]]
+                        cb = ops.cst[comps][None, :] + ops.hp[comps][None, :] * sq[:, None]
+                        if cov == "diag":
+                            cb = np.broadcast_to(ops.cst[comps], (16, 8))
+                        V[np.ix_(rows, comps)] = (a + cb) * tcn.LOG2E
+    scheme = tcn.Scheme("3xFP16", fmt="fp16")
+    want = tcn.log_densities(X, params, cov, scheme, ops.col_max)
+    np.testing.assert_array_equal(V[:n, :k].view(np.uint32), want.view(np.uint32))
+
+
+def test_the_fp16_probe_refuses_widths_its_kernel_would_cut():
+    from benchmarks import probe_fp16_lse as probe
+
+    X, params = _case("spherical", n=20, d=24, k=8)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        probe.Operands(X, params, "spherical")
