@@ -369,6 +369,85 @@ def _blocked(X32: np.ndarray, params: Any, cov: str, scheme: Scheme, block: int 
         return np.concatenate(list(parts))
 
 
+#: FP16 statistics: responsibilities (<= 1) scaled by 2^14 before rounding, so that FP16 keeps
+#: 11 bits down to r = 2^-28 (unscaled, r below 6e-5 would be subnormal, below 3e-8 zero)
+R_SCALE = 2.0**14
+
+
+def statistics_errors(X32: np.ndarray, params: Any, cov: str, fmt: str) -> dict[str, float]:
+    """Signed mean and largest relative errors of N_k, the means and the variances when the
+    statistics GEMM's operands are rounded as ``fmt`` has them: r rounded once (TF32, or FP16
+    after scaling by :data:`R_SCALE`) and used for N_k and every moment alike, x (and x^2) as
+    hi + lo (FP16: per-column power-of-two scaling). The sums are exact (float64) and r is the
+    float64 one: only the operands' rounding is measured (the kernels' float32 sums, corrected
+    by ``untruncate``, are the same for both formats).
+    """
+    from tests.gpu.test_gpu_large_k import _reference
+
+    X64 = X32.astype(np.float64)
+    mu, pc = params.means[0], params.precisions_cholesky[0]
+    prec = pc**2 if cov == "diag" else (pc**2)[:, None] * np.ones_like(mu)
+    quad = (X64**2) @ prec.T - 2 * X64 @ (mu * prec).T + (mu**2 * prec).sum(axis=1)
+    lp = np.log(params.weights[0]) + 0.5 * np.log(prec).sum(axis=1)
+    lp = lp - 0.5 * X32.shape[1] * math.log(2 * math.pi) - 0.5 * quad
+    m = lp.max(axis=1, keepdims=True)
+    r = np.exp(lp - m - np.log(np.exp(lp - m).sum(axis=1, keepdims=True)))
+    ref = _reference(X32, cov, params)[0]
+    sq32 = X32 * X32  # float32, as the kernels square
+    sqn = _sumsq(X32).astype(np.float64)
+
+    def operand(v: np.ndarray) -> np.ndarray:  # hi + lo as the mma reads them
+        if fmt == "tf32":
+            hi, lo = split(v, "tf32")
+            return hi + lo
+        scale = pow2_scale(np.abs(v).max(axis=0))
+        hi, lo = split((v.astype(np.float64) * scale).astype(np.float32), "fp16")
+        return (hi + lo) / scale
+
+    r32 = r.astype(np.float32)
+    if fmt == "tf32":
+        rt = round_tf32(r32).astype(np.float64)
+    else:
+        rt = round_fp16((r32.astype(np.float64) * R_SCALE).astype(np.float32)) / R_SCALE
+    nk = rt.sum(axis=0)
+    sx = rt.T @ operand(X32)
+    sxx = rt.T @ operand(sq32) if cov == "diag" else rt.T @ sqn
+    mean, mean_ref = sx / nk[:, None], ref["sx"] / ref["nk"][:, None]
+    if cov == "diag":
+        var, var_ref = sxx / nk[:, None] - mean**2, ref["sxx"] / ref["nk"][:, None] - mean_ref**2
+    else:
+        var = sxx / nk - (mean**2).sum(axis=1)
+        var_ref = ref["sxx"] / ref["nk"] - (mean_ref**2).sum(axis=1)
+    out = {}
+    for name, got, want in (("nk", nk, ref["nk"]), ("mean", mean, mean_ref), ("var", var, var_ref)):
+        rel = (got - want) / np.abs(want).mean()
+        out[f"{name} signed"] = float(rel.mean())
+        out[f"{name} max"] = float(np.abs(rel).max())
+    out["r below FP16 normal (scaled)"] = float(np.mean((r > 0) & (r * R_SCALE < 2.0**-14)))
+    return out
+
+
+def statistics_study() -> list[dict[str, Any]]:
+    """:func:`statistics_errors` of TF32 and FP16 operands: the device's ``--bias`` case
+    (20,000 x 64, K = 256; the fused pass's variances measured -1.4e-7 / -7.3e-8 there) and
+    the D = 128 diag check case."""
+    from tests.gpu.test_gpu_large_k import _data, _params
+
+    out = []
+    cases = [("bias 20000x64 K=256", _data(20_000, 64, 100, seed=11), 256, 6)]
+    X, _, _ = case_data(*CASES["128 diag"])
+    cases.append(("128 diag check, K=2048", X, 2048, 1))
+    for name, X, k, seed in cases:
+        for cov in ("diag", "spherical"):
+            params = _params(X, cov, k, 1, seed=seed)
+            for fmt in ("tf32", "fp16"):
+                row: dict[str, Any] = {"case": name, "cov": cov, "operands": fmt}
+                row.update(statistics_errors(X, params, cov, fmt))
+                print(json.dumps(row), flush=True)
+                out.append(row)
+    return out
+
+
 def spread(rows: int = 256) -> list[dict[str, Any]]:
     """Per-sample log-likelihood errors (rms, largest) of the three-product schemes: a mean
     can hide errors that cancel. The first ``rows`` rows of the D = 128 diag check case."""
@@ -497,6 +576,7 @@ def main() -> None:
     parser.add_argument("--study", action="store_true", help="the candidate products")
     parser.add_argument("--floors", action="store_true", help="issue 17's case at peak rates")
     parser.add_argument("--spread", action="store_true", help="per-sample errors, 3 products")
+    parser.add_argument("--statistics", action="store_true", help="TF32 vs FP16 statistics")
     parser.add_argument("--rows", type=int, help="a prefix of each case's 3,001 rows")
     parser.add_argument("--model", default="rz", help="the mma model of --study: rz or align")
     parser.add_argument("--extra", type=int, default=0)
@@ -511,6 +591,8 @@ def main() -> None:
         result["study"] = study(args.rows, args.model, args.extra, args.only, args.tf32_read)
     if args.spread:
         result["spread"] = spread()
+    if args.statistics:
+        result["statistics"] = statistics_study()
     if args.floors:
         result["floors"] = floors()
         for row in result["floors"]:
