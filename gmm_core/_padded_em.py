@@ -142,6 +142,11 @@ def run_em_padded(
         if not tied:
             pad = ~live.reshape(live.shape + (1,) * (covariances.ndim - 2))
             covariances = np.where(pad, unit, covariances)
+        # a stopped restart keeps its parameters (select below): its zero statistics give a
+        # zero covariance where reg_covar is 0, which would send every later factorisation
+        # down the per-restart fallback; factor its kept covariances instead
+        stopped = ~active.reshape((-1,) + (1,) * (covariances.ndim - 1))
+        covariances = np.where(stopped, params.covariances, covariances)
         prec_chol = precisions_cholesky(covariances, covariance_type)
         new = Params(weights, np.where(live[..., None], means, 0.0), covariances, prec_chol)
         finite = np.isfinite(prec_chol.reshape(n_restarts, -1)).all(axis=1)

@@ -304,3 +304,46 @@ def test_a_sweep_over_both_tile_widths_has_its_phase_times_and_equals_the_loop(b
             np.testing.assert_allclose(bic, ref.fit(blobs).bic(blobs), rtol=1e-8)
     assert set(sweep.fit_timings_) >= {"validate", "transfer", "init", "em", "score"}
     assert abs(sum(sweep.fit_timings_.values()) - sweep.fit_seconds_) < 1e-6
+
+
+@pytest.mark.parametrize("zeroed", [False, True], ids=["numpy", "inactive-zeroed"])
+def test_stopped_candidates_do_not_send_the_m_step_down_the_per_restart_fallback(
+    blobs, monkeypatch, zeroed
+):
+    """With reg_covar=0 a stopped candidate's zero statistics gave zero covariances, and
+    NumPy's batched Cholesky then raised every later iteration, factoring each restart alone
+    (slow, correct). The GPU passes return zeros for inactive restarts (the NumPy engine keeps
+    their last statistics): ``inactive-zeroed`` does the same here. Stopped restarts keep
+    their parameters: one batched factorisation per iteration, and the table still equals the
+    loop of scikit-learn fits."""
+    calls = []
+    real = padded_em.cholesky_precisions
+
+    def counting(covariances, covariance_type, xp, check=True):
+        calls.append(covariances.shape)
+        return real(covariances, covariance_type, xp, check=check)
+
+    monkeypatch.setattr(padded_em, "cholesky_precisions", counting)
+    if zeroed:
+        accumulate = NumpyEngine.accumulate
+
+        def zeroing(self, data, params, active):
+            stats = accumulate(self, data, params, active)
+            off = ~np.asarray(active)
+            for name in ("loglik", "nk", "sx", "sxx"):
+                getattr(stats, name)[off] = 0.0
+            return stats
+
+        monkeypatch.setattr(NumpyEngine, "accumulate", zeroing)
+    ks = [1, 2, 3, 4]
+    kwargs = dict(covariance_type="full", reg_covar=0.0, random_state=0, tol=1e-5)
+    sel = GaussianMixtureSelect(ks, backend="numpy", **kwargs).fit(blobs)
+    n_iter = sel.results_["n_iter"]
+    assert sel.batched_ and len(set(n_iter.tolist())) > 1  # some stop before others
+    batched = [shape for shape in calls if len(shape) == 4]  # (restarts, K, D, D)
+    per_restart = [shape for shape in calls if len(shape) == 3]
+    assert per_restart == [] and len(batched) == n_iter.max()
+    refs = _sklearn_loop(blobs, ks, **kwargs)
+    rows = _rows(sel, "full")
+    for k, ref in refs.items():
+        np.testing.assert_allclose(sel.results_["bic"][rows[k]], ref.bic(blobs), rtol=RTOL)
