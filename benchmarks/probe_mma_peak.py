@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SOURCE = r"""
 // one m16n8 accumulator chain step of each instruction probed (operands as raw registers)
 struct Tf32 {  // m16n8k8 TF32: 2 x 16 x 8 x 8 = 2048 flops per warp
+    static constexpr unsigned mask = 0xffffffffu;  // operands as the earlier runs had them
     static __device__ void step(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
         asm volatile(
             "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, "
@@ -39,6 +40,7 @@ struct Tf32 {  // m16n8k8 TF32: 2 x 16 x 8 x 8 = 2048 flops per warp
     }
 };
 struct F16 {  // m16n8k16 FP16 -> float32: 4096 flops per warp
+    static constexpr unsigned mask = 0x3c003c00u;  // halves of at most 1: nothing overflows
     static __device__ void step(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
         asm volatile(
             "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
@@ -48,6 +50,7 @@ struct F16 {  // m16n8k16 FP16 -> float32: 4096 flops per warp
     }
 };
 struct Bf16 {  // m16n8k16 BF16 -> float32: 4096 flops per warp
+    static constexpr unsigned mask = 0x3c003c00u;
     static __device__ void step(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
         asm volatile(
             "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
@@ -61,10 +64,9 @@ template <class Op, int CH>
 __device__ void mma_chains(float* out, int iters) {
     unsigned a[4], b0, b1;
     const float t = 1.0f + threadIdx.x * 1e-7f;
-    // small operands (as float32, or read as two 16-bit halves): no overflow in any format
-    for (int i = 0; i < 4; ++i) a[i] = __float_as_uint(t + i * 1e-3f) & 0x3c003c00u;
-    b0 = __float_as_uint(t * 0.5f) & 0x3c003c00u;
-    b1 = __float_as_uint(t * 0.25f) & 0x3c003c00u;
+    for (int i = 0; i < 4; ++i) a[i] = __float_as_uint(t + i * 1e-3f) & Op::mask;
+    b0 = __float_as_uint(t * 0.5f) & Op::mask;
+    b1 = __float_as_uint(t * 0.25f) & Op::mask;
     float c[CH][4];
     for (int j = 0; j < CH; ++j)
         for (int q = 0; q < 4; ++q) c[j][q] = 0.0f;

@@ -49,6 +49,11 @@ def test_tf32_round_and_truncate(floats):
     assert np.all(np.abs(hi - x) <= ulp / 2)
     assert np.all(np.abs(t) <= np.abs(x)) and np.all(np.abs(x - t) < ulp)
     assert not np.any(tcn.round_tf32(floats).view(np.uint32) & 0x1FFF)
+    # ties go away from zero (tc::split's integer add), not to even
+    tie = np.array([1.0 + 2.0**-11, -(1.0 + 2.0**-11)], np.float32)  # halfway, even below
+    np.testing.assert_array_equal(
+        tcn.round_tf32(tie), np.float32([1.0 + 2.0**-10, -(1.0 + 2.0**-10)])
+    )
 
 
 def test_rz32_rounds_toward_zero():

@@ -340,13 +340,17 @@ def test_stale_cached_cubins_are_pruned_and_those_in_use_kept(tmp_path, cache, m
         "foreign_recent": cache_dir / f"{'2' * 64}.cubin",
         "partial_old": cache_dir / f"{'3' * 64}.cubin.4242.17",
         "partial_recent": cache_dir / f"{'4' * 64}.cubin.4243.17",
+        "partial_two_days": cache_dir / f"{'6' * 64}.cubin.4244.17",
         "not_ours": cache_dir / "notes.txt",
+        "not_ours_cubin": cache_dir / "kernel.cubin",
         "used_old": cache_dir / f"{'5' * 64}.cubin",
     }
     for path in files.values():
         path.write_bytes(b"x")
-    for name in ("foreign_old", "partial_old", "not_ours", "used_old"):
+    for name in ("foreign_old", "partial_old", "not_ours", "not_ours_cubin", "used_old"):
         os.utime(files[name], (old, old))
+    two_days = time.time() - 2 * 86_400  # past the partial files' day, within the cubins' month
+    os.utime(files["partial_two_days"], (two_days, two_days))
     os.utime(files["partial_recent"], (time.time() - 60, time.time() - 60))
 
     # a use of an old cached cubin refreshes it (another environment's kernels, in use)
@@ -361,7 +365,7 @@ def test_stale_cached_cubins_are_pruned_and_those_in_use_kept(tmp_path, cache, m
     path = _prebuilt.unpacked(_prebuilt.Entry(xz, "sym", named))
     assert path.read_bytes() == body
     left = {name for name, p in files.items() if p.exists()}
-    assert left == {"foreign_recent", "partial_recent", "not_ours", "used_old"}
+    assert left == {"foreign_recent", "partial_recent", "not_ours", "not_ours_cubin", "used_old"}
     # the current tree's cubin is never stale, however old
     os.utime(path, (old, old))
     assert _prebuilt.prune() == [] and path.exists()
@@ -369,4 +373,4 @@ def test_stale_cached_cubins_are_pruned_and_those_in_use_kept(tmp_path, cache, m
     later = time.time() + _prebuilt.PRUNE_AFTER_S + 7200
     gone = {files[name] for name in ("foreign_recent", "partial_recent", "used_old")}
     assert set(_prebuilt.prune(now=later)) == gone
-    assert path.exists() and files["not_ours"].exists()
+    assert path.exists() and files["not_ours"].exists() and files["not_ours_cubin"].exists()
