@@ -25,7 +25,7 @@ from .config import LaunchConfig
 from .copies import add_into
 from .data import CupyData, Scratch, weighted_chunks
 from .diag_common import REDUCE_REF
-from .kernels import KernelRef, kernel_ref, load_kernel, max_carveout
+from .kernels import KernelRef, allow_dynamic_smem, kernel_ref, load_kernel, max_carveout
 
 logger = logging.getLogger("gmm_core")
 
@@ -147,10 +147,8 @@ class FullPassTC:
         """(full_tc_params, full_pass_tc allowed ``smem`` bytes, reduce_partials), compiled."""
         ref_params, ref_pass, ref_reduce = self.kernel_refs(n_features, u_in_smem, weighted)
         kern_params = load_kernel(ref_params, self.defines)
-        kern_pass = max_carveout(load_kernel(ref_pass, self.defines))
+        kern_pass = allow_dynamic_smem(max_carveout(load_kernel(ref_pass, self.defines)), smem)
         kern_reduce = load_kernel(ref_reduce)
-        if kern_pass.max_dynamic_shared_size_bytes < smem:
-            kern_pass.max_dynamic_shared_size_bytes = smem
         return kern_params, kern_pass, kern_reduce
 
     def operand_buffers(

@@ -100,3 +100,31 @@ def test_the_fused_pass_is_opt_in_and_takes_up_to_256_features():
     assert not LargeKPass(small, Scratch(), lambda: 1 << 34).fused(_data("diag", d=128))
     assert {r.expr for r in on.kernel_refs(_data("diag", d=256))} <= set(FUSED_KERNELS)
     assert [r.file for r in lk.kernel_refs(_data("diag"))] == ["em_largek.cu"] * 4
+
+
+def test_the_full_pass_raises_its_shared_memory_limit_once_and_never_lowers_it(monkeypatch):
+    """``FullPassTC.kernels`` sets the pass's dynamic shared-memory limit through
+    ``kernels.allow_dynamic_smem``, as the other passes do: raised to the largest size a launch
+    asks for, never lowered by a smaller one."""
+    from types import SimpleNamespace
+
+    from gmm_core._cupy import full_pass_tc, kernels
+
+    # the attribute memos are keyed by id(): fresh ones, so no fake outlives this test in them
+    monkeypatch.setattr(kernels, "_dynamic_smem", {})
+    monkeypatch.setattr(kernels, "_carveout_set", set())
+
+    made: dict[str, SimpleNamespace] = {}
+
+    def load(ref, options=()):
+        return made.setdefault(ref.expr, SimpleNamespace(max_dynamic_shared_size_bytes=48 * 1024))
+
+    monkeypatch.setattr(full_pass_tc, "load_kernel", load)
+    config = LaunchConfig(n_sm=132, smem_optin=232_448, compute_capability=90)
+    strategy = full_pass_tc.FullPassTC(config, Scratch())
+    _, kern, _ = strategy.kernels(24, True, 150_000)
+    assert kern.max_dynamic_shared_size_bytes == 150_000
+    strategy.kernels(24, True, 120_000)  # a smaller launch of the same kernel
+    assert kern.max_dynamic_shared_size_bytes == 150_000
+    strategy.kernels(24, True, 200_000)
+    assert kern.max_dynamic_shared_size_bytes == 200_000
