@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from ._gaussian import Stats, estimate_parameters
+from ._gaussian import Stats, cholesky_precisions, estimate_parameters
 
 
 def initial_resp(
@@ -88,10 +88,20 @@ def host_restarts(
     """``model.n_init`` restarts of :func:`host_initial_parameters`, on the restart axis.
 
     Drawn one after the other from ``random_state``; ``model`` gives the estimator's
-    ``n_components``, ``covariance_type``, ``init_params`` and ``reg_covar``.
+    ``n_components``, ``covariance_type``, ``init_params`` and ``reg_covar`` (and
+    ``precisions_init``, if it has one).
+
+    Raises
+    ------
+    ValueError
+        At the first restart whose drawn covariances are ill-defined (unless precisions are
+        given), before the next is drawn: scikit-learn's fit raises there, so a
+        ``RandomState`` shared with later fits (``GaussianMixtureSelect``'s grid) is left
+        where a loop of fits leaves it.
     """
-    restarts = [
-        host_initial_parameters(
+    restarts = []
+    for _ in range(model.n_init):
+        drawn = host_initial_parameters(
             X,
             Xc,
             shift,
@@ -103,8 +113,9 @@ def host_restarts(
             eps=eps,
             sample_weight=sample_weight,
         )
-        for _ in range(model.n_init)
-    ]
+        if getattr(model, "precisions_init", None) is None:
+            cholesky_precisions(drawn[2], model.covariance_type, np)
+        restarts.append(drawn)
     weights, means, covariances = (np.concatenate(a) for a in zip(*restarts, strict=True))
     return weights, means, covariances
 

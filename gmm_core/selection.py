@@ -15,7 +15,15 @@ covariance becomes ill-defined is recorded as failed, with the reason, and the o
 Candidates are initialised as separate scikit-learn fits would be: a candidate draws its
 ``n_init`` restarts from ``check_random_state(random_state)``, so an int seed gives every
 candidate the draws of ``GaussianMixture(K, random_state=seed)``, and a ``RandomState`` instance
-is shared in grid order (covariance types outer, ``n_components`` inner), as in such a loop.
+is shared in grid order (covariance types outer, ``n_components`` inner), as in such a loop
+(also past a candidate whose initialisation fails: its later restarts are not drawn). One
+difference remains with a shared instance and ``n_init > 1``: a candidate whose covariance
+becomes ill-defined during EM has drawn all its restarts, where the loop's fit stops drawing
+at the failing one; an int seed gives the loop's table exactly.
+
+With ``reg_covar=0`` a component on exactly repeated points has a variance of exactly 0 here
+(diag/spherical variances are centred sums) and its candidate fails as ill-defined, where
+scikit-learn's uncentred ``E[x^2] - mu^2`` leaves ~1e-15 and fits.
 """
 
 from __future__ import annotations
@@ -204,7 +212,11 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
 
     def _grid(self) -> tuple[list[int], list[str]]:
         """The checked lists of ``n_components`` and covariance types."""
-        raw = [self.n_components] if isinstance(self.n_components, Integral) else self.n_components
+        raw = (
+            [self.n_components]
+            if isinstance(self.n_components, Integral)
+            else list(self.n_components)  # once: a generator is read a single time
+        )
         ks = [int(k) for k in raw]
         if not ks or any(k < 1 or k != kk for k, kk in zip(ks, raw, strict=True)):
             raise ValueError(
@@ -318,6 +330,8 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         }
         assert best.estimator is not None
         self.best_estimator_ = best.estimator
+        if hasattr(self, "feature_names_in_"):  # fitted on a DataFrame: predict checks names
+            self.best_estimator_.feature_names_in_ = self.feature_names_in_
         self.backend_ = engine.name
         self.batched_ = batched
         self.fit_timings_ = clock.seconds
