@@ -8,7 +8,7 @@ the tensor rate. This probe is the fused pass's first kernel, ``lkt_lse`` of
 ``gmm_core/cuda/em_largek_tc.cu``, in that arithmetic, to measure what it gains before the
 engine's two kernels are rewritten:
 
-- operands prepared on the host by ``tc_numerics``' own functions (so the device computes what
+- operands prepared on the host by ``tc_emulate``' own functions (so the device computes what
   the emulation computed): the inner columns [x, x^2] (diag) or x (spherical) scaled by powers
   of two and split into FP16 hi + lo once (the data do not change between iterations: no split
   in the hot loop), the weights scaled per row and per component, split likewise, in
@@ -19,7 +19,7 @@ engine's two kernels are rewritten:
   small products first, every k-step summed from zero and ``untruncate``d, the sum unscaled by
   the component's power of two before c_k;
 - checks: the mean log-likelihood of the first 4,096 rows against float64 and against the
-  emulation of this arithmetic (``tc_numerics.log_densities`` with the same scales: the
+  emulation of this arithmetic (``tc_emulate.log_densities`` with the same scales: the
   log-densities are the same bits if the device follows the ``rz`` model, which a CPU test
   checks by replaying the kernel lane by lane; past them the kernel's ``ex2.approx`` /
   ``lg2.approx`` float32 log-sum-exp differs from the float64 one by ~1e-7 to 1e-6 nats);
@@ -41,7 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import tc_numerics as tcn  # noqa: E402
+from benchmarks import tc_emulate as tce  # noqa: E402
 
 TN, KC, WQ, BM = 64, 32, 8, 128  # components per tile, features per chunk, uint4 per chunk, rows
 
@@ -265,24 +265,24 @@ def smem_bytes(fi: int) -> int:
 
 
 class Operands:
-    """The kernel's inputs, made by ``tc_numerics``' functions from float32 data and a start."""
+    """The kernel's inputs, made by ``tc_emulate``' functions from float32 data and a start."""
 
     def __init__(self, X: np.ndarray, params: Any, cov: str) -> None:
-        A, B, cst, hp = tcn._operands(X, params, cov)
+        A, B, cst, hp = tce.operands(X, params, cov)
         if A.shape[1] % KC:  # the kernel reads whole 32-column chunks (lkt pads to them)
             raise ValueError(
                 f"{A.shape[1]} inner columns: the probe needs a multiple of {KC} "
                 "(features a multiple of 32 spherical, of 16 diag)"
             )
         self.col_max = np.abs(A).max(axis=0)
-        col_scale = tcn.pow2_scale(self.col_max)
+        col_scale = tce.pow2_scale(self.col_max)
         Bs = B.astype(np.float64) / col_scale[:, None]
-        comp_scale = tcn.pow2_scale(np.abs(Bs).max(axis=0))
+        comp_scale = tce.pow2_scale(np.abs(Bs).max(axis=0))
         As = (A.astype(np.float64) * col_scale).astype(np.float32)
-        ah, al = tcn.split(As, "fp16")
+        ah, al = tce.split(As, "fp16")
         self.Xh = ah.astype(np.float16).view(np.uint32)  # (n, fi / 2): lower k in the low half
         self.Xl = al.astype(np.float16).view(np.uint32)
-        bh, bl = tcn.split((Bs * comp_scale).astype(np.float32), "fp16")
+        bh, bl = tce.split((Bs * comp_scale).astype(np.float32), "fp16")
         fi, k = B.shape
         tiles = -(-k // TN)
         kp = tiles * TN
@@ -303,7 +303,7 @@ class Operands:
         self.hp[:k] = hp
         self.inv_s = np.ones(kp, np.float32)
         self.inv_s[:k] = (1.0 / comp_scale).astype(np.float32)
-        self.sqn = tcn._sumsq(X) if cov != "diag" else np.zeros(len(X), np.float32)
+        self.sqn = tce.sumsq(X) if cov != "diag" else np.zeros(len(X), np.float32)
         self.fi, self.tiles = fi, tiles
 
 
@@ -371,10 +371,10 @@ def main() -> None:
             b.synchronize()
             times.append(cp.cuda.get_elapsed_time(a, b))
         rows = args.check_rows
-        got = cp.asnumpy(lse2[:rows]).astype(np.float64) * tcn.LN2
+        got = cp.asnumpy(lse2[:rows]).astype(np.float64) * tce.LN2
         ref = _reference(X[:rows], cov, params)[0]["loglik"] / rows
-        v = tcn.log_densities(X[:rows], params, cov, tcn.Scheme("3xFP16", fmt="fp16"), ops.col_max)
-        emu = tcn.mean_loglik(v)
+        v = tce.log_densities(X[:rows], params, cov, tce.Scheme("3xFP16", fmt="fp16"), ops.col_max)
+        emu = tce.mean_loglik(v)
         # the engine's fused lkt_lse on the same data and start, in the same run
         _, _, _, one_pass = _pass_of(Xd, cov)
         engine_ms = _kernel_ms(one_pass)

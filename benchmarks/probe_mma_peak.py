@@ -12,7 +12,7 @@ rate is printed for the telemetry case (10M x 16, K = 32, diag: 2,080 multiply-a
 in 3xTF32 = 3 products each).
 
 FP16 and BF16 ``m16n8k16`` chains run beside TF32: three FP16 products carry what three TF32
-products carry (11 significant bits each; ``benchmarks/tc_numerics.py`` emulates their sums), so
+products carry (11 significant bits each; ``benchmarks/tc_emulate.py`` emulates their sums), so
 their measured rate over TF32's is what a fused pass would gain by them.
 """
 

@@ -1,8 +1,8 @@
-"""How ``mma.sync`` rounds, bit for bit: which of ``tc_numerics``' models this GPU follows.
+"""How ``mma.sync`` rounds, bit for bit: which of ``tc_emulate``' models this GPU follows.
 
     PYTHONPATH=. python3 benchmarks/probe_mma_rounding.py [--out build/mma_rounding.json]
 
-``benchmarks/tc_numerics.py`` emulates the large-K E-step's tensor-core sums on the CPU to
+``benchmarks/tc_emulate.py`` emulates the large-K E-step's tensor-core sums on the CPU to
 choose cheaper products (3xFP16) without device time. Against the device's measured passes its
 model (products exact, the sum rounded toward zero) agrees within 2e-6 nats on the check cases
 but leaves 1e-5 to 2e-5 unexplained where every component has the same precision (issue 17's
@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import tc_numerics as tcn  # noqa: E402
+from benchmarks import tc_emulate as tce  # noqa: E402
 
 SOURCE = r"""
 // one warp per tile: A (16 x K row-major), B (K x 8, [k][n]), C and D (16 x 8 row-major)
@@ -103,7 +103,7 @@ def operand_sets(fmt: str, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndar
 
     def op(x: np.ndarray) -> np.ndarray:  # operand values the format holds exactly
         x = x.astype(np.float32)
-        return tcn.round_tf32(x) if fmt == "tf32" else tcn.round_fp16(x)
+        return tce.round_tf32(x) if fmt == "tf32" else tce.round_fp16(x)
 
     def wide(shape: tuple[int, ...], span: int) -> np.ndarray:
         return rng.normal(size=shape) * np.exp2(rng.integers(-span, span + 1, size=shape))
@@ -153,9 +153,9 @@ def _tile_products(
         for k0 in range(0, a.shape[2], block):
             sl = slice(k0, k0 + block)
             if align is None:
-                c = tcn.mma_rz(c, a[i][:, sl], b[i][sl])
+                c = tce.mma_rz(c, a[i][:, sl], b[i][sl])
             else:
-                c = tcn.mma_align(c, a[i][:, sl], b[i][sl], align)
+                c = tce.mma_align(c, a[i][:, sl], b[i][sl], align)
         res[i] = c
     return res
 
@@ -172,8 +172,8 @@ def models(fmt: str) -> dict[str, Any]:
     k = 8 if fmt == "tf32" else 16
     reads = ("truncate", "round", "exact") if fmt == "tf32" else ("exact",)
     readers = {
-        "truncate": tcn.trunc_tf32,
-        "round": tcn.round_tf32,
+        "truncate": tce.trunc_tf32,
+        "round": tce.round_tf32,
         "exact": lambda x: np.asarray(x, np.float32),
     }
     blocks = (k, 4) if fmt == "tf32" else (k, 8, 4)

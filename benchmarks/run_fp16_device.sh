@@ -2,7 +2,7 @@
 # The next device call for issue 17 (run from the repository root on the GPU machine; results
 # under $OUT), what the CPU sessions prepared without a GPU:
 #   1. benchmarks/probe_mma_rounding.py: which model of mma.sync's sums the device follows, bit
-#      for bit (tc_numerics' emulation rests on it),
+#      for bit (tc_emulate's model rests on it),
 #   2. benchmarks/probe_mma_peak.py: mma.sync TF32, FP16 and BF16 rates (FP16's is assumed 2x),
 #   3. benchmarks/probe_fp16_lse.py: lkt_lse in three FP16 products, timed on the 1M case beside
 #      the engine's kernels, against float64 and the emulation,

@@ -283,7 +283,7 @@ def test_the_large_k_row_kernel_rounds_its_log_densities_before_subtracting():
 @needs_nvcc
 def test_the_mma_peak_probe_compiles_every_instruction(tmp_path):
     """benchmarks/probe_mma_peak.py: TF32, FP16 and BF16 mma.sync chains (the next device run's
-    rates for the cheaper exact products, benchmarks/tc_numerics.py)."""
+    rates for the cheaper exact products, benchmarks/tc_emulate.py)."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))

@@ -1,4 +1,4 @@
-"""``benchmarks/tc_numerics.py``: the CPU emulation of tensor-core products, checked piece by piece.
+"""``benchmarks/tc_emulate.py``: the CPU emulation of tensor-core products, checked piece by piece.
 
 Each rounding primitive against an exact (``fractions``) or independent reference; the mma
 models against exact sums; the emulated log-densities against float64.
@@ -12,7 +12,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from benchmarks import tc_numerics as tcn
+from benchmarks import tc_emulate as tce
 from gmm_core._gaussian import Params
 
 
@@ -35,31 +35,31 @@ def floats() -> np.ndarray:
 
 
 def test_bf16_rounds_to_nearest_even(floats):
-    got = tcn.round_bf16(floats)
+    got = tce.round_bf16(floats)
     want = [_round_sig(float(v), 8) for v in floats]
     np.testing.assert_array_equal(got.astype(np.float64), want)
 
 
 def test_tf32_round_and_truncate(floats):
-    hi = tcn.round_tf32(floats).astype(np.float64)
-    t = tcn.trunc_tf32(floats).astype(np.float64)
+    hi = tce.round_tf32(floats).astype(np.float64)
+    t = tce.trunc_tf32(floats).astype(np.float64)
     x = floats.astype(np.float64)
     # 11 significant bits; rounding within half a TF32 ulp, truncation toward zero within one
     ulp = np.exp2(np.frexp(np.abs(x))[1] - 11)
     assert np.all(np.abs(hi - x) <= ulp / 2)
     assert np.all(np.abs(t) <= np.abs(x)) and np.all(np.abs(x - t) < ulp)
-    assert not np.any(tcn.round_tf32(floats).view(np.uint32) & 0x1FFF)
+    assert not np.any(tce.round_tf32(floats).view(np.uint32) & 0x1FFF)
     # ties go away from zero (tc::split's integer add), not to even
     tie = np.array([1.0 + 2.0**-11, -(1.0 + 2.0**-11)], np.float32)  # halfway, even below
     np.testing.assert_array_equal(
-        tcn.round_tf32(tie), np.float32([1.0 + 2.0**-10, -(1.0 + 2.0**-10)])
+        tce.round_tf32(tie), np.float32([1.0 + 2.0**-10, -(1.0 + 2.0**-10)])
     )
 
 
 def test_rz32_rounds_toward_zero():
     rng = np.random.default_rng(1)
     x = rng.normal(size=5000) * np.exp2(rng.integers(-30, 30, size=5000))
-    f = tcn.rz32(x).astype(np.float64)
+    f = tce.rz32(x).astype(np.float64)
     assert np.all(np.abs(f) <= np.abs(x))
     # and is the float32 next to x toward zero: one float32 step up is past x
     away = np.where(x > 0, np.float32(np.inf), np.float32(-np.inf)).astype(np.float32)
@@ -70,7 +70,7 @@ def test_rz32_rounds_toward_zero():
 def test_untruncate_adds_half_an_ulp_with_the_sign():
     rng = np.random.default_rng(2)
     r = (rng.normal(size=2000) * 100).astype(np.float32)
-    got = tcn.untruncate(r)
+    got = tce.untruncate(r)
     for v, g in zip(r[:300], got[:300], strict=True):
         _, e = math.frexp(float(v))  # |v| in [2^(e-1), 2^e): ulp 2^(e-24)
         exact = Fraction(float(v)) + Fraction(int(math.copysign(1, v))) * Fraction(2) ** (e - 25)
@@ -95,15 +95,15 @@ def _exact_mma(c, a, b):
 def test_mma_models_against_exact_sums(fmt):
     rng = np.random.default_rng(3)
     k = 8 if fmt == "tf32" else 16
-    a = tcn.split(rng.normal(size=(6, k)).astype(np.float32), fmt)[0]
-    b = tcn.split(rng.normal(size=(k, 5)).astype(np.float32), fmt)[0]
+    a = tce.split(rng.normal(size=(6, k)).astype(np.float32), fmt)[0]
+    b = tce.split(rng.normal(size=(k, 5)).astype(np.float32), fmt)[0]
     c = rng.normal(size=(6, 5)).astype(np.float32)
     want = _exact_mma(c, a, b)
-    np.testing.assert_array_equal(tcn.mma_rz(c, a, b), want)
+    np.testing.assert_array_equal(tce.mma_rz(c, a, b), want)
     # the alignment model with many extra bits is the exact sum's rounding toward zero
-    np.testing.assert_array_equal(tcn.mma_align(c, a, b, extra=30), want)
+    np.testing.assert_array_equal(tce.mma_align(c, a, b, extra=30), want)
     # and with none it loses more, never gains: truncated addends
-    coarse = tcn.mma_align(c, a, b, extra=0).astype(np.float64)
+    coarse = tce.mma_align(c, a, b, extra=0).astype(np.float64)
     assert np.all(np.abs(coarse - want) <= 2 * k * np.abs(want) * 2.0**-23 + 1e-30)
 
 
@@ -111,7 +111,7 @@ def test_mma_models_against_exact_sums(fmt):
 def test_splits_carry_twice_the_operand_bits(fmt):
     rng = np.random.default_rng(4)
     v = (rng.normal(size=3000) * 300).astype(np.float32)
-    hi, lo = tcn.split(v, fmt)
+    hi, lo = tce.split(v, fmt)
     bits = {"tf32": 21, "fp16": 21, "bf16": 15}[fmt]
     rel = np.abs(hi + lo - v.astype(np.float64)) / np.abs(v)
     assert rel.max() < 2.0**-bits
@@ -119,7 +119,7 @@ def test_splits_carry_twice_the_operand_bits(fmt):
 
 def test_pow2_scale_puts_magnitudes_in_the_fp16_window():
     m = np.array([1e-9, 0.3, 1.0, 2.0, 16383.0, 16384.0, 7e7, 0.0])
-    s = tcn.pow2_scale(m)
+    s = tce.pow2_scale(m)
     scaled = m[:-1] * s[:-1]
     assert np.all((scaled >= 2.0**14) & (scaled < 2.0**15)) and s[-1] == 1.0
     assert np.all(np.log2(s) == np.round(np.log2(s)))  # powers of two: exact
@@ -154,16 +154,16 @@ def test_emulated_log_densities_against_float64(cov):
     scale = np.abs(ref).max()
 
     def err(scheme):
-        return np.abs(tcn.log_densities(X, params, cov, scheme).astype(np.float64) - ref).max()
+        return np.abs(tce.log_densities(X, params, cov, scheme).astype(np.float64) - ref).max()
 
-    tf32 = err(tcn.Scheme("3xTF32"))
-    fp16 = err(tcn.Scheme("3xFP16", fmt="fp16"))
-    one = err(tcn.Scheme("1xTF32", products="1"))
+    tf32 = err(tce.Scheme("3xTF32"))
+    fp16 = err(tce.Scheme("3xFP16", fmt="fp16"))
+    one = err(tce.Scheme("1xTF32", products="1"))
     assert tf32 < 2e-6 * scale and fp16 < 2e-6 * scale
     assert one > 30 * max(tf32, fp16)
     # the mean log-likelihood of the default scheme, within the issue's bound by far
-    ll = tcn.mean_loglik(tcn.log_densities(X, params, cov, tcn.Scheme("3xTF32")))
-    assert abs(ll - tcn.mean_loglik(ref)) < 1e-5
+    ll = tce.mean_loglik(tce.log_densities(X, params, cov, tce.Scheme("3xTF32")))
+    assert abs(ll - tce.mean_loglik(ref)) < 1e-5
 
 
 @pytest.mark.parametrize("fmt", ["tf32", "fp16"])
@@ -190,7 +190,7 @@ def test_the_rounding_probe_separates_the_models(fmt, monkeypatch):
 def test_the_fp16_probe_packs_the_emulated_operands_in_fragment_order(cov):
     """``probe_fp16_lse.py``'s host packing, read back in global-memory order by the layout
     it intends (A words t and t + 4 of a k-step: columns 2t, 2t+1 and 2t+8, 2t+9; B uint4
-    {hi(2t), hi(2t+8), lo(2t), lo(2t+8)} per lane), holds exactly the operands tc_numerics
+    {hi(2t), hi(2t+8), lo(2t), lo(2t+8)} per lane), holds exactly the operands tc_emulate
     emulates (hi and lo of both); the replay test below reads them as the kernel does."""
     from benchmarks import probe_fp16_lse as probe
 
@@ -229,12 +229,12 @@ def test_the_fp16_probe_packs_the_emulated_operands_in_fragment_order(cov):
                         low, high = halves(q[:, word])
                         arr[comps, k], arr[comps, k + 1] = low, high
 
-    A, B, _, _ = tcn._operands(X, params, cov)
-    col_scale = tcn.pow2_scale(ops.col_max)
+    A, B, _, _ = tce.operands(X, params, cov)
+    col_scale = tce.pow2_scale(ops.col_max)
     Bs = B.astype(np.float64) / col_scale[:, None]
-    comp_scale = tcn.pow2_scale(np.abs(Bs).max(axis=0))
-    want_ah, want_al = tcn.split((A.astype(np.float64) * col_scale).astype(np.float32), "fp16")
-    want_bh, want_bl = tcn.split((Bs * comp_scale).astype(np.float32), "fp16")
+    comp_scale = tce.pow2_scale(np.abs(Bs).max(axis=0))
+    want_ah, want_al = tce.split((A.astype(np.float64) * col_scale).astype(np.float32), "fp16")
+    want_bh, want_bl = tce.split((Bs * comp_scale).astype(np.float32), "fp16")
     k = B.shape[1]
     np.testing.assert_array_equal(ah, want_ah)
     np.testing.assert_array_equal(al, want_al)
@@ -318,8 +318,8 @@ def test_a_lane_by_lane_replay_of_the_fp16_kernel_is_the_emulation(cov):
                                 BL[rr, g] = _half(b[2 + i // 2], i % 2)
                         ch = np.zeros((16, 8), np.float32)
                         for a, bb in ((AL, BH), (AH, BL), (AH, BH)):
-                            ch = tcn.mma_rz(ch, a, bb)
-                        acc[warp, m, j] = acc[warp, m, j] + tcn.untruncate(ch)
+                            ch = tce.mma_rz(ch, a, bb)
+                        acc[warp, m, j] = acc[warp, m, j] + tce.untruncate(ch)
             if c == nc - 1:
                 kb = (q // nc) * TN + wc * 32
                 for m in range(2):
@@ -333,9 +333,9 @@ def test_a_lane_by_lane_replay_of_the_fp16_kernel_is_the_emulation(cov):
                         cb = ops.cst[comps][None, :] + ops.hp[comps][None, :] * sq[:, None]
                         if cov == "diag":
                             cb = np.broadcast_to(ops.cst[comps], (16, 8))
-                        V[np.ix_(rows, comps)] = (a + cb) * tcn.LOG2E
-    scheme = tcn.Scheme("3xFP16", fmt="fp16")
-    want = tcn.log_densities(X, params, cov, scheme, ops.col_max)
+                        V[np.ix_(rows, comps)] = (a + cb) * tce.LOG2E
+    scheme = tce.Scheme("3xFP16", fmt="fp16")
+    want = tce.log_densities(X, params, cov, scheme, ops.col_max)
     np.testing.assert_array_equal(V[:n, :k].view(np.uint32), want.view(np.uint32))
 
 
