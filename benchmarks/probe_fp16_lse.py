@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,51 +41,27 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import tc_emulate as tce  # noqa: E402
+from gmm_core._cuda_loader import CUDA_DIR  # noqa: E402
 
 TN, KC, WQ, BM = 64, 32, 8, 128  # components per tile, features per chunk, uint4 per chunk, rows
 
 SOURCE = r"""
+#include "tc.cuh"
+
 namespace p16 {
 constexpr int NT = 256, KC = 32, TN = 64, WQ = 8, BM = 128;
 constexpr float LOG2E = 1.4426950408889634f;
 // uint4 q (= k-step s * 4 + lane t) of component n in a shared stage: two components' fragments
 // per 256 bytes without bank conflicts
 __device__ __forceinline__ int wswz(int n, int q) { return n * WQ + (q ^ ((n & 1) << 2)); }
-__device__ __forceinline__ void cp16(void* smem, const void* gmem) {
-    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
-template <int N>
-__device__ __forceinline__ void cp_wait() {
-    asm volatile("cp.async.wait_group %0;" ::"n"(N));
-}
-__device__ __forceinline__ float ex2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-__device__ __forceinline__ float lg2(float x) {
-    float y;
-    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-__device__ __forceinline__ void mma16(float (&c)[4], const unsigned (&a)[4], unsigned b0,
-                                      unsigned b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ float untruncate(float r) {
-    const float se = __uint_as_float(__float_as_uint(r) & 0xff800000u);
-    return __fmaf_rn(se, 5.9604644775390625e-08f, r);
-}
-__device__ __forceinline__ void lse_merge(float& m, float& s, float mo, float so) {
-    const float mn = fmaxf(m, mo);
-    s = s * ex2(m - mn) + so * ex2(mo - mn);
-    m = mn;
-}
+using tc::cp16;  // cp.async, ex2/lg2, mma16, untruncate, lse_merge: tc.cuh
+using tc::cp_commit;
+using tc::cp_wait;
+using tc::ex2;
+using tc::lg2;
+using tc::lse_merge;
+using tc::mma16;
+using tc::untruncate;
 }  // namespace p16
 
 // Xh, Xl: (n, fi / 2) words, each two FP16 halves of the scaled inner columns (lower k low);
@@ -335,6 +310,7 @@ def main() -> None:
 
     from benchmarks.bench_large_k import make_data, start_of
     from benchmarks.large_k_fused import _kernel_ms, _pass_of
+    from benchmarks.wgmma import timed_ms
     from gmm_core._gaussian import Params
     from tests.gpu.test_gpu_large_k import _reference
 
@@ -344,7 +320,7 @@ def main() -> None:
     args = parser.parse_args()
     module = cp.RawModule(
         code=SOURCE,
-        options=("-std=c++17",),
+        options=("-std=c++17", f"-I{CUDA_DIR}"),  # tc.cuh
         name_expressions=["fp16_lse<true>", "fp16_lse<false>"],
     )
     Xd = make_data()
@@ -360,16 +336,7 @@ def main() -> None:
         )  # fmt: skip
         ops = Operands(X, params, cov)
         lse2, run = launch(ops, cov, module, n)
-        run()
-        cp.cuda.Device().synchronize()
-        times = []
-        for _ in range(5):
-            a, b = cp.cuda.Event(), cp.cuda.Event()
-            a.record()
-            run()
-            b.record()
-            b.synchronize()
-            times.append(cp.cuda.get_elapsed_time(a, b))
+        fp16_ms = timed_ms(run)  # median of 5 launches after a warm-up, CUDA events
         rows = args.check_rows
         got = cp.asnumpy(lse2[:rows]).astype(np.float64) * tce.LN2
         ref = _reference(X[:rows], cov, params)[0]["loglik"] / rows
@@ -379,7 +346,7 @@ def main() -> None:
         _, _, _, one_pass = _pass_of(Xd, cov)
         engine_ms = _kernel_ms(one_pass)
         row = {
-            "fp16_lse_ms": statistics.median(times),
+            "fp16_lse_ms": fp16_ms,
             "engine_kernels_ms": engine_ms,
             "mean_ll_minus_f64": float(got.mean() - ref),
             "mean_ll_minus_emulation": float(got.mean() - emu),

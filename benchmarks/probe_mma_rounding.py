@@ -27,9 +27,22 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import tc_emulate as tce  # noqa: E402
+from gmm_core._cuda_loader import CUDA_DIR  # noqa: E402
 
 SOURCE = r"""
-// one warp per tile: A (16 x K row-major), B (K x 8, [k][n]), C and D (16 x 8 row-major)
+#include "tc.cuh"
+
+// one warp per tile: A (16 x K row-major), B (K x 8, [k][n]), C and D (16 x 8 row-major); lane
+// (g, t) holds C/D at rows g, g + 8 and columns 2t, 2t + 1
+__device__ __forceinline__ void load_c(float (&r)[4], const float* c, int g, int t) {
+    r[0] = c[g * 8 + 2 * t], r[1] = c[g * 8 + 2 * t + 1];
+    r[2] = c[(g + 8) * 8 + 2 * t], r[3] = c[(g + 8) * 8 + 2 * t + 1];
+}
+__device__ __forceinline__ void store_d(float* d, const float (&r)[4], int g, int t) {
+    d[g * 8 + 2 * t] = r[0], d[g * 8 + 2 * t + 1] = r[1];
+    d[(g + 8) * 8 + 2 * t] = r[2], d[(g + 8) * 8 + 2 * t + 1] = r[3];
+}
+
 extern "C" __global__ void tf32_tiles(const float* __restrict__ A, const float* __restrict__ B,
                                       const float* __restrict__ C, float* __restrict__ D,
                                       int tiles) {
@@ -38,23 +51,13 @@ extern "C" __global__ void tf32_tiles(const float* __restrict__ A, const float* 
     const int g = lane >> 2, t = lane & 3;
     const float* a = A + warp * 16 * 8;
     const float* b = B + warp * 8 * 8;
-    const float* c = C + warp * 16 * 8;
-    float* d = D + warp * 16 * 8;
-    const unsigned a0 = __float_as_uint(a[g * 8 + t]), a1 = __float_as_uint(a[(g + 8) * 8 + t]);
-    const unsigned a2 = __float_as_uint(a[g * 8 + t + 4]);
-    const unsigned a3 = __float_as_uint(a[(g + 8) * 8 + t + 4]);
-    const unsigned b0 = __float_as_uint(b[t * 8 + g]), b1 = __float_as_uint(b[(t + 4) * 8 + g]);
-    float r[4] = {c[g * 8 + 2 * t], c[g * 8 + 2 * t + 1], c[(g + 8) * 8 + 2 * t],
-                  c[(g + 8) * 8 + 2 * t + 1]};
-    asm volatile(
-        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(r[0]), "+f"(r[1]), "+f"(r[2]), "+f"(r[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-    d[g * 8 + 2 * t] = r[0];
-    d[g * 8 + 2 * t + 1] = r[1];
-    d[(g + 8) * 8 + 2 * t] = r[2];
-    d[(g + 8) * 8 + 2 * t + 1] = r[3];
+    const unsigned ar[4] = {__float_as_uint(a[g * 8 + t]), __float_as_uint(a[(g + 8) * 8 + t]),
+                            __float_as_uint(a[g * 8 + t + 4]),
+                            __float_as_uint(a[(g + 8) * 8 + t + 4])};
+    float r[4];
+    load_c(r, C + warp * 16 * 8, g, t);
+    tc::mma(r, ar, __float_as_uint(b[t * 8 + g]), __float_as_uint(b[(t + 4) * 8 + g]));
+    store_d(D + warp * 16 * 8, r, g, t);
 }
 
 // FP16: A (16 x 16), B (16 x 8); a register holds two halves, the lower k in its low 16 bits
@@ -70,25 +73,15 @@ extern "C" __global__ void f16_tiles(const unsigned short* __restrict__ A,
     const int g = lane >> 2, t = lane & 3;
     const unsigned short* a = A + warp * 16 * 16;
     const unsigned short* b = B + warp * 16 * 8;
-    const float* c = C + warp * 16 * 8;
-    float* d = D + warp * 16 * 8;
-    const unsigned a0 = pack(a[g * 16 + 2 * t], a[g * 16 + 2 * t + 1]);
-    const unsigned a1 = pack(a[(g + 8) * 16 + 2 * t], a[(g + 8) * 16 + 2 * t + 1]);
-    const unsigned a2 = pack(a[g * 16 + 2 * t + 8], a[g * 16 + 2 * t + 9]);
-    const unsigned a3 = pack(a[(g + 8) * 16 + 2 * t + 8], a[(g + 8) * 16 + 2 * t + 9]);
-    const unsigned b0 = pack(b[(2 * t) * 8 + g], b[(2 * t + 1) * 8 + g]);
-    const unsigned b1 = pack(b[(2 * t + 8) * 8 + g], b[(2 * t + 9) * 8 + g]);
-    float r[4] = {c[g * 8 + 2 * t], c[g * 8 + 2 * t + 1], c[(g + 8) * 8 + 2 * t],
-                  c[(g + 8) * 8 + 2 * t + 1]};
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(r[0]), "+f"(r[1]), "+f"(r[2]), "+f"(r[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-    d[g * 8 + 2 * t] = r[0];
-    d[g * 8 + 2 * t + 1] = r[1];
-    d[(g + 8) * 8 + 2 * t] = r[2];
-    d[(g + 8) * 8 + 2 * t + 1] = r[3];
+    const unsigned ar[4] = {pack(a[g * 16 + 2 * t], a[g * 16 + 2 * t + 1]),
+                            pack(a[(g + 8) * 16 + 2 * t], a[(g + 8) * 16 + 2 * t + 1]),
+                            pack(a[g * 16 + 2 * t + 8], a[g * 16 + 2 * t + 9]),
+                            pack(a[(g + 8) * 16 + 2 * t + 8], a[(g + 8) * 16 + 2 * t + 9])};
+    float r[4];
+    load_c(r, C + warp * 16 * 8, g, t);
+    tc::mma16(r, ar, pack(b[(2 * t) * 8 + g], b[(2 * t + 1) * 8 + g]),
+              pack(b[(2 * t + 8) * 8 + g], b[(2 * t + 9) * 8 + g]));
+    store_d(D + warp * 16 * 8, r, g, t);
 }
 """
 
@@ -202,7 +195,7 @@ def models(fmt: str) -> dict[str, Any]:
 def run(fmt: str) -> list[dict[str, Any]]:
     import cupy as cp
 
-    module = cp.RawModule(code=SOURCE, options=("-std=c++17",))
+    module = cp.RawModule(code=SOURCE, options=("-std=c++17", f"-I{CUDA_DIR}"))  # tc.cuh
     kern = module.get_function("tf32_tiles" if fmt == "tf32" else "f16_tiles")
     rows = []
     for name, (A, B, C) in operand_sets(fmt).items():

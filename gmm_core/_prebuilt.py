@@ -14,9 +14,9 @@ returns ``None`` with a debug log, and the caller compiles with NVRTC as before.
 decompressed once into ``<CuPy's kernel cache>/gmm_core_prebuilt/<sha256>.cubin`` and loaded
 once per device (``cupy.memoize(for_each_device=True)``) with ``cupy.RawModule(path=...)``.
 Every use refreshes the cached file's modification time; when a cubin is decompressed (a new
-or changed prebuilt tree), :func:`prune` removes cached cubins that the tree read now does not
-name and that no process has used for :data:`PRUNE_AFTER_S` (another environment's cubins in
-use stay), and leftovers of decompressions killed midway.
+or changed prebuilt tree), :func:`prune` (once per process) removes cached cubins that the tree
+read now does not name and that no process has used for :data:`PRUNE_AFTER_S` (another
+environment's cubins in use stay), and leftovers of decompressions killed midway.
 
 ``GMM_CORE_PREBUILT_KERNELS=0`` turns prebuilt kernels off (measuring the NVRTC path);
 ``GMM_CORE_PREBUILT_DIR`` reads another prebuilt tree.
@@ -290,8 +290,14 @@ def unpacked(entry: Entry) -> Path:
         os.replace(partial, target)  # atomic: other processes see the whole file or none
     finally:
         partial.unlink(missing_ok=True)
-    prune()  # a new cubin: the tree changed, older ones may be stale
+    _prune_once()  # a new cubin: the tree changed, older ones may be stale
     return target
+
+
+@functools.cache
+def _prune_once() -> None:
+    """:func:`prune`, once per process (a first fit decompresses tens of cubins)."""
+    prune()
 
 
 def _module(cubin: str, sha256: str) -> Any:

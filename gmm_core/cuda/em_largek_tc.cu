@@ -64,19 +64,12 @@ constexpr int M_PRODUCTS = GMM_LKT_M_PRODUCTS;
 
 __device__ __forceinline__ int wswz(int n, int q) { return n * WF4 + (q ^ ((n & 1) << 2)); }
 
-__device__ __forceinline__ void cp16(void* smem, const void* gmem) {
-    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
-__device__ __forceinline__ void cp4(void* smem, const void* gmem) {
-    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(s), "l"(gmem));
-}
-template <int N>
-__device__ __forceinline__ void cp_wait() {
-    asm volatile("cp.async.wait_group %0;" ::"n"(N));
-}
+using tc::cp16;  // cp.async helpers, untruncate and lse_merge: tc.cuh (the FP16 probe uses them)
+using tc::cp4;
+using tc::cp_commit;
+using tc::cp_wait;
+using tc::lse_merge;
+using tc::untruncate;
 
 // ncomp components' float4s of one chunk, global (dense) -> shared (swizzled)
 __device__ __forceinline__ void stage(float4* dst, const float4* src, int ncomp) {
@@ -122,15 +115,6 @@ __device__ __forceinline__ void a_frag(const float* Xs, int xs, int dp, int row,
     }
 }
 
-// An mma's float32 sum truncates (rounds toward zero): its result lacks on average half a unit
-// in its last place (ulp), with its sign. untruncate adds that back. (Sums run over 4 k-steps
-// and corrected by an estimate from the last one's ulp were 3e-5 to 7e-5 nats off; uncorrected
-// per-k-step sums -7e-5: docs/benchmarks.md.)
-__device__ __forceinline__ float untruncate(float r) {
-    const float se = __uint_as_float(__float_as_uint(r) & 0xff800000u);  // sign * 2^exponent
-    return __fmaf_rn(se, 5.9604644775390625e-08f, r);                     // + sign * ulp / 2
-}
-
 // acc (a warp's MT x NTE m16n8 tiles: rows rbase.., components nbase.. of the stage Wsm) +=
 // chunk c of the inner products, each k-step summed from zero by the mma (the small products
 // first: the last mma's result is the one truncated), corrected and added with rounding to
@@ -165,11 +149,6 @@ __device__ __forceinline__ void e_chunk(float (&acc)[MT][NTE][4], const float* X
     }
 }
 
-__device__ __forceinline__ void lse_merge(float& m, float& s, float mo, float so) {
-    const float mn = fmaxf(m, mo);
-    s = s * tc::ex2(m - mn) + so * tc::ex2(mo - mn);
-    m = mn;
-}
 }  // namespace lkt
 
 // One thread per (component, inner index) of every restart's padded components: Wt, cst, hp

@@ -1,5 +1,6 @@
-// Helpers shared by the fused passes (em_diag.cu, em_full.cu): the 3xTF32 split, mma.sync
-// m16n8k8 TF32 and the approximate exp2 / log2 the passes use for log-sum-exp (namespace tc),
+// Helpers shared by the fused passes (em_diag.cu, em_full.cu, em_largek_tc.cu): the 3xTF32
+// split, mma.sync m16n8k8 TF32, the approximate exp2 / log2 the passes use for log-sum-exp, the
+// truncation correction, cp.async (namespace tc),
 // a warp's float64 sum (namespace gmm).
 #pragma once
 
@@ -48,6 +49,19 @@ __device__ __forceinline__ void mma(float (&c)[4], const unsigned (&a)[4], unsig
     __trap();  // the launcher never picks this kernel below sm_80
 #endif
 }
+// c += a b, m16n8k16 with FP16 operands (two halves per register, the lower k in the low 16
+// bits) and float32 accumulation (the FP16 probes, benchmarks/probe_*.py)
+__device__ __forceinline__ void mma16(float (&c)[4], const unsigned (&a)[4], unsigned b0,
+                                      unsigned b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    __trap();
+#endif
+}
 // a warp's m16n8 accumulator tiles (M x N of them, 4 floats per thread each), zeroed
 template <int M, int N>
 __device__ __forceinline__ void zero(float (&a)[M][N][4]) {
@@ -57,6 +71,34 @@ __device__ __forceinline__ void zero(float (&a)[M][N][4]) {
         for (int j = 0; j < N; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e) a[m][j][e] = 0.0f;
+}
+// An mma's float32 sum truncates (rounds toward zero): its result lacks on average half a unit
+// in its last place (ulp), with its sign. untruncate adds that back. (Sums run over 4 k-steps
+// and corrected by an estimate from the last one's ulp were 3e-5 to 7e-5 nats off; uncorrected
+// per-k-step sums -7e-5: docs/benchmarks.md.)
+__device__ __forceinline__ float untruncate(float r) {
+    const float se = __uint_as_float(__float_as_uint(r) & 0xff800000u);  // sign * 2^exponent
+    return __fmaf_rn(se, 5.9604644775390625e-08f, r);                     // + sign * ulp / 2
+}
+// an online log-sum-exp (log2 units: max m, sum s of 2^(v - m)) merged with another
+__device__ __forceinline__ void lse_merge(float& m, float& s, float mo, float so) {
+    const float mn = fmaxf(m, mo);
+    s = s * ex2(m - mn) + so * ex2(mo - mn);
+    m = mn;
+}
+// cp.async (sm_80+): 16 or 4 bytes global -> shared, commit a group, wait for all but N
+__device__ __forceinline__ void cp16(void* smem, const void* gmem) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void cp4(void* smem, const void* gmem) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void cp_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N));
 }
 // c += a b in 3xTF32, small products first
 __device__ __forceinline__ void mma3(float (&c)[4], const unsigned (&ah)[4],

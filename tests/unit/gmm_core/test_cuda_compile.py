@@ -280,25 +280,29 @@ def test_the_large_k_row_kernel_rounds_its_log_densities_before_subtracting():
     assert not bad, bad
 
 
+def _probe_ptx(tmp_path: Path, module: str, *extra: str) -> str:
+    """PTX for sm_90 of ``benchmarks/<module>.py``'s ``SOURCE`` and its ``extra`` attributes
+    (explicit instances), tc.cuh on the include path."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+    probe = importlib.import_module(f"benchmarks.{module}")
+    source = "".join(getattr(probe, name) for name in ("SOURCE", *extra))
+    src, ptx = tmp_path / f"{module}.cu", tmp_path / f"{module}.ptx"
+    src.write_text(source)
+    assert NVCC is not None  # the callers are @needs_nvcc
+    cmd = [NVCC, "-std=c++17", "-arch=sm_90", f"-I{CUDA_DIR}", "--ptx", "-o", str(ptx), str(src)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return ptx.read_text()
+
+
 @needs_nvcc
 def test_the_mma_peak_probe_compiles_every_instruction(tmp_path):
     """benchmarks/probe_mma_peak.py: TF32, FP16 and BF16 mma.sync chains (the next device run's
     rates for the cheaper exact products, benchmarks/tc_emulate.py)."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-    from benchmarks.probe_mma_peak import SOURCE
-
-    src, ptx = tmp_path / "probe_mma_peak.cu", tmp_path / "probe_mma_peak.ptx"
-    src.write_text(SOURCE)
-    proc = subprocess.run(
-        [NVCC, "-std=c++17", "-arch=sm_90", "--ptx", "-o", str(ptx), str(src)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr
-    text = ptx.read_text()
+    text = _probe_ptx(tmp_path, "probe_mma_peak")
     for shape in (
         "m16n8k8.row.col.f32.tf32",
         "m16n8k16.row.col.f32.f16",
@@ -310,21 +314,7 @@ def test_the_mma_peak_probe_compiles_every_instruction(tmp_path):
 @needs_nvcc
 def test_the_mma_rounding_probe_compiles(tmp_path):
     """benchmarks/probe_mma_rounding.py: one TF32 and one FP16 mma.sync per warp."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-    from benchmarks.probe_mma_rounding import SOURCE
-
-    src, ptx = tmp_path / "probe_mma_rounding.cu", tmp_path / "probe_mma_rounding.ptx"
-    src.write_text(SOURCE)
-    proc = subprocess.run(
-        [NVCC, "-std=c++17", "-arch=sm_90", "--ptx", "-o", str(ptx), str(src)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr
-    text = ptx.read_text()
+    text = _probe_ptx(tmp_path, "probe_mma_rounding")
     assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in text
     assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in text
 
@@ -332,21 +322,7 @@ def test_the_mma_rounding_probe_compiles(tmp_path):
 @needs_nvcc
 def test_the_fp16_lse_probe_compiles_to_fp16_mma(tmp_path):
     """benchmarks/probe_fp16_lse.py's kernel (the FP16 form of lkt_lse, not yet run on a GPU)."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-    from benchmarks.probe_fp16_lse import NVCC_INSTANCES, SOURCE
-
-    src, ptx = tmp_path / "probe_fp16_lse.cu", tmp_path / "probe_fp16_lse.ptx"
-    src.write_text(SOURCE + NVCC_INSTANCES)
-    proc = subprocess.run(
-        [NVCC, "-std=c++17", "-arch=sm_90", "--ptx", "-o", str(ptx), str(src)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr
-    text = ptx.read_text()
+    text = _probe_ptx(tmp_path, "probe_fp16_lse", "NVCC_INSTANCES")
     assert text.count("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32") >= 2
     assert "tf32" not in text
 
