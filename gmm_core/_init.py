@@ -30,12 +30,13 @@ NumPy backend does not use this module: it reproduces scikit-learn exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from ._gaussian import (
+    ILL_DEFINED_COVARIANCE,
     Params,
     Stats,
     cholesky_from_precisions,
@@ -56,8 +57,9 @@ from ._kmeans import (
     lloyd_coarse_to_fine,
     seed_all,
 )
+from ._padded_em import buckets
 
-__all__ = ["initial_params", "column_moments"]
+__all__ = ["candidate_params", "column_moments", "draw", "initial_params"]
 
 
 def _sub_blocks(block: Any, rows: int = _ROWS) -> Iterator[Any]:
@@ -131,16 +133,24 @@ def _draws(
 
 
 def _stats_of_rows(
-    engine: Any, data: Any, rows: Any, covariance_type: str, shift: Any, eps: float
+    engine: Any,
+    data: Any,
+    rows: Any,
+    covariance_type: str,
+    shift: Any,
+    eps: float,
+    xtx: Any = None,
 ) -> list[Stats]:
     """One-sample components (``k-means++``, ``random_from_data``): host statistics per restart.
 
-    ``rows`` (R, K, D) centred samples (engine array). ``tied`` uses X^T X over all samples with
-    scikit-learn's handling of the samples no component holds (see ``_host_init.stats_from_resp``).
+    ``rows`` (R, K, D) centred samples (engine array). ``tied`` uses X^T X over all samples
+    (``xtx``, host, where the caller has it) with scikit-learn's handling of the samples no
+    component holds (see ``_host_init.stats_from_resp``).
     """
     rows = np.asarray(engine.to_host(rows), dtype=np.float64)
     n_restarts, n_components, _ = rows.shape
-    xtx = engine.to_host(_xtx(engine, data)) if covariance_type == "tied" else None
+    if covariance_type == "tied" and xtx is None:
+        xtx = engine.to_host(_xtx(engine, data))
     out = []
     for r in range(n_restarts):
         x = rows[r]
@@ -260,53 +270,24 @@ def initial_params(
     over the data run on the engine; the parameters are computed from their statistics on the
     host (a few KB) and copied to the engine once.
     """
-    xp = engine.xp
     k = n_components
     drawn = None
     if len(user) < 3:
-        unequal = host_weights(data)
-        draws = _draws(random_state, init_params, n_init, data.n_samples, k, unequal is not None)
-        if init_params in ("kmeans", "k-means++"):
-            # large data: seeding and the first Lloyd iterations on one evenly spaced subsample
-            coarse = (
-                engine.subsample(data, COARSE_STEP) if data.n_samples >= COARSE_MIN_ROWS else None
-            )
-            centres = seed_all(engine, coarse if coarse is not None else data, k, draws)
-            if init_params == "k-means++":
-                parts = _stats_of_rows(engine, data, centres, covariance_type, shift, eps)
-                drawn = _stack(parts, covariance_type, reg_covar, eps)
-            else:
-                if variance is None:
-                    _, variance = column_moments(xp, (b for _, b in _blocks(engine, data)))
-                total = float(np.sum(engine.to_host(variance), dtype=np.float64))
-                precision = HARD_PRECISION / total if total > 0 else 1.0
-                tol = KMEANS_TOL * total / data.n_features
-                centres = lloyd_coarse_to_fine(
-                    engine, data, centres, tol=tol, precision=precision, coarse=coarse
-                )
-                del coarse
-                hard = hard_params(centres, covariance_type, precision, xp)
-                active = xp.asarray(np.ones(n_init, dtype=bool))
-                stats = engine.lloyd_pass(data, hard, active).map(engine.to_host)
-                drawn = _params_of(stats, covariance_type, reg_covar, eps, np)
-        elif init_params == "random_from_data":
-            p = None if unequal is None else unequal / unequal.sum()
-            ids = np.stack(
-                [
-                    np.random.default_rng(d["seed"]).choice(data.n_samples, k, replace=False, p=p)
-                    for d in draws
-                ]
-            )
-            rows = gather_rows(engine, data, xp.asarray(ids.ravel().astype(np.int64)))
-            rows = rows.reshape(n_init, k, -1)
-            parts = _stats_of_rows(engine, data, rows, covariance_type, shift, eps)
-            drawn = _stack(parts, covariance_type, reg_covar, eps)
-        else:
-            parts = [
-                _random_resp_stats(engine, data, k, d["seed"], covariance_type).map(engine.to_host)
-                for d in draws
-            ]
-            drawn = _stack(parts, covariance_type, reg_covar, eps)
+        draws = draw(random_state, init_params, n_init, data, k)
+        (drawn,) = candidate_params(
+            engine,
+            data,
+            init_params=init_params,
+            sizes=[k],
+            draws=[draws],
+            covariance_type=covariance_type,
+            reg_covar=reg_covar,
+            eps=eps,
+            shift=shift,
+            variance=variance,
+        )
+        if isinstance(drawn, ValueError):
+            raise drawn
     params = with_user_init(
         drawn,
         user,
@@ -317,6 +298,166 @@ def initial_params(
         xp=np,
     )
     return params.map(engine.asarray)
+
+
+def draw(
+    random_state: np.random.RandomState, init_params: str, n_init: int, data: Any, k: int
+) -> list[dict[str, Any]]:
+    """What ``n_init`` restarts of ``k`` components draw from ``random_state`` (in order)."""
+    unequal = host_weights(data) is not None
+    return _draws(random_state, init_params, n_init, data.n_samples, k, unequal)
+
+
+def candidate_params(
+    engine: Any,
+    data: Any,
+    *,
+    init_params: str,
+    sizes: Sequence[int],
+    draws: Sequence[list[dict[str, Any]]],
+    covariance_type: str,
+    reg_covar: float,
+    eps: float,
+    shift: np.ndarray,
+    variance: Any = None,
+) -> list[tuple[Any, Any, Any] | ValueError]:
+    """Initial ``(weights, means, covariances)`` of candidates of ``sizes[c]`` components.
+
+    Candidate ``c`` has ``len(draws[c])`` restarts and the draws :func:`draw` made for them;
+    host arrays with a restart axis, float64, centred coordinates; in place of a candidate's
+    parameters the ``ValueError`` its statistics raised (an ill-defined covariance), so one
+    candidate's failure spares the others. Every candidate gets what it would get alone; the
+    k-means inits of model selection's candidates (``GaussianMixtureSelect``) share their passes:
+    seeding as restarts of one k-means++ (:func:`gmm_core._kmeans.seed_all`), Lloyd as restarts
+    of one hard mixture padded to the largest K of each :func:`gmm_core._padded_em.buckets`
+    group (the candidates' EM passes share theirs alike).
+    """
+    xp = engine.xp
+    sizes = np.asarray(sizes, dtype=np.int64)
+    n_init = np.array([len(d) for d in draws])
+    owned = np.split(np.arange(int(n_init.sum())), np.cumsum(n_init)[:-1])  # candidate -> rows
+    out: list[tuple[Any, Any, Any] | ValueError] = []
+    if init_params not in ("kmeans", "k-means++"):
+        for k, restarts in zip(sizes, draws, strict=True):
+            try:
+                out.append(
+                    _sampled_params(
+                        engine,
+                        data,
+                        init_params,
+                        int(k),
+                        restarts,
+                        covariance_type,
+                        reg_covar,
+                        eps,
+                        shift,
+                    )
+                )
+            except ValueError as error:
+                out.append(_ill_defined(error))
+        return out
+    # large data: seeding and the first Lloyd iterations on one evenly spaced subsample
+    coarse = engine.subsample(data, COARSE_STEP) if data.n_samples >= COARSE_MIN_ROWS else None
+    flat = [d for restarts in draws for d in restarts]
+    per_restart = np.repeat(sizes, n_init)
+    centres = seed_all(engine, coarse if coarse is not None else data, per_restart, flat)
+    if init_params == "k-means++":
+        del coarse
+        xtx = engine.to_host(_xtx(engine, data)) if covariance_type == "tied" else None
+        for k, rows in zip(sizes, owned, strict=True):
+            mine = centres[xp.asarray(rows), :k]
+            try:
+                parts = _stats_of_rows(engine, data, mine, covariance_type, shift, eps, xtx)
+                out.append(_stack(parts, covariance_type, reg_covar, eps))
+            except ValueError as error:
+                out.append(_ill_defined(error))
+        return out
+    if variance is None:
+        _, variance = column_moments(xp, (b for _, b in _blocks(engine, data)))
+    total = float(np.sum(engine.to_host(variance), dtype=np.float64))
+    precision = HARD_PRECISION / total if total > 0 else 1.0
+    tol = KMEANS_TOL * total / data.n_features
+    results: dict[int, tuple[Any, Any, Any] | ValueError] = {}
+    groups = buckets(sizes)
+    for i, bucket in enumerate(groups):
+        rows = np.concatenate([owned[c] for c in bucket])
+        width = int(sizes[bucket].max())
+        mine = xp.ascontiguousarray(centres[xp.asarray(rows), :width])
+        restart_sizes = per_restart[rows]
+        mine = lloyd_coarse_to_fine(
+            engine, data, mine, tol=tol, precision=precision, coarse=coarse, sizes=restart_sizes
+        )
+        if i == len(groups) - 1:
+            coarse = None  # freed before the last pass over all rows
+        hard = hard_params(mine, covariance_type, precision, xp, restart_sizes)
+        active = xp.asarray(np.ones(len(rows), dtype=bool))
+        stats = engine.lloyd_pass(data, hard, active).map(engine.to_host)
+        first = 0
+        for c in bucket:
+            mine_rows = slice(first, first + int(n_init[c]))
+            first += int(n_init[c])
+            try:
+                one = _candidate_stats(stats, mine_rows, int(sizes[c]), covariance_type)
+                results[int(c)] = _params_of(one, covariance_type, reg_covar, eps, np)
+            except ValueError as error:
+                results[int(c)] = _ill_defined(error)
+    return [results[c] for c in range(len(sizes))]
+
+
+def _ill_defined(error: ValueError) -> ValueError:
+    """``error`` where it says a covariance is ill-defined (a candidate fails), else raise it."""
+    if ILL_DEFINED_COVARIANCE not in str(error):
+        raise error
+    return error
+
+
+def _candidate_stats(stats: Stats, rows: slice, k: int, covariance_type: str) -> Stats:
+    """The statistics of restarts ``rows`` and their first ``k`` components (padding dropped).
+
+    ``tied``: ``sxx`` is the data's ``X^T X``, one for every restart.
+    """
+    sxx = stats.sxx if covariance_type == "tied" else stats.sxx[rows, :k]  # tied: X^T X
+    return Stats(
+        stats.loglik[rows],
+        stats.nk[rows, :k],
+        stats.sx[rows, :k],
+        sxx,
+        stats.n_samples,
+        stats.total_weight,
+    )
+
+
+def _sampled_params(
+    engine: Any,
+    data: Any,
+    init_params: str,
+    k: int,
+    draws: list[dict[str, Any]],
+    covariance_type: str,
+    reg_covar: float,
+    eps: float,
+    shift: np.ndarray,
+) -> tuple[Any, Any, Any]:
+    """``random_from_data`` (K rows per restart) and ``random`` (random responsibilities)."""
+    xp = engine.xp
+    if init_params == "random_from_data":
+        unequal = host_weights(data)
+        p = None if unequal is None else unequal / unequal.sum()
+        ids = np.stack(
+            [
+                np.random.default_rng(d["seed"]).choice(data.n_samples, k, replace=False, p=p)
+                for d in draws
+            ]
+        )
+        rows = gather_rows(engine, data, xp.asarray(ids.ravel().astype(np.int64)))
+        rows = rows.reshape(len(draws), k, -1)
+        parts = _stats_of_rows(engine, data, rows, covariance_type, shift, eps)
+        return _stack(parts, covariance_type, reg_covar, eps)
+    parts = [
+        _random_resp_stats(engine, data, k, d["seed"], covariance_type).map(engine.to_host)
+        for d in draws
+    ]
+    return _stack(parts, covariance_type, reg_covar, eps)
 
 
 def with_user_init(

@@ -298,7 +298,7 @@ def _choose(
 
 
 def kmeans_plusplus(
-    engine: Any, data: Any, n_clusters: int, first: Any, u: Any, out: Any = None
+    engine: Any, data: Any, n_clusters: Any, first: Any, u: Any, out: Any = None
 ) -> tuple[Any, Any]:
     """Greedy k-means++ seeding of ``R`` restarts at once.
 
@@ -306,45 +306,58 @@ def kmeans_plusplus(
     ----------
     engine, data
         An engine and its prepared data.
-    n_clusters : int
+    n_clusters : int or sequence of R ints
+        Centres of every restart, or of each restart (non-increasing: model selection seeds
+        candidates of several K together; the restarts still seeding at centre ``c`` are then
+        a leading block, whose arrays are views of the whole batch's).
     first : array of shape (R,)
         Row of every restart's first centre.
-    u : array of shape (R, n_clusters - 1, n_local_trials)
+    u : array of shape (R, max(n_clusters) - 1, n_local_trials)
         Uniform draws in [0, 1): candidate ``l`` of centre ``c`` is the first row whose
-        cumulative potential reaches ``u[r, c - 1, l]`` of the restart's potential.
-    out : engine array of shape (R, n_clusters, n_features), float64, optional
-        Where to write the centres (C-contiguous).
+        cumulative potential reaches ``u[r, c - 1, l]`` of the restart's potential (rows past a
+        restart's own ``n_clusters - 1`` are not read).
+    out : engine array of shape (R, max(n_clusters), n_features), float64, optional
+        Where to write the centres (C-contiguous). Centres past a restart's own
+        ``n_clusters`` are left as they are (zeros in a new array).
 
     Returns
     -------
-    centres : array of shape (R, n_clusters, n_features), float64 (rows of the data)
-    indices : array of shape (R, n_clusters), int64
+    centres : array of shape (R, max(n_clusters), n_features), float64 (rows of the data)
+    indices : array of shape (R, max(n_clusters)), int64 (-1 past a restart's centres)
     """
     xp = engine.xp
     n_restarts = len(first)
+    sizes = np.broadcast_to(np.asarray(n_clusters, dtype=np.int64), (n_restarts,))
+    if (np.diff(sizes) > 0).any() or sizes.min() < 1:
+        raise ValueError("kmeans_plusplus: n_clusters must be positive and non-increasing")
+    k_max = int(sizes[0])
     n_samples, n_features = data.n_samples, data.n_features
     kernels = _kernels(engine, data.dtype)
     first = xp.asarray(np.asarray(first, dtype=np.int64))
     u = xp.asarray(np.ascontiguousarray(u, dtype=np.float64))
-    n_trials = u.shape[2] if n_clusters > 1 else 1
-    indices = xp.empty((n_restarts, n_clusters), dtype=xp.int64)
+    n_trials = u.shape[2] if k_max > 1 else 1
+    indices = xp.full((n_restarts, k_max), -1, dtype=xp.int64)
     centres = out
     if centres is None:
-        centres = xp.empty((n_restarts, n_clusters, n_features), dtype=xp.float64)
+        centres = xp.zeros((n_restarts, k_max, n_features), dtype=xp.float64)
     chosen = xp.empty((n_restarts, n_features), dtype=data.dtype)
     # float32 whatever the data: it only weighs the sampling of the next candidates
     closest = xp.empty((n_restarts, n_samples), dtype=xp.float32)
     pot = xp.zeros(n_restarts * n_trials, dtype=xp.float64)
     rows = gather_rows(engine, data, first)
     _choose(engine, rows, pot, first, 0, centres, indices, chosen, kernels)
-    _update_closest(engine, data, chosen, closest, kernels, reset=True)
-    for c in range(1, n_clusters):
-        ids = _sample(engine, closest, u[:, c - 1, :], kernels)
+    seeding = int((sizes > 1).sum())  # the leading restarts that need centre 1
+    if seeding:
+        _update_closest(engine, data, chosen[:seeding], closest[:seeding], kernels, reset=True)
+    for c in range(1, k_max):
+        m = seeding  # restarts with more than c centres
+        ids = _sample(engine, closest[:m], u[:m, c - 1, :], kernels)
         cand = gather_rows(engine, data, ids)
-        pot = _potentials(engine, data, cand, closest, n_trials, kernels)
-        _choose(engine, cand, pot, ids, c, centres, indices, chosen, kernels)
-        if c + 1 < n_clusters:
-            _update_closest(engine, data, chosen, closest, kernels)
+        pot = _potentials(engine, data, cand, closest[:m], n_trials, kernels)
+        _choose(engine, cand, pot, ids, c, centres[:m], indices[:m], chosen[:m], kernels)
+        seeding = int((sizes > c + 1).sum())
+        if seeding:
+            _update_closest(engine, data, chosen[:seeding], closest[:seeding], kernels)
     return centres, indices
 
 
@@ -352,15 +365,24 @@ def kmeans_plusplus(
 # Lloyd iterations as EM passes of a hard mixture
 
 
-def hard_params(centres: Any, covariance_type: str, precision: float, xp: Any) -> Params:
+def hard_params(
+    centres: Any, covariance_type: str, precision: float, xp: Any, sizes: Any = None
+) -> Params:
     """A mixture whose EM pass assigns every sample to its nearest centre.
 
     Equal weights, ``centres`` as means (the same array where it is float64 already, so that
     updating it in place moves the mixture) and one precision for every component and feature.
+    ``sizes`` (R,): each restart's own number of centres, the rest padding of weight exactly 0
+    (model selection's candidates of several K side by side; see :mod:`gmm_core._padded_em`).
     The constant arrays are made on the host and copied once.
     """
     n_restarts, n_components, n_features = centres.shape
-    weights = np.full((n_restarts, n_components), 1.0 / n_components)
+    if sizes is None:
+        weights = np.full((n_restarts, n_components), 1.0 / n_components)
+    else:
+        sizes = np.asarray(sizes, dtype=np.int64)
+        live = np.arange(n_components)[None, :] < sizes[:, None]
+        weights = np.where(live, 1.0 / sizes[:, None], 0.0)
     root = math.sqrt(precision)
     if covariance_type in ("full", "tied"):
         eye = np.eye(n_features)
@@ -424,12 +446,14 @@ def lloyd(
     tol: float,
     precision: float,
     max_iter: int = KMEANS_MAX_ITER,
+    sizes: Any = None,
 ) -> tuple[Any, Any]:
     """Lloyd iterations of every restart, each one EM pass of the engine (diag layout).
 
     A restart stops once its centres moved by at most ``tol`` (sum of squares), as scikit-learn's
-    ``KMeans``. Returns the centres (R, K, D) float64 (a new array) and the iterations of every
-    restart (int64).
+    ``KMeans``. ``sizes``: each restart's own number of centres (:func:`hard_params`; the
+    padding takes no sample, so it stays where it is). Returns the centres (R, K, D) float64 (a
+    new array) and the iterations of every restart (int64).
     """
     xp = engine.xp
     diag = engine.retype(data, "diag")
@@ -446,7 +470,7 @@ def lloyd(
         centres = duplicate(xp.ascontiguousarray(centres, dtype=xp.float64))
         active = xp.asarray(np.ones(n_restarts, dtype=np.int32))
     n_iter = xp.zeros(n_restarts, dtype=xp.int64)
-    hard = hard_params(centres, "diag", precision, xp)
+    hard = hard_params(centres, "diag", precision, xp, sizes)
     pending = None
     for _ in range(max_iter):
         stats = engine.lloyd_pass(diag, hard, active)
@@ -463,26 +487,39 @@ def lloyd(
 
 
 def lloyd_coarse_to_fine(
-    engine: Any, data: Any, centres: Any, *, tol: float, precision: float, coarse: Any = None
+    engine: Any,
+    data: Any,
+    centres: Any,
+    *,
+    tol: float,
+    precision: float,
+    coarse: Any = None,
+    sizes: Any = None,
 ) -> Any:
     """Lloyd to convergence on every :data:`COARSE_STEP`-th row, then on all rows.
 
     Most of Lloyd's iterations move the centres far; evenly spaced rows find those moves at a
     fraction of the cost, and the iterations over all rows then start close to their fixed
     point (the stopping rule is the same, on all rows). Small data go straight to all rows.
-    ``coarse``: the subsample, where the caller made it already (the seeding used it).
+    ``coarse``: the subsample, where the caller made it already (the seeding used it);
+    ``sizes``: as :func:`lloyd`'s.
     """
     if coarse is None and data.n_samples >= COARSE_MIN_ROWS:
         coarse = engine.subsample(data, COARSE_STEP)
     if coarse is not None:
-        centres, _ = lloyd(engine, coarse, centres, tol=tol, precision=precision)
+        centres, _ = lloyd(engine, coarse, centres, tol=tol, precision=precision, sizes=sizes)
         del coarse
-    centres, _ = lloyd(engine, data, centres, tol=tol, precision=precision)
+    centres, _ = lloyd(engine, data, centres, tol=tol, precision=precision, sizes=sizes)
     return centres
 
 
-def seed_all(engine: Any, data: Any, k: int, draws: list[dict[str, Any]]) -> Any:
+def seed_all(engine: Any, data: Any, k: Any, draws: list[dict[str, Any]]) -> Any:
     """k-means++ centres of every restart, (R, K, D) float64.
+
+    ``k``: the centres of every restart, or of each (model selection: candidates of several K,
+    ``K`` their largest; a restart's centres past its own K are zeros). Restarts are seeded
+    together where they draw as many candidates per centre, the larger K first, so a batch of
+    candidates costs the data passes of its largest K rather than of their sum.
 
     The seeding holds :data:`SEED_BYTES_PER_SAMPLE` per sample and restart on the device:
     restarts are seeded in groups that fit the engine's scratch allowance, and where even one
@@ -490,20 +527,34 @@ def seed_all(engine: Any, data: Any, k: int, draws: list[dict[str, Any]]) -> Any
     Lloyd iterations).
     """
     xp = engine.xp
+    sizes = np.broadcast_to(np.asarray(k, dtype=np.int64), (len(draws),))
+    k_max = int(sizes.max())
     scratch = engine.scratch_bytes(data)
     n = data.n_samples
     per_sample = SEED_BYTES_PER_SAMPLE
     seed_data = data
     if per_sample * n > scratch:
-        n_rows = int(max(k, scratch // (per_sample + data.n_features * data.dtype.itemsize)))
+        n_rows = int(max(k_max, scratch // (per_sample + data.n_features * data.dtype.itemsize)))
         seed_data = engine.subsample(data, max(1, -(-n // n_rows)))
-    group = int(max(1, scratch // (per_sample * seed_data.n_samples)))
-    out = xp.empty((len(draws), k, data.n_features), dtype=xp.float64)
-    for g in range(0, len(draws), group):
-        part = draws[g : g + group]
-        first = _first_rows(seed_data, part)
-        u = np.stack([d["u"] for d in part])
-        kmeans_plusplus(engine, seed_data, k, first, u, out=out[g : g + len(part)])
+    group = int(max(1, min(len(draws), scratch // (per_sample * seed_data.n_samples))))
+    trials = np.array([d["u"].shape[1] for d in draws])
+    # by candidates per centre, then K descending (stable: equal K keep their order)
+    order = np.lexsort((-sizes, trials))
+    out = xp.zeros((len(draws), k_max, data.n_features), dtype=xp.float64)
+    for t in np.unique(trials):
+        same = order[trials[order] == t]
+        for g in range(0, len(same), group):
+            part = same[g : g + group]
+            k_part = sizes[part]
+            u = np.zeros((len(part), int(k_part[0]) - 1, int(t)))
+            for i, r in enumerate(part):
+                u[i, : sizes[r] - 1] = draws[r]["u"]
+            first = _first_rows(seed_data, [draws[r] for r in part])
+            if len(part) == len(draws) and (part == np.arange(len(part))).all():  # in order
+                kmeans_plusplus(engine, seed_data, k_part, first, u, out=out)
+                continue
+            centres, _ = kmeans_plusplus(engine, seed_data, k_part, first, u)
+            out[xp.asarray(part), : int(k_part[0])] = centres
     return out
 
 

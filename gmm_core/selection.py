@@ -44,14 +44,14 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._em_loop import PhaseClock, best_restart
 from ._engine import BACKENDS, Engine, get_engine
-from ._fit import draw_on_device, place_on_device, place_with_host_moments
+from ._fit import place_on_device, place_with_host_moments
 from ._gaussian import (
     COVARIANCE_TYPES,
     Params,
     n_parameters,
 )
 from ._host_init import host_restarts
-from ._init import with_user_init
+from ._init import candidate_params, draw, with_user_init
 from ._padded_em import accumulate, buckets, concat, pad, run_em_padded, trim
 from .mixture import GaussianMixture, _is_cupy_array
 
@@ -378,22 +378,24 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
             Xc = engine.host_centred(data, X, shift)
         clock.lap("transfer")
 
-        drawn: list[tuple[_Candidate, Params]] = []
+        eligible = []
         for cand in group:
             if cand.n_components > n_samples:
                 cand.reason = (
                     f"too few samples: n_components={cand.n_components} > n_samples={n_samples}"
                 )
-                continue
-            try:
-                if engine.device_init:
-                    params = self._initial_params_device(engine, data, cand, eps)
-                else:
-                    params = self._initial_params(X, Xc, shift, cand, eps)
-            except ValueError as error:  # an ill-defined covariance at the initialisation
-                cand.reason = f"initialisation: {error}"
-                continue
-            drawn.append((cand, params))
+            else:
+                eligible.append(cand)
+        if engine.device_init:  # every candidate's k-means in shared passes
+            inits = self._initial_params_device(engine, data, eligible, eps)
+        else:
+            inits = [self._initial_params(X, Xc, shift, cand, eps) for cand in eligible]
+        drawn: list[tuple[_Candidate, Params]] = []
+        for cand, params in zip(eligible, inits, strict=True):
+            if isinstance(params, ValueError):  # an ill-defined covariance at the initialisation
+                cand.reason = f"initialisation: {params}"
+            else:
+                drawn.append((cand, params))
         clock.lap("init")
         for bucket in buckets([cand.n_components for cand, _ in drawn]):
             self._fit_bucket(engine, data, [drawn[i] for i in bucket], shift, X.dtype, eps, clock)
@@ -470,33 +472,80 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         clock.lap("score")
 
     def _initial_params_device(
-        self, engine: Engine, data: Any, cand: _Candidate, eps: float
-    ) -> Params:
-        """``n_init`` restarts as ``GaussianMixture(cand.n_components, ...)`` draws them.
+        self, engine: Engine, data: Any, group: list[_Candidate], eps: float
+    ) -> list[Params | ValueError]:
+        """``n_init`` restarts of each candidate as ``GaussianMixture(K, ...)`` draws them.
 
-        On a device-init engine; host arrays, since the sweep's M-step runs on the host.
+        On a device-init engine, every candidate's initialisation in shared passes
+        (:func:`gmm_core._init.candidate_params`); host arrays, since the sweep's M-step runs on
+        the host. A candidate whose initial covariances are ill-defined gets the ``ValueError``.
         """
-        model = self._candidate_estimator(cand.n_components, cand.covariance_type)
-        engine.compile_for_fit(data, self.n_init, cand.n_components, self.init_params)
-        drawn = draw_on_device(model, engine, data, check_random_state(self.random_state), eps)
-        return drawn.map(engine.to_host)
+        if not group:
+            return []
+        covariance_type = group[0].covariance_type
+        sizes = [cand.n_components for cand in group]
+        draws = [
+            draw(check_random_state(self.random_state), self.init_params, self.n_init, data, k)
+            for k in sizes
+        ]
+        for bucket in buckets(sizes):
+            width = max(sizes[c] for c in bucket)
+            engine.compile_for_fit(data, self.n_init * len(bucket), width, self.init_params)
+        drawn = candidate_params(
+            engine,
+            data,
+            init_params=self.init_params,
+            sizes=sizes,
+            draws=draws,
+            covariance_type=covariance_type,
+            reg_covar=self.reg_covar,
+            eps=eps,
+            shift=np.asarray(data.shift, dtype=np.float64),
+            variance=getattr(data, "variance", None),
+        )
+        out: list[Params | ValueError] = []
+        for k, params in zip(sizes, drawn, strict=True):
+            if isinstance(params, ValueError):
+                out.append(params)
+                continue
+            try:
+                out.append(
+                    with_user_init(
+                        params,
+                        {},
+                        shift=np.asarray(data.shift, dtype=np.float64),
+                        covariance_type=covariance_type,
+                        n_components=k,
+                        n_init=self.n_init,
+                        xp=np,
+                    )
+                )
+            except ValueError as error:
+                out.append(error)
+        return out
 
     def _initial_params(
         self, X: np.ndarray, Xc: np.ndarray, shift: np.ndarray, cand: _Candidate, eps: float
-    ) -> Params:
-        """``n_init`` restarts drawn as ``GaussianMixture(cand.n_components, ...)`` draws them."""
+    ) -> Params | ValueError:
+        """``n_init`` restarts drawn as ``GaussianMixture(cand.n_components, ...)`` draws them.
+
+        The ``ValueError`` of an ill-defined initial covariance in place of the parameters.
+        """
         random_state = check_random_state(self.random_state)
         model = self._candidate_estimator(cand.n_components, cand.covariance_type)
-        drawn = host_restarts(model, X, Xc, shift, random_state, eps)
-        return with_user_init(
-            drawn,
-            {},
-            shift=shift,
-            covariance_type=cand.covariance_type,
-            n_components=cand.n_components,
-            n_init=self.n_init,
-            xp=np,
-        )
+        try:
+            drawn = host_restarts(model, X, Xc, shift, random_state, eps)
+            return with_user_init(
+                drawn,
+                {},
+                shift=shift,
+                covariance_type=cand.covariance_type,
+                n_components=cand.n_components,
+                n_init=self.n_init,
+                xp=np,
+            )
+        except ValueError as error:
+            return error
 
     # ------------------------------------------------------------------------------------------
     # Delegation to the chosen model

@@ -275,3 +275,119 @@ def test_device_path_with_integer_weights_fits_as_repeated_rows(device_init_engi
     order_w, order_r = np.argsort(weighted.means_[:, 0]), np.argsort(repeated.means_[:, 0])
     np.testing.assert_allclose(weighted.means_[order_w], repeated.means_[order_r], rtol=1e-6)
     assert weighted.lower_bound_ == pytest.approx(repeated.lower_bound_, rel=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# model selection: the initialisations of candidates of several K in shared passes
+
+#: two tile widths (K <= 16 and 17..32), every count of k-means++ candidates per centre (2..5)
+CANDIDATE_KS = (1, 2, 3, 8, 16, 17, 21, 5)
+
+
+def _candidate_draws(data, init_params, ks, n_init, seed=0):
+    return [
+        _init.draw(np.random.RandomState(seed + c), init_params, n_init, data, k)
+        for c, k in enumerate(ks)
+    ]
+
+
+def test_kmeans_plusplus_refuses_restarts_of_increasing_size():
+    engine, data = _prepared(_blobs(n=200))
+    with pytest.raises(ValueError, match="non-increasing"):
+        _kmeans.kmeans_plusplus(engine, data, [2, 3], [0, 1], np.zeros((2, 2, 2)))
+
+
+@pytest.mark.parametrize("scratch", [1e15, 3 * 4 * 2500], ids=["one-batch", "3-per-batch"])
+def test_seeding_candidates_of_several_k_together_equals_seeding_each_alone(
+    monkeypatch, scratch
+):
+    """Restarts of K = 1..21 seeded together (grouped by candidates per centre, largest K first,
+    in scratch-sized batches): every restart's centres are those it gets seeded alone, and the
+    rows past its own K are zeros."""
+    X = _blobs(n=2500, d=3, centers=6, seed=3)
+    engine, data = _prepared(X)
+    monkeypatch.setattr(NumpyEngine, "scratch_bytes", lambda self, data: scratch)
+    draws = _candidate_draws(data, "kmeans", CANDIDATE_KS, n_init=2)
+    sizes = np.repeat(CANDIDATE_KS, 2)
+    together = _kmeans.seed_all(engine, data, sizes, [d for ds in draws for d in ds])
+    assert together.shape == (len(sizes), max(CANDIDATE_KS), 3)
+    for c, k in enumerate(CANDIDATE_KS):
+        alone = _kmeans.seed_all(engine, data, k, draws[c])
+        for i in range(2):
+            np.testing.assert_array_equal(together[2 * c + i, :k], alone[i])
+            assert not together[2 * c + i, k:].any()
+
+
+@pytest.mark.parametrize("cov", ["full", "tied", "diag", "spherical"])
+@pytest.mark.parametrize(
+    ("init_params", "coarse_from"),
+    [("kmeans", 1 << 20), ("kmeans", 1000), ("k-means++", 1000), ("random", 1 << 20),
+     ("random_from_data", 1 << 20)],
+    ids=["kmeans", "kmeans-coarse-first", "k-means++", "random", "random_from_data"],
+)
+def test_candidates_initialised_together_get_what_each_gets_alone(
+    monkeypatch, cov, init_params, coarse_from
+):
+    """``candidate_params`` (model selection's shared seeding and Lloyd passes, padded per tile
+    width) against ``initial_params`` of each candidate alone with the same draws."""
+    monkeypatch.setattr(_init, "COARSE_MIN_ROWS", coarse_from)
+    X = _blobs(n=3000, d=3, centers=8, seed=4)
+    engine, data = _prepared(X, cov)
+    eps = 10 * np.finfo(np.float64).eps
+    common = dict(covariance_type=cov, reg_covar=1e-6, eps=eps, shift=data.shift)
+    draws = _candidate_draws(data, init_params, CANDIDATE_KS, n_init=2, seed=10)
+    together = _init.candidate_params(
+        engine, data, init_params=init_params, sizes=CANDIDATE_KS, draws=draws, **common
+    )
+    for c, k in enumerate(CANDIDATE_KS):
+        alone = _init.initial_params(
+            engine,
+            data,
+            init_params=init_params,
+            n_components=k,
+            n_init=2,
+            random_state=np.random.RandomState(10 + c),
+            user={},
+            **common,
+        )
+        weights, means, covariances = together[c]
+        assert means.shape == (2, k, 3)
+        np.testing.assert_allclose(weights, alone.weights, rtol=1e-12)
+        np.testing.assert_allclose(means, alone.means, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(covariances, alone.covariances, rtol=1e-10, atol=1e-12)
+
+
+def test_a_sweep_initialised_on_the_device_path_equals_separate_device_fits(monkeypatch):
+    """``GaussianMixtureSelect`` on a device-init engine (the CuPy path, run by NumPy): every
+    candidate, initialised in shared passes, follows the fit ``GaussianMixture(K)`` makes alone
+    on that engine (lower bound, iterations); a candidate whose initial covariance is
+    ill-defined (reg_covar=0, K above the 4 distinct points) fails alone."""
+    from gmm_core import GaussianMixtureSelect
+    from gmm_core import selection as selection_module
+
+    monkeypatch.setattr(fitting, "get_engine", lambda backend: DeviceInitNumpyEngine())
+    monkeypatch.setattr(selection_module, "get_engine", lambda backend: DeviceInitNumpyEngine())
+    rng = np.random.default_rng(0)
+    X = np.vstack(
+        [
+            np.repeat([[0.0, 0.0], [4.0, 1.0], [9.0, 3.0], [2.0, 8.0]], 30, axis=0),
+            rng.normal(20.0, 1.0, size=(300, 2)),
+        ]
+    )
+    ks = [1, 3, 6, 16, 17, 20]
+    kw = dict(covariance_type="diag", reg_covar=0.0, n_init=2, tol=1e-6, max_iter=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sel = GaussianMixtureSelect(ks, random_state=3, **kw).fit(X)
+        table = sel.results_
+        for i, k in enumerate(ks):
+            try:
+                alone = GaussianMixture(k, random_state=3, **kw).fit(X)
+            except ValueError as error:
+                assert table["failed"][i], (k, error)
+                assert table["reason"][i].startswith("initialisation"), table["reason"][i]
+                continue
+            assert not table["failed"][i], (k, table["reason"][i])
+            assert table["n_iter"][i] == alone.n_iter_
+            np.testing.assert_allclose(table["lower_bound"][i], alone.lower_bound_, rtol=1e-10)
+    assert table["failed"].any() and not table["failed"].all()
