@@ -135,7 +135,7 @@ def default_fit(case: dict[str, Any], record: Callable[..., None]) -> Any:
             fit_timings=gm.fit_timings_,
             device_peak_bytes=gm.device_peak_bytes_,
             data_bytes=int(X.nbytes),
-            lower_bound=gm.lower_bound_,
+            lower_bound=float(gm.lower_bound_),
         )
     return gm
 
@@ -276,7 +276,7 @@ def memory(case: dict[str, Any], record: Callable[..., None], gm: Any) -> None:
             pool_held_after_fit=int(held),
             per_iter_ms=span["per_iter_ms"],
             em_phase_ms_per_iter=span["em_phase_ms_per_iter"],
-            lower_bound=fb.lower_bound_,
+            lower_bound=float(fb.lower_bound_),
         )
     # the pinned host-to-device copy of the same bytes (what streaming could reach)
     pinned = cp.cuda.alloc_pinned_memory(X.nbytes)

@@ -72,11 +72,16 @@ def check_magnitude(largest: float, dtype: Any, n_features: int) -> None:
     dtype = np.dtype(dtype)
     limit = math.sqrt(float(np.finfo(dtype).max) / (16.0 * n_features))
     if largest > limit:
+        # float32 data fit in float64; float64 data can only be rescaled
+        remedy = (
+            "Convert X to float64 (X.astype(numpy.float64)) or rescale it"
+            if dtype.itemsize < 8
+            else "Rescale X"
+        )
         raise ValueError(
             f"X has values up to {largest:.3g}, too large for {dtype.name}: their squares overflow "
-            f"(the largest safe magnitude with {n_features} features is {limit:.3g}). Convert X "
-            "to float64 (X.astype(numpy.float64)) or rescale it (e.g. "
-            "sklearn.preprocessing.StandardScaler)."
+            f"(the largest safe magnitude with {n_features} features is {limit:.3g}). {remedy} "
+            "(e.g. sklearn.preprocessing.StandardScaler)."
         )
 
 

@@ -187,8 +187,9 @@ def keep_best(
     best_params = result.params.take(best)
     self._set_fitted(best_params.map(engine.to_host), shift, dtype)
     self.n_iter_ = int(n_iter[best])
-    self.lower_bound_ = best_bound
-    self.lower_bounds_ = [float(v) for v in lower_bounds[best]]
+    as_dtype = np.dtype(dtype).type  # scikit-learn's types: scalars of the data's dtype
+    self.lower_bound_ = as_dtype(best_bound) if self.max_iter > 0 else best_bound
+    self.lower_bounds_ = [as_dtype(v) for v in lower_bounds[best]]
     self.restart_lower_bounds_ = [np.asarray(b, dtype=np.float64) for b in lower_bounds]
     self.backend_ = engine.name
     self.n_steps_ = 0

@@ -271,10 +271,10 @@ def initial_params(
     host (a few KB) and copied to the engine once.
     """
     k = n_components
-    drawn = None
+    drawn: tuple[Any, Any, Any] | None = None
     if len(user) < 3:
         draws = draw(random_state, init_params, n_init, data, k)
-        (drawn,) = candidate_params(
+        (got,) = candidate_params(
             engine,
             data,
             init_params=init_params,
@@ -286,8 +286,9 @@ def initial_params(
             shift=shift,
             variance=variance,
         )
-        if isinstance(drawn, ValueError):
-            raise drawn
+        if isinstance(got, ValueError):
+            raise got
+        drawn = got
     params = with_user_init(
         drawn,
         user,
@@ -333,12 +334,12 @@ def candidate_params(
     group (the candidates' EM passes share theirs alike).
     """
     xp = engine.xp
-    sizes = np.asarray(sizes, dtype=np.int64)
+    ks = np.asarray(sizes, dtype=np.int64)
     n_init = np.array([len(d) for d in draws])
     owned = np.split(np.arange(int(n_init.sum())), np.cumsum(n_init)[:-1])  # candidate -> rows
     out: list[tuple[Any, Any, Any] | ValueError] = []
     if init_params not in ("kmeans", "k-means++"):
-        for k, restarts in zip(sizes, draws, strict=True):
+        for k, restarts in zip(ks, draws, strict=True):
             try:
                 out.append(
                     _sampled_params(
@@ -359,12 +360,12 @@ def candidate_params(
     # large data: seeding and the first Lloyd iterations on one evenly spaced subsample
     coarse = engine.subsample(data, COARSE_STEP) if data.n_samples >= COARSE_MIN_ROWS else None
     flat = [d for restarts in draws for d in restarts]
-    per_restart = np.repeat(sizes, n_init)
+    per_restart = np.repeat(ks, n_init)
     centres = seed_all(engine, coarse if coarse is not None else data, per_restart, flat)
     if init_params == "k-means++":
         del coarse
         xtx = engine.to_host(_xtx(engine, data)) if covariance_type == "tied" else None
-        for k, rows in zip(sizes, owned, strict=True):
+        for k, rows in zip(ks, owned, strict=True):
             mine = centres[xp.asarray(rows), :k]
             try:
                 parts = _stats_of_rows(engine, data, mine, covariance_type, shift, eps, xtx)
@@ -378,10 +379,10 @@ def candidate_params(
     precision = HARD_PRECISION / total if total > 0 else 1.0
     tol = KMEANS_TOL * total / data.n_features
     results: dict[int, tuple[Any, Any, Any] | ValueError] = {}
-    groups = buckets(sizes)
+    groups = buckets(ks.tolist())
     for i, bucket in enumerate(groups):
         rows = np.concatenate([owned[c] for c in bucket])
-        width = int(sizes[bucket].max())
+        width = int(ks[bucket].max())
         mine = xp.ascontiguousarray(centres[xp.asarray(rows), :width])
         restart_sizes = per_restart[rows]
         mine = lloyd_coarse_to_fine(
@@ -397,11 +398,11 @@ def candidate_params(
             mine_rows = slice(first, first + int(n_init[c]))
             first += int(n_init[c])
             try:
-                one = _candidate_stats(stats, mine_rows, int(sizes[c]), covariance_type)
+                one = _candidate_stats(stats, mine_rows, int(ks[c]), covariance_type)
                 results[int(c)] = _params_of(one, covariance_type, reg_covar, eps, np)
             except ValueError as error:
                 results[int(c)] = _ill_defined(error)
-    return [results[c] for c in range(len(sizes))]
+    return [results[c] for c in range(len(ks))]
 
 
 def _ill_defined(error: ValueError) -> ValueError:

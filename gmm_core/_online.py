@@ -127,8 +127,8 @@ def partial_fit_step(model: GaussianMixture, X: Any, sample_weight: Any) -> None
     bound = float(engine.to_host(per_unit.loglik)[0])  # the batch under the previous parameters
     model.n_steps_ = t + 1
     # what a fit's record says of this update: one step, the batch's bound, the engine, the time
-    model.lower_bound_ = bound
-    model.lower_bounds_ = [bound]
+    model.lower_bound_ = np.dtype(dtype).type(bound)  # scikit-learn's type
+    model.lower_bounds_ = [model.lower_bound_]
     model.restart_lower_bounds_ = [np.array([bound])]
     model.n_iter_ = 1
     model.backend_ = engine.name

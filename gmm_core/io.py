@@ -246,8 +246,9 @@ def _model_from(document: dict[str, Any], arrays: dict[str, np.ndarray]) -> Gaus
     fitted = document["fitted"]
     model.converged_ = fitted["converged"]
     model.n_iter_ = fitted["n_iter"]
-    model.lower_bound_ = fitted["lower_bound"]
-    model.lower_bounds_ = fitted["lower_bounds"]
+    as_dtype = np.dtype(dtype).type  # as a fit sets them: scalars of the data's dtype
+    model.lower_bound_ = as_dtype(fitted["lower_bound"])
+    model.lower_bounds_ = [as_dtype(v) for v in fitted["lower_bounds"]]
     model.backend_ = fitted.get("backend")
     model.n_steps_ = int(fitted.get("n_steps", 0))
     if document.get("anomaly") is not None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
@@ -212,13 +212,19 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
 
     def _grid(self) -> tuple[list[int], list[str]]:
         """The checked lists of ``n_components`` and covariance types."""
-        raw = (
-            [self.n_components]
-            if isinstance(self.n_components, Integral)
-            else list(self.n_components)  # once: a generator is read a single time
-        )
+        given = self.n_components
+        if isinstance(given, Iterator):  # read once, it would leave the next fit and clone none
+            raise ValueError(
+                f"n_components is a one-shot iterator ({type(given).__name__}): pass a list, "
+                "tuple or range (e.g. list(...) of it), which every fit and clone can read."
+            )
+        raw = [given] if isinstance(given, Integral) else list(given)
         ks = [int(k) for k in raw]
-        if not ks or any(k < 1 or k != kk for k, kk in zip(ks, raw, strict=True)):
+        if (
+            not ks
+            or any(isinstance(k, bool | np.bool_) for k in raw)  # True is no count
+            or any(k < 1 or k != kk for k, kk in zip(ks, raw, strict=True))
+        ):
             raise ValueError(
                 f"n_components must be positive integers (e.g. range(1, 33)), got {raw!r}"
             )
@@ -457,15 +463,16 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
             curves = [result.history[: result.n_iter[q], q] for q in rows]
             model.converged_ = bool(result.converged[r])
             model.n_iter_ = int(result.n_iter[r])
-            model.lower_bound_ = float(result.history[result.n_iter[r] - 1, r])
-            model.lower_bounds_ = [float(v) for v in curves[int(np.flatnonzero(rows == r)[0])]]
+            as_dtype = np.dtype(dtype).type  # scikit-learn's types, as GaussianMixture.fit
+            model.lower_bound_ = as_dtype(result.history[result.n_iter[r] - 1, r])
+            model.lower_bounds_ = [as_dtype(v) for v in curves[int(np.flatnonzero(rows == r)[0])]]
             model.restart_lower_bounds_ = [np.asarray(c, np.float64) for c in curves]
             model.n_features_in_ = n_features
             model.backend_ = engine.name
             model.n_steps_ = 0
             model.fit_seconds_ = math.nan  # candidates share their passes
             cand.estimator = model
-            cand.lower_bound = model.lower_bound_
+            cand.lower_bound = float(result.history[result.n_iter[r] - 1, r])
             cand.train_score = float(scores[i])
             cand.n_iter = model.n_iter_
             cand.converged = model.converged_

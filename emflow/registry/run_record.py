@@ -131,7 +131,9 @@ def _metrics(
         "converged": None
         if getattr(model, "converged_", None) is None
         else float(bool(model.converged_)),
-        "final_lower_bound": getattr(model, "lower_bound_", None),
+        "final_lower_bound": None
+        if getattr(model, "lower_bound_", None) is None
+        else float(model.lower_bound_),
         "training_seconds": train_info.get("fit_seconds", getattr(model, "fit_seconds_", None)),
     }
     scalars = _flat_scalars(train_info)

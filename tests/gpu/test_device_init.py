@@ -225,3 +225,44 @@ def test_column_stats_kernel_equals_numpy_and_is_deterministic(dtype, n, d):
         Y = X.copy()
         Y[n // 2, d // 2] = bad
         assert column_stats(cupy.asarray(Y))[2] == np.inf
+
+
+@pytest.mark.parametrize("cov", ["diag", "spherical", "full"])
+@pytest.mark.parametrize("coarse_from", [1 << 20, 20_000], ids=["all-rows", "coarse-first"])
+def test_candidates_of_several_k_initialised_together_on_the_device(monkeypatch, cov, coarse_from):
+    """Model selection's shared init (k-means++ of restarts of K = 1..21 together, Lloyd padded
+    per tile width, tensor-core and SIMT passes) against each candidate's init alone on the
+    device, and the seeding's chosen rows against the NumPy reference."""
+    import cupy
+
+    monkeypatch.setattr(_init, "COARSE_MIN_ROWS", coarse_from)
+    X = _blobs(60_000, 8, 24, seed=5)
+    np_engine, cp_engine = _engines()
+    data = cp_engine.prepare(X, "auto", cov)
+    ks = (1, 2, 3, 8, 16, 17, 21, 5)
+    draws = [_init.draw(np.random.RandomState(c), "kmeans", 2, data, k) for c, k in enumerate(ks)]
+    sizes = np.repeat(ks, 2)
+    flat = [d for ds in draws for d in ds]
+    seeded = cupy.asnumpy(_kmeans.seed_all(cp_engine, data, sizes, flat))
+    want = _kmeans.seed_all(np_engine, np_engine.prepare(X, "auto", cov), sizes, flat)
+    np.testing.assert_allclose(seeded + data.shift, want + X.mean(0, dtype=np.float64), rtol=1e-6)
+    eps = 10 * float(np.finfo(np.float32).eps)
+    common = dict(covariance_type=cov, reg_covar=1e-6, eps=eps, shift=data.shift)
+    together = _init.candidate_params(
+        cp_engine, data, init_params="kmeans", sizes=ks, draws=draws, **common
+    )
+    for c, k in enumerate(ks):
+        alone = _init.initial_params(
+            cp_engine,
+            data,
+            init_params="kmeans",
+            n_components=k,
+            n_init=2,
+            random_state=np.random.RandomState(c),
+            user={},
+            **common,
+        ).map(cupy.asnumpy)
+        weights, means, covariances = together[c]
+        np.testing.assert_allclose(weights, alone.weights, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(means, alone.means, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(covariances, alone.covariances, rtol=1e-4, atol=1e-5)

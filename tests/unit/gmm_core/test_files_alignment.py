@@ -38,6 +38,8 @@ def test_round_trip_is_exact(tmp_path, blobs, dtype):
         assert getattr(loaded, name).dtype == dtype
     assert loaded.get_params() == gm.get_params()
     assert loaded.lower_bound_ == gm.lower_bound_ and loaded.n_iter_ == gm.n_iter_
+    assert type(loaded.lower_bound_) is type(gm.lower_bound_) is np.dtype(dtype).type
+    assert loaded.lower_bounds_ == gm.lower_bounds_
     assert loaded.feature_names_ == ["a", "b", "c"]
     assert loaded.metadata_ == {"window": "2026-11-01"}
     np.testing.assert_array_equal(loaded.score_samples(X), gm.score_samples(X))

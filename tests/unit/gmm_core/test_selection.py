@@ -220,6 +220,8 @@ def test_get_params_set_params_and_clone():
     [
         (dict(n_components=[2, 2]), "twice"),
         (dict(n_components=[0, 1]), "positive integers"),
+        (dict(n_components=True), "positive integers"),
+        (dict(n_components=[True, 2]), "positive integers"),
         (dict(covariance_type=["diag", "round"]), "covariance_type must be"),
         (dict(criterion="holdout"), "X_holdout"),
     ],
@@ -383,7 +385,15 @@ def test_feature_names_of_a_dataframe_are_checked_by_the_delegated_methods(blobs
         sel.predict(blobs)
 
 
-def test_n_components_may_be_a_generator(blobs):
+def test_a_one_shot_iterator_for_n_components_is_refused_with_the_fix(blobs):
+    """A generator read by the first fit left the next fit "n_components ... got []" and
+    clone a TypeError (QA probe): refused up front, as scikit-learn's parameter grids do."""
     gen = GaussianMixtureSelect((k for k in (1, 2, 3)), random_state=0, backend="numpy")
-    ref = GaussianMixtureSelect([1, 2, 3], random_state=0, backend="numpy").fit(blobs)
-    np.testing.assert_array_equal(gen.fit(blobs).results_["bic"], ref.results_["bic"])
+    with pytest.raises(ValueError, match=r"one-shot iterator.*list, tuple or range"):
+        gen.fit(blobs)
+    with pytest.raises(ValueError, match="one-shot iterator"):
+        GaussianMixtureSelect(iter([1, 2]), backend="numpy").fit(blobs)
+    ranged = GaussianMixtureSelect(range(1, 4), random_state=0, backend="numpy")
+    first = ranged.fit(blobs).results_["bic"].copy()
+    np.testing.assert_array_equal(clone(ranged).fit(blobs).results_["bic"], first)
+    np.testing.assert_array_equal(ranged.fit(blobs).results_["bic"], first)

@@ -71,6 +71,11 @@ def test_float32_stays_float32_and_matches(blobs, covariance_type, init_params):
     for name in ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_"):
         assert getattr(ours, name).dtype == np.float32, name
     assert ours.score_samples(X32).dtype == np.float32
+    # the lower bounds as scikit-learn types them (code calls .round(), .dtype on them)
+    ours64, ref32 = _fit_both(blobs, **kwargs)[0], _fit_both(X32, **kwargs)[1]
+    for model, dtype in ((ours, np.float32), (ref32, np.float32), (ours64, np.float64)):
+        assert type(model.lower_bound_) is dtype, (model, type(model.lower_bound_))
+        assert {type(b) for b in model.lower_bounds_} == {dtype}
     # statistics are accumulated in float64 even for float32 data, so a float32 fit tracks
     # scikit-learn's float64 fit (sklearn's own float32 fit is the less accurate of the two)
     np.testing.assert_allclose(ours.lower_bound_, ref64.lower_bound_, rtol=1e-4)
