@@ -124,8 +124,10 @@ class ChunkedEngine(Engine):
             )
         return total
 
-    def m_step(self, stats: Stats, covariance_type: str, reg_covar: float, eps: float) -> Any:
-        return self.inner.m_step(stats, covariance_type, reg_covar, eps)
+    def m_step(
+        self, stats: Stats, covariance_type: str, reg_covar: float, eps: float, shift: Any = None
+    ) -> Any:
+        return self.inner.m_step(stats, covariance_type, reg_covar, eps, shift)
 
     def asarray(self, a: Any) -> Any:
         return self.inner.asarray(a)
@@ -245,7 +247,7 @@ def fit_chunks(model: GaussianMixture, source: Any) -> None:
         seen.n_samples,
         seen.weighted,
     )
-    result = run_model_em(model, engine, data, params.map(engine.asarray), first_bound, eps)
+    result = run_model_em(model, engine, data, params.map(engine.asarray), first_bound, eps, shift)
     keep_best(model, result, engine, shift, seen.dtype)
     model.fit_seconds_ = time.perf_counter() - started
     model.fit_timings_ = {"chunked": model.fit_seconds_}

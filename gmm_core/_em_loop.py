@@ -59,11 +59,14 @@ def run_em(
     first_bound: float,
     verbose: int = 0,
     verbose_interval: int = 10,
+    shift: Any = None,
 ) -> EMResult:
     """The EM loop over a batch of restarts (the engine's own where it has one).
 
     The result's history is (iterations, R) lower bounds, NaN once a restart stopped.
-    ``verbose``/``verbose_interval`` print as scikit-learn's ``GaussianMixture`` does.
+    ``verbose``/``verbose_interval`` print as scikit-learn's ``GaussianMixture`` does;
+    ``shift`` (D,): what the data were centred by (the M-step's means, see
+    :func:`gmm_core._gaussian.estimate_parameters`).
     """
     if not verbose and _PROGRESS.get() is None:
         # the GPU engines run the whole loop on the device (None: layout needs this loop)
@@ -75,6 +78,7 @@ def run_em(
             tol=tol,
             max_iter=max_iter,
             first_bound=first_bound,
+            shift=shift,
         )
         if result is not None:
             return result
@@ -94,7 +98,7 @@ def run_em(
     for it in range(1, max_iter + 1):
         stats: Stats = engine.accumulate(data, params, tracker.active)
         # an engine may run the M-step itself (CuPy, full covariance: one kernel launch)
-        new_params = engine.m_step(stats, covariance_type, reg_covar, eps)
+        new_params = engine.m_step(stats, covariance_type, reg_covar, eps, shift=shift)
         if (
             new_params is not None
             and not deferred
@@ -102,7 +106,9 @@ def run_em(
         ):
             raise ValueError(ILL_DEFINED_COVARIANCE)  # as m_step(check=True) would
         if new_params is None:
-            new_params = m_step(stats, covariance_type, reg_covar, eps, xp, check=not deferred)
+            new_params = m_step(
+                stats, covariance_type, reg_covar, eps, xp, check=not deferred, shift=shift
+            )
         params = tracker.update(it, stats, new_params, params)
         if verbose and it % verbose_interval == 0:
             now = time.perf_counter()

@@ -147,8 +147,12 @@ class Engine:
         tol: float,
         max_iter: int,
         first_bound: float = -np.inf,
+        shift: Any = None,
     ) -> EMResult | None:
-        """Run the whole EM loop (the estimator's semantics), or ``None``: use the generic loop."""
+        """Run the whole EM loop (the estimator's semantics), or ``None``: use the generic loop.
+
+        ``shift`` as :func:`gmm_core._gaussian.estimate_parameters` takes it.
+        """
         return None
 
     def restart_tracker(
@@ -161,8 +165,13 @@ class Engine:
         """
         return None
 
-    def m_step(self, stats: Stats, covariance_type: str, reg_covar: float, eps: float) -> Any:
-        """The M-step on the engine's device (``Params``), or ``None``: use ``_gaussian.m_step``."""
+    def m_step(
+        self, stats: Stats, covariance_type: str, reg_covar: float, eps: float, shift: Any = None
+    ) -> Any:
+        """The M-step on the engine's device (``Params``), or ``None``: use ``_gaussian.m_step``.
+
+        ``shift`` as :func:`gmm_core._gaussian.estimate_parameters` takes it.
+        """
         return None
 
     def read_later(self, a: Any) -> Callable[[], np.ndarray]:

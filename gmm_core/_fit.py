@@ -101,7 +101,7 @@ def fit_model(
             first_bound = float(getattr(self, "lower_bound_"))  # noqa: B009 (set by a fit)
         clock.lap("init")
 
-        result = run_model_em(self, engine, data, params, first_bound, eps)
+        result = run_model_em(self, engine, data, params, first_bound, eps, shift)
         clock.lap("em")
         best_params = keep_best(self, result, engine, shift, X.dtype)
         clock.lap("finish")
@@ -203,8 +203,9 @@ def run_model_em(
     params: Params,
     first_bound: float,
     eps: float,
+    shift: Any = None,
 ) -> EMResult:
-    """:func:`gmm_core._em_loop.run_em` with this estimator's settings."""
+    """:func:`gmm_core._em_loop.run_em` with this estimator's settings (``shift``: the data's)."""
     return run_em(
         engine,
         data,
@@ -217,4 +218,5 @@ def run_model_em(
         first_bound=first_bound,
         verbose=self.verbose,
         verbose_interval=self.verbose_interval,
+        shift=shift,
     )

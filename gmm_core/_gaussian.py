@@ -188,18 +188,24 @@ def log_det_cholesky(precisions_chol: Any, covariance_type: str, n_features: int
 # M-step from sufficient statistics
 
 
-# The second moments are about the data mean, so the mean term carries the factor
-# ``2 - nk_raw / nk`` (``nk`` includes the M-step's eps): the covariance is then exactly
-# sum r (x - mean)^2 / nk, as scikit-learn computes it, and stays translation invariant. Without
-# it a tight component far from the data mean is off by mean^2 * eps / nk (1e-8 relative of
-# mean^2 in float32).
-def _mean_factor(stats: Stats, nk: Any) -> Any:
-    return 2.0 - stats.nk / nk
+# The second moments are about the data's shift and a mean ``m`` need not be ``sx / nk`` (see
+# :func:`estimate_parameters`), so a covariance is taken as sum r (x - m)(x - m)^T / nk =
+# (sxx - m sx^T - sx m^T + nk_raw m m^T) / nk, ``nk`` including the M-step's eps: exactly what
+# scikit-learn computes for full covariances, translation invariant (with m = sx / nk it is
+# sxx / nk - m m^T (2 - nk_raw / nk); without the factor a tight component far from the data
+# mean is off by mean^2 * eps / nk, 1e-8 relative of mean^2 in float32).
+def _cross(stats: Stats, nk: Any, means: Any) -> Any:
+    """``m (2 sx - nk_raw m) / nk`` per feature: the mean's part of a diagonal second moment."""
+    return means * (2.0 * stats.sx - stats.nk[..., None] * means) / nk[..., None]
 
 
 def _covariances_full(stats: Stats, nk: Any, means: Any, reg_covar: float, xp: Any) -> Any:
+    m_sx = means[..., :, None] * stats.sx[..., None, :]
     outer = means[..., :, None] * means[..., None, :]
-    cov = stats.sxx / nk[..., None, None] - outer * _mean_factor(stats, nk)[..., None, None]
+    cross = (m_sx + xp.swapaxes(m_sx, -1, -2) - stats.nk[..., None, None] * outer) / nk[
+        ..., None, None
+    ]
+    cov = stats.sxx / nk[..., None, None] - cross
     return cov + reg_covar * xp.eye(means.shape[-1])
 
 
@@ -218,13 +224,13 @@ def _covariances_tied(stats: Stats, nk: Any, means: Any, reg_covar: float, xp: A
 
 
 def _covariances_diag(stats: Stats, nk: Any, means: Any, reg_covar: float, xp: Any) -> Any:
-    var = stats.sxx / nk[..., None] - means**2 * _mean_factor(stats, nk)[..., None]
+    var = stats.sxx / nk[..., None] - _cross(stats, nk, means)
     return xp.maximum(var, 0.0) + reg_covar
 
 
 def _covariances_spherical(stats: Stats, nk: Any, means: Any, reg_covar: float, xp: Any) -> Any:
     n_features = means.shape[-1]
-    mean_sq = (means**2).sum(axis=-1) * _mean_factor(stats, nk)
+    mean_sq = _cross(stats, nk, means).sum(axis=-1)
     return xp.maximum(stats.sxx / nk - mean_sq, 0.0) / n_features + reg_covar
 
 
@@ -237,15 +243,27 @@ _COVARIANCE_ESTIMATORS = {
 
 
 def estimate_parameters(
-    stats: Stats, covariance_type: str, reg_covar: float, eps: float, xp: Any
+    stats: Stats,
+    covariance_type: str,
+    reg_covar: float,
+    eps: float,
+    xp: Any,
+    shift: Any = None,
 ) -> tuple[Any, Any, Any]:
     """Return ``(nk, means, covariances)`` from sufficient statistics (scikit-learn's formulas).
 
     ``eps`` is added to every ``nk`` (scikit-learn adds ``10 * finfo(dtype).eps``) so an empty
-    component does not divide by zero.
+    component does not divide by zero. ``shift``: what the statistics' samples were centred by
+    (None: nothing). scikit-learn's mean is ``sum r x / (N_k + eps)`` in the data's own
+    coordinates, so centred it is ``(sum r x_c - eps shift) / (N_k + eps)``: an empty component
+    sits at the data's origin, as there, not at the shift (elsewhere the term moves a mean by
+    eps / N_k of the shift); every covariance is taken about its mean (``_covariances_full``).
     """
     nk = stats.nk + eps
-    means = stats.sx / nk[..., None]
+    if shift is None:
+        means = stats.sx / nk[..., None]
+    else:
+        means = (stats.sx - eps * xp.asarray(shift, dtype=stats.sx.dtype)) / nk[..., None]
     covariances = _COVARIANCE_ESTIMATORS[covariance_type](stats, nk, means, reg_covar, xp)
     return nk, means, covariances
 
@@ -258,12 +276,13 @@ def m_step(
     xp: Any,
     *,
     check: bool = True,
+    shift: Any = None,
 ) -> Params:
     """The M-step: new parameters of every restart from one pass's statistics.
 
-    ``check`` as in :func:`cholesky_precisions`.
+    ``check`` as in :func:`cholesky_precisions`; ``shift`` as in :func:`estimate_parameters`.
     """
-    nk, means, covariances = estimate_parameters(stats, covariance_type, reg_covar, eps, xp)
+    nk, means, covariances = estimate_parameters(stats, covariance_type, reg_covar, eps, xp, shift)
     weights = nk / nk.sum(axis=-1, keepdims=True)
     precisions_chol = cholesky_precisions(covariances, covariance_type, xp, check=check)
     return Params(weights, means, covariances, precisions_chol)

@@ -72,7 +72,7 @@ def host_initial_parameters(
     """
     resp = initial_resp(X, random_state, n_components, init_params, sample_weight)
     stats = stats_from_resp(Xc, resp, n_components, covariance_type, shift, eps, sample_weight)
-    nk, means, covariances = estimate_parameters(stats, covariance_type, reg_covar, eps, np)
+    nk, means, covariances = estimate_parameters(stats, covariance_type, reg_covar, eps, np, shift)
     return nk / stats.weight_sum, means, covariances
 
 

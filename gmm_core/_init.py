@@ -242,9 +242,9 @@ def _random_resp_stats(
 
 
 def _params_of(
-    stats: Stats, covariance_type: str, reg_covar: float, eps: float, xp: Any
+    stats: Stats, covariance_type: str, reg_covar: float, eps: float, xp: Any, shift: Any = None
 ) -> tuple[Any, Any, Any]:
-    nk, means, covariances = estimate_parameters(stats, covariance_type, reg_covar, eps, xp)
+    nk, means, covariances = estimate_parameters(stats, covariance_type, reg_covar, eps, xp, shift)
     return nk / stats.weight_sum, means, covariances
 
 
@@ -369,7 +369,7 @@ def candidate_params(
             mine = centres[xp.asarray(rows), :k]
             try:
                 parts = _stats_of_rows(engine, data, mine, covariance_type, shift, eps, xtx)
-                out.append(_stack(parts, covariance_type, reg_covar, eps))
+                out.append(_stack(parts, covariance_type, reg_covar, eps, shift))
             except ValueError as error:
                 out.append(_ill_defined(error))
         return out
@@ -399,7 +399,7 @@ def candidate_params(
             first += int(n_init[c])
             try:
                 one = _candidate_stats(stats, mine_rows, int(ks[c]), covariance_type)
-                results[int(c)] = _params_of(one, covariance_type, reg_covar, eps, np)
+                results[int(c)] = _params_of(one, covariance_type, reg_covar, eps, np, shift)
             except ValueError as error:
                 results[int(c)] = _ill_defined(error)
     return [results[c] for c in range(len(ks))]
@@ -453,12 +453,12 @@ def _sampled_params(
         rows = gather_rows(engine, data, xp.asarray(ids.ravel().astype(np.int64)))
         rows = rows.reshape(len(draws), k, -1)
         parts = _stats_of_rows(engine, data, rows, covariance_type, shift, eps)
-        return _stack(parts, covariance_type, reg_covar, eps)
+        return _stack(parts, covariance_type, reg_covar, eps, shift)
     parts = [
         _random_resp_stats(engine, data, k, d["seed"], covariance_type).map(engine.to_host)
         for d in draws
     ]
-    return _stack(parts, covariance_type, reg_covar, eps)
+    return _stack(parts, covariance_type, reg_covar, eps, shift)
 
 
 def with_user_init(
@@ -494,9 +494,12 @@ def with_user_init(
 
 
 def _stack(
-    parts: list[Stats], covariance_type: str, reg_covar: float, eps: float
+    parts: list[Stats], covariance_type: str, reg_covar: float, eps: float, shift: Any = None
 ) -> tuple[Any, Any, Any]:
-    """Parameters of per-restart statistics (host), stacked along the restart axis."""
-    out = [_params_of(s, covariance_type, reg_covar, eps, np) for s in parts]
+    """Parameters of per-restart statistics (host), stacked along the restart axis.
+
+    ``shift``: what the data were centred by (:func:`gmm_core._gaussian.estimate_parameters`).
+    """
+    out = [_params_of(s, covariance_type, reg_covar, eps, np, shift) for s in parts]
     weights, means, covariances = (np.concatenate(arrays) for arrays in zip(*out, strict=True))
     return weights, means, covariances

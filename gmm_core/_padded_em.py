@@ -110,12 +110,14 @@ def run_em_padded(
     eps: float,
     tol: float,
     max_iter: int,
+    shift: Any = None,
 ) -> PaddedResult:
     """EM over restarts of different K padded to one width (the estimator's loop semantics).
 
     ``live`` (R, K_max) marks the real components of every restart, ``owner`` (R,) the
     candidate a restart belongs to. A restart whose live covariances become ill-defined fails
     its candidate (as that candidate's ``fit`` would raise) and stops every restart of it.
+    ``shift``: what the data were centred by (:func:`gmm_core._gaussian.estimate_parameters`).
     """
     n_restarts = live.shape[0]
     n_candidates = int(owner.max()) + 1
@@ -133,7 +135,9 @@ def run_em_padded(
     for it in range(1, max_iter + 1):
         stats = accumulate(engine, data, params, active)
         new_bound = np.asarray(stats.loglik, np.float64) / stats.weight_sum
-        _, means, covariances = estimate_parameters(stats, covariance_type, reg_covar, eps, np)
+        _, means, covariances = estimate_parameters(
+            stats, covariance_type, reg_covar, eps, np, shift
+        )
         # the live components' weights are (nk + eps) / sum(nk + eps) over the live ones alone,
         # as a fit with only those components computes them; the padding stays at weight 0 with
         # a unit covariance (a well-defined factor whatever reg_covar is)

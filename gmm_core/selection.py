@@ -438,6 +438,7 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
             eps=eps,
             tol=self.tol,
             max_iter=self.max_iter,
+            shift=shift,
         )
         clock.lap("em")
         best_rows = []

@@ -214,3 +214,29 @@ def test_a_variance_rounded_below_zero_is_zero_and_gets_reg_covar(covariance_typ
     assert np.isfinite(params.precisions_cholesky).all()
     with pytest.raises(ValueError, match=ILL_DEFINED_COVARIANCE[:40]):
         m_step(stats, covariance_type, 0.0, 0.0, np)
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+@pytest.mark.parametrize("backend", ["numpy", "select"])
+def test_a_component_left_without_samples_sits_where_scikit_learns_does(covariance_type, backend):
+    """Three distinct points for four components: one component ends with (almost) no
+    responsibility. scikit-learn's mean sum r x / (N_k + eps) puts it at the origin; centred
+    statistics had put it at the data mean (6, 2), where it took new points near that mean
+    (predict 3 instead of 0, score -25 instead of -5e6: found by a QA probe)."""
+    from gmm_core import GaussianMixtureSelect
+
+    X = np.repeat([[0.0, 0.0], [5.0, 5.0], [10.0, 0.0]], [5, 10, 10], axis=0)
+    kwargs = dict(covariance_type=covariance_type, random_state=0)
+    ref = SkGaussianMixture(4, **kwargs).fit(X)
+    if backend == "numpy":
+        ours = GaussianMixture(4, backend="numpy", **kwargs).fit(X)
+    else:  # the padded sweep's M-step (K = 4 beside K = 2 and 1)
+        ours = GaussianMixtureSelect([1, 2, 4], backend="numpy", criterion="aic", **kwargs)
+        ours = ours.fit(X).best_estimator_
+        assert ours.n_components == 4
+    np.testing.assert_allclose(ours.weights_, ref.weights_, rtol=1e-6, atol=1e-20)
+    np.testing.assert_allclose(ours.means_, ref.means_, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(ours.covariances_, ref.covariances_, rtol=1e-6, atol=1e-12)
+    new = np.array([[6.0, 2.0], [0.1, -0.1], [5.0, 4.0], [6.0, 2.5]])
+    np.testing.assert_array_equal(ours.predict(new), ref.predict(new))
+    np.testing.assert_allclose(ours.score_samples(new), ref.score_samples(new), rtol=1e-7)
