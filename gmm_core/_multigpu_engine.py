@@ -311,11 +311,11 @@ class MultiGpuEngine(Engine):
         return total
 
     def m_step(
-        self, stats: Stats, covariance_type: str, reg_covar: float, eps: float
+        self, stats: Stats, covariance_type: str, reg_covar: float, eps: float, shift: Any = None
     ) -> Params | None:
         """The primary device's M-step kernel (full covariance), as the one-GPU engine's."""
         with cupy.cuda.Device(self.primary):
-            return self.engines[0].m_step(stats, covariance_type, reg_covar, eps)
+            return self.engines[0].m_step(stats, covariance_type, reg_covar, eps, shift)
 
     def weighted_log_prob(self, data: MultiGpuData, params: Params) -> Any:
         """``log w_k + log N(x | k)`` of one mixture, shape (n_samples, K), on the primary."""
@@ -346,6 +346,7 @@ class MultiGpuEngine(Engine):
         tol: float,
         max_iter: int,
         first_bound: float = -np.inf,
+        shift: Any = None,
     ) -> EMResult | None:
         """Run the estimator's EM loop on every device, exchanging pass outputs each iteration.
 
@@ -379,7 +380,14 @@ class MultiGpuEngine(Engine):
                 return None
             self._loop = (key, loop)
         try:
-            loop.reset(params, reg_covar=reg_covar, eps=eps, tol=tol, first_bound=first_bound)
+            loop.reset(
+                params,
+                reg_covar=reg_covar,
+                eps=eps,
+                tol=tol,
+                first_bound=first_bound,
+                shift=shift,
+            )
             return loop.run(max_iter)
         except BaseException:
             # its exchange counters may differ between devices now; let queued work finish

@@ -317,8 +317,11 @@ class FusedLoop:
         eps: float,
         tol: float,
         first_bound: float,
+        shift: Any = None,
     ) -> None:
         """Queue a fit's initial parameters and settings on every device's loop stream.
+
+        ``shift``: what the data were centred by (the M-step's means).
 
         The exchange counters are not reset: every device runs the same number of rounds in
         every fit, so they stay equal across fits (a fit that raises drops the cached loop).
@@ -336,7 +339,7 @@ class FusedLoop:
                 with loop.stream:
                     local = host_params.map(cupy.asarray)
                 settings = dict(reg_covar=reg_covar, eps=eps, tol=tol, first_bound=first_bound)
-                loop.reset(all_rows, local, **settings, synchronize=False)
+                loop.reset(all_rows, local, **settings, synchronize=False, shift=shift)
 
     def run(self, max_iter: int) -> EMResult:
         primary = self.slots[0]

@@ -262,7 +262,7 @@ class CupyEngine(StrategySelection, Engine):
         return self.gemm.reduce_log_prob(data, params, reduce)
 
     def m_step(
-        self, stats: Stats, covariance_type: str, reg_covar: float, eps: float
+        self, stats: Stats, covariance_type: str, reg_covar: float, eps: float, shift: Any = None
     ) -> Params | None:
         """Full covariance: the M-step as one kernel launch (``full_mstep``); else None.
 
@@ -279,6 +279,7 @@ class CupyEngine(StrategySelection, Engine):
             eps,
             operands=operands,
             defines=self.full_pass_tc.defines,
+            shift=shift,
         )
         if new is not None and operands is not None:
             self.full_pass_tc.operands_written(new, operands)
@@ -301,6 +302,7 @@ class CupyEngine(StrategySelection, Engine):
         tol: float,
         max_iter: int,
         first_bound: float = -np.inf,
+        shift: Any = None,
     ) -> EMResult | None:
         """Run the estimator's EM loop with every step on the device, or return ``None``.
 
@@ -333,7 +335,7 @@ class CupyEngine(StrategySelection, Engine):
                 return None
         cupy.cuda.get_current_stream().synchronize()  # params come from the caller's stream
         loop = self._device_loop(strategy, data, plans, n_restarts, n_components, max_iter)
-        loop.reset(data, params, reg_covar, eps, tol, first_bound)
+        loop.reset(data, params, reg_covar, eps, tol, first_bound, shift=shift)
         self.last_run_info = {
             "graph": loop.graph is not None,
             "small_kernel": small is not None,

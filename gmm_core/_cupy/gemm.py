@@ -111,6 +111,17 @@ class GemmPass:
         self.budget = budget
         self._triu: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
         self._squares: dict[tuple[int, int], Any] = {}
+        self._shift: tuple[bytes, Any] | None = None  # the last shift, on the device
+
+    def _shift_on_device(self, shift: Any) -> Any:
+        """``shift`` (D,) as a float64 device array (copied once per fit), or a null pointer."""
+        if shift is None:
+            return np.intp(0)
+        host = np.ascontiguousarray(cupy.asnumpy(shift), dtype=np.float64)
+        key = host.tobytes()
+        if self._shift is None or self._shift[0] != key:
+            self._shift = (key, cupy.asarray(host))
+        return self._shift[1]
 
     def supports(self, data: CupyData, n_restarts: int, n_components: int) -> bool:
         """Every covariance type, dtype and size: the fallback of the other strategies."""
@@ -140,11 +151,13 @@ class GemmPass:
         *,
         operands: dict[str, Any] | None = None,
         defines: tuple[str, ...] = (),
+        shift: Any = None,
     ) -> Params | None:
         """Full covariance: the M-step as one kernel launch (``full_mstep``); else None.
 
-        Same formulas as :func:`gmm_core._gaussian.m_step`; a covariance that is not positive
-        definite gives NaN precision factors (the estimator's loop raises at its next check).
+        Same formulas as :func:`gmm_core._gaussian.m_step` (``shift`` as it takes it); a
+        covariance that is not positive definite gives NaN precision factors (the estimator's
+        loop raises at its next check).
         ``operands``: ``full_pass_tc``'s operand buffers (:meth:`FullPassTC.operand_buffers`)
         to fill from the new parameters as well (up to 32 features), built with that pass's
         tuning ``defines``.
@@ -173,6 +186,7 @@ class GemmPass:
                 np.int32(n_components),
                 np.float64(reg_covar),
                 np.float64(eps),
+                self._shift_on_device(shift),
                 out.weights,
                 out.means,
                 out.covariances,

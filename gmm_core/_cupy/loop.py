@@ -84,7 +84,7 @@ class DeviceLoopState:
 class DeviceLoop:
     """The device EM loop of one data set and shape: state, buffers, launches, CUDA graph.
 
-    The M-step kernels take their many arguments as one table of 17 words (``MStepArgs`` in
+    The M-step kernels take their many arguments as one table of 18 words (``MStepArgs`` in
     ``em_diag.cu``); the graph captures ``steps`` iterations once and is replayed, with the
     state reset in place, by every later fit of the same shape.
 
@@ -148,7 +148,9 @@ class DeviceLoop:
         self.partials = [cupy.empty((p.n_blocks, p.pstride), dtype=cupy.float64) for p in plans]
         self.outs = [cupy.empty(p.pstride, dtype=cupy.float64) for p in plans]
         self.counters = [cupy.zeros(1, dtype=cupy.uint32) for _ in plans]
-        self.tables = [cupy.zeros(17, dtype=cupy.uint64) for _ in plans]
+        self.tables = [cupy.zeros(18, dtype=cupy.uint64) for _ in plans]
+        #: what the data were centred by (the M-step's means, _gaussian.estimate_parameters)
+        self.shift = cupy.zeros(d, dtype=cupy.float64)
         self.n_components = n_components
         self.max_iter = max_iter
         self.data = data
@@ -187,8 +189,12 @@ class DeviceLoop:
         tol: float,
         first_bound: float,
         synchronize: bool = True,
+        shift: Any = None,
     ) -> None:
         """Load initial parameters and settings into the buffers the graph reads.
+
+        ``shift`` (D,): what the data were centred by (None: zeros), as
+        :func:`gmm_core._gaussian.estimate_parameters` takes it.
 
         ``data`` gives the dtype and what the lower bound divides by: its ``total_weight``, else
         its number of rows (the multi-GPU loop passes a shard with every device's rows and
@@ -204,6 +210,8 @@ class DeviceLoop:
             # initial values from the host (a fill would be a CuPy kernel to compile)
             st.bound.set(np.full(n_restarts, first_bound, dtype=np.float64), stream=self.stream)
             st.history.set(np.full(st.history.shape, np.nan), stream=self.stream)
+            centre = np.zeros(self.shift.shape) if shift is None else np.asarray(shift, np.float64)
+            self.shift.set(centre, stream=self.stream)
             flags = np.zeros(st.flags.shape, dtype=st.flags.dtype)
             flags[0] = 1  # active; converged, n_iter, failed: 0
             st.flags.set(flags, stream=self.stream)
@@ -232,6 +240,7 @@ class DeviceLoop:
                 divisor = float(data.n_samples if data.total_weight is None else data.total_weight)
                 words += [int(np.float64(x).view(np.uint64)) for x in (reg_covar, eps, tol)]
                 words += [self.max_iter, int(np.float64(divisor).view(np.uint64))]
+                words += [self.shift.data.ptr]
                 table.set(np.array(words, dtype=np.uint64))
             if synchronize:
                 self.stream.synchronize()

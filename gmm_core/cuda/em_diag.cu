@@ -160,9 +160,10 @@ template <typename T> struct MStepArgs {
     double reg_covar, eps, tol;
     int max_iter;
     double weight_sum;  // what the lower bound divides the log-likelihood by (N unweighted)
+    const double* shift;  // (D,) what the data were centred by (the means' eps term), or null
 };
 
-// the same arguments as a table of 17 words (pointers, then doubles and ints bit for bit), so a
+// the same arguments as a table of 18 words (pointers, then doubles and ints bit for bit), so a
 // kernel can take them as one pointer; the launcher (gmm_core/_cupy/loop.py) writes it
 template <typename T> __device__ MStepArgs<T> load_mstep_args(const unsigned long long* w) {
     MStepArgs<T> a;
@@ -183,6 +184,7 @@ template <typename T> __device__ MStepArgs<T> load_mstep_args(const unsigned lon
     a.tol = __longlong_as_double((long long)w[14]);
     a.max_iter = (int)w[15];
     a.weight_sum = __longlong_as_double((long long)w[16]);
+    a.shift = reinterpret_cast<const double*>(w[17]);
     return a;
 }
 
@@ -229,17 +231,21 @@ __device__ __forceinline__ void mstep_components_lanes(int r, int K, const doubl
         const int k = (i0 + lane) / G;
         const bool on = k < K, use = on && feat;
         const double* sk = st + (size_t)(on ? k : 0) * C;
-        const double nk = sk[0] + a.eps;
-        const double mu = use ? sk[1 + d] / nk : 0.0;
+        const double n_raw = sk[0], nk = n_raw + a.eps;
+        const double sxd = use ? sk[1 + d] : 0.0;
+        // scikit-learn's mean in the data's own coordinates, (sx - eps shift) / nk, and the
+        // variance about it, (sxx - mu (2 sx - n_raw mu)) / nk (the host M-step's, _gaussian.py)
+        const double mu = use ? (a.shift == nullptr ? sxd : sxd - a.eps * a.shift[d]) / nk : 0.0;
+        const double cross = mu * (2.0 * sxd - n_raw * mu) / nk;
         double var;
         // a variance the second moments leave below 0 by rounding is 0 (then + reg_covar), as
         // the host M-step (_gaussian.py) takes it; NaN stays NaN (the check below fails it)
         if (SPHERICAL) {
-            const double m2 = gmm::group_sum<G>(mu * mu);
+            const double m2 = gmm::group_sum<G>(cross);
             const double v = (sk[1 + D] / nk - m2) / D;
             var = (v < 0.0 ? 0.0 : v) + a.reg_covar;
         } else {
-            const double v = use ? sk[1 + D + d] / nk - mu * mu : 0.0;
+            const double v = use ? sk[1 + D + d] / nk - cross : 0.0;
             var = (v < 0.0 ? 0.0 : v) + a.reg_covar;
         }
         const double pc = 1.0 / sqrt(var);

@@ -128,7 +128,7 @@ template <int D>
 __global__ void __launch_bounds__(GMM_FULL_NT)
 full_mstep(const double* __restrict__ nk_raw, const double* __restrict__ sx,
            const double* __restrict__ sxx, int K, double reg_covar, double eps,
-           double* __restrict__ weights, double* __restrict__ means,
+           const double* __restrict__ shift, double* __restrict__ weights, double* __restrict__ means,
            double* __restrict__ covariances, double* __restrict__ pchol,
            float2* __restrict__ ufrag, float* __restrict__ bvec, float* __restrict__ lconst,
            float* __restrict__ mvec, int* __restrict__ far) {
@@ -137,6 +137,7 @@ full_mstep(const double* __restrict__ nk_raw, const double* __restrict__ sx,
     __shared__ double s_l[D * DP];                // covariance, then its elimination
     __shared__ double s_y[D * DP];                // Z = L1^-1, then L^-1
     __shared__ double s_mu[D];
+    __shared__ double s_sx[D];
     __shared__ double s_inv[D];                   // 1 / sqrt(d_j) = 1 / L_jj
     __shared__ double s_total;
     const int rk = blockIdx.x, r = rk / K, t = threadIdx.x;
@@ -147,12 +148,20 @@ full_mstep(const double* __restrict__ nk_raw, const double* __restrict__ sx,
         part = gmm::warp_sum(part);
         if (t == 0) s_total = part;
     }
-    for (int d = t; d < D; d += NT) s_mu[d] = sx[(size_t)rk * D + d] / nk;
+    // the mean in the data's own coordinates as scikit-learn's, (sx - eps shift) / nk (shift:
+    // what the data were centred by, or null), and the covariance about it (_gaussian.py):
+    // (sxx - mu sx^T - sx mu^T + nk_raw mu mu^T) / nk
+    for (int d = t; d < D; d += NT) {
+        const double s = sx[(size_t)rk * D + d];
+        s_sx[d] = s;
+        s_mu[d] = (shift == nullptr ? s : s - eps * shift[d]) / nk;
+    }
     __syncthreads();
-    const double factor = 2.0 - nk_raw[rk] / nk;
+    const double n_raw = nk_raw[rk];
     for (int e = t; e < D * D; e += NT) {
         const int i = e / D, j = e - i * D;
-        double c = sxx[(size_t)rk * D * D + e] / nk - s_mu[i] * s_mu[j] * factor;
+        const double cross = s_mu[i] * s_sx[j] + s_sx[i] * s_mu[j] - n_raw * s_mu[i] * s_mu[j];
+        double c = sxx[(size_t)rk * D * D + e] / nk - cross / nk;
         if (i == j) c += reg_covar;
         s_l[i * DP + j] = c;
         s_y[i * DP + j] = i == j ? 1.0 : 0.0;  // Z starts as the identity

@@ -342,3 +342,20 @@ def test_host_backend_fits_a_cupy_array():
     from_device = GaussianMixture(3, random_state=0, backend="numpy").fit(cupy.asarray(X))
     assert from_device.backend_ == "numpy"
     np.testing.assert_array_equal(from_device.means_, on_host.means_)
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_component_left_without_samples_sits_at_the_origin_as_on_numpy(cov, dtype):
+    """The device M-steps (the device loop's, ``full_mstep``, the host path's) put the mean of
+    a component with no responsibility where scikit-learn and the NumPy backend do: the data's
+    origin, not the data mean (a fourth component started far from three clusters)."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[50.0, -20.0], [55.0, -15.0], [60.0, -20.0]])
+    X = (np.repeat(centres, 300, axis=0) + rng.normal(0.0, 0.5, (900, 2))).astype(dtype)
+    kw = dict(covariance_type=cov, means_init=np.vstack([centres, [[500.0, 500.0]]]))
+    ref = GaussianMixture(4, backend="numpy", **kw).fit(X)
+    got = GaussianMixture(4, backend="cupy", **kw).fit(X)
+    assert ref.weights_[3] < 1e-8 and got.weights_[3] < 1e-8  # the case: component 3 empty
+    np.testing.assert_allclose(got.means_, ref.means_, rtol=1e-4, atol=1e-3)
+    assert np.abs(got.means_[3]).max() < 1e-3  # the origin, not the data mean (55, -18.3)
