@@ -65,17 +65,30 @@ def list_batch_files(path: str | os.PathLike[str]) -> list[Path]:
 
 
 def read_file(path: Path) -> pd.DataFrame:
-    """Read one Parquet or CSV file with pyarrow into pandas."""
+    """Read one Parquet or CSV file with pyarrow into pandas.
+
+    Timezone-aware timestamps come out in UTC whatever zone the file names: pyarrow reads a
+    CSV's ``+01:00`` offsets as UTC instants, so a Parquet column in ``Europe/Berlin`` (the
+    same instants) is converted alike; naive timestamps stay naive (the contract refuses them).
+    """
     suffix = path.suffix.lower()
     if suffix in PARQUET_SUFFIXES:
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pandas()
+        return _in_utc(pq.read_table(path).to_pandas())
     if suffix in CSV_SUFFIXES:
         import pyarrow.csv as pacsv
 
-        return pacsv.read_csv(path).to_pandas()
+        return _in_utc(pacsv.read_csv(path).to_pandas())
     raise ValueError(f"unsupported file type {suffix!r}: deliver {', '.join(BATCH_SUFFIXES)}")
+
+
+def _in_utc(frame: pd.DataFrame) -> pd.DataFrame:
+    """Timezone-aware columns of ``frame`` converted to UTC (in place; the same instants)."""
+    for name, dtype in frame.dtypes.items():
+        if isinstance(dtype, pd.DatetimeTZDtype) and str(dtype.tz) != "UTC":
+            frame[name] = frame[name].dt.tz_convert("UTC")
+    return frame
 
 
 def read_batch(

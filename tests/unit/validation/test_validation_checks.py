@@ -79,6 +79,27 @@ def test_type_errors_naive_timestamps_and_string_features(contract):
     ]
 
 
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_a_file_in_another_time_zone_is_read_as_the_same_utc_instants(tmp_path, contract, suffix):
+    """Parquet in Europe/Berlin was refused (dtype datetime64[us, Europe/Berlin]) where the same
+    rows as CSV (+01:00 offsets, which pyarrow reads as UTC) passed (QA probe): both are now the
+    same instants in UTC; naive timestamps are still refused (above)."""
+    from validation.reader import read_file
+
+    frame = make_telemetry(300, *WINDOW, seed=4)
+    berlin = frame.assign(ts=frame["ts"].dt.tz_convert("Europe/Berlin"))
+    path = tmp_path / f"berlin{suffix}"
+    if suffix == ".csv":
+        berlin.to_csv(path, index=False)  # ISO text with +01:00 / +02:00 offsets
+    else:
+        berlin.to_parquet(path, index=False)
+    read = read_file(path)
+    assert str(read["ts"].dt.tz) == "UTC"
+    assert (read["ts"] == frame["ts"]).all()  # the same instants
+    result = validate_batch(path, contract, window=WINDOW)
+    assert result.success, result.summary
+
+
 def test_missing_column_summary_names_it_once(contract):
     result = validate_batch(make_telemetry(300, *WINDOW).drop(columns=["temp_c"]), contract)
     assert result.failed_expectations[:2] == [
