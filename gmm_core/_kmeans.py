@@ -438,6 +438,11 @@ def _lloyd_step(
     return np.where(active[:, None, None], new, centres), active & (moved > tol)
 
 
+#: Lloyd's batch drops its stopped restarts once at most this fraction of it still iterates
+#: (the GPU passes compute every restart they are given, stopped or not)
+LLOYD_COMPACT = 0.75
+
+
 def lloyd(
     engine: Any,
     data: Any,
@@ -454,22 +459,28 @@ def lloyd(
     ``KMeans``. ``sizes``: each restart's own number of centres (:func:`hard_params`; the
     padding takes no sample, so it stays where it is). Returns the centres (R, K, D) float64 (a
     new array) and the iterations of every restart (int64).
+
+    The passes run on the restarts still iterating: once at most :data:`LLOYD_COMPACT` of the
+    batch does, the stopped ones leave it (their centres are final), so restarts that converge
+    early (model selection's small K) do not ride along in every later pass.
     """
     xp = engine.xp
     diag = engine.retype(data, "diag")
     n_restarts = centres.shape[0]
+    sizes = None if sizes is None else np.asarray(sizes, dtype=np.int64)
     kernel = None
     if xp is np:
         centres = np.array(centres, dtype=np.float64)
-        active = np.ones(n_restarts, dtype=bool)
     else:
         from ._cupy.copies import duplicate
         from ._cupy.kernels import get_kernel
 
         kernel = get_kernel("init.cu", *LLOYD_KERNELS[0])
         centres = duplicate(xp.ascontiguousarray(centres, dtype=xp.float64))
-        active = xp.asarray(np.ones(n_restarts, dtype=np.int32))
-    n_iter = xp.zeros(n_restarts, dtype=xp.int64)
+    out, out_iter = centres, xp.zeros(n_restarts, dtype=xp.int64)
+    rows = np.arange(n_restarts)  # the batch's restarts (rows of out)
+    n_iter = out_iter
+    active = _all_active(xp, n_restarts)
     hard = hard_params(centres, "diag", precision, xp, sizes)
     pending = None
     for _ in range(max_iter):
@@ -480,10 +491,32 @@ def lloyd(
         # the last restart stopped changes nothing (every restart is masked). The device updates
         # `active` in place behind the copy; the host makes a new array.
         reader = engine.read_later(active)
-        if pending is not None and not pending().any():
-            break
+        if pending is not None:
+            going = np.asarray(pending(), dtype=bool)  # stopped then: stopped for good
+            if not going.any():
+                break
+            if going.sum() <= LLOYD_COMPACT * len(rows):
+                keep = np.flatnonzero(going)
+                out[xp.asarray(rows)] = centres  # every restart's centres so far
+                out_iter[xp.asarray(rows)] = n_iter
+                rows, pick = rows[keep], xp.asarray(keep)
+                centres = xp.ascontiguousarray(centres[pick])
+                active, n_iter = xp.ascontiguousarray(active[pick]), n_iter[pick]
+                hard = hard_params(centres, "diag", precision, xp, _sizes_of(sizes, rows))
+                reader = engine.read_later(active)
         pending = reader
-    return centres, n_iter
+    out[xp.asarray(rows)] = centres
+    out_iter[xp.asarray(rows)] = n_iter
+    return out, out_iter
+
+
+def _all_active(xp: Any, n: int) -> Any:
+    """Every restart iterating: bool on the host, int32 on a device (``lloyd_step``'s flags)."""
+    return np.ones(n, dtype=bool) if xp is np else xp.asarray(np.ones(n, dtype=np.int32))
+
+
+def _sizes_of(sizes: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+    return None if sizes is None else sizes[rows]
 
 
 def lloyd_coarse_to_fine(

@@ -131,7 +131,9 @@ class NumpyEngine(Engine):
         n_restarts, n_components, n_features = params.means.shape
         if n_restarts == 1 and bool(active[0]):
             return _accumulate_live(data, params)  # fresh arrays, nothing to keep
-        key = (data.covariance_type, n_restarts, n_components, n_features)
+        # per data set (a coarse subsample's passes of the same shape come first in k-means):
+        # the counts and the tied X^T X are always the data's own, never a former data set's
+        key = (id(data), data.covariance_type, n_restarts, n_components, n_features)
         if self._last is None or self._last_key != key:
             self._last = _empty_stats(data, n_restarts, n_components, n_features)
             self._last_key = key
@@ -143,7 +145,9 @@ class NumpyEngine(Engine):
             stats.sx[r] = one.sx[0]
             if data.covariance_type != "tied":
                 stats.sxx[r] = one.sxx[0]
-        stats.total_weight = data.total_weight
+        stats.n_samples, stats.total_weight = data.n_samples, data.total_weight
+        if data.xtx is not None:
+            stats.sxx = data.xtx.copy()
         return stats.copy()  # the loop must not see later in-place updates
 
     def weighted_log_prob(self, data: NumpyData, params: Params) -> np.ndarray:

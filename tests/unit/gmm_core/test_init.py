@@ -398,3 +398,49 @@ def test_a_sweep_initialised_on_the_device_path_equals_separate_device_fits(monk
             np.testing.assert_allclose(table["lower_bound"][i], alone.lower_bound_, rtol=1e-10)
     failed = set(table["n_components"][table["failed"]].tolist())
     assert failed == (set() if case == "all-fit" else {16, 17, 20})
+
+
+@pytest.mark.parametrize("cov", ["tied", "diag"])
+def test_numpy_engine_statistics_are_those_of_the_data_passed(cov):
+    """The NumPy engine keeps its last statistics (stopped restarts keep theirs): a pass over a
+    subsample of the same shape first (k-means' coarse stage) left the next pass over all rows
+    the subsample's row count, so the initial weights came out 8x too large (found by the
+    candidates' init test through the coarse stage)."""
+    X = _blobs(n=4000, d=3, centers=4, seed=7)
+    engine, data = _prepared(X, cov)
+    coarse = engine.subsample(data, 8)
+    params = _kmeans.hard_params(data.X[[0, 1, 2, 3]][None].repeat(2, axis=0), cov, 1.0, np)
+    active = np.ones(2, dtype=bool)
+    engine.accumulate(coarse, params, active)
+    got = engine.accumulate(data, params, active)
+    want = NumpyEngine().accumulate(data, params, active)
+    assert got.n_samples == want.n_samples == 4000
+    for name in ("loglik", "nk", "sx", "sxx"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+
+
+def test_lloyd_drops_stopped_restarts_from_its_passes_and_ends_where_each_alone_ends():
+    """Restarts of K = 1, 2 (padded) stop after a few iterations, K = 12 goes on: once at most
+    LLOYD_COMPACT of the batch iterates, the passes carry only the rest (the GPU passes compute
+    every restart they are given), and every restart ends at its own fixed point."""
+    X = _blobs(n=3000, d=2, centers=12, seed=11)
+    engine, data = _prepared(X)
+    ks = np.array([12, 2, 1, 1])
+    draws = _candidate_draws(data, "kmeans", ks, n_init=1)
+    seeds = _kmeans.seed_all(engine, data, ks, [d[0] for d in draws])
+    total = float(data.variance.sum())
+    tol, precision = _kmeans.KMEANS_TOL * total / 2, _kmeans.HARD_PRECISION / total
+
+    batches = []
+
+    class Counting(NumpyEngine):
+        def lloyd_pass(self, data, params, active):
+            batches.append(params.means.shape[0])
+            return super().lloyd_pass(data, params, active)
+
+    got, n_iter = _kmeans.lloyd(Counting(), data, seeds, tol=tol, precision=precision, sizes=ks)
+    assert batches[0] == 4 and min(batches) == 1, batches  # K=1, 2 left; K=12 went on alone
+    for r, k in enumerate(ks):
+        alone, it = _kmeans.lloyd(engine, data, seeds[r : r + 1, :k], tol=tol, precision=precision)
+        np.testing.assert_array_equal(got[r, :k], alone[0])
+        assert not got[r, k:].any() and n_iter[r] == it[0]
