@@ -83,6 +83,8 @@ def run_em(
         if result is not None:
             return result
     xp = engine.xp
+    if shift is not None:  # once per fit where the M-step runs (no copy per iteration)
+        shift = xp.asarray(np.asarray(shift, dtype=np.float64))
     n_restarts = params.weights.shape[0]
     # on a device, positive-definiteness is checked at sync points, not by a sync per iteration
     deferred = xp is not np
