@@ -210,7 +210,8 @@ class DeviceLoop:
             # initial values from the host (a fill would be a CuPy kernel to compile)
             st.bound.set(np.full(n_restarts, first_bound, dtype=np.float64), stream=self.stream)
             st.history.set(np.full(st.history.shape, np.nan), stream=self.stream)
-            centre = np.zeros(self.shift.shape) if shift is None else np.asarray(shift, np.float64)
+            centre = np.zeros(self.shift.shape) if shift is None else cupy.asnumpy(shift)
+            centre = np.ascontiguousarray(centre, dtype=np.float64)
             self.shift.set(centre, stream=self.stream)
             flags = np.zeros(st.flags.shape, dtype=st.flags.dtype)
             flags[0] = 1  # active; converged, n_iter, failed: 0
