@@ -3,13 +3,25 @@
 Every path hangs off one home folder (``EMFLOW_HOME``, default ``./.emflow``), so the embedded
 default (SQLite for MLflow, local files) needs no set-up. Each value can be overridden by an
 environment variable; a real MLflow server is used through the standard ``MLFLOW_TRACKING_URI``.
+A value emflow cannot use raises :class:`SettingsError` naming the variable and the form it
+takes; the numbers (the gate's and the MLflow retries') are parsed where they are first used, so
+a bad one stops only the commands that need it (``emflow`` turns it into exit status 2).
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Generic, NamedTuple, TypeVar, overload
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value emflow cannot use (the message names both)."""
 
 
 def database_url(url: str) -> str:
@@ -29,7 +41,92 @@ def database_url(url: str) -> str:
 
 def _env_path(name: str, default: Path) -> Path:
     value = os.environ.get(name)
-    return Path(value).expanduser().resolve() if value else default
+    if not value:
+        return default
+    try:
+        return Path(value).expanduser().resolve()
+    except RuntimeError as error:  # "~user/..." naming no user
+        raise SettingsError(
+            f"{name}={value!r}: {error}; set it to a folder path or unset it"
+        ) from None
+
+
+def _env_text(name: str, default: str) -> str:
+    """``name``'s value, or ``default`` where it is unset or blank."""
+    return os.environ.get(name, "").strip() or default
+
+
+def _number(minimum: float) -> Callable[[str], float]:
+    """A parser of finite numbers >= ``minimum`` (ValueError otherwise)."""
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value) or value < minimum:
+            raise ValueError(text)
+        return value
+
+    return parse
+
+
+def _integer(minimum: int) -> Callable[[str], int]:
+    """A parser of integers >= ``minimum`` (ValueError otherwise)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise ValueError(text)
+        return value
+
+    return parse
+
+
+class _EnvText(NamedTuple):
+    """An environment variable's text as a :class:`Settings` was made, not yet parsed."""
+
+    text: str | None
+
+
+class _FromEnv(Generic[T]):
+    """A :class:`Settings` field read from an environment variable when a caller uses it.
+
+    The variable's text is taken when the settings are made and parsed on use, so a bad value
+    fails the commands that need the setting (with a :class:`SettingsError` naming the variable
+    and the form it takes), not every command: ``emflow status`` does not need the gate's
+    margin. A value passed to ``Settings(...)`` is used as given.
+    """
+
+    def __init__(self, variable: str, default: T, parse: Callable[[str], T], expected: str) -> None:
+        self.variable, self.default, self.parse, self.expected = variable, default, parse, expected
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _FromEnv[T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> T: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> T | _FromEnv[T]:
+        if obj is None:  # the dataclass default: "read the environment"
+            return self
+        value = obj.__dict__[self.name]
+        if not isinstance(value, _EnvText):
+            return value
+        if value.text is None:
+            return self.default
+        try:
+            return self.parse(value.text)
+        except ValueError:
+            raise SettingsError(
+                f"{self.variable}={value.text!r} is not {self.expected}; set it to one "
+                f"(default {self.default}) or unset it"
+            ) from None
+
+    def __set__(self, obj: object, value: T | _FromEnv[T]) -> None:
+        stored: object = value
+        if value is self:  # not passed to Settings(...): take the variable's text now
+            stored = _EnvText(os.environ.get(self.variable, "").strip() or None)
+        obj.__dict__[self.name] = stored
 
 
 @dataclass(frozen=True)
@@ -79,28 +176,26 @@ class Settings:
     data_root: Path = None  # type: ignore[assignment]
     tracking_uri: str = None  # type: ignore[assignment]
     artifact_root: Path = None  # type: ignore[assignment]
-    model_name: str = field(
-        default_factory=lambda: os.environ.get("EMFLOW_MODEL_NAME", "telemetry-gmm")
-    )
+    model_name: str = field(default_factory=lambda: _env_text("EMFLOW_MODEL_NAME", "telemetry-gmm"))
     experiment_name: str = field(
-        default_factory=lambda: os.environ.get("EMFLOW_EXPERIMENT", "emflow-retrain")
+        default_factory=lambda: _env_text("EMFLOW_EXPERIMENT", "emflow-retrain")
     )
     pushgateway_url: str | None = field(
-        default_factory=lambda: os.environ.get("EMFLOW_PUSHGATEWAY") or None
+        default_factory=lambda: os.environ.get("EMFLOW_PUSHGATEWAY", "").strip() or None
     )
     metrics_textfile: Path = None  # type: ignore[assignment]
-    promotion_margin: float = field(
-        default_factory=lambda: float(os.environ.get("EMFLOW_PROMOTION_MARGIN", "0.05"))
+    # read when used (see _FromEnv): a bad value fails only the commands that need it
+    promotion_margin: _FromEnv[float] = _FromEnv(
+        "EMFLOW_PROMOTION_MARGIN", 0.05, _number(0.0), "a number >= 0 (nats per sample)"
     )
-    alignment_threshold: float = field(
-        default_factory=lambda: float(os.environ.get("EMFLOW_ALIGNMENT_THRESHOLD", "0.5"))
+    alignment_threshold: _FromEnv[float] = _FromEnv(
+        "EMFLOW_ALIGNMENT_THRESHOLD", 0.5, _number(0.0), "a number >= 0 (Bhattacharyya distance)"
     )
-
-    mlflow_retries: int = field(
-        default_factory=lambda: int(os.environ.get("EMFLOW_MLFLOW_RETRIES", "6"))
+    mlflow_retries: _FromEnv[int] = _FromEnv(
+        "EMFLOW_MLFLOW_RETRIES", 6, _integer(1), "a whole number >= 1 (attempts)"
     )
-    mlflow_backoff_s: float = field(
-        default_factory=lambda: float(os.environ.get("EMFLOW_MLFLOW_BACKOFF_S", "2.0"))
+    mlflow_backoff_s: _FromEnv[float] = _FromEnv(
+        "EMFLOW_MLFLOW_BACKOFF_S", 2.0, _number(0.0), "a number >= 0 (seconds)"
     )
     dask_scheduler: str | None = field(
         default_factory=lambda: os.environ.get("EMFLOW_DASK_SCHEDULER", "").strip() or None
@@ -128,6 +223,9 @@ class Settings:
         if "home" in changes:
             for derived in ("data_root", "tracking_uri", "artifact_root", "metrics_textfile"):
                 changes.setdefault(derived, None)
+        for name, attribute in vars(Settings).items():  # unparsed text stays unparsed
+            if isinstance(attribute, _FromEnv):
+                changes.setdefault(name, self.__dict__[name])
         return replace(self, **changes)  # type: ignore[arg-type]
 
     def ensure_dirs(self) -> Settings:

@@ -242,7 +242,12 @@ def load_contract(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         raise ContractError(
             f"contract file {chosen} not found: pass an existing file or unset EMFLOW_CONTRACT"
         ) from exc
-    except yaml.YAMLError as exc:
+    except OSError as exc:  # a folder, no permission
+        raise ContractError(
+            f"contract file {chosen} cannot be read ({exc.strerror}): pass a readable YAML file "
+            "or unset EMFLOW_CONTRACT"
+        ) from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:  # a binary file is not YAML either
         raise ContractError(f"contract file {chosen} is not valid YAML: {exc}") from exc
     if not isinstance(raw, Mapping):
         raise ContractError(

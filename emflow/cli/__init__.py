@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -27,7 +30,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "score": (
         "emflow.cli.score",
-        "score telemetry with the champion (CSV: component, responsibility, log-likelihood)",
+        "score telemetry with the champion (CSV: event_id, component, responsibility, "
+        "log_likelihood, and p_value, is_anomaly for a calibrated model)",
     ),
     "telemetry": ("emflow.cli.telemetry", "write synthetic telemetry windows under incoming/"),
     "gpu": ("emflow.cli.gpu", "GPU housekeeping: `emflow gpu warmup` compiles the kernels"),
@@ -43,21 +47,79 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def int_in_range(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[minimum, maximum]`` (argparse says which option)."""
+    expected = f"an integer >= {minimum}"
+    if maximum is not None:
+        expected = f"an integer from {minimum} to {maximum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    return parse
+
+
+def output_file_problem(option: str, target: Path) -> str | None:
+    """Why ``option``'s file ``target`` cannot be written (None: it can); checked up front."""
+    if target.is_dir():
+        return f"{option} {target} is a folder; pass a file name"
+    folder = target.parent
+    if not folder.is_dir():
+        return f"{option} {target}: {folder} is not an existing folder"
+    if not os.access(folder, os.W_OK | os.X_OK) or (
+        target.exists() and not os.access(target, os.W_OK)
+    ):
+        return f"{option} {target}: cannot write there; pass a file you can write"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen subcommand; return its exit status."""
+    """Parse ``argv`` and run the chosen subcommand; return its exit status.
+
+    Exit status 2 for a usage error: a bad option (argparse), or an ``EMFLOW_*`` variable
+    the command needs holding a value it cannot use. When the reader of the output goes away
+    (``emflow status | head``) the command stops quietly with status 1, as Python's note on
+    SIGPIPE recommends, whichever command it is.
+    """
+    try:
+        try:
+            return _dispatch(sys.argv[1:] if argv is None else argv)
+        finally:  # what is still buffered meets a closed pipe here, not at exit (--help too)
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # https://docs.python.org/3/library/signal.html#note-on-sigpipe: point stdout at
+        # devnull so that the interpreter's own flush at exit does not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _dispatch(argv: list[str]) -> int:
+    """Parse ``argv``, run the subcommand it names; its exit status."""
+    from emflow.config import SettingsError
+
     parser = argparse.ArgumentParser(prog="emflow", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"emflow {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    args_argv = sys.argv[1:] if argv is None else argv
-    chosen = next((a for a in args_argv if not a.startswith("-")), None)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:  # import only the module that runs
             module = importlib.import_module(module_name)
             module.add_arguments(p)
             p.set_defaults(_run=module.run)
-    args = parser.parse_args(args_argv)
-    return int(args._run(args) or 0)
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except SettingsError as error:  # raised where the command first uses the setting
+        print(f"emflow {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -8,17 +8,21 @@ from pathlib import Path
 from typing import Any
 
 from emflow.airflow.environment import GPU_POOL, airflow_environment, setup_airflow
+from emflow.cli import int_in_range
 from emflow.config import Settings
 
 
 def add_arguments(parser: Any) -> None:
     """Options of ``emflow airflow-env``."""
     parser.add_argument(
-        "--port", type=int, default=8080, help="API server / UI port on 127.0.0.1 (default 8080)"
+        "--port",
+        type=int_in_range(1, 65535),
+        default=8080,
+        help="API server / UI port on 127.0.0.1 (default 8080)",
     )
     parser.add_argument(
         "--parallelism",
-        type=int,
+        type=int_in_range(1),
         default=4,
         help="[core] parallelism: task processes at once (default 4)",
     )

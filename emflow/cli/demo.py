@@ -1,7 +1,9 @@
 """``emflow demo``: the whole retraining workflow on the embedded default, in a few minutes.
 
-What it does, in one process, with Airflow's SQLite database and the embedded MLflow store under
-``<EMFLOW_HOME>/demo``:
+What it does, in one process, with Airflow's SQLite database and the embedded MLflow store in a
+folder of its own, ``<EMFLOW_HOME>/demo.<UTC time>``, to which the link ``<EMFLOW_HOME>/demo``
+then points (what the README's commands use). An MLflow registry records its artifacts' absolute
+paths, so a demo folder is never moved or rewritten: every earlier demo stays usable where it is.
 
 1. sets Airflow up (metadata database, the ``gpu`` pool) and generates several days of
    multimodal telemetry, one of them a bad batch (infinite latencies);
@@ -13,23 +15,27 @@ What it does, in one process, with Airflow's SQLite database and the embedded ML
 4. prints where to look: the MLflow UI command, the data folders, the metrics file, the logs.
 
 Airflow's and the tasks' own output (per-iteration EM progress included) goes to one log file
-per run under ``<home>/logs/``; the terminal shows a progress bar and one line per run.
+per run under ``<home>/logs/``; stdout gets one line per run, stderr a progress bar when it is a
+terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
-import shutil
+import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from emflow.cli import int_in_range
 from emflow.config import Settings
+from emflow.run.params import SPECS
 
 FIRST_DAY = date(2026, 11, 16)
 # one gmm_retrain run per day, in order: what the day holds and the run's conf
@@ -44,19 +50,51 @@ EXPECTED_STATES = ["success", "failed", "success", "success", "success"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``emflow demo``."""
+    """Options of ``emflow demo``; out-of-range values stop here, before anything is written."""
     parser.add_argument(
         "--home",
         type=Path,
         default=None,
-        help="folder for everything the demo writes (default: $EMFLOW_HOME/demo); "
-        "an existing one is kept and renamed with a timestamp",
+        help="link to the latest demo (default: $EMFLOW_HOME/demo); each demo writes into a new "
+        "folder HOME.<UTC time> beside it and HOME is pointed at it, earlier ones stay as they are",
     )
     parser.add_argument(
-        "--rows-per-day", type=int, default=20_000, help="telemetry rows per day (default 20000)"
+        "--rows-per-day",
+        type=_rows_per_day,
+        default=20_000,
+        help="telemetry rows per day (default 20000; at least the data contract's min_rows)",
     )
-    parser.add_argument("--n-init", type=int, default=3, help="EM restarts per training run")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data and training")
+    parser.add_argument(
+        "--n-init",
+        type=_spec_int("n_init"),
+        default=3,
+        help="EM restarts per training run (default 3)",
+    )
+    parser.add_argument(
+        "--seed", type=_spec_int("seed"), default=0, help="seed of data and training (default 0)"
+    )
+
+
+def _spec_int(name: str) -> Callable[[str], int]:
+    """An argparse type with the bounds of the ``gmm_retrain`` DAG's Param ``name``.
+
+    A value the DAG would refuse stops here, before anything is written, instead of as an
+    Airflow ``ParamValidationError`` in the middle of the demo.
+    """
+    spec = SPECS[name]
+    assert spec.minimum is not None  # the demo's integer Params are bounded below
+    return int_in_range(int(spec.minimum), None if spec.maximum is None else int(spec.maximum))
+
+
+def _rows_per_day(text: str) -> int:
+    """A ``--rows-per-day`` value: within the data contract's row bounds, so good days pass."""
+    from validation.contract import ContractError, load_contract
+
+    try:
+        contract = load_contract()
+    except ContractError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return int_in_range(contract.min_rows, contract.max_rows)(text)
 
 
 @contextlib.contextmanager
@@ -79,15 +117,66 @@ def _output_to(log_path: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
-def _fresh_home(home: Path) -> Path | None:
-    """Make ``home`` empty by renaming an earlier demo folder aside (nothing is deleted)."""
-    if home.exists() and any(home.iterdir()):
-        kept = home.with_name(f"{home.name}.{datetime.now(UTC):%Y%m%dT%H%M%S}")
-        shutil.move(str(home), str(kept))
-        home.mkdir(parents=True)
-        return kept
-    home.mkdir(parents=True, exist_ok=True)
-    return None
+def _new_demo_folder(link: Path) -> Path:
+    """A new, empty folder for one demo beside ``link``: ``<link>.<UTC time>[-n]``.
+
+    ``mkdir`` without ``exist_ok`` claims the name, so two demos started in the same second do
+    not share a folder.
+    """
+    stamp = f"{link.name}.{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    for n in itertools.count(1):
+        folder = link.with_name(stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return folder
+    raise AssertionError("unreachable")
+
+
+def _point(link: Path, folder: Path) -> None:
+    """Make ``link`` a symbolic link to ``folder`` (its sibling) in one step.
+
+    The new link is made under a temporary name and renamed over the old one, so a demo killed at
+    any moment leaves ``link`` at the previous demo or at this one, never missing.
+    """
+    staged = link.with_name(f".{link.name}.{os.getpid()}.link")
+    staged.unlink(missing_ok=True)
+    staged.symlink_to(folder.name)  # relative: the pair can be looked at from anywhere
+    os.replace(staged, link)
+
+
+def _prepare_home(link: Path) -> tuple[Path, str]:
+    """Make this demo's folder and point ``link`` at it; return the folder and what happened.
+
+    Nothing that exists is moved: an MLflow registry records its artifacts' absolute paths, so
+    a demo folder renamed aside would no longer find its models. A folder (not a link) at
+    ``link``, e.g. one an earlier emflow ran its demo in, is left as it is and not pointed over.
+
+    Raises
+    ------
+    NotADirectoryError
+        ``link`` is a file.
+    """
+    if link.exists() and not link.is_dir():
+        raise NotADirectoryError(
+            f"--home {link} is a file; pass a new path, or the link an earlier demo made"
+        )
+    if link.is_dir() and not link.is_symlink() and not any(link.iterdir()):
+        link.rmdir()  # empty: nothing to keep, and the name becomes the link
+    previous = link.resolve() if link.is_symlink() and link.exists() else None
+    folder = _new_demo_folder(link)
+    if link.exists() and not link.is_symlink():
+        return folder, (
+            f"{link} is a folder, not a link to a demo (an earlier emflow's demo?): it stays as it "
+            f"is, because moving a demo breaks its registry. This demo runs in {folder}; remove "
+            f"{link} for the next demo to make it the link to the latest."
+        )
+    _point(link, folder)
+    note = f"this demo runs in {folder} ({link} points at it)"
+    if previous:
+        note += f"; the previous demo stays usable in {previous}"
+    return folder, note
 
 
 def _write_days(settings: Settings, rows: int, seed: int) -> list[dict[str, Any]]:
@@ -124,7 +213,43 @@ def _describe(outcome: dict[str, Any]) -> str:
             f"failed expectations: {', '.join(rejected['failed'])}"
         )
     failed = [t for t, s in outcome["tasks"].items() if s == "failed"]
-    return f"run {outcome['state']}: failed tasks {failed} (see the log)"
+    reason = _failure_reason(Path(outcome["log"])) or "no reason logged"
+    return f"run {outcome['state']}: failed tasks {failed}: {reason} (log {outcome['log']})"
+
+
+def _describe_rollback(outcome: dict[str, Any]) -> str:
+    """One line about the gmm_rollback run: the move, or why it was refused."""
+    done = outcome["xcom"].get("rollback")
+    if done:
+        return (
+            f"rollback ({outcome['state']}): champion v{done['previous']} -> v{done['version']} "
+            f"by {done['actor']}: {done['reason']}"
+        )
+    # refused (e.g. no previous champion: only one model was promoted) or failed: say why here
+    reason = _failure_reason(Path(outcome["log"])) or "no reason logged"
+    return f"rollback ({outcome['state']}): {reason} (log {outcome['log']})"
+
+
+# the last line of a logged traceback: "package.module.SomeError: message"
+_EXCEPTION_LINE = re.compile(r"^(?:\w+\.)*\w*(?:Error|Exception): (?P<message>.+)$")
+
+
+def _failure_reason(log_path: Path) -> str | None:
+    """The message of the last exception in a run's log, None when there is none.
+
+    A failed task's reason reaches the console only through its log: ``dag.test`` writes the
+    traceback there (for the rollback ``AirflowFailException: rollback refused: <why>``) and
+    stores no message with the task instance.
+    """
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        found = _EXCEPTION_LINE.match(line)
+        if found:
+            return found["message"]
+    return None
 
 
 def run_demo(
@@ -152,8 +277,15 @@ def run_demo(
     log_dir = home / "logs"
     log_dir.mkdir(exist_ok=True)
     env = environment.airflow_environment(settings, extra={"EMFLOW_RETRY_DELAY_S": "5"})
+    # the bar on stderr, and only on a terminal (disable=None): stdout stays the run lines, with
+    # no carriage returns in a redirected file; tqdm.write clears the bar before each line
     steps = tqdm(
-        total=len(DEMO_DAYS) + 3, desc="emflow demo", unit="step", file=out, dynamic_ncols=True
+        total=len(DEMO_DAYS) + 3,
+        desc="emflow demo",
+        unit="step",
+        file=sys.stderr,
+        disable=None,
+        dynamic_ncols=True,
     )
     with _output_to(log_dir / "setup.log"):
         environment.setup_airflow(env)
@@ -171,26 +303,24 @@ def run_demo(
         day = step["day"]
         conf = {"n_init": n_init, "seed": seed, **step["conf"]}
         steps.set_postfix_str(f"gmm_retrain {day}")
-        with _output_to(log_dir / f"gmm_retrain_{day}.log"):
+        log_path = log_dir / f"gmm_retrain_{day}.log"
+        with _output_to(log_path):
             outcome = runner.run_in_process(
                 dags["gmm_retrain"], conf, datetime(day.year, day.month, day.day, tzinfo=UTC)
             )
-        outcome.update(day=day.isoformat(), what=step["what"], conf=conf)
+        outcome.update(day=day.isoformat(), what=step["what"], conf=conf, log=str(log_path))
         results.append(outcome)
         steps.update(1)
         steps.write(f"{day} ({step['what']}): {_describe(outcome)}", file=out)
 
     steps.set_postfix_str("gmm_rollback")
     reason = "demo: roll back to the previous champion"
-    with _output_to(log_dir / "gmm_rollback.log"):
+    log_path = log_dir / "gmm_rollback.log"
+    with _output_to(log_path):
         rollback = runner.run_in_process(dags["gmm_rollback"], {"reason": reason})
+    rollback["log"] = str(log_path)
     steps.update(1)
-    done = rollback["xcom"].get("rollback") or {}
-    steps.write(
-        f"rollback ({rollback['state']}): champion v{done.get('previous')} -> "
-        f"v{done.get('version')} by {done.get('actor')}: {done.get('reason')}",
-        file=out,
-    )
+    steps.write(_describe_rollback(rollback), file=out)
     with _output_to(log_dir / "status.log"):
         from emflow.registry.status import status as registry_status
 
@@ -235,11 +365,14 @@ def _where_to_look(report: dict[str, Any], out: TextIO) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``emflow demo``; 0 when every run did what the demo expects."""
-    base = Settings()
-    home = (args.home or base.home / "demo").resolve()
-    kept = _fresh_home(home)
-    if kept:
-        print(f"kept the previous demo in {kept}")
+    chosen = (args.home or Settings().home / "demo").expanduser().absolute()
+    link = chosen.parent.resolve() / chosen.name  # resolve() would follow the link itself
+    try:
+        home, note = _prepare_home(link)
+    except OSError as exc:
+        print(f"emflow demo: error: {exc}", file=sys.stderr)
+        return 2
+    print(note)
     started = time.monotonic()
     report = run_demo(home, rows_per_day=args.rows_per_day, n_init=args.n_init, seed=args.seed)
     _where_to_look(report, sys.stdout)

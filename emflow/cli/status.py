@@ -6,16 +6,28 @@ import argparse
 import json
 import sys
 
+from emflow.cli import int_in_range
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``emflow status``."""
-    parser.add_argument("--json", action="store_true", help="print the status as JSON")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the status as JSON (versions_total: how many versions there are in all)",
+    )
     parser.add_argument(
         "--limit",
-        type=int,
+        type=int_in_range(0),
         default=20,
-        help="show at most this many versions, newest first (default 20)",
+        help="show at most this many versions, newest first, also with --json (default 20)",
     )
+
+
+def limit_versions(report: dict, limit: int) -> dict:
+    """``report`` with its newest ``limit`` versions and ``versions_total``, the count in all."""
+    versions = report.get("versions") or []
+    return {**report, "versions": versions[:limit], "versions_total": len(versions)}
 
 
 def format_status(report: dict, limit: int = 20) -> str:
@@ -38,7 +50,7 @@ def format_status(report: dict, limit: int = 20) -> str:
                 f"{'':>9}rolled back to by {v['rollback_by']} at {v['rollback_at']}: "
                 f"{v['rollback_reason']}"
             )
-    hidden = len(report["versions"]) - limit
+    hidden = len(report["versions"]) - len(report["versions"][:limit])
     if hidden > 0:
         lines.append(f"... {hidden} older version(s) (use --limit)")
     return "\n".join(lines)
@@ -55,5 +67,8 @@ def run(args: argparse.Namespace) -> int:
     except TrackingUnavailableError as error:
         print(f"emflow status: {error}", file=sys.stderr)
         return 1
-    print(json.dumps(report, indent=2) if args.json else format_status(report, args.limit))
+    if args.json:
+        print(json.dumps(limit_versions(report, args.limit), indent=2))
+    else:
+        print(format_status(report, args.limit))
     return 0

@@ -6,12 +6,13 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
 from emflow.config import Settings
-from emflow.run.params import add_cli_options, is_auto
+from emflow.run.params import PARAMS, ParamSpec, add_cli_options, check_params, is_auto
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", help="comma-separated feature columns (default: contract)")
     # the DAG's parameters, with the DAG's defaults (emflow.run.params)
     add_cli_options(parser)
+
+
+def parameter_problem(args: argparse.Namespace) -> str | None:
+    """Why the retrain DAG would refuse these parameters (None: it takes them).
+
+    The DAG's own rules, from its one table (:data:`emflow.run.params.PARAMS`: the bounds its
+    trigger form enforces) and :func:`emflow.run.params.check_params` (the rules across
+    parameters), worded with the options' names; checked before any data are read.
+    """
+    cli = [spec for spec in PARAMS if spec.cli]
+    values = {spec.name: getattr(args, spec.name) for spec in cli}
+    for spec in cli:
+        value = values[spec.name]
+        if spec.kind not in ("integer", "number") or (spec.auto and is_auto(value)):
+            continue
+        if (spec.minimum is not None and value < spec.minimum) or (
+            spec.maximum is not None and value > spec.maximum
+        ):
+            return f"argument {_option(spec.name)}: expected {_valid_range(spec)}, got {value}"
+    try:
+        check_params(values)
+    except ValueError as error:  # e.g. k_min above k_max: name the options, not the keys
+        names = "|".join(re.escape(spec.name) for spec in cli)
+        return re.sub(rf"\b({names})\b", lambda m: _option(m.group(1)), str(error))
+    return None
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _valid_range(spec: ParamSpec) -> str:
+    """``spec``'s valid values in words: "an integer from 1 to 10000", ..."""
+    as_text = (lambda x: str(int(x))) if spec.kind == "integer" else (lambda x: f"{x:g}")
+    words = "an integer" if spec.kind == "integer" else "a number"
+    if spec.minimum is not None and spec.maximum is not None:
+        words += f" from {as_text(spec.minimum)} to {as_text(spec.maximum)}"
+    elif spec.minimum is not None:
+        words += f" >= {as_text(spec.minimum)}"
+    elif spec.maximum is not None:
+        words += f" <= {as_text(spec.maximum)}"
+    return words + (' or "auto"' if spec.auto else "")
 
 
 def train_frame(
@@ -56,6 +99,7 @@ def train_frame(
     still ends with non-finite parameters raises ValueError instead of returning them.
     """
     import numpy as np
+    import pandas as pd
 
     from emflow.model.sanity import check_fitted, fit_dtype
     from gmm_core import GaussianMixture, em_progress
@@ -65,6 +109,14 @@ def train_frame(
         raise ValueError(
             f"feature columns {missing} are not in the data (columns: {list(frame.columns)}); "
             "pass --features with existing columns or fix the batch."
+        )
+    not_numeric = {
+        c: str(frame[c].dtype) for c in features if not pd.api.types.is_numeric_dtype(frame[c])
+    }
+    if not_numeric:  # numbers stored as text would be parsed silently; the contract wants floats
+        raise ValueError(
+            f"feature columns are not numeric: {not_numeric}; store them as numbers "
+            "or pass --features with numeric columns."
         )
     X = frame[list(features)].to_numpy(dtype=np.float64)
     dtype = fit_dtype(X)
@@ -146,19 +198,26 @@ def run(args: argparse.Namespace) -> int:
 
     from emflow.model.fit_report import log_fit, log_phase
     from gmm_core import save_model
-    from validation.contract import load_contract
+    from validation.contract import ContractError, load_contract
     from validation.reader import list_batch_files, read_batch
 
     def fail(message: str) -> int:
         print(f"emflow train: {message}", file=sys.stderr)
         return 2
 
+    problem = parameter_problem(args)
+    if problem is not None:  # before reading data or writing anything, as argparse would
+        return fail(f"error: {problem}")
     if not logging.getLogger().handlers:  # where the time went, one line per phase, on stderr
         logging.basicConfig(level=logging.INFO, format="emflow train: %(message)s")
     out = args.out or (Settings().home / "models" / f"manual-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}")
     problem = output_problem(out, args.force)
     if problem is not None:  # before the fit, not after it
         return fail(problem)
+    try:
+        contract = load_contract()
+    except ContractError as exc:
+        return fail(str(exc))
     started = time.perf_counter()
     try:
         frame, _ = read_batch(list_batch_files(args.path))
@@ -167,7 +226,13 @@ def run(args: argparse.Namespace) -> int:
     log_phase(log, "read", time.perf_counter() - started)
     if frame is None or frame.empty:
         return fail(f"no readable rows under {args.path}; run `emflow validate` on it.")
-    features = args.features.split(",") if args.features else list(load_contract().feature_columns)
+    features = args.features.split(",") if args.features else list(contract.feature_columns)
+    if len(frame) < contract.min_rows:
+        print(
+            f"emflow train: warning: {len(frame)} rows, fewer than the data contract's min_rows "
+            f"({contract.min_rows}): the retrain DAG would reject this batch",
+            file=sys.stderr,
+        )
     bar = tqdm(total=args.max_iter, desc="EM", unit="it")
 
     def progress(it: int, max_iter: int, n_active: int) -> None:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
+
+from emflow.cli import output_file_problem
 
 EXIT_PASSED, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 
@@ -81,9 +82,24 @@ def run(args: argparse.Namespace) -> int:
         print("emflow validate: give a PATH to validate (or --print-suite)", file=sys.stderr)
         return EXIT_USAGE
     path = Path(args.path)
-    if args.json and (problem := _json_target_problem(Path(args.json))):
+    if args.json and (problem := output_file_problem("--json", Path(args.json))):
         print(f"emflow validate: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    data_root: Path | None = None
+    if args.run_id:
+        from emflow.config import Settings
+
+        data_root = Path(args.data_root) if args.data_root else Settings().data_root
+        # quarantine/ and validated/ are made under it: a file there (or above) is a usage error
+        existing = next(p for p in (data_root, *data_root.parents) if p.exists())
+        if not existing.is_dir():
+            source = "--data-root" if args.data_root else "EMFLOW_DATA_ROOT"
+            print(
+                f"emflow validate: {source} {data_root}: {existing} is a file; pass the folder "
+                "that holds incoming/, quarantine/ and validated/",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
     try:
         if args.no_window:
             window = None
@@ -99,14 +115,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     try:
-        if args.run_id:
+        if data_root is not None:
             from validation.quarantine import check_batch
 
-            data_root = args.data_root
-            if data_root is None:
-                from emflow.config import Settings
-
-                data_root = Settings().data_root
             result = check_batch(
                 path,
                 run_id=args.run_id,
@@ -136,17 +147,3 @@ def run(args: argparse.Namespace) -> int:
             print(f"emflow validate: could not write --json {args.json}: {exc}", file=sys.stderr)
             return EXIT_USAGE
     return EXIT_PASSED if result.success else EXIT_REJECTED
-
-
-def _json_target_problem(target: Path) -> str | None:
-    """Why the report cannot be written to ``target`` (None: it can); checked up front."""
-    if target.is_dir():
-        return f"--json {target} is a folder; pass a file name"
-    folder = target.parent
-    if not folder.is_dir():
-        return f"--json {target}: {folder} is not an existing folder"
-    if not os.access(folder, os.W_OK | os.X_OK) or (
-        target.exists() and not os.access(target, os.W_OK)
-    ):
-        return f"--json {target}: cannot write there; pass a file you can write"
-    return None

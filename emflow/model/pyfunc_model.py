@@ -16,6 +16,9 @@ folder, a pickled ``python_model``, a model-code file) and any file that is not 
 - ``log_likelihood`` (float64): log density of the row under the mixture, the anomaly score
   (lower is more anomalous).
 
+A row so far from every component that its density underflows (e.g. a feature at 1e300) scores
+``log_likelihood`` -inf, with ``component`` -1 and ``responsibility`` 0: no component explains it.
+
 A model calibrated for anomalies (``GaussianMixture.calibrate_threshold``; the threshold travels
 in ``model.json``) adds:
 
@@ -98,17 +101,24 @@ def score_frame(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
     -------
     pandas.DataFrame of shape (n_samples, 3) or (n_samples, 5)
         Columns ``component``, ``responsibility``, ``log_likelihood``, and for a model with an
-        anomaly calibration ``p_value`` and ``is_anomaly``; index of ``frame``.
+        anomaly calibration ``p_value`` and ``is_anomaly``; index of ``frame``. A row whose
+        log-likelihood is -inf (far outside every component) has ``component`` -1 and
+        ``responsibility`` 0.
     """
     if not isinstance(frame, pd.DataFrame):
         frame = pd.DataFrame(frame)
     X = feature_matrix(model, frame)
-    resp = np.asarray(model.predict_proba(X), dtype=np.float64)
-    component = resp.argmax(axis=1).astype(np.int64)
-    log_likelihood = np.asarray(model.score_samples(X), dtype=np.float64)
+    # a row far outside every component overflows (log-likelihood -inf, responsibilities
+    # 0/0): a result, scored below, not a NumPy warning
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+        resp = np.asarray(model.predict_proba(X), dtype=np.float64)
+        log_likelihood = np.asarray(model.score_samples(X), dtype=np.float64)
+    far = ~np.isfinite(log_likelihood)
+    log_likelihood[far] = -np.inf
+    best = np.nan_to_num(resp).argmax(axis=1)
     columns: dict[str, Any] = {
-        "component": component,
-        "responsibility": resp[np.arange(len(resp)), component],
+        "component": np.where(far, -1, best).astype(np.int64),
+        "responsibility": np.where(far, 0.0, resp[np.arange(len(resp)), best]),
         "log_likelihood": log_likelihood,
     }
     calibration = getattr(model, "anomaly_calibration_", None)

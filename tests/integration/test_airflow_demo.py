@@ -45,7 +45,10 @@ def test_demo_shows_quarantine_promotion_rejection_and_rollback():
     assert re.search(r"2026-11-19 .*REJECTED v3", out)  # n_components=1: worse on the holdout
     assert re.search(r"drift vs champion: DRIFTED", out)  # the regime-shift day
     assert re.search(r"rollback \(success\): champion v\d+ -> v\d+", out)
-    assert f"mlflow ui --backend-store-uri sqlite:///{home / 'demo'}/mlflow.db" in out
+    demo_home = (home / "demo").resolve()  # demo is a link to this demo's own folder
+    assert (home / "demo").is_symlink() and demo_home.name.startswith("demo.")
+    assert f"this demo runs in {demo_home} ({home.resolve() / 'demo'} points at it)" in out
+    assert f"mlflow ui --backend-store-uri sqlite:///{demo_home}/mlflow.db" in out
     mlflow_cli = re.search(r"MLflow UI:\s+(\S+) ui ", out).group(1)
     assert os.access(mlflow_cli, os.X_OK)  # the printed command runs as shown, no venv needed
     assert (home / "demo" / "metrics" / "emflow.prom").is_file()

@@ -253,3 +253,61 @@ def test_a_backend_error_gets_no_data_hint(telemetry_file, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "backend='cupy' cannot run" in err and "backend='numpy'" in err
     assert "emflow validate" not in err and "Traceback" not in err
+
+
+BAD_PARAMETERS = [
+    (["--max-iter", "0"], "argument --max-iter: expected an integer from 1 to 10000, got 0"),
+    (
+        ["--n-components", "0"],
+        'argument --n-components: expected an integer from 1 to 256 or "auto", got 0',
+    ),
+    (["--n-components", "-2"], "argument --n-components: expected an integer from 1 to 256"),
+    (["--n-init", "0"], "argument --n-init: expected an integer from 1 to 64, got 0"),
+    (["--seed", "-1"], "argument --seed: expected an integer from 0 to 4294967295, got -1"),
+    (["--seed", "99999999999"], "argument --seed: expected an integer from 0 to 4294967295"),
+    (
+        ["--n-components", "auto", "--k-min", "5", "--k-max", "2"],
+        "--k-min (5) must not exceed --k-max (2)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"), BAD_PARAMETERS, ids=[" ".join(o) for o, _ in BAD_PARAMETERS]
+)
+def test_parameters_out_of_the_dags_bounds_are_refused_before_reading_data(
+    options, message, tmp_path, capsys
+):
+    """D4/D5: `--max-iter 0` wrote model.json/model.npz, then crashed with an IndexError;
+    `--n-components 0`, `--seed -1`, ... got the library's message and a hint to validate the
+    data; `--k-min 5 --k-max 2` said "got []". The DAG's bounds (one table) decide, up front."""
+    missing = tmp_path / "not-read.parquet"  # never opened: the arguments are refused first
+    out = tmp_path / "m"
+    rc = main(["train", str(missing), *options, "--backend", "numpy", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("emflow train: error: ") and message in err, err
+    assert "emflow validate" not in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_features_stored_as_text_are_refused(telemetry_file, tmp_path, capsys):
+    """Minor: `cpu_util` stored as strings was parsed silently and trained on (exit 0)."""
+    frame = pd.read_parquet(telemetry_file)
+    frame["cpu_util"] = frame["cpu_util"].astype(str)
+    path = tmp_path / "text.parquet"
+    frame.to_parquet(path, index=False)
+    rc = main(["train", str(path), "--backend", "numpy", "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "feature columns are not numeric: {'cpu_util'" in err
+    assert "emflow validate" in err  # a data error: the hint belongs here
+    assert not (tmp_path / "m").exists()
+
+
+def test_fewer_rows_than_the_contract_wants_are_trained_with_a_warning(tmp_path, capsys):
+    """Minor: a 50-row file (the contract's min_rows is 100) trained without a word."""
+    path = tmp_path / "small.parquet"
+    make_telemetry(50, "2026-11-01", "2026-11-02", seed=4).to_parquet(path, index=False)
+    argv = ["train", str(path), "--n-components", "2", "--max-iter", "5", "--backend", "numpy"]
+    assert main([*argv, "--out", str(tmp_path / "m")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 50 rows, fewer than the data contract's min_rows (100)" in err
