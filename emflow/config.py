@@ -203,6 +203,10 @@ class Settings:
 
     def __post_init__(self) -> None:
         home = Path(self.home).resolve()
+        if home.exists() and not home.is_dir():
+            raise SettingsError(
+                f"EMFLOW_HOME {home} is a file; set it to a folder (made where missing) or unset it"
+            )
         object.__setattr__(self, "home", home)
         if self.data_root is None:
             object.__setattr__(self, "data_root", _env_path("EMFLOW_DATA_ROOT", home / "data"))

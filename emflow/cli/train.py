@@ -75,6 +75,37 @@ def _valid_range(spec: ParamSpec) -> str:
     return words + (' or "auto"' if spec.auto else "")
 
 
+def feature_problem(frame, features, reserved=()) -> str | None:
+    """Why ``features`` of ``frame`` cannot be trained on (None: they can).
+
+    Missing, not numeric (numbers stored as text would be parsed silently; the contract wants
+    floats), or ``reserved`` (the contract's id and timestamp columns: not measurements).
+    """
+    import pandas as pd
+
+    named = [c for c in features if c in reserved]
+    if named:
+        return (
+            f"feature columns {named} are the data contract's id/timestamp columns, not "
+            "measurements; pass --features with measurement columns."
+        )
+    missing = [c for c in features if c not in frame.columns]
+    if missing:
+        return (
+            f"feature columns {missing} are not in the data (columns: {list(frame.columns)}); "
+            "pass --features with existing columns or fix the batch."
+        )
+    not_numeric = {
+        c: str(frame[c].dtype) for c in features if not pd.api.types.is_numeric_dtype(frame[c])
+    }
+    if not_numeric:
+        return (
+            f"feature columns are not numeric: {not_numeric}; store them as numbers "
+            "or pass --features with numeric columns."
+        )
+    return None
+
+
 def train_frame(
     frame,
     features,
@@ -99,25 +130,13 @@ def train_frame(
     still ends with non-finite parameters raises ValueError instead of returning them.
     """
     import numpy as np
-    import pandas as pd
 
     from emflow.model.sanity import check_fitted, fit_dtype
     from gmm_core import GaussianMixture, em_progress
 
-    missing = [c for c in features if c not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"feature columns {missing} are not in the data (columns: {list(frame.columns)}); "
-            "pass --features with existing columns or fix the batch."
-        )
-    not_numeric = {
-        c: str(frame[c].dtype) for c in features if not pd.api.types.is_numeric_dtype(frame[c])
-    }
-    if not_numeric:  # numbers stored as text would be parsed silently; the contract wants floats
-        raise ValueError(
-            f"feature columns are not numeric: {not_numeric}; store them as numbers "
-            "or pass --features with numeric columns."
-        )
+    problem = feature_problem(frame, features)
+    if problem is not None:
+        raise ValueError(problem)
     X = frame[list(features)].to_numpy(dtype=np.float64)
     dtype = fit_dtype(X)
     if dtype is np.float64:
@@ -227,6 +246,10 @@ def run(args: argparse.Namespace) -> int:
     if frame is None or frame.empty:
         return fail(f"no readable rows under {args.path}; run `emflow validate` on it.")
     features = args.features.split(",") if args.features else list(contract.feature_columns)
+    reserved = (contract.id_column, contract.timestamp_column)
+    if (problem := feature_problem(frame, features, reserved)) is not None:
+        # a data error, before the progress bar starts
+        return fail(f"{problem}\n(check the data with `emflow validate {args.path}`)")
     if len(frame) < contract.min_rows:
         print(
             f"emflow train: warning: {len(frame)} rows, fewer than the data contract's min_rows "

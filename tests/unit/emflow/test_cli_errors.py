@@ -96,6 +96,17 @@ def test_every_numeric_setting_names_its_variable(variable, value, monkeypatch):
         getattr(settings, variable.removeprefix("EMFLOW_").lower())
 
 
+def test_a_home_that_is_a_file_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    """EMFLOW_HOME naming a file ended in a NotADirectoryError traceback where folders are made."""
+    home = tmp_path / "home.txt"
+    home.write_text("not a folder")
+    monkeypatch.setenv("EMFLOW_HOME", str(home))
+    assert main(["status"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"emflow status: EMFLOW_HOME {home} is a file") and "Traceback" not in err
+    assert home.read_text() == "not a folder"
+
+
 def test_a_home_path_that_cannot_be_expanded_is_a_usage_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("EMFLOW_HOME", "~no-such-user-here/emflow")
     assert main(["status"]) == 2

@@ -303,6 +303,17 @@ def test_features_stored_as_text_are_refused(telemetry_file, tmp_path, capsys):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("column", ["event_id", "ts"])
+def test_the_id_or_timestamp_column_is_no_feature(telemetry_file, tmp_path, capsys, column):
+    """`--features event_id,cpu_util` trained a degenerate model (-1.4e21 nats) with exit 0."""
+    argv = ["train", str(telemetry_file), "--features", f"{column},cpu_util", "--backend", "numpy"]
+    rc = main([*argv, "--out", str(tmp_path / "m")])
+    captured = capsys.readouterr()
+    assert rc == 2 and f"feature columns ['{column}'] are the data contract's id" in captured.err
+    assert "EM" not in captured.err.split("feature columns")[0]  # no progress bar first
+    assert not (tmp_path / "m").exists()
+
+
 def test_fewer_rows_than_the_contract_wants_are_trained_with_a_warning(tmp_path, capsys):
     """Minor: a 50-row file (the contract's min_rows is 100) trained without a word."""
     path = tmp_path / "small.parquet"
