@@ -232,6 +232,17 @@ class Settings:
                 changes.setdefault(name, self.__dict__[name])
         return replace(self, **changes)  # type: ignore[arg-type]
 
+    def checked(self) -> Settings:
+        """``self`` once every setting read on use parses (else :class:`SettingsError`).
+
+        For a command that will need them all, e.g. the demo, which would otherwise find a bad
+        gate margin only when its first gate task runs.
+        """
+        for name, attribute in vars(Settings).items():
+            if isinstance(attribute, _FromEnv):
+                getattr(self, name)
+        return self
+
     def ensure_dirs(self) -> Settings:
         """Create the folders this process writes to; return ``self``."""
         for path in (self.home, self.data_root, self.artifact_root, self.metrics_textfile.parent):

@@ -365,7 +365,9 @@ def _where_to_look(report: dict[str, Any], out: TextIO) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``emflow demo``; 0 when every run did what the demo expects."""
-    chosen = (args.home or Settings().home / "demo").expanduser().absolute()
+    # every setting the runs will read, checked before anything is written (SettingsError: exit 2)
+    settings = Settings().checked()
+    chosen = (args.home or settings.home / "demo").expanduser().absolute()
     link = chosen.parent.resolve() / chosen.name  # resolve() would follow the link itself
     try:
         home, note = _prepare_home(link)

@@ -60,6 +60,16 @@ def test_bad_arguments_exit_2_with_the_bound_before_anything_is_written(
     assert os.readlink(tmp_path / "demo") == "demo.20260101T000000"
 
 
+def test_a_bad_gate_setting_stops_the_demo_before_anything_is_written(
+    tmp_path, capsys, monkeypatch
+):
+    """A bad EMFLOW_PROMOTION_MARGIN ran the whole demo until every gate task failed (99 s)."""
+    monkeypatch.setenv("EMFLOW_PROMOTION_MARGIN", "abc")
+    assert main(["demo", "--home", str(tmp_path / "demo")]) == 2
+    assert "EMFLOW_PROMOTION_MARGIN='abc' is not a number" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_home_that_is_a_file_is_refused_and_left_alone(tmp_path, capsys):
     (tmp_path / "notes").write_text("mine")
     assert main(["demo", "--home", str(tmp_path / "notes")]) == 2
