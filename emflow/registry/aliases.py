@@ -344,6 +344,7 @@ def move_champion(
     holder: str,
     version_tags: dict[str, str] | None = None,
     model_tags: dict[str, str] | None = None,
+    done_tag: str | None = None,
 ) -> ChampionMove:
     """Point ``champion`` at ``version`` iff it still points at ``expected_champion``.
 
@@ -354,6 +355,11 @@ def move_champion(
     with ``model_tags``, and clear the intent.
     Otherwise move nothing and report the current champion. A process killed anywhere in
     between leaves the intent, and the next move (or a retry) completes it.
+
+    ``done_tag``: a version tag only this move sets (one of ``version_tags``, e.g. the
+    publish's promotion time). A version that carries it was moved by an earlier attempt of
+    the same caller, and what happened to the champion since (an operator's rollback, a
+    later promotion) stands: reported as moved, nothing is moved again.
     """
     version = str(version)
     with promotion_lock(client, name, holder=holder):
@@ -362,6 +368,10 @@ def move_champion(
         expected = None if expected_champion is None else str(expected_champion)
         if current == version:  # a retried task whose earlier attempt moved it already
             return ChampionMove(moved=True, version=version, previous=expected, current=version)
+        if done_tag is not None and done_tag in (
+            client.get_model_version(name, version).tags or {}
+        ):
+            return ChampionMove(moved=True, version=version, previous=expected, current=current)
         if current != expected:
             return ChampionMove(moved=False, version=version, previous=expected, current=current)
         intent = {

@@ -207,11 +207,10 @@ def publish(
     retry("log the model card", lambda: client.log_text(run_id, card, "model_card.md"))
 
     final_decision, reason = decision.label, decision.reason
-    retry(
-        "set the challenger alias",
-        lambda: client.set_registered_model_alias(name, registry.CHALLENGER, version),
-    )
+    retry("set the challenger alias", lambda: _point_challenger(client, name, version))
     if decision.promote:
+        # a retry after the move (its decision not yet recorded) must not move again: the
+        # champion may have moved on since (an operator's rollback, a later run's promotion)
         move = retry(
             "move the champion alias",
             lambda: registry.move_champion(
@@ -221,6 +220,7 @@ def publish(
                 expected_champion=decision.champion_version,
                 holder=f"{run_key} ({registry.default_actor()})",
                 version_tags={registry.TAG_PROMOTED_AT: registry.now_iso()},
+                done_tag=registry.TAG_PROMOTED_AT,
             ),
         )
         if not move.moved:
@@ -249,6 +249,18 @@ def publish(
     )
     log.info("published %s v%s: %s (%s)", name, version, result.decision, result.reason)
     return result
+
+
+def _point_challenger(client: Any, name: str, version: str) -> None:
+    """``challenger`` -> ``version`` unless a later registration holds it already.
+
+    The alias names the latest trained challenger: a retried publish of an earlier run (its
+    version number lower) leaves a later run's challenger in place, as the runs in order would.
+    """
+    current = registry.alias_version(client, name, registry.CHALLENGER)
+    if current is not None and int(current) > int(version):
+        return
+    client.set_registered_model_alias(name, registry.CHALLENGER, version)
 
 
 def _register(

@@ -61,6 +61,71 @@ def test_retried_publish_registers_one_version(settings, trained, holdout, tmp_p
     assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == ["1"]
 
 
+def _publish_promoting(settings, trained, tmp_path, key, over):
+    """Publish ``trained[key]`` with a gate decision to promote it over champion ``over``."""
+    from emflow.registry.publish import publish
+
+    model_dir, info = _copy(trained, "good", tmp_path, key)
+    decision = Decision(
+        promote=True, reason=f"better than v{over}", model_dir=str(model_dir), champion_version=over
+    )
+    kwargs = dict(run_key=f"dag/{key}", data_window="w", train_info=info, settings=settings)
+    return publish(decision, model_dir, **kwargs), (decision, model_dir, kwargs)
+
+
+def _killed_after_its_move(settings, version):
+    """What a publish killed after moving the champion, before recording its decision, leaves."""
+    _client(settings).delete_model_version_tag(settings.model_name, version, "emflow.published")
+
+
+def test_a_retried_publish_does_not_undo_a_rollback_made_after_its_move(
+    settings, trained, holdout, tmp_path
+):
+    """QA probe: v2's publish killed after promoting it, on-call rolled back to v1, Airflow
+    retried the publish: the retry moved the champion to v2 again (compare-and-set against v1
+    passed), silently serving the model on-call had just taken out."""
+    from emflow.registry.publish import publish
+    from emflow.registry.rollback import rollback
+
+    _publish_promoting(settings, trained, tmp_path, "r1", None)
+    first, (decision, model_dir, kwargs) = _publish_promoting(
+        settings, trained, tmp_path, "r2", "1"
+    )
+    assert first.version == "2" and _champion(settings) == "2"
+    _killed_after_its_move(settings, "2")
+    rollback(reason="v2 misbehaves", actor="on-call", settings=settings)
+    assert _champion(settings) == "1"
+    retried = publish(decision, model_dir, **kwargs)
+    assert _champion(settings) == "1"  # the rollback stands
+    assert retried.version == "2" and retried.decision == "promote" and not retried.promoted
+
+
+def test_a_retried_publish_of_an_earlier_run_ends_as_the_runs_in_order_would(
+    settings, trained, holdout, tmp_path
+):
+    """QA probe: v2's publish killed after promoting it, v3 promoted over v2, then v2's retry
+    recorded v2 "reject" (the champion had moved), moved `challenger` back to v2, and a plain
+    rollback to v2 (the previous champion, once in service) was refused as a rejected model."""
+    from emflow.registry.publish import publish
+    from emflow.registry.rollback import rollback
+
+    _publish_promoting(settings, trained, tmp_path, "r1", None)
+    _, (decision, model_dir, kwargs) = _publish_promoting(settings, trained, tmp_path, "r2", "1")
+    _killed_after_its_move(settings, "2")
+    _publish_promoting(settings, trained, tmp_path, "r3", "2")
+    retried = publish(decision, model_dir, **kwargs)
+    assert retried.decision == "promote" and _champion(settings) == "3"
+    client = _client(settings)
+    aliases = client.get_registered_model(settings.model_name).aliases
+    assert {k: str(v) for k, v in aliases.items()} == {
+        "champion": "3",
+        "previous-champion": "2",
+        "challenger": "3",
+    }
+    record = rollback(reason="v3 misbehaves", actor="on-call", settings=settings)
+    assert str(record["version"]) == "2" and _champion(settings) == "2"
+
+
 def test_killed_before_registration_reuses_its_run(settings, trained, holdout, tmp_path):
     from emflow.registry import tracking
 
