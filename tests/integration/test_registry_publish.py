@@ -41,12 +41,14 @@ def test_retried_publish_registers_one_version(settings, trained, holdout, tmp_p
     assert (first.version, first.reused) == ("1", False)
     assert (again.version, again.reused, again.run_id) == ("1", True, first.run_id)
 
-    # a task killed after registering, before the aliases and the decision were recorded
+    # a task killed after registering, before the aliases and the decision were recorded (so
+    # before the champion move tagged the version promoted)
     client = _client(settings)
     name = settings.model_name
     client.delete_registered_model_alias(name, "champion")
     client.delete_registered_model_alias(name, "challenger")
     client.delete_model_version_tag(name, "1", "emflow.published")
+    client.delete_model_version_tag(name, "1", "emflow.promoted_at")
     resumed = publish(decision, model_dir, **kwargs)
     assert resumed.version == "1" and resumed.promoted and resumed.run_id == first.run_id
     assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == ["1"]
