@@ -222,6 +222,7 @@ def gate_models(
     *,
     promotion_margin: float,
     alignment_threshold: float,
+    k_selected: bool = False,
 ) -> Decision:
     """Align the challenger to the champion, write it reordered, and decide on promotion.
 
@@ -243,6 +244,12 @@ def gate_models(
         The model of ``evaluation.champion_version`` (None without a champion).
     promotion_margin, alignment_threshold : float
         The limits of :func:`decide`.
+    k_selected : bool
+        The challenger's K was chosen by model selection (``n_components="auto"``): a K unlike
+        the champion's is then a new structure, gated on the likelihood alone (:func:`decide`).
+        A fixed ``n_components`` unlike the champion's keeps the alignment threshold, as every
+        retrain does: an operator's trial with another K would otherwise pass a regime shift the
+        threshold exists to stop.
 
     Returns
     -------
@@ -254,8 +261,9 @@ def gate_models(
     n_components = int(np.asarray(challenger.weights_).shape[0])
     champion_k = None if champion is None else int(np.asarray(champion.weights_).shape[0])
     k_change = None
-    if evaluation.champion_version is not None and champion_k is not None:
-        k_change = None if champion_k == n_components else (champion_k, n_components)
+    k_differs = champion_k is not None and champion_k != n_components
+    if evaluation.champion_version is not None and k_differs and k_selected:
+        k_change = (champion_k, n_components)
     champion_version = evaluation.champion_version
     model_dir = Path(challenger_dir)
     alignment = None
@@ -288,6 +296,12 @@ def gate_models(
         alignment_threshold=alignment_threshold,
         k_change=k_change,
     )
+    if k_differs and k_change is None and evaluation.champion_version is not None:
+        reason += (
+            f" (K {champion_k} -> {n_components} by a fixed n_components: the alignment threshold "
+            "applies, as to every retrain; n_components='auto' gates a change of K on the "
+            "likelihood alone)"
+        )
     champion_ll = evaluation.champion_mean_loglik
     decision = Decision(
         promote=promote,

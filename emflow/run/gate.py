@@ -40,6 +40,8 @@ def gate(
         champion = load_model_dir(
             version_model_dir(connect(settings), settings, evaluation.champion_version)
         )
+    from emflow.model.selection import SELECTION_JSON
+
     return gate_models(
         evaluation,
         challenger,
@@ -47,6 +49,8 @@ def gate(
         champion,
         promotion_margin=settings.promotion_margin,
         alignment_threshold=settings.alignment_threshold,
+        # K chosen by the selection (its table lies beside the model): a new K is a structure
+        k_selected=(Path(challenger_dir) / SELECTION_JSON).is_file(),
     )
 
 

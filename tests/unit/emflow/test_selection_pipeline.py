@@ -162,6 +162,7 @@ def test_a_changed_k_is_gated_on_likelihood_and_reports_unmatched_components(tmp
         champion,
         promotion_margin=0.05,
         alignment_threshold=1e-9,
+        k_selected=True,  # n_components="auto" chose K = 3
     )
     assert decision.promote and "K changed from 2 to 3" in decision.reason
     assert "alignment threshold was not applied" in decision.reason
@@ -182,9 +183,23 @@ def test_a_changed_k_is_gated_on_likelihood_and_reports_unmatched_components(tmp
         challenger,
         promotion_margin=0.05,
         alignment_threshold=1e-9,
+        k_selected=True,
     )
     assert not worse.promote and "worse than the champion" in worse.reason
     assert len(worse.unmatched_champion) == 1 and worse.unmatched == []
+
+    # a fixed n_components unlike the champion's K keeps the alignment threshold (QA probe: an
+    # operator's trial with K = 5 passed a regime shift that K = 4 was rejected for)
+    fixed = gate_models(
+        evaluation,
+        challenger,
+        challenger_dir,
+        champion,
+        promotion_margin=0.05,
+        alignment_threshold=1e-9,
+    )
+    assert not fixed.promote and fixed.alignment_gated
+    assert "components moved too far" in fixed.reason and "by a fixed n_components" in fixed.reason
 
     # the same K keeps the alignment threshold in the rule
     same, same_dir = _saved(tmp_path, "same", X_train, 2, seed=1)
