@@ -260,10 +260,10 @@ def gate_models(
 
     n_components = int(np.asarray(challenger.weights_).shape[0])
     champion_k = None if champion is None else int(np.asarray(champion.weights_).shape[0])
-    k_change = None
+    k_change: tuple[int, int] | None = None
     k_differs = champion_k is not None and champion_k != n_components
-    if evaluation.champion_version is not None and k_differs and k_selected:
-        k_change = (champion_k, n_components)
+    if evaluation.champion_version is not None and champion_k is not None and k_differs:
+        k_change = (champion_k, n_components) if k_selected else None
     champion_version = evaluation.champion_version
     model_dir = Path(challenger_dir)
     alignment = None

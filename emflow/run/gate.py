@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from collections.abc import Mapping
@@ -69,6 +70,47 @@ def gate_challenger(
     """:func:`gate` for the run's challenger; the registered folder gets the side files too."""
     settings = settings_for(request, settings)
     decision = gate(evaluated.evaluation, trained.model_dir, settings)
+    if decision.promote and decision.champion_version is not None:
+        decision = not_over_a_newer_champion(
+            decision, request.window_end, _champion_window(settings, decision.champion_version)
+        )
     _carry_side_files(Path(trained.model_dir), Path(decision.model_dir))
     log.info("gate: %s", decision.reason)
     return decision
+
+
+def not_over_a_newer_champion(
+    decision: Decision, window_end: str | None, champion_window: str | None
+) -> Decision:
+    """``decision``, not promoting where the challenger's window ends before the champion's.
+
+    A backfill (an older day triggered after newer ones) trains on data the champion has
+    already outgrown; gated on that old day's holdout it can look better than the champion and
+    would put an older model in service (QA probe). Its version is registered, with the reason,
+    and ``emflow rollback --version N --force`` serves it where that is meant. Windows are
+    ``YYYY-MM-DD`` days (``start..end``, end exclusive); unknown ones change nothing.
+    """
+    if not decision.promote or window_end is None or not champion_window:
+        return decision
+    champion_end = champion_window.split("..")[-1].strip()
+    if str(window_end) >= champion_end:
+        return decision
+    return dataclasses.replace(
+        decision,
+        promote=False,
+        reason=(
+            f"rejected: the challenger's window ends {window_end}, before champion "
+            f"v{decision.champion_version}'s ({champion_window}): a backfill does not replace a "
+            "newer champion (serve it with `emflow rollback --version N --force` if that is "
+            f"meant); gate said: {decision.reason}"
+        ),
+    )
+
+
+def _champion_window(settings: Settings, version: str) -> str | None:
+    """The data window recorded on registry version ``version`` (None where none is)."""
+    from emflow.registry import aliases as registry
+    from emflow.registry.tracking import connect
+
+    found = connect(settings).get_model_version(settings.model_name, str(version))
+    return (found.tags or {}).get(registry.TAG_DATA_WINDOW)

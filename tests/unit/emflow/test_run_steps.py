@@ -410,3 +410,31 @@ def test_the_train_step_never_saves_a_non_finite_model(settings, monkeypatch):
     with pytest.raises(ValueError, match="non-finite covariances_"):
         train_challenger(request, split, settings)
     assert not (settings.data_root / "models" / request.run_key / "model.json").exists()
+
+
+@pytest.mark.slow  # two retrains through every step into a real MLflow SQLite store (~20 s)
+def test_a_backfilled_older_day_does_not_replace_a_newer_champion(settings, monkeypatch):
+    """QA probe: a backfill of 11-10 triggered after 11-18 was promoted over 11-18's champion
+    (gated on the old day's own holdout), putting an older model in service. It is registered
+    with the reason and not promoted; the gate's own verdict is kept in the reason."""
+    from emflow.run import steps
+    from validation.synthetic import make_telemetry, write_window
+
+    monkeypatch.setenv("EMFLOW_HOME", str(settings.home))  # where the steps' Settings() look
+    for day, end, seed in (("2026-11-18", "2026-11-19", 1), ("2026-11-10", "2026-11-11", 2)):
+        write_window(make_telemetry(1500, day, end, seed=seed), settings.data_root, day)
+    published = {}
+    for day in ("2026-11-18", "2026-11-10"):  # the newer day first, then the backfill
+        request = build_request({}, run_id=f"backfill__{day}", logical_date=day).to_json()
+        validated = steps.validate(request)
+        split = steps.split(request, validated["validation"])
+        trained = steps.train(request, split)
+        evaluated = steps.evaluate(request, split, trained)
+        decision = steps.gate(request, trained, evaluated)
+        published[day] = steps.publish(request, validated["validation"], split, trained, decision)
+    newer, older = published["2026-11-18"], published["2026-11-10"]
+    assert newer["promoted"] and newer["version"] == "1"
+    assert older["version"] == "2" and older["decision"] == "reject" and not older["promoted"]
+    assert "before champion v1's (2026-11-18..2026-11-19)" in older["reason"]
+    assert "gate said: promoted" in older["reason"]  # the case: the gate alone would promote
+    assert older["champion_version"] == "1"
