@@ -32,6 +32,10 @@ class RejectedVersionError(ValueError):
     """The rollback target is a version the gate rejected, and ``force`` was not given."""
 
 
+class RepeatedRollbackError(ValueError):
+    """A rollback without a version would undo the rollback that set the champion."""
+
+
 def check_version_serves(settings: Settings, version: str) -> dict[str, Any]:
     """Load registry version ``version`` through pyfunc and score its input example.
 
@@ -177,6 +181,8 @@ def rollback(
                 f"{name} has no previous champion recorded; pass an explicit version "
                 "(--version N; `emflow status` lists them)"
             )
+        if current is not None:  # "roll back" twice must not serve the version rolled away from
+            _refuse_undoing_a_rollback(client, name, current, str(version), retry)
     target = str(version).strip()
     found = retry("read the version", lambda: registry.get_version(client, name, target))
     if found is None:
@@ -263,3 +269,24 @@ def _is_this_rollback(intent: dict[str, Any], version: str | int | None) -> bool
     if registry.TAG_ROLLBACK_BY not in (intent.get("version_tags") or {}):
         return False  # a promotion's move: this rollback still has to happen
     return version is None or str(version).strip().lstrip("0") == str(intent["to"])
+
+
+def _refuse_undoing_a_rollback(
+    client: Any, name: str, current: str, previous: str, retry: Any
+) -> None:
+    """Raise when the champion came from ``previous`` by a rollback (a second one would undo it).
+
+    After a rollback v2 -> v1, ``previous-champion`` is v2: a second plain rollback (an operator
+    unsure whether the first worked, QA probe) served v2 again. The version must be named then.
+    """
+    found = retry("read the champion's record", lambda: registry.get_version(client, name, current))
+    tags = (found.tags or {}) if found is not None else {}
+    if tags.get(registry.TAG_ROLLBACK_FROM) != previous:
+        return
+    raise RepeatedRollbackError(
+        f"v{current} of {name} is champion by a rollback from v{previous} "
+        f"({tags.get(registry.TAG_ROLLBACK_BY, '?')} at {tags.get(registry.TAG_ROLLBACK_AT, '?')}: "
+        f"{tags.get(registry.TAG_ROLLBACK_REASON, '')}); rolling back to the previous champion "
+        f"would serve v{previous} again. Champion stays v{current}; to undo that rollback, name "
+        f"the version (--version {previous}; gmm_rollback: version={previous})"
+    )

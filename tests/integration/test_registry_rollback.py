@@ -35,6 +35,16 @@ def test_rollback_to_previous_champion_and_refusals(settings, trained, holdout, 
     assert tags["emflow.rollback_reason"] == "v2 pages on-call"
     assert tags["emflow.rollback_from"] == "2" and tags["emflow.rollback_at"]
 
+    # a second plain rollback would undo the first (QA probe: on-call unsure whether it worked
+    # ran it twice and served v2 again); naming the version still undoes it on purpose
+    from emflow.registry.rollback import RepeatedRollbackError
+
+    with pytest.raises(
+        RepeatedRollbackError, match=r"by a rollback from v2 \(alice at .*--version 2"
+    ):
+        rollback(reason="v2 pages on-call", actor="bob", settings=settings)
+    assert _champion(settings) == "1"
+
     for unknown in (99, "banana"):
         with pytest.raises(UnknownVersionError, match="does not exist"):
             rollback(unknown, reason="typo", settings=settings)
