@@ -225,10 +225,11 @@ def publish(
         )
         if not move.moved:
             final_decision = "reject"
+            how = retry("read how the champion moved", lambda: _how_it_moved(client, name, move))
             reason = (
                 f"not promoted: the champion moved from "
                 f"{'none' if move.previous is None else 'v' + move.previous} to v{move.current} "
-                f"after this challenger was evaluated (a concurrent run promoted first); "
+                f"after this challenger was evaluated ({how}); "
                 f"gate said: {decision.reason}"
             )
             log.warning("%s", reason)
@@ -249,6 +250,16 @@ def publish(
     )
     log.info("published %s v%s: %s (%s)", name, version, result.decision, result.reason)
     return result
+
+
+def _how_it_moved(client: Any, name: str, move: Any) -> str:
+    """Who moved the champion away from the version this challenger was gated against."""
+    if move.current is None:
+        return "the champion alias was removed"
+    tags = client.get_model_version(name, move.current).tags or {}
+    if move.previous is not None and tags.get(registry.TAG_ROLLBACK_FROM) == move.previous:
+        return f"a rollback by {tags.get(registry.TAG_ROLLBACK_BY, '?')} moved it"
+    return "a concurrent run promoted first"
 
 
 def _point_challenger(client: Any, name: str, version: str) -> None:

@@ -159,7 +159,24 @@ def test_promotion_is_refused_when_the_champion_moved_meanwhile(
     )
     assert result.version == "3" and not result.promoted and result.decision == "reject"
     assert "champion moved from v1 to v2" in result.reason
+    assert "(a concurrent run promoted first)" in result.reason
     assert _champion(settings) == "2"
+
+    # moved by an operator's rollback instead: the reason says so (it said "a concurrent run")
+    from emflow.registry.rollback import rollback
+
+    rollback(reason="v2 pages on-call", actor="on-call", settings=settings)
+    gated_dir, _ = _copy(trained, "good", tmp_path, "gated")
+    gated = Decision(
+        promote=True, reason="better than v2", model_dir=str(gated_dir), champion_version="2"
+    )
+    result = publish(
+        gated, gated_dir, run_key="run-gated", data_window="w", train_info=info, settings=settings
+    )
+    assert result.decision == "reject" and _champion(settings) == "1"
+    assert "moved from v2 to v1 after this challenger was evaluated (a rollback by on-call" in (
+        result.reason
+    )
 
 
 def test_two_runs_finishing_at_once_never_both_promote(settings, trained, holdout, tmp_path):
