@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gmm_core import GaussianMixture, GaussianMixtureSelect, _init, _kmeans  # noqa: E402
+from gmm_core import GaussianMixture, GaussianMixtureSelect, _init, _kmeans_seeding  # noqa: E402
 from gmm_core import _fit as fitting  # noqa: E402
 from gmm_core import selection as selection_module  # noqa: E402
 from gmm_core._numpy_engine import NumpyEngine  # noqa: E402
@@ -55,13 +55,13 @@ def counted() -> tuple[collections.Counter, type]:
             return super().lloyd_pass(data, params, active)
 
     for name in ("_potentials", "_update_closest"):
-        inner = getattr(_kmeans, name)
+        inner = getattr(_kmeans_seeding, name)
 
         def wrapper(*args: Any, _inner: Any = inner, **kwargs: Any) -> Any:
             counts["seeding_passes"] += 1
             return _inner(*args, **kwargs)
 
-        setattr(_kmeans, name, wrapper)
+        setattr(_kmeans_seeding, name, wrapper)
     return counts, Engine
 
 

@@ -43,7 +43,7 @@ def profile_case(case: dict) -> None:
     import cupy as cp
     import numpy as np
 
-    from gmm_core import _kmeans
+    from gmm_core import _kmeans, _kmeans_seeding
     from gmm_core._cupy import CupyEngine
 
     X = cp.asarray(case["X"])
@@ -54,21 +54,25 @@ def profile_case(case: dict) -> None:
     rs = np.random.RandomState(0)
     first = np.array([rs.randint(len(X))])
     u = rs.uniform(size=(1, k - 1, 2 + int(math.log(k))))
-    ms, (centres, _) = timed(lambda: _kmeans.kmeans_plusplus(engine, data, k, first, u))
+    ms, (centres, _) = timed(lambda: _kmeans_seeding.kmeans_plusplus(engine, data, k, first, u))
     print(f"   k-means++ seeding {ms:.2f} ms ({k - 1} steps)")
-    kern = _kmeans._kernels(engine, data.dtype)
+    kern = _kmeans_seeding._kernels(engine, data.dtype)
     # the seeding's centres are float64; its kernels take centres and candidates in the data's type
     rows = centres.astype(data.dtype)
     closest = cp.empty((1, len(X)), dtype=cp.float32)
-    _kmeans._update_closest(engine, data, cp.ascontiguousarray(rows[:, 0]), closest, kern, True)
+    _kmeans_seeding._update_closest(
+        engine, data, cp.ascontiguousarray(rows[:, 0]), closest, kern, True
+    )
     cand = cp.ascontiguousarray(rows[0, :5])
     u_dev = cp.asarray(u[:, 0, :])
     parts = {
-        "sample (block sums + search)": lambda: _kmeans._sample(engine, closest, u_dev, kern),
-        "potentials (5 candidates)": lambda: _kmeans._potentials(
+        "sample (block sums + search)": lambda: _kmeans_seeding._sample(
+            engine, closest, u_dev, kern
+        ),
+        "potentials (5 candidates)": lambda: _kmeans_seeding._potentials(
             engine, data, cand, closest, 5, kern
         ),
-        "update closest": lambda: _kmeans._update_closest(
+        "update closest": lambda: _kmeans_seeding._update_closest(
             engine, data, cp.ascontiguousarray(rows[:, 1]), closest, kern
         ),
     }
@@ -97,7 +101,7 @@ def profile_case(case: dict) -> None:
     )
     it = int(f_iter[0])
     print(f"     then all rows {ms:.2f} ms, {it} iterations ({ms / max(it, 1):.3f} ms each)")
-    ms, _ = timed(lambda: _kmeans.kmeans_plusplus(engine, coarse, k, first, u))
+    ms, _ = timed(lambda: _kmeans_seeding.kmeans_plusplus(engine, coarse, k, first, u))
     print(f"   k-means++ seeding on the coarse rows {ms:.2f} ms")
     diag = engine.retype(data, "diag")
     hard = _kmeans.hard_params(final, "diag", prec, cp)

@@ -45,18 +45,14 @@ from ._gaussian import (
     estimate_parameters,
 )
 from ._kmeans import (
-    _ROWS,
     COARSE_MIN_ROWS,
     COARSE_STEP,
     HARD_PRECISION,
     KMEANS_TOL,
-    _blocks,
-    gather_rows,
     hard_params,
-    host_weights,
     lloyd_coarse_to_fine,
-    seed_all,
 )
+from ._kmeans_seeding import _ROWS, _blocks, gather_rows, host_weights, seed_all
 from ._padded_em import buckets
 
 __all__ = ["candidate_params", "column_moments", "draw", "initial_params"]
@@ -329,7 +325,7 @@ def candidate_params(
     parameters the ``ValueError`` its statistics raised (an ill-defined covariance), so one
     candidate's failure spares the others. Every candidate gets what it would get alone; the
     k-means inits of model selection's candidates (``GaussianMixtureSelect``) share their passes:
-    seeding as restarts of one k-means++ (:func:`gmm_core._kmeans.seed_all`), Lloyd as restarts
+    seeding as restarts of one k-means++ (:func:`gmm_core._kmeans_seeding.seed_all`), Lloyd as restarts
     of one hard mixture padded to the largest K of each :func:`gmm_core._padded_em.buckets`
     group (the candidates' EM passes share theirs alike).
     """

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import cupy
 
-from .._kmeans import LLOYD_KERNELS, SAMPLING_KERNELS, SEEDING_KERNELS
+from .._kmeans import LLOYD_KERNELS
+from .._kmeans_seeding import SAMPLING_KERNELS, SEEDING_KERNELS
 from .data import CupyData, retype
 from .diag_common import DiagPlan, FusedDiagPass
 from .kernels import KernelRef, compile_kernels, kernel_ref

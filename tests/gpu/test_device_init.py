@@ -13,7 +13,7 @@ from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
-from gmm_core import GaussianMixture, _init, _kmeans
+from gmm_core import GaussianMixture, _init, _kmeans, _kmeans_seeding
 from gmm_core._device import cupy_unavailable_reason
 
 _REASON = cupy_unavailable_reason()
@@ -53,11 +53,11 @@ def test_kmeans_plusplus_on_the_device_equals_numpy(dtype):
     np_engine, cp_engine = _engines()
     k, n_init = 9, 3
     first, u = _draws(len(X), k, n_init, seed=2)
-    want_c, want_ids = _kmeans.kmeans_plusplus(
+    want_c, want_ids = _kmeans_seeding.kmeans_plusplus(
         np_engine, np_engine.prepare(X, "auto", "diag"), k, first, u
     )
     data = cp_engine.prepare(X, "auto", "diag")
-    got_c, got_ids = _kmeans.kmeans_plusplus(cp_engine, data, k, first, u)
+    got_c, got_ids = _kmeans_seeding.kmeans_plusplus(cp_engine, data, k, first, u)
     np.testing.assert_array_equal(cupy.asnumpy(got_ids), want_ids)
     # the device may keep X uncentred (small offset): compare in data coordinates
     np.testing.assert_allclose(
@@ -80,9 +80,9 @@ def test_candidate_sampling_kernels_equal_searchsorted_on_the_cumulative_sum(n):
     closest[2, n // 2] = 5.0  # one row holds the whole potential
     edges = [0.0, 0.5, 2048 / n, 2048.5 / n, 4096 / n, (n - 1) / n, 1 - 1e-16]
     u = np.stack([rng.uniform(size=len(edges)), np.clip(edges, 0, np.nextafter(1, 0)), edges])
-    want = _kmeans._sample(np_engine, closest, u, None)
-    kernels = _kmeans._kernels(cp_engine, np.dtype(np.float32))
-    got = _kmeans._sample(cp_engine, cupy.asarray(closest), cupy.asarray(u), kernels)
+    want = _kmeans_seeding._sample(np_engine, closest, u, None)
+    kernels = _kmeans_seeding._kernels(cp_engine, np.dtype(np.float32))
+    got = _kmeans_seeding._sample(cp_engine, cupy.asarray(closest), cupy.asarray(u), kernels)
     np.testing.assert_array_equal(cupy.asnumpy(got), want)
     assert (want[: len(edges)] >= 0).all() and (want < n).all()
 
@@ -98,7 +98,7 @@ def test_device_lloyd_matches_a_numpy_lloyd_from_the_same_seeds(dtype, d):
     _, cp_engine = _engines()
     data = cp_engine.prepare(X, "auto", "diag")
     first, u = _draws(len(X), 8, 2, seed=4)
-    seeds, _ = _kmeans.kmeans_plusplus(cp_engine, data, 8, first, u)
+    seeds, _ = _kmeans_seeding.kmeans_plusplus(cp_engine, data, 8, first, u)
     total = float(cupy.asnumpy(data.variance).sum())
     tol = _kmeans.KMEANS_TOL * total / d
     got, n_iter = _kmeans.lloyd(
@@ -243,8 +243,8 @@ def test_candidates_of_several_k_initialised_together_on_the_device(monkeypatch,
     draws = [_init.draw(np.random.RandomState(c), "kmeans", 2, data, k) for c, k in enumerate(ks)]
     sizes = np.repeat(ks, 2)
     flat = [d for ds in draws for d in ds]
-    seeded = cupy.asnumpy(_kmeans.seed_all(cp_engine, data, sizes, flat))
-    want = _kmeans.seed_all(np_engine, np_engine.prepare(X, "auto", cov), sizes, flat)
+    seeded = cupy.asnumpy(_kmeans_seeding.seed_all(cp_engine, data, sizes, flat))
+    want = _kmeans_seeding.seed_all(np_engine, np_engine.prepare(X, "auto", cov), sizes, flat)
     np.testing.assert_allclose(seeded + data.shift, want + X.mean(0, dtype=np.float64), rtol=1e-6)
     eps = 10 * float(np.finfo(np.float32).eps)
     common = dict(covariance_type=cov, reg_covar=1e-6, eps=eps, shift=data.shift)

@@ -13,7 +13,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import gmm_core._fit as fitting
-from gmm_core import GaussianMixture, _init, _kmeans
+from gmm_core import GaussianMixture, _init, _kmeans, _kmeans_seeding
 from gmm_core._numpy_engine import NumpyEngine
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
@@ -83,7 +83,7 @@ def test_kmeans_plusplus_matches_scikit_learns_greedy_seeding_for_every_restart(
     trials = 2 + int(math.log(k))
     first = rs.randint(len(X), size=n_init)
     u = rs.uniform(size=(n_init, k - 1, trials))
-    centres, ids = _kmeans.kmeans_plusplus(engine, data, k, first, u)
+    centres, ids = _kmeans_seeding.kmeans_plusplus(engine, data, k, first, u)
     for r in range(n_init):
         want_centres, want_ids = _reference_kmeans_plusplus(data.X, k, first[r], u[r])
         np.testing.assert_array_equal(ids[r], want_ids)
@@ -97,7 +97,7 @@ def test_lloyd_as_em_passes_matches_a_plain_lloyd_from_the_same_seeds():
     k = 6
     first = rs.randint(len(X), size=2)
     u = rs.uniform(size=(2, k - 1, 2 + int(math.log(k))))
-    seeds, _ = _kmeans.kmeans_plusplus(engine, data, k, first, u)
+    seeds, _ = _kmeans_seeding.kmeans_plusplus(engine, data, k, first, u)
     total = float(data.variance.sum())
     tol = _kmeans.KMEANS_TOL * total / X.shape[1]
     precision = _kmeans.HARD_PRECISION / total
@@ -224,7 +224,7 @@ def test_coarse_to_fine_lloyd_ends_at_a_fixed_point_of_all_rows(monkeypatch):
     engine, data = _prepared(X)
     monkeypatch.setattr(_init, "COARSE_MIN_ROWS", 1000)
     rs = np.random.RandomState(2)
-    seeds, _ = _kmeans.kmeans_plusplus(
+    seeds, _ = _kmeans_seeding.kmeans_plusplus(
         engine, data, 7, rs.randint(len(X), size=1), rs.uniform(size=(1, 6, 3))
     )
     total = float(data.variance.sum())
@@ -261,8 +261,8 @@ def test_weighted_kmeans_plusplus_with_integer_weights_seeds_as_repeated_rows():
     k, first = 6, np.array([17, 400])
     first_copy = np.concatenate([[0], np.cumsum(w)[:-1]])[first]
     u = rng.uniform(size=(2, k - 1, 2 + int(math.log(k))))
-    centres_w, ids_w = _kmeans.kmeans_plusplus(engine, weighted, k, first, u)
-    centres_r, ids_r = _kmeans.kmeans_plusplus(engine, repeated, k, first_copy, u)
+    centres_w, ids_w = _kmeans_seeding.kmeans_plusplus(engine, weighted, k, first, u)
+    centres_r, ids_r = _kmeans_seeding.kmeans_plusplus(engine, repeated, k, first_copy, u)
     np.testing.assert_array_equal(centres_w, centres_r)
     original = np.searchsorted(np.cumsum(w), ids_r, side="right")
     np.testing.assert_array_equal(ids_w, original)
@@ -298,7 +298,7 @@ def _candidate_draws(data, init_params, ks, n_init, seed=0):
 def test_kmeans_plusplus_refuses_restarts_of_increasing_size():
     engine, data = _prepared(_blobs(n=200))
     with pytest.raises(ValueError, match="non-increasing"):
-        _kmeans.kmeans_plusplus(engine, data, [2, 3], [0, 1], np.zeros((2, 2, 2)))
+        _kmeans_seeding.kmeans_plusplus(engine, data, [2, 3], [0, 1], np.zeros((2, 2, 2)))
 
 
 @pytest.mark.parametrize("scratch", [1e15, 3 * 4 * 2500], ids=["one-batch", "3-per-batch"])
@@ -311,10 +311,10 @@ def test_seeding_candidates_of_several_k_together_equals_seeding_each_alone(monk
     monkeypatch.setattr(NumpyEngine, "scratch_bytes", lambda self, data: scratch)
     draws = _candidate_draws(data, "kmeans", CANDIDATE_KS, n_init=2)
     sizes = np.repeat(CANDIDATE_KS, 2)
-    together = _kmeans.seed_all(engine, data, sizes, [d for ds in draws for d in ds])
+    together = _kmeans_seeding.seed_all(engine, data, sizes, [d for ds in draws for d in ds])
     assert together.shape == (len(sizes), max(CANDIDATE_KS), 3)
     for c, k in enumerate(CANDIDATE_KS):
-        alone = _kmeans.seed_all(engine, data, k, draws[c])
+        alone = _kmeans_seeding.seed_all(engine, data, k, draws[c])
         for i in range(2):
             np.testing.assert_array_equal(together[2 * c + i, :k], alone[i])
             assert not together[2 * c + i, k:].any()
@@ -427,7 +427,7 @@ def test_lloyd_drops_stopped_restarts_from_its_passes_and_ends_where_each_alone_
     engine, data = _prepared(X)
     ks = np.array([12, 2, 1, 1])
     draws = _candidate_draws(data, "kmeans", ks, n_init=1)
-    seeds = _kmeans.seed_all(engine, data, ks, [d[0] for d in draws])
+    seeds = _kmeans_seeding.seed_all(engine, data, ks, [d[0] for d in draws])
     total = float(data.variance.sum())
     tol, precision = _kmeans.KMEANS_TOL * total / 2, _kmeans.HARD_PRECISION / total
 
