@@ -325,9 +325,9 @@ def candidate_params(
     parameters the ``ValueError`` its statistics raised (an ill-defined covariance), so one
     candidate's failure spares the others. Every candidate gets what it would get alone; the
     k-means inits of model selection's candidates (``GaussianMixtureSelect``) share their passes:
-    seeding as restarts of one k-means++ (:func:`gmm_core._kmeans_seeding.seed_all`), Lloyd as restarts
-    of one hard mixture padded to the largest K of each :func:`gmm_core._padded_em.buckets`
-    group (the candidates' EM passes share theirs alike).
+    seeding as restarts of one k-means++ (:func:`gmm_core._kmeans_seeding.seed_all`), Lloyd as
+    restarts of one hard mixture padded to the largest K of each
+    :func:`gmm_core._padded_em.buckets` group (the candidates' EM passes share theirs alike).
     """
     xp = engine.xp
     ks = np.asarray(sizes, dtype=np.int64)

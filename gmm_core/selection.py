@@ -2,15 +2,10 @@
 
 Choosing K by hand means a loop of fits, each reading the data every iteration, and a loop that
 stops at the first candidate whose covariance collapses. Here the candidates of one covariance
-type run as batches of restarts: a batch holds the candidates of ``ceil(K / 16)`` equal (K = 1..16
-in one, 17..32 in the next: the GPU passes work in tiles of 16 components) and a candidate with
-``K`` below its batch's ``K_max`` carries ``K_max - K`` padding components of weight exactly 0
-(log-weight -inf), which take no responsibility, so every E-step pass advances all candidates of
-a batch at once and each candidate follows exactly the iterations a fit with ``K`` components
-would (the M-step, on the host, keeps the padding at weight 0; the NumPy engine skips trailing
-zero-weight components, so a pass costs what the separate fits' passes cost together).
-Converged candidates drop out through the engines' ``active`` mask; a candidate whose
-covariance becomes ill-defined is recorded as failed, with the reason, and the others go on.
+type advance side by side in shared passes over the data, each following exactly the iterations
+its own fit would, and a candidate whose covariance becomes ill-defined is recorded as failed,
+with the reason, while the others go on (how: :mod:`gmm_core._sweep`). This module is the
+estimator: its parameters, the results table and the choice by ``criterion``.
 
 Candidates are initialised as separate scikit-learn fits would be: a candidate draws its
 ``n_init`` restarts from ``check_random_state(random_state)``, so an int seed gives every
@@ -31,28 +26,19 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._em_loop import PhaseClock, best_restart
-from ._engine import BACKENDS, Engine, get_engine
-from ._fit import place_on_device, place_with_host_moments
-from ._gaussian import (
-    COVARIANCE_TYPES,
-    Params,
-    n_parameters,
-)
-from ._host_init import host_restarts
-from ._init import candidate_params, draw, with_user_init
-from ._padded_em import accumulate, buckets, concat, pad, run_em_padded, trim
+from ._em_loop import PhaseClock
+from ._engine import BACKENDS, get_engine
+from ._gaussian import COVARIANCE_TYPES, n_parameters
+from ._sweep import BATCHED_BACKENDS, Candidate, fit_batched, fit_loop
 from .mixture import GaussianMixture, _is_cupy_array
 
 __all__ = ["CRITERIA", "GaussianMixtureSelect"]
@@ -60,8 +46,6 @@ __all__ = ["CRITERIA", "GaussianMixtureSelect"]
 #: Selection criteria: the lowest BIC or AIC on the training data, or the highest mean
 #: log-likelihood of held-out rows.
 CRITERIA = ("bic", "aic", "holdout")
-#: Engines whose passes take candidates of every K side by side (a loop of fits elsewhere).
-BATCHED_BACKENDS = ("numpy", "dask", "cupy")
 #: Columns of ``results_``, in order.
 RESULT_COLUMNS = (
     "n_components",
@@ -78,28 +62,6 @@ RESULT_COLUMNS = (
     "failed",
     "reason",
 )
-
-
-@dataclass
-class _Candidate:
-    """One ``(n_components, covariance_type)`` of the grid and how its fit went."""
-
-    n_components: int
-    covariance_type: str
-    lower_bound: float = math.nan
-    train_score: float = math.nan
-    bic: float = math.nan
-    aic: float = math.nan
-    holdout_score: float = math.nan
-    holdout_se: float = math.nan
-    n_iter: int = 0
-    converged: bool = False
-    reason: str = ""
-    estimator: GaussianMixture | None = None
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.reason)
 
 
 class GaussianMixtureSelect(DensityMixin, BaseEstimator):
@@ -305,14 +267,14 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         if X_holdout is not None:
             X_holdout = validate_data(self, X_holdout, reset=False, dtype=[np.float64, np.float32])
 
-        candidates: list[_Candidate] = []
+        candidates: list[Candidate] = []
         for covariance_type in types:
-            group = [_Candidate(k, covariance_type) for k in ks]
+            group = [Candidate(k, covariance_type) for k in ks]
             clock.lap("validate")
             if batched:
-                self._fit_batched(engine, X, group, clock)
+                fit_batched(self, engine, X, group, clock)
             else:
-                self._fit_loop(X, group)
+                fit_loop(self, X, group)
                 clock.lap("fits")
             candidates.extend(group)
         n_samples = X.shape[0]
@@ -352,209 +314,6 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
             )
         return self
 
-    def _fit_loop(self, X: Any, group: list[_Candidate]) -> None:
-        """One :class:`GaussianMixture` fit per candidate (``'multigpu'``)."""
-        for cand in group:
-            model = self._candidate_estimator(cand.n_components, cand.covariance_type)
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ConvergenceWarning)
-                    model.fit(X)
-            except ValueError as error:
-                cand.reason = str(error)
-                continue
-            cand.estimator = model
-            cand.lower_bound = float(model.lower_bound_)
-            cand.train_score = float(model.score(X))
-            cand.n_iter = int(model.n_iter_)
-            cand.converged = bool(model.converged_)
-
-    def _fit_batched(
-        self, engine: Engine, X: Any, group: list[_Candidate], clock: PhaseClock
-    ) -> None:
-        """Every candidate of ``group`` (one covariance type) in batches of restarts."""
-        covariance_type = group[0].covariance_type
-        n_samples = X.shape[0]
-        eps = 10 * float(np.finfo(X.dtype).eps)
-        if engine.device_init:  # moments, centring and initialisation where the data live
-            data = place_on_device(engine, X, covariance_type)
-            shift = np.asarray(data.shift, dtype=np.float64)
-        else:
-            data, shift = place_with_host_moments(engine, X, X, covariance_type)
-            Xc = engine.host_centred(data, X, shift)
-        clock.lap("transfer")
-
-        eligible = []
-        for cand in group:
-            if cand.n_components > n_samples:
-                cand.reason = (
-                    f"too few samples: n_components={cand.n_components} > n_samples={n_samples}"
-                )
-            else:
-                eligible.append(cand)
-        if engine.device_init:  # every candidate's k-means in shared passes
-            inits = self._initial_params_device(engine, data, eligible, eps)
-        else:
-            inits = [self._initial_params(X, Xc, shift, cand, eps) for cand in eligible]
-        drawn: list[tuple[_Candidate, Params]] = []
-        for cand, params in zip(eligible, inits, strict=True):
-            if isinstance(params, ValueError):  # an ill-defined covariance at the initialisation
-                cand.reason = f"initialisation: {params}"
-            else:
-                drawn.append((cand, params))
-        clock.lap("init")
-        for bucket in buckets([cand.n_components for cand, _ in drawn]):
-            self._fit_bucket(engine, data, [drawn[i] for i in bucket], shift, X.dtype, eps, clock)
-
-    def _fit_bucket(
-        self,
-        engine: Engine,
-        data: Any,
-        drawn: list[tuple[_Candidate, Params]],
-        shift: np.ndarray,
-        dtype: Any,
-        eps: float,
-        clock: PhaseClock,
-    ) -> None:
-        """EM of the candidates ``drawn`` side by side, padded to their largest K."""
-        covariance_type = drawn[0][0].covariance_type
-        n_features = shift.shape[0]
-        k_max = max(cand.n_components for cand, _ in drawn)
-        params = concat([pad(p, k_max, covariance_type) for _, p in drawn])
-        owner = np.repeat(np.arange(len(drawn)), self.n_init)  # restart -> candidate
-        live = (
-            np.arange(k_max)[None, :]
-            < np.repeat([cand.n_components for cand, _ in drawn], self.n_init)[:, None]
-        )
-
-        result = run_em_padded(
-            engine,
-            data,
-            params,
-            live,
-            owner,
-            covariance_type=covariance_type,
-            reg_covar=self.reg_covar,
-            eps=eps,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            shift=shift,
-        )
-        clock.lap("em")
-        best_rows = []
-        for c, (cand, _) in enumerate(drawn):
-            if result.failed[c]:
-                cand.reason = result.failed[c]
-                continue
-            rows = np.flatnonzero(owner == c)
-            best = best_restart(result.history[:, rows], result.n_iter[rows])
-            best_rows.append((cand, int(rows[best]), rows))
-        if not best_rows:
-            return
-        # the fitted parameters' mean log-likelihood (what bic(X) uses): one more pass, batched
-        chosen = np.array([r for _, r, _ in best_rows])
-        final = Params(*(np.ascontiguousarray(a[chosen]) for a in vars(result.params).values()))
-        stats = accumulate(engine, data, final, np.ones(len(chosen), dtype=bool))
-        scores = np.asarray(stats.loglik, np.float64) / stats.weight_sum
-        for i, (cand, r, rows) in enumerate(best_rows):
-            k = cand.n_components
-            model = self._candidate_estimator(k, covariance_type)
-            one = trim(result.params.take(r), k, covariance_type)
-            model._set_fitted(one, shift, dtype)
-            curves = [result.history[: result.n_iter[q], q] for q in rows]
-            model.converged_ = bool(result.converged[r])
-            model.n_iter_ = int(result.n_iter[r])
-            as_dtype = np.dtype(dtype).type  # scikit-learn's types, as GaussianMixture.fit
-            model.lower_bound_ = as_dtype(result.history[result.n_iter[r] - 1, r])
-            model.lower_bounds_ = [as_dtype(v) for v in curves[int(np.flatnonzero(rows == r)[0])]]
-            model.restart_lower_bounds_ = [np.asarray(c, np.float64) for c in curves]
-            model.n_features_in_ = n_features
-            model.backend_ = engine.name
-            model.n_steps_ = 0
-            model.fit_seconds_ = math.nan  # candidates share their passes
-            cand.estimator = model
-            cand.lower_bound = float(result.history[result.n_iter[r] - 1, r])
-            cand.train_score = float(scores[i])
-            cand.n_iter = model.n_iter_
-            cand.converged = model.converged_
-        clock.lap("score")
-
-    def _initial_params_device(
-        self, engine: Engine, data: Any, group: list[_Candidate], eps: float
-    ) -> list[Params | ValueError]:
-        """``n_init`` restarts of each candidate as ``GaussianMixture(K, ...)`` draws them.
-
-        On a device-init engine, every candidate's initialisation in shared passes
-        (:func:`gmm_core._init.candidate_params`); host arrays, since the sweep's M-step runs on
-        the host. A candidate whose initial covariances are ill-defined gets the ``ValueError``.
-        """
-        if not group:
-            return []
-        covariance_type = group[0].covariance_type
-        sizes = [cand.n_components for cand in group]
-        draws = [
-            draw(check_random_state(self.random_state), self.init_params, self.n_init, data, k)
-            for k in sizes
-        ]
-        for bucket in buckets(sizes):
-            width = max(sizes[c] for c in bucket)
-            engine.compile_for_fit(data, self.n_init * len(bucket), width, self.init_params)
-        drawn = candidate_params(
-            engine,
-            data,
-            init_params=self.init_params,
-            sizes=sizes,
-            draws=draws,
-            covariance_type=covariance_type,
-            reg_covar=self.reg_covar,
-            eps=eps,
-            shift=np.asarray(data.shift, dtype=np.float64),
-            variance=getattr(data, "variance", None),
-        )
-        out: list[Params | ValueError] = []
-        for k, params in zip(sizes, drawn, strict=True):
-            if isinstance(params, ValueError):
-                out.append(params)
-                continue
-            try:
-                out.append(
-                    with_user_init(
-                        params,
-                        {},
-                        shift=np.asarray(data.shift, dtype=np.float64),
-                        covariance_type=covariance_type,
-                        n_components=k,
-                        n_init=self.n_init,
-                        xp=np,
-                    )
-                )
-            except ValueError as error:
-                out.append(error)
-        return out
-
-    def _initial_params(
-        self, X: np.ndarray, Xc: np.ndarray, shift: np.ndarray, cand: _Candidate, eps: float
-    ) -> Params | ValueError:
-        """``n_init`` restarts drawn as ``GaussianMixture(cand.n_components, ...)`` draws them.
-
-        The ``ValueError`` of an ill-defined initial covariance in place of the parameters.
-        """
-        random_state = check_random_state(self.random_state)
-        model = self._candidate_estimator(cand.n_components, cand.covariance_type)
-        try:
-            drawn = host_restarts(model, X, Xc, shift, random_state, eps)
-            return with_user_init(
-                drawn,
-                {},
-                shift=shift,
-                covariance_type=cand.covariance_type,
-                n_components=cand.n_components,
-                n_init=self.n_init,
-                xp=np,
-            )
-        except ValueError as error:
-            return error
-
     # ------------------------------------------------------------------------------------------
     # Delegation to the chosen model
 
@@ -583,7 +342,7 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
 # The table and the choice
 
 
-def _results_table(candidates: list[_Candidate], n_features: int) -> dict[str, np.ndarray]:
+def _results_table(candidates: list[Candidate], n_features: int) -> dict[str, np.ndarray]:
     table = {
         "n_components": np.array([c.n_components for c in candidates], dtype=np.int64),
         "covariance_type": np.array([c.covariance_type for c in candidates], dtype=object),
@@ -605,7 +364,7 @@ def _results_table(candidates: list[_Candidate], n_features: int) -> dict[str, n
     return {name: table[name] for name in RESULT_COLUMNS}
 
 
-def _choose(candidates: list[_Candidate], criterion: str) -> int:
+def _choose(candidates: list[Candidate], criterion: str) -> int:
     """Index of the best candidate that did not fail; ValueError when all failed."""
     ok = [i for i, c in enumerate(candidates) if not c.failed and math.isfinite(c.bic)]
     if criterion == "holdout":
@@ -628,6 +387,6 @@ def _choose(candidates: list[_Candidate], criterion: str) -> int:
     return min(near, key=lambda i: _n_free(candidates[i]))
 
 
-def _n_free(candidate: _Candidate) -> int:
+def _n_free(candidate: Candidate) -> int:
     n_features = candidate.estimator.means_.shape[1] if candidate.estimator is not None else 1
     return n_parameters(candidate.covariance_type, candidate.n_components, n_features)
