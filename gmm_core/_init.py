@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 
 from ._gaussian import (
-    ILL_DEFINED_COVARIANCE,
     Params,
     Stats,
     cholesky_from_precisions,
@@ -270,7 +269,7 @@ def initial_params(
     drawn: tuple[Any, Any, Any] | None = None
     if len(user) < 3:
         draws = draw(random_state, init_params, n_init, data, k)
-        (got,) = candidate_params(
+        (drawn,) = candidate_params(
             engine,
             data,
             init_params=init_params,
@@ -282,9 +281,6 @@ def initial_params(
             shift=shift,
             variance=variance,
         )
-        if isinstance(got, ValueError):
-            raise got
-        drawn = got
     params = with_user_init(
         drawn,
         user,
@@ -317,13 +313,13 @@ def candidate_params(
     eps: float,
     shift: np.ndarray,
     variance: Any = None,
-) -> list[tuple[Any, Any, Any] | ValueError]:
+) -> list[tuple[Any, Any, Any]]:
     """Initial ``(weights, means, covariances)`` of candidates of ``sizes[c]`` components.
 
     Candidate ``c`` has ``len(draws[c])`` restarts and the draws :func:`draw` made for them;
-    host arrays with a restart axis, float64, centred coordinates; in place of a candidate's
-    parameters the ``ValueError`` its statistics raised (an ill-defined covariance), so one
-    candidate's failure spares the others. Every candidate gets what it would get alone; the
+    host arrays with a restart axis, float64, centred coordinates (an ill-defined covariance
+    among them raises where they are factored, :func:`with_user_init`, so one candidate's
+    failure can spare the others). Every candidate gets what it would get alone; the
     k-means inits of model selection's candidates (``GaussianMixtureSelect``) share their passes:
     seeding as restarts of one k-means++ (:func:`gmm_core._kmeans_seeding.seed_all`), Lloyd as
     restarts of one hard mixture padded to the largest K of each
@@ -333,26 +329,13 @@ def candidate_params(
     ks = np.asarray(sizes, dtype=np.int64)
     n_init = np.array([len(d) for d in draws])
     owned = np.split(np.arange(int(n_init.sum())), np.cumsum(n_init)[:-1])  # candidate -> rows
-    out: list[tuple[Any, Any, Any] | ValueError] = []
     if init_params not in ("kmeans", "k-means++"):
-        for k, restarts in zip(ks, draws, strict=True):
-            try:
-                out.append(
-                    _sampled_params(
-                        engine,
-                        data,
-                        init_params,
-                        int(k),
-                        restarts,
-                        covariance_type,
-                        reg_covar,
-                        eps,
-                        shift,
-                    )
-                )
-            except ValueError as error:
-                out.append(_ill_defined(error))
-        return out
+        return [
+            _sampled_params(
+                engine, data, init_params, int(k), restarts, covariance_type, reg_covar, eps, shift
+            )
+            for k, restarts in zip(ks, draws, strict=True)
+        ]
     # large data: seeding and the first Lloyd iterations on one evenly spaced subsample
     coarse = engine.subsample(data, COARSE_STEP) if data.n_samples >= COARSE_MIN_ROWS else None
     flat = [d for restarts in draws for d in restarts]
@@ -361,20 +344,24 @@ def candidate_params(
     if init_params == "k-means++":
         del coarse
         xtx = engine.to_host(_xtx(engine, data)) if covariance_type == "tied" else None
-        for k, rows in zip(ks, owned, strict=True):
-            mine = centres[xp.asarray(rows), :k]
-            try:
-                parts = _stats_of_rows(engine, data, mine, covariance_type, shift, eps, xtx)
-                out.append(_stack(parts, covariance_type, reg_covar, eps, shift))
-            except ValueError as error:
-                out.append(_ill_defined(error))
-        return out
+        return [
+            _stack(
+                _stats_of_rows(
+                    engine, data, centres[xp.asarray(rows), :k], covariance_type, shift, eps, xtx
+                ),
+                covariance_type,
+                reg_covar,
+                eps,
+                shift,
+            )
+            for k, rows in zip(ks, owned, strict=True)
+        ]
     if variance is None:
         _, variance = column_moments(xp, (b for _, b in _blocks(engine, data)))
     total = float(np.sum(engine.to_host(variance), dtype=np.float64))
     precision = HARD_PRECISION / total if total > 0 else 1.0
     tol = KMEANS_TOL * total / data.n_features
-    results: dict[int, tuple[Any, Any, Any] | ValueError] = {}
+    results: dict[int, tuple[Any, Any, Any]] = {}
     groups = buckets(ks.tolist())
     for i, bucket in enumerate(groups):
         rows = np.concatenate([owned[c] for c in bucket])
@@ -393,19 +380,9 @@ def candidate_params(
         for c in bucket:
             mine_rows = slice(first, first + int(n_init[c]))
             first += int(n_init[c])
-            try:
-                one = _candidate_stats(stats, mine_rows, int(ks[c]), covariance_type)
-                results[int(c)] = _params_of(one, covariance_type, reg_covar, eps, np, shift)
-            except ValueError as error:
-                results[int(c)] = _ill_defined(error)
+            one = _candidate_stats(stats, mine_rows, int(ks[c]), covariance_type)
+            results[int(c)] = _params_of(one, covariance_type, reg_covar, eps, np, shift)
     return [results[c] for c in range(len(ks))]
-
-
-def _ill_defined(error: ValueError) -> ValueError:
-    """``error`` where it says a covariance is ill-defined (a candidate fails), else raise it."""
-    if ILL_DEFINED_COVARIANCE not in str(error):
-        raise error
-    return error
 
 
 def _candidate_stats(stats: Stats, rows: slice, k: int, covariance_type: str) -> Stats:

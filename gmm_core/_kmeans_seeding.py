@@ -281,9 +281,7 @@ def _choose(
     centres[:, c] = chosen
 
 
-def kmeans_plusplus(
-    engine: Any, data: Any, n_clusters: Any, first: Any, u: Any, out: Any = None
-) -> tuple[Any, Any]:
+def kmeans_plusplus(engine: Any, data: Any, n_clusters: Any, first: Any, u: Any) -> tuple[Any, Any]:
     """Greedy k-means++ seeding of ``R`` restarts at once.
 
     Parameters
@@ -300,13 +298,11 @@ def kmeans_plusplus(
         Uniform draws in [0, 1): candidate ``l`` of centre ``c`` is the first row whose
         cumulative potential reaches ``u[r, c - 1, l]`` of the restart's potential (rows past a
         restart's own ``n_clusters - 1`` are not read).
-    out : engine array of shape (R, max(n_clusters), n_features), float64, optional
-        Where to write the centres (C-contiguous). Centres past a restart's own
-        ``n_clusters`` are left as they are (zeros in a new array).
 
     Returns
     -------
-    centres : array of shape (R, max(n_clusters), n_features), float64 (rows of the data)
+    centres : array of shape (R, max(n_clusters), n_features), float64 (rows of the data; zeros
+        past a restart's own ``n_clusters``)
     indices : array of shape (R, max(n_clusters)), int64 (-1 past a restart's centres)
     """
     xp = engine.xp
@@ -321,9 +317,7 @@ def kmeans_plusplus(
     u = xp.asarray(np.ascontiguousarray(u, dtype=np.float64))
     n_trials = u.shape[2] if k_max > 1 else 1
     indices = xp.full((n_restarts, k_max), -1, dtype=xp.int64)
-    centres = out
-    if centres is None:
-        centres = xp.zeros((n_restarts, k_max, n_features), dtype=xp.float64)
+    centres = xp.zeros((n_restarts, k_max, n_features), dtype=xp.float64)
     chosen = xp.empty((n_restarts, n_features), dtype=data.dtype)
     # float32 whatever the data: it only weighs the sampling of the next candidates
     closest = xp.empty((n_restarts, n_samples), dtype=xp.float32)
@@ -382,9 +376,6 @@ def seed_all(engine: Any, data: Any, k: Any, draws: list[dict[str, Any]]) -> Any
             for i, r in enumerate(part):
                 u[i, : sizes[r] - 1] = draws[r]["u"]
             first = _first_rows(seed_data, [draws[r] for r in part])
-            if len(part) == len(draws) and (part == np.arange(len(part))).all():  # in order
-                kmeans_plusplus(engine, seed_data, k_part, first, u, out=out)
-                continue
             centres, _ = kmeans_plusplus(engine, seed_data, k_part, first, u)
             out[xp.asarray(part), : int(k_part[0])] = centres
     return out

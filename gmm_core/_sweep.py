@@ -258,7 +258,7 @@ def _initial_params_device(
         variance=getattr(data, "variance", None),
     )
     return [
-        one if isinstance(one, ValueError) else _restarts(selector, one, k, covariance_type, shift)
+        _restarts(selector, one, k, covariance_type, shift)
         for k, one in zip(sizes, drawn, strict=True)
     ]
 

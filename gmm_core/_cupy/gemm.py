@@ -111,22 +111,6 @@ class GemmPass:
         self.budget = budget
         self._triu: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
         self._squares: dict[tuple[int, int], Any] = {}
-        self._shift: tuple[bytes, Any] | None = None  # the last shift, on the device
-
-    def _shift_on_device(self, shift: Any) -> Any:
-        """``shift`` (D,) as a float64 device array (copied once per fit), or a null pointer.
-
-        The estimator's loop passes a device array already (no copy, no sync per iteration).
-        """
-        if shift is None:
-            return np.intp(0)
-        if isinstance(shift, cupy.ndarray) and shift.dtype == cupy.float64:
-            return cupy.ascontiguousarray(shift)
-        host = np.ascontiguousarray(shift, dtype=np.float64)
-        key = host.tobytes()
-        if self._shift is None or self._shift[0] != key:
-            self._shift = (key, cupy.asarray(host))
-        return self._shift[1]
 
     def supports(self, data: CupyData, n_restarts: int, n_components: int) -> bool:
         """Every covariance type, dtype and size: the fallback of the other strategies."""
@@ -191,7 +175,8 @@ class GemmPass:
                 np.int32(n_components),
                 np.float64(reg_covar),
                 np.float64(eps),
-                self._shift_on_device(shift),
+                # the estimator's loop passes a device array already (no copy per iteration)
+                np.intp(0) if shift is None else cupy.asarray(shift, dtype=cupy.float64),
                 out.weights,
                 out.means,
                 out.covariances,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from datetime import UTC, datetime
 
@@ -155,15 +156,16 @@ def test_a_changed_k_is_gated_on_likelihood_and_reports_unmatched_components(tmp
     challenger, challenger_dir = _saved(tmp_path, "challenger", X_train, 3)
     evaluation = _evaluation(challenger, champion, X_holdout)
     # a threshold no matched pair could meet: with equal K it would reject
-    decision = gate_models(
+    strict = functools.partial(
+        gate_models,
         evaluation,
         challenger,
         challenger_dir,
         champion,
         promotion_margin=0.05,
         alignment_threshold=1e-9,
-        k_selected=True,  # n_components="auto" chose K = 3
     )
+    decision = strict(k_selected=True)  # n_components="auto" chose K = 3
     assert decision.promote and "K changed from 2 to 3" in decision.reason
     assert "alignment threshold was not applied" in decision.reason
     assert not decision.alignment_gated
@@ -190,14 +192,7 @@ def test_a_changed_k_is_gated_on_likelihood_and_reports_unmatched_components(tmp
 
     # a fixed n_components unlike the champion's K keeps the alignment threshold (QA probe: an
     # operator's trial with K = 5 passed a regime shift that K = 4 was rejected for)
-    fixed = gate_models(
-        evaluation,
-        challenger,
-        challenger_dir,
-        champion,
-        promotion_margin=0.05,
-        alignment_threshold=1e-9,
-    )
+    fixed = strict()
     assert not fixed.promote and fixed.alignment_gated
     assert "components moved too far" in fixed.reason and "by a fixed n_components" in fixed.reason
 
