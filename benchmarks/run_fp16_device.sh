@@ -12,6 +12,7 @@
 #   select  the sweep over K with every candidate's k-means init in shared passes (2026-12-05):
 #           the device-init and selection GPU tests, then bench_select.py (issue 17's 10M x 16
 #           case; ~3 min),
+#   init    benchmarks/profile_select_init.py: where the sweep's shared init spends its time,
 #   tests   the whole GPU suite (~5 min): the M-step's shift (2026-12-05: device loop,
 #           full_mstep) and everything else not yet run on a GPU.
 # Two calls cover it: STAGES="probes fused" and STAGES="select tests". Logs in $OUT/run.log,
@@ -49,6 +50,10 @@ for stage in $STAGES; do
         grep -E "passed|failed|^FAILED|^ERROR" "$OUT/select_tests.txt" | tail -n 20
         SCIPY_ARRAY_API=1 timeout 240 python3 benchmarks/bench_select.py --out "$OUT/select.json"
         echo "select bench exit $?"
+        ;;
+    init)
+        timeout 150 python3 benchmarks/profile_select_init.py --json "$OUT/select_init.json"
+        echo "select init profile exit $?"
         ;;
     tests)
         timeout 420 "${PYTEST[@]}" tests/gpu >"$OUT/gpu_tests.txt" 2>&1

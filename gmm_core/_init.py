@@ -48,10 +48,18 @@ from ._kmeans import (
     COARSE_STEP,
     HARD_PRECISION,
     KMEANS_TOL,
+    all_active,
     hard_params,
     lloyd_coarse_to_fine,
 )
-from ._kmeans_seeding import _ROWS, _blocks, gather_rows, host_weights, seed_all
+from ._kmeans_seeding import (
+    _ROWS,
+    _blocks,
+    gather_rows,
+    host_weights,
+    seed_all,
+    take_restarts,
+)
 from ._padded_em import buckets
 
 __all__ = ["candidate_params", "column_moments", "draw", "initial_params"]
@@ -347,7 +355,7 @@ def candidate_params(
         return [
             _stack(
                 _stats_of_rows(
-                    engine, data, centres[xp.asarray(rows), :k], covariance_type, shift, eps, xtx
+                    engine, data, take_restarts(xp, centres, rows, int(k)), covariance_type, shift, eps, xtx
                 ),
                 covariance_type,
                 reg_covar,
@@ -366,7 +374,7 @@ def candidate_params(
     for i, bucket in enumerate(groups):
         rows = np.concatenate([owned[c] for c in bucket])
         width = int(ks[bucket].max())
-        mine = xp.ascontiguousarray(centres[xp.asarray(rows), :width])
+        mine = take_restarts(xp, centres, rows, width)
         restart_sizes = per_restart[rows]
         mine = lloyd_coarse_to_fine(
             engine, data, mine, tol=tol, precision=precision, coarse=coarse, sizes=restart_sizes
@@ -374,7 +382,7 @@ def candidate_params(
         if i == len(groups) - 1:
             coarse = None  # freed before the last pass over all rows
         hard = hard_params(mine, covariance_type, precision, xp, restart_sizes)
-        active = xp.asarray(np.ones(len(rows), dtype=bool))
+        active = all_active(xp, len(rows))
         stats = engine.lloyd_pass(data, hard, active).map(engine.to_host)
         first = 0
         for c in bucket:

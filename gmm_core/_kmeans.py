@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ._gaussian import Params, Stats
+from ._kmeans_seeding import put_restarts, take_restarts
 
 #: scikit-learn's ``KMeans`` defaults
 KMEANS_MAX_ITER = 300
@@ -150,7 +151,7 @@ def lloyd(
     out, out_iter = centres, xp.zeros(n_restarts, dtype=xp.int64)
     rows = np.arange(n_restarts)  # the batch's restarts (rows of out)
     n_iter = out_iter
-    active = _all_active(xp, n_restarts)
+    active = all_active(xp, n_restarts)
     hard = hard_params(centres, "diag", precision, xp, sizes)
     pending = None
     for _ in range(max_iter):
@@ -167,20 +168,20 @@ def lloyd(
                 break
             if going.sum() <= LLOYD_COMPACT * len(rows):
                 keep = np.flatnonzero(going)
-                out[xp.asarray(rows)] = centres  # every restart's centres so far
-                out_iter[xp.asarray(rows)] = n_iter
-                rows, pick = rows[keep], xp.asarray(keep)
-                centres = xp.ascontiguousarray(centres[pick])
-                active, n_iter = xp.ascontiguousarray(active[pick]), n_iter[pick]
+                put_restarts(xp, out, rows, centres)  # every restart's centres so far
+                put_restarts(xp, out_iter, rows, n_iter)
+                rows = rows[keep]
+                centres = take_restarts(xp, centres, keep)
+                active, n_iter = take_restarts(xp, active, keep), take_restarts(xp, n_iter, keep)
                 hard = hard_params(centres, "diag", precision, xp, _sizes_of(sizes, rows))
                 reader = engine.read_later(active)
         pending = reader
-    out[xp.asarray(rows)] = centres
-    out_iter[xp.asarray(rows)] = n_iter
+    put_restarts(xp, out, rows, centres)
+    put_restarts(xp, out_iter, rows, n_iter)
     return out, out_iter
 
 
-def _all_active(xp: Any, n: int) -> Any:
+def all_active(xp: Any, n: int) -> Any:
     """Every restart iterating: bool on the host, int32 on a device (``lloyd_step``'s flags)."""
     return np.ones(n, dtype=bool) if xp is np else xp.asarray(np.ones(n, dtype=np.int32))
 

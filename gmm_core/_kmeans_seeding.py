@@ -28,6 +28,58 @@ def _blocks(engine: Any, data: Any) -> Iterator[tuple[int, Any]]:
         row0 += block.shape[0]
 
 
+def _runs(rows: np.ndarray) -> Iterator[tuple[int, int, int]]:
+    """``(first position, end position, first row)`` of each run of consecutive ``rows``."""
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    for start, stop in zip(np.r_[0, cuts], np.r_[cuts, len(rows)], strict=True):
+        yield int(start), int(stop), int(rows[start])
+
+
+def take_restarts(xp: Any, a: Any, rows: Any, width: int | None = None) -> Any:
+    """``a[rows, :width]`` as a new C-contiguous array: restarts ``rows`` (host ints) of an init's
+    C-contiguous array (centres (R, K, D), flags and counts (R,)).
+
+    On CuPy arrays one 2-D memcpy per run of consecutive rows: a gather (fancy indexing) is a
+    kernel CuPy compiles on first use, 0.1 s of a process's first fit.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if a.ndim < 2 or width is None:
+        width = a.shape[1] if a.ndim > 1 else 1
+    if xp is np:
+        return np.ascontiguousarray(a[rows, :width] if a.ndim > 1 else a[rows])
+    from ._cupy.copies import copy_rows
+
+    if not a.flags.c_contiguous:
+        raise ValueError("take_restarts() reads C-contiguous arrays only")
+    shape = (len(rows), width, *a.shape[2:]) if a.ndim > 1 else (len(rows),)
+    out = xp.empty(shape, dtype=a.dtype)
+    size = out.nbytes // max(1, len(rows))  # bytes taken per restart
+    for start, stop, first in _runs(rows):
+        copy_rows(out[start:], size, a, a.strides[0], size, stop - start, first * a.strides[0])
+    return out
+
+
+def put_restarts(xp: Any, out: Any, rows: Any, values: Any) -> None:
+    """``out[rows, :values.shape[1]] = values`` (``out[rows] = values`` for 1-D arrays), the
+    inverse of :func:`take_restarts`; compiles nothing on CuPy arrays (C-contiguous, one dtype)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if values is out:  # the whole batch, in place (Lloyd before it dropped a restart)
+        return
+    if xp is np:
+        if out.ndim > 1:
+            out[rows, : values.shape[1]] = values
+        else:
+            out[rows] = values
+        return
+    from ._cupy.copies import copy_rows
+
+    if not (out.flags.c_contiguous and values.flags.c_contiguous) or out.dtype != values.dtype:
+        raise ValueError("put_restarts() writes C-contiguous arrays of one dtype only")
+    size = values.nbytes // max(1, len(rows))
+    for start, stop, first in _runs(rows):
+        copy_rows(out[first:], out.strides[0], values[start:], size, size, stop - start)
+
+
 def host_weights(data: Any) -> np.ndarray | None:
     """The sample weights on the host (float64), or None: unweighted or all equal.
 
@@ -316,7 +368,8 @@ def kmeans_plusplus(engine: Any, data: Any, n_clusters: Any, first: Any, u: Any)
     first = xp.asarray(np.asarray(first, dtype=np.int64))
     u = xp.asarray(np.ascontiguousarray(u, dtype=np.float64))
     n_trials = u.shape[2] if k_max > 1 else 1
-    indices = xp.full((n_restarts, k_max), -1, dtype=xp.int64)
+    # -1 filled on the host: a device fill of -1 is a kernel CuPy compiles on first use
+    indices = xp.asarray(np.full((n_restarts, k_max), -1, dtype=np.int64))
     centres = xp.zeros((n_restarts, k_max, n_features), dtype=xp.float64)
     chosen = xp.empty((n_restarts, n_features), dtype=data.dtype)
     # float32 whatever the data: it only weighs the sampling of the next candidates
@@ -377,7 +430,7 @@ def seed_all(engine: Any, data: Any, k: Any, draws: list[dict[str, Any]]) -> Any
                 u[i, : sizes[r] - 1] = draws[r]["u"]
             first = _first_rows(seed_data, [draws[r] for r in part])
             centres, _ = kmeans_plusplus(engine, seed_data, k_part, first, u)
-            out[xp.asarray(part), : int(k_part[0])] = centres
+            put_restarts(xp, out, part, centres)
     return out
 
 

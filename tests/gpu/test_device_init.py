@@ -227,6 +227,23 @@ def test_column_stats_kernel_equals_numpy_and_is_deterministic(dtype, n, d):
         assert column_stats(cupy.asarray(Y))[2] == np.inf
 
 
+@pytest.mark.parametrize("rows", [[0, 1, 2, 3, 4], [4, 0, 1, 3], [3, 4, 1, 2]])
+def test_restart_rows_are_copied_on_the_device_as_indexing_does(rows):
+    """The memcpy row copies of the inits (no gather kernel: the cold fit) against indexing."""
+    import cupy
+
+    rng = np.random.default_rng(len(rows))
+    centres = cupy.asarray(rng.normal(size=(5, 6, 3)))
+    iters = cupy.arange(5, dtype=cupy.int64)
+    taken = _kmeans_seeding.take_restarts(cupy, centres, rows, 4)
+    assert (taken == centres[cupy.asarray(rows), :4]).all()
+    assert (_kmeans_seeding.take_restarts(cupy, iters, rows) == iters[cupy.asarray(rows)]).all()
+    out, want = cupy.zeros_like(centres), cupy.zeros_like(centres)
+    _kmeans_seeding.put_restarts(cupy, out, rows, taken)
+    want[cupy.asarray(rows), :4] = centres[cupy.asarray(rows), :4]
+    assert (out == want).all()
+
+
 @pytest.mark.parametrize("cov", ["diag", "spherical", "full"])
 @pytest.mark.parametrize("coarse_from", [1 << 20, 20_000], ids=["all-rows", "coarse-first"])
 def test_candidates_of_several_k_initialised_together_on_the_device(monkeypatch, cov, coarse_from):
@@ -245,7 +262,13 @@ def test_candidates_of_several_k_initialised_together_on_the_device(monkeypatch,
     flat = [d for ds in draws for d in ds]
     seeded = cupy.asnumpy(_kmeans_seeding.seed_all(cp_engine, data, sizes, flat))
     want = _kmeans_seeding.seed_all(np_engine, np_engine.prepare(X, "auto", cov), sizes, flat)
-    np.testing.assert_allclose(seeded + data.shift, want + X.mean(0, dtype=np.float64), rtol=1e-6)
+    # each restart's own centres (rows of X, in the two engines' frames); zeros past them
+    for r, k in enumerate(sizes):
+        np.testing.assert_allclose(
+            seeded[r, :k] + data.shift, want[r, :k] + X.mean(0, dtype=np.float64), rtol=1e-6
+        )
+    own = np.arange(seeded.shape[1]) < sizes[:, None]
+    assert not seeded[~own].any() and not want[~own].any()
     eps = 10 * float(np.finfo(np.float32).eps)
     common = dict(covariance_type=cov, reg_covar=1e-6, eps=eps, shift=data.shift)
     together = _init.candidate_params(

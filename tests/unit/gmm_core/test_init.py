@@ -444,3 +444,22 @@ def test_lloyd_drops_stopped_restarts_from_its_passes_and_ends_where_each_alone_
         alone, it = _kmeans.lloyd(engine, data, seeds[r : r + 1, :k], tol=tol, precision=precision)
         np.testing.assert_array_equal(got[r, :k], alone[0])
         assert not got[r, k:].any() and n_iter[r] == it[0]
+
+
+@pytest.mark.parametrize("rows", [[0, 1, 2, 3, 4], [4, 0, 1, 3], [2], [3, 4, 1, 2]])
+def test_restart_rows_taken_and_put_back_as_fancy_indexing_does(rows):
+    """take_restarts / put_restarts (runs of consecutive rows copied at once) against indexing:
+    centres (R, K, D) narrowed to a width, and 1-D flags."""
+    from gmm_core._kmeans_seeding import put_restarts, take_restarts
+
+    rng = np.random.default_rng(len(rows))
+    centres = rng.normal(size=(5, 6, 3))
+    flags = np.arange(5, dtype=np.int32) * 7
+    taken = take_restarts(np, centres, rows, 4)
+    np.testing.assert_array_equal(taken, centres[rows, :4])
+    assert taken.flags.c_contiguous
+    np.testing.assert_array_equal(take_restarts(np, flags, rows), flags[rows])
+    out, want = np.zeros_like(centres), np.zeros_like(centres)
+    put_restarts(np, out, rows, taken)
+    want[rows, :4] = centres[rows, :4]
+    np.testing.assert_array_equal(out, want)
