@@ -355,7 +355,13 @@ def candidate_params(
         return [
             _stack(
                 _stats_of_rows(
-                    engine, data, take_restarts(xp, centres, rows, int(k)), covariance_type, shift, eps, xtx
+                    engine,
+                    data,
+                    take_restarts(xp, centres, rows, int(k)),
+                    covariance_type,
+                    shift,
+                    eps,
+                    xtx,
                 ),
                 covariance_type,
                 reg_covar,

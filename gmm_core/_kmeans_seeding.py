@@ -36,8 +36,9 @@ def _runs(rows: np.ndarray) -> Iterator[tuple[int, int, int]]:
 
 
 def take_restarts(xp: Any, a: Any, rows: Any, width: int | None = None) -> Any:
-    """``a[rows, :width]`` as a new C-contiguous array: restarts ``rows`` (host ints) of an init's
-    C-contiguous array (centres (R, K, D), flags and counts (R,)).
+    """``a[rows, :width]``, a new C-contiguous array: restarts ``rows`` of an init's array.
+
+    ``rows`` host ints; ``a`` C-contiguous (centres (R, K, D), flags and counts (R,)).
 
     On CuPy arrays one 2-D memcpy per run of consecutive rows: a gather (fancy indexing) is a
     kernel CuPy compiles on first use, 0.1 s of a process's first fit.
@@ -60,8 +61,11 @@ def take_restarts(xp: Any, a: Any, rows: Any, width: int | None = None) -> Any:
 
 
 def put_restarts(xp: Any, out: Any, rows: Any, values: Any) -> None:
-    """``out[rows, :values.shape[1]] = values`` (``out[rows] = values`` for 1-D arrays), the
-    inverse of :func:`take_restarts`; compiles nothing on CuPy arrays (C-contiguous, one dtype)."""
+    """``out[rows, :values.shape[1]] = values`` (``out[rows] = values`` for 1-D arrays).
+
+    The inverse of :func:`take_restarts`; compiles nothing on CuPy arrays (C-contiguous, one
+    dtype).
+    """
     rows = np.asarray(rows, dtype=np.int64)
     if values is out:  # the whole batch, in place (Lloyd before it dropped a restart)
         return
