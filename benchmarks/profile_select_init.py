@@ -98,7 +98,7 @@ def main() -> None:
     report: dict[str, Any] = {"environment": environment(), "rows": args.rows}
     for name, fn in (("sweep K=1..32", sweep), ("K=32 alone", k32)):
         fn()  # compiles
-        runs = []
+        runs: list[dict[str, Any]] = []
         for _ in range(3):
             totals.clear()
             counts.clear()
