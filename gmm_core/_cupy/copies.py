@@ -35,6 +35,8 @@ def copy_rows(
     """
     if height <= 0 or width <= 0:
         return
+    if height == 1:  # one row: the pitches are not used (cudaMemcpy2D still wants them >= width)
+        dst_pitch, src_pitch = max(dst_pitch, width), max(src_pitch, width)
     if width > dst_pitch or width > src_pitch:
         raise ValueError(f"rows of {width} bytes do not fit pitches {dst_pitch}, {src_pitch}")
     if offset + (height - 1) * src_pitch + width > src.nbytes or (
