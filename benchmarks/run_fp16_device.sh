@@ -16,7 +16,8 @@
 #   tests   the whole GPU suite (~5 min): the M-step's shift (2026-12-05: device loop,
 #           full_mstep) and everything else not yet run on a GPU.
 # Two calls cover it: STAGES="probes fused" and STAGES="select tests". Logs in $OUT/run.log,
-# JSON and test logs beside it.
+# JSON and test logs beside it. Run on 2026-12-05 (docs/benchmarks.md, top section): select,
+# init, probes, tests; of fused only the tests (in the suite), not large_k_fused.py.
 set -u
 OUT="${OUT:-build/fp16_run}"
 STAGES="${STAGES:-probes fused select}"
