@@ -134,12 +134,16 @@ def get_version(client: MlflowClient, name: str, version: str | int) -> Any | No
         raise
 
 
+def quoted(value: str) -> str:
+    """``value`` for a quoted string of an MLflow search filter (backslashes, quotes escaped)."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
 def find_version_by_run_key(client: MlflowClient, name: str, run_key: str) -> Any | None:
     """The version tagged with ``run_key`` (the oldest, should there ever be two), or None."""
-    quoted = run_key.replace("\\", "\\\\").replace("'", "\\'")
     name_quoted = name.replace("'", "\\'")
     found = client.search_model_versions(
-        f"name = '{name_quoted}' and tags.`{TAG_RUN_KEY}` = '{quoted}'"
+        f"name = '{name_quoted}' and tags.`{TAG_RUN_KEY}` = '{quoted(run_key)}'"
     )
     return min(found, key=lambda v: int(v.version)) if found else None
 

@@ -9,6 +9,7 @@ Retried with the same ``run_key`` it never adds a version.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -35,6 +36,9 @@ from emflow.registry.tracking import connect, ensure_experiment, find_run_by_key
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
+#: tag of a logged model: SHA-256 of the model folder's files (a retry reuses a logged model of
+#: the same files)
+TAG_MODEL_DIGEST = "emflow.model_sha256"
 
 
 @dataclass(frozen=True)
@@ -296,11 +300,25 @@ def _register(
     found = registry.find_version_by_run_key(client, name, run_key)
     if found is not None:  # the previous attempt registered before losing the connection
         return found
+    tags = {
+        registry.TAG_RUN_KEY: run_key,
+        registry.TAG_DATA_WINDOW: data_window,
+        registry.TAG_DECISION: decision.label,
+        registry.TAG_REASON: decision.reason[:5000],
+        registry.TAG_MLFLOW_RUN: run_id,
+        "emflow.holdout_mean_loglik": str(decision.challenger_mean_loglik),
+        "emflow.alignment_mean_cost": str(decision.alignment_mean_cost),
+        "emflow.compared_with": str(decision.champion_version),
+    }
     example = example_frame(model, train_sample)
     signature = infer_signature(example, score_frame(model, example))
     registry.ensure_registered_model(
         client, name, description="emflow Gaussian mixture over telemetry (gmm_core arrays)"
     )
+    digest = _files_digest(Path(model_dir))
+    logged = _logged_model_of_attempt(client, experiment_id, run_id, run_key, digest)
+    if logged is not None:  # an earlier attempt logged it and was stopped before registering
+        return _create_version(client, name, logged.model_uri, logged.model_id, tags, run_key)
     with tempfile.TemporaryDirectory(prefix="emflow-model-") as tmp:
         # MLflow names the data folder after the source folder: stage it as "gmm". Data only:
         # the loader is the installed emflow package (emflow.model.pyfunc_model), no code and
@@ -321,18 +339,55 @@ def _register(
                 signature=signature,
                 input_example=example,
                 pip_requirements=_pip_requirements(),
-                tags={registry.TAG_RUN_KEY: run_key},
+                tags={registry.TAG_RUN_KEY: run_key, TAG_MODEL_DIGEST: digest},
             )
-    tags = {
-        registry.TAG_RUN_KEY: run_key,
-        registry.TAG_DATA_WINDOW: data_window,
-        registry.TAG_DECISION: decision.label,
-        registry.TAG_REASON: decision.reason[:5000],
-        registry.TAG_MLFLOW_RUN: run_id,
-        "emflow.holdout_mean_loglik": str(decision.challenger_mean_loglik),
-        "emflow.alignment_mean_cost": str(decision.alignment_mean_cost),
-        "emflow.compared_with": str(decision.champion_version),
-    }
+    return _create_version(client, name, info.model_uri, info.model_id, tags, run_key)
+
+
+def _files_digest(model_dir: Path) -> str:
+    """SHA-256 over the model folder's files (names and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for path in sorted(model_dir.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _logged_model_of_attempt(
+    client: Any, experiment_id: str, run_id: str, run_key: str, digest: str
+) -> Any:
+    """The finished logged model of these files an earlier attempt left in ``run_id``, or None.
+
+    An attempt stopped between ``log_model`` and the registration would otherwise leave its
+    logged model behind, unregistered, beside the retry's. One still PENDING (stopped while
+    uploading, or another attempt uploading now) is left alone, as is one of other files (the
+    run key trained again).
+    """
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_logged_models(
+            experiment_ids=[experiment_id],
+            filter_string=f"tags.`{registry.TAG_RUN_KEY}` = '{registry.quoted(run_key)}'",
+        )
+    except MlflowException:  # a run key the filter cannot hold: log the model anew
+        return None
+    ready = [
+        m
+        for m in found
+        if m.source_run_id == run_id
+        and m.status == LoggedModelStatus.READY
+        and (m.tags or {}).get(registry.TAG_RUN_KEY) == run_key
+        and (m.tags or {}).get(TAG_MODEL_DIGEST) == digest
+    ]
+    return min(ready, key=lambda m: m.creation_timestamp) if ready else None
+
+
+def _create_version(
+    client: Any, name: str, model_uri: str, model_id: str, tags: dict[str, str], run_key: str
+) -> Any:
+    """Register ``model_uri`` as a version of ``name`` tagged with ``run_key``, once."""
     # two attempts of one run key at once (a zombie task and its retry) both got here: the
     # look-up and the registration happen under the family's register lock, so one registers
     # and the other finds its version
@@ -342,11 +397,11 @@ def _register(
             return found
         return client.create_model_version(
             name,
-            info.model_uri,
-            run_id=run_id,
+            model_uri,
+            run_id=tags[registry.TAG_MLFLOW_RUN],
             tags=tags,
-            description=f"retrain {data_window} ({run_key})",
-            model_id=info.model_id,
+            description=f"retrain {tags[registry.TAG_DATA_WINDOW]} ({run_key})",
+            model_id=model_id,
         )
 
 

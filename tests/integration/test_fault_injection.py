@@ -39,6 +39,10 @@ REGISTRY_WRITES = (
     "set_model_version_tag",
     "set_registered_model_tag",
     "delete_registered_model_tag",
+    # log_model's writes (MLflow 3 logged models): a retry reuses a finished one
+    "_create_logged_model",
+    "log_model_artifacts",
+    "finalize_logged_model",
 )
 
 DRIVER = textwrap.dedent(
@@ -118,7 +122,13 @@ def registry_state(home: Path) -> dict:
     model = client.get_registered_model(name)
     versions = client.search_model_versions(f"name = '{name}'")
     last = json.loads((model.tags or {}).get("emflow.last_rollback") or "null")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    logged = client.search_logged_models(experiment_ids=experiments)
     return {
+        # finished logged models (one per run: a retry must not leave a second, unregistered)
+        "ready_logged_models_per_run_key": dict(
+            Counter(m.tags.get("emflow.run_key") for m in logged if m.status.name == "READY")
+        ),
         "aliases": {k: str(v) for k, v in (model.aliases or {}).items()},
         "versions_per_run_key": dict(Counter(v.tags.get("emflow.run_key") for v in versions)),
         "versions": sorted(
@@ -193,6 +203,7 @@ def test_publish_killed_after_any_registry_write_is_finished_by_its_retry(regist
     expected = registry_state(expected_home)
     assert expected["aliases"] == {"champion": "2", "challenger": "2", "previous-champion": "1"}
     assert expected["versions_per_run_key"] == {"run-1": 1, "run-2": 1}
+    assert expected["ready_logged_models_per_run_key"] == {"run-1": 1, "run-2": 1}
 
     job = {
         "kind": "publish",

@@ -63,6 +63,44 @@ def test_retried_publish_registers_one_version(settings, trained, holdout, tmp_p
     assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == ["1"]
 
 
+def test_a_retry_registers_the_model_its_stopped_attempt_logged_unless_retrained(
+    settings, trained, holdout, tmp_path
+):
+    """An attempt stopped after ``log_model``, before registering (here: its version deleted
+    again), leaves a finished logged model in its run: the retry registers that one instead of
+    logging a second; if the run key was trained again (other files), it logs the new files."""
+    from emflow.registry.publish import publish
+    from emflow.run.evaluate import evaluate
+    from emflow.run.gate import gate
+
+    client = _client(settings)
+    name = settings.model_name
+
+    def logged(run_key):
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        return sorted(
+            m.model_id
+            for m in client.search_logged_models(experiment_ids=experiments)
+            if m.tags.get("emflow.run_key") == run_key and m.status.name == "READY"
+        )
+
+    model_dir, info = _copy(trained, "good", tmp_path)
+    decision = gate(evaluate(model_dir, holdout, settings), model_dir, settings)
+    kwargs = dict(run_key="dag/run-9", data_window="w", train_info=info, settings=settings)
+    first = publish(decision, model_dir, **kwargs)
+    (model_id,) = logged("dag/run-9")
+    client.delete_model_version(name, first.version)  # as if stopped before registering
+    again = publish(decision, model_dir, **kwargs)
+    assert logged("dag/run-9") == [model_id]
+    assert model_id in client.get_model_version(name, again.version).source
+
+    client.delete_model_version(name, again.version)
+    other, _ = _copy(trained, "small", tmp_path)  # the run key trained again, other files
+    retrained = publish(gate(evaluate(other, holdout, settings), other, settings), other, **kwargs)
+    assert len(logged("dag/run-9")) == 2
+    assert model_id not in client.get_model_version(name, retrained.version).source
+
+
 def _publish_promoting(settings, trained, tmp_path, key, over):
     """Publish ``trained[key]`` with a gate decision to promote it over champion ``over``."""
     from emflow.registry.publish import publish
