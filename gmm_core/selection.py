@@ -133,7 +133,7 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "n_components": [Interval(Integral, 1, None, closed="left"), "array-like", Iterable],
-        "covariance_type": [StrOptions(set(COVARIANCE_TYPES)), list, tuple],
+        "covariance_type": [StrOptions(set(COVARIANCE_TYPES)), "array-like"],
         "criterion": [StrOptions(set(CRITERIA))],
         "tol": [Interval(Real, 0.0, None, closed="left")],
         "reg_covar": [Interval(Real, 0.0, None, closed="left")],
@@ -180,22 +180,30 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
                 f"n_components is a one-shot iterator ({type(given).__name__}): pass a list, "
                 "tuple or range (e.g. list(...) of it), which every fit and clone can read."
             )
+        if isinstance(given, np.ndarray) and given.ndim != 1:
+            if given.ndim:
+                raise ValueError(
+                    "n_components must be an int or a 1-D sequence of ints (e.g. range(1, 33)), "
+                    f"got an array of shape {given.shape}"
+                )
+            given = given.item()  # a 0-d array: its one value
         raw = [given] if isinstance(given, Integral) else list(given)
-        ks = [int(k) for k in raw]
         if (
-            not ks
-            or any(isinstance(k, bool | np.bool_) for k in raw)  # True is no count
-            or any(k < 1 or k != kk for k, kk in zip(ks, raw, strict=True))
+            not raw
+            # integers only, as GaussianMixture(n_components=2.0) is refused; True is no count
+            or any(not isinstance(k, Integral) or isinstance(k, bool | np.bool_) for k in raw)
+            or any(k < 1 for k in raw)
         ):
             raise ValueError(
                 f"n_components must be positive integers (e.g. range(1, 33)), got {raw!r}"
             )
+        ks = [int(k) for k in raw]
         if len(set(ks)) != len(ks):
             raise ValueError(f"n_components lists a value twice: {ks}")
         types = (
             [self.covariance_type]
             if isinstance(self.covariance_type, str)
-            else list(self.covariance_type)
+            else [str(t) if isinstance(t, str) else t for t in np.ravel(self.covariance_type)]
         )
         bad = [t for t in types if t not in COVARIANCE_TYPES]
         if not types or bad or len(set(types)) != len(types):
@@ -245,6 +253,13 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         """
         clock = PhaseClock()
         ks, types = self._grid()
+        if y is not None and np.ndim(y) == 2:  # rows meant as a holdout, passed by position
+            warnings.warn(
+                "GaussianMixtureSelect.fit ignores y; pass held-out rows as "
+                "fit(X, X_holdout=...)",
+                UserWarning,
+                stacklevel=2,
+            )
         if self.criterion == "holdout" and X_holdout is None:
             raise ValueError(
                 "criterion='holdout' needs held-out rows: call fit(X, X_holdout=...) or choose "
@@ -265,7 +280,10 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         if X_holdout is not None and _is_cupy_array(X_holdout):
             X_holdout = X_holdout.get()
         if X_holdout is not None:
-            X_holdout = validate_data(self, X_holdout, reset=False, dtype=[np.float64, np.float32])
+            # two rows at least: the one-standard-error rule needs a spread of the scores
+            X_holdout = validate_data(
+                self, X_holdout, reset=False, dtype=[np.float64, np.float32], ensure_min_samples=2
+            )
 
         candidates: list[Candidate] = []
         for covariance_type in types:
@@ -287,7 +305,7 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
             if X_holdout is not None:
                 scores = np.asarray(cand.estimator.score_samples(X_holdout), np.float64)
                 cand.holdout_score = float(scores.mean())
-                cand.holdout_se = float(scores.std() / math.sqrt(len(scores)))
+                cand.holdout_se = float(scores.std(ddof=1) / math.sqrt(len(scores)))
         clock.lap("holdout")
         self.results_ = _results_table(candidates, X.shape[1])
         self.best_index_ = _choose(candidates, self.criterion)

@@ -397,3 +397,39 @@ def test_a_one_shot_iterator_for_n_components_is_refused_with_the_fix(blobs):
     first = ranged.fit(blobs).results_["bic"].copy()
     np.testing.assert_array_equal(clone(ranged).fit(blobs).results_["bic"], first)
     np.testing.assert_array_equal(ranged.fit(blobs).results_["bic"], first)
+
+
+def test_grid_values_are_checked_as_gaussian_mixture_checks_them(blobs):
+    """QA probe: [2.0] was accepted where 2.0 and GaussianMixture(2.0) are refused; a 0-d array
+    raised "iteration over a 0-d array" and a 2-D one a NumPy conversion error; an array of
+    covariance types was refused though the docstring says sequence."""
+    for bad in ([2.0], [1, 2.5], np.array([1.0, 2.0]), [0, 1], [True]):
+        with pytest.raises(ValueError, match="positive integers"):
+            GaussianMixtureSelect(bad, backend="numpy").fit(blobs)
+    with pytest.raises(ValueError, match=r"1-D sequence of ints.*shape \(1, 2\)"):
+        GaussianMixtureSelect(np.array([[1, 2]]), backend="numpy").fit(blobs)
+    zero_d = GaussianMixtureSelect(np.array(2), random_state=0, backend="numpy").fit(blobs)
+    assert list(zero_d.results_["n_components"]) == [2]
+    as_array = GaussianMixtureSelect(
+        [1, 2], covariance_type=np.array(["diag", "full"]), random_state=0, backend="numpy"
+    ).fit(blobs)
+    as_list = GaussianMixtureSelect(
+        [1, 2], covariance_type=["diag", "full"], random_state=0, backend="numpy"
+    ).fit(blobs)
+    np.testing.assert_array_equal(as_array.results_["bic"], as_list.results_["bic"])
+
+
+def test_a_holdout_needs_two_rows_and_one_passed_as_y_is_not_lost_silently(blobs):
+    """QA probe: one holdout row gave a standard error of 0, so the one-standard-error rule
+    chose the largest K; fit(X, X_val) put the holdout in y, ignored without a word."""
+    sel = GaussianMixtureSelect([1, 2, 3], criterion="holdout", random_state=0, backend="numpy")
+    with pytest.raises(ValueError, match="minimum of 2"):
+        sel.fit(blobs, X_holdout=blobs[:1])
+    with pytest.warns(UserWarning, match="X_holdout="):
+        GaussianMixtureSelect([1, 2], random_state=0, backend="numpy").fit(blobs, blobs[:50])
+    fitted = sel.fit(blobs, X_holdout=blobs[:40])
+    scores = fitted.best_estimator_.score_samples(blobs[:40])
+    best = fitted.best_index_
+    assert fitted.results_["holdout_se"][best] == pytest.approx(
+        scores.std(ddof=1) / np.sqrt(40), rel=1e-12
+    )
