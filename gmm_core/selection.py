@@ -255,8 +255,7 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         ks, types = self._grid()
         if y is not None and np.ndim(y) == 2:  # rows meant as a holdout, passed by position
             warnings.warn(
-                "GaussianMixtureSelect.fit ignores y; pass held-out rows as "
-                "fit(X, X_holdout=...)",
+                "GaussianMixtureSelect.fit ignores y; pass held-out rows as fit(X, X_holdout=...)",
                 UserWarning,
                 stacklevel=2,
             )
