@@ -161,17 +161,21 @@ def stats_from_resp(
     elif cov_type == "tied":
         # scikit-learn's tied estimate uses X^T X over *all* samples, also when the initial
         # responsibilities leave rows empty (k-means++, random_from_data). That estimate is not
-        # translation invariant; this is it, written in the centred coordinates used here.
+        # translation invariant; this is it, written in the centred coordinates used here:
+        # with x = x_c + s, raw means m = m_c + s and m_c = (sx - eps s) / nk (the M-step's),
+        # X^T W X - sum nk m m^T = X_c^T W X_c - sum nk m_c m_c^T + d s^T + s d^T + c s s^T,
+        # d = sum w x_c - sum sx (sum w x_c is 0 only where the shift is the weighted mean),
+        # c = sum w - sum nk_raw + eps K.
         shift = np.asarray(shift, dtype=np.float64)
         weight_sum = n_samples if sample_weight is None else float(sample_weight.sum())
-        outside = weight_sum - (nk.sum() + eps * n_components)
-        total = sx.sum(axis=0)
+        outside = weight_sum - nk.sum() + eps * n_components
         Xw = X if sample_weight is None else X * sample_weight[:, None]
+        d = Xw.sum(axis=0) - sx.sum(axis=0)
         sxx = (
             (X.T @ Xw).astype(np.float64)
             + outside * np.outer(shift, shift)
-            - np.outer(total, shift)
-            - np.outer(shift, total)
+            + np.outer(d, shift)
+            + np.outer(shift, d)
         )
     elif cov_type == "diag":
         sxx = np.asarray(R @ (X * X), dtype=np.float64)

@@ -154,6 +154,8 @@ def _stats_of_rows(
     n_restarts, n_components, _ = rows.shape
     if covariance_type == "tied" and xtx is None:
         xtx = engine.to_host(_xtx(engine, data))
+    # sum w x_c: 0 unweighted (the shift is the data's mean), not with weights
+    column_sum = _weighted_column_sum(engine, data) if covariance_type == "tied" else None
     out = []
     for r in range(n_restarts):
         x = rows[r]
@@ -165,15 +167,30 @@ def _stats_of_rows(
         elif covariance_type == "spherical":
             sxx = (x * x).sum(axis=1)
         else:
+            # as _host_init.stats_from_resp (the derivation there), nk_raw = 1 per component
             s = np.asarray(shift, dtype=np.float64)
-            outside = _weight_sum(data) - (n_components + eps * n_components)
-            total = x.sum(axis=0)
-            sxx = xtx + outside * np.outer(s, s) - np.outer(total, s) - np.outer(s, total)
+            outside = _weight_sum(data) - n_components + eps * n_components
+            d = column_sum - x.sum(axis=0)
+            sxx = xtx + outside * np.outer(s, s) + np.outer(d, s) + np.outer(s, d)
         expand = (lambda a: a) if covariance_type == "tied" else (lambda a: a[None])
         out.append(
             Stats(np.zeros(1), nk[None], x[None], expand(sxx), data.n_samples, data.total_weight)
         )
     return out
+
+
+def _weighted_column_sum(engine: Any, data: Any) -> np.ndarray:
+    """``sum_n w_n x_n`` of the centred data on the host, float64 (zeros when unweighted)."""
+    if data.weights is None:
+        return np.zeros(data.n_features)
+    xp = engine.xp
+    total = xp.zeros(data.n_features, dtype=xp.float64)
+    for row0, block in _blocks(engine, data):
+        for start in range(0, block.shape[0], _ROWS):  # float64 temporaries of _ROWS rows
+            part = block[start : start + _ROWS].astype(xp.float64, copy=False)
+            w = data.weights[row0 + start : row0 + start + part.shape[0]].astype(xp.float64)
+            total += w @ part
+    return np.asarray(engine.to_host(total), dtype=np.float64)
 
 
 def _weight_sum(data: Any) -> float:

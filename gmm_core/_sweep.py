@@ -63,20 +63,26 @@ class Candidate:
         return bool(self.reason)
 
 
-def fit_loop(selector: GaussianMixtureSelect, X: Any, group: list[Candidate]) -> None:
+def fit_loop(
+    selector: GaussianMixtureSelect,
+    X: Any,
+    group: list[Candidate],
+    sample_weight: np.ndarray | None = None,
+) -> None:
     """One :class:`GaussianMixture` fit per candidate (``'multigpu'``)."""
     for cand in group:
         model = selector._candidate_estimator(cand.n_components, cand.covariance_type)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                model.fit(X)
+                model.fit(X, sample_weight=sample_weight)
         except ValueError as error:
             cand.reason = str(error)
             continue
         cand.estimator = model
         cand.lower_bound = float(model.lower_bound_)
-        cand.train_score = float(model.score(X))
+        scores = np.asarray(model.score_samples(X), np.float64)
+        cand.train_score = float(np.average(scores, weights=sample_weight))
         cand.n_iter = int(model.n_iter_)
         cand.converged = bool(model.converged_)
 
@@ -87,31 +93,41 @@ def fit_batched(
     X: Any,
     group: list[Candidate],
     clock: PhaseClock,
+    sample_weight: np.ndarray | None = None,
 ) -> None:
     """Every candidate of ``group`` (one covariance type) in batches of restarts."""
     covariance_type = group[0].covariance_type
     n_samples = X.shape[0]
     eps = 10 * float(np.finfo(X.dtype).eps)
+    weighting = {} if sample_weight is None else {"sample_weight": sample_weight}
     if engine.device_init:  # moments, centring and initialisation where the data live
-        data = place_on_device(engine, X, covariance_type)
+        data = place_on_device(engine, X, covariance_type, **weighting)
         shift = np.asarray(data.shift, dtype=np.float64)
     else:
-        data, shift = place_with_host_moments(engine, X, X, covariance_type)
+        data, shift = place_with_host_moments(engine, X, X, covariance_type, **weighting)
         Xc = engine.host_centred(data, X, shift)
     clock.lap("transfer")
 
     eligible = []
+    n_rows = n_samples if sample_weight is None else int(np.count_nonzero(sample_weight))
     for cand in group:
         if cand.n_components > n_samples:
             cand.reason = (
                 f"too few samples: n_components={cand.n_components} > n_samples={n_samples}"
+            )
+        elif cand.n_components > n_rows:
+            cand.reason = (
+                f"too few rows of positive sample_weight: n_components={cand.n_components} > "
+                f"{n_rows}"
             )
         else:
             eligible.append(cand)
     if engine.device_init:  # every candidate's k-means in shared passes
         inits = _initial_params_device(selector, engine, data, eligible, shift, eps)
     else:
-        inits = [_initial_params(selector, X, Xc, shift, cand, eps) for cand in eligible]
+        inits = [
+            _initial_params(selector, X, Xc, shift, cand, eps, sample_weight) for cand in eligible
+        ]
     drawn: list[tuple[Candidate, Params]] = []
     for cand, params in zip(eligible, inits, strict=True):
         if isinstance(params, ValueError):  # an ill-defined covariance at the initialisation
@@ -270,11 +286,13 @@ def _initial_params(
     shift: np.ndarray,
     cand: Candidate,
     eps: float,
+    sample_weight: np.ndarray | None = None,
 ) -> Params | ValueError:
     """``n_init`` restarts drawn as ``GaussianMixture(cand.n_components, ...)`` draws them."""
     model = selector._candidate_estimator(cand.n_components, cand.covariance_type)
     try:
-        drawn = host_restarts(model, X, Xc, shift, check_random_state(selector.random_state), eps)
+        rs = check_random_state(selector.random_state)
+        drawn = host_restarts(model, X, Xc, shift, rs, eps, sample_weight)
     except ValueError as error:
         return error
     return _restarts(selector, drawn, cand.n_components, cand.covariance_type, shift)

@@ -39,6 +39,7 @@ from ._em_loop import PhaseClock
 from ._engine import BACKENDS, get_engine
 from ._gaussian import COVARIANCE_TYPES, n_parameters
 from ._sweep import BATCHED_BACKENDS, Candidate, fit_batched, fit_loop
+from ._weights import check_enough_weighted_rows, check_sample_weight, engine_for_weights
 from .mixture import GaussianMixture, _is_cupy_array
 
 __all__ = ["CRITERIA", "GaussianMixtureSelect"]
@@ -230,7 +231,9 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
     # Fitting
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X: Any, y: Any = None, X_holdout: Any = None) -> GaussianMixtureSelect:
+    def fit(
+        self, X: Any, y: Any = None, X_holdout: Any = None, sample_weight: Any = None
+    ) -> GaussianMixtureSelect:
         """Fit every candidate of the grid and choose the best by ``criterion``.
 
         Parameters
@@ -241,6 +244,12 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         X_holdout : array-like of shape (n_holdout, n_features), default=None
             Held-out rows: every candidate's mean log-likelihood on them fills
             ``results_["holdout_score"]``. Required by ``criterion='holdout'``.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative row weights, as ``GaussianMixture.fit`` takes them (an integer weight
+            is the row repeated): every candidate is ``GaussianMixture(K).fit(X,
+            sample_weight=...)``, the train score is the weighted mean log-likelihood, and
+            BIC/AIC count ``sum(sample_weight)`` samples. A K above the rows of positive weight
+            fails that candidate. Holdout rows are unweighted.
 
         Returns
         -------
@@ -253,7 +262,7 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         """
         clock = PhaseClock()
         ks, types = self._grid()
-        if y is not None and np.ndim(y) == 2:  # rows meant as a holdout, passed by position
+        if getattr(y, "ndim", None) == 2:  # rows meant as a holdout, passed by position
             warnings.warn(
                 "GaussianMixtureSelect.fit ignores y; pass held-out rows as fit(X, X_holdout=...)",
                 UserWarning,
@@ -265,6 +274,8 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
                 "criterion='bic'."
             )
         engine = get_engine(self.backend)
+        if sample_weight is not None:
+            engine = engine_for_weights(engine, self.backend)
         clock.engine = engine
         batched = engine.name in BATCHED_BACKENDS
         if _is_cupy_array(X):
@@ -284,17 +295,21 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
                 self, X_holdout, reset=False, dtype=[np.float64, np.float32], ensure_min_samples=2
             )
 
+        n_samples = float(X.shape[0])  # what BIC/AIC count: the rows, or the total weight
+        if sample_weight is not None:
+            sample_weight = check_sample_weight(sample_weight, X.shape[0], None)
+            check_enough_weighted_rows(int(np.count_nonzero(sample_weight)), 1)
+            n_samples = float(sample_weight.sum())
         candidates: list[Candidate] = []
         for covariance_type in types:
             group = [Candidate(k, covariance_type) for k in ks]
             clock.lap("validate")
             if batched:
-                fit_batched(self, engine, X, group, clock)
+                fit_batched(self, engine, X, group, clock, sample_weight)
             else:
-                fit_loop(self, X, group)
+                fit_loop(self, X, group, sample_weight)
                 clock.lap("fits")
             candidates.extend(group)
-        n_samples = X.shape[0]
         for cand in candidates:
             if cand.estimator is None:
                 continue

@@ -463,3 +463,26 @@ def test_restart_rows_taken_and_put_back_as_fancy_indexing_does(rows):
     put_restarts(np, out, rows, taken)
     want[rows, :4] = centres[rows, :4]
     np.testing.assert_array_equal(out, want)
+
+
+def test_weighted_tied_statistics_of_one_sample_components_are_scikit_learns():
+    """k-means++ / random_from_data on the device path (one chosen row per component, tied):
+    scikit-learn's X^T W X over all rows minus the components' nk m m^T, in raw coordinates.
+    With weights the data's (unweighted) mean is not the weighted one; the cross terms of
+    sum w x_c were missing."""
+    from gmm_core._gaussian import estimate_parameters
+
+    X = _blobs(500, d=3, centers=2, seed=3) + 4.0
+    w = np.random.default_rng(2).integers(0, 4, len(X)).astype(np.float64)
+    engine = NumpyEngine()
+    data = engine.prepare(X, "auto", "tied", sample_weight=w)
+    chosen = np.array([3, 77, 140])
+    shift = np.asarray(data.shift, dtype=np.float64)
+    eps = 10 * np.finfo(np.float64).eps
+    rows = (X[chosen] - shift)[None]
+    (stats,) = _init._stats_of_rows(engine, data, rows, "tied", shift, eps)
+    _, _, cov = estimate_parameters(stats, "tied", 0.0, eps, np, shift)
+    nk = 1.0 + eps
+    means = X[chosen] / nk
+    want = ((X * w[:, None]).T @ X - nk * means.T @ means) / (3 * nk)
+    np.testing.assert_allclose(cov[0], want, rtol=1e-9)

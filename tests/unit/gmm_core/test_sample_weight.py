@@ -178,3 +178,36 @@ def test_gpu_engines_take_weights_and_an_engine_without_them_is_refused(engine_m
     with pytest.raises(NotImplementedError, match=r"backend='numpy'.*np\.repeat"):
         engine_for_weights(Unweighted(), "unweighted")
     assert isinstance(engine_for_weights(Unweighted(), "auto"), NumpyEngine)
+
+
+@pytest.mark.parametrize("init_params", ["kmeans", "random"])
+def test_weighted_tied_initialisation_is_scikit_learns_on_repeated_rows(init_params):
+    """The tied init's X^T X over all rows, weighted, in centred coordinates: with the shift not
+    the weighted mean its cross terms were missing, so every weighted tied fit from kmeans or
+    random responsibilities raised "ill-defined covariance" (QA probe of the sweep). Against
+    scikit-learn's own M-step on repeated rows with the same responsibilities."""
+    from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
+
+    from gmm_core._gaussian import estimate_parameters
+    from gmm_core._host_init import stats_from_resp
+
+    X = _two_blobs(2)
+    w = np.random.RandomState(5).randint(0, 4, len(X))
+    rs = np.random.RandomState(0)
+    resp = (
+        rs.uniform(size=(len(X), 3))
+        if init_params == "random"
+        else np.eye(3)[rs.randint(0, 3, len(X))]
+    )
+    resp /= resp.sum(axis=1, keepdims=True)
+    shift = X.mean(axis=0)  # not the weighted mean
+    eps = 10 * np.finfo(np.float64).eps
+    stats = stats_from_resp(X - shift, resp, 3, "tied", shift, eps, w.astype(np.float64))
+    _, means, cov = estimate_parameters(stats, "tied", 1e-6, eps, np, shift)
+    _, want_means, want_cov = _estimate_gaussian_parameters(
+        np.repeat(X, w, axis=0), np.repeat(resp, w, axis=0), 1e-6, "tied"
+    )
+    np.testing.assert_allclose(means[0] + shift, want_means, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(cov[0], want_cov, rtol=1e-10, atol=1e-12)
+    fitted = _fit(X, w, n_components=3, covariance_type="tied", init_params=init_params)
+    assert np.isfinite(fitted.lower_bound_)

@@ -433,3 +433,43 @@ def test_a_holdout_needs_two_rows_and_one_passed_as_y_is_not_lost_silently(blobs
     assert fitted.results_["holdout_se"][best] == pytest.approx(
         scores.std(ddof=1) / np.sqrt(40), rel=1e-12
     )
+
+
+@pytest.mark.parametrize("cov", ["full", "diag", "spherical", "tied"])
+def test_weighted_sweep_equals_a_loop_of_weighted_fits(cov):
+    """sample_weight (QA probe: fit refused it though GaussianMixture.fit takes it): every
+    candidate is GaussianMixture(K).fit(X, sample_weight=w) with the same seed (shared passes
+    on NumPy, and the loop the multi-GPU backend runs), the train score is the weighted mean
+    and BIC/AIC count sum(w) samples; a K above the rows of positive weight fails alone."""
+    from gmm_core import _sweep
+
+    X, _ = make_blobs(400, n_features=3, centers=3, random_state=4)
+    w = np.random.default_rng(1).integers(0, 4, size=len(X)).astype(float)
+    ks = [1, 2, 3, 4]
+    sel = GaussianMixtureSelect(ks, covariance_type=cov, random_state=0, backend="numpy")
+    sel.fit(X, sample_weight=w)
+    total = w.sum()
+    for row, k in enumerate(ks):
+        one = GaussianMixture(k, covariance_type=cov, random_state=0, backend="numpy")
+        one.fit(X, sample_weight=w)
+        score = np.average(one.score_samples(X), weights=w)
+        p = one._n_parameters()
+        assert sel.results_["lower_bound"][row] == pytest.approx(one.lower_bound_, rel=1e-10)
+        assert sel.results_["bic"][row] == pytest.approx(
+            -2 * score * total + p * np.log(total), rel=1e-8
+        )
+        assert sel.results_["aic"][row] == pytest.approx(-2 * score * total + 2 * p, rel=1e-8)
+    looped = [_sweep.Candidate(k, cov) for k in ks]
+    _sweep.fit_loop(sel, X, looped, w)
+    np.testing.assert_allclose(
+        [c.train_score for c in looped], sel.results_["train_score"], rtol=1e-10
+    )
+
+    few = np.zeros(len(X))
+    few[:5] = 1.0
+    sparse = GaussianMixtureSelect([1, 2, 6], covariance_type=cov, random_state=0, backend="numpy")
+    sparse.fit(X, sample_weight=few)
+    assert list(sparse.results_["failed"]) == [False, False, True]
+    assert "positive sample_weight" in sparse.results_["reason"][2]
+    with pytest.raises(ValueError, match="non-negative"):
+        sparse.fit(X, sample_weight=-w)
