@@ -56,6 +56,7 @@ def select_model(
     seed: int,
     backend: str,
     X_report: np.ndarray | None = None,
+    sample_weight: np.ndarray | None = None,
 ) -> Any:
     """Fit the sweep over ``k_min..k_max`` and return the fitted ``GaussianMixtureSelect``.
 
@@ -71,6 +72,9 @@ def select_model(
         See the module docstring for the rows each one is judged on.
     X_report : ndarray of shape (n_holdout, n_features), optional
         Rows scored for the table only (``bic``/``aic``); ignored by ``holdout``.
+    sample_weight : ndarray of shape (n_train,), optional
+        The train rows' weights (time decay); with ``holdout`` the fitted part's, the
+        validation rows are scored unweighted.
     """
     from gmm_core import GaussianMixtureSelect
 
@@ -85,9 +89,10 @@ def select_model(
     )
     if criterion == "holdout":
         fit_rows, validation_rows = validation_split(len(X), int(seed))
-        selector.fit(X[fit_rows], X_holdout=X[validation_rows])
+        weights = None if sample_weight is None else sample_weight[fit_rows]
+        selector.fit(X[fit_rows], X_holdout=X[validation_rows], sample_weight=weights)
     else:
-        selector.fit(X, X_holdout=X_report)
+        selector.fit(X, X_holdout=X_report, sample_weight=sample_weight)
     # candidates share their passes: the chosen model's fit time is the sweep's
     selector.best_estimator_.fit_seconds_ = selector.fit_seconds_
     chosen = selector.best_params_["n_components"]

@@ -292,11 +292,6 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
     rate = merged["false_alarm_rate"]
     if rate is not None and (not _is_number(rate) or not 0.0 < rate < 1.0):
         raise ValueError(f"false_alarm_rate must be in (0, 1) or empty, got {rate!r}")
-    if is_auto(merged["n_components"]) and half_life is not None:
-        raise ValueError(
-            'n_components="auto" (model selection) fits unweighted: give a fixed n_components '
-            "to use sample_weight_half_life_days, or leave the half-life empty"
-        )
     return merged
 
 

@@ -106,9 +106,10 @@ def train_challenger(
         backend = _backend_for(request.backend, settings)
         if backend == "auto" and (reason := _gpu_unavailable_reason()):
             log.warning("backend=auto: %s; training on the CPU with the NumPy backend", reason)
-        selector = _select(request, split, X, backend, settings)
-        model = selector.best_estimator_
         extra = {"mode": "retrain"}
+        weights = _time_decay(ages, request, X.shape[0], extra)
+        selector = _select(request, split, X, backend, settings, weights)
+        model = selector.best_estimator_
     else:
         model, extra = _fit_window(X, ages, request, settings)
     check_fitted(model)  # never save (and publish) a model with non-finite parameters
@@ -171,8 +172,18 @@ def train_challenger(
     )
 
 
-def _select(request: RunRequest, split: Split, X: Any, backend: str, settings: Settings) -> Any:
-    """Model selection over ``k_min..k_max`` (:func:`emflow.model.selection.select_model`)."""
+def _select(
+    request: RunRequest,
+    split: Split,
+    X: Any,
+    backend: str,
+    settings: Settings,
+    weights: Any = None,
+) -> Any:
+    """Model selection over ``k_min..k_max`` (:func:`emflow.model.selection.select_model`).
+
+    ``weights``: the train rows' time decay, or None.
+    """
     import numpy as np
     import pandas as pd
 
@@ -207,6 +218,7 @@ def _select(request: RunRequest, split: Split, X: Any, backend: str, settings: S
             seed=request.seed,
             backend=backend,
             X_report=report,
+            sample_weight=weights,
         )
     for row in selection_rows(selector):
         log.info(
@@ -248,6 +260,27 @@ def _train_ages(split: Split, n_train: int) -> Any:
     return ages
 
 
+def _time_decay(ages: Any, request: RunRequest, n_train: int, extra: dict[str, Any]) -> Any:
+    """The train rows' time-decay weights (None without a half-life); ``extra`` records them."""
+    if request.sample_weight_half_life_days is None:
+        return None
+    weights = decay_weights(ages, request.sample_weight_half_life_days)
+    # Kish's effective sample size: how many equally weighted rows the fit is worth
+    effective = float(weights.sum() ** 2 / (weights**2).sum())
+    extra.update(sample_weight_half_life_days=request.sample_weight_half_life_days)
+    extra.update(effective_n_train=effective)
+    log.info(
+        "time-decayed weights, half-life %g days: oldest day (age %d) weighs %.3g, "
+        "effective rows %.0f of %d",
+        request.sample_weight_half_life_days,
+        int(ages.max()),
+        float(weights.min()),
+        effective,
+        n_train,
+    )
+    return weights
+
+
 def _fit_window(
     X: Any, ages: Any, request: RunRequest, settings: Settings
 ) -> tuple[Any, dict[str, Any]]:
@@ -267,22 +300,7 @@ def _fit_window(
     if model.backend == "auto" and (reason := _gpu_unavailable_reason()):
         log.warning("backend=auto: %s; training on the CPU with the NumPy backend", reason)
     extra: dict[str, Any] = {"mode": "retrain"}
-    weights = None
-    if request.sample_weight_half_life_days is not None:
-        weights = decay_weights(ages, request.sample_weight_half_life_days)
-        # Kish's effective sample size: how many equally weighted rows the fit is worth
-        effective = float(weights.sum() ** 2 / (weights**2).sum())
-        extra.update(sample_weight_half_life_days=request.sample_weight_half_life_days)
-        extra.update(effective_n_train=effective)
-        log.info(
-            "time-decayed weights, half-life %g days: oldest day (age %d) weighs %.3g, "
-            "effective rows %.0f of %d",
-            request.sample_weight_half_life_days,
-            int(ages.max()),
-            float(weights.min()),
-            effective,
-            X.shape[0],
-        )
+    weights = _time_decay(ages, request, X.shape[0], extra)
     log.info(
         "training K=%d %s n_init=%d max_iter=%d seed=%d on %d x %d rows (backend=%s)",
         model.n_components,

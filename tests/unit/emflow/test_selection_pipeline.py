@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 from datetime import UTC, datetime
@@ -54,9 +55,13 @@ def test_auto_is_accepted_by_the_checks_the_dag_form_and_the_cli():
         check_params({"n_components": "auto", "k_min": 9, "k_max": 3})
     with pytest.raises(ValueError, match="criterion must be one of"):
         check_params({"criterion": "vibes"})
-    # model selection fits unweighted: a half-life beside "auto" is refused, not ignored
-    with pytest.raises(ValueError, match="give a fixed n_components"):
-        check_params({"n_components": "auto", "sample_weight_half_life_days": 3})
+    # model selection weighs rows too: a half-life beside "auto" is taken
+    assert (
+        check_params({"n_components": "auto", "sample_weight_half_life_days": 3})[
+            "sample_weight_half_life_days"
+        ]
+        == 3
+    )
     assert check_params({"n_components": 4, "sample_weight_half_life_days": 3})["n_components"] == 4
 
     from airflow.sdk import ParamsDict
@@ -114,6 +119,38 @@ def test_train_with_auto_chooses_the_true_k_and_writes_the_table(settings, crite
         _, validation = validation_split(len(X), request.seed)
         chosen = next(r for r in table["rows"] if r["chosen"])
         assert chosen["holdout_score"] == pytest.approx(model.score(X[validation]), rel=1e-9)
+
+
+def test_train_with_auto_and_a_half_life_weighs_every_candidate(settings):
+    """n_components="auto" beside sample_weight_half_life_days (refused before the sweep took
+    weights): the table is GaussianMixtureSelect's on the train rows with their time decay."""
+    from emflow.run.train import decay_weights
+
+    request = _request(
+        n_components="auto", k_min=1, k_max=4, n_init=1, backend="numpy",
+        sample_weight_half_life_days=0.5,
+    )  # fmt: skip
+    validated, frame = three_clusters_batch(settings)
+    older = settings.data_root / "incoming" / "2026-11-18" / "telemetry.parquet"
+    older.parent.mkdir(parents=True)
+    shifted = frame.assign(f0=frame["f0"] + 1.5, event_id=frame["event_id"] + len(frame))
+    shifted.to_parquet(older, index=False)  # two days ago: weighs 1/16 at this half-life
+    validated = dataclasses.replace(
+        validated, files=[str(older), *validated.files], rows_validated=2 * len(frame)
+    )
+    split = split_window(request, validated, settings)
+    trained = train_challenger(request, split, settings)
+    table = json.loads(open(trained.selection_json).read())
+    X = pd.read_parquet(split.train_path).to_numpy(dtype=np.float64)
+    weights = decay_weights(np.load(split.train_age_days_path), 0.5)
+    assert weights.min() < weights.max()  # the window spans days: the decay weighs them apart
+    want = gmm_core.GaussianMixtureSelect(
+        range(1, 5), covariance_type=request.covariance_type, random_state=request.seed,
+        max_iter=request.max_iter, backend="numpy",
+    ).fit(X, sample_weight=weights)  # fmt: skip
+    np.testing.assert_allclose([r["bic"] for r in table["rows"]], want.results_["bic"], rtol=1e-9)
+    unweighted = want.fit(X).results_["bic"]
+    assert not np.allclose([r["bic"] for r in table["rows"]], unweighted, rtol=1e-6)
 
 
 def test_split_with_auto_only_needs_rows_for_k_min(settings):
