@@ -73,6 +73,33 @@ def test_batched_candidates_follow_their_separate_fits(cov, ks, d):
             np.testing.assert_allclose(best.means_, alone.means_, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("cov", ["diag", "full"])
+def test_weighted_candidates_follow_their_separate_weighted_fits(cov):
+    """sample_weight through the sweep on the device: every candidate is its own weighted
+    GaussianMixture fit (weighted device init and passes), BIC counting sum(w)."""
+    import cupy
+
+    X = cupy.asarray(make_data(30_000, 5, 6, np.float32, seed=4))
+    w = np.random.default_rng(0).integers(0, 4, X.shape[0]).astype(np.float64)
+    ks = (1, 4, 17)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sel = GaussianMixtureSelect(ks, covariance_type=cov, backend="cupy", **KW)
+        sel.fit(X, sample_weight=w)
+    assert sel.batched_ and sel.backend_ == "cupy"
+    for row, k in enumerate(ks):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            alone = GaussianMixture(k, covariance_type=cov, backend="cupy", **KW)
+            alone.fit(X, sample_weight=w)
+        want = float(alone.lower_bound_)
+        got = float(sel.results_["lower_bound"][row])
+        assert abs(got - want) <= 2e-5 * (1 + abs(want)), (k, got, want)
+        score = float(np.average(cupy.asnumpy(alone.score_samples(X)), weights=w))
+        bic = -2 * score * w.sum() + alone._n_parameters() * np.log(w.sum())
+        assert sel.results_["bic"][row] == pytest.approx(bic, rel=1e-5)
+
+
 def test_a_collapsing_candidate_fails_alone():
     import cupy
 
