@@ -137,7 +137,11 @@ def write_window(
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{name}.parquet"
     tmp = folder / f".{name}.parquet.{os.getpid()}.tmp"
-    df.to_parquet(tmp, engine="pyarrow", index=False)
+    try:
+        df.to_parquet(tmp, engine="pyarrow", index=False)
+    except BaseException:  # a full disk: leave no partial temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
     if target.exists():
         from validation.quarantine import sha256_file
 

@@ -8,6 +8,7 @@ and ``run(args) -> int``; this module only dispatches, so that ``emflow --help``
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -120,6 +121,38 @@ def _dispatch(argv: list[str]) -> int:
     except SettingsError as error:  # raised where the command first uses the setting
         print(f"emflow {args.command}: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if not disk_full(error):
+            raise
+        print(
+            f"emflow {args.command}: no space left on the device ({error_line(error)}); free "
+            "space there, or set EMFLOW_HOME to a folder on a larger disk, and run the command "
+            "again",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """Whether ``error`` (or one it came from) is a full disk or quota.
+
+    An OSError of ENOSPC or EDQUOT, or SQLite's "database or disk is full" (the MLflow and
+    Airflow stores).
+    """
+    seen = 0
+    while error is not None and seen < 20:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "database or disk is full" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+        seen += 1
+    return False
+
+
+def error_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (SQLAlchemy appends a background link)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 if __name__ == "__main__":

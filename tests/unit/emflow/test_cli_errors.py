@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from emflow.cli import main
@@ -207,3 +208,57 @@ def test_score_help_lists_every_output_column(capsys):
     assert "event_id, component, responsibility, log_likelihood, and p_value, is_anomaly" in (
         summary
     )
+
+
+@pytest.fixture()
+def full_disk(tmp_path):
+    """A 512 KiB tmpfs (a real full disk; needs the right to mount, as root on this machine)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_is_named_with_the_fix_and_leaves_no_partial_file(full_disk):
+    """Writing on a full disk ended in a pyarrow traceback and left a partial temporary file
+    (QA probe): one line naming the fix, exit 1, only whole files under the data root."""
+    env = {**os.environ, "EMFLOW_HOME": str(full_disk / "home")}
+    env.pop("EMFLOW_DATA_ROOT", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "emflow.cli", "telemetry", "generate", "--days", "3"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "no space left on the device" in done.stderr and "EMFLOW_HOME" in done.stderr
+    assert not list(full_disk.rglob("*.tmp"))
+    for path in full_disk.rglob("*.parquet"):  # the days written before the disk filled
+        assert len(pd.read_parquet(path)) > 0
+
+
+def test_full_disk_errors_are_recognised_through_their_causes():
+    import sqlite3
+
+    from emflow.cli import disk_full
+
+    full = OSError(28, "No space left on device")
+    assert disk_full(full)
+    wrapped = RuntimeError("write failed")
+    wrapped.__cause__ = sqlite3.OperationalError("database or disk is full")
+    assert disk_full(wrapped)
+    assert not disk_full(OSError(13, "Permission denied"))
+    assert not disk_full(ValueError("bad value"))
