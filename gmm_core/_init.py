@@ -143,6 +143,7 @@ def _stats_of_rows(
     shift: Any,
     eps: float,
     xtx: Any = None,
+    column_sum: Any = None,
 ) -> list[Stats]:
     """One-sample components (``k-means++``, ``random_from_data``): host statistics per restart.
 
@@ -155,7 +156,8 @@ def _stats_of_rows(
     if covariance_type == "tied" and xtx is None:
         xtx = engine.to_host(_xtx(engine, data))
     # sum w x_c: 0 unweighted (the shift is the data's mean), not with weights
-    column_sum = _weighted_column_sum(engine, data) if covariance_type == "tied" else None
+    if covariance_type == "tied" and column_sum is None:
+        column_sum = _weighted_column_sum(engine, data)
     out = []
     for r in range(n_restarts):
         x = rows[r]
@@ -368,7 +370,9 @@ def candidate_params(
     centres = seed_all(engine, coarse if coarse is not None else data, per_restart, flat)
     if init_params == "k-means++":
         del coarse
-        xtx = engine.to_host(_xtx(engine, data)) if covariance_type == "tied" else None
+        tied = covariance_type == "tied"
+        xtx = engine.to_host(_xtx(engine, data)) if tied else None
+        column_sum = _weighted_column_sum(engine, data) if tied else None
         return [
             _stack(
                 _stats_of_rows(
@@ -379,6 +383,7 @@ def candidate_params(
                     shift,
                     eps,
                     xtx,
+                    column_sum,
                 ),
                 covariance_type,
                 reg_covar,

@@ -46,6 +46,10 @@ def take_restarts(xp: Any, a: Any, rows: Any, width: int | None = None) -> Any:
     rows = np.asarray(rows, dtype=np.int64)
     if a.ndim < 2 or width is None:
         width = a.shape[1] if a.ndim > 1 else 1
+    if width > (a.shape[1] if a.ndim > 1 else 1) or (
+        rows.size and not 0 <= rows.min() <= rows.max() < a.shape[0]
+    ):
+        raise ValueError(f"take_restarts: rows or width {width} outside an array of {a.shape}")
     if xp is np:
         return np.ascontiguousarray(a[rows, :width] if a.ndim > 1 else a[rows])
     from ._cupy.copies import copy_rows
@@ -54,7 +58,9 @@ def take_restarts(xp: Any, a: Any, rows: Any, width: int | None = None) -> Any:
         raise ValueError("take_restarts() reads C-contiguous arrays only")
     shape = (len(rows), width, *a.shape[2:]) if a.ndim > 1 else (len(rows),)
     out = xp.empty(shape, dtype=a.dtype)
-    size = out.nbytes // max(1, len(rows))  # bytes taken per restart
+    if not rows.size:
+        return out
+    size = out.nbytes // len(rows)  # bytes taken per restart
     for start, stop, first in _runs(rows):
         copy_rows(out[start:], size, a, a.strides[0], size, stop - start, first * a.strides[0])
     return out
@@ -68,6 +74,17 @@ def put_restarts(xp: Any, out: Any, rows: Any, values: Any) -> None:
     """
     rows = np.asarray(rows, dtype=np.int64)
     if values is out:  # the whole batch, in place (Lloyd before it dropped a restart)
+        if not np.array_equal(rows, np.arange(out.shape[0])):
+            raise ValueError("put_restarts: an array put into itself must be all of it, in order")
+        return
+    if (
+        values.shape[0] != len(rows)
+        or values.shape[2:] != out.shape[2:]
+        or (values.ndim > 1 and values.shape[1] > out.shape[1])
+        or (rows.size and not 0 <= rows.min() <= rows.max() < out.shape[0])
+    ):
+        raise ValueError(f"put_restarts: {values.shape} does not fit rows of {out.shape}")
+    if not rows.size:
         return
     if xp is np:
         if out.ndim > 1:
@@ -79,7 +96,7 @@ def put_restarts(xp: Any, out: Any, rows: Any, values: Any) -> None:
 
     if not (out.flags.c_contiguous and values.flags.c_contiguous) or out.dtype != values.dtype:
         raise ValueError("put_restarts() writes C-contiguous arrays of one dtype only")
-    size = values.nbytes // max(1, len(rows))
+    size = values.nbytes // len(rows)
     for start, stop, first in _runs(rows):
         copy_rows(out[first:], out.strides[0], values[start:], size, size, stop - start)
 

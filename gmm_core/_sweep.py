@@ -81,7 +81,8 @@ def fit_loop(
             continue
         cand.estimator = model
         cand.lower_bound = float(model.lower_bound_)
-        scores = np.asarray(model.score_samples(X), np.float64)
+        scores = model.score_samples(X)  # a CuPy array for CuPy input on the device engines
+        scores = np.asarray(scores.get() if hasattr(scores, "get") else scores, np.float64)
         cand.train_score = float(np.average(scores, weights=sample_weight))
         cand.n_iter = int(model.n_iter_)
         cand.converged = bool(model.converged_)

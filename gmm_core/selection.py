@@ -188,7 +188,11 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
                     f"got an array of shape {given.shape}"
                 )
             given = given.item()  # a 0-d array: its one value
-        raw = [given] if isinstance(given, Integral) else list(given)
+        raw = (
+            [given]
+            if isinstance(given, Integral) or not isinstance(given, Iterable)
+            else list(given)
+        )
         if (
             not raw
             # integers only, as GaussianMixture(n_components=2.0) is refused; True is no count
@@ -290,9 +294,14 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         if X_holdout is not None and _is_cupy_array(X_holdout):
             X_holdout = X_holdout.get()
         if X_holdout is not None:
-            # two rows at least: the one-standard-error rule needs a spread of the scores
+            # criterion='holdout' needs two rows at least: the one-standard-error rule needs a
+            # spread of the scores (a single row's standard error would be 0)
             X_holdout = validate_data(
-                self, X_holdout, reset=False, dtype=[np.float64, np.float32], ensure_min_samples=2
+                self,
+                X_holdout,
+                reset=False,
+                dtype=[np.float64, np.float32],
+                ensure_min_samples=2 if self.criterion == "holdout" else 1,
             )
 
         n_samples = float(X.shape[0])  # what BIC/AIC count: the rows, or the total weight
@@ -319,7 +328,8 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
             if X_holdout is not None:
                 scores = np.asarray(cand.estimator.score_samples(X_holdout), np.float64)
                 cand.holdout_score = float(scores.mean())
-                cand.holdout_se = float(scores.std(ddof=1) / math.sqrt(len(scores)))
+                if len(scores) > 1:  # else NaN: no spread to measure
+                    cand.holdout_se = float(scores.std(ddof=1) / math.sqrt(len(scores)))
         clock.lap("holdout")
         self.results_ = _results_table(candidates, X.shape[1])
         self.best_index_ = _choose(candidates, self.criterion)

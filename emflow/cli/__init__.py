@@ -145,14 +145,17 @@ def disk_full(error: BaseException | None) -> bool:
             return True
         if "database or disk is full" in str(error):
             return True
-        error = error.__cause__ or error.__context__
+        cause = error.__cause__
+        error = cause if cause is not None or error.__suppress_context__ else error.__context__
         seen += 1
     return False
 
 
 def error_line(error: BaseException) -> str:
-    """The first line of ``error``'s message (SQLAlchemy appends a background link)."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    """The file ``error`` names and its message's first line (SQLAlchemy appends a link)."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    filename = getattr(error, "filename", None)
+    return f"{filename}: {line}" if filename and str(filename) not in line else line
 
 
 if __name__ == "__main__":

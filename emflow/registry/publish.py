@@ -371,7 +371,9 @@ def _logged_model_of_attempt(
             experiment_ids=[experiment_id],
             filter_string=f"tags.`{registry.TAG_RUN_KEY}` = '{registry.quoted(run_key)}'",
         )
-    except MlflowException:  # a run key the filter cannot hold: log the model anew
+    except MlflowException as error:  # a run key the filter cannot hold: log the model anew
+        if getattr(error, "error_code", "") != "INVALID_PARAMETER_VALUE":
+            raise  # the server's other errors go to the caller's retries
         return None
     ready = [
         m

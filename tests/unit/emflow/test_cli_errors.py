@@ -261,4 +261,11 @@ def test_full_disk_errors_are_recognised_through_their_causes():
     wrapped.__cause__ = sqlite3.OperationalError("database or disk is full")
     assert disk_full(wrapped)
     assert not disk_full(OSError(13, "Permission denied"))
+    try:  # an error raised while handling a full disk, "from None": not itself a full disk
+        try:
+            raise full
+        except OSError:
+            raise KeyError("cleanup") from None
+    except KeyError as cleanup:
+        assert not disk_full(cleanup)
     assert not disk_full(ValueError("bad value"))

@@ -463,6 +463,14 @@ def test_restart_rows_taken_and_put_back_as_fancy_indexing_does(rows):
     put_restarts(np, out, rows, taken)
     want[rows, :4] = centres[rows, :4]
     np.testing.assert_array_equal(out, want)
+    # shapes that would copy into a neighbouring restart are refused
+    with pytest.raises(ValueError, match="outside"):
+        take_restarts(np, centres, rows, 7)
+    with pytest.raises(ValueError, match="does not fit"):
+        put_restarts(np, out, rows[:-1] if len(rows) > 1 else [0, 1], taken)
+    with pytest.raises(ValueError, match="all of it"):
+        put_restarts(np, out, [1, 0, 2, 3, 4], out)
+    assert take_restarts(np, centres, [], 4).shape == (0, 4, 3)
 
 
 def test_weighted_tied_statistics_of_one_sample_components_are_scikit_learns():

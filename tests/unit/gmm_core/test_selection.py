@@ -403,7 +403,7 @@ def test_grid_values_are_checked_as_gaussian_mixture_checks_them(blobs):
     """QA probe: [2.0] was accepted where 2.0 and GaussianMixture(2.0) are refused; a 0-d array
     raised "iteration over a 0-d array" and a 2-D one a NumPy conversion error; an array of
     covariance types was refused though the docstring says sequence."""
-    for bad in ([2.0], [1, 2.5], np.array([1.0, 2.0]), [0, 1], [True]):
+    for bad in ([2.0], [1, 2.5], np.array([1.0, 2.0]), np.array(2.0), [0, 1], [True]):
         with pytest.raises(ValueError, match="positive integers"):
             GaussianMixtureSelect(bad, backend="numpy").fit(blobs)
     with pytest.raises(ValueError, match=r"1-D sequence of ints.*shape \(1, 2\)"):
@@ -425,6 +425,11 @@ def test_a_holdout_needs_two_rows_and_one_passed_as_y_is_not_lost_silently(blobs
     sel = GaussianMixtureSelect([1, 2, 3], criterion="holdout", random_state=0, backend="numpy")
     with pytest.raises(ValueError, match="minimum of 2"):
         sel.fit(blobs, X_holdout=blobs[:1])
+    # rows scored for the table only (bic): one is enough, its standard error NaN
+    one = GaussianMixtureSelect([1, 2], random_state=0, backend="numpy")
+    one.fit(blobs, X_holdout=blobs[:1])
+    assert np.isfinite(one.results_["holdout_score"]).all()
+    assert np.isnan(one.results_["holdout_se"]).all()
     with pytest.warns(UserWarning, match="X_holdout="):
         GaussianMixtureSelect([1, 2], random_state=0, backend="numpy").fit(blobs, blobs[:50])
     fitted = sel.fit(blobs, X_holdout=blobs[:40])
