@@ -133,13 +133,17 @@ def stats_from_resp(
 
     ``resp`` is dense (N, K), or labels (N,) of a one-hot assignment with -1 for "no component".
     ``X`` is centred by ``shift``; ``eps`` is the M-step's regulariser of ``nk``;
-    ``sample_weight`` (N,) multiplies each row's responsibilities (None: ones).
+    ``sample_weight`` (N,) multiplies each row's responsibilities (None: ones), except for
+    labels that leave rows out (k-means++, random_from_data: one chosen row per component),
+    where a chosen row counts once, as one copy of it among the repeated rows would (and as
+    the device path counts it).
     """
     n_samples, n_features = X.shape
     if resp.ndim == 1:
         rows = np.flatnonzero(resp >= 0)
+        chosen = len(rows) < n_samples  # one row per component, not a labelling of every row
         values = (
-            np.ones(len(rows), X.dtype) if sample_weight is None else sample_weight[rows]
+            np.ones(len(rows), X.dtype) if sample_weight is None or chosen else sample_weight[rows]
         ).astype(X.dtype)
         R = sparse.csr_matrix((values, (resp[rows], rows)), shape=(n_components, n_samples))
     else:

@@ -211,3 +211,34 @@ def test_weighted_tied_initialisation_is_scikit_learns_on_repeated_rows(init_par
     np.testing.assert_allclose(cov[0], want_cov, rtol=1e-10, atol=1e-12)
     fitted = _fit(X, w, n_components=3, covariance_type="tied", init_params=init_params)
     assert np.isfinite(fitted.lower_bound_)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_a_chosen_row_counts_once_as_one_copy_among_repeated_rows(covariance_type):
+    """k-means++ / random_from_data start each component on one chosen row: with integer
+    weights that is one copy of the row among the repeats (nk = 1, as the device path counts
+    it), not all its copies (the host path had nk = w, so other starting weights)."""
+    from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
+
+    from gmm_core._gaussian import estimate_parameters
+    from gmm_core._host_init import stats_from_resp
+
+    X = _two_blobs(3)
+    w = np.random.RandomState(6).randint(1, 4, len(X))
+    chosen = np.array([4, 71])
+    labels = np.full(len(X), -1)
+    labels[chosen] = [0, 1]
+    shift = X.mean(axis=0)
+    eps = 10 * np.finfo(np.float64).eps
+    stats = stats_from_resp(X - shift, labels, 2, covariance_type, shift, eps, w.astype(float))
+    nk, means, cov = estimate_parameters(stats, covariance_type, 1e-6, eps, np, shift)
+    repeated = np.repeat(X, w, axis=0)
+    first_copy = np.concatenate([[0], np.cumsum(w)[:-1]])[chosen]
+    resp = np.zeros((len(repeated), 2))
+    resp[first_copy, [0, 1]] = 1.0
+    want_nk, want_means, want_cov = _estimate_gaussian_parameters(
+        repeated, resp, 1e-6, covariance_type
+    )
+    np.testing.assert_allclose(nk[0] / stats.weight_sum, want_nk / len(repeated), rtol=1e-12)
+    np.testing.assert_allclose(means[0] + shift, want_means, rtol=1e-12)
+    np.testing.assert_allclose(cov[0], want_cov, rtol=1e-8, atol=1e-12)
