@@ -142,22 +142,18 @@ def _stats_of_rows(
     covariance_type: str,
     shift: Any,
     eps: float,
-    xtx: Any = None,
-    column_sum: Any = None,
+    moments: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[Stats]:
     """One-sample components (``k-means++``, ``random_from_data``): host statistics per restart.
 
     ``rows`` (R, K, D) centred samples (engine array). ``tied`` uses X^T X over all samples
-    (``xtx``, host, where the caller has it) with scikit-learn's handling of the samples no
-    component holds (see ``_host_init.stats_from_resp``).
+    (``moments``: :func:`_tied_moments`, where the caller has them) with scikit-learn's
+    handling of the samples no component holds (see ``_host_init.stats_from_resp``).
     """
     rows = np.asarray(engine.to_host(rows), dtype=np.float64)
     n_restarts, n_components, _ = rows.shape
-    if covariance_type == "tied" and xtx is None:
-        xtx = engine.to_host(_xtx(engine, data))
-    # sum w x_c: 0 unweighted (the shift is the data's mean), not with weights
-    if covariance_type == "tied" and column_sum is None:
-        column_sum = _weighted_column_sum(engine, data)
+    if covariance_type == "tied" and moments is None:
+        moments = _tied_moments(engine, data)
     out = []
     for r in range(n_restarts):
         x = rows[r]
@@ -170,6 +166,8 @@ def _stats_of_rows(
             sxx = (x * x).sum(axis=1)
         else:
             # as _host_init.stats_from_resp (the derivation there), nk_raw = 1 per component
+            assert moments is not None
+            xtx, column_sum = moments
             s = np.asarray(shift, dtype=np.float64)
             outside = _weight_sum(data) - n_components + eps * n_components
             d = column_sum - x.sum(axis=0)
@@ -181,39 +179,30 @@ def _stats_of_rows(
     return out
 
 
-def _weighted_column_sum(engine: Any, data: Any) -> np.ndarray:
-    """``sum_n w_n x_n`` of the centred data on the host, float64 (zeros when unweighted)."""
-    if data.weights is None:
-        return np.zeros(data.n_features)
-    xp = engine.xp
-    total = xp.zeros(data.n_features, dtype=xp.float64)
-    for row0, block in _blocks(engine, data):
-        for start in range(0, block.shape[0], _ROWS):  # float64 temporaries of _ROWS rows
-            part = block[start : start + _ROWS].astype(xp.float64, copy=False)
-            w = data.weights[row0 + start : row0 + start + part.shape[0]].astype(xp.float64)
-            total += w @ part
-    return np.asarray(engine.to_host(total), dtype=np.float64)
-
-
 def _weight_sum(data: Any) -> float:
     """What a lower bound divides by: the total weight, else the number of rows."""
     return float(data.n_samples if data.total_weight is None else data.total_weight)
 
 
-def _xtx(engine: Any, data: Any) -> Any:
-    """``X^T X`` (weighted: ``X^T diag(w) X``) of the centred data, float64."""
+def _tied_moments(engine: Any, data: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``X^T W X`` and ``sum_n w_n x_n`` of the centred data, host float64, in one pass.
+
+    Unweighted (W = 1) the sum is 0 up to rounding: the shift is the data's mean.
+    """
     xp = engine.xp
     weights = data.weights
-    total = None
+    xtx = xp.zeros((data.n_features, data.n_features), dtype=xp.float64)
+    total = xp.zeros(data.n_features, dtype=xp.float64)
     for row0, block in _blocks(engine, data):
-        for start in range(0, block.shape[0], _ROWS):
+        for start in range(0, block.shape[0], _ROWS):  # float64 temporaries of _ROWS rows
             p = block[start : start + _ROWS].astype(xp.float64, copy=False)
             left = p
             if weights is not None:
                 w = weights[row0 + start : row0 + start + p.shape[0]]
                 left = p * w.astype(xp.float64)[:, None]
-            total = left.T @ p if total is None else total + left.T @ p
-    return total
+            xtx += left.T @ p
+            total += left.sum(axis=0)
+    return engine.to_host(xtx), np.asarray(engine.to_host(total), dtype=np.float64)
 
 
 def _random_resp_stats(
@@ -370,9 +359,7 @@ def candidate_params(
     centres = seed_all(engine, coarse if coarse is not None else data, per_restart, flat)
     if init_params == "k-means++":
         del coarse
-        tied = covariance_type == "tied"
-        xtx = engine.to_host(_xtx(engine, data)) if tied else None
-        column_sum = _weighted_column_sum(engine, data) if tied else None
+        moments = _tied_moments(engine, data) if covariance_type == "tied" else None
         return [
             _stack(
                 _stats_of_rows(
@@ -382,8 +369,7 @@ def candidate_params(
                     covariance_type,
                     shift,
                     eps,
-                    xtx,
-                    column_sum,
+                    moments,
                 ),
                 covariance_type,
                 reg_covar,

@@ -44,11 +44,9 @@ def take_restarts(xp: Any, a: Any, rows: Any, width: int | None = None) -> Any:
     kernel CuPy compiles on first use, 0.1 s of a process's first fit.
     """
     rows = np.asarray(rows, dtype=np.int64)
-    if a.ndim < 2 or width is None:
-        width = a.shape[1] if a.ndim > 1 else 1
-    if width > (a.shape[1] if a.ndim > 1 else 1) or (
-        rows.size and not 0 <= rows.min() <= rows.max() < a.shape[0]
-    ):
+    full = a.shape[1] if a.ndim > 1 else 1
+    width = full if width is None or a.ndim < 2 else width
+    if width > full or (rows.size and not 0 <= rows.min() <= rows.max() < a.shape[0]):
         raise ValueError(f"take_restarts: rows or width {width} outside an array of {a.shape}")
     if xp is np:
         return np.ascontiguousarray(a[rows, :width] if a.ndim > 1 else a[rows])

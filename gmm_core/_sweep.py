@@ -32,6 +32,7 @@ from ._gaussian import Params
 from ._host_init import host_restarts
 from ._init import candidate_params, draw, with_user_init
 from ._padded_em import accumulate, buckets, concat, pad, run_em_padded, trim
+from .mixture import _to_numpy
 
 if TYPE_CHECKING:
     from .mixture import GaussianMixture
@@ -81,8 +82,7 @@ def fit_loop(
             continue
         cand.estimator = model
         cand.lower_bound = float(model.lower_bound_)
-        scores = model.score_samples(X)  # a CuPy array for CuPy input on the device engines
-        scores = np.asarray(scores.get() if hasattr(scores, "get") else scores, np.float64)
+        scores = _to_numpy(model.score_samples(X))  # CuPy for CuPy input on device engines
         cand.train_score = float(np.average(scores, weights=sample_weight))
         cand.n_iter = int(model.n_iter_)
         cand.converged = bool(model.converged_)
