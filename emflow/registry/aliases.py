@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -192,12 +192,7 @@ def family_lock(
         try:
             client.create_registered_model(
                 lock,
-                tags={
-                    "holder": holder,
-                    "acquired_at": now_iso(),
-                    "host": socket.gethostname(),
-                    "pid": str(os.getpid()),
-                },
+                tags={"holder": holder, "acquired_at": now_iso(), **writer_tags()},
                 description=f"emflow {purpose} lock of {name}",
             )
             break
@@ -235,7 +230,7 @@ def _break_if_stale(client: MlflowClient, lock: str) -> None:
         return
     tags = held.tags or {}
     age_s = time.time() - held.creation_timestamp / 1000.0
-    gone = _holder_gone(tags)
+    gone = writer_gone(tags)
     if not gone and age_s <= LOCK_STALE_AFTER_S:
         return
     log.warning(
@@ -264,12 +259,18 @@ def clear_dead_locks(client: MlflowClient, name: str) -> None:
         _break_if_stale(client, lock_name(name, purpose))
 
 
-def _holder_gone(tags: dict[str, str]) -> bool:
-    """Whether the lock's holder ran on this host and its process no longer exists."""
-    if tags.get("host") != socket.gethostname() or not str(tags.get("pid", "")).isdigit():
+def writer_tags(prefix: str = "") -> dict[str, str]:
+    """Tags naming this process (host, pid) on what it writes, for :func:`writer_gone`."""
+    return {f"{prefix}host": socket.gethostname(), f"{prefix}pid": str(os.getpid())}
+
+
+def writer_gone(tags: Mapping[str, str], prefix: str = "") -> bool:
+    """Whether the writer named by :func:`writer_tags` ran on this host and its process is gone."""
+    host, pid = tags.get(f"{prefix}host"), str(tags.get(f"{prefix}pid", ""))
+    if host != socket.gethostname() or not pid.isdigit():
         return False
     try:
-        os.kill(int(tags["pid"]), 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
     except PermissionError:  # alive, another user's

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,9 @@ MODEL_ARTIFACT = "model"
 #: tag of a logged model: SHA-256 of the model folder's files (a retry reuses a logged model of
 #: the same files)
 TAG_MODEL_DIGEST = "emflow.model_sha256"
+#: prefix of a logged model's writer tags (host, pid): a retry removes the unfinished logged model
+#: of an attempt whose process is gone
+WRITER_PREFIX = "emflow.writer_"
 
 
 @dataclass(frozen=True)
@@ -339,7 +343,11 @@ def _register(
                 signature=signature,
                 input_example=example,
                 pip_requirements=_pip_requirements(),
-                tags={registry.TAG_RUN_KEY: run_key, TAG_MODEL_DIGEST: digest},
+                tags={
+                    registry.TAG_RUN_KEY: run_key,
+                    TAG_MODEL_DIGEST: digest,
+                    **registry.writer_tags(WRITER_PREFIX),
+                },
             )
     return _create_version(client, name, info.model_uri, info.model_id, tags, run_key)
 
@@ -359,9 +367,11 @@ def _logged_model_of_attempt(
     """The finished logged model of these files an earlier attempt left in ``run_id``, or None.
 
     An attempt stopped between ``log_model`` and the registration would otherwise leave its
-    logged model behind, unregistered, beside the retry's. One still PENDING (stopped while
-    uploading, or another attempt uploading now) is left alone, as is one of other files (the
-    run key trained again).
+    logged model behind, unregistered, beside the retry's. One of other files (the run key
+    trained again) is left alone. One still PENDING was stopped while uploading, or is another
+    attempt's upload now: it is deleted when its writer's process is gone (same host) or it is
+    older than the lock's stale age (an upload of a model folder takes seconds), so the retry
+    ends with the one logged model an uninterrupted run leaves.
     """
     from mlflow.entities import LoggedModelStatus
     from mlflow.exceptions import MlflowException
@@ -375,15 +385,33 @@ def _logged_model_of_attempt(
         if getattr(error, "error_code", "") != "INVALID_PARAMETER_VALUE":
             raise  # the server's other errors go to the caller's retries
         return None
-    ready = [
+    ours = [
         m
         for m in found
-        if m.source_run_id == run_id
-        and m.status == LoggedModelStatus.READY
-        and (m.tags or {}).get(registry.TAG_RUN_KEY) == run_key
-        and (m.tags or {}).get(TAG_MODEL_DIGEST) == digest
+        if m.source_run_id == run_id and (m.tags or {}).get(registry.TAG_RUN_KEY) == run_key
+    ]
+    for m in ours:
+        if m.status == LoggedModelStatus.PENDING and _abandoned(m):
+            log.info("deleting logged model %s left unfinished by a stopped attempt", m.model_id)
+            try:
+                client.delete_logged_model(m.model_id)
+            except MlflowException as error:  # deleted by another retry meanwhile
+                if getattr(error, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+    ready = [
+        m
+        for m in ours
+        if m.status == LoggedModelStatus.READY and (m.tags or {}).get(TAG_MODEL_DIGEST) == digest
     ]
     return min(ready, key=lambda m: m.creation_timestamp) if ready else None
+
+
+def _abandoned(logged: Any) -> bool:
+    """Whether a PENDING logged model's writer stopped: its process gone, or the upload stale."""
+    age_s = time.time() - logged.creation_timestamp / 1000.0
+    return registry.writer_gone(logged.tags or {}, WRITER_PREFIX) or (
+        age_s > registry.LOCK_STALE_AFTER_S
+    )
 
 
 def _create_version(

@@ -125,9 +125,10 @@ def registry_state(home: Path) -> dict:
     experiments = [e.experiment_id for e in client.search_experiments()]
     logged = client.search_logged_models(experiment_ids=experiments)
     return {
-        # finished logged models (one per run: a retry must not leave a second, unregistered)
-        "ready_logged_models_per_run_key": dict(
-            Counter(m.tags.get("emflow.run_key") for m in logged if m.status.name == "READY")
+        # logged models (deleted ones aside) by status: one READY per run, as uninterrupted; a
+        # retry must leave neither a second unregistered one nor its killed attempt's PENDING one
+        "logged_models_per_run_key": dict(
+            Counter(f"{m.tags.get('emflow.run_key')} {m.status.name}" for m in logged)
         ),
         "aliases": {k: str(v) for k, v in (model.aliases or {}).items()},
         "versions_per_run_key": dict(Counter(v.tags.get("emflow.run_key") for v in versions)),
@@ -203,7 +204,7 @@ def test_publish_killed_after_any_registry_write_is_finished_by_its_retry(regist
     expected = registry_state(expected_home)
     assert expected["aliases"] == {"champion": "2", "challenger": "2", "previous-champion": "1"}
     assert expected["versions_per_run_key"] == {"run-1": 1, "run-2": 1}
-    assert expected["ready_logged_models_per_run_key"] == {"run-1": 1, "run-2": 1}
+    assert expected["logged_models_per_run_key"] == {"run-1 READY": 1, "run-2 READY": 1}
 
     job = {
         "kind": "publish",

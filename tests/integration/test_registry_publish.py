@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import subprocess
 import threading
 
 import pytest
@@ -99,6 +100,59 @@ def test_a_retry_registers_the_model_its_stopped_attempt_logged_unless_retrained
     retrained = publish(gate(evaluate(other, holdout, settings), other, settings), other, **kwargs)
     assert len(logged("dag/run-9")) == 2
     assert model_id not in client.get_model_version(name, retrained.version).source
+
+
+def test_a_retry_deletes_an_unfinished_logged_model_only_once_its_upload_is_abandoned(
+    settings, trained, holdout, tmp_path, monkeypatch
+):
+    """A PENDING logged model in the run (an attempt stopped mid-upload) is deleted by the retry
+    when its writer's process is gone or its upload is older than the stale age; one of a live
+    writer elsewhere (an attempt uploading now, on another host) is left alone."""
+    from emflow.registry import aliases
+    from emflow.registry.publish import WRITER_PREFIX, publish
+    from emflow.run.evaluate import evaluate
+    from emflow.run.gate import gate
+
+    client = _client(settings)
+    name = settings.model_name
+    model_dir, info = _copy(trained, "good", tmp_path)
+    decision = gate(evaluate(model_dir, holdout, settings), model_dir, settings)
+    kwargs = dict(run_key="dag/run-5", data_window="w", train_info=info, settings=settings)
+    first = publish(decision, model_dir, **kwargs)
+    experiment = client.get_experiment_by_name(settings.experiment_name).experiment_id
+
+    def pending(host, pid):
+        return client.create_logged_model(
+            experiment,
+            name="model",
+            source_run_id=first.run_id,
+            tags={
+                "emflow.run_key": "dag/run-5",
+                f"{WRITER_PREFIX}host": host,
+                f"{WRITER_PREFIX}pid": str(pid),
+            },
+        ).model_id
+
+    def live_pending():
+        return sorted(
+            m.model_id
+            for m in client.search_logged_models(experiment_ids=[experiment])
+            if m.status.name == "PENDING"
+        )
+
+    exited = subprocess.Popen(["true"])
+    exited.wait()  # its pid: a process of this host that is gone
+    gone = pending(socket.gethostname(), exited.pid)
+    elsewhere = pending("another-host", 1)
+    assert live_pending() == sorted([gone, elsewhere])
+    client.delete_model_version(name, first.version)  # as if stopped before registering
+    again = publish(decision, model_dir, **kwargs)
+    assert live_pending() == [elsewhere]
+
+    client.delete_model_version(name, again.version)
+    monkeypatch.setattr(aliases, "LOCK_STALE_AFTER_S", 0.0)  # the other upload is stale now
+    publish(decision, model_dir, **kwargs)
+    assert live_pending() == []
 
 
 def _publish_promoting(settings, trained, tmp_path, key, over):
