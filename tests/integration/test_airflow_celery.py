@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import uuid
 
 import pytest
 from support.airflow import (
@@ -55,6 +56,7 @@ def celery_cluster():
     settings = Settings(home=home).ensure_dirs()
     port = free_port()
     database_url = _fresh_database()
+    prefix = f"emflow-test-{uuid.uuid4().hex[:12]}:"
     env = {
         **os.environ,
         **airflow_environment(
@@ -65,6 +67,9 @@ def celery_cluster():
             parallelism=2,
             extra={
                 "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
+                # queues of this run's own: a worker another run left behind (same Redis
+                # database, queues 'gpu'/'default') took this run's tasks and failed them
+                "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": prefix,
                 "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql+psycopg2://postgres@127.0.0.1:5432/"
                 f"{DATABASE}",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
@@ -133,7 +138,18 @@ def celery_cluster():
         for process in reversed(processes):
             process.stop(signal.SIGTERM, timeout=45)
         assert not any(p.alive() for p in processes)
+    _drop_keys(prefix)
     shutil.rmtree(home, ignore_errors=True)
+
+
+def _drop_keys(prefix: str) -> None:
+    """Delete this run's broker keys (queues, bindings) from the shared Redis database."""
+    import redis
+
+    broker = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    keys = list(broker.scan_iter(match=f"{prefix}*"))
+    if keys:
+        broker.delete(*keys)
 
 
 def test_train_runs_on_the_gpu_worker_and_nothing_else_does(celery_cluster):
