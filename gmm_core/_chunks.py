@@ -29,7 +29,12 @@ from ._fit import keep_best, run_model_em
 from ._gaussian import Params, Stats
 from ._host_init import host_restarts
 from ._init import with_user_init
-from ._weights import check_enough_weighted_rows, check_sample_weight, engine_for_weights
+from ._weights import (
+    check_enough_weighted_rows,
+    check_sample_weight,
+    em_scale,
+    engine_for_weights,
+)
 
 if TYPE_CHECKING:
     from .mixture import GaussianMixture
@@ -84,6 +89,7 @@ class ChunkedData:
     n_features: int
     n_samples: int
     weighted: bool  # any chunk came with weights (chunks without weigh 1)
+    weight_scale: float = 1.0  # _weights.em_scale of all the chunks' weights
 
 
 class ChunkedEngine(Engine):
@@ -104,6 +110,7 @@ class ChunkedEngine(Engine):
         if not data.weighted:
             return self.inner.prepare(X, data.shift, data.covariance_type)
         weight = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)
+        weight = weight * data.weight_scale
         return self.inner.prepare(
             X,
             data.shift,
@@ -151,6 +158,7 @@ class _FirstPass:
     weighted: bool
     largest: float
     dtype: np.dtype
+    weight_total: float  # sum of the weights (1 for rows of chunks without)
 
 
 def _first_pass(model: GaussianMixture, reader: ChunkReader) -> _FirstPass:
@@ -158,7 +166,7 @@ def _first_pass(model: GaussianMixture, reader: ChunkReader) -> _FirstPass:
     first: Chunk | None = None
     n_samples = n_positive = 0
     total: np.ndarray | None = None
-    weighted, largest = False, 0.0
+    weighted, largest, weight_total = False, 0.0, 0.0
     dtype = np.dtype(np.float64)
     for i, (X, w) in enumerate(reader):
         X = model._check_X(X, reset=i == 0)
@@ -169,8 +177,10 @@ def _first_pass(model: GaussianMixture, reader: ChunkReader) -> _FirstPass:
             w = check_sample_weight(w, X.shape[0], None)
             weighted = True
             n_positive += int(np.count_nonzero(w))
+            weight_total += float(w.sum())
         else:
             n_positive += X.shape[0]
+            weight_total += X.shape[0]
         if first is None:
             first = (X, w)
         n_samples += X.shape[0]
@@ -180,7 +190,7 @@ def _first_pass(model: GaussianMixture, reader: ChunkReader) -> _FirstPass:
             largest = max(largest, float(X.max()), -float(X.min()))
     if first is None or total is None:
         raise ValueError("the chunk source yielded no chunks; pass at least one 2-D array.")
-    return _FirstPass(first, n_samples, total, n_positive, weighted, largest, dtype)
+    return _FirstPass(first, n_samples, total, n_positive, weighted, largest, dtype, weight_total)
 
 
 def fit_chunks(model: GaussianMixture, source: Any) -> None:
@@ -207,6 +217,7 @@ def fit_chunks(model: GaussianMixture, source: Any) -> None:
     check_magnitude(seen.largest, seen.dtype, n_features)
     shift = seen.total / seen.n_samples
     eps = 10 * float(np.finfo(seen.dtype).eps)
+    weight_scale = em_scale(seen.weight_total, seen.n_samples) if seen.weighted else 1.0
     user = model._checked_initial_parameters(n_features)
     do_init = not (model.warm_start and hasattr(model, "converged_"))
     first_bound = -np.inf
@@ -221,7 +232,7 @@ def fit_chunks(model: GaussianMixture, source: Any) -> None:
                     "make it larger, or give weights_init, means_init and precisions_init."
                 )
             random_state = check_random_state(model.random_state)
-            w0 = None if w0 is None else np.asarray(w0, np.float64)
+            w0 = None if w0 is None else np.asarray(w0, np.float64) * weight_scale
             drawn = host_restarts(
                 model, X0, X0 - shift.astype(X0.dtype), shift, random_state, eps, w0
             )
@@ -246,6 +257,7 @@ def fit_chunks(model: GaussianMixture, source: Any) -> None:
         n_features,
         seen.n_samples,
         seen.weighted,
+        weight_scale,
     )
     result = run_model_em(model, engine, data, params.map(engine.asarray), first_bound, eps, shift)
     keep_best(model, result, engine, shift, seen.dtype)

@@ -24,7 +24,7 @@ from ._engine import EMResult, Engine, get_engine
 from ._gaussian import Params
 from ._host_init import host_restarts
 from ._init import initial_params, with_user_init
-from ._weights import check_sample_weight, engine_for_weights
+from ._weights import check_sample_weight, em_weights, engine_for_weights
 
 if TYPE_CHECKING:
     from .mixture import GaussianMixture
@@ -45,7 +45,7 @@ def fit_model(
     X = self._check_X(X, reset=True, finite_here=not engine.device_init)
     n_samples, n_features = X.shape
     if sample_weight is not None:
-        sample_weight = check_sample_weight(sample_weight, n_samples, self.n_components)
+        sample_weight = em_weights(check_sample_weight(sample_weight, n_samples, self.n_components))
     weighting = {} if sample_weight is None else {"sample_weight": sample_weight}
     if n_samples < self.n_components:
         raise ValueError(

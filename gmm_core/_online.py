@@ -26,7 +26,12 @@ import numpy as np
 
 from ._engine import get_engine
 from ._gaussian import Params, Stats, m_step
-from ._weights import check_enough_weighted_rows, check_sample_weight, engine_for_weights
+from ._weights import (
+    check_enough_weighted_rows,
+    check_sample_weight,
+    em_weights,
+    engine_for_weights,
+)
 
 if TYPE_CHECKING:
     from .mixture import GaussianMixture
@@ -93,7 +98,7 @@ def partial_fit_step(model: GaussianMixture, X: Any, sample_weight: Any) -> None
     if sample_weight is not None:
         weights = check_sample_weight(sample_weight, X.shape[0], None)
         check_enough_weighted_rows(int(np.count_nonzero(weights)), 1)
-        weighting["sample_weight"] = weights
+        weighting["sample_weight"] = em_weights(weights)
     cov_type, reg_covar = model.covariance_type, model.reg_covar
     dtype = model.means_.dtype
     eps = 10 * float(np.finfo(dtype).eps)

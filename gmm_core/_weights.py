@@ -67,6 +67,26 @@ def check_sample_weight(sample_weight: Any, n_samples: int, n_components: int | 
     return weights
 
 
+def em_scale(weight_total: float, n_rows: int) -> float:
+    """The factor the EM multiplies sample weights by: ``1 / mean`` where their mean is below 1.
+
+    The M-step adds ``10 * eps`` to every ``N_k`` as scikit-learn does: a count of rows. Weights
+    of mean below one (frequencies, weights normalised to sum to 1) would make that term weigh
+    like many rows (with 20 of 40,000 rows at weight 1/40,000 in float32 it moved a component's
+    mean by a standard deviation), so they are scaled to mean 1 first: the fit is then the same
+    for any common factor of such weights. Weights of mean one or more are counts and are taken
+    as they are (an integer weight stays the row repeated).
+    """
+    mean = weight_total / n_rows
+    return 1.0 / mean if 0.0 < mean < 1.0 else 1.0
+
+
+def em_weights(weights: np.ndarray) -> np.ndarray:
+    """Validated weights as the EM takes them (:func:`em_scale`)."""
+    scale = em_scale(float(weights.sum()), weights.shape[0])
+    return weights if scale == 1.0 else weights * scale
+
+
 def check_enough_weighted_rows(n_positive: int, n_components: int) -> None:
     """Refuse weights that leave fewer than ``n_components`` rows (or none) with a positive one."""
     if n_positive == 0:

@@ -281,7 +281,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             Non-negative weight of each row (None: all 1). A weight multiplies the row's
             responsibilities in the M-step and its log-density in the lower bound, so an
             integer weight is the same as repeating the row; k-means initialisation weighs
-            rows as :class:`sklearn.cluster.KMeans` does. NumPy and Dask engines only.
+            rows as :class:`sklearn.cluster.KMeans` does. Weights whose mean is below 1
+            (frequencies, weights summing to 1) are scaled to mean 1 first, so the fit does
+            not depend on their scale (the M-step's ``10 * eps`` added to every ``N_k`` is a
+            count of rows). Every engine.
 
         Returns
         -------

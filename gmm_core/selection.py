@@ -39,7 +39,12 @@ from ._em_loop import PhaseClock
 from ._engine import BACKENDS, get_engine
 from ._gaussian import COVARIANCE_TYPES, n_parameters
 from ._sweep import BATCHED_BACKENDS, Candidate, fit_batched, fit_loop
-from ._weights import check_enough_weighted_rows, check_sample_weight, engine_for_weights
+from ._weights import (
+    check_enough_weighted_rows,
+    check_sample_weight,
+    em_weights,
+    engine_for_weights,
+)
 from .mixture import GaussianMixture, _is_cupy_array
 
 __all__ = ["CRITERIA", "GaussianMixtureSelect"]
@@ -308,7 +313,8 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         if sample_weight is not None:
             sample_weight = check_sample_weight(sample_weight, X.shape[0], None)
             check_enough_weighted_rows(int(np.count_nonzero(sample_weight)), 1)
-            n_samples = float(sample_weight.sum())
+            n_samples = float(sample_weight.sum())  # BIC/AIC: the weights as given
+            sample_weight = em_weights(sample_weight)
         candidates: list[Candidate] = []
         for covariance_type in types:
             group = [Candidate(k, covariance_type) for k in ks]

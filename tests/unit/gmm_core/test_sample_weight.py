@@ -242,3 +242,40 @@ def test_a_chosen_row_counts_once_as_one_copy_among_repeated_rows(covariance_typ
     np.testing.assert_allclose(nk[0] / stats.weight_sum, want_nk / len(repeated), rtol=1e-12)
     np.testing.assert_allclose(means[0] + shift, want_means, rtol=1e-12)
     np.testing.assert_allclose(cov[0], want_cov, rtol=1e-8, atol=1e-12)
+
+
+def test_weights_summing_to_one_fit_as_the_unweighted_data():
+    """QA probe: float32 telemetry far from the origin with a small component (20 of 20,000
+    rows); weights 1/n are the unweighted fit. The M-step's 10 eps added to every N_k (a count
+    of rows) weighed like 0.05 rows against the small component's 5e-4 and moved its mean by a
+    standard deviation (1008.1 -> 1006.9)."""
+    rng = np.random.RandomState(0)
+    X = np.vstack([rng.normal(0, 1, (19980, 2)), rng.normal(8, 1, (20, 2))]) + 1000
+    X = X.astype(np.float32)
+    kw = dict(n_components=2, means_init=[[1000.0, 1000.0], [1008.0, 1008.0]], max_iter=50)
+    plain = _fit(X, **kw)
+    normalised = _fit(X, np.full(len(X), 1.0 / len(X)), **kw)
+    np.testing.assert_allclose(normalised.means_, plain.means_, atol=1e-3)
+    np.testing.assert_allclose(normalised.covariances_, plain.covariances_, rtol=1e-3)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("scale", [1e-300, 1e-12, 1e-3, 0.5])
+def test_the_scale_of_fractional_weights_does_not_change_the_fit(covariance_type, scale):
+    """Weights of mean below 1 are scaled to mean 1: any common factor gives the same fit (in
+    memory, over chunks, one partial_fit step) as the weights of mean 1."""
+    X = _two_blobs()
+    w = np.random.RandomState(4).uniform(0.05, 1.0, len(X))
+    w = w / w.mean()
+    kw = dict(n_components=3, covariance_type=covariance_type, random_state=2, max_iter=40)
+    unit = _fit(X, w, **kw)
+    scaled = _fit(X, w * scale, **kw)
+    for name in FITTED:
+        np.testing.assert_allclose(
+            getattr(scaled, name), getattr(unit, name), rtol=1e-7, err_msg=name
+        )
+    chunked = [_fit([(X[:50], w[:50] * c), (X[50:], w[50:] * c)], **kw) for c in (1.0, scale)]
+    np.testing.assert_allclose(chunked[1].means_, chunked[0].means_, rtol=1e-7)
+    step_unit = _fit(X, w, **kw).partial_fit(X[:40], sample_weight=w[:40])
+    step_scaled = _fit(X, w, **kw).partial_fit(X[:40], sample_weight=w[:40] * scale)
+    np.testing.assert_allclose(step_scaled.means_, step_unit.means_, rtol=1e-9)
