@@ -64,30 +64,48 @@ def save_model(
     model : GaussianMixture
         A fitted model.
     directory : path
-        Created if missing; existing model files in it are replaced atomically.
-    feature_names : list of str, optional
-        Column names of the features, in order (defaults to ``model.feature_names_in_``).
+        Created if missing. Each of the two files is replaced atomically (a reader between the
+        two replacements gets :class:`ModelFileError`, the checksums disagreeing, and can read
+        again).
+    feature_names : sequence of str, optional
+        Column names of the features, in order (a list, a NumPy array or a pandas ``Index``).
+        Defaults to ``model.feature_names_in_``; a model fitted on a DataFrame keeps its
+        column names (other names would make the loaded model refuse those frames).
     metadata : dict, optional
-        JSON-serialisable extras (data window, run id, ...).
+        JSON-serialisable extras (data window, run id, ...); NumPy scalars and arrays are
+        stored as numbers and lists.
 
     Returns
     -------
     Path
         The directory.
+
+    Raises
+    ------
+    TypeError
+        When ``model`` is not a :class:`GaussianMixture` (a ``GaussianMixtureSelect``: save
+        its ``best_estimator_``) or ``metadata`` holds a value JSON cannot store.
+    ValueError
+        When ``feature_names`` are not one string per feature, or rename a DataFrame's columns.
     """
     from sklearn.utils.validation import check_is_fitted
 
+    if not isinstance(model, GaussianMixture):
+        hint = (
+            "save its best_estimator_ (save_model(selector.best_estimator_, ...))"
+            if hasattr(model, "best_estimator_")
+            else "fit a gmm_core.GaussianMixture and save that"
+        )
+        raise TypeError(
+            f"save_model takes a fitted gmm_core.GaussianMixture, got {type(model).__name__}; "
+            f"{hint}."
+        )
     check_is_fitted(model)
+    names = _feature_names(model, feature_names)
+    extras = _json_metadata(metadata or {})
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {name.rstrip("_"): np.asarray(getattr(model, name)) for name in _ARRAYS}
-    if feature_names is None and hasattr(model, "feature_names_in_"):
-        feature_names = [str(n) for n in model.feature_names_in_]
-    if feature_names is not None and len(feature_names) != model.n_features_in_:
-        raise ValueError(
-            f"feature_names has {len(feature_names)} names but the model has "
-            f"{model.n_features_in_} features; pass one name per feature column."
-        )
     import io as _io
 
     buffer = _io.BytesIO()
@@ -101,7 +119,7 @@ def save_model(
         "covariance_type": model.covariance_type,
         "n_components": int(model.n_components),
         "n_features": int(model.n_features_in_),
-        "feature_names": feature_names,
+        "feature_names": names,
         "fitted_with_feature_names": hasattr(model, "feature_names_in_"),
         "params": params,
         "fitted": {
@@ -112,7 +130,7 @@ def save_model(
             "backend": getattr(model, "backend_", None),
             "n_steps": int(getattr(model, "n_steps_", 0)),
         },
-        "metadata": metadata or {},
+        "metadata": extras,
         "checksums": {
             "algorithm": "sha256",
             NPZ_NAME: _sha256(npz_bytes),
@@ -126,6 +144,52 @@ def save_model(
     _write_atomic(directory / NPZ_NAME, npz_bytes)
     _write_atomic(directory / JSON_NAME, json.dumps(document, indent=2, allow_nan=True).encode())
     return directory
+
+
+def _feature_names(model: GaussianMixture, feature_names: Any) -> list[str] | None:
+    """The names to store: one string per feature, the fitted frame's own where it had them."""
+    fitted = getattr(model, "feature_names_in_", None)
+    if feature_names is None:
+        return None if fitted is None else [str(n) for n in fitted]
+    given = list(np.asarray(feature_names, dtype=object).ravel())
+    if len(given) != model.n_features_in_:
+        raise ValueError(
+            f"feature_names has {len(given)} names but the model has "
+            f"{model.n_features_in_} features; pass one name per feature column."
+        )
+    bad = [n for n in given if not isinstance(n, str)]
+    if bad:
+        raise ValueError(
+            f"feature_names must be strings, got {bad[0]!r} ({type(bad[0]).__name__}); pass "
+            "the column names as text (e.g. [str(c) for c in columns])."
+        )
+    names = [str(n) for n in given]
+    if fitted is not None and names != [str(n) for n in fitted]:
+        raise ValueError(
+            f"the model was fitted on a DataFrame with columns {list(map(str, fitted))}; "
+            f"feature_names={names} would rename them and the loaded model would refuse "
+            "those frames. Leave feature_names out, or fit on a frame with these columns."
+        )
+    return names
+
+
+def _json_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """``metadata`` as JSON values (NumPy scalars as numbers, arrays as lists), or TypeError."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        raise TypeError(type(value).__name__)
+
+    try:
+        return dict(json.loads(json.dumps(metadata, default=plain, allow_nan=True)))
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"metadata must be JSON-serialisable (numbers, strings, lists, dicts); it holds a "
+            f"{error}: convert it first (e.g. str(value) or value.isoformat())."
+        ) from None
 
 
 def _json_param(key: str, value: Any) -> Any:

@@ -118,6 +118,48 @@ def test_numpy_scalar_parameters_round_trip(tmp_path, blobs):
     np.testing.assert_array_equal(loaded.sample(5)[0], gm.sample(5)[0])
 
 
+def test_feature_names_of_any_sequence_are_stored_and_a_frames_columns_are_kept(tmp_path, blobs):
+    """QA probe: a pandas Index or NumPy array of names raised a bare JSON TypeError (leaving an
+    empty folder), and names other than a fitted frame's columns made the loaded model refuse
+    the frames the model was fitted on."""
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(blobs[:, :2], columns=["cpu", "mem"])
+    on_frame = GaussianMixture(2, random_state=0, backend="numpy").fit(frame)
+    for names in (frame.columns, on_frame.feature_names_in_, ["cpu", "mem"], None):
+        save_model(on_frame, tmp_path / "frame", feature_names=names)
+        loaded = load_model(tmp_path / "frame")
+        np.testing.assert_array_equal(loaded.predict(frame), on_frame.predict(frame))
+    with pytest.raises(ValueError, match="would rename them"):
+        save_model(on_frame, tmp_path / "renamed", feature_names=["x", "y"])
+    assert not (tmp_path / "renamed").exists()
+
+    on_array = GaussianMixture(2, random_state=0, backend="numpy").fit(blobs[:, :2])
+    save_model(on_array, tmp_path / "array", feature_names=np.array(["p", "q"]))
+    assert load_model(tmp_path / "array").feature_names_ == ["p", "q"]
+    with pytest.raises(ValueError, match="must be strings"):
+        save_model(on_array, tmp_path / "mixed", feature_names=["p", 1])
+
+
+def test_metadata_takes_numpy_values_and_names_what_json_cannot_hold(tmp_path, fitted):
+    import datetime
+
+    save_model(fitted, tmp_path / "ok", metadata={"rows": np.int64(3), "w": np.arange(2)})
+    assert load_model(tmp_path / "ok").metadata_ == {"rows": 3, "w": [0, 1]}
+    with pytest.raises(TypeError, match="holds a date"):
+        save_model(fitted, tmp_path / "bad", metadata={"day": datetime.date(2026, 12, 5)})
+    assert not (tmp_path / "bad").exists()
+
+
+def test_saving_a_selector_names_its_best_estimator(tmp_path, blobs):
+    from gmm_core import GaussianMixtureSelect
+
+    selector = GaussianMixtureSelect(n_components=[1, 2], backend="numpy").fit(blobs)
+    with pytest.raises(TypeError, match="best_estimator_"):
+        save_model(selector, tmp_path)
+    save_model(selector.best_estimator_, tmp_path)
+    assert load_model(tmp_path).n_components == selector.best_estimator_.n_components
+
+
 def test_truncated_json_and_missing_files_are_refused(tmp_path, fitted):
     save_model(fitted, tmp_path)
     (tmp_path / "model.json").write_text((tmp_path / "model.json").read_text()[:100])
