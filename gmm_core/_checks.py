@@ -62,7 +62,7 @@ def checked_initial_parameters(
     return out
 
 
-def check_magnitude(largest: float, dtype: Any, n_features: int) -> None:
+def check_magnitude(largest: float, dtype: Any, n_features: int, name: str = "X") -> None:
     """Refuse data whose squares overflow their dtype (EM would give infinite covariances).
 
     The passes form squares and sums of ``n_features`` of them (times a few constants), so the
@@ -74,14 +74,14 @@ def check_magnitude(largest: float, dtype: Any, n_features: int) -> None:
     if largest > limit:
         # float32 data fit in float64; float64 data can only be rescaled
         remedy = (
-            "Convert X to float64 (X.astype(numpy.float64)) or rescale it"
+            f"Convert {name} to float64 ({name}.astype(numpy.float64)) or rescale it"
             if dtype.itemsize < 8
-            else "Rescale X"
+            else f"Rescale {name}"
         )
         raise ValueError(
-            f"X has values up to {largest:.3g}, too large for {dtype.name}: their squares overflow "
-            f"(the largest safe magnitude with {n_features} features is {limit:.3g}). {remedy} "
-            "(e.g. sklearn.preprocessing.StandardScaler)."
+            f"{name} has values up to {largest:.3g}, too large for {dtype.name}: their squares "
+            f"overflow (the largest safe magnitude with {n_features} features is {limit:.3g}). "
+            f"{remedy} (e.g. sklearn.preprocessing.StandardScaler)."
         )
 
 

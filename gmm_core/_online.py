@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._checks import check_magnitude
 from ._engine import get_engine
 from ._gaussian import Params, Stats, m_step
 from ._weights import (
@@ -91,7 +92,9 @@ def partial_fit_step(model: GaussianMixture, X: Any, sample_weight: Any) -> None
     engine = get_engine(model.backend)
     if sample_weight is not None:
         engine = engine_for_weights(engine, model.backend)
-    X = model._check_X(X, reset=False)
+    X = model._check_X(X, reset=False)  # a CuPy batch's magnitude is checked there
+    if not _is_cupy(X) and X.size:
+        check_magnitude(float(np.abs(X).max()), X.dtype, X.shape[1])
     if _is_cupy(X) and not engine.takes_device_arrays():
         X = X.get()
     weighting: dict[str, Any] = {}

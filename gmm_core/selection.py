@@ -35,6 +35,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._checks import check_magnitude
 from ._em_loop import PhaseClock
 from ._engine import BACKENDS, get_engine
 from ._gaussian import COVARIANCE_TYPES, n_parameters
@@ -308,6 +309,9 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
                 dtype=[np.float64, np.float32],
                 ensure_min_samples=2 if self.criterion == "holdout" else 1,
             )
+            if X_holdout.size:  # its log-densities would be -inf: every candidate "failed"
+                largest = float(np.abs(X_holdout).max())
+                check_magnitude(largest, X_holdout.dtype, X_holdout.shape[1], "X_holdout")
 
         n_samples = float(X.shape[0])  # what BIC/AIC count: the rows, or the total weight
         if sample_weight is not None:

@@ -219,6 +219,26 @@ def test_values_whose_squares_overflow_the_dtype_are_refused(path, monkeypatch):
     assert "astype" not in str(raised.value) and "Rescale X" in str(raised.value)
 
 
+def test_partial_fit_and_a_holdout_with_overflowing_values_are_refused_as_fit_does():
+    """QA probe: partial_fit(X * 1e160) raised 'ill-defined covariance' with overflow warnings,
+    and one holdout row at 1e200 made every candidate of a sweep 'fail' (criterion='holdout',
+    naming reg_covar) or left its holdout column -inf (criterion='bic')."""
+    from gmm_core import GaussianMixtureSelect
+
+    X = np.random.default_rng(1).normal(size=(300, 2))
+    gm = GaussianMixture(2, backend="numpy", random_state=0).fit(X)
+    before = gm.means_.copy()
+    with pytest.raises(ValueError, match="float64.*overflow.*Rescale X"):
+        gm.partial_fit(X * 1e160)
+    np.testing.assert_array_equal(gm.means_, before)
+    holdout = X[:10].copy()
+    holdout[0, 0] = 1e200
+    for criterion in ("holdout", "bic"):
+        selector = GaussianMixtureSelect(n_components=[1, 2], criterion=criterion, backend="numpy")
+        with pytest.raises(ValueError, match="X_holdout has values up to 1e\\+200"):
+            selector.fit(X, X_holdout=holdout)
+
+
 def test_coarse_to_fine_lloyd_ends_at_a_fixed_point_of_all_rows(monkeypatch):
     X = _blobs(n=8000, d=3, centers=7, seed=9)
     engine, data = _prepared(X)
