@@ -27,8 +27,9 @@ the window's drift), the decision and the publication.
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from airflow.sdk import (
     Asset,
@@ -46,7 +47,17 @@ TELEMETRY = Asset(name="emflow-telemetry", uri="file:///emflow/telemetry/incomin
 SCHEDULE = os.environ.get("EMFLOW_RETRAIN_SCHEDULE", "@daily")
 GPU_QUEUE = "gpu"  # emflow.airflow.environment.GPU_QUEUE (not imported: keep parsing light)
 GPU_POOL = "gpu"
-RETRY_DELAY = timedelta(seconds=float(os.environ.get("EMFLOW_RETRY_DELAY_S", "60")))
+RETRY_DELAY = steps.retry_delay()  # a bad EMFLOW_RETRY_DELAY_S fails the run's first task
+
+
+def _final(step: Any, *args: Any) -> Any:
+    """``step(*args)``; its RunFailed (a retry cannot help) as Airflow's no-retry failure."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        return step(*args)
+    except steps.RunFailed as failed:
+        raise AirflowFailException(str(failed)) from failed
 
 
 @dag(
@@ -93,23 +104,23 @@ def gmm_retrain():
 
     @task
     def split(request: dict, validated: dict) -> dict:
-        return steps.split(request, validated)
+        return _final(steps.split, request, validated)
 
     @task(queue=GPU_QUEUE, pool=GPU_POOL, retries=3)
     def train(request: dict, split: dict) -> dict:
-        return steps.train(request, split)
+        return _final(steps.train, request, split)
 
     @task
     def evaluate(request: dict, split: dict, trained: dict) -> dict:
-        return steps.evaluate(request, split, trained)
+        return _final(steps.evaluate, request, split, trained)
 
     @task
     def gate(request: dict, trained: dict, evaluated: dict) -> dict:
-        return steps.gate(request, trained, evaluated)
+        return _final(steps.gate, request, trained, evaluated)
 
     @task
     def publish(request: dict, validated: dict, split: dict, trained: dict, decision: dict) -> dict:
-        return steps.publish(request, validated, split, trained, decision)
+        return _final(steps.publish, request, validated, split, trained, decision)
 
     # retried when the Pushgateway is unreachable (MetricsPushError); a failed run's
     # AirflowFailException below is final

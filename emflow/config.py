@@ -166,6 +166,9 @@ class Settings:
     mlflow_backoff_s : float
         First wait between those attempts in seconds, doubled after each failure up to 60 s
         (``EMFLOW_MLFLOW_BACKOFF_S``).
+    retry_delay_s : float
+        First wait in seconds before Airflow retries a failed retrain task, doubled per retry
+        (``EMFLOW_RETRY_DELAY_S``; read when the DAG file is parsed).
     dask_scheduler : str or None
         Dask scheduler address (``EMFLOW_DASK_SCHEDULER``, e.g. ``tcp://scheduler:8786``); when
         set, the retrain DAG's train step fits with ``backend="dask"`` on that cluster (gmm_core
@@ -196,6 +199,9 @@ class Settings:
     )
     mlflow_backoff_s: _FromEnv[float] = _FromEnv(
         "EMFLOW_MLFLOW_BACKOFF_S", 2.0, _number(0.0), "a number >= 0 (seconds)"
+    )
+    retry_delay_s: _FromEnv[float] = _FromEnv(
+        "EMFLOW_RETRY_DELAY_S", 60.0, _number(0.0), "a number >= 0 (seconds)"
     )
     dask_scheduler: str | None = field(
         default_factory=lambda: os.environ.get("EMFLOW_DASK_SCHEDULER", "").strip() or None

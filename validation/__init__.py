@@ -17,11 +17,10 @@ from validation.batch import (
     FailedExpectation,
     ValidationResult,
     validate_batch,
-    window_for_day,
-    window_from_path,
 )
 from validation.contract import Contract, ContractError, load_contract
 from validation.quarantine import QuarantineConflict, check_batch
+from validation.window import window_for_day, window_from_path
 
 __all__ = [
     "BatchRejected",

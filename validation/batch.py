@@ -21,10 +21,9 @@ import pandas as pd
 
 from validation.contract import Contract, load_contract
 from validation.reader import list_batch_files, read_batch
+from validation.window import as_window
 
 N_EXAMPLES = 5
-
-Window = tuple[pd.Timestamp, pd.Timestamp]
 
 
 class BatchRejected(Exception):
@@ -41,7 +40,7 @@ class BatchRejected(Exception):
     def __init__(self, result: ValidationResult, *more: ValidationResult):
         self.results = [result, *more]
         self.result = result
-        super().__init__("\n".join(r.summary for r in self.results))
+        super().__init__("\n".join(_with_release(r) for r in self.results))
 
     @classmethod
     def from_results(
@@ -53,6 +52,17 @@ class BatchRejected(Exception):
         error = cls(*results)
         error.rows_checked = rows_checked
         return error
+
+
+def _with_release(result: ValidationResult) -> str:
+    """A rejected batch's summary, plus where its bytes are now and how to release them."""
+    if not result.quarantined_to:
+        return result.summary
+    return (
+        f"{result.summary}\n  moved to {result.quarantined_to}; to release it, fix it and move "
+        f"it back to {result.source}, then clear this run's validate task with its downstream "
+        "tasks (it is checked again), or re-run the window under a new run id"
+    )
 
 
 @dataclass
@@ -235,41 +245,6 @@ def jsonable(obj: Any) -> Any:
 def _short(value: Any, limit: int = 160) -> str:
     text = repr(jsonable(value))
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# ---------------------------------------------------------------------------------------------
-# Windows and reading
-# ---------------------------------------------------------------------------------------------
-def _utc(value: Any) -> pd.Timestamp:
-    stamp = pd.Timestamp(value)
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-
-
-def as_window(window: Sequence[Any] | None) -> Window | None:
-    """Normalise ``(start, end)`` (str, datetime or Timestamp; naive = UTC) to UTC Timestamps."""
-    if window is None:
-        return None
-    start, end = (_utc(w) for w in window)
-    if not start < end:
-        raise ValueError(f"window start {start} must be before its end {end}")
-    return start, end
-
-
-def window_for_day(day: str | dt.date) -> Window:
-    """The window ``[day 00:00 UTC, next day 00:00 UTC)`` of ``incoming/<YYYY-MM-DD>/``."""
-    start = _utc(pd.Timestamp(day).normalize())
-    return start, start + pd.Timedelta(days=1)
-
-
-def window_from_path(path: str | os.PathLike[str]) -> Window | None:
-    """The day window named by the nearest ``YYYY-MM-DD`` folder (or the path itself), if any."""
-    candidate = Path(path)
-    for part in (candidate, *candidate.parents):
-        try:
-            return window_for_day(dt.date.fromisoformat(part.name))
-        except ValueError:
-            continue
-    return None
 
 
 # ---------------------------------------------------------------------------------------------

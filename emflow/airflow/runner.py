@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from emflow.airflow.environment import dags_folder
@@ -34,14 +35,17 @@ def run_outcome(dag_run: Any) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``dag_id``, ``run_id``, ``state``, ``tasks`` (task id -> state), ``xcom``
-        (task id -> return value), ``xcom_extra`` (task id -> {key: value}) for other keys.
+        ``dag_id``, ``run_id``, ``state``, ``tasks`` (task id -> state), ``tries`` (task id ->
+        attempts made), ``xcom`` (task id -> return value), ``xcom_extra`` (task id -> {key:
+        value}) for other keys.
     """
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        tasks = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances(session=session)}
+        instances = dag_run.get_task_instances(session=session)
+        tasks = {ti.task_id: str(ti.state) for ti in instances}
+        tries = {ti.task_id: int(ti.try_number) for ti in instances}
         rows = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id))
         xcom: dict[str, Any] = {}
         extra: dict[str, dict[str, Any]] = {}
@@ -57,6 +61,7 @@ def run_outcome(dag_run: Any) -> dict[str, Any]:
         "run_id": dag_run.run_id,
         "state": str(dag_run.state),
         "tasks": tasks,
+        "tries": tries,
         "xcom": xcom,
         "xcom_extra": extra,
     }
@@ -82,7 +87,63 @@ def run_in_process(dag: Any, conf: Mapping[str, Any], logical_date: Any = None) 
     params = [dag.params, *(task.params for task in dag.tasks)]
     saved = [(p.get_param(key), p.get_param(key).value) for p in params for key in p]
     try:
-        return run_outcome(dag.test(run_conf=dict(conf), **kwargs))
+        with _interruptible() as interrupted:
+            try:
+                dag_run = dag.test(run_conf=dict(conf), **kwargs)
+            except Exception:
+                if interrupted:  # between two tasks: out of Airflow's own code
+                    raise RunInterrupted(None) from None
+                raise
+            outcome = run_outcome(dag_run)
+        if interrupted:
+            raise RunInterrupted(outcome)
+        return outcome
     finally:
         for param, value in saved:
             param.value = value
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped an in-process run: its task failed without retry, the run with it.
+
+    ``outcome`` is :func:`run_outcome` of the stopped run (None when the interrupt came
+    between two tasks).
+    """
+
+    def __init__(self, outcome: dict[str, Any] | None):
+        where = "" if outcome is None else f": run {outcome['run_id']} {outcome['state']}"
+        super().__init__(f"interrupted (Ctrl-C){where}")
+        self.outcome = outcome
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[list[bool]]:
+    """Ctrl-C during ``dag.test``: fail the running task without retry and end the run.
+
+    Airflow's task runner takes a KeyboardInterrupt inside a task for a task failure and
+    retries it, so a Ctrl-C ran the rest of the demo. The handler raises Airflow's no-retry
+    failure instead (the run's other tasks then do not run) and records the interrupt, which
+    the caller raises once ``dag.test`` returns; a second Ctrl-C interrupts at once. Outside the
+    main thread (no signal handlers there) nothing changes.
+    """
+    import signal
+    import threading
+
+    interrupted: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+        raise AirflowFailException("interrupted (Ctrl-C): the run stops here")
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -116,18 +116,35 @@ def _dispatch(argv: list[str]) -> int:
             module.add_arguments(p)
             p.set_defaults(_run=module.run)
     args = parser.parse_args(argv)
+    # MLflow logs a store's SQL error with its traceback before raising it; the command answers
+    # the error itself (one line naming the fix below, or the traceback of an unexpected one)
+    import logging
+
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     try:
         return int(args._run(args) or 0)
     except SettingsError as error:  # raised where the command first uses the setting
         print(f"emflow {args.command}: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: one line, the shell's status for SIGINT
+        print(f"\nemflow {args.command}: {interrupt or 'interrupted (Ctrl-C)'}", file=sys.stderr)
+        return 130
     except Exception as error:
-        if not disk_full(error):
+        if disk_full(error):
+            print(
+                f"emflow {args.command}: no space left on the device ({error_line(error)}); "
+                "free space there, or set EMFLOW_HOME to a folder on a larger disk, and run the "
+                "command again",
+                file=sys.stderr,
+            )
+            return 1
+        denied = not_writable(error)
+        if denied is None:
             raise
         print(
-            f"emflow {args.command}: no space left on the device ({error_line(error)}); free "
-            "space there, or set EMFLOW_HOME to a folder on a larger disk, and run the command "
-            "again",
+            f"emflow {args.command}: cannot write there ({error_line(denied)}); make it "
+            "writable for this user, or set EMFLOW_HOME (or EMFLOW_DATA_ROOT, "
+            "MLFLOW_TRACKING_URI) to a place it can write, and run the command again",
             file=sys.stderr,
         )
         return 1
@@ -149,6 +166,23 @@ def disk_full(error: BaseException | None) -> bool:
         error = cause if cause is not None or error.__suppress_context__ else error.__context__
         seen += 1
     return False
+
+
+def not_writable(error: BaseException | None) -> BaseException | None:
+    """The error (``error`` or one it came from) of a place this user cannot write, or None.
+
+    An OSError of EACCES, EPERM or EROFS, or SQLite's "attempt to write a readonly database".
+    """
+    seen = 0
+    while error is not None and seen < 20:
+        if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return error
+        if "readonly database" in str(error):
+            return error
+        cause = error.__cause__
+        error = cause if cause is not None or error.__suppress_context__ else error.__context__
+        seen += 1
+    return None
 
 
 def error_line(error: BaseException) -> str:

@@ -57,9 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``emflow validate``; return the exit status."""
-    from validation.batch import as_window, validate_batch, window_from_path
+    from validation.batch import validate_batch
     from validation.contract import ContractError, load_contract
     from validation.quarantine import QuarantineConflict, QuarantineIntegrityError
+    from validation.window import as_window, window_from_path
 
     overrides: dict[str, object] = {}
     if args.features:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import tempfile
@@ -46,6 +47,21 @@ def _intact(model_dir: Path) -> bool:
     return True
 
 
+_PROCESS_CACHE: list[Path] = []
+
+
+def _process_cache() -> Path:
+    """A temporary cache of this process's downloads, removed at exit."""
+    if not _PROCESS_CACHE:
+        import atexit
+        import shutil
+
+        folder = Path(tempfile.mkdtemp(prefix="emflow-registry-cache-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _PROCESS_CACHE.append(folder)
+    return _PROCESS_CACHE[0]
+
+
 def version_model_dir(client: Any, settings: Settings, version: str) -> Path:
     """Local copy of registry version ``version``'s gmm_core files (downloaded once, cached).
 
@@ -64,6 +80,15 @@ def version_model_dir(client: Any, settings: Settings, version: str) -> Path:
     cached = (
         settings.home / "cache" / "registry" / store / settings.model_name / f"v{version}-{key}"
     )
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a read-only EMFLOW_HOME (scoring from a registry copy)
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        cached = _process_cache() / store / settings.model_name / f"v{version}-{key}"
+        log.info(
+            "%s is not writable (%s); caching v%s in %s", error.filename, error, version, cached
+        )
     if (cached / "model.json").exists():
         if _intact(cached):
             return cached

@@ -8,6 +8,7 @@ trained model stays in its local directory until the registry holds it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -213,8 +214,19 @@ def _store_creation_lock(tracking_uri: str) -> Iterator[None]:
     database = Path(tracking_uri.removeprefix("sqlite:///").split("?")[0])
     if not database.is_absolute():
         database = Path.cwd() / database
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with open(database.with_name(database.name + ".init-lock"), "a") as lock:
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(database.with_name(database.name + ".init-lock"), "a")  # noqa: SIM115
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not database.is_file():
+            raise
+        lock = None
+    if lock is None:
+        # a store this process may only read (a read-only copy, another user's): nobody can
+        # create or migrate it from here, so there is nothing to serialise
+        yield
+        return
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

@@ -2,12 +2,12 @@
 
 The request is resolved from the run's parameters (:mod:`emflow.run.params`), the asset events
 that triggered it, or its logical date (:func:`build_request`; :func:`request_from_context` reads
-them from an Airflow task context). :func:`window_files` lists the window's telemetry batches.
+them from an Airflow task context). :func:`window_batches` lists the window's telemetry batches
+(one per day).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
@@ -176,14 +176,16 @@ def settings_for(request: RunRequest, settings: Settings | None = None) -> Setti
     return settings
 
 
-def window_files(request: RunRequest, settings: Settings) -> list[Path]:
-    """Telemetry batches of the window, day by day.
+def window_batches(request: RunRequest, settings: Settings) -> list[Path]:
+    """The window's telemetry batches: one per day, the folder ``<data_root>/incoming/<day>/``.
 
-    A day's batches are the data files under ``<data_root>/incoming/<day>/`` as the validator
-    lists them (:func:`validation.reader.list_batch_files`: ``.parquet``/``.pq``/``.csv`` in any
-    letter case, sub-folders included, names starting with ``.`` or ``_``, files still being
-    written, skipped), plus the batches this run already moved to quarantine: a retried run
-    must meet its rejected batch again, not train on the rest of the window.
+    The contract applies to a day (its row counts, unique ids across the day's files), so a
+    day's files are checked together, as ``emflow validate <day folder>`` checks them. A day
+    counts when its folder holds data files as the validator lists them
+    (:func:`validation.reader.list_batch_files`: ``.parquet``/``.pq``/``.csv`` in any letter
+    case, sub-folders included; names starting with ``.`` or ``_``, files still being written,
+    skipped) or when this run already moved it to quarantine: a retried run must meet its
+    rejected day again, not train on the rest of the window.
 
     Raises
     ------
@@ -195,24 +197,21 @@ def window_files(request: RunRequest, settings: Settings) -> list[Path]:
 
     root = Path(settings.data_root)
     incoming = root / "incoming"
-    files: list[Path] = []
-    for day in request.days:
-        folder = incoming / day
-        found = {p.resolve(): p for p in list_batch_files(folder)} if folder.is_dir() else {}
-        quarantined = root / "quarantine" / run_folder_name(request.run_key) / day
-        if quarantined.is_dir():
-            for manifest in quarantined.rglob(f"*{MANIFEST}"):
-                source = Path(json.loads(manifest.read_text())["source"])
-                found.setdefault(source.resolve(), source)
-        files += [found[key] for key in sorted(found)]
-    if not files:
+    quarantine = root / "quarantine" / run_folder_name(request.run_key)
+    batches = [
+        incoming / day
+        for day in request.days
+        if ((incoming / day).is_dir() and list_batch_files(incoming / day))
+        or (quarantine / f"{day}{MANIFEST}").is_file()
+    ]
+    if not batches:
         raise WindowError(
             f"no telemetry for the window {request.window_start}..{request.window_end} "
             f"(end exclusive): expected *.parquet or *.csv files under "
             f"{incoming}/<YYYY-MM-DD>/; write the window there (validation.synthetic.write_window) "
             "or pick another window with the window_start/window_end parameters"
         )
-    return files
+    return batches
 
 
 def day_of(path: Path, settings: Settings) -> str:

@@ -17,6 +17,7 @@ runs. Without Airflow the same chain reads::
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from emflow.run.request import metrics_request_from_context, request_from_context
@@ -27,11 +28,13 @@ __all__ = [
     "STEPS",
     "RunFailed",
     "RunRejected",
+    "check_configuration",
     "evaluate",
     "gate",
     "publish",
     "publish_metrics",
     "request_from_context",
+    "retry_delay",
     "rollback",
     "split",
     "train",
@@ -53,21 +56,56 @@ class RunRejected(RunFailed):
         self.facts = facts
 
 
+def retry_delay() -> timedelta:
+    """The retrain tasks' first retry delay (``EMFLOW_RETRY_DELAY_S``), read at DAG parse time.
+
+    A value that does not parse gives the default here, so the DAG stays listed; the run's
+    first task then fails without retry naming the variable (:func:`check_configuration`).
+    """
+    from emflow.config import Settings, SettingsError
+
+    try:
+        return timedelta(seconds=Settings().retry_delay_s)
+    except SettingsError:
+        return timedelta(seconds=float(Settings.retry_delay_s.default))
+
+
+def check_configuration() -> None:
+    """Every ``EMFLOW_*`` setting and the data contract, before a run does any work.
+
+    Raises
+    ------
+    RunFailed
+        Naming the variable or contract file and the fix: a retry cannot help (the settings
+        were found only at the gate, three tasks and several retries later).
+    """
+    import validation
+    from emflow.config import Settings, SettingsError
+
+    try:
+        Settings().checked()
+        validation.load_contract()
+    except (SettingsError, validation.ContractError) as error:
+        raise RunFailed(f"configuration: {error}") from error
+
+
 def validate(request: Mapping[str, Any] | RunRequest) -> JSON:
-    """Validate the window; ``{"request": ..., "validation": ...}``.
+    """Check the configuration, then validate the window; ``{"request": ..., "validation": ...}``.
 
     Raises
     ------
     RunRejected
         A batch failed the contract; its message names the failed expectations.
     RunFailed
-        Quarantine refused to overwrite other bytes recorded for this run (nothing was moved).
+        A setting or the contract does not parse (:func:`check_configuration`), or quarantine
+        refused to overwrite other bytes recorded for this run (nothing was moved).
     """
     import validation
     from emflow.run.validate import rejection_summary, validate_window
     from validation.quarantine import QuarantineIntegrityError
 
     request = RunRequest.from_json(request)
+    check_configuration()
     try:
         validated = validate_window(request)
     except validation.BatchRejected as rejected:

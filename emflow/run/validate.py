@@ -1,4 +1,4 @@
-"""Validate step: every telemetry batch of the window against the data contract."""
+"""Validate step: every day of the window against the data contract."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from emflow.config import Settings
-from emflow.run.request import day_of, settings_for, window_files
+from emflow.run.request import settings_for, window_batches
 from emflow.run.state import RunRequest, Validated
 
 log = logging.getLogger(__name__)
@@ -28,44 +28,46 @@ def rejection_summary(rejected: Exception) -> dict[str, Any]:
 
 
 def validate_window(request: RunRequest, settings: Settings | None = None) -> Validated:
-    """Check every telemetry file of the window against the data contract.
+    """Check every day of the window against the data contract, each day's files together.
 
-    :func:`validation.check_batch` records a passing file's report under
-    ``validated/<run key>/`` and moves a failing file, byte for byte, to
-    ``quarantine/<run key>/`` with its JSON report. Every file is checked before this raises
+    :func:`validation.check_batch` records a passing day's report under
+    ``validated/<run key>/<day>`` and moves a failing day's folder, byte for byte, to
+    ``quarantine/<run key>/<day>`` with its JSON report. Every day is checked before this raises
     :class:`validation.BatchRejected`, whose message names the failed expectations (and fixes)
-    of each rejected file. Re-running for the same run key gives the same outcome.
+    of each rejected day. Re-running for the same run key gives the same outcome; a day moved
+    back fixed (or a changed contract) is checked again.
 
     Raises
     ------
     emflow.run.request.WindowError
         The window has no telemetry file.
     validation.BatchRejected
-        At least one file failed the contract (it is in quarantine now).
+        At least one day failed the contract (it is in quarantine now).
     """
     import validation
 
     settings = settings_for(request, settings)
     contract = validation.load_contract()
     results = []
-    for path in window_files(request, settings):
-        log.info("validating %s against contract %s v%s", path, contract.name, contract.version)
+    for folder in window_batches(request, settings):
+        log.info("validating %s against contract %s v%s", folder, contract.name, contract.version)
         result = validation.check_batch(
-            path,
+            folder,
             run_id=request.run_key,
             data_root=settings.data_root,
             contract=contract,
-            window=validation.window_for_day(day_of(path, settings)),
+            window=validation.window_for_day(folder.name),
         )
-        log.info("%s: %s", path, result.summary)
-        results.append((path, result))
+        log.info("%s: %s", folder, result.summary)
+        results.append((folder, result))
     rejected = [result for _, result in results if not result.success]
     if rejected:
         raise validation.BatchRejected.from_results(
             rejected, rows_checked=sum(int(result.n_rows) for _, result in results)
         )
     return Validated(
-        files=[str(path) for path, _ in results],
+        # the files the contract read (a file arriving after the check is not trained on)
+        files=[str(facts["file"]) for _, result in results for facts in result.files],
         reports=[str(result.report_path) for _, result in results if result.report_path],
         rows_validated=sum(int(result.n_rows) for _, result in results),
         feature_columns=list(contract.feature_columns),

@@ -77,6 +77,29 @@ DRIVER = textwrap.dedent(
         dags["gmm_rollback"],
         {"version": target, "reason": "test: roll back", "force": str(champion) != "2"})
     outcomes["params_after"] = dags["gmm_retrain"].task_dict["validate"].params.dump()
+    # QA probe: a setting that does not parse failed only at the gate, after retries
+    import os
+    os.environ["EMFLOW_PROMOTION_MARGIN"] = "abc"
+    outcomes["bad_setting"] = runner.run_in_process(
+        dags["gmm_retrain"], conf, datetime(2026, 11, 22, tzinfo=UTC))
+    del os.environ["EMFLOW_PROMOTION_MARGIN"]
+    # QA probe: Ctrl-C inside a task was taken for a failure, retried, and the run went on
+    import signal, time
+    from emflow.run import steps
+    write_window(make_telemetry(3000, "2026-11-21", "2026-11-22", seed=6), settings.data_root,
+                 "2026-11-21")
+    real_train = steps.train
+    def interrupted_train(*args):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)  # the handler raises here
+        return real_train(*args)
+    steps.train = interrupted_train
+    try:
+        runner.run_in_process(dags["gmm_retrain"], conf, datetime(2026, 11, 21, tzinfo=UTC))
+        outcomes["interrupted"] = "not interrupted"
+    except runner.RunInterrupted as stop:
+        outcomes["interrupted"] = {**stop.outcome, "message": str(stop)}
+    steps.train = real_train
     print("OUTCOMES" + json.dumps(outcomes, default=str), flush=True)
     """
 )
@@ -314,3 +337,22 @@ def test_rollback_moves_the_alias_and_refuses_unknown_versions(runs):
     )
     assert str(champion.version) == str(record["version"]) != str(record["previous"])
     assert champion.tags["emflow.rollback_reason"] == "test: roll back"
+
+
+def test_a_setting_that_does_not_parse_fails_the_first_task_without_retry(runs):
+    """QA probe: EMFLOW_PROMOTION_MARGIN=abc ran validate..evaluate, then failed the gate 3
+    times; now the run's first task names the variable and nothing else runs."""
+    bad = runs["outcomes"]["bad_setting"]
+    assert bad["state"] == "failed"
+    assert bad["tasks"]["validate"] == "failed" and bad["tries"]["validate"] == 1
+    assert bad["tasks"]["train"] == "upstream_failed"
+    assert "EMFLOW_PROMOTION_MARGIN='abc' is not a number" in runs["output"]
+
+
+def test_ctrl_c_in_a_task_stops_the_run_without_retry(runs):
+    """QA probe: a Ctrl-C inside dag.test was a task failure, retried, and the demo went on."""
+    stopped = runs["outcomes"]["interrupted"]
+    assert stopped != "not interrupted"
+    assert stopped["state"] == "failed" and stopped["message"].startswith("interrupted (Ctrl-C)")
+    assert stopped["tasks"]["train"] == "failed" and stopped["tries"]["train"] == 1
+    assert stopped["tasks"]["publish"] == "upstream_failed"

@@ -269,3 +269,80 @@ def test_full_disk_errors_are_recognised_through_their_causes():
     except KeyError as cleanup:
         assert not disk_full(cleanup)
     assert not disk_full(ValueError("bad value"))
+
+
+@pytest.fixture()
+def read_only_registry(tmp_path):
+    """A published registry under EMFLOW_HOME, then the same folder bind-mounted read-only (a
+    registry snapshot, another user's home); skipped where mounting is not allowed."""
+    from support.lifecycle import cycle, telemetry, train
+
+    from emflow.config import Settings
+
+    home = tmp_path / "home"
+    data = telemetry(600, seed=1)
+    _, info = train(data, tmp_path / "model", seed=0, n_init=1)
+    cycle(Settings(home=home), tmp_path / "model", telemetry(200, seed=2), "run-1", info)
+    view = tmp_path / "read-only"
+    view.mkdir()
+    for command in (
+        ["mount", "--bind", str(home), str(view)],
+        ["mount", "-o", "remount,bind,ro", str(view)],
+    ):
+        made = subprocess.run(command, capture_output=True, text=True, check=False)
+        if made.returncode != 0:
+            subprocess.run(["umount", str(view)], check=False)
+            pytest.skip(f"cannot bind-mount read-only here: {made.stderr.strip()}")
+    try:
+        yield view
+    finally:
+        subprocess.run(["umount", str(view)], check=False)
+
+
+@pytest.mark.slow
+def test_a_read_only_home_scores_and_names_the_fix_for_writes(read_only_registry, rows):
+    """QA probe: score and rollback on a read-only registry copy ended in a PermissionError /
+    SQLAlchemy traceback (the store's lock file, the model cache). Scoring needs no write; a
+    command that must write says where and how to fix it, exit 1."""
+    env = {**os.environ, "EMFLOW_HOME": str(read_only_registry)}
+    for name in ("MLFLOW_TRACKING_URI", "EMFLOW_DATA_ROOT"):
+        env.pop(name, None)
+
+    def emflow(*argv):
+        return subprocess.run(
+            [sys.executable, "-m", "emflow.cli", *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
+
+    scored = emflow("score", str(rows))
+    assert scored.returncode == 0, scored.stderr
+    assert "scored 300 rows with telemetry-gmm v1" in scored.stdout + scored.stderr
+    for argv in (
+        ["validate", "--run-id", "R1", str(rows)],
+        ["telemetry", "generate", "--day", "2026-12-01"],
+    ):
+        done = emflow(*argv)
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr and "cannot write there" in done.stderr
+        assert "EMFLOW_HOME" in done.stderr
+
+
+def test_unwritable_places_are_recognised_through_their_causes():
+    """The registry's own refusal (SQLite under a read-only EMFLOW_HOME) arrives wrapped."""
+    import sqlite3
+
+    from emflow.cli import not_writable
+
+    readonly = sqlite3.OperationalError("attempt to write a readonly database")
+    wrapped = RuntimeError("INSERT INTO registered_models ...")
+    wrapped.__cause__ = readonly
+    assert not_writable(wrapped) is readonly
+    denied = PermissionError(13, "Permission denied", "/srv/emflow/data")
+    assert not_writable(denied) is denied
+    assert not_writable(OSError(30, "Read-only file system")) is not None
+    assert not_writable(OSError(28, "No space left on device")) is None
+    assert not_writable(ValueError("bad value")) is None

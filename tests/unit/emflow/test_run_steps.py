@@ -23,7 +23,7 @@ from emflow.run.request import (
     request_from_context,
     run_key_for,
     settings_for,
-    window_files,
+    window_batches,
 )
 from emflow.run.split import split_window
 from emflow.run.state import RunRequest, Split
@@ -148,27 +148,54 @@ def test_promotion_margin_param_overrides_settings(settings):
 
 def test_missing_window_says_where_it_looked(settings):
     with pytest.raises(WindowError, match=r"incoming/<YYYY-MM-DD>/"):
-        window_files(_request(), settings)
+        window_batches(_request(), settings)
 
 
-def test_window_files_lists_each_day_in_order(settings):
-    request = build_request({"window_start": "2026-11-01", "window_end": "2026-11-03"}, run_id="r")
+def test_window_batches_are_the_days_in_order_that_hold_data_files(settings):
+    request = build_request({"window_start": "2026-11-01", "window_end": "2026-11-04"}, run_id="r")
     for day in ("2026-11-02", "2026-11-01"):
         folder = settings.data_root / "incoming" / day
         folder.mkdir(parents=True)
         (folder / "telemetry.parquet").write_bytes(b"x")
-        (folder / "notes.txt").write_text("ignored")
-    files = window_files(request, settings)
-    assert [f.parent.name for f in files] == ["2026-11-01", "2026-11-02"]
-    assert all(f.suffix == ".parquet" for f in files)
-    # as the validator lists a batch: any letter case, sub-folders; not files being written
-    day = settings.data_root / "incoming" / "2026-11-01"
-    (day / "UPPER.PARQUET").write_bytes(b"x")
-    (day / "hour=00").mkdir()
-    (day / "hour=00" / "nested.csv").write_text("x")
-    (day / ".inflight.parquet").write_bytes(b"x")
-    names = [f.name for f in window_files(request, settings)]
-    assert names == ["UPPER.PARQUET", "nested.csv", "telemetry.parquet", "telemetry.parquet"]
+    # a day of no data file as the validator lists a batch (notes, files being written): none
+    idle = settings.data_root / "incoming" / "2026-11-03"
+    (idle / "hour=00").mkdir(parents=True)
+    (idle / "notes.txt").write_text("ignored")
+    (idle / "hour=00" / ".inflight.parquet").write_bytes(b"x")
+    batches = window_batches(request, settings)
+    assert [b.name for b in batches] == ["2026-11-01", "2026-11-02"]
+    (idle / "hour=00" / "UPPER.PARQUET").write_bytes(b"x")  # any letter case, sub-folders
+    assert [b.name for b in window_batches(request, settings)][-1] == "2026-11-03"
+
+
+def test_a_day_is_checked_as_one_batch_across_its_files(settings):
+    """QA probe: the DAG checked each file alone, so a file delivered twice passed (its rows
+    duplicated into train and holdout) and a day split into files smaller than min_rows was
+    quarantined whole, while ``emflow validate <day folder>`` said the opposite."""
+    import validation
+    from validation.synthetic import make_telemetry, write_window
+
+    day = "2026-11-20"
+    folder = settings.data_root / "incoming" / day
+    frame = make_telemetry(3000, day, "2026-11-21", seed=3)
+    write_window(frame, settings.data_root, day)
+    (folder / "telemetry.parquet").unlink()
+    for i, part in enumerate(np.array_split(np.arange(len(frame)), 40)):  # 75 rows each
+        frame.iloc[part].to_parquet(folder / f"part-{i:02d}.parquet", index=False)
+    request = _request()
+    validated = validate_window(request, settings)
+    assert validated.rows_validated == 3000 and len(validated.files) == 40
+    assert validation.validate_batch(folder).success  # what the CLI checks
+
+    replay = build_request(
+        {"window_start": day, "window_end": "2026-11-21"}, run_id="manual__replayed"
+    )
+    (folder / "part-00-redelivered.parquet").write_bytes((folder / "part-00.parquet").read_bytes())
+    with pytest.raises(validation.BatchRejected, match="expect_column_values_to_be_unique"):
+        validate_window(replay, settings)
+    assert not folder.exists()  # the day went to quarantine whole, every file of it
+    moved = settings.data_root / "quarantine" / "manual__replayed" / day
+    assert len(list(moved.glob("*.parquet"))) == 41
 
 
 def test_retried_validation_meets_the_quarantined_batch_again(settings):
@@ -367,8 +394,9 @@ def test_pq_and_upper_case_parquet_batches_validate_and_split(settings):
 
     folder = settings.data_root / "incoming" / "2026-11-20"
     folder.mkdir(parents=True)
+    frame = make_telemetry(900, "2026-11-20", "2026-11-21", seed=0)  # ids unique in the day
     for i, name in enumerate(("a.pq", "B.PARQUET", "c.Pq")):
-        make_telemetry(300, "2026-11-20", "2026-11-21", seed=i).to_parquet(folder / name)
+        frame.iloc[i * 300 : (i + 1) * 300].to_parquet(folder / name)
     request = _request()
     validated = validate_window(request, settings)
     assert sorted(Path(f).name for f in validated.files) == ["B.PARQUET", "a.pq", "c.Pq"]
@@ -388,8 +416,15 @@ def test_a_quarantine_conflict_fails_the_run_without_retry(tmp_path, monkeypatch
     request = _request().to_json()
     with pytest.raises(steps.RunRejected, match="expect_column_values_to_be_unique"):
         steps.validate(request)
-    write_bad_batch("nan", source, start="2026-11-20", end="2026-11-21", seed=5)  # redelivered
-    with pytest.raises(steps.RunFailed, match="quarantine refused: .* new run id"):
+    # a quarantine refused (here: bytes in the way without a manifest) fails without retry
+    quarantined = Settings().data_root / "quarantine"
+    (run_dir,) = quarantined.iterdir()
+    aside = run_dir / "2026-11-20"
+    aside.rename(run_dir / "elsewhere")
+    (run_dir / "2026-11-20.manifest.json").unlink()
+    aside.mkdir()
+    write_bad_batch("nan", source, start="2026-11-20", end="2026-11-21", seed=5)
+    with pytest.raises(steps.RunFailed, match="quarantine refused: .* without a manifest"):
         steps.validate(request)
 
 

@@ -100,19 +100,22 @@ def test_print_suite_is_the_contract_as_gx_json(capsys):
 
 
 def test_a_quarantine_conflict_is_a_message_not_a_traceback(tmp_path, capsys):
-    """Issue 16.9: QuarantineConflict escaped as a traceback. The same run id meeting other
-    bytes under a batch it quarantined is refused with the fix named, nothing moved."""
+    """Issue 16.9: QuarantineConflict escaped as a traceback. A quarantine in the way (bytes
+    under the batch's name without their manifest) is refused with the fix named, nothing
+    moved."""
     data_root = tmp_path / "data"
     source = data_root / "incoming" / "2026-11-06" / "telemetry.parquet"
     write_bad_batch("duplicate_ids", source, start="2026-11-06", end="2026-11-07")
     argv = ["validate", str(source), "--run-id", "conflict-run", "--data-root", str(data_root)]
     assert main(argv) == 1  # rejected and quarantined
+    (manifest,) = (data_root / "quarantine").rglob("*.manifest.json")
+    manifest.unlink()
     write_bad_batch("nan", source, start="2026-11-06", end="2026-11-07", seed=9)  # redelivered
     changed = source.read_bytes()
     capsys.readouterr()
     assert main(argv) == 2
     out, err = capsys.readouterr()
-    assert err.startswith("emflow validate: ") and "new run id" in err
+    assert err.startswith("emflow validate: ") and "move it aside by hand" in err
     assert "Traceback" not in out + err
     assert source.read_bytes() == changed  # the new delivery stays where it was
 

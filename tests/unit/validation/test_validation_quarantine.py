@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from support.validation import DAY, WINDOW, all_files, sha256
 
-from validation import QuarantineConflict, check_batch
+from validation import check_batch
 from validation.synthetic import (
     BAD_BATCH_EXPECTATIONS,
     FILE_KINDS,
@@ -120,19 +120,106 @@ def test_rerun_same_run_id_leaves_one_quarantined_copy(tmp_path, contract):
     assert all_files(data_root / "quarantine") == quarantine_files
     assert source.read_bytes() == delivered
 
-    # different bytes under the same run id and name: refused, nothing moved or overwritten
+    # different bytes moved back under the same run id and name (a release): checked again;
+    # still bad, so quarantined again, the earlier copy kept beside it
+    source.unlink()
     write_bad_batch("inf", source, start=WINDOW[0], end=WINDOW[1])
     changed = source.read_bytes()
-    with pytest.raises(QuarantineConflict, match="new run id"):
-        check_batch(
-            source,
-            run_id="scheduled__2026-11-02T00:00:00+00:00",
-            data_root=data_root,
-            contract=contract,
-            window=WINDOW,
-        )
-    assert source.read_bytes() == changed
-    assert (quarantine_files[-1].parent / "telemetry.parquet").read_bytes() == delivered
+    fourth = check_batch(
+        source,
+        run_id="scheduled__2026-11-02T00:00:00+00:00",
+        data_root=data_root,
+        contract=contract,
+        window=WINDOW,
+    )
+    assert "expect_column_values_to_be_finite" in fourth.failed_expectations
+    assert not source.exists()
+    run_dir = Path(fourth.quarantined_to).parent
+    assert (run_dir / "telemetry.parquet").read_bytes() == changed
+    (aside,) = run_dir.glob("telemetry.parquet.released-*[0-9]")
+    assert aside.read_bytes() == delivered
+    assert json.loads(Path(f"{aside}.manifest.json").read_text())["status"] == "released"
+
+
+def test_a_released_batch_is_checked_again_under_the_same_run_id(tmp_path, contract):
+    """README's release: a quarantined batch moved back fixed (or unchanged under a widened
+    contract) and the task cleared is validated again, not refused as a conflict (QA probe);
+    the quarantined copy stays, set aside. Unchanged bytes under the unchanged contract keep
+    the stored outcome (a retry)."""
+    data_root = tmp_path / "data"
+    folder = data_root / "incoming" / DAY
+    source = write_bad_batch("nan", folder / "telemetry.parquet", start=WINDOW[0], end=WINDOW[1])
+    bad = source.read_bytes()
+    kw = dict(run_id="r", data_root=data_root, window=WINDOW)
+    first = check_batch(folder, contract=contract, **kw)
+    assert not first.success and not folder.exists()
+    quarantined = Path(first.quarantined_to)
+
+    # moved back unchanged, contract unchanged: the same outcome, nothing moved
+    quarantined.rename(folder)
+    again = check_batch(folder, contract=contract, **kw)
+    assert again.failed_expectations == first.failed_expectations and folder.exists()
+    folder.rename(quarantined)  # as it was
+
+    # fixed and moved back: validated under the same run id, the bad bytes kept aside
+    write_window(make_telemetry(400, *WINDOW, seed=5), tmp_path / "fixed", DAY)
+    (tmp_path / "fixed" / "incoming" / DAY).rename(folder)
+    fixed = check_batch(folder, contract=contract, **kw)
+    assert fixed.success and folder.exists()
+    (aside,) = quarantined.parent.glob(f"{DAY}.released-*[0-9]")
+    assert (aside / "telemetry.parquet").read_bytes() == bad
+    assert not quarantined.exists()
+
+
+def test_a_quarantined_batch_moved_back_under_a_widened_contract_is_checked_again(
+    tmp_path, contract
+):
+    data_root = tmp_path / "data"
+    source = write_bad_batch(
+        "too_few_rows", data_root / "incoming" / DAY / "t.parquet", start=WINDOW[0], end=WINDOW[1]
+    )
+    first = check_batch(source, run_id="r", data_root=data_root, contract=contract, window=WINDOW)
+    assert first.failed_expectations == ["expect_table_row_count_to_be_between"]
+    Path(first.quarantined_to).rename(source)
+    wide = contract.with_(min_rows=1)
+    second = check_batch(source, run_id="r", data_root=data_root, contract=wide, window=WINDOW)
+    assert second.success and source.exists()
+
+
+def test_setting_a_released_batch_aside_killed_halfway_is_finished_by_the_retry(
+    tmp_path, contract, monkeypatch
+):
+    """The renames of the earlier copy and its sidecars, interrupted after the first one,
+    are completed by the retry: one aside copy with all its files, the fixed batch validated."""
+    import os
+
+    from validation import quarantine
+
+    data_root = tmp_path / "data"
+    source = write_bad_batch(
+        "nan", data_root / "incoming" / DAY / "t.parquet", start=WINDOW[0], end=WINDOW[1]
+    )
+    first = check_batch(source, run_id="r", data_root=data_root, contract=contract, window=WINDOW)
+    write_window(make_telemetry(400, *WINDOW, seed=5), tmp_path / "fixed", DAY)
+    (tmp_path / "fixed" / "incoming" / DAY / "telemetry.parquet").rename(source)
+
+    real_rename, calls = os.rename, []
+
+    def killed_after_one(src, dst):
+        if calls:
+            raise KeyboardInterrupt("killed")
+        calls.append(src)
+        real_rename(src, dst)
+
+    monkeypatch.setattr(quarantine.os, "rename", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        check_batch(source, run_id="r", data_root=data_root, contract=contract, window=WINDOW)
+    monkeypatch.setattr(quarantine.os, "rename", real_rename)
+    retried = check_batch(source, run_id="r", data_root=data_root, contract=contract, window=WINDOW)
+    assert retried.success
+    run_dir = Path(first.quarantined_to).parent
+    names = sorted(p.name for p in run_dir.iterdir())
+    assert len(names) == 4 and all(".released-" in n for n in names), names
 
 
 def test_passing_batch_is_marked_validated_once_and_stays_in_place(tmp_path, contract):
