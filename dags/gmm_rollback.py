@@ -14,6 +14,7 @@ from pathlib import Path
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from emflow.config import ROLLBACK_REASON_LENGTH
 from emflow.run import steps
 
 
@@ -35,8 +36,8 @@ from emflow.run import steps
         ),
         "reason": Param(
             type="string",
-            minLength=3,
-            maxLength=500,
+            minLength=ROLLBACK_REASON_LENGTH[0],
+            maxLength=ROLLBACK_REASON_LENGTH[1],
             title="Reason",
             description="Why the champion is moved (recorded on the version).",
         ),

@@ -20,6 +20,11 @@ from typing import Generic, NamedTuple, TypeVar, overload
 T = TypeVar("T")
 
 
+#: characters a rollback's reason takes (the rollback DAG's form, ``emflow rollback --reason``,
+#: :func:`emflow.registry.rollback.rollback`)
+ROLLBACK_REASON_LENGTH = (3, 500)
+
+
 class SettingsError(ValueError):
     """An environment variable holds a value emflow cannot use (the message names both)."""
 

@@ -99,7 +99,7 @@ def read_batch(
     if progress:
         from tqdm.auto import tqdm
 
-        files_iter: Iterable[Path] = tqdm(files, desc="reading", unit="file")
+        files_iter: Iterable[Path] = tqdm(files, desc="reading", unit="file", disable=None)
     else:
         files_iter = files
     frames, facts = [], []

@@ -12,12 +12,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--version", default=None, help="registry version to serve (default: the previous champion)"
     )
-    parser.add_argument("--reason", required=True, help="why: recorded on the version")
+    parser.add_argument(
+        "--reason", required=True, type=_reason, help="why: recorded on the version (3-500 chars)"
+    )
     parser.add_argument("--actor", default=None, help="who (default: user@host)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument(
         "--force", action="store_true", help="serve the version even though the gate rejected it"
     )
+
+
+def _reason(text: str) -> str:
+    """An argparse ``type``: the reason, as long as the rollback DAG's form asks."""
+    from emflow.config import ROLLBACK_REASON_LENGTH
+
+    shortest, longest = ROLLBACK_REASON_LENGTH
+    if not shortest <= len(text.strip()) <= longest:
+        raise argparse.ArgumentTypeError(
+            f"expected {shortest} to {longest} characters, got {len(text.strip())}"
+        )
+    return text
 
 
 def run(args: argparse.Namespace) -> int:

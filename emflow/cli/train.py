@@ -256,7 +256,13 @@ def run(args: argparse.Namespace) -> int:
             f"({contract.min_rows}): the retrain DAG would reject this batch",
             file=sys.stderr,
         )
-    bar = tqdm(total=args.max_iter, desc="EM", unit="it")
+    # on a terminal only (disable=None); a selection (n_components auto) reports no iterations
+    bar = tqdm(
+        total=args.max_iter,
+        desc="EM",
+        unit="it",
+        disable=True if is_auto(args.n_components) else None,
+    )
 
     def progress(it: int, max_iter: int, n_active: int) -> None:
         bar.update(1)

@@ -8,6 +8,7 @@ both are read with ``getattr``, so models without them report what they have.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 
@@ -24,10 +25,17 @@ def device_peak_bytes(model: Any) -> int | None:
 
 
 def ms_per_iteration(model: Any) -> float | None:
-    """Milliseconds per EM iteration: the ``em`` phase (else the whole fit) over ``n_iter_``."""
+    """Milliseconds per EM iteration: the ``em`` phase (else the whole fit) over ``n_iter_``.
+
+    None for the model a selection chose (timings ``{"selection": ...}``): its candidates
+    shared their passes, so the sweep's time over the chosen model's iterations means nothing.
+    """
     n_iter = int(getattr(model, "n_iter_", 0) or 0)
-    seconds = fit_timings(model).get("em", getattr(model, "fit_seconds_", None))
-    if not n_iter or seconds is None:
+    timings = fit_timings(model)
+    if "em" not in timings and "selection" in timings:
+        return None
+    seconds = timings.get("em", getattr(model, "fit_seconds_", None))
+    if not n_iter or seconds is None or not math.isfinite(float(seconds)):
         return None
     return 1000.0 * float(seconds) / n_iter
 

@@ -53,6 +53,13 @@ def model_feature_names(model: Any) -> list[str] | None:
     return None
 
 
+def _holds_text(column: pd.Series) -> bool:
+    """Whether a column stores numbers as text (a string dtype, or strings in an object one)."""
+    if pd.api.types.is_string_dtype(column.dtype) and column.dtype != object:
+        return True
+    return column.dtype == object and bool(column.map(lambda v: isinstance(v, str)).any())
+
+
 def feature_matrix(model: Any, frame: pd.DataFrame) -> Any:
     """The model's features of ``frame``, shape (n_samples, n_features), checked finite.
 
@@ -67,6 +74,12 @@ def feature_matrix(model: Any, frame: pd.DataFrame) -> Any:
             raise ValueError(
                 f"input lacks feature columns {missing}; the model was trained on {names}: "
                 "pass a DataFrame with those columns"
+            )
+        texts = {n: str(frame[n].dtype) for n in names if _holds_text(frame[n])}
+        if texts:  # "1.5" parsed silently where training refuses it (emflow train)
+            raise ValueError(
+                f"feature columns hold text: {texts}; store them as numbers (the model was "
+                "trained on numeric columns)"
             )
         features = frame[names].astype(np.float64)
     else:

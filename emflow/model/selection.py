@@ -95,6 +95,7 @@ def select_model(
         selector.fit(X, X_holdout=X_report, sample_weight=sample_weight)
     # candidates share their passes: the chosen model's fit time is the sweep's
     selector.best_estimator_.fit_seconds_ = selector.fit_seconds_
+    selector.best_estimator_.fit_timings_ = {"selection": float(selector.fit_seconds_)}
     chosen = selector.best_params_["n_components"]
     failed = int(np.sum(selector.results_["failed"]))
     log.info(

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from emflow.config import Settings
+from emflow.config import ROLLBACK_REASON_LENGTH, Settings
 from emflow.registry import aliases as registry
 from emflow.registry.tracking import connect, missing_sqlite_store, with_retries
 
@@ -132,8 +132,12 @@ def rollback(
     RejectedVersionError
         The gate rejected the target and ``force`` is False; nothing changed.
     """
-    if not reason or not reason.strip():
-        raise ValueError("a rollback needs a reason: pass reason='...' (CLI: --reason TEXT)")
+    shortest, longest = ROLLBACK_REASON_LENGTH
+    if not reason or not shortest <= len(reason.strip()) <= longest:
+        raise ValueError(
+            f"a rollback needs a reason of {shortest} to {longest} characters (got "
+            f"{len((reason or '').strip())}): pass reason='...' (CLI: --reason TEXT)"
+        )
     actor = actor or registry.default_actor()
     name = settings.model_name
     if (missing := missing_sqlite_store(settings.tracking_uri)) is not None:

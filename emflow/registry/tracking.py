@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from emflow.config import Settings
+from emflow.config import Settings, SettingsError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -164,7 +164,6 @@ def is_local_store(tracking_uri: str) -> bool:
 def connect(settings: Settings) -> MlflowClient:
     """Point MLflow at ``settings.tracking_uri`` (tracking and registry) and return a client."""
     import mlflow
-    from mlflow import MlflowClient
 
     if settings.tracking_uri.startswith("sqlite:"):
         settings.home.mkdir(parents=True, exist_ok=True)
@@ -188,12 +187,27 @@ def connect(settings: Settings) -> MlflowClient:
             os.environ[key] = value
     uri = settings.tracking_uri
     if not uri.startswith("sqlite:") or uri in _READY_STORES:
-        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+        return _client(uri)
     with _store_creation_lock(uri):
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # creates/migrates the schema
+        client = _client(uri)  # creates/migrates the schema
         client.search_registered_models(max_results=1)  # and opens the registry's store
     _READY_STORES.add(uri)
     return client
+
+
+def _client(uri: str) -> MlflowClient:
+    """``MlflowClient`` of ``uri``; a URI MLflow has no store for is a SettingsError."""
+    from mlflow import MlflowClient
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
+
+    try:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    except UnsupportedModelRegistryStoreURIException:
+        raise SettingsError(
+            f"MLFLOW_TRACKING_URI={uri!r} names no store MLflow can open; set it to "
+            "sqlite:///<file>, http(s)://<server>:<port> or a database URL "
+            "(postgresql://, mysql://, mssql://), or unset it for SQLite under EMFLOW_HOME"
+        ) from None
 
 
 #: SQLite stores this process has opened once (their schema exists and is current).

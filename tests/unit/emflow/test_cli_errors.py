@@ -346,3 +346,13 @@ def test_unwritable_places_are_recognised_through_their_causes():
     assert not_writable(OSError(30, "Read-only file system")) is not None
     assert not_writable(OSError(28, "No space left on device")) is None
     assert not_writable(ValueError("bad value")) is None
+
+
+@pytest.mark.parametrize("argv", [["status"], ["rollback", "--reason", "bad uri"]], ids=" ".join)
+def test_a_tracking_uri_mlflow_cannot_open_is_named(argv, home, monkeypatch, capsys):
+    """QA probe: MLFLOW_TRACKING_URI=bogus://x ended in MLflow's
+    UnsupportedModelRegistryStoreURIException traceback."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus://x")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "MLFLOW_TRACKING_URI='bogus://x' names no store MLflow can open" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -148,3 +149,11 @@ def test_emflow_train_logs_where_the_time_went(tmp_path, caplog, capsys, gpu_lik
     assert "ms per iteration" in caplog.text
     assert f"device peak memory {PEAK} bytes" in caplog.text
     assert f"device peak    {PEAK} bytes" in capsys.readouterr().out
+
+
+def test_a_selected_model_reports_no_time_per_iteration():
+    """QA probe: ``train --n-components auto`` reported the whole sweep's time over the chosen
+    model's iterations as its time per iteration (326 ms)."""
+    model = SimpleNamespace(n_iter_=6, fit_seconds_=1.96, fit_timings_={"selection": 1.96})
+    assert ms_per_iteration(model) is None
+    assert ms_per_iteration(SimpleNamespace(n_iter_=4, fit_seconds_=float("nan"))) is None

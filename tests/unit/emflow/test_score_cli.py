@@ -110,3 +110,14 @@ def test_scoring_into_a_closed_pipe_ends_quietly(home, tmp_path):
         os.close(write_end)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
+
+
+def test_features_stored_as_text_are_refused_as_training_refuses_them(home, tmp_path, capsys):
+    """QA probe: score parsed "1.5" silently where emflow train refuses text columns."""
+    frame = telemetry(10, seed=5)
+    frame["cpu_util"] = frame["cpu_util"].astype(str)
+    rows = tmp_path / "text.parquet"
+    frame.to_parquet(rows, index=False)
+    assert main(["score", str(rows)]) == 2
+    err = capsys.readouterr().err
+    assert "feature columns hold text" in err and "cpu_util" in err

@@ -25,11 +25,66 @@ def data_root(tmp_path_factory):
     return root
 
 
-def test_good_folder_passes_with_progress_bar(data_root, capsys):
+def test_good_folder_passes_with_a_progress_bar_on_a_terminal_only(data_root, capsys):
+    """The bar over a folder's files is drawn on a terminal; in a redirected stderr (a log
+    file, CI) it was noise (QA probe)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
     assert main(["validate", str(data_root / "incoming" / DAY)]) == 0
     out, err = capsys.readouterr()
     assert out.startswith("PASSED") and "window [2026-11-05T00:00:00+00:00" in out
-    assert "reading" in err and "1/1" in err  # tqdm bar over the folder's files
+    assert "reading" not in err  # not a terminal here
+    primary, secondary = pty.openpty()
+    # a terminal 100 columns wide (a new pty has 0: tqdm would draw an empty bar)
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "emflow.cli", "validate", str(data_root / "incoming" / DAY)],
+            stdout=subprocess.PIPE,
+            stderr=secondary,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        os.close(secondary)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and read
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(primary)
+    assert done.returncode == 0 and done.stdout.startswith("PASSED")
+    assert b"reading" in drawn and b"1/1" in drawn  # tqdm bar over the folder's files
+
+
+def test_a_rejected_batch_is_summarised_once(data_root, tmp_path):
+    """QA probe: ``validate --run-id`` printed the REJECTED summary twice (its log warning)."""
+    import subprocess
+    import sys
+
+    source = tmp_path / "data" / "incoming" / "2026-11-06" / "telemetry.parquet"
+    write_bad_batch("nan", source, start="2026-11-06", end="2026-11-07")
+    done = subprocess.run(
+        [sys.executable, "-m", "emflow.cli", "validate", str(source), "--run-id", "once",
+         "--data-root", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert (done.stdout + done.stderr).count("REJECTED") == 1
 
 
 def test_window_from_the_folder_name_is_checked(data_root, capsys):
@@ -168,3 +223,17 @@ def test_a_binary_batch_echoes_no_bytes_to_the_terminal(tmp_path, capsys, monkey
     assert "cannot read rows" in err and "Traceback" not in err
     assert not (tmp_path / "home").exists()  # a bad file opens (creates) no registry
     assert_safe(out + err)
+
+
+def test_a_rollback_reason_is_as_long_as_the_dag_form_asks(capsys):
+    """QA probe: ``rollback --reason ab`` was taken where the rollback DAG's form needs 3
+    characters; both read ROLLBACK_REASON_LENGTH now, and so does the registry call."""
+    from emflow.config import Settings
+    from emflow.registry.rollback import rollback
+
+    with pytest.raises(SystemExit) as usage:
+        main(["rollback", "--reason", "ab"])
+    assert usage.value.code == 2
+    assert "--reason: expected 3 to 500 characters, got 2" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="3 to 500 characters"):
+        rollback(reason="  ab ", settings=Settings())
