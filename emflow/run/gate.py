@@ -71,9 +71,21 @@ def gate_challenger(
     settings = settings_for(request, settings)
     decision = gate(evaluated.evaluation, trained.model_dir, settings)
     if decision.promote and decision.champion_version is not None:
+        from emflow.registry import aliases as registry
+
+        tags = _version_tags(settings, decision.champion_version)
         decision = not_over_a_newer_champion(
-            decision, request.window_end, _champion_window(settings, decision.champion_version)
+            decision, request.window_end, tags.get(registry.TAG_DATA_WINDOW)
         )
+        rolled_from = tags.get(registry.TAG_ROLLBACK_FROM)
+        if decision.promote and rolled_from:
+            decision = not_over_a_rollback(
+                decision,
+                request.window_end,
+                rolled_from,
+                _version_tags(settings, rolled_from).get(registry.TAG_DATA_WINDOW),
+                tags,
+            )
     _carry_side_files(Path(trained.model_dir), Path(decision.model_dir))
     log.info("gate: %s", decision.reason)
     return decision
@@ -107,10 +119,45 @@ def not_over_a_newer_champion(
     )
 
 
-def _champion_window(settings: Settings, version: str) -> str | None:
-    """The data window recorded on registry version ``version`` (None where none is)."""
+def not_over_a_rollback(
+    decision: Decision,
+    window_end: str | None,
+    rolled_from: str,
+    rolled_from_window: str | None,
+    champion_tags: Mapping[str, str],
+) -> Decision:
+    """``decision``, not promoting a retrain of a window the rolled-back version covered.
+
+    An operator rolled the champion back from ``rolled_from``; re-running a day that version
+    was trained on (a cleared run, a backfill) trains the same model again, and the gate would
+    promote it over the version the operator chose (QA probe: the rollback did not stick). A
+    window ending after that version's goes through as any: the pipeline moves on.
+    """
     from emflow.registry import aliases as registry
+
+    if not decision.promote or window_end is None or not rolled_from_window:
+        return decision
+    if str(window_end) > rolled_from_window.split("..")[-1].strip():
+        return decision
+    by = champion_tags.get(registry.TAG_ROLLBACK_BY, "?")
+    at = champion_tags.get(registry.TAG_ROLLBACK_AT, "?")
+    why = champion_tags.get(registry.TAG_ROLLBACK_REASON, "")
+    return dataclasses.replace(
+        decision,
+        promote=False,
+        reason=(
+            f"rejected: v{decision.champion_version} serves by a rollback from v{rolled_from} "
+            f"({by} at {at}: {why}), and this challenger's window (ends {window_end}) is one "
+            f"v{rolled_from} covered ({rolled_from_window}): a retrain does not undo a rollback "
+            "(serve it with `emflow rollback --version N --force` if that is meant); gate "
+            f"said: {decision.reason}"
+        ),
+    )
+
+
+def _version_tags(settings: Settings, version: str) -> dict[str, str]:
+    """The tags of registry version ``version``."""
     from emflow.registry.tracking import connect
 
     found = connect(settings).get_model_version(settings.model_name, str(version))
-    return (found.tags or {}).get(registry.TAG_DATA_WINDOW)
+    return dict(found.tags or {})

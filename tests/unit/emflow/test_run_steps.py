@@ -473,3 +473,40 @@ def test_a_backfilled_older_day_does_not_replace_a_newer_champion(settings, monk
     assert "before champion v1's (2026-11-18..2026-11-19)" in older["reason"]
     assert "gate said: promoted" in older["reason"]  # the case: the gate alone would promote
     assert older["champion_version"] == "1"
+
+
+@pytest.mark.slow  # four retrains and a rollback into a real MLflow SQLite store (~40 s)
+def test_a_retrain_of_a_rolled_back_window_does_not_undo_the_rollback(settings, monkeypatch):
+    """QA probe: after a rollback from v2 to v1, re-running v2's day (a cleared run, a
+    backfill) trained v2's model again and the gate promoted it over the operator's choice.
+    Registered, not promoted, with the rollback named; a newer day goes through as any."""
+    from emflow.registry.rollback import rollback
+    from emflow.run import steps
+    from validation.synthetic import make_telemetry, write_window
+
+    monkeypatch.setenv("EMFLOW_HOME", str(settings.home))
+    days = ("2026-11-17", "2026-11-18", "2026-11-19")
+    for seed, day in enumerate(days, start=1):
+        end = f"2026-11-{int(day[-2:]) + 1}"
+        write_window(make_telemetry(1500, day, end, seed=seed), settings.data_root, day)
+
+    def retrain(day: str, run_id: str) -> dict:
+        request = build_request({}, run_id=run_id, logical_date=day).to_json()
+        validated = steps.validate(request)
+        split = steps.split(request, validated["validation"])
+        trained = steps.train(request, split)
+        evaluated = steps.evaluate(request, split, trained)
+        decision = steps.gate(request, trained, evaluated)
+        return steps.publish(request, validated["validation"], split, trained, decision)
+
+    assert retrain(days[0], "scheduled__1")["promoted"]
+    second = retrain(days[1], "scheduled__2")
+    assert second["promoted"] and second["version"] == "2"
+    rollback(version="1", reason="v2 pages on-call", actor="ops", settings=settings)
+    again = retrain(days[1], "manual__rerun")
+    assert again["version"] == "3" and not again["promoted"] and again["decision"] == "reject"
+    assert "serves by a rollback from v2 (ops at" in again["reason"]
+    assert "v2 pages on-call" in again["reason"] and "gate said: promoted" in again["reason"]
+    assert again["champion_version"] == "1"
+    newer = retrain(days[2], "scheduled__3")
+    assert newer["promoted"] and newer["version"] == "4"
