@@ -26,7 +26,7 @@ def test_status_of_an_empty_registry(settings, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert cli.main(["status"]) == 0
     assert "no versions registered yet" in capsys.readouterr().out
-    assert cli.main(["rollback", "--reason", "x"]) == 2
+    assert cli.main(["rollback", "--reason", "empty registry"]) == 2
     assert "no registered model" in capsys.readouterr().err
 
 
