@@ -121,6 +121,8 @@ class ChunkedEngine(Engine):
     def accumulate(self, data: ChunkedData, params: Params, active: Any) -> Stats:
         total: Stats | None = None
         for X, w in data.reader:
+            if len(X) == 0:  # an empty file or row group adds nothing
+                continue
             stats = self.inner.accumulate(self._chunk(X, w, data), params, active)
             total = stats if total is None else total + stats
         if total is None or total.n_samples != data.n_samples:
@@ -162,26 +164,34 @@ class _FirstPass:
 
 
 def _first_pass(model: GaussianMixture, reader: ChunkReader) -> _FirstPass:
-    """Validate every chunk once; the column sums, row count and largest magnitude."""
+    """Validate every chunk once; the column sums, row count and largest magnitude.
+
+    ``first``: the chunk the initialisation is drawn from, the first with ``n_components`` rows
+    of positive weight (else the first non-empty one, for the error that names the fix).
+    """
     first: Chunk | None = None
     n_samples = n_positive = 0
     total: np.ndarray | None = None
     weighted, largest, weight_total = False, 0.0, 0.0
+    first_enough = False
     dtype = np.dtype(np.float64)
     for i, (X, w) in enumerate(reader):
-        X = model._check_X(X, reset=i == 0)
+        X = model._check_X(X, reset=i == 0, min_samples=0)  # an empty chunk is no error
         if i == 0:
             dtype = X.dtype
         X = X.astype(dtype, copy=False)
+        positive = X.shape[0]
         if w is not None:
             w = check_sample_weight(w, X.shape[0], None)
             weighted = True
-            n_positive += int(np.count_nonzero(w))
+            positive = int(np.count_nonzero(w))
             weight_total += float(w.sum())
         else:
-            n_positive += X.shape[0]
             weight_total += X.shape[0]
-        if first is None:
+        n_positive += positive
+        if positive >= model.n_components and (first is None or not first_enough):
+            first, first_enough = (X, w), True
+        elif first is None and X.shape[0]:
             first = (X, w)
         n_samples += X.shape[0]
         sums = X.sum(axis=0, dtype=np.float64)
@@ -189,7 +199,7 @@ def _first_pass(model: GaussianMixture, reader: ChunkReader) -> _FirstPass:
         if X.size:
             largest = max(largest, float(X.max()), -float(X.min()))
     if first is None or total is None:
-        raise ValueError("the chunk source yielded no chunks; pass at least one 2-D array.")
+        raise ValueError("the chunk source yielded no rows; pass at least one non-empty 2-D array.")
     return _FirstPass(first, n_samples, total, n_positive, weighted, largest, dtype, weight_total)
 
 
@@ -225,11 +235,12 @@ def fit_chunks(model: GaussianMixture, source: Any) -> None:
         drawn: tuple[Any, Any, Any] | None = None
         if len(user) < 3:
             X0, w0 = seen.first
-            if X0.shape[0] < model.n_components:
+            if (X0.shape[0] if w0 is None else int(np.count_nonzero(w0))) < model.n_components:
                 raise ValueError(
-                    f"the first chunk has {X0.shape[0]} rows but n_components = "
-                    f"{model.n_components}: the initialisation is drawn from the first chunk; "
-                    "make it larger, or give weights_init, means_init and precisions_init."
+                    f"no chunk has n_components = {model.n_components} rows of positive weight "
+                    f"(the first has {X0.shape[0]} rows): the initialisation is drawn from one "
+                    "chunk; make the chunks larger, or give weights_init, means_init and "
+                    "precisions_init."
                 )
             random_state = check_random_state(model.random_state)
             w0 = None if w0 is None else np.asarray(w0, np.float64) * weight_scale

@@ -89,6 +89,11 @@ def resolve_client(client: Any = None) -> Any:
                 f"cannot reach the Dask scheduler {address!r} named by {SCHEDULER_ENV} ({exc}); "
                 "start it (dask scheduler) or correct the address."
             ) from exc
+        except (ValueError, TypeError) as exc:  # no port, an unknown scheme ('http://...')
+            raise RuntimeError(
+                f"{SCHEDULER_ENV}={address!r} is not a Dask scheduler address ({exc}); set it "
+                "to tcp://<host>:<port> (the scheduler's default port is 8786)."
+            ) from exc
         _CLIENTS[address] = opened
         return opened
 

@@ -126,31 +126,46 @@ def calibrate(scores: Any, false_alarm_rate: float) -> AnomalyCalibration:
     if rank > n or n < 2:
         raise ValueError(
             f"{n} calibration rows cannot resolve a false-alarm rate of {false_alarm_rate}: "
-            f"give at least {math.ceil(1.0 / false_alarm_rate)} held-out rows (ideally 10 "
+            f"give at least {_fewest_rows(false_alarm_rate)} held-out rows (ideally 10 "
             "times more), or raise false_alarm_rate."
         )
     bulk = np.rint(np.linspace(0, n - 1, min(n, _BULK_POINTS)))
     tail = n - np.rint(np.geomspace(1, max(1.0, 0.1 * n), _TAIL_POINTS))
-    ranks = np.unique(np.concatenate([bulk, tail, [0, n - 1]]).astype(np.int64).clip(0, n - 1))
+    # the threshold's own rank too: a row above the threshold then reads at most its count
+    ranks = np.unique(
+        np.concatenate([bulk, tail, [0, rank - 1, n - 1]]).astype(np.int64).clip(0, n - 1)
+    )
     return AnomalyCalibration(float(false_alarm_rate), float(s[rank - 1]), n, ranks, s[ranks])
+
+
+def _fewest_rows(false_alarm_rate: float) -> int:
+    """The fewest calibration rows that resolve ``false_alarm_rate`` (about ``1 / rate - 1``)."""
+    n = max(2, math.floor(1.0 / false_alarm_rate - 1.0))
+    while math.ceil((n + 1) * (1.0 - false_alarm_rate)) > n:
+        n += 1
+    return n
 
 
 def p_values(calibration: AnomalyCalibration, scores: Any) -> np.ndarray:
     """Empirical p-values ``(1 + #{calibration scores >= s}) / (n + 1)`` of new ``scores``.
 
-    The count is read from the quantile table, interpolating linearly in rank between stored
-    order statistics (exact at them); a score above every calibration score gets
+    The count is read from the quantile table: exact at a stored order statistic and between
+    two consecutive stored ranks; between stored ranks ``a < b`` further apart, the first
+    calibration score >= s lies in ``(a, b]`` and its rank is interpolated linearly from
+    ``a + 1`` to ``b``. The threshold's rank is stored, so a row above the threshold (flagged)
+    gets a p-value of at most ``false_alarm_rate``. A score above every calibration score gets
     ``1 / (n + 1)``, one below all of them 1.
     """
     s = np.asarray(scores, dtype=np.float64)
     n = calibration.n_calibration
     q, ranks = calibration.quantiles, calibration.ranks.astype(np.float64)
-    # (fractional) rank of s among the sorted calibration scores; ties take the lowest rank
-    rank = np.interp(s, q, ranks)
-    # a tie run in the table: np.interp takes the last equal quantile; use the first instead
-    first = np.searchsorted(q, s, side="left")
-    exact = (first < len(q)) & (q[np.minimum(first, len(q) - 1)] == s)
-    rank = np.where(exact, ranks[np.minimum(first, len(q) - 1)], rank)
+    last = len(q) - 1
+    first = np.searchsorted(q, s, side="left")  # the first stored quantile >= s (ties: lowest)
+    lo, hi = np.clip(first - 1, 0, last), np.clip(first, 0, last)
+    span = q[hi] - q[lo]
+    frac = np.where(span > 0, (s - q[lo]) / np.where(span > 0, span, 1.0), 1.0)
+    between = np.minimum(ranks[lo] + 1.0 + (ranks[hi] - ranks[lo] - 1.0) * frac, ranks[hi])
+    rank = np.where(q[hi] == s, ranks[hi], between)  # 0-based rank of the first score >= s
     at_least = np.where(s > q[-1], 0.0, np.where(s <= q[0], n, n - rank))
     return np.clip((1.0 + at_least) / (n + 1.0), 1.0 / (n + 1.0), 1.0)
 

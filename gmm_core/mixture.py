@@ -46,6 +46,16 @@ def _to_numpy(a: Any) -> np.ndarray:
     return a.get() if _is_cupy_array(a) else np.asarray(a)
 
 
+def _refuse_chunks(X: Any, method: str, instead: str) -> None:
+    """A source of row chunks given to a method that takes one array: say what to do."""
+    from ._chunks import is_chunk_source
+
+    if is_chunk_source(X):
+        raise TypeError(
+            f"{method} takes one array of rows; a source of chunks is taken by fit only: {instead}."
+        )
+
+
 class GaussianMixture(DensityMixin, BaseEstimator):
     """Gaussian mixture model fitted by EM: a drop-in for :class:`sklearn.mixture.GaussianMixture`.
 
@@ -177,8 +187,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # ------------------------------------------------------------------------------------------
     # Input checks
 
-    def _check_X(self, X: Any, *, reset: bool, finite_here: bool = True) -> Any:
+    def _check_X(
+        self, X: Any, *, reset: bool, finite_here: bool = True, min_samples: int | None = None
+    ) -> Any:
         """Validated 2-D float32/float64 data; CuPy arrays stay on their device.
+
+        ``min_samples``: rows required (default 2 when fitting, 1 otherwise; a chunk of a
+        larger source may be empty).
 
         ``finite_here=False``: the data are not scanned for NaN/inf and their magnitude here, NumPy
         on the host nor CuPy on the device: a device-init engine checks both in the pass that
@@ -192,7 +207,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                     X,
                     reset=reset,
                     dtype=[np.float64, np.float32],
-                    ensure_min_samples=2 if reset else 1,
+                    ensure_min_samples=(2 if reset else 1) if min_samples is None else min_samples,
                     ensure_all_finite=finite_here,
                 )
             except ValueError as exc:
@@ -331,6 +346,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             ``lower_bound_`` is the batch's mean log-likelihood under the parameters before
             the update.
         """
+        _refuse_chunks(X, "partial_fit", "call partial_fit once per chunk")
         if not hasattr(self, "weights_"):
             engine, data, _ = fit_model(self, X, sample_weight)
             release = type(engine).release_memory
@@ -356,6 +372,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         labels : ndarray of shape (n_samples,)
             A CuPy array for CuPy input.
         """
+        _refuse_chunks(X, "fit_predict", "call fit(chunks), then predict on each chunk")
         engine, data, best_params = fit_model(self, X)
         # a final E-step so that fit_predict(X) agrees with fit(X).predict(X)
         labels = engine.reduce_log_prob(data, best_params, RowReduction("argmax", engine.xp))
@@ -472,7 +489,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         ----------
         X : array-like of shape (n_samples, n_features)
             Rows not used for fitting, from the distribution to call normal; at least
-            ``1 / false_alarm_rate`` of them (ten times that for a stable threshold).
+            ``1 / false_alarm_rate - 1`` of them (ten times ``1 / false_alarm_rate`` for a
+            stable threshold).
         false_alarm_rate : float in (0, 1), default=0.01
             Target probability that a normal row is flagged.
 

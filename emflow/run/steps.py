@@ -123,10 +123,20 @@ def split(request: Mapping[str, Any], validated: Mapping[str, Any]) -> JSON:
 
 
 def train(request: Mapping[str, Any], split_: Mapping[str, Any]) -> JSON:
-    """:func:`emflow.run.train.train_challenger`."""
+    """:func:`emflow.run.train.train_challenger`.
+
+    Raises
+    ------
+    RunFailed
+        A setting the fit needs does not work (e.g. ``EMFLOW_DASK_SCHEDULER`` is no address).
+    """
+    from emflow.config import SettingsError
     from emflow.run.train import train_challenger
 
-    return train_challenger(RunRequest.from_json(request), Split.from_json(split_)).to_json()
+    try:
+        return train_challenger(RunRequest.from_json(request), Split.from_json(split_)).to_json()
+    except SettingsError as error:
+        raise RunFailed(f"configuration: {error}") from error
 
 
 def evaluate(

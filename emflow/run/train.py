@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from emflow.config import Settings
+from emflow.config import Settings, SettingsError
 from emflow.run.params import is_auto
 from emflow.run.request import run_dir, settings_for
 from emflow.run.state import RunRequest, Split, Trained
@@ -48,7 +48,14 @@ def _compute_context(backend: str, settings: Settings) -> Iterator[None]:
         return
     from distributed import Client
 
-    with Client(settings.dask_scheduler, set_as_default=False) as client, client.as_current():
+    try:
+        client = Client(settings.dask_scheduler, set_as_default=False)
+    except (ValueError, TypeError) as error:  # no port, an unknown scheme
+        raise SettingsError(
+            f"EMFLOW_DASK_SCHEDULER={settings.dask_scheduler!r} is not a Dask scheduler address "
+            f"({error}); set it to tcp://<host>:<port> (default port 8786)"
+        ) from error
+    with client, client.as_current():
         yield
 
 

@@ -104,9 +104,51 @@ def test_calibration_survives_save_and_load(tmp_path):
 def test_bad_calibration_requests_name_the_fix():
     model = _true_gaussian()
     X = np.random.default_rng(4).multivariate_normal(MU, SIGMA, 50)
-    with pytest.raises(ValueError, match="give at least 1000 held-out rows"):
+    with pytest.raises(ValueError, match="give at least 999 held-out rows"):
         model.calibrate_threshold(X, false_alarm_rate=0.001)
     with pytest.raises(ValueError, match=r"false_alarm_rate must be in \(0, 1\)"):
         model.calibrate_threshold(X, false_alarm_rate=1.5)
     with pytest.raises(NotFittedError, match="calibrate_threshold"):
         model.score_anomaly(X)
+
+
+def test_p_values_are_the_counts_where_ranks_are_stored_and_agree_with_the_flags():
+    """QA probe: between consecutive stored ranks the p-value was interpolated as if the score
+    sat at the lower rank, one calibration score too many: rows flagged at rate 0.1 got 0.105
+    (0.01046 at rate 0.01), so ``p_value <= false_alarm_rate`` disagreed with ``is_anomaly``."""
+    from gmm_core.anomaly import calibrate, p_values
+
+    def brute(calibration_scores, s):
+        return (1 + (calibration_scores[None, :] >= s[:, None]).sum(1)) / (
+            len(calibration_scores) + 1
+        )
+
+    small = np.arange(1, 100, dtype=float)  # every rank stored
+    cal = calibrate(small, 0.1)
+    probe = np.linspace(-1, 101, 409)
+    np.testing.assert_allclose(p_values(cal, probe), brute(small, probe), rtol=0, atol=1e-12)
+
+    rng = np.random.default_rng(7)
+    scores = rng.normal(size=2000)
+    cal = calibrate(scores, 0.01)
+    fresh = rng.normal(size=20000) * 1.3
+    p = p_values(cal, fresh)
+    flagged = fresh > cal.threshold
+    assert flagged.any() and (p[flagged] <= 0.01).all()
+    # where the stored tail's ranks are consecutive, the counts are exact
+    dense = cal.quantiles[np.flatnonzero(np.diff(cal.ranks) > 1).max() + 1]
+    tail = fresh > dense
+    assert tail.sum() > 50
+    np.testing.assert_allclose(p[tail], brute(scores, fresh[tail]), rtol=0, atol=1e-12)
+    order = np.argsort(fresh)
+    assert (np.diff(p[order]) <= 1e-15).all()  # never rises with the score
+    gap = np.diff(cal.ranks).max()  # bulk: within the stored ranks' largest gap
+    assert np.abs(p - brute(scores, fresh)).max() <= gap / (len(scores) + 1)
+
+
+def test_too_few_calibration_rows_name_the_fewest_that_resolve_the_rate():
+    from gmm_core.anomaly import calibrate
+
+    calibrate(np.arange(99, dtype=float), 0.01)  # 1 / rate - 1 rows resolve the rate
+    with pytest.raises(ValueError, match="give at least 99 held-out rows"):
+        calibrate(np.arange(98, dtype=float), 0.01)

@@ -239,6 +239,17 @@ def test_unreachable_scheduler_is_a_clear_error(monkeypatch, X):
         GaussianMixture(2, backend="dask").fit(X[:100])
 
 
+@pytest.mark.parametrize("address", ["localhost", "http://127.0.0.1:8786"])
+def test_a_malformed_scheduler_address_names_the_form_it_takes(monkeypatch, X, address):
+    """QA probe: 'localhost' (no port) or an http:// address raised distributed's bare
+    ValueError ("missing port number", "unknown address scheme")."""
+    if distributed.client._get_global_client() is not None:
+        pytest.skip("another test module left a default Dask client active")
+    monkeypatch.setenv(SCHEDULER_ENV, address)
+    with pytest.raises(RuntimeError, match=r"is not a Dask scheduler address .*tcp://<host>"):
+        GaussianMixture(2, backend="dask").fit(X[:100])
+
+
 def test_bad_worker_backend_names_the_fix():
     with pytest.raises(ValueError, match="worker_backend must be one of"):
         DaskEngine(worker_backend="tpu")

@@ -218,3 +218,38 @@ def test_fit_refuses_a_one_shot_generator_and_changing_chunks():
 
     with pytest.raises(ValueError, match="same data on every pass"):
         GaussianMixture(2, backend="numpy").fit(shrinking)
+
+
+def test_empty_and_zero_weight_leading_chunks_are_taken_as_the_rest_of_the_data():
+    """QA probe: an empty chunk (an empty file or row group) or a first chunk of one row failed
+    the fit with scikit-learn's minimum-samples error, and a first chunk of zero weights with
+    KMeans' "at least one non-zero" or "ill-defined covariance". The initialisation is drawn
+    from the first chunk with n_components rows of positive weight; empty chunks add nothing."""
+    rng = np.random.default_rng(0)
+    A, B, C = (
+        rng.normal(size=(400, 3)),
+        rng.normal(size=(400, 3)) + 5,
+        rng.normal(size=(400, 3)) - 3,
+    )
+    kw = dict(n_components=2, backend="numpy", random_state=0, max_iter=50)
+    plain = GaussianMixture(**kw).fit([B, C])
+    with_empty = GaussianMixture(**kw).fit([A[:0], B, C[:0], C])
+    np.testing.assert_allclose(with_empty.means_, plain.means_, rtol=1e-12)
+    zero_first = GaussianMixture(**kw).fit([(A, np.zeros(len(A))), B, C])
+    np.testing.assert_allclose(zero_first.means_, plain.means_, rtol=1e-12)
+    one_row_first = GaussianMixture(**kw).fit([B[:1], B[1:], C])
+    assert np.isfinite(one_row_first.lower_bound_) and one_row_first.converged_
+    with pytest.raises(ValueError, match="yielded no rows"):
+        GaussianMixture(**kw).fit([A[:0]])
+    with pytest.raises(ValueError, match="no chunk has n_components = 2 rows of positive weight"):
+        GaussianMixture(**kw).fit([A[:1], B[:1]])
+
+
+def test_chunks_given_to_fit_predict_or_partial_fit_say_what_to_do():
+    """QA probe: they failed with "Found array with dim 3, while dim <= 2 is required"."""
+    chunks = [np.random.default_rng(1).normal(size=(50, 2)) for _ in range(2)]
+    model = GaussianMixture(2, backend="numpy", random_state=0)
+    with pytest.raises(TypeError, match="fit_predict takes one array .* predict on each chunk"):
+        model.fit_predict(chunks)
+    with pytest.raises(TypeError, match="partial_fit takes one array .* once per chunk"):
+        model.partial_fit(chunks)
