@@ -228,6 +228,7 @@ class DaskEngine(Engine):
     name = "dask"
     xp = np
     supports_sample_weight = True  # on NumPy and CuPy workers alike
+    takes_dask_collections = True
 
     def __init__(
         self,

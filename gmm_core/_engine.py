@@ -55,6 +55,8 @@ class Engine:
     #: weights its statistics by it (:class:`~gmm_core._gaussian.Stats.total_weight`); False:
     #: the estimator refuses weights for this engine
     supports_sample_weight: bool = False
+    #: whether :meth:`prepare` takes dask arrays as they are (partitions never gathered)
+    takes_dask_collections: bool = False
 
     def prepare(self, X: Any, shift: Any, covariance_type: str) -> Any:
         """Put ``X - shift`` where the engine works (device, chunks); return an opaque handle.

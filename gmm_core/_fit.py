@@ -19,6 +19,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 
 from ._checks import check_magnitude
+from ._dask_input import checked_dask_array, dask_moments, init_rows, is_dask_collection
 from ._em_loop import PhaseClock, best_restart, run_em
 from ._engine import EMResult, Engine, get_engine
 from ._gaussian import Params
@@ -42,9 +43,16 @@ def fit_model(
     engine = get_engine(self.backend)
     if sample_weight is not None:
         engine = engine_for_weights(engine, self.backend)
-    X = self._check_X(X, reset=True, finite_here=not engine.device_init)
+    # a dask array or DataFrame on the Dask engine stays partitioned where it lives
+    dask_input = is_dask_collection(X) and engine.takes_dask_collections
+    if dask_input:
+        X = checked_dask_array(self, X, reset=True)
+    else:
+        X = self._check_X(X, reset=True, finite_here=not engine.device_init)
     n_samples, n_features = X.shape
     if sample_weight is not None:
+        if is_dask_collection(sample_weight):  # one float per row: on the client
+            sample_weight = np.asarray(sample_weight.compute())
         sample_weight = em_weights(check_sample_weight(sample_weight, n_samples, self.n_components))
     weighting = {} if sample_weight is None else {"sample_weight": sample_weight}
     if n_samples < self.n_components:
@@ -75,17 +83,26 @@ def fit_model(
             if do_init:
                 params = draw_on_device(self, engine, data, random_state, eps, user)
         else:
-            X_host = engine.to_host(X) if _is_cupy_array(X) else X
-            data, shift = place_with_host_moments(
-                engine, X, X_host, self.covariance_type, **weighting
-            )
+            if dask_input:  # the moments by dask reductions; the init from (a sample of) rows
+                shift, _ = dask_moments(X)
+                data = engine.prepare(X, shift, self.covariance_type, **weighting)
+            else:
+                X_host = engine.to_host(X) if _is_cupy_array(X) else X
+                data, shift = place_with_host_moments(
+                    engine, X, X_host, self.covariance_type, **weighting
+                )
             clock.lap("transfer")
             if do_init:
-                Xc = engine.host_centred(data, X_host, shift)
                 drawn = None
                 if len(user) < 3:
-                    drawn = host_restarts(self, X_host, Xc, shift, random_state, eps, sample_weight)
-                del Xc
+                    rows, row_weights = (
+                        init_rows(X, sample_weight, random_state)
+                        if dask_input
+                        else (X_host, sample_weight)
+                    )
+                    Xc = engine.host_centred(data, rows, shift)
+                    drawn = host_restarts(self, rows, Xc, shift, random_state, eps, row_weights)
+                    del Xc, rows
                 params = with_user_init(
                     drawn,
                     user,

@@ -190,6 +190,55 @@ def test_dask_array_input_is_computed_on_the_workers(client, X):
         np.testing.assert_allclose(getattr(got, name), getattr(ref, name), rtol=1e-10, err_msg=name)
 
 
+def test_fit_of_a_dask_array_keeps_its_partitions_on_the_workers(client, X, monkeypatch):
+    """QA probe: ``fit`` turned a dask array (or DataFrame) into one NumPy array on the client
+    before the engine saw it (validate_data), then re-split it by worker thread: no data set
+    larger than the client's memory could be fitted. The engine now gets the dask array, the
+    moments are dask reductions, and the fit is the NumPy fit of the same rows."""
+    import dask.array as da
+    import dask.dataframe as dd
+    import pandas as pd
+
+    seen = []
+    prepare = DaskEngine.prepare
+
+    def recording(self, data, *args, **kwargs):
+        seen.append(type(data).__module__.split(".")[0])
+        return prepare(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(DaskEngine, "prepare", recording)
+    ref = GaussianMixture(backend="numpy", **FIT_KW).fit(X)
+    frame = dd.from_pandas(pd.DataFrame(X, columns=list("abcd")), npartitions=3)
+    w = da.from_array(np.ones(len(X)), chunks=5_000)
+    with client.as_current():
+        on_array = GaussianMixture(backend="dask", **FIT_KW).fit(
+            da.from_array(X, chunks=(6_000, N_FEATURES))
+        )
+        on_frame = GaussianMixture(backend="dask", **FIT_KW).fit(frame, sample_weight=w)
+    assert seen == ["dask", "dask"]
+    for got in (on_array, on_frame):
+        _assert_same_fit(got, ref, rtol=1e-9, atol=1e-9)
+    bad = da.from_array(np.where(np.arange(len(X))[:, None] == 7, np.nan, X), chunks=5_000)
+    with client.as_current(), pytest.raises(ValueError, match="NaN or infinity"):
+        GaussianMixture(backend="dask", **FIT_KW).fit(bad)
+
+
+def test_a_large_dask_array_starts_from_a_sample_of_its_rows(client, X, monkeypatch):
+    """Above INIT_SAMPLE_ROWS rows the host initialisation reads a uniform sample (drawn with
+    the fit's random_state), not the whole array; EM then runs on every row."""
+    import dask.array as da
+
+    from gmm_core import _dask_input
+
+    monkeypatch.setattr(_dask_input, "INIT_SAMPLE_ROWS", 2_000)
+    ref = GaussianMixture(backend="numpy", **FIT_KW).fit(X)
+    with client.as_current():
+        got = GaussianMixture(backend="dask", **FIT_KW).fit(da.from_array(X, chunks=5_000))
+        again = GaussianMixture(backend="dask", **FIT_KW).fit(da.from_array(X, chunks=5_000))
+    np.testing.assert_array_equal(got.means_, again.means_)  # the sample is seeded
+    assert got.converged_ and got.lower_bound_ == pytest.approx(ref.lower_bound_, abs=1e-3)
+
+
 @pytest.mark.parametrize("covariance_type", ["full", "tied"])
 def test_sample_weights_give_the_numpy_backend_weighted_fit(client, X, covariance_type):
     """Weights travel with their rows into each partition (NumPy array and dask.array input)."""
