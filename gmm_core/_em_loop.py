@@ -91,10 +91,13 @@ def run_em(
     tracker = engine.restart_tracker(n_restarts, max_iter, first_bound, tol)
     if tracker is None:
         tracker = RestartTracker(xp, n_restarts, max_iter, first_bound, tol, deferred=deferred)
-    if verbose:
-        for r in range(n_restarts):
-            print(f"Initialization {r}")
+    # one restart: printed as it runs, as scikit-learn does; several run side by side, so each
+    # one's block (the same lines scikit-learn prints per initialisation) follows the loop
+    live = verbose and n_restarts == 1
+    if live:
+        print("Initialization 0")
     t_start = t_prev = time.perf_counter()
+    times = [t_start]  # after each iteration
     progress = _PROGRESS.get()
     pending: Callable[[], Any] | None = None
     for it in range(1, max_iter + 1):
@@ -112,14 +115,14 @@ def run_em(
                 stats, covariance_type, reg_covar, eps, xp, check=not deferred, shift=shift
             )
         params = tracker.update(it, stats, new_params, params)
-        if verbose and it % verbose_interval == 0:
-            now = time.perf_counter()
-            changes = tracker.changes(engine)
+        if verbose:
+            times.append(time.perf_counter())
+        if live and it % verbose_interval == 0:
+            now = times[-1]
             msg = f"  Iteration {it}"
             if verbose >= 2:
-                msg += f"\t time lapse {now - t_prev:.5f}s\t ll change " + ", ".join(
-                    f"{c:.5f}" for c in changes
-                )
+                change = float(engine.to_host(tracker.change)[0])  # inf first, as sklearn
+                msg += f"\t time lapse {now - t_prev:.5f}s\t ll change {change:.5f}"
             print(msg, flush=True)
             t_prev = now
         if progress is not None:
@@ -146,15 +149,48 @@ def run_em(
     hist, n_iter_h, converged_h = tracker.results(engine)
     if verbose and max_iter > 0:
         for r in range(n_restarts):
-            state = "converged" if converged_h[r] else "did not converge"
-            line = f"Initialization {state}."
-            if verbose >= 2:
-                line += (
-                    f" time lapse {time.perf_counter() - t_start:.5f}s\t lower bound "
-                    f"{hist[n_iter_h[r] - 1, r]:.5f}."
-                )
-            print(line, flush=True)
+            _print_restart(
+                r, hist[:, r], int(n_iter_h[r]), bool(converged_h[r]), times, first_bound,
+                verbose, verbose_interval, iterations=not live,
+            )  # fmt: skip
     return EMResult(params, hist, n_iter_h, converged_h)
+
+
+def _print_restart(
+    r: int,
+    bounds: np.ndarray,
+    n_iter: int,
+    converged: bool,
+    times: list[float],
+    first_bound: float,
+    verbose: int,
+    interval: int,
+    *,
+    iterations: bool,
+) -> None:
+    """Restart ``r``'s verbose block as scikit-learn prints one initialisation's.
+
+    ``bounds``: its lower bound per iteration; ``times``: the loop's clock before the first
+    and after each iteration (the restarts ran side by side, so they share it);
+    ``iterations``: print the header and the iteration lines too (not printed live).
+    """
+    if iterations:
+        print(f"Initialization {r}")
+        for it in range(interval, n_iter + 1, interval):
+            line = f"  Iteration {it}"
+            if verbose >= 2:
+                before = bounds[it - 2] if it >= 2 else first_bound
+                line += (
+                    f"\t time lapse {times[it] - times[it - interval]:.5f}s\t ll change "
+                    f"{bounds[it - 1] - before:.5f}"
+                )
+            print(line)
+    line = f"Initialization {'converged' if converged else 'did not converge'}."
+    if verbose >= 2:
+        line += (
+            f" time lapse {times[n_iter] - times[0]:.5f}s\t lower bound {bounds[n_iter - 1]:.5f}."
+        )
+    print(line, flush=True)
 
 
 class RestartTracker:
@@ -215,11 +251,6 @@ class RestartTracker:
         self.active &= ~just_converged
         self.change = change
         return params
-
-    def changes(self, engine: Engine) -> np.ndarray:
-        """The last iteration's change of every restart's lower bound (host, NaN if undefined)."""
-        change = engine.to_host(self.change)
-        return np.where(np.isfinite(change), change, np.nan)
 
     def n_active(self, engine: Engine) -> int:
         """Restarts still iterating (a device engine synchronises)."""

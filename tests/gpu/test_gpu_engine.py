@@ -122,6 +122,19 @@ def test_more_restarts_than_a_statistics_row_has_numbers(cov):
     assert gpu.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-3)
 
 
+@pytest.mark.parametrize("n_init", [1, 3])
+def test_verbose_fit_prints_scikit_learns_blocks(capsys, n_init):
+    """verbose=2 runs the generic loop with the CuPy tracker, which had no ``changes`` method
+    (AttributeError at the first printed iteration, never run on a GPU before)."""
+    X = make_data(3000, 3, 3, np.float32, seed=4)
+    GaussianMixture(
+        3, backend="cupy", verbose=2, verbose_interval=1, max_iter=5, n_init=n_init,
+        random_state=0,
+    ).fit(X)  # fmt: skip
+    out = capsys.readouterr().out
+    assert out.count("Initialization ") == 2 * n_init and "ll change inf" in out
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cov", COV_TYPES)
 def test_fit_matches_numpy_backend(cov, dtype):
