@@ -26,7 +26,7 @@ key                            meaning
 ``drift``                      dict ``feature -> PSI`` plus ``score_divergence`` (JS, nats)
 ``rows_validated``             rows checked by the data contract in this run
 ``rows_quarantined``           of those, rows moved to quarantine
-``gpu_memory_peak_bytes``      bytes CuPy's memory pool held after training
+``gpu_memory_peak_bytes``      peak device memory of the fit (gmm_core's device_peak_bytes_)
 ``device_peak_bytes``          peak device memory of the fit as gmm_core measured it, bytes
 ``backend``                    resolved ``gmm_core`` backend (``"numpy"``, ``"cupy"``)
 ``component_weights``          mixing weight per (aligned) component, list of floats

@@ -14,7 +14,10 @@ PUSHGATEWAY_JOB = "emflow_retrain"
 #: success's time). Every other family of a model holds the latest run's values only: a series
 #: the latest run did not produce is removed, so a dashboard never shows a failed run's
 #: predecessor as current.
-PERSISTENT = ("emflow_retrain_last_success_timestamp_seconds",)
+PERSISTENT = (
+    "emflow_retrain_last_success_timestamp_seconds",
+    "emflow_retrain_last_promotion_timestamp_seconds",
+)
 STATUSES = ("success", "failed")
 DECISIONS = ("promoted", "rejected", "quarantined")
 
@@ -53,13 +56,19 @@ METRICS: dict[str, MetricSpec] = {
         ("model",),
         "status",
     ),
+    "emflow_retrain_last_promotion_timestamp_seconds": MetricSpec(
+        "gauge",
+        "Unix time the latest run that promoted its challenger finished (set on promotion only).",
+        ("model",),
+        "decision",
+    ),
     "emflow_retrain_last_run_success": MetricSpec(
         "gauge", "1 if the latest retrain run succeeded, 0 if it failed.", ("model",), "status"
     ),
     "emflow_retrain_last_run_info": MetricSpec(
         "gauge",
-        "Always 1; labels describe the latest retrain run.",
-        ("model", "run_key", "status", "failed_step", "backend", "decision"),
+        "Always 1; labels describe the latest retrain run (run_id: Airflow's run id).",
+        ("model", "run_key", "run_id", "status", "failed_step", "backend", "decision"),
         "run_key",
     ),
     "emflow_train_duration_seconds": MetricSpec(
@@ -264,9 +273,12 @@ def build_registry(summary: Mapping[str, Any], *, now: float | None = None):
     gauge("emflow_retrain_last_run_success").labels(model).set(1.0 if status == "success" else 0.0)
     if status == "success":
         gauge("emflow_retrain_last_success_timestamp_seconds").labels(model).set(now)
+        if summary.get("decision") == "promoted":
+            gauge("emflow_retrain_last_promotion_timestamp_seconds").labels(model).set(now)
     gauge("emflow_retrain_last_run_info").labels(
         model,
         str(summary.get("run_key") or ""),
+        str(summary.get("run_id") or ""),
         status,
         str(summary.get("failed_step") or ""),
         str(summary.get("backend") or ""),

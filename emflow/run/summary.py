@@ -54,6 +54,7 @@ def run_summary(
     summary: dict[str, Any] = {
         "model_name": settings.model_name,
         "run_key": request.run_key,
+        "run_id": request.run_id,  # Airflow's own (the run key is its path-safe form)
         "status": "success" if failed_step is None else "failed",
         "failed_step": failed_step,
     }

@@ -59,13 +59,15 @@ def _compute_context(backend: str, settings: Settings) -> Iterator[None]:
         yield
 
 
-def _gpu_memory_peak_bytes(backend: str) -> int | None:
-    """Bytes CuPy's default memory pool holds after the fit (its high-water mark); None on CPU."""
-    if backend != "cupy":
-        return None
-    import cupy
+def _gpu_memory_peak_bytes(model: Any) -> int | None:
+    """The fit's peak device memory as gmm_core measured it (``device_peak_bytes_``); None on CPU.
 
-    return int(cupy.get_default_memory_pool().total_bytes())
+    Not the memory pool after the fit: ``fit`` gives the pool's blocks back when it ends (QA
+    probe: the metric would have read about 0 on every GPU run).
+    """
+    from emflow.model.fit_report import device_peak_bytes
+
+    return device_peak_bytes(model) if model.backend_ in ("cupy", "multigpu") else None
 
 
 def _write_json(path: Path, payload: Any) -> Path:
@@ -120,7 +122,7 @@ def train_challenger(
     else:
         model, extra = _fit_window(X, ages, request, settings)
     check_fitted(model)  # never save (and publish) a model with non-finite parameters
-    gpu_peak = _gpu_memory_peak_bytes(model.backend_)
+    gpu_peak = _gpu_memory_peak_bytes(model)
     finals = [float(bounds[-1]) for bounds in model.restart_lower_bounds_ if len(bounds)]
     for r, bounds in enumerate(model.restart_lower_bounds_):
         log.info("restart %d: %d iterations, lower bound %.5f", r, len(bounds), float(bounds[-1]))

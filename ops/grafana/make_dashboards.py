@@ -194,6 +194,15 @@ SINCE_SUCCESS = stat(
     steps=[(None, "green"), (STALE_AFTER_SECONDS, "red")],
     description="Pages (EmflowRetrainStale) above 36 h on the daily schedule.",
 )
+SINCE_PROMOTION = stat(
+    "Time since the champion was last replaced",
+    f"time() - max by (model) (emflow_retrain_last_promotion_timestamp_seconds{M})",
+    unit="s",
+    legend="{{model}}",
+    steps=[(None, "green"), (72 * 3600, "orange")],
+    description="Tickets (EmflowChampionNotRefreshed) above 72 h while retrains succeed: the "
+    "gate rejects every challenger (a lasting shift read as a new structure?).",
+)
 HOLDOUT = timeseries(
     "Holdout log-likelihood: challenger vs champion",
     (f"emflow_holdout_log_likelihood_nats{M}", "{{model}} {{role}}"),
@@ -210,7 +219,7 @@ DURATION = timeseries(
 )
 GPU_MEMORY = timeseries(
     "GPU memory peak",
-    (f"emflow_gpu_memory_peak_bytes{M}", "{{model}} (CuPy pool)"),
+    (f"emflow_gpu_memory_peak_bytes{M}", "{{model}} (train step)"),
     (f"emflow_train_device_peak_bytes{M}", "{{model}} (fit peak)"),
     unit="bytes",
 )
@@ -293,6 +302,7 @@ ONCALL = dashboard(
             ],
         ),
         SINCE_SUCCESS,
+        SINCE_PROMOTION,
         QUARANTINE_RATE,
         stat(
             "Latest challenger vs champion (nats/sample)",
@@ -312,7 +322,8 @@ ONCALL = dashboard(
         table(
             "Latest retrain run",
             f"emflow_retrain_last_run_info{M}",
-            description="run_key is the Airflow run id; failed_step names the task to open.",
+            description="run_id is the Airflow run id (run_key its path-safe form: the folder "
+            "and MLflow tag); failed_step names the task to open.",
         ),
         HOLDOUT,
         DURATION,
@@ -432,7 +443,7 @@ DEBUG = dashboard(
             "Per-iteration lower bounds of every restart, convergence plots and the "
             "components drawn over a 2-D projection are in the run's MLflow page "
             "(compose: http://127.0.0.1:5000, experiment `emflow-retrain`); the "
-            "`run_key` label of `emflow_retrain_last_run_info` names the Airflow run.",
+            "`run_id` label of `emflow_retrain_last_run_info` names the Airflow run.",
             width=16,
         ),
     ],

@@ -114,3 +114,4 @@ def test_pipeline_runs_push_their_metrics_to_a_real_pushgateway(tmp_path):
             assert value("emflow_component_weight", component=str(index)) == pytest.approx(weight)
         (info,) = samples["emflow_retrain_last_run_info"]
         assert info.labels["run_key"] == second["run_key"] and info.labels["backend"] == "numpy"
+        assert info.labels["run_id"] == second["run_id"] != ""  # Airflow's own run id

@@ -157,3 +157,15 @@ def test_a_selected_model_reports_no_time_per_iteration():
     model = SimpleNamespace(n_iter_=6, fit_seconds_=1.96, fit_timings_={"selection": 1.96})
     assert ms_per_iteration(model) is None
     assert ms_per_iteration(SimpleNamespace(n_iter_=4, fit_seconds_=float("nan"))) is None
+
+
+def test_the_train_step_reports_the_fits_measured_device_peak():
+    """QA probe: the train step read CuPy's pool after fit, which fit empties when it ends
+    (about 0 on every GPU run); it reports gmm_core's device_peak_bytes_ of the fit now."""
+    from emflow.run.train import _gpu_memory_peak_bytes
+
+    on_gpu = SimpleNamespace(backend_="cupy", device_peak_bytes_=268_435_456)
+    assert _gpu_memory_peak_bytes(on_gpu) == 268_435_456
+    assert (
+        _gpu_memory_peak_bytes(SimpleNamespace(backend_="numpy", device_peak_bytes_=None)) is None
+    )

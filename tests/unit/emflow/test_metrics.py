@@ -24,7 +24,8 @@ RUN_TIME = 1_790_000_000.0
 def realistic_summary(**changes):
     summary = {
         "model_name": MODEL,
-        "run_key": "scheduled__2026-11-23T00:00:00+00:00",
+        "run_key": "scheduled__2026-11-23T00-00-00-00-00-f16325f7",
+        "run_id": "scheduled__2026-11-23T00:00:00+00:00",
         "status": "success",
         "failed_step": None,
         "train_seconds": 12.75,
@@ -80,6 +81,7 @@ def check_values(samples: dict[str, list], summary: dict, run_time: float) -> No
             samples,
             "emflow_retrain_last_run_info",
             run_key=summary["run_key"],
+            run_id=summary["run_id"],  # QA probe: the Airflow run id, to paste into Airflow
             status="success",
             backend="cupy",
             decision="promoted",
@@ -195,6 +197,8 @@ def test_failed_run_keeps_last_success_and_other_models(tmp_path):
     samples = samples_by_name(text)
     assert value(samples, "emflow_retrain_last_run_timestamp_seconds") == RUN_TIME + 86_400
     assert value(samples, "emflow_retrain_last_success_timestamp_seconds") == RUN_TIME
+    # the last promotion is carried too (EmflowChampionNotRefreshed measures it)
+    assert value(samples, "emflow_retrain_last_promotion_timestamp_seconds") == RUN_TIME
     assert value(samples, "emflow_retrain_last_run_success") == 0.0
     info = samples["emflow_retrain_last_run_info"]
     assert [s.labels["failed_step"] for s in info] == ["validate"]  # replaced, not appended
@@ -203,6 +207,7 @@ def test_failed_run_keeps_last_success_and_other_models(tmp_path):
     stale = set(samples) - {
         "emflow_retrain_last_run_timestamp_seconds",
         "emflow_retrain_last_success_timestamp_seconds",
+        "emflow_retrain_last_promotion_timestamp_seconds",
         "emflow_retrain_last_run_success",
         "emflow_retrain_last_run_info",
         "emflow_validated_rows",
@@ -301,6 +306,7 @@ def test_pushgateway_receives_every_documented_metric(tmp_path):
         assert {name for name in samples if name.startswith("emflow_")} == {
             "emflow_retrain_last_run_timestamp_seconds",
             "emflow_retrain_last_success_timestamp_seconds",
+            "emflow_retrain_last_promotion_timestamp_seconds",
             "emflow_retrain_last_run_success",
             "emflow_retrain_last_run_info",
         }
@@ -316,3 +322,20 @@ def test_operator_docs_list_every_metric():
     docs = (OPS / "README.md").read_text()
     table = {line.split("`")[1] for line in docs.splitlines() if line.startswith("| `emflow_")}
     assert table == set(METRICS)
+
+
+def test_a_rejected_run_keeps_the_last_promotion_time_and_a_promotion_moves_it(tmp_path):
+    """QA probe: under a lasting drift every retrain succeeded and was rejected, and no alert
+    saw it; the last promotion's time is what EmflowChampionNotRefreshed measures."""
+    settings = Settings(home=tmp_path, pushgateway_url=None)
+    publish_run_metrics(realistic_summary(), settings, now=RUN_TIME)
+    rejected = realistic_summary(decision="rejected")
+    publish_run_metrics(rejected, settings, now=RUN_TIME + 86_400)
+    samples = samples_by_name(settings.metrics_textfile.read_text())
+    assert value(samples, "emflow_retrain_last_success_timestamp_seconds") == RUN_TIME + 86_400
+    assert value(samples, "emflow_retrain_last_promotion_timestamp_seconds") == RUN_TIME
+    publish_run_metrics(realistic_summary(), settings, now=RUN_TIME + 2 * 86_400)
+    samples = samples_by_name(settings.metrics_textfile.read_text())
+    assert (
+        value(samples, "emflow_retrain_last_promotion_timestamp_seconds") == RUN_TIME + 2 * 86_400
+    )
