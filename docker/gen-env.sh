@@ -7,6 +7,8 @@
 #   docker/gen-env.sh --output FILE   write FILE instead
 #   docker/gen-env.sh --gpu           the GPU worker will run (--profile gpu): only it takes the
 #                                     gpu queue; without --gpu the CPU worker takes it too
+#   docker/gen-env.sh --gpu | --cpu   on an existing file: switch only CPU_WORKER_QUEUES (the
+#                                     secrets stay; the volumes hold them)
 #
 # No default password is committed anywhere: compose refuses to start without this file.
 set -euo pipefail
@@ -15,18 +17,35 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 output="$here/.env"
 force=0
 gpu=0
+queues_asked=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --force) force=1 ;;
-        --gpu) gpu=1 ;;
+        --gpu) gpu=1; queues_asked=1 ;;
+        --cpu) gpu=0; queues_asked=1 ;;
         --output|-o) output="${2:?--output needs a file name}"; shift ;;
-        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "gen-env.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
     shift
 done
 
 if [[ -e "$output" && $force -eq 0 ]]; then
+    if [[ $queues_asked -eq 1 ]]; then
+        # which worker takes the gpu queue, switched in place: --gpu used to do nothing here,
+        # and the CPU worker kept training with NumPy beside the GPU worker
+        queues="default"; [[ $gpu -eq 1 ]] || queues="default,gpu"
+        tmp="$(mktemp "${output}.XXXXXX")"
+        trap 'rm -f "$tmp"' EXIT
+        grep -v '^CPU_WORKER_QUEUES=' "$output" >"$tmp" || true
+        echo "CPU_WORKER_QUEUES=${queues}" >>"$tmp"
+        chmod 600 "$tmp"
+        mv "$tmp" "$output"
+        trap - EXIT
+        echo "gen-env.sh: $output keeps its secrets; CPU_WORKER_QUEUES=${queues} now" \
+             "(recreate the workers: docker compose up -d)" >&2
+        exit 0
+    fi
     echo "gen-env.sh: $output exists; keeping it (pass --force to generate new secrets)" >&2
     exit 0
 fi

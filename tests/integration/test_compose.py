@@ -103,6 +103,26 @@ def test_gen_env_writes_fresh_private_secrets_and_never_overwrites(tmp_path):
     assert generate_env(first, "--bogus").returncode == 2
 
 
+def test_gen_env_switches_the_gpu_queue_of_an_existing_file_keeping_its_secrets(tmp_path):
+    """Deployment review: ``--gpu`` on an existing docker/.env did nothing ("keeping it"), so
+    the CPU worker kept the gpu queue beside the GPU worker, and ``--force`` would rotate
+    secrets the volumes still hold."""
+    env_file = tmp_path / ".env"
+    assert generate_env(env_file).returncode == 0
+    before = read_env(env_file)
+    assert before["CPU_WORKER_QUEUES"] == "default,gpu"
+    switched = generate_env(env_file, "--gpu")
+    assert switched.returncode == 0 and "keeps its secrets" in switched.stderr
+    after = read_env(env_file)
+    assert after["CPU_WORKER_QUEUES"] == "default"
+    assert {k: v for k, v in after.items() if k != "CPU_WORKER_QUEUES"} == {
+        k: v for k, v in before.items() if k != "CPU_WORKER_QUEUES"
+    }
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert generate_env(env_file, "--cpu").returncode == 0
+    assert read_env(env_file)["CPU_WORKER_QUEUES"] == "default,gpu"
+
+
 def test_env_file_is_git_ignored_and_not_committed():
     ignored = subprocess.run(["git", "check-ignore", "-q", "docker/.env"], cwd=REPO)
     assert ignored.returncode == 0, "docker/.env must be git-ignored"
@@ -260,8 +280,23 @@ def test_airflow_and_mlflow_wiring():
     }:
         needs = services[name]["depends_on"]
         assert needs["airflow-init"]["condition"] == "service_completed_successfully", name
+    # deployment review: workers report through the execution API (up first), and a running
+    # training task finishes on a redeploy (Docker's 10 s default killed it)
+    for worker in ("airflow-worker", "airflow-worker-gpu"):
+        assert services[worker]["depends_on"]["airflow-apiserver"] == {
+            "condition": "service_healthy"
+        }, worker
+        assert services[worker]["stop_grace_period"] in ("5m", "30m"), worker
+    # a bare postgresql:// is psycopg 3 to SQLAlchemy 2, which the lock lacks (workers exited)
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://")
+    hosts = services["mlflow"]["environment"]["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    assert "localhost:${MLFLOW_PORT:-5000}" in hosts  # the published port, whatever it is
     mlflow = " ".join(services["mlflow"]["command"])
-    assert "--backend-store-uri postgresql+psycopg2://mlflow:${MLFLOW_DB_PASSWORD" in mlflow
+    # the store's password through the environment, not the command line (ps shows that)
+    assert "MLFLOW_DB_PASSWORD" not in mlflow
+    assert services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith(
+        "postgresql+psycopg2://mlflow:${MLFLOW_DB_PASSWORD"
+    )
     assert "--artifacts-destination /opt/mlartifacts" in mlflow
     assert any(v.startswith("mlflow-artifacts:") for v in services["mlflow"]["volumes"])
     # the registry chooses what is served: the server asks for a login, the pipeline has one
@@ -591,3 +626,26 @@ def test_gpu_worker_install_steps_work_from_its_build_context(tmp_path, monkeypa
         tmp_path,
         **env,
     )
+
+
+def test_named_volumes_of_the_airflow_image_mount_on_folders_it_owns():
+    """Deployment review: the mlflow-auth volume was mounted on a path the image never created,
+    so Docker made it root-owned and the server (uid 50000) could not write its login
+    database. Every named volume of a service on the emflow-airflow image mounts on a folder
+    the Dockerfile creates and hands to the airflow user (or one the base image owns)."""
+    services = raw_compose()["services"]
+    dockerfile = (DOCKER_DIR / "Dockerfile.airflow").read_text()
+    owned = set()
+    for line in dockerfile.replace("\\\n", " ").splitlines():
+        if "chown" in line:
+            owned.update(word for word in line.split() if word.startswith("/opt/"))
+    base_image_paths = ("/opt/airflow",)  # the base image's own, owned by airflow already
+    for name, service in services.items():
+        if not str(service.get("image", "")).startswith("emflow-airflow"):
+            continue
+        for volume in service.get("volumes", []):
+            source, _, target = str(volume).partition(":")
+            target = target.split(":")[0]
+            if source.startswith((".", "/")) or target.startswith(base_image_paths):
+                continue  # a bind mount of a repository file, or the base image's folders
+            assert target in owned, f"{name}: volume {source} on {target}, not created/owned"
