@@ -40,12 +40,13 @@ def run(args: argparse.Namespace) -> int:
     from emflow.registry.rollback import RollbackCheckError, UnknownVersionError, rollback
     from emflow.registry.tracking import TrackingUnavailableError
 
+    settings = Settings()
     try:
         result = rollback(
             args.version,
             reason=args.reason,
             actor=args.actor,
-            settings=Settings(),
+            settings=settings,
             force=args.force,
         )
     except (UnknownVersionError, RollbackCheckError, ValueError) as error:
@@ -54,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
     except (TrackingUnavailableError, RuntimeError) as error:
         print(f"emflow rollback failed: {error}", file=sys.stderr)
         return 1
+    from emflow.run.rollback import publish_rollback
+
+    publish_rollback(result, settings)  # the dashboards show the serving version
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     elif not result["changed"]:

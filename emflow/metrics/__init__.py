@@ -60,7 +60,12 @@ did not set; every other model's samples are carried over, and the new file repl
 atomically (``prometheus_client.write_to_textfile``).
 """
 
-from emflow.metrics.sinks import MetricsPushError, publish_run_metrics, write_textfile
+from emflow.metrics.sinks import (
+    MetricsPushError,
+    publish_rollback_metrics,
+    publish_run_metrics,
+    write_textfile,
+)
 from emflow.metrics.spec import (
     DECISIONS,
     METRICS,
@@ -78,6 +83,7 @@ __all__ = [
     "MetricSpec",
     "MetricsPushError",
     "build_registry",
+    "publish_rollback_metrics",
     "publish_run_metrics",
     "write_textfile",
 ]

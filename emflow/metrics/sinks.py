@@ -8,7 +8,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from emflow.metrics.spec import METRICS, PERSISTENT, PUSHGATEWAY_JOB, build_registry
+from emflow.metrics.spec import (
+    METRICS,
+    PERSISTENT,
+    PUSHGATEWAY_JOB,
+    ROLLBACK_FAMILIES,
+    ROLLBACK_JOB,
+    build_registry,
+    build_rollback_registry,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -21,11 +29,12 @@ class MetricsPushError(RuntimeError):
 # sinks
 
 
-def _merged_textfile_registry(new_registry, old_text: str, model: str):
+def _merged_textfile_registry(new_registry, old_text: str, model: str, owned=None):
     """``new_registry`` merged with what the old textfile keeps.
 
     Kept: other models' samples, and this model's :data:`~emflow.metrics.spec.PERSISTENT`
-    families that the run did not set.
+    families that the run did not set. With ``owned`` (family names: a rollback's), only those
+    families of this model are replaced and every other sample is kept.
     """
     from prometheus_client.core import CollectorRegistry, Metric
     from prometheus_client.parser import text_string_to_metric_families
@@ -44,6 +53,7 @@ def _merged_textfile_registry(new_registry, old_text: str, model: str):
             for s in family.samples
             if s.labels.get("model") != model
             or (family.name in PERSISTENT and family.name not in new_families)
+            or (owned is not None and family.name not in owned)
         ]
         if not keep:
             continue
@@ -61,8 +71,10 @@ def _merged_textfile_registry(new_registry, old_text: str, model: str):
     return registry
 
 
-def write_textfile(registry, path: Path, model: str) -> Path:
+def write_textfile(registry, path: Path, model: str, owned=None) -> Path:
     """Merge ``registry`` into the textfile-collector file at ``path`` atomically; return it.
+
+    ``owned``: see :func:`_merged_textfile_registry` (None: a run's, replacing its model's).
 
     A previous file that cannot be parsed is renamed to ``<name>.unreadable-<unix time>`` (never
     deleted) and a warning is logged.
@@ -75,7 +87,7 @@ def write_textfile(registry, path: Path, model: str) -> Path:
     if path.exists():
         old_text = path.read_text(encoding="utf-8")
         try:
-            to_write = _merged_textfile_registry(registry, old_text, model)  # parses eagerly
+            to_write = _merged_textfile_registry(registry, old_text, model, owned)
         except ValueError as error:
             kept = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
             path.rename(kept)
@@ -128,6 +140,34 @@ def _replace_group(url: str, registry, model: str) -> None:
     push_to_gateway(
         url, job=PUSHGATEWAY_JOB, registry=registry, grouping_key={"model": model}, timeout=10
     )
+
+
+def publish_rollback_metrics(
+    model: str, version: str | int, settings, *, now: float | None = None
+) -> str:
+    """Publish a rollback (when, which version it serves); return where it went.
+
+    Its own Pushgateway group (job ``emflow_rollback``, grouping key ``model``), so the latest
+    retrain run's series stay as they are; in the textfile only the two rollback families of
+    the model are replaced. An unreachable Pushgateway is logged and the textfile written (the
+    rollback itself is done: this never fails it).
+    """
+    from prometheus_client import push_to_gateway
+
+    registry = build_rollback_registry(model, version, now)
+    url = getattr(settings, "pushgateway_url", None)
+    if url:
+        try:
+            push_to_gateway(
+                url, job=ROLLBACK_JOB, registry=registry, grouping_key={"model": model}, timeout=10
+            )
+            return f"{url.rstrip('/')}/metrics/job/{ROLLBACK_JOB}/model/{model}"
+        except OSError as error:
+            logger.warning(
+                "rollback metrics not pushed to %s (%s); writing the textfile", url, error
+            )
+    path = write_textfile(registry, settings.metrics_textfile, model, owned=set(ROLLBACK_FAMILIES))
+    return str(path)
 
 
 def publish_run_metrics(

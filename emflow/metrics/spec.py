@@ -10,6 +10,13 @@ from typing import Any, NamedTuple
 logger = logging.getLogger(__name__)
 
 PUSHGATEWAY_JOB = "emflow_retrain"
+#: the rollbacks' own group (a rollback leaves the latest retrain run's series as they are)
+ROLLBACK_JOB = "emflow_rollback"
+#: families a rollback publishes (:func:`build_rollback_registry`)
+ROLLBACK_FAMILIES = (
+    "emflow_rollback_last_timestamp_seconds",
+    "emflow_rollback_champion_version",
+)
 #: Families a run leaves as they were when it does not set them (a failed run keeps the last
 #: success's time). Every other family of a model holds the latest run's values only: a series
 #: the latest run did not produce is removed, so a dashboard never shows a failed run's
@@ -61,6 +68,18 @@ METRICS: dict[str, MetricSpec] = {
         "Unix time the latest run that promoted its challenger finished (set on promotion only).",
         ("model",),
         "decision",
+    ),
+    "emflow_rollback_last_timestamp_seconds": MetricSpec(
+        "gauge",
+        "Unix time of the latest rollback of the model's champion (job emflow_rollback).",
+        ("model",),
+        "rollback",
+    ),
+    "emflow_rollback_champion_version": MetricSpec(
+        "gauge",
+        "Registry version the latest rollback made champion (job emflow_rollback).",
+        ("model",),
+        "rollback",
     ),
     "emflow_retrain_last_run_success": MetricSpec(
         "gauge", "1 if the latest retrain run succeeded, 0 if it failed.", ("model",), "status"
@@ -354,4 +373,16 @@ def build_registry(summary: Mapping[str, Any], *, now: float | None = None):
         family = gauge("emflow_feature_drift_psi")
         for feature, psi in sorted(drift.items()):
             family.labels(model, str(feature)).set(_number({"drift": psi}, "drift"))
+    return registry
+
+
+def build_rollback_registry(model: str, version: str | int, now: float | None = None) -> Any:
+    """A registry of one rollback: when, and which version it made champion."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = CollectorRegistry()
+    values = (time.time() if now is None else float(now), float(int(version)))
+    for name, value in zip(ROLLBACK_FAMILIES, values, strict=True):
+        spec = METRICS[name]
+        Gauge(name, spec.help, list(spec.labels), registry=registry).labels(model).set(value)
     return registry

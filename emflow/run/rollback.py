@@ -35,14 +35,33 @@ def rollback_champion(
 
     if not str(reason or "").strip():
         raise ValueError("a rollback needs a reason: say why the champion is being moved")
+    settings = settings or Settings()
     result = rollback(
         version=None if version in (None, "") else str(version),
         reason=reason,
         actor=actor,
-        settings=settings or Settings(),
+        settings=settings,
         force=force,
         request_id=request_id,
     )
+    publish_rollback(result, settings)
     result = json.loads(json.dumps(result, default=str))
     log.info("rollback by %s: %s", actor, result)
     return result
+
+
+def publish_rollback(result: dict[str, Any], settings: Settings) -> None:
+    """The metrics of a rollback that moved the champion (the dashboards then say so).
+
+    Best effort: the rollback is done; a metrics file that cannot be written is logged.
+    """
+    if not result.get("changed"):
+        return
+    from emflow.metrics import publish_rollback_metrics
+
+    try:
+        where = publish_rollback_metrics(settings.model_name, result["version"], settings)
+    except OSError as error:
+        log.warning("rollback metrics not written: %s", error)
+        return
+    log.info("rollback metrics -> %s", where)

@@ -203,6 +203,19 @@ SINCE_PROMOTION = stat(
     description="Tickets (EmflowChampionNotRefreshed) above 72 h while retrains succeed: the "
     "gate rejects every challenger (a lasting shift read as a new structure?).",
 )
+LATEST_ROLLBACK = stat(
+    "Champion set by the latest rollback",
+    f"max by (model) (emflow_rollback_champion_version{M})",
+    legend="{{model}}",
+    description="The version the latest rollback made champion; the retrain panels show the "
+    "latest retrain run, which may predate it.",
+)
+SINCE_ROLLBACK = stat(
+    "Time since the latest rollback",
+    f"time() - max by (model) (emflow_rollback_last_timestamp_seconds{M})",
+    unit="s",
+    legend="{{model}}",
+)
 HOLDOUT = timeseries(
     "Holdout log-likelihood: challenger vs champion",
     (f"emflow_holdout_log_likelihood_nats{M}", "{{model}} {{role}}"),
@@ -303,6 +316,8 @@ ONCALL = dashboard(
         ),
         SINCE_SUCCESS,
         SINCE_PROMOTION,
+        LATEST_ROLLBACK,
+        SINCE_ROLLBACK,
         QUARANTINE_RATE,
         stat(
             "Latest challenger vs champion (nats/sample)",

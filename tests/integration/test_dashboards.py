@@ -22,7 +22,7 @@ from support.ops import (
 )
 
 from emflow.config import Settings
-from emflow.metrics import METRICS, publish_run_metrics
+from emflow.metrics import METRICS, publish_rollback_metrics, publish_run_metrics
 
 DASHBOARDS = ("executive", "oncall", "debug")
 
@@ -179,6 +179,11 @@ def test_real_prometheus_answers_every_panel_after_a_pushed_run(tmp_path):
             },
             Settings(home=tmp_path, pushgateway_url=gateway),
         )
+        # a rollback later: its own group beside the run's (the on-call rollback panels)
+        where = publish_rollback_metrics(
+            "telemetry-gmm", "1", Settings(home=tmp_path, pushgateway_url=gateway)
+        )
+        assert where.endswith("/metrics/job/emflow_rollback/model/telemetry-gmm")
         host_port = gateway.removeprefix("http://")
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},

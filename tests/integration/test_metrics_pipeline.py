@@ -84,6 +84,9 @@ def test_pipeline_runs_push_their_metrics_to_a_real_pushgateway(tmp_path):
             "emflow_feature_drift_psi",
             "emflow_drift_score_divergence",
             "emflow_train_device_peak_bytes",
+            # a rollback's, in their own group (tests/unit/emflow/test_metrics.py)
+            "emflow_rollback_last_timestamp_seconds",
+            "emflow_rollback_champion_version",
         }
 
         def value(name, **labels):

@@ -48,6 +48,9 @@ def test_cli_status_and_rollback(settings, trained, holdout, tmp_path, monkeypat
     assert cli.main(["rollback", "--reason", "bad latency", "--actor", "bob"]) == 0
     assert "v2 -> v1" in capsys.readouterr().out
     assert _champion(settings) == "1"
+    # the metrics say so (QA probe: a rollback published nothing; dashboards showed v2's run)
+    metrics = settings.metrics_textfile.read_text()
+    assert 'emflow_rollback_champion_version{model="telemetry-gmm"} 1.0' in metrics
     assert cli.main(["status", "--json"]) == 0
     assert '"champion": "1"' in capsys.readouterr().out
 

@@ -16,6 +16,10 @@ from emflow.metrics import (
     build_registry,
     publish_run_metrics,
 )
+from emflow.metrics.spec import ROLLBACK_FAMILIES, build_rollback_registry
+
+#: what a retrain run exports (a rollback's two families go to their own group)
+RUN_METRICS = set(METRICS) - set(ROLLBACK_FAMILIES)
 
 MODEL = "telemetry-gmm"
 RUN_TIME = 1_790_000_000.0
@@ -123,7 +127,9 @@ def check_values(samples: dict[str, list], summary: dict, run_time: float) -> No
 
 def test_metrics_table_follows_prometheus_naming():
     registry_names = {family.name for family in build_registry(realistic_summary()).collect()}
-    assert registry_names == set(METRICS)  # the table documents exactly what is exported
+    rollback_names = {family.name for family in build_rollback_registry(MODEL, 2).collect()}
+    # the table documents exactly what is exported
+    assert registry_names == RUN_METRICS and rollback_names == set(ROLLBACK_FAMILIES)
     for name, spec in METRICS.items():
         assert name.startswith("emflow_"), name
         assert spec.type == "gauge", (name, "see the module docstring: per-run gauges only")
@@ -172,7 +178,7 @@ def test_textfile_holds_every_metric_with_summary_values(tmp_path):
     assert where == str(settings.metrics_textfile)
     text = settings.metrics_textfile.read_text()
     samples = samples_by_name(text)
-    assert set(samples) == set(METRICS)
+    assert set(samples) == RUN_METRICS
     check_values(samples, realistic_summary(), RUN_TIME)
     assert not list(settings.metrics_textfile.parent.glob("*.prom.*")), "temporary file left"
 
@@ -225,7 +231,7 @@ def test_unreadable_textfile_is_kept_aside_not_deleted(tmp_path):
     publish_run_metrics(realistic_summary(), settings, now=RUN_TIME)
     kept = list(settings.metrics_textfile.parent.glob("emflow.prom.unreadable-*"))
     assert len(kept) == 1 and kept[0].read_text() == "this is { not exposition format\n"
-    assert set(samples_by_name(settings.metrics_textfile.read_text())) == set(METRICS)
+    assert set(samples_by_name(settings.metrics_textfile.read_text())) == RUN_METRICS
 
 
 @pytest.mark.parametrize(
@@ -262,7 +268,7 @@ def test_unreachable_pushgateway_keeps_metrics_in_textfile(tmp_path):
     settings = Settings(home=tmp_path, pushgateway_url=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(MetricsPushError, match="EMFLOW_PUSHGATEWAY"):
         publish_run_metrics(realistic_summary(), settings, attempts=2, retry_wait_seconds=0.01)
-    assert set(samples_by_name(settings.metrics_textfile.read_text())) == set(METRICS)
+    assert set(samples_by_name(settings.metrics_textfile.read_text())) == RUN_METRICS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +286,7 @@ def test_pushgateway_receives_every_documented_metric(tmp_path):
 
         text = http_get(f"{url}/metrics")
         samples = samples_by_name(text)
-        missing = set(METRICS) - set(samples)
+        missing = RUN_METRICS - set(samples)
         assert not missing, f"documented metrics not on the gateway: {sorted(missing)}"
         check_values(samples, summary, RUN_TIME)
         assert all(
@@ -339,3 +345,22 @@ def test_a_rejected_run_keeps_the_last_promotion_time_and_a_promotion_moves_it(t
     assert (
         value(samples, "emflow_retrain_last_promotion_timestamp_seconds") == RUN_TIME + 2 * 86_400
     )
+
+
+def test_a_rollback_publishes_the_serving_version_beside_the_latest_run(tmp_path):
+    """QA probe: a rollback published nothing, so the dashboards kept showing the rolled-back
+    run as current and no metric named the serving version. A rollback writes its two
+    families (its own Pushgateway group) and leaves the latest run's series as they are."""
+    from emflow.metrics import publish_rollback_metrics
+
+    settings = Settings(home=tmp_path, pushgateway_url=None)
+    publish_run_metrics(realistic_summary(), settings, now=RUN_TIME)
+    publish_rollback_metrics(MODEL, "3", settings, now=RUN_TIME + 60)
+    publish_rollback_metrics(MODEL, "2", settings, now=RUN_TIME + 120)  # replaces, not appends
+    samples = samples_by_name(settings.metrics_textfile.read_text())
+    assert value(samples, "emflow_rollback_champion_version") == 2.0
+    assert value(samples, "emflow_rollback_last_timestamp_seconds") == RUN_TIME + 120
+    check_values(samples, realistic_summary(), RUN_TIME)  # the run's series untouched
+    publish_run_metrics(realistic_summary(), settings, now=RUN_TIME + 86_400)
+    after_run = samples_by_name(settings.metrics_textfile.read_text())
+    assert "emflow_rollback_champion_version" not in after_run  # a run replaces its model's
