@@ -87,8 +87,15 @@ def sha256_file(path: Path) -> str:
 
 
 def checksums(path: Path) -> dict[str, dict[str, Any]]:
-    """``{relative path: {"sha256", "size_bytes"}}`` of a file, or of every file under a folder."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    """``{relative path: {"sha256", "size_bytes"}}`` of a file, or of a folder's data files.
+
+    A folder's are the files the contract reads (:func:`validation.reader.list_batch_files`):
+    a file still being written (``.name``, ``_name``) or a note beside the data is not part of
+    the batch, so its coming and going changes nothing here.
+    """
+    from validation.reader import list_batch_files
+
+    files = [path] if path.is_file() else list_batch_files(path)
     base = path.parent if path.is_file() else path
     return {
         str(p.relative_to(base)): {"sha256": sha256_file(p), "size_bytes": p.stat().st_size}
@@ -273,7 +280,12 @@ def _released(manifest: dict[str, Any], source: Path, contract: Contract | None)
         return False
     if not source.exists() or str(delivered_path(source)) != manifest.get("source"):
         return False
-    if _sha_map(checksums(source)) != _sha_map(manifest["files"]):
+    now = _sha_map(checksums(source))
+    if not now or not set(manifest["files"]) <= set(now):
+        # not the quarantined batch moved back: a late file in a recreated day folder, an empty
+        # folder (a release brings back every file, fixed or not; a new delivery is a new run)
+        return False
+    if now != _sha_map(manifest["files"]):
         return True
     from validation.contract import load_contract
 

@@ -127,7 +127,8 @@ def _dispatch(argv: list[str]) -> int:
         print(f"emflow {args.command}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:  # Ctrl-C: one line, the shell's status for SIGINT
-        print(f"\nemflow {args.command}: {interrupt or 'interrupted (Ctrl-C)'}", file=sys.stderr)
+        said = str(interrupt) or "interrupted (Ctrl-C)"  # a bare Ctrl-C has no message
+        print(f"\nemflow {args.command}: {said}", file=sys.stderr)
         return 130
     except Exception as error:
         if disk_full(error):

@@ -54,6 +54,8 @@ def _merged_textfile_registry(new_registry, old_text: str, model: str, owned=Non
             if s.labels.get("model") != model
             or (family.name in PERSISTENT and family.name not in new_families)
             or (owned is not None and family.name not in owned)
+            # a run leaves the rollback's families (on a Pushgateway: a group of their own)
+            or (owned is None and family.name in ROLLBACK_FAMILIES)
         ]
         if not keep:
             continue

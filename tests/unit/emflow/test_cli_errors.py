@@ -356,3 +356,15 @@ def test_a_tracking_uri_mlflow_cannot_open_is_named(argv, home, monkeypatch, cap
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "MLFLOW_TRACKING_URI='bogus://x' names no store MLflow can open" in err
+
+
+def test_a_bare_ctrl_c_is_one_line_with_the_shells_status(home, monkeypatch, capsys):
+    """A KeyboardInterrupt without a message printed 'emflow status: ' and nothing more."""
+    import emflow.cli.status as status_cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(status_cli, "run", interrupted)
+    assert main(["status"]) == 130
+    assert capsys.readouterr().err.strip() == "emflow status: interrupted (Ctrl-C)"

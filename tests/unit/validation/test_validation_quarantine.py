@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from support.validation import DAY, WINDOW, all_files, sha256
 
-from validation import check_batch
+from validation import QuarantineConflict, check_batch
 from validation.synthetic import (
     BAD_BATCH_EXPECTATIONS,
     FILE_KINDS,
@@ -220,6 +220,47 @@ def test_setting_a_released_batch_aside_killed_halfway_is_finished_by_the_retry(
     run_dir = Path(first.quarantined_to).parent
     names = sorted(p.name for p in run_dir.iterdir())
     assert len(names) == 4 and all(".released-" in n for n in names), names
+
+
+def test_a_late_file_in_a_quarantined_day_is_no_release(tmp_path, contract):
+    """Review: after a day folder was quarantined, any file landing in a recreated
+    incoming/<day> (or an empty folder) counted as a release: the quarantined files were set
+    aside and the late file alone passed as the whole day. A release brings back every file of
+    the quarantined batch; anything else is a new delivery for a new run id."""
+    data_root = tmp_path / "data"
+    folder = data_root / "incoming" / DAY
+    frame = make_telemetry(400, *WINDOW, seed=5)
+    folder.mkdir(parents=True)
+    frame.iloc[:200].to_parquet(folder / "a.parquet", index=False)
+    write_bad_batch("nan", folder / "b.parquet", start=WINDOW[0], end=WINDOW[1])
+    kw = dict(run_id="r", data_root=data_root, contract=contract, window=WINDOW)
+    first = check_batch(folder, **kw)
+    assert not first.success and not folder.exists()
+    quarantined = sorted(p.name for p in Path(first.quarantined_to).iterdir())
+    folder.mkdir()
+    frame.iloc[200:].to_parquet(folder / "c.parquet", index=False)  # a late file
+    with pytest.raises(QuarantineConflict, match="new run id"):
+        check_batch(folder, **kw)
+    (folder / "c.parquet").unlink()  # an empty folder: no release either
+    with pytest.raises(QuarantineConflict, match="new run id"):
+        check_batch(folder, **kw)
+    assert sorted(p.name for p in Path(first.quarantined_to).iterdir()) == quarantined
+    assert not list(Path(first.quarantined_to).parent.glob("*.released-*"))
+
+
+def test_files_the_contract_skips_do_not_change_a_days_record(tmp_path, contract):
+    """Review: a day folder's checksums covered every file, so a producer's temporary file
+    (``.x.tmp``) present at validation and gone later made a retry of the same run a
+    QuarantineConflict. The record covers the files the contract reads."""
+    data_root = tmp_path / "data"
+    source = write_window(make_telemetry(400, *WINDOW, seed=5), data_root, DAY)
+    folder = source.parent
+    (folder / ".x.parquet.tmp").write_bytes(b"half written")
+    kw = dict(run_id="r", data_root=data_root, contract=contract, window=WINDOW)
+    assert check_batch(folder, **kw).success
+    (folder / ".x.parquet.tmp").unlink()
+    (folder / "_SUCCESS").write_bytes(b"")
+    assert check_batch(folder, **kw).success  # the same batch: no conflict
 
 
 def test_passing_batch_is_marked_validated_once_and_stays_in_place(tmp_path, contract):
