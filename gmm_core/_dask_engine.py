@@ -83,6 +83,7 @@ def resolve_client(client: Any = None) -> Any:
         if cached is not None and cached.status not in ("closed", "closing"):
             return cached
         try:
+            check_scheduler_address(address)
             opened = Client(address, set_as_default=False, timeout=_CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             raise RuntimeError(
@@ -96,6 +97,21 @@ def resolve_client(client: Any = None) -> Any:
             ) from exc
         _CLIENTS[address] = opened
         return opened
+
+
+def check_scheduler_address(address: str) -> None:
+    """ValueError for an address no Dask comm takes (no port, an unknown scheme).
+
+    Checked before a Client is made: the Client's own refusal comes from its event-loop thread,
+    as a ValueError or (a loop already running in the process) an AssertionError.
+    """
+    from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.registry import get_backend
+
+    scheme, location = parse_address(address)
+    get_backend(scheme)
+    if scheme in ("tcp", "tls"):
+        parse_host_port(location)
 
 
 def _close_cached_clients() -> None:

@@ -48,14 +48,16 @@ def _compute_context(backend: str, settings: Settings) -> Iterator[None]:
         return
     from distributed import Client
 
+    from gmm_core._dask_engine import check_scheduler_address
+
     try:
-        client = Client(settings.dask_scheduler, set_as_default=False)
+        check_scheduler_address(settings.dask_scheduler)
     except (ValueError, TypeError) as error:  # no port, an unknown scheme
         raise SettingsError(
             f"EMFLOW_DASK_SCHEDULER={settings.dask_scheduler!r} is not a Dask scheduler address "
             f"({error}); set it to tcp://<host>:<port> (default port 8786)"
         ) from error
-    with client, client.as_current():
+    with Client(settings.dask_scheduler, set_as_default=False) as client, client.as_current():
         yield
 
 
