@@ -151,22 +151,30 @@ def _dispatch(argv: list[str]) -> int:
         return 1
 
 
+def _in_causes(
+    error: BaseException | None, errnos: tuple[int, ...], text: str
+) -> BaseException | None:
+    """The first error of ``error``'s chain that is an OSError of ``errnos`` or says ``text``.
+
+    The chain follows causes, and contexts unless ``from None``; None when no error matches.
+    """
+    seen = 0
+    while error is not None and seen < 20:
+        if (isinstance(error, OSError) and error.errno in errnos) or text in str(error):
+            return error
+        cause = error.__cause__
+        error = cause if cause is not None or error.__suppress_context__ else error.__context__
+        seen += 1
+    return None
+
+
 def disk_full(error: BaseException | None) -> bool:
     """Whether ``error`` (or one it came from) is a full disk or quota.
 
     An OSError of ENOSPC or EDQUOT, or SQLite's "database or disk is full" (the MLflow and
     Airflow stores).
     """
-    seen = 0
-    while error is not None and seen < 20:
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if "database or disk is full" in str(error):
-            return True
-        cause = error.__cause__
-        error = cause if cause is not None or error.__suppress_context__ else error.__context__
-        seen += 1
-    return False
+    return _in_causes(error, (errno.ENOSPC, errno.EDQUOT), "database or disk is full") is not None
 
 
 def not_writable(error: BaseException | None) -> BaseException | None:
@@ -174,16 +182,7 @@ def not_writable(error: BaseException | None) -> BaseException | None:
 
     An OSError of EACCES, EPERM or EROFS, or SQLite's "attempt to write a readonly database".
     """
-    seen = 0
-    while error is not None and seen < 20:
-        if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            return error
-        if "readonly database" in str(error):
-            return error
-        cause = error.__cause__
-        error = cause if cause is not None or error.__suppress_context__ else error.__context__
-        seen += 1
-    return None
+    return _in_causes(error, (errno.EACCES, errno.EPERM, errno.EROFS), "readonly database")
 
 
 def error_line(error: BaseException) -> str:
