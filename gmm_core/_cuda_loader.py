@@ -200,6 +200,10 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
         "lk_weights",
         "lk_rows",
         "lk_flush",
+        "lk_features64",
+        "lk_weights64",
+        "lk_rows64",
+        "lk_flush64",
     ),
     "gemm_rows.cu": (
         "quad_features<float>",

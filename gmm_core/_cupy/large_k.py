@@ -18,6 +18,10 @@ Float32 GEMMs, not TF32 tensor cores: see ``em_largek.cu`` for the measured bias
 TF32 accumulation at these inner dimensions. Chunks are sized so the (rows x components)
 temporary stays near the L2 cache (``CHUNK_BYTES``) while the launches per pass stay few.
 
+Where float64 runs on tensor cores (``LaunchConfig.large_k_f64``) the log-densities are a
+float64 GEMM and the statistics TF32 GEMMs of split features instead (``large_k_f64``: exact
+and faster than the float32 GEMMs there).
+
 Up to ``FUSED_MAX_FEATURES`` features (and ``LaunchConfig.large_k_fused``, on unless
 ``GMM_CORE_LARGE_K_FUSED=0``) the pass is instead two fused tensor-core kernels per row chunk
 (``cuda/em_largek_tc.cu``, whose header says how): ``lkt_lse`` (3xTF32 log-densities, online
@@ -34,6 +38,7 @@ import cupy
 import numpy as np
 
 from .._gaussian import Params, Stats
+from . import large_k_f64
 from .config import LaunchConfig
 from .data import CupyData, Scratch, scratch_bytes, weighted_chunks
 from .kernels import KernelRef, allow_dynamic_smem, kernel_ref, load_kernel
@@ -167,10 +172,13 @@ class LargeKPass:
     def kernel_refs(self, data: CupyData | None = None) -> list[KernelRef]:
         """The kernels of a pass over ``data``.
 
-        The fused ones where they serve, else the ``em_largek.cu`` ones (also without ``data``).
+        The fused ones where they serve, else the float64 E-step's where the config says, else
+        the ``em_largek.cu`` float32 ones (also without ``data``).
         """
         if data is not None and self.fused(data):
             return fused_kernel_refs(data.covariance_type, data.n_features)
+        if data is not None and self.config.large_k_f64:
+            return large_k_f64.kernel_refs()
         return [kernel_ref(SOURCE, name) for name in KERNELS]
 
     def chunk_rows(self, data: CupyData, n_cols: int, ldb: int) -> int:
@@ -187,6 +195,8 @@ class LargeKPass:
         """
         if self.fused(data):
             return self._accumulate_fused(data, params, active)
+        if self.config.large_k_f64:
+            return large_k_f64.accumulate(self, data, params, active)
         R, K, D = params.means.shape
         rk = R * K
         diag = data.covariance_type == "diag"

@@ -19,8 +19,10 @@ from gmm_core._engine import cupy_unavailable_reason
 from gmm_core._gaussian import Params
 
 _REASON = cupy_unavailable_reason()
-#: gmm_core._cupy.config.LARGE_K_FUSED_ENV (not imported: gmm_core._cupy needs CuPy)
+#: gmm_core._cupy.config.LARGE_K_FUSED_ENV / LARGE_K_F64_ENV (not imported: gmm_core._cupy
+#: needs CuPy)
 LARGE_K_FUSED_ENV = "GMM_CORE_LARGE_K_FUSED"
+LARGE_K_F64_ENV = "GMM_CORE_LARGE_K_F64"
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(_REASON is not None, reason=f"needs a usable CUDA GPU: {_REASON}"),
@@ -78,18 +80,36 @@ def _reference(X: np.ndarray, cov: str, params: Params, weights=None):
     return out
 
 
-@pytest.fixture(params=[True, False], ids=["fused", "cublas"])
-def fused(request):
-    """The pass as the fused tensor-core kernels, and as cuBLAS float32 GEMMs."""
+@pytest.fixture(params=["fused", "float32", "f64"])
+def variant(request):
+    """The pass as the fused tensor-core kernels, as cuBLAS float32 GEMMs, and with the float64
+    E-step (cuBLAS float64 and TF32 GEMMs; skipped where the device's float64 is slow)."""
+    if request.param == "f64":
+        import cupy
+
+        from gmm_core._cupy.config import FAST_FLOAT64
+
+        if int(cupy.cuda.Device().compute_capability) not in FAST_FLOAT64:
+            pytest.skip("the float64 E-step serves devices with float64 tensor cores only")
     return request.param
 
 
+def _use(variant: str, monkeypatch=None, engine=None) -> None:
+    """Select the pass variant: in the environment (fits build their engines) or on an engine."""
+    if monkeypatch is not None:
+        monkeypatch.setenv(LARGE_K_FUSED_ENV, "1" if variant == "fused" else "0")
+        monkeypatch.setenv(LARGE_K_F64_ENV, "1" if variant == "f64" else "0")
+    if engine is not None:
+        engine.config.large_k_fused = variant == "fused"
+        engine.config.large_k_f64 = variant == "f64"
+
+
 def _engine_stats(
-    X, cov, params, *, fused, active=None, weights=None, chunk_bytes=None, monkeypatch
+    X, cov, params, *, variant, active=None, weights=None, chunk_bytes=None, monkeypatch
 ):  # fmt: skip
     import cupy
 
-    from gmm_core._cupy import large_k
+    from gmm_core._cupy import large_k, large_k_f64
     from gmm_core._cupy.engine import CupyEngine
 
     if chunk_bytes is not None:  # several chunks and float32 flushes in a small test
@@ -98,11 +118,17 @@ def _engine_stats(
         # the fused pass: launches of 640 rows (lse of every restart per launch), partials
         # added across launches
         monkeypatch.setattr(large_k, "LSE_BYTES", 4 * params.means.shape[0] * 640)
+        # the float64 E-step: chunks of float64 log-densities as many bytes as the float32
+        # path's hold (several chunks), slices of 256 rows (several slots and a partial one)
+        monkeypatch.setattr(large_k_f64, "CHUNK_BYTES", 2 * chunk_bytes)
+        monkeypatch.setattr(large_k_f64, "SLICE_ROWS", 256)
     engine = CupyEngine()
-    engine.config.large_k_fused = fused
+    _use(variant, engine=engine)
     data = engine.prepare(cupy.asarray(X), None, cov, sample_weight=weights)
     R, K, _ = params.means.shape
-    assert engine.large_k.fused(data) == (fused and X.shape[1] <= 256)
+    assert engine.large_k.fused(data) == (variant == "fused" and X.shape[1] <= 256)
+    want = "lk_rows64" if variant == "f64" else "lk_rows" if variant == "float32" else "lkt_lse"
+    assert any(ref.expr.startswith(want) for ref in engine.large_k.kernel_refs(data))
     assert engine.large_k.supports(data, R, K)
     dev = params.map(cupy.asarray)
     act = None if active is None else cupy.asarray(active)
@@ -132,16 +158,16 @@ def _check(stats, ref, r, n_samples):
 
 @pytest.mark.parametrize("cov", ["diag", "spherical"])
 @pytest.mark.parametrize(("k", "d"), [(1024, 64), (2048, 128), (4096, 256)])
-def test_large_k_pass_matches_float64(k, d, cov, fused, monkeypatch):
+def test_large_k_pass_matches_float64(k, d, cov, variant, monkeypatch):
     X = _data(3_001, d, 64, seed=k + d)  # 3001 rows: partial chunks
     params = _params(X, cov, k, 1)
     stats = _engine_stats(
-        X, cov, params, fused=fused, chunk_bytes=4 * k * 700, monkeypatch=monkeypatch
+        X, cov, params, variant=variant, chunk_bytes=4 * k * 700, monkeypatch=monkeypatch
     )
     _check(stats, _reference(X, cov, params)[0], 0, len(X))
 
 
-def test_a_lloyd_pass_through_the_large_k_pass_assigns_every_row_to_its_nearest_centre(fused):
+def test_a_lloyd_pass_through_the_large_k_pass_assigns_every_row_to_its_nearest_centre(variant):
     """The device k-means' hard mixture (precision 1e12 / total variance: log-densities ~1e12)
     through the large-K pass (2 restarts x 40 centres, 40 features). Its row kernel's
     responsibilities were exp2(v - lse) with v's product fused into the subtraction (an FMA),
@@ -155,9 +181,10 @@ def test_a_lloyd_pass_through_the_large_k_pass_assigns_every_row_to_its_nearest_
     rng = np.random.default_rng(4)
     centres = X[rng.choice(len(X), size=(2, 40), replace=False)].astype(np.float64)
     engine = CupyEngine()
-    engine.config.large_k_fused = fused
+    _use(variant, engine=engine)
     data = engine.prepare(cupy.asarray(X), None, "diag")
-    assert engine.large_k.supports(data, 2, 40) and engine.large_k.fused(data) == fused
+    assert engine.large_k.supports(data, 2, 40)
+    assert engine.large_k.fused(data) == (variant == "fused")
     precision = HARD_PRECISION / float(X.astype(np.float64).var(axis=0).sum())
     hard = hard_params(cupy.asarray(centres), "diag", precision, cupy)
     stats = engine.lloyd_pass(data, hard, cupy.ones(2, dtype=bool))
@@ -170,11 +197,11 @@ def test_a_lloyd_pass_through_the_large_k_pass_assigns_every_row_to_its_nearest_
         assert abs(nk.sum() - len(X)) < 1e-3
 
 
-def test_a_default_fit_whose_kmeans_init_takes_the_large_k_pass(fused, monkeypatch):
+def test_a_default_fit_whose_kmeans_init_takes_the_large_k_pass(variant, monkeypatch):
     """The selection test's K = 40 case (40 features, 2 restarts): init, EM and the result."""
     import cupy
 
-    monkeypatch.setenv(LARGE_K_FUSED_ENV, "1" if fused else "0")
+    _use(variant, monkeypatch)
     X = _data(60_000, 40, 12, seed=3) + np.float32(20.0)  # uncentred: the fit centres it
     kw = dict(covariance_type="diag", n_init=2, tol=0.0, max_iter=8, random_state=0)
     with warnings.catch_warnings():
@@ -187,20 +214,20 @@ def test_a_default_fit_whose_kmeans_init_takes_the_large_k_pass(fused, monkeypat
 
 
 @pytest.mark.parametrize("cov", ["diag", "spherical"])
-def test_large_k_pass_at_few_components_per_restart(cov, fused, monkeypatch):
+def test_large_k_pass_at_few_components_per_restart(cov, variant, monkeypatch):
     """2 restarts of 40 components over 40 features (80 in all: the large-K pass), as the
     selection test's K = 40 candidate runs it."""
     X = _data(60_000, 40, 12, seed=3)
     params = _params(X, cov, 40, 2, seed=4)
-    stats = _engine_stats(X, cov, params, fused=fused, monkeypatch=monkeypatch)
+    stats = _engine_stats(X, cov, params, variant=variant, monkeypatch=monkeypatch)
     ref = _reference(X, cov, params)
     for r in range(2):
         _check(stats, ref[r], r, len(X))
 
 
-def test_a_fit_through_the_large_k_pass_at_few_components_matches_numpy(fused, monkeypatch):
+def test_a_fit_through_the_large_k_pass_at_few_components_matches_numpy(variant, monkeypatch):
     """The public fit of the selection test's K = 40 case against the NumPy backend."""
-    monkeypatch.setenv(LARGE_K_FUSED_ENV, "1" if fused else "0")
+    _use(variant, monkeypatch)
     rng = np.random.default_rng(3)
     centres = rng.normal(scale=6.0, size=(12, 40))
     X = (centres[rng.integers(0, 12, 60_000)] + rng.normal(size=(60_000, 40)) + 20.0).astype(
@@ -227,11 +254,11 @@ def test_a_fit_through_the_large_k_pass_at_few_components_matches_numpy(fused, m
 
 
 @pytest.mark.parametrize("cov", ["diag", "spherical"])
-def test_large_k_restarts_side_by_side_and_an_inactive_one(cov, fused, monkeypatch):
+def test_large_k_restarts_side_by_side_and_an_inactive_one(cov, variant, monkeypatch):
     X = _data(2_500, 72, 40, seed=5)  # D = 72: F not a multiple of 8 for spherical (73)
     params = _params(X, cov, 300, 3, seed=2)  # 900 components in all, K not a multiple of 8
     active = np.array([True, False, True])
-    stats = _engine_stats(X, cov, params, fused=fused, active=active,
+    stats = _engine_stats(X, cov, params, variant=variant, active=active,
                           chunk_bytes=4 * 904 * 600, monkeypatch=monkeypatch)  # fmt: skip
     ref = _reference(X, cov, params)
     for r in (0, 2):
@@ -240,24 +267,26 @@ def test_large_k_restarts_side_by_side_and_an_inactive_one(cov, fused, monkeypat
     assert not _host(stats.nk)[1].any() and not _host(stats.sx)[1].any()
 
 
-def test_large_k_weights_match_the_weighted_reference(fused, monkeypatch):
+def test_large_k_weights_match_the_weighted_reference(variant, monkeypatch):
     X = _data(2_000, 64, 30, seed=9)
     rng = np.random.default_rng(4)
     weights = rng.uniform(0.0, 3.0, size=len(X))
     params = _params(X, "diag", 512, 1, seed=3)
-    stats = _engine_stats(X, "diag", params, fused=fused, weights=weights, monkeypatch=monkeypatch)
+    stats = _engine_stats(
+        X, "diag", params, variant=variant, weights=weights, monkeypatch=monkeypatch
+    )
     _check(stats, _reference(X, "diag", params, weights)[0], 0, weights.sum())
 
 
 @pytest.mark.parametrize("cov", ["diag", "spherical"])
-def test_large_k_fit_follows_the_numpy_backend(cov, fused, monkeypatch):
+def test_large_k_fit_follows_the_numpy_backend(cov, variant, monkeypatch):
     """The public API: a float32 fit on the large-K pass against the NumPy backend from the same
     start: one iteration against float64 (within 1e-5 nats per sample), six against float32
     (within 1e-4; float32 and float64 EM part by 0.03 nats in six iterations on this spherical
     case, on the NumPy backend alike)."""
     import cupy
 
-    monkeypatch.setenv(LARGE_K_FUSED_ENV, "1" if fused else "0")
+    _use(variant, monkeypatch)
     X = _data(20_000, 64, 100, seed=11)
     p = _params(X, cov, 256, 1, seed=6)
     init = {

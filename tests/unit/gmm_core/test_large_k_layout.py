@@ -128,3 +128,52 @@ def test_the_full_pass_raises_its_shared_memory_limit_once_and_never_lowers_it(m
     assert kern.max_dynamic_shared_size_bytes == 150_000
     strategy.kernels(24, True, 200_000)
     assert kern.max_dynamic_shared_size_bytes == 200_000
+
+
+@pytest.mark.parametrize(
+    ("d", "cov", "want"),
+    [
+        (128, "diag", (256, 256, 520)),  # [x, x^2]; [hi x, lo x, hi x^2, lo x^2, 1]
+        (128, "spherical", (129, 136, 264)),  # [x, |x|^2]; [hi x, lo x, hi |x|^2, lo |x|^2, 1]
+        (72, "spherical", (73, 80, 152)),
+        (1, "diag", (2, 8, 8)),
+    ],
+)
+def test_the_float64_e_step_splits_every_statistic_into_tf32_hi_and_lo(d, cov, want):
+    from gmm_core._cupy.large_k_f64 import geometry as geometry64
+
+    f, fp, ldf = geometry64(d, cov)
+    assert (f, fp, ldf) == want
+    assert fp % 8 == 0 and ldf % 8 == 0 and ldf >= 2 * f + 1  # two columns a statistic + N_k
+
+
+def test_the_float64_e_step_serves_where_the_config_says_and_the_fused_pass_comes_first():
+    import dataclasses
+
+    from gmm_core._cupy import large_k_f64
+
+    on = LargeKPass(dataclasses.replace(SM90, large_k_f64=True), Scratch(), lambda: 1 << 34)
+    assert [r.expr for r in on.kernel_refs(_data("diag"))] == list(large_k_f64.KERNELS)
+    both = dataclasses.replace(SM90, large_k_f64=True, large_k_fused=True)
+    fused = LargeKPass(both, Scratch(), lambda: 1 << 34).kernel_refs(_data("diag"))
+    assert {r.expr for r in fused} <= set(FUSED_KERNELS)
+    # past the fused kernels' 256 features the float64 E-step serves
+    wide = LargeKPass(both, Scratch(), lambda: 1 << 34).kernel_refs(_data("diag", d=300))
+    assert [r.expr for r in wide] == list(large_k_f64.KERNELS)
+
+
+@pytest.mark.parametrize(("budget", "kp"), [(1 << 34, 1024), (1 << 34, 32768), (1 << 26, 1024)])
+def test_float64_chunks_hold_whole_slices_within_the_scratch_allowance(budget, kp):
+    from gmm_core._cupy import large_k_f64
+    from gmm_core._cupy.data import scratch_bytes
+
+    data = _data("diag", n=10**6, d=128)
+    _, fp, ldf = large_k_f64.geometry(128, "diag")
+    rows = large_k_f64.chunk_rows(data, budget, kp, fp, ldf)
+    assert rows >= 32 and rows * kp * 8 <= max(large_k_f64.CHUNK_BYTES, 32 * kp * 8)
+    if rows >= large_k_f64.SLICE_ROWS:
+        assert rows % large_k_f64.SLICE_ROWS == 0
+    per_row = 12 * kp + 8 * fp + 4 * ldf
+    assert rows * per_row <= max(scratch_bytes(data, budget), 32 * per_row)
+    if budget >= 1 << 34 and kp == 1024:
+        assert rows == large_k_f64.CHUNK_BYTES // (8 * kp)

@@ -233,6 +233,10 @@ def test_tied_fits_compile_the_loop_bookkeeping_and_wide_ones_the_large_k_pass()
     assert names(on, "diag", np.float32, 40, 64, 1, 10**6) == fused + loop
     assert "lkt_stats<true, 32>" in names(on, "diag", np.float32, 256, 1024, 1, 10**6)
     assert names(on, "diag", np.float32, 257, 1024, 1, 10**6) == gemms + loop
+    # where float64 is fast (large_k_f64): the float64 E-step's kernels instead of the float32
+    f64 = dataclasses.replace(SM90, large_k_f64=True)
+    exact = ["lk_features64", "lk_weights64", "lk_rows64", "lk_flush64"]
+    assert names(f64, "spherical", np.float32, 128, 1024, 1, 10**6) == exact + loop
 
 
 def test_default_warmup_shapes_cover_the_pipeline_and_the_benchmark_kernels():
