@@ -81,16 +81,20 @@ def chunk_rows(data: CupyData, budget: int, kp: int, fp: int, ldf: int) -> int:
 def _gemm(
     transa: int, transb: int, m: int, n: int, k: int, a: int, lda: int, b: int, ldb: int,
     c: int, ldc: int, *, f64: bool, batch: int = 1, strides: tuple[int, int, int] = (0, 0, 0),
+    accumulate: bool = False,
 ) -> None:  # fmt: skip
     """``C = op(A) op(B)``, column-major: float64 (``COMPUTE_64F``) or TF32.
 
     TF32: float32 operands and sums. ``batch`` > 1: strided batched (element strides of A, B, C).
+    ``accumulate``: ``C += ...``.
     """
     from cupy_backends.cuda.libs import cublas
 
     handle = cupy.cuda.device.get_cublas_handle()
     dtype, compute = (_R_64F, _COMPUTE_64F) if f64 else (_R_32F, _COMPUTE_32F_FAST_TF32)
     one, zero = (_ONE64, _ZERO64) if f64 else (_ONE32, _ZERO32)
+    if accumulate:
+        zero = one
     if batch == 1:
         cublas.gemmEx(
             handle, transa, transb, m, n, k, one.ctypes.data, a, dtype, lda, b, dtype, ldb,
@@ -141,6 +145,15 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
     nk = cupy.zeros(rk)
     sf = cupy.zeros((rk, f))
     slot = kp * ldf  # elements of one slot
+    pending = 0  # rows summed in slot 0 since its last flush (chunks shorter than a slice)
+
+    def flush(n_slots: int) -> None:
+        kern["lk_flush64"](
+            (max(1, min(-(-rk * (f + 1) // 256), blocks)),),
+            (256,),
+            (slots, np.int32(n_slots), np.int32(rk), np.int32(kp), np.int32(ldf), np.int32(D),
+             np.int32(ns), sf, nk),
+        )  # fmt: skip
 
     for chunk, weights in weighted_chunks(data):
         chunk = cupy.ascontiguousarray(chunk)
@@ -165,7 +178,19 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
                 (logits, np.int64(rows), np.int32(kp), const, groups, np.int32(R), act, w,
                  ll_part, resp),
             )  # fmt: skip
-            # statistics: slot b (kp x ldf, column-major) = R~^T F over slice b's rows
+            # statistics: slot b (kp x ldf, column-major) = R~^T F over slice b's rows; chunks
+            # shorter than a slice (thousands of components) add into slot 0 up to a slice's
+            # rows, so the slots' traffic stays a fraction of the log-densities'
+            if rows_max < SLICE_ROWS:
+                if pending and pending + rows > SLICE_ROWS:
+                    flush(1)
+                    pending = 0
+                _gemm(
+                    _OP_N, _OP_T, kp, ldf, rows, resp.data.ptr, kp, split.data.ptr, ldf,
+                    slots.data.ptr, kp, f64=False, accumulate=pending > 0,
+                )  # fmt: skip
+                pending += rows
+                continue
             full, rest = divmod(rows, SLICE_ROWS)
             if full:
                 _gemm(
@@ -180,12 +205,9 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
                     split.data.ptr + 4 * at * ldf, ldf, slots.data.ptr + 4 * full * slot, kp,
                     f64=False,
                 )  # fmt: skip
-            kern["lk_flush64"](
-                (max(1, min(-(-rk * (f + 1) // 256), blocks)),),
-                (256,),
-                (slots, np.int32(full + (rest > 0)), np.int32(rk), np.int32(kp), np.int32(ldf),
-                 np.int32(D), np.int32(ns), sf, nk),
-            )  # fmt: skip
+            flush(full + (rest > 0))
+    if pending:
+        flush(1)
     loglik = ll_part.sum(axis=0)
     sf = sf.reshape(R, K, f)
     sx = cupy.ascontiguousarray(sf[..., :D])
