@@ -20,6 +20,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._checks import check_magnitude, checked_initial_parameters
+from ._dask_input import checked_dask_array, is_dask_collection
 from ._em_loop import em_progress
 from ._engine import BACKENDS, cupy_unavailable_reason, get_engine
 from ._fit import fit_model
@@ -415,6 +416,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         input's array library.
         """
         check_is_fitted(self)
+        if is_dask_collection(X):
+            return self._scored_dask(X, how)
         X = self._check_X(X, reset=False)
         if _is_cupy_array(X) or self._score_on_gpu(X):
             engine = get_engine("cupy")
@@ -446,6 +449,24 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         )
         return RowReduction(how, np)(log_prob + np.log(self.weights_).astype(dtype))
 
+    def _scored_dask(self, X: Any, how: str) -> Any:
+        """:meth:`_scored` of a dask array or DataFrame: a lazy dask array, block by block.
+
+        Each row block is scored where it lives (a worker's NumPy block, on its GPU where it
+        has one and the block is large, as NumPy input is); nothing comes to the client until
+        the result is computed.
+        """
+        X = checked_dask_array(self, X, reset=False).rechunk({1: -1})
+        dtype = np.result_type(X.dtype, self.means_.dtype)
+
+        def block(b: np.ndarray) -> np.ndarray:
+            return _to_numpy(self._scored(b, how))
+
+        if how == "proba":
+            return X.map_blocks(block, dtype=dtype, chunks=(X.chunks[0], (self.n_components,)))
+        out = np.dtype(np.intp) if how == "argmax" else dtype
+        return X.map_blocks(block, dtype=out, drop_axis=1)
+
     def _score_on_gpu(self, X: np.ndarray) -> bool:
         """Whether NumPy input is large enough to be scored on a usable GPU."""
         if self.backend not in ("auto", "cupy", "multigpu"):
@@ -460,6 +481,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            A dask array or DataFrame gives a lazy dask array (scored on the workers, block by
+            block); a CuPy array a CuPy array.
         """
         return self._scored(X, "logsumexp")
 
@@ -468,11 +491,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return float(self.score_samples(X).mean())
 
     def predict_proba(self, X: Any) -> Any:
-        """Posterior probability of each component, shape (n_samples, n_components)."""
+        """Posterior probability of each component, shape (n_samples, n_components).
+
+        Dask input gives a lazy dask array, CuPy input a CuPy array (as :meth:`score_samples`).
+        """
         return self._scored(X, "proba")
 
     def predict(self, X: Any) -> Any:
-        """Most probable component of each sample, shape (n_samples,)."""
+        """Most probable component of each sample, shape (n_samples,).
+
+        Dask input gives a lazy dask array, CuPy input a CuPy array (as :meth:`score_samples`).
+        """
         return self._scored(X, "argmax")
 
     # ------------------------------------------------------------------------------------------

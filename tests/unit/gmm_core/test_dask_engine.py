@@ -321,3 +321,31 @@ def test_gpu_workers_run_the_cupy_engine(client, X, covariance_type, monkeypatch
     with client.as_current():
         got = GaussianMixture(covariance_type=covariance_type, backend="dask", **FIT_KW).fit(X)
     _assert_same_fit(got, ref, rtol=1e-7, atol=1e-7)
+
+
+def test_scoring_a_dask_array_stays_lazy_and_runs_on_the_workers(client, X):
+    """predict / score_samples / predict_proba of a dask array (or DataFrame) were computed on
+    the client (the whole array gathered there, as NumPy); now each gives a lazy dask array
+    scored block by block on the workers, equal to the NumPy result."""
+    da = pytest.importorskip("dask.array")
+    dd = pytest.importorskip("dask.dataframe")
+    import pandas as pd
+
+    model = GaussianMixture(backend="numpy", **FIT_KW).fit(X)
+    X_dask = da.from_array(X, chunks=(6_000, 2))  # 4 row blocks; features split in two
+    for method, shape in (("predict", (N_SAMPLES,)), ("score_samples", (N_SAMPLES,)),
+                          ("predict_proba", (N_SAMPLES, N_COMPONENTS))):  # fmt: skip
+        lazy = getattr(model, method)(X_dask)
+        assert isinstance(lazy, da.Array), method
+        assert lazy.shape == shape and lazy.numblocks[0] == 4
+        got = client.compute(lazy).result()  # on the workers
+        want = getattr(model, method)(X)
+        assert got.dtype == want.dtype, method
+        np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=method)
+    assert model.score(X_dask) == pytest.approx(model.score(X), rel=1e-12)
+    frame = dd.from_pandas(pd.DataFrame(X, columns=list("abcd")), npartitions=3)
+    labels = model.predict(frame)
+    assert isinstance(labels, da.Array)
+    np.testing.assert_array_equal(labels.compute(), model.predict(X))
+    with pytest.raises(ValueError, match="3 features"):
+        model.predict(X_dask[:, :3])
