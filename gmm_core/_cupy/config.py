@@ -17,6 +17,8 @@ LARGE_K_F64_ENV = "GMM_CORE_LARGE_K_F64"
 #: compute capabilities whose float64 runs on tensor cores at half the TF32 rate or better
 #: (A100, H100/H200, B200): the large-K pass's float64 E-step pays there and nowhere else
 FAST_FLOAT64 = (80, 90, 100)
+#: whether the float64 E-step serves without ``GMM_CORE_LARGE_K_F64`` set
+LARGE_K_F64_DEFAULT = False
 BUDGET_ENV = "GMM_CORE_GPU_MEMORY_BUDGET"
 #: threads per block of ``diag_pass_tc``: 256 (W^T in registers, measured faster) or 128
 TC_THREADS = 256
@@ -77,8 +79,8 @@ class LaunchConfig:
     #: (``GMM_CORE_LARGE_K_FUSED=1``) until it is faster (docs/benchmarks.md, issue 17)
     large_k_fused: bool = False
     #: the large-K pass's log-densities as one cuBLAS float64 GEMM and its statistics as TF32
-    #: GEMMs of split features (``em_largek.cu``, ``LargeKPass._accumulate_f64``): on where
-    #: float64 is fast (``FAST_FLOAT64``) unless ``GMM_CORE_LARGE_K_F64=0``
+    #: GEMMs of split features (``em_largek.cu``, ``large_k_f64``), where float64 is fast
+    #: (``FAST_FLOAT64``): opt-in (``GMM_CORE_LARGE_K_F64=1``) until measured on a GPU
     large_k_f64: bool = False
 
     @classmethod
@@ -110,5 +112,6 @@ class LaunchConfig:
             shared_accumulators=shared_accumulators,
             wgmma=env_flag(WGMMA_ENV),
             large_k_fused=env_flag(LARGE_K_FUSED_ENV, default=False),
-            large_k_f64=env_flag(LARGE_K_F64_ENV) and compute_capability in FAST_FLOAT64,
+            large_k_f64=env_flag(LARGE_K_F64_ENV, default=LARGE_K_F64_DEFAULT)
+            and compute_capability in FAST_FLOAT64,
         )

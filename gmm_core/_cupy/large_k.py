@@ -18,9 +18,10 @@ Float32 GEMMs, not TF32 tensor cores: see ``em_largek.cu`` for the measured bias
 TF32 accumulation at these inner dimensions. Chunks are sized so the (rows x components)
 temporary stays near the L2 cache (``CHUNK_BYTES``) while the launches per pass stay few.
 
-Where float64 runs on tensor cores (``LaunchConfig.large_k_f64``) the log-densities are a
-float64 GEMM and the statistics TF32 GEMMs of split features instead (``large_k_f64``: exact
-and faster than the float32 GEMMs there).
+With ``LaunchConfig.large_k_f64`` (devices whose float64 runs on tensor cores) the
+log-densities are a float64 GEMM and the statistics TF32 GEMMs of split features instead
+(``large_k_f64``: exact log-densities; its speed against the float32 GEMMs is measured by
+``benchmarks/large_k_f64.py``).
 
 Up to ``FUSED_MAX_FEATURES`` features (and ``LaunchConfig.large_k_fused``, on unless
 ``GMM_CORE_LARGE_K_FUSED=0``) the pass is instead two fused tensor-core kernels per row chunk
