@@ -49,7 +49,9 @@ def errors(stats: Any, ref: Any) -> dict[str, float]:
     return out
 
 
-def pass_case(X: Any, cov: str, start: dict[str, Any]) -> dict[str, Any]:
+def pass_case(
+    X: Any, cov: str, start: dict[str, Any], chunks: tuple[int, ...], slices: tuple[int, ...]
+) -> dict[str, Any]:
     import cupy
 
     from gmm_core._cupy import CupyEngine, large_k_f64
@@ -76,8 +78,8 @@ def pass_case(X: Any, cov: str, start: dict[str, Any]) -> dict[str, Any]:
     run("float32_gemm", False, False)
     run("fused", True, False)
     default = (large_k_f64.CHUNK_BYTES, large_k_f64.SLICE_ROWS)
-    for mb in CHUNK_MB:
-        for sl in SLICES:
+    for mb in chunks:
+        for sl in slices:
             large_k_f64.CHUNK_BYTES, large_k_f64.SLICE_ROWS = mb << 20, sl
             run(f"f64_chunk{mb}MB_slice{sl}", False, True)
     large_k_f64.CHUNK_BYTES, large_k_f64.SLICE_ROWS = default
@@ -119,6 +121,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--covs", default="spherical,diag")
     parser.add_argument("--skip-api", action="store_true")
+    parser.add_argument("--chunks", default=",".join(map(str, CHUNK_MB)), help="MB, comma list")
+    parser.add_argument("--slices", default=",".join(map(str, SLICES)), help="rows, comma list")
     args = parser.parse_args()
     import cupy
 
@@ -127,7 +131,9 @@ def main() -> None:
     for cov in args.covs.split(","):
         log(f"{N} x {X.shape[1]}, K={K}, {cov}")
         start = start_of(X, cov)
-        case = {"pass": pass_case(X, cov, start)}
+        chunks = tuple(int(v) for v in args.chunks.split(","))
+        slices = tuple(int(v) for v in args.slices.split(","))
+        case = {"pass": pass_case(X, cov, start, chunks, slices)}
         if not args.skip_api:
             case["api"] = api_case(X, cov, start)
         report["cases"][cov] = case
