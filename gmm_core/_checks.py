@@ -1,4 +1,8 @@
-"""Input checks of the estimator: user initial parameters, and magnitudes the dtype can square."""
+"""Input checks of the estimator: data, initial parameters, magnitudes the dtype can square.
+
+``checked_X`` (the rows, NumPy or CuPy), ``check_n_features`` (their width against the fit),
+``checked_initial_parameters`` (the user's ``*_init`` arrays), ``check_magnitude``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import math
 from typing import Any
 
 import numpy as np
+from sklearn.utils.validation import validate_data
 
 
 def checked_initial_parameters(
@@ -103,3 +108,70 @@ def as_float_array(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
             f"The parameter '{name}' should have the shape of {shape}, but got {array.shape}."
         )
     return array
+
+
+def checked_X(
+    model: Any, X: Any, *, reset: bool, finite_here: bool = True, min_samples: int | None = None
+) -> Any:
+    """``X`` for ``model`` (a GaussianMixture): validated 2-D float32/float64 data.
+
+    CuPy arrays stay on their device. ``n_features_in_`` is set (``reset``) or compared.
+    ``min_samples``: rows required (default 2 when fitting, 1 otherwise; a chunk of a larger
+    source may be empty).
+
+    ``finite_here=False``: the data are not scanned for NaN/inf and their magnitude here, NumPy
+    on the host nor CuPy on the device: a device-init engine checks both in the pass that
+    computes the data's moments (``_fit.place_on_device``), so a CuPy fit reads its data once
+    for the checks, not twice.
+    """
+    if type(X).__module__.split(".")[0] != "cupy":
+        try:
+            return validate_data(
+                model,
+                X,
+                reset=reset,
+                dtype=[np.float64, np.float32],
+                ensure_min_samples=(2 if reset else 1) if min_samples is None else min_samples,
+                ensure_all_finite=finite_here,
+            )
+        except ValueError as exc:
+            if "could not convert" not in str(exc):
+                raise
+            raise ValueError(
+                f"X must be numeric ({exc}). Pass only the numeric feature columns, or "
+                "encode categorical columns as numbers first."
+            ) from exc
+    import cupy
+
+    if X.ndim != 2:
+        raise ValueError(
+            f"Expected a 2D array, got a {X.ndim}D CuPy array; reshape your data with "
+            "X.reshape(-1, 1) for a single feature or X.reshape(1, -1) for a single sample."
+        )
+    if X.dtype not in (cupy.float32, cupy.float64):
+        X = X.astype(cupy.float64)
+    if reset:
+        if X.shape[0] < 2:
+            raise ValueError(
+                f"Found array with {X.shape[0]} sample(s) while a minimum of 2 is required."
+            )
+        model.n_features_in_ = X.shape[1]
+    else:
+        check_n_features(model, X.shape[1])
+    if finite_here:
+        from ._cupy.checks import max_abs
+
+        largest = max_abs(X)  # one reduction on the device: finite? how large?
+        if not math.isfinite(largest):
+            raise ValueError("Input X contains NaN or infinity; remove or impute those rows first.")
+        check_magnitude(largest, X.dtype, X.shape[1])
+    return X
+
+
+def check_n_features(model: Any, n_features: int) -> None:
+    """Refuse data whose width differs from what ``model`` was fitted on (scikit-learn's words)."""
+    if n_features != model.n_features_in_:
+        raise ValueError(
+            f"X has {n_features} features, but {type(model).__name__} is expecting "
+            f"{model.n_features_in_} features as input."
+        )

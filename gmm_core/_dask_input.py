@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import check_magnitude
+from ._checks import check_magnitude, check_n_features
 
 #: rows a host initialisation reads from a dask array at most
 INIT_SAMPLE_ROWS = 200_000
@@ -61,11 +61,8 @@ def checked_dask_array(model: Any, X: Any, *, reset: bool) -> Any:
         model.n_features_in_ = n_features
         if hasattr(model, "feature_names_in_"):
             del model.feature_names_in_
-    elif n_features != model.n_features_in_:
-        raise ValueError(
-            f"X has {n_features} features, but {type(model).__name__} is expecting "
-            f"{model.n_features_in_} features as input."
-        )
+    else:
+        check_n_features(model, n_features)
     return X
 
 

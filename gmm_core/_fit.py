@@ -25,14 +25,11 @@ from ._engine import EMResult, Engine, get_engine
 from ._gaussian import Params
 from ._host_init import host_restarts
 from ._init import initial_params, with_user_init
+from ._scoring import is_cupy_array
 from ._weights import check_sample_weight, em_weights, engine_for_weights
 
 if TYPE_CHECKING:
     from .mixture import GaussianMixture
-
-
-def _is_cupy_array(X: Any) -> bool:
-    return type(X).__module__.split(".")[0] == "cupy"
 
 
 def fit_model(
@@ -62,7 +59,7 @@ def fit_model(
         )
     user = self._checked_initial_parameters(n_features)
     clock.engine = engine
-    if _is_cupy_array(X) and not engine.takes_device_arrays():
+    if is_cupy_array(X) and not engine.takes_device_arrays():
         X = X.get()  # a host engine (numpy, dask) takes host arrays
     eps = 10 * float(np.finfo(X.dtype).eps)
     clock.lap("validate")
@@ -87,7 +84,7 @@ def fit_model(
                 shift, _ = dask_moments(X)
                 data = engine.prepare(X, shift, self.covariance_type, **weighting)
             else:
-                X_host = engine.to_host(X) if _is_cupy_array(X) else X
+                X_host = engine.to_host(X) if is_cupy_array(X) else X
                 data, shift = place_with_host_moments(
                     engine, X, X_host, self.covariance_type, **weighting
                 )

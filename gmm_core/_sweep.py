@@ -32,7 +32,7 @@ from ._gaussian import Params
 from ._host_init import host_restarts
 from ._init import candidate_params, draw, with_user_init
 from ._padded_em import accumulate, buckets, concat, pad, run_em_padded, trim
-from .mixture import _to_numpy
+from ._scoring import to_numpy as _to_numpy
 
 if TYPE_CHECKING:
     from .mixture import GaussianMixture

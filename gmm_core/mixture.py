@@ -1,14 +1,14 @@
 """``GaussianMixture``: scikit-learn's estimator over pluggable engines.
 
-The estimator's surface: parameters and their validation, the input checks, ``fit`` (the
-steps themselves are :func:`gmm_core._fit.fit_model`: validate -> place the data -> initialise
--> EM -> the best restart), ``partial_fit`` (:mod:`._online`), and what uses the fitted
-parameters: scoring, sampling, the anomaly calibration (:mod:`.anomaly`).
+The estimator's surface: parameters and their validation, ``fit`` (the steps themselves are
+:func:`gmm_core._fit.fit_model`: validate -> place the data -> initialise -> EM -> the best
+restart), ``partial_fit`` (:mod:`._online`), and what uses the fitted parameters: scoring
+(where it runs, NumPy, the GPU or the dask workers: :mod:`._scoring`), sampling, the anomaly
+calibration (:mod:`.anomaly`). The data's checks are :func:`gmm_core._checks.checked_X`.
 """
 
 from __future__ import annotations
 
-import math
 from numbers import Integral, Real
 from typing import Any
 
@@ -17,34 +17,24 @@ from sklearn.base import BaseEstimator, DensityMixin, _fit_context
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
-from ._checks import check_magnitude, checked_initial_parameters
-from ._dask_input import checked_dask_array, is_dask_collection
+from ._checks import checked_initial_parameters, checked_X
 from ._em_loop import em_progress
-from ._engine import BACKENDS, cupy_unavailable_reason, get_engine
+from ._engine import BACKENDS
 from ._fit import fit_model
 from ._gaussian import (
     COVARIANCE_TYPES,
     Params,
     RowReduction,
-    estimate_log_gaussian_prob,
     n_parameters,
     precisions_from_cholesky,
 )
+from ._scoring import is_cupy_array as _is_cupy_array
+from ._scoring import score_on_gpu, scored
+from ._scoring import to_numpy as _to_numpy
 
 __all__ = ["GaussianMixture", "em_progress"]
-
-#: NumPy input with at least this many sample-component cells is scored on a usable GPU.
-GPU_SCORING_MIN_CELLS = 1 << 22
-
-
-def _is_cupy_array(X: Any) -> bool:
-    return type(X).__module__.split(".")[0] == "cupy"
-
-
-def _to_numpy(a: Any) -> np.ndarray:
-    return a.get() if _is_cupy_array(a) else np.asarray(a)
 
 
 def _refuse_chunks(X: Any, method: str, instead: str) -> None:
@@ -193,61 +183,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     ) -> Any:
         """Validated 2-D float32/float64 data; CuPy arrays stay on their device.
 
-        ``min_samples``: rows required (default 2 when fitting, 1 otherwise; a chunk of a
-        larger source may be empty).
-
-        ``finite_here=False``: the data are not scanned for NaN/inf and their magnitude here, NumPy
-        on the host nor CuPy on the device: a device-init engine checks both in the pass that
-        computes the data's moments (``_fit.place_on_device``), so a CuPy fit reads its data
-        once for the checks, not twice.
+        :func:`gmm_core._checks.checked_X` (``min_samples``, ``finite_here`` there).
         """
-        if not _is_cupy_array(X):
-            try:
-                return validate_data(
-                    self,
-                    X,
-                    reset=reset,
-                    dtype=[np.float64, np.float32],
-                    ensure_min_samples=(2 if reset else 1) if min_samples is None else min_samples,
-                    ensure_all_finite=finite_here,
-                )
-            except ValueError as exc:
-                if "could not convert" not in str(exc):
-                    raise
-                raise ValueError(
-                    f"X must be numeric ({exc}). Pass only the numeric feature columns, or "
-                    "encode categorical columns as numbers first."
-                ) from exc
-        import cupy
-
-        if X.ndim != 2:
-            raise ValueError(
-                f"Expected a 2D array, got a {X.ndim}D CuPy array; reshape your data with "
-                "X.reshape(-1, 1) for a single feature or X.reshape(1, -1) for a single sample."
-            )
-        if X.dtype not in (cupy.float32, cupy.float64):
-            X = X.astype(cupy.float64)
-        if reset:
-            if X.shape[0] < 2:
-                raise ValueError(
-                    f"Found array with {X.shape[0]} sample(s) while a minimum of 2 is required."
-                )
-            self.n_features_in_ = X.shape[1]
-        elif X.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
-                f"{self.n_features_in_} features as input."
-            )
-        if finite_here:
-            from ._cupy.checks import max_abs
-
-            largest = max_abs(X)  # one reduction on the device: finite? how large?
-            if not math.isfinite(largest):
-                raise ValueError(
-                    "Input X contains NaN or infinity; remove or impute those rows first."
-                )
-            check_magnitude(largest, X.dtype, X.shape[1])
-        return X
+        return checked_X(self, X, reset=reset, finite_here=finite_here, min_samples=min_samples)
 
     def _checked_initial_parameters(self, n_features: int) -> dict[str, np.ndarray]:
         """User ``*_init`` arrays, validated (the estimator's parameters are left untouched)."""
@@ -407,73 +345,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # Scoring
 
     def _scored(self, X: Any, how: str) -> Any:
-        """A :class:`~gmm_core._gaussian.RowReduction` (``how``) of the weighted log-densities.
+        """``RowReduction(how)`` of the weighted log-densities, in the input's array library.
 
-        ``log w_k + log N(x | k)`` (N, K) per sample: ``argmax``, ``logsumexp``, ``proba``.
-        Runs on the GPU for CuPy input, and for large NumPy input when the estimator's backend
-        may use a GPU and one is usable: there, row chunk by row chunk (sized by the memory
-        budget), so no (N, K) array exists unless the result is one. The result is in the
-        input's array library.
+        :func:`gmm_core._scoring.scored`: NumPy, the GPU, or lazily on the dask workers.
         """
         check_is_fitted(self)
-        if is_dask_collection(X):
-            return self._scored_dask(X, how)
-        X = self._check_X(X, reset=False)
-        if _is_cupy_array(X) or self._score_on_gpu(X):
-            engine = get_engine("cupy")
-            # data far from the origin are scored centred, as fit works: the expanded quadratic
-            # forms then lose no precision
-            data = engine.prepare(X, "auto", self.covariance_type)
-            params = Params(
-                self.weights_[None],
-                self.means_[None] - data.shift,
-                self.covariances_[None],
-                self.precisions_cholesky_[None],
-            ).map(lambda a: engine.asarray(np.asarray(a, np.float64)))
-            # NumPy input: each chunk's result to the host at once
-            to_host = None if _is_cupy_array(X) else engine.to_host
-            out = engine.reduce_log_prob(data, params, RowReduction(how, engine.xp, to_host))
-            release = type(engine).release_memory
-            del engine, data
-            release()
-            return out
-        shift = np.asarray(self.weights_, np.float64) @ np.asarray(self.means_, np.float64)
-        # as scikit-learn: float32 data under a float64 model give float64 results
-        dtype = np.result_type(X.dtype, self.means_.dtype)
-        log_prob = estimate_log_gaussian_prob(
-            X.astype(dtype, copy=False) - shift.astype(dtype),
-            (self.means_ - shift).astype(dtype),
-            self.precisions_cholesky_.astype(dtype),
-            self.covariance_type,
-            np,
-        )
-        return RowReduction(how, np)(log_prob + np.log(self.weights_).astype(dtype))
-
-    def _scored_dask(self, X: Any, how: str) -> Any:
-        """:meth:`_scored` of a dask array or DataFrame: a lazy dask array, block by block.
-
-        Each row block is scored where it lives (a worker's NumPy block, on its GPU where it
-        has one and the block is large, as NumPy input is); nothing comes to the client until
-        the result is computed.
-        """
-        X = checked_dask_array(self, X, reset=False).rechunk({1: -1})
-        dtype = np.result_type(X.dtype, self.means_.dtype)
-
-        def block(b: np.ndarray) -> np.ndarray:
-            return _to_numpy(self._scored(b, how))
-
-        if how == "proba":
-            return X.map_blocks(block, dtype=dtype, chunks=(X.chunks[0], (self.n_components,)))
-        out = np.dtype(np.intp) if how == "argmax" else dtype
-        return X.map_blocks(block, dtype=out, drop_axis=1)
+        return scored(self, X, how)
 
     def _score_on_gpu(self, X: np.ndarray) -> bool:
         """Whether NumPy input is large enough to be scored on a usable GPU."""
-        if self.backend not in ("auto", "cupy", "multigpu"):
-            return False
-        if X.shape[0] * self.n_components < GPU_SCORING_MIN_CELLS:
-            return False
-        return cupy_unavailable_reason() is None
+        return score_on_gpu(self, X)
 
     def score_samples(self, X: Any) -> Any:
         """Log-likelihood of each sample, shape (n_samples,).

@@ -39,6 +39,7 @@ from ._checks import check_magnitude
 from ._em_loop import PhaseClock
 from ._engine import BACKENDS, get_engine
 from ._gaussian import COVARIANCE_TYPES, n_parameters
+from ._scoring import is_cupy_array as _is_cupy_array
 from ._sweep import BATCHED_BACKENDS, Candidate, fit_batched, fit_loop
 from ._weights import (
     check_enough_weighted_rows,
@@ -46,7 +47,7 @@ from ._weights import (
     em_weights,
     engine_for_weights,
 )
-from .mixture import GaussianMixture, _is_cupy_array
+from .mixture import GaussianMixture
 
 __all__ = ["CRITERIA", "GaussianMixtureSelect"]
 

@@ -315,17 +315,17 @@ def test_large_numpy_input_is_scored_on_the_gpu(cov, monkeypatch):
     """NumPy input above the cell threshold runs on the GPU and comes back as NumPy."""
     import cupy
 
-    from gmm_core import mixture
+    from gmm_core import _scoring
 
     X = make_data(20_000, 4, 3, np.float64, seed=5)
     gm = GaussianMixture(3, covariance_type=cov, random_state=0, backend="cupy").fit(X)
     ref = _on_host(gm)
     assert not gm._score_on_gpu(X)  # 60k cells: below the default threshold
-    monkeypatch.setattr(mixture, "GPU_SCORING_MIN_CELLS", 1000)
+    monkeypatch.setattr(_scoring, "GPU_SCORING_MIN_CELLS", 1000)
     assert gm._score_on_gpu(X) and not ref._score_on_gpu(X)  # backend="numpy" stays on the host
     calls = []
-    real = mixture.get_engine
-    monkeypatch.setattr(mixture, "get_engine", lambda name: calls.append(name) or real(name))
+    real = _scoring.get_engine
+    monkeypatch.setattr(_scoring, "get_engine", lambda name: calls.append(name) or real(name))
     labels = gm.predict(X)
     assert calls == ["cupy"] and isinstance(labels, np.ndarray)
     np.testing.assert_array_equal(labels, ref.predict(X))
