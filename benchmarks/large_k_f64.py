@@ -21,14 +21,20 @@ import argparse
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_large_k import REG, K, N, make_data, start_of, start_params  # noqa: E402
+from benchmarks.bench_large_k import (  # noqa: E402
+    K,
+    N,
+    fit_from_start,
+    make_data,
+    start_of,
+    start_params,
+)
 from benchmarks.public_api import timed  # noqa: E402
 from benchmarks.report import environment, log  # noqa: E402
 
@@ -88,20 +94,8 @@ def pass_case(
 
 
 def api_case(X: Any, cov: str, start: dict[str, Any]) -> dict[str, Any]:
-    from sklearn.exceptions import ConvergenceWarning
-
-    from benchmarks.peers.runners import sync
-    from gmm_core import GaussianMixture
-
     def fit(iters: int) -> Any:
-        gm = GaussianMixture(
-            K, covariance_type=cov, backend="cupy", max_iter=iters, tol=0, reg_covar=REG, **start
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            gm.fit(X)
-        sync()
-        return gm
+        return fit_from_start(X, cov, start, iters)
 
     out: dict[str, Any] = {}
     for flag in ("1", "0"):

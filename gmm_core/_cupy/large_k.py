@@ -43,6 +43,7 @@ from . import large_k_f64
 from .config import LaunchConfig
 from .data import CupyData, Scratch, scratch_bytes, weighted_chunks
 from .kernels import KernelRef, allow_dynamic_smem, kernel_ref, load_kernel
+from .large_k_f64 import gemm
 
 SOURCE = "em_largek.cu"
 KERNELS = ("lk_features", "lk_weights", "lk_rows", "lk_flush")
@@ -53,10 +54,7 @@ MIN_COMPONENTS = 64
 CHUNK_BYTES = 64 << 20
 #: rows summed in float32 by the statistics GEMM before ``lk_flush`` adds them into float64
 STATS_ROWS = 1 << 16
-#: cuBLAS constants (``cublas_api.h``; the bindings load cuBLAS, so they are imported at use)
-_COMPUTE_32F = 68  # CUBLAS_COMPUTE_32F: float32 products and sums (no TF32 unless forced)
-_R_32F = 0  # cudaDataType CUDA_R_32F
-_OP_N, _OP_T = 0, 1
+_OP_N, _OP_T = 0, 1  # cuBLAS operations
 #: the fused kernels (``em_largek_tc.cu``)
 FUSED_SOURCE = "em_largek_tc.cu"
 #: most features the fused kernels take (their shared-memory tiles hold rows of 256)
@@ -67,8 +65,6 @@ FUSED_CHUNK, FUSED_TILE, LSE_ROWS, STATS_TILE_ROWS = 32, 64, 128, 64
 #: bytes of per-row log-sum-exps (restarts x rows, float32) one fused launch writes
 LSE_BYTES = 64 << 20
 _LN2 = 0.6931471805599453
-_ONE = np.ones(1, dtype=np.float32)
-_ZERO = np.zeros(1, dtype=np.float32)
 
 
 def _round_up(n: int, m: int) -> int:
@@ -107,24 +103,6 @@ def fused_smem(n_features: int, covariance_type: str, nbuf: int = 1) -> tuple[in
     lse = 2 * FUSED_TILE * 256 + (rows1 * (dp + 4) + 3 * rows1) * 4
     stats = (fi // FUSED_CHUNK) * bn * 256 + (nbuf * rows2 * (dp + 4) + bn * (rows2 + 4)) * 4
     return lse, stats + (6 * rows2 + 8 * bn) * 4
-
-
-def sgemm(
-    transa: int, transb: int, m: int, n: int, k: int, a: Any, lda: int, b: Any, ldb: int,
-    c: Any, ldc: int, *, accumulate: bool = False,
-) -> None:  # fmt: skip
-    """``C = op(A) op(B) (+ C)``, column-major, float32 (cuBLAS ``gemmEx``, ``COMPUTE_32F``).
-
-    ``a``, ``b``, ``c``: device pointers (ints) on the current stream.
-    """
-    from cupy_backends.cuda.libs import cublas
-
-    handle = cupy.cuda.device.get_cublas_handle()
-    beta = _ONE if accumulate else _ZERO
-    cublas.gemmEx(
-        handle, transa, transb, m, n, k, _ONE.ctypes.data, a, _R_32F, lda, b, _R_32F, ldb,
-        beta.ctypes.data, c, _R_32F, ldc, _COMPUTE_32F, -1,
-    )  # fmt: skip
 
 
 class LargeKPass:
@@ -258,9 +236,10 @@ class LargeKPass:
                     ),
                 )  # fmt: skip
                 # E-step: L (rows x kp) = f . W^T (column-major: W f^T)
-                sgemm(
+                gemm(
                     _OP_T, _OP_N, kp, rows, fp,
                     w_mat.data.ptr, fp, feats.data.ptr, ldb, logits.data.ptr, kp,
+                    precision="float32",
                 )  # fmt: skip
                 w = np.intp(0) if weights is None else weights[start : start + rows]
                 kern["lk_rows"](
@@ -273,10 +252,10 @@ class LargeKPass:
                 )  # fmt: skip
                 # statistics: S (kp x ldb, column-major) += R^T [f, 1]; this orientation (the
                 # components as the GEMM's rows) measured 1.5x faster than S^T for spherical
-                sgemm(
+                gemm(
                     _OP_N, _OP_T, kp, ldb, rows,
                     logits.data.ptr, kp, feats.data.ptr, ldb, s32.data.ptr, kp,
-                    accumulate=True,
+                    precision="float32", accumulate=True,
                 )  # fmt: skip
                 since_flush += rows
         flush()

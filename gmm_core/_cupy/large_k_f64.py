@@ -39,12 +39,13 @@ CHUNK_BYTES = 32 << 20
 #: rows a float32 slot of the statistics sums (a slice of the strided-batched TF32 GEMM)
 SLICE_ROWS = 2048
 #: cuBLAS constants (``cublas_api.h``, ``library_types.h``)
-_COMPUTE_64F = 70
-_COMPUTE_32F_FAST_TF32 = 77
-_R_32F, _R_64F = 0, 1
 _OP_N, _OP_T = 0, 1
-_ONE32, _ZERO32 = np.ones(1, dtype=np.float32), np.zeros(1, dtype=np.float32)
-_ONE64, _ZERO64 = np.ones(1, dtype=np.float64), np.zeros(1, dtype=np.float64)
+#: ``gemm``'s precisions: (cudaDataType of A, B, C; cublasComputeType; alpha = 1 in that type)
+_PRECISIONS: dict[str, tuple[int, int, np.ndarray]] = {
+    "float32": (0, 68, np.ones(1, np.float32)),  # CUBLAS_COMPUTE_32F: FMA, no TF32
+    "tf32": (0, 77, np.ones(1, np.float32)),  # CUBLAS_COMPUTE_32F_FAST_TF32
+    "float64": (1, 70, np.ones(1, np.float64)),  # CUBLAS_COMPUTE_64F
+}
 
 
 def _round_up(n: int, m: int) -> int:
@@ -78,23 +79,22 @@ def chunk_rows(data: CupyData, budget: int, kp: int, fp: int, ldf: int) -> int:
     return rows // SLICE_ROWS * SLICE_ROWS if rows >= SLICE_ROWS else rows // 32 * 32
 
 
-def _gemm(
+def gemm(
     transa: int, transb: int, m: int, n: int, k: int, a: int, lda: int, b: int, ldb: int,
-    c: int, ldc: int, *, f64: bool, batch: int = 1, strides: tuple[int, int, int] = (0, 0, 0),
-    accumulate: bool = False,
+    c: int, ldc: int, *, precision: str, batch: int = 1,
+    strides: tuple[int, int, int] = (0, 0, 0), accumulate: bool = False,
 ) -> None:  # fmt: skip
-    """``C = op(A) op(B)``, column-major: float64 (``COMPUTE_64F``) or TF32.
+    """``C = op(A) op(B)`` (``accumulate``: ``C += ...``), column-major, cuBLAS ``gemmEx``.
 
-    TF32: float32 operands and sums. ``batch`` > 1: strided batched (element strides of A, B, C).
-    ``accumulate``: ``C += ...``.
+    ``precision``: ``"float32"`` (float32 FMA products and sums), ``"tf32"`` (float32 operands
+    read as TF32 by the tensor cores, float32 sums) or ``"float64"``. ``a``, ``b``, ``c``: device
+    pointers on the current stream. ``batch`` > 1: strided batched (element strides of A, B, C).
     """
     from cupy_backends.cuda.libs import cublas
 
     handle = cupy.cuda.device.get_cublas_handle()
-    dtype, compute = (_R_64F, _COMPUTE_64F) if f64 else (_R_32F, _COMPUTE_32F_FAST_TF32)
-    one, zero = (_ONE64, _ZERO64) if f64 else (_ONE32, _ZERO32)
-    if accumulate:
-        zero = one
+    dtype, compute, one = _PRECISIONS[precision]
+    zero = one if accumulate else np.zeros_like(one)
     if batch == 1:
         cublas.gemmEx(
             handle, transa, transb, m, n, k, one.ctypes.data, a, dtype, lda, b, dtype, ldb,
@@ -167,9 +167,9 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
                  feats, split),
             )  # fmt: skip
             # E-step: L (rows x kp, row-major) = B W^T, in float64
-            _gemm(
+            gemm(
                 _OP_T, _OP_N, kp, rows, fp, w_mat.data.ptr, fp, feats.data.ptr, fp,
-                logits.data.ptr, kp, f64=True,
+                logits.data.ptr, kp, precision="float64",
             )  # fmt: skip
             w = np.intp(0) if weights is None else weights[start : start + rows]
             kern["lk_rows64"](
@@ -185,25 +185,25 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
                 if pending and pending + rows > SLICE_ROWS:
                     flush(1)
                     pending = 0
-                _gemm(
+                gemm(
                     _OP_N, _OP_T, kp, ldf, rows, resp.data.ptr, kp, split.data.ptr, ldf,
-                    slots.data.ptr, kp, f64=False, accumulate=pending > 0,
+                    slots.data.ptr, kp, precision="tf32", accumulate=pending > 0,
                 )  # fmt: skip
                 pending += rows
                 continue
             full, rest = divmod(rows, SLICE_ROWS)
             if full:
-                _gemm(
+                gemm(
                     _OP_N, _OP_T, kp, ldf, SLICE_ROWS, resp.data.ptr, kp, split.data.ptr, ldf,
-                    slots.data.ptr, kp, f64=False, batch=full,
+                    slots.data.ptr, kp, precision="tf32", batch=full,
                     strides=(kp * SLICE_ROWS, ldf * SLICE_ROWS, slot),
                 )  # fmt: skip
             if rest:
                 at = full * SLICE_ROWS
-                _gemm(
+                gemm(
                     _OP_N, _OP_T, kp, ldf, rest, resp.data.ptr + 4 * at * kp, kp,
                     split.data.ptr + 4 * at * ldf, ldf, slots.data.ptr + 4 * full * slot, kp,
-                    f64=False,
+                    precision="tf32",
                 )  # fmt: skip
             flush(full + (rest > 0))
     if pending:

@@ -68,12 +68,15 @@ lk_features(const float* __restrict__ X, long long rows, int d, int fp, int ldb,
 }
 
 // One thread per (component, feature) of W, grid-stride; padding components (k >= rk) get
-// zeros and c = 0 (lk_rows never reads them). weights (rk), means (rk, d), prec_chol (rk, d)
-// diag or (rk,) spherical: float64.
-__global__ void __launch_bounds__(GMM_LK_NT)
-lk_weights(const double* __restrict__ weights, const double* __restrict__ means,
-           const double* __restrict__ prec_chol, int rk, int kp, int d, bool diag, int fp,
-           float* __restrict__ W, float* __restrict__ c) {
+// zeros and c = 0 (the row kernels never read them). weights (rk), means (rk, d), prec_chol
+// (rk, d) diag or (rk,) spherical: float64; W and c in T (float: lk_weights, double:
+// lk_weights64).
+template <typename T>
+__device__ __forceinline__ void fill_weights(const double* __restrict__ weights,
+                                             const double* __restrict__ means,
+                                             const double* __restrict__ prec_chol, int rk, int kp,
+                                             int d, bool diag, int fp, T* __restrict__ W,
+                                             T* __restrict__ c) {
     const long long total = (long long)kp * fp;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
@@ -90,7 +93,7 @@ lk_weights(const double* __restrict__ weights, const double* __restrict__ means,
                 v = -0.5 * prec_chol[k] * prec_chol[k];
             }
         }
-        W[(long long)k * fp + j] = (float)v;
+        W[(long long)k * fp + j] = (T)v;
         if (j == 0) {
             double cst = 0.0;
             if (k < rk) {
@@ -104,9 +107,16 @@ lk_weights(const double* __restrict__ weights, const double* __restrict__ means,
                 if (!diag) log_det = d * log(prec_chol[k]);
                 cst = log(weights[k]) + log_det - 0.5 * d * 1.8378770664093453 - 0.5 * quad;
             }
-            c[k] = (float)cst;
+            c[k] = (T)cst;
         }
     }
+}
+
+__global__ void __launch_bounds__(GMM_LK_NT)
+lk_weights(const double* __restrict__ weights, const double* __restrict__ means,
+           const double* __restrict__ prec_chol, int rk, int kp, int d, bool diag, int fp,
+           float* __restrict__ W, float* __restrict__ c) {
+    fill_weights(weights, means, prec_chol, rk, kp, d, diag, fp, W, c);
 }
 
 // A log-density in log2 units, rounded to float32 before anything else reads it: the max and
@@ -267,44 +277,12 @@ lk_features64(const float* __restrict__ X, long long rows, int d, int fp, bool d
     }
 }
 
-// One thread per (component, feature) of W, grid-stride; as lk_weights, in float64.
+// lk_weights' values unrounded (float64)
 __global__ void __launch_bounds__(GMM_LK_NT)
 lk_weights64(const double* __restrict__ weights, const double* __restrict__ means,
              const double* __restrict__ prec_chol, int rk, int kp, int d, bool diag, int fp,
              double* __restrict__ W, double* __restrict__ c) {
-    const long long total = (long long)kp * fp;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (long long)gridDim.x * blockDim.x) {
-        const int k = (int)(i / fp), j = (int)(i % fp);
-        double v = 0.0;
-        if (k < rk) {
-            if (j < d) {
-                const double u = diag ? prec_chol[(long long)k * d + j] : prec_chol[k];
-                v = means[(long long)k * d + j] * u * u;
-            } else if (diag && j < 2 * d) {
-                const double u = prec_chol[(long long)k * d + j - d];
-                v = -0.5 * u * u;
-            } else if (!diag && j == d) {
-                v = -0.5 * prec_chol[k] * prec_chol[k];
-            }
-        }
-        W[(long long)k * fp + j] = v;
-        if (j == 0) {
-            double cst = 0.0;
-            if (k < rk) {
-                double log_det = 0.0, quad = 0.0;
-                for (int e = 0; e < d; ++e) {
-                    const double u = diag ? prec_chol[(long long)k * d + e] : prec_chol[k];
-                    const double m = means[(long long)k * d + e];
-                    if (diag) log_det += log(u);
-                    quad += m * m * u * u;
-                }
-                if (!diag) log_det = d * log(prec_chol[k]);
-                cst = log(weights[k]) + log_det - 0.5 * d * 1.8378770664093453 - 0.5 * quad;
-            }
-            c[k] = cst;
-        }
-    }
+    fill_weights(weights, means, prec_chol, rk, kp, d, diag, fp, W, c);
 }
 
 // One warp per row, grid-stride; groups as lk_rows. L (rows x kp) float64 GEMM sums, R (rows x

@@ -158,13 +158,17 @@ def test_postgres_init_script_creates_password_protected_databases():
             "PGHOST": str(root),
             "PGPORT": str(port),
         }
-        init = subprocess.run(
-            ["bash", str(DOCKER_DIR / "postgres" / "init-databases.sh")],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+
+        def init_databases(environment):
+            return subprocess.run(
+                ["bash", str(DOCKER_DIR / "postgres" / "init-databases.sh")],
+                env=environment,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        init = init_databases(env)
         assert init.returncode == 0, init.stderr
 
         def connect(user, password, database):
@@ -189,13 +193,7 @@ def test_postgres_init_script_creates_password_protected_databases():
 
         # missing passwords: the script stops and names the fix
         bare = {k: v for k, v in env.items() if k not in passwords}
-        refused = subprocess.run(
-            ["bash", str(DOCKER_DIR / "postgres" / "init-databases.sh")],
-            env=bare,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        refused = init_databases(bare)
         assert refused.returncode != 0 and "gen-env.sh" in refused.stderr
     finally:
         as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop")
