@@ -23,3 +23,6 @@ fi
 timeout "${BENCH_TIMEOUT:-300}" python3 benchmarks/large_k_f64.py --out "$OUT/large_k_f64.json" \
     ${BENCH_ARGS:-}
 echo "bench exit $?"
+# the integer tensor cores at the E-step's product shape (the next path's question)
+timeout "${PROBE_TIMEOUT:-90}" python3 benchmarks/probe_int8_gemm.py --out "$OUT/int8_gemm.json"
+echo "int8 probe exit $?"
