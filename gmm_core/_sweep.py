@@ -25,6 +25,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 
+from ._dask_input import dask_moments, init_rows, is_dask_collection
 from ._em_loop import PhaseClock, best_restart
 from ._engine import Engine
 from ._fit import place_on_device, place_with_host_moments
@@ -101,9 +102,16 @@ def fit_batched(
     n_samples = X.shape[0]
     eps = 10 * float(np.finfo(X.dtype).eps)
     weighting = {} if sample_weight is None else {"sample_weight": sample_weight}
+    rows, row_weights = X, sample_weight  # what a host initialisation reads
     if engine.device_init:  # moments, centring and initialisation where the data live
         data = place_on_device(engine, X, covariance_type, **weighting)
         shift = np.asarray(data.shift, dtype=np.float64)
+    elif is_dask_collection(X):  # partitions stay on the workers; the init reads (a sample of)
+        # rows, as GaussianMixture(backend="dask").fit does
+        shift, _ = dask_moments(X)
+        data = engine.prepare(X, shift, covariance_type, **weighting)
+        rows, row_weights = init_rows(X, sample_weight, check_random_state(selector.random_state))
+        Xc = engine.host_centred(data, rows, shift)
     else:
         data, shift = place_with_host_moments(engine, X, X, covariance_type, **weighting)
         Xc = engine.host_centred(data, X, shift)
@@ -127,7 +135,7 @@ def fit_batched(
         inits = _initial_params_device(selector, engine, data, eligible, shift, eps)
     else:
         inits = [
-            _initial_params(selector, X, Xc, shift, cand, eps, sample_weight) for cand in eligible
+            _initial_params(selector, rows, Xc, shift, cand, eps, row_weights) for cand in eligible
         ]
     drawn: list[tuple[Candidate, Params]] = []
     for cand, params in zip(eligible, inits, strict=True):

@@ -20,6 +20,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._checks import checked_initial_parameters, checked_X
+from ._dask_input import is_dask_collection
 from ._em_loop import em_progress
 from ._engine import BACKENDS
 from ._fit import fit_model
@@ -309,10 +310,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Returns
         -------
         labels : ndarray of shape (n_samples,)
-            A CuPy array for CuPy input.
+            A CuPy array for CuPy input; a lazy dask array for dask input (as :meth:`predict`).
         """
         _refuse_chunks(X, "fit_predict", "call fit(chunks), then predict on each chunk")
         engine, data, best_params = fit_model(self, X)
+        if is_dask_collection(X):  # scored block by block on the workers when computed
+            del engine, data
+            return self.predict(X)
         # a final E-step so that fit_predict(X) agrees with fit(X).predict(X)
         labels = engine.reduce_log_prob(data, best_params, RowReduction("argmax", engine.xp))
         labels = labels if _is_cupy_array(X) else engine.to_host(labels)

@@ -36,6 +36,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._checks import check_magnitude
+from ._dask_input import checked_dask_array, dask_moments, is_dask_collection
 from ._em_loop import PhaseClock
 from ._engine import BACKENDS, get_engine
 from ._gaussian import COVARIANCE_TYPES, n_parameters
@@ -250,7 +251,9 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            Training data (NumPy; CuPy arrays stay on the device on the GPU backends).
+            Training data (NumPy; CuPy arrays stay on the device on the GPU backends; a
+            dask array or DataFrame stays partitioned on the workers with ``backend='dask'``,
+            the initialisations reading at most ``INIT_SAMPLE_ROWS`` rows of it).
         y : Ignored
         X_holdout : array-like of shape (n_holdout, n_features), default=None
             Held-out rows: every candidate's mean log-likelihood on them fills
@@ -289,18 +292,30 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
             engine = engine_for_weights(engine, self.backend)
         clock.engine = engine
         batched = engine.name in BATCHED_BACKENDS
-        if _is_cupy_array(X):
+        # a dask array or DataFrame on the Dask engine stays partitioned where it lives
+        dask_input = is_dask_collection(X) and engine.takes_dask_collections
+        if dask_input:
+            X = checked_dask_array(self, X, reset=True)
+        elif _is_cupy_array(X):
             if engine.takes_device_arrays():  # NaN/inf and magnitude: the engine's moments
                 # pass (place_on_device) or each candidate's fit checks them, as a fit does
                 X = self._candidate_estimator(1, "diag")._check_X(X, reset=True, finite_here=False)
                 self.n_features_in_ = int(X.shape[1])
             else:
                 X = X.get()
-        if not _is_cupy_array(X):
+        if not (dask_input or _is_cupy_array(X)):
             X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
         if X_holdout is not None and _is_cupy_array(X_holdout):
             X_holdout = X_holdout.get()
-        if X_holdout is not None:
+        if is_dask_collection(X_holdout):  # scored on the workers: only the scores gathered
+            X_holdout = checked_dask_array(self, X_holdout, reset=False)
+            if self.criterion == "holdout" and X_holdout.shape[0] < 2:
+                raise ValueError(
+                    "criterion='holdout' needs at least 2 held-out rows (their scores' spread "
+                    f"is its one-standard-error rule); got {X_holdout.shape[0]}."
+                )
+            dask_moments(X_holdout)  # finite, and of a magnitude its log-densities hold
+        elif X_holdout is not None:
             # criterion='holdout' needs two rows at least: the one-standard-error rule needs a
             # spread of the scores (a single row's standard error would be 0)
             X_holdout = validate_data(
@@ -316,6 +331,8 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
 
         n_samples = float(X.shape[0])  # what BIC/AIC count: the rows, or the total weight
         if sample_weight is not None:
+            if is_dask_collection(sample_weight):  # one float per row: on the client
+                sample_weight = np.asarray(sample_weight.compute())
             sample_weight = check_sample_weight(sample_weight, X.shape[0], None)
             check_enough_weighted_rows(int(np.count_nonzero(sample_weight)), 1)
             n_samples = float(sample_weight.sum())  # BIC/AIC: the weights as given

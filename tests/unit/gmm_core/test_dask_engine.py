@@ -343,9 +343,60 @@ def test_scoring_a_dask_array_stays_lazy_and_runs_on_the_workers(client, X):
         assert got.dtype == want.dtype, method
         np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=method)
     assert model.score(X_dask) == pytest.approx(model.score(X), rel=1e-12)
+    with client.as_current():  # fit_predict too: the labels stay lazy, as predict's
+        fitted = GaussianMixture(backend="dask", **FIT_KW)
+        lazy = fitted.fit_predict(X_dask)
+    assert isinstance(lazy, da.Array) and lazy.numblocks[0] == 4
+    np.testing.assert_array_equal(client.compute(lazy).result(), fitted.predict(X))
     frame = dd.from_pandas(pd.DataFrame(X, columns=list("abcd")), npartitions=3)
     labels = model.predict(frame)
     assert isinstance(labels, da.Array)
     np.testing.assert_array_equal(labels.compute(), model.predict(X))
     with pytest.raises(ValueError, match="3 features"):
         model.predict(X_dask[:, :3])
+
+
+def test_selection_of_a_dask_array_keeps_its_partitions_on_the_workers(client, X, monkeypatch):
+    """QA probe: ``GaussianMixtureSelect.fit`` turned a dask array into one NumPy array on the
+    client (validate_data) before the Dask engine saw it, unlike ``GaussianMixture.fit``. Now the
+    engine gets the dask array (moments by dask reductions, the initialisations from its rows),
+    the table is the NumPy backend's, and a dask holdout is scored on the workers."""
+    import dask.array as da
+
+    from gmm_core import GaussianMixtureSelect, _dask_input
+
+    seen = []
+    prepare = DaskEngine.prepare
+
+    def recording(self, data, *args, **kwargs):
+        seen.append(type(data).__module__.split(".")[0])
+        return prepare(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(DaskEngine, "prepare", recording)
+    kw = dict(n_components=range(1, 5), covariance_type=("diag", "full"), random_state=0)
+    train, holdout = X[:16_000], X[16_000:]
+    ref = GaussianMixtureSelect(backend="numpy", criterion="holdout", **kw).fit(
+        train, X_holdout=holdout
+    )
+    with client.as_current():
+        got = GaussianMixtureSelect(backend="dask", criterion="holdout", **kw).fit(
+            da.from_array(train, chunks=5_000), X_holdout=da.from_array(holdout, chunks=1_000)
+        )
+    assert seen == ["dask", "dask"]  # one prepare per covariance type, of the dask array
+    assert got.backend_ == "dask" and got.batched_
+    for column in ("bic", "holdout_score"):
+        np.testing.assert_allclose(got.results_[column], ref.results_[column], rtol=1e-9)
+    np.testing.assert_array_equal(got.results_["n_iter"], ref.results_["n_iter"])
+    assert got.best_params_ == ref.best_params_
+    # above INIT_SAMPLE_ROWS the initialisations read a seeded sample of rows; EM every row
+    monkeypatch.setattr(_dask_input, "INIT_SAMPLE_ROWS", 3_000)
+    with client.as_current():
+        sampled = [
+            GaussianMixtureSelect(backend="dask", **kw).fit(da.from_array(train, chunks=5_000))
+            for _ in range(2)
+        ]
+    np.testing.assert_array_equal(sampled[0].results_["bic"], sampled[1].results_["bic"])
+    np.testing.assert_allclose(sampled[0].results_["bic"], ref.results_["bic"], rtol=1e-3)
+    bad = da.from_array(np.where(np.arange(len(train))[:, None] == 7, np.nan, train), chunks=5_000)
+    with client.as_current(), pytest.raises(ValueError, match="NaN or infinity"):
+        GaussianMixtureSelect(backend="dask", **kw).fit(bad)
