@@ -30,14 +30,23 @@ def checked_dask_array(model: Any, X: Any, *, reset: bool) -> Any:
     """``X`` as a 2-D float32/float64 dask array with known row chunks; features checked.
 
     Nothing is computed but a DataFrame's partition lengths; ``n_features_in_`` is set (reset)
-    or compared.
+    or compared, and a DataFrame's column names are recorded (``feature_names_in_``) or
+    checked as scikit-learn does a pandas DataFrame's (QA probe: a dask DataFrame's columns
+    were dropped, so a holdout with its columns reordered was scored by position, silently).
 
     Raises
     ------
     ValueError
         Naming what to pass instead.
     """
-    if hasattr(X, "to_dask_array"):  # a dask DataFrame: its partitions' lengths are counted
+    import pandas as pd
+    from sklearn.utils.validation import _check_feature_names
+
+    frame = hasattr(X, "to_dask_array")
+    # the columns as an empty pandas frame's; a dask array has none (names dropped on reset,
+    # a warning where the model was fitted with names, as for a NumPy array)
+    _check_feature_names(model, pd.DataFrame(columns=X.columns) if frame else X, reset=reset)
+    if frame:  # a dask DataFrame: its partitions' lengths are counted
         X = X.to_dask_array(lengths=True)
     if X.ndim != 2:
         raise ValueError(
@@ -59,8 +68,6 @@ def checked_dask_array(model: Any, X: Any, *, reset: bool) -> Any:
                 f"Found array with {n_samples} sample(s) while a minimum of 2 is required."
             )
         model.n_features_in_ = n_features
-        if hasattr(model, "feature_names_in_"):
-            del model.feature_names_in_
     else:
         check_n_features(model, n_features)
     return X

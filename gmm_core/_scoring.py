@@ -13,6 +13,7 @@ methods: a :class:`~gmm_core._gaussian.RowReduction` of the weighted log-densiti
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -94,7 +95,9 @@ def _scored_dask(model: GaussianMixture, X: Any, how: str) -> Any:
     dtype = np.result_type(X.dtype, model.means_.dtype)
 
     def block(b: np.ndarray) -> np.ndarray:
-        return to_numpy(scored(model, b, how))
+        with warnings.catch_warnings():  # the frame's names were checked above, on the client
+            warnings.filterwarnings("ignore", "X does not have valid feature names")
+            return to_numpy(scored(model, b, how))
 
     if how == "proba":
         return X.map_blocks(block, dtype=dtype, chunks=(X.chunks[0], (model.n_components,)))

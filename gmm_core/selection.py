@@ -262,8 +262,10 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
             Non-negative row weights, as ``GaussianMixture.fit`` takes them (an integer weight
             is the row repeated): every candidate is ``GaussianMixture(K).fit(X,
             sample_weight=...)``, the train score is the weighted mean log-likelihood, and
-            BIC/AIC count ``sum(sample_weight)`` samples. A K above the rows of positive weight
-            fails that candidate. Holdout rows are unweighted.
+            BIC/AIC count ``sum(sample_weight)`` samples where the weights are counts (mean 1
+            or more); weights of mean below 1 count as the rows, as the EM scales them to mean
+            1 (their scale changes neither the fits nor the table). A K above the rows of
+            positive weight fails that candidate. Holdout rows are unweighted.
 
         Returns
         -------
@@ -309,10 +311,15 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
             X_holdout = X_holdout.get()
         if is_dask_collection(X_holdout):  # scored on the workers: only the scores gathered
             X_holdout = checked_dask_array(self, X_holdout, reset=False)
-            if self.criterion == "holdout" and X_holdout.shape[0] < 2:
+            fewest = 2 if self.criterion == "holdout" else 1  # as validate_data's below
+            if X_holdout.shape[0] < fewest:
                 raise ValueError(
-                    "criterion='holdout' needs at least 2 held-out rows (their scores' spread "
-                    f"is its one-standard-error rule); got {X_holdout.shape[0]}."
+                    f"X_holdout has {X_holdout.shape[0]} row(s); at least {fewest} needed"
+                    + (
+                        " (their scores' spread is the holdout criterion's rule)."
+                        if fewest == 2
+                        else ": pass held-out rows or leave X_holdout out."
+                    )
                 )
             dask_moments(X_holdout)  # finite, and of a magnitude its log-densities hold
         elif X_holdout is not None:
@@ -335,8 +342,12 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
                 sample_weight = np.asarray(sample_weight.compute())
             sample_weight = check_sample_weight(sample_weight, X.shape[0], None)
             check_enough_weighted_rows(int(np.count_nonzero(sample_weight)), 1)
-            n_samples = float(sample_weight.sum())  # BIC/AIC: the weights as given
+            # BIC/AIC count the weights as the EM takes them: weights of mean below 1
+            # (frequencies, normalised or decay weights) are scaled to mean 1 there, so they
+            # count as the rows; their scale must not move the penalty (QA probe: weights
+            # summing to 1 made log(n) = 0, and below that negative: the largest K always won)
             sample_weight = em_weights(sample_weight)
+            n_samples = float(sample_weight.sum())
         candidates: list[Candidate] = []
         for covariance_type in types:
             group = [Candidate(k, covariance_type) for k in ks]

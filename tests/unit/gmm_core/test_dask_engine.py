@@ -400,3 +400,36 @@ def test_selection_of_a_dask_array_keeps_its_partitions_on_the_workers(client, X
     bad = da.from_array(np.where(np.arange(len(train))[:, None] == 7, np.nan, train), chunks=5_000)
     with client.as_current(), pytest.raises(ValueError, match="NaN or infinity"):
         GaussianMixtureSelect(backend="dask", **kw).fit(bad)
+
+
+def test_a_dask_dataframes_column_names_are_recorded_and_checked(client, X):
+    """QA probe: a dask DataFrame's column names were dropped (no ``feature_names_in_``), so a
+    holdout or a scored frame with its columns reordered or renamed was read by position,
+    silently. Its names are now recorded and checked as a pandas DataFrame's."""
+    import warnings
+
+    import dask.dataframe as dd
+    import pandas as pd
+
+    from gmm_core import GaussianMixtureSelect
+
+    frame = dd.from_pandas(pd.DataFrame(X, columns=list("abcd")), npartitions=3)
+    with client.as_current():
+        model = GaussianMixture(backend="dask", **FIT_KW).fit(frame)
+        sel = GaussianMixtureSelect([1, 2], backend="dask", random_state=0).fit(frame)
+        with pytest.raises(ValueError, match="same order"):
+            GaussianMixtureSelect([1, 2], backend="dask", criterion="holdout").fit(
+                frame, X_holdout=frame[["d", "c", "b", "a"]]
+            )
+        with pytest.raises(ValueError, match="X_holdout has 0 row"):
+            GaussianMixtureSelect([1, 2], backend="dask").fit(frame, X_holdout=frame[frame.a > 1e9])
+    for fitted in (model, sel, sel.best_estimator_):
+        assert list(fitted.feature_names_in_) == list("abcd")
+    with pytest.raises(ValueError, match="unseen at fit time"):
+        model.predict(frame.rename(columns={"a": "x"}))
+    named = pd.DataFrame(X, columns=list("abcd"))
+    pandas_fit = GaussianMixture(backend="numpy", **FIT_KW).fit(named)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matching names: no "valid feature names" warning
+        labels = pandas_fit.predict(frame).compute(scheduler="sync")
+    np.testing.assert_array_equal(labels, pandas_fit.predict(named))

@@ -470,6 +470,18 @@ def test_weighted_sweep_equals_a_loop_of_weighted_fits(cov):
         [c.train_score for c in looped], sel.results_["train_score"], rtol=1e-10
     )
 
+    # weights of mean below 1 (normalised, decay weights) count as the rows: their scale moves
+    # neither the fits nor the table (QA probe: weights summing to 1 made the penalty p log 1 =
+    # 0 and the largest K always won)
+    for scale in (1.0 / w.sum(), 1e-3):
+        small = GaussianMixtureSelect(ks, covariance_type=cov, random_state=0, backend="numpy")
+        small.fit(X, sample_weight=w * scale)
+        at_mean_1 = w / w.mean()
+        counts = GaussianMixtureSelect(ks, covariance_type=cov, random_state=0, backend="numpy")
+        counts.fit(X, sample_weight=at_mean_1)
+        np.testing.assert_allclose(small.results_["bic"], counts.results_["bic"], rtol=1e-9)
+        assert small.best_index_ == counts.best_index_ == 2  # three blobs
+
     few = np.zeros(len(X))
     few[:5] = 1.0
     sparse = GaussianMixtureSelect([1, 2, 6], covariance_type=cov, random_state=0, backend="numpy")
