@@ -22,7 +22,7 @@ from ._checks import check_magnitude
 from ._dask_input import checked_dask_array, dask_moments, init_rows, is_dask_collection
 from ._em_loop import PhaseClock, best_restart, run_em
 from ._engine import EMResult, Engine, get_engine
-from ._gaussian import Params
+from ._gaussian import ILL_DEFINED_COVARIANCE, Params, below_resolution
 from ._host_init import host_restarts
 from ._init import initial_params, with_user_init
 from ._scoring import is_cupy_array
@@ -200,6 +200,8 @@ def keep_best(
         )
     best_params = result.params.take(best)
     self._set_fitted(best_params.map(engine.to_host), shift, dtype)
+    if below_resolution(self.covariances_, self.covariance_type, shift, dtype):
+        raise ValueError(ILL_DEFINED_COVARIANCE)  # as scikit-learn's fit raises there
     self.n_iter_ = int(n_iter[best])
     as_dtype = np.dtype(dtype).type  # scikit-learn's types: scalars of the data's dtype
     self.lower_bound_ = as_dtype(best_bound) if self.max_iter > 0 else best_bound

@@ -150,6 +150,26 @@ def cholesky_precisions(
         return 1.0 / xp.sqrt(covariances)
 
 
+def below_resolution(covariances: Any, covariance_type: str, shift: Any, dtype: Any) -> bool:
+    """Whether a fitted variance is below what the data's values can resolve: numerically zero.
+
+    A feature's values near ``shift`` (the data's mean) are known to ``eps * |shift|`` (``eps``
+    of the data's dtype), so a variance at most ``(eps * |shift|)^2`` is no spread at all: a
+    constant feature, or a component on repeated points, whose centred variance is left at
+    ~1e-34 by the M-step's ``eps`` term where scikit-learn's ``E[x^2] - mu^2`` gives 0 or less
+    and raises. Only reachable with ``reg_covar`` (near) 0. Host arrays of one mixture.
+    """
+    floor = (float(np.finfo(dtype).eps) * np.abs(np.asarray(shift, dtype=np.float64))) ** 2
+    cov = np.asarray(covariances, dtype=np.float64)
+    if covariance_type in ("full", "tied"):
+        variances = np.diagonal(cov, axis1=-2, axis2=-1)
+    elif covariance_type == "spherical":
+        variances, floor = cov[..., None], floor.mean()
+    else:
+        variances = cov
+    return bool(np.any(variances <= floor))
+
+
 def cholesky_from_precisions(precisions: Any, covariance_type: str, xp: Any) -> Any:
     """Upper-triangular factors of given precisions (the reversed-Cholesky trick of sklearn)."""
     if covariance_type in ("full", "tied"):

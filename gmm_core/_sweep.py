@@ -29,7 +29,7 @@ from ._dask_input import dask_moments, init_rows, is_dask_collection
 from ._em_loop import PhaseClock, best_restart
 from ._engine import Engine
 from ._fit import place_on_device, place_with_host_moments
-from ._gaussian import Params
+from ._gaussian import ILL_DEFINED_COVARIANCE, Params, below_resolution
 from ._host_init import host_restarts
 from ._init import candidate_params, draw, with_user_init
 from ._padded_em import accumulate, buckets, concat, pad, run_em_padded, trim
@@ -189,8 +189,12 @@ def _fit_bucket(
             cand.reason = result.failed[c]
             continue
         rows = np.flatnonzero(owner == c)
-        best = best_restart(result.history[:, rows], result.n_iter[rows])
-        best_rows.append((cand, int(rows[best]), rows))
+        best = int(rows[best_restart(result.history[:, rows], result.n_iter[rows])])
+        chosen = trim(result.params.take(best), cand.n_components, covariance_type)
+        if below_resolution(chosen.covariances, covariance_type, shift, dtype):
+            cand.reason = ILL_DEFINED_COVARIANCE  # as that candidate's own fit raises
+            continue
+        best_rows.append((cand, best, rows))
     if not best_rows:
         return
     # the fitted parameters' mean log-likelihood (what bic(X) uses): one more pass, batched

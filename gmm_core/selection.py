@@ -16,9 +16,11 @@ difference remains with a shared instance and ``n_init > 1``: a candidate whose 
 becomes ill-defined during EM has drawn all its restarts, where the loop's fit stops drawing
 at the failing one; an int seed gives the loop's table exactly.
 
-With ``reg_covar=0`` a component on exactly repeated points has a variance of exactly 0 here
-(diag/spherical variances are centred sums) and its candidate fails as ill-defined, where
-scikit-learn's uncentred ``E[x^2] - mu^2`` leaves ~1e-15 and fits.
+With ``reg_covar=0`` a variance below what the data's values resolve (``(eps * |mean|)^2``:
+a constant feature, a component on exactly repeated points) is ill-defined and its candidate
+fails, as ``GaussianMixture.fit`` raises there (:func:`gmm_core._gaussian.below_resolution`);
+scikit-learn's uncentred ``E[x^2] - mu^2`` gives 0 or less there and raises too, or leaves
+~1e-15 and fits.
 """
 
 from __future__ import annotations

@@ -490,3 +490,36 @@ def test_weighted_sweep_equals_a_loop_of_weighted_fits(cov):
     assert "positive sample_weight" in sparse.results_["reason"][2]
     with pytest.raises(ValueError, match="non-negative"):
         sparse.fit(X, sample_weight=-w)
+
+
+@pytest.mark.parametrize("cov", ["full", "tied", "diag", "spherical"])
+def test_a_variance_below_the_datas_resolution_is_ill_defined_as_in_scikit_learn(cov):
+    """QA probe: with reg_covar=0 a constant feature (or a component on repeated rows) kept a
+    variance of ~1e-34 (the M-step's eps term) and fitted, where scikit-learn raises; in the
+    sweep the candidate counted as fitted and its table entry disagreed with
+    best_estimator_.bic(X) by n. Such a variance is now ill-defined: the fit raises as
+    scikit-learn's does, the candidate fails with the reason and the others go on."""
+    X, _ = make_blobs(300, n_features=2, centers=3, random_state=0)
+    X = np.c_[X, np.full(len(X), 3.0)]
+    kw = dict(covariance_type=cov, reg_covar=0.0, random_state=0)
+    try:
+        SkGaussianMixture(2, **kw).fit(X)
+        sklearn_raises = False
+    except ValueError:
+        sklearn_raises = True
+    assert sklearn_raises == (cov != "spherical")  # the case this test is about
+    if sklearn_raises:
+        with pytest.raises(ValueError, match="ill-defined empirical covariance"):
+            GaussianMixture(2, backend="numpy", **kw).fit(X)
+    else:
+        GaussianMixture(2, backend="numpy", **kw).fit(X)
+    types = sorted({cov, "spherical"})
+    sel = GaussianMixtureSelect([1, 2, 3], covariance_type=types, reg_covar=0.0,
+                                random_state=0, backend="numpy").fit(X)  # fmt: skip
+    table = sel.results_
+    mine = table["covariance_type"] == cov
+    assert list(table["failed"][mine]) == [sklearn_raises] * 3
+    if sklearn_raises:
+        assert all("ill-defined" in reason for reason in table["reason"][mine])
+    best = sel.best_estimator_
+    assert table["bic"][sel.best_index_] == pytest.approx(best.bic(X), rel=1e-9)
