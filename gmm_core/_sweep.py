@@ -190,8 +190,8 @@ def _fit_bucket(
             continue
         rows = np.flatnonzero(owner == c)
         best = int(rows[best_restart(result.history[:, rows], result.n_iter[rows])])
-        chosen = trim(result.params.take(best), cand.n_components, covariance_type)
-        if below_resolution(chosen.covariances, covariance_type, shift, dtype):
+        fitted = trim(result.params.take(best), cand.n_components, covariance_type)
+        if below_resolution(fitted.covariances, covariance_type, shift, dtype):
             cand.reason = ILL_DEFINED_COVARIANCE  # as that candidate's own fit raises
             continue
         best_rows.append((cand, best, rows))
