@@ -190,6 +190,10 @@ def keep_best(
     else:
         best = best_restart(history, n_iter)
         best_bound = float(lower_bounds[best][-1])
+    best_params = result.params.take(best)
+    host = best_params.map(engine.to_host)
+    if below_resolution(host.covariances, self.covariance_type, shift, dtype):
+        raise ValueError(ILL_DEFINED_COVARIANCE)  # as scikit-learn's fit raises, nothing set
     self.converged_ = bool(converged[best]) if self.max_iter > 0 else False
     if not self.converged_ and self.max_iter > 0:
         warnings.warn(
@@ -198,10 +202,7 @@ def keep_best(
             ConvergenceWarning,
             stacklevel=4,
         )
-    best_params = result.params.take(best)
-    self._set_fitted(best_params.map(engine.to_host), shift, dtype)
-    if below_resolution(self.covariances_, self.covariance_type, shift, dtype):
-        raise ValueError(ILL_DEFINED_COVARIANCE)  # as scikit-learn's fit raises there
+    self._set_fitted(host, shift, dtype)
     self.n_iter_ = int(n_iter[best])
     as_dtype = np.dtype(dtype).type  # scikit-learn's types: scalars of the data's dtype
     self.lower_bound_ = as_dtype(best_bound) if self.max_iter > 0 else best_bound
