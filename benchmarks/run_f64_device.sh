@@ -14,7 +14,7 @@ if [ -z "${SKIP_TESTS:-}" ]; then
     echo "gpu tests exit $?"
     grep -E "passed|failed|^FAILED|^ERROR" "$OUT/gpu_tests.txt" | tail -n 30
     # GPU tests written in earlier sessions and not yet run on a GPU
-    timeout 120 python3 -m pytest -q -rfEs -p no:cacheprovider -o addopts="" \
+    timeout "${PENDING_TIMEOUT:-120}" python3 -m pytest -q -rfEs -p no:cacheprovider -o addopts="" \
         tests/gpu/test_gpu_selection.py tests/gpu/test_gpu_engine.py -k "weighted or verbose" \
         >"$OUT/gpu_tests_pending.txt" 2>&1
     echo "pending gpu tests exit $?"
