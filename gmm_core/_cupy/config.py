@@ -17,7 +17,8 @@ LARGE_K_F64_ENV = "GMM_CORE_LARGE_K_F64"
 #: compute capabilities whose float64 runs on tensor cores at half the TF32 rate or better
 #: (A100, H100/H200, B200): the large-K pass's float64 E-step pays there and nowhere else
 FAST_FLOAT64 = (80, 90, 100)
-#: whether the float64 E-step serves without ``GMM_CORE_LARGE_K_F64`` set
+#: whether the float64 E-step serves without ``GMM_CORE_LARGE_K_F64`` set (no: 30.5 / 39.4 ms
+#: per iteration at the public fit against the float32 GEMMs' 22.1 / 33.5 on an H100)
 LARGE_K_F64_DEFAULT = False
 BUDGET_ENV = "GMM_CORE_GPU_MEMORY_BUDGET"
 #: threads per block of ``diag_pass_tc``: 256 (W^T in registers, measured faster) or 128
@@ -80,7 +81,8 @@ class LaunchConfig:
     large_k_fused: bool = False
     #: the large-K pass's log-densities as one cuBLAS float64 GEMM and its statistics as TF32
     #: GEMMs of split features (``em_largek.cu``, ``large_k_f64``), where float64 is fast
-    #: (``FAST_FLOAT64``): opt-in (``GMM_CORE_LARGE_K_F64=1``) until measured on a GPU
+    #: (``FAST_FLOAT64``): opt-in (``GMM_CORE_LARGE_K_F64=1``): the most accurate large-K pass,
+    #: measured slower than the float32 GEMMs on an H100 (``gpu_h100_large_k_f64.json``)
     large_k_f64: bool = False
 
     @classmethod
