@@ -13,6 +13,7 @@ import argparse
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -33,7 +34,7 @@ def main() -> None:
     totals: dict[str, float] = defaultdict(float)
     gemm, load = large_k_f64.gemm, large_k_f64.load_kernel
 
-    def timed(name: str, fn, *a, **kw):  # type: ignore[no-untyped-def]
+    def timed(name: str, fn: Any, *a: Any, **kw: Any) -> Any:
         start, stop = cupy.cuda.Event(), cupy.cuda.Event()
         start.record()
         out = fn(*a, **kw)
@@ -42,12 +43,12 @@ def main() -> None:
         totals[name] += cupy.cuda.get_elapsed_time(start, stop)
         return out
 
-    def gemm_timed(*a, **kw):  # type: ignore[no-untyped-def]
+    def gemm_timed(*a: Any, **kw: Any) -> None:
         name = f"gemm {kw['precision']}" + (" batched" if kw.get("batch", 1) > 1 else "")
         return timed(name, gemm, *a, **kw)
 
-    def load_timed(ref):  # type: ignore[no-untyped-def]
-        kern = load(ref)
+    def load_timed(ref: Any, options: tuple[str, ...] = ()) -> Any:
+        kern = load(ref, options)
         return lambda *a, **kw: timed(ref.expr, kern, *a, **kw)
 
     for cov in ("spherical", "diag"):
