@@ -98,9 +98,12 @@ def init_rows(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The rows (and their weights) a host initialisation reads.
 
-    All of them up to :data:`INIT_SAMPLE_ROWS` (``random_state`` untouched), else a uniform
-    sample drawn from it (rows of positive weight only, when weights are given).
+    Host rows (NumPy) as they are; of a dask array all of them up to :data:`INIT_SAMPLE_ROWS`
+    (``random_state`` untouched), else a uniform sample drawn from it (rows of positive weight
+    only, when weights are given).
     """
+    if not is_dask_collection(X):
+        return X, sample_weight
     n_samples = int(X.shape[0])
     if n_samples <= INIT_SAMPLE_ROWS:
         return np.asarray(X.compute()), sample_weight
@@ -109,3 +112,8 @@ def init_rows(
         candidates = np.sort(random_state.choice(candidates, INIT_SAMPLE_ROWS, replace=False))
     rows = np.asarray(X[candidates].compute())
     return rows, None if sample_weight is None else sample_weight[candidates]
+
+
+def on_client(values: Any) -> Any:
+    """Per-row values (sample weights) of a dask collection computed here; others as they are."""
+    return np.asarray(values.compute()) if is_dask_collection(values) else values

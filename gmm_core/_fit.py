@@ -19,7 +19,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 
 from ._checks import check_magnitude
-from ._dask_input import checked_dask_array, dask_moments, init_rows, is_dask_collection
+from ._dask_input import (
+    checked_dask_array,
+    dask_moments,
+    init_rows,
+    is_dask_collection,
+    on_client,
+)
 from ._em_loop import PhaseClock, best_restart, run_em
 from ._engine import EMResult, Engine, get_engine
 from ._gaussian import ILL_DEFINED_COVARIANCE, Params, below_resolution
@@ -48,8 +54,7 @@ def fit_model(
         X = self._check_X(X, reset=True, finite_here=not engine.device_init)
     n_samples, n_features = X.shape
     if sample_weight is not None:
-        if is_dask_collection(sample_weight):  # one float per row: on the client
-            sample_weight = np.asarray(sample_weight.compute())
+        sample_weight = on_client(sample_weight)  # one float per row
         sample_weight = em_weights(check_sample_weight(sample_weight, n_samples, self.n_components))
     weighting = {} if sample_weight is None else {"sample_weight": sample_weight}
     if n_samples < self.n_components:
@@ -80,23 +85,15 @@ def fit_model(
             if do_init:
                 params = draw_on_device(self, engine, data, random_state, eps, user)
         else:
-            if dask_input:  # the moments by dask reductions; the init from (a sample of) rows
-                shift, _ = dask_moments(X)
-                data = engine.prepare(X, shift, self.covariance_type, **weighting)
-            else:
-                X_host = engine.to_host(X) if is_cupy_array(X) else X
-                data, shift = place_with_host_moments(
-                    engine, X, X_host, self.covariance_type, **weighting
-                )
+            X_host = engine.to_host(X) if is_cupy_array(X) else X  # a dask array stays
+            data, shift = place_with_host_moments(
+                engine, X, X_host, self.covariance_type, **weighting
+            )
             clock.lap("transfer")
             if do_init:
                 drawn = None
-                if len(user) < 3:
-                    rows, row_weights = (
-                        init_rows(X, sample_weight, random_state)
-                        if dask_input
-                        else (X_host, sample_weight)
-                    )
+                if len(user) < 3:  # the init reads the rows, or a sample of a dask array's
+                    rows, row_weights = init_rows(X_host, sample_weight, random_state)
                     Xc = engine.host_centred(data, rows, shift)
                     drawn = host_restarts(self, rows, Xc, shift, random_state, eps, row_weights)
                     del Xc, rows
@@ -143,8 +140,12 @@ def place_with_host_moments(
     """``engine.prepare(X, shift, ...)`` of a host-init engine and its shift, the data mean.
 
     The magnitude check and the mean come from the host copy ``X_host`` (what
-    :func:`place_on_device` reads on the device).
+    :func:`place_on_device` reads on the device); of a dask array, by dask reductions on its
+    partitions where they live.
     """
+    if is_dask_collection(X):
+        shift, _ = dask_moments(X)  # checks finiteness and magnitude as well
+        return engine.prepare(X, shift, covariance_type, **weighting), shift
     check_magnitude(max(float(X_host.max()), -float(X_host.min())), X.dtype, X.shape[1])
     shift = X_host.mean(axis=0, dtype=np.float64)
     return engine.prepare(X, shift, covariance_type, **weighting), shift

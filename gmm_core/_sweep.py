@@ -25,7 +25,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 
-from ._dask_input import dask_moments, init_rows, is_dask_collection
+from ._dask_input import init_rows
 from ._em_loop import PhaseClock, best_restart
 from ._engine import Engine
 from ._fit import place_on_device, place_with_host_moments
@@ -102,19 +102,14 @@ def fit_batched(
     n_samples = X.shape[0]
     eps = 10 * float(np.finfo(X.dtype).eps)
     weighting = {} if sample_weight is None else {"sample_weight": sample_weight}
-    rows, row_weights = X, sample_weight  # what a host initialisation reads
     if engine.device_init:  # moments, centring and initialisation where the data live
         data = place_on_device(engine, X, covariance_type, **weighting)
         shift = np.asarray(data.shift, dtype=np.float64)
-    elif is_dask_collection(X):  # partitions stay on the workers; the init reads (a sample of)
-        # rows, as GaussianMixture(backend="dask").fit does
-        shift, _ = dask_moments(X)
-        data = engine.prepare(X, shift, covariance_type, **weighting)
+    else:  # a dask array's partitions stay on the workers, as in GaussianMixture.fit
+        data, shift = place_with_host_moments(engine, X, X, covariance_type, **weighting)
+        # the rows a host initialisation reads: all, or a sample of a dask array's
         rows, row_weights = init_rows(X, sample_weight, check_random_state(selector.random_state))
         Xc = engine.host_centred(data, rows, shift)
-    else:
-        data, shift = place_with_host_moments(engine, X, X, covariance_type, **weighting)
-        Xc = engine.host_centred(data, X, shift)
     clock.lap("transfer")
 
     eligible = []

@@ -38,7 +38,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._checks import check_magnitude
-from ._dask_input import checked_dask_array, dask_moments, is_dask_collection
+from ._dask_input import checked_dask_array, dask_moments, is_dask_collection, on_client
 from ._em_loop import PhaseClock
 from ._engine import BACKENDS, get_engine
 from ._gaussian import COVARIANCE_TYPES, n_parameters
@@ -316,12 +316,8 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
             fewest = 2 if self.criterion == "holdout" else 1  # as validate_data's below
             if X_holdout.shape[0] < fewest:
                 raise ValueError(
-                    f"X_holdout has {X_holdout.shape[0]} row(s); at least {fewest} needed"
-                    + (
-                        " (their scores' spread is the holdout criterion's rule)."
-                        if fewest == 2
-                        else ": pass held-out rows or leave X_holdout out."
-                    )
+                    f"X_holdout has {X_holdout.shape[0]} row(s); criterion={self.criterion!r} "
+                    f"needs {fewest} at least: pass more held-out rows or leave X_holdout out."
                 )
             dask_moments(X_holdout)  # finite, and of a magnitude its log-densities hold
         elif X_holdout is not None:
@@ -340,9 +336,7 @@ class GaussianMixtureSelect(DensityMixin, BaseEstimator):
 
         n_samples = float(X.shape[0])  # what BIC/AIC count: the rows, or the total weight
         if sample_weight is not None:
-            if is_dask_collection(sample_weight):  # one float per row: on the client
-                sample_weight = np.asarray(sample_weight.compute())
-            sample_weight = check_sample_weight(sample_weight, X.shape[0], None)
+            sample_weight = check_sample_weight(on_client(sample_weight), X.shape[0], None)
             check_enough_weighted_rows(int(np.count_nonzero(sample_weight)), 1)
             # BIC/AIC count the weights as the EM takes them: weights of mean below 1
             # (frequencies, normalised or decay weights) are scaled to mean 1 there, so they

@@ -63,6 +63,20 @@ def X() -> np.ndarray:
     return _telemetry_like()
 
 
+@pytest.fixture
+def prepared(monkeypatch) -> list[str]:
+    """The array library of every dataset ``DaskEngine.prepare`` is given, in call order."""
+    seen: list[str] = []
+    prepare = DaskEngine.prepare
+
+    def recording(self, data, *args, **kwargs):
+        seen.append(type(data).__module__.split(".")[0])
+        return prepare(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(DaskEngine, "prepare", recording)
+    return seen
+
+
 FIT_KW = dict(
     n_components=N_COMPONENTS,
     n_init=2,
@@ -190,7 +204,7 @@ def test_dask_array_input_is_computed_on_the_workers(client, X):
         np.testing.assert_allclose(getattr(got, name), getattr(ref, name), rtol=1e-10, err_msg=name)
 
 
-def test_fit_of_a_dask_array_keeps_its_partitions_on_the_workers(client, X, monkeypatch):
+def test_fit_of_a_dask_array_keeps_its_partitions_on_the_workers(client, X, prepared):
     """QA probe: ``fit`` turned a dask array (or DataFrame) into one NumPy array on the client
     before the engine saw it (validate_data), then re-split it by worker thread: no data set
     larger than the client's memory could be fitted. The engine now gets the dask array, the
@@ -199,14 +213,6 @@ def test_fit_of_a_dask_array_keeps_its_partitions_on_the_workers(client, X, monk
     import dask.dataframe as dd
     import pandas as pd
 
-    seen = []
-    prepare = DaskEngine.prepare
-
-    def recording(self, data, *args, **kwargs):
-        seen.append(type(data).__module__.split(".")[0])
-        return prepare(self, data, *args, **kwargs)
-
-    monkeypatch.setattr(DaskEngine, "prepare", recording)
     ref = GaussianMixture(backend="numpy", **FIT_KW).fit(X)
     frame = dd.from_pandas(pd.DataFrame(X, columns=list("abcd")), npartitions=3)
     w = da.from_array(np.ones(len(X)), chunks=5_000)
@@ -215,7 +221,7 @@ def test_fit_of_a_dask_array_keeps_its_partitions_on_the_workers(client, X, monk
             da.from_array(X, chunks=(6_000, N_FEATURES))
         )
         on_frame = GaussianMixture(backend="dask", **FIT_KW).fit(frame, sample_weight=w)
-    assert seen == ["dask", "dask"]
+    assert prepared == ["dask", "dask"]
     for got in (on_array, on_frame):
         _assert_same_fit(got, ref, rtol=1e-9, atol=1e-9)
     bad = da.from_array(np.where(np.arange(len(X))[:, None] == 7, np.nan, X), chunks=5_000)
@@ -356,7 +362,9 @@ def test_scoring_a_dask_array_stays_lazy_and_runs_on_the_workers(client, X):
         model.predict(X_dask[:, :3])
 
 
-def test_selection_of_a_dask_array_keeps_its_partitions_on_the_workers(client, X, monkeypatch):
+def test_selection_of_a_dask_array_keeps_its_partitions_on_the_workers(
+    client, X, prepared, monkeypatch
+):
     """QA probe: ``GaussianMixtureSelect.fit`` turned a dask array into one NumPy array on the
     client (validate_data) before the Dask engine saw it, unlike ``GaussianMixture.fit``. Now the
     engine gets the dask array (moments by dask reductions, the initialisations from its rows),
@@ -365,14 +373,6 @@ def test_selection_of_a_dask_array_keeps_its_partitions_on_the_workers(client, X
 
     from gmm_core import GaussianMixtureSelect, _dask_input
 
-    seen = []
-    prepare = DaskEngine.prepare
-
-    def recording(self, data, *args, **kwargs):
-        seen.append(type(data).__module__.split(".")[0])
-        return prepare(self, data, *args, **kwargs)
-
-    monkeypatch.setattr(DaskEngine, "prepare", recording)
     kw = dict(n_components=range(1, 5), covariance_type=("diag", "full"), random_state=0)
     train, holdout = X[:16_000], X[16_000:]
     ref = GaussianMixtureSelect(backend="numpy", criterion="holdout", **kw).fit(
@@ -382,7 +382,7 @@ def test_selection_of_a_dask_array_keeps_its_partitions_on_the_workers(client, X
         got = GaussianMixtureSelect(backend="dask", criterion="holdout", **kw).fit(
             da.from_array(train, chunks=5_000), X_holdout=da.from_array(holdout, chunks=1_000)
         )
-    assert seen == ["dask", "dask"]  # one prepare per covariance type, of the dask array
+    assert prepared == ["dask", "dask"]  # one prepare per covariance type, of the dask array
     assert got.backend_ == "dask" and got.batched_
     for column in ("bic", "holdout_score"):
         np.testing.assert_allclose(got.results_[column], ref.results_[column], rtol=1e-9)
