@@ -111,7 +111,7 @@ def kernels_for_arch(arch: str, shapes: Iterable[Sequence[Any]] | None = None) -
     ``shapes`` defaults to :func:`default_shapes`; the input-check kernels
     (:data:`EXTRA_KERNELS`) of both dtypes are added.
     """
-    from ._cupy import large_k, large_k_f64
+    from ._cupy import large_k, large_k_f64, large_k_sparse
     from ._cupy.kernels import kernel_ref
 
     shapes = default_shapes() if shapes is None else list(shapes)
@@ -121,6 +121,7 @@ def kernels_for_arch(arch: str, shapes: Iterable[Sequence[Any]] | None = None) -
     refs += [kernel_ref(f, name, dt) for f, name in EXTRA_KERNELS for dt in ("float", "double")]
     refs += [kernel_ref(large_k.SOURCE, name) for name in large_k.KERNELS]
     refs += large_k_f64.kernel_refs()
+    refs += large_k_sparse.kernel_refs()
     refs += [kernel_ref(large_k.FUSED_SOURCE, name) for name in large_k.FUSED_KERNELS]
     return sorted(set(refs))
 

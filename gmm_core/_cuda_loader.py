@@ -195,6 +195,13 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
         "lkt_stats<true, 32>",
         "lkt_stats<false, 64>",
     ),
+    "em_largek_sparse.cu": (
+        "lks_norms",
+        "lks_select",
+        "lks_order",
+        "lks_reduce",
+        "lks_gather",
+    ),
     "em_largek.cu": (
         "lk_features",
         "lk_weights",

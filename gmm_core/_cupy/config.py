@@ -14,6 +14,9 @@ SMALL_ENV = "GMM_CORE_SMALL_KERNEL"
 WGMMA_ENV = "GMM_CORE_WGMMA"
 LARGE_K_FUSED_ENV = "GMM_CORE_LARGE_K_FUSED"
 LARGE_K_F64_ENV = "GMM_CORE_LARGE_K_F64"
+LARGE_K_SPARSE_ENV = "GMM_CORE_LARGE_K_SPARSE"
+#: whether the screened large-K pass serves without ``GMM_CORE_LARGE_K_SPARSE`` set
+LARGE_K_SPARSE_DEFAULT = False
 #: compute capabilities whose float64 runs on tensor cores at half the TF32 rate or better
 #: (A100, H100/H200, B200): the large-K pass's float64 E-step pays there and nowhere else
 FAST_FLOAT64 = (80, 90, 100)
@@ -84,6 +87,10 @@ class LaunchConfig:
     #: (``FAST_FLOAT64``): opt-in (``GMM_CORE_LARGE_K_F64=1``): the most accurate large-K pass,
     #: measured slower than the float32 GEMMs on an H100 (``gpu_h100_large_k_f64.json``)
     large_k_f64: bool = False
+    #: the large-K pass with a screened E-step (``large_k_sparse``, ``em_largek_sparse.cu``): a
+    #: TF32 product with a proven error bound picks the few components per sample whose
+    #: responsibilities count, computed exactly; ``GMM_CORE_LARGE_K_SPARSE``
+    large_k_sparse: bool = False
 
     @classmethod
     def for_current_device(
@@ -116,4 +123,5 @@ class LaunchConfig:
             large_k_fused=env_flag(LARGE_K_FUSED_ENV, default=False),
             large_k_f64=env_flag(LARGE_K_F64_ENV, default=LARGE_K_F64_DEFAULT)
             and compute_capability in FAST_FLOAT64,
+            large_k_sparse=env_flag(LARGE_K_SPARSE_ENV, default=LARGE_K_SPARSE_DEFAULT),
         )

@@ -39,7 +39,7 @@ import cupy
 import numpy as np
 
 from .._gaussian import Params, Stats
-from . import large_k_f64
+from . import large_k_f64, large_k_sparse
 from .config import LaunchConfig
 from .data import CupyData, Scratch, scratch_bytes, weighted_chunks
 from .kernels import KernelRef, allow_dynamic_smem, kernel_ref, load_kernel
@@ -148,17 +148,27 @@ class LargeKPass:
             and max(fused_smem(data.n_features, data.covariance_type)) <= self.config.smem_optin
         )
 
+    def sparse(self, data: CupyData, n_restarts: int | None = None) -> bool:
+        """Whether the pass runs screened (``large_k_sparse``; ``config.large_k_sparse``)."""
+        return self.config.large_k_sparse and large_k_sparse.supports(
+            data.n_features, 1 if n_restarts is None else n_restarts
+        )
+
     def kernel_refs(self, data: CupyData | None = None) -> list[KernelRef]:
         """The kernels of a pass over ``data``.
 
-        The fused ones where they serve, else the float64 E-step's where the config says, else
-        the ``em_largek.cu`` float32 ones (also without ``data``).
+        The screened pass's (with the float32 ones it sends listed rows through) where the
+        config says, else the fused ones where they serve, else the float64 E-step's where the
+        config says, else the ``em_largek.cu`` float32 ones (also without ``data``).
         """
+        dense = [kernel_ref(SOURCE, name) for name in KERNELS]
+        if data is not None and self.sparse(data):
+            return large_k_sparse.kernel_refs() + dense
         if data is not None and self.fused(data):
             return fused_kernel_refs(data.covariance_type, data.n_features)
         if data is not None and self.config.large_k_f64:
             return large_k_f64.kernel_refs()
-        return [kernel_ref(SOURCE, name) for name in KERNELS]
+        return dense
 
     def chunk_rows(self, data: CupyData, n_cols: int, ldb: int) -> int:
         """Rows per chunk: ``CHUNK_BYTES`` of log-densities, within the scratch allowance."""
@@ -172,98 +182,16 @@ class LargeKPass:
         ``active`` (R,) bool or None: restarts whose responsibilities are computed (the others'
         statistics come back zero).
         """
+        if self.sparse(data, params.means.shape[0]):
+            return large_k_sparse.accumulate(self, data, params, active)
         if self.fused(data):
             return self._accumulate_fused(data, params, active)
         if self.config.large_k_f64:
             return large_k_f64.accumulate(self, data, params, active)
-        R, K, D = params.means.shape
-        rk = R * K
-        diag = data.covariance_type == "diag"
-        f, fp, ldb = geometry(D, data.covariance_type)
-        kp = _round_up(rk, 8)
-        blocks = 4 * self.config.n_sm
-        kern = {ref.expr: load_kernel(ref) for ref in self.kernel_refs()}
-
-        f64 = cupy.float64
-        w_mat = self.scratch.get("lk_w", (kp, fp), cupy.float32)
-        const = self.scratch.get("lk_c", (kp,), cupy.float32)
-        pc = params.precisions_cholesky
-        kern["lk_weights"](
-            (max(1, min(-(-kp * fp // 256), blocks)),),
-            (256,),
-            (
-                cupy.ascontiguousarray(params.weights, dtype=f64).reshape(-1),
-                cupy.ascontiguousarray(params.means, dtype=f64).reshape(-1),
-                cupy.ascontiguousarray(pc, dtype=f64).reshape(-1),
-                np.int32(rk), np.int32(kp), np.int32(D), np.bool_(diag), np.int32(fp),
-                w_mat, const,
-            ),
-        )  # fmt: skip
-        groups = cupy.asarray(np.arange(R + 1, dtype=np.int32) * K)
-        act = np.intp(0) if active is None else cupy.asarray(active).astype(cupy.int32)
-        rows_max = self.chunk_rows(data, kp, ldb)
-        feats = self.scratch.get("lk_b", (rows_max, ldb), cupy.float32)
-        logits = self.scratch.get("lk_l", (rows_max, kp), cupy.float32)
-        s32 = self.scratch.get("lk_s", (ldb, kp), cupy.float32, zero=True)  # column-major S
-        warps = blocks * 8
-        ll_part = self.scratch.get("lk_ll", (warps, R), f64)
-        ll_part.data.memset_async(0, ll_part.nbytes)
-        nk = cupy.zeros(rk)
-        sf = cupy.zeros((rk, f))
-        since_flush = 0
-
-        def flush() -> None:
-            kern["lk_flush"](
-                (max(1, min(-(-rk * (f + 1) // 256), blocks)),),
-                (256,),
-                (s32, np.int32(rk), np.int32(kp), np.int32(fp), np.int32(f), sf, nk),
-            )
-
+        dense = DensePass(self, data, params, active)
         for chunk, weights in weighted_chunks(data):
-            chunk = cupy.ascontiguousarray(chunk)
-            for start in range(0, chunk.shape[0], rows_max):
-                x = chunk[start : start + rows_max]
-                rows = x.shape[0]
-                if since_flush + rows > STATS_ROWS:
-                    flush()
-                    since_flush = 0
-                kern["lk_features"](
-                    (max(1, min(-(-rows // 8), blocks)),),
-                    (256,),
-                    (
-                        x, np.int64(rows), np.int32(D), np.int32(fp), np.int32(ldb),
-                        np.bool_(diag), feats,
-                    ),
-                )  # fmt: skip
-                # E-step: L (rows x kp) = f . W^T (column-major: W f^T)
-                gemm(
-                    _OP_T, _OP_N, kp, rows, fp,
-                    w_mat.data.ptr, fp, feats.data.ptr, ldb, logits.data.ptr, kp,
-                    precision="float32",
-                )  # fmt: skip
-                w = np.intp(0) if weights is None else weights[start : start + rows]
-                kern["lk_rows"](
-                    (blocks,),
-                    (256,),
-                    (
-                        logits, np.int64(rows), np.int32(kp), const, groups, np.int32(R), act,
-                        w, ll_part,
-                    ),
-                )  # fmt: skip
-                # statistics: S (kp x ldb, column-major) += R^T [f, 1]; this orientation (the
-                # components as the GEMM's rows) measured 1.5x faster than S^T for spherical
-                gemm(
-                    _OP_N, _OP_T, kp, ldb, rows,
-                    logits.data.ptr, kp, feats.data.ptr, ldb, s32.data.ptr, kp,
-                    precision="float32", accumulate=True,
-                )  # fmt: skip
-                since_flush += rows
-        flush()
-        loglik = ll_part.sum(axis=0)
-        sf = sf.reshape(R, K, f)
-        sx = cupy.ascontiguousarray(sf[..., :D])
-        sxx = cupy.ascontiguousarray(sf[..., D : 2 * D] if diag else sf[..., D])
-        return Stats(loglik, nk.reshape(R, K), sx, sxx, data.n_samples, data.total_weight)
+            dense.add(cupy.ascontiguousarray(chunk), weights)
+        return dense.stats()
 
     def _accumulate_fused(self, data: CupyData, params: Params, active: Any) -> Stats:
         """:meth:`accumulate` as the fused kernels (``em_largek_tc.cu``)."""
@@ -351,6 +279,119 @@ class LargeKPass:
             loglik, cupy.ascontiguousarray(sd[..., 0]), sx, sxx, data.n_samples,
             data.total_weight,
         )  # fmt: skip
+
+
+class DensePass:
+    """One float32 GEMM pass (module docstring, steps 1-4) as rows arrive.
+
+    :meth:`add` takes row chunks (centred, device, any length) and their weights;
+    :meth:`stats` returns the pass's statistics. The sparse pass (``large_k_sparse``) reads its
+    weights (``w_mat``, ``const``), its buffers and its float64 sums, and sends it the rows it
+    lists.
+    """
+
+    def __init__(self, lk: LargeKPass, data: CupyData, params: Params, active: Any) -> None:
+        R, K, D = params.means.shape
+        self.R, self.K, self.D, self.rk = R, K, D, R * K
+        self.data = data
+        self.diag = data.covariance_type == "diag"
+        self.f, self.fp, self.ldb = geometry(D, data.covariance_type)
+        self.kp = _round_up(self.rk, 8)
+        self.blocks = 4 * lk.config.n_sm
+        self.kern = {ref.expr: load_kernel(ref) for ref in lk.kernel_refs()}
+        f64 = cupy.float64
+        scratch = lk.scratch
+        self.w_mat = scratch.get("lk_w", (self.kp, self.fp), cupy.float32)
+        self.const = scratch.get("lk_c", (self.kp,), cupy.float32)
+        self.kern["lk_weights"](
+            (max(1, min(-(-self.kp * self.fp // 256), self.blocks)),),
+            (256,),
+            (
+                cupy.ascontiguousarray(params.weights, dtype=f64).reshape(-1),
+                cupy.ascontiguousarray(params.means, dtype=f64).reshape(-1),
+                cupy.ascontiguousarray(params.precisions_cholesky, dtype=f64).reshape(-1),
+                np.int32(self.rk), np.int32(self.kp), np.int32(D), np.bool_(self.diag),
+                np.int32(self.fp), self.w_mat, self.const,
+            ),
+        )  # fmt: skip
+        self.groups = cupy.asarray(np.arange(R + 1, dtype=np.int32) * K)
+        self.act = np.intp(0) if active is None else cupy.asarray(active).astype(cupy.int32)
+        self.rows_max = lk.chunk_rows(data, self.kp, self.ldb)
+        self.feats = scratch.get("lk_b", (self.rows_max, self.ldb), cupy.float32)
+        self.logits = scratch.get("lk_l", (self.rows_max, self.kp), cupy.float32)
+        self.s32 = scratch.get("lk_s", (self.ldb, self.kp), cupy.float32, zero=True)  # col-major
+        self.ll_part = scratch.get("lk_ll", (self.blocks * 8, R), f64)
+        self.ll_part.data.memset_async(0, self.ll_part.nbytes)
+        self.nk = cupy.zeros(self.rk)
+        self.sf = cupy.zeros((self.rk, self.f))
+        self.since_flush = 0
+
+    def features(self, x: Any) -> None:
+        """``lk_features`` of the rows ``x`` (at most ``rows_max``) into ``feats``."""
+        rows = x.shape[0]
+        self.kern["lk_features"](
+            (max(1, min(-(-rows // 8), self.blocks)),),
+            (256,),
+            (
+                x, np.int64(rows), np.int32(self.D), np.int32(self.fp), np.int32(self.ldb),
+                np.bool_(self.diag), self.feats,
+            ),
+        )  # fmt: skip
+
+    def flush(self) -> None:
+        """Add the float32 statistics sums into float64 (``lk_flush``) and zero them."""
+        rk, f = self.rk, self.f
+        self.kern["lk_flush"](
+            (max(1, min(-(-rk * (f + 1) // 256), self.blocks)),),
+            (256,),
+            (self.s32, np.int32(rk), np.int32(self.kp), np.int32(self.fp), np.int32(f), self.sf,
+             self.nk),
+        )  # fmt: skip
+        self.since_flush = 0
+
+    def add(self, chunk: Any, weights: Any) -> None:
+        """Steps 1-4 over the rows of ``chunk`` (contiguous), ``weights`` (rows,) or None."""
+        kp, fp, ldb = self.kp, self.fp, self.ldb
+        for start in range(0, chunk.shape[0], self.rows_max):
+            x = chunk[start : start + self.rows_max]
+            rows = x.shape[0]
+            if self.since_flush + rows > STATS_ROWS:
+                self.flush()
+            self.features(x)
+            # E-step: L (rows x kp) = f . W^T (column-major: W f^T)
+            gemm(
+                _OP_T, _OP_N, kp, rows, fp,
+                self.w_mat.data.ptr, fp, self.feats.data.ptr, ldb, self.logits.data.ptr, kp,
+                precision="float32",
+            )  # fmt: skip
+            w = np.intp(0) if weights is None else weights[start : start + rows]
+            self.kern["lk_rows"](
+                (self.blocks,),
+                (256,),
+                (
+                    self.logits, np.int64(rows), np.int32(kp), self.const, self.groups,
+                    np.int32(self.R), self.act, w, self.ll_part,
+                ),
+            )  # fmt: skip
+            # statistics: S (kp x ldb, column-major) += R^T [f, 1]; this orientation (the
+            # components as the GEMM's rows) measured 1.5x faster than S^T for spherical
+            gemm(
+                _OP_N, _OP_T, kp, ldb, rows,
+                self.logits.data.ptr, kp, self.feats.data.ptr, ldb, self.s32.data.ptr, kp,
+                precision="float32", accumulate=True,
+            )  # fmt: skip
+            self.since_flush += rows
+
+    def stats(self) -> Stats:
+        """The pass's statistics (after the last :meth:`add`)."""
+        self.flush()
+        R, K, D, f = self.R, self.K, self.D, self.f
+        loglik = self.ll_part.sum(axis=0)
+        sf = self.sf.reshape(R, K, f)
+        sx = cupy.ascontiguousarray(sf[..., :D])
+        sxx = cupy.ascontiguousarray(sf[..., D : 2 * D] if self.diag else sf[..., D])
+        data = self.data
+        return Stats(loglik, self.nk.reshape(R, K), sx, sxx, data.n_samples, data.total_weight)
 
 
 def fused_kernel_refs(covariance_type: str, n_features: int) -> list[KernelRef]:

@@ -23,6 +23,7 @@ _REASON = cupy_unavailable_reason()
 #: needs CuPy)
 LARGE_K_FUSED_ENV = "GMM_CORE_LARGE_K_FUSED"
 LARGE_K_F64_ENV = "GMM_CORE_LARGE_K_F64"
+LARGE_K_SPARSE_ENV = "GMM_CORE_LARGE_K_SPARSE"
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(_REASON is not None, reason=f"needs a usable CUDA GPU: {_REASON}"),
@@ -80,10 +81,11 @@ def _reference(X: np.ndarray, cov: str, params: Params, weights=None):
     return out
 
 
-@pytest.fixture(params=["fused", "float32", "f64"])
+@pytest.fixture(params=["fused", "float32", "f64", "sparse"])
 def variant(request):
-    """The pass as the fused tensor-core kernels, as cuBLAS float32 GEMMs, and with the float64
-    E-step (cuBLAS float64 and TF32 GEMMs; skipped where the device's float64 is slow)."""
+    """The pass as the fused tensor-core kernels, as cuBLAS float32 GEMMs, with the float64
+    E-step (cuBLAS float64 and TF32 GEMMs; skipped where the device's float64 is slow), and
+    screened (a TF32 screen, the few candidates per row exact)."""
     if request.param == "f64":
         import cupy
 
@@ -99,9 +101,11 @@ def _use(variant: str, monkeypatch=None, engine=None) -> None:
     if monkeypatch is not None:
         monkeypatch.setenv(LARGE_K_FUSED_ENV, "1" if variant == "fused" else "0")
         monkeypatch.setenv(LARGE_K_F64_ENV, "1" if variant == "f64" else "0")
+        monkeypatch.setenv(LARGE_K_SPARSE_ENV, "1" if variant == "sparse" else "0")
     if engine is not None:
         engine.config.large_k_fused = variant == "fused"
         engine.config.large_k_f64 = variant == "f64"
+        engine.config.large_k_sparse = variant == "sparse"
 
 
 def _engine_stats(
@@ -129,7 +133,8 @@ def _engine_stats(
     data = engine.prepare(cupy.asarray(X), None, cov, sample_weight=weights)
     R, K, _ = params.means.shape
     assert engine.large_k.fused(data) == (variant == "fused" and X.shape[1] <= 256)
-    want = "lk_rows64" if variant == "f64" else "lk_rows" if variant == "float32" else "lkt_lse"
+    want = {"f64": "lk_rows64", "float32": "lk_rows", "fused": "lkt_lse", "sparse": "lks_select"}
+    want = want[variant]
     assert any(ref.expr.startswith(want) for ref in engine.large_k.kernel_refs(data))
     assert engine.large_k.supports(data, R, K)
     dev = params.map(cupy.asarray)
@@ -170,6 +175,8 @@ def test_large_k_pass_matches_float64(k, d, cov, variant, monkeypatch):
     _check(stats, ref, 0, len(X))
     if variant == "f64":  # float64 log-densities: only the float32 exp2 sums' rounding left
         assert abs(float(_host(stats.loglik)[0]) - ref["loglik"]) / len(X) < 2e-6
+    if variant == "sparse":  # float64 throughout for the rows it keeps
+        assert abs(float(_host(stats.loglik)[0]) - ref["loglik"]) / len(X) < 1e-9
 
 
 def test_a_lloyd_pass_through_the_large_k_pass_assigns_every_row_to_its_nearest_centre(variant):
@@ -329,3 +336,59 @@ def test_large_k_serves_the_fit():
     engine.large_k.accumulate = lambda *a, **k: calls.append(1) or real(*a, **k)
     engine.accumulate(data, params, cupy.ones(1, dtype=bool))
     assert calls == [1]
+
+
+def _sparse_counts(monkeypatch, X, cov, params, **kw):
+    from gmm_core._cupy import large_k_sparse
+
+    seen = []
+    real = large_k_sparse._dense_rows
+    monkeypatch.setattr(
+        large_k_sparse,
+        "_dense_rows",
+        lambda d, g, c, w, listed: seen.append(int(listed.size)) or real(d, g, c, w, listed),
+    )
+    stats = _engine_stats(X, cov, params, variant="sparse", monkeypatch=monkeypatch, **kw)
+    return stats, sum(seen)
+
+
+@pytest.mark.parametrize("cov", ["diag", "spherical"])
+def test_the_screened_pass_keeps_separated_rows_and_lists_overlapping_ones(cov, monkeypatch):
+    """Clustered rows keep a few candidates each (the screened path serves them); rows of one
+    blob under 512 overlapping components have hundreds within exp(-T) and go through the
+    dense pass. Both, in one chunk, against float64."""
+    rng = np.random.default_rng(12)
+    d = 64
+    X = _data(3_000, d, 40, seed=13)
+    blob = rng.normal(scale=0.05, size=(1_000, d)).astype(np.float32)
+    X = np.concatenate([X, blob])[rng.permutation(4_000)]
+    params = _params(X, cov, 512, 1, seed=14)
+    means = params.means.copy()
+    means[0, :256] = rng.normal(scale=0.05, size=(256, d))  # half the components on the blob
+    params = Params(params.weights, means, params.covariances, params.precisions_cholesky)
+    stats, listed = _sparse_counts(monkeypatch, X, cov, params)
+    assert 900 <= listed < 1_200  # the blob's rows, not the clusters'
+    ref = _reference(X, cov, params)[0]
+    _check(stats, ref, 0, len(X))
+
+
+@pytest.mark.parametrize("cov", ["diag", "spherical"])
+def test_rows_past_the_pairs_capacity_are_listed_and_served(cov, monkeypatch):
+    from gmm_core._cupy import large_k_sparse
+
+    monkeypatch.setattr(large_k_sparse, "PAIR_BYTES", 1 << 40)  # capacity: the floor, 4096 pairs
+    X = _data(12_000, 64, 64, seed=15)
+    params = _params(X, cov, 256, 2, seed=16)
+    stats, listed = _sparse_counts(monkeypatch, X, cov, params)
+    assert 4_000 <= listed < 12_000  # 2 restarts: about 2 pairs per row, 4096 pairs kept
+    for r, ref in enumerate(_reference(X, cov, params)):
+        _check(stats, ref, r, len(X))
+
+
+def test_the_screened_pass_is_deterministic(monkeypatch):
+    X = _data(20_000, 128, 64, seed=17)
+    params = _params(X, "diag", 1024, 1, seed=18)
+    a = _engine_stats(X, "diag", params, variant="sparse", monkeypatch=monkeypatch)
+    b = _engine_stats(X, "diag", params, variant="sparse", monkeypatch=monkeypatch)
+    for name in ("loglik", "nk", "sx", "sxx"):
+        np.testing.assert_array_equal(_host(getattr(a, name)), _host(getattr(b, name)))

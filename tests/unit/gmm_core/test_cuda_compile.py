@@ -226,6 +226,7 @@ def test_full_tc_shared_memory_matches_the_kernel(tmp_path):
 #: ``make kernels`` compiles them)
 NVRTC_FILES = (
     "em_largek.cu",
+    "em_largek_sparse.cu",
     "em_largek_tc.cu",
     "gemm_rows.cu",
     "init.cu",

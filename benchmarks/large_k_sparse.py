@@ -1,0 +1,178 @@
+"""The screened large-K pass (``gmm_core/_cupy/large_k_sparse.py``) checked and timed.
+
+    SCIPY_ARRAY_API=1 PYTHONPATH=. python3 benchmarks/large_k_sparse.py --out sparse.json
+
+The issue-17 case (1M x 128 float32, K = 1024, spherical and diag; ``bench_large_k``'s data and
+start), in one device call, the float32 GEMM pass (the default) and the screened pass side by
+side:
+
+1. the pass (``engine.large_k.accumulate``, median of 5) at the start (means on random rows:
+   the rows of clusters without a mean have their responsibilities spread, the hard case) and
+   at the parameters of a 6-iteration fit from it; each with its accuracy against the float64
+   GEMM path on float64 data (mean log-likelihood, statistics' largest error relative to each
+   statistic's largest magnitude) and the screened pass's rows listed for the dense pass and
+   pairs kept;
+2. the public API per iteration (``fit`` with the start given, 7 against 2 iterations, median
+   of 3), and what each of the 7 iterations listed;
+3. the default ``fit`` (device k-means init, default tol): time, iterations, lower bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.bench_large_k import (  # noqa: E402
+    K,
+    N,
+    fit_from_start,
+    make_data,
+    start_of,
+    start_params,  # noqa: E402
+)
+from benchmarks.large_k_f64 import errors  # noqa: E402
+from benchmarks.peers.runners import sync  # noqa: E402
+from benchmarks.public_api import timed  # noqa: E402
+from benchmarks.report import environment, log  # noqa: E402
+
+ENV = "GMM_CORE_LARGE_K_SPARSE"
+
+
+def fitted_params(gm: Any) -> Any:
+    """A fitted model's parameters as the engine's one-restart device parameters."""
+    import cupy
+    import numpy as np
+
+    from gmm_core._gaussian import Params
+
+    def host(a: Any) -> Any:
+        return np.asarray(a.get() if hasattr(a, "get") else a, dtype=np.float64)
+
+    return Params(
+        host(gm.weights_)[None], host(gm.means_)[None], host(gm.covariances_)[None],
+        host(gm.precisions_cholesky_)[None],
+    ).map(cupy.asarray)  # fmt: skip
+
+
+def pass_case(X: Any, cov: str, params: Any, label: str) -> dict[str, Any]:
+    import cupy
+
+    from gmm_core._cupy import CupyEngine, large_k_sparse
+
+    engine = CupyEngine()
+    data = engine.prepare(X, None, cov)
+    data64 = engine.prepare(X.astype(cupy.float64), None, cov)
+    ref = engine.gemm.accumulate(data64, params)
+    del data64
+    out: dict[str, Any] = {}
+    for name, on in (("float32_gemm", False), ("sparse", True)):
+        engine.config.large_k_fused = engine.config.large_k_f64 = False
+        engine.config.large_k_sparse = on
+        ms = 1e3 * timed(lambda: engine.large_k.accumulate(data, params), 5)[0]
+        large_k_sparse.trace = []
+        row = {"ms": ms, **errors(engine.large_k.accumulate(data, params), ref)}
+        if on:
+            row.update(large_k_sparse.trace[-1])
+        large_k_sparse.trace = None
+        out[name] = row
+        extra = f" listed {row['listed']} pairs {row['pairs']}" if on else ""
+        log(
+            f"  {cov} {label} {name:14s} {ms:7.2f} ms  ll {row['mean_ll_diff_nats']:.1e}  nk "
+            f"{row['nk_max_rel']:.1e} sx {row['sx_max_rel']:.1e} sxx {row['sxx_max_rel']:.1e}"
+            + extra
+        )
+    return out
+
+
+def api_case(X: Any, cov: str, start: dict[str, Any]) -> dict[str, Any]:
+    from sklearn.exceptions import ConvergenceWarning
+
+    from gmm_core import GaussianMixture
+    from gmm_core._cupy import large_k_sparse
+
+    def fit(iters: int) -> Any:
+        return fit_from_start(X, cov, start, iters)
+
+    out: dict[str, Any] = {}
+    for flag in ("1", "0"):
+        os.environ[ENV] = flag
+        key = "sparse" if flag == "1" else "float32_gemm"
+        fit(2)
+        t2 = timed(lambda: fit(2), 3)[0]
+        t7 = timed(lambda: fit(7), 3)[0]
+        row: dict[str, Any] = {
+            "fit_2_iter_s": t2, "fit_7_iter_s": t7, "per_iter_ms": 1e3 * (t7 - t2) / 5,
+        }  # fmt: skip
+        if flag == "1":
+            large_k_sparse.trace = []
+            gm = fit(7)
+            row["per_pass"] = large_k_sparse.trace
+            large_k_sparse.trace = None
+        else:
+            gm = fit(7)
+        row["lower_bound_7"] = float(gm.lower_bound_)
+        log(
+            f"  {cov} API {key}: {row['per_iter_ms']:.2f} ms per iteration, lower bound "
+            f"{row['lower_bound_7']:.6f}" + (f", passes {row['per_pass']}" if flag == "1" else "")
+        )
+        t0 = time.perf_counter()
+        gm = GaussianMixture(K, covariance_type=cov, backend="cupy", random_state=0)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                gm.fit(X)
+            sync()
+            row["default_fit_s"] = time.perf_counter() - t0
+            row["default_fit_n_iter"] = int(gm.n_iter_)
+            row["default_fit_lower_bound"] = float(gm.lower_bound_)
+            log(
+                f"  {cov} default fit {key}: {row['default_fit_s']:.2f} s, {gm.n_iter_} "
+                f"iterations, lower bound {gm.lower_bound_:.6f}"
+            )
+        except ValueError as exc:
+            row["default_fit_error"] = str(exc)
+            log(f"  {cov} default fit {key}: {exc}")
+        out[key] = row
+    os.environ.pop(ENV)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--covs", default="spherical,diag")
+    parser.add_argument("--skip-api", action="store_true")
+    args = parser.parse_args()
+    import cupy
+
+    report: dict[str, Any] = {"environment": environment(), "cases": {}}
+    X = make_data()
+    for cov in args.covs.split(","):
+        log(f"{N} x {X.shape[1]}, K={K}, {cov}")
+        start = start_of(X, cov)
+        os.environ[ENV] = "0"
+        later = fitted_params(fit_from_start(X, cov, start, 6))
+        os.environ.pop(ENV)
+        case: dict[str, Any] = {
+            "pass_at_start": pass_case(X, cov, start_params(start), "start"),
+            "pass_after_6": pass_case(X, cov, later, "iter 6"),
+        }
+        if not args.skip_api:
+            case["api"] = api_case(X, cov, start)
+        report["cases"][cov] = case
+        cupy.get_default_memory_pool().free_all_blocks()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""The large-K pass with a screened E-step: only the responsibilities that count, exactly.
+
+In many dimensions a sample's log-densities over hundreds of components spread over hundreds
+of nats, so all but a few of its responsibilities are below ``exp(-T)`` and add nothing a sum
+keeps. Per row chunk (``cuda/em_largek_sparse.cu``, whose header gives the bound):
+
+1. a cuBLAS TF32 GEMM screens every component: ``[x, x^2] . W^T`` (diag) or ``x . W^T``
+   (spherical), the dense pass's weights (``DensePass``), with a proven error bound per sample
+   and component;
+2. ``lks_select``: per row and restart, the components that may hold a responsibility of
+   ``exp(-T)`` or more (``T = log(n) + 24 log 2``: what is skipped stays below a float32 ulp of
+   one sample's weight in any sum over all rows), their log-densities exactly (float64, from
+   ``x - mu``), the log-sum-exp and responsibilities over them, appended as
+   ``(component, row, r)`` pairs;
+3. after a data chunk: the pairs sorted by component then row (thrust), and ``lks_reduce`` sums
+   each component's statistics in float64: deterministic.
+
+Rows with more than 32 candidates in a restart (overlapping components, a first pass from
+scattered starts) or past the pairs' capacity are listed and run through the dense float32
+GEMM pass, so every row is served and the result does not depend on which path took it beyond
+the dense pass's float32 rounding. The pass is ``LaunchConfig.large_k_sparse``
+(``GMM_CORE_LARGE_K_SPARSE``); its speed and accuracy are measured by
+``benchmarks/bench_large_k.py`` and ``tests/gpu/test_gpu_large_k.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import cupy
+import numpy as np
+
+from .._gaussian import Params, Stats
+from .data import CupyData, scratch_bytes, weighted_chunks
+from .kernels import KernelRef, kernel_ref, load_kernel
+
+SOURCE = "em_largek_sparse.cu"
+KERNELS = ("lks_norms", "lks_select", "lks_order", "lks_reduce", "lks_gather")
+#: bound on the TF32 screening product's relative error, |G~ - G| <= U |f| |w_k|: operands
+#: read to 2^-10 each and float32 sums, times two
+U = 2.0**-8
+#: most restarts (``lks_select`` keeps a threshold per restart in shared memory) and features
+#: (a row in a warp's registers)
+MAX_GROUPS = 32
+MAX_FEATURES = 256
+#: pairs held per row and active restart (beyond, rows are listed for the dense pass)
+PAIRS_PER_ROW = 4
+#: bytes per pair: key and r, the sort's index and temporaries, the ordered row and r
+PAIR_BYTES = 48
+_OP_N, _OP_T = 0, 1
+#: a list to append each pass's ``{"rows", "listed", "pairs"}`` to (benchmarks; None: off)
+trace: list[dict[str, int]] | None = None
+
+
+def supports(n_features: int, n_restarts: int) -> bool:
+    """Whether the screened pass takes data of this width with this many restarts."""
+    return n_features <= MAX_FEATURES and n_restarts <= MAX_GROUPS
+
+
+def margin(n_samples: int, total_weight: float) -> float:
+    """``T`` (nats): a skipped responsibility is below ``exp(-T)``.
+
+    Summed over every row (or weight) it stays below 2^-24, a float32 ulp of one sample.
+    """
+    return math.log(max(float(n_samples), float(total_weight), 1.0)) + 24 * math.log(2.0)
+
+
+def kernel_refs() -> list[KernelRef]:
+    """The kernels of the screened pass (beside the dense pass's, which it also launches)."""
+    return [kernel_ref(SOURCE, name) for name in KERNELS]
+
+
+def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> Stats:
+    """One pass over the data (``LargeKPass.accumulate`` where ``config.large_k_sparse``)."""
+    from .large_k import DensePass, gemm
+
+    dense = DensePass(lk, data, params, active)
+    R, K, D = params.means.shape
+    rk, kp, fp, ldb = dense.rk, dense.kp, dense.fp, dense.ldb
+    diag = dense.diag
+    kern = {ref.expr: load_kernel(ref) for ref in kernel_refs()}
+    blocks = dense.blocks
+    f64 = cupy.float64
+    wn = lk.scratch.get("lks_wn", (kp,), cupy.float32)
+    q = lk.scratch.get("lks_q", (kp,), cupy.float32)
+    e0 = lk.scratch.get("lks_e0", (kp,), f64)
+    inner = 2 * D if diag else D
+    means = cupy.ascontiguousarray(params.means, dtype=f64).reshape(-1)
+    prec_chol = cupy.ascontiguousarray(params.precisions_cholesky, dtype=f64).reshape(-1)
+    kern["lks_norms"](
+        (max(1, min(-(-rk // 256), blocks)),),
+        (256,),
+        (
+            dense.w_mat, np.int32(fp), np.int32(inner), np.int32(rk),
+            cupy.ascontiguousarray(params.weights, dtype=f64).reshape(-1), prec_chol,
+            np.int32(D), np.bool_(diag), wn, q, e0,
+        ),
+    )  # fmt: skip
+    t = np.float32(margin(data.n_samples, data.total_weight or 0.0))
+    n_active = R if active is None else int(np.count_nonzero(cupy.asnumpy(active)))
+    rows_max = dense.rows_max
+    seen = {"rows": 0, "listed": 0, "pairs": 0}
+    for chunk, weights in weighted_chunks(data):
+        chunk = cupy.ascontiguousarray(chunk)
+        n = chunk.shape[0]
+        room = scratch_bytes(data, lk.budget()) // PAIR_BYTES
+        cap = int(max(min(PAIRS_PER_ROW * n * max(n_active, 1), room), 4096))
+        keys = cupy.empty(cap, dtype=cupy.uint64)
+        rv = cupy.empty(cap, dtype=f64)
+        counters = cupy.zeros(2, dtype=cupy.uint64)  # pairs reserved, rows listed
+        counts = cupy.zeros(rk, dtype=cupy.int32)
+        listed = cupy.empty(n, dtype=cupy.int32)
+        w_all = np.intp(0) if weights is None else weights
+        for start in range(0, n, rows_max):
+            x = chunk[start : start + rows_max]
+            rows = x.shape[0]
+            if diag:
+                dense.features(x)
+                operand, ld = dense.feats.data.ptr, ldb
+            else:
+                operand, ld = x.data.ptr, D
+            gemm(
+                _OP_T, _OP_N, kp, rows, inner if not diag else fp,
+                dense.w_mat.data.ptr, fp, operand, ld, dense.logits.data.ptr, kp,
+                precision="tf32",
+            )  # fmt: skip
+            w = w_all if weights is None else weights[start : start + rows]
+            kern["lks_select"](
+                (blocks,),
+                (256,),
+                (
+                    dense.logits, np.int64(rows), np.int32(kp), x, np.int32(D), np.bool_(diag),
+                    dense.const, q, wn, means, prec_chol, e0, dense.groups, np.int32(R),
+                    dense.act, w, np.float32(U), t, np.int64(start), keys, rv, np.int64(cap),
+                    counters, counts, listed, counters[1:].view(cupy.uint32), dense.ll_part,
+                ),
+            )  # fmt: skip
+        used, n_listed = (int(v) for v in counters.get())
+        offsets = np.zeros(rk + 1, dtype=np.int64)
+        np.cumsum(counts.get(), out=offsets[1:])
+        nnz = int(offsets[-1])
+        seen["rows"] += n
+        seen["listed"] += n_listed
+        seen["pairs"] += nnz
+        if nnz:
+            perm = cupy.argsort(keys[: min(used, cap)])  # thrust; unused slots (~0) sort last
+            rows_s = cupy.empty(nnz, dtype=cupy.int32)
+            r_s = cupy.empty(nnz, dtype=f64)
+            kern["lks_order"](
+                (max(1, min(-(-nnz // 256), blocks)),),
+                (256,),
+                (keys, perm, rv, np.int64(nnz), rows_s, r_s),
+            )
+            kern["lks_reduce"](
+                (rk,),
+                (-(-D // 32) * 32,),
+                (
+                    rows_s, r_s, cupy.asarray(offsets), chunk, np.int32(D), np.bool_(diag),
+                    np.int32(dense.f), dense.sf, dense.nk,
+                ),
+            )  # fmt: skip
+        if n_listed:
+            _dense_rows(dense, kern["lks_gather"], chunk, weights, listed[:n_listed])
+    if trace is not None:
+        trace.append(seen)
+    return dense.stats()
+
+
+def _dense_rows(dense: Any, gather: Any, chunk: Any, weights: Any, listed: Any) -> None:
+    """The listed rows (in row order) through the dense pass, ``rows_max`` at a time."""
+    order = cupy.sort(listed)
+    D = dense.D
+    for start in range(0, order.shape[0], dense.rows_max):
+        idx = order[start : start + dense.rows_max]
+        m = idx.shape[0]
+        xg = cupy.empty((m, D), dtype=cupy.float32)
+        wg = None if weights is None else cupy.empty(m, dtype=cupy.float32)
+        gather(
+            (max(1, min(-(-m // 8), dense.blocks)),),
+            (256,),
+            (
+                chunk, np.int32(D), np.intp(0) if weights is None else weights, idx,
+                np.int64(m), xg, np.intp(0) if wg is None else wg,
+            ),
+        )  # fmt: skip
+        dense.add(xg, wg)

@@ -1,0 +1,303 @@
+// The large-K pass with a screened E-step (gmm_core/_cupy/large_k_sparse.py): diag and spherical
+// EM passes for many components where each sample's responsibilities sit on a few of them.
+//
+// In many dimensions a sample's log-densities over hundreds of components spread over hundreds
+// of nats: all but a few responsibilities are below exp(-30) and add nothing a float32 (or a
+// float64 sum over a million samples) keeps. The pass finds those few with a cheap product and
+// a proven error bound, computes only them exactly, and sums the statistics over them alone:
+//
+// 1. screening (cuBLAS TF32 GEMM, one per row chunk; the caller): G = f . W^T with the large-K
+//    pass's weights (lk_weights: w_k = [mu_k p_k, -p_k / 2], c_k), f = [x, x^2] (diag) or f = x
+//    (spherical: the -p_k |x|^2 / 2 term is added here exactly, so the product's error scales
+//    with |x| |mu_k p_k| and not with |x|^2 p_k). A TF32 product reads each operand to 2^-10
+//    relative and sums in float32: |G~ - G| <= U |f| |w_k| (Cauchy-Schwarz, U = 2^-8: twice the
+//    operands' and the inner sum's rounding together).
+// 2. lks_select (one warp per row): per restart, v_k = G~ + c_k (- p_k |x|^2 / 2) and its bound
+//    b_k; lo = max_k (v_k - b_k) is below the true maximum, so a component with
+//    v_k + b_k < lo - T has a responsibility below exp(-T): it is skipped. The others (at most
+//    LKS_CMAX per restart) get their log-densities exactly, in float64 from x - mu_k, and the
+//    row's log-sum-exp, log-likelihood and responsibilities over them. T = log(n) + 17 (the
+//    caller) keeps what is skipped below a float32 ulp of one sample's weight in any sum over
+//    all rows. Rows with more candidates, or past the pairs' capacity, are listed for the
+//    dense pass (em_largek.cu), which takes them whole.
+// 3. the pairs (component << 32 | row, responsibility) are sorted by key (thrust, the caller;
+//    lks_order lays them out): each component's rows in row order, so the sums are
+//    deterministic;
+// 4. lks_reduce (one block per component): N_k, sum r x and sum r x^2 (diag) or r |x|^2
+//    (spherical) in float64, added to the pass's statistics.
+//
+//   lks_norms  : |w_k| of the screening weights, -p_k / 2 and the exact density's constant
+//   lks_select : step 2
+//   lks_order  : step 3's layout
+//   lks_reduce : step 4
+//   lks_gather : the listed rows (and their weights) packed for the dense pass
+#include "tc.cuh"
+
+#ifndef LKS_NT
+#define LKS_NT 256
+#endif
+// most candidates per row and restart: one per lane
+#define LKS_CMAX 32
+// most features a warp holds in registers (8 per lane)
+#define LKS_MAXD 256
+
+// One thread per component (rk), grid-stride. W (kp, fp): the screening weights, of which the
+// first `inner` columns enter the product; weights (rk), prec_chol (rk, d) diag or (rk,)
+// spherical: float64. wn[k] = |W[k, :inner]|, q[k] = -p_k / 2 (spherical: W's column d; 0 for
+// diag, whose product holds the x^2 terms), e0[k] = log pi_k + log det U_k - d/2 log 2 pi.
+__global__ void __launch_bounds__(LKS_NT)
+lks_norms(const float* __restrict__ W, int fp, int inner, int rk,
+          const double* __restrict__ weights, const double* __restrict__ prec_chol, int d,
+          bool diag, float* __restrict__ wn, float* __restrict__ q, double* __restrict__ e0) {
+    for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < rk; k += gridDim.x * blockDim.x) {
+        const float* w = W + (long long)k * fp;
+        double s = 0.0;
+        for (int j = 0; j < inner; ++j) s += (double)w[j] * (double)w[j];
+        wn[k] = (float)(sqrt(s) * (1.0 + 1e-6));
+        q[k] = diag ? 0.0f : w[d];
+        double log_det = 0.0;
+        if (diag) {
+            for (int e = 0; e < d; ++e) log_det += log(prec_chol[(long long)k * d + e]);
+        } else {
+            log_det = d * log(prec_chol[k]);
+        }
+        e0[k] = log(weights[k]) + log_det - 0.5 * d * 1.8378770664093453;
+    }
+}
+
+namespace lks {
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    return v;
+}
+
+// A row's screened log-densities v_k = G~_k + c_k + q_k |x|^2 and their error bounds b_k
+// (natural log units): the product's U |f| |w_k| and the float32 rounding of the two adds.
+struct Screen {
+    const float* l;  // the row's G~ (kp)
+    const float* c;  // lk_weights' constants (kp)
+    const float* q;  // lks_norms' q (kp)
+    const float* wn;
+    float sq, ufn;
+    __device__ __forceinline__ void at(int k, float& v, float& b) const {
+        // rounded operations only (never contracted into FMAs): both phases of lks_select
+        // must find the same candidates, whatever the compiler does with each inlined copy
+        const float ck = c[k], row = __fmul_rn(q[k], sq);
+        v = __fadd_rn(__fadd_rn(l[k], ck), row);
+        b = __fmaf_rn(ufn, wn[k], __fmul_rn(1e-6f, __fadd_rn(fabsf(ck), fabsf(row))));
+    }
+    // lo: the restart's max_k (v_k - b_k) (at most its true maximum)
+    __device__ __forceinline__ float low(int c0, int c1, int lane) const {
+        float lo = __int_as_float(0xff800000);
+        for (int k = c0 + lane; k < c1; k += 32) {
+            float v, b;
+            at(k, v, b);
+            if (v != __int_as_float(0xff800000)) lo = fmaxf(lo, __fsub_rn(v, b));
+        }
+        return warp_max(lo);
+    }
+    // whether lane's component k0 + lane (< c1) may hold a responsibility of exp(-T) or more
+    __device__ __forceinline__ bool candidate(int k, int c1, float thr) const {
+        if (k >= c1) return false;
+        float v, b;
+        at(k, v, b);
+        return v != __int_as_float(0xff800000) && __fadd_rn(v, b) >= thr;
+    }
+};
+}  // namespace lks
+
+// One warp per row of a screening chunk, grid-stride. L (rows, kp): the chunk's G~; X (rows, d)
+// its rows (centred float32, d <= LKS_MAXD); groups (restarts, at most 32) are column ranges
+// [gs[g], gs[g + 1]) of kp. means (rk, d), prec_chol (rk, d) diag or (rk,), e0 (rk): float64.
+// Rows are numbered from row0 within the data chunk (the pairs' and the list's row index).
+// Pairs: keys[p] = component << 32 | row, rv[p] = w_n r; n_pairs counts reserved slots (a row
+// reserves all of its pairs at once; a reservation past cap is filled with ~0 keys, which sort
+// last, and the row is listed instead). counts[k]: pairs of component k (for the offsets).
+// ll_partial (warps of the grid, n_groups): each warp adds its rows' w_n lse (float64), in a
+// fixed order for a fixed grid: deterministic.
+__global__ void __launch_bounds__(LKS_NT)
+lks_select(const float* __restrict__ L, long long rows, int kp, const float* __restrict__ X,
+           int d, bool diag, const float* __restrict__ c, const float* __restrict__ q,
+           const float* __restrict__ wn, const double* __restrict__ means,
+           const double* __restrict__ prec_chol, const double* __restrict__ e0,
+           const int* __restrict__ gs, int n_groups, const int* __restrict__ active,
+           const float* __restrict__ sample_weight, float u, float margin, long long row0,
+           unsigned long long* __restrict__ keys, double* __restrict__ rv, long long cap,
+           unsigned long long* __restrict__ n_pairs, int* __restrict__ counts,
+           int* __restrict__ overflow, unsigned int* __restrict__ n_overflow,
+           double* __restrict__ ll_partial) {
+    __shared__ float thr_s[LKS_NT / 32][32];
+    const int lane = threadIdx.x & 31;
+    const int wpb = blockDim.x >> 5;
+    float* thr = thr_s[threadIdx.x >> 5];
+    const long long gw = (long long)blockIdx.x * wpb + (threadIdx.x >> 5);
+    const long long warps = (long long)gridDim.x * wpb;
+    double* llw = ll_partial + gw * n_groups;
+    for (long long row = gw; row < rows; row += warps) {
+        // the row in registers: feature lane + 32 t
+        float xr[LKS_MAXD / 32];
+        float sq = 0.0f, s4 = 0.0f;
+#pragma unroll
+        for (int t = 0; t < LKS_MAXD / 32; ++t) {
+            const int i = lane + 32 * t;
+            xr[t] = i < d ? X[row * d + i] : 0.0f;
+            sq = fmaf(xr[t], xr[t], sq);
+            s4 = fmaf(xr[t] * xr[t], xr[t] * xr[t], s4);
+        }
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+            sq += __shfl_xor_sync(0xffffffffu, sq, off);
+            s4 += __shfl_xor_sync(0xffffffffu, s4, off);
+        }
+        lks::Screen sc{L + row * kp, c, q, wn, sq, u * sqrtf(diag ? sq + s4 : sq) * 1.000001f};
+        // phase 1: every active restart's threshold and candidates counted; the row is listed
+        // when a restart has none (all weights 0) or more than LKS_CMAX
+        int total = 0;
+        bool listed = false;
+        for (int g = 0; g < n_groups && !listed; ++g) {
+            if (active != nullptr && !active[g]) continue;
+            const int c0 = gs[g], c1 = gs[g + 1];
+            const float t = __fsub_rn(sc.low(c0, c1, lane), margin);
+            if (lane == 0) thr[g] = t;
+            int n = 0;
+            for (int k0 = c0; k0 < c1; k0 += 32)
+                n += __popc(__ballot_sync(0xffffffffu, sc.candidate(k0 + lane, c1, t)));
+            if (n == 0 || n > LKS_CMAX) listed = true;
+            total += n;
+        }
+        __syncwarp();
+        long long base = 0;
+        if (!listed) {
+            unsigned long long b0 = 0;
+            if (lane == 0) b0 = atomicAdd(n_pairs, (unsigned long long)total);
+            base = (long long)__shfl_sync(0xffffffffu, b0, 0);
+            if (base + total > cap) {  // no room: fill what was reserved within cap, list it
+                for (long long p = base + lane; p < base + total && p < cap; p += 32)
+                    keys[p] = ~0ull;
+                listed = true;
+            }
+        }
+        if (listed) {
+            if (lane == 0) overflow[atomicAdd(n_overflow, 1u)] = (int)(row0 + row);
+            continue;
+        }
+        const float wrow = sample_weight != nullptr ? sample_weight[row] : 1.0f;
+        // phase 2: the candidates' exact log-densities in float64 from x - mu (lane j keeps the
+        // j-th), the restart's log-sum-exp and responsibilities over them
+        for (int g = 0; g < n_groups; ++g) {
+            if (active != nullptr && !active[g]) continue;
+            const int c0 = gs[g], c1 = gs[g + 1];
+            const float t = thr[g];
+            int n = 0, mine = 0;
+            double emine = 0.0;
+            for (int k0 = c0; k0 < c1; k0 += 32) {
+                unsigned mask = __ballot_sync(0xffffffffu, sc.candidate(k0 + lane, c1, t));
+                while (mask) {
+                    const int kk = k0 + __ffs(mask) - 1;
+                    mask &= mask - 1;
+                    const double* mu = means + (long long)kk * d;
+                    double s = 0.0;
+#pragma unroll
+                    for (int j = 0; j < LKS_MAXD / 32; ++j) {
+                        const int i = lane + 32 * j;
+                        if (i < d) {
+                            const double diff = (double)xr[j] - mu[i];
+                            const double pc = diag ? prec_chol[(long long)kk * d + i] : 1.0;
+                            s = fma(pc * pc * diff, diff, s);
+                        }
+                    }
+                    s = gmm::warp_sum(s);
+                    if (!diag) s *= prec_chol[kk] * prec_chol[kk];
+                    if (lane == n) {
+                        mine = kk;
+                        emine = e0[kk] - 0.5 * s;
+                    }
+                    ++n;
+                }
+            }
+            double m = lane < n ? emine : __longlong_as_double(0xfff0000000000000ULL);
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1)
+                m = fmax(m, __shfl_xor_sync(0xffffffffu, m, off));
+            const double lse = m + log(gmm::warp_sum(lane < n ? exp(emine - m) : 0.0));
+            if (lane < n) {
+                const long long p = base + lane;
+                keys[p] = ((unsigned long long)mine << 32) | (unsigned long long)(row0 + row);
+                rv[p] = (double)wrow * exp(emine - lse);
+                atomicAdd(counts + mine, 1);
+            }
+            base += n;
+            if (lane == 0) llw[g] += (double)wrow * lse;
+        }
+    }
+}
+
+// One thread per pair, grid-stride: the pairs in key order (perm: the sort's order) as row
+// indices and responsibilities, contiguous for lks_reduce.
+__global__ void __launch_bounds__(LKS_NT)
+lks_order(const unsigned long long* __restrict__ keys, const long long* __restrict__ perm,
+          const double* __restrict__ rv, long long n, int* __restrict__ rows_out,
+          double* __restrict__ r_out) {
+    for (long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x; p < n;
+         p += (long long)gridDim.x * blockDim.x) {
+        const long long i = perm[p];
+        rows_out[p] = (int)(keys[i] & 0xffffffffull);
+        r_out[p] = rv[i];
+    }
+}
+
+// One block per component (blockIdx.x < rk), one thread per feature (blockDim >= d). The
+// pairs in key order (lks_order): component k's are [offsets[k], offsets[k + 1]), rows
+// ascending. X (rows, d) the data chunk. Adds into sf (rk, f) (f = 2d: [sum r x, sum r x^2];
+// f = d + 1: [sum r x, sum r |x|^2]) and nk (rk), float64.
+__global__ void __launch_bounds__(LKS_NT)
+lks_reduce(const int* __restrict__ rows, const double* __restrict__ rv,
+           const long long* __restrict__ offsets, const float* __restrict__ X, int d, bool diag,
+           int f, double* __restrict__ sf, double* __restrict__ nk) {
+    __shared__ double part[LKS_NT / 32];
+    const int k = blockIdx.x, i = threadIdx.x;
+    const long long s0 = offsets[k], s1 = offsets[k + 1];
+    if (s0 == s1) return;
+    double a = 0.0, a2 = 0.0, nsum = 0.0;
+#pragma unroll 4
+    for (long long p = s0; p < s1; ++p) {
+        const double r = rv[p];
+        nsum += r;
+        if (i < d) {
+            const double x = (double)X[(long long)rows[p] * d + i];
+            a = fma(r, x, a);
+            a2 = fma(r * x, x, a2);
+        }
+    }
+    if (i < d) {
+        sf[(long long)k * f + i] += a;
+        if (diag) sf[(long long)k * f + d + i] += a2;
+    }
+    if (!diag) {  // sum r |x|^2: the features' sums added up across the block
+        const double v = gmm::warp_sum(i < d ? a2 : 0.0);
+        if ((i & 31) == 0) part[i >> 5] = v;
+        __syncthreads();
+        if (i == 0) {
+            double t = 0.0;
+            for (int w = 0; w < (int)(blockDim.x >> 5); ++w) t += part[w];
+            sf[(long long)k * f + d] += t;
+        }
+    }
+    if (i == 0) nk[k] += nsum;
+}
+
+// One warp per listed row, grid-stride: rows[i] of X (and its weight) into out (and wout).
+__global__ void __launch_bounds__(LKS_NT)
+lks_gather(const float* __restrict__ X, int d, const float* __restrict__ sample_weight,
+           const int* __restrict__ rows, long long n, float* __restrict__ out,
+           float* __restrict__ wout) {
+    const int lane = threadIdx.x & 31;
+    const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
+    for (long long i = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); i < n;
+         i += warps) {
+        const long long row = rows[i];
+        for (int j = lane; j < d; j += 32) out[i * d + j] = X[row * d + j];
+        if (lane == 0 && wout != nullptr) wout[i] = sample_weight[row];
+    }
+}
