@@ -199,6 +199,7 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
         "lks_norms",
         "lks_select",
         "lks_order",
+        "lks_order_keys",
         "lks_reduce",
         "lks_gather",
     ),

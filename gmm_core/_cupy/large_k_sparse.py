@@ -36,7 +36,10 @@ from .data import CupyData, scratch_bytes, weighted_chunks
 from .kernels import KernelRef, kernel_ref, load_kernel
 
 SOURCE = "em_largek_sparse.cu"
-KERNELS = ("lks_norms", "lks_select", "lks_order", "lks_reduce", "lks_gather")
+KERNELS = ("lks_norms", "lks_select", "lks_order", "lks_order_keys", "lks_reduce", "lks_gather")
+#: how the pairs are put in key order: "keys" (sort the keys alone, find each one's
+#: responsibility in its row's pairs) or "argsort" (an index sort)
+SORT = "keys"
 #: bound on the TF32 screening product's relative error, |G~ - G| <= U |f| |w_k|: operands
 #: read to 2^-10 each and float32 sums, times two
 U = 2.0**-8
@@ -51,6 +54,36 @@ PAIR_BYTES = 48
 _OP_N, _OP_T = 0, 1
 #: a list to append each pass's ``{"rows", "listed", "pairs"}`` to (benchmarks; None: off)
 trace: list[dict[str, int]] | None = None
+#: a dict to add each step's device milliseconds to (``benchmarks/profile_large_k_sparse.py``;
+#: None: off)
+profile: dict[str, float] | None = None
+
+
+class _Steps:
+    """Device time per step of a pass, by CUDA events (only where ``profile`` is a dict)."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[str, Any, Any]] = []
+        self.name: str | None = None
+        self.begin: Any = None
+
+    def __call__(self, name: str | None) -> None:
+        """End the current step and start ``name`` (None: just end)."""
+        if profile is None:
+            return
+        now = cupy.cuda.Event()
+        now.record()
+        if self.name is not None:
+            self.marks.append((self.name, self.begin, now))
+        self.name, self.begin = name, now
+
+    def add_to(self, out: dict[str, float] | None) -> None:
+        if out is None:
+            return
+        self(None)
+        cupy.cuda.get_current_stream().synchronize()
+        for name, a, b in self.marks:
+            out[name] = out.get(name, 0.0) + cupy.cuda.get_elapsed_time(a, b)
 
 
 def supports(n_features: int, n_restarts: int) -> bool:
@@ -75,6 +108,8 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
     """One pass over the data (``LargeKPass.accumulate`` where ``config.large_k_sparse``)."""
     from .large_k import DensePass, gemm
 
+    step = _Steps()
+    step("setup")
     dense = DensePass(lk, data, params, active)
     R, K, D = params.means.shape
     rk, kp, fp, ldb = dense.rk, dense.kp, dense.fp, dense.ldb
@@ -111,10 +146,12 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
         counters = cupy.zeros(2, dtype=cupy.uint64)  # pairs reserved, rows listed
         counts = cupy.zeros(rk, dtype=cupy.int32)
         listed = cupy.empty(n, dtype=cupy.int32)
+        rowbase = cupy.empty(n, dtype=cupy.int64)
         w_all = np.intp(0) if weights is None else weights
         for start in range(0, n, rows_max):
             x = chunk[start : start + rows_max]
             rows = x.shape[0]
+            step("screen")
             if diag:
                 dense.features(x)
                 operand, ld = dense.feats.data.ptr, ldb
@@ -126,6 +163,7 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
                 precision="tf32",
             )  # fmt: skip
             w = w_all if weights is None else weights[start : start + rows]
+            step("select")
             kern["lks_select"](
                 (blocks,),
                 (256,),
@@ -134,8 +172,10 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
                     dense.const, q, wn, means, prec_chol, e0, dense.groups, np.int32(R),
                     dense.act, w, np.float32(U), t, np.int64(start), keys, rv, np.int64(cap),
                     counters, counts, listed, counters[1:].view(cupy.uint32), dense.ll_part,
+                    rowbase,
                 ),
             )  # fmt: skip
+        step("sync")
         used, n_listed = (int(v) for v in counters.get())
         offsets = np.zeros(rk + 1, dtype=np.int64)
         np.cumsum(counts.get(), out=offsets[1:])
@@ -144,14 +184,21 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
         seen["listed"] += n_listed
         seen["pairs"] += nnz
         if nnz:
-            perm = cupy.argsort(keys[: min(used, cap)])  # thrust; unused slots (~0) sort last
+            step("sort")
             rows_s = cupy.empty(nnz, dtype=cupy.int32)
             r_s = cupy.empty(nnz, dtype=f64)
-            kern["lks_order"](
-                (max(1, min(-(-nnz // 256), blocks)),),
-                (256,),
-                (keys, perm, rv, np.int64(nnz), rows_s, r_s),
-            )
+            grid = (max(1, min(-(-nnz // 256), blocks)),)
+            if SORT == "keys":
+                ordered = cupy.sort(keys[: min(used, cap)])  # radix; unused slots (~0) last
+                step("order")
+                kern["lks_order_keys"](
+                    grid, (256,), (ordered, keys, rv, rowbase, np.int64(nnz), rows_s, r_s)
+                )
+            else:
+                perm = cupy.argsort(keys[: min(used, cap)])
+                step("order")
+                kern["lks_order"](grid, (256,), (keys, perm, rv, np.int64(nnz), rows_s, r_s))
+            step("reduce")
             kern["lks_reduce"](
                 (rk,),
                 (-(-D // 32) * 32,),
@@ -161,10 +208,14 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
                 ),
             )  # fmt: skip
         if n_listed:
+            step("listed rows")
             _dense_rows(dense, kern["lks_gather"], chunk, weights, listed[:n_listed])
     if trace is not None:
         trace.append(seen)
-    return dense.stats()
+    step("stats")
+    stats = dense.stats()
+    step.add_to(profile)
+    return stats
 
 
 def _dense_rows(dense: Any, gather: Any, chunk: Any, weights: Any, listed: Any) -> None:

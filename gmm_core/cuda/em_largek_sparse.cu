@@ -28,7 +28,7 @@
 //
 //   lks_norms  : |w_k| of the screening weights, -p_k / 2 and the exact density's constant
 //   lks_select : step 2
-//   lks_order  : step 3's layout
+//   lks_order  : step 3's layout (lks_order_keys: from the sorted keys alone)
 //   lks_reduce : step 4
 //   lks_gather : the listed rows (and their weights) packed for the dense pass
 #include "tc.cuh"
@@ -112,8 +112,9 @@ struct Screen {
 // [gs[g], gs[g + 1]) of kp. means (rk, d), prec_chol (rk, d) diag or (rk,), e0 (rk): float64.
 // Rows are numbered from row0 within the data chunk (the pairs' and the list's row index).
 // Pairs: keys[p] = component << 32 | row, rv[p] = w_n r; n_pairs counts reserved slots (a row
-// reserves all of its pairs at once; a reservation past cap is filled with ~0 keys, which sort
-// last, and the row is listed instead). counts[k]: pairs of component k (for the offsets).
+// reserves all of its pairs at once, from rowbase[row]; a reservation past cap is filled with
+// ~0 keys, which sort last, and the row is listed instead). counts[k]: pairs of component k
+// (for the offsets).
 // ll_partial (warps of the grid, n_groups): each warp adds its rows' w_n lse (float64), in a
 // fixed order for a fixed grid: deterministic.
 __global__ void __launch_bounds__(LKS_NT)
@@ -126,7 +127,7 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
            unsigned long long* __restrict__ keys, double* __restrict__ rv, long long cap,
            unsigned long long* __restrict__ n_pairs, int* __restrict__ counts,
            int* __restrict__ overflow, unsigned int* __restrict__ n_overflow,
-           double* __restrict__ ll_partial) {
+           double* __restrict__ ll_partial, long long* __restrict__ rowbase) {
     __shared__ float thr_s[LKS_NT / 32][32];
     const int lane = threadIdx.x & 31;
     const int wpb = blockDim.x >> 5;
@@ -182,6 +183,7 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
             if (lane == 0) overflow[atomicAdd(n_overflow, 1u)] = (int)(row0 + row);
             continue;
         }
+        if (lane == 0) rowbase[row0 + row] = base;
         const float wrow = sample_weight != nullptr ? sample_weight[row] : 1.0f;
         // phase 2: the candidates' exact log-densities in float64 from x - mu (lane j keeps the
         // j-th), the restart's log-sum-exp and responsibilities over them
@@ -243,6 +245,25 @@ lks_order(const unsigned long long* __restrict__ keys, const long long* __restri
          p += (long long)gridDim.x * blockDim.x) {
         const long long i = perm[p];
         rows_out[p] = (int)(keys[i] & 0xffffffffull);
+        r_out[p] = rv[i];
+    }
+}
+
+// One thread per pair, grid-stride: the keys sorted (thrust's radix sort of the keys alone),
+// each one's responsibility found in its row's reservation (rowbase: a row's pairs are
+// consecutive, at most 32 per restart), as row indices and responsibilities for lks_reduce.
+__global__ void __launch_bounds__(LKS_NT)
+lks_order_keys(const unsigned long long* __restrict__ sorted,
+               const unsigned long long* __restrict__ keys, const double* __restrict__ rv,
+               const long long* __restrict__ rowbase, long long n, int* __restrict__ rows_out,
+               double* __restrict__ r_out) {
+    for (long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x; p < n;
+         p += (long long)gridDim.x * blockDim.x) {
+        const unsigned long long key = sorted[p];
+        const int row = (int)(key & 0xffffffffull);
+        long long i = rowbase[row];
+        while (keys[i] != key) ++i;
+        rows_out[p] = row;
         r_out[p] = rv[i];
     }
 }

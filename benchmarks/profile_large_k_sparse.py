@@ -1,0 +1,78 @@
+"""Where the screened large-K pass's time goes, per step and chunk size (device events).
+
+    SCIPY_ARRAY_API=1 PYTHONPATH=. python3 benchmarks/profile_large_k_sparse.py --out p.json
+
+``bench_large_k``'s case (1M x 128, K = 1024) at the parameters of a 6-iteration fit from its
+start (the steady state of the public API's iterations): the pass's median time (5 runs, no
+events) and, with ``large_k_sparse.profile`` on, each step's device milliseconds (mean of 3
+passes), for several screening chunk sizes (``large_k.CHUNK_BYTES``); the float32 GEMM pass
+beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.bench_large_k import fit_from_start, make_data, start_of  # noqa: E402
+from benchmarks.large_k_sparse import ENV, fitted_params  # noqa: E402
+from benchmarks.public_api import timed  # noqa: E402
+from benchmarks.report import environment, log  # noqa: E402
+
+
+def case(X: Any, cov: str, chunks: list[int]) -> dict[str, Any]:
+    from gmm_core._cupy import CupyEngine, large_k, large_k_sparse
+
+    os.environ[ENV] = "0"
+    params = fitted_params(fit_from_start(X, cov, start_of(X, cov), 6))
+    os.environ.pop(ENV)
+    engine = CupyEngine()
+    data = engine.prepare(X, None, cov)
+    out: dict[str, Any] = {}
+    engine.config.large_k_sparse = False
+    out["float32_gemm_ms"] = 1e3 * timed(lambda: engine.large_k.accumulate(data, params), 5)[0]
+    log(f"  {cov} float32 GEMM pass {out['float32_gemm_ms']:.2f} ms")
+    engine.config.large_k_sparse = True
+    default = large_k.CHUNK_BYTES
+    for mb in chunks:
+        large_k.CHUNK_BYTES = mb << 20
+        ms = 1e3 * timed(lambda: engine.large_k.accumulate(data, params), 5)[0]
+        large_k_sparse.profile = {}
+        for _ in range(3):
+            engine.large_k.accumulate(data, params)
+        steps = {k: v / 3 for k, v in large_k_sparse.profile.items()}
+        large_k_sparse.profile = None
+        out[f"chunk_{mb}MB"] = {"ms": ms, "steps_ms": steps}
+        table = "  ".join(f"{k} {v:.2f}" for k, v in sorted(steps.items(), key=lambda t: -t[1]))
+        log(f"  {cov} sparse, {mb} MB chunks: {ms:.2f} ms | {table}")
+    large_k.CHUNK_BYTES = default
+    large_k_sparse.SORT = "argsort"  # the index sort, for comparison
+    out["argsort_ms"] = 1e3 * timed(lambda: engine.large_k.accumulate(data, params), 5)[0]
+    large_k_sparse.SORT = "keys"
+    log(f"  {cov} sparse with argsort: {out['argsort_ms']:.2f} ms")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--covs", default="spherical,diag")
+    parser.add_argument("--chunks", default="8,16,32,64", help="MB, comma list")
+    args = parser.parse_args()
+    report: dict[str, Any] = {"environment": environment(), "cases": {}}
+    X = make_data()
+    for cov in args.covs.split(","):
+        report["cases"][cov] = case(X, cov, [int(v) for v in args.chunks.split(",")])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
