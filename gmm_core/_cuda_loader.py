@@ -201,6 +201,7 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
         "lks_order",
         "lks_order_keys",
         "lks_reduce",
+        "lks_combine",
         "lks_gather",
     ),
     "em_largek.cu": (

@@ -36,7 +36,12 @@ from .data import CupyData, scratch_bytes, weighted_chunks
 from .kernels import KernelRef, kernel_ref, load_kernel
 
 SOURCE = "em_largek_sparse.cu"
-KERNELS = ("lks_norms", "lks_select", "lks_order", "lks_order_keys", "lks_reduce", "lks_gather")
+KERNELS = (
+    "lks_norms", "lks_select", "lks_order", "lks_order_keys", "lks_reduce", "lks_combine",
+    "lks_gather",
+)  # fmt: skip
+#: pairs per ``lks_reduce`` block (a component's pairs split into runs of this many)
+ITEM_PAIRS = 256
 #: how the pairs are put in key order: "keys" (sort the keys alone, find each one's
 #: responsibility in its row's pairs) or "argsort" (an index sort)
 SORT = "keys"
@@ -117,8 +122,7 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
     kern = {ref.expr: load_kernel(ref) for ref in kernel_refs()}
     blocks = dense.blocks
     f64 = cupy.float64
-    wn = lk.scratch.get("lks_wn", (kp,), cupy.float32)
-    q = lk.scratch.get("lks_q", (kp,), cupy.float32)
+    cqw = lk.scratch.get("lks_cqw", (kp, 4), cupy.float32)
     e0 = lk.scratch.get("lks_e0", (kp,), f64)
     inner = 2 * D if diag else D
     means = cupy.ascontiguousarray(params.means, dtype=f64).reshape(-1)
@@ -127,11 +131,13 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
         (max(1, min(-(-rk // 256), blocks)),),
         (256,),
         (
-            dense.w_mat, np.int32(fp), np.int32(inner), np.int32(rk),
+            dense.w_mat, dense.const, np.int32(fp), np.int32(inner), np.int32(rk),
             cupy.ascontiguousarray(params.weights, dtype=f64).reshape(-1), prec_chol,
-            np.int32(D), np.bool_(diag), wn, q, e0,
+            np.int32(D), np.bool_(diag), cqw, e0,
         ),
     )  # fmt: skip
+    ll_sparse = lk.scratch.get("lks_ll", dense.ll_part.shape, f64)
+    loglik = cupy.zeros(R, dtype=f64)
     t = np.float32(margin(data.n_samples, data.total_weight or 0.0))
     n_active = R if active is None else int(np.count_nonzero(cupy.asnumpy(active)))
     rows_max = dense.rows_max
@@ -146,6 +152,7 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
         counters = cupy.zeros(2, dtype=cupy.uint64)  # pairs reserved, rows listed
         counts = cupy.zeros(rk, dtype=cupy.int32)
         listed = cupy.empty(n, dtype=cupy.int32)
+        ll_sparse.data.memset_async(0, ll_sparse.nbytes)
         rowbase = cupy.empty(n, dtype=cupy.int64)
         w_all = np.intp(0) if weights is None else weights
         for start in range(0, n, rows_max):
@@ -169,16 +176,23 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
                 (256,),
                 (
                     dense.logits, np.int64(rows), np.int32(kp), x, np.int32(D), np.bool_(diag),
-                    dense.const, q, wn, means, prec_chol, e0, dense.groups, np.int32(R),
-                    dense.act, w, np.float32(U), t, np.int64(start), keys, rv, np.int64(cap),
-                    counters, counts, listed, counters[1:].view(cupy.uint32), dense.ll_part,
-                    rowbase,
+                    cqw, means, prec_chol, e0, dense.groups, np.int32(R), dense.act, w,
+                    np.float32(U), t, np.int64(start), keys, rv, np.int64(cap), counters, counts,
+                    listed, counters[1:].view(cupy.uint32), ll_sparse, rowbase,
                 ),
             )  # fmt: skip
         step("sync")
         used, n_listed = (int(v) for v in counters.get())
+        if used > cap:  # the pairs did not fit: the whole chunk through the dense pass
+            step("overflowed chunk")
+            seen["rows"] += n
+            seen["listed"] += n
+            dense.add(chunk, weights)
+            continue
+        loglik += ll_sparse.sum(axis=0)
+        counts_h = counts.get().astype(np.int64)
         offsets = np.zeros(rk + 1, dtype=np.int64)
-        np.cumsum(counts.get(), out=offsets[1:])
+        np.cumsum(counts_h, out=offsets[1:])
         nnz = int(offsets[-1])
         seen["rows"] += n
         seen["listed"] += n_listed
@@ -189,24 +203,17 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
             r_s = cupy.empty(nnz, dtype=f64)
             grid = (max(1, min(-(-nnz // 256), blocks)),)
             if SORT == "keys":
-                ordered = cupy.sort(keys[: min(used, cap)])  # radix; unused slots (~0) last
+                ordered = cupy.sort(keys[:used])  # radix
                 step("order")
                 kern["lks_order_keys"](
                     grid, (256,), (ordered, keys, rv, rowbase, np.int64(nnz), rows_s, r_s)
                 )
             else:
-                perm = cupy.argsort(keys[: min(used, cap)])
+                perm = cupy.argsort(keys[:used])
                 step("order")
                 kern["lks_order"](grid, (256,), (keys, perm, rv, np.int64(nnz), rows_s, r_s))
             step("reduce")
-            kern["lks_reduce"](
-                (rk,),
-                (-(-D // 32) * 32,),
-                (
-                    rows_s, r_s, cupy.asarray(offsets), chunk, np.int32(D), np.bool_(diag),
-                    np.int32(dense.f), dense.sf, dense.nk,
-                ),
-            )  # fmt: skip
+            _reduce(dense, kern, rows_s, r_s, offsets, counts_h, chunk)
         if n_listed:
             step("listed rows")
             _dense_rows(dense, kern["lks_gather"], chunk, weights, listed[:n_listed])
@@ -214,8 +221,37 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
         trace.append(seen)
     step("stats")
     stats = dense.stats()
+    stats.loglik = stats.loglik + loglik
     step.add_to(profile)
     return stats
+
+
+def _reduce(
+    dense: Any, kern: dict[str, Any], rows_s: Any, r_s: Any, offsets: np.ndarray,
+    counts: np.ndarray, chunk: Any,
+) -> None:  # fmt: skip
+    """Step 3's sums: runs of ``ITEM_PAIRS`` pairs per block, then each component's in order."""
+    rk, D, f = dense.rk, dense.D, dense.f
+    per = -(-counts // ITEM_PAIRS)
+    item_offsets = np.zeros(rk + 1, dtype=np.int64)
+    np.cumsum(per, out=item_offsets[1:])
+    n_items = int(item_offsets[-1])
+    comp = np.repeat(np.arange(rk), per)
+    start = offsets[comp] + ITEM_PAIRS * (np.arange(n_items) - item_offsets[comp])
+    part = cupy.empty((n_items, f + 1), dtype=cupy.float64)
+    kern["lks_reduce"](
+        (n_items,),
+        (-(-D // 32) * 32,),
+        (
+            rows_s, r_s, cupy.asarray(start), np.int32(ITEM_PAIRS), np.int64(offsets[-1]), chunk,
+            np.int32(D), np.bool_(dense.diag), np.int32(f), part,
+        ),
+    )  # fmt: skip
+    kern["lks_combine"](
+        (max(1, min(-(-rk * (f + 1) // 256), dense.blocks)),),
+        (256,),
+        (part, cupy.asarray(item_offsets), np.int32(rk), np.int32(f), dense.sf, dense.nk),
+    )
 
 
 def _dense_rows(dense: Any, gather: Any, chunk: Any, weights: Any, listed: Any) -> None:

@@ -18,18 +18,20 @@
 //    LKS_CMAX per restart) get their log-densities exactly, in float64 from x - mu_k, and the
 //    row's log-sum-exp, log-likelihood and responsibilities over them. T = log(n) + 17 (the
 //    caller) keeps what is skipped below a float32 ulp of one sample's weight in any sum over
-//    all rows. Rows with more candidates, or past the pairs' capacity, are listed for the
-//    dense pass (em_largek.cu), which takes them whole.
+//    all rows. Rows with more candidates are listed for the dense pass (em_largek.cu), which
+//    takes them whole; a data chunk whose pairs overflow their capacity goes through the dense
+//    pass entirely.
 // 3. the pairs (component << 32 | row, responsibility) are sorted by key (thrust, the caller;
 //    lks_order lays them out): each component's rows in row order, so the sums are
 //    deterministic;
-// 4. lks_reduce (one block per component): N_k, sum r x and sum r x^2 (diag) or r |x|^2
-//    (spherical) in float64, added to the pass's statistics.
+// 4. lks_reduce (one block per run of a few hundred of a component's pairs): N_k, sum r x and
+//    sum r x^2 (diag) or r |x|^2 (spherical) in float64; lks_combine adds each component's
+//    runs in order into the pass's statistics.
 //
 //   lks_norms  : |w_k| of the screening weights, -p_k / 2 and the exact density's constant
 //   lks_select : step 2
 //   lks_order  : step 3's layout (lks_order_keys: from the sorted keys alone)
-//   lks_reduce : step 4
+//   lks_reduce, lks_combine : step 4
 //   lks_gather : the listed rows (and their weights) packed for the dense pass
 #include "tc.cuh"
 
@@ -41,20 +43,20 @@
 // most features a warp holds in registers (8 per lane)
 #define LKS_MAXD 256
 
-// One thread per component (rk), grid-stride. W (kp, fp): the screening weights, of which the
-// first `inner` columns enter the product; weights (rk), prec_chol (rk, d) diag or (rk,)
-// spherical: float64. wn[k] = |W[k, :inner]|, q[k] = -p_k / 2 (spherical: W's column d; 0 for
-// diag, whose product holds the x^2 terms), e0[k] = log pi_k + log det U_k - d/2 log 2 pi.
+// One thread per component (rk), grid-stride. W (kp, fp) and c (kp): the screening weights and
+// constants (lk_weights), of which the first `inner` columns of W enter the product; weights
+// (rk), prec_chol (rk, d) diag or (rk,) spherical: float64. cqw[k] = (c_k, q_k, |W[k, :inner]|,
+// 0) with q_k = -p_k / 2 (spherical: W's column d; 0 for diag, whose product holds the x^2
+// terms); e0[k] = log pi_k + log det U_k - d/2 log 2 pi.
 __global__ void __launch_bounds__(LKS_NT)
-lks_norms(const float* __restrict__ W, int fp, int inner, int rk,
+lks_norms(const float* __restrict__ W, const float* __restrict__ c, int fp, int inner, int rk,
           const double* __restrict__ weights, const double* __restrict__ prec_chol, int d,
-          bool diag, float* __restrict__ wn, float* __restrict__ q, double* __restrict__ e0) {
+          bool diag, float4* __restrict__ cqw, double* __restrict__ e0) {
     for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < rk; k += gridDim.x * blockDim.x) {
         const float* w = W + (long long)k * fp;
         double s = 0.0;
         for (int j = 0; j < inner; ++j) s += (double)w[j] * (double)w[j];
-        wn[k] = (float)(sqrt(s) * (1.0 + 1e-6));
-        q[k] = diag ? 0.0f : w[d];
+        cqw[k] = make_float4(c[k], diag ? 0.0f : w[d], (float)(sqrt(s) * (1.0 + 1e-6)), 0.0f);
         double log_det = 0.0;
         if (diag) {
             for (int e = 0; e < d; ++e) log_det += log(prec_chol[(long long)k * d + e]);
@@ -76,16 +78,15 @@ __device__ __forceinline__ float warp_max(float v) {
 // (natural log units): the product's U |f| |w_k| and the float32 rounding of the two adds.
 struct Screen {
     const float* l;  // the row's G~ (kp)
-    const float* c;  // lk_weights' constants (kp)
-    const float* q;  // lks_norms' q (kp)
-    const float* wn;
+    const float4* cqw;
     float sq, ufn;
     __device__ __forceinline__ void at(int k, float& v, float& b) const {
-        // rounded operations only (never contracted into FMAs): both phases of lks_select
-        // must find the same candidates, whatever the compiler does with each inlined copy
-        const float ck = c[k], row = __fmul_rn(q[k], sq);
-        v = __fadd_rn(__fadd_rn(l[k], ck), row);
-        b = __fmaf_rn(ufn, wn[k], __fmul_rn(1e-6f, __fadd_rn(fabsf(ck), fabsf(row))));
+        // rounded operations only (never contracted into FMAs): every pass over a row must
+        // find the same candidates, whatever the compiler does with each inlined copy
+        const float4 t = cqw[k];
+        const float row = __fmul_rn(t.y, sq);
+        v = __fadd_rn(__fadd_rn(l[k], t.x), row);
+        b = __fmaf_rn(ufn, t.z, __fmul_rn(1e-6f, __fadd_rn(fabsf(t.x), fabsf(row))));
     }
     // lo: the restart's max_k (v_k - b_k) (at most its true maximum)
     __device__ __forceinline__ float low(int c0, int c1, int lane) const {
@@ -97,7 +98,7 @@ struct Screen {
         }
         return warp_max(lo);
     }
-    // whether lane's component k0 + lane (< c1) may hold a responsibility of exp(-T) or more
+    // whether component k (< c1) may hold a responsibility of exp(-T) or more
     __device__ __forceinline__ bool candidate(int k, int c1, float thr) const {
         if (k >= c1) return false;
         float v, b;
@@ -105,22 +106,53 @@ struct Screen {
         return v != __int_as_float(0xff800000) && __fadd_rn(v, b) >= thr;
     }
 };
+
+// The exact log-density of component kk at the row held in xr (feature lane + 32 t), float64
+// from x - mu, summed across the warp (every lane gets it).
+__device__ __forceinline__ double exact(const float* xr, int kk, int d, bool diag,
+                                        const double* __restrict__ means,
+                                        const double* __restrict__ prec_chol,
+                                        const double* __restrict__ e0, int lane) {
+    const double* mu = means + (long long)kk * d;
+    double s = 0.0;
+#pragma unroll
+    for (int j = 0; j < LKS_MAXD / 32; ++j) {
+        const int i = lane + 32 * j;
+        if (i < d) {
+            const double diff = (double)xr[j] - mu[i];
+            const double pc = diag ? prec_chol[(long long)kk * d + i] : 1.0;
+            s = fma(pc * pc * diff, diff, s);
+        }
+    }
+    s = gmm::warp_sum(s);
+    if (!diag) s *= prec_chol[kk] * prec_chol[kk];
+    return e0[kk] - 0.5 * s;
+}
+
+// The log-sum-exp over the n candidates the lanes hold (lane j < n: e), float64.
+__device__ __forceinline__ double lse_of(double e, int n, int lane) {
+    double m = lane < n ? e : __longlong_as_double(0xfff0000000000000ULL);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) m = fmax(m, __shfl_xor_sync(0xffffffffu, m, off));
+    return m + log(gmm::warp_sum(lane < n ? exp(e - m) : 0.0));
+}
 }  // namespace lks
 
 // One warp per row of a screening chunk, grid-stride. L (rows, kp): the chunk's G~; X (rows, d)
 // its rows (centred float32, d <= LKS_MAXD); groups (restarts, at most 32) are column ranges
 // [gs[g], gs[g + 1]) of kp. means (rk, d), prec_chol (rk, d) diag or (rk,), e0 (rk): float64.
 // Rows are numbered from row0 within the data chunk (the pairs' and the list's row index).
-// Pairs: keys[p] = component << 32 | row, rv[p] = w_n r; n_pairs counts reserved slots (a row
-// reserves all of its pairs at once, from rowbase[row]; a reservation past cap is filled with
-// ~0 keys, which sort last, and the row is listed instead). counts[k]: pairs of component k
-// (for the offsets).
-// ll_partial (warps of the grid, n_groups): each warp adds its rows' w_n lse (float64), in a
-// fixed order for a fixed grid: deterministic.
+// A row with no candidate in a restart (all weights 0) or more than LKS_CMAX is listed
+// (overflow, n_overflow) for the dense pass. The others reserve their pairs at once:
+// keys[p] = component << 32 | row, rv[p] = w_n r from rowbase[row]; counts[k] counts component
+// k's pairs. n_pairs counts every reservation: past cap nothing is written, and the caller,
+// seeing n_pairs > cap, takes the whole data chunk through the dense pass instead (so which
+// rows are kept never depends on the order of the atomics).
+// ll_partial (warps of the grid, n_groups): each warp adds its kept rows' w_n lse (float64), in
+// a fixed order for a fixed grid: deterministic.
 __global__ void __launch_bounds__(LKS_NT)
 lks_select(const float* __restrict__ L, long long rows, int kp, const float* __restrict__ X,
-           int d, bool diag, const float* __restrict__ c, const float* __restrict__ q,
-           const float* __restrict__ wn, const double* __restrict__ means,
+           int d, bool diag, const float4* __restrict__ cqw, const double* __restrict__ means,
            const double* __restrict__ prec_chol, const double* __restrict__ e0,
            const int* __restrict__ gs, int n_groups, const int* __restrict__ active,
            const float* __restrict__ sample_weight, float u, float margin, long long row0,
@@ -135,6 +167,9 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
     const long long gw = (long long)blockIdx.x * wpb + (threadIdx.x >> 5);
     const long long warps = (long long)gridDim.x * wpb;
     double* llw = ll_partial + gw * n_groups;
+    // one restart: its candidates' exact log-densities computed as they are found (two reads
+    // of the row's G~); several: counted first, then computed (three reads)
+    const bool one = n_groups == 1 && (active == nullptr || active[0]);
     for (long long row = gw; row < rows; row += warps) {
         // the row in registers: feature lane + 32 t
         float xr[LKS_MAXD / 32];
@@ -151,82 +186,91 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
             sq += __shfl_xor_sync(0xffffffffu, sq, off);
             s4 += __shfl_xor_sync(0xffffffffu, s4, off);
         }
-        lks::Screen sc{L + row * kp, c, q, wn, sq, u * sqrtf(diag ? sq + s4 : sq) * 1.000001f};
-        // phase 1: every active restart's threshold and candidates counted; the row is listed
-        // when a restart has none (all weights 0) or more than LKS_CMAX
-        int total = 0;
+        const lks::Screen sc{L + row * kp, cqw, sq, u * sqrtf(diag ? sq + s4 : sq) * 1.000001f};
+        int total = 0, mine = 0;
+        double emine = 0.0;
         bool listed = false;
-        for (int g = 0; g < n_groups && !listed; ++g) {
-            if (active != nullptr && !active[g]) continue;
-            const int c0 = gs[g], c1 = gs[g + 1];
+        if (one) {
+            const int c0 = gs[0], c1 = gs[1];
             const float t = __fsub_rn(sc.low(c0, c1, lane), margin);
-            if (lane == 0) thr[g] = t;
-            int n = 0;
-            for (int k0 = c0; k0 < c1; k0 += 32)
-                n += __popc(__ballot_sync(0xffffffffu, sc.candidate(k0 + lane, c1, t)));
-            if (n == 0 || n > LKS_CMAX) listed = true;
-            total += n;
-        }
-        __syncwarp();
-        long long base = 0;
-        if (!listed) {
-            unsigned long long b0 = 0;
-            if (lane == 0) b0 = atomicAdd(n_pairs, (unsigned long long)total);
-            base = (long long)__shfl_sync(0xffffffffu, b0, 0);
-            if (base + total > cap) {  // no room: fill what was reserved within cap, list it
-                for (long long p = base + lane; p < base + total && p < cap; p += 32)
-                    keys[p] = ~0ull;
-                listed = true;
+            for (int k0 = c0; k0 < c1 && !listed; k0 += 32) {
+                unsigned mask = __ballot_sync(0xffffffffu, sc.candidate(k0 + lane, c1, t));
+                if (total + __popc(mask) > LKS_CMAX) {
+                    listed = true;
+                    break;
+                }
+                while (mask) {
+                    const int kk = k0 + __ffs(mask) - 1;
+                    mask &= mask - 1;
+                    const double e = lks::exact(xr, kk, d, diag, means, prec_chol, e0, lane);
+                    if (lane == total) {
+                        mine = kk;
+                        emine = e;
+                    }
+                    ++total;
+                }
             }
+            listed = listed || total == 0;
+        } else {
+            // phase 1: every active restart's threshold and candidates counted
+            for (int g = 0; g < n_groups && !listed; ++g) {
+                if (active != nullptr && !active[g]) continue;
+                const int c0 = gs[g], c1 = gs[g + 1];
+                const float t = __fsub_rn(sc.low(c0, c1, lane), margin);
+                if (lane == 0) thr[g] = t;
+                int n = 0;
+                for (int k0 = c0; k0 < c1; k0 += 32)
+                    n += __popc(__ballot_sync(0xffffffffu, sc.candidate(k0 + lane, c1, t)));
+                if (n == 0 || n > LKS_CMAX) listed = true;
+                total += n;
+            }
+            __syncwarp();
         }
         if (listed) {
             if (lane == 0) overflow[atomicAdd(n_overflow, 1u)] = (int)(row0 + row);
             continue;
         }
+        unsigned long long b0 = 0;
+        if (lane == 0) b0 = atomicAdd(n_pairs, (unsigned long long)total);
+        long long base = (long long)__shfl_sync(0xffffffffu, b0, 0);
+        if (base + total > cap) continue;  // the chunk goes through the dense pass
         if (lane == 0) rowbase[row0 + row] = base;
         const float wrow = sample_weight != nullptr ? sample_weight[row] : 1.0f;
-        // phase 2: the candidates' exact log-densities in float64 from x - mu (lane j keeps the
-        // j-th), the restart's log-sum-exp and responsibilities over them
+        const unsigned long long rkey = (unsigned long long)(row0 + row);
+        if (one) {
+            const double lse = lks::lse_of(emine, total, lane);
+            if (lane < total) {
+                keys[base + lane] = ((unsigned long long)mine << 32) | rkey;
+                rv[base + lane] = (double)wrow * exp(emine - lse);
+                atomicAdd(counts + mine, 1);
+            }
+            if (lane == 0) llw[0] += (double)wrow * lse;
+            continue;
+        }
+        // phase 2: per restart, the candidates' exact log-densities (lane j keeps the j-th),
+        // the log-sum-exp and responsibilities over them
         for (int g = 0; g < n_groups; ++g) {
             if (active != nullptr && !active[g]) continue;
             const int c0 = gs[g], c1 = gs[g + 1];
             const float t = thr[g];
-            int n = 0, mine = 0;
-            double emine = 0.0;
+            int n = 0;
             for (int k0 = c0; k0 < c1; k0 += 32) {
                 unsigned mask = __ballot_sync(0xffffffffu, sc.candidate(k0 + lane, c1, t));
                 while (mask) {
                     const int kk = k0 + __ffs(mask) - 1;
                     mask &= mask - 1;
-                    const double* mu = means + (long long)kk * d;
-                    double s = 0.0;
-#pragma unroll
-                    for (int j = 0; j < LKS_MAXD / 32; ++j) {
-                        const int i = lane + 32 * j;
-                        if (i < d) {
-                            const double diff = (double)xr[j] - mu[i];
-                            const double pc = diag ? prec_chol[(long long)kk * d + i] : 1.0;
-                            s = fma(pc * pc * diff, diff, s);
-                        }
-                    }
-                    s = gmm::warp_sum(s);
-                    if (!diag) s *= prec_chol[kk] * prec_chol[kk];
+                    const double e = lks::exact(xr, kk, d, diag, means, prec_chol, e0, lane);
                     if (lane == n) {
                         mine = kk;
-                        emine = e0[kk] - 0.5 * s;
+                        emine = e;
                     }
                     ++n;
                 }
             }
-            double m = lane < n ? emine : __longlong_as_double(0xfff0000000000000ULL);
-#pragma unroll
-            for (int off = 16; off > 0; off >>= 1)
-                m = fmax(m, __shfl_xor_sync(0xffffffffu, m, off));
-            const double lse = m + log(gmm::warp_sum(lane < n ? exp(emine - m) : 0.0));
+            const double lse = lks::lse_of(emine, n, lane);
             if (lane < n) {
-                const long long p = base + lane;
-                keys[p] = ((unsigned long long)mine << 32) | (unsigned long long)(row0 + row);
-                rv[p] = (double)wrow * exp(emine - lse);
+                keys[base + lane] = ((unsigned long long)mine << 32) | rkey;
+                rv[base + lane] = (double)wrow * exp(emine - lse);
                 atomicAdd(counts + mine, 1);
             }
             base += n;
@@ -268,18 +312,20 @@ lks_order_keys(const unsigned long long* __restrict__ sorted,
     }
 }
 
-// One block per component (blockIdx.x < rk), one thread per feature (blockDim >= d). The
-// pairs in key order (lks_order): component k's are [offsets[k], offsets[k + 1]), rows
-// ascending. X (rows, d) the data chunk. Adds into sf (rk, f) (f = 2d: [sum r x, sum r x^2];
-// f = d + 1: [sum r x, sum r |x|^2]) and nk (rk), float64.
+// One block per item (a run of at most a few hundred of one component's pairs: a component
+// holding most rows is split, so no block runs long), one thread per feature (blockDim >= d).
+// The pairs in key order (lks_order*): item i covers [item_start[i], item_start[i] + len) of
+// component item_comp[i]. X (rows, d) the data chunk. Writes part (items, f + 1): [sum r x,
+// sum r x^2] (diag, f = 2d) or [sum r x, sum r |x|^2] (spherical, f = d + 1), then sum r;
+// float64. lks_combine adds a component's items in order: deterministic.
 __global__ void __launch_bounds__(LKS_NT)
 lks_reduce(const int* __restrict__ rows, const double* __restrict__ rv,
-           const long long* __restrict__ offsets, const float* __restrict__ X, int d, bool diag,
-           int f, double* __restrict__ sf, double* __restrict__ nk) {
-    __shared__ double part[LKS_NT / 32];
-    const int k = blockIdx.x, i = threadIdx.x;
-    const long long s0 = offsets[k], s1 = offsets[k + 1];
-    if (s0 == s1) return;
+           const long long* __restrict__ item_start, int item_len, long long nnz,
+           const float* __restrict__ X, int d, bool diag, int f, double* __restrict__ part) {
+    __shared__ double red[LKS_NT / 32];
+    const int i = threadIdx.x;
+    const long long s0 = item_start[blockIdx.x];
+    const long long s1 = min(s0 + item_len, nnz);
     double a = 0.0, a2 = 0.0, nsum = 0.0;
 #pragma unroll 4
     for (long long p = s0; p < s1; ++p) {
@@ -291,21 +337,42 @@ lks_reduce(const int* __restrict__ rows, const double* __restrict__ rv,
             a2 = fma(r * x, x, a2);
         }
     }
+    double* out = part + (long long)blockIdx.x * (f + 1);
     if (i < d) {
-        sf[(long long)k * f + i] += a;
-        if (diag) sf[(long long)k * f + d + i] += a2;
+        out[i] = a;
+        if (diag) out[d + i] = a2;
     }
     if (!diag) {  // sum r |x|^2: the features' sums added up across the block
         const double v = gmm::warp_sum(i < d ? a2 : 0.0);
-        if ((i & 31) == 0) part[i >> 5] = v;
+        if ((i & 31) == 0) red[i >> 5] = v;
         __syncthreads();
         if (i == 0) {
             double t = 0.0;
-            for (int w = 0; w < (int)(blockDim.x >> 5); ++w) t += part[w];
-            sf[(long long)k * f + d] += t;
+            for (int w = 0; w < (int)(blockDim.x >> 5); ++w) t += red[w];
+            out[d] = t;
         }
     }
-    if (i == 0) nk[k] += nsum;
+    if (i == 0) out[f] = nsum;
+}
+
+// One thread per (component, statistic), grid-stride: component k's items are
+// [item_offsets[k], item_offsets[k + 1]) of part, added in order into sf (rk, f) and nk (rk).
+__global__ void __launch_bounds__(LKS_NT)
+lks_combine(const double* __restrict__ part, const long long* __restrict__ item_offsets, int rk,
+            int f, double* __restrict__ sf, double* __restrict__ nk) {
+    const long long total = (long long)rk * (f + 1);
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total;
+         t += (long long)gridDim.x * blockDim.x) {
+        const int k = (int)(t / (f + 1)), j = (int)(t % (f + 1));
+        double v = 0.0;
+        for (long long it = item_offsets[k]; it < item_offsets[k + 1]; ++it)
+            v += part[it * (f + 1) + j];
+        if (j == f) {
+            nk[k] += v;
+        } else {
+            sf[(long long)k * f + j] += v;
+        }
+    }
 }
 
 // One warp per listed row, grid-stride: rows[i] of X (and its weight) into out (and wout).

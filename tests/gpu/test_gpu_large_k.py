@@ -337,17 +337,12 @@ def test_large_k_serves_the_fit():
 
 
 def _sparse_counts(monkeypatch, X, cov, params, **kw):
+    """The screened pass's statistics and the rows it sent through the dense pass."""
     from gmm_core._cupy import large_k_sparse
 
-    seen = []
-    real = large_k_sparse._dense_rows
-    monkeypatch.setattr(
-        large_k_sparse,
-        "_dense_rows",
-        lambda d, g, c, w, listed: seen.append(int(listed.size)) or real(d, g, c, w, listed),
-    )
+    monkeypatch.setattr(large_k_sparse, "trace", [])
     stats = _engine_stats(X, cov, params, variant="sparse", monkeypatch=monkeypatch, **kw)
-    return stats, sum(seen)
+    return stats, sum(p["listed"] for p in large_k_sparse.trace)
 
 
 @pytest.mark.parametrize("cov", ["diag", "spherical"])
@@ -371,14 +366,22 @@ def test_the_screened_pass_keeps_separated_rows_and_lists_overlapping_ones(cov, 
 
 
 @pytest.mark.parametrize("cov", ["diag", "spherical"])
-def test_rows_past_the_pairs_capacity_are_listed_and_served(cov, monkeypatch):
+def test_a_chunk_past_the_pairs_capacity_goes_through_the_dense_pass(cov, monkeypatch):
+    """Which rows keep their pairs must not depend on the order of the atomics: a data chunk
+    whose pairs overflow the capacity is taken whole by the dense pass."""
     from gmm_core._cupy import large_k_sparse
 
     monkeypatch.setattr(large_k_sparse, "PAIR_BYTES", 1 << 40)  # capacity: the floor, 4096 pairs
     X = _data(12_000, 64, 64, seed=15)
     params = _params(X, cov, 256, 2, seed=16)
     stats, listed = _sparse_counts(monkeypatch, X, cov, params)
-    assert 4_000 <= listed < 12_000  # 2 restarts: about 2 pairs per row, 4096 pairs kept
+    assert listed == len(X)  # 2 restarts: at least 24,000 pairs
+    for r, ref in enumerate(_reference(X, cov, params)):
+        _check(stats, ref, r, len(X))
+    monkeypatch.undo()
+    monkeypatch.setattr(large_k_sparse, "PAIRS_PER_ROW", 32)
+    stats, listed = _sparse_counts(monkeypatch, X, cov, params)  # room for them: kept
+    assert listed < len(X) // 10
     for r, ref in enumerate(_reference(X, cov, params)):
         _check(stats, ref, r, len(X))
 
