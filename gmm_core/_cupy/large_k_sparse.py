@@ -238,13 +238,14 @@ def _reduce(
     n_items = int(item_offsets[-1])
     comp = np.repeat(np.arange(rk), per)
     start = offsets[comp] + ITEM_PAIRS * (np.arange(n_items) - item_offsets[comp])
+    end = np.minimum(start + ITEM_PAIRS, offsets[comp + 1])  # never into the next component
     part = cupy.empty((n_items, f + 1), dtype=cupy.float64)
     kern["lks_reduce"](
         (n_items,),
         (-(-D // 32) * 32,),
         (
-            rows_s, r_s, cupy.asarray(start), np.int32(ITEM_PAIRS), np.int64(offsets[-1]), chunk,
-            np.int32(D), np.bool_(dense.diag), np.int32(f), part,
+            rows_s, r_s, cupy.asarray(start), cupy.asarray(end), chunk, np.int32(D),
+            np.bool_(dense.diag), np.int32(f), part,
         ),
     )  # fmt: skip
     kern["lks_combine"](

@@ -91,6 +91,7 @@ struct Screen {
     // lo: the restart's max_k (v_k - b_k) (at most its true maximum)
     __device__ __forceinline__ float low(int c0, int c1, int lane) const {
         float lo = __int_as_float(0xff800000);
+#pragma unroll 8
         for (int k = c0 + lane; k < c1; k += 32) {
             float v, b;
             at(k, v, b);
@@ -150,7 +151,7 @@ __device__ __forceinline__ double lse_of(double e, int n, int lane) {
 // rows are kept never depends on the order of the atomics).
 // ll_partial (warps of the grid, n_groups): each warp adds its kept rows' w_n lse (float64), in
 // a fixed order for a fixed grid: deterministic.
-__global__ void __launch_bounds__(LKS_NT)
+__global__ void __launch_bounds__(LKS_NT, 3)
 lks_select(const float* __restrict__ L, long long rows, int kp, const float* __restrict__ X,
            int d, bool diag, const float4* __restrict__ cqw, const double* __restrict__ means,
            const double* __restrict__ prec_chol, const double* __restrict__ e0,
@@ -195,6 +196,7 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
             const float t = __fsub_rn(sc.low(c0, c1, lane), margin);
             for (int k0 = c0; k0 < c1 && !listed; k0 += 32) {
                 unsigned mask = __ballot_sync(0xffffffffu, sc.candidate(k0 + lane, c1, t));
+                if (!mask) continue;
                 if (total + __popc(mask) > LKS_CMAX) {
                     listed = true;
                     break;
@@ -219,6 +221,7 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
                 const float t = __fsub_rn(sc.low(c0, c1, lane), margin);
                 if (lane == 0) thr[g] = t;
                 int n = 0;
+#pragma unroll 8
                 for (int k0 = c0; k0 < c1; k0 += 32)
                     n += __popc(__ballot_sync(0xffffffffu, sc.candidate(k0 + lane, c1, t)));
                 if (n == 0 || n > LKS_CMAX) listed = true;
@@ -314,18 +317,17 @@ lks_order_keys(const unsigned long long* __restrict__ sorted,
 
 // One block per item (a run of at most a few hundred of one component's pairs: a component
 // holding most rows is split, so no block runs long), one thread per feature (blockDim >= d).
-// The pairs in key order (lks_order*): item i covers [item_start[i], item_start[i] + len) of
-// component item_comp[i]. X (rows, d) the data chunk. Writes part (items, f + 1): [sum r x,
+// The pairs in key order (lks_order*): item i covers [item_start[i], item_end[i]), pairs of one
+// component. X (rows, d) the data chunk. Writes part (items, f + 1): [sum r x,
 // sum r x^2] (diag, f = 2d) or [sum r x, sum r |x|^2] (spherical, f = d + 1), then sum r;
 // float64. lks_combine adds a component's items in order: deterministic.
 __global__ void __launch_bounds__(LKS_NT)
 lks_reduce(const int* __restrict__ rows, const double* __restrict__ rv,
-           const long long* __restrict__ item_start, int item_len, long long nnz,
+           const long long* __restrict__ item_start, const long long* __restrict__ item_end,
            const float* __restrict__ X, int d, bool diag, int f, double* __restrict__ part) {
     __shared__ double red[LKS_NT / 32];
     const int i = threadIdx.x;
-    const long long s0 = item_start[blockIdx.x];
-    const long long s1 = min(s0 + item_len, nnz);
+    const long long s0 = item_start[blockIdx.x], s1 = item_end[blockIdx.x];
     double a = 0.0, a2 = 0.0, nsum = 0.0;
 #pragma unroll 4
     for (long long p = s0; p < s1; ++p) {
