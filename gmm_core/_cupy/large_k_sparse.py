@@ -40,6 +40,8 @@ KERNELS = (
     "lks_norms", "lks_select", "lks_order", "lks_order_keys", "lks_reduce", "lks_combine",
     "lks_gather",
 )  # fmt: skip
+#: blocks of ``lks_select`` per SM (its launch bounds: 256 threads, 3 blocks per SM)
+SELECT_BLOCKS_PER_SM = 3
 #: pairs per ``lks_reduce`` block (a component's pairs split into runs of this many)
 ITEM_PAIRS = 256
 #: how the pairs are put in key order: "keys" (sort the keys alone, find each one's
@@ -136,7 +138,10 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
             np.int32(D), np.bool_(diag), cqw, e0,
         ),
     )  # fmt: skip
-    ll_sparse = lk.scratch.get("lks_ll", dense.ll_part.shape, f64)
+    # lks_select: one wave of blocks (3 per SM: __launch_bounds__(256, 3)), a float64
+    # log-likelihood partial per warp and restart
+    select_blocks = SELECT_BLOCKS_PER_SM * lk.config.n_sm
+    ll_sparse = lk.scratch.get("lks_ll", (select_blocks * 8, R), f64)
     loglik = cupy.zeros(R, dtype=f64)
     t = np.float32(margin(data.n_samples, data.total_weight or 0.0))
     n_active = R if active is None else int(np.count_nonzero(cupy.asnumpy(active)))
@@ -172,7 +177,7 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
             w = w_all if weights is None else weights[start : start + rows]
             step("select")
             kern["lks_select"](
-                (blocks,),
+                (select_blocks,),
                 (256,),
                 (
                     dense.logits, np.int64(rows), np.int32(kp), x, np.int32(D), np.bool_(diag),
