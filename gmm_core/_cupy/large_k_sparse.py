@@ -40,8 +40,8 @@ KERNELS = (
     "lks_norms", "lks_select", "lks_order", "lks_order_keys", "lks_reduce", "lks_combine",
     "lks_gather",
 )  # fmt: skip
-#: blocks of ``lks_select`` per SM (its launch bounds: 256 threads, 3 blocks per SM)
-SELECT_BLOCKS_PER_SM = 3
+#: blocks of ``lks_select`` per SM (256 threads each, 64 registers per thread: 4 fit)
+SELECT_BLOCKS_PER_SM = 4
 #: pairs per ``lks_reduce`` block (a component's pairs split into runs of this many)
 ITEM_PAIRS = 256
 #: how the pairs are put in key order: "keys" (sort the keys alone, find each one's
@@ -138,7 +138,7 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
             np.int32(D), np.bool_(diag), cqw, e0,
         ),
     )  # fmt: skip
-    # lks_select: one wave of blocks (3 per SM: __launch_bounds__(256, 3)), a float64
+    # lks_select: one wave of blocks (4 per SM), a float64
     # log-likelihood partial per warp and restart
     select_blocks = SELECT_BLOCKS_PER_SM * lk.config.n_sm
     ll_sparse = lk.scratch.get("lks_ll", (select_blocks * 8, R), f64)

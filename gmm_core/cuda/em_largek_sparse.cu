@@ -80,22 +80,35 @@ struct Screen {
     const float* l;  // the row's G~ (kp)
     const float4* cqw;
     float sq, ufn;
+    // rounded operations only (never contracted into FMAs): every pass over a row must find
+    // the same candidates, whatever the compiler does with each inlined copy
     __device__ __forceinline__ void at(int k, float& v, float& b) const {
-        // rounded operations only (never contracted into FMAs): every pass over a row must
-        // find the same candidates, whatever the compiler does with each inlined copy
         const float4 t = cqw[k];
         const float row = __fmul_rn(t.y, sq);
         v = __fadd_rn(__fadd_rn(l[k], t.x), row);
         b = __fmaf_rn(ufn, t.z, __fmul_rn(1e-6f, __fadd_rn(fabsf(t.x), fabsf(row))));
     }
-    // lo: the restart's max_k (v_k - b_k) (at most its true maximum)
+    __device__ __forceinline__ float lower(float lo, float g, float4 t) const {
+        const float row = __fmul_rn(t.y, sq);
+        const float v = __fadd_rn(__fadd_rn(g, t.x), row);
+        const float b = __fmaf_rn(ufn, t.z, __fmul_rn(1e-6f, __fadd_rn(fabsf(t.x), fabsf(row))));
+        return v != __int_as_float(0xff800000) ? fmaxf(lo, __fsub_rn(v, b)) : lo;
+    }
+    // lo: the restart's max_k (v_k - b_k) (at most its true maximum). The row's first read of
+    // G~ (from memory): four components per lane and load where they are 16-byte aligned
     __device__ __forceinline__ float low(int c0, int c1, int lane) const {
         float lo = __int_as_float(0xff800000);
-#pragma unroll 8
-        for (int k = c0 + lane; k < c1; k += 32) {
-            float v, b;
-            at(k, v, b);
-            if (v != __int_as_float(0xff800000)) lo = fmaxf(lo, __fsub_rn(v, b));
+        if (((c0 | c1) & 3) == 0 && ((size_t)l & 15) == 0) {
+            const float4* l4 = reinterpret_cast<const float4*>(l);
+            for (int k4 = (c0 >> 2) + lane; k4 < (c1 >> 2); k4 += 32) {
+                const float4 g = l4[k4];
+                lo = lower(lo, g.x, cqw[4 * k4]);
+                lo = lower(lo, g.y, cqw[4 * k4 + 1]);
+                lo = lower(lo, g.z, cqw[4 * k4 + 2]);
+                lo = lower(lo, g.w, cqw[4 * k4 + 3]);
+            }
+        } else {
+            for (int k = c0 + lane; k < c1; k += 32) lo = lower(lo, l[k], cqw[k]);
         }
         return warp_max(lo);
     }
@@ -151,7 +164,7 @@ __device__ __forceinline__ double lse_of(double e, int n, int lane) {
 // rows are kept never depends on the order of the atomics).
 // ll_partial (warps of the grid, n_groups): each warp adds its kept rows' w_n lse (float64), in
 // a fixed order for a fixed grid: deterministic.
-__global__ void __launch_bounds__(LKS_NT, 3)
+__global__ void __launch_bounds__(LKS_NT)
 lks_select(const float* __restrict__ L, long long rows, int kp, const float* __restrict__ X,
            int d, bool diag, const float4* __restrict__ cqw, const double* __restrict__ means,
            const double* __restrict__ prec_chol, const double* __restrict__ e0,
@@ -221,7 +234,6 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
                 const float t = __fsub_rn(sc.low(c0, c1, lane), margin);
                 if (lane == 0) thr[g] = t;
                 int n = 0;
-#pragma unroll 8
                 for (int k0 = c0; k0 < c1; k0 += 32)
                     n += __popc(__ballot_sync(0xffffffffu, sc.candidate(k0 + lane, c1, t)));
                 if (n == 0 || n > LKS_CMAX) listed = true;
