@@ -77,9 +77,14 @@ def pass_case(X: Any, cov: str, params: Any, label: str) -> dict[str, Any]:
     for name, on in (("float32_gemm", False), ("sparse", True)):
         engine.config.large_k_fused = engine.config.large_k_f64 = False
         engine.config.large_k_sparse = on
-        ms = 1e3 * timed(lambda: engine.large_k.accumulate(data, params), 5)[0]
+
+        def run() -> Any:
+            engine.large_k.sparse_wait = 0  # the screened pass itself, never its back-off
+            return engine.large_k.accumulate(data, params)
+
+        ms = 1e3 * timed(run, 5)[0]
         large_k_sparse.trace = []
-        row = {"ms": ms, **errors(engine.large_k.accumulate(data, params), ref)}
+        row = {"ms": ms, **errors(run(), ref)}
         if on:
             row.update(large_k_sparse.trace[-1])
         large_k_sparse.trace = None

@@ -15,8 +15,10 @@ WGMMA_ENV = "GMM_CORE_WGMMA"
 LARGE_K_FUSED_ENV = "GMM_CORE_LARGE_K_FUSED"
 LARGE_K_F64_ENV = "GMM_CORE_LARGE_K_F64"
 LARGE_K_SPARSE_ENV = "GMM_CORE_LARGE_K_SPARSE"
-#: whether the screened large-K pass serves without ``GMM_CORE_LARGE_K_SPARSE`` set
-LARGE_K_SPARSE_DEFAULT = False
+#: whether the screened large-K pass serves without ``GMM_CORE_LARGE_K_SPARSE`` set (yes: 11.2 /
+#: 11.7 ms per iteration at the public fit against the float32 GEMMs' 21.5 / 33.7 on an H100,
+#: statistics float64-exact; ``benchmarks/results/gpu_h100_large_k_sparse.json``)
+LARGE_K_SPARSE_DEFAULT = True
 #: compute capabilities whose float64 runs on tensor cores at half the TF32 rate or better
 #: (A100, H100/H200, B200): the large-K pass's float64 E-step pays there and nowhere else
 FAST_FLOAT64 = (80, 90, 100)
@@ -89,8 +91,8 @@ class LaunchConfig:
     large_k_f64: bool = False
     #: the large-K pass with a screened E-step (``large_k_sparse``, ``em_largek_sparse.cu``): a
     #: TF32 product with a proven error bound picks the few components per sample whose
-    #: responsibilities count, computed exactly; ``GMM_CORE_LARGE_K_SPARSE``
-    large_k_sparse: bool = False
+    #: responsibilities count, computed exactly; on unless ``GMM_CORE_LARGE_K_SPARSE=0``
+    large_k_sparse: bool = LARGE_K_SPARSE_DEFAULT
 
     @classmethod
     def for_current_device(

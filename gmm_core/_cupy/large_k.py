@@ -23,6 +23,12 @@ log-densities are a float64 GEMM and the statistics TF32 GEMMs of split features
 (``large_k_f64``: exact log-densities; its speed against the float32 GEMMs is measured by
 ``benchmarks/large_k_f64.py``).
 
+By default (``LaunchConfig.large_k_sparse``; up to 256 features and 32 restarts) the pass is
+screened (``large_k_sparse``): a TF32 product with a proven error bound picks the few
+components per sample whose responsibilities can count, computed exactly in float64, and only
+rows with many candidates run the float32 GEMMs above (``DensePass``); while most rows do, the
+next passes skip the screen (1, 2, 4, then 8 of them).
+
 Up to ``FUSED_MAX_FEATURES`` features (and ``LaunchConfig.large_k_fused``, on unless
 ``GMM_CORE_LARGE_K_FUSED=0``) the pass is instead two fused tensor-core kernels per row chunk
 (``cuda/em_largek_tc.cu``, whose header says how): ``lkt_lse`` (3xTF32 log-densities, online
@@ -126,6 +132,10 @@ class LargeKPass:
         self.budget = budget
         #: extra compiler options of the fused kernels (tuning variants, ``-D`` defines)
         self.options: tuple[str, ...] = ()
+        #: passes left to run dense before the screened pass is tried again (it listed most
+        #: rows: overlapping components, whose screen costs without saving), and the next wait
+        self.sparse_wait = 0
+        self.sparse_backoff = 1
 
     def supports(self, data: CupyData, n_restarts: int, n_components: int) -> bool:
         """Float32 diag/spherical data with ``MIN_COMPONENTS`` or more components in all.
@@ -157,17 +167,17 @@ class LargeKPass:
     def kernel_refs(self, data: CupyData | None = None) -> list[KernelRef]:
         """The kernels of a pass over ``data``.
 
-        The screened pass's (with the float32 ones it sends listed rows through) where the
-        config says, else the fused ones where they serve, else the float64 E-step's where the
-        config says, else the ``em_largek.cu`` float32 ones (also without ``data``).
+        The fused ones where they serve (opt-in), else the float64 E-step's where the config
+        says (opt-in), else the screened pass's with the float32 ones it sends listed rows
+        through (the default), else the ``em_largek.cu`` float32 ones (also without ``data``).
         """
         dense = [kernel_ref(SOURCE, name) for name in KERNELS]
-        if data is not None and self.sparse(data):
-            return large_k_sparse.kernel_refs() + dense
         if data is not None and self.fused(data):
             return fused_kernel_refs(data.covariance_type, data.n_features)
         if data is not None and self.config.large_k_f64:
             return large_k_f64.kernel_refs()
+        if data is not None and self.sparse(data):
+            return large_k_sparse.kernel_refs() + dense
         return dense
 
     def chunk_rows(self, data: CupyData, n_cols: int, ldb: int) -> int:
@@ -182,12 +192,23 @@ class LargeKPass:
         ``active`` (R,) bool or None: restarts whose responsibilities are computed (the others'
         statistics come back zero).
         """
-        if self.sparse(data, params.means.shape[0]):
-            return large_k_sparse.accumulate(self, data, params, active)
         if self.fused(data):
             return self._accumulate_fused(data, params, active)
         if self.config.large_k_f64:
             return large_k_f64.accumulate(self, data, params, active)
+        if self.sparse(data, params.means.shape[0]):
+            if self.sparse_wait > 0:
+                self.sparse_wait -= 1
+            else:
+                stats, listed = large_k_sparse.accumulate(self, data, params, active)
+                # most rows through the dense pass: wait 1, 2, 4, then 8 passes before the
+                # next try (a fit's components separate as it goes)
+                if listed > data.n_samples // 2:
+                    self.sparse_wait = self.sparse_backoff
+                    self.sparse_backoff = min(2 * self.sparse_backoff, 8)
+                else:
+                    self.sparse_backoff = 1
+                return stats
         dense = DensePass(self, data, params, active)
         for chunk, weights in weighted_chunks(data):
             dense.add(cupy.ascontiguousarray(chunk), weights)

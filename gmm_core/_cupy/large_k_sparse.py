@@ -111,8 +111,11 @@ def kernel_refs() -> list[KernelRef]:
     return [kernel_ref(SOURCE, name) for name in KERNELS]
 
 
-def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> Stats:
-    """One pass over the data (``LargeKPass.accumulate`` where ``config.large_k_sparse``)."""
+def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> tuple[Stats, int]:
+    """One pass over the data (``LargeKPass.accumulate`` where ``config.large_k_sparse``).
+
+    Also returns how many rows went through the dense pass.
+    """
     from .large_k import DensePass, gemm
 
     step = _Steps()
@@ -228,7 +231,7 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
     stats = dense.stats()
     stats.loglik = stats.loglik + loglik
     step.add_to(profile)
-    return stats
+    return stats, seen["listed"]
 
 
 def _reduce(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -99,7 +102,42 @@ def test_the_fused_pass_is_opt_in_and_takes_up_to_256_features():
     small = LaunchConfig(n_sm=80, smem_optin=101_376, compute_capability=86, large_k_fused=True)
     assert not LargeKPass(small, Scratch(), lambda: 1 << 34).fused(_data("diag", d=128))
     assert {r.expr for r in on.kernel_refs(_data("diag", d=256))} <= set(FUSED_KERNELS)
-    assert [r.file for r in lk.kernel_refs(_data("diag"))] == ["em_largek.cu"] * 4
+    dense = LargeKPass(dataclasses.replace(SM90, large_k_sparse=False), Scratch(), lambda: 1)
+    assert [r.file for r in dense.kernel_refs(_data("diag"))] == ["em_largek.cu"] * 4
+    # the screened pass (on by default) launches its own kernels and the dense ones
+    files = [r.file for r in lk.kernel_refs(_data("diag"))]
+    assert files.count("em_largek.cu") == 4 and "em_largek_sparse.cu" in files
+
+
+def test_the_screened_pass_backs_off_while_it_lists_most_rows(monkeypatch):
+    """Rows it lists go through the dense pass after the screen: while most are listed
+    (overlapping components) the screen only costs, so the next 1, 2, 4, then 8 passes run
+    dense; a pass that keeps most rows resets the wait."""
+    from gmm_core._cupy import large_k, large_k_sparse
+
+    data = _data("diag", n=1000)
+    listed = iter([900, 900, 900, 100, 900])
+    calls = []
+
+    def screened(lk, data, params, active):
+        calls.append("screened")
+        return "stats", next(listed)
+
+    class Dense:
+        def __init__(self, *args):
+            calls.append("dense")
+
+        def stats(self):
+            return "dense stats"
+
+    monkeypatch.setattr(large_k_sparse, "accumulate", screened)
+    monkeypatch.setattr(large_k, "DensePass", Dense)
+    lk = LargeKPass(SM90, Scratch(), lambda: 1 << 34)
+    params = SimpleNamespace(means=np.zeros((1, 1024, 128)))
+    for _ in range(12):
+        lk.accumulate(data, params)
+    s, d = "screened", "dense"
+    assert calls == [s, d, s, d, d, s, d, d, d, d, s, s]
 
 
 def test_the_full_pass_raises_its_shared_memory_limit_once_and_never_lowers_it(monkeypatch):
