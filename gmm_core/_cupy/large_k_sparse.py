@@ -40,8 +40,9 @@ KERNELS = (
     "lks_norms", "lks_select", "lks_order", "lks_order_keys", "lks_reduce", "lks_combine",
     "lks_gather",
 )  # fmt: skip
-#: blocks of ``lks_select`` per SM (256 threads each, 64 registers per thread: 4 fit)
-SELECT_BLOCKS_PER_SM = 4
+#: blocks of ``lks_select`` per SM: its launch bounds (``LKS_SELECT_BLOCKS``: 3 blocks of 256
+#: threads, 80 registers each, no spills)
+SELECT_BLOCKS_PER_SM = 3
 #: pairs per ``lks_reduce`` block (a component's pairs split into runs of this many)
 ITEM_PAIRS = 256
 #: how the pairs are put in key order: "keys" (sort the keys alone, find each one's
@@ -124,24 +125,24 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> t
     R, K, D = params.means.shape
     rk, kp, fp, ldb = dense.rk, dense.kp, dense.fp, dense.ldb
     diag = dense.diag
-    kern = {ref.expr: load_kernel(ref) for ref in kernel_refs()}
+    kern = {ref.expr: load_kernel(ref, lk.options) for ref in kernel_refs()}
     blocks = dense.blocks
     f64 = cupy.float64
-    cqw = lk.scratch.get("lks_cqw", (kp, 4), cupy.float32)
+    bnd = lk.scratch.get("lks_bnd", (6, kp), cupy.float32)
     e0 = lk.scratch.get("lks_e0", (kp,), f64)
     inner = 2 * D if diag else D
     means = cupy.ascontiguousarray(params.means, dtype=f64).reshape(-1)
     prec_chol = cupy.ascontiguousarray(params.precisions_cholesky, dtype=f64).reshape(-1)
     kern["lks_norms"](
-        (max(1, min(-(-rk // 256), blocks)),),
+        (max(1, min(-(-kp // 256), blocks)),),
         (256,),
         (
-            dense.w_mat, dense.const, np.int32(fp), np.int32(inner), np.int32(rk),
+            dense.w_mat, dense.const, np.int32(fp), np.int32(inner), np.int32(rk), np.int32(kp),
             cupy.ascontiguousarray(params.weights, dtype=f64).reshape(-1), prec_chol,
-            np.int32(D), np.bool_(diag), cqw, e0,
+            np.int32(D), np.bool_(diag), bnd, e0,
         ),
     )  # fmt: skip
-    # lks_select: one wave of blocks (4 per SM), a float64
+    # lks_select: one wave of blocks, a float64
     # log-likelihood partial per warp and restart
     select_blocks = SELECT_BLOCKS_PER_SM * lk.config.n_sm
     ll_sparse = lk.scratch.get("lks_ll", (select_blocks * 8, R), f64)
@@ -184,7 +185,7 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> t
                 (256,),
                 (
                     dense.logits, np.int64(rows), np.int32(kp), x, np.int32(D), np.bool_(diag),
-                    cqw, means, prec_chol, e0, dense.groups, np.int32(R), dense.act, w,
+                    bnd, means, prec_chol, e0, dense.groups, np.int32(R), dense.act, w,
                     np.float32(U), t, np.int64(start), keys, rv, np.int64(cap), counters, counts,
                     listed, counters[1:].view(cupy.uint32), ll_sparse, rowbase,
                 ),

@@ -28,7 +28,7 @@
 //    sum r x^2 (diag) or r |x|^2 (spherical) in float64; lks_combine adds each component's
 //    runs in order into the pass's statistics.
 //
-//   lks_norms  : |w_k| of the screening weights, -p_k / 2 and the exact density's constant
+//   lks_norms  : the screen's bounds per component and the exact density's constant
 //   lks_select : step 2
 //   lks_order  : step 3's layout (lks_order_keys: from the sorted keys alone)
 //   lks_reduce, lks_combine : step 4
@@ -40,23 +40,47 @@
 #endif
 // most candidates per row and restart: one per lane
 #define LKS_CMAX 32
+// lks_select's blocks per SM (its launch bounds; large_k_sparse.SELECT_BLOCKS_PER_SM)
+#ifndef LKS_SELECT_BLOCKS
+#define LKS_SELECT_BLOCKS 3
+#endif
 // most features a warp holds in registers (8 per lane)
 #define LKS_MAXD 256
 
 // One thread per component (rk), grid-stride. W (kp, fp) and c (kp): the screening weights and
 // constants (lk_weights), of which the first `inner` columns of W enter the product; weights
-// (rk), prec_chol (rk, d) diag or (rk,) spherical: float64. cqw[k] = (c_k, q_k, |W[k, :inner]|,
-// 0) with q_k = -p_k / 2 (spherical: W's column d; 0 for diag, whose product holds the x^2
-// terms); e0[k] = log pi_k + log det U_k - d/2 log 2 pi.
+// (rk), prec_chol (rk, d) diag or (rk,) spherical: float64. With q_k = -p_k / 2 (spherical: W's
+// column d; 0 for diag, whose product holds the x^2 terms) and n_k = |W[k, :inner]|, a row's
+// screened log-density is v_k = G~_k + c_k + q_k |x|^2 with |v_k - true| <= U |f| n_k +
+// 1e-6 (|c_k| + |q_k| |x|^2) = b_k, and the kernels evaluate v_k -+ b_k as one chain,
+//   fma(U |f|, C, fma(|x|^2, B, G~ + A)),
+// from bnd (6, kp): lower (A, B, C) = (c - 1e-6 |c|, q - 1e-6 |q|, -n (1 + 1e-4)) and upper
+// (c + 1e-6 |c|, q + 1e-6 |q|, n (1 + 1e-4)); the 1e-4 covers the chain's own float32 rounding
+// (three roundings of at most |G~| <= |f| n_k each: 2e-7 |f| n_k, and U >= 2^-8). e0[k] =
+// log pi_k + log det U_k - d/2 log 2 pi.
 __global__ void __launch_bounds__(LKS_NT)
 lks_norms(const float* __restrict__ W, const float* __restrict__ c, int fp, int inner, int rk,
-          const double* __restrict__ weights, const double* __restrict__ prec_chol, int d,
-          bool diag, float4* __restrict__ cqw, double* __restrict__ e0) {
-    for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < rk; k += gridDim.x * blockDim.x) {
+          int kp, const double* __restrict__ weights, const double* __restrict__ prec_chol,
+          int d, bool diag, float* __restrict__ bnd, double* __restrict__ e0) {
+    for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < kp; k += gridDim.x * blockDim.x) {
+        if (k >= rk) {  // padding to whole float4s: never a candidate
+            const float ninf = __int_as_float(0xff800000);
+            bnd[k] = ninf;
+            bnd[3 * kp + k] = ninf;
+            for (int j : {1, 2, 4, 5}) bnd[j * kp + k] = 0.0f;
+            continue;
+        }
         const float* w = W + (long long)k * fp;
         double s = 0.0;
         for (int j = 0; j < inner; ++j) s += (double)w[j] * (double)w[j];
-        cqw[k] = make_float4(c[k], diag ? 0.0f : w[d], (float)(sqrt(s) * (1.0 + 1e-6)), 0.0f);
+        const double n = sqrt(s) * (1.0 + 1e-4);
+        const double ck = c[k], qk = diag ? 0.0 : (double)w[d];
+        bnd[k] = (float)(ck - 1e-6 * fabs(ck));
+        bnd[kp + k] = (float)(qk - 1e-6 * fabs(qk));
+        bnd[2 * kp + k] = (float)(-n);
+        bnd[3 * kp + k] = (float)(ck + 1e-6 * fabs(ck));
+        bnd[4 * kp + k] = (float)(qk + 1e-6 * fabs(qk));
+        bnd[5 * kp + k] = (float)n;
         double log_det = 0.0;
         if (diag) {
             for (int e = 0; e < d; ++e) log_det += log(prec_chol[(long long)k * d + e]);
@@ -74,50 +98,69 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// A row's screened log-densities v_k = G~_k + c_k + q_k |x|^2 and their error bounds b_k
-// (natural log units): the product's U |f| |w_k| and the float32 rounding of the two adds.
+// A row's screened log-densities' bounds v_k -+ b_k (lks_norms). Rounded operations only:
+// every pass over a row must find the same candidates, and the vector and scalar forms the
+// same values.
 struct Screen {
-    const float* l;  // the row's G~ (kp)
-    const float4* cqw;
+    const float* l;    // the row's G~ (kp)
+    const float* bnd;  // (6, kp)
+    int kp;
     float sq, ufn;
-    // rounded operations only (never contracted into FMAs): every pass over a row must find
-    // the same candidates, whatever the compiler does with each inlined copy
-    __device__ __forceinline__ void at(int k, float& v, float& b) const {
-        const float4 t = cqw[k];
-        const float row = __fmul_rn(t.y, sq);
-        v = __fadd_rn(__fadd_rn(l[k], t.x), row);
-        b = __fmaf_rn(ufn, t.z, __fmul_rn(1e-6f, __fadd_rn(fabsf(t.x), fabsf(row))));
+    bool vec;  // four components per lane and load (the restarts' ranges 16-byte aligned)
+    __device__ __forceinline__ float eval(float g, float a, float b, float c) const {
+        return __fmaf_rn(ufn, c, __fmaf_rn(sq, b, __fadd_rn(g, a)));
     }
-    __device__ __forceinline__ float lower(float lo, float g, float4 t) const {
-        const float row = __fmul_rn(t.y, sq);
-        const float v = __fadd_rn(__fadd_rn(g, t.x), row);
-        const float b = __fmaf_rn(ufn, t.z, __fmul_rn(1e-6f, __fadd_rn(fabsf(t.x), fabsf(row))));
-        return v != __int_as_float(0xff800000) ? fmaxf(lo, __fsub_rn(v, b)) : lo;
-    }
-    // lo: the restart's max_k (v_k - b_k) (at most its true maximum). The row's first read of
-    // G~ (from memory): four components per lane and load where they are 16-byte aligned
+    // lo: the restart's max_k (v_k - b_k) (at most its true maximum)
     __device__ __forceinline__ float low(int c0, int c1, int lane) const {
         float lo = __int_as_float(0xff800000);
-        if (((c0 | c1) & 3) == 0 && ((size_t)l & 15) == 0) {
+        if (vec) {
             const float4* l4 = reinterpret_cast<const float4*>(l);
+            const float4* a4 = reinterpret_cast<const float4*>(bnd);
+            const float4* b4 = reinterpret_cast<const float4*>(bnd + kp);
+            const float4* c4 = reinterpret_cast<const float4*>(bnd + 2 * kp);
             for (int k4 = (c0 >> 2) + lane; k4 < (c1 >> 2); k4 += 32) {
-                const float4 g = l4[k4];
-                lo = lower(lo, g.x, cqw[4 * k4]);
-                lo = lower(lo, g.y, cqw[4 * k4 + 1]);
-                lo = lower(lo, g.z, cqw[4 * k4 + 2]);
-                lo = lower(lo, g.w, cqw[4 * k4 + 3]);
+                const float4 g = l4[k4], a = a4[k4], b = b4[k4], c = c4[k4];
+                lo = fmaxf(lo, eval(g.x, a.x, b.x, c.x));
+                lo = fmaxf(lo, eval(g.y, a.y, b.y, c.y));
+                lo = fmaxf(lo, eval(g.z, a.z, b.z, c.z));
+                lo = fmaxf(lo, eval(g.w, a.w, b.w, c.w));
             }
         } else {
-            for (int k = c0 + lane; k < c1; k += 32) lo = lower(lo, l[k], cqw[k]);
+            for (int k = c0 + lane; k < c1; k += 32)
+                lo = fmaxf(lo, eval(l[k], bnd[k], bnd[kp + k], bnd[2 * kp + k]));
         }
-        return warp_max(lo);
+        return warp_max(lo);  // -inf components (weight 0) drop out of the max
     }
-    // whether component k (< c1) may hold a responsibility of exp(-T) or more
-    __device__ __forceinline__ bool candidate(int k, int c1, float thr) const {
-        if (k >= c1) return false;
-        float v, b;
-        at(k, v, b);
-        return v != __int_as_float(0xff800000) && __fadd_rn(v, b) >= thr;
+    // The candidates of components [k0, k0 + span) (span = 32, or 128 with vec) as ballots:
+    // mask[e] bit j: component k0 + j (scalar) or k0 + 4 j + e (vec) has v + b >= thr.
+    __device__ __forceinline__ void ballots(int k0, int c1, float thr, int lane,
+                                            unsigned* mask) const {
+        if (vec) {
+            const int k = k0 + 4 * lane;
+            float4 u = make_float4(thr - 1.0f, thr - 1.0f, thr - 1.0f, thr - 1.0f);
+            if (k < c1) {
+                const float4 g = reinterpret_cast<const float4*>(l)[k >> 2];
+                const float4 a = reinterpret_cast<const float4*>(bnd + 3 * kp)[k >> 2];
+                const float4 b = reinterpret_cast<const float4*>(bnd + 4 * kp)[k >> 2];
+                const float4 c = reinterpret_cast<const float4*>(bnd + 5 * kp)[k >> 2];
+                u = make_float4(eval(g.x, a.x, b.x, c.x), eval(g.y, a.y, b.y, c.y),
+                                eval(g.z, a.z, b.z, c.z), eval(g.w, a.w, b.w, c.w));
+            }
+            mask[0] = __ballot_sync(0xffffffffu, u.x >= thr);
+            mask[1] = __ballot_sync(0xffffffffu, u.y >= thr);
+            mask[2] = __ballot_sync(0xffffffffu, u.z >= thr);
+            mask[3] = __ballot_sync(0xffffffffu, u.w >= thr);
+        } else {
+            const int k = k0 + lane;
+            const bool cand = k < c1 &&
+                              eval(l[k], bnd[3 * kp + k], bnd[4 * kp + k], bnd[5 * kp + k]) >= thr;
+            mask[0] = __ballot_sync(0xffffffffu, cand);
+            mask[1] = mask[2] = mask[3] = 0u;
+        }
+    }
+    __device__ __forceinline__ int span() const { return vec ? 128 : 32; }
+    __device__ __forceinline__ int component(int k0, int e, int j) const {
+        return vec ? k0 + 4 * j + e : k0 + j;
     }
 };
 
@@ -164,9 +207,9 @@ __device__ __forceinline__ double lse_of(double e, int n, int lane) {
 // rows are kept never depends on the order of the atomics).
 // ll_partial (warps of the grid, n_groups): each warp adds its kept rows' w_n lse (float64), in
 // a fixed order for a fixed grid: deterministic.
-__global__ void __launch_bounds__(LKS_NT)
+__global__ void __launch_bounds__(LKS_NT, LKS_SELECT_BLOCKS)
 lks_select(const float* __restrict__ L, long long rows, int kp, const float* __restrict__ X,
-           int d, bool diag, const float4* __restrict__ cqw, const double* __restrict__ means,
+           int d, bool diag, const float* __restrict__ bnd, const double* __restrict__ means,
            const double* __restrict__ prec_chol, const double* __restrict__ e0,
            const int* __restrict__ gs, int n_groups, const int* __restrict__ active,
            const float* __restrict__ sample_weight, float u, float margin, long long row0,
@@ -184,6 +227,9 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
     // one restart: its candidates' exact log-densities computed as they are found (two reads
     // of the row's G~); several: counted first, then computed (three reads)
     const bool one = n_groups == 1 && (active == nullptr || active[0]);
+    // four components per lane and load where every restart's range is 16-byte aligned
+    bool vec = (kp & 3) == 0 && (((size_t)L) & 15) == 0;
+    for (int g = 0; g <= n_groups; ++g) vec = vec && (gs[g] & 3) == 0;
     for (long long row = gw; row < rows; row += warps) {
         // the row in registers: feature lane + 32 t
         float xr[LKS_MAXD / 32];
@@ -200,29 +246,35 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
             sq += __shfl_xor_sync(0xffffffffu, sq, off);
             s4 += __shfl_xor_sync(0xffffffffu, s4, off);
         }
-        const lks::Screen sc{L + row * kp, cqw, sq, u * sqrtf(diag ? sq + s4 : sq) * 1.000001f};
+        const lks::Screen sc{L + row * kp, bnd, kp, sq, u * sqrtf(diag ? sq + s4 : sq) * 1.000001f,
+                             vec};
         int total = 0, mine = 0;
         double emine = 0.0;
         bool listed = false;
         if (one) {
             const int c0 = gs[0], c1 = gs[1];
             const float t = __fsub_rn(sc.low(c0, c1, lane), margin);
-            for (int k0 = c0; k0 < c1 && !listed; k0 += 32) {
-                unsigned mask = __ballot_sync(0xffffffffu, sc.candidate(k0 + lane, c1, t));
-                if (!mask) continue;
-                if (total + __popc(mask) > LKS_CMAX) {
+            for (int k0 = c0; k0 < c1 && !listed; k0 += sc.span()) {
+                unsigned mask[4];
+                sc.ballots(k0, c1, t, lane, mask);
+                const int found =
+                    __popc(mask[0]) + __popc(mask[1]) + __popc(mask[2]) + __popc(mask[3]);
+                if (!found) continue;
+                if (total + found > LKS_CMAX) {
                     listed = true;
                     break;
                 }
-                while (mask) {
-                    const int kk = k0 + __ffs(mask) - 1;
-                    mask &= mask - 1;
-                    const double e = lks::exact(xr, kk, d, diag, means, prec_chol, e0, lane);
-                    if (lane == total) {
-                        mine = kk;
-                        emine = e;
+                for (int e = 0; e < 4; ++e) {
+                    while (mask[e]) {
+                        const int kk = sc.component(k0, e, __ffs(mask[e]) - 1);
+                        mask[e] &= mask[e] - 1;
+                        const double ex = lks::exact(xr, kk, d, diag, means, prec_chol, e0, lane);
+                        if (lane == total) {
+                            mine = kk;
+                            emine = ex;
+                        }
+                        ++total;
                     }
-                    ++total;
                 }
             }
             listed = listed || total == 0;
@@ -234,8 +286,11 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
                 const float t = __fsub_rn(sc.low(c0, c1, lane), margin);
                 if (lane == 0) thr[g] = t;
                 int n = 0;
-                for (int k0 = c0; k0 < c1; k0 += 32)
-                    n += __popc(__ballot_sync(0xffffffffu, sc.candidate(k0 + lane, c1, t)));
+                for (int k0 = c0; k0 < c1; k0 += sc.span()) {
+                    unsigned mask[4];
+                    sc.ballots(k0, c1, t, lane, mask);
+                    n += __popc(mask[0]) + __popc(mask[1]) + __popc(mask[2]) + __popc(mask[3]);
+                }
                 if (n == 0 || n > LKS_CMAX) listed = true;
                 total += n;
             }
@@ -269,17 +324,20 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
             const int c0 = gs[g], c1 = gs[g + 1];
             const float t = thr[g];
             int n = 0;
-            for (int k0 = c0; k0 < c1; k0 += 32) {
-                unsigned mask = __ballot_sync(0xffffffffu, sc.candidate(k0 + lane, c1, t));
-                while (mask) {
-                    const int kk = k0 + __ffs(mask) - 1;
-                    mask &= mask - 1;
-                    const double e = lks::exact(xr, kk, d, diag, means, prec_chol, e0, lane);
-                    if (lane == n) {
-                        mine = kk;
-                        emine = e;
+            for (int k0 = c0; k0 < c1; k0 += sc.span()) {
+                unsigned mask[4];
+                sc.ballots(k0, c1, t, lane, mask);
+                for (int e = 0; e < 4; ++e) {
+                    while (mask[e]) {
+                        const int kk = sc.component(k0, e, __ffs(mask[e]) - 1);
+                        mask[e] &= mask[e] - 1;
+                        const double ex = lks::exact(xr, kk, d, diag, means, prec_chol, e0, lane);
+                        if (lane == n) {
+                            mine = kk;
+                            emine = ex;
+                        }
+                        ++n;
                     }
-                    ++n;
                 }
             }
             const double lse = lks::lse_of(emine, n, lane);
