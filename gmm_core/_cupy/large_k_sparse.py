@@ -158,8 +158,11 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> t
         cap = int(max(min(PAIRS_PER_ROW * n * max(n_active, 1), room), 4096))
         keys = cupy.empty(cap, dtype=cupy.uint64)
         rv = cupy.empty(cap, dtype=f64)
-        counters = cupy.zeros(2, dtype=cupy.uint64)  # pairs reserved, rows listed
-        counts = cupy.zeros(rk, dtype=cupy.int32)
+        # one buffer, one copy to the host: pairs reserved, rows listed (uint64), then the
+        # pairs per component (int32)
+        state = cupy.zeros(2 + -(-rk // 2), dtype=cupy.uint64)
+        counters = state[:2]
+        counts = state[2:].view(cupy.int32)[:rk]
         listed = cupy.empty(n, dtype=cupy.int32)
         ll_sparse.data.memset_async(0, ll_sparse.nbytes)
         rowbase = cupy.empty(n, dtype=cupy.int64)
@@ -191,7 +194,8 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> t
                 ),
             )  # fmt: skip
         step("sync")
-        used, n_listed = (int(v) for v in counters.get())
+        state_h = state.get()
+        used, n_listed = int(state_h[0]), int(state_h[1])
         if used > cap:  # the pairs did not fit: the whole chunk through the dense pass
             step("overflowed chunk")
             seen["rows"] += n
@@ -199,7 +203,7 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> t
             dense.add(chunk, weights)
             continue
         loglik += ll_sparse.sum(axis=0)
-        counts_h = counts.get().astype(np.int64)
+        counts_h = state_h[2:].view(np.int32)[:rk].astype(np.int64)
         offsets = np.zeros(rk + 1, dtype=np.int64)
         np.cumsum(counts_h, out=offsets[1:])
         nnz = int(offsets[-1])
