@@ -37,14 +37,17 @@ from .kernels import KernelRef, kernel_ref, load_kernel
 
 SOURCE = "em_largek_sparse.cu"
 KERNELS = (
-    "lks_norms", "lks_select", "lks_pack", "lks_order_keys", "lks_reduce", "lks_combine",
+    "lks_norms", "lks_select", "lks_order", "lks_order_keys", "lks_reduce", "lks_combine",
     "lks_gather",
 )  # fmt: skip
-#: blocks of ``lks_select`` per SM: its launch bounds (``LKS_SELECT_BLOCKS``: 4 blocks of 256
-#: threads, 64 registers each; measured faster than 3 without spills)
-SELECT_BLOCKS_PER_SM = 4
+#: blocks of ``lks_select`` per SM: its launch bounds (``LKS_SELECT_BLOCKS``: 3 blocks of 256
+#: threads, 80 registers each, no spills)
+SELECT_BLOCKS_PER_SM = 3
 #: pairs per ``lks_reduce`` block (a component's pairs split into runs of this many)
 ITEM_PAIRS = 256
+#: how the pairs are put in key order: "keys" (sort the keys alone, find each one's
+#: responsibility in its row's pairs) or "argsort" (an index sort)
+SORT = "keys"
 #: bound on the TF32 screening product's relative error, |G~ - G| <= U |f| |w_k|: operands
 #: read to 2^-10 each and float32 sums, times two
 U = 2.0**-8
@@ -52,10 +55,8 @@ U = 2.0**-8
 #: (a row in a warp's registers)
 MAX_GROUPS = 32
 MAX_FEATURES = 256
-#: pairs held per row and active restart (beyond, the data chunk goes through the dense pass)
+#: pairs held per row and active restart (beyond, rows are listed for the dense pass)
 PAIRS_PER_ROW = 4
-#: most candidates per row and restart (``LKS_CMAX``; beyond, the row is listed)
-CMAX = 32
 #: bytes per pair: key and r, the sort's index and temporaries, the ordered row and r
 PAIR_BYTES = 48
 _OP_N, _OP_T = 0, 1
@@ -144,8 +145,7 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> t
     # lks_select: one wave of blocks, a float64
     # log-likelihood partial per warp and restart
     select_blocks = SELECT_BLOCKS_PER_SM * lk.config.n_sm
-    n_warps = select_blocks * 8
-    ll_sparse = lk.scratch.get("lks_ll", (n_warps, R), f64)
+    ll_sparse = lk.scratch.get("lks_ll", (select_blocks * 8, R), f64)
     loglik = cupy.zeros(R, dtype=f64)
     t = np.float32(margin(data.n_samples, data.total_weight or 0.0))
     n_active = R if active is None else int(np.count_nonzero(cupy.asnumpy(active)))
@@ -154,21 +154,15 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> t
     for chunk, weights in weighted_chunks(data):
         chunk = cupy.ascontiguousarray(chunk)
         n = chunk.shape[0]
-        # each warp of lks_select fills its own region of pairs: PAIRS_PER_ROW per row and
-        # restart it takes (and a whole row's most), within the scratch allowance
         room = scratch_bytes(data, lk.budget()) // PAIR_BYTES
-        per_warp = sum(-(-min(rows_max, n - s) // n_warps) for s in range(0, n, rows_max))
-        groups = max(n_active, 1)
-        want = (PAIRS_PER_ROW * per_warp + CMAX) * groups
-        region = int(max(min(want, room // n_warps), 1))
-        keys = cupy.empty(region * n_warps, dtype=cupy.uint64)
-        rv = cupy.empty(region * n_warps, dtype=f64)
-        # one buffer, one copy to the host: overflowed (uint64), rows listed (uint64), the
-        # pairs per component (int32), the pairs per warp (int64)
-        n_counts = -(-rk // 2)
-        state = cupy.zeros(2 + n_counts + n_warps, dtype=cupy.uint64)
-        counts = state[2 : 2 + n_counts].view(cupy.int32)[:rk]
-        warp_used = state[2 + n_counts :].view(cupy.int64)
+        cap = int(max(min(PAIRS_PER_ROW * n * max(n_active, 1), room), 4096))
+        keys = cupy.empty(cap, dtype=cupy.uint64)
+        rv = cupy.empty(cap, dtype=f64)
+        # one buffer, one copy to the host: pairs reserved, rows listed (uint64), then the
+        # pairs per component (int32)
+        state = cupy.zeros(2 + -(-rk // 2), dtype=cupy.uint64)
+        counters = state[:2]
+        counts = state[2:].view(cupy.int32)[:rk]
         listed = cupy.empty(n, dtype=cupy.int32)
         ll_sparse.data.memset_async(0, ll_sparse.nbytes)
         rowbase = cupy.empty(n, dtype=cupy.int64)
@@ -195,22 +189,21 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> t
                 (
                     dense.logits, np.int64(rows), np.int32(kp), x, np.int32(D), np.bool_(diag),
                     bnd, means, prec_chol, e0, dense.groups, np.int32(R), dense.act, w,
-                    np.float32(U), t, np.int64(start), keys, rv, np.int64(region), warp_used,
-                    state[:1], counts, listed, state[1:2].view(cupy.uint32), ll_sparse, rowbase,
+                    np.float32(U), t, np.int64(start), keys, rv, np.int64(cap), counters, counts,
+                    listed, counters[1:].view(cupy.uint32), ll_sparse, rowbase,
                 ),
             )  # fmt: skip
         step("sync")
         state_h = state.get()
-        overflowed, n_listed = bool(state_h[0]), int(state_h[1])
-        if overflowed:  # the pairs did not fit: the whole chunk through the dense pass
+        used, n_listed = int(state_h[0]), int(state_h[1])
+        if used > cap:  # the pairs did not fit: the whole chunk through the dense pass
             step("overflowed chunk")
             seen["rows"] += n
             seen["listed"] += n
             dense.add(chunk, weights)
             continue
         loglik += ll_sparse.sum(axis=0)
-        counts_h = state_h[2 : 2 + n_counts].view(np.int32)[:rk].astype(np.int64)
-        used_h = state_h[2 + n_counts :].view(np.int64)
+        counts_h = state_h[2:].view(np.int32)[:rk].astype(np.int64)
         offsets = np.zeros(rk + 1, dtype=np.int64)
         np.cumsum(counts_h, out=offsets[1:])
         nnz = int(offsets[-1])
@@ -222,18 +215,16 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> t
             rows_s = cupy.empty(nnz, dtype=cupy.int32)
             r_s = cupy.empty(nnz, dtype=f64)
             grid = (max(1, min(-(-nnz // 256), blocks)),)
-            packed_offsets = np.zeros(n_warps, dtype=np.int64)
-            np.cumsum(used_h[:-1], out=packed_offsets[1:])
-            packed = cupy.empty(nnz, dtype=cupy.uint64)
-            kern["lks_pack"](
-                (n_warps,), (256,),
-                (keys, np.int64(region), warp_used, cupy.asarray(packed_offsets), packed),
-            )  # fmt: skip
-            ordered = cupy.sort(packed)  # radix
-            step("order")
-            kern["lks_order_keys"](
-                grid, (256,), (ordered, keys, rv, rowbase, np.int64(nnz), rows_s, r_s)
-            )
+            if SORT == "keys":
+                ordered = cupy.sort(keys[:used])  # radix
+                step("order")
+                kern["lks_order_keys"](
+                    grid, (256,), (ordered, keys, rv, rowbase, np.int64(nnz), rows_s, r_s)
+                )
+            else:
+                perm = cupy.argsort(keys[:used])
+                step("order")
+                kern["lks_order"](grid, (256,), (keys, perm, rv, np.int64(nnz), rows_s, r_s))
             step("reduce")
             _reduce(dense, kern, rows_s, r_s, offsets, counts_h, chunk)
         if n_listed:

@@ -30,8 +30,7 @@
 //
 //   lks_norms  : the screen's bounds per component and the exact density's constant
 //   lks_select : step 2
-//   lks_pack, lks_order_keys : step 3 (the warps' regions packed for the sort; the sorted
-//                keys' rows and responsibilities laid out)
+//   lks_order  : step 3's layout (lks_order_keys: from the sorted keys alone)
 //   lks_reduce, lks_combine : step 4
 //   lks_gather : the listed rows (and their weights) packed for the dense pass
 #include "tc.cuh"
@@ -41,14 +40,9 @@
 #endif
 // most candidates per row and restart: one per lane
 #define LKS_CMAX 32
-// float4s of a row's G~ lks_select keeps in registers (one restart of up to 128 LKS_REG4
-// components; more take two reads of the row)
-#ifndef LKS_REG4
-#define LKS_REG4 8
-#endif
 // lks_select's blocks per SM (its launch bounds; large_k_sparse.SELECT_BLOCKS_PER_SM)
 #ifndef LKS_SELECT_BLOCKS
-#define LKS_SELECT_BLOCKS 4
+#define LKS_SELECT_BLOCKS 3
 #endif
 // most features a warp holds in registers (8 per lane)
 #define LKS_MAXD 256
@@ -219,11 +213,10 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
            const double* __restrict__ prec_chol, const double* __restrict__ e0,
            const int* __restrict__ gs, int n_groups, const int* __restrict__ active,
            const float* __restrict__ sample_weight, float u, float margin, long long row0,
-           unsigned long long* __restrict__ keys, double* __restrict__ rv, long long region,
-           long long* __restrict__ warp_used, unsigned long long* __restrict__ overflowed,
-           int* __restrict__ counts, int* __restrict__ overflow,
-           unsigned int* __restrict__ n_overflow, double* __restrict__ ll_partial,
-           long long* __restrict__ rowbase) {
+           unsigned long long* __restrict__ keys, double* __restrict__ rv, long long cap,
+           unsigned long long* __restrict__ n_pairs, int* __restrict__ counts,
+           int* __restrict__ overflow, unsigned int* __restrict__ n_overflow,
+           double* __restrict__ ll_partial, long long* __restrict__ rowbase) {
     __shared__ float thr_s[LKS_NT / 32][32];
     const int lane = threadIdx.x & 31;
     const int wpb = blockDim.x >> 5;
@@ -231,9 +224,6 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
     const long long gw = (long long)blockIdx.x * wpb + (threadIdx.x >> 5);
     const long long warps = (long long)gridDim.x * wpb;
     double* llw = ll_partial + gw * n_groups;
-    // this warp's pairs: its own region of keys / rv, filled from the front (no atomics)
-    long long used = warp_used[gw];
-    const long long region0 = gw * region;
     // one restart: its candidates' exact log-densities computed as they are found (two reads
     // of the row's G~); several: counted first, then computed (three reads)
     const bool one = n_groups == 1 && (active == nullptr || active[0]);
@@ -261,81 +251,31 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
         int total = 0, mine = 0;
         double emine = 0.0;
         bool listed = false;
-        // the candidates of one ballot set (lks::Screen::ballots) computed exactly, lane j
-        // keeping the j-th; false when they would exceed LKS_CMAX
-        auto take = [&](unsigned* mask, int k0, bool vmap) {
-            const int found =
-                __popc(mask[0]) + __popc(mask[1]) + __popc(mask[2]) + __popc(mask[3]);
-            if (!found) return true;
-            if (total + found > LKS_CMAX) return false;
-            for (int e = 0; e < 4; ++e) {
-                while (mask[e]) {
-                    const int j = __ffs(mask[e]) - 1;
-                    const int kk = vmap ? k0 + 4 * j + e : k0 + j;
-                    mask[e] &= mask[e] - 1;
-                    const double ex = lks::exact(xr, kk, d, diag, means, prec_chol, e0, lane);
-                    if (lane == total) {
-                        mine = kk;
-                        emine = ex;
-                    }
-                    ++total;
-                }
-            }
-            return true;
-        };
-        if (one && vec && gs[1] - gs[0] <= 128 * LKS_REG4) {
-            // the row's G~ in registers (LKS_REG4 float4 per lane, all loads in flight at
-            // once): both passes read it once
-            const int q0 = gs[0] >> 2, q1 = gs[1] >> 2;
-            const float4* l4 = reinterpret_cast<const float4*>(sc.l);
-            const float4* bnd4 = reinterpret_cast<const float4*>(bnd);
-            const int kq = kp >> 2;
-            float4 gl[LKS_REG4];
-#pragma unroll
-            for (int j = 0; j < LKS_REG4; ++j) {
-                const int k4 = q0 + lane + 32 * j;
-                if (k4 < q1) gl[j] = l4[k4];
-            }
-            float lo = __int_as_float(0xff800000);
-#pragma unroll
-            for (int j = 0; j < LKS_REG4; ++j) {
-                const int k4 = q0 + lane + 32 * j;
-                if (k4 < q1) {
-                    const float4 a = bnd4[k4], b = bnd4[kq + k4], c = bnd4[2 * kq + k4];
-                    lo = fmaxf(lo, sc.eval(gl[j].x, a.x, b.x, c.x));
-                    lo = fmaxf(lo, sc.eval(gl[j].y, a.y, b.y, c.y));
-                    lo = fmaxf(lo, sc.eval(gl[j].z, a.z, b.z, c.z));
-                    lo = fmaxf(lo, sc.eval(gl[j].w, a.w, b.w, c.w));
-                }
-            }
-            const float t = __fsub_rn(lks::warp_max(lo), margin);
-#pragma unroll
-            for (int j = 0; j < LKS_REG4; ++j) {
-                if (listed || q0 + 32 * j >= q1) break;  // uniform
-                const int k4 = q0 + lane + 32 * j;
-                float4 u = make_float4(t - 1.0f, t - 1.0f, t - 1.0f, t - 1.0f);
-                if (k4 < q1) {
-                    const float4 a = bnd4[3 * kq + k4], b = bnd4[4 * kq + k4];
-                    const float4 c = bnd4[5 * kq + k4];
-                    u = make_float4(sc.eval(gl[j].x, a.x, b.x, c.x),
-                                    sc.eval(gl[j].y, a.y, b.y, c.y),
-                                    sc.eval(gl[j].z, a.z, b.z, c.z),
-                                    sc.eval(gl[j].w, a.w, b.w, c.w));
-                }
-                unsigned mask[4] = {__ballot_sync(0xffffffffu, u.x >= t),
-                                    __ballot_sync(0xffffffffu, u.y >= t),
-                                    __ballot_sync(0xffffffffu, u.z >= t),
-                                    __ballot_sync(0xffffffffu, u.w >= t)};
-                listed = !take(mask, 4 * (q0 + 32 * j), true);
-            }
-            listed = listed || total == 0;
-        } else if (one) {
+        if (one) {
             const int c0 = gs[0], c1 = gs[1];
             const float t = __fsub_rn(sc.low(c0, c1, lane), margin);
             for (int k0 = c0; k0 < c1 && !listed; k0 += sc.span()) {
                 unsigned mask[4];
                 sc.ballots(k0, c1, t, lane, mask);
-                listed = !take(mask, k0, sc.vec);
+                const int found =
+                    __popc(mask[0]) + __popc(mask[1]) + __popc(mask[2]) + __popc(mask[3]);
+                if (!found) continue;
+                if (total + found > LKS_CMAX) {
+                    listed = true;
+                    break;
+                }
+                for (int e = 0; e < 4; ++e) {
+                    while (mask[e]) {
+                        const int kk = sc.component(k0, e, __ffs(mask[e]) - 1);
+                        mask[e] &= mask[e] - 1;
+                        const double ex = lks::exact(xr, kk, d, diag, means, prec_chol, e0, lane);
+                        if (lane == total) {
+                            mine = kk;
+                            emine = ex;
+                        }
+                        ++total;
+                    }
+                }
             }
             listed = listed || total == 0;
         } else {
@@ -360,12 +300,10 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
             if (lane == 0) overflow[atomicAdd(n_overflow, 1u)] = (int)(row0 + row);
             continue;
         }
-        if (used + total > region) {  // the chunk goes through the dense pass
-            if (lane == 0) *overflowed = 1ull;
-            continue;
-        }
-        long long base = region0 + used;
-        used += total;
+        unsigned long long b0 = 0;
+        if (lane == 0) b0 = atomicAdd(n_pairs, (unsigned long long)total);
+        long long base = (long long)__shfl_sync(0xffffffffu, b0, 0);
+        if (base + total > cap) continue;  // the chunk goes through the dense pass
         if (lane == 0) rowbase[row0 + row] = base;
         const float wrow = sample_weight != nullptr ? sample_weight[row] : 1.0f;
         const unsigned long long rkey = (unsigned long long)(row0 + row);
@@ -412,18 +350,20 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
             if (lane == 0) llw[g] += (double)wrow * lse;
         }
     }
-    if (lane == 0) warp_used[gw] = used;
 }
 
-// One block per warp region of lks_select: its used keys packed, in region order, from
-// packed_offsets[w] (for the sort).
+// One thread per pair, grid-stride: the pairs in key order (perm: the sort's order) as row
+// indices and responsibilities, contiguous for lks_reduce.
 __global__ void __launch_bounds__(LKS_NT)
-lks_pack(const unsigned long long* __restrict__ keys, long long region,
-         const long long* __restrict__ warp_used, const long long* __restrict__ packed_offsets,
-         unsigned long long* __restrict__ packed) {
-    const long long w = blockIdx.x, n = warp_used[w];
-    for (long long i = threadIdx.x; i < n; i += blockDim.x)
-        packed[packed_offsets[w] + i] = keys[w * region + i];
+lks_order(const unsigned long long* __restrict__ keys, const long long* __restrict__ perm,
+          const double* __restrict__ rv, long long n, int* __restrict__ rows_out,
+          double* __restrict__ r_out) {
+    for (long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x; p < n;
+         p += (long long)gridDim.x * blockDim.x) {
+        const long long i = perm[p];
+        rows_out[p] = (int)(keys[i] & 0xffffffffull);
+        r_out[p] = rv[i];
+    }
 }
 
 // One thread per pair, grid-stride: the keys sorted (thrust's radix sort of the keys alone),

@@ -371,7 +371,7 @@ def test_a_chunk_past_the_pairs_capacity_goes_through_the_dense_pass(cov, monkey
     whose pairs overflow the capacity is taken whole by the dense pass."""
     from gmm_core._cupy import large_k_sparse
 
-    monkeypatch.setattr(large_k_sparse, "PAIR_BYTES", 1 << 40)  # capacity: one pair per warp
+    monkeypatch.setattr(large_k_sparse, "PAIR_BYTES", 1 << 40)  # capacity: the floor, 4096 pairs
     X = _data(12_000, 64, 64, seed=15)
     params = _params(X, cov, 256, 2, seed=16)
     stats, listed = _sparse_counts(monkeypatch, X, cov, params)
