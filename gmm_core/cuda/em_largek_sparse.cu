@@ -42,7 +42,7 @@
 #define LKS_CMAX 32
 // lks_select's blocks per SM (its launch bounds; large_k_sparse.SELECT_BLOCKS_PER_SM)
 #ifndef LKS_SELECT_BLOCKS
-#define LKS_SELECT_BLOCKS 3
+#define LKS_SELECT_BLOCKS 4
 #endif
 // most features a warp holds in registers (8 per lane)
 #define LKS_MAXD 256
