@@ -21,7 +21,7 @@ from gmm_core._device import cupy_unavailable_reason
 from gmm_core._warmup import DEFAULT_SHAPES, SHAPES_ENV, parse_shape
 
 pytest.importorskip("gmm_core._cupy")
-from gmm_core._cupy import CupyData, CupyEngine, LaunchConfig, kernels  # noqa: E402
+from gmm_core._cupy import CupyData, CupyEngine, LaunchConfig, kernels, large_k_sparse  # noqa: E402
 from gmm_core._cupy.kernels import KernelRef, kernel_ref  # noqa: E402
 from gmm_core._warmup import kernels_for_shapes  # noqa: E402
 
@@ -218,12 +218,18 @@ def test_where_occupancy_decides_the_tail_reduction_both_pass_variants_are_liste
 def test_tied_fits_compile_the_loop_bookkeeping_and_wide_ones_the_large_k_pass():
     loop = ["em_update"]
     gemms = ["lk_features", "lk_weights", "lk_rows", "lk_flush"]
+    # the screened pass (the default) and the float32 GEMMs it sends listed rows through
+    screened = [*large_k_sparse.KERNELS, *gemms]
     assert names(SM90, "tied", np.float64, 6, 4, 3, 10**5) == loop
-    assert names(SM90, "spherical", np.float32, 128, 1024, 1, 10**6) == gemms + loop
+    assert names(SM90, "spherical", np.float32, 128, 1024, 1, 10**6) == screened + loop
     assert names(SM90, "diag", np.float64, 128, 1024, 1, 10**6) == loop  # float64: GEMM path
     # past the fused passes' 32 features, 64 components and more take the large-K pass
-    assert names(SM90, "diag", np.float32, 40, 64, 1, 10**6) == gemms + loop
+    assert names(SM90, "diag", np.float32, 40, 64, 1, 10**6) == screened + loop
     assert names(SM90, "diag", np.float32, 40, 63, 1, 10**6) == loop
+    # without the screen (GMM_CORE_LARGE_K_SPARSE=0), and past its 256 features: the GEMMs
+    off = dataclasses.replace(SM90, large_k_sparse=False)
+    assert names(off, "spherical", np.float32, 128, 1024, 1, 10**6) == gemms + loop
+    assert names(SM90, "diag", np.float32, 257, 1024, 1, 10**6) == gemms + loop
     # opted into the fused kernels (GMM_CORE_LARGE_K_FUSED=1): up to 256 features, 32-component
     # blocks at 256 diag features; past 256, cuBLAS GEMMs
     on = dataclasses.replace(SM90, large_k_fused=True)
