@@ -1,0 +1,148 @@
+"""The screened large-K pass's arithmetic on the CPU (``gmm_core/cuda/em_largek_sparse.cu``).
+
+Its correctness rests on one claim: the TF32 screening product is within
+``U |f| |w_k|`` of the exact one, so the components it drops all have responsibilities below
+``exp(-T)``. These tests emulate the product as the tensor cores compute it at its worst (each
+operand truncated to TF32, every float32 partial sum rounded toward zero) and the kernel's
+float32 bound arithmetic, and check the claim on data like the benchmark's and on operands
+built to make the rounding add up. The device tests (``tests/gpu/test_gpu_large_k.py``) check
+the whole pass against float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gmm_core._cupy")
+from gmm_core._cupy import large_k_sparse  # noqa: E402
+
+
+def _tf32_truncated(a: np.ndarray) -> np.ndarray:
+    """float32 values with the 13 mantissa bits TF32 drops cleared (the worse of its readings)."""
+    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32) & np.uint32(0xFFFFE000)
+    return bits.view(np.float32)
+
+
+def _toward_zero(exact: np.ndarray) -> np.ndarray:
+    """float64 values rounded to float32 toward zero."""
+    y = exact.astype(np.float32)
+    over = np.abs(y.astype(np.float64)) > np.abs(exact)
+    y[over] = np.nextafter(y[over], np.float32(0))
+    return y
+
+
+def _screen(f: np.ndarray, w: np.ndarray, k_step: int = 8) -> np.ndarray:
+    """``f . w^T`` as a TF32 tensor core at its worst: operands truncated, a float32 sum
+    rounded toward zero after every k-step of ``k_step`` exact products."""
+    ft, wt = _tf32_truncated(f).astype(np.float64), _tf32_truncated(w).astype(np.float64)
+    acc = np.zeros((f.shape[0], w.shape[0]), dtype=np.float32)
+    for j in range(0, f.shape[1], k_step):
+        part = ft[:, j : j + k_step] @ wt[:, j : j + k_step].T
+        acc = _toward_zero(acc.astype(np.float64) + part)
+    return acc
+
+
+def _clustered(n: int, d: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``bench_large_k``'s data (clusters of sd 0.7 around centres of sd 2, centred), means on
+    random rows and precisions 1 / (var / 2)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=2.0, size=(k, d))
+    X = centres[rng.integers(k, size=n)] + rng.normal(scale=0.7, size=(n, d))
+    X = (X - X.mean(axis=0)).astype(np.float32)
+    means = X[rng.choice(n, size=k, replace=False)].astype(np.float64)
+    prec = np.full(k, 1.0 / (0.5 * float(X.astype(np.float64).var(axis=0).mean())))
+    return X, means, prec
+
+
+def _operands(X, means, prec, cov):
+    """The screen's operands as ``lk_weights`` / ``lks_norms`` build them: f, w, c, q."""
+    Xd = X.astype(np.float64)
+    p = np.repeat(prec[:, None], X.shape[1], axis=1)
+    if cov == "diag":
+        f = np.concatenate([X, X * X], axis=1).astype(np.float32)
+        w = np.concatenate([means * p, -0.5 * p], axis=1)
+        q = np.zeros(len(prec))
+    else:
+        f = X
+        w = means * p
+        q = -0.5 * prec
+    c = -0.5 * (means**2 * p).sum(axis=1) + 0.5 * np.log(p).sum(axis=1)
+    c += math.log(1.0 / len(prec)) - 0.5 * X.shape[1] * math.log(2 * math.pi)
+    exact = Xd @ (means * p).T - 0.5 * (Xd**2) @ p.T + c
+    return f, w.astype(np.float32), c.astype(np.float32), q.astype(np.float32), exact
+
+
+@pytest.mark.parametrize("cov", ["spherical", "diag"])
+def test_the_screening_product_is_within_its_bound_on_clustered_data(cov):
+    X, means, prec = _clustered(512, 128, 256, seed=1)
+    f, w, _, _, _ = _operands(X, means, prec, cov)
+    got = _screen(f, w).astype(np.float64)
+    want = f.astype(np.float64) @ w.astype(np.float64).T
+    bound = large_k_sparse.U * np.outer(np.linalg.norm(f.astype(np.float64), axis=1),
+                                        np.linalg.norm(w.astype(np.float64), axis=1))  # fmt: skip
+    ratio = np.abs(got - want) / bound
+    assert ratio.max() < 0.5  # U holds twice over
+    assert ratio.max() > 1e-3  # and the emulation does round: the check can fail
+
+
+def test_the_bound_holds_where_every_rounding_pulls_the_same_way():
+    """Parallel operands whose every value loses the most TF32 can drop (mantissas just
+    below a TF32 step), all positive: the truncations and the toward-zero sums add up."""
+    step = np.float32(1.0 + 2.0**-10 - 2.0**-23)  # TF32 keeps 1.0: loses ~2^-10
+    rng = np.random.default_rng(2)
+    scale = np.float32(2.0) ** rng.integers(-3, 4, size=256).astype(np.float32)
+    f = (step * scale)[None, :].astype(np.float32)
+    w = (step * scale)[None, :].astype(np.float32)
+    got = float(_screen(f, w)[0, 0])
+    want = float((f.astype(np.float64) @ w.astype(np.float64).T)[0, 0])
+    bound = large_k_sparse.U * float(np.linalg.norm(f) * np.linalg.norm(w))
+    assert abs(got - want) > 0.25 * bound  # the worst case comes near U / 2
+    assert abs(got - want) <= bound
+
+
+@pytest.mark.parametrize("cov", ["spherical", "diag"])
+def test_every_component_the_screen_drops_has_a_responsibility_below_exp_minus_t(cov):
+    """``lks_select``'s rule in the kernel's float32 arithmetic: bounds from ``lks_norms``'
+    (A, B, C) terms, ``lo = max (v - b)``, candidates ``v + b >= lo - T``; every component
+    left out, in float64, within ``exp(-T)`` of nothing."""
+    X, means, prec = _clustered(2048, 64, 256, seed=3)
+    f, w, c, q, exact = _operands(X, means, prec, cov)
+    g = _screen(f, w)
+    f64 = f.astype(np.float64)
+    ufn = np.float32(large_k_sparse.U) * np.linalg.norm(f64, axis=1).astype(np.float32)
+    sq = (X.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
+    n = np.float32(np.linalg.norm(w.astype(np.float64), axis=1) * (1 + 1e-4))
+    cd, qd = c.astype(np.float64), q.astype(np.float64)
+    lo_a, hi_a = (
+        (cd - 1e-6 * np.abs(cd)).astype(np.float32),
+        (cd + 1e-6 * np.abs(cd)).astype(np.float32),
+    )
+    lo_b, hi_b = (
+        (qd - 1e-6 * np.abs(qd)).astype(np.float32),
+        (qd + 1e-6 * np.abs(qd)).astype(np.float32),
+    )
+
+    def chain(a, b, cc):  # fma(ufn, C, fma(sq, B, G + A)) in float32 (products exact in float64)
+        inner = (g + a[None, :]).astype(np.float32).astype(np.float64)
+        inner = (sq[:, None].astype(np.float64) * b[None, :] + inner).astype(np.float32)
+        return (ufn[:, None].astype(np.float64) * cc[None, :] + inner).astype(np.float32)
+
+    lower, upper = chain(lo_a, lo_b, -n), chain(hi_a, hi_b, n)
+    t = np.float32(large_k_sparse.margin(len(X), len(X)))
+    keep = upper >= (lower.max(axis=1) - t)[:, None]
+    lse = exact.max(axis=1) + np.log(np.exp(exact - exact.max(axis=1, keepdims=True)).sum(axis=1))
+    log_r = exact - lse[:, None]
+    assert (log_r[~keep] < -float(t)).all()
+    # a screen: most components dropped (rows near a mean keep one or two; rows of the clusters
+    # no mean started in keep dozens, the pass lists those beyond 32)
+    assert keep.mean() < 0.1 and np.median(keep.sum(axis=1)) <= 3
+
+
+def test_the_margin_keeps_what_is_skipped_below_a_float32_ulp_of_one_sample():
+    for n in (1_000, 1 << 20, 10**9):
+        t = large_k_sparse.margin(n, 0.0)
+        assert n * math.exp(-t) <= 2.0**-24 * (1 + 1e-9)
+    assert large_k_sparse.margin(10, 5e6) == large_k_sparse.margin(5_000_000, 0.0)
