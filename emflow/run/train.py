@@ -40,6 +40,20 @@ def _backend_for(requested: str, settings: Settings) -> str:
     return requested
 
 
+def _require_device(backend: str) -> None:
+    """Refuse a GPU backend on a worker without a usable GPU, naming the fix.
+
+    A retry cannot give this worker a GPU, so the step fails at once (a ``SettingsError``: no
+    Airflow retry) instead of after three retries and their back-off.
+    """
+    if backend in ("cupy", "multigpu") and (reason := _gpu_unavailable_reason()):
+        raise SettingsError(
+            f"backend={backend!r} needs a usable GPU on the worker that runs train, and this "
+            f"one has none ({reason}). Run train on a GPU worker (the 'gpu' queue), or set the "
+            "run's backend param to 'auto' (falls back to NumPy) or 'numpy'"
+        )
+
+
 @contextlib.contextmanager
 def _compute_context(backend: str, settings: Settings) -> Iterator[None]:
     """Make the configured Dask scheduler the active client while a ``dask`` fit runs."""
@@ -103,6 +117,7 @@ def train_challenger(
     from validation.drift import summarize_reference, write_reference
 
     settings = settings_for(request, settings)
+    _require_device(_backend_for(request.backend, settings))
     started = time.perf_counter()
     X = pd.read_parquet(split.train_path).to_numpy(dtype=np.float64)
     ages = _train_ages(split, X.shape[0])

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from support.batches import three_clusters_batch
 
-from emflow.config import Settings
+from emflow.config import Settings, SettingsError
 from emflow.run.params import DEFAULT_PARAMS
 from emflow.run.request import (
     WindowError,
@@ -426,6 +426,31 @@ def test_a_quarantine_conflict_fails_the_run_without_retry(tmp_path, monkeypatch
     write_bad_batch("nan", source, start="2026-11-20", end="2026-11-21", seed=5)
     with pytest.raises(steps.RunFailed, match="quarantine refused: .* without a manifest"):
         steps.validate(request)
+
+
+@pytest.mark.parametrize("backend", ["cupy", "multigpu"])
+def test_a_gpu_backend_on_a_worker_without_a_gpu_fails_without_retry(
+    backend, settings, monkeypatch
+):
+    """backend=cupy on a worker without a usable GPU was retried three times, with back-off,
+    before the run failed: no retry gives the worker a GPU. The step fails at once (RunFailed:
+    Airflow's no-retry failure) and names the fix."""
+    from emflow.run import steps
+    from emflow.run import train as train_module
+
+    monkeypatch.setattr(train_module, "_gpu_unavailable_reason", lambda: "no CUDA GPU (test)")
+    request, validated, _ = _validated_state(
+        settings, n_components=2, n_init=1, max_iter=5, backend=backend
+    )
+    split = split_window(request, validated, settings)
+    with pytest.raises(SettingsError, match=rf"backend='{backend}' needs a usable GPU .*"
+                       r"no CUDA GPU \(test\).* 'gpu' queue.*'auto'"):  # fmt: skip
+        train_challenger(request, split, settings)
+    # the train task (steps.train) turns it into RunFailed: Airflow's no-retry failure
+    monkeypatch.setenv("EMFLOW_HOME", str(settings.home))
+    with pytest.raises(steps.RunFailed, match="^configuration: backend="):
+        steps.train(request.to_json(), split.to_json())
+    assert not (settings.data_root / "models" / request.run_key).exists()
 
 
 def test_the_train_step_never_saves_a_non_finite_model(settings, monkeypatch):
