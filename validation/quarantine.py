@@ -4,7 +4,8 @@ Layout under the data root. ``<key>`` names the batch: its path under ``incoming
 ``2026-11-23/telemetry.parquet``) or, for a batch elsewhere, its file or folder name; ``<run id>``
 is made path-safe. One run may check several batches (one per file of a multi-day window)::
 
-    quarantine/<run id>/<key>                   the batch file or folder, moved unchanged
+    quarantine/<run id>/<key>                   the batch file, or a folder's batch files, moved
+                                                unchanged (a file still being written stays)
     quarantine/<run id>/<key>.validation.json   ValidationResult.to_json_dict() (GX JSON inside)
     quarantine/<run id>/<key>.summary.txt       the human-readable summary
     quarantine/<run id>/<key>.manifest.json     source, destination, sha256 before and after
@@ -21,18 +22,26 @@ next check of any run id (the manifest records ``source_removed``), never quaran
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import hashlib
 import json
 import logging
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 from validation.batch import ValidationResult, validate_batch
 from validation.contract import Contract
+from validation.moves import (
+    QuarantineConflict,
+    QuarantineIntegrityError,
+    checksums,
+    move_batch,
+    prune,
+    sha256_file,
+)
+
+__all__ = ["QuarantineConflict", "QuarantineIntegrityError", "check_batch", "checksums"]
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +51,6 @@ MANIFEST = ".manifest.json"
 MAX_KEY_LENGTH = 160
 RESULT = ".validation.json"
 SUMMARY = ".summary.txt"
-
-
-class QuarantineConflict(RuntimeError):
-    """The run id already holds other bytes under this batch key; the message names the fix.
-
-    Nothing was moved or overwritten.
-    """
-
-
-class QuarantineIntegrityError(RuntimeError):
-    """Checksums after the move differ from before; both copies are kept for inspection."""
 
 
 def run_folder_name(run_id: str) -> str:
@@ -77,32 +75,6 @@ def run_folder_name(run_id: str) -> str:
     return key
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of the file at ``path`` (read in 1 MiB chunks)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def checksums(path: Path) -> dict[str, dict[str, Any]]:
-    """``{relative path: {"sha256", "size_bytes"}}`` of a file, or of a folder's data files.
-
-    A folder's are the files the contract reads (:func:`validation.reader.list_batch_files`):
-    a file still being written (``.name``, ``_name``) or a note beside the data is not part of
-    the batch, so its coming and going changes nothing here.
-    """
-    from validation.reader import list_batch_files
-
-    files = [path] if path.is_file() else list_batch_files(path)
-    base = path.parent if path.is_file() else path
-    return {
-        str(p.relative_to(base)): {"sha256": sha256_file(p), "size_bytes": p.stat().st_size}
-        for p in files
-    }
-
-
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
@@ -119,47 +91,22 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat()
 
 
-def _move(source: Path, destination: Path) -> None:
-    """Rename ``source`` to ``destination``; across filesystems copy, verify, then unlink.
+def _left_at(source: Path, manifest: dict[str, Any]) -> list[Path]:
+    """The batch's files still at ``source`` with their recorded bytes (a killed move's)."""
+    if source.is_symlink() or not source.is_dir():
+        return [source] if os.path.lexists(source) else []
+    return [
+        source / rel
+        for rel, facts in manifest["files"].items()
+        if (source / rel).is_file() and sha256_file(source / rel) == facts["sha256"]
+    ]
 
-    A symbolic link is not renamed: its bytes live in its target, which the producer may
-    remove later. They are copied (and verified) into quarantine; then only the link goes, the
-    target stays where the producer put it.
-    """
-    if destination.exists():
-        raise QuarantineConflict(f"{destination} exists already; refusing to overwrite it")
-    linked = source.is_symlink()
-    if not linked:
-        try:
-            os.rename(source, destination)
-            return
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-    partial = destination.with_name(f".{destination.name}.partial")
-    # a copy a killed task left behind: only a copy (the source is unlinked after the rename
-    # below), so start it again
-    if partial.is_dir():
-        shutil.rmtree(partial)
-    elif partial.exists():
-        partial.unlink()
-    if source.is_dir():
-        shutil.copytree(source, partial)
-    else:
-        shutil.copy2(source, partial)
-    same = (
-        checksums(partial) == checksums(source)
-        if source.is_dir()
-        else sha256_file(partial) == sha256_file(source)
-    )
-    if not same:
-        raise QuarantineIntegrityError(f"copy of {source} to {partial} differs; source kept")
-    os.rename(partial, destination)
-    # the verified copy now lives in quarantine: only then is the source unlinked
-    if linked or not source.is_dir():
-        source.unlink()  # a link: the link itself, never its target
-    else:
-        shutil.rmtree(source)
+
+def _complete(target: Path, manifest: dict[str, Any], source: Path) -> None:
+    """Finish a quarantine a killed task left: the rest of the move, then the verification."""
+    if manifest["status"] == "moving" and source.exists():
+        move_batch(source, target)
+    _finish_quarantine(target, manifest, source)
 
 
 def _source_key(path: Path) -> str:
@@ -211,7 +158,7 @@ def _finish_quarantine(target: Path, manifest: dict[str, Any], source: Path) -> 
     manifest.update(
         status="quarantined" if intact else "checksum_mismatch",
         moved_at=_now(),
-        source_removed=not os.path.lexists(source),
+        source_removed=not _left_at(source, manifest),
     )
     _write_json(_sidecar(target, MANIFEST), manifest)
     if not intact:
@@ -225,11 +172,15 @@ def _remove_leftover(source: Path, manifest: dict[str, Any]) -> None:
     """Unlink the source of a verified move, if it still holds the recorded bytes."""
     if source.is_symlink():
         source.unlink()  # the link only: its target is the producer's
+    elif source.is_dir():  # the batch's files with their recorded bytes; nothing else
+        left = _left_at(source, manifest)
+        for path in left:
+            path.unlink()
+        prune(source)
+        if not left:
+            return
     elif _sha_map(checksums(source)) == _sha_map(manifest["files"]):
-        if source.is_dir():
-            shutil.rmtree(source)
-        else:
-            source.unlink()
+        source.unlink()
     else:  # new bytes under the old name: a new delivery, not ours to remove
         return
     log.warning("removed %s: its bytes were already quarantined and verified", source)
@@ -325,13 +276,11 @@ def check_batch(
                 progress=progress,
             )
         if manifest["status"] == "moving":  # a killed task left the move half-done: resume it
-            if source.exists() and not quarantined.exists():
-                _move(source, quarantined)
-            _finish_quarantine(quarantined, manifest, source)
+            _complete(quarantined, manifest, source)
         elif os.path.lexists(source) and not manifest.get("source_removed", True):
             # killed after the copy landed and before the source was unlinked
             _finish_quarantine(quarantined, manifest, source)
-        elif source.exists():
+        elif source.exists() and checksums(source):  # (a day folder left holding no data)
             if _sha_map(checksums(source)) != _sha_map(manifest["files"]):
                 raise QuarantineConflict(
                     f"{source} differs from the batch run {run_id!r} quarantined as "
@@ -362,7 +311,7 @@ def check_batch(
             manifest.get("run_id"),
             earlier,
         )
-        _finish_quarantine(earlier, manifest, source)
+        _complete(earlier, manifest, source)
         return _stored_result(earlier)
     result = validate_batch(source, contract, window=window, progress=progress)
 
@@ -417,7 +366,7 @@ def check_batch(
         "started_at": _now(),
     }
     _write_json(_sidecar(quarantined, MANIFEST), manifest)  # before the move: a retry resumes
-    _move(source, quarantined)
+    move_batch(source, quarantined)
     _finish_quarantine(quarantined, manifest, source)
     # the summary is the caller's to show (the CLI prints it, the DAG raises it)
     log.warning("run %s: batch quarantined to %s", run_id, quarantined)

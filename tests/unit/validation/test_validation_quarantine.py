@@ -241,9 +241,9 @@ def test_a_late_file_in_a_quarantined_day_is_no_release(tmp_path, contract):
     frame.iloc[200:].to_parquet(folder / "c.parquet", index=False)  # a late file
     with pytest.raises(QuarantineConflict, match="new run id"):
         check_batch(folder, **kw)
-    (folder / "c.parquet").unlink()  # an empty folder: no release either
-    with pytest.raises(QuarantineConflict, match="new run id"):
-        check_batch(folder, **kw)
+    (folder / "c.parquet").unlink()  # an empty folder: no release either, the stored outcome
+    again = check_batch(folder, **kw)  # (a day folder a producer still writes into stays)
+    assert not again.success and again.quarantined_to == first.quarantined_to
     assert sorted(p.name for p in Path(first.quarantined_to).iterdir()) == quarantined
     assert not list(Path(first.quarantined_to).parent.glob("*.released-*"))
 
@@ -305,8 +305,10 @@ def test_interrupted_move_is_resumed_on_retry(tmp_path, contract):
 
 
 def test_cross_filesystem_folder_move_killed_mid_copy_resumes(tmp_path, contract, monkeypatch):
-    """Quarantine across filesystems copies, verifies, then unlinks; a task killed after the
-    copy leaves a stale .partial copy that the retry replaces instead of failing on it."""
+    """Quarantine across filesystems copies, verifies, then unlinks, file by file; a task killed
+    after one file's copy (before its unlink) and before the next file's leaves a stale .partial
+    copy and half the folder moved, which the retry finishes: one copy of each file, in
+    quarantine, none left at the source."""
     import errno
     import shutil
 
@@ -320,28 +322,62 @@ def test_cross_filesystem_folder_move_killed_mid_copy_resumes(tmp_path, contract
     frame.iloc[:100].to_parquet(folder / "a.parquet", index=False)
     frame.iloc[100:].to_parquet(folder / "b.parquet", index=False)
     delivered = {p.name: p.read_bytes() for p in folder.iterdir()}
-    real_rename, real_copytree = quarantine.os.rename, shutil.copytree
+    real_rename, real_copy2 = quarantine.os.rename, shutil.copy2
+    copies = []
 
     def cross_device(src, dst):
         if "incoming" in str(src):
             raise OSError(errno.EXDEV, "cross-device link")
         return real_rename(src, dst)
 
-    def killed_after_copy(src, dst, **kwargs):
-        real_copytree(src, dst, **kwargs)
-        raise KeyboardInterrupt("task killed mid-move")
+    def killed_at_the_second_copy(src, dst, **kwargs):
+        real_copy2(src, dst, **kwargs)
+        copies.append(src)
+        if len(copies) == 2:
+            raise KeyboardInterrupt("task killed mid-move")
 
     monkeypatch.setattr(quarantine.os, "rename", cross_device)
-    monkeypatch.setattr(quarantine.shutil, "copytree", killed_after_copy)
+    monkeypatch.setattr(shutil, "copy2", killed_at_the_second_copy)
     with pytest.raises(KeyboardInterrupt):
         check_batch(folder, run_id="r", data_root=data_root, contract=contract, window=WINDOW)
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == delivered  # source intact
-    monkeypatch.setattr(quarantine.shutil, "copytree", real_copytree)
+    left = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert left == {"b.parquet": delivered["b.parquet"]}
+    monkeypatch.setattr(shutil, "copy2", real_copy2)
     retried = check_batch(folder, run_id="r", data_root=data_root, contract=contract, window=WINDOW)
     assert not retried.success and not folder.exists()
     moved = Path(retried.quarantined_to)
     assert {p.name: p.read_bytes() for p in moved.iterdir()} == delivered
-    assert not list(moved.parent.glob(".*.partial"))
+    assert not list(moved.parent.glob(".*.partial")) and not list(moved.glob(".*.partial"))
+
+
+def test_a_file_still_being_written_stays_when_its_day_is_quarantined(tmp_path, contract):
+    """A producer writes ``.name`` (or ``_name``) and renames it when done. The day folder was
+    renamed into quarantine whole, so a file in progress went with it: the producer's rename
+    failed, or its late bytes landed in quarantine unchecked. The batch's files move one by
+    one; the file in progress stays, and the folder with it."""
+    data_root = tmp_path / "data"
+    folder = data_root / "incoming" / DAY
+    folder.mkdir(parents=True)
+    make_telemetry(200, *WINDOW, seed=1).to_parquet(folder / "a.parquet", index=False)
+    write_bad_batch("nan", folder / "b.parquet", start=WINDOW[0], end=WINDOW[1])
+    before = {p.name: sha256(p) for p in all_files(folder)}
+    writing = folder / ".c.parquet.tmp"
+    kw = dict(run_id="r", data_root=data_root, contract=contract, window=WINDOW)
+    with writing.open("wb") as handle:
+        handle.write(b"half")
+        result = check_batch(folder, **kw)
+        handle.write(b" written")
+    assert not result.success
+    moved = Path(result.quarantined_to)
+    assert {p.name: sha256(p) for p in all_files(moved)} == before
+    assert [p.name for p in folder.iterdir()] == [".c.parquet.tmp"]
+    assert writing.read_bytes() == b"half written"
+    writing.rename(folder / "c.parquet")  # the producer's rename: a new delivery
+    manifest = json.loads(moved.with_name(f"{DAY}.manifest.json").read_text())
+    assert manifest["status"] == "quarantined" and manifest["source_removed"]
+    with pytest.raises(QuarantineConflict, match="new run id"):
+        check_batch(folder, **kw)  # not this run's batch: checked under a new run id
+    assert {p.name: sha256(p) for p in all_files(moved)} == before
 
 
 def test_symlinked_batch_is_quarantined_with_its_bytes(tmp_path, contract):
