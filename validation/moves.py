@@ -94,34 +94,37 @@ def move(source: Path, destination: Path) -> None:
         shutil.rmtree(source)
 
 
-def move_batch(source: Path, destination: Path) -> None:
-    """Move a batch: a file (or a link) whole, a folder file by file.
+def move_batch(source: Path, destination: Path, files: list[str]) -> None:
+    """Move a batch: a file (or a link) whole, a folder's recorded files one by one.
 
-    A folder's batch files (``list_batch_files``) go to the same relative paths under
-    ``destination``. What is not part of the batch (a file the producer is still writing,
-    ``.name``/``_name``; a note) stays where the producer put it. Folders left empty go. A file
-    already at its destination (a killed task's move) is not moved again: the caller verifies
-    it and removes its source copy.
+    ``files``: the folder's batch files as recorded before the move (relative paths), which go
+    to the same paths under ``destination``. Nothing else moves: a file the producer is still
+    writing (``.name``/``_name``), a note, or a file that arrived after the record (a new
+    delivery, checked under a new run) stays where it is. A file already at its destination (a
+    killed task's move) is not moved again: the caller verifies it and removes its source copy.
     """
     if source.is_symlink() or not source.is_dir():
         if not os.path.lexists(destination):
             move(source, destination)
         return
-    from validation.reader import list_batch_files
-
     destination.mkdir(parents=True, exist_ok=True)
-    for path in list_batch_files(source):
-        target = destination / path.relative_to(source)
-        if not os.path.lexists(target):
+    for rel in files:
+        path, target = source / rel, destination / rel
+        if os.path.lexists(path) and not os.path.lexists(target):
             target.parent.mkdir(parents=True, exist_ok=True)
             move(path, target)
-    prune(source)
+    prune(source, files)
 
 
-def prune(folder: Path) -> None:
-    """Remove the empty folders under and at ``folder`` (a file arriving meanwhile keeps its)."""
-    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True) + [folder]:
+def prune(folder: Path, files: list[str]) -> None:
+    """Remove the folders that held ``files`` (relative to ``folder``) where they are empty now.
+
+    Deepest first, ``folder`` itself last. A folder holding anything else (a producer's file,
+    one arriving now) stays, and so does any folder the batch did not use.
+    """
+    held = {folder / parent for rel in files for parent in Path(rel).parents}
+    for sub in sorted(held, key=lambda p: len(p.parts), reverse=True):
         try:
             sub.rmdir()
-        except OSError:  # not empty: a producer's file, or one arriving now
+        except OSError:  # not empty, or gone already
             continue

@@ -105,7 +105,7 @@ def _left_at(source: Path, manifest: dict[str, Any]) -> list[Path]:
 def _complete(target: Path, manifest: dict[str, Any], source: Path) -> None:
     """Finish a quarantine a killed task left: the rest of the move, then the verification."""
     if manifest["status"] == "moving" and source.exists():
-        move_batch(source, target)
+        move_batch(source, target, list(manifest["files"]))
     _finish_quarantine(target, manifest, source)
 
 
@@ -176,7 +176,7 @@ def _remove_leftover(source: Path, manifest: dict[str, Any]) -> None:
         left = _left_at(source, manifest)
         for path in left:
             path.unlink()
-        prune(source)
+        prune(source, list(manifest["files"]))
         if not left:
             return
     elif _sha_map(checksums(source)) == _sha_map(manifest["files"]):
@@ -189,8 +189,10 @@ def _remove_leftover(source: Path, manifest: dict[str, Any]) -> None:
 def _unfinished_move(source: Path, key: Path, root: Path, before: dict[str, Any]) -> Path | None:
     """Where an earlier run quarantined these bytes from this path without finishing, or None.
 
-    Unfinished: the source is still here (the task was killed between copy and unlink).
-    Manifests written before ``source_removed`` was recorded count only while ``moving``.
+    Unfinished: the source is still here (the task was killed between copy and unlink), or a
+    folder's files are split between the source and the target, each with its recorded bytes
+    (killed between two files). Manifests written before ``source_removed`` was recorded count
+    only while ``moving``.
     """
     quarantine = root / "quarantine"
     if not quarantine.is_dir():
@@ -201,13 +203,25 @@ def _unfinished_move(source: Path, key: Path, root: Path, before: dict[str, Any]
         if not marker.is_file() or not target.exists():
             continue
         manifest = json.loads(marker.read_text())
-        if (
-            not manifest.get("source_removed", manifest.get("status") != "moving")
-            and manifest.get("source") == str(delivered_path(source))
-            and _sha_map(manifest["files"]) == _sha_map(before)
-        ):
-            return target
+        if not manifest.get("source_removed", manifest.get("status") != "moving") and manifest.get(
+            "source"
+        ) == str(delivered_path(source)):
+            recorded, now = _sha_map(manifest["files"]), _sha_map(before)
+            if now == recorded:
+                return target
+            # a folder's move killed between files: the rest here, the moved ones verified there
+            moved = set(recorded) - set(now)
+            if (
+                manifest.get("status") == "moving"
+                and now.items() <= recorded.items()
+                and all(_is_copy(target / rel, recorded[rel]) for rel in moved)
+            ):
+                return target
     return None
+
+
+def _is_copy(path: Path, sha256: str) -> bool:
+    return path.is_file() and sha256_file(path) == sha256
 
 
 def _stored_result(target: Path) -> ValidationResult:
@@ -366,7 +380,7 @@ def check_batch(
         "started_at": _now(),
     }
     _write_json(_sidecar(quarantined, MANIFEST), manifest)  # before the move: a retry resumes
-    move_batch(source, quarantined)
+    move_batch(source, quarantined, list(before))
     _finish_quarantine(quarantined, manifest, source)
     # the summary is the caller's to show (the CLI prints it, the DAG raises it)
     log.warning("run %s: batch quarantined to %s", run_id, quarantined)

@@ -60,7 +60,11 @@ def list_batch_files(path: str | os.PathLike[str]) -> list[Path]:
     return sorted(
         p
         for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in BATCH_SUFFIXES and not p.name.startswith((".", "_"))
+        if p.is_file()
+        and p.suffix.lower() in BATCH_SUFFIXES
+        # a name, or a folder on its way, starting with . or _: a file still being written
+        # (a producer's temporary name, Spark's _temporary/, a .staging/ folder) or a marker
+        and not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)
     )
 
 

@@ -491,3 +491,84 @@ def test_cross_filesystem_move_killed_before_the_unlink_leaves_one_copy(
         assert again.quarantined_to.endswith(f"run-3/{DAY}/t.parquet") and not source.exists()
     finally:
         shutil.rmtree(other_fs)
+
+
+def test_a_file_arriving_during_validation_is_not_quarantined_unchecked(
+    tmp_path, contract, monkeypatch
+):
+    """Review: the per-file move took every batch file present at move time, so a file the
+    producer finished while the day was being validated went into quarantine unrecorded and
+    unchecked. Only the recorded files move; the late one stays for a new run."""
+    from validation import quarantine
+
+    data_root = tmp_path / "data"
+    folder = data_root / "incoming" / DAY
+    folder.mkdir(parents=True)
+    write_bad_batch("nan", folder / "a.parquet", start=WINDOW[0], end=WINDOW[1])
+    make_telemetry(200, *WINDOW, seed=1).to_parquet(folder / "b.parquet", index=False)
+    real = quarantine.validate_batch
+
+    def producer_finishes_c(*args, **kwargs):
+        result = real(*args, **kwargs)
+        make_telemetry(50, *WINDOW, seed=5).to_parquet(folder / "c.parquet", index=False)
+        return result
+
+    monkeypatch.setattr(quarantine, "validate_batch", producer_finishes_c)
+    result = check_batch(folder, run_id="r", data_root=data_root, contract=contract, window=WINDOW)
+    moved = Path(result.quarantined_to)
+    assert sorted(p.name for p in all_files(moved)) == ["a.parquet", "b.parquet"]
+    assert [p.name for p in folder.iterdir()] == ["c.parquet"]
+
+
+def test_a_folder_move_killed_between_files_is_finished_by_another_run(
+    tmp_path, contract, monkeypatch
+):
+    """Review: run r1 killed after moving a.parquet of a bad day; run r2 then met b.parquet
+    alone, validated it and marked it validated, and r1's retry quarantined those validated
+    bytes. A source holding the rest of a recorded move, the moved files verified in the
+    target, is that move unfinished: r2 finishes it."""
+    from validation import moves
+
+    data_root = tmp_path / "data"
+    folder = data_root / "incoming" / DAY
+    folder.mkdir(parents=True)
+    write_bad_batch("nan", folder / "a.parquet", start=WINDOW[0], end=WINDOW[1])
+    make_telemetry(200, *WINDOW, seed=1).to_parquet(folder / "b.parquet", index=False)
+    before = {p.name: sha256(p) for p in all_files(folder)}
+    real = moves.move
+
+    def killed_after_one(src, dst):
+        real(src, dst)
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(moves, "move", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        check_batch(folder, run_id="r1", data_root=data_root, contract=contract, window=WINDOW)
+    monkeypatch.setattr(moves, "move", real)
+    second = check_batch(folder, run_id="r2", data_root=data_root, contract=contract, window=WINDOW)
+    first_target = data_root / "quarantine" / "r1" / DAY
+    assert not second.success and second.quarantined_to == str(first_target)
+    assert {p.name: sha256(p) for p in all_files(first_target)} == before
+    assert not folder.exists() and not (data_root / "validated").exists()
+    assert not (data_root / "quarantine" / "r2").exists()
+
+
+def test_files_in_folders_on_their_way_are_no_part_of_a_batch(tmp_path, contract):
+    """Review: only a file's own name was checked, so a committer's ``_temporary/`` or
+    ``.staging/`` folder's files counted as the batch (and moved, breaking the commit)."""
+    from validation.reader import list_batch_files
+
+    data_root = tmp_path / "data"
+    folder = data_root / "incoming" / DAY
+    (folder / "_temporary" / "0").mkdir(parents=True)
+    (folder / ".staging").mkdir()
+    (folder / "sub").mkdir()
+    write_bad_batch("nan", folder / "a.parquet", start=WINDOW[0], end=WINDOW[1])
+    for path in (folder / "_temporary" / "0" / "part-0.parquet", folder / ".staging" / "b.parquet"):
+        make_telemetry(20, *WINDOW, seed=2).to_parquet(path, index=False)
+    assert [p.name for p in list_batch_files(folder)] == ["a.parquet"]
+    result = check_batch(folder, run_id="r", data_root=data_root, contract=contract, window=WINDOW)
+    assert sorted(p.name for p in all_files(Path(result.quarantined_to))) == ["a.parquet"]
+    # what the batch did not hold stays, the empty "sub" folder included
+    assert (folder / "_temporary" / "0" / "part-0.parquet").is_file()
+    assert (folder / ".staging" / "b.parquet").is_file() and (folder / "sub").is_dir()
