@@ -26,8 +26,7 @@ log-densities are a float64 GEMM and the statistics TF32 GEMMs of split features
 By default (``LaunchConfig.large_k_sparse``; up to 256 features and 32 restarts) the pass is
 screened (``large_k_sparse``): a TF32 product with a proven error bound picks the few
 components per sample whose responsibilities can count, computed exactly in float64, and only
-rows with many candidates run the float32 GEMMs above (``DensePass``); while most rows do, the
-next passes skip the screen (1, 2, 4, then 8 of them).
+rows with many candidates run the float32 GEMMs above (``DensePass``).
 
 Up to ``FUSED_MAX_FEATURES`` features (and ``LaunchConfig.large_k_fused``, on unless
 ``GMM_CORE_LARGE_K_FUSED=0``) the pass is instead two fused tensor-core kernels per row chunk
@@ -132,10 +131,6 @@ class LargeKPass:
         self.budget = budget
         #: extra compiler options of the fused kernels (tuning variants, ``-D`` defines)
         self.options: tuple[str, ...] = ()
-        #: passes left to run dense before the screened pass is tried again (it listed most
-        #: rows: overlapping components, whose screen costs without saving), and the next wait
-        self.sparse_wait = 0
-        self.sparse_backoff = 1
 
     def supports(self, data: CupyData, n_restarts: int, n_components: int) -> bool:
         """Float32 diag/spherical data with ``MIN_COMPONENTS`` or more components in all.
@@ -197,18 +192,10 @@ class LargeKPass:
         if self.config.large_k_f64:
             return large_k_f64.accumulate(self, data, params, active)
         if self.sparse(data, params.means.shape[0]):
-            if self.sparse_wait > 0:
-                self.sparse_wait -= 1
-            else:
-                stats, listed = large_k_sparse.accumulate(self, data, params, active)
-                # most rows through the dense pass: wait 1, 2, 4, then 8 passes before the
-                # next try (a fit's components separate as it goes)
-                if listed > data.n_samples // 2:
-                    self.sparse_wait = self.sparse_backoff
-                    self.sparse_backoff = min(2 * self.sparse_backoff, 8)
-                else:
-                    self.sparse_backoff = 1
-                return stats
+            # every pass screened: which rows take the dense pass depends on the data and the
+            # parameters alone, never on what the engine ran before (a back-off kept between
+            # passes made dask partitions' paths depend on scheduling)
+            return large_k_sparse.accumulate(self, data, params, active)[0]
         dense = DensePass(self, data, params, active)
         for chunk, weights in weighted_chunks(data):
             dense.add(cupy.ascontiguousarray(chunk), weights)

@@ -52,11 +52,14 @@
 // (rk), prec_chol (rk, d) diag or (rk,) spherical: float64. With q_k = -p_k / 2 (spherical: W's
 // column d; 0 for diag, whose product holds the x^2 terms) and n_k = |W[k, :inner]|, a row's
 // screened log-density is v_k = G~_k + c_k + q_k |x|^2 with |v_k - true| <= U |f| n_k +
-// 1e-6 (|c_k| + |q_k| |x|^2) = b_k, and the kernels evaluate v_k -+ b_k as one chain,
+// 4e-6 (|c_k| + |q_k| |x|^2) = b_k, and the kernels evaluate v_k -+ b_k as one chain,
 //   fma(U |f|, C, fma(|x|^2, B, G~ + A)),
-// from bnd (6, kp): lower (A, B, C) = (c - 1e-6 |c|, q - 1e-6 |q|, -n (1 + 1e-4)) and upper
-// (c + 1e-6 |c|, q + 1e-6 |q|, n (1 + 1e-4)); the 1e-4 covers the chain's own float32 rounding
-// (three roundings of at most |G~| <= |f| n_k each: 2e-7 |f| n_k, and U >= 2^-8). e0[k] =
+// from bnd (6, kp): lower (A, B, C) = (c - 4e-6 |c|, q - 4e-6 |q|, -n (1 + 1e-4)) and upper
+// (c + 4e-6 |c|, q + 4e-6 |q|, n (1 + 1e-4)). What float32 rounds besides G~: c_k and q_k
+// (one rounding each), |x|^2 (a float32 sum over d features: up to ~d/2 ulp, ~13 at d = 256
+// in the worst order, 8e-7 relative), B and A (one each) and the chain's three steps, each of
+// at most |G~| + |c| + |q| |x|^2: about 17 ulp (1.0e-6) of |c| + |q| |x|^2 in all, inside the
+// 4e-6, and 3 ulp of |G~| <= |f| n_k, inside the 1e-4 of U |f| n_k (U >= 2^-8). e0[k] =
 // log pi_k + log det U_k - d/2 log 2 pi.
 __global__ void __launch_bounds__(LKS_NT)
 lks_norms(const float* __restrict__ W, const float* __restrict__ c, int fp, int inner, int rk,
@@ -75,11 +78,11 @@ lks_norms(const float* __restrict__ W, const float* __restrict__ c, int fp, int 
         for (int j = 0; j < inner; ++j) s += (double)w[j] * (double)w[j];
         const double n = sqrt(s) * (1.0 + 1e-4);
         const double ck = c[k], qk = diag ? 0.0 : (double)w[d];
-        bnd[k] = (float)(ck - 1e-6 * fabs(ck));
-        bnd[kp + k] = (float)(qk - 1e-6 * fabs(qk));
+        bnd[k] = (float)(ck - 4e-6 * fabs(ck));
+        bnd[kp + k] = (float)(qk - 4e-6 * fabs(qk));
         bnd[2 * kp + k] = (float)(-n);
-        bnd[3 * kp + k] = (float)(ck + 1e-6 * fabs(ck));
-        bnd[4 * kp + k] = (float)(qk + 1e-6 * fabs(qk));
+        bnd[3 * kp + k] = (float)(ck + 4e-6 * fabs(ck));
+        bnd[4 * kp + k] = (float)(qk + 4e-6 * fabs(qk));
         bnd[5 * kp + k] = (float)n;
         double log_det = 0.0;
         if (diag) {
@@ -136,9 +139,12 @@ struct Screen {
     __device__ __forceinline__ void ballots(int k0, int c1, float thr, int lane,
                                             unsigned* mask) const {
         if (vec) {
+            // lanes past the restart's range vote no whatever thr is (a sentinel below thr is
+            // thr itself where |thr| > 2^24 or thr = -inf: a Lloyd pass's log-densities ~1e11)
             const int k = k0 + 4 * lane;
-            float4 u = make_float4(thr - 1.0f, thr - 1.0f, thr - 1.0f, thr - 1.0f);
-            if (k < c1) {
+            const bool in = k < c1;
+            float4 u = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (in) {
                 const float4 g = reinterpret_cast<const float4*>(l)[k >> 2];
                 const float4 a = reinterpret_cast<const float4*>(bnd + 3 * kp)[k >> 2];
                 const float4 b = reinterpret_cast<const float4*>(bnd + 4 * kp)[k >> 2];
@@ -146,10 +152,10 @@ struct Screen {
                 u = make_float4(eval(g.x, a.x, b.x, c.x), eval(g.y, a.y, b.y, c.y),
                                 eval(g.z, a.z, b.z, c.z), eval(g.w, a.w, b.w, c.w));
             }
-            mask[0] = __ballot_sync(0xffffffffu, u.x >= thr);
-            mask[1] = __ballot_sync(0xffffffffu, u.y >= thr);
-            mask[2] = __ballot_sync(0xffffffffu, u.z >= thr);
-            mask[3] = __ballot_sync(0xffffffffu, u.w >= thr);
+            mask[0] = __ballot_sync(0xffffffffu, in && u.x >= thr);
+            mask[1] = __ballot_sync(0xffffffffu, in && u.y >= thr);
+            mask[2] = __ballot_sync(0xffffffffu, in && u.z >= thr);
+            mask[3] = __ballot_sync(0xffffffffu, in && u.w >= thr);
         } else {
             const int k = k0 + lane;
             const bool cand = k < c1 &&

@@ -117,12 +117,12 @@ def test_every_component_the_screen_drops_has_a_responsibility_below_exp_minus_t
     n = np.float32(np.linalg.norm(w.astype(np.float64), axis=1) * (1 + 1e-4))
     cd, qd = c.astype(np.float64), q.astype(np.float64)
     lo_a, hi_a = (
-        (cd - 1e-6 * np.abs(cd)).astype(np.float32),
-        (cd + 1e-6 * np.abs(cd)).astype(np.float32),
+        (cd - 4e-6 * np.abs(cd)).astype(np.float32),
+        (cd + 4e-6 * np.abs(cd)).astype(np.float32),
     )
     lo_b, hi_b = (
-        (qd - 1e-6 * np.abs(qd)).astype(np.float32),
-        (qd + 1e-6 * np.abs(qd)).astype(np.float32),
+        (qd - 4e-6 * np.abs(qd)).astype(np.float32),
+        (qd + 4e-6 * np.abs(qd)).astype(np.float32),
     )
 
     def chain(a, b, cc):  # fma(ufn, C, fma(sq, B, G + A)) in float32 (products exact in float64)
