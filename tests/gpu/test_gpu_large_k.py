@@ -393,3 +393,33 @@ def test_the_screened_pass_is_deterministic(monkeypatch):
     b = _engine_stats(X, "diag", params, variant="sparse", monkeypatch=monkeypatch)
     for name in ("loglik", "nk", "sx", "sxx"):
         np.testing.assert_array_equal(_host(getattr(a, name)), _host(getattr(b, name)))
+
+
+def test_a_lloyd_pass_of_k_not_a_multiple_of_128_on_the_screened_pass(monkeypatch):
+    """Review: the float4 candidate scan's lanes past a restart's range voted with a sentinel
+    of thr - 1, which is thr itself at a Lloyd pass's log-densities (~1e11): K = 1000 left 24
+    phantom candidates per row (beyond the components, read out of bounds) under the 32 that
+    list a row, so the rows stayed on the screened path with wrong responsibilities. (At
+    K = 40 the phantoms listed every row, and the dense pass hid it.)"""
+    import cupy
+
+    from gmm_core._cupy import large_k_sparse
+    from gmm_core._cupy.engine import CupyEngine
+    from gmm_core._kmeans import HARD_PRECISION, hard_params
+
+    X = _data(20_000, 40, 200, seed=21)
+    rng = np.random.default_rng(22)
+    centres = X[rng.choice(len(X), size=(1, 1000), replace=False)].astype(np.float64)
+    engine = CupyEngine()
+    _use("sparse", engine=engine)
+    data = engine.prepare(cupy.asarray(X), None, "diag")
+    precision = HARD_PRECISION / float(X.astype(np.float64).var(axis=0).sum())
+    hard = hard_params(cupy.asarray(centres), "diag", precision, cupy)
+    monkeypatch.setattr(large_k_sparse, "trace", [])
+    stats = engine.lloyd_pass(data, hard, cupy.ones(1, dtype=bool))
+    assert large_k_sparse.trace[-1]["listed"] < len(X) // 10  # the screened path served
+    d2 = ((X[:, None, :].astype(np.float64) - centres[0][None]) ** 2).sum(axis=2)
+    counts = np.bincount(d2.argmin(axis=1), minlength=1000)
+    nk = _host(stats.nk)[0]
+    assert np.isfinite(nk).all() and abs(nk.sum() - len(X)) < 1e-3
+    assert np.abs(nk - counts).sum() <= 2
