@@ -418,7 +418,8 @@ def test_a_lloyd_pass_of_k_not_a_multiple_of_128_on_the_screened_pass(monkeypatc
     monkeypatch.setattr(large_k_sparse, "trace", [])
     stats = engine.lloyd_pass(data, hard, cupy.ones(1, dtype=bool))
     assert large_k_sparse.trace[-1]["listed"] < len(X) // 10  # the screened path served
-    d2 = ((X[:, None, :].astype(np.float64) - centres[0][None]) ** 2).sum(axis=2)
+    X64, c = X.astype(np.float64), centres[0]
+    d2 = (X64**2).sum(axis=1)[:, None] - 2 * X64 @ c.T + (c**2).sum(axis=1)[None]
     counts = np.bincount(d2.argmin(axis=1), minlength=1000)
     nk = _host(stats.nk)[0]
     assert np.isfinite(nk).all() and abs(nk.sum() - len(X)) < 1e-3
