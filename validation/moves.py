@@ -107,6 +107,9 @@ def move_batch(source: Path, destination: Path, files: list[str]) -> None:
         if not os.path.lexists(destination):
             move(source, destination)
         return
+    stale = destination.with_name(f".{destination.name}.partial")
+    if stale.is_dir():  # a whole-folder copy an older version's killed task left: a copy only
+        shutil.rmtree(stale)  # (that version unlinked the source after renaming it in)
     destination.mkdir(parents=True, exist_ok=True)
     for rel in files:
         path, target = source / rel, destination / rel

@@ -572,3 +572,30 @@ def test_files_in_folders_on_their_way_are_no_part_of_a_batch(tmp_path, contract
     # what the batch did not hold stays, the empty "sub" folder included
     assert (folder / "_temporary" / "0" / "part-0.parquet").is_file()
     assert (folder / ".staging" / "b.parquet").is_file() and (folder / "sub").is_dir()
+
+
+def test_a_whole_folder_copy_left_by_the_older_move_is_cleared_on_resume(tmp_path, contract):
+    """A task of the version that copied a day folder whole across filesystems, killed before
+    its rename, left ``.<day>.partial`` beside a ``moving`` manifest; the per-file resume left
+    that second copy in quarantine. The retry removes it (a copy only: the source is intact)."""
+    import shutil
+
+    data_root = tmp_path / "data"
+    folder = data_root / "incoming" / DAY
+    folder.mkdir(parents=True)
+    write_bad_batch("nan", folder / "a.parquet", start=WINDOW[0], end=WINDOW[1])
+    kw = dict(run_id="r", data_root=data_root, contract=contract, window=WINDOW)
+    done = check_batch(folder, **kw)
+    moved = Path(done.quarantined_to)
+    marker = moved.with_name(f"{DAY}.manifest.json")
+    manifest = json.loads(marker.read_text())
+    # the older version's state: manifest "moving", source intact, a hidden whole copy
+    manifest["status"] = "moving"
+    manifest.pop("source_removed", None)
+    marker.write_text(json.dumps(manifest))
+    shutil.copytree(moved, moved.with_name(f".{DAY}.partial"))
+    moved.rename(folder)
+    retried = check_batch(folder, **kw)
+    assert not retried.success and retried.quarantined_to == done.quarantined_to
+    assert not moved.with_name(f".{DAY}.partial").exists() and not folder.exists()
+    assert [p.name for p in all_files(moved)] == ["a.parquet"]
