@@ -23,8 +23,6 @@ import argparse
 import json
 import os
 import sys
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +32,14 @@ sys.path.insert(0, str(REPO))
 from benchmarks.bench_large_k import (  # noqa: E402
     K,
     N,
+    default_fit,
     fit_from_start,
     make_data,
+    per_iteration,
     start_of,
-    start_params,  # noqa: E402
+    start_params,
 )
 from benchmarks.large_k_f64 import errors  # noqa: E402
-from benchmarks.peers.runners import sync  # noqa: E402
 from benchmarks.public_api import timed  # noqa: E402
 from benchmarks.report import environment, log  # noqa: E402
 
@@ -98,9 +97,6 @@ def pass_case(X: Any, cov: str, params: Any, label: str) -> dict[str, Any]:
 
 
 def api_case(X: Any, cov: str, start: dict[str, Any]) -> dict[str, Any]:
-    from sklearn.exceptions import ConvergenceWarning
-
-    from gmm_core import GaussianMixture
     from gmm_core._cupy import large_k_sparse
 
     def fit(iters: int) -> Any:
@@ -110,41 +106,16 @@ def api_case(X: Any, cov: str, start: dict[str, Any]) -> dict[str, Any]:
     for flag in ("1", "0"):
         os.environ[ENV] = flag
         key = "sparse" if flag == "1" else "float32_gemm"
-        fit(2)
-        t2 = timed(lambda: fit(2), 3)[0]
-        t7 = timed(lambda: fit(7), 3)[0]
-        row: dict[str, Any] = {
-            "fit_2_iter_s": t2, "fit_7_iter_s": t7, "per_iter_ms": 1e3 * (t7 - t2) / 5,
-        }  # fmt: skip
+        row: dict[str, Any] = dict(per_iteration(fit))
+        large_k_sparse.trace = [] if flag == "1" else None
+        row["lower_bound_7"] = float(fit(7).lower_bound_)
         if flag == "1":
-            large_k_sparse.trace = []
-            gm = fit(7)
-            row["per_pass"] = large_k_sparse.trace
-            large_k_sparse.trace = None
-        else:
-            gm = fit(7)
-        row["lower_bound_7"] = float(gm.lower_bound_)
+            row["per_pass"], large_k_sparse.trace = large_k_sparse.trace, None
         log(
             f"  {cov} API {key}: {row['per_iter_ms']:.2f} ms per iteration, lower bound "
             f"{row['lower_bound_7']:.6f}" + (f", passes {row['per_pass']}" if flag == "1" else "")
         )
-        t0 = time.perf_counter()
-        gm = GaussianMixture(K, covariance_type=cov, backend="cupy", random_state=0)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                gm.fit(X)
-            sync()
-            row["default_fit_s"] = time.perf_counter() - t0
-            row["default_fit_n_iter"] = int(gm.n_iter_)
-            row["default_fit_lower_bound"] = float(gm.lower_bound_)
-            log(
-                f"  {cov} default fit {key}: {row['default_fit_s']:.2f} s, {gm.n_iter_} "
-                f"iterations, lower bound {gm.lower_bound_:.6f}"
-            )
-        except ValueError as exc:
-            row["default_fit_error"] = str(exc)
-            log(f"  {cov} default fit {key}: {exc}")
+        row.update(default_fit(X, cov, f"{cov} {key}"))
         out[key] = row
     os.environ.pop(ENV)
     return out

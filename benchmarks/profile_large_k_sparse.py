@@ -60,10 +60,6 @@ def case(X: Any, cov: str, chunks: list[int]) -> dict[str, Any]:
     engine.large_k.options = ()
     large_k_sparse.SELECT_BLOCKS_PER_SM = 4
     log(f"  {cov} sparse, lks_select at 3 blocks per SM: {out['select_3_blocks_ms']:.2f} ms")
-    large_k_sparse.SORT = "argsort"  # the index sort, for comparison
-    out["argsort_ms"] = 1e3 * timed(lambda: engine.large_k.accumulate(data, params), 5)[0]
-    large_k_sparse.SORT = "keys"
-    log(f"  {cov} sparse with argsort: {out['argsort_ms']:.2f} ms")
     return out
 
 

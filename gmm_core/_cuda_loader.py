@@ -198,7 +198,6 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
     "em_largek_sparse.cu": (
         "lks_norms",
         "lks_select",
-        "lks_order",
         "lks_order_keys",
         "lks_reduce",
         "lks_combine",

@@ -34,6 +34,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def holds(path: Path, sha256: str) -> bool:
+    """Whether ``path`` is a file with these bytes."""
+    return path.is_file() and sha256_file(path) == sha256
+
+
 def checksums(path: Path) -> dict[str, dict[str, Any]]:
     """``{relative path: {"sha256", "size_bytes"}}`` of a file, or of a folder's data files.
 

@@ -36,12 +36,12 @@ from validation.moves import (
     QuarantineConflict,
     QuarantineIntegrityError,
     checksums,
+    holds,
     move_batch,
     prune,
-    sha256_file,
 )
 
-__all__ = ["QuarantineConflict", "QuarantineIntegrityError", "check_batch", "checksums"]
+__all__ = ["QuarantineConflict", "QuarantineIntegrityError", "check_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _left_at(source: Path, manifest: dict[str, Any]) -> list[Path]:
     return [
         source / rel
         for rel, facts in manifest["files"].items()
-        if (source / rel).is_file() and sha256_file(source / rel) == facts["sha256"]
+        if holds(source / rel, facts["sha256"])
     ]
 
 
@@ -214,14 +214,10 @@ def _unfinished_move(source: Path, key: Path, root: Path, before: dict[str, Any]
             if (
                 manifest.get("status") == "moving"
                 and now.items() <= recorded.items()
-                and all(_is_copy(target / rel, recorded[rel]) for rel in moved)
+                and all(holds(target / rel, recorded[rel]) for rel in moved)
             ):
                 return target
     return None
-
-
-def _is_copy(path: Path, sha256: str) -> bool:
-    return path.is_file() and sha256_file(path) == sha256
 
 
 def _stored_result(target: Path) -> ValidationResult:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from validation.contract import Contract
+from validation.moves import checksums
 from validation.quarantine import (
     MANIFEST,
     RESULT,
@@ -21,7 +22,6 @@ from validation.quarantine import (
     _sha_map,
     _sidecar,
     _write_json,
-    checksums,
     delivered_path,
     log,
 )

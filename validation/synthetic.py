@@ -143,7 +143,7 @@ def write_window(
         tmp.unlink(missing_ok=True)
         raise
     if target.exists():
-        from validation.quarantine import sha256_file
+        from validation.moves import sha256_file
 
         same = sha256_file(target) == sha256_file(tmp)
         tmp.unlink()  # our own temporary copy, never delivered data

@@ -195,7 +195,7 @@ class LargeKPass:
             # every pass screened: which rows take the dense pass depends on the data and the
             # parameters alone, never on what the engine ran before (a back-off kept between
             # passes made dask partitions' paths depend on scheduling)
-            return large_k_sparse.accumulate(self, data, params, active)[0]
+            return large_k_sparse.accumulate(self, data, params, active)
         dense = DensePass(self, data, params, active)
         for chunk, weights in weighted_chunks(data):
             dense.add(cupy.ascontiguousarray(chunk), weights)

@@ -16,9 +16,9 @@ keeps. Per row chunk (``cuda/em_largek_sparse.cu``, whose header gives the bound
    each component's statistics in float64: deterministic.
 
 Rows with more than 32 candidates in a restart (overlapping components, a first pass from
-scattered starts) or past the pairs' capacity are listed and run through the dense float32
-GEMM pass, so every row is served and the result does not depend on which path took it beyond
-the dense pass's float32 rounding. The pass is ``LaunchConfig.large_k_sparse``
+scattered starts) are listed and run through the dense float32 GEMM pass, and so is a whole
+data chunk whose pairs overflow their capacity: which rows take which path depends on the data
+and the parameters alone. The pass is ``LaunchConfig.large_k_sparse``
 (``GMM_CORE_LARGE_K_SPARSE``); its speed and accuracy are measured by
 ``benchmarks/bench_large_k.py`` and ``tests/gpu/test_gpu_large_k.py``.
 """
@@ -34,10 +34,11 @@ import numpy as np
 from .._gaussian import Params, Stats
 from .data import CupyData, scratch_bytes, weighted_chunks
 from .kernels import KernelRef, kernel_ref, load_kernel
+from .large_k_f64 import gemm
 
 SOURCE = "em_largek_sparse.cu"
 KERNELS = (
-    "lks_norms", "lks_select", "lks_order", "lks_order_keys", "lks_reduce", "lks_combine",
+    "lks_norms", "lks_select", "lks_order_keys", "lks_reduce", "lks_combine",
     "lks_gather",
 )  # fmt: skip
 #: blocks of ``lks_select`` per SM: its launch bounds (``LKS_SELECT_BLOCKS``: 4 blocks of 256
@@ -45,9 +46,6 @@ KERNELS = (
 SELECT_BLOCKS_PER_SM = 4
 #: pairs per ``lks_reduce`` block (a component's pairs split into runs of this many)
 ITEM_PAIRS = 256
-#: how the pairs are put in key order: "keys" (sort the keys alone, find each one's
-#: responsibility in its row's pairs) or "argsort" (an index sort)
-SORT = "keys"
 #: bound on the TF32 screening product's relative error, |G~ - G| <= U |f| |w_k|: operands
 #: read to 2^-10 each and float32 sums, times two
 U = 2.0**-8
@@ -55,7 +53,7 @@ U = 2.0**-8
 #: (a row in a warp's registers)
 MAX_GROUPS = 32
 MAX_FEATURES = 256
-#: pairs held per row and active restart (beyond, rows are listed for the dense pass)
+#: pairs held per row and active restart (beyond, the data chunk goes through the dense pass)
 PAIRS_PER_ROW = 4
 #: bytes per pair: key and r, the sort's index and temporaries, the ordered row and r
 PAIR_BYTES = 48
@@ -112,12 +110,9 @@ def kernel_refs() -> list[KernelRef]:
     return [kernel_ref(SOURCE, name) for name in KERNELS]
 
 
-def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> tuple[Stats, int]:
-    """One pass over the data (``LargeKPass.accumulate`` where ``config.large_k_sparse``).
-
-    Also returns how many rows went through the dense pass.
-    """
-    from .large_k import DensePass, gemm
+def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> Stats:
+    """One pass over the data (``LargeKPass.accumulate`` where ``config.large_k_sparse``)."""
+    from .large_k import DensePass  # (large_k imports this module)
 
     step = _Steps()
     step("setup")
@@ -130,7 +125,7 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> t
     f64 = cupy.float64
     bnd = lk.scratch.get("lks_bnd", (6, kp), cupy.float32)
     e0 = lk.scratch.get("lks_e0", (kp,), f64)
-    inner = 2 * D if diag else D
+    inner = fp if diag else D  # the screening product's inner dimension ([x, x^2] or x)
     means = cupy.ascontiguousarray(params.means, dtype=f64).reshape(-1)
     prec_chol = cupy.ascontiguousarray(params.precisions_cholesky, dtype=f64).reshape(-1)
     kern["lks_norms"](
@@ -142,8 +137,7 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> t
             np.int32(D), np.bool_(diag), bnd, e0,
         ),
     )  # fmt: skip
-    # lks_select: one wave of blocks, a float64
-    # log-likelihood partial per warp and restart
+    # lks_select: one wave of blocks, a float64 log-likelihood partial per warp and restart
     select_blocks = SELECT_BLOCKS_PER_SM * lk.config.n_sm
     ll_sparse = lk.scratch.get("lks_ll", (select_blocks * 8, R), f64)
     loglik = cupy.zeros(R, dtype=f64)
@@ -166,7 +160,6 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> t
         listed = cupy.empty(n, dtype=cupy.int32)
         ll_sparse.data.memset_async(0, ll_sparse.nbytes)
         rowbase = cupy.empty(n, dtype=cupy.int64)
-        w_all = np.intp(0) if weights is None else weights
         for start in range(0, n, rows_max):
             x = chunk[start : start + rows_max]
             rows = x.shape[0]
@@ -177,11 +170,11 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> t
             else:
                 operand, ld = x.data.ptr, D
             gemm(
-                _OP_T, _OP_N, kp, rows, inner if not diag else fp,
+                _OP_T, _OP_N, kp, rows, inner,
                 dense.w_mat.data.ptr, fp, operand, ld, dense.logits.data.ptr, kp,
                 precision="tf32",
             )  # fmt: skip
-            w = w_all if weights is None else weights[start : start + rows]
+            w = np.intp(0) if weights is None else weights[start : start + rows]
             step("select")
             kern["lks_select"](
                 (select_blocks,),
@@ -215,16 +208,12 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> t
             rows_s = cupy.empty(nnz, dtype=cupy.int32)
             r_s = cupy.empty(nnz, dtype=f64)
             grid = (max(1, min(-(-nnz // 256), blocks)),)
-            if SORT == "keys":
-                ordered = cupy.sort(keys[:used])  # radix
-                step("order")
-                kern["lks_order_keys"](
-                    grid, (256,), (ordered, keys, rv, rowbase, np.int64(nnz), rows_s, r_s)
-                )
-            else:
-                perm = cupy.argsort(keys[:used])
-                step("order")
-                kern["lks_order"](grid, (256,), (keys, perm, rv, np.int64(nnz), rows_s, r_s))
+            # the keys alone, radix-sorted (an index sort of them measured no faster)
+            ordered = cupy.sort(keys[:used])
+            step("order")
+            kern["lks_order_keys"](
+                grid, (256,), (ordered, keys, rv, rowbase, np.int64(nnz), rows_s, r_s)
+            )
             step("reduce")
             _reduce(dense, kern, rows_s, r_s, offsets, counts_h, chunk)
         if n_listed:
@@ -236,7 +225,7 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> t
     stats = dense.stats()
     stats.loglik = stats.loglik + loglik
     step.add_to(profile)
-    return stats, seen["listed"]
+    return stats
 
 
 def _reduce(

@@ -21,16 +21,16 @@
 //    all rows. Rows with more candidates are listed for the dense pass (em_largek.cu), which
 //    takes them whole; a data chunk whose pairs overflow their capacity goes through the dense
 //    pass entirely.
-// 3. the pairs (component << 32 | row, responsibility) are sorted by key (thrust, the caller;
-//    lks_order lays them out): each component's rows in row order, so the sums are
-//    deterministic;
+// 3. the pairs' keys (component << 32 | row) are sorted (thrust's radix sort, the caller) and
+//    lks_order_keys finds each one's responsibility in its row's pairs: each component's rows
+//    in row order, so the sums are deterministic;
 // 4. lks_reduce (one block per run of a few hundred of a component's pairs): N_k, sum r x and
 //    sum r x^2 (diag) or r |x|^2 (spherical) in float64; lks_combine adds each component's
 //    runs in order into the pass's statistics.
 //
 //   lks_norms  : the screen's bounds per component and the exact density's constant
 //   lks_select : step 2
-//   lks_order  : step 3's layout (lks_order_keys: from the sorted keys alone)
+//   lks_order_keys : step 3's layout
 //   lks_reduce, lks_combine : step 4
 //   lks_gather : the listed rows (and their weights) packed for the dense pass
 #include "tc.cuh"
@@ -199,6 +199,48 @@ __device__ __forceinline__ double lse_of(double e, int n, int lane) {
     for (int off = 16; off > 0; off >>= 1) m = fmax(m, __shfl_xor_sync(0xffffffffu, m, off));
     return m + log(gmm::warp_sum(lane < n ? exp(e - m) : 0.0));
 }
+
+// How many candidates one ballot set holds.
+__device__ __forceinline__ int count(const unsigned* mask) {
+    return __popc(mask[0]) + __popc(mask[1]) + __popc(mask[2]) + __popc(mask[3]);
+}
+
+// The candidates of one ballot set (Screen::ballots at k0) computed exactly, in order: lane j
+// keeps the j-th of the restart's (its component and log-density); n counts them.
+__device__ __forceinline__ void take(const Screen& sc, unsigned* mask, int k0, const float* xr,
+                                     int d, bool diag, const double* __restrict__ means,
+                                     const double* __restrict__ prec_chol,
+                                     const double* __restrict__ e0, int lane, int& n, int& mine,
+                                     double& emine) {
+    for (int e = 0; e < 4; ++e) {
+        while (mask[e]) {
+            const int kk = sc.component(k0, e, __ffs(mask[e]) - 1);
+            mask[e] &= mask[e] - 1;
+            const double ex = exact(xr, kk, d, diag, means, prec_chol, e0, lane);
+            if (lane == n) {
+                mine = kk;
+                emine = ex;
+            }
+            ++n;
+        }
+    }
+}
+
+// A restart's n candidates (lane j < n: component mine, log-density emine) written out: their
+// pairs from p0, the components' pair counts, and w lse added to the warp's log-likelihood.
+__device__ __forceinline__ void emit(int n, int mine, double emine, float w,
+                                     unsigned long long rkey, long long p0,
+                                     unsigned long long* __restrict__ keys,
+                                     double* __restrict__ rv, int* __restrict__ counts,
+                                     double* ll, int lane) {
+    const double lse = lse_of(emine, n, lane);
+    if (lane < n) {
+        keys[p0 + lane] = ((unsigned long long)mine << 32) | rkey;
+        rv[p0 + lane] = (double)w * exp(emine - lse);
+        atomicAdd(counts + mine, 1);
+    }
+    if (lane == 0) *ll += (double)w * lse;
+}
 }  // namespace lks
 
 // One warp per row of a screening chunk, grid-stride. L (rows, kp): the chunk's G~; X (rows, d)
@@ -260,28 +302,15 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
         if (one) {
             const int c0 = gs[0], c1 = gs[1];
             const float t = __fsub_rn(sc.low(c0, c1, lane), margin);
-            for (int k0 = c0; k0 < c1 && !listed; k0 += sc.span()) {
+            for (int k0 = c0; k0 < c1; k0 += sc.span()) {
                 unsigned mask[4];
                 sc.ballots(k0, c1, t, lane, mask);
-                const int found =
-                    __popc(mask[0]) + __popc(mask[1]) + __popc(mask[2]) + __popc(mask[3]);
-                if (!found) continue;
-                if (total + found > LKS_CMAX) {
+                if (total + lks::count(mask) > LKS_CMAX) {
                     listed = true;
                     break;
                 }
-                for (int e = 0; e < 4; ++e) {
-                    while (mask[e]) {
-                        const int kk = sc.component(k0, e, __ffs(mask[e]) - 1);
-                        mask[e] &= mask[e] - 1;
-                        const double ex = lks::exact(xr, kk, d, diag, means, prec_chol, e0, lane);
-                        if (lane == total) {
-                            mine = kk;
-                            emine = ex;
-                        }
-                        ++total;
-                    }
-                }
+                lks::take(sc, mask, k0, xr, d, diag, means, prec_chol, e0, lane, total, mine,
+                          emine);
             }
             listed = listed || total == 0;
         } else {
@@ -295,7 +324,7 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
                 for (int k0 = c0; k0 < c1; k0 += sc.span()) {
                     unsigned mask[4];
                     sc.ballots(k0, c1, t, lane, mask);
-                    n += __popc(mask[0]) + __popc(mask[1]) + __popc(mask[2]) + __popc(mask[3]);
+                    n += lks::count(mask);
                 }
                 if (n == 0 || n > LKS_CMAX) listed = true;
                 total += n;
@@ -314,13 +343,7 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
         const float wrow = sample_weight != nullptr ? sample_weight[row] : 1.0f;
         const unsigned long long rkey = (unsigned long long)(row0 + row);
         if (one) {
-            const double lse = lks::lse_of(emine, total, lane);
-            if (lane < total) {
-                keys[base + lane] = ((unsigned long long)mine << 32) | rkey;
-                rv[base + lane] = (double)wrow * exp(emine - lse);
-                atomicAdd(counts + mine, 1);
-            }
-            if (lane == 0) llw[0] += (double)wrow * lse;
+            lks::emit(total, mine, emine, wrow, rkey, base, keys, rv, counts, llw, lane);
             continue;
         }
         // phase 2: per restart, the candidates' exact log-densities (lane j keeps the j-th),
@@ -328,47 +351,15 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
         for (int g = 0; g < n_groups; ++g) {
             if (active != nullptr && !active[g]) continue;
             const int c0 = gs[g], c1 = gs[g + 1];
-            const float t = thr[g];
             int n = 0;
             for (int k0 = c0; k0 < c1; k0 += sc.span()) {
                 unsigned mask[4];
-                sc.ballots(k0, c1, t, lane, mask);
-                for (int e = 0; e < 4; ++e) {
-                    while (mask[e]) {
-                        const int kk = sc.component(k0, e, __ffs(mask[e]) - 1);
-                        mask[e] &= mask[e] - 1;
-                        const double ex = lks::exact(xr, kk, d, diag, means, prec_chol, e0, lane);
-                        if (lane == n) {
-                            mine = kk;
-                            emine = ex;
-                        }
-                        ++n;
-                    }
-                }
+                sc.ballots(k0, c1, thr[g], lane, mask);
+                lks::take(sc, mask, k0, xr, d, diag, means, prec_chol, e0, lane, n, mine, emine);
             }
-            const double lse = lks::lse_of(emine, n, lane);
-            if (lane < n) {
-                keys[base + lane] = ((unsigned long long)mine << 32) | rkey;
-                rv[base + lane] = (double)wrow * exp(emine - lse);
-                atomicAdd(counts + mine, 1);
-            }
+            lks::emit(n, mine, emine, wrow, rkey, base, keys, rv, counts, llw + g, lane);
             base += n;
-            if (lane == 0) llw[g] += (double)wrow * lse;
         }
-    }
-}
-
-// One thread per pair, grid-stride: the pairs in key order (perm: the sort's order) as row
-// indices and responsibilities, contiguous for lks_reduce.
-__global__ void __launch_bounds__(LKS_NT)
-lks_order(const unsigned long long* __restrict__ keys, const long long* __restrict__ perm,
-          const double* __restrict__ rv, long long n, int* __restrict__ rows_out,
-          double* __restrict__ r_out) {
-    for (long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x; p < n;
-         p += (long long)gridDim.x * blockDim.x) {
-        const long long i = perm[p];
-        rows_out[p] = (int)(keys[i] & 0xffffffffull);
-        r_out[p] = rv[i];
     }
 }
 
@@ -393,7 +384,7 @@ lks_order_keys(const unsigned long long* __restrict__ sorted,
 
 // One block per item (a run of at most a few hundred of one component's pairs: a component
 // holding most rows is split, so no block runs long), one thread per feature (blockDim >= d).
-// The pairs in key order (lks_order*): item i covers [item_start[i], item_end[i]), pairs of one
+// The pairs in key order (lks_order_keys): item i covers [item_start[i], item_end[i]), pairs of one
 // component. X (rows, d) the data chunk. Writes part (items, f + 1): [sum r x,
 // sum r x^2] (diag, f = 2d) or [sum r x, sum r |x|^2] (spherical, f = d + 1), then sum r;
 // float64. lks_combine adds a component's items in order: deterministic.

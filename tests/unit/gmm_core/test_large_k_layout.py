@@ -122,7 +122,7 @@ def test_every_pass_is_screened_whatever_the_engine_ran_before(monkeypatch):
 
     def screened(lk, data, params, active):
         calls.append("screened")
-        return "stats", 900  # most rows listed
+        return "stats"
 
     class Dense:
         def __init__(self, *args):
