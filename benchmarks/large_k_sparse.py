@@ -3,8 +3,8 @@
     SCIPY_ARRAY_API=1 PYTHONPATH=. python3 benchmarks/large_k_sparse.py --out sparse.json
 
 The issue-17 case (1M x 128 float32, K = 1024, spherical and diag; ``bench_large_k``'s data and
-start), in one device call, the float32 GEMM pass (the default) and the screened pass side by
-side:
+start), in one device call, the float32 GEMM pass, the screened pass (the default: a TF32
+screen) and the screened pass on a BF16 screen side by side:
 
 1. the pass (``engine.large_k.accumulate``, median of 5) at the start (means on random rows:
    the rows of clusters without a mean have their responsibilities spread, the hard case) and
@@ -44,6 +44,11 @@ from benchmarks.public_api import timed  # noqa: E402
 from benchmarks.report import environment, log  # noqa: E402
 
 ENV = "GMM_CORE_LARGE_K_SPARSE"
+SCREEN_ENV = "GMM_CORE_LARGE_K_SCREEN"
+#: the passes side by side: name, screened, screen
+VARIANTS = (
+    ("float32_gemm", False, "tf32"), ("sparse", True, "tf32"), ("sparse_bf16", True, "bf16"),
+)  # fmt: skip
 
 
 def fitted_params(gm: Any) -> Any:
@@ -73,9 +78,10 @@ def pass_case(X: Any, cov: str, params: Any, label: str) -> dict[str, Any]:
     ref = engine.gemm.accumulate(data64, params)
     del data64
     out: dict[str, Any] = {}
-    for name, on in (("float32_gemm", False), ("sparse", True)):
+    for name, on, screen in VARIANTS:
         engine.config.large_k_fused = engine.config.large_k_f64 = False
         engine.config.large_k_sparse = on
+        engine.config.large_k_screen = screen
 
         def run() -> Any:
             return engine.large_k.accumulate(data, params)
@@ -103,21 +109,22 @@ def api_case(X: Any, cov: str, start: dict[str, Any]) -> dict[str, Any]:
         return fit_from_start(X, cov, start, iters)
 
     out: dict[str, Any] = {}
-    for flag in ("1", "0"):
-        os.environ[ENV] = flag
-        key = "sparse" if flag == "1" else "float32_gemm"
+    for key, on, screen in (VARIANTS[1], VARIANTS[2], VARIANTS[0]):
+        os.environ[ENV] = "1" if on else "0"
+        os.environ[SCREEN_ENV] = screen
         row: dict[str, Any] = dict(per_iteration(fit))
-        large_k_sparse.trace = [] if flag == "1" else None
+        large_k_sparse.trace = [] if on else None
         row["lower_bound_7"] = float(fit(7).lower_bound_)
-        if flag == "1":
+        if on:
             row["per_pass"], large_k_sparse.trace = large_k_sparse.trace, None
         log(
             f"  {cov} API {key}: {row['per_iter_ms']:.2f} ms per iteration, lower bound "
-            f"{row['lower_bound_7']:.6f}" + (f", passes {row['per_pass']}" if flag == "1" else "")
+            f"{row['lower_bound_7']:.6f}" + (f", passes {row['per_pass']}" if on else "")
         )
         row.update(default_fit(X, cov, f"{cov} {key}"))
         out[key] = row
     os.environ.pop(ENV)
+    os.environ.pop(SCREEN_ENV)
     return out
 
 

@@ -5,7 +5,7 @@
 ``bench_large_k``'s case (1M x 128, K = 1024) at the parameters of a 6-iteration fit from its
 start (the steady state of the public API's iterations): the pass's median time (5 runs, no
 events) and, with ``large_k_sparse.profile`` on, each step's device milliseconds (mean of 3
-passes), for several screening chunk sizes (``large_k.CHUNK_BYTES``); the float32 GEMM pass
+passes), for several screening chunk sizes (``large_k_sparse.CHUNK_BYTES``); the float32 GEMM pass
 beside it.
 """
 
@@ -28,7 +28,7 @@ from benchmarks.report import environment, log  # noqa: E402
 
 
 def case(X: Any, cov: str, chunks: list[int]) -> dict[str, Any]:
-    from gmm_core._cupy import CupyEngine, large_k, large_k_sparse
+    from gmm_core._cupy import CupyEngine, large_k_sparse
 
     os.environ[ENV] = "0"
     params = fitted_params(fit_from_start(X, cov, start_of(X, cov), 6))
@@ -40,9 +40,9 @@ def case(X: Any, cov: str, chunks: list[int]) -> dict[str, Any]:
     out["float32_gemm_ms"] = 1e3 * timed(lambda: engine.large_k.accumulate(data, params), 5)[0]
     log(f"  {cov} float32 GEMM pass {out['float32_gemm_ms']:.2f} ms")
     engine.config.large_k_sparse = True
-    default = large_k.CHUNK_BYTES
+    default = large_k_sparse.CHUNK_BYTES
     for mb in chunks:
-        large_k.CHUNK_BYTES = mb << 20
+        large_k_sparse.CHUNK_BYTES = mb << 20
         ms = 1e3 * timed(lambda: engine.large_k.accumulate(data, params), 5)[0]
         large_k_sparse.profile = {}
         for _ in range(3):
@@ -52,7 +52,7 @@ def case(X: Any, cov: str, chunks: list[int]) -> dict[str, Any]:
         out[f"chunk_{mb}MB"] = {"ms": ms, "steps_ms": steps}
         table = "  ".join(f"{k} {v:.2f}" for k, v in sorted(steps.items(), key=lambda t: -t[1]))
         log(f"  {cov} sparse, {mb} MB chunks: {ms:.2f} ms | {table}")
-    large_k.CHUNK_BYTES = default
+    large_k_sparse.CHUNK_BYTES = default
     # lks_select at 3 blocks per SM (80 registers, no spills) against the default 4
     engine.large_k.options = ("-DLKS_SELECT_BLOCKS=3",)
     large_k_sparse.SELECT_BLOCKS_PER_SM = 3

@@ -197,7 +197,10 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
     ),
     "em_largek_sparse.cu": (
         "lks_norms",
-        "lks_select",
+        "lks_bf16",
+        "lks_features16",
+        "lks_select<float>",
+        "lks_select<unsigned short>",
         "lks_order_keys",
         "lks_reduce",
         "lks_combine",

@@ -19,6 +19,11 @@ LARGE_K_SPARSE_ENV = "GMM_CORE_LARGE_K_SPARSE"
 #: 11.7 ms per iteration at the public fit against the float32 GEMMs' 21.5 / 33.7 on an H100,
 #: statistics float64-exact; ``benchmarks/results/gpu_h100_large_k_sparse.json``)
 LARGE_K_SPARSE_DEFAULT = True
+#: the screened pass's product: "tf32" (float32 values, U = 2^-8) or "bf16" (bfloat16 operands
+#: and values, half the bytes, U = 5 * 2^-8: a window 5x as wide); ``GMM_CORE_LARGE_K_SCREEN``
+LARGE_K_SCREEN_ENV = "GMM_CORE_LARGE_K_SCREEN"
+LARGE_K_SCREENS = ("tf32", "bf16")
+LARGE_K_SCREEN_DEFAULT = "tf32"
 #: compute capabilities whose float64 runs on tensor cores at half the TF32 rate or better
 #: (A100, H100/H200, B200): the large-K pass's float64 E-step pays there and nowhere else
 FAST_FLOAT64 = (80, 90, 100)
@@ -30,6 +35,17 @@ BUDGET_ENV = "GMM_CORE_GPU_MEMORY_BUDGET"
 TC_THREADS = 256
 #: shared memory a block may opt into where the device does not say (bytes)
 DEFAULT_SMEM_OPTIN = 48 * 1024
+
+
+def screen_setting() -> str:
+    """``GMM_CORE_LARGE_K_SCREEN`` (``LARGE_K_SCREENS``), the default when unset or empty."""
+    value = os.environ.get(LARGE_K_SCREEN_ENV, "").strip().lower() or LARGE_K_SCREEN_DEFAULT
+    if value not in LARGE_K_SCREENS:
+        raise ValueError(
+            f"{LARGE_K_SCREEN_ENV}={value!r}: set it to one of {', '.join(LARGE_K_SCREENS)} "
+            "(or unset it)"
+        )
+    return value
 
 
 def env_flag(name: str, default: bool = True) -> bool:
@@ -93,6 +109,8 @@ class LaunchConfig:
     #: TF32 product with a proven error bound picks the few components per sample whose
     #: responsibilities count, computed exactly; on unless ``GMM_CORE_LARGE_K_SPARSE=0``
     large_k_sparse: bool = LARGE_K_SPARSE_DEFAULT
+    #: its screening product (``LARGE_K_SCREENS``)
+    large_k_screen: str = LARGE_K_SCREEN_DEFAULT
 
     @classmethod
     def for_current_device(
@@ -126,4 +144,5 @@ class LaunchConfig:
             large_k_f64=env_flag(LARGE_K_F64_ENV, default=LARGE_K_F64_DEFAULT)
             and compute_capability in FAST_FLOAT64,
             large_k_sparse=env_flag(LARGE_K_SPARSE_ENV, default=LARGE_K_SPARSE_DEFAULT),
+            large_k_screen=screen_setting(),
         )

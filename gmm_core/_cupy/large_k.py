@@ -175,9 +175,11 @@ class LargeKPass:
             return large_k_sparse.kernel_refs() + dense
         return dense
 
-    def chunk_rows(self, data: CupyData, n_cols: int, ldb: int) -> int:
-        """Rows per chunk: ``CHUNK_BYTES`` of log-densities, within the scratch allowance."""
-        rows = CHUNK_BYTES // (4 * n_cols)
+    def chunk_rows(
+        self, data: CupyData, n_cols: int, ldb: int, chunk_bytes: int | None = None
+    ) -> int:
+        """Rows per chunk: ``chunk_bytes`` (``CHUNK_BYTES``) of log-densities, in budget."""
+        rows = (CHUNK_BYTES if chunk_bytes is None else chunk_bytes) // (4 * n_cols)
         rows = min(rows, scratch_bytes(data, self.budget()) // (4 * (n_cols + ldb)))
         return int(min(max(rows // 256 * 256, 256), STATS_ROWS))
 
@@ -298,7 +300,10 @@ class DensePass:
     lists.
     """
 
-    def __init__(self, lk: LargeKPass, data: CupyData, params: Params, active: Any) -> None:
+    def __init__(
+        self, lk: LargeKPass, data: CupyData, params: Params, active: Any,
+        chunk_bytes: int | None = None,
+    ) -> None:  # fmt: skip
         R, K, D = params.means.shape
         self.R, self.K, self.D, self.rk = R, K, D, R * K
         self.data = data
@@ -324,7 +329,7 @@ class DensePass:
         )  # fmt: skip
         self.groups = cupy.asarray(np.arange(R + 1, dtype=np.int32) * K)
         self.act = np.intp(0) if active is None else cupy.asarray(active).astype(cupy.int32)
-        self.rows_max = lk.chunk_rows(data, self.kp, self.ldb)
+        self.rows_max = lk.chunk_rows(data, self.kp, self.ldb, chunk_bytes)
         self.feats = scratch.get("lk_b", (self.rows_max, self.ldb), cupy.float32)
         self.logits = scratch.get("lk_l", (self.rows_max, self.kp), cupy.float32)
         self.s32 = scratch.get("lk_s", (self.ldb, self.kp), cupy.float32, zero=True)  # col-major

@@ -45,6 +45,8 @@ _PRECISIONS: dict[str, tuple[int, int, np.ndarray]] = {
     "float32": (0, 68, np.ones(1, np.float32)),  # CUBLAS_COMPUTE_32F: FMA, no TF32
     "tf32": (0, 77, np.ones(1, np.float32)),  # CUBLAS_COMPUTE_32F_FAST_TF32
     "float64": (1, 70, np.ones(1, np.float64)),  # CUBLAS_COMPUTE_64F
+    # bfloat16 operands and product (CUDA_R_16BF), float32 sums (CUBLAS_COMPUTE_32F)
+    "bf16": (14, 68, np.ones(1, np.float32)),
 }
 
 
@@ -87,7 +89,8 @@ def gemm(
     """``C = op(A) op(B)`` (``accumulate``: ``C += ...``), column-major, cuBLAS ``gemmEx``.
 
     ``precision``: ``"float32"`` (float32 FMA products and sums), ``"tf32"`` (float32 operands
-    read as TF32 by the tensor cores, float32 sums) or ``"float64"``. ``a``, ``b``, ``c``: device
+    read as TF32 by the tensor cores, float32 sums), ``"bf16"`` (bfloat16 operands and
+    product, float32 sums) or ``"float64"``. ``a``, ``b``, ``c``: device
     pointers on the current stream. ``batch`` > 1: strided batched (element strides of A, B, C).
     """
     from cupy_backends.cuda.libs import cublas

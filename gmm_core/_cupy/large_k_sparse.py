@@ -38,17 +38,23 @@ from .large_k_f64 import gemm
 
 SOURCE = "em_largek_sparse.cu"
 KERNELS = (
-    "lks_norms", "lks_select", "lks_order_keys", "lks_reduce", "lks_combine",
-    "lks_gather",
+    "lks_norms", "lks_bf16", "lks_features16", "lks_select<float>", "lks_select<unsigned short>",
+    "lks_order_keys", "lks_reduce", "lks_combine", "lks_gather",
 )  # fmt: skip
 #: blocks of ``lks_select`` per SM: its launch bounds (``LKS_SELECT_BLOCKS``: 4 blocks of 256
 #: threads, 64 registers, a few bytes spilled; measured 5-9% faster than 3 without spills)
 SELECT_BLOCKS_PER_SM = 4
+#: bytes of screened log-densities per screening chunk: one GEMM and one ``lks_select`` per
+#: chunk (128 MB measured 0.5-0.8 ms faster per pass than the dense pass's 64 MB, and 256 MB no
+#: faster: ``gpu_h100_select_profile.json``)
+CHUNK_BYTES = 128 << 20
 #: pairs per ``lks_reduce`` block (a component's pairs split into runs of this many)
 ITEM_PAIRS = 256
-#: bound on the TF32 screening product's relative error, |G~ - G| <= U |f| |w_k|: operands
-#: read to 2^-10 each and float32 sums, times two
-U = 2.0**-8
+#: bound on the screening product's relative error, |G~ - G| <= U |f| |w_k|, per screen
+#: (``LaunchConfig.large_k_screen``): TF32, operands read to 2^-10 each and float32 sums, times
+#: two; BF16, operands and product rounded to 2^-8 each and float32 sums (the .cu's header)
+U_SCREEN = {"tf32": 2.0**-8, "bf16": 5 * 2.0**-8}
+U = U_SCREEN["tf32"]
 #: most restarts (``lks_select`` keeps a threshold per restart in shared memory) and features
 #: (a row in a warp's registers)
 MAX_GROUPS = 32
@@ -116,12 +122,14 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
 
     step = _Steps()
     step("setup")
-    dense = DensePass(lk, data, params, active)
+    dense = DensePass(lk, data, params, active, CHUNK_BYTES)
     R, K, D = params.means.shape
     rk, kp, fp, ldb = dense.rk, dense.kp, dense.fp, dense.ldb
     diag = dense.diag
     kern = {ref.expr: load_kernel(ref, lk.options) for ref in kernel_refs()}
     blocks = dense.blocks
+    bf16 = lk.config.large_k_screen == "bf16"
+    select = kern["lks_select<unsigned short>" if bf16 else "lks_select<float>"]
     f64 = cupy.float64
     bnd = lk.scratch.get("lks_bnd", (6, kp), cupy.float32)
     e0 = lk.scratch.get("lks_e0", (kp,), f64)
@@ -142,6 +150,8 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
     ll_sparse = lk.scratch.get("lks_ll", (select_blocks * 8, R), f64)
     loglik = cupy.zeros(R, dtype=f64)
     t = np.float32(margin(data.n_samples, data.total_weight or 0.0))
+    screen = _Screen(dense, kern, lk.scratch) if bf16 else None
+    u = np.float32(U_SCREEN[lk.config.large_k_screen])
     n_active = R if active is None else int(np.count_nonzero(cupy.asnumpy(active)))
     rows_max = dense.rows_max
     seen = {"rows": 0, "listed": 0, "pairs": 0}
@@ -164,25 +174,29 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
             x = chunk[start : start + rows_max]
             rows = x.shape[0]
             step("screen")
-            if diag:
-                dense.features(x)
-                operand, ld = dense.feats.data.ptr, ldb
+            if screen is not None:
+                logits = screen.product(x, inner)
             else:
-                operand, ld = x.data.ptr, D
-            gemm(
-                _OP_T, _OP_N, kp, rows, inner,
-                dense.w_mat.data.ptr, fp, operand, ld, dense.logits.data.ptr, kp,
-                precision="tf32",
-            )  # fmt: skip
+                if diag:
+                    dense.features(x)
+                    operand, ld = dense.feats.data.ptr, ldb
+                else:
+                    operand, ld = x.data.ptr, D
+                gemm(
+                    _OP_T, _OP_N, kp, rows, inner,
+                    dense.w_mat.data.ptr, fp, operand, ld, dense.logits.data.ptr, kp,
+                    precision="tf32",
+                )  # fmt: skip
+                logits = dense.logits
             w = np.intp(0) if weights is None else weights[start : start + rows]
             step("select")
-            kern["lks_select"](
+            select(
                 (select_blocks,),
                 (256,),
                 (
-                    dense.logits, np.int64(rows), np.int32(kp), x, np.int32(D), np.bool_(diag),
+                    logits, np.int64(rows), np.int32(kp), x, np.int32(D), np.bool_(diag),
                     bnd, means, prec_chol, e0, dense.groups, np.int32(R), dense.act, w,
-                    np.float32(U), t, np.int64(start), keys, rv, np.int64(cap), counters, counts,
+                    u, t, np.int64(start), keys, rv, np.int64(cap), counters, counts,
                     listed, counters[1:].view(cupy.uint32), ll_sparse, rowbase,
                 ),
             )  # fmt: skip
@@ -226,6 +240,51 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
     stats.loglik = stats.loglik + loglik
     step.add_to(profile)
     return stats
+
+
+class _Screen:
+    """The BF16 screen: bfloat16 operands and product, float32 sums.
+
+    The weights are converted once a pass, the rows per chunk; ``em_largek_sparse.cu``'s
+    header gives the bound.
+    """
+
+    def __init__(self, dense: Any, kern: dict[str, Any], scratch: Any) -> None:
+        self.dense, self.kern = dense, kern
+        kp, fp, rows_max = dense.kp, dense.fp, dense.rows_max
+        self.ld = fp if dense.diag else _round8(dense.D)
+        self.w16 = scratch.get("lks_w16", (kp, fp), cupy.uint16)
+        self.x16 = scratch.get("lks_x16", (rows_max, self.ld), cupy.uint16)
+        self.l16 = scratch.get("lks_l16", (rows_max, kp), cupy.uint16)
+        self._convert(dense.w_mat, kp, fp, fp, self.w16, fp)
+
+    def _convert(self, a: Any, rows: int, cols: int, lda: int, out: Any, ldo: int) -> None:
+        self.kern["lks_bf16"](
+            (max(1, min(-(-rows * ldo // 256), self.dense.blocks)),),
+            (256,),
+            (a, np.int64(rows), np.int32(cols), np.int32(lda), out, np.int32(ldo)),
+        )
+
+    def product(self, x: Any, inner: int) -> Any:
+        """The screened values of the rows ``x`` (bfloat16 bits, rows x kp)."""
+        dense, rows = self.dense, x.shape[0]
+        if dense.diag:
+            self.kern["lks_features16"](
+                (max(1, min(-(-rows * self.ld // 256), dense.blocks)),),
+                (256,),
+                (x, np.int64(rows), np.int32(dense.D), np.int32(self.ld), self.x16),
+            )
+        else:
+            self._convert(x, rows, dense.D, dense.D, self.x16, self.ld)
+        gemm(
+            _OP_T, _OP_N, dense.kp, rows, inner, self.w16.data.ptr, dense.fp,
+            self.x16.data.ptr, self.ld, self.l16.data.ptr, dense.kp, precision="bf16",
+        )  # fmt: skip
+        return self.l16
+
+
+def _round8(n: int) -> int:
+    return -(-n // 8) * 8
 
 
 def _reduce(

@@ -28,8 +28,14 @@
 //    sum r x^2 (diag) or r |x|^2 (spherical) in float64; lks_combine adds each component's
 //    runs in order into the pass's statistics.
 //
+// The screen in BF16 (large_k_sparse.SCREEN = "bf16"): operands and product rounded to
+// bfloat16 (lks_bf16, lks_features16; cuBLAS, float32 sums), half the bytes written and read,
+// at U = 5 * 2^-8: operands 2^-8 relative each, the float32 sums within inner * 2^-23 <=
+// 2^-15, the product's rounding to bfloat16 2^-8 (2^-7 were it truncated): under 4.01 * 2^-8.
+//
 //   lks_norms  : the screen's bounds per component and the exact density's constant
-//   lks_select : step 2
+//   lks_bf16, lks_features16 : the BF16 screen's operands
+//   lks_select<float>, lks_select<unsigned short> : step 2 on a TF32 or a BF16 screen
 //   lks_order_keys : step 3's layout
 //   lks_reduce, lks_combine : step 4
 //   lks_gather : the listed rows (and their weights) packed for the dense pass
@@ -46,6 +52,11 @@
 #endif
 // most features a warp holds in registers (8 per lane)
 #define LKS_MAXD 256
+// ballot spans lks::spans screens before taking their candidates (their loads in flight
+// together)
+#ifndef LKS_SPANS
+#define LKS_SPANS 1
+#endif
 
 // One thread per component (rk), grid-stride. W (kp, fp) and c (kp): the screening weights and
 // constants (lk_weights), of which the first `inner` columns of W enter the product; weights
@@ -94,7 +105,64 @@ lks_norms(const float* __restrict__ W, const float* __restrict__ c, int fp, int 
     }
 }
 
+// float32 as bfloat16 bits, rounded to nearest even (NaN kept a NaN)
+__device__ __forceinline__ unsigned short lks_to_bf16(float v) {
+    const unsigned u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// One thread per element, grid-stride: A (rows, cols; row stride lda) as bfloat16 bits into B
+// (rows, ldb), columns [cols, ldb) zero.
+__global__ void __launch_bounds__(LKS_NT)
+lks_bf16(const float* __restrict__ A, long long rows, int cols, int lda,
+         unsigned short* __restrict__ B, int ldb) {
+    const long long n = rows * ldb;
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n;
+         t += (long long)gridDim.x * blockDim.x) {
+        const long long r = t / ldb;
+        const int j = (int)(t - r * ldb);
+        B[t] = j < cols ? lks_to_bf16(A[r * lda + j]) : (unsigned short)0;
+    }
+}
+
+// One thread per element, grid-stride: the diag screen's features [x, x^2] of X (rows, d) as
+// bfloat16 bits into B (rows, ldb), zero past 2 d.
+__global__ void __launch_bounds__(LKS_NT)
+lks_features16(const float* __restrict__ X, long long rows, int d, int ldb,
+               unsigned short* __restrict__ B) {
+    const long long n = rows * ldb;
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n;
+         t += (long long)gridDim.x * blockDim.x) {
+        const long long r = t / ldb;
+        const int j = (int)(t - r * ldb);
+        float v = 0.0f;
+        if (j < d) {
+            v = X[r * d + j];
+        } else if (j < 2 * d) {
+            const float x = X[r * d + j - d];
+            v = x * x;
+        }
+        B[t] = lks_to_bf16(v);
+    }
+}
+
 namespace lks {
+// A screened value: float32 (TF32 screen) or bfloat16 bits (BF16 screen).
+__device__ __forceinline__ float value(float v) { return v; }
+__device__ __forceinline__ float value(unsigned short h) {
+    return __uint_as_float((unsigned)h << 16);
+}
+// Four screened values from k4 * 4 (16 or 8 bytes, aligned).
+__device__ __forceinline__ float4 load4(const float* l, int k4) {
+    return reinterpret_cast<const float4*>(l)[k4];
+}
+__device__ __forceinline__ float4 load4(const unsigned short* l, int k4) {
+    const uint2 u = reinterpret_cast<const uint2*>(l)[k4];
+    return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
+                       __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u));
+}
+
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
@@ -104,8 +172,9 @@ __device__ __forceinline__ float warp_max(float v) {
 // A row's screened log-densities' bounds v_k -+ b_k (lks_norms). Rounded operations only:
 // every pass over a row must find the same candidates, and the vector and scalar forms the
 // same values.
+template <class T>
 struct Screen {
-    const float* l;    // the row's G~ (kp)
+    const T* l;        // the row's G~ (kp): float32 or bfloat16 bits
     const float* bnd;  // (6, kp)
     int kp;
     float sq, ufn;
@@ -117,12 +186,11 @@ struct Screen {
     __device__ __forceinline__ float low(int c0, int c1, int lane) const {
         float lo = __int_as_float(0xff800000);
         if (vec) {
-            const float4* l4 = reinterpret_cast<const float4*>(l);
             const float4* a4 = reinterpret_cast<const float4*>(bnd);
             const float4* b4 = reinterpret_cast<const float4*>(bnd + kp);
             const float4* c4 = reinterpret_cast<const float4*>(bnd + 2 * kp);
             for (int k4 = (c0 >> 2) + lane; k4 < (c1 >> 2); k4 += 32) {
-                const float4 g = l4[k4], a = a4[k4], b = b4[k4], c = c4[k4];
+                const float4 g = load4(l, k4), a = a4[k4], b = b4[k4], c = c4[k4];
                 lo = fmaxf(lo, eval(g.x, a.x, b.x, c.x));
                 lo = fmaxf(lo, eval(g.y, a.y, b.y, c.y));
                 lo = fmaxf(lo, eval(g.z, a.z, b.z, c.z));
@@ -130,7 +198,7 @@ struct Screen {
             }
         } else {
             for (int k = c0 + lane; k < c1; k += 32)
-                lo = fmaxf(lo, eval(l[k], bnd[k], bnd[kp + k], bnd[2 * kp + k]));
+                lo = fmaxf(lo, eval(value(l[k]), bnd[k], bnd[kp + k], bnd[2 * kp + k]));
         }
         return warp_max(lo);  // -inf components (weight 0) drop out of the max
     }
@@ -145,7 +213,7 @@ struct Screen {
             const bool in = k < c1;
             float4 u = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             if (in) {
-                const float4 g = reinterpret_cast<const float4*>(l)[k >> 2];
+                const float4 g = load4(l, k >> 2);
                 const float4 a = reinterpret_cast<const float4*>(bnd + 3 * kp)[k >> 2];
                 const float4 b = reinterpret_cast<const float4*>(bnd + 4 * kp)[k >> 2];
                 const float4 c = reinterpret_cast<const float4*>(bnd + 5 * kp)[k >> 2];
@@ -159,7 +227,8 @@ struct Screen {
         } else {
             const int k = k0 + lane;
             const bool cand = k < c1 &&
-                              eval(l[k], bnd[3 * kp + k], bnd[4 * kp + k], bnd[5 * kp + k]) >= thr;
+                              eval(value(l[k]), bnd[3 * kp + k], bnd[4 * kp + k],
+                                   bnd[5 * kp + k]) >= thr;
             mask[0] = __ballot_sync(0xffffffffu, cand);
             mask[1] = mask[2] = mask[3] = 0u;
         }
@@ -205,9 +274,27 @@ __device__ __forceinline__ int count(const unsigned* mask) {
     return __popc(mask[0]) + __popc(mask[1]) + __popc(mask[2]) + __popc(mask[3]);
 }
 
+// The ballot sets of components [c0, c1) against thr in order, LKS_SPANS spans screened
+// together (their loads in flight at once), each passed to fn(k0, mask) until fn returns false.
+template <class T, class F>
+__device__ __forceinline__ void spans(const Screen<T>& sc, int c0, int c1, float thr, int lane,
+                                      F&& fn) {
+    const int span = sc.span();
+    for (int k0 = c0; k0 < c1; k0 += LKS_SPANS * span) {
+        unsigned mask[LKS_SPANS][4];
+#pragma unroll
+        for (int u = 0; u < LKS_SPANS; ++u) sc.ballots(k0 + u * span, c1, thr, lane, mask[u]);
+#pragma unroll
+        for (int u = 0; u < LKS_SPANS; ++u) {
+            if (k0 + u * span < c1 && !fn(k0 + u * span, mask[u])) return;
+        }
+    }
+}
+
 // The candidates of one ballot set (Screen::ballots at k0) computed exactly, in order: lane j
 // keeps the j-th of the restart's (its component and log-density); n counts them.
-__device__ __forceinline__ void take(const Screen& sc, unsigned* mask, int k0, const float* xr,
+template <class T>
+__device__ __forceinline__ void take(const Screen<T>& sc, unsigned* mask, int k0, const float* xr,
                                      int d, bool diag, const double* __restrict__ means,
                                      const double* __restrict__ prec_chol,
                                      const double* __restrict__ e0, int lane, int& n, int& mine,
@@ -233,18 +320,20 @@ __device__ __forceinline__ void emit(int n, int mine, double emine, float w,
                                      unsigned long long* __restrict__ keys,
                                      double* __restrict__ rv, int* __restrict__ counts,
                                      double* ll, int lane) {
-    const double lse = lse_of(emine, n, lane);
+    // one candidate: its log-density is the row's log-sum-exp and its responsibility 1
+    // (what lse_of and exp give for n = 1, without their float64 exp and log)
+    const double lse = n == 1 ? __shfl_sync(0xffffffffu, emine, 0) : lse_of(emine, n, lane);
     if (lane < n) {
         keys[p0 + lane] = ((unsigned long long)mine << 32) | rkey;
-        rv[p0 + lane] = (double)w * exp(emine - lse);
+        rv[p0 + lane] = n == 1 ? (double)w : (double)w * exp(emine - lse);
         atomicAdd(counts + mine, 1);
     }
     if (lane == 0) *ll += (double)w * lse;
 }
 }  // namespace lks
 
-// One warp per row of a screening chunk, grid-stride. L (rows, kp): the chunk's G~; X (rows, d)
-// its rows (centred float32, d <= LKS_MAXD); groups (restarts, at most 32) are column ranges
+// One warp per row of a screening chunk, grid-stride. L (rows, kp): the chunk's G~ (T: float32,
+// or bfloat16 bits); X (rows, d) its rows (centred float32, d <= LKS_MAXD); groups (restarts, at most 32) are column ranges
 // [gs[g], gs[g + 1]) of kp. means (rk, d), prec_chol (rk, d) diag or (rk,), e0 (rk): float64.
 // Rows are numbered from row0 within the data chunk (the pairs' and the list's row index).
 // A row with no candidate in a restart (all weights 0) or more than LKS_CMAX is listed
@@ -255,8 +344,9 @@ __device__ __forceinline__ void emit(int n, int mine, double emine, float w,
 // rows are kept never depends on the order of the atomics).
 // ll_partial (warps of the grid, n_groups): each warp adds its kept rows' w_n lse (float64), in
 // a fixed order for a fixed grid: deterministic.
+template <class T>
 __global__ void __launch_bounds__(LKS_NT, LKS_SELECT_BLOCKS)
-lks_select(const float* __restrict__ L, long long rows, int kp, const float* __restrict__ X,
+lks_select(const T* __restrict__ L, long long rows, int kp, const float* __restrict__ X,
            int d, bool diag, const float* __restrict__ bnd, const double* __restrict__ means,
            const double* __restrict__ prec_chol, const double* __restrict__ e0,
            const int* __restrict__ gs, int n_groups, const int* __restrict__ active,
@@ -276,7 +366,7 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
     // of the row's G~); several: counted first, then computed (three reads)
     const bool one = n_groups == 1 && (active == nullptr || active[0]);
     // four components per lane and load where every restart's range is 16-byte aligned
-    bool vec = (kp & 3) == 0 && (((size_t)L) & 15) == 0;
+    bool vec = (kp & 3) == 0 && ((size_t)L) % (4 * sizeof(T)) == 0;
     for (int g = 0; g <= n_groups; ++g) vec = vec && (gs[g] & 3) == 0;
     for (long long row = gw; row < rows; row += warps) {
         // the row in registers: feature lane + 32 t
@@ -294,7 +384,7 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
             sq += __shfl_xor_sync(0xffffffffu, sq, off);
             s4 += __shfl_xor_sync(0xffffffffu, s4, off);
         }
-        const lks::Screen sc{L + row * kp, bnd, kp, sq, u * sqrtf(diag ? sq + s4 : sq) * 1.000001f,
+        const lks::Screen<T> sc{L + row * kp, bnd, kp, sq, u * sqrtf(diag ? sq + s4 : sq) * 1.000001f,
                              vec};
         int total = 0, mine = 0;
         double emine = 0.0;
@@ -302,16 +392,15 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
         if (one) {
             const int c0 = gs[0], c1 = gs[1];
             const float t = __fsub_rn(sc.low(c0, c1, lane), margin);
-            for (int k0 = c0; k0 < c1; k0 += sc.span()) {
-                unsigned mask[4];
-                sc.ballots(k0, c1, t, lane, mask);
+            lks::spans(sc, c0, c1, t, lane, [&](int k0, unsigned* mask) {
                 if (total + lks::count(mask) > LKS_CMAX) {
                     listed = true;
-                    break;
+                    return false;
                 }
                 lks::take(sc, mask, k0, xr, d, diag, means, prec_chol, e0, lane, total, mine,
                           emine);
-            }
+                return true;
+            });
             listed = listed || total == 0;
         } else {
             // phase 1: every active restart's threshold and candidates counted
@@ -321,11 +410,10 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
                 const float t = __fsub_rn(sc.low(c0, c1, lane), margin);
                 if (lane == 0) thr[g] = t;
                 int n = 0;
-                for (int k0 = c0; k0 < c1; k0 += sc.span()) {
-                    unsigned mask[4];
-                    sc.ballots(k0, c1, t, lane, mask);
+                lks::spans(sc, c0, c1, t, lane, [&](int, unsigned* mask) {
                     n += lks::count(mask);
-                }
+                    return n <= LKS_CMAX;
+                });
                 if (n == 0 || n > LKS_CMAX) listed = true;
                 total += n;
             }
@@ -352,11 +440,10 @@ lks_select(const float* __restrict__ L, long long rows, int kp, const float* __r
             if (active != nullptr && !active[g]) continue;
             const int c0 = gs[g], c1 = gs[g + 1];
             int n = 0;
-            for (int k0 = c0; k0 < c1; k0 += sc.span()) {
-                unsigned mask[4];
-                sc.ballots(k0, c1, thr[g], lane, mask);
+            lks::spans(sc, c0, c1, thr[g], lane, [&](int k0, unsigned* mask) {
                 lks::take(sc, mask, k0, xr, d, diag, means, prec_chol, e0, lane, n, mine, emine);
-            }
+                return true;
+            });
             lks::emit(n, mine, emine, wrow, rkey, base, keys, rv, counts, llw + g, lane);
             base += n;
         }

@@ -24,6 +24,7 @@ _REASON = cupy_unavailable_reason()
 LARGE_K_FUSED_ENV = "GMM_CORE_LARGE_K_FUSED"
 LARGE_K_F64_ENV = "GMM_CORE_LARGE_K_F64"
 LARGE_K_SPARSE_ENV = "GMM_CORE_LARGE_K_SPARSE"
+LARGE_K_SCREEN_ENV = "GMM_CORE_LARGE_K_SCREEN"
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(_REASON is not None, reason=f"needs a usable CUDA GPU: {_REASON}"),
@@ -81,11 +82,11 @@ def _reference(X: np.ndarray, cov: str, params: Params, weights=None):
     return out
 
 
-@pytest.fixture(params=["fused", "float32", "f64", "sparse"])
+@pytest.fixture(params=["fused", "float32", "f64", "sparse", "sparse_bf16"])
 def variant(request):
     """The pass as the fused tensor-core kernels, as cuBLAS float32 GEMMs, with the float64
     E-step (cuBLAS float64 and TF32 GEMMs; skipped where the device's float64 is slow), and
-    screened (a TF32 screen, the few candidates per row exact)."""
+    screened (a TF32 or a BF16 screen, the few candidates per row exact)."""
     if request.param == "f64":
         import cupy
 
@@ -101,11 +102,13 @@ def _use(variant: str, monkeypatch=None, engine=None) -> None:
     if monkeypatch is not None:
         monkeypatch.setenv(LARGE_K_FUSED_ENV, "1" if variant == "fused" else "0")
         monkeypatch.setenv(LARGE_K_F64_ENV, "1" if variant == "f64" else "0")
-        monkeypatch.setenv(LARGE_K_SPARSE_ENV, "1" if variant == "sparse" else "0")
+        monkeypatch.setenv(LARGE_K_SPARSE_ENV, "1" if variant.startswith("sparse") else "0")
+        monkeypatch.setenv(LARGE_K_SCREEN_ENV, "bf16" if variant == "sparse_bf16" else "tf32")
     if engine is not None:
         engine.config.large_k_fused = variant == "fused"
         engine.config.large_k_f64 = variant == "f64"
-        engine.config.large_k_sparse = variant == "sparse"
+        engine.config.large_k_sparse = variant.startswith("sparse")
+        engine.config.large_k_screen = "bf16" if variant == "sparse_bf16" else "tf32"
 
 
 def _engine_stats(
@@ -114,11 +117,12 @@ def _engine_stats(
 ):  # fmt: skip
     import cupy
 
-    from gmm_core._cupy import large_k, large_k_f64
+    from gmm_core._cupy import large_k, large_k_f64, large_k_sparse
     from gmm_core._cupy.engine import CupyEngine
 
     if chunk_bytes is not None:  # several chunks and float32 flushes in a small test
         monkeypatch.setattr(large_k, "CHUNK_BYTES", chunk_bytes)
+        monkeypatch.setattr(large_k_sparse, "CHUNK_BYTES", chunk_bytes)
         monkeypatch.setattr(large_k, "STATS_ROWS", 2048)
         # the fused pass: launches of 640 rows (lse of every restart per launch), partials
         # added across launches
@@ -134,7 +138,7 @@ def _engine_stats(
     R, K, _ = params.means.shape
     assert engine.large_k.fused(data) == (variant == "fused" and X.shape[1] <= 256)
     want = {"f64": "lk_rows64", "float32": "lk_rows", "fused": "lkt_lse", "sparse": "lks_select"}
-    want = want[variant]
+    want = want[variant.split("_")[0]]
     assert any(ref.expr.startswith(want) for ref in engine.large_k.kernel_refs(data))
     assert engine.large_k.supports(data, R, K)
     dev = params.map(cupy.asarray)

@@ -211,3 +211,15 @@ def test_float64_chunks_hold_whole_slices_within_the_scratch_allowance(budget, k
     assert rows * per_row <= max(scratch_bytes(data, budget), 32 * per_row)
     if budget >= 1 << 34 and kp == 1024:
         assert rows == large_k_f64.CHUNK_BYTES // (8 * kp)
+
+
+def test_the_screen_setting_reads_the_environment_and_names_its_values(monkeypatch):
+    from gmm_core._cupy import config
+
+    monkeypatch.delenv(config.LARGE_K_SCREEN_ENV, raising=False)
+    assert config.screen_setting() == config.LARGE_K_SCREEN_DEFAULT == "tf32"
+    monkeypatch.setenv(config.LARGE_K_SCREEN_ENV, " BF16 ")
+    assert config.screen_setting() == "bf16"
+    monkeypatch.setenv(config.LARGE_K_SCREEN_ENV, "fp16")
+    with pytest.raises(ValueError, match="GMM_CORE_LARGE_K_SCREEN='fp16'.*tf32, bf16"):
+        config.screen_setting()
