@@ -19,11 +19,14 @@ LARGE_K_SPARSE_ENV = "GMM_CORE_LARGE_K_SPARSE"
 #: 11.7 ms per iteration at the public fit against the float32 GEMMs' 21.5 / 33.7 on an H100,
 #: statistics float64-exact; ``benchmarks/results/gpu_h100_large_k_sparse.json``)
 LARGE_K_SPARSE_DEFAULT = True
-#: the screened pass's product: "tf32" (float32 values, U = 2^-8) or "bf16" (bfloat16 operands
-#: and values, half the bytes, U = 5 * 2^-8: a window 5x as wide); ``GMM_CORE_LARGE_K_SCREEN``
+#: the screened pass's product: "bf16" (bfloat16 operands and values, half the bytes of
+#: "tf32", U = 5 * 2^-8) or "tf32" (float32 values, U = 2^-8: a window a fifth as wide, for data
+#: whose components sit closer); ``GMM_CORE_LARGE_K_SCREEN``. BF16 by default: 8.30 / 8.76 ms
+#: per public iteration against TF32's 9.23 / 9.93 on an H100, both float64-exact
+#: (``benchmarks/results/gpu_h100_large_k_sparse_bf16.json``)
 LARGE_K_SCREEN_ENV = "GMM_CORE_LARGE_K_SCREEN"
-LARGE_K_SCREENS = ("tf32", "bf16")
-LARGE_K_SCREEN_DEFAULT = "tf32"
+LARGE_K_SCREENS = ("bf16", "tf32")
+LARGE_K_SCREEN_DEFAULT = "bf16"
 #: compute capabilities whose float64 runs on tensor cores at half the TF32 rate or better
 #: (A100, H100/H200, B200): the large-K pass's float64 E-step pays there and nowhere else
 FAST_FLOAT64 = (80, 90, 100)

@@ -24,7 +24,7 @@ log-densities are a float64 GEMM and the statistics TF32 GEMMs of split features
 ``benchmarks/large_k_f64.py``).
 
 By default (``LaunchConfig.large_k_sparse``; up to 256 features and 32 restarts) the pass is
-screened (``large_k_sparse``): a TF32 product with a proven error bound picks the few
+screened (``large_k_sparse``): a BF16 (or TF32) product with a proven error bound picks the few
 components per sample whose responsibilities can count, computed exactly in float64, and only
 rows with many candidates run the float32 GEMMs above (``DensePass``).
 

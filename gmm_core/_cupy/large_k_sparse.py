@@ -4,7 +4,8 @@ In many dimensions a sample's log-densities over hundreds of components spread o
 of nats, so all but a few of its responsibilities are below ``exp(-T)`` and add nothing a sum
 keeps. Per row chunk (``cuda/em_largek_sparse.cu``, whose header gives the bound):
 
-1. a cuBLAS TF32 GEMM screens every component: ``[x, x^2] . W^T`` (diag) or ``x . W^T``
+1. a cuBLAS GEMM screens every component (BF16 by default, or TF32:
+   ``LaunchConfig.large_k_screen``): ``[x, x^2] . W^T`` (diag) or ``x . W^T``
    (spherical), the dense pass's weights (``DensePass``), with a proven error bound per sample
    and component;
 2. ``lks_select``: per row and restart, the components that may hold a responsibility of

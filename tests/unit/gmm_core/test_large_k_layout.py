@@ -217,9 +217,9 @@ def test_the_screen_setting_reads_the_environment_and_names_its_values(monkeypat
     from gmm_core._cupy import config
 
     monkeypatch.delenv(config.LARGE_K_SCREEN_ENV, raising=False)
-    assert config.screen_setting() == config.LARGE_K_SCREEN_DEFAULT == "tf32"
-    monkeypatch.setenv(config.LARGE_K_SCREEN_ENV, " BF16 ")
-    assert config.screen_setting() == "bf16"
+    assert config.screen_setting() == config.LARGE_K_SCREEN_DEFAULT == "bf16"
+    monkeypatch.setenv(config.LARGE_K_SCREEN_ENV, " TF32 ")
+    assert config.screen_setting() == "tf32"
     monkeypatch.setenv(config.LARGE_K_SCREEN_ENV, "fp16")
-    with pytest.raises(ValueError, match="GMM_CORE_LARGE_K_SCREEN='fp16'.*tf32, bf16"):
+    with pytest.raises(ValueError, match="GMM_CORE_LARGE_K_SCREEN='fp16'.*bf16, tf32"):
         config.screen_setting()
