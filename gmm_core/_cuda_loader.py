@@ -222,7 +222,7 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
         "score_rows<float>",
         "score_rows<double>",
     ),
-    "em_loop.cu": ("em_update",),
+    "em_loop.cu": ("em_update", "loop_mstep"),
     "em_full.cu": (
         "full_mstep<1>",
         "full_mstep<32>",

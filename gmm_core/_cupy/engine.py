@@ -39,7 +39,7 @@ from .large_k import LargeKPass
 from .loop import DeviceLoop
 from .memory import release_memory, track_memory
 from .selection import FusedDiag, StrategySelection
-from .tracker import DeviceRestartTracker
+from .tracker import DeviceRestartTracker, loop_m_step
 
 
 class _ConfigAlias:
@@ -264,11 +264,15 @@ class CupyEngine(StrategySelection, Engine):
     def m_step(
         self, stats: Stats, covariance_type: str, reg_covar: float, eps: float, shift: Any = None
     ) -> Params | None:
-        """Full covariance: the M-step as one kernel launch (``full_mstep``); else None.
+        """The M-step as one kernel launch (``full_mstep``, ``loop_mstep``), else None.
+
+        Diag and spherical: :func:`~gmm_core._cupy.tracker.loop_m_step`.
 
         After a ``full_pass_tc`` pass of the same shape it also writes that pass's operands of
         the new parameters, so the next pass needs no ``full_tc_params`` launch.
         """
+        if covariance_type in ("diag", "spherical"):
+            return loop_m_step(stats, covariance_type, reg_covar, eps, shift)
         operands = None
         if covariance_type == "full":
             operands = self.full_pass_tc.mstep_operands(*stats.sx.shape)

@@ -18,7 +18,7 @@ from .._kmeans_seeding import SAMPLING_KERNELS, SEEDING_KERNELS
 from .data import CupyData, retype
 from .diag_common import DiagPlan, FusedDiagPass
 from .kernels import KernelRef, compile_kernels, kernel_ref
-from .tracker import TRACKER_REFS
+from .tracker import LOOP_MSTEP_REF, TRACKER_REFS
 
 if TYPE_CHECKING:
     from .config import LaunchConfig
@@ -131,6 +131,8 @@ class StrategySelection:
         refs = self._em_kernel_refs(data, n_restarts, n_components)
         if not self._device_loop_serves(data, n_restarts, n_components):
             refs += TRACKER_REFS  # the estimator's loop: its bookkeeping kernels
+            if data.covariance_type in ("diag", "spherical"):
+                refs.append(LOOP_MSTEP_REF)  # and its M-step (full: full_mstep, listed above)
         if init_params in ("kmeans", "k-means++"):
             refs += [kernel_ref("init.cu", name, data.dtype) for name in SEEDING_KERNELS]
             refs += [kernel_ref("init.cu", name, of) for name, of in SAMPLING_KERNELS]

@@ -1,4 +1,4 @@
-"""The generic EM loop's per-restart bookkeeping on the device, as one kernel.
+"""The generic EM loop on the device: its per-restart bookkeeping and diag/spherical M-step.
 
 Where :meth:`CupyEngine.run_em` does not run the whole loop on the device (full and tied
 covariance, streamed data), the estimator's loop (:func:`gmm_core._em_loop.run_em`) runs the
@@ -7,7 +7,8 @@ the convergence flags and the parameters of restarts that stopped. As CuPy array
 was a dozen small generated kernels (where, abs, less, logical ops, a CUB ``all``, a stack) to
 compile on a process's first fit; here it is ``em_update`` of ``cuda/em_loop.cu``, launched once
 per iteration, and nothing is read on the host but the flags the loop reads one iteration late
-anyway.
+anyway. The M-step of diag and spherical covariances is ``loop_mstep`` (:func:`loop_m_step`),
+one launch in place of some fifteen generated kernels.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from .kernels import KernelRef, get_kernel, kernel_ref
 SOURCE = "em_loop.cu"
 #: the kernels of one iteration's bookkeeping (``compile_for_fit`` lists them)
 TRACKER_REFS: tuple[KernelRef, ...] = (kernel_ref(SOURCE, "em_update"),)
+#: the loop's M-step of diag and spherical covariances (``loop_m_step``)
+LOOP_MSTEP_REF = kernel_ref(SOURCE, "loop_mstep")
 _THREADS = 256
 
 
@@ -111,3 +114,39 @@ class DeviceRestartTracker(RestartTracker):
         history = engine.to_host(self._rows[: self._iterations])
         n_iter = engine.to_host(self.n_iter).astype(np.int64)
         return history, n_iter, engine.to_host(self.converged).astype(bool)
+
+
+def loop_m_step(
+    stats: Stats, covariance_type: str, reg_covar: float, eps: float, shift: Any = None
+) -> Params:
+    """The M-step of diag or spherical covariances as one launch (``loop_mstep``).
+
+    :func:`gmm_core._gaussian.m_step`'s values (``check=False``: a covariance that is not
+    positive gives a non-finite precision factor), each operation rounded as CuPy's own
+    kernels round it; only the two sums (of ``N_k`` over components, and of a spherical
+    component's cross terms over features) may differ in their last bits.
+    """
+    n_restarts, n_components, n_features = stats.sx.shape
+    f64 = cupy.float64
+    diag = covariance_type == "diag"
+    cov_shape = (n_restarts, n_components, n_features) if diag else (n_restarts, n_components)
+    out = Params(
+        cupy.empty((n_restarts, n_components)),
+        cupy.empty((n_restarts, n_components, n_features)),
+        cupy.empty(cov_shape),
+        cupy.empty(cov_shape),
+    )
+    get_kernel(SOURCE, "loop_mstep")(
+        (max(1, min(-(-n_components // _THREADS), 64)), n_restarts),
+        (_THREADS,),
+        (
+            cupy.ascontiguousarray(stats.nk, dtype=f64),
+            cupy.ascontiguousarray(stats.sx, dtype=f64),
+            cupy.ascontiguousarray(stats.sxx, dtype=f64),
+            np.int32(n_components), np.int32(n_features), np.bool_(diag),
+            np.float64(reg_covar), np.float64(eps),
+            np.intp(0) if shift is None else cupy.asarray(shift, dtype=f64),
+            out.weights, out.means, out.covariances, out.precisions_cholesky,
+        ),
+    )  # fmt: skip
+    return out

@@ -17,6 +17,11 @@
 //
 // Parameters are float64, restart-major and C-contiguous (Params of gmm_core/_gaussian.py); the
 // flags are int32.
+//
+// loop_mstep: the M-step of diag and spherical covariances in one launch (gmm_core/_gaussian.py's
+// m_step with check=False, the same float64 operations in the same order, so the same values
+// but for the order of two sums), in place of some fifteen generated CuPy kernels whose launches
+// kept the device idle for ~0.8 ms per large-K iteration.
 
 #ifndef GMM_LOOP_NT
 #define GMM_LOOP_NT 256
@@ -30,6 +35,8 @@ __device__ __forceinline__ void keep(double* __restrict__ a, const double* __res
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
         a[(long long)r * n + i] = b[(long long)r * n + i];
 }
+// max(v, 0) as NumPy's maximum: a NaN stays NaN (the loop's flags then catch it)
+__device__ __forceinline__ double floor0(double v) { return isnan(v) ? v : fmax(v, 0.0); }
 }  // namespace gmml
 
 // Grid (blocks, R): grid row r handles restart r. n_*: values per restart of each array.
@@ -84,5 +91,66 @@ em_update(double* __restrict__ weights, const double* __restrict__ old_weights,
     if (fabs(delta) < tol) {  // NaN: not converged, as the host loop
         converged[r] = 1;
         active[r] = 0;
+    }
+}
+
+// Grid (blocks, R), one thread per component of restart r = blockIdx.y (grid-stride), its D
+// features in a rolled loop. nk_raw (R, K), sx (R, K, D), sxx (R, K, D) diag or (R, K)
+// spherical, shift (D) or null: float64. Writes weights (R, K), means (R, K, D), covariances
+// and pchol (R, K, D) diag or (R, K) spherical:
+//   nk = nk_raw + eps, mu = (sx - eps shift) / nk,
+//   cross = mu (2 sx - nk_raw mu) / nk (per feature),
+//   diag: var = max(sxx / nk - cross, 0) + reg_covar;
+//   spherical: var = max(sxx / nk - sum_d cross, 0) / D + reg_covar;
+//   pchol = 1 / sqrt(var) (not finite for var <= 0: the loop's flags catch it),
+//   weights = nk / sum_k nk (the sum over the restart's components in a fixed order, by warp 0
+//   of every block).
+// Rounded intrinsics keep each operation as CuPy's separate kernels round it (no contraction).
+__global__ void __launch_bounds__(GMM_LOOP_NT)
+loop_mstep(const double* __restrict__ nk_raw, const double* __restrict__ sx,
+           const double* __restrict__ sxx, int K, int D, bool diag, double reg_covar, double eps,
+           const double* __restrict__ shift, double* __restrict__ weights,
+           double* __restrict__ means, double* __restrict__ covariances,
+           double* __restrict__ pchol) {
+    __shared__ double s_total;
+    const int r = blockIdx.y;
+    if (threadIdx.x < 32) {
+        double part = 0.0;
+        for (int k = threadIdx.x; k < K; k += 32) part += __dadd_rn(nk_raw[r * K + k], eps);
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1)
+            part += __shfl_xor_sync(0xffffffffu, part, off);
+        if (threadIdx.x == 0) s_total = part;
+    }
+    __syncthreads();
+    for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < K; k += gridDim.x * blockDim.x) {
+        const long long rk = (long long)r * K + k;
+        const double n_raw = nk_raw[rk], nk = __dadd_rn(n_raw, eps);
+        weights[rk] = __ddiv_rn(nk, s_total);
+        double cross_sum = 0.0;
+        for (int d = 0; d < D; ++d) {
+            const long long at = rk * D + d;
+            const double s = sx[at];
+            const double top = shift == nullptr ? s : __dsub_rn(s, __dmul_rn(eps, shift[d]));
+            const double mu = __ddiv_rn(top, nk);
+            means[at] = mu;
+            const double cross =
+                __ddiv_rn(__dmul_rn(mu, __dsub_rn(__dmul_rn(2.0, s), __dmul_rn(n_raw, mu))), nk);
+            if (diag) {
+                const double var =
+                    __dadd_rn(gmml::floor0(__dsub_rn(__ddiv_rn(sxx[at], nk), cross)), reg_covar);
+                covariances[at] = var;
+                pchol[at] = __ddiv_rn(1.0, __dsqrt_rn(var));
+            } else {
+                cross_sum = __dadd_rn(cross_sum, cross);
+            }
+        }
+        if (!diag) {
+            const double var = __dadd_rn(
+                __ddiv_rn(gmml::floor0(__dsub_rn(__ddiv_rn(sxx[rk], nk), cross_sum)), (double)D),
+                reg_covar);
+            covariances[rk] = var;
+            pchol[rk] = __ddiv_rn(1.0, __dsqrt_rn(var));
+        }
     }
 }

@@ -200,9 +200,11 @@ def test_small_problems_need_the_persistent_kernel_only_in_the_device_loop():
         "prepare_params<float, 2, false>",
         "diag_pass<float, 2, 4, false, false, false>",
     ]
-    # streamed data (no device loop): the pass, its reduction, no M-step kernel
+    # streamed data (no device loop): the pass, its reduction, and the estimator's loop with
+    # its own M-step kernel, not the device loop's
     streamed = names(SM90, "diag", np.float32, 2, 5, 1, 500_000, resident=False)
     assert not any(n.startswith(("diag_em_small", "diag_mstep")) for n in streamed)
+    assert "loop_mstep" in streamed
     # two restarts, or more rows than 2**21: passes
     assert not any("diag_em_small" in n for n in names(SM90, "diag", np.float32, 2, 5, 2, 500_000))
     assert not any("diag_em_small" in n for n in names(SM90, "diag", np.float32, 2, 5, 1, 1 << 22))
@@ -217,32 +219,33 @@ def test_where_occupancy_decides_the_tail_reduction_both_pass_variants_are_liste
 
 def test_tied_fits_compile_the_loop_bookkeeping_and_wide_ones_the_large_k_pass():
     loop = ["em_update"]
+    dloop = ["em_update", "loop_mstep"]  # diag/spherical: the loop's M-step kernel as well
     gemms = ["lk_features", "lk_weights", "lk_rows", "lk_flush"]
     # the screened pass (the default) and the float32 GEMMs it sends listed rows through
     screened = [*large_k_sparse.KERNELS, *gemms]
     assert names(SM90, "tied", np.float64, 6, 4, 3, 10**5) == loop
-    assert names(SM90, "spherical", np.float32, 128, 1024, 1, 10**6) == screened + loop
-    assert names(SM90, "diag", np.float64, 128, 1024, 1, 10**6) == loop  # float64: GEMM path
+    assert names(SM90, "spherical", np.float32, 128, 1024, 1, 10**6) == screened + dloop
+    assert names(SM90, "diag", np.float64, 128, 1024, 1, 10**6) == dloop  # float64: GEMM path
     # past the fused passes' 32 features, 64 components and more take the large-K pass
-    assert names(SM90, "diag", np.float32, 40, 64, 1, 10**6) == screened + loop
-    assert names(SM90, "diag", np.float32, 40, 63, 1, 10**6) == loop
+    assert names(SM90, "diag", np.float32, 40, 64, 1, 10**6) == screened + dloop
+    assert names(SM90, "diag", np.float32, 40, 63, 1, 10**6) == dloop
     # without the screen (GMM_CORE_LARGE_K_SPARSE=0), and past its 256 features: the GEMMs
     off = dataclasses.replace(SM90, large_k_sparse=False)
-    assert names(off, "spherical", np.float32, 128, 1024, 1, 10**6) == gemms + loop
-    assert names(SM90, "diag", np.float32, 257, 1024, 1, 10**6) == gemms + loop
+    assert names(off, "spherical", np.float32, 128, 1024, 1, 10**6) == gemms + dloop
+    assert names(SM90, "diag", np.float32, 257, 1024, 1, 10**6) == gemms + dloop
     # opted into the fused kernels (GMM_CORE_LARGE_K_FUSED=1): up to 256 features, 32-component
     # blocks at 256 diag features; past 256, cuBLAS GEMMs
     on = dataclasses.replace(SM90, large_k_fused=True)
     fused = ["lkt_weights", "lkt_lse<false>", "lkt_stats<false, 64>"]
-    assert names(on, "spherical", np.float32, 128, 1024, 1, 10**6) == fused + loop
+    assert names(on, "spherical", np.float32, 128, 1024, 1, 10**6) == fused + dloop
     fused = ["lkt_weights", "lkt_lse<true>", "lkt_stats<true, 64>"]
-    assert names(on, "diag", np.float32, 40, 64, 1, 10**6) == fused + loop
+    assert names(on, "diag", np.float32, 40, 64, 1, 10**6) == fused + dloop
     assert "lkt_stats<true, 32>" in names(on, "diag", np.float32, 256, 1024, 1, 10**6)
-    assert names(on, "diag", np.float32, 257, 1024, 1, 10**6) == gemms + loop
+    assert names(on, "diag", np.float32, 257, 1024, 1, 10**6) == gemms + dloop
     # where float64 is fast (large_k_f64): the float64 E-step's kernels instead of the float32
     f64 = dataclasses.replace(SM90, large_k_f64=True)
     exact = ["lk_features64", "lk_weights64", "lk_rows64", "lk_flush64"]
-    assert names(f64, "spherical", np.float32, 128, 1024, 1, 10**6) == exact + loop
+    assert names(f64, "spherical", np.float32, 128, 1024, 1, 10**6) == exact + dloop
 
 
 def test_default_warmup_shapes_cover_the_pipeline_and_the_benchmark_kernels():
