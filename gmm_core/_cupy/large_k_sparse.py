@@ -261,7 +261,7 @@ class _Screen:
 
     def _convert(self, a: Any, rows: int, cols: int, lda: int, out: Any, ldo: int) -> None:
         self.kern["lks_bf16"](
-            (max(1, min(-(-rows * ldo // 256), self.dense.blocks)),),
+            (max(1, min(-(-rows // 8), self.dense.blocks)),),
             (256,),
             (a, np.int64(rows), np.int32(cols), np.int32(lda), out, np.int32(ldo)),
         )
@@ -271,7 +271,7 @@ class _Screen:
         dense, rows = self.dense, x.shape[0]
         if dense.diag:
             self.kern["lks_features16"](
-                (max(1, min(-(-rows * self.ld // 256), dense.blocks)),),
+                (max(1, min(-(-rows // 8), dense.blocks)),),
                 (256,),
                 (x, np.int64(rows), np.int32(dense.D), np.int32(self.ld), self.x16),
             )

@@ -112,38 +112,35 @@ __device__ __forceinline__ unsigned short lks_to_bf16(float v) {
     return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-// One thread per element, grid-stride: A (rows, cols; row stride lda) as bfloat16 bits into B
-// (rows, ldb), columns [cols, ldb) zero.
+// One warp per row, grid-stride: A (rows, cols; row stride lda) as bfloat16 bits into B (rows,
+// ldb), columns [cols, ldb) zero.
 __global__ void __launch_bounds__(LKS_NT)
 lks_bf16(const float* __restrict__ A, long long rows, int cols, int lda,
          unsigned short* __restrict__ B, int ldb) {
-    const long long n = rows * ldb;
-    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n;
-         t += (long long)gridDim.x * blockDim.x) {
-        const long long r = t / ldb;
-        const int j = (int)(t - r * ldb);
-        B[t] = j < cols ? lks_to_bf16(A[r * lda + j]) : (unsigned short)0;
+    const int lane = threadIdx.x & 31;
+    const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
+    for (long long r = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows;
+         r += warps) {
+        for (int j = lane; j < ldb; j += 32)
+            B[r * ldb + j] = j < cols ? lks_to_bf16(A[r * lda + j]) : (unsigned short)0;
     }
 }
 
-// One thread per element, grid-stride: the diag screen's features [x, x^2] of X (rows, d) as
-// bfloat16 bits into B (rows, ldb), zero past 2 d.
+// One warp per row, grid-stride: the diag screen's features [x, x^2] of X (rows, d) as bfloat16
+// bits into B (rows, ldb), zero past 2 d.
 __global__ void __launch_bounds__(LKS_NT)
 lks_features16(const float* __restrict__ X, long long rows, int d, int ldb,
                unsigned short* __restrict__ B) {
-    const long long n = rows * ldb;
-    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n;
-         t += (long long)gridDim.x * blockDim.x) {
-        const long long r = t / ldb;
-        const int j = (int)(t - r * ldb);
-        float v = 0.0f;
-        if (j < d) {
-            v = X[r * d + j];
-        } else if (j < 2 * d) {
-            const float x = X[r * d + j - d];
-            v = x * x;
+    const int lane = threadIdx.x & 31;
+    const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
+    for (long long r = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows;
+         r += warps) {
+        for (int j = lane; j < d; j += 32) {
+            const float x = X[r * d + j];
+            B[r * ldb + j] = lks_to_bf16(x);
+            B[r * ldb + d + j] = lks_to_bf16(x * x);
         }
-        B[t] = lks_to_bf16(v);
+        for (int j = 2 * d + lane; j < ldb; j += 32) B[r * ldb + j] = 0;
     }
 }
 
