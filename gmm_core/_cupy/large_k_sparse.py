@@ -255,8 +255,11 @@ class _Screen:
         kp, fp, rows_max = dense.kp, dense.fp, dense.rows_max
         self.ld = fp if dense.diag else _round8(dense.D)
         self.w16 = scratch.get("lks_w16", (kp, fp), cupy.uint16)
-        self.x16 = scratch.get("lks_x16", (rows_max, self.ld), cupy.uint16)
-        self.l16 = scratch.get("lks_l16", (rows_max, kp), cupy.uint16)
+        # in the dense pass's own buffers (feats: rows_max x ldb float32, logits: rows_max x kp
+        # float32), which it writes only for listed rows, after the chunk's lks_select has read
+        # these (one stream): the BF16 screen takes no memory beyond the chunk's budget
+        self.x16 = _view(dense.feats, (rows_max, self.ld))
+        self.l16 = _view(dense.logits, (rows_max, kp))
         self._convert(dense.w_mat, kp, fp, fp, self.w16, fp)
 
     def _convert(self, a: Any, rows: int, cols: int, lda: int, out: Any, ldo: int) -> None:
@@ -282,6 +285,12 @@ class _Screen:
             self.x16.data.ptr, self.ld, self.l16.data.ptr, dense.kp, precision="bf16",
         )  # fmt: skip
         return self.l16
+
+
+def _view(buffer: Any, shape: tuple[int, int]) -> Any:
+    """``shape`` uint16 values in the memory of the float32 ``buffer`` (at most half of it)."""
+    assert 2 * shape[0] * shape[1] <= buffer.nbytes
+    return cupy.ndarray(shape, dtype=cupy.uint16, memptr=buffer.data)
 
 
 def _round8(n: int) -> int:

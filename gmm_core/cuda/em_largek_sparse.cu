@@ -30,8 +30,9 @@
 //
 // The screen in BF16 (large_k_sparse.SCREEN = "bf16"): operands and product rounded to
 // bfloat16 (lks_bf16, lks_features16; cuBLAS, float32 sums), half the bytes written and read,
-// at U = 5 * 2^-8: operands 2^-8 relative each, the float32 sums within inner * 2^-23 <=
-// 2^-15, the product's rounding to bfloat16 2^-8 (2^-7 were it truncated): under 4.01 * 2^-8.
+// at U = 5 * 2^-8: operands 2^-8 relative each (a product within 2^-7 + 2^-16), the float32
+// sums within inner * 2^-23 <= 2^-14 (inner <= 512), the product's rounding to bfloat16 2^-8
+// (2^-7 were it truncated): about 3.03 * 2^-8, or 4.04 * 2^-8 truncated.
 //
 //   lks_norms  : the screen's bounds per component and the exact density's constant
 //   lks_bf16, lks_features16 : the BF16 screen's operands
@@ -317,12 +318,15 @@ __device__ __forceinline__ void emit(int n, int mine, double emine, float w,
                                      unsigned long long* __restrict__ keys,
                                      double* __restrict__ rv, int* __restrict__ counts,
                                      double* ll, int lane) {
-    // one candidate: its log-density is the row's log-sum-exp and its responsibility 1
-    // (what lse_of and exp give for n = 1, without their float64 exp and log)
-    const double lse = n == 1 ? __shfl_sync(0xffffffffu, emine, 0) : lse_of(emine, n, lane);
+    // one finite candidate: its log-density is the row's log-sum-exp and its responsibility 1
+    // (what lse_of and exp give for n = 1, without their float64 exp and log; an infinite one
+    // takes them, for their NaN)
+    const double first = __shfl_sync(0xffffffffu, emine, 0);
+    const bool single = n == 1 && isfinite(first);
+    const double lse = single ? first : lse_of(emine, n, lane);
     if (lane < n) {
         keys[p0 + lane] = ((unsigned long long)mine << 32) | rkey;
-        rv[p0 + lane] = n == 1 ? (double)w : (double)w * exp(emine - lse);
+        rv[p0 + lane] = single ? (double)w : (double)w * exp(emine - lse);
         atomicAdd(counts + mine, 1);
     }
     if (lane == 0) *ll += (double)w * lse;

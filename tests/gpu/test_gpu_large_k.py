@@ -390,11 +390,12 @@ def test_a_chunk_past_the_pairs_capacity_goes_through_the_dense_pass(cov, monkey
         _check(stats, ref, r, len(X))
 
 
-def test_the_screened_pass_is_deterministic(monkeypatch):
+@pytest.mark.parametrize("screen", ["sparse", "sparse_bf16"])
+def test_the_screened_pass_is_deterministic(screen, monkeypatch):
     X = _data(20_000, 128, 64, seed=17)
     params = _params(X, "diag", 1024, 1, seed=18)
-    a = _engine_stats(X, "diag", params, variant="sparse", monkeypatch=monkeypatch)
-    b = _engine_stats(X, "diag", params, variant="sparse", monkeypatch=monkeypatch)
+    a = _engine_stats(X, "diag", params, variant=screen, monkeypatch=monkeypatch)
+    b = _engine_stats(X, "diag", params, variant=screen, monkeypatch=monkeypatch)
     for name in ("loglik", "nk", "sx", "sxx"):
         np.testing.assert_array_equal(_host(getattr(a, name)), _host(getattr(b, name)))
 

@@ -30,17 +30,19 @@ def _stats(cov: str, r: int, k: int, d: int, seed: int) -> Stats:
     nk[0, 1] = 0.0  # an empty component: the eps terms decide it
     sx[0, 1] = 0.0
     sxx[0, 1] = 0.0
+    sxx[0, 2] *= 0.5  # second moments below the mean's square: the variance floors at 0
     return Stats(np.zeros(r), nk, sx, sxx, 500)
 
 
+@pytest.mark.parametrize("k", [37, 600])  # one block per restart, and three
 @pytest.mark.parametrize("shifted", [False, True])
 @pytest.mark.parametrize("cov", ["diag", "spherical"])
-def test_the_m_step_kernel_gives_the_array_m_step_values(cov, shifted):
+def test_the_m_step_kernel_gives_the_array_m_step_values(cov, shifted, k):
     import cupy
 
     from gmm_core._cupy.tracker import loop_m_step
 
-    stats = _stats(cov, 3, 37, 7, seed=1)
+    stats = _stats(cov, 3, k, 7, seed=1)
     shift = np.linspace(-2.0, 3.0, 7) if shifted else None
     eps = 10 * np.finfo(np.float32).eps
     got = loop_m_step(stats.map(cupy.asarray), cov, 1e-6, eps, None if shift is None else
@@ -60,6 +62,8 @@ def test_the_m_step_kernel_gives_the_array_m_step_values(cov, shifted):
             np.testing.assert_array_equal(a, b, err_msg=name)
         else:  # a sum's order (weights; spherical cross terms) may differ in the last bits
             np.testing.assert_allclose(a, b, rtol=1e-14, atol=0, err_msg=name)
+    # the floored component: reg_covar, as the array M-step gives it
+    assert (cupy.asnumpy(got.covariances)[0, 2] == 1e-6).any()
 
 
 def test_a_collapsed_component_gives_a_non_finite_precision_as_the_array_m_step():
