@@ -7,7 +7,7 @@ source "$(dirname "$0")/device_prelude.sh" sparse_run
 if [ -z "${SKIP_TESTS:-}" ]; then
     # shellcheck disable=SC2086  # TESTS is a list of pytest arguments
     gpu_tests gpu_tests "${TEST_TIMEOUT:-240}" \
-        ${TESTS:-tests/gpu/test_gpu_large_k.py -k "sparse or screened or capacity or deterministic"}
+        ${TESTS:-tests/gpu/test_gpu_large_k.py -k "sparse or screened or capacity or deterministic or bf16"}
     gpu_tests gpu_tests_default "${DEFAULT_TIMEOUT:-240}" \
         tests/gpu/test_gpu_selection.py tests/gpu/test_cold_compiles.py
 fi

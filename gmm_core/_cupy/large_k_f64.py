@@ -50,6 +50,10 @@ _PRECISIONS: dict[str, tuple[int, int, np.ndarray]] = {
 }
 
 
+#: cublasMath_t flag: reductions in the compute type, never in a reduced-precision output type
+_DISALLOW_REDUCED_PRECISION_REDUCTION = 16
+
+
 def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
@@ -99,10 +103,20 @@ def gemm(
     dtype, compute, one = _PRECISIONS[precision]
     zero = one if accumulate else np.zeros_like(one)
     if batch == 1:
-        cublas.gemmEx(
-            handle, transa, transb, m, n, k, one.ctypes.data, a, dtype, lda, b, dtype, ldb,
-            zero.ctypes.data, c, dtype, ldc, compute, -1,
-        )  # fmt: skip
+        # a bfloat16 product: cuBLAS may otherwise add split-K partial sums in the output type
+        # (each a bfloat16 rounding, outside the screen's bound); the flag keeps every
+        # reduction in the compute type (float32), on this call only
+        mode = cublas.getMathMode(handle) if precision == "bf16" else None
+        if mode is not None:
+            cublas.setMathMode(handle, mode | _DISALLOW_REDUCED_PRECISION_REDUCTION)
+        try:
+            cublas.gemmEx(
+                handle, transa, transb, m, n, k, one.ctypes.data, a, dtype, lda, b, dtype, ldb,
+                zero.ctypes.data, c, dtype, ldc, compute, -1,
+            )  # fmt: skip
+        finally:
+            if mode is not None:
+                cublas.setMathMode(handle, mode)
         return
     sa, sb, sc = strides
     cublas.gemmStridedBatchedEx(

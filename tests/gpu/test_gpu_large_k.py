@@ -390,6 +390,46 @@ def test_a_chunk_past_the_pairs_capacity_goes_through_the_dense_pass(cov, monkey
         _check(stats, ref, r, len(X))
 
 
+def test_the_bf16_screening_product_keeps_its_bound_where_cublas_could_split_k():
+    """Few rows and a long inner dimension (512), every value positive and at the worst of its
+    bfloat16 rounding: cuBLAS may split such a product over k, and unless told otherwise
+    (large_k_f64.gemm's math flag) add the parts in bfloat16, 2^-8 more per part. The product
+    stays within U |f| |w| of the exact one."""
+    import cupy
+
+    from gmm_core._cupy import large_k_sparse
+    from gmm_core._cupy.kernels import kernel_ref, load_kernel
+    from gmm_core._cupy.large_k_f64 import gemm
+
+    rng = np.random.default_rng(5)
+    step = np.float32(1.0 + 2.0**-8 - 2.0**-23)  # bfloat16 keeps 1.0: ~2^-8 lost
+    inner, rows, kp = 512, 8, 64
+    f = (step * 2.0 ** rng.integers(-2, 3, size=(rows, inner))).astype(np.float32)
+    w = (step * 2.0 ** rng.integers(-2, 3, size=(kp, inner))).astype(np.float32)
+    convert = load_kernel(kernel_ref(large_k_sparse.SOURCE, "lks_bf16"))
+
+    def bf16(a):
+        out = cupy.empty(a.shape, dtype=cupy.uint16)
+        n, m = a.shape
+        args = (cupy.asarray(a), np.int64(n), np.int32(m), np.int32(m), out, np.int32(m))
+        convert((8,), (256,), args)
+        return out
+
+    f16, w16 = bf16(f), bf16(w)
+    g16 = cupy.empty((rows, kp), dtype=cupy.uint16)
+    gemm(
+        1, 0, kp, rows, inner, w16.data.ptr, inner, f16.data.ptr, inner, g16.data.ptr, kp,
+        precision="bf16",
+    )  # fmt: skip
+    got = (cupy.asnumpy(g16).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    want = f.astype(np.float64) @ w.astype(np.float64).T
+    norms = np.outer(np.linalg.norm(f.astype(np.float64), axis=1),
+                     np.linalg.norm(w.astype(np.float64), axis=1))  # fmt: skip
+    ratio = np.abs(got - want) / (large_k_sparse.U_SCREEN["bf16"] * norms)
+    assert ratio.max() <= 1.0
+    assert ratio.max() > 0.1  # the operands' roundings do add up here: the check can fail
+
+
 @pytest.mark.parametrize("screen", ["sparse", "sparse_bf16"])
 def test_the_screened_pass_is_deterministic(screen, monkeypatch):
     X = _data(20_000, 128, 64, seed=17)
