@@ -67,6 +67,34 @@ def fitted_params(gm: Any) -> Any:
     ).map(cupy.asarray)  # fmt: skip
 
 
+def after_six(X: Any, cov: str, start: dict[str, Any] | None = None) -> Any:
+    """The parameters of a 6-iteration dense fit from ``start`` (default ``start_of``): the
+    steady state of the public API's iterations, as the engine's device parameters."""
+    os.environ[ENV] = "0"
+    try:
+        return fitted_params(
+            fit_from_start(X, cov, start_of(X, cov) if start is None else start, 6)
+        )
+    finally:
+        os.environ.pop(ENV)
+
+
+def profiled(engine: Any, data: Any, params: Any) -> tuple[float, dict[str, float], Any]:
+    """The pass's median milliseconds (5 runs), its steps' device milliseconds (mean of 3
+    passes under ``large_k_sparse.profile``) and its statistics."""
+    from gmm_core._cupy import large_k_sparse
+
+    seconds, stats = timed(lambda: engine.large_k.accumulate(data, params), 5)
+    large_k_sparse.profile = {}
+    try:
+        for _ in range(3):
+            engine.large_k.accumulate(data, params)
+        steps = {k: v / 3 for k, v in large_k_sparse.profile.items()}
+    finally:
+        large_k_sparse.profile = None
+    return 1e3 * seconds, steps, stats
+
+
 def pass_case(X: Any, cov: str, params: Any, label: str) -> dict[str, Any]:
     import cupy
 
@@ -141,9 +169,7 @@ def main() -> None:
     for cov in args.covs.split(","):
         log(f"{N} x {X.shape[1]}, K={K}, {cov}")
         start = start_of(X, cov)
-        os.environ[ENV] = "0"
-        later = fitted_params(fit_from_start(X, cov, start, 6))
-        os.environ.pop(ENV)
+        later = after_six(X, cov, start)
         case: dict[str, Any] = {
             "pass_at_start": pass_case(X, cov, start_params(start), "start"),
             "pass_after_6": pass_case(X, cov, later, "iter 6"),

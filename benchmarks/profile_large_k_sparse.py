@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_large_k import fit_from_start, make_data, start_of  # noqa: E402
-from benchmarks.large_k_sparse import ENV, fitted_params  # noqa: E402
+from benchmarks.bench_large_k import make_data  # noqa: E402
+from benchmarks.large_k_sparse import after_six, profiled  # noqa: E402
 from benchmarks.public_api import timed  # noqa: E402
 from benchmarks.report import environment, log  # noqa: E402
 
@@ -30,9 +29,7 @@ from benchmarks.report import environment, log  # noqa: E402
 def case(X: Any, cov: str, chunks: list[int]) -> dict[str, Any]:
     from gmm_core._cupy import CupyEngine, large_k_sparse
 
-    os.environ[ENV] = "0"
-    params = fitted_params(fit_from_start(X, cov, start_of(X, cov), 6))
-    os.environ.pop(ENV)
+    params = after_six(X, cov)
     engine = CupyEngine()
     data = engine.prepare(X, None, cov)
     out: dict[str, Any] = {}
@@ -43,12 +40,7 @@ def case(X: Any, cov: str, chunks: list[int]) -> dict[str, Any]:
     default = large_k_sparse.CHUNK_BYTES
     for mb in chunks:
         large_k_sparse.CHUNK_BYTES = mb << 20
-        ms = 1e3 * timed(lambda: engine.large_k.accumulate(data, params), 5)[0]
-        large_k_sparse.profile = {}
-        for _ in range(3):
-            engine.large_k.accumulate(data, params)
-        steps = {k: v / 3 for k, v in large_k_sparse.profile.items()}
-        large_k_sparse.profile = None
+        ms, steps, _ = profiled(engine, data, params)
         out[f"chunk_{mb}MB"] = {"ms": ms, "steps_ms": steps}
         table = "  ".join(f"{k} {v:.2f}" for k, v in sorted(steps.items(), key=lambda t: -t[1]))
         log(f"  {cov} sparse, {mb} MB chunks: {ms:.2f} ms | {table}")

@@ -3,7 +3,7 @@
 # the screened tests on the default build. VARIANTS / CHUNKS override the defaults.
 source "$(dirname "$0")/device_prelude.sh" select_variants
 timeout "${BENCH_TIMEOUT:-400}" python3 benchmarks/select_variants.py --out "$OUT/select_variants.json" \
-    --variants "${VARIANTS:-spans1=-DLKS_SPANS=1;spans2=-DLKS_SPANS=2;spans4=-DLKS_SPANS=4}" \
+    --variants "${VARIANTS:-blocks4=;blocks3=-DLKS_SELECT_BLOCKS=3}" \
     --chunks "${CHUNKS:-64,128}" 2>&1 | grep -v Warning
 echo "variants exit $?"
 if [ -z "${SKIP_TESTS:-}" ]; then

@@ -1,7 +1,7 @@
 """``lks_select``'s compile-time variants and screening chunk sizes, timed and checked.
 
     SCIPY_ARRAY_API=1 PYTHONPATH=. python3 benchmarks/select_variants.py --out v.json \
-        --variants "spans1=-DLKS_SPANS=1;spans2=-DLKS_SPANS=2;spans4=-DLKS_SPANS=4" --chunks 64,128
+        --variants "blocks4=;blocks3=-DLKS_SELECT_BLOCKS=3" --chunks 64,128
 
 ``bench_large_k``'s case (1M x 128, K = 1024) at the parameters of a 6-iteration fit from its
 start. Per covariance type, variant (``-D`` options of ``em_largek_sparse.cu``) and chunk size
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_large_k import fit_from_start, make_data, start_of  # noqa: E402
-from benchmarks.large_k_sparse import ENV, fitted_params  # noqa: E402
-from benchmarks.public_api import timed  # noqa: E402
+from benchmarks.bench_large_k import make_data  # noqa: E402
+from benchmarks.large_k_sparse import after_six, profiled  # noqa: E402
 from benchmarks.report import environment, log  # noqa: E402
 
 
@@ -44,9 +42,7 @@ def difference(a: Any, b: Any) -> float:
 def case(X: Any, cov: str, variants: list[tuple[str, tuple[str, ...]]], chunks: list[int]) -> Any:
     from gmm_core._cupy import CupyEngine, large_k_sparse
 
-    os.environ[ENV] = "0"
-    params = fitted_params(fit_from_start(X, cov, start_of(X, cov), 6))
-    os.environ.pop(ENV)
+    params = after_six(X, cov)
     engine = CupyEngine()
     engine.config.large_k_sparse = True
     data = engine.prepare(X, None, cov)
@@ -56,15 +52,10 @@ def case(X: Any, cov: str, variants: list[tuple[str, tuple[str, ...]]], chunks: 
         engine.large_k.options = options
         for mb in chunks:
             large_k_sparse.CHUNK_BYTES = mb << 20
-            ms, stats = timed(lambda: engine.large_k.accumulate(data, params), 5)
-            large_k_sparse.profile = {}
-            for _ in range(3):
-                engine.large_k.accumulate(data, params)
-            steps = {k: v / 3 for k, v in large_k_sparse.profile.items()}
-            large_k_sparse.profile = None
+            ms, steps, stats = profiled(engine, data, params)
             ref = stats if ref is None else ref
             row = {
-                "variant": name, "options": list(options), "chunk_mb": mb, "pass_ms": 1e3 * ms,
+                "variant": name, "options": list(options), "chunk_mb": mb, "pass_ms": ms,
                 "select_ms": steps.get("select", 0.0), "screen_ms": steps.get("screen", 0.0),
                 "steps_ms": steps, "max_rel_diff": difference(stats, ref),
             }  # fmt: skip

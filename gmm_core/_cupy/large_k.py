@@ -48,7 +48,7 @@ from . import large_k_f64, large_k_sparse
 from .config import LaunchConfig
 from .data import CupyData, Scratch, scratch_bytes, weighted_chunks
 from .kernels import KernelRef, allow_dynamic_smem, kernel_ref, load_kernel
-from .large_k_f64 import gemm
+from .large_k_f64 import _round_up, gemm
 
 SOURCE = "em_largek.cu"
 KERNELS = ("lk_features", "lk_weights", "lk_rows", "lk_flush")
@@ -70,10 +70,6 @@ FUSED_CHUNK, FUSED_TILE, LSE_ROWS, STATS_TILE_ROWS = 32, 64, 128, 64
 #: bytes of per-row log-sum-exps (restarts x rows, float32) one fused launch writes
 LSE_BYTES = 64 << 20
 _LN2 = 0.6931471805599453
-
-
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
 
 
 def geometry(n_features: int, covariance_type: str) -> tuple[int, int, int]:

@@ -35,7 +35,7 @@ import numpy as np
 from .._gaussian import Params, Stats
 from .data import CupyData, scratch_bytes, weighted_chunks
 from .kernels import KernelRef, kernel_ref, load_kernel
-from .large_k_f64 import gemm
+from .large_k_f64 import _round_up, gemm
 
 SOURCE = "em_largek_sparse.cu"
 KERNELS = (
@@ -55,7 +55,6 @@ ITEM_PAIRS = 256
 #: (``LaunchConfig.large_k_screen``): TF32, operands read to 2^-10 each and float32 sums, times
 #: two; BF16, operands and product rounded to 2^-8 each and float32 sums (the .cu's header)
 U_SCREEN = {"tf32": 2.0**-8, "bf16": 5 * 2.0**-8}
-U = U_SCREEN["tf32"]
 #: most restarts (``lks_select`` keeps a threshold per restart in shared memory) and features
 #: (a row in a warp's registers)
 MAX_GROUPS = 32
@@ -253,7 +252,7 @@ class _Screen:
     def __init__(self, dense: Any, kern: dict[str, Any], scratch: Any) -> None:
         self.dense, self.kern = dense, kern
         kp, fp, rows_max = dense.kp, dense.fp, dense.rows_max
-        self.ld = fp if dense.diag else _round8(dense.D)
+        self.ld = fp if dense.diag else _round_up(dense.D, 8)
         self.w16 = scratch.get("lks_w16", (kp, fp), cupy.uint16)
         # in the dense pass's own buffers (feats: rows_max x ldb float32, logits: rows_max x kp
         # float32), which it writes only for listed rows, after the chunk's lks_select has read
@@ -291,10 +290,6 @@ def _view(buffer: Any, shape: tuple[int, int]) -> Any:
     """``shape`` uint16 values in the memory of the float32 ``buffer`` (at most half of it)."""
     assert 2 * shape[0] * shape[1] <= buffer.nbytes
     return cupy.ndarray(shape, dtype=cupy.uint16, memptr=buffer.data)
-
-
-def _round8(n: int) -> int:
-    return -(-n // 8) * 8
 
 
 def _reduce(

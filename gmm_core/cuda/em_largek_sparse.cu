@@ -53,11 +53,6 @@
 #endif
 // most features a warp holds in registers (8 per lane)
 #define LKS_MAXD 256
-// ballot spans lks::spans screens before taking their candidates (their loads in flight
-// together)
-#ifndef LKS_SPANS
-#define LKS_SPANS 1
-#endif
 
 // One thread per component (rk), grid-stride. W (kp, fp) and c (kp): the screening weights and
 // constants (lk_weights), of which the first `inner` columns of W enter the product; weights
@@ -272,20 +267,16 @@ __device__ __forceinline__ int count(const unsigned* mask) {
     return __popc(mask[0]) + __popc(mask[1]) + __popc(mask[2]) + __popc(mask[3]);
 }
 
-// The ballot sets of components [c0, c1) against thr in order, LKS_SPANS spans screened
-// together (their loads in flight at once), each passed to fn(k0, mask) until fn returns false.
+// The ballot sets of components [c0, c1) against thr in order, each passed to fn(k0, mask)
+// until fn returns false. (Two or four spans screened together, their loads in flight at once,
+// measured slower: docs/benchmarks.md.)
 template <class T, class F>
 __device__ __forceinline__ void spans(const Screen<T>& sc, int c0, int c1, float thr, int lane,
                                       F&& fn) {
-    const int span = sc.span();
-    for (int k0 = c0; k0 < c1; k0 += LKS_SPANS * span) {
-        unsigned mask[LKS_SPANS][4];
-#pragma unroll
-        for (int u = 0; u < LKS_SPANS; ++u) sc.ballots(k0 + u * span, c1, thr, lane, mask[u]);
-#pragma unroll
-        for (int u = 0; u < LKS_SPANS; ++u) {
-            if (k0 + u * span < c1 && !fn(k0 + u * span, mask[u])) return;
-        }
+    for (int k0 = c0; k0 < c1; k0 += sc.span()) {
+        unsigned mask[4];
+        sc.ballots(k0, c1, thr, lane, mask);
+        if (!fn(k0, mask)) return;
     }
 }
 
