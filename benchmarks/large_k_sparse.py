@@ -3,8 +3,8 @@
     SCIPY_ARRAY_API=1 PYTHONPATH=. python3 benchmarks/large_k_sparse.py --out sparse.json
 
 The issue-17 case (1M x 128 float32, K = 1024, spherical and diag; ``bench_large_k``'s data and
-start), in one device call, the float32 GEMM pass, the screened pass (the default: a TF32
-screen) and the screened pass on a BF16 screen side by side:
+start), in one device call, the float32 GEMM pass and the screened pass on each screen (TF32,
+BF16 GEMMs, BF16 in the selecting kernel's tensor-core tiles: "mma") side by side:
 
 1. the pass (``engine.large_k.accumulate``, median of 5) at the start (means on random rows:
    the rows of clusters without a mean have their responsibilities spread, the hard case) and
@@ -48,6 +48,7 @@ SCREEN_ENV = "GMM_CORE_LARGE_K_SCREEN"
 #: the passes side by side: name, screened, screen
 VARIANTS = (
     ("float32_gemm", False, "tf32"), ("sparse", True, "tf32"), ("sparse_bf16", True, "bf16"),
+    ("sparse_mma", True, "mma"),
 )  # fmt: skip
 
 
@@ -137,7 +138,7 @@ def api_case(X: Any, cov: str, start: dict[str, Any]) -> dict[str, Any]:
         return fit_from_start(X, cov, start, iters)
 
     out: dict[str, Any] = {}
-    for key, on, screen in (VARIANTS[1], VARIANTS[2], VARIANTS[0]):
+    for key, on, screen in (*VARIANTS[1:], VARIANTS[0]):
         os.environ[ENV] = "1" if on else "0"
         os.environ[SCREEN_ENV] = screen
         row: dict[str, Any] = dict(per_iteration(fit))

@@ -25,7 +25,7 @@ LARGE_K_SPARSE_DEFAULT = True
 #: per public iteration against TF32's 9.23 / 9.93 on an H100, both float64-exact
 #: (``benchmarks/results/gpu_h100_large_k_sparse_bf16.json``)
 LARGE_K_SCREEN_ENV = "GMM_CORE_LARGE_K_SCREEN"
-LARGE_K_SCREENS = ("bf16", "tf32")
+LARGE_K_SCREENS = ("bf16", "tf32", "mma")
 LARGE_K_SCREEN_DEFAULT = "bf16"
 #: compute capabilities whose float64 runs on tensor cores at half the TF32 rate or better
 #: (A100, H100/H200, B200): the large-K pass's float64 E-step pays there and nowhere else

@@ -34,13 +34,14 @@ import numpy as np
 
 from .._gaussian import Params, Stats
 from .data import CupyData, scratch_bytes, weighted_chunks
-from .kernels import KernelRef, kernel_ref, load_kernel
+from .kernels import KernelRef, allow_dynamic_smem, kernel_ref, load_kernel
 from .large_k_f64 import _round_up, gemm
 
 SOURCE = "em_largek_sparse.cu"
 KERNELS = (
     "lks_norms", "lks_bf16", "lks_features16", "lks_select<float>", "lks_select<unsigned short>",
-    "lks_order_keys", "lks_reduce", "lks_combine", "lks_gather",
+    "lks_order_keys", "lks_reduce", "lks_combine", "lks_gather", "lks_mma<true>",
+    "lks_mma<false>", "lks_exact",
 )  # fmt: skip
 #: blocks of ``lks_select`` per SM: its launch bounds (``LKS_SELECT_BLOCKS``: 4 blocks of 256
 #: threads, 64 registers, a few bytes spilled; measured 5-9% faster than 3 without spills)
@@ -54,7 +55,12 @@ ITEM_PAIRS = 256
 #: bound on the screening product's relative error, |G~ - G| <= U |f| |w_k|, per screen
 #: (``LaunchConfig.large_k_screen``): TF32, operands read to 2^-10 each and float32 sums, times
 #: two; BF16, operands and product rounded to 2^-8 each and float32 sums (the .cu's header)
-U_SCREEN = {"tf32": 2.0**-8, "bf16": 5 * 2.0**-8}
+U_SCREEN = {"tf32": 2.0**-8, "bf16": 5 * 2.0**-8, "mma": 3 * 2.0**-8}
+#: ``lks_mma`` (the "mma" screen): rows per tile, components per weight tile, inner indices
+#: per weight stage, list entries per row (``lkm::`` in the .cu)
+MMA_ROWS, MMA_TILE, MMA_KC, MMA_CAP = 128, 128, 32, 64
+#: rows per ``lks_mma`` / ``lks_exact`` launch (their candidates: 68 bytes a row)
+MMA_ROWS_PER_LAUNCH = 1 << 17
 #: most restarts (``lks_select`` keeps a threshold per restart in shared memory) and features
 #: (a row in a warp's registers)
 MAX_GROUPS = 32
@@ -128,7 +134,11 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
     diag = dense.diag
     kern = {ref.expr: load_kernel(ref, lk.options) for ref in kernel_refs()}
     blocks = dense.blocks
-    bf16 = lk.config.large_k_screen == "bf16"
+    n_active = R if active is None else int(np.count_nonzero(cupy.asnumpy(active)))
+    kind = lk.config.large_k_screen
+    if kind == "mma" and not (R == 1 and n_active == 1 and K <= 1 << 16):
+        kind = "bf16"  # lks_mma takes one restart: several go through the BF16 GEMM screen
+    bf16 = kind == "bf16"
     select = kern["lks_select<unsigned short>" if bf16 else "lks_select<float>"]
     f64 = cupy.float64
     bnd = lk.scratch.get("lks_bnd", (6, kp), cupy.float32)
@@ -151,8 +161,9 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
     loglik = cupy.zeros(R, dtype=f64)
     t = np.float32(margin(data.n_samples, data.total_weight or 0.0))
     screen = _Screen(dense, kern, lk.scratch) if bf16 else None
-    u = np.float32(U_SCREEN[lk.config.large_k_screen])
-    n_active = R if active is None else int(np.count_nonzero(cupy.asnumpy(active)))
+    mma = _Mma(dense, kern, lk, inner) if kind == "mma" else None
+    model = (bnd, means, prec_chol, e0)
+    u = np.float32(U_SCREEN[kind])
     rows_max = dense.rows_max
     seen = {"rows": 0, "listed": 0, "pairs": 0}
     for chunk, weights in weighted_chunks(data):
@@ -170,7 +181,17 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
         listed = cupy.empty(n, dtype=cupy.int32)
         ll_sparse.data.memset_async(0, ll_sparse.nbytes)
         rowbase = cupy.empty(n, dtype=cupy.int64)
-        for start in range(0, n, rows_max):
+        for start in range(0, n if mma is not None else 0, MMA_ROWS_PER_LAUNCH):
+            assert mma is not None
+            x = chunk[start : start + MMA_ROWS_PER_LAUNCH]
+            step("screen and select")
+            mma.launch(
+                x, start, np.intp(0) if weights is None else weights[start : start + x.shape[0]],
+                model, u, t,
+                (keys, rv, np.int64(cap), counters, counts, listed,
+                 counters[1:].view(cupy.uint32), ll_sparse, rowbase),
+            )  # fmt: skip
+        for start in range(0, n if mma is None else 0, rows_max):
             x = chunk[start : start + rows_max]
             rows = x.shape[0]
             step("screen")
@@ -284,6 +305,76 @@ class _Screen:
             self.x16.data.ptr, self.ld, self.l16.data.ptr, dense.kp, precision="bf16",
         )  # fmt: skip
         return self.l16
+
+
+class _Mma:
+    """The screen in tensor-core tiles (``lks_mma``), then the candidates (``lks_exact``).
+
+    BF16 operands and float32 sums as the BF16 screen's, but the product is never rounded nor
+    written: the .cu's header gives the bound (``U_SCREEN["mma"]``). One restart.
+    """
+
+    def __init__(self, dense: Any, kern: dict[str, Any], lk: Any, inner: int) -> None:
+        self.dense, self.exact = dense, kern["lks_exact"]
+        self.innerp = _round_up(inner, MMA_KC)
+        self.smem = mma_smem(self.innerp)
+        self.kern = allow_dynamic_smem(
+            kern["lks_mma<true>" if dense.diag else "lks_mma<false>"], self.smem
+        )
+        kpf = _round_up(dense.kp, MMA_TILE)
+        # rows past kp stay zero (never written: a tile's padding components)
+        self.w16 = lk.scratch.get("lkm_w16", (kpf, self.innerp), cupy.uint16, zero=True)
+        kern["lks_bf16"](
+            (max(1, min(-(-dense.kp // 8), dense.blocks)),),
+            (256,),
+            (
+                dense.w_mat, np.int64(dense.kp), np.int32(inner), np.int32(dense.fp), self.w16,
+                np.int32(self.innerp),
+            ),
+        )  # fmt: skip
+        per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
+            self.kern.kernel.ptr, 256, self.smem
+        )
+        self.grid = max(1, min(int(per_sm), SELECT_BLOCKS_PER_SM)) * lk.config.n_sm
+        self.exact_grid = SELECT_BLOCKS_PER_SM * lk.config.n_sm
+        rows = min(MMA_ROWS_PER_LAUNCH, dense.data.n_samples)
+        self.cand = lk.scratch.get("lkm_cand", (rows, 32), cupy.uint16)
+        self.ncand = lk.scratch.get("lkm_ncand", (rows,), cupy.int32)
+
+    def launch(
+        self, x: Any, start: int, weights: Any, model: tuple[Any, ...], u: Any, t: Any,
+        out: tuple[Any, ...],
+    ) -> None:  # fmt: skip
+        """Screen the rows ``x`` (rows ``start`` on of the data chunk) and keep their pairs."""
+        dense, n = self.dense, x.shape[0]
+        bnd, means, prec_chol, e0 = model
+        self.kern(
+            (max(1, min(self.grid, -(-n // MMA_ROWS))),),
+            (256,),
+            (
+                x, np.int64(n), np.int32(dense.D), np.int32(self.innerp), self.w16,
+                np.int32(0), np.int32(dense.rk), bnd, np.int32(dense.kp), u, t, self.cand,
+                self.ncand,
+            ),
+            shared_mem=self.smem,
+        )  # fmt: skip
+        self.exact(
+            (self.exact_grid,),
+            (256,),
+            (
+                x, np.int64(n), np.int32(dense.D), np.bool_(dense.diag), self.cand, self.ncand,
+                np.int32(0), means, prec_chol, e0, weights, np.int64(start), *out,
+            ),
+        )  # fmt: skip
+
+
+def mma_smem(innerp: int) -> int:
+    """Dynamic shared memory (bytes) of ``lks_mma`` at an inner dimension of ``innerp``."""
+    words = (
+        2 * MMA_TILE * (MMA_KC // 2 + 4) + MMA_ROWS * (innerp // 2 + 4) + 7 * MMA_ROWS
+        + MMA_ROWS * MMA_CAP + 8 * 32
+    )  # fmt: skip
+    return 4 * words
 
 
 def _view(buffer: Any, shape: tuple[int, int]) -> Any:

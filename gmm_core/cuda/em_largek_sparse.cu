@@ -37,6 +37,7 @@
 //   lks_norms  : the screen's bounds per component and the exact density's constant
 //   lks_bf16, lks_features16 : the BF16 screen's operands
 //   lks_select<float>, lks_select<unsigned short> : step 2 on a TF32 or a BF16 screen
+//   lks_mma<diag>, lks_exact : steps 1 and 2 with the screen in tensor-core tiles ("mma")
 //   lks_order_keys : step 3's layout
 //   lks_reduce, lks_combine : step 4
 //   lks_gather : the listed rows (and their weights) packed for the dense pass
@@ -439,6 +440,310 @@ lks_select(const T* __restrict__ L, long long rows, int kp, const float* __restr
             lks::emit(n, mine, emine, wrow, rkey, base, keys, rv, counts, llw + g, lane);
             base += n;
         }
+    }
+}
+
+// The screen in tensor-core tiles (the "mma" screen): step 1 and the screening of step 2 in
+// one kernel, the product never leaving the SM. A block holds 128 rows as bfloat16 features
+// in shared memory and streams the components' bfloat16 weights through them in tiles of 128
+// (32 inner indices a stage, double-buffered by cp.async), mma.sync m16n8k16 with float32
+// sums. Per tile, each warp's running lo (the max of v_k - b_k over the components it has
+// seen: at most the row's final lo) screens the tile's components: v_k + b_k >= lo_run - T
+// enters the row's list (its component and v_k + b_k rounded up to bfloat16), a superset of
+// the final candidates (lo_run <= lo). After the last tile, one warp per row keeps the entries
+// at or above lo - T (lo over all warps): the candidates lks_select would find from the same
+// product, under the bound U = 3 * 2^-8 (operands 2^-8 relative each, a product within
+// 2^-7 + 2^-16; the mma's float32 sums, truncating, within 2^-14 at inner <= 512; the product
+// never rounded), in component order, for lks_exact (one warp per row at lks_select's
+// occupancy: the exact log-densities' loads hide behind 32 warps an SM, not this kernel's 8 or
+// 16). A row whose list overflows (LKM_CAP), or with no candidate or more than LKS_CMAX, is
+// listed for the dense pass. One restart (a column range [c0, c1) of kp).
+namespace lkm {
+constexpr int NT = 256;   // 8 warps: 2 (64 rows each) x 4 (32 components of each tile)
+constexpr int BM = 128;   // rows per tile of rows
+constexpr int TN = 128;   // components per tile
+constexpr int KC = 32;    // inner indices per weight stage
+constexpr int WS = KC / 2 + 4;  // words per component in a stage (+4: no bank conflicts)
+#ifndef LKM_CAP
+#define LKM_CAP 64
+#endif
+constexpr int CAP = LKM_CAP;  // list entries per row (the superset)
+#ifndef LKM_BLOCKS
+#define LKM_BLOCKS 2
+#endif
+
+// v rounded up (toward +inf) to bfloat16 bits: a bound stays a bound
+__device__ __forceinline__ unsigned up16(float v) {
+    const unsigned u = __float_as_uint(v);
+    return (u >> 16) + (((u & 0xffffu) != 0u && (u >> 31) == 0u) ? 1u : 0u);
+}
+
+// one stage: components [kb, kb + TN) x inner [c KC, (c + 1) KC) of W16 (rows of innerp)
+__device__ __forceinline__ void stage(unsigned* dst, const unsigned short* __restrict__ W16,
+                                      int innerp, long long kb, int c) {
+    for (int i = threadIdx.x; i < TN * (KC / 8); i += NT) {
+        const int n = i / (KC / 8), p = i % (KC / 8);
+        tc::cp16(dst + n * WS + p * 4, W16 + (kb + n) * innerp + c * KC + p * 8);
+    }
+}
+}  // namespace lkm
+
+// Persistent blocks, grid-stride over tiles of 128 rows. X (rows, d) centred float32, d <=
+// LKS_MAXD; W16 (>= c0 + ceil((c1 - c0) / 128) * 128, innerp) the screening weights as
+// bfloat16 bits, zero past the inner dimension ([x, x^2] diag, x spherical; innerp a multiple
+// of 32) and finite in padding rows; bnd (6, kp) lks_norms'; u, margin lks_select's. Writes
+// ncand[row] (-1: listed) and the candidates' components less c0, cand (rows, LKS_CMAX).
+// Dynamic shared memory: large_k_sparse.mma_smem.
+template <bool DIAG>
+__global__ void __launch_bounds__(lkm::NT, LKM_BLOCKS)
+lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
+        const unsigned short* __restrict__ W16, int c0, int c1, const float* __restrict__ bnd,
+        int kp, float u, float margin, unsigned short* __restrict__ cand, int* __restrict__ ncand) {
+    using namespace lkm;
+    extern __shared__ float4 lkm_smem4[];
+    unsigned* Ws = reinterpret_cast<unsigned*>(lkm_smem4);  // 2 stages x TN x WS
+    const int xs = innerp / 2 + 4;                           // words per row of Xs
+    unsigned* Xs = Ws + 2 * TN * WS;                         // BM x xs: bfloat16 pairs
+    float* sq_s = reinterpret_cast<float*>(Xs + BM * xs);    // |x|^2 per row
+    float* uf_s = sq_s + BM;                                 // U |f| per row
+    float* lo_s = uf_s + BM;                                 // 4 x BM: each column's lo_run
+    int* cnt_s = reinterpret_cast<int*>(lo_s + 4 * BM);      // list entries per row
+    unsigned* list_s = reinterpret_cast<unsigned*>(cnt_s + BM);  // BM x CAP
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int wr = warp & 1, wc = warp >> 1;
+    const int nch = innerp / KC, ntile = (c1 - c0 + TN - 1) / TN, nq = ntile * nch;
+    const int f = DIAG ? 2 * d : d;  // features in a row
+    const float ninf = __int_as_float(0xff800000);
+
+    for (long long tile0 = (long long)blockIdx.x * BM; tile0 < rows;
+         tile0 += (long long)gridDim.x * BM) {
+        __syncthreads();  // the previous tile's lists read
+        // the rows as bfloat16 features, |x|^2 and U |f|
+        for (int r = warp; r < BM; r += NT / 32) {
+            const long long gr = tile0 + r;
+            unsigned short* xr16 = reinterpret_cast<unsigned short*>(Xs + r * xs);
+            float sq = 0.0f, s4 = 0.0f;
+            for (int i = lane; i < d; i += 32) {
+                const float x = gr < rows ? X[gr * d + i] : 0.0f;
+                xr16[i] = lks_to_bf16(x);
+                if (DIAG) xr16[d + i] = lks_to_bf16(x * x);
+                sq = fmaf(x, x, sq);
+                s4 = fmaf(x * x, x * x, s4);
+            }
+            for (int i = f + lane; i < innerp; i += 32) xr16[i] = 0;
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) {
+                sq += __shfl_xor_sync(0xffffffffu, sq, off);
+                s4 += __shfl_xor_sync(0xffffffffu, s4, off);
+            }
+            if (lane == 0) {
+                sq_s[r] = sq;
+                uf_s[r] = u * sqrtf(DIAG ? sq + s4 : sq) * 1.000001f;
+                cnt_s[r] = 0;
+            }
+        }
+        float run[4][2];
+#pragma unroll
+        for (int m = 0; m < 4; ++m) run[m][0] = run[m][1] = ninf;
+        float acc[4][4][4];
+        stage(Ws, W16, innerp, c0, 0);
+        tc::cp_commit();
+        for (int q = 0; q < nq; ++q) {
+            if (q + 1 < nq) {
+                stage(Ws + ((q + 1) & 1) * TN * WS, W16, innerp,
+                      c0 + (long long)((q + 1) / nch) * TN, (q + 1) % nch);
+                tc::cp_commit();
+                tc::cp_wait<1>();
+            } else {
+                tc::cp_wait<0>();
+            }
+            __syncthreads();
+            const int c = q % nch;
+            if (c == 0) tc::zero(acc);
+            const unsigned* Wb = Ws + (q & 1) * TN * WS;
+#pragma unroll
+            for (int s = 0; s < KC / 16; ++s) {
+                const int kw = (c * KC + s * 16) / 2;
+                unsigned a[4][4];
+#pragma unroll
+                for (int m = 0; m < 4; ++m) {
+                    const int r = wr * 64 + m * 16 + g;
+                    a[m][0] = Xs[r * xs + kw + t];
+                    a[m][1] = Xs[(r + 8) * xs + kw + t];
+                    a[m][2] = Xs[r * xs + kw + 4 + t];
+                    a[m][3] = Xs[(r + 8) * xs + kw + 4 + t];
+                }
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int n = wc * 32 + j * 8 + g;
+                    const unsigned b0 = Wb[n * WS + s * 8 + t], b1 = Wb[n * WS + s * 8 + 4 + t];
+#pragma unroll
+                    for (int m = 0; m < 4; ++m) tc::mma_bf16(acc[m][j], a[m], b0, b1);
+                }
+            }
+            if (c == nch - 1) {  // the tile's products complete: screen them
+                const int kb = c0 + (q / nch) * TN + wc * 32;
+                float lA[8], lB[8], lC[8];  // the lower bounds' (A, B, C); the upper's below
+#pragma unroll
+                for (int jo = 0; jo < 8; ++jo) {
+                    const int k = kb + (jo >> 1) * 8 + 2 * t + (jo & 1);
+                    const bool in = k < c1;
+                    lA[jo] = in ? bnd[k] : ninf;
+                    lB[jo] = in ? bnd[kp + k] : 0.0f;
+                    lC[jo] = in ? bnd[2 * kp + k] : 0.0f;
+                }
+#pragma unroll
+                for (int m = 0; m < 4; ++m)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const int r = wr * 64 + m * 16 + h * 8 + g;
+                        const float sq = sq_s[r], uf = uf_s[r];
+                        float lo = run[m][h];
+#pragma unroll
+                        for (int jo = 0; jo < 8; ++jo)
+                            lo = fmaxf(lo, __fmaf_rn(uf, lC[jo],
+                                                     __fmaf_rn(sq, lB[jo],
+                                                               __fadd_rn(acc[m][jo >> 1][h * 2 + (jo & 1)],
+                                                                         lA[jo]))));
+                        lo = fmaxf(lo, __shfl_xor_sync(0xffffffffu, lo, 1));
+                        lo = fmaxf(lo, __shfl_xor_sync(0xffffffffu, lo, 2));
+                        run[m][h] = lo;
+                    }
+#pragma unroll
+                for (int jo = 0; jo < 8; ++jo) {
+                    const int k = kb + (jo >> 1) * 8 + 2 * t + (jo & 1);
+                    const bool in = k < c1;
+                    lA[jo] = in ? bnd[3 * kp + k] : ninf;
+                    lB[jo] = in ? bnd[4 * kp + k] : 0.0f;
+                    lC[jo] = in ? bnd[5 * kp + k] : 0.0f;
+                }
+#pragma unroll
+                for (int m = 0; m < 4; ++m)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const int r = wr * 64 + m * 16 + h * 8 + g;
+                        const float sq = sq_s[r], uf = uf_s[r];
+                        const float thr = __fsub_rn(run[m][h], margin);
+#pragma unroll
+                        for (int jo = 0; jo < 8; ++jo) {
+                            const float up = __fmaf_rn(
+                                uf, lC[jo],
+                                __fmaf_rn(sq, lB[jo],
+                                          __fadd_rn(acc[m][jo >> 1][h * 2 + (jo & 1)], lA[jo])));
+                            if (up >= thr) {
+                                const int slot = atomicAdd(cnt_s + r, 1);
+                                if (slot < CAP) {
+                                    const int k = kb + (jo >> 1) * 8 + 2 * t + (jo & 1);
+                                    list_s[r * CAP + slot] = ((unsigned)(k - c0) << 16) | up16(up);
+                                }
+                            }
+                        }
+                    }
+            }
+            __syncthreads();  // the stage (q & 1) is refilled next
+        }
+        if (t == 0) {
+#pragma unroll
+            for (int m = 0; m < 4; ++m)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) lo_s[wc * BM + wr * 64 + m * 16 + h * 8 + g] = run[m][h];
+        }
+        __syncthreads();
+        // one warp per row: the final candidates, in component order, for lks_exact
+        for (int r = warp; r < BM; r += NT / 32) {
+            const long long row = tile0 + r;
+            if (row >= rows) break;
+            const float lo = fmaxf(fmaxf(lo_s[r], lo_s[BM + r]), fmaxf(lo_s[2 * BM + r], lo_s[3 * BM + r]));
+            const float thr = __fsub_rn(lo, margin);
+            const int n = cnt_s[r];
+            bool listed = n > CAP;
+            unsigned en0 = 0u, en1 = 0u, m0 = 0u, m1 = 0u;
+            if (!listed) {
+                bool k0 = false, k1 = false;
+                if (lane < n) {
+                    en0 = list_s[r * CAP + lane];
+                    k0 = __uint_as_float(en0 << 16) >= thr;
+                }
+                if (CAP > 32 && lane + 32 < n) {
+                    en1 = list_s[r * CAP + 32 + lane];
+                    k1 = __uint_as_float(en1 << 16) >= thr;
+                }
+                m0 = __ballot_sync(0xffffffffu, k0);
+                m1 = __ballot_sync(0xffffffffu, k1);
+            }
+            const int total = __popc(m0) + __popc(m1);
+            listed = listed || total == 0 || total > LKS_CMAX;
+            if (listed) {
+                if (lane == 0) ncand[row] = -1;
+                continue;
+            }
+            // in component order: each kept entry's rank among the kept
+            const int mc0 = (int)(en0 >> 16), mc1 = (int)(en1 >> 16);
+            int rank0 = 0, rank1 = 0;
+            for (unsigned mm = m0; mm; mm &= mm - 1) {
+                const int o = (int)(__shfl_sync(0xffffffffu, en0, __ffs(mm) - 1) >> 16);
+                rank0 += o < mc0;
+                rank1 += o < mc1;
+            }
+            for (unsigned mm = m1; mm; mm &= mm - 1) {
+                const int o = (int)(__shfl_sync(0xffffffffu, en1, __ffs(mm) - 1) >> 16);
+                rank0 += o < mc0;
+                rank1 += o < mc1;
+            }
+            if ((m0 >> lane) & 1u) cand[row * LKS_CMAX + rank0] = (unsigned short)mc0;
+            if ((m1 >> lane) & 1u) cand[row * LKS_CMAX + rank1] = (unsigned short)mc1;
+            if (lane == 0) ncand[row] = total;
+        }
+    }
+}
+
+// One warp per row, grid-stride (lks_select's grid): the candidates lks_mma found (ncand[row]
+// of them in cand[row], components from c0; -1: the row is listed), exactly: log-densities,
+// log-sum-exp, pairs and the log-likelihood partials as lks_select's.
+__global__ void __launch_bounds__(LKS_NT, LKS_SELECT_BLOCKS)
+lks_exact(const float* __restrict__ X, long long rows, int d, bool diag,
+          const unsigned short* __restrict__ cand, const int* __restrict__ ncand, int c0,
+          const double* __restrict__ means, const double* __restrict__ prec_chol,
+          const double* __restrict__ e0, const float* __restrict__ sample_weight, long long row0,
+          unsigned long long* __restrict__ keys, double* __restrict__ rv, long long cap,
+          unsigned long long* __restrict__ n_pairs, int* __restrict__ counts,
+          int* __restrict__ overflow, unsigned int* __restrict__ n_overflow,
+          double* __restrict__ ll_partial, long long* __restrict__ rowbase) {
+    const int lane = threadIdx.x & 31;
+    const long long gw = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
+    double* llw = ll_partial + gw;
+    for (long long row = gw; row < rows; row += warps) {
+        const int total = ncand[row];
+        if (total < 0) {
+            if (lane == 0) overflow[atomicAdd(n_overflow, 1u)] = (int)(row0 + row);
+            continue;
+        }
+        const int mycand = lane < total ? (int)cand[row * LKS_CMAX + lane] : 0;
+        float xr[LKS_MAXD / 32];
+#pragma unroll
+        for (int j = 0; j < LKS_MAXD / 32; ++j) {
+            const int i = lane + 32 * j;
+            xr[j] = i < d ? X[row * d + i] : 0.0f;
+        }
+        int mine = 0;
+        double emine = 0.0;
+        for (int ci = 0; ci < total; ++ci) {
+            const int kk = c0 + __shfl_sync(0xffffffffu, mycand, ci);
+            const double ex = lks::exact(xr, kk, d, diag, means, prec_chol, e0, lane);
+            if (lane == ci) {
+                mine = kk;
+                emine = ex;
+            }
+        }
+        unsigned long long b0 = 0;
+        if (lane == 0) b0 = atomicAdd(n_pairs, (unsigned long long)total);
+        const long long base = (long long)__shfl_sync(0xffffffffu, b0, 0);
+        if (base + total > cap) continue;  // the chunk goes through the dense pass
+        if (lane == 0) rowbase[row0 + row] = base;
+        const float w = sample_weight != nullptr ? sample_weight[row] : 1.0f;
+        lks::emit(total, mine, emine, w, (unsigned long long)(row0 + row), base, keys, rv, counts,
+                  llw, lane);
     }
 }
 

@@ -82,11 +82,12 @@ def _reference(X: np.ndarray, cov: str, params: Params, weights=None):
     return out
 
 
-@pytest.fixture(params=["fused", "float32", "f64", "sparse", "sparse_bf16"])
+@pytest.fixture(params=["fused", "float32", "f64", "sparse", "sparse_bf16", "sparse_mma"])
 def variant(request):
     """The pass as the fused tensor-core kernels, as cuBLAS float32 GEMMs, with the float64
     E-step (cuBLAS float64 and TF32 GEMMs; skipped where the device's float64 is slow), and
-    screened (a TF32 or a BF16 screen, the few candidates per row exact)."""
+    screened (a TF32 or a BF16 GEMM screen, or the BF16 screen in the selecting kernel's
+    tensor-core tiles; the few candidates per row exact)."""
     if request.param == "f64":
         import cupy
 
@@ -97,18 +98,23 @@ def variant(request):
     return request.param
 
 
+def _screen(variant: str) -> str:
+    """The screen of a screened variant ("sparse": TF32)."""
+    return {"sparse_bf16": "bf16", "sparse_mma": "mma"}.get(variant, "tf32")
+
+
 def _use(variant: str, monkeypatch=None, engine=None) -> None:
     """Select the pass variant: in the environment (fits build their engines) or on an engine."""
     if monkeypatch is not None:
         monkeypatch.setenv(LARGE_K_FUSED_ENV, "1" if variant == "fused" else "0")
         monkeypatch.setenv(LARGE_K_F64_ENV, "1" if variant == "f64" else "0")
         monkeypatch.setenv(LARGE_K_SPARSE_ENV, "1" if variant.startswith("sparse") else "0")
-        monkeypatch.setenv(LARGE_K_SCREEN_ENV, "bf16" if variant == "sparse_bf16" else "tf32")
+        monkeypatch.setenv(LARGE_K_SCREEN_ENV, _screen(variant))
     if engine is not None:
         engine.config.large_k_fused = variant == "fused"
         engine.config.large_k_f64 = variant == "f64"
         engine.config.large_k_sparse = variant.startswith("sparse")
-        engine.config.large_k_screen = "bf16" if variant == "sparse_bf16" else "tf32"
+        engine.config.large_k_screen = _screen(variant)
 
 
 def _engine_stats(
@@ -430,7 +436,7 @@ def test_the_bf16_screening_product_keeps_its_bound_where_cublas_could_split_k()
     assert ratio.max() > 0.1  # the operands' roundings do add up here: the check can fail
 
 
-@pytest.mark.parametrize("screen", ["sparse", "sparse_bf16"])
+@pytest.mark.parametrize("screen", ["sparse", "sparse_bf16", "sparse_mma"])
 def test_the_screened_pass_is_deterministic(screen, monkeypatch):
     X = _data(20_000, 128, 64, seed=17)
     params = _params(X, "diag", 1024, 1, seed=18)
