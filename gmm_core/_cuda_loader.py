@@ -205,6 +205,9 @@ SAMPLE_INSTANCES: dict[str, tuple[str, ...]] = {
         "lks_reduce",
         "lks_combine",
         "lks_gather",
+        "lks_mma<true>",
+        "lks_mma<false>",
+        "lks_exact",
     ),
     "em_largek.cu": (
         "lk_features",

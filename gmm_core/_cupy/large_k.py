@@ -168,7 +168,8 @@ class LargeKPass:
         if data is not None and self.config.large_k_f64:
             return large_k_f64.kernel_refs()
         if data is not None and self.sparse(data):
-            return large_k_sparse.kernel_refs() + dense
+            screened = large_k_sparse.kernel_refs(self.config.large_k_screen, data.covariance_type)
+            return screened + dense
         return dense
 
     def chunk_rows(

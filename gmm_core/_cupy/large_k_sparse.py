@@ -38,11 +38,19 @@ from .kernels import KernelRef, allow_dynamic_smem, kernel_ref, load_kernel
 from .large_k_f64 import _round_up, gemm
 
 SOURCE = "em_largek_sparse.cu"
-KERNELS = (
-    "lks_norms", "lks_bf16", "lks_features16", "lks_select<float>", "lks_select<unsigned short>",
-    "lks_order_keys", "lks_reduce", "lks_combine", "lks_gather", "lks_mma<true>",
-    "lks_mma<false>", "lks_exact",
-)  # fmt: skip
+#: the kernels every screen launches, and each screen's own ("mma" also launches the BF16
+#: screen's: several restarts go through it)
+COMMON_KERNELS = ("lks_norms", "lks_order_keys", "lks_reduce", "lks_combine", "lks_gather")
+SCREEN_KERNELS = {
+    "tf32": ("lks_select<float>",),
+    "bf16": ("lks_bf16", "lks_features16", "lks_select<unsigned short>"),
+    "mma": ("lks_bf16", "lks_features16", "lks_select<unsigned short>", "lks_exact"),
+}
+#: lks_mma by covariance type
+MMA_KERNELS = {"diag": "lks_mma<true>", "spherical": "lks_mma<false>"}
+KERNELS = tuple(
+    dict.fromkeys((*COMMON_KERNELS, *sum(SCREEN_KERNELS.values(), ()), *MMA_KERNELS.values()))
+)
 #: blocks of ``lks_select`` per SM: its launch bounds (``LKS_SELECT_BLOCKS``: 4 blocks of 256
 #: threads, 64 registers, a few bytes spilled; measured 5-9% faster than 3 without spills)
 SELECT_BLOCKS_PER_SM = 4
@@ -109,6 +117,20 @@ def supports(n_features: int, n_restarts: int) -> bool:
     return n_features <= MAX_FEATURES and n_restarts <= MAX_GROUPS
 
 
+def mma_serves(n_active: int, n_restarts: int, n_components: int, inner: int, smem: int) -> bool:
+    """Whether ``lks_mma`` takes a pass.
+
+    One restart, active; components numbered in 16 bits; its shared memory within the
+    device's ``smem`` (bytes a block may opt into).
+    """
+    return (
+        n_restarts == 1
+        and n_active == 1
+        and n_components <= 1 << 16
+        and mma_smem(_round_up(inner, MMA_KC)) <= smem
+    )
+
+
 def margin(n_samples: int, total_weight: float) -> float:
     """``T`` (nats): a skipped responsibility is below ``exp(-T)``.
 
@@ -117,9 +139,19 @@ def margin(n_samples: int, total_weight: float) -> float:
     return math.log(max(float(n_samples), float(total_weight), 1.0)) + 24 * math.log(2.0)
 
 
-def kernel_refs() -> list[KernelRef]:
-    """The kernels of the screened pass (beside the dense pass's, which it also launches)."""
-    return [kernel_ref(SOURCE, name) for name in KERNELS]
+def kernel_refs(screen: str | None = None, covariance_type: str | None = None) -> list[KernelRef]:
+    """The kernels of the screened pass (beside the dense pass's, which it also launches).
+
+    Those of ``screen`` (``LARGE_K_SCREENS``) over data of ``covariance_type``; all of them
+    where either is None.
+    """
+    if screen is None or covariance_type is None:
+        names: tuple[str, ...] = KERNELS
+    else:
+        names = (*COMMON_KERNELS, *SCREEN_KERNELS[screen])
+        if screen == "mma":
+            names += (MMA_KERNELS[covariance_type],)
+    return [kernel_ref(SOURCE, name) for name in names]
 
 
 def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> Stats:
@@ -132,18 +164,19 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
     R, K, D = params.means.shape
     rk, kp, fp, ldb = dense.rk, dense.kp, dense.fp, dense.ldb
     diag = dense.diag
-    kern = {ref.expr: load_kernel(ref, lk.options) for ref in kernel_refs()}
-    blocks = dense.blocks
+    inner = fp if diag else D  # the screening product's inner dimension ([x, x^2] or x)
     n_active = R if active is None else int(np.count_nonzero(cupy.asnumpy(active)))
     kind = lk.config.large_k_screen
-    if kind == "mma" and not (R == 1 and n_active == 1 and K <= 1 << 16):
-        kind = "bf16"  # lks_mma takes one restart: several go through the BF16 GEMM screen
+    if kind == "mma" and not mma_serves(n_active, R, K, inner, lk.config.smem_optin):
+        kind = "bf16"  # e.g. several restarts: the BF16 GEMM screen takes them
+    refs = kernel_refs(kind, data.covariance_type)
+    kern = {ref.expr: load_kernel(ref, lk.options) for ref in refs}
+    blocks = dense.blocks
     bf16 = kind == "bf16"
-    select = kern["lks_select<unsigned short>" if bf16 else "lks_select<float>"]
+    select = kern.get("lks_select<unsigned short>" if bf16 else "lks_select<float>")
     f64 = cupy.float64
     bnd = lk.scratch.get("lks_bnd", (6, kp), cupy.float32)
     e0 = lk.scratch.get("lks_e0", (kp,), f64)
-    inner = fp if diag else D  # the screening product's inner dimension ([x, x^2] or x)
     means = cupy.ascontiguousarray(params.means, dtype=f64).reshape(-1)
     prec_chol = cupy.ascontiguousarray(params.precisions_cholesky, dtype=f64).reshape(-1)
     kern["lks_norms"](
@@ -211,6 +244,7 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
                 logits = dense.logits
             w = np.intp(0) if weights is None else weights[start : start + rows]
             step("select")
+            assert select is not None
             select(
                 (select_blocks,),
                 (256,),
@@ -369,10 +403,13 @@ class _Mma:
 
 
 def mma_smem(innerp: int) -> int:
-    """Dynamic shared memory (bytes) of ``lks_mma`` at an inner dimension of ``innerp``."""
+    """Dynamic shared memory (bytes) of ``lks_mma`` at an inner dimension of ``innerp``.
+
+    Its ``lkm::layout``: weight stages, the rows' features, per-row values and lists.
+    """
     words = (
         2 * MMA_TILE * (MMA_KC // 2 + 4) + MMA_ROWS * (innerp // 2 + 4) + 7 * MMA_ROWS
-        + MMA_ROWS * MMA_CAP + 8 * 32
+        + MMA_ROWS * MMA_CAP
     )  # fmt: skip
     return 4 * words
 

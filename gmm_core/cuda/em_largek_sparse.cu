@@ -472,6 +472,26 @@ constexpr int CAP = LKM_CAP;  // list entries per row (the superset)
 #define LKM_BLOCKS 2
 #endif
 
+// Shared memory of lks_mma, in 4-byte words from the start: the weight stages (2 x TN x WS), the
+// rows' bfloat16 features (BM x (innerp / 2 + 4)), |x|^2, U |f| (BM each), each column of
+// warps' lo_run (4 x BM), the list counts (BM) and lists (BM x CAP); end: the total
+// (large_k_sparse.mma_smem gives it in bytes)
+struct Layout {
+    int xs, rows, sq, uf, lo, cnt, list, end;
+};
+__host__ __device__ inline Layout layout(int innerp) {
+    Layout l{};
+    l.xs = innerp / 2 + 4;
+    l.rows = 2 * TN * WS;
+    l.sq = l.rows + BM * l.xs;
+    l.uf = l.sq + BM;
+    l.lo = l.uf + BM;
+    l.cnt = l.lo + 4 * BM;
+    l.list = l.cnt + BM;
+    l.end = l.list + BM * CAP;
+    return l;
+}
+
 // v rounded up (toward +inf) to bfloat16 bits: a bound stays a bound
 __device__ __forceinline__ unsigned up16(float v) {
     const unsigned u = __float_as_uint(v);
@@ -501,14 +521,16 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
         int kp, float u, float margin, unsigned short* __restrict__ cand, int* __restrict__ ncand) {
     using namespace lkm;
     extern __shared__ float4 lkm_smem4[];
-    unsigned* Ws = reinterpret_cast<unsigned*>(lkm_smem4);  // 2 stages x TN x WS
-    const int xs = innerp / 2 + 4;                           // words per row of Xs
-    unsigned* Xs = Ws + 2 * TN * WS;                         // BM x xs: bfloat16 pairs
-    float* sq_s = reinterpret_cast<float*>(Xs + BM * xs);    // |x|^2 per row
-    float* uf_s = sq_s + BM;                                 // U |f| per row
-    float* lo_s = uf_s + BM;                                 // 4 x BM: each column's lo_run
-    int* cnt_s = reinterpret_cast<int*>(lo_s + 4 * BM);      // list entries per row
-    unsigned* list_s = reinterpret_cast<unsigned*>(cnt_s + BM);  // BM x CAP
+    unsigned* sm = reinterpret_cast<unsigned*>(lkm_smem4);
+    const Layout lay = layout(innerp);
+    const int xs = lay.xs;          // words per row of Xs
+    unsigned* Ws = sm;              // 2 stages x TN x WS
+    unsigned* Xs = sm + lay.rows;   // BM x xs: bfloat16 pairs
+    float* sq_s = reinterpret_cast<float*>(sm + lay.sq);  // |x|^2 per row
+    float* uf_s = reinterpret_cast<float*>(sm + lay.uf);  // U |f| per row
+    float* lo_s = reinterpret_cast<float*>(sm + lay.lo);  // 4 x BM: each column's lo_run
+    int* cnt_s = reinterpret_cast<int*>(sm + lay.cnt);    // list entries per row
+    unsigned* list_s = sm + lay.list;                     // BM x CAP
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int wr = warp & 1, wc = warp >> 1;
     const int nch = innerp / KC, ntile = (c1 - c0 + TN - 1) / TN, nq = ntile * nch;

@@ -222,6 +222,37 @@ def test_full_tc_shared_memory_matches_the_kernel(tmp_path):
     assert got == [ce.full_tc_smem(d, k, usm) for d, k, usm in shapes]
 
 
+@needs_nvcc
+def test_the_mma_screens_shared_memory_matches_the_kernel(tmp_path):
+    """``large_k_sparse.mma_smem`` is ``lks_mma``'s own layout (``lkm::layout`` in
+    em_largek_sparse.cu), computed by a host program built with nvcc."""
+    sparse = pytest.importorskip("gmm_core._cupy.large_k_sparse")
+    inners = list(range(32, 513, 32))
+    program = tmp_path / "lkm.cu"
+    lines = "\n".join(f'    std::printf("%d\\n", 4 * lkm::layout({p}).end);' for p in inners)
+    program.write_text(
+        f'#include <cstdio>\n#include "{CUDA_DIR / "em_largek_sparse.cu"}"\n'
+        f"int main() {{\n{lines}\n}}\n"
+    )
+    exe = tmp_path / "lkm"
+    build = subprocess.run(
+        [NVCC, "-arch=sm_90", *COMPILE_OPTIONS, "-o", str(exe), str(program)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True, check=True)
+    assert [int(v) for v in run.stdout.split()] == [sparse.mma_smem(p) for p in inners]
+    # d = 256 diag (inner 512) fits an H100's 227 KiB opt-in, not an A100's 163 KiB (the BF16
+    # GEMM screen takes it there), and one restart only
+    h100, a100 = 227 * 1024, 163 * 1024
+    assert sparse.mma_serves(1, 1, 1024, 512, h100) and not sparse.mma_serves(1, 1, 1024, 512, a100)
+    assert sparse.mma_serves(1, 1, 4096, 256, a100)
+    assert not sparse.mma_serves(2, 2, 1024, 256, h100)
+    assert not sparse.mma_serves(0, 1, 64, 64, h100)
+
+
 #: sources small enough to compile with NVRTC in seconds (the fused passes' files take minutes:
 #: ``make kernels`` compiles them)
 NVRTC_FILES = (

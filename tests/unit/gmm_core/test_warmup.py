@@ -222,7 +222,9 @@ def test_tied_fits_compile_the_loop_bookkeeping_and_wide_ones_the_large_k_pass()
     dloop = ["em_update", "loop_mstep"]  # diag/spherical: the loop's M-step kernel as well
     gemms = ["lk_features", "lk_weights", "lk_rows", "lk_flush"]
     # the screened pass (the default) and the float32 GEMMs it sends listed rows through
-    screened = [*large_k_sparse.KERNELS, *gemms]
+    # (those of the default screen: LARGE_K_SCREEN_DEFAULT)
+    screened = [ref.expr for ref in large_k_sparse.kernel_refs(SM90.large_k_screen, "spherical")]
+    screened += gemms
     assert names(SM90, "tied", np.float64, 6, 4, 3, 10**5) == loop
     assert names(SM90, "spherical", np.float32, 128, 1024, 1, 10**6) == screened + dloop
     assert names(SM90, "diag", np.float64, 128, 1024, 1, 10**6) == dloop  # float64: GEMM path
