@@ -66,7 +66,7 @@ ITEM_PAIRS = 256
 U_SCREEN = {"tf32": 2.0**-8, "bf16": 5 * 2.0**-8, "mma": 3 * 2.0**-8}
 #: ``lks_mma`` (the "mma" screen): rows per tile, components per weight tile, inner indices
 #: per weight stage, list entries per row (``lkm::`` in the .cu)
-MMA_ROWS, MMA_TILE, MMA_KC, MMA_CAP = 128, 128, 32, 64
+MMA_ROWS, MMA_TILE, MMA_KC, MMA_CAP = 128, 128, 32, 96
 #: rows per ``lks_mma`` / ``lks_exact`` launch (their candidates: 68 bytes a row)
 MMA_ROWS_PER_LAUNCH = 1 << 17
 #: most restarts (``lks_select`` keeps a threshold per restart in shared memory) and features
@@ -408,7 +408,7 @@ def mma_smem(innerp: int) -> int:
     Its ``lkm::layout``: weight stages, the rows' features, per-row values and lists.
     """
     words = (
-        2 * MMA_TILE * (MMA_KC // 2 + 4) + MMA_ROWS * (innerp // 2 + 4) + 7 * MMA_ROWS
+        2 * MMA_TILE * (MMA_KC // 2 + 4) + MMA_ROWS * (innerp // 2 + 4) + 11 * MMA_ROWS
         + MMA_ROWS * MMA_CAP
     )  # fmt: skip
     return 4 * words

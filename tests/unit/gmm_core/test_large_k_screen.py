@@ -132,13 +132,9 @@ def test_the_bound_holds_where_every_rounding_pulls_the_same_way(screen, step, n
     assert abs(got - want) <= bound
 
 
-@pytest.mark.parametrize("screen", SCREENS)
-@pytest.mark.parametrize("cov", ["spherical", "diag"])
-def test_every_component_the_screen_drops_has_a_responsibility_below_exp_minus_t(cov, screen):
-    """``lks_select``'s rule in the kernel's float32 arithmetic: bounds from ``lks_norms``'
-    (A, B, C) terms, ``lo = max (v - b)``, candidates ``v + b >= lo - T``; every component
-    left out, in float64, within ``exp(-T)`` of nothing."""
-    X, means, prec = _clustered(2048, 64, 256, seed=3)
+def _bounds(X, means, prec, cov, screen):
+    """``lks_select``'s bounds in the kernel's float32 arithmetic, from ``lks_norms``' (A, B, C)
+    terms: lower and upper (rows x components), T, and the exact log-densities."""
     f, w, c, q, exact = _operands(X, means, prec, cov)
     g = _screen(f, w, screen)
     f64 = f.astype(np.float64)
@@ -161,18 +157,92 @@ def test_every_component_the_screen_drops_has_a_responsibility_below_exp_minus_t
         inner = (sq[:, None].astype(np.float64) * b[None, :] + inner).astype(np.float32)
         return (ufn[:, None].astype(np.float64) * cc[None, :] + inner).astype(np.float32)
 
-    lower, upper = chain(lo_a, lo_b, -n), chain(hi_a, hi_b, n)
     t = np.float32(large_k_sparse.margin(len(X), len(X)))
+    return chain(lo_a, lo_b, -n), chain(hi_a, hi_b, n), t, exact
+
+
+def _log_r(exact):
+    m = exact.max(axis=1, keepdims=True)
+    return exact - (m + np.log(np.exp(exact - m).sum(axis=1, keepdims=True)))
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+@pytest.mark.parametrize("cov", ["spherical", "diag"])
+def test_every_component_the_screen_drops_has_a_responsibility_below_exp_minus_t(cov, screen):
+    """``lks_select``'s rule: ``lo = max (v - b)``, candidates ``v + b >= lo - T``; every
+    component left out, in float64, within ``exp(-T)`` of nothing."""
+    X, means, prec = _clustered(2048, 64, 256, seed=3)
+    lower, upper, t, exact = _bounds(X, means, prec, cov, screen)
     keep = upper >= (lower.max(axis=1) - t)[:, None]
-    lse = exact.max(axis=1) + np.log(np.exp(exact - exact.max(axis=1, keepdims=True)).sum(axis=1))
-    log_r = exact - lse[:, None]
-    assert (log_r[~keep] < -float(t)).all()
+    assert (_log_r(exact)[~keep] < -float(t)).all()
     # a screen: most components dropped (rows near a mean keep one or two; rows of the clusters
     # no mean started in keep dozens, the pass lists those beyond 32)
     # (the BF16 screen's window is 5x as wide: at this start it keeps 6% / 14% against TF32's
     # 5% / 6% of the pairs, spherical / diag, and lists 23% / 34% of the rows against 15% / 21%)
     assert keep.mean() < (0.1 if screen == "tf32" else 0.15)  # (mma: 3 / 5 of bf16's window)
     assert np.median(keep.sum(axis=1)) <= 3
+
+
+def _up16(v: np.ndarray) -> np.ndarray:
+    """float32 values rounded up (toward +inf) to bfloat16 (``lkm::up16``)."""
+    bits = np.ascontiguousarray(v, dtype=np.float32).view(np.uint32)
+    up = ((bits & 0xFFFF) != 0) & ((bits >> 31) == 0)
+    return (((bits >> 16) + up.astype(np.uint32)) << 16).astype(np.uint32).view(np.float32)
+
+
+def _mma_select(lower, upper, t):
+    """``lks_mma``'s selection as its warps run it: tiles of ``MMA_TILE`` components, four
+    columns of warps each screening 32 of a tile against its running lo (every column's after
+    the tile before, and its own 32 of this one), appending ``up16(v + b)``; then ``lo`` over
+    the columns, the list's entries at or above ``lo - T`` kept; a row listed past ``MMA_CAP``
+    appended, with none kept or more than 32. Returns (kept, listed, appended per row)."""
+    n, k = lower.shape
+    tile, width = large_k_sparse.MMA_TILE, large_k_sparse.MMA_TILE // 4
+    run = np.full((n, 4), -np.inf, dtype=np.float32)
+    appended = np.zeros((n, k), dtype=bool)
+    for k0 in range(0, k, tile):
+        before = run.max(axis=1)
+        for col in range(4):
+            a, b = k0 + col * width, min(k0 + (col + 1) * width, k)
+            if a >= k:
+                run[:, col] = np.maximum(run[:, col], before)  # padding: the shared lo alone
+                continue
+            run[:, col] = np.maximum(before, lower[:, a:b].max(axis=1))
+            thr = (run[:, col] - t).astype(np.float32)
+            appended[:, a:b] = upper[:, a:b] >= thr[:, None]
+    thr = (run.max(axis=1) - t).astype(np.float32)
+    kept = appended & (_up16(upper) >= thr[:, None])
+    count = appended.sum(axis=1)
+    listed = (count > large_k_sparse.MMA_CAP) | (kept.sum(axis=1) == 0) | (kept.sum(axis=1) > 32)
+    return kept, listed, count
+
+
+@pytest.mark.parametrize("fitted", [False, True], ids=["start", "fitted"])
+@pytest.mark.parametrize("cov", ["spherical", "diag"])
+def test_the_mma_screens_running_lists_hold_every_candidate_of_the_final_rule(cov, fitted):
+    """``lks_mma`` screens against each warp's running lo, which never exceeds the row's lo:
+    its lists hold every component of ``lks_select``'s rule on the same product, and after
+    the final filter it keeps those and only entries whose rounded-up bound passes it. Rows
+    it does not list lose nothing above ``exp(-T)``. At a fitted state (means on the clusters'
+    centres) the lists stay short: few rows go to the dense pass for an overflowing list."""
+    X, means, prec = _clustered(2048, 64, 256, seed=4)
+    if fitted:
+        rng = np.random.default_rng(4)  # _clustered's centres (same seed, same draws)
+        means = rng.normal(scale=2.0, size=(256, 64))
+        means -= means.mean(axis=0)
+        prec = np.full(256, 1.0 / 0.49)
+    lower, upper, t, exact = _bounds(X, means, prec, cov, "mma")
+    lo = lower.max(axis=1)
+    rule = upper >= (lo - t)[:, None]
+    kept, listed, count = _mma_select(lower, upper, t)
+    ok = ~listed
+    assert (kept[ok] >= rule[ok]).all()  # every candidate of the rule kept
+    assert not (kept & ~(_up16(upper) >= (lo - t)[:, None])).any()  # and nothing below it
+    assert (_log_r(exact)[ok][~kept[ok]] < -float(t)).all()
+    too_long = count > large_k_sparse.MMA_CAP
+    if fitted:
+        assert too_long.mean() < 0.01 and np.median(kept.sum(axis=1)) <= 2
+    assert (listed >= too_long).all() and ok.mean() > (0.9 if fitted else 0.3)
 
 
 def test_the_margin_keeps_what_is_skipped_below_a_float32_ulp_of_one_sample():
