@@ -356,7 +356,8 @@ class _Mma:
             kern["lks_mma<true>" if dense.diag else "lks_mma<false>"], self.smem
         )
         kpf = _round_up(dense.kp, MMA_TILE)
-        # rows past kp stay zero (never written: a tile's padding components)
+        # rows past kp: a tile's padding components, zero or a former pass's (never candidates:
+        # lks_mma screens components below rk only)
         self.w16 = lk.scratch.get("lkm_w16", (kpf, self.innerp), cupy.uint16, zero=True)
         kern["lks_bf16"](
             (max(1, min(-(-dense.kp // 8), dense.blocks)),),

@@ -470,6 +470,7 @@ constexpr int WS = KC / 2 + 4;  // words per component in a stage (+4: no bank c
 #define LKM_CAP 96
 #endif
 constexpr int CAP = LKM_CAP;  // list entries per row (the superset)
+static_assert(CAP % 32 == 0 && CAP <= 128, "lks_mma's lists: whole warps of entries");
 #ifndef LKM_BLOCKS
 #define LKM_BLOCKS 2
 #endif
@@ -663,7 +664,10 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
                                 uf, lC[jo],
                                 __fmaf_rn(sq, lB[jo],
                                           __fadd_rn(acc[m][jo >> 1][h * 2 + (jo & 1)], lA[jo])));
-                            if (up >= thr) {
+                            // (an upper bound of -inf: a responsibility of exactly 0, e.g.
+                            // a padding component or a column that has seen only such, whose
+                            // thr is -inf too; NaN never passes)
+                            if (up >= thr && up != ninf) {
                                 const int slot = atomicAdd(cnt_s + r, 1);
                                 if (slot < CAP) {
                                     const int k = kb + (jo >> 1) * 8 + 2 * t + (jo & 1);
@@ -686,41 +690,38 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
             const float thr = __fsub_rn(lo, margin);
             const int n = cnt_s[r];
             bool listed = n > CAP;
-            unsigned en0 = 0u, en1 = 0u, m0 = 0u, m1 = 0u;
-            if (!listed) {
-                bool k0 = false, k1 = false;
-                if (lane < n) {
-                    en0 = list_s[r * CAP + lane];
-                    k0 = __uint_as_float(en0 << 16) >= thr;
-                }
-                if (CAP > 32 && lane + 32 < n) {
-                    en1 = list_s[r * CAP + 32 + lane];
-                    k1 = __uint_as_float(en1 << 16) >= thr;
-                }
-                m0 = __ballot_sync(0xffffffffu, k0);
-                m1 = __ballot_sync(0xffffffffu, k1);
+            // lane j holds entries j + 32 e: kept where their bound reaches lo - T
+            constexpr int E = CAP / 32;
+            unsigned en[E], mk[E];
+            int total = 0;
+#pragma unroll
+            for (int e = 0; e < E; ++e) {
+                const int i = lane + 32 * e;
+                en[e] = !listed && i < n ? list_s[r * CAP + i] : 0u;
+                mk[e] = __ballot_sync(0xffffffffu,
+                                      !listed && i < n && __uint_as_float(en[e] << 16) >= thr);
+                total += __popc(mk[e]);
             }
-            const int total = __popc(m0) + __popc(m1);
             listed = listed || total == 0 || total > LKS_CMAX;
             if (listed) {
                 if (lane == 0) ncand[row] = -1;
                 continue;
             }
-            // in component order: each kept entry's rank among the kept
-            const int mc0 = (int)(en0 >> 16), mc1 = (int)(en1 >> 16);
-            int rank0 = 0, rank1 = 0;
-            for (unsigned mm = m0; mm; mm &= mm - 1) {
-                const int o = (int)(__shfl_sync(0xffffffffu, en0, __ffs(mm) - 1) >> 16);
-                rank0 += o < mc0;
-                rank1 += o < mc1;
+            // in component order: each kept entry's rank among the kept (components distinct)
+            int rank[E];
+#pragma unroll
+            for (int e = 0; e < E; ++e) rank[e] = 0;
+#pragma unroll
+            for (int e2 = 0; e2 < E; ++e2) {
+                for (unsigned mm = mk[e2]; mm; mm &= mm - 1) {
+                    const unsigned o = __shfl_sync(0xffffffffu, en[e2], __ffs(mm) - 1) >> 16;
+#pragma unroll
+                    for (int e = 0; e < E; ++e) rank[e] += o < (en[e] >> 16);
+                }
             }
-            for (unsigned mm = m1; mm; mm &= mm - 1) {
-                const int o = (int)(__shfl_sync(0xffffffffu, en1, __ffs(mm) - 1) >> 16);
-                rank0 += o < mc0;
-                rank1 += o < mc1;
-            }
-            if ((m0 >> lane) & 1u) cand[row * LKS_CMAX + rank0] = (unsigned short)mc0;
-            if ((m1 >> lane) & 1u) cand[row * LKS_CMAX + rank1] = (unsigned short)mc1;
+#pragma unroll
+            for (int e = 0; e < E; ++e)
+                if ((mk[e] >> lane) & 1u) cand[row * LKS_CMAX + rank[e]] = (unsigned short)(en[e] >> 16);
             if (lane == 0) ncand[row] = total;
         }
     }

@@ -446,7 +446,34 @@ def test_the_screened_pass_is_deterministic(screen, monkeypatch):
         np.testing.assert_array_equal(_host(getattr(a, name)), _host(getattr(b, name)))
 
 
-def test_a_lloyd_pass_of_k_not_a_multiple_of_128_on_the_screened_pass(monkeypatch):
+@pytest.mark.parametrize("cov", ["diag", "spherical"])
+@pytest.mark.parametrize("k", [64, 80, 200])
+def test_the_mma_screen_serves_a_partial_tile_of_components(k, cov, monkeypatch):
+    """Review: lks_mma's columns of warps past the last component see only padding (lower
+    bounds -inf, so thr -inf), and upper bounds of -inf passed ``>=``: every padding component
+    filled the lists (K = 64, the large-K pass's least: every row listed). Separated clusters
+    with a mean each, one restart: the rows keep their one or two candidates on the screened
+    path, and the statistics match float64."""
+    from gmm_core._cupy import large_k_sparse
+
+    rng = np.random.default_rng(31)
+    d = 64
+    centres = rng.normal(scale=2.0, size=(k, d))
+    X = centres[rng.integers(k, size=20_000)] + rng.normal(scale=0.7, size=(20_000, d))
+    mean = X.mean(axis=0)
+    X = (X - mean).astype(np.float32)
+    shape = (1, k, d) if cov == "diag" else (1, k)
+    prec_chol = np.full(shape, 1.0 / 0.7)
+    params = Params(np.full((1, k), 1.0 / k), (centres - mean)[None], 1.0 / prec_chol**2, prec_chol)
+    monkeypatch.setattr(large_k_sparse, "trace", [])
+    stats = _engine_stats(X, cov, params, variant="sparse_mma", monkeypatch=monkeypatch)
+    assert large_k_sparse.trace[-1]["listed"] < len(X) // 100
+    assert large_k_sparse.trace[-1]["pairs"] < 3 * len(X)
+    _check(stats, _reference(X, cov, params)[0], 0, len(X))
+
+
+@pytest.mark.parametrize("screen", ["sparse", "sparse_mma"])
+def test_a_lloyd_pass_of_k_not_a_multiple_of_128_on_the_screened_pass(screen, monkeypatch):
     """Review: the float4 candidate scan's lanes past a restart's range voted with a sentinel
     of thr - 1, which is thr itself at a Lloyd pass's log-densities (~1e11): K = 1000 left 24
     phantom candidates per row (beyond the components, read out of bounds) under the 32 that
@@ -462,7 +489,7 @@ def test_a_lloyd_pass_of_k_not_a_multiple_of_128_on_the_screened_pass(monkeypatc
     rng = np.random.default_rng(22)
     centres = X[rng.choice(len(X), size=(1, 1000), replace=False)].astype(np.float64)
     engine = CupyEngine()
-    _use("sparse", engine=engine)
+    _use(screen, engine=engine)
     data = engine.prepare(cupy.asarray(X), None, "diag")
     precision = HARD_PRECISION / float(X.astype(np.float64).var(axis=0).sum())
     hard = hard_params(cupy.asarray(centres), "diag", precision, cupy)
