@@ -15,6 +15,7 @@ timeout "${VARIANTS_TIMEOUT:-200}" python3 benchmarks/select_variants.py \
 echo "variants exit $?"
 if [ -z "${SKIP_BENCH:-}" ]; then
     timeout "${BENCH_TIMEOUT:-300}" python3 benchmarks/large_k_sparse.py \
-        --out "$OUT/large_k_sparse.json" ${BENCH_ARGS:-}
+        --out "$OUT/large_k_sparse.json" \
+        ${BENCH_ARGS:---variants float32_gemm,sparse_bf16,sparse_mma}
     echo "bench exit $?"
 fi
