@@ -351,7 +351,9 @@ class _Mma:
     def __init__(self, dense: Any, kern: dict[str, Any], lk: Any, inner: int) -> None:
         self.dense, self.exact = dense, kern["lks_exact"]
         self.innerp = _round_up(inner, MMA_KC)
-        self.smem = mma_smem(self.innerp)
+        # a tuning variant's list length (-DLKM_CAP=N among the compile options) sizes it too
+        caps = [int(o.split("=", 1)[1]) for o in lk.options if o.startswith("-DLKM_CAP=")]
+        self.smem = mma_smem(self.innerp, caps[-1] if caps else MMA_CAP)
         self.kern = allow_dynamic_smem(
             kern["lks_mma<true>" if dense.diag else "lks_mma<false>"], self.smem
         )
@@ -403,14 +405,14 @@ class _Mma:
         )  # fmt: skip
 
 
-def mma_smem(innerp: int) -> int:
+def mma_smem(innerp: int, cap: int = MMA_CAP) -> int:
     """Dynamic shared memory (bytes) of ``lks_mma`` at an inner dimension of ``innerp``.
 
     Its ``lkm::layout``: weight stages, the rows' features, per-row values and lists.
     """
     words = (
-        2 * MMA_TILE * (MMA_KC // 2 + 4) + MMA_ROWS * (innerp // 2 + 4) + 11 * MMA_ROWS
-        + MMA_ROWS * MMA_CAP
+        2 * MMA_TILE * (MMA_KC // 2 + 4) + MMA_ROWS * (innerp // 2 + 4) + 7 * MMA_ROWS
+        + MMA_ROWS * cap
     )  # fmt: skip
     return 4 * words
 

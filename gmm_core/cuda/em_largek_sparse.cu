@@ -447,10 +447,10 @@ lks_select(const T* __restrict__ L, long long rows, int kp, const float* __restr
 // one kernel, the product never leaving the SM. A block holds 128 rows as bfloat16 features
 // in shared memory and streams the components' bfloat16 weights through them in tiles of 128
 // (32 inner indices a stage, double-buffered by cp.async), mma.sync m16n8k16 with float32
-// sums. Per tile, each warp's running lo (the max of v_k - b_k over the components of the
-// tiles before, every column's, and its own of this tile: at most the row's final lo; shared
-// through shared memory a tile late, so every run appends the same) screens the tile's
-// components: v_k + b_k >= lo_run - T
+// sums. Per tile, the running lo (the max of v_k - b_k over every component so far, this
+// tile's included: at most the row's final lo; the four columns of warps exchange theirs
+// through shared memory, one barrier a tile) screens the tile's components:
+// v_k + b_k >= lo_run - T
 // enters the row's list (its component and v_k + b_k rounded up to bfloat16), a superset of
 // the final candidates (lo_run <= lo). After the last tile, one warp per row keeps the entries
 // at or above lo - T (lo over all warps): the candidates lks_select would find from the same
@@ -477,8 +477,8 @@ static_assert(CAP % 32 == 0 && CAP <= 128, "lks_mma's lists: whole warps of entr
 
 // Shared memory of lks_mma, in 4-byte words from the start: the weight stages (2 x TN x WS), the
 // rows' bfloat16 features (BM x (innerp / 2 + 4)), |x|^2, U |f| (BM each), each column of
-// warps' lo_run after a tile (2 parities x 4 x BM), the list counts (BM) and lists (BM x CAP);
-// end: the total
+// warps' lo_run after a tile (4 x BM), the list counts (BM) and lists (BM x CAP); end: the
+// total
 // (large_k_sparse.mma_smem gives it in bytes)
 struct Layout {
     int xs, rows, sq, uf, lo, cnt, list, end;
@@ -490,7 +490,7 @@ __host__ __device__ inline Layout layout(int innerp) {
     l.sq = l.rows + BM * l.xs;
     l.uf = l.sq + BM;
     l.lo = l.uf + BM;
-    l.cnt = l.lo + 8 * BM;
+    l.cnt = l.lo + 4 * BM;
     l.list = l.cnt + BM;
     l.end = l.list + BM * CAP;
     return l;
@@ -532,12 +532,13 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
     unsigned* Xs = sm + lay.rows;   // BM x xs: bfloat16 pairs
     float* sq_s = reinterpret_cast<float*>(sm + lay.sq);  // |x|^2 per row
     float* uf_s = reinterpret_cast<float*>(sm + lay.uf);  // U |f| per row
-    float* lo_s = reinterpret_cast<float*>(sm + lay.lo);  // 2 x 4 x BM: columns' lo_run
+    float* lo_s = reinterpret_cast<float*>(sm + lay.lo);  // 4 x BM: columns' lo_run
     int* cnt_s = reinterpret_cast<int*>(sm + lay.cnt);    // list entries per row
     unsigned* list_s = sm + lay.list;                     // BM x CAP
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int wr = warp & 1, wc = warp >> 1;
     const int nch = innerp / KC, ntile = (c1 - c0 + TN - 1) / TN, nq = ntile * nch;
+    if (nq <= 0) return;  // no component (the host never launches this)
     const int f = DIAG ? 2 * d : d;  // features in a row
     const float ninf = __int_as_float(0xff800000);
 
@@ -567,7 +568,6 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
                 uf_s[r] = u * sqrtf(DIAG ? sq + s4 : sq) * 1.000001f;
                 cnt_s[r] = 0;
             }
-            if (lane < 8) lo_s[lane * BM + r] = ninf;
         }
         float run[4][2];
 #pragma unroll
@@ -609,11 +609,7 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
                 }
             }
             if (c == nch - 1) {  // the tile's products complete: screen them
-                const int ti = q / nch, kb = c0 + ti * TN + wc * 32;
-                // every column's lo_run after the previous tile (written before the last
-                // barrier), and this column's after this one (read after the next)
-                const float* prev = lo_s + ((ti + 1) & 1) * 4 * BM;
-                float* mine = lo_s + (ti & 1) * 4 * BM + wc * BM;
+                const int kb = c0 + (q / nch) * TN + wc * 32;
                 float lA[8], lB[8], lC[8];  // the lower bounds' (A, B, C); the upper's below
 #pragma unroll
                 for (int jo = 0; jo < 8; ++jo) {
@@ -629,9 +625,7 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
                     for (int h = 0; h < 2; ++h) {
                         const int r = wr * 64 + m * 16 + h * 8 + g;
                         const float sq = sq_s[r], uf = uf_s[r];
-                        float lo = fmaxf(fmaxf(prev[r], prev[BM + r]),
-                                         fmaxf(prev[2 * BM + r], prev[3 * BM + r]));
-                        lo = fmaxf(lo, run[m][h]);
+                        float lo = run[m][h];
 #pragma unroll
                         for (int jo = 0; jo < 8; ++jo)
                             lo = fmaxf(lo, __fmaf_rn(uf, lC[jo],
@@ -640,8 +634,18 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
                                                                          lA[jo]))));
                         lo = fmaxf(lo, __shfl_xor_sync(0xffffffffu, lo, 1));
                         lo = fmaxf(lo, __shfl_xor_sync(0xffffffffu, lo, 2));
-                        run[m][h] = lo;
-                        if (t == 0) mine[r] = lo;
+                        if (t == 0) lo_s[wc * BM + r] = lo;
+                    }
+                // every column's: lo_run over every component so far, the same in each warp
+                // (lo_s is rewritten only after the barrier that ends this stage)
+                __syncthreads();
+#pragma unroll
+                for (int m = 0; m < 4; ++m)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const int r = wr * 64 + m * 16 + h * 8 + g;
+                        run[m][h] = fmaxf(fmaxf(lo_s[r], lo_s[BM + r]),
+                                          fmaxf(lo_s[2 * BM + r], lo_s[3 * BM + r]));
                     }
 #pragma unroll
                 for (int jo = 0; jo < 8; ++jo) {
@@ -679,9 +683,9 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
             }
             __syncthreads();  // the stage (q & 1) is refilled next
         }
-        // one warp per row: the final candidates, in component order, for lks_exact (every
-        // column's lo_run after the last tile: written before the last barrier)
-        const float* last = lo_s + ((ntile - 1) & 1) * 4 * BM;
+        // one warp per row: the final candidates, in component order, for lks_exact (lo: every
+        // column's lo_run after the last tile, written before the last barrier)
+        const float* last = lo_s;
         for (int r = warp; r < BM; r += NT / 32) {
             const long long row = tile0 + r;
             if (row >= rows) break;

@@ -191,26 +191,22 @@ def _up16(v: np.ndarray) -> np.ndarray:
 
 
 def _mma_select(lower, upper, t):
-    """``lks_mma``'s selection as its warps run it: tiles of ``MMA_TILE`` components, four
-    columns of warps each screening 32 of a tile against its running lo (every column's after
-    the tile before, and its own 32 of this one), appending ``up16(v + b)``; then ``lo`` over
-    the columns, the list's entries at or above ``lo - T`` kept; a row listed past ``MMA_CAP``
-    appended, with none kept or more than 32. Returns (kept, listed, appended per row)."""
+    """``lks_mma``'s selection as its warps run it: tiles of ``MMA_TILE`` components, the
+    running lo updated with a whole tile (its four columns of warps exchange theirs) before
+    the tile's components are screened against it, appending ``up16(v + b)`` (never a bound of
+    -inf); then the list's entries at or above ``lo - T`` kept; a row listed past
+    ``MMA_CAP`` appended, with none kept or more than 32. Returns (kept, listed, appended per
+    row)."""
     n, k = lower.shape
-    tile, width = large_k_sparse.MMA_TILE, large_k_sparse.MMA_TILE // 4
-    run = np.full((n, 4), -np.inf, dtype=np.float32)
+    tile = large_k_sparse.MMA_TILE
+    run = np.full(n, -np.inf, dtype=np.float32)
     appended = np.zeros((n, k), dtype=bool)
     for k0 in range(0, k, tile):
-        before = run.max(axis=1)
-        for col in range(4):
-            a, b = k0 + col * width, min(k0 + (col + 1) * width, k)
-            if a >= k:
-                run[:, col] = np.maximum(run[:, col], before)  # padding: the shared lo alone
-                continue
-            run[:, col] = np.maximum(before, lower[:, a:b].max(axis=1))
-            thr = (run[:, col] - t).astype(np.float32)
-            appended[:, a:b] = upper[:, a:b] >= thr[:, None]
-    thr = (run.max(axis=1) - t).astype(np.float32)
+        k1 = min(k0 + tile, k)
+        run = np.maximum(run, lower[:, k0:k1].max(axis=1))
+        thr = (run - t).astype(np.float32)
+        appended[:, k0:k1] = (upper[:, k0:k1] >= thr[:, None]) & (upper[:, k0:k1] > -np.inf)
+    thr = (run - t).astype(np.float32)
     kept = appended & (_up16(upper) >= thr[:, None])
     count = appended.sum(axis=1)
     listed = (count > large_k_sparse.MMA_CAP) | (kept.sum(axis=1) == 0) | (kept.sum(axis=1) > 32)
@@ -219,18 +215,19 @@ def _mma_select(lower, upper, t):
 
 @pytest.mark.parametrize("fitted", [False, True], ids=["start", "fitted"])
 @pytest.mark.parametrize("cov", ["spherical", "diag"])
-def test_the_mma_screens_running_lists_hold_every_candidate_of_the_final_rule(cov, fitted):
+@pytest.mark.parametrize("k", [80, 256])  # a part-filled tile; two whole ones
+def test_the_mma_screens_running_lists_hold_every_candidate_of_the_final_rule(k, cov, fitted):
     """``lks_mma`` screens against each warp's running lo, which never exceeds the row's lo:
     its lists hold every component of ``lks_select``'s rule on the same product, and after
     the final filter it keeps those and only entries whose rounded-up bound passes it. Rows
     it does not list lose nothing above ``exp(-T)``. At a fitted state (means on the clusters'
     centres) the lists stay short: few rows go to the dense pass for an overflowing list."""
-    X, means, prec = _clustered(2048, 64, 256, seed=4)
+    X, means, prec = _clustered(2048, 64, k, seed=4)
     if fitted:
         rng = np.random.default_rng(4)  # _clustered's centres (same seed, same draws)
-        means = rng.normal(scale=2.0, size=(256, 64))
+        means = rng.normal(scale=2.0, size=(k, 64))
         means -= means.mean(axis=0)
-        prec = np.full(256, 1.0 / 0.49)
+        prec = np.full(k, 1.0 / 0.49)
     lower, upper, t, exact = _bounds(X, means, prec, cov, "mma")
     lo = lower.max(axis=1)
     rule = upper >= (lo - t)[:, None]
