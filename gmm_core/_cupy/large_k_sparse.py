@@ -199,9 +199,11 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
     u = np.float32(U_SCREEN[kind])
     rows_max = dense.rows_max
     seen = {"rows": 0, "listed": 0, "pairs": 0}
+    first = 0  # the next chunk's first row in the data
     for chunk, weights in weighted_chunks(data):
         chunk = cupy.ascontiguousarray(chunk)
         n = chunk.shape[0]
+        at, first = first, first + n
         room = scratch_bytes(data, lk.budget()) // PAIR_BYTES
         cap = int(max(min(PAIRS_PER_ROW * n * max(n_active, 1), room), 4096))
         keys = cupy.empty(cap, dtype=cupy.uint64)
@@ -219,7 +221,8 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
             x = chunk[start : start + MMA_ROWS_PER_LAUNCH]
             step("screen and select")
             mma.launch(
-                x, start, np.intp(0) if weights is None else weights[start : start + x.shape[0]],
+                x, start, at + start,
+                np.intp(0) if weights is None else weights[start : start + x.shape[0]],
                 model, u, t,
                 (keys, rv, np.int64(cap), counters, counts, listed,
                  counters[1:].view(cupy.uint32), ll_sparse, rowbase),
@@ -377,21 +380,29 @@ class _Mma:
         rows = min(MMA_ROWS_PER_LAUNCH, dense.data.n_samples)
         self.cand = lk.scratch.get("lkm_cand", (rows, 32), cupy.uint16)
         self.ncand = lk.scratch.get("lkm_ncand", (rows,), cupy.int32)
+        # per data row: the likeliest component of its last pass, + 1 (0: none yet), which
+        # seeds the next pass's screen; another data set's of as many rows serve as well
+        # (any component's bound is a valid seed: only the lists' length depends on it)
+        self.hint = lk.scratch.get("lkm_hint", (dense.data.n_samples,), cupy.int32, zero=True)
 
     def launch(
-        self, x: Any, start: int, weights: Any, model: tuple[Any, ...], u: Any, t: Any,
-        out: tuple[Any, ...],
+        self, x: Any, start: int, first: int, weights: Any, model: tuple[Any, ...], u: Any,
+        t: Any, out: tuple[Any, ...],
     ) -> None:  # fmt: skip
-        """Screen the rows ``x`` (rows ``start`` on of the data chunk) and keep their pairs."""
+        """Screen the rows ``x`` and keep their pairs.
+
+        ``x`` is rows ``start`` on of the data chunk, ``first`` on of the data.
+        """
         dense, n = self.dense, x.shape[0]
+        hint = self.hint[first : first + n]
         bnd, means, prec_chol, e0 = model
         self.kern(
             (max(1, min(self.grid, -(-n // MMA_ROWS))),),
             (256,),
             (
                 x, np.int64(n), np.int32(dense.D), np.int32(self.innerp), self.w16,
-                np.int32(0), np.int32(dense.rk), bnd, np.int32(dense.kp), u, t, self.cand,
-                self.ncand,
+                np.int32(0), np.int32(dense.rk), bnd, np.int32(dense.kp), u, t, hint,
+                self.cand, self.ncand,
             ),
             shared_mem=self.smem,
         )  # fmt: skip
@@ -400,7 +411,7 @@ class _Mma:
             (256,),
             (
                 x, np.int64(n), np.int32(dense.D), np.bool_(dense.diag), self.cand, self.ncand,
-                np.int32(0), means, prec_chol, e0, weights, np.int64(start), *out,
+                np.int32(0), means, prec_chol, e0, weights, np.int64(start), *out, hint,
             ),
         )  # fmt: skip
 
@@ -408,10 +419,10 @@ class _Mma:
 def mma_smem(innerp: int, cap: int = MMA_CAP) -> int:
     """Dynamic shared memory (bytes) of ``lks_mma`` at an inner dimension of ``innerp``.
 
-    Its ``lkm::layout``: weight stages, the rows' features, per-row values and lists.
+    Its ``lkm::layout``: weight stages, the rows' features, per-row values, lists and seeds.
     """
     words = (
-        2 * MMA_TILE * (MMA_KC // 2 + 4) + MMA_ROWS * (innerp // 2 + 4) + 7 * MMA_ROWS
+        2 * MMA_TILE * (MMA_KC // 2 + 4) + MMA_ROWS * (innerp // 2 + 4) + 8 * MMA_ROWS
         + MMA_ROWS * cap
     )  # fmt: skip
     return 4 * words

@@ -460,6 +460,11 @@ lks_select(const T* __restrict__ L, long long rows, int kp, const float* __restr
 // occupancy: the exact log-densities' loads hide behind 32 warps an SM, not this kernel's 8 or
 // 16). A row whose list overflows (LKM_CAP), or with no candidate or more than LKS_CMAX, is
 // listed for the dense pass. One restart (a column range [c0, c1) of kp).
+// A hint per row (the likeliest component of the row's last pass, from lks_exact) seeds
+// lo_run before the first tile: the lists of a fitting's later passes stay short from the
+// first tile on. A component is appended where its bound, rounded up as the list keeps it,
+// could reach the threshold, and kept where it reaches the final one, so which are kept never
+// depends on the hint or on the order of the tiles: only how long the lists grow does.
 namespace lkm {
 constexpr int NT = 256;   // 8 warps: 2 (64 rows each) x 4 (32 components of each tile)
 constexpr int BM = 128;   // rows per tile of rows
@@ -477,11 +482,11 @@ static_assert(CAP % 32 == 0 && CAP <= 128, "lks_mma's lists: whole warps of entr
 
 // Shared memory of lks_mma, in 4-byte words from the start: the weight stages (2 x TN x WS), the
 // rows' bfloat16 features (BM x (innerp / 2 + 4)), |x|^2, U |f| (BM each), each column of
-// warps' lo_run after a tile (4 x BM), the list counts (BM) and lists (BM x CAP); end: the
-// total
+// warps' lo_run after a tile (4 x BM), the list counts (BM), lists (BM x CAP) and the hints'
+// seeds (BM); end: the total
 // (large_k_sparse.mma_smem gives it in bytes)
 struct Layout {
-    int xs, rows, sq, uf, lo, cnt, list, end;
+    int xs, rows, sq, uf, lo, cnt, list, seed, end;
 };
 __host__ __device__ inline Layout layout(int innerp) {
     Layout l{};
@@ -492,7 +497,8 @@ __host__ __device__ inline Layout layout(int innerp) {
     l.lo = l.uf + BM;
     l.cnt = l.lo + 4 * BM;
     l.list = l.cnt + BM;
-    l.end = l.list + BM * CAP;
+    l.seed = l.list + BM * CAP;
+    l.end = l.seed + BM;
     return l;
 }
 
@@ -500,6 +506,17 @@ __host__ __device__ inline Layout layout(int innerp) {
 __device__ __forceinline__ unsigned up16(float v) {
     const unsigned u = __float_as_uint(v);
     return (u >> 16) + (((u & 0xffffu) != 0u && (u >> 31) == 0u) ? 1u : 0u);
+}
+
+// up16(v) >= thr exactly where v > below16(thr): the next bfloat16 under the least at or
+// above thr (up16(thr))
+__device__ __forceinline__ float below16(float thr) {
+    const unsigned c = up16(thr);
+    if (c == 0xff80u) return __int_as_float(0xff800000);  // thr = -inf: every v > -inf
+    const unsigned p = (c & 0x7fffu) == 0u ? 0x8001u      // +-0: the least negative
+                       : (c & 0x8000u)     ? c + 1u       // negative: away from zero
+                                           : c - 1u;      // positive: toward zero
+    return __uint_as_float(p << 16);
 }
 
 // one stage: components [kb, kb + TN) x inner [c KC, (c + 1) KC) of W16 (rows of innerp)
@@ -522,7 +539,8 @@ template <bool DIAG>
 __global__ void __launch_bounds__(lkm::NT, LKM_BLOCKS)
 lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
         const unsigned short* __restrict__ W16, int c0, int c1, const float* __restrict__ bnd,
-        int kp, float u, float margin, unsigned short* __restrict__ cand, int* __restrict__ ncand) {
+        int kp, float u, float margin, const int* __restrict__ hint,
+        unsigned short* __restrict__ cand, int* __restrict__ ncand) {
     using namespace lkm;
     extern __shared__ float4 lkm_smem4[];
     unsigned* sm = reinterpret_cast<unsigned*>(lkm_smem4);
@@ -534,6 +552,7 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
     float* uf_s = reinterpret_cast<float*>(sm + lay.uf);  // U |f| per row
     float* lo_s = reinterpret_cast<float*>(sm + lay.lo);  // 4 x BM: columns' lo_run
     int* cnt_s = reinterpret_cast<int*>(sm + lay.cnt);    // list entries per row
+    float* seed_s = reinterpret_cast<float*>(sm + lay.seed);  // the hint's lo_run seed
     unsigned* list_s = sm + lay.list;                     // BM x CAP
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int wr = warp & 1, wc = warp >> 1;
@@ -563,10 +582,37 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
                 sq += __shfl_xor_sync(0xffffffffu, sq, off);
                 s4 += __shfl_xor_sync(0xffffffffu, s4, off);
             }
+            const float uf = u * sqrtf(DIAG ? sq + s4 : sq) * 1.000001f;
+            // the hint (the component this row's last pass found likeliest, +1; 0: none):
+            // its bounds from a float32 dot of the same bfloat16 operands, and a seed of
+            // lo_run below the mma's lower bound of it (two sums of one product differ by at
+            // most 2 U |f| n_k, inside the window up - lo that is subtracted)
+            float seed = ninf;
+            const int hh = gr < rows && hint != nullptr ? hint[gr] : 0;
+            if (hh > 0 && hh <= c1 - c0) {  // uniform across the warp
+                __syncwarp();               // the row's features, written by every lane
+                const long long k = c0 + hh - 1;
+                const unsigned* w32 = reinterpret_cast<const unsigned*>(W16 + k * innerp);
+                float dot = 0.0f;
+                for (int w = lane; w < innerp / 2; w += 32) {
+                    const unsigned a = Xs[r * xs + w], b = w32[w];
+                    dot = fmaf(__uint_as_float(a << 16), __uint_as_float(b << 16), dot);
+                    dot = fmaf(__uint_as_float(a & 0xffff0000u), __uint_as_float(b & 0xffff0000u),
+                               dot);
+                }
+#pragma unroll
+                for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+                const float lo = __fmaf_rn(uf, bnd[2 * kp + k],
+                                           __fmaf_rn(sq, bnd[kp + k], __fadd_rn(dot, bnd[k])));
+                const float up = __fmaf_rn(uf, bnd[5 * kp + k],
+                                           __fmaf_rn(sq, bnd[4 * kp + k], __fadd_rn(dot, bnd[3 * kp + k])));
+                seed = __fsub_rn(lo, __fmul_rn(1.001f, __fsub_rn(up, lo)));
+            }
             if (lane == 0) {
                 sq_s[r] = sq;
-                uf_s[r] = u * sqrtf(DIAG ? sq + s4 : sq) * 1.000001f;
+                uf_s[r] = uf;
                 cnt_s[r] = 0;
+                seed_s[r] = seed;
             }
         }
         float run[4][2];
@@ -625,7 +671,7 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
                     for (int h = 0; h < 2; ++h) {
                         const int r = wr * 64 + m * 16 + h * 8 + g;
                         const float sq = sq_s[r], uf = uf_s[r];
-                        float lo = run[m][h];
+                        float lo = fmaxf(run[m][h], seed_s[r]);
 #pragma unroll
                         for (int jo = 0; jo < 8; ++jo)
                             lo = fmaxf(lo, __fmaf_rn(uf, lC[jo],
@@ -661,7 +707,10 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
                     for (int h = 0; h < 2; ++h) {
                         const int r = wr * 64 + m * 16 + h * 8 + g;
                         const float sq = sq_s[r], uf = uf_s[r];
-                        const float thr = __fsub_rn(run[m][h], margin);
+                        // appended where up16(v + b) reaches thr: the rule the list's entries
+                        // are kept by, at thr <= the final threshold, so the list holds every
+                        // entry it keeps whatever lo_run was on the way
+                        const float app = below16(__fsub_rn(run[m][h], margin));
 #pragma unroll
                         for (int jo = 0; jo < 8; ++jo) {
                             const float up = __fmaf_rn(
@@ -671,7 +720,7 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
                             // (an upper bound of -inf: a responsibility of exactly 0, e.g.
                             // a padding component or a column that has seen only such, whose
                             // thr is -inf too; NaN never passes)
-                            if (up >= thr && up != ninf) {
+                            if (up > app && up != ninf) {
                                 const int slot = atomicAdd(cnt_s + r, 1);
                                 if (slot < CAP) {
                                     const int k = kb + (jo >> 1) * 8 + 2 * t + (jo & 1);
@@ -733,7 +782,8 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
 
 // One warp per row, grid-stride (lks_select's grid): the candidates lks_mma found (ncand[row]
 // of them in cand[row], components from c0; -1: the row is listed), exactly: log-densities,
-// log-sum-exp, pairs and the log-likelihood partials as lks_select's.
+// log-sum-exp, pairs and the log-likelihood partials as lks_select's; hint[row] (nullable):
+// the likeliest candidate, + 1, for lks_mma's next pass over the row.
 __global__ void __launch_bounds__(LKS_NT, LKS_SELECT_BLOCKS)
 lks_exact(const float* __restrict__ X, long long rows, int d, bool diag,
           const unsigned short* __restrict__ cand, const int* __restrict__ ncand, int c0,
@@ -742,7 +792,8 @@ lks_exact(const float* __restrict__ X, long long rows, int d, bool diag,
           unsigned long long* __restrict__ keys, double* __restrict__ rv, long long cap,
           unsigned long long* __restrict__ n_pairs, int* __restrict__ counts,
           int* __restrict__ overflow, unsigned int* __restrict__ n_overflow,
-          double* __restrict__ ll_partial, long long* __restrict__ rowbase) {
+          double* __restrict__ ll_partial, long long* __restrict__ rowbase,
+          int* __restrict__ hint) {
     const int lane = threadIdx.x & 31;
     const long long gw = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
@@ -769,6 +820,17 @@ lks_exact(const float* __restrict__ X, long long rows, int d, bool diag,
                 mine = kk;
                 emine = ex;
             }
+        }
+        if (hint != nullptr) {  // the next pass's hint: the likeliest candidate (+1)
+            double best = lane < total ? emine : __longlong_as_double(0xfff0000000000000ULL);
+            int who = lane < total ? mine : 0x7fffffff;
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) {
+                const double ob = __shfl_xor_sync(0xffffffffu, best, off);
+                const int ow = __shfl_xor_sync(0xffffffffu, who, off);
+                if (ob > best || (ob == best && ow < who)) best = ob, who = ow;
+            }
+            if (lane == 0 && who != 0x7fffffff) hint[row] = who - c0 + 1;
         }
         unsigned long long b0 = 0;
         if (lane == 0) b0 = atomicAdd(n_pairs, (unsigned long long)total);

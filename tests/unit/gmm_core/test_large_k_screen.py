@@ -190,27 +190,64 @@ def _up16(v: np.ndarray) -> np.ndarray:
     return (((bits >> 16) + up.astype(np.uint32)) << 16).astype(np.uint32).view(np.float32)
 
 
-def _mma_select(lower, upper, t):
-    """``lks_mma``'s selection as its warps run it: tiles of ``MMA_TILE`` components, the
-    running lo updated with a whole tile (its four columns of warps exchange theirs) before
-    the tile's components are screened against it, appending ``up16(v + b)`` (never a bound of
-    -inf); then the list's entries at or above ``lo - T`` kept; a row listed past
+def _below16(thr: np.ndarray) -> np.ndarray:
+    """``lkm::below16``, bit for bit: the next bfloat16 under ``up16(thr)``."""
+    c = _up16(thr).view(np.uint32) >> 16
+    p = np.where((c & 0x7FFF) == 0, 0x8001, np.where(c & 0x8000, c + 1, c - 1))
+    p = np.where(c == 0xFF80, 0xFF80, p).astype(np.uint32)
+    return (p << 16).astype(np.uint32).view(np.float32)
+
+
+def test_below16_is_where_up16_reaches_a_threshold():
+    """``lks_mma`` appends where ``v > below16(thr)``, standing for ``up16(v) >= thr``: the two
+    agree for every sign, at zeros, denormals, the bfloat16 grid and its neighbours, and a
+    threshold of -inf (a bound of -inf, which ``up16`` keeps at -inf, is never appended)."""
+    rng = np.random.default_rng(9)
+    grid = (rng.integers(0, 1 << 16, size=4000).astype(np.uint32) << 16).view(np.float32)
+    grid = grid[np.isfinite(grid)]
+    near = np.concatenate([grid, np.nextafter(grid, np.inf), np.nextafter(grid, -np.inf)])
+    special = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-40, -1e-40, -np.inf, 3e38, -3e38])
+    values = np.concatenate([near, special, rng.normal(scale=300, size=4000)]).astype(np.float32)
+    values = values[values > -np.inf]
+    thr = rng.permutation(values)[:3000]
+    for t in np.concatenate([thr, special.astype(np.float32)]):
+        want = _up16(values) >= t
+        got = values > _below16(np.array([t], dtype=np.float32))[0]
+        np.testing.assert_array_equal(got, want, err_msg=f"thr {t!r}")
+
+
+def _mma_select(lower, upper, t, seed=None):
+    """``lks_mma``'s selection as its warps run it: the running lo starts from the hint's
+    ``seed`` (per row; None: -inf), then, per tile of ``MMA_TILE`` components, takes the whole
+    tile (its four columns of warps exchange theirs) before the tile's components are screened
+    against it: appended where ``up16(v + b)`` reaches ``thr`` (never a bound of -inf); then
+    the list's entries whose ``up16(v + b)`` reaches ``lo - T`` kept; a row listed past
     ``MMA_CAP`` appended, with none kept or more than 32. Returns (kept, listed, appended per
     row)."""
     n, k = lower.shape
     tile = large_k_sparse.MMA_TILE
-    run = np.full(n, -np.inf, dtype=np.float32)
+    run = np.full(n, -np.inf, dtype=np.float32) if seed is None else seed.astype(np.float32)
     appended = np.zeros((n, k), dtype=bool)
     for k0 in range(0, k, tile):
         k1 = min(k0 + tile, k)
         run = np.maximum(run, lower[:, k0:k1].max(axis=1))
         thr = (run - t).astype(np.float32)
-        appended[:, k0:k1] = (upper[:, k0:k1] >= thr[:, None]) & (upper[:, k0:k1] > -np.inf)
+        up = upper[:, k0:k1]
+        appended[:, k0:k1] = (_up16(up) >= thr[:, None]) & (up > -np.inf)
     thr = (run - t).astype(np.float32)
     kept = appended & (_up16(upper) >= thr[:, None])
     count = appended.sum(axis=1)
     listed = (count > large_k_sparse.MMA_CAP) | (kept.sum(axis=1) == 0) | (kept.sum(axis=1) > 32)
     return kept, listed, count
+
+
+def _hint_seed(lower, upper, exact):
+    """``lks_mma``'s seed from a hint (the likeliest component): its lower bound less the
+    window ``1.001 (up - lo)`` (here the same product's bounds stand in for the hint's own
+    float32 dot)."""
+    h = exact.argmax(axis=1)
+    lo, up = lower[np.arange(len(h)), h], upper[np.arange(len(h)), h]
+    return (lo - np.float32(1.001) * (up - lo)).astype(np.float32)
 
 
 @pytest.mark.parametrize("fitted", [False, True], ids=["start", "fitted"])
@@ -240,6 +277,15 @@ def test_the_mma_screens_running_lists_hold_every_candidate_of_the_final_rule(k,
     if fitted:
         assert too_long.mean() < 0.01 and np.median(kept.sum(axis=1)) <= 2
     assert (listed >= too_long).all() and ok.mean() > (0.9 if fitted else 0.3)
+    # a hint (the last pass's likeliest component) seeds the running lo: shorter lists, and
+    # the same components kept wherever both keep a row (the kept set never depends on it)
+    kept_h, listed_h, count_h = _mma_select(lower, upper, t, _hint_seed(lower, upper, exact))
+    both = ~listed & ~listed_h
+    np.testing.assert_array_equal(kept_h[both], kept[both])
+    assert count_h.mean() <= count.mean() and listed_h.mean() <= listed.mean()
+    if k > large_k_sparse.MMA_TILE:  # (one tile is screened whole: no seed helps it)
+        assert count_h.mean() < count.mean()
+    assert listed_h.mean() <= (rule.sum(axis=1) > 32).mean() + 0.01
 
 
 def test_the_margin_keeps_what_is_skipped_below_a_float32_ulp_of_one_sample():
