@@ -446,6 +446,19 @@ def test_the_screened_pass_is_deterministic(screen, monkeypatch):
         np.testing.assert_array_equal(_host(getattr(a, name)), _host(getattr(b, name)))
 
 
+def _on_centres(k: int, cov: str, n: int = 20_000, d: int = 64, seed: int = 31):
+    """Separated clusters and one restart whose components sit on their centres."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=2.0, size=(k, d))
+    X = centres[rng.integers(k, size=n)] + rng.normal(scale=0.7, size=(n, d))
+    mean = X.mean(axis=0)
+    X = (X - mean).astype(np.float32)
+    shape = (1, k, d) if cov == "diag" else (1, k)
+    prec_chol = np.full(shape, 1.0 / 0.7)
+    params = Params(np.full((1, k), 1.0 / k), (centres - mean)[None], 1.0 / prec_chol**2, prec_chol)
+    return X, params
+
+
 @pytest.mark.parametrize("cov", ["diag", "spherical"])
 @pytest.mark.parametrize("k", [64, 80, 200])
 def test_the_mma_screen_serves_a_partial_tile_of_components(k, cov, monkeypatch):
@@ -456,20 +469,48 @@ def test_the_mma_screen_serves_a_partial_tile_of_components(k, cov, monkeypatch)
     path, and the statistics match float64."""
     from gmm_core._cupy import large_k_sparse
 
-    rng = np.random.default_rng(31)
-    d = 64
-    centres = rng.normal(scale=2.0, size=(k, d))
-    X = centres[rng.integers(k, size=20_000)] + rng.normal(scale=0.7, size=(20_000, d))
-    mean = X.mean(axis=0)
-    X = (X - mean).astype(np.float32)
-    shape = (1, k, d) if cov == "diag" else (1, k)
-    prec_chol = np.full(shape, 1.0 / 0.7)
-    params = Params(np.full((1, k), 1.0 / k), (centres - mean)[None], 1.0 / prec_chol**2, prec_chol)
+    X, params = _on_centres(k, cov)
     monkeypatch.setattr(large_k_sparse, "trace", [])
     stats = _engine_stats(X, cov, params, variant="sparse_mma", monkeypatch=monkeypatch)
     assert large_k_sparse.trace[-1]["listed"] < len(X) // 100
     assert large_k_sparse.trace[-1]["pairs"] < 3 * len(X)
     _check(stats, _reference(X, cov, params)[0], 0, len(X))
+
+
+@pytest.mark.parametrize("cov", ["diag", "spherical"])
+def test_the_mma_screens_hints_are_the_likeliest_components_and_change_no_statistic(
+    cov, monkeypatch
+):
+    """A pass leaves each served row's likeliest component as the next pass's hint, which
+    seeds the screen: the lists shrink, but which components are kept never depends on it. So
+    a pass with the hints, and one with hints of another data set (random), give the first
+    pass's statistics to the last bit (no row listed in any)."""
+    import cupy
+
+    from gmm_core._cupy import large_k_sparse
+    from gmm_core._cupy.engine import CupyEngine
+
+    k = 300
+    X, params = _on_centres(k, cov, seed=33)
+    engine = CupyEngine()
+    _use("sparse_mma", engine=engine)
+    data = engine.prepare(cupy.asarray(X), None, cov)
+    dev = params.map(cupy.asarray)
+    monkeypatch.setattr(large_k_sparse, "trace", [])
+    first = engine.large_k.accumulate(data, dev)
+    hint = engine.large_k.scratch.get("lkm_hint", (len(X),), cupy.int32)
+    X64, mu = X.astype(np.float64), params.means[0]
+    prec = (params.precisions_cholesky[0] ** 2) * np.ones((k, X.shape[1]))
+    quad = (X64**2) @ prec.T - 2 * X64 @ (mu * prec).T + (mu**2 * prec).sum(axis=1)
+    likeliest = (0.5 * np.log(prec).sum(axis=1) - 0.5 * quad).argmax(axis=1)
+    np.testing.assert_array_equal(cupy.asnumpy(hint) - 1, likeliest)
+    again = engine.large_k.accumulate(data, dev)
+    hint[:] = cupy.asarray(np.random.default_rng(34).integers(1, k + 1, size=len(X)))
+    other = engine.large_k.accumulate(data, dev)
+    assert [p["listed"] for p in large_k_sparse.trace] == [0, 0, 0]
+    for stats in (again, other):
+        for name in ("loglik", "nk", "sx", "sxx"):
+            np.testing.assert_array_equal(_host(getattr(stats, name)), _host(getattr(first, name)))
 
 
 @pytest.mark.parametrize("screen", ["sparse", "sparse_mma"])
