@@ -7,7 +7,7 @@
 # default fit). Results under $OUT.
 source "$(dirname "$0")/device_prelude.sh" mma_run
 gpu_tests gpu_tests "${TEST_TIMEOUT:-240}" tests/gpu/test_gpu_large_k.py -x \
-    -k "${TESTS_K:-sparse_mma or deterministic or screened or capacity}"
+    -k "${TESTS_K:-mma or deterministic or screened or capacity}"
 timeout "${VARIANTS_TIMEOUT:-200}" python3 benchmarks/select_variants.py \
     --out "$OUT/select_variants.json" --chunks 128 \
     --variants "${VARIANTS:-bf16=screen:bf16;mma=screen:mma;mma1=screen:mma -DLKM_BLOCKS=1}" \
