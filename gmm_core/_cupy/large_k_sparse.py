@@ -198,12 +198,10 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
     model = (bnd, means, prec_chol, e0)
     u = np.float32(U_SCREEN[kind])
     rows_max = dense.rows_max
-    seen = {"rows": 0, "listed": 0, "pairs": 0}
-    first = 0  # the next chunk's first row in the data
+    seen = {"rows": 0, "listed": 0, "pairs": 0, "rescreened": 0}
     for chunk, weights in weighted_chunks(data):
         chunk = cupy.ascontiguousarray(chunk)
         n = chunk.shape[0]
-        at, first = first, first + n
         room = scratch_bytes(data, lk.budget()) // PAIR_BYTES
         cap = int(max(min(PAIRS_PER_ROW * n * max(n_active, 1), room), 4096))
         keys = cupy.empty(cap, dtype=cupy.uint64)
@@ -216,14 +214,10 @@ def accumulate(lk: Any, data: CupyData, params: Params, active: Any = None) -> S
         listed = cupy.empty(n, dtype=cupy.int32)
         ll_sparse.data.memset_async(0, ll_sparse.nbytes)
         rowbase = cupy.empty(n, dtype=cupy.int64)
-        for start in range(0, n if mma is not None else 0, MMA_ROWS_PER_LAUNCH):
-            assert mma is not None
-            x = chunk[start : start + MMA_ROWS_PER_LAUNCH]
+        if mma is not None:  # steps 1 and 2: lks_mma, lks_exact
             step("screen and select")
-            mma.launch(
-                x, start, at + start,
-                np.intp(0) if weights is None else weights[start : start + x.shape[0]],
-                model, u, t,
+            seen["rescreened"] += mma.chunk(
+                chunk, weights, model, u, t,
                 (keys, rv, np.int64(cap), counters, counts, listed,
                  counters[1:].view(cupy.uint32), ll_sparse, rowbase),
             )  # fmt: skip
@@ -377,41 +371,82 @@ class _Mma:
         )
         self.grid = max(1, min(int(per_sm), SELECT_BLOCKS_PER_SM)) * lk.config.n_sm
         self.exact_grid = SELECT_BLOCKS_PER_SM * lk.config.n_sm
-        rows = min(MMA_ROWS_PER_LAUNCH, dense.data.n_samples)
-        self.cand = lk.scratch.get("lkm_cand", (rows, 32), cupy.uint16)
-        self.ncand = lk.scratch.get("lkm_ncand", (rows,), cupy.int32)
-        # per data row: the likeliest component of its last pass, + 1 (0: none yet), which
-        # seeds the next pass's screen; another data set's of as many rows serve as well
-        # (any component's bound is a valid seed: only the lists' length depends on it)
-        self.hint = lk.scratch.get("lkm_hint", (dense.data.n_samples,), cupy.int32, zero=True)
+        self.launch_rows = min(MMA_ROWS_PER_LAUNCH, dense.data.n_samples)
+        self.cand = lk.scratch.get("lkm_cand", (self.launch_rows, 32), cupy.uint16)
+        self.gather = kern["lks_gather"]
 
-    def launch(
-        self, x: Any, start: int, first: int, weights: Any, model: tuple[Any, ...], u: Any,
-        t: Any, out: tuple[Any, ...],
-    ) -> None:  # fmt: skip
-        """Screen the rows ``x`` and keep their pairs.
+    def chunk(
+        self, chunk: Any, weights: Any, model: tuple[Any, ...], u: Any, t: Any,
+        out: tuple[Any, ...],
+    ) -> int:  # fmt: skip
+        """Screen and select the rows of a data chunk, ``launch_rows`` at a time.
 
-        ``x`` is rows ``start`` on of the data chunk, ``first`` on of the data.
+        Then the rows whose lists overflowed are screened again from their ``lo`` (gathered).
+        Returns how many those were (the one host synchronisation).
         """
+        n, step = chunk.shape[0], self.launch_rows
+        ncand = cupy.empty(n, dtype=cupy.int32)
+        lo = cupy.empty(n, dtype=cupy.float32)
+        for start in range(0, n, step):
+            x = chunk[start : start + step]
+            m = x.shape[0]
+            part = ncand[start : start + m]
+            self._screen(x, (model, u, t), np.intp(0), lo[start : start + m], part)
+            w = np.intp(0) if weights is None else weights[start : start + m]
+            self._exact(x, part, w, model, start, np.intp(0), out)
+        again = cupy.flatnonzero(ncand == -2).astype(cupy.int32)
+        D = self.dense.D
+        for start in range(0, again.size, step):
+            idx = again[start : start + step]
+            m = idx.size
+            xg = cupy.empty((m, D), dtype=cupy.float32)
+            wg = None if weights is None else cupy.empty(m, dtype=cupy.float32)
+            self.gather(
+                (max(1, min(-(-m // 8), self.dense.blocks)),),
+                (256,),
+                (
+                    chunk, np.int32(D), np.intp(0) if weights is None else weights, idx,
+                    np.int64(m), xg, np.intp(0) if wg is None else wg,
+                ),
+            )  # fmt: skip
+            part = cupy.empty(m, dtype=cupy.int32)
+            self._screen(xg, (model, u, t), lo[idx], np.intp(0), part)
+            self._exact(xg, part, np.intp(0) if wg is None else wg, model, 0, idx, out)
+        return int(again.size)
+
+    def _screen(
+        self, x: Any, rule: tuple[Any, ...], seed: Any, lo_out: Any, ncand: Any
+    ) -> None:  # fmt: skip
+        """``lks_mma`` over the rows ``x``: their candidates into ``cand`` and ``ncand``."""
+        (bnd, _, _, _), u, t = rule
         dense, n = self.dense, x.shape[0]
-        hint = self.hint[first : first + n]
-        bnd, means, prec_chol, e0 = model
         self.kern(
             (max(1, min(self.grid, -(-n // MMA_ROWS))),),
             (256,),
             (
                 x, np.int64(n), np.int32(dense.D), np.int32(self.innerp), self.w16,
-                np.int32(0), np.int32(dense.rk), bnd, np.int32(dense.kp), u, t, hint,
-                self.cand, self.ncand,
+                np.int32(0), np.int32(dense.rk), bnd, np.int32(dense.kp), u, t, seed, lo_out,
+                self.cand, ncand,
             ),
             shared_mem=self.smem,
         )  # fmt: skip
+
+    def _exact(
+        self, x: Any, ncand: Any, weights: Any, model: tuple[Any, ...], row0: int,
+        rows_index: Any, out: tuple[Any, ...],
+    ) -> None:  # fmt: skip
+        """``lks_exact`` over the rows ``x``: their pairs into ``out``.
+
+        ``x`` is rows ``row0`` on of the chunk, or the rows at ``rows_index`` (gathered).
+        """
+        dense, n = self.dense, x.shape[0]
+        _, means, prec_chol, e0 = model
         self.exact(
             (self.exact_grid,),
             (256,),
             (
-                x, np.int64(n), np.int32(dense.D), np.bool_(dense.diag), self.cand, self.ncand,
-                np.int32(0), means, prec_chol, e0, weights, np.int64(start), *out, hint,
+                x, np.int64(n), np.int32(dense.D), np.bool_(dense.diag), self.cand, ncand,
+                np.int32(0), means, prec_chol, e0, weights, np.int64(row0), *out, rows_index,
             ),
         )  # fmt: skip
 

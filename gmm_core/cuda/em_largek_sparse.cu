@@ -449,22 +449,22 @@ lks_select(const T* __restrict__ L, long long rows, int kp, const float* __restr
 // (32 inner indices a stage, double-buffered by cp.async), mma.sync m16n8k16 with float32
 // sums. Per tile, the running lo (the max of v_k - b_k over every component so far, this
 // tile's included: at most the row's final lo; the four columns of warps exchange theirs
-// through shared memory, one barrier a tile) screens the tile's components:
-// v_k + b_k >= lo_run - T
-// enters the row's list (its component and v_k + b_k rounded up to bfloat16), a superset of
-// the final candidates (lo_run <= lo). After the last tile, one warp per row keeps the entries
-// at or above lo - T (lo over all warps): the candidates lks_select would find from the same
-// product, under the bound U = 3 * 2^-8 (operands 2^-8 relative each, a product within
-// 2^-7 + 2^-16; the mma's float32 sums, truncating, within 2^-14 at inner <= 512; the product
-// never rounded), in component order, for lks_exact (one warp per row at lks_select's
-// occupancy: the exact log-densities' loads hide behind 32 warps an SM, not this kernel's 8 or
-// 16). A row whose list overflows (LKM_CAP), or with no candidate or more than LKS_CMAX, is
-// listed for the dense pass. One restart (a column range [c0, c1) of kp).
-// A hint per row (the likeliest component of the row's last pass, from lks_exact) seeds
-// lo_run before the first tile: the lists of a fitting's later passes stay short from the
-// first tile on. A component is appended where its bound, rounded up as the list keeps it,
-// could reach the threshold, and kept where it reaches the final one, so which are kept never
-// depends on the hint or on the order of the tiles: only how long the lists grow does.
+// through shared memory, one barrier a tile) screens the tile's components: where
+// up16(v_k + b_k) (the bound rounded up to bfloat16, as the list keeps it) reaches
+// lo_run - T, the component enters the row's list, a superset of the final candidates
+// (lo_run <= lo). After the last tile, one warp per row keeps the entries at or above lo - T
+// (lo over all warps), under the bound U = 3 * 2^-8 (operands 2^-8 relative each, a product
+// within 2^-7 + 2^-16; the mma's float32 sums, truncating, within 2^-14 at inner <= 512; the
+// product never rounded), in component order, for lks_exact (one warp per row at
+// lks_select's occupancy: the exact log-densities' loads hide behind 32 warps an SM, not this
+// kernel's 8 or 16). A row with no candidate or more than LKS_CMAX is listed for the dense
+// pass. One restart (a column range [c0, c1) of kp).
+// A row whose list overflows (LKM_CAP entries: the first tiles' lo_run far below the row's
+// lo, as in a fit's first passes) is not listed: it is screened again (its rows gathered by
+// the caller) with its final lo as seed_in, and its list is then exactly the kept set. What
+// is appended and what is kept follow one rule (up16 against a threshold), at a threshold
+// never above the final one, so the kept set never depends on the order of the tiles nor on
+// a seed at or below lo: which rows are listed depends on the data and the parameters alone.
 namespace lkm {
 constexpr int NT = 256;   // 8 warps: 2 (64 rows each) x 4 (32 components of each tile)
 constexpr int BM = 128;   // rows per tile of rows
@@ -482,8 +482,8 @@ static_assert(CAP % 32 == 0 && CAP <= 128, "lks_mma's lists: whole warps of entr
 
 // Shared memory of lks_mma, in 4-byte words from the start: the weight stages (2 x TN x WS), the
 // rows' bfloat16 features (BM x (innerp / 2 + 4)), |x|^2, U |f| (BM each), each column of
-// warps' lo_run after a tile (4 x BM), the list counts (BM), lists (BM x CAP) and the hints'
-// seeds (BM); end: the total
+// warps' lo_run after a tile (4 x BM), the list counts (BM), lists (BM x CAP) and the rows'
+// seeds of lo_run (BM); end: the total
 // (large_k_sparse.mma_smem gives it in bytes)
 struct Layout {
     int xs, rows, sq, uf, lo, cnt, list, seed, end;
@@ -532,15 +532,17 @@ __device__ __forceinline__ void stage(unsigned* dst, const unsigned short* __res
 // Persistent blocks, grid-stride over tiles of 128 rows. X (rows, d) centred float32, d <=
 // LKS_MAXD; W16 (>= c0 + ceil((c1 - c0) / 128) * 128, innerp) the screening weights as
 // bfloat16 bits, zero past the inner dimension ([x, x^2] diag, x spherical; innerp a multiple
-// of 32) and finite in padding rows; bnd (6, kp) lks_norms'; u, margin lks_select's. Writes
-// ncand[row] (-1: listed) and the candidates' components less c0, cand (rows, LKS_CMAX).
+// of 32) and finite in padding rows; bnd (6, kp) lks_norms'; u, margin lks_select's; seed_in
+// (rows; nullable) a seed of lo_run per row. Writes ncand[row] (-1: listed; -2: the list
+// overflowed, lo_out[row] its lo, where lo_out is given, else -1) and the candidates'
+// components less c0, cand (rows, LKS_CMAX).
 // Dynamic shared memory: large_k_sparse.mma_smem.
 template <bool DIAG>
 __global__ void __launch_bounds__(lkm::NT, LKM_BLOCKS)
 lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
         const unsigned short* __restrict__ W16, int c0, int c1, const float* __restrict__ bnd,
-        int kp, float u, float margin, const int* __restrict__ hint,
-        unsigned short* __restrict__ cand, int* __restrict__ ncand) {
+        int kp, float u, float margin, const float* __restrict__ seed_in,
+        float* __restrict__ lo_out, unsigned short* __restrict__ cand, int* __restrict__ ncand) {
     using namespace lkm;
     extern __shared__ float4 lkm_smem4[];
     unsigned* sm = reinterpret_cast<unsigned*>(lkm_smem4);
@@ -552,7 +554,7 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
     float* uf_s = reinterpret_cast<float*>(sm + lay.uf);  // U |f| per row
     float* lo_s = reinterpret_cast<float*>(sm + lay.lo);  // 4 x BM: columns' lo_run
     int* cnt_s = reinterpret_cast<int*>(sm + lay.cnt);    // list entries per row
-    float* seed_s = reinterpret_cast<float*>(sm + lay.seed);  // the hint's lo_run seed
+    float* seed_s = reinterpret_cast<float*>(sm + lay.seed);  // lo_run's seed
     unsigned* list_s = sm + lay.list;                     // BM x CAP
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int wr = warp & 1, wc = warp >> 1;
@@ -583,31 +585,8 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
                 s4 += __shfl_xor_sync(0xffffffffu, s4, off);
             }
             const float uf = u * sqrtf(DIAG ? sq + s4 : sq) * 1.000001f;
-            // the hint (the component this row's last pass found likeliest, +1; 0: none):
-            // its bounds from a float32 dot of the same bfloat16 operands, and a seed of
-            // lo_run below the mma's lower bound of it (two sums of one product differ by at
-            // most 2 U |f| n_k, inside the window up - lo that is subtracted)
-            float seed = ninf;
-            const int hh = gr < rows && hint != nullptr ? hint[gr] : 0;
-            if (hh > 0 && hh <= c1 - c0) {  // uniform across the warp
-                __syncwarp();               // the row's features, written by every lane
-                const long long k = c0 + hh - 1;
-                const unsigned* w32 = reinterpret_cast<const unsigned*>(W16 + k * innerp);
-                float dot = 0.0f;
-                for (int w = lane; w < innerp / 2; w += 32) {
-                    const unsigned a = Xs[r * xs + w], b = w32[w];
-                    dot = fmaf(__uint_as_float(a << 16), __uint_as_float(b << 16), dot);
-                    dot = fmaf(__uint_as_float(a & 0xffff0000u), __uint_as_float(b & 0xffff0000u),
-                               dot);
-                }
-#pragma unroll
-                for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
-                const float lo = __fmaf_rn(uf, bnd[2 * kp + k],
-                                           __fmaf_rn(sq, bnd[kp + k], __fadd_rn(dot, bnd[k])));
-                const float up = __fmaf_rn(uf, bnd[5 * kp + k],
-                                           __fmaf_rn(sq, bnd[4 * kp + k], __fadd_rn(dot, bnd[3 * kp + k])));
-                seed = __fsub_rn(lo, __fmul_rn(1.001f, __fsub_rn(up, lo)));
-            }
+            // a second screening's seed: the row's lo from the first (at most its lo)
+            const float seed = gr < rows && seed_in != nullptr ? seed_in[gr] : ninf;
             if (lane == 0) {
                 sq_s[r] = sq;
                 uf_s[r] = uf;
@@ -742,6 +721,13 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
                 fmaxf(fmaxf(last[r], last[BM + r]), fmaxf(last[2 * BM + r], last[3 * BM + r]));
             const float thr = __fsub_rn(lo, margin);
             const int n = cnt_s[r];
+            if (n > CAP && lo_out != nullptr) {  // screened again from lo
+                if (lane == 0) {
+                    lo_out[row] = lo;
+                    ncand[row] = -2;
+                }
+                continue;
+            }
             bool listed = n > CAP;
             // lane j holds entries j + 32 e: kept where their bound reaches lo - T
             constexpr int E = CAP / 32;
@@ -782,8 +768,9 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
 
 // One warp per row, grid-stride (lks_select's grid): the candidates lks_mma found (ncand[row]
 // of them in cand[row], components from c0; -1: the row is listed), exactly: log-densities,
-// log-sum-exp, pairs and the log-likelihood partials as lks_select's; hint[row] (nullable):
-// the likeliest candidate, + 1, for lks_mma's next pass over the row.
+// log-sum-exp, pairs and the log-likelihood partials as lks_select's. -2: the row waits for
+// its second screening (skipped). rows_index (nullable): each row's index in the data chunk
+// (gathered rows; X, cand, ncand and sample_weight are the gathered ones), else row0 + row.
 __global__ void __launch_bounds__(LKS_NT, LKS_SELECT_BLOCKS)
 lks_exact(const float* __restrict__ X, long long rows, int d, bool diag,
           const unsigned short* __restrict__ cand, const int* __restrict__ ncand, int c0,
@@ -793,15 +780,17 @@ lks_exact(const float* __restrict__ X, long long rows, int d, bool diag,
           unsigned long long* __restrict__ n_pairs, int* __restrict__ counts,
           int* __restrict__ overflow, unsigned int* __restrict__ n_overflow,
           double* __restrict__ ll_partial, long long* __restrict__ rowbase,
-          int* __restrict__ hint) {
+          const int* __restrict__ rows_index) {
     const int lane = threadIdx.x & 31;
     const long long gw = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
     double* llw = ll_partial + gw;
     for (long long row = gw; row < rows; row += warps) {
         const int total = ncand[row];
+        if (total == -2) continue;  // screened again later
+        const long long at = rows_index != nullptr ? (long long)rows_index[row] : row0 + row;
         if (total < 0) {
-            if (lane == 0) overflow[atomicAdd(n_overflow, 1u)] = (int)(row0 + row);
+            if (lane == 0) overflow[atomicAdd(n_overflow, 1u)] = (int)at;
             continue;
         }
         const int mycand = lane < total ? (int)cand[row * LKS_CMAX + lane] : 0;
@@ -821,24 +810,13 @@ lks_exact(const float* __restrict__ X, long long rows, int d, bool diag,
                 emine = ex;
             }
         }
-        if (hint != nullptr) {  // the next pass's hint: the likeliest candidate (+1)
-            double best = lane < total ? emine : __longlong_as_double(0xfff0000000000000ULL);
-            int who = lane < total ? mine : 0x7fffffff;
-#pragma unroll
-            for (int off = 16; off > 0; off >>= 1) {
-                const double ob = __shfl_xor_sync(0xffffffffu, best, off);
-                const int ow = __shfl_xor_sync(0xffffffffu, who, off);
-                if (ob > best || (ob == best && ow < who)) best = ob, who = ow;
-            }
-            if (lane == 0 && who != 0x7fffffff) hint[row] = who - c0 + 1;
-        }
         unsigned long long b0 = 0;
         if (lane == 0) b0 = atomicAdd(n_pairs, (unsigned long long)total);
         const long long base = (long long)__shfl_sync(0xffffffffu, b0, 0);
         if (base + total > cap) continue;  // the chunk goes through the dense pass
-        if (lane == 0) rowbase[row0 + row] = base;
+        if (lane == 0) rowbase[at] = base;
         const float w = sample_weight != nullptr ? sample_weight[row] : 1.0f;
-        lks::emit(total, mine, emine, w, (unsigned long long)(row0 + row), base, keys, rv, counts,
+        lks::emit(total, mine, emine, w, (unsigned long long)at, base, keys, rv, counts,
                   llw, lane);
     }
 }

@@ -478,39 +478,36 @@ def test_the_mma_screen_serves_a_partial_tile_of_components(k, cov, monkeypatch)
 
 
 @pytest.mark.parametrize("cov", ["diag", "spherical"])
-def test_the_mma_screens_hints_are_the_likeliest_components_and_change_no_statistic(
-    cov, monkeypatch
-):
-    """A pass leaves each served row's likeliest component as the next pass's hint, which
-    seeds the screen: the lists shrink, but which components are kept never depends on it. So
-    a pass with the hints, and one with hints of another data set (random), give the first
-    pass's statistics to the last bit (no row listed in any)."""
+def test_rows_whose_mma_lists_overflow_are_screened_again_to_the_same_statistics(cov, monkeypatch):
+    """lks_mma's lists grow with how late a row's likeliest component comes in the tiles; a
+    row past LKM_CAP entries is screened again from its lo, where its list is exactly the
+    kept set. So lists of 32 entries (many rows screened twice, several launches per chunk)
+    and of 96 keep the same components and list the same rows: the same statistics (the
+    log-likelihood's float64 partials are added in another order)."""
     import cupy
 
     from gmm_core._cupy import large_k_sparse
     from gmm_core._cupy.engine import CupyEngine
 
-    k = 300
-    X, params = _on_centres(k, cov, seed=33)
-    engine = CupyEngine()
-    _use("sparse_mma", engine=engine)
-    data = engine.prepare(cupy.asarray(X), None, cov)
-    dev = params.map(cupy.asarray)
-    monkeypatch.setattr(large_k_sparse, "trace", [])
-    first = engine.large_k.accumulate(data, dev)
-    hint = engine.large_k.scratch.get("lkm_hint", (len(X),), cupy.int32)
-    X64, mu = X.astype(np.float64), params.means[0]
-    prec = (params.precisions_cholesky[0] ** 2) * np.ones((k, X.shape[1]))
-    quad = (X64**2) @ prec.T - 2 * X64 @ (mu * prec).T + (mu**2 * prec).sum(axis=1)
-    likeliest = (0.5 * np.log(prec).sum(axis=1) - 0.5 * quad).argmax(axis=1)
-    np.testing.assert_array_equal(cupy.asnumpy(hint) - 1, likeliest)
-    again = engine.large_k.accumulate(data, dev)
-    hint[:] = cupy.asarray(np.random.default_rng(34).integers(1, k + 1, size=len(X)))
-    other = engine.large_k.accumulate(data, dev)
-    assert [p["listed"] for p in large_k_sparse.trace] == [0, 0, 0]
-    for stats in (again, other):
-        for name in ("loglik", "nk", "sx", "sxx"):
-            np.testing.assert_array_equal(_host(getattr(stats, name)), _host(getattr(first, name)))
+    X = _data(20_000, 64, 48, seed=35)
+    params = _params(X, cov, 512, 1, seed=36)  # means on rows: many overlapping components
+    monkeypatch.setattr(large_k_sparse, "MMA_ROWS_PER_LAUNCH", 3_000)
+    runs = []
+    for options in ((), ("-DLKM_CAP=32",)):
+        engine = CupyEngine()
+        _use("sparse_mma", engine=engine)
+        engine.large_k.options = options
+        data = engine.prepare(cupy.asarray(X), None, cov)
+        monkeypatch.setattr(large_k_sparse, "trace", [])
+        stats = engine.large_k.accumulate(data, params.map(cupy.asarray))
+        runs.append((stats, large_k_sparse.trace[-1]))
+    (a, seen_a), (b, seen_b) = runs
+    assert seen_b["rescreened"] > max(seen_a["rescreened"], len(X) // 20)
+    assert seen_a["listed"] == seen_b["listed"] and seen_a["pairs"] == seen_b["pairs"]
+    for name in ("nk", "sx", "sxx"):
+        np.testing.assert_array_equal(_host(getattr(a, name)), _host(getattr(b, name)))
+    np.testing.assert_allclose(_host(a.loglik), _host(b.loglik), rtol=1e-12)
+    _check(a, _reference(X, cov, params)[0], 0, len(X))
 
 
 @pytest.mark.parametrize("screen", ["sparse", "sparse_mma"])
