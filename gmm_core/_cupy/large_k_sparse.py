@@ -381,8 +381,9 @@ class _Mma:
     ) -> int:  # fmt: skip
         """Screen and select the rows of a data chunk, ``launch_rows`` at a time.
 
-        Then the rows whose lists overflowed are screened again from their ``lo`` (gathered).
-        Returns how many those were (the one host synchronisation).
+        Then the rows whose lists overflowed are screened again from their ``lo``, gathered
+        ``rows_max`` at a time (the dense pass's chunk: within the scratch budget). Returns how
+        many those were (finding them synchronises with the host).
         """
         n, step = chunk.shape[0], self.launch_rows
         ncand = cupy.empty(n, dtype=cupy.int32)
@@ -395,9 +396,9 @@ class _Mma:
             w = np.intp(0) if weights is None else weights[start : start + m]
             self._exact(x, part, w, model, start, np.intp(0), out)
         again = cupy.flatnonzero(ncand == -2).astype(cupy.int32)
-        D = self.dense.D
-        for start in range(0, again.size, step):
-            idx = again[start : start + step]
+        D, batch = self.dense.D, min(step, self.dense.rows_max)
+        for start in range(0, again.size, batch):
+            idx = again[start : start + batch]
             m = idx.size
             xg = cupy.empty((m, D), dtype=cupy.float32)
             wg = None if weights is None else cupy.empty(m, dtype=cupy.float32)

@@ -266,13 +266,15 @@ def test_the_mma_screens_lists_hold_every_candidate_and_a_second_screening_just_
     n_kept = kept.sum(axis=1)
     served = (n_kept > 0) & (n_kept <= 32)
     assert (_log_r(exact)[served][~kept[served]] < -float(t)).all()
-    # the second screening, from lo: the list is the kept set
-    again = count > large_k_sparse.MMA_CAP
+    # the second screening, from lo: the list is the kept set (lists of 32, as the GPU test's
+    # -DLKM_CAP=32 build, so that rows do overflow here)
+    again = count > 32
+    assert again.any() or fitted
     kept2, count2, _ = _mma_select(lower[again], upper[again], t, seed=lo[again])
     np.testing.assert_array_equal(kept2, kept[again])
     np.testing.assert_array_equal(count2, n_kept[again])
     if fitted:
-        assert again.mean() < 0.01 and np.median(n_kept) <= 2
+        assert (count > large_k_sparse.MMA_CAP).mean() < 0.01 and np.median(n_kept) <= 2
     # the rows the dense pass takes are those the rule gives more than 32 (or none)
     assert abs((~served).mean() - (rule.sum(axis=1) > 32).mean()) < 0.02
 
