@@ -347,10 +347,11 @@ class _Mma:
 
     def __init__(self, dense: Any, kern: dict[str, Any], lk: Any, inner: int) -> None:
         self.dense, self.exact = dense, kern["lks_exact"]
-        self.innerp = _round_up(inner, MMA_KC)
-        # a tuning variant's list length (-DLKM_CAP=N among the compile options) sizes it too
-        caps = [int(o.split("=", 1)[1]) for o in lk.options if o.startswith("-DLKM_CAP=")]
-        self.smem = mma_smem(self.innerp, caps[-1] if caps else MMA_CAP)
+        # a tuning variant's list length and stage (-DLKM_CAP=N, -DLKM_KC=N among the compile
+        # options) size it too
+        cap, kc = _define(lk.options, "LKM_CAP", MMA_CAP), _define(lk.options, "LKM_KC", MMA_KC)
+        self.innerp = _round_up(inner, kc)
+        self.smem = mma_smem(self.innerp, cap, kc)
         self.kern = allow_dynamic_smem(
             kern["lks_mma<true>" if dense.diag else "lks_mma<false>"], self.smem
         )
@@ -452,13 +453,19 @@ class _Mma:
         )  # fmt: skip
 
 
-def mma_smem(innerp: int, cap: int = MMA_CAP) -> int:
+def _define(options: tuple[str, ...], name: str, default: int) -> int:
+    """The value a ``-DNAME=N`` among compile ``options`` gives (the last), else ``default``."""
+    values = [int(o.split("=", 1)[1]) for o in options if o.startswith(f"-D{name}=")]
+    return values[-1] if values else default
+
+
+def mma_smem(innerp: int, cap: int = MMA_CAP, kc: int = MMA_KC) -> int:
     """Dynamic shared memory (bytes) of ``lks_mma`` at an inner dimension of ``innerp``.
 
     Its ``lkm::layout``: weight stages, the rows' features, per-row values, lists and seeds.
     """
     words = (
-        2 * MMA_TILE * (MMA_KC // 2 + 4) + MMA_ROWS * (innerp // 2 + 4) + 8 * MMA_ROWS
+        2 * MMA_TILE * (kc // 2 + 4) + MMA_ROWS * (innerp // 2 + 4) + 8 * MMA_ROWS
         + MMA_ROWS * cap
     )  # fmt: skip
     return 4 * words

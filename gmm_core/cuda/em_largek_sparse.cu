@@ -469,7 +469,11 @@ namespace lkm {
 constexpr int NT = 256;   // 8 warps: 2 (64 rows each) x 4 (32 components of each tile)
 constexpr int BM = 128;   // rows per tile of rows
 constexpr int TN = 128;   // components per tile
-constexpr int KC = 32;    // inner indices per weight stage
+#ifndef LKM_KC
+#define LKM_KC 32
+#endif
+constexpr int KC = LKM_KC;  // inner indices per weight stage (a tuning variant: 64)
+static_assert(KC % 32 == 0, "lks_mma's stages: whole k16 steps, conflict-free strides");
 constexpr int WS = KC / 2 + 4;  // words per component in a stage (+4: no bank conflicts)
 #ifndef LKM_CAP
 #define LKM_CAP 96

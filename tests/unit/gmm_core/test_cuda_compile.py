@@ -225,25 +225,29 @@ def test_full_tc_shared_memory_matches_the_kernel(tmp_path):
 @needs_nvcc
 def test_the_mma_screens_shared_memory_matches_the_kernel(tmp_path):
     """``large_k_sparse.mma_smem`` is ``lks_mma``'s own layout (``lkm::layout`` in
-    em_largek_sparse.cu), computed by a host program built with nvcc."""
+    em_largek_sparse.cu), computed by host programs built with nvcc: the default build and
+    the tuning variants' list length and stage (-DLKM_CAP, -DLKM_KC)."""
     sparse = pytest.importorskip("gmm_core._cupy.large_k_sparse")
-    inners = list(range(32, 513, 32))
-    program = tmp_path / "lkm.cu"
-    lines = "\n".join(f'    std::printf("%d\\n", 4 * lkm::layout({p}).end);' for p in inners)
-    program.write_text(
-        f'#include <cstdio>\n#include "{CUDA_DIR / "em_largek_sparse.cu"}"\n'
-        f"int main() {{\n{lines}\n}}\n"
-    )
-    exe = tmp_path / "lkm"
-    build = subprocess.run(
-        [NVCC, "-arch=sm_90", *COMPILE_OPTIONS, "-o", str(exe), str(program)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert build.returncode == 0, build.stderr
-    run = subprocess.run([str(exe)], capture_output=True, text=True, check=True)
-    assert [int(v) for v in run.stdout.split()] == [sparse.mma_smem(p) for p in inners]
+    for cap, kc in ((sparse.MMA_CAP, sparse.MMA_KC), (32, 64)):
+        inners = list(range(kc, 513, kc))
+        program = tmp_path / f"lkm_{cap}_{kc}.cu"
+        lines = "\n".join(f'    std::printf("%d\\n", 4 * lkm::layout({p}).end);' for p in inners)
+        program.write_text(
+            f'#include <cstdio>\n#include "{CUDA_DIR / "em_largek_sparse.cu"}"\n'
+            f"int main() {{\n{lines}\n}}\n"
+        )
+        exe = tmp_path / f"lkm_{cap}_{kc}"
+        defines = [f"-DLKM_CAP={cap}", f"-DLKM_KC={kc}"]
+        build = subprocess.run(
+            [NVCC, "-arch=sm_90", *COMPILE_OPTIONS, *defines, "-o", str(exe), str(program)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert build.returncode == 0, build.stderr
+        run = subprocess.run([str(exe)], capture_output=True, text=True, check=True)
+        want = [sparse.mma_smem(p, cap, kc) for p in inners]
+        assert [int(v) for v in run.stdout.split()] == want
     # d = 256 diag (inner 512) fits an H100's 227 KiB opt-in, not an A100's 163 KiB (the BF16
     # GEMM screen takes it there), and one restart only
     h100, a100 = 227 * 1024, 163 * 1024
