@@ -27,6 +27,7 @@ and the parameters alone. The pass is ``LaunchConfig.large_k_sparse``
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import cupy
@@ -41,16 +42,17 @@ SOURCE = "em_largek_sparse.cu"
 #: the kernels every screen launches, and each screen's own ("mma" also launches the BF16
 #: screen's: several restarts go through it)
 COMMON_KERNELS = ("lks_norms", "lks_order_keys", "lks_reduce", "lks_combine", "lks_gather")
+_BF16_KERNELS = ("lks_bf16", "lks_features16", "lks_select<unsigned short>")
 SCREEN_KERNELS = {
     "tf32": ("lks_select<float>",),
-    "bf16": ("lks_bf16", "lks_features16", "lks_select<unsigned short>"),
-    "mma": ("lks_bf16", "lks_features16", "lks_select<unsigned short>", "lks_exact"),
+    "bf16": _BF16_KERNELS,
+    "mma": (*_BF16_KERNELS, "lks_exact"),
 }
 #: lks_mma by covariance type
 MMA_KERNELS = {"diag": "lks_mma<true>", "spherical": "lks_mma<false>"}
-KERNELS = tuple(
-    dict.fromkeys((*COMMON_KERNELS, *sum(SCREEN_KERNELS.values(), ()), *MMA_KERNELS.values()))
-)
+KERNELS = (
+    *COMMON_KERNELS, "lks_select<float>", *SCREEN_KERNELS["mma"], *MMA_KERNELS.values(),
+)  # fmt: skip
 #: blocks of ``lks_select`` per SM: its launch bounds (``LKS_SELECT_BLOCKS``: 4 blocks of 256
 #: threads, 64 registers, a few bytes spilled; measured 5-9% faster than 3 without spills)
 SELECT_BLOCKS_PER_SM = 4
@@ -397,21 +399,9 @@ class _Mma:
             w = np.intp(0) if weights is None else weights[start : start + m]
             self._exact(x, part, w, model, start, np.intp(0), out)
         again = cupy.flatnonzero(ncand == -2).astype(cupy.int32)
-        D, batch = self.dense.D, min(step, self.dense.rows_max)
-        for start in range(0, again.size, batch):
-            idx = again[start : start + batch]
-            m = idx.size
-            xg = cupy.empty((m, D), dtype=cupy.float32)
-            wg = None if weights is None else cupy.empty(m, dtype=cupy.float32)
-            self.gather(
-                (max(1, min(-(-m // 8), self.dense.blocks)),),
-                (256,),
-                (
-                    chunk, np.int32(D), np.intp(0) if weights is None else weights, idx,
-                    np.int64(m), xg, np.intp(0) if wg is None else wg,
-                ),
-            )  # fmt: skip
-            part = cupy.empty(m, dtype=cupy.int32)
+        rows = _gathered(self.dense, self.gather, chunk, weights, again, self.launch_rows)
+        for idx, xg, wg in rows:  # (at most launch_rows: cand's rows)
+            part = cupy.empty(idx.size, dtype=cupy.int32)
             self._screen(xg, (model, u, t), lo[idx], np.intp(0), part)
             self._exact(xg, part, np.intp(0) if wg is None else wg, model, 0, idx, out)
         return int(again.size)
@@ -508,10 +498,22 @@ def _reduce(
 
 def _dense_rows(dense: Any, gather: Any, chunk: Any, weights: Any, listed: Any) -> None:
     """The listed rows (in row order) through the dense pass, ``rows_max`` at a time."""
-    order = cupy.sort(listed)
+    for _, xg, wg in _gathered(dense, gather, chunk, weights, cupy.sort(listed)):
+        dense.add(xg, wg)
+
+
+def _gathered(
+    dense: Any, gather: Any, chunk: Any, weights: Any, rows: Any, batch: int | None = None
+) -> Iterator[tuple[Any, Any, Any]]:  # fmt: skip
+    """The chunk's ``rows`` (int32 indices) and their weights, packed by ``lks_gather``.
+
+    Weights are None without them; ``batch`` rows at a time (at most the dense pass's
+    chunk, ``rows_max``: within the scratch budget); yields (indices, rows, weights).
+    """
     D = dense.D
-    for start in range(0, order.shape[0], dense.rows_max):
-        idx = order[start : start + dense.rows_max]
+    step = dense.rows_max if batch is None else min(batch, dense.rows_max)
+    for start in range(0, rows.shape[0], step):
+        idx = rows[start : start + step]
         m = idx.shape[0]
         xg = cupy.empty((m, D), dtype=cupy.float32)
         wg = None if weights is None else cupy.empty(m, dtype=cupy.float32)
@@ -523,4 +525,4 @@ def _dense_rows(dense: Any, gather: Any, chunk: Any, weights: Any, listed: Any) 
                 np.int64(m), xg, np.intp(0) if wg is None else wg,
             ),
         )  # fmt: skip
-        dense.add(xg, wg)
+        yield idx, xg, wg

@@ -163,6 +163,13 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+// A screened log-density's bound v_k - b_k or v_k + b_k from its product g, (a, b, c) one
+// half of lks_norms' bnd, |x|^2 and U |f| (every kernel evaluates it so, rounded: the same
+// bits wherever it is evaluated).
+__device__ __forceinline__ float bound(float g, float a, float b, float c, float sq, float ufn) {
+    return __fmaf_rn(ufn, c, __fmaf_rn(sq, b, __fadd_rn(g, a)));
+}
+
 // A row's screened log-densities' bounds v_k -+ b_k (lks_norms). Rounded operations only:
 // every pass over a row must find the same candidates, and the vector and scalar forms the
 // same values.
@@ -174,7 +181,7 @@ struct Screen {
     float sq, ufn;
     bool vec;  // four components per lane and load (the restarts' ranges 16-byte aligned)
     __device__ __forceinline__ float eval(float g, float a, float b, float c) const {
-        return __fmaf_rn(ufn, c, __fmaf_rn(sq, b, __fadd_rn(g, a)));
+        return bound(g, a, b, c, sq, ufn);
     }
     // lo: the restart's max_k (v_k - b_k) (at most its true maximum)
     __device__ __forceinline__ float low(int c0, int c1, int lane) const {
@@ -323,6 +330,30 @@ __device__ __forceinline__ void emit(int n, int mine, double emine, float w,
     }
     if (lane == 0) *ll += (double)w * lse;
 }
+
+// A row of X (d <= LKS_MAXD) in a warp's registers: feature lane + 32 j in xr[j], 0 past d.
+__device__ __forceinline__ void load_row(const float* __restrict__ X, long long row, int d,
+                                         int lane, float (&xr)[LKS_MAXD / 32]) {
+#pragma unroll
+    for (int j = 0; j < LKS_MAXD / 32; ++j) {
+        const int i = lane + 32 * j;
+        xr[j] = i < d ? X[row * d + i] : 0.0f;
+    }
+}
+
+// A row's total pairs reserved (n_pairs counts every reservation): its first pair, written to
+// rowbase[at], or -1 past cap (nothing written: the caller takes the chunk through the dense
+// pass). Every lane gets the same.
+__device__ __forceinline__ long long reserve(int total, unsigned long long* __restrict__ n_pairs,
+                                             long long cap, long long* __restrict__ rowbase,
+                                             long long at, int lane) {
+    unsigned long long b0 = 0;
+    if (lane == 0) b0 = atomicAdd(n_pairs, (unsigned long long)total);
+    const long long base = (long long)__shfl_sync(0xffffffffu, b0, 0);
+    if (base + total > cap) return -1;
+    if (lane == 0) rowbase[at] = base;
+    return base;
+}
 }  // namespace lks
 
 // One warp per row of a screening chunk, grid-stride. L (rows, kp): the chunk's G~ (T: float32,
@@ -364,11 +395,10 @@ lks_select(const T* __restrict__ L, long long rows, int kp, const float* __restr
     for (long long row = gw; row < rows; row += warps) {
         // the row in registers: feature lane + 32 t
         float xr[LKS_MAXD / 32];
+        lks::load_row(X, row, d, lane, xr);
         float sq = 0.0f, s4 = 0.0f;
 #pragma unroll
         for (int t = 0; t < LKS_MAXD / 32; ++t) {
-            const int i = lane + 32 * t;
-            xr[t] = i < d ? X[row * d + i] : 0.0f;
             sq = fmaf(xr[t], xr[t], sq);
             s4 = fmaf(xr[t] * xr[t], xr[t] * xr[t], s4);
         }
@@ -416,11 +446,8 @@ lks_select(const T* __restrict__ L, long long rows, int kp, const float* __restr
             if (lane == 0) overflow[atomicAdd(n_overflow, 1u)] = (int)(row0 + row);
             continue;
         }
-        unsigned long long b0 = 0;
-        if (lane == 0) b0 = atomicAdd(n_pairs, (unsigned long long)total);
-        long long base = (long long)__shfl_sync(0xffffffffu, b0, 0);
-        if (base + total > cap) continue;  // the chunk goes through the dense pass
-        if (lane == 0) rowbase[row0 + row] = base;
+        long long base = lks::reserve(total, n_pairs, cap, rowbase, row0 + row, lane);
+        if (base < 0) continue;  // the chunk goes through the dense pass
         const float wrow = sample_weight != nullptr ? sample_weight[row] : 1.0f;
         const unsigned long long rkey = (unsigned long long)(row0 + row);
         if (one) {
@@ -521,6 +548,22 @@ __device__ __forceinline__ float below16(float thr) {
                        : (c & 0x8000u)     ? c + 1u       // negative: away from zero
                                            : c - 1u;      // positive: toward zero
     return __uint_as_float(p << 16);
+}
+
+// A lane's 8 components of a column's 32 at kb (its fragments' columns), one half of bnd's
+// bounds: the lower (upper = false) or upper (A, B, C); past c1 (padding) -inf, 0, 0
+__device__ __forceinline__ void bounds_of(const float* __restrict__ bnd, int kp, int kb, int c1,
+                                          int t, bool upper, float (&A)[8], float (&B)[8],
+                                          float (&C)[8]) {
+    const float* h = bnd + (upper ? 3 : 0) * kp;
+#pragma unroll
+    for (int jo = 0; jo < 8; ++jo) {
+        const int k = kb + (jo >> 1) * 8 + 2 * t + (jo & 1);
+        const bool in = k < c1;
+        A[jo] = in ? h[k] : __int_as_float(0xff800000);
+        B[jo] = in ? h[kp + k] : 0.0f;
+        C[jo] = in ? h[2 * kp + k] : 0.0f;
+    }
 }
 
 // one stage: components [kb, kb + TN) x inner [c KC, (c + 1) KC) of W16 (rows of innerp)
@@ -634,20 +677,13 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
                     const int n = wc * 32 + j * 8 + g;
                     const unsigned b0 = Wb[n * WS + s * 8 + t], b1 = Wb[n * WS + s * 8 + 4 + t];
 #pragma unroll
-                    for (int m = 0; m < 4; ++m) tc::mma_bf16(acc[m][j], a[m], b0, b1);
+                    for (int m = 0; m < 4; ++m) tc::mma16<true>(acc[m][j], a[m], b0, b1);
                 }
             }
             if (c == nch - 1) {  // the tile's products complete: screen them
                 const int kb = c0 + (q / nch) * TN + wc * 32;
                 float lA[8], lB[8], lC[8];  // the lower bounds' (A, B, C); the upper's below
-#pragma unroll
-                for (int jo = 0; jo < 8; ++jo) {
-                    const int k = kb + (jo >> 1) * 8 + 2 * t + (jo & 1);
-                    const bool in = k < c1;
-                    lA[jo] = in ? bnd[k] : ninf;
-                    lB[jo] = in ? bnd[kp + k] : 0.0f;
-                    lC[jo] = in ? bnd[2 * kp + k] : 0.0f;
-                }
+                bounds_of(bnd, kp, kb, c1, t, false, lA, lB, lC);
 #pragma unroll
                 for (int m = 0; m < 4; ++m)
 #pragma unroll
@@ -657,10 +693,8 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
                         float lo = fmaxf(run[m][h], seed_s[r]);
 #pragma unroll
                         for (int jo = 0; jo < 8; ++jo)
-                            lo = fmaxf(lo, __fmaf_rn(uf, lC[jo],
-                                                     __fmaf_rn(sq, lB[jo],
-                                                               __fadd_rn(acc[m][jo >> 1][h * 2 + (jo & 1)],
-                                                                         lA[jo]))));
+                            lo = fmaxf(lo, lks::bound(acc[m][jo >> 1][h * 2 + (jo & 1)], lA[jo],
+                                                      lB[jo], lC[jo], sq, uf));
                         lo = fmaxf(lo, __shfl_xor_sync(0xffffffffu, lo, 1));
                         lo = fmaxf(lo, __shfl_xor_sync(0xffffffffu, lo, 2));
                         if (t == 0) lo_s[wc * BM + r] = lo;
@@ -676,14 +710,7 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
                         run[m][h] = fmaxf(fmaxf(lo_s[r], lo_s[BM + r]),
                                           fmaxf(lo_s[2 * BM + r], lo_s[3 * BM + r]));
                     }
-#pragma unroll
-                for (int jo = 0; jo < 8; ++jo) {
-                    const int k = kb + (jo >> 1) * 8 + 2 * t + (jo & 1);
-                    const bool in = k < c1;
-                    lA[jo] = in ? bnd[3 * kp + k] : ninf;
-                    lB[jo] = in ? bnd[4 * kp + k] : 0.0f;
-                    lC[jo] = in ? bnd[5 * kp + k] : 0.0f;
-                }
+                bounds_of(bnd, kp, kb, c1, t, true, lA, lB, lC);
 #pragma unroll
                 for (int m = 0; m < 4; ++m)
 #pragma unroll
@@ -696,10 +723,8 @@ lks_mma(const float* __restrict__ X, long long rows, int d, int innerp,
                         const float app = below16(__fsub_rn(run[m][h], margin));
 #pragma unroll
                         for (int jo = 0; jo < 8; ++jo) {
-                            const float up = __fmaf_rn(
-                                uf, lC[jo],
-                                __fmaf_rn(sq, lB[jo],
-                                          __fadd_rn(acc[m][jo >> 1][h * 2 + (jo & 1)], lA[jo])));
+                            const float up = lks::bound(acc[m][jo >> 1][h * 2 + (jo & 1)],
+                                                        lA[jo], lB[jo], lC[jo], sq, uf);
                             // (an upper bound of -inf: a responsibility of exactly 0, e.g.
                             // a padding component or a column that has seen only such, whose
                             // thr is -inf too; NaN never passes)
@@ -799,11 +824,7 @@ lks_exact(const float* __restrict__ X, long long rows, int d, bool diag,
         }
         const int mycand = lane < total ? (int)cand[row * LKS_CMAX + lane] : 0;
         float xr[LKS_MAXD / 32];
-#pragma unroll
-        for (int j = 0; j < LKS_MAXD / 32; ++j) {
-            const int i = lane + 32 * j;
-            xr[j] = i < d ? X[row * d + i] : 0.0f;
-        }
+        lks::load_row(X, row, d, lane, xr);
         int mine = 0;
         double emine = 0.0;
         for (int ci = 0; ci < total; ++ci) {
@@ -814,11 +835,8 @@ lks_exact(const float* __restrict__ X, long long rows, int d, bool diag,
                 emine = ex;
             }
         }
-        unsigned long long b0 = 0;
-        if (lane == 0) b0 = atomicAdd(n_pairs, (unsigned long long)total);
-        const long long base = (long long)__shfl_sync(0xffffffffu, b0, 0);
-        if (base + total > cap) continue;  // the chunk goes through the dense pass
-        if (lane == 0) rowbase[at] = base;
+        const long long base = lks::reserve(total, n_pairs, cap, rowbase, at, lane);
+        if (base < 0) continue;  // the chunk goes through the dense pass
         const float w = sample_weight != nullptr ? sample_weight[row] : 1.0f;
         lks::emit(total, mine, emine, w, (unsigned long long)at, base, keys, rv, counts,
                   llw, lane);

@@ -49,32 +49,28 @@ __device__ __forceinline__ void mma(float (&c)[4], const unsigned (&a)[4], unsig
     __trap();  // the launcher never picks this kernel below sm_80
 #endif
 }
-// c += a b, m16n8k16 with FP16 operands (two halves per register, the lower k in the low 16
-// bits) and float32 accumulation (the FP16 probes, benchmarks/probe_*.py)
+// c += a b, m16n8k16 with FP16 operands (BF16 = true: BF16; two per register, the lower k in
+// the low 16 bits) and float32 accumulation (the FP16 probes, benchmarks/probe_*.py; the
+// screened large-K pass's in-kernel BF16 screen, lks_mma)
+#define TC_MMA16(TYPE)                                                                       \
+    asm("mma.sync.aligned.m16n8k16.row.col.f32." TYPE "." TYPE ".f32 {%0,%1,%2,%3}, "       \
+        "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"                                            \
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                    \
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
+template <bool BF16 = false>
 __device__ __forceinline__ void mma16(float (&c)[4], const unsigned (&a)[4], unsigned b0,
                                       unsigned b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    if (BF16) {
+        TC_MMA16("bf16");
+    } else {
+        TC_MMA16("f16");
+    }
 #else
     __trap();
 #endif
 }
-// c += a b, m16n8k16 with BF16 operands (two per register, the lower k in the low 16 bits)
-// and float32 accumulation (the screened large-K pass's in-kernel screen, lks_mma)
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const unsigned (&a)[4], unsigned b0,
-                                         unsigned b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-    __trap();
-#endif
-}
+#undef TC_MMA16
 // a warp's m16n8 accumulator tiles (M x N of them, 4 floats per thread each), zeroed
 template <int M, int N>
 __device__ __forceinline__ void zero(float (&a)[M][N][4]) {
